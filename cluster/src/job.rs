@@ -1,0 +1,76 @@
+//! A queued job, a lease on it, and what enqueueing and inspecting a queue answer.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::GenerationRequest;
+
+/// A request's id, unique across the cluster (`req-<uuid>`).
+pub type JobId = String;
+
+/// One request waiting in (or leased from) a deployment's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub deployment: String,
+    pub tenant: String,
+    pub request: GenerationRequest,
+    /// When the gateway enqueued it (Unix ms).
+    pub enqueued_at_ms: u64,
+    /// After this (Unix ms) a job still waiting is dropped with `deadline_exceeded`.
+    pub deadline_ms: Option<u64>,
+}
+
+/// Limits checked atomically with the enqueue itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// Maximum jobs waiting (not yet leased) in the deployment's queue.
+    pub max_queue_depth: u64,
+}
+
+/// What a successful enqueue answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// 1-based position among the jobs waiting in the deployment's queue.
+    pub position: u64,
+}
+
+/// How much is in a deployment's queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Jobs waiting for a replica.
+    pub waiting: u64,
+    /// Jobs leased by a replica and not yet acknowledged.
+    pub leased: u64,
+    /// Enqueued time (Unix ms) of the oldest waiting job.
+    pub oldest_waiting_enqueued_at_ms: Option<u64>,
+}
+
+/// Names one lease: the job, the consumer holding it and the epoch it was granted in.
+/// Every write made under a lease carries it, so a write from a superseded attempt
+/// (an older epoch) is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub job_id: JobId,
+    pub deployment: String,
+    pub consumer: String,
+    pub epoch: u32,
+}
+
+/// A job together with the lease a consumer holds on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub job: Job,
+    pub lease: LeaseRef,
+    /// How many times the job has been delivered, this delivery included.
+    pub deliveries: u32,
+    /// How long the lease lasts unless renewed.
+    pub ttl: Duration,
+    /// Tokens an earlier attempt already delivered to the client (a redelivered job).
+    /// The replica continues after them (prompt + these, re-prefilled) so the client's
+    /// stream neither repeats nor misses a token; `max_tokens` counts them.
+    pub resume_tokens: Vec<u32>,
+    /// The last sequence number already in the job's output stream.
+    pub resume_after_seq: u64,
+}

@@ -1,0 +1,38 @@
+//! # swell-cluster: the queue between gateways and replicas
+//!
+//! Every request Swell accepts becomes a [`Job`] in a per-deployment queue; a replica
+//! *leases* jobs from it, streams each job's output into a per-request *output stream*
+//! and acknowledges the job when it is done. The gateway that accepted the request reads
+//! that output stream (resuming from a sequence number) and relays it to the client.
+//!
+//! The [`Queue`] trait is shaped after Redis Streams so the distributed implementation
+//! (consumer groups, leases with fencing epochs, `XREAD` from an id) drops in behind it;
+//! [`InMemoryQueue`] is the embedded default, used when Swell runs on one machine.
+//!
+//! # Layout
+//! - [`protocol`]: what travels: generation requests, sampling parameters, output events.
+//! - [`job`]: a queued job, a lease on it, enqueue receipts and queue depth.
+//! - [`queue`]: the `Queue` trait, its semantics and its error type.
+//! - [`memory`]: the in-process implementation.
+
+pub mod job;
+pub mod memory;
+pub mod protocol;
+pub mod queue;
+
+pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
+pub use memory::{InMemoryQueue, InMemoryQueueConfig};
+pub use protocol::{
+    FinishReason, GenerationRequest, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,
+    TopLogprob, Usage,
+};
+pub use queue::{AppendOutcome, Queue, QueueError};
+
+/// Milliseconds since the Unix epoch: the one clock every node agrees on (roughly), used
+/// for enqueue times and deadlines that cross process boundaries.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,710 @@
+//! `InMemoryQueue`: the embedded queue, for Swell on one machine.
+//!
+//! One mutex guards all state; every operation is a few map and deque updates, so the
+//! lock is held for microseconds. Waiting (for work in `lease`, for output in
+//! `read_output`) uses `tokio::sync::Notify`, armed before the state is checked so no
+//! wake-up is lost. Time is tokio time, so tests can pause it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
+use crate::protocol::{OutputEvent, SequencedEvent};
+use crate::queue::{AppendOutcome, Queue, QueueError};
+use crate::unix_millis;
+
+#[derive(Debug, Clone)]
+pub struct InMemoryQueueConfig {
+    /// A job delivered this many times (its consumers kept dying) is failed with
+    /// `delivery_limit` instead of being delivered again.
+    pub max_deliveries: u32,
+    /// How long a finished job's output stream stays readable (for a reader that
+    /// reconnects) before it is dropped.
+    pub output_retention: Duration,
+}
+
+impl Default for InMemoryQueueConfig {
+    fn default() -> Self {
+        Self { max_deliveries: 3, output_retention: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum JobStatus {
+    Waiting,
+    Leased { consumer: String, expires_at: Instant },
+    Done,
+}
+
+struct JobState {
+    job: Job,
+    status: JobStatus,
+    epoch: u32,
+    deliveries: u32,
+    cancelled: bool,
+}
+
+#[derive(Default)]
+struct DeploymentQueue {
+    waiting: VecDeque<JobId>,
+    leased: HashSet<JobId>,
+    notify: Arc<Notify>,
+}
+
+struct OutputStream {
+    events: Vec<SequencedEvent>,
+    /// Token ids delivered so far, over all attempts (what a redelivery resumes after).
+    delivered_tokens: Vec<u32>,
+    notify: Arc<Notify>,
+    finished_at: Option<Instant>,
+}
+
+impl OutputStream {
+    fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            delivered_tokens: Vec::new(),
+            notify: Arc::new(Notify::new()),
+            finished_at: None,
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.events.last().map(|e| e.seq).unwrap_or(0)
+    }
+
+    fn push(&mut self, epoch: u32, event: OutputEvent) {
+        if self.finished_at.is_some() {
+            return;
+        }
+        if let OutputEvent::Tokens { token_ids, .. } = &event {
+            self.delivered_tokens.extend_from_slice(token_ids);
+        }
+        if event.is_terminal() {
+            self.finished_at = Some(Instant::now());
+        }
+        let seq = self.last_seq() + 1;
+        self.events.push(SequencedEvent { seq, epoch, event });
+    }
+}
+
+#[derive(Default)]
+struct State {
+    deployments: HashMap<String, DeploymentQueue>,
+    jobs: HashMap<JobId, JobState>,
+    outputs: HashMap<JobId, OutputStream>,
+    next_sweep: Option<Instant>,
+}
+
+impl State {
+    fn deployment(&mut self, name: &str) -> &mut DeploymentQueue {
+        self.deployments.entry(name.to_string()).or_default()
+    }
+
+    /// End a job with a terminal error event (queue-side failures: cancelled, deadline).
+    fn fail_job(&mut self, job_id: &str, code: &str, message: String) {
+        let Some(state) = self.jobs.get_mut(job_id) else { return };
+        let deployment = state.job.deployment.clone();
+        let epoch = state.epoch;
+        state.status = JobStatus::Done;
+        let queue = self.deployment(&deployment);
+        queue.waiting.retain(|id| id != job_id);
+        queue.leased.remove(job_id);
+        if let Some(output) = self.outputs.get_mut(job_id) {
+            output.push(epoch, OutputEvent::Failed { code: code.to_string(), message });
+            output.notify.notify_waiters();
+        }
+    }
+
+    /// Drop finished jobs whose output has been retained long enough.
+    fn sweep(&mut self, retention: Duration) {
+        let now = Instant::now();
+        if self.next_sweep.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_sweep = Some(now + Duration::from_secs(1));
+        let expired: Vec<JobId> = self
+            .outputs
+            .iter()
+            .filter(|(_, o)| o.finished_at.is_some_and(|at| now.duration_since(at) >= retention))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.outputs.remove(&id);
+            if self.jobs.get(&id).is_some_and(|j| j.status == JobStatus::Done) {
+                self.jobs.remove(&id);
+            }
+        }
+    }
+}
+
+/// The embedded queue. Cheap to share: wrap it in an `Arc`.
+pub struct InMemoryQueue {
+    state: Mutex<State>,
+    config: InMemoryQueueConfig,
+}
+
+impl Default for InMemoryQueue {
+    fn default() -> Self {
+        Self::new(InMemoryQueueConfig::default())
+    }
+}
+
+impl InMemoryQueue {
+    pub fn new(config: InMemoryQueueConfig) -> Self {
+        Self { state: Mutex::new(State::default()), config }
+    }
+
+    /// Take up to `max_jobs` waiting jobs for `consumer`, failing expired ones on the way.
+    fn try_lease(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        max_jobs: usize,
+        ttl: Duration,
+    ) -> Vec<Lease> {
+        let mut state = self.state.lock();
+        let now_ms = unix_millis();
+        let mut leases = Vec::new();
+        while leases.len() < max_jobs {
+            let Some(job_id) = state.deployment(deployment).waiting.pop_front() else { break };
+            let Some(job) = state.jobs.get(&job_id) else { continue };
+            if job.job.deadline_ms.is_some_and(|deadline| now_ms > deadline) {
+                state.fail_job(
+                    &job_id,
+                    "deadline_exceeded",
+                    "the request's deadline passed while it was queued".into(),
+                );
+                continue;
+            }
+            let job = state.jobs.get_mut(&job_id).expect("checked above");
+            job.status = JobStatus::Leased {
+                consumer: consumer.to_string(),
+                expires_at: Instant::now() + ttl,
+            };
+            job.deliveries += 1;
+            let lease_ref = LeaseRef {
+                job_id: job_id.clone(),
+                deployment: deployment.to_string(),
+                consumer: consumer.to_string(),
+                epoch: job.epoch,
+            };
+            let (job_copy, deliveries) = (job.job.clone(), job.deliveries);
+            let (resume_tokens, resume_after_seq) = state
+                .outputs
+                .get(&job_id)
+                .map(|o| (o.delivered_tokens.clone(), o.last_seq()))
+                .unwrap_or_default();
+            state.deployment(deployment).leased.insert(job_id);
+            leases.push(Lease {
+                job: job_copy,
+                lease: lease_ref,
+                deliveries,
+                ttl,
+                resume_tokens,
+                resume_after_seq,
+            });
+        }
+        leases
+    }
+
+    fn holds(state: &State, lease: &LeaseRef) -> bool {
+        state.jobs.get(&lease.job_id).is_some_and(|job| {
+            job.epoch == lease.epoch
+                && matches!(&job.status, JobStatus::Leased { consumer, .. } if *consumer == lease.consumer)
+        })
+    }
+}
+
+#[async_trait]
+impl Queue for InMemoryQueue {
+    async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
+        let mut state = self.state.lock();
+        state.sweep(self.config.output_retention);
+        if state.jobs.contains_key(&job.id) {
+            return Err(QueueError::DuplicateJob(job.id));
+        }
+        let deployment = job.deployment.clone();
+        let depth = state.deployment(&deployment).waiting.len() as u64;
+        if depth >= limits.max_queue_depth {
+            return Err(QueueError::Full { deployment, depth });
+        }
+        let id = job.id.clone();
+        state.outputs.insert(id.clone(), OutputStream::new());
+        state.jobs.insert(
+            id.clone(),
+            JobState { job, status: JobStatus::Waiting, epoch: 1, deliveries: 0, cancelled: false },
+        );
+        let queue = state.deployment(&deployment);
+        queue.waiting.push_back(id);
+        queue.notify.notify_waiters();
+        Ok(Enqueued { position: queue.waiting.len() as u64 })
+    }
+
+    async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
+        let state = self.state.lock();
+        Ok(state
+            .deployments
+            .get(deployment)
+            .and_then(|q| q.waiting.iter().position(|id| id == job_id))
+            .map(|index| index as u64 + 1))
+    }
+
+    async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {
+        let state = self.state.lock();
+        let Some(queue) = state.deployments.get(deployment) else {
+            return Ok(QueueDepth::default());
+        };
+        let oldest = queue
+            .waiting
+            .front()
+            .and_then(|id| state.jobs.get(id))
+            .map(|job| job.job.enqueued_at_ms);
+        Ok(QueueDepth {
+            waiting: queue.waiting.len() as u64,
+            leased: queue.leased.len() as u64,
+            oldest_waiting_enqueued_at_ms: oldest,
+        })
+    }
+
+    async fn lease(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        max_jobs: usize,
+        ttl: Duration,
+        block: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        if max_jobs == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + block;
+        let notify = self.state.lock().deployment(deployment).notify.clone();
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let leases = self.try_lease(deployment, consumer, max_jobs, ttl);
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError> {
+        let mut state = self.state.lock();
+        let expires_at = Instant::now() + ttl;
+        Ok(leases
+            .iter()
+            .map(|lease| {
+                if !Self::holds(&state, lease) {
+                    return false;
+                }
+                if let Some(job) = state.jobs.get_mut(&lease.job_id) {
+                    job.status =
+                        JobStatus::Leased { consumer: lease.consumer.clone(), expires_at };
+                }
+                true
+            })
+            .collect())
+    }
+
+    async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        let mut state = self.state.lock();
+        if !Self::holds(&state, lease) {
+            return Ok(false);
+        }
+        if let Some(job) = state.jobs.get_mut(&lease.job_id) {
+            job.status = JobStatus::Done;
+        }
+        state.deployment(&lease.deployment).leased.remove(&lease.job_id);
+        Ok(true)
+    }
+
+    async fn release(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        let mut state = self.state.lock();
+        if !Self::holds(&state, lease) {
+            return Ok(false);
+        }
+        if let Some(job) = state.jobs.get_mut(&lease.job_id) {
+            job.status = JobStatus::Waiting;
+            job.epoch += 1;
+            // A hand-back is not a failed delivery.
+            job.deliveries = job.deliveries.saturating_sub(1);
+        }
+        let queue = state.deployment(&lease.deployment);
+        queue.leased.remove(&lease.job_id);
+        queue.waiting.push_front(lease.job_id.clone());
+        queue.notify.notify_waiters();
+        Ok(true)
+    }
+
+    async fn reclaim_expired(&self, deployment: &str) -> Result<u64, QueueError> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let expired: Vec<JobId> = state
+            .deployments
+            .get(deployment)
+            .map(|queue| {
+                queue
+                    .leased
+                    .iter()
+                    .filter(|id| {
+                        state.jobs.get(*id).is_some_and(|job| {
+                            matches!(job.status, JobStatus::Leased { expires_at, .. } if expires_at <= now)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut redelivered = 0;
+        for job_id in expired {
+            let job = state.jobs.get_mut(&job_id).expect("listed above");
+            job.epoch += 1;
+            if job.deliveries >= self.config.max_deliveries {
+                let deliveries = job.deliveries;
+                state.fail_job(
+                    &job_id,
+                    "delivery_limit",
+                    format!("the job's replica failed {deliveries} times; giving up"),
+                );
+                continue;
+            }
+            job.status = JobStatus::Waiting;
+            let queue = state.deployment(deployment);
+            queue.leased.remove(&job_id);
+            queue.waiting.push_front(job_id);
+            redelivered += 1;
+        }
+        if redelivered > 0 {
+            state.deployment(deployment).notify.notify_waiters();
+        }
+        Ok(redelivered)
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<(), QueueError> {
+        let mut state = self.state.lock();
+        let Some(job) = state.jobs.get_mut(job_id) else { return Ok(()) };
+        match job.status {
+            JobStatus::Done => {}
+            JobStatus::Waiting => {
+                job.cancelled = true;
+                state.fail_job(job_id, "cancelled", "the request was cancelled".into());
+            }
+            // The writer learns it at its next append and stops.
+            JobStatus::Leased { .. } => job.cancelled = true,
+        }
+        Ok(())
+    }
+
+    async fn append_output(
+        &self,
+        lease: &LeaseRef,
+        events: Vec<OutputEvent>,
+    ) -> Result<AppendOutcome, QueueError> {
+        let mut state = self.state.lock();
+        let Some(job) = state.jobs.get(&lease.job_id) else {
+            return Err(QueueError::UnknownJob(lease.job_id.clone()));
+        };
+        if job.cancelled {
+            if job.status != JobStatus::Done {
+                state.fail_job(&lease.job_id, "cancelled", "the request was cancelled".into());
+            }
+            return Ok(AppendOutcome::Cancelled);
+        }
+        if !Self::holds(&state, lease) {
+            return Ok(AppendOutcome::Fenced);
+        }
+        let output = state.outputs.entry(lease.job_id.clone()).or_insert_with(OutputStream::new);
+        for event in events {
+            output.push(lease.epoch, event);
+        }
+        let last = output.last_seq();
+        output.notify.notify_waiters();
+        Ok(AppendOutcome::Accepted(last))
+    }
+
+    async fn read_output(
+        &self,
+        job_id: &str,
+        after_seq: u64,
+        block: Duration,
+    ) -> Result<Vec<SequencedEvent>, QueueError> {
+        let deadline = Instant::now() + block;
+        let notify = {
+            let state = self.state.lock();
+            let Some(output) = state.outputs.get(job_id) else {
+                return Err(QueueError::UnknownJob(job_id.to_string()));
+            };
+            output.notify.clone()
+        };
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.state.lock();
+                let Some(output) = state.outputs.get(job_id) else {
+                    return Err(QueueError::UnknownJob(job_id.to_string()));
+                };
+                // Sequence numbers are dense from 1, so `after_seq` is an index.
+                let start = (after_seq as usize).min(output.events.len());
+                if start < output.events.len() {
+                    return Ok(output.events[start..].to_vec());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FinishReason, GenerationRequest, SamplingParams, Usage};
+
+    const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            deployment: "d".into(),
+            tenant: "t".into(),
+            request: GenerationRequest {
+                prompt_tokens: vec![1, 2, 3],
+                params: SamplingParams::default(),
+            },
+            enqueued_at_ms: unix_millis(),
+            deadline_ms: None,
+        }
+    }
+
+    fn tokens(ids: &[u32]) -> OutputEvent {
+        OutputEvent::Tokens { text: format!("{ids:?}"), token_ids: ids.to_vec(), logprobs: None }
+    }
+
+    fn finished() -> OutputEvent {
+        OutputEvent::Finished {
+            reason: FinishReason::Length,
+            usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+        }
+    }
+
+    #[tokio::test]
+    async fn enqueue_reports_positions_and_refuses_past_the_depth_limit() {
+        let queue = InMemoryQueue::default();
+        let limits = AdmissionLimits { max_queue_depth: 2 };
+        assert_eq!(queue.enqueue(job("a"), limits).await.unwrap().position, 1);
+        assert_eq!(queue.enqueue(job("b"), limits).await.unwrap().position, 2);
+        let err = queue.enqueue(job("c"), limits).await.unwrap_err();
+        assert_eq!(err.code(), "queue_full");
+        assert_eq!(queue.position("d", "b").await.unwrap(), Some(2));
+        assert_eq!(
+            queue.enqueue(job("a"), LIMITS).await.unwrap_err(),
+            QueueError::DuplicateJob("a".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn lease_takes_oldest_first_and_ack_finishes() {
+        let queue = InMemoryQueue::default();
+        for id in ["a", "b", "c"] {
+            queue.enqueue(job(id), LIMITS).await.unwrap();
+        }
+        let leases = queue.lease("d", "w1", 2, TTL, Duration::ZERO).await.unwrap();
+        let ids: Vec<_> = leases.iter().map(|l| l.job.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(leases[0].deliveries, 1);
+        let depth = queue.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (1, 2));
+        assert_eq!(queue.position("d", "a").await.unwrap(), None);
+        assert_eq!(queue.position("d", "c").await.unwrap(), Some(1));
+        assert!(queue.ack(&leases[0].lease).await.unwrap());
+        assert_eq!(queue.depth("d").await.unwrap().leased, 1);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_lease_wakes_when_work_arrives() {
+        let queue = Arc::new(InMemoryQueue::default());
+        let waiter = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                queue.lease("d", "w1", 1, TTL, Duration::from_secs(5)).await.unwrap()
+            })
+        };
+        tokio::task::yield_now().await;
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let leases = waiter.await.unwrap();
+        assert_eq!(leases.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_with_nothing_to_take_returns_empty_after_block() {
+        let queue = InMemoryQueue::default();
+        let started = Instant::now();
+        let leases = queue.lease("d", "w1", 1, TTL, Duration::from_millis(300)).await.unwrap();
+        assert!(leases.is_empty());
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn output_is_read_in_order_and_resumable_from_a_sequence_number() {
+        let queue = InMemoryQueue::default();
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        let outcome = queue
+            .append_output(&lease.lease, vec![tokens(&[7]), tokens(&[8]), finished()])
+            .await
+            .unwrap();
+        assert_eq!(outcome, AppendOutcome::Accepted(3));
+        let all = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let rest = queue.read_output("a", 2, Duration::ZERO).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].event.is_terminal());
+        assert!(queue.read_output("a", 3, Duration::ZERO).await.unwrap().is_empty());
+        assert!(matches!(
+            queue.read_output("nope", 0, Duration::ZERO).await,
+            Err(QueueError::UnknownJob(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_is_redelivered_with_a_new_epoch_and_the_old_writer_is_fenced() {
+        let queue = InMemoryQueue::default();
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let first = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        queue.append_output(&first.lease, vec![tokens(&[5, 6])]).await.unwrap();
+
+        // Not expired yet: nothing is reclaimed, and renewing keeps it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(queue.reclaim_expired("d").await.unwrap(), 0);
+        assert_eq!(queue.renew(&[first.lease.clone()], TTL).await.unwrap(), [true]);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(queue.reclaim_expired("d").await.unwrap(), 0);
+
+        // The owner stops renewing: reclaimed after the TTL with a bumped epoch.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(queue.reclaim_expired("d").await.unwrap(), 1);
+        let second = queue.lease("d", "w2", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        assert_eq!(second.lease.epoch, first.lease.epoch + 1);
+        assert_eq!(second.deliveries, 2);
+        assert_eq!(second.resume_tokens, [5, 6]);
+        assert_eq!(second.resume_after_seq, 1);
+
+        // The old owner wakes up: every write is rejected.
+        assert_eq!(
+            queue.append_output(&first.lease, vec![tokens(&[9])]).await.unwrap(),
+            AppendOutcome::Fenced
+        );
+        assert!(!queue.ack(&first.lease).await.unwrap());
+        assert_eq!(queue.renew(&[first.lease.clone()], TTL).await.unwrap(), [false]);
+
+        // The new owner continues the same stream.
+        queue.append_output(&second.lease, vec![tokens(&[7]), finished()]).await.unwrap();
+        assert!(queue.ack(&second.lease).await.unwrap());
+        let events = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
+        assert_eq!(events.iter().map(|e| (e.seq, e.epoch)).collect::<Vec<_>>(), [(1, 1), (2, 2), (3, 2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_whose_consumers_keep_dying_is_failed_after_max_deliveries() {
+        let queue = InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 2, ..Default::default() });
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        for _ in 0..2 {
+            queue.lease("d", "w", 1, TTL, Duration::ZERO).await.unwrap();
+            tokio::time::advance(TTL + Duration::from_secs(1)).await;
+            queue.reclaim_expired("d").await.unwrap();
+        }
+        let events = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
+        assert!(matches!(&events.last().unwrap().event, OutputEvent::Failed { code, .. } if code == "delivery_limit"));
+        assert!(queue.lease("d", "w", 1, TTL, Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn release_hands_a_job_back_to_the_head_without_counting_a_delivery() {
+        let queue = InMemoryQueue::default();
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        queue.enqueue(job("b"), LIMITS).await.unwrap();
+        let first = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        assert!(queue.release(&first.lease).await.unwrap());
+        assert_eq!(queue.position("d", "a").await.unwrap(), Some(1));
+        let again = queue.lease("d", "w2", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        assert_eq!(again.job.id, "a");
+        assert_eq!(again.deliveries, 1);
+        assert_eq!(
+            queue.append_output(&first.lease, vec![tokens(&[1])]).await.unwrap(),
+            AppendOutcome::Fenced
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_waiting_job_removes_it_and_ends_its_stream() {
+        let queue = InMemoryQueue::default();
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        queue.cancel("a").await.unwrap();
+        assert_eq!(queue.depth("d").await.unwrap().waiting, 0);
+        let events = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
+        assert!(matches!(&events[0].event, OutputEvent::Failed { code, .. } if code == "cancelled"));
+        queue.cancel("a").await.unwrap();
+        queue.cancel("unknown").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_leased_job_stops_its_writer_at_the_next_append() {
+        let queue = InMemoryQueue::default();
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        queue.cancel("a").await.unwrap();
+        assert_eq!(
+            queue.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap(),
+            AppendOutcome::Cancelled
+        );
+        assert_eq!(queue.depth("d").await.unwrap().leased, 0);
+        let events = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
+        assert_eq!(events.len(), 1, "the cancelled write was not stored");
+        assert!(events[0].event.is_terminal());
+    }
+
+    #[tokio::test]
+    async fn a_job_past_its_deadline_is_failed_instead_of_leased() {
+        let queue = InMemoryQueue::default();
+        let mut late = job("a");
+        late.deadline_ms = Some(unix_millis() - 1);
+        queue.enqueue(late, LIMITS).await.unwrap();
+        queue.enqueue(job("b"), LIMITS).await.unwrap();
+        let leases = queue.lease("d", "w1", 2, TTL, Duration::ZERO).await.unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].job.id, "b");
+        let events = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
+        assert!(matches!(&events[0].event, OutputEvent::Failed { code, .. } if code == "deadline_exceeded"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_output_is_dropped_after_the_retention_period() {
+        let queue = InMemoryQueue::new(InMemoryQueueConfig {
+            output_retention: Duration::from_secs(5),
+            ..Default::default()
+        });
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        queue.append_output(&lease.lease, vec![finished()]).await.unwrap();
+        queue.ack(&lease.lease).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        queue.enqueue(job("b"), LIMITS).await.unwrap(); // sweeps
+        assert!(queue.read_output("a", 0, Duration::ZERO).await.is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The `Queue` trait: how gateways hand jobs to replicas and read their output back.
+//!
+//! The semantics are those of Redis Streams with a consumer group, plus fencing:
+//! - `enqueue` appends a job to its deployment's queue, refusing it past the admission
+//!   limits (`QueueError::Full`) instead of growing without bound.
+//! - `lease` hands up to `max_jobs` waiting jobs to one consumer, each under a lease
+//!   that expires after `ttl` unless `renew`ed. It waits up to `block` for work.
+//! - `ack` ends a job; `release` hands an unfinished job back (a draining replica that
+//!   must not start it) so another consumer takes it at once.
+//! - `reclaim_expired` redelivers jobs whose lease expired (their consumer died) with a
+//!   bumped epoch. Writes carry their [`LeaseRef`]; a write from an older epoch is
+//!   `Fenced`, so a stalled consumer that wakes up cannot corrupt the stream. A job
+//!   delivered `max_deliveries` times is failed (dead-lettered) instead.
+//! - Each job has an output stream of [`SequencedEvent`]s; `read_output` returns what
+//!   follows a sequence number, so a reader that reconnects neither misses nor repeats
+//!   an event. A cancelled job's writer learns it from `append_output`'s answer.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
+use crate::protocol::{OutputEvent, SequencedEvent};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue of deployment {deployment} is full ({depth} waiting)")]
+    Full { deployment: String, depth: u64 },
+    #[error("no such job: {0}")]
+    UnknownJob(String),
+    #[error("a job with id {0} already exists")]
+    DuplicateJob(String),
+    #[error("queue backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl QueueError {
+    /// Stable code, used as the API error code and metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueueError::Full { .. } => "queue_full",
+            QueueError::UnknownJob(_) => "unknown_job",
+            QueueError::DuplicateJob(_) => "duplicate_job",
+            QueueError::Unavailable(_) => "queue_unavailable",
+        }
+    }
+}
+
+/// What a write under a lease learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored; the value is the sequence number of the last stored event.
+    Accepted(u64),
+    /// The job was cancelled (its client went away): stop working on it.
+    Cancelled,
+    /// The lease was superseded by a newer attempt: stop working on it, write nothing.
+    Fenced,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Append a job to its deployment's queue.
+    async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError>;
+
+    /// 1-based position of a waiting job in its deployment's queue; `None` once leased
+    /// (or finished).
+    async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError>;
+
+    async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError>;
+
+    /// Lease up to `max_jobs` waiting jobs (oldest first), waiting up to `block` for one.
+    async fn lease(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        max_jobs: usize,
+        ttl: Duration,
+        block: Duration,
+    ) -> Result<Vec<Lease>, QueueError>;
+
+    /// Extend leases by `ttl`. Answers, per lease, whether it is still held.
+    async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError>;
+
+    /// Finish a job. Fenced (`Ok(false)`) if the lease was superseded.
+    async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError>;
+
+    /// Hand a leased job back to the head of its queue, unstarted or partly done (its
+    /// output so far is kept and the next attempt resumes after it).
+    async fn release(&self, lease: &LeaseRef) -> Result<bool, QueueError>;
+
+    /// Redeliver jobs of `deployment` whose lease expired. Answers how many were
+    /// redelivered; jobs past `max_deliveries` are failed with `delivery_limit`.
+    async fn reclaim_expired(&self, deployment: &str) -> Result<u64, QueueError>;
+
+    /// Cancel a job wherever it is: a waiting job leaves the queue, a leased one is
+    /// flagged so its writer stops at its next append. Idempotent.
+    async fn cancel(&self, job_id: &str) -> Result<(), QueueError>;
+
+    /// Append events to a job's output stream under a lease (fenced by epoch).
+    async fn append_output(
+        &self,
+        lease: &LeaseRef,
+        events: Vec<OutputEvent>,
+    ) -> Result<AppendOutcome, QueueError>;
+
+    /// Events after sequence number `after_seq`, waiting up to `block` for one.
+    /// An empty answer means nothing arrived in time.
+    async fn read_output(
+        &self,
+        job_id: &str,
+        after_seq: u64,
+        block: Duration,
+    ) -> Result<Vec<SequencedEvent>, QueueError>;
+}

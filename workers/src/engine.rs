@@ -1,0 +1,127 @@
+//! The `Engine` trait (one replica's model, stepped by its worker thread) and the
+//! `EngineFactory` trait (one per deployment, builds engines for new replicas).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use swell_cluster::{JobId, OutputEvent, SamplingParams};
+
+use crate::error::EngineError;
+use crate::tokenizer::Tokenizer;
+
+/// A sequence handed to an engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    pub id: JobId,
+    pub prompt_tokens: Vec<u32>,
+    /// Tokens an earlier attempt already delivered (a redelivered job): the engine
+    /// prefills prompt + these and continues after them, counting them in `max_tokens`
+    /// and in usage, and emits only what follows.
+    pub resume_tokens: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+/// An event for one sequence, produced by a step. Every sequence added to an engine and
+/// not cancelled gets exactly one terminal event (`Finished` or `Failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceOutput {
+    pub id: JobId,
+    pub event: OutputEvent,
+}
+
+/// What one step did, for metrics and for the worker's progress counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepReport {
+    /// Sequences that took part in the step (prefilling or decoding).
+    pub batch_size: usize,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    /// Sequences moved out of the running batch to free KV space.
+    pub preempted: usize,
+    /// Wall time of the step.
+    pub elapsed: Duration,
+}
+
+/// An engine's occupancy, read between steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineLoad {
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Sequences added but waiting inside the engine for KV space.
+    pub waiting: usize,
+    pub kv_tokens_used: u64,
+    pub kv_tokens_capacity: u64,
+    /// How many more sequences are worth adding now (0 when batch or KV cache is full).
+    pub free_slots: usize,
+}
+
+/// One replica's model. Not `Sync`: it lives on its worker's dedicated thread, and every
+/// call may block for as long as the model math takes.
+pub trait Engine: Send + 'static {
+    /// Add a sequence. It joins the running batch at a later step when KV capacity
+    /// allows; until then it waits inside the engine (never an out-of-memory failure).
+    fn add(&mut self, seq: Sequence);
+
+    /// Remove a sequence (its client went away or its lease was lost). It emits nothing
+    /// more, and its KV space is freed before the next step.
+    fn cancel(&mut self, id: &str);
+
+    /// Run one continuous-batching step and append its outputs to `out`. Returns at once
+    /// with an empty report when there is nothing to do.
+    fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError>;
+
+    fn load(&self) -> EngineLoad;
+}
+
+/// What a replica needs to know about where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaContext {
+    pub replica_id: String,
+    /// GPU ordinals placed for this replica (empty on CPU).
+    pub devices: Vec<u32>,
+}
+
+/// How long each stage of a cold start took (read weights, prepare, warm up, ...).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ColdStartReport {
+    pub stages: Vec<(String, Duration)>,
+}
+
+impl ColdStartReport {
+    pub fn total(&self) -> Duration {
+        self.stages.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// A deployment's model as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineDescription {
+    /// `sim`, or the real engine's name.
+    pub engine: String,
+    /// The model (or sim profile) name shown in `/v1/models` details.
+    pub model: String,
+    /// Maximum prompt + output tokens of one sequence.
+    pub context_length: u32,
+    /// GPUs one replica occupies (0 on CPU).
+    pub gpus_per_replica: u32,
+    /// Maximum sequences in one running batch.
+    pub max_batch_size: u32,
+    /// KV cache capacity of one replica, in tokens.
+    pub kv_capacity_tokens: u64,
+    /// Expected cold start of one replica (for wait estimates).
+    #[serde(with = "humantime_serde")]
+    pub expected_cold_start: Duration,
+}
+
+/// Builds engines for a deployment's replicas; shared by all of them.
+pub trait EngineFactory: Send + Sync + 'static {
+    fn describe(&self) -> EngineDescription;
+
+    fn tokenizer(&self) -> Arc<dyn Tokenizer>;
+
+    /// Build one replica's engine: the cold start. Blocking; called on the replica's own
+    /// thread, never on an async executor.
+    fn create(&self, replica: &ReplicaContext)
+        -> Result<(Box<dyn Engine>, ColdStartReport), EngineError>;
+}

@@ -1,0 +1,30 @@
+//! # swell-workers: what runs inside a replica
+//!
+//! A replica is one engine instance serving one deployment. The [`Engine`] trait is the
+//! contract between a replica's worker (which leases jobs and publishes output) and the
+//! model code: the worker `add`s sequences and calls `step` in a loop on a dedicated
+//! thread; each step runs one continuous-batching iteration (prefill of newly admitted
+//! sequences mixed with one decode token for every running one) and emits outputs.
+//!
+//! An [`EngineFactory`] belongs to a deployment: it builds engines for new replicas
+//! (the cold start), shares what can be shared between them (weights), and gives the
+//! gateway the deployment's [`Tokenizer`] so prompts are tokenized and checked at the edge.
+//!
+//! # Layout
+//! - [`engine`]: the `Engine` and `EngineFactory` traits and their report types.
+//! - [`tokenizer`]: the `Tokenizer` trait and chat messages.
+//! - [`error`]: `EngineError`.
+//! - [`sim`]: the `sim` engine, a calibrated performance model of a GPU replica that
+//!   emits real tokens with real timing, with named profiles from published benchmarks.
+
+pub mod engine;
+pub mod error;
+pub mod sim;
+pub mod tokenizer;
+
+pub use engine::{
+    ColdStartReport, Engine, EngineDescription, EngineFactory, EngineLoad, ReplicaContext,
+    Sequence, SequenceOutput, StepReport,
+};
+pub use error::EngineError;
+pub use tokenizer::{ChatMessage, Tokenizer};
