@@ -1,1 +1,31 @@
-//! (being written)
+//! # swell-actors: the control plane of one Swell node
+//!
+//! Swell's moving parts are actix actors; the logic they run lives in plain structs
+//! with synchronous tests (the autoscaler's policy, the quota arithmetic).
+//!
+//! - A [`DeploymentSupervisor`](supervisor::DeploymentSupervisor) per deployment owns
+//!   its replica set and autoscaler: every tick it samples the load, asks the policy
+//!   for a replica count, and spawns or drains workers to match, down to zero.
+//! - A [`WorkerActor`](worker::WorkerActor) per replica builds its engine on a
+//!   dedicated thread, leases jobs from the queue while the engine has room, and
+//!   publishes each step's output to the jobs' output streams.
+//! - A [`RequestActor`](request::RequestActor) per request takes it through the tenant's
+//!   quota and into the queue, relays its output stream to the client, and settles
+//!   the quota when it ends.
+//! - A [`QuotaActor`](quota::QuotaActor) per tenant enforces its rate and concurrency
+//!   limits (token buckets, reserve then refund).
+//!
+//! # Layout
+//! - [`autoscaler`]: the scaling policy (plain struct, virtual-time tests).
+//! - [`supervisor`]: `DeploymentSupervisor`, deployment status and scale events.
+//! - [`worker`]: `WorkerActor`, its engine thread, lease/publish/renew loops.
+//! - [`request`]: `RequestActor` and `submit`, the edge's entry point.
+//! - [`quota`]: `TenantQuota` (arithmetic) and `QuotaActor`.
+//! - [`metrics`]: every metric the actors record, declared once.
+
+pub mod autoscaler;
+pub mod metrics;
+pub mod quota;
+pub mod request;
+pub mod supervisor;
+pub mod worker;

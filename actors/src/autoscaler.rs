@@ -1,0 +1,2199 @@
+//! The autoscaling policy: how many replicas a deployment should have right now.
+//!
+//! This module is pure policy. It never reads the clock, sleeps, spawns or talks to
+//! replicas: the deployment supervisor feeds it load samples and the replica counts it
+//! sees, asks for a [`Decision`], carries the decision out, and reports back what it
+//! actually changed. Every function takes `now: Duration`, a monotonic time since an
+//! arbitrary origin, so the whole policy runs in virtual time in the tests below.
+//!
+//! # How the desired replica count is found
+//!
+//! 1. **Load, averaged.** Every tick (e.g. once a second) the supervisor records a
+//!    [`LoadSample`]. Signals are averaged over `metrics_window` (the samples with
+//!    `at > now - metrics_window`):
+//!    - concurrent requests = the mean of `queued + running` over those samples;
+//!    - requests, generated tokens and prompt tokens per second = the sum of those
+//!      counts over the samples, divided by the span the samples actually cover:
+//!      `min(metrics_window, now - first sample ever recorded)`, at least 1 s.
+//! 2. **One recommendation per target.** Each configured per-replica target in
+//!    [`LoadTargets`] recommends `ceil(signal / target)` replicas. The highest
+//!    recommendation wins and names the reason ([`ScaleReason::ConcurrentRequests`],
+//!    [`ScaleReason::RequestsPerSecond`], ...). A target of `None` (`false` in TOML,
+//!    `null` in JSON) is not used.
+//! 3. **Stabilisation, like the Kubernetes HPA.** Each `decide` call remembers its
+//!    recommendation with its time. To scale *up*, the lowest recommendation of the
+//!    last `scale_up_window` is used, so load must be sustained for the whole window
+//!    (a recommendation exactly one window old still counts; a window of 0 means at
+//!    once). To scale *down*, the highest recommendation of the last
+//!    `scale_down_window` is used. While the autoscaler has not yet been deciding for a
+//!    whole window (just created), the part of the window it has not seen counts as
+//!    "keep the current count", so a fresh autoscaler never jumps. History is kept only
+//!    as long as the largest window.
+//! 4. **At least one replica while not idle.** A load recommendation of 0 still keeps 1
+//!    replica; only the idle rule goes to 0.
+//! 5. **Clamp** to `[min_replicas, max_replicas]`; the reason becomes
+//!    [`ScaleReason::MinReplicas`] or [`ScaleReason::MaxReplicas`] when the clamp changed
+//!    the count.
+//! 6. **Velocity**, like HPA behavior policies. Over any `period`, the replicas added
+//!    (removed) as reported through [`Autoscaler::scaled`] may not exceed
+//!    `max(replicas, ceil(percent / 100 * count at the start of the period))`, where the
+//!    count at the start of the period is the current count minus what was added (plus
+//!    what was removed) within the period, so percent limits do not compound inside
+//!    one period. With both `replicas` and `percent` unset the direction is unlimited.
+//!    Going from 0 to 1 and from 1 to 0 is always allowed. When the limit cut the
+//!    change, [`Decision::velocity_limited`] is true and the detail says so.
+//!
+//! Two rules bypass the windows:
+//!
+//! - **Queued at zero.** With no capacity (`ready + starting == 0`) and the latest
+//!   sample showing work (`queued > 0` or `running > 0`), the desired count is
+//!   `max(1, recommendation)` at once, without the up-window, reason
+//!   [`ScaleReason::QueuedAtZero`]. It is still capped by `max_replicas` and velocity.
+//!   Without work, a deployment at 0 replicas stays at 0 (unless `min_replicas` says
+//!   otherwise).
+//! - **Scale to zero.** Only with `min_replicas == 0`: when no sample showed activity
+//!   (anything queued, running, arrived or generated) for `scale_to_zero_window`, the
+//!   desired count is 0, reason [`ScaleReason::Idle`]. Any activity restarts that
+//!   clock. The scale-down window does not apply (the idle window is its own), the
+//!   velocity limit does, except for the last step from 1 to 0.
+//!
+//! Capacity means `ready + starting`; draining replicas are leaving and are not counted.
+//! The direction is `Up` when desired > current, `Down` when desired < current, and
+//! `None` otherwise, in which case the reason is [`ScaleReason::Stable`] (the detail
+//! still names the target that set the count).
+//!
+//! # Example
+//!
+//! Defaults: target 8 concurrent requests per replica, `metrics_window` 30s,
+//! `scale_up_window` 30s, `scale_down_window` 10m, `scale_to_zero_window` 1h, scale up by
+//! at most 4 replicas (or 100%) per 15s, scale down by at most 1 per 60s.
+//!
+//! ```text
+//! t=0       0 replicas, 1 request queued                -> 1 at once (queued_at_zero)
+//! t=1..99   24 requests in flight                       -> the 30s average recommends 2 at t=1
+//!                                                          and 3 (24 / 8) from t=2, but the 30s
+//!                                                          up-window holds them back
+//! t=31      the 2 of t=1 has held for 30s               -> 2 (concurrent_requests)
+//! t=32      the 3 of t=2 has held for 30s               -> 3
+//! t=100     traffic stops; the average is 16 at t=109 (recommendation 2), 8 at t=119 (1)
+//! t=709     the last 3 (t=108) is more than 10m old     -> 2
+//! t=769     the last 2 (t=118) is gone, and 60s passed since the last step -> 1
+//! t=3699    no activity since t=99 for 1h               -> 0 (idle)
+//! ```
+//!
+//! In code, the supervisor's tick looks like this:
+//!
+//! ```rust,ignore
+//! autoscaler.record(LoadSample { at: now, queued, running, arrivals, prompt_tokens, generated_tokens });
+//! let decision = autoscaler.decide(now, ReplicaCounts { ready, starting, draining });
+//! if decision.direction != ScaleDirection::None {
+//!     let from = ready + starting;
+//!     // ... start or drain replicas to reach decision.desired ...
+//!     autoscaler.scaled(now, from, decision.desired);
+//! }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The shortest `metrics_window` that validates.
+pub const MIN_METRICS_WINDOW: Duration = Duration::from_secs(1);
+/// The longest `metrics_window` that validates (samples are kept that long).
+pub const MAX_METRICS_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// The longest `scale_up_window` / `scale_down_window` that validates (recommendations
+/// are kept that long).
+pub const MAX_STABILIZATION_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The shortest span rates are divided by, so a single early sample does not explode.
+const MIN_RATE_SPAN: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------------
+// Policy (configuration)
+// ---------------------------------------------------------------------------------------
+
+/// How a deployment scales. Deserializes from an empty table to the defaults; unknown
+/// keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalingPolicy {
+    /// The fewest replicas, default 0 (scale to zero allowed).
+    pub min_replicas: u32,
+    /// The most replicas, default 4.
+    pub max_replicas: u32,
+    /// Load must be sustained this long before scaling up, default 30s.
+    #[serde(with = "humantime_serde")]
+    pub scale_up_window: Duration,
+    /// Load must have been low this long before scaling down, default 10m.
+    #[serde(with = "humantime_serde")]
+    pub scale_down_window: Duration,
+    /// No activity this long scales to 0 when `min_replicas` is 0, default 1h.
+    #[serde(with = "humantime_serde")]
+    pub scale_to_zero_window: Duration,
+    /// Load is averaged over this, default 30s.
+    #[serde(with = "humantime_serde")]
+    pub metrics_window: Duration,
+    /// Per-replica load targets.
+    pub load_targets: LoadTargets,
+    /// How fast the replica count may change.
+    pub velocity: Velocity,
+}
+
+impl Default for AutoscalingPolicy {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            max_replicas: 4,
+            scale_up_window: Duration::from_secs(30),
+            scale_down_window: Duration::from_secs(10 * 60),
+            scale_to_zero_window: Duration::from_secs(60 * 60),
+            metrics_window: Duration::from_secs(30),
+            load_targets: LoadTargets::default(),
+            velocity: Velocity::default(),
+        }
+    }
+}
+
+/// Per-replica load targets; `None` means the target is not used. In TOML, which has no
+/// null, write `false` to turn a target off (e.g. `concurrent_requests = false`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadTargets {
+    /// Queued + running requests per replica, default 8.
+    #[serde(deserialize_with = "deserialize_optional_target")]
+    pub concurrent_requests: Option<f64>,
+    /// Arriving requests per second per replica, default off.
+    #[serde(deserialize_with = "deserialize_optional_target")]
+    pub requests_per_second: Option<f64>,
+    /// Generated tokens per second per replica, default off.
+    #[serde(deserialize_with = "deserialize_optional_target")]
+    pub tokens_generated_per_second: Option<f64>,
+    /// Prompt tokens of arriving requests per second per replica, default off.
+    #[serde(deserialize_with = "deserialize_optional_target")]
+    pub prompt_tokens_per_second: Option<f64>,
+}
+
+impl Default for LoadTargets {
+    fn default() -> Self {
+        Self {
+            concurrent_requests: Some(8.0),
+            requests_per_second: None,
+            tokens_generated_per_second: None,
+            prompt_tokens_per_second: None,
+        }
+    }
+}
+
+/// How fast the replica count may change, per direction.
+///
+/// A partial table keeps the defaults of its own direction for the keys it leaves out:
+/// `[velocity.scale_down] percent = 50` keeps `replicas = 1` and `period = "60s"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "VelocityInput")]
+pub struct Velocity {
+    /// Default: at most 4 replicas or 100% (whichever is larger) per 15s.
+    pub scale_up: VelocityLimit,
+    /// Default: at most 1 replica per 60s.
+    pub scale_down: VelocityLimit,
+}
+
+impl Default for Velocity {
+    fn default() -> Self {
+        Self {
+            scale_up: VelocityLimit::scale_up_default(),
+            scale_down: VelocityLimit::scale_down_default(),
+        }
+    }
+}
+
+/// A limit on replicas added (or removed) per period, like a Kubernetes HPA behavior
+/// policy. The larger of `replicas` and `percent` applies; with both `None` the
+/// direction is unlimited. `false` turns a key off in TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VelocityLimit {
+    /// At most this many replicas per period.
+    #[serde(deserialize_with = "deserialize_optional_replicas")]
+    pub replicas: Option<u32>,
+    /// Or this percent of the count at the start of the period (rounded up).
+    #[serde(deserialize_with = "deserialize_optional_target")]
+    pub percent: Option<f64>,
+    /// The period the limit applies to.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+}
+
+impl VelocityLimit {
+    /// The scale-up default: 4 replicas or 100% per 15s.
+    pub fn scale_up_default() -> Self {
+        Self {
+            replicas: Some(4),
+            percent: Some(100.0),
+            period: Duration::from_secs(15),
+        }
+    }
+
+    /// The scale-down default: 1 replica per 60s.
+    pub fn scale_down_default() -> Self {
+        Self {
+            replicas: Some(1),
+            percent: None,
+            period: Duration::from_secs(60),
+        }
+    }
+
+    /// No limit at all (both `replicas` and `percent` unset).
+    pub fn unlimited() -> Self {
+        Self {
+            replicas: None,
+            percent: None,
+            period: Duration::from_secs(60),
+        }
+    }
+
+    /// How many replicas may change within one period, starting from
+    /// `count_at_period_start`; `None` means unlimited.
+    fn allowance(&self, count_at_period_start: u64) -> Option<u64> {
+        if self.replicas.is_none() && self.percent.is_none() {
+            return None;
+        }
+        let by_replicas = u64::from(self.replicas.unwrap_or(0));
+        let by_percent = match self.percent {
+            // An infinite percent is no limit; NaN and non-positive percents add nothing.
+            Some(percent) if percent > 0.0 => {
+                ceil_to_u64(percent * count_at_period_start as f64 / 100.0)
+            }
+            _ => 0,
+        };
+        Some(by_replicas.max(by_percent))
+    }
+}
+
+/// `VelocityLimit::default()` is the scale-up default. Inside [`Velocity`], a partial
+/// `scale_down` table falls back to [`VelocityLimit::scale_down_default`] instead.
+impl Default for VelocityLimit {
+    fn default() -> Self {
+        Self::scale_up_default()
+    }
+}
+
+/// What `Velocity` deserializes through, so each direction gets its own defaults for
+/// the keys a table leaves out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VelocityInput {
+    #[serde(default)]
+    scale_up: VelocityLimitInput,
+    #[serde(default)]
+    scale_down: VelocityLimitInput,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct VelocityLimitInput {
+    /// `None`: key absent; `Some(None)`: turned off.
+    #[serde(deserialize_with = "deserialize_present_replicas")]
+    replicas: Option<Option<u32>>,
+    #[serde(deserialize_with = "deserialize_present_target")]
+    percent: Option<Option<f64>>,
+    #[serde(with = "humantime_serde")]
+    period: Option<Duration>,
+}
+
+impl VelocityLimitInput {
+    fn over(self, defaults: VelocityLimit) -> VelocityLimit {
+        VelocityLimit {
+            replicas: self.replicas.unwrap_or(defaults.replicas),
+            percent: self.percent.unwrap_or(defaults.percent),
+            period: self.period.unwrap_or(defaults.period),
+        }
+    }
+}
+
+impl From<VelocityInput> for Velocity {
+    fn from(input: VelocityInput) -> Self {
+        Self {
+            scale_up: input.scale_up.over(VelocityLimit::scale_up_default()),
+            scale_down: input.scale_down.over(VelocityLimit::scale_down_default()),
+        }
+    }
+}
+
+impl AutoscalingPolicy {
+    /// Checks the policy; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_replicas < self.min_replicas {
+            return Err(format!(
+                "autoscaling.max_replicas ({}) must be at least autoscaling.min_replicas ({})",
+                self.max_replicas, self.min_replicas
+            ));
+        }
+        if self.max_replicas == 0 {
+            return Err("autoscaling.max_replicas (0) must be at least 1".to_string());
+        }
+        if self.metrics_window < MIN_METRICS_WINDOW || self.metrics_window > MAX_METRICS_WINDOW {
+            return Err(format!(
+                "autoscaling.metrics_window ({}) must be between {} and {}",
+                format_duration(self.metrics_window),
+                format_duration(MIN_METRICS_WINDOW),
+                format_duration(MAX_METRICS_WINDOW)
+            ));
+        }
+        for (key, window) in [
+            ("scale_up_window", self.scale_up_window),
+            ("scale_down_window", self.scale_down_window),
+        ] {
+            if window > MAX_STABILIZATION_WINDOW {
+                return Err(format!(
+                    "autoscaling.{key} ({}) must be at most {}",
+                    format_duration(window),
+                    format_duration(MAX_STABILIZATION_WINDOW)
+                ));
+            }
+        }
+        let mut any_target = false;
+        for signal in LoadSignal::ALL {
+            if let Some(target) = signal.target(&self.load_targets) {
+                any_target = true;
+                if !(target.is_finite() && target > 0.0) {
+                    return Err(format!(
+                        "autoscaling.load_targets.{} ({target}) must be a finite number greater than 0",
+                        signal.key()
+                    ));
+                }
+            }
+        }
+        if !any_target {
+            return Err(
+                "autoscaling.load_targets must set at least one of concurrent_requests, \
+                 requests_per_second, tokens_generated_per_second, prompt_tokens_per_second"
+                    .to_string(),
+            );
+        }
+        for (direction, limit) in [
+            ("scale_up", &self.velocity.scale_up),
+            ("scale_down", &self.velocity.scale_down),
+        ] {
+            if limit.replicas == Some(0) {
+                return Err(format!(
+                    "autoscaling.velocity.{direction}.replicas (0) must be at least 1, or false for no replica limit"
+                ));
+            }
+            if let Some(percent) = limit.percent {
+                if !(percent.is_finite() && percent > 0.0) {
+                    return Err(format!(
+                        "autoscaling.velocity.{direction}.percent ({percent}) must be a finite number greater than 0"
+                    ));
+                }
+            }
+            if limit.period.is_zero() {
+                return Err(format!(
+                    "autoscaling.velocity.{direction}.period (0s) must be greater than 0"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inputs and outputs
+// ---------------------------------------------------------------------------------------
+
+/// One observation of a deployment's load, taken every tick (e.g. once a second).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadSample {
+    pub at: Duration,
+    /// Jobs waiting in the queue.
+    pub queued: u64,
+    /// Sequences running on replicas.
+    pub running: u64,
+    /// Requests that arrived since the previous sample.
+    pub arrivals: u64,
+    /// Prompt tokens of those arrivals.
+    pub prompt_tokens: u64,
+    /// Tokens generated since the previous sample.
+    pub generated_tokens: u64,
+}
+
+impl LoadSample {
+    /// Whether this sample shows any activity (which keeps the deployment from idling).
+    pub fn is_active(&self) -> bool {
+        self.queued > 0
+            || self.running > 0
+            || self.arrivals > 0
+            || self.prompt_tokens > 0
+            || self.generated_tokens > 0
+    }
+
+    /// Whether work is waiting or running (what brings a deployment up from zero).
+    pub fn has_work(&self) -> bool {
+        self.queued > 0 || self.running > 0
+    }
+}
+
+/// Replicas of a deployment by state. Capacity for decisions is `ready + starting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaCounts {
+    pub ready: u32,
+    pub starting: u32,
+    /// Leaving replicas; not counted as capacity.
+    pub draining: u32,
+}
+
+impl ReplicaCounts {
+    /// `ready + starting`: what decisions count as the current replica count.
+    pub fn capacity(&self) -> u32 {
+        self.ready.saturating_add(self.starting)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleDirection {
+    Up,
+    Down,
+    None,
+}
+
+impl ScaleDirection {
+    /// Snake-case label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ScaleDirection::Up => "up",
+            ScaleDirection::Down => "down",
+            ScaleDirection::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for ScaleDirection {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleReason {
+    /// Work waiting at 0 replicas: the first replicas at once, no window.
+    QueuedAtZero,
+    /// The concurrent requests target set the count.
+    ConcurrentRequests,
+    /// The requests per second target set the count.
+    RequestsPerSecond,
+    /// The generated tokens per second target set the count.
+    TokensGeneratedPerSecond,
+    /// The prompt tokens per second target set the count.
+    PromptTokensPerSecond,
+    /// Raised to `min_replicas`.
+    MinReplicas,
+    /// Capped at `max_replicas`.
+    MaxReplicas,
+    /// No activity for `scale_to_zero_window`: to 0.
+    Idle,
+    /// Nothing to do.
+    Stable,
+}
+
+impl ScaleReason {
+    /// Snake-case label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ScaleReason::QueuedAtZero => "queued_at_zero",
+            ScaleReason::ConcurrentRequests => "concurrent_requests",
+            ScaleReason::RequestsPerSecond => "requests_per_second",
+            ScaleReason::TokensGeneratedPerSecond => "tokens_generated_per_second",
+            ScaleReason::PromptTokensPerSecond => "prompt_tokens_per_second",
+            ScaleReason::MinReplicas => "min_replicas",
+            ScaleReason::MaxReplicas => "max_replicas",
+            ScaleReason::Idle => "idle",
+            ScaleReason::Stable => "stable",
+        }
+    }
+}
+
+impl fmt::Display for ScaleReason {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// What the autoscaler wants now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The desired replica count (ready + starting).
+    pub desired: u32,
+    pub direction: ScaleDirection,
+    pub reason: ScaleReason,
+    /// Human readable, with the inputs, e.g. "concurrent_requests 23.5 avg over 30s /
+    /// target 8 per replica -> 3 (was 1); limited by velocity to 2 (...)".
+    pub detail: String,
+    /// Whether the velocity limit cut the change.
+    pub velocity_limited: bool,
+}
+
+/// Load averaged over the metrics window, for the status API.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct LoadAverages {
+    /// Mean of queued + running requests over the samples in the window.
+    pub concurrent_requests: f64,
+    pub requests_per_second: f64,
+    pub tokens_generated_per_second: f64,
+    pub prompt_tokens_per_second: f64,
+    /// The configured metrics window, in seconds.
+    pub window_seconds: f64,
+}
+
+// ---------------------------------------------------------------------------------------
+// The autoscaler
+// ---------------------------------------------------------------------------------------
+
+/// The four load signals, in the order ties are broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadSignal {
+    ConcurrentRequests,
+    RequestsPerSecond,
+    TokensGeneratedPerSecond,
+    PromptTokensPerSecond,
+}
+
+impl LoadSignal {
+    const ALL: [LoadSignal; 4] = [
+        LoadSignal::ConcurrentRequests,
+        LoadSignal::RequestsPerSecond,
+        LoadSignal::TokensGeneratedPerSecond,
+        LoadSignal::PromptTokensPerSecond,
+    ];
+
+    fn key(self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    fn reason(self) -> ScaleReason {
+        match self {
+            LoadSignal::ConcurrentRequests => ScaleReason::ConcurrentRequests,
+            LoadSignal::RequestsPerSecond => ScaleReason::RequestsPerSecond,
+            LoadSignal::TokensGeneratedPerSecond => ScaleReason::TokensGeneratedPerSecond,
+            LoadSignal::PromptTokensPerSecond => ScaleReason::PromptTokensPerSecond,
+        }
+    }
+
+    fn target(self, targets: &LoadTargets) -> Option<f64> {
+        match self {
+            LoadSignal::ConcurrentRequests => targets.concurrent_requests,
+            LoadSignal::RequestsPerSecond => targets.requests_per_second,
+            LoadSignal::TokensGeneratedPerSecond => targets.tokens_generated_per_second,
+            LoadSignal::PromptTokensPerSecond => targets.prompt_tokens_per_second,
+        }
+    }
+
+    fn value(self, averages: &LoadAverages) -> f64 {
+        match self {
+            LoadSignal::ConcurrentRequests => averages.concurrent_requests,
+            LoadSignal::RequestsPerSecond => averages.requests_per_second,
+            LoadSignal::TokensGeneratedPerSecond => averages.tokens_generated_per_second,
+            LoadSignal::PromptTokensPerSecond => averages.prompt_tokens_per_second,
+        }
+    }
+
+    fn averaging(self) -> &'static str {
+        match self {
+            LoadSignal::ConcurrentRequests => "avg",
+            _ => "per second",
+        }
+    }
+}
+
+/// The load-based recommendation of one `decide` call.
+struct LoadRecommendation {
+    replicas: u32,
+    /// The target that set it; `None` when no usable target is configured.
+    winner: Option<LoadSignal>,
+    detail: String,
+}
+
+/// A run of equal consecutive recommendations (history is stored compressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecommendationRun {
+    first_at: Duration,
+    last_at: Duration,
+    replicas: u32,
+}
+
+/// A change of the replica count reported through `scaled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScaleEvent {
+    at: Duration,
+    from: u32,
+    to: u32,
+}
+
+/// The autoscaling policy with its memory: recent load samples, recent
+/// recommendations, recent scale events and the idle clock. Deterministic; never reads
+/// the clock.
+#[derive(Debug, Clone)]
+pub struct Autoscaler {
+    policy: AutoscalingPolicy,
+    /// Samples within the metrics window of the latest sample, oldest first.
+    samples: VecDeque<LoadSample>,
+    latest_sample: Option<LoadSample>,
+    first_sample_at: Option<Duration>,
+    last_activity_at: Option<Duration>,
+    /// The earliest time anything was observed (first sample or first decision): the
+    /// idle clock starts here when there was never any activity.
+    observed_since: Option<Duration>,
+    first_decision_at: Option<Duration>,
+    recommendations: VecDeque<RecommendationRun>,
+    scale_events: VecDeque<ScaleEvent>,
+}
+
+impl Autoscaler {
+    pub fn new(policy: AutoscalingPolicy) -> Self {
+        Self {
+            policy,
+            samples: VecDeque::new(),
+            latest_sample: None,
+            first_sample_at: None,
+            last_activity_at: None,
+            observed_since: None,
+            first_decision_at: None,
+            recommendations: VecDeque::new(),
+            scale_events: VecDeque::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &AutoscalingPolicy {
+        &self.policy
+    }
+
+    /// Replaces the policy and keeps all history (samples, recommendations, scale events
+    /// and the idle clock), so a policy change does not restart the windows.
+    pub fn set_policy(&mut self, policy: AutoscalingPolicy) {
+        self.policy = policy;
+    }
+
+    /// Records one load sample. Samples arrive in time order.
+    pub fn record(&mut self, sample: LoadSample) {
+        if self.first_sample_at.is_none() {
+            self.first_sample_at = Some(sample.at);
+        }
+        self.observed_since = Some(self.observed_since.map_or(sample.at, |since| since.min(sample.at)));
+        if sample.is_active() {
+            self.last_activity_at = Some(self.last_activity_at.map_or(sample.at, |last| last.max(sample.at)));
+        }
+        if self.latest_sample.map_or(true, |latest| sample.at >= latest.at) {
+            self.latest_sample = Some(sample);
+        }
+        self.samples.push_back(sample);
+        let window = self.policy.metrics_window;
+        while let Some(oldest) = self.samples.front() {
+            if oldest.at <= sample.at && sample.at - oldest.at >= window {
+                self.samples.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Loads averaged over the metrics window ending at `now`.
+    pub fn load_averages(&self, now: Duration) -> LoadAverages {
+        let window = self.policy.metrics_window;
+        let mut sample_count = 0u64;
+        let mut concurrency_sum = 0f64;
+        let mut arrivals_sum = 0f64;
+        let mut generated_sum = 0f64;
+        let mut prompt_sum = 0f64;
+        let mut add = |sample: &LoadSample| {
+            sample_count += 1;
+            concurrency_sum += sample.queued as f64 + sample.running as f64;
+            arrivals_sum += sample.arrivals as f64;
+            generated_sum += sample.generated_tokens as f64;
+            prompt_sum += sample.prompt_tokens as f64;
+        };
+        if window.is_zero() {
+            // No window to average over: the latest sample alone.
+            if let Some(latest) = self.latest_sample.filter(|sample| sample.at <= now) {
+                add(&latest);
+            }
+        } else {
+            for sample in &self.samples {
+                if sample.at <= now && now - sample.at < window {
+                    add(sample);
+                }
+            }
+        }
+        let covered = self
+            .first_sample_at
+            .map_or(Duration::ZERO, |first| now.saturating_sub(first));
+        let rate_span = window.min(covered).max(MIN_RATE_SPAN).as_secs_f64();
+        let concurrent_requests = if sample_count == 0 {
+            0.0
+        } else {
+            concurrency_sum / sample_count as f64
+        };
+        LoadAverages {
+            concurrent_requests,
+            requests_per_second: arrivals_sum / rate_span,
+            tokens_generated_per_second: generated_sum / rate_span,
+            prompt_tokens_per_second: prompt_sum / rate_span,
+            window_seconds: window.as_secs_f64(),
+        }
+    }
+
+    /// Records the supervisor actually changing the replica count, for velocity
+    /// accounting.
+    pub fn scaled(&mut self, now: Duration, from: u32, to: u32) {
+        if from != to {
+            self.scale_events.push_back(ScaleEvent { at: now, from, to });
+        }
+        self.forget_old_scale_events(now);
+    }
+
+    /// The desired replica count now. Pure with respect to the inputs already recorded
+    /// (it remembers this call's recommendation for the stabilisation windows).
+    pub fn decide(&mut self, now: Duration, current: ReplicaCounts) -> Decision {
+        let current_replicas = current.capacity();
+        if self.first_decision_at.is_none() {
+            self.first_decision_at = Some(now);
+        }
+        self.observed_since = Some(self.observed_since.map_or(now, |since| since.min(now)));
+        self.forget_old_recommendations(now);
+        self.forget_old_scale_events(now);
+
+        let averages = self.load_averages(now);
+        let load = self.recommend_from_load(&averages, current_replicas);
+        self.remember_recommendation(now, load.replicas);
+
+        let policy = &self.policy;
+        let load_reason = load.winner.map_or(ScaleReason::Stable, LoadSignal::reason);
+        let latest_work = self.latest_sample.filter(LoadSample::has_work);
+
+        let (unclamped, mut reason, mut detail) = if let (0, Some(latest)) = (current_replicas, latest_work) {
+            let replicas = load.replicas.max(1);
+            (
+                replicas,
+                ScaleReason::QueuedAtZero,
+                format!(
+                    "{} queued and {} running at 0 replicas -> {replicas} at once, without scale_up_window ({})",
+                    latest.queued, latest.running, load.detail
+                ),
+            )
+        } else if let Some(idle_for) = self.idle_for(now) {
+            (
+                0,
+                ScaleReason::Idle,
+                format!(
+                    "no activity for {} (scale_to_zero_window {}) -> 0 (was {current_replicas})",
+                    format_duration(idle_for),
+                    format_duration(policy.scale_to_zero_window)
+                ),
+            )
+        } else if current_replicas == 0 {
+            (
+                0,
+                load_reason,
+                format!("nothing queued or running at 0 replicas ({})", load.detail),
+            )
+        } else {
+            let stabilized = self.stabilize(now, current_replicas, load.replicas);
+            let mut detail = format!("{} (was {current_replicas})", load.detail);
+            if stabilized < load.replicas {
+                detail.push_str(&format!(
+                    "; held at {stabilized} until the load holds for scale_up_window {}",
+                    format_duration(policy.scale_up_window)
+                ));
+            } else if stabilized > load.replicas {
+                detail.push_str(&format!(
+                    "; held at {stabilized} by the highest recommendation in scale_down_window {}",
+                    format_duration(policy.scale_down_window)
+                ));
+            }
+            let kept = if stabilized == 0 {
+                if policy.min_replicas == 0 {
+                    detail.push_str(&format!(
+                        "; keeping 1 replica until idle for scale_to_zero_window {}",
+                        format_duration(policy.scale_to_zero_window)
+                    ));
+                }
+                1
+            } else {
+                stabilized
+            };
+            (kept, load_reason, detail)
+        };
+
+        // Clamp to [min_replicas, max_replicas] (max wins if the policy is inconsistent).
+        let clamped = unclamped.max(policy.min_replicas).min(policy.max_replicas);
+        if clamped > unclamped {
+            reason = ScaleReason::MinReplicas;
+            detail.push_str(&format!("; raised to min_replicas {}", policy.min_replicas));
+        } else if clamped < unclamped {
+            reason = ScaleReason::MaxReplicas;
+            detail.push_str(&format!("; capped at max_replicas {}", policy.max_replicas));
+        }
+
+        let (desired, velocity_note) = self.limit_velocity(now, current_replicas, clamped);
+        let velocity_limited = velocity_note.is_some();
+        if let Some(note) = velocity_note {
+            detail.push_str(&note);
+        }
+
+        let direction = if desired > current_replicas {
+            ScaleDirection::Up
+        } else if desired < current_replicas {
+            ScaleDirection::Down
+        } else {
+            ScaleDirection::None
+        };
+        if direction == ScaleDirection::None {
+            reason = ScaleReason::Stable;
+        }
+        Decision {
+            desired,
+            direction,
+            reason,
+            detail,
+            velocity_limited,
+        }
+    }
+
+    /// `ceil(signal / target)` for each usable target; the highest wins (the first in
+    /// `LoadSignal::ALL` on ties).
+    fn recommend_from_load(&self, averages: &LoadAverages, current_replicas: u32) -> LoadRecommendation {
+        let mut best: Option<(LoadSignal, u32, f64, f64)> = None;
+        for signal in LoadSignal::ALL {
+            let Some(target) = signal.target(&self.policy.load_targets) else {
+                continue;
+            };
+            if !(target.is_finite() && target > 0.0) {
+                continue;
+            }
+            let value = signal.value(averages);
+            let replicas = replicas_for(value, target);
+            if best.map_or(true, |(_, best_replicas, _, _)| replicas > best_replicas) {
+                best = Some((signal, replicas, value, target));
+            }
+        }
+        match best {
+            Some((signal, replicas, value, target)) => LoadRecommendation {
+                replicas,
+                winner: Some(signal),
+                detail: format!(
+                    "{} {} {} over {} / target {} per replica -> {replicas}",
+                    signal.key(),
+                    format_number(value),
+                    signal.averaging(),
+                    format_duration(self.policy.metrics_window),
+                    format_number(target)
+                ),
+            },
+            None => LoadRecommendation {
+                replicas: current_replicas,
+                winner: None,
+                detail: format!("no load targets configured -> keeping {current_replicas}"),
+            },
+        }
+    }
+
+    fn remember_recommendation(&mut self, now: Duration, replicas: u32) {
+        if let Some(last) = self.recommendations.back_mut() {
+            if last.replicas == replicas && now >= last.last_at {
+                last.last_at = now;
+                return;
+            }
+        }
+        self.recommendations.push_back(RecommendationRun {
+            first_at: now,
+            last_at: now,
+            replicas,
+        });
+    }
+
+    fn forget_old_recommendations(&mut self, now: Duration) {
+        let keep = self.policy.scale_up_window.max(self.policy.scale_down_window);
+        while let Some(oldest) = self.recommendations.front() {
+            if oldest.last_at <= now && now - oldest.last_at > keep {
+                self.recommendations.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn forget_old_scale_events(&mut self, now: Duration) {
+        let keep = self
+            .policy
+            .velocity
+            .scale_up
+            .period
+            .max(self.policy.velocity.scale_down.period);
+        while let Some(oldest) = self.scale_events.front() {
+            if oldest.at <= now && now - oldest.at >= keep {
+                self.scale_events.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// HPA-style stabilisation: the lowest recommendation of the up-window bounds a
+    /// scale-up, the highest of the down-window bounds a scale-down.
+    fn stabilize(&self, now: Duration, current_replicas: u32, latest: u32) -> u32 {
+        let up_window = self.policy.scale_up_window;
+        let down_window = self.policy.scale_down_window;
+        let mut lowest_in_up_window = latest;
+        let mut highest_in_down_window = latest;
+        for run in &self.recommendations {
+            let age = now.saturating_sub(run.last_at);
+            if age <= up_window {
+                lowest_in_up_window = lowest_in_up_window.min(run.replicas);
+            }
+            if age <= down_window {
+                highest_in_down_window = highest_in_down_window.max(run.replicas);
+            }
+        }
+        // The part of a window before the first decision counts as "keep the current count".
+        let deciding_for = self
+            .first_decision_at
+            .map_or(Duration::ZERO, |first| now.saturating_sub(first));
+        if deciding_for < up_window {
+            lowest_in_up_window = lowest_in_up_window.min(current_replicas);
+        }
+        if deciding_for < down_window {
+            highest_in_down_window = highest_in_down_window.max(current_replicas);
+        }
+        current_replicas
+            .max(lowest_in_up_window)
+            .min(highest_in_down_window)
+    }
+
+    /// How long there has been no activity, when that is long enough to scale to zero.
+    fn idle_for(&self, now: Duration) -> Option<Duration> {
+        if self.policy.min_replicas != 0 {
+            return None;
+        }
+        if self.latest_sample.is_some_and(|latest| latest.is_active()) {
+            return None;
+        }
+        let since = self.last_activity_at.or(self.observed_since)?;
+        let idle_for = now.saturating_sub(since);
+        (idle_for >= self.policy.scale_to_zero_window).then_some(idle_for)
+    }
+
+    /// Replicas added (`up`) or removed within the last `period`.
+    fn changed_within(&self, now: Duration, period: Duration, up: bool) -> u64 {
+        self.scale_events
+            .iter()
+            .filter(|event| event.at > now || now - event.at < period)
+            .map(|event| {
+                if up {
+                    u64::from(event.to.saturating_sub(event.from))
+                } else {
+                    u64::from(event.from.saturating_sub(event.to))
+                }
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Cuts the change from `current` to `wanted` to what the velocity limits allow;
+    /// returns the count and, when cut, a note for the detail.
+    fn limit_velocity(&self, now: Duration, current: u32, wanted: u32) -> (u32, Option<String>) {
+        let current_wide = u64::from(current);
+        if wanted > current {
+            let limit = &self.policy.velocity.scale_up;
+            let added = self.changed_within(now, limit.period, true);
+            let Some(allowance) = limit.allowance(current_wide.saturating_sub(added)) else {
+                return (wanted, None);
+            };
+            let mut remaining = allowance.saturating_sub(added);
+            if current == 0 {
+                remaining = remaining.max(1);
+            }
+            let ceiling = u32::try_from(current_wide.saturating_add(remaining)).unwrap_or(u32::MAX);
+            if wanted > ceiling {
+                return (
+                    ceiling,
+                    Some(format!(
+                        "; limited by velocity to {ceiling} (scale_up allows {allowance} per {}, {added} added in it)",
+                        format_duration(limit.period)
+                    )),
+                );
+            }
+            (wanted, None)
+        } else if wanted < current {
+            if wanted == 0 && current == 1 {
+                return (0, None);
+            }
+            let limit = &self.policy.velocity.scale_down;
+            let removed = self.changed_within(now, limit.period, false);
+            let Some(allowance) = limit.allowance(current_wide.saturating_add(removed)) else {
+                return (wanted, None);
+            };
+            let remaining = allowance.saturating_sub(removed);
+            let floor = u32::try_from(current_wide.saturating_sub(remaining)).unwrap_or(0);
+            if wanted < floor {
+                return (
+                    floor,
+                    Some(format!(
+                        "; limited by velocity to {floor} (scale_down allows {allowance} per {}, {removed} removed in it)",
+                        format_duration(limit.period)
+                    )),
+                );
+            }
+            (wanted, None)
+        } else {
+            (wanted, None)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Arithmetic and formatting helpers
+// ---------------------------------------------------------------------------------------
+
+/// Rounds away floating-point noise (e.g. 16.000000000000004) before rounding up.
+fn ceil_tolerant(value: f64) -> f64 {
+    ((value * 1e6).round() / 1e6).ceil()
+}
+
+fn ceil_to_u64(value: f64) -> u64 {
+    let rounded = ceil_tolerant(value);
+    if rounded.is_nan() || rounded <= 0.0 {
+        0
+    } else if rounded >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        rounded as u64
+    }
+}
+
+/// `ceil(signal / target)`, saturating, 0 for nonsense.
+fn replicas_for(signal: f64, target: f64) -> u32 {
+    let ratio = signal / target;
+    if ratio.is_nan() || ratio <= 0.0 {
+        return 0;
+    }
+    let rounded = ceil_tolerant(ratio);
+    if rounded.is_nan() || rounded >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        rounded as u32
+    }
+}
+
+/// At most two decimals, without trailing zeros: 23.5, 8, 0.33.
+fn format_number(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Like humantime: "30s", "10m", "1h 30m", "1.5s".
+fn format_duration(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0s".to_string();
+    }
+    if duration.subsec_nanos() != 0 {
+        return format!("{}s", duration.as_secs_f64());
+    }
+    let seconds = duration.as_secs();
+    let parts = [(seconds / 3600, "h"), (seconds % 3600 / 60, "m"), (seconds % 60, "s")];
+    parts
+        .iter()
+        .filter(|(amount, _)| *amount > 0)
+        .map(|(amount, unit)| format!("{amount}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------------------
+// Deserializing "a number, or false for off"
+// ---------------------------------------------------------------------------------------
+
+enum NumberOrOff {
+    Integer(i128),
+    Float(f64),
+    Off,
+}
+
+struct NumberOrOffVisitor<'a> {
+    expecting: &'a str,
+}
+
+impl<'de> Visitor<'de> for NumberOrOffVisitor<'_> {
+    type Value = NumberOrOff;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.expecting)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<NumberOrOff, E> {
+        if value {
+            Err(E::invalid_value(Unexpected::Bool(true), &self))
+        } else {
+            Ok(NumberOrOff::Off)
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Integer(i128::from(value)))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Integer(i128::from(value)))
+    }
+
+    fn visit_i128<E: de::Error>(self, value: i128) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Integer(value))
+    }
+
+    fn visit_u128<E: de::Error>(self, value: u128) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Integer(i128::try_from(value).unwrap_or(i128::MAX)))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Float(value))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Off)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<NumberOrOff, E> {
+        Ok(NumberOrOff::Off)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<NumberOrOff, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+const EXPECTING_NUMBER: &str = "a number, or false to turn it off";
+const EXPECTING_REPLICAS: &str = "a whole number of replicas, or false to turn it off";
+
+fn deserialize_optional_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    let visitor = NumberOrOffVisitor {
+        expecting: EXPECTING_NUMBER,
+    };
+    Ok(match deserializer.deserialize_any(visitor)? {
+        NumberOrOff::Integer(value) => Some(value as f64),
+        NumberOrOff::Float(value) => Some(value),
+        NumberOrOff::Off => None,
+    })
+}
+
+fn deserialize_optional_replicas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let visitor = NumberOrOffVisitor {
+        expecting: EXPECTING_REPLICAS,
+    };
+    let expected = &EXPECTING_REPLICAS;
+    match deserializer.deserialize_any(visitor)? {
+        NumberOrOff::Integer(value) => u32::try_from(value).map(Some).map_err(|_| {
+            de::Error::custom(format!("invalid value: {value}, expected {EXPECTING_REPLICAS}"))
+        }),
+        NumberOrOff::Float(value) => {
+            if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) {
+                Ok(Some(value as u32))
+            } else {
+                Err(de::Error::invalid_value(Unexpected::Float(value), expected))
+            }
+        }
+        NumberOrOff::Off => Ok(None),
+    }
+}
+
+fn deserialize_present_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f64>>, D::Error> {
+    deserialize_optional_target(deserializer).map(Some)
+}
+
+fn deserialize_present_replicas<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u32>>, D::Error> {
+    deserialize_optional_replicas(deserializer).map(Some)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests, in virtual time
+// ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seconds(value: u64) -> Duration {
+        Duration::from_secs(value)
+    }
+
+    fn ready(count: u32) -> ReplicaCounts {
+        ReplicaCounts {
+            ready: count,
+            starting: 0,
+            draining: 0,
+        }
+    }
+
+    fn sample(at: u64, queued: u64, running: u64, arrivals: u64) -> LoadSample {
+        LoadSample {
+            at: seconds(at),
+            queued,
+            running,
+            arrivals,
+            ..LoadSample::default()
+        }
+    }
+
+    /// A policy whose load is the latest sample alone (metrics window 1s), so
+    /// recommendations are easy to compute by hand.
+    fn instant_metrics_policy() -> AutoscalingPolicy {
+        AutoscalingPolicy {
+            metrics_window: seconds(1),
+            ..AutoscalingPolicy::default()
+        }
+    }
+
+    /// A supervisor in miniature: each tick records a sample, decides, and applies the
+    /// decision at once (new replicas are ready immediately).
+    struct Simulation {
+        autoscaler: Autoscaler,
+        replicas: u32,
+        now: u64,
+        changes: Vec<(u64, u32, u32)>,
+        last_decision: Option<Decision>,
+    }
+
+    impl Simulation {
+        fn new(policy: AutoscalingPolicy, replicas: u32) -> Self {
+            Self {
+                autoscaler: Autoscaler::new(policy),
+                replicas,
+                now: 0,
+                changes: Vec::new(),
+                last_decision: None,
+            }
+        }
+
+        fn tick(&mut self, queued: u64, running: u64, arrivals: u64) -> Decision {
+            self.autoscaler.record(sample(self.now, queued, running, arrivals));
+            let decision = self.autoscaler.decide(seconds(self.now), ready(self.replicas));
+            if decision.desired != self.replicas {
+                self.autoscaler.scaled(seconds(self.now), self.replicas, decision.desired);
+                self.changes.push((self.now, self.replicas, decision.desired));
+                self.replicas = decision.desired;
+            }
+            self.now += 1;
+            self.last_decision = Some(decision.clone());
+            decision
+        }
+
+        /// Ticks until (and excluding) second `until` with the same load.
+        fn run_until(&mut self, until: u64, queued: u64, running: u64, arrivals: u64) {
+            while self.now < until {
+                self.tick(queued, running, arrivals);
+            }
+        }
+    }
+
+    // ----- configuration -----
+
+    #[test]
+    fn defaults_deserialize_from_an_empty_toml_table() {
+        let policy: AutoscalingPolicy = toml::from_str("").unwrap();
+        assert_eq!(policy, AutoscalingPolicy::default());
+        assert_eq!(policy.min_replicas, 0);
+        assert_eq!(policy.max_replicas, 4);
+        assert_eq!(policy.scale_up_window, seconds(30));
+        assert_eq!(policy.scale_down_window, seconds(600));
+        assert_eq!(policy.scale_to_zero_window, seconds(3600));
+        assert_eq!(policy.metrics_window, seconds(30));
+        assert_eq!(policy.load_targets.concurrent_requests, Some(8.0));
+        assert_eq!(policy.load_targets.requests_per_second, None);
+        assert_eq!(policy.load_targets.tokens_generated_per_second, None);
+        assert_eq!(policy.load_targets.prompt_tokens_per_second, None);
+        assert_eq!(
+            policy.velocity.scale_up,
+            VelocityLimit {
+                replicas: Some(4),
+                percent: Some(100.0),
+                period: seconds(15)
+            }
+        );
+        assert_eq!(
+            policy.velocity.scale_down,
+            VelocityLimit {
+                replicas: Some(1),
+                percent: None,
+                period: seconds(60)
+            }
+        );
+        assert_eq!(policy.validate(), Ok(()));
+    }
+
+    #[test]
+    fn defaults_deserialize_from_json_and_partial_json_keeps_the_rest() {
+        let policy: AutoscalingPolicy = serde_json::from_str("{}").unwrap();
+        assert_eq!(policy, AutoscalingPolicy::default());
+
+        let policy: AutoscalingPolicy = serde_json::from_str(
+            r#"{"max_replicas": 10, "load_targets": {"requests_per_second": 2.5}, "velocity": {"scale_up": {"replicas": 2}}}"#,
+        )
+        .unwrap();
+        assert_eq!(policy.max_replicas, 10);
+        assert_eq!(policy.min_replicas, 0);
+        assert_eq!(policy.load_targets.concurrent_requests, Some(8.0));
+        assert_eq!(policy.load_targets.requests_per_second, Some(2.5));
+        assert_eq!(policy.velocity.scale_up.replicas, Some(2));
+        assert_eq!(policy.velocity.scale_up.percent, Some(100.0));
+        assert_eq!(policy.velocity.scale_up.period, seconds(15));
+        assert_eq!(policy.velocity.scale_down, VelocityLimit::scale_down_default());
+    }
+
+    #[test]
+    fn serializes_durations_in_humantime_and_round_trips_through_json() {
+        let policy = AutoscalingPolicy::default();
+        let json = serde_json::to_value(&policy).unwrap();
+        assert_eq!(json["scale_up_window"], "30s");
+        assert_eq!(json["scale_down_window"], "10m");
+        assert_eq!(json["scale_to_zero_window"], "1h");
+        assert_eq!(json["velocity"]["scale_down"]["period"], "1m");
+        assert_eq!(json["load_targets"]["requests_per_second"], serde_json::Value::Null);
+        let back: AutoscalingPolicy = serde_json::from_value(json).unwrap();
+        assert_eq!(back, policy);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let error = toml::from_str::<AutoscalingPolicy>("max_replica = 3").unwrap_err().to_string();
+        assert!(error.contains("max_replica"), "{error}");
+
+        let error = toml::from_str::<AutoscalingPolicy>("[load_targets]\nrps = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("rps"), "{error}");
+
+        let error = toml::from_str::<AutoscalingPolicy>("[velocity.scale_down]\nrate = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("rate"), "{error}");
+
+        let error = toml::from_str::<AutoscalingPolicy>("[velocity.sideways]\nreplicas = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sideways"), "{error}");
+
+        let error = serde_json::from_str::<AutoscalingPolicy>(r#"{"scale_up_windw": "1m"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("scale_up_windw"), "{error}");
+    }
+
+    #[test]
+    fn durations_parse_from_humantime_strings() {
+        let policy: AutoscalingPolicy = toml::from_str(
+            r#"
+            scale_up_window = "30s"
+            scale_down_window = "10m"
+            scale_to_zero_window = "2h"
+            metrics_window = "45s"
+            [velocity.scale_up]
+            period = "1m 30s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(policy.scale_up_window, seconds(30));
+        assert_eq!(policy.scale_down_window, seconds(600));
+        assert_eq!(policy.scale_to_zero_window, seconds(7200));
+        assert_eq!(policy.metrics_window, seconds(45));
+        assert_eq!(policy.velocity.scale_up.period, seconds(90));
+        assert_eq!(policy.velocity.scale_up.replicas, Some(4));
+
+        let error = toml::from_str::<AutoscalingPolicy>("scale_up_window = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("scale_up_window"), "{error}");
+    }
+
+    #[test]
+    fn targets_and_velocity_keys_turn_off_with_false_in_toml_and_null_in_json() {
+        let policy: AutoscalingPolicy = toml::from_str(
+            r#"
+            [load_targets]
+            concurrent_requests = false
+            requests_per_second = 4
+            tokens_generated_per_second = 250.5
+            [velocity.scale_up]
+            percent = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(policy.load_targets.concurrent_requests, None);
+        assert_eq!(policy.load_targets.requests_per_second, Some(4.0));
+        assert_eq!(policy.load_targets.tokens_generated_per_second, Some(250.5));
+        assert_eq!(policy.velocity.scale_up.percent, None);
+        assert_eq!(policy.velocity.scale_up.replicas, Some(4));
+        assert_eq!(policy.validate(), Ok(()));
+
+        let policy: AutoscalingPolicy =
+            serde_json::from_str(r#"{"load_targets": {"concurrent_requests": null, "prompt_tokens_per_second": 1000}}"#)
+                .unwrap();
+        assert_eq!(policy.load_targets.concurrent_requests, None);
+        assert_eq!(policy.load_targets.prompt_tokens_per_second, Some(1000.0));
+
+        let error = toml::from_str::<AutoscalingPolicy>("[load_targets]\nconcurrent_requests = true")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("false to turn it off"), "{error}");
+
+        let error = toml::from_str::<AutoscalingPolicy>("[velocity.scale_down]\nreplicas = 1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("whole number of replicas"), "{error}");
+    }
+
+    #[test]
+    fn a_partial_scale_down_table_keeps_the_scale_down_defaults() {
+        let policy: AutoscalingPolicy = toml::from_str("[velocity.scale_down]\npercent = 50").unwrap();
+        assert_eq!(
+            policy.velocity.scale_down,
+            VelocityLimit {
+                replicas: Some(1),
+                percent: Some(50.0),
+                period: seconds(60)
+            }
+        );
+        assert_eq!(policy.velocity.scale_up, VelocityLimit::scale_up_default());
+    }
+
+    #[test]
+    fn validate_errors_name_the_key() {
+        let check = |change: &dyn Fn(&mut AutoscalingPolicy)| {
+            let mut policy = AutoscalingPolicy::default();
+            change(&mut policy);
+            policy.validate().unwrap_err()
+        };
+        assert_eq!(
+            check(&|policy| {
+                policy.min_replicas = 1;
+                policy.max_replicas = 0;
+            }),
+            "autoscaling.max_replicas (0) must be at least autoscaling.min_replicas (1)"
+        );
+        assert_eq!(
+            check(&|policy| policy.max_replicas = 0),
+            "autoscaling.max_replicas (0) must be at least 1"
+        );
+        assert_eq!(
+            check(&|policy| policy.metrics_window = Duration::ZERO),
+            "autoscaling.metrics_window (0s) must be between 1s and 1h"
+        );
+        assert_eq!(
+            check(&|policy| policy.scale_down_window = seconds(2 * 24 * 3600)),
+            "autoscaling.scale_down_window (48h) must be at most 24h"
+        );
+        assert_eq!(
+            check(&|policy| policy.load_targets.requests_per_second = Some(0.0)),
+            "autoscaling.load_targets.requests_per_second (0) must be a finite number greater than 0"
+        );
+        assert_eq!(
+            check(&|policy| policy.load_targets.concurrent_requests = Some(f64::NAN)),
+            "autoscaling.load_targets.concurrent_requests (NaN) must be a finite number greater than 0"
+        );
+        assert_eq!(
+            check(&|policy| policy.load_targets.prompt_tokens_per_second = Some(f64::INFINITY)),
+            "autoscaling.load_targets.prompt_tokens_per_second (inf) must be a finite number greater than 0"
+        );
+        assert!(check(&|policy| policy.load_targets.concurrent_requests = None)
+            .starts_with("autoscaling.load_targets must set at least one of"));
+        assert_eq!(
+            check(&|policy| policy.velocity.scale_up.period = Duration::ZERO),
+            "autoscaling.velocity.scale_up.period (0s) must be greater than 0"
+        );
+        assert_eq!(
+            check(&|policy| policy.velocity.scale_down.percent = Some(-5.0)),
+            "autoscaling.velocity.scale_down.percent (-5) must be a finite number greater than 0"
+        );
+        assert_eq!(
+            check(&|policy| policy.velocity.scale_down.replicas = Some(0)),
+            "autoscaling.velocity.scale_down.replicas (0) must be at least 1, or false for no replica limit"
+        );
+        // Zero stabilisation windows are fine: they mean "at once".
+        let policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            scale_down_window: Duration::ZERO,
+            scale_to_zero_window: Duration::ZERO,
+            ..AutoscalingPolicy::default()
+        };
+        assert_eq!(policy.validate(), Ok(()));
+    }
+
+    #[test]
+    fn reasons_and_directions_have_snake_case_labels() {
+        assert_eq!(ScaleReason::QueuedAtZero.as_str(), "queued_at_zero");
+        assert_eq!(ScaleReason::TokensGeneratedPerSecond.as_str(), "tokens_generated_per_second");
+        assert_eq!(ScaleReason::MaxReplicas.to_string(), "max_replicas");
+        assert_eq!(serde_json::to_value(ScaleReason::PromptTokensPerSecond).unwrap(), "prompt_tokens_per_second");
+        assert_eq!(serde_json::to_value(ScaleReason::Idle).unwrap(), ScaleReason::Idle.as_str());
+        assert_eq!(serde_json::to_value(ScaleDirection::Down).unwrap(), "down");
+        assert_eq!(ScaleDirection::None.as_str(), "none");
+    }
+
+    // ----- load averages -----
+
+    #[test]
+    fn load_averages_use_the_metrics_window_and_the_span_actually_covered() {
+        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default()); // 30s window
+        for at in 0..=10 {
+            autoscaler.record(LoadSample {
+                at: seconds(at),
+                queued: 2,
+                running: 4,
+                arrivals: 3,
+                prompt_tokens: 300,
+                generated_tokens: 50,
+            });
+        }
+        let averages = autoscaler.load_averages(seconds(10));
+        assert_eq!(averages.concurrent_requests, 6.0);
+        // 11 samples of 3 arrivals over the 10 s covered so far.
+        assert!((averages.requests_per_second - 3.3).abs() < 1e-9, "{averages:?}");
+        assert!((averages.prompt_tokens_per_second - 330.0).abs() < 1e-9, "{averages:?}");
+        assert!((averages.tokens_generated_per_second - 55.0).abs() < 1e-9, "{averages:?}");
+        assert_eq!(averages.window_seconds, 30.0);
+
+        // Once the window is full: 30 samples (t = 31..=60) over 30 s, exact rates.
+        for at in 11..=60 {
+            autoscaler.record(LoadSample {
+                at: seconds(at),
+                queued: 0,
+                running: 10,
+                arrivals: 2,
+                prompt_tokens: 100,
+                generated_tokens: 40,
+            });
+        }
+        let averages = autoscaler.load_averages(seconds(60));
+        assert_eq!(averages.concurrent_requests, 10.0);
+        assert_eq!(averages.requests_per_second, 2.0);
+        assert_eq!(averages.prompt_tokens_per_second, 100.0);
+        assert_eq!(averages.tokens_generated_per_second, 40.0);
+
+        // Long after the last sample the window is empty.
+        let averages = autoscaler.load_averages(seconds(500));
+        assert_eq!(averages.concurrent_requests, 0.0);
+        assert_eq!(averages.requests_per_second, 0.0);
+    }
+
+    #[test]
+    fn a_single_sample_is_divided_by_at_least_one_second() {
+        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        autoscaler.record(LoadSample {
+            at: seconds(100),
+            arrivals: 5,
+            ..LoadSample::default()
+        });
+        let averages = autoscaler.load_averages(seconds(100));
+        assert_eq!(averages.requests_per_second, 5.0);
+        let averages = Autoscaler::new(AutoscalingPolicy::default()).load_averages(Duration::ZERO);
+        assert_eq!(averages, LoadAverages { window_seconds: 30.0, ..LoadAverages::default() });
+    }
+
+    #[test]
+    fn the_module_doc_example_holds() {
+        let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
+        simulation.tick(1, 0, 1); // t = 0
+        simulation.run_until(100, 0, 24, 1);
+        simulation.run_until(4000, 0, 0, 0);
+        assert_eq!(
+            simulation.changes,
+            vec![(0, 0, 1), (31, 1, 2), (32, 2, 3), (709, 3, 2), (769, 2, 1), (3699, 1, 0)]
+        );
+    }
+
+    // ----- scaling from zero -----
+
+    #[test]
+    fn queued_work_at_zero_starts_one_replica_at_once_despite_the_30s_up_window() {
+        let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
+        simulation.run_until(10, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![]);
+        assert_eq!(simulation.last_decision.as_ref().unwrap().reason, ScaleReason::Stable);
+
+        let decision = simulation.tick(1, 0, 1);
+        assert_eq!(decision.desired, 1);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+        assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
+        assert!(!decision.velocity_limited);
+        assert!(decision.detail.contains("1 queued and 0 running at 0 replicas -> 1 at once"), "{}", decision.detail);
+        assert_eq!(simulation.changes, vec![(10, 0, 1)]);
+    }
+
+    #[test]
+    fn a_deep_queue_at_zero_starts_the_recommendation_at_once_within_velocity() {
+        let policy = AutoscalingPolicy {
+            max_replicas: 10,
+            ..instant_metrics_policy()
+        };
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(sample(5, 40, 0, 40));
+        // 40 queued / 8 per replica -> 5, but scale_up allows 4 per 15s.
+        let decision = autoscaler.decide(seconds(5), ready(0));
+        assert_eq!(decision.desired, 4);
+        assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
+        assert!(decision.velocity_limited);
+        assert!(decision.detail.contains("-> 5 at once"), "{}", decision.detail);
+        assert!(decision.detail.contains("limited by velocity to 4"), "{}", decision.detail);
+
+        // Without velocity limits it is capped by max_replicas instead.
+        let mut policy = AutoscalingPolicy {
+            max_replicas: 3,
+            ..instant_metrics_policy()
+        };
+        policy.velocity.scale_up = VelocityLimit::unlimited();
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(sample(5, 40, 0, 40));
+        let decision = autoscaler.decide(seconds(5), ready(0));
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.reason, ScaleReason::MaxReplicas);
+        assert!(!decision.velocity_limited);
+    }
+
+    #[test]
+    fn zero_to_one_is_allowed_even_when_a_percent_limit_gives_nothing() {
+        let mut policy = instant_metrics_policy();
+        policy.velocity.scale_up = VelocityLimit {
+            replicas: None,
+            percent: Some(50.0),
+            period: seconds(60),
+        };
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(sample(0, 30, 0, 30));
+        let decision = autoscaler.decide(Duration::ZERO, ready(0));
+        assert_eq!(decision.desired, 1);
+        assert!(decision.velocity_limited);
+        assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
+    }
+
+    #[test]
+    fn without_work_a_deployment_at_zero_stays_at_zero() {
+        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let decision = autoscaler.decide(seconds(3), ReplicaCounts::default());
+        assert_eq!(decision.desired, 0);
+        assert_eq!(decision.direction, ScaleDirection::None);
+        assert_eq!(decision.reason, ScaleReason::Stable);
+        assert!(!decision.velocity_limited);
+    }
+
+    // ----- scaling up -----
+
+    #[test]
+    fn sustained_load_scales_up_only_after_the_up_window() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 1);
+        simulation.run_until(10, 0, 4, 1); // 4 / 8 -> 1
+        simulation.run_until(40, 0, 20, 1); // 20 / 8 -> 3, from t = 10
+        assert_eq!(simulation.changes, vec![]);
+        let held = simulation.last_decision.clone().unwrap();
+        assert_eq!(held.desired, 1);
+        assert_eq!(held.reason, ScaleReason::Stable);
+        assert!(held.detail.contains("concurrent_requests 20 avg over 1s / target 8 per replica -> 3 (was 1)"), "{}", held.detail);
+        assert!(held.detail.contains("held at 1 until the load holds for scale_up_window 30s"), "{}", held.detail);
+
+        let decision = simulation.tick(0, 20, 1); // t = 40: 30 s of recommendation 3
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+        assert_eq!(decision.reason, ScaleReason::ConcurrentRequests);
+        assert!(!decision.velocity_limited);
+        assert_eq!(simulation.changes, vec![(40, 1, 3)]);
+    }
+
+    #[test]
+    fn a_spike_shorter_than_the_up_window_does_not_scale() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 1);
+        simulation.run_until(10, 0, 4, 1);
+        simulation.run_until(39, 0, 30, 1); // 29 s of recommendation 4
+        simulation.run_until(200, 0, 4, 1);
+        assert_eq!(simulation.changes, vec![]);
+        assert_eq!(simulation.replicas, 1);
+    }
+
+    #[test]
+    fn the_up_window_waits_for_the_lowest_recommendation_in_it() {
+        // Load ramps 3 -> 4 replicas worth; after the window the lowest (3) is used first.
+        let policy = AutoscalingPolicy {
+            max_replicas: 10,
+            ..instant_metrics_policy()
+        };
+        let mut simulation = Simulation::new(policy, 1);
+        simulation.run_until(10, 0, 4, 1); // -> 1
+        simulation.run_until(20, 0, 24, 1); // -> 3 from t = 10
+        simulation.run_until(41, 0, 32, 1); // -> 4 from t = 20
+        assert_eq!(simulation.changes, vec![(40, 1, 3)]);
+        simulation.run_until(51, 0, 32, 1);
+        assert_eq!(simulation.changes, vec![(40, 1, 3), (50, 3, 4)]);
+    }
+
+    #[test]
+    fn a_zero_up_window_scales_up_at_once() {
+        let policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            ..instant_metrics_policy()
+        };
+        let mut simulation = Simulation::new(policy, 1);
+        simulation.run_until(5, 0, 4, 1);
+        let decision = simulation.tick(0, 17, 1); // 17 / 8 -> 3
+        assert_eq!(decision.desired, 3);
+        assert_eq!(simulation.changes, vec![(5, 1, 3)]);
+    }
+
+    #[test]
+    fn the_highest_target_wins_and_names_the_reason() {
+        let mut policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            max_replicas: 10,
+            ..instant_metrics_policy()
+        };
+        policy.load_targets.requests_per_second = Some(2.0);
+        let mut autoscaler = Autoscaler::new(policy.clone());
+        // concurrency 8 / 8 -> 1; 10 rps / 2 -> 5.
+        autoscaler.record(sample(0, 0, 8, 10));
+        let decision = autoscaler.decide(Duration::ZERO, ready(1));
+        assert_eq!(decision.desired, 5);
+        assert_eq!(decision.reason, ScaleReason::RequestsPerSecond);
+        assert!(decision.detail.starts_with("requests_per_second 10 per second over 1s / target 2 per replica -> 5 (was 1)"), "{}", decision.detail);
+
+        // Tokens: 900 generated tok/s / 300 -> 3 beats concurrency 16 / 8 -> 2 and rps 2 / 2 -> 1.
+        policy.load_targets.tokens_generated_per_second = Some(300.0);
+        policy.load_targets.prompt_tokens_per_second = Some(1000.0);
+        let mut autoscaler = Autoscaler::new(policy.clone());
+        autoscaler.record(LoadSample {
+            at: Duration::ZERO,
+            running: 16,
+            arrivals: 2,
+            generated_tokens: 900,
+            prompt_tokens: 1500,
+            ..LoadSample::default()
+        });
+        let decision = autoscaler.decide(Duration::ZERO, ready(1));
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.reason, ScaleReason::TokensGeneratedPerSecond);
+
+        // Prompt tokens: 4500 / 1000 -> 5.
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(LoadSample {
+            at: Duration::ZERO,
+            running: 16,
+            prompt_tokens: 4500,
+            ..LoadSample::default()
+        });
+        let decision = autoscaler.decide(Duration::ZERO, ready(1));
+        assert_eq!(decision.desired, 5);
+        assert_eq!(decision.reason, ScaleReason::PromptTokensPerSecond);
+    }
+
+    #[test]
+    fn averaged_concurrency_over_the_default_window_sets_the_count() {
+        // 30 s window, up-window 0: the average rises as high samples fill the window.
+        let policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            max_replicas: 10,
+            ..AutoscalingPolicy::default()
+        };
+        let mut simulation = Simulation::new(policy, 1);
+        simulation.run_until(30, 0, 8, 1); // avg 8 -> 1
+        assert_eq!(simulation.changes, vec![]);
+        // From t = 30, 24 in flight. At t = 30 the window (t = 1..=30) averages
+        // (29 * 8 + 24) / 30 = 8.53 -> 2.
+        let decision = simulation.tick(0, 24, 1);
+        assert_eq!(decision.desired, 2);
+        assert!(decision.detail.starts_with("concurrent_requests 8.53 avg over 30s / target 8 per replica -> 2 (was 1)"), "{}", decision.detail);
+        // At t = 44 the window (t = 15..=44) is 15 * 8 + 15 * 24 = 480 / 30 = 16 exactly -> 2.
+        simulation.run_until(45, 0, 24, 1);
+        assert_eq!(simulation.changes, vec![(30, 1, 2)]);
+        // At t = 45: (14 * 8 + 16 * 24) / 30 = 16.53 -> 3.
+        simulation.tick(0, 24, 1);
+        assert_eq!(simulation.changes, vec![(30, 1, 2), (45, 2, 3)]);
+    }
+
+    #[test]
+    fn scaling_up_is_clamped_to_max_replicas() {
+        let policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            ..instant_metrics_policy()
+        };
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(sample(0, 50, 30, 5)); // 80 / 8 -> 10
+        let decision = autoscaler.decide(Duration::ZERO, ready(1));
+        assert_eq!(decision.desired, 4);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+        assert_eq!(decision.reason, ScaleReason::MaxReplicas);
+        assert!(!decision.velocity_limited);
+        assert!(decision.detail.contains("-> 10 (was 1); capped at max_replicas 4"), "{}", decision.detail);
+
+        // Already at max: nothing moves.
+        autoscaler.record(sample(1, 50, 30, 5));
+        let decision = autoscaler.decide(seconds(1), ready(4));
+        assert_eq!(decision.desired, 4);
+        assert_eq!(decision.reason, ScaleReason::Stable);
+        assert!(decision.detail.contains("capped at max_replicas 4"), "{}", decision.detail);
+    }
+
+    #[test]
+    fn min_replicas_raises_the_count_with_reason_min_replicas() {
+        let policy = AutoscalingPolicy {
+            min_replicas: 2,
+            scale_up_window: Duration::ZERO,
+            scale_down_window: Duration::ZERO,
+            ..instant_metrics_policy()
+        };
+        let mut autoscaler = Autoscaler::new(policy);
+        let decision = autoscaler.decide(Duration::ZERO, ready(0));
+        assert_eq!(decision.desired, 2);
+        assert_eq!(decision.reason, ScaleReason::MinReplicas);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+        assert!(decision.detail.ends_with("; raised to min_replicas 2"), "{}", decision.detail);
+    }
+
+    #[test]
+    fn percent_velocity_limits_each_period_from_its_start() {
+        let mut policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            max_replicas: 20,
+            ..instant_metrics_policy()
+        };
+        policy.velocity.scale_up = VelocityLimit {
+            replicas: None,
+            percent: Some(50.0),
+            period: seconds(60),
+        };
+        let mut simulation = Simulation::new(policy, 4);
+        let decision = simulation.tick(0, 160, 1); // 160 / 8 -> 20; 50% of 4 = 2
+        assert_eq!(decision.desired, 6);
+        assert!(decision.velocity_limited);
+        assert_eq!(decision.reason, ScaleReason::ConcurrentRequests);
+        assert!(decision.detail.contains("limited by velocity to 6 (scale_up allows 2 per 1m, 0 added in it)"), "{}", decision.detail);
+
+        let decision = simulation.tick(0, 160, 1); // t = 1: the period's 2 are spent
+        assert_eq!(decision.desired, 6);
+        assert_eq!(decision.direction, ScaleDirection::None);
+        assert_eq!(decision.reason, ScaleReason::Stable);
+        assert!(decision.velocity_limited);
+
+        simulation.run_until(200, 0, 160, 1);
+        // 6 + ceil(3) = 9, 9 + ceil(4.5) = 14, 14 + 7 = 21 -> capped by the load at 20.
+        assert_eq!(simulation.changes, vec![(0, 4, 6), (60, 6, 9), (120, 9, 14), (180, 14, 20)]);
+        assert!(!simulation.last_decision.unwrap().velocity_limited);
+    }
+
+    #[test]
+    fn replica_velocity_applies_when_larger_than_percent() {
+        // Default scale-up: max(4 replicas, 100%) per 15s. From 2: +4 (4 > 2).
+        let policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            max_replicas: 50,
+            ..instant_metrics_policy()
+        };
+        let mut simulation = Simulation::new(policy, 2);
+        simulation.run_until(31, 0, 400, 1); // 400 / 8 -> 50
+        // 2 -> 6 (4 > 2); at 15: 6 -> 12 (100% of 6); at 30: 12 -> 24.
+        assert_eq!(simulation.changes, vec![(0, 2, 6), (15, 6, 12), (30, 12, 24)]);
+    }
+
+    // ----- scaling down -----
+
+    #[test]
+    fn scale_down_waits_for_the_down_window_then_steps_by_velocity() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 4);
+        simulation.run_until(100, 0, 32, 2); // 32 / 8 -> 4, until t = 99
+        simulation.run_until(700, 0, 0, 0); // no load from t = 100: recommendation 0
+        assert_eq!(simulation.changes, vec![]);
+        let held = simulation.last_decision.clone().unwrap();
+        assert_eq!(held.reason, ScaleReason::Stable);
+        assert!(held.detail.contains("-> 0 (was 4); held at 4 by the highest recommendation in scale_down_window 10m"), "{}", held.detail);
+
+        // t = 700: the last 4 (t = 99) is more than 10m old.
+        let decision = simulation.tick(0, 0, 0);
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.direction, ScaleDirection::Down);
+        assert_eq!(decision.reason, ScaleReason::ConcurrentRequests);
+        assert!(decision.velocity_limited);
+        assert!(decision.detail.contains("limited by velocity to 3 (scale_down allows 1 per 1m, 0 removed in it)"), "{}", decision.detail);
+
+        simulation.run_until(1000, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![(700, 4, 3), (760, 3, 2), (820, 2, 1)]);
+        let last = simulation.last_decision.unwrap();
+        assert_eq!(last.desired, 1);
+        assert_eq!(last.reason, ScaleReason::Stable);
+        assert!(last.detail.contains("keeping 1 replica until idle for scale_to_zero_window 1h"), "{}", last.detail);
+    }
+
+    #[test]
+    fn a_fresh_autoscaler_does_not_scale_down_before_a_full_down_window() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 3);
+        simulation.run_until(600, 0, 1, 1); // 1 / 8 -> 1 from the very first decision
+        assert_eq!(simulation.changes, vec![]);
+        simulation.run_until(700, 0, 1, 1);
+        assert_eq!(simulation.changes, vec![(600, 3, 2), (660, 2, 1)]);
+    }
+
+    #[test]
+    fn lowering_max_replicas_scales_down_with_reason_max_replicas() {
+        let mut policy = instant_metrics_policy();
+        let mut autoscaler = Autoscaler::new(policy.clone());
+        policy.max_replicas = 2;
+        autoscaler.set_policy(policy);
+        autoscaler.record(sample(0, 0, 32, 1));
+        let decision = autoscaler.decide(Duration::ZERO, ready(4));
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.direction, ScaleDirection::Down);
+        assert_eq!(decision.reason, ScaleReason::MaxReplicas);
+        assert!(decision.velocity_limited);
+    }
+
+    // ----- scale to zero -----
+
+    #[test]
+    fn scales_to_zero_after_the_zero_window_of_idleness_and_not_before() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 1);
+        simulation.tick(0, 1, 1); // t = 0: activity
+        simulation.run_until(3600, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![]);
+        let decision = simulation.tick(0, 0, 0); // t = 3600: idle for 1h
+        assert_eq!(decision.desired, 0);
+        assert_eq!(decision.direction, ScaleDirection::Down);
+        assert_eq!(decision.reason, ScaleReason::Idle);
+        assert!(!decision.velocity_limited);
+        assert_eq!(decision.detail, "no activity for 1h (scale_to_zero_window 1h) -> 0 (was 1)");
+        simulation.run_until(4000, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![(3600, 1, 0)]);
+        assert_eq!(simulation.last_decision.unwrap().reason, ScaleReason::Stable);
+    }
+
+    #[test]
+    fn never_scales_to_zero_with_min_replicas_one() {
+        let policy = AutoscalingPolicy {
+            min_replicas: 1,
+            ..instant_metrics_policy()
+        };
+        let mut simulation = Simulation::new(policy, 1);
+        simulation.tick(0, 1, 1);
+        simulation.run_until(8000, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![]);
+        assert_eq!(simulation.replicas, 1);
+    }
+
+    #[test]
+    fn activity_resets_the_idle_clock() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 1);
+        simulation.tick(0, 1, 1); // t = 0
+        simulation.run_until(1000, 0, 0, 0);
+        simulation.tick(0, 0, 1); // t = 1000: one request arrives (and finishes quickly)
+        simulation.run_until(4599, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![]);
+        simulation.run_until(4700, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![(4600, 1, 0)]);
+    }
+
+    #[test]
+    fn scale_to_zero_ignores_the_down_window_but_steps_by_velocity_until_the_last_replica() {
+        let policy = AutoscalingPolicy {
+            scale_to_zero_window: seconds(300),
+            ..instant_metrics_policy()
+        };
+        let mut simulation = Simulation::new(policy, 3);
+        simulation.tick(0, 24, 3); // t = 0: 24 / 8 -> 3
+        simulation.run_until(400, 0, 0, 0);
+        // Idle from t = 300 (the 10m down-window would hold 3 until t = 600); 1 per 60s,
+        // and the last step from 1 to 0 is always allowed.
+        assert_eq!(simulation.changes, vec![(300, 3, 2), (360, 2, 1), (361, 1, 0)]);
+    }
+
+    #[test]
+    fn queued_work_after_scaling_to_zero_brings_a_replica_back_at_once() {
+        let policy = AutoscalingPolicy {
+            scale_to_zero_window: seconds(60),
+            ..instant_metrics_policy()
+        };
+        let mut simulation = Simulation::new(policy, 1);
+        simulation.run_until(100, 0, 0, 0);
+        assert_eq!(simulation.changes, vec![(60, 1, 0)]);
+        let decision = simulation.tick(3, 0, 3); // t = 100
+        assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
+        assert_eq!(decision.desired, 1);
+        // The work keeps the new replica from idling away.
+        simulation.run_until(150, 0, 2, 0);
+        assert_eq!(simulation.changes, vec![(60, 1, 0), (100, 0, 1)]);
+    }
+
+    // ----- capacity, policy changes, robustness -----
+
+    #[test]
+    fn draining_replicas_are_not_counted_as_capacity() {
+        let policy = AutoscalingPolicy {
+            scale_up_window: Duration::ZERO,
+            ..instant_metrics_policy()
+        };
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(sample(0, 0, 24, 1)); // -> 3
+        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts { ready: 1, starting: 1, draining: 5 });
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+        assert!(decision.detail.contains("(was 2)"), "{}", decision.detail);
+
+        // Only draining replicas left and work queued: that is zero capacity.
+        let mut autoscaler = Autoscaler::new(instant_metrics_policy());
+        autoscaler.record(sample(0, 2, 0, 2));
+        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts { ready: 0, starting: 0, draining: 2 });
+        assert_eq!(decision.desired, 1);
+        assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
+    }
+
+    #[test]
+    fn set_policy_keeps_history() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 1);
+        simulation.run_until(20, 0, 24, 1); // -> 3 from t = 0, held by the 30s up-window
+        assert_eq!(simulation.changes, vec![]);
+        let averages_before = simulation.autoscaler.load_averages(seconds(19));
+
+        let policy = AutoscalingPolicy {
+            scale_up_window: seconds(20),
+            ..instant_metrics_policy()
+        };
+        simulation.autoscaler.set_policy(policy.clone());
+        assert_eq!(simulation.autoscaler.policy(), &policy);
+        assert_eq!(simulation.autoscaler.load_averages(seconds(19)), averages_before);
+        // The 20 s of recommendations already seen count: up at t = 20, not t = 40.
+        simulation.tick(0, 24, 1);
+        assert_eq!(simulation.changes, vec![(20, 1, 3)]);
+
+        // A fresh autoscaler with the same policy would still be waiting.
+        let mut fresh = Autoscaler::new(policy);
+        fresh.record(sample(20, 0, 24, 1));
+        assert_eq!(fresh.decide(seconds(20), ready(1)).desired, 1);
+    }
+
+    #[test]
+    fn set_policy_keeps_the_idle_clock() {
+        let mut simulation = Simulation::new(instant_metrics_policy(), 1);
+        simulation.tick(0, 1, 1);
+        simulation.run_until(100, 0, 0, 0);
+        simulation.autoscaler.set_policy(AutoscalingPolicy {
+            scale_to_zero_window: seconds(100),
+            ..instant_metrics_policy()
+        });
+        simulation.tick(0, 0, 0); // t = 100: idle for 100 s
+        assert_eq!(simulation.changes, vec![(100, 1, 0)]);
+    }
+
+    #[test]
+    fn no_panics_on_empty_history_huge_values_or_zero_windows() {
+        // Empty history, every entry point.
+        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        autoscaler.scaled(Duration::ZERO, 0, 0);
+        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts::default());
+        assert_eq!((decision.desired, decision.direction), (0, ScaleDirection::None));
+        // Idle forever at u32::MAX replicas: one step down, as velocity allows.
+        let decision = autoscaler.decide(Duration::MAX, ready(u32::MAX));
+        assert_eq!(decision.desired, u32::MAX - 1);
+        assert_eq!(decision.reason, ScaleReason::Idle);
+        assert!(decision.velocity_limited);
+
+        // Huge values, a tiny target and an unvalidated policy with zero everything.
+        let mut policy = AutoscalingPolicy {
+            min_replicas: 0,
+            max_replicas: u32::MAX,
+            scale_up_window: Duration::ZERO,
+            scale_down_window: Duration::ZERO,
+            scale_to_zero_window: Duration::ZERO,
+            metrics_window: Duration::ZERO,
+            ..AutoscalingPolicy::default()
+        };
+        policy.load_targets.concurrent_requests = Some(1e-300);
+        policy.load_targets.requests_per_second = Some(0.0);
+        policy.load_targets.tokens_generated_per_second = Some(f64::NAN);
+        policy.load_targets.prompt_tokens_per_second = Some(-1.0);
+        policy.velocity.scale_up = VelocityLimit {
+            replicas: None,
+            percent: Some(f64::INFINITY),
+            period: Duration::ZERO,
+        };
+        policy.velocity.scale_down.period = Duration::ZERO;
+        let mut autoscaler = Autoscaler::new(policy.clone());
+        autoscaler.record(LoadSample {
+            at: Duration::MAX,
+            queued: u64::MAX,
+            running: u64::MAX,
+            arrivals: u64::MAX,
+            prompt_tokens: u64::MAX,
+            generated_tokens: u64::MAX,
+        });
+        let decision = autoscaler.decide(Duration::MAX, ready(1));
+        assert_eq!(decision.desired, u32::MAX);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+        autoscaler.scaled(Duration::MAX, 1, u32::MAX);
+        let averages = autoscaler.load_averages(Duration::MAX);
+        assert!(averages.concurrent_requests.is_finite());
+        // A sample later than `now` and a `now` before every sample.
+        let averages = autoscaler.load_averages(Duration::ZERO);
+        assert_eq!(averages.concurrent_requests, 0.0);
+
+        // No targets at all: hold the current count.
+        policy.load_targets = LoadTargets {
+            concurrent_requests: None,
+            ..LoadTargets::default()
+        };
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(sample(0, 0, 5, 5));
+        let decision = autoscaler.decide(Duration::ZERO, ready(3));
+        assert_eq!(decision.desired, 3);
+        assert_eq!(decision.reason, ScaleReason::Stable);
+        assert!(decision.detail.contains("no load targets configured"), "{}", decision.detail);
+
+        // min above max (unvalidated): max wins, nothing panics.
+        let mut autoscaler = Autoscaler::new(AutoscalingPolicy {
+            min_replicas: 9,
+            max_replicas: 2,
+            ..AutoscalingPolicy::default()
+        });
+        assert_eq!(autoscaler.decide(Duration::ZERO, ready(2)).desired, 2);
+    }
+
+    #[test]
+    fn history_is_kept_only_as_long_as_the_largest_window() {
+        let mut autoscaler = Autoscaler::new(instant_metrics_policy());
+        for at in 0..5000u64 {
+            // Alternate recommendations so runs do not merge: 1, 2, 1, 2, ...
+            autoscaler.record(sample(at, 0, 8 + (at % 2) * 8, 1));
+            autoscaler.decide(seconds(at), ready(2));
+            autoscaler.scaled(seconds(at), 2, 2);
+        }
+        // 10m down-window: at most ~601 runs; 1s metrics window: at most 1 sample.
+        assert!(autoscaler.recommendations.len() <= 602, "{}", autoscaler.recommendations.len());
+        assert!(autoscaler.samples.len() <= 1, "{}", autoscaler.samples.len());
+        assert!(autoscaler.scale_events.is_empty());
+    }
+
+    #[test]
+    fn numbers_and_durations_format_for_people() {
+        assert_eq!(format_number(23.5), "23.5");
+        assert_eq!(format_number(8.0), "8");
+        assert_eq!(format_number(1.0 / 3.0), "0.33");
+        assert_eq!(format_number(-0.001), "0");
+        assert_eq!(format_duration(seconds(30)), "30s");
+        assert_eq!(format_duration(seconds(600)), "10m");
+        assert_eq!(format_duration(seconds(5400)), "1h 30m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(replicas_for(16.000000000000004, 8.0), 2);
+        assert_eq!(replicas_for(16.01, 8.0), 3);
+        assert_eq!(replicas_for(0.0, 8.0), 0);
+        assert_eq!(replicas_for(1.0, 0.0), u32::MAX);
+    }
+}

@@ -1,0 +1,121 @@
+//! Every metric the actors record, declared once with its description and unit.
+//! `describe()` is called once at start-up; the recording helpers keep names and label
+//! sets in one place.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+
+pub const REQUESTS_TOTAL: &str = "swell_requests_total";
+pub const TIME_TO_FIRST_TOKEN: &str = "swell_time_to_first_token_seconds";
+pub const INTER_TOKEN_LATENCY: &str = "swell_inter_token_latency_seconds";
+pub const REQUEST_DURATION: &str = "swell_request_duration_seconds";
+pub const QUEUE_WAIT: &str = "swell_queue_wait_seconds";
+pub const QUEUE_DEPTH: &str = "swell_queue_depth";
+pub const REPLICAS: &str = "swell_replicas";
+pub const DESIRED_REPLICAS: &str = "swell_desired_replicas";
+pub const SCALE_EVENTS_TOTAL: &str = "swell_scale_events_total";
+pub const COLD_START: &str = "swell_replica_cold_start_seconds";
+pub const REPLICA_RESTARTS_TOTAL: &str = "swell_replica_restarts_total";
+pub const QUOTA_REJECTIONS_TOTAL: &str = "swell_quota_rejections_total";
+pub const PROMPT_TOKENS_TOTAL: &str = "swell_prompt_tokens_total";
+pub const GENERATED_TOKENS_TOTAL: &str = "swell_generated_tokens_total";
+pub const ENGINE_BATCH_SIZE: &str = "swell_engine_batch_size";
+pub const ENGINE_STEP_DURATION: &str = "swell_engine_step_duration_seconds";
+pub const ENGINE_PREEMPTIONS_TOTAL: &str = "swell_engine_preemptions_total";
+pub const ENGINE_KV_TOKENS_USED: &str = "swell_engine_kv_tokens_used";
+
+/// Histogram buckets for latencies, in seconds (1 ms .. 10 min).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// Buckets for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+pub fn describe() {
+    describe_counter!(REQUESTS_TOTAL, "Requests by deployment, tenant and final status");
+    describe_histogram!(TIME_TO_FIRST_TOKEN, Unit::Seconds, "Time from arrival to the first generated token");
+    describe_histogram!(INTER_TOKEN_LATENCY, Unit::Seconds, "Time between consecutive streamed tokens");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "End-to-end request latency");
+    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Time a request waited in the queue before a replica took it");
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting in the deployment's queue");
+    describe_gauge!(REPLICAS, "Replicas by state (starting, ready, draining)");
+    describe_gauge!(DESIRED_REPLICAS, "Replicas the autoscaler wants");
+    describe_counter!(SCALE_EVENTS_TOTAL, "Scale events by direction and reason");
+    describe_histogram!(COLD_START, Unit::Seconds, "Time from a replica's creation to ready");
+    describe_counter!(REPLICA_RESTARTS_TOTAL, "Replicas that failed and were replaced, by cause");
+    describe_counter!(QUOTA_REJECTIONS_TOTAL, "Requests refused by a tenant quota, by limit");
+    describe_counter!(PROMPT_TOKENS_TOTAL, "Prompt tokens of admitted requests");
+    describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated");
+    describe_histogram!(ENGINE_BATCH_SIZE, "Sequences in one engine step");
+    describe_histogram!(ENGINE_STEP_DURATION, Unit::Seconds, "Wall time of one engine step");
+    describe_counter!(ENGINE_PREEMPTIONS_TOTAL, "Sequences preempted to free KV cache space");
+    describe_gauge!(ENGINE_KV_TOKENS_USED, "KV cache tokens in use, per replica");
+}
+
+pub fn request_finished(deployment: &str, tenant: &str, status: &str) {
+    counter!(REQUESTS_TOTAL, "deployment" => deployment.to_string(), "tenant" => tenant.to_string(), "status" => status.to_string()).increment(1);
+}
+
+pub fn time_to_first_token(deployment: &str, elapsed: Duration) {
+    histogram!(TIME_TO_FIRST_TOKEN, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn inter_token_latency(deployment: &str, elapsed: Duration) {
+    histogram!(INTER_TOKEN_LATENCY, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn request_duration(deployment: &str, elapsed: Duration) {
+    histogram!(REQUEST_DURATION, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn queue_wait(deployment: &str, elapsed: Duration) {
+    histogram!(QUEUE_WAIT, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn queue_depth(deployment: &str, depth: u64) {
+    gauge!(QUEUE_DEPTH, "deployment" => deployment.to_string()).set(depth as f64);
+}
+
+pub fn replicas(deployment: &str, state: &'static str, count: u32) {
+    gauge!(REPLICAS, "deployment" => deployment.to_string(), "state" => state).set(count as f64);
+}
+
+pub fn desired_replicas(deployment: &str, count: u32) {
+    gauge!(DESIRED_REPLICAS, "deployment" => deployment.to_string()).set(count as f64);
+}
+
+pub fn scale_event(deployment: &str, direction: &'static str, reason: &'static str) {
+    counter!(SCALE_EVENTS_TOTAL, "deployment" => deployment.to_string(), "direction" => direction, "reason" => reason).increment(1);
+}
+
+pub fn cold_start(deployment: &str, elapsed: Duration) {
+    histogram!(COLD_START, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn replica_restart(deployment: &str, cause: &'static str) {
+    counter!(REPLICA_RESTARTS_TOTAL, "deployment" => deployment.to_string(), "cause" => cause).increment(1);
+}
+
+pub fn quota_rejected(tenant: &str, limit: &'static str) {
+    counter!(QUOTA_REJECTIONS_TOTAL, "tenant" => tenant.to_string(), "limit" => limit).increment(1);
+}
+
+pub fn tokens(deployment: &str, tenant: &str, prompt: u64, generated: u64) {
+    counter!(PROMPT_TOKENS_TOTAL, "deployment" => deployment.to_string(), "tenant" => tenant.to_string()).increment(prompt);
+    counter!(GENERATED_TOKENS_TOTAL, "deployment" => deployment.to_string(), "tenant" => tenant.to_string()).increment(generated);
+}
+
+pub fn engine_step(deployment: &str, batch_size: usize, elapsed: Duration, preempted: usize) {
+    histogram!(ENGINE_BATCH_SIZE, "deployment" => deployment.to_string()).record(batch_size as f64);
+    histogram!(ENGINE_STEP_DURATION, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+    if preempted > 0 {
+        counter!(ENGINE_PREEMPTIONS_TOTAL, "deployment" => deployment.to_string()).increment(preempted as u64);
+    }
+}
+
+pub fn engine_kv_tokens(deployment: &str, replica: &str, used: u64) {
+    gauge!(ENGINE_KV_TOKENS_USED, "deployment" => deployment.to_string(), "replica" => replica.to_string()).set(used as f64);
+}

@@ -1,0 +1,324 @@
+//! `RequestActor`: one per request. It carries a validated request through admission
+//! (the tenant's quota), into its deployment's queue, and relays the job's output
+//! stream back to the client as `RequestEvent`s; at the end it settles the quota
+//! (refunding unused output tokens) and records the request's metrics.
+//!
+//! The client holds the receiving end of the event channel. Dropping it cancels the
+//! request wherever it is (queued, or running on a replica), and frees its quota slot.
+//! Every admitted request's stream ends with exactly one `Finished` or `Failed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use swell_cluster::{
+    AdmissionLimits, FinishReason, GenerationRequest, Job, OutputEvent, Queue, QueueError,
+    TokenLogprob, Usage,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::metrics as m;
+use crate::quota::{Acquire, QuotaActor, QuotaGrant, QuotaRejection, RateLimitSnapshot, Settle};
+use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived};
+
+/// A validated request, ready to be admitted.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    pub job_id: String,
+    pub deployment: String,
+    pub tenant: String,
+    pub request: GenerationRequest,
+    /// Give up (with `deadline_exceeded`) if still queued after this long.
+    pub deadline: Option<Duration>,
+    pub max_queue_depth: u64,
+    /// When the request reached the edge (for time-to-first-token).
+    pub received_at: Instant,
+}
+
+/// The services a request talks to.
+#[derive(Clone)]
+pub struct RequestDeps {
+    pub queue: Arc<dyn Queue>,
+    pub supervisor: Addr<DeploymentSupervisor>,
+    /// `None`: the tenant has no limits.
+    pub quota: Option<Addr<QuotaActor>>,
+}
+
+/// What the client receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestEvent {
+    /// Still waiting for a replica (sent about once a second while it waits).
+    Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration> },
+    /// A replica took the request.
+    Started { replica: String },
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
+    Tokens { text: String, token_ids: Vec<u32>, logprobs: Option<Vec<TokenLogprob>> },
+    Finished { reason: FinishReason, usage: Usage },
+    Failed { code: String, message: String },
+}
+
+impl RequestEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, RequestEvent::Finished { .. } | RequestEvent::Failed { .. })
+    }
+}
+
+/// An admitted request.
+pub struct Admitted {
+    /// 1-based queue position at admission.
+    pub position: u64,
+    pub rate_limits: RateLimitSnapshot,
+    pub events: mpsc::Receiver<RequestEvent>,
+    pub handle: Addr<RequestActor>,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejected {
+    Quota(QuotaRejection),
+    QueueFull { depth: u64, retry_after: Duration },
+    Unavailable(String),
+}
+
+/// Admit a request and start relaying it. Resolves once admission is decided.
+pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
+    let (events_tx, events) = mpsc::channel(256);
+    let (admission_tx, admission) = oneshot::channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let actor = RequestActor { spec: Some(spec), deps, events: Some(events_tx), admission: Some(admission_tx), cancel_tx, cancel_rx };
+    let handle = actor.start();
+    match admission.await {
+        Ok(Ok((position, rate_limits))) => Ok(Admitted { position, rate_limits, events, handle }),
+        Ok(Err(rejected)) => Err(rejected),
+        Err(_) => Err(Rejected::Unavailable("the request actor stopped before admission".into())),
+    }
+}
+
+type AdmissionResult = Result<(u64, RateLimitSnapshot), Rejected>;
+
+pub struct RequestActor {
+    spec: Option<RequestSpec>,
+    deps: RequestDeps,
+    events: Option<mpsc::Sender<RequestEvent>>,
+    admission: Option<oneshot::Sender<AdmissionResult>>,
+    cancel_tx: watch::Sender<bool>,
+    cancel_rx: watch::Receiver<bool>,
+}
+
+impl Actor for RequestActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (Some(spec), Some(events), Some(admission)) =
+            (self.spec.take(), self.events.take(), self.admission.take())
+        else {
+            ctx.stop();
+            return;
+        };
+        let run = run_request(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
+        ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+}
+
+/// Cancel the request (a WebSocket client's `cancel`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelRequest;
+
+impl Handler<CancelRequest> for RequestActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CancelRequest, _: &mut Context<Self>) {
+        let _ = self.cancel_tx.send(true);
+    }
+}
+
+/// How the request ended, for metrics and settlement.
+struct Outcome {
+    status: &'static str,
+    generated: u64,
+}
+
+async fn run_request(
+    spec: RequestSpec,
+    deps: RequestDeps,
+    events: mpsc::Sender<RequestEvent>,
+    admission: oneshot::Sender<AdmissionResult>,
+    cancel: watch::Receiver<bool>,
+) {
+    let prompt_tokens = spec.request.prompt_tokens.len() as u64;
+    let max_output = spec.request.params.max_tokens as u64;
+    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant);
+    let _enter = span.enter();
+
+    // Admission: quota first, then the queue.
+    let mut grant: Option<(Addr<QuotaActor>, QuotaGrant)> = None;
+    let mut rate_limits = RateLimitSnapshot::default();
+    if let Some(quota) = &deps.quota {
+        match quota.send(Acquire { prompt_tokens, max_output_tokens: max_output }).await {
+            Ok(Ok((granted, snapshot))) => {
+                grant = Some((quota.clone(), granted));
+                rate_limits = snapshot;
+            }
+            Ok(Err(rejection)) => {
+                m::request_finished(&spec.deployment, &spec.tenant, "rate_limited");
+                let _ = admission.send(Err(Rejected::Quota(rejection)));
+                return;
+            }
+            Err(error) => {
+                let _ = admission.send(Err(Rejected::Unavailable(format!("quota service unavailable: {error}"))));
+                return;
+            }
+        }
+    }
+    let settle = |generated: u64| {
+        if let Some((quota, granted)) = &grant {
+            quota.do_send(Settle { grant_id: granted.grant_id, generated_tokens: generated });
+        }
+    };
+    let now_ms = swell_cluster::unix_millis();
+    let job = Job {
+        id: spec.job_id.clone(),
+        deployment: spec.deployment.clone(),
+        tenant: spec.tenant.clone(),
+        request: spec.request.clone(),
+        enqueued_at_ms: now_ms,
+        deadline_ms: spec.deadline.map(|d| now_ms + d.as_millis() as u64),
+    };
+    let limits = AdmissionLimits { max_queue_depth: spec.max_queue_depth };
+    let position = match deps.queue.enqueue(job, limits).await {
+        Ok(enqueued) => enqueued.position,
+        Err(error) => {
+            settle(0);
+            let rejected = match error {
+                QueueError::Full { depth, .. } => {
+                    m::request_finished(&spec.deployment, &spec.tenant, "queue_full");
+                    Rejected::QueueFull { depth, retry_after: Duration::from_secs(1) }
+                }
+                other => Rejected::Unavailable(other.to_string()),
+            };
+            let _ = admission.send(Err(rejected));
+            return;
+        }
+    };
+    deps.supervisor.do_send(WorkArrived { prompt_tokens });
+    if admission.send(Ok((position, rate_limits))).is_err() {
+        // The caller went away before admission was answered.
+        let _ = deps.queue.cancel(&spec.job_id).await;
+        settle(0);
+        return;
+    }
+
+    let outcome = relay(&spec, &deps, &events, cancel, position).await;
+    settle(outcome.generated);
+    m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
+    m::request_duration(&spec.deployment, spec.received_at.elapsed());
+    m::tokens(&spec.deployment, &spec.tenant, prompt_tokens, outcome.generated);
+}
+
+/// Relay the job's output stream to the client until it ends.
+async fn relay(
+    spec: &RequestSpec,
+    deps: &RequestDeps,
+    events: &mpsc::Sender<RequestEvent>,
+    mut cancel: watch::Receiver<bool>,
+    position: u64,
+) -> Outcome {
+    let job_id = spec.job_id.as_str();
+    let mut after_seq = 0;
+    let mut started = false;
+    let mut generated = 0u64;
+    let mut last_token_at: Option<Instant> = None;
+    let enqueued_at = Instant::now();
+    let mut position = Some(position);
+    let mut read_failures = 0u32;
+    let cancelled = |generated| Outcome { status: "cancelled", generated };
+
+    loop {
+        if !started {
+            let readiness = deps.supervisor.send(ObserveReadiness).await.ok();
+            let waiting = RequestEvent::Waiting {
+                position,
+                starting: readiness.is_some_and(|r| r.ready == 0),
+                ready_in: readiness.and_then(|r| r.ready_in),
+            };
+            if events.send(waiting).await.is_err() {
+                let _ = deps.queue.cancel(job_id).await;
+                return cancelled(generated);
+            }
+        }
+        let block = if started { Duration::from_secs(10) } else { Duration::from_secs(1) };
+        let read = tokio::select! {
+            read = deps.queue.read_output(job_id, after_seq, block) => read,
+            _ = events.closed() => {
+                let _ = deps.queue.cancel(job_id).await;
+                return cancelled(generated);
+            }
+            _ = cancel.wait_for(|c| *c) => {
+                let _ = deps.queue.cancel(job_id).await;
+                let _ = events.send(RequestEvent::Failed { code: "cancelled".into(), message: "the request was cancelled".into() }).await;
+                return cancelled(generated);
+            }
+        };
+        let batch = match read {
+            Ok(batch) => {
+                read_failures = 0;
+                batch
+            }
+            Err(error) => {
+                read_failures += 1;
+                if read_failures >= 5 || matches!(error, QueueError::UnknownJob(_)) {
+                    tracing::error!(%error, "the request's output stream is unreadable");
+                    let _ = events
+                        .send(RequestEvent::Failed { code: "stream_lost".into(), message: format!("the request's output was lost: {error}") })
+                        .await;
+                    return Outcome { status: "stream_lost", generated };
+                }
+                tokio::time::sleep(Duration::from_millis(200 * read_failures as u64)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() && !started {
+            position = deps.queue.position(&spec.deployment, job_id).await.ok().flatten();
+            continue;
+        }
+        for sequenced in batch {
+            after_seq = sequenced.seq;
+            let event = match sequenced.event {
+                OutputEvent::Started { replica } => {
+                    if !started {
+                        started = true;
+                        m::queue_wait(&spec.deployment, enqueued_at.elapsed());
+                    }
+                    RequestEvent::Started { replica }
+                }
+                OutputEvent::PromptLogprobs { logprobs } => RequestEvent::PromptLogprobs(logprobs),
+                OutputEvent::Tokens { text, token_ids, logprobs } => {
+                    let now = Instant::now();
+                    match last_token_at {
+                        None => m::time_to_first_token(&spec.deployment, now.duration_since(spec.received_at)),
+                        Some(last) => m::inter_token_latency(&spec.deployment, now.duration_since(last)),
+                    }
+                    last_token_at = Some(now);
+                    generated += token_ids.len() as u64;
+                    RequestEvent::Tokens { text, token_ids, logprobs }
+                }
+                OutputEvent::Finished { reason, usage } => {
+                    generated = usage.completion_tokens as u64;
+                    let _ = events.send(RequestEvent::Finished { reason, usage }).await;
+                    return Outcome { status: "ok", generated };
+                }
+                OutputEvent::Failed { code, message } => {
+                    let status = if code == "cancelled" { "cancelled" } else { "failed" };
+                    let _ = events.send(RequestEvent::Failed { code, message }).await;
+                    return Outcome { status, generated };
+                }
+            };
+            if events.send(event).await.is_err() {
+                let _ = deps.queue.cancel(job_id).await;
+                return cancelled(generated);
+            }
+        }
+    }
+}

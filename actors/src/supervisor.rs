@@ -1,0 +1,600 @@
+//! `DeploymentSupervisor`: one per deployment. It owns the deployment's replica set and
+//! its autoscaler, samples the load every tick, asks the policy how many replicas it
+//! wants, and spawns or retires `WorkerActor`s to match, down to zero.
+//!
+//! Written by hand rather than with `actix::Supervisor` (which restarts an actor only
+//! when it stops itself and reuses the old value): replicas are built fresh from the
+//! deployment's engine factory, failures are counted by cause, and a failed start is
+//! retried with exponential back-off (1 s doubling to a 60 s cap).
+//!
+//! - **Scale up** starts new replicas; until they are ready they count as coming
+//!   capacity. Work that arrives while the deployment has no replica starts one at
+//!   once (`WorkArrived` triggers an immediate tick; the policy has no window for it).
+//! - **Scale down** picks the replicas to retire (still-starting ones first, then the
+//!   least loaded) and sends them `Drain`: they stop taking work and finish their
+//!   in-flight streams before they exit.
+//! - **Liveness is progress:** a ready replica that holds work but whose step counter has
+//!   not moved for `stall_timeout` is abandoned (its jobs go back to the queue).
+//! - Every scale event is recorded with its reason and inputs, exported as metrics and
+//!   shown by `ObserveDeployment`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+use swell_cluster::{unix_millis, Queue, QueueDepth};
+use swell_workers::{ColdStartReport, EngineDescription, EngineFactory};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::autoscaler::{
+    Autoscaler, AutoscalingPolicy, Decision, LoadAverages, LoadSample, ReplicaCounts, ScaleDirection,
+};
+use crate::metrics as m;
+use crate::worker::{
+    Drain, ExitCause, ReplicaGauges, ReplicaLifecycle, ReplicaState, WorkerActor, WorkerConfig,
+};
+
+/// Everything a supervisor needs to run a deployment.
+#[derive(Clone)]
+pub struct DeploymentSpec {
+    pub name: String,
+    pub factory: Arc<dyn EngineFactory>,
+    pub autoscaling: AutoscalingPolicy,
+    pub worker: WorkerConfig,
+    /// How often load is sampled and the policy consulted.
+    pub tick: Duration,
+    /// A ready replica holding work whose step counter does not move for this long is
+    /// considered hung and abandoned.
+    pub stall_timeout: Duration,
+}
+
+impl DeploymentSpec {
+    pub fn new(name: impl Into<String>, factory: Arc<dyn EngineFactory>, autoscaling: AutoscalingPolicy) -> Self {
+        Self {
+            name: name.into(),
+            factory,
+            autoscaling,
+            worker: WorkerConfig::default(),
+            tick: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One recorded change of the replica count.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleEvent {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub from: u32,
+    pub to: u32,
+    pub direction: ScaleDirection,
+    /// `queued_at_zero`, `concurrent_requests`, `idle`, `deleting`, ... (metric label).
+    pub reason: &'static str,
+    /// The inputs, in words.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaCountsView {
+    pub desired: u32,
+    pub ready: u32,
+    pub starting: u32,
+    pub draining: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueView {
+    /// Requests waiting for a replica.
+    pub depth: u64,
+    /// Requests running on replicas.
+    pub in_flight: u64,
+    /// How long the oldest waiting request has waited.
+    pub oldest_wait_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaDetail {
+    pub replica: String,
+    pub state: ReplicaState,
+    pub active_sequences: u64,
+    pub steps: u64,
+    pub generated_tokens: u64,
+    pub age_seconds: f64,
+    pub cold_start_seconds: Option<f64>,
+    pub cold_start_stages: Option<ColdStartReport>,
+}
+
+/// What `ObserveDeployment` answers: the admin API's status body.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentStatus {
+    pub name: String,
+    pub engine: EngineDescription,
+    pub replicas: ReplicaCountsView,
+    pub queue: QueueView,
+    pub load: LoadAverages,
+    pub autoscaling: AutoscalingPolicy,
+    pub last_decision: Option<Decision>,
+    /// Most recent last.
+    pub scale_events: Vec<ScaleEvent>,
+    pub replica_details: Vec<ReplicaDetail>,
+    pub restarts: BTreeMap<&'static str, u64>,
+    pub deleting: bool,
+}
+
+/// Whether a request waiting for capacity has a replica coming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: u32,
+    pub starting: u32,
+    /// Expected time until the oldest starting replica is ready.
+    pub ready_in: Option<Duration>,
+}
+
+struct ReplicaEntry {
+    id: String,
+    addr: Addr<WorkerActor>,
+    state: ReplicaState,
+    gauges: Arc<ReplicaGauges>,
+    created_at: Instant,
+    cold_start: Option<(Duration, ColdStartReport)>,
+    last_steps: u64,
+    last_progress_at: Instant,
+}
+
+const MAX_EVENTS: usize = 100;
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+pub struct DeploymentSupervisor {
+    spec: DeploymentSpec,
+    description: EngineDescription,
+    queue: Arc<dyn Queue>,
+    autoscaler: Autoscaler,
+    replicas: BTreeMap<u64, ReplicaEntry>,
+    next_ordinal: u64,
+    origin: Instant,
+    events: VecDeque<ScaleEvent>,
+    last_decision: Option<Decision>,
+    last_depth: QueueDepth,
+    arrivals: u64,
+    prompt_tokens: u64,
+    generated_total_seen: u64,
+    retired_generated: u64,
+    restarts: BTreeMap<&'static str, u64>,
+    backoff: Duration,
+    restart_not_before: Option<Instant>,
+    tick_in_flight: bool,
+    deleting: bool,
+    deleted_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl DeploymentSupervisor {
+    pub fn new(spec: DeploymentSpec, queue: Arc<dyn Queue>) -> Self {
+        let description = spec.factory.describe();
+        Self {
+            autoscaler: Autoscaler::new(spec.autoscaling.clone()),
+            description,
+            spec,
+            queue,
+            replicas: BTreeMap::new(),
+            next_ordinal: 1,
+            origin: Instant::now(),
+            events: VecDeque::new(),
+            last_decision: None,
+            last_depth: QueueDepth::default(),
+            arrivals: 0,
+            prompt_tokens: 0,
+            generated_total_seen: 0,
+            retired_generated: 0,
+            restarts: BTreeMap::new(),
+            backoff: INITIAL_BACKOFF,
+            restart_not_before: None,
+            tick_in_flight: false,
+            deleting: false,
+            deleted_waiters: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().duration_since(self.origin)
+    }
+
+    fn counts(&self) -> ReplicaCounts {
+        let mut counts = ReplicaCounts::default();
+        for replica in self.replicas.values() {
+            match replica.state {
+                ReplicaState::Ready => counts.ready += 1,
+                ReplicaState::Starting => counts.starting += 1,
+                ReplicaState::Draining => counts.draining += 1,
+            }
+        }
+        counts
+    }
+
+    fn readiness(&self) -> Readiness {
+        let counts = self.counts();
+        let ready_in = self
+            .replicas
+            .values()
+            .filter(|r| r.state == ReplicaState::Starting)
+            .map(|r| self.description.expected_cold_start.saturating_sub(r.created_at.elapsed()))
+            .min();
+        Readiness { ready: counts.ready, starting: counts.starting, ready_in }
+    }
+
+    fn publish_replica_gauges(&self) {
+        let counts = self.counts();
+        m::replicas(&self.spec.name, "ready", counts.ready);
+        m::replicas(&self.spec.name, "starting", counts.starting);
+        m::replicas(&self.spec.name, "draining", counts.draining);
+    }
+
+    /// Sample the queue (async), then decide.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.tick_in_flight {
+            return;
+        }
+        self.tick_in_flight = true;
+        let queue = self.queue.clone();
+        let name = self.spec.name.clone();
+        ctx.spawn(
+            async move {
+                if let Err(error) = queue.reclaim_expired(&name).await {
+                    tracing::warn!(deployment = %name, %error, "reclaiming expired leases failed");
+                }
+                queue.depth(&name).await
+            }
+            .into_actor(self)
+            .map(|depth, supervisor, ctx| {
+                supervisor.tick_in_flight = false;
+                match depth {
+                    Ok(depth) => supervisor.evaluate(depth, ctx),
+                    Err(error) => tracing::warn!(deployment = %supervisor.spec.name, %error, "queue depth unavailable"),
+                }
+            }),
+        );
+    }
+
+    fn evaluate(&mut self, depth: QueueDepth, ctx: &mut Context<Self>) {
+        self.last_depth = depth;
+        m::queue_depth(&self.spec.name, depth.waiting);
+        let now = self.now();
+
+        let live_generated: u64 =
+            self.replicas.values().map(|r| r.gauges.generated_tokens.load(Ordering::Relaxed)).sum();
+        let generated_total = live_generated + self.retired_generated;
+        let generated = generated_total.saturating_sub(self.generated_total_seen);
+        self.generated_total_seen = generated_total;
+        self.autoscaler.record(LoadSample {
+            at: now,
+            queued: depth.waiting,
+            running: depth.leased,
+            arrivals: std::mem::take(&mut self.arrivals),
+            prompt_tokens: std::mem::take(&mut self.prompt_tokens),
+            generated_tokens: generated,
+        });
+        self.check_progress(ctx);
+
+        let counts = self.counts();
+        let current = counts.ready + counts.starting;
+        if self.deleting {
+            let busy = depth.waiting + depth.leased > 0;
+            let desired = if busy { current.max(1) } else { 0 };
+            if desired != current {
+                self.apply(desired, "deleting", "the deployment is being deleted".into(), ctx);
+            }
+            self.complete_deletion_if_done(ctx);
+            return;
+        }
+        let decision = self.autoscaler.decide(now, counts);
+        m::desired_replicas(&self.spec.name, decision.desired);
+        if decision.desired != current {
+            self.apply(decision.desired, decision.reason.as_str(), decision.detail.clone(), ctx);
+        }
+        self.last_decision = Some(decision);
+        self.publish_replica_gauges();
+    }
+
+    /// Move the replica count from its current value to `desired`.
+    fn apply(&mut self, desired: u32, reason: &'static str, detail: String, ctx: &mut Context<Self>) {
+        let counts = self.counts();
+        let current = counts.ready + counts.starting;
+        let direction;
+        if desired > current {
+            if let Some(not_before) = self.restart_not_before {
+                if Instant::now() < not_before {
+                    tracing::debug!(deployment = %self.spec.name, "replica start delayed by back-off");
+                    return;
+                }
+            }
+            direction = ScaleDirection::Up;
+            for _ in current..desired {
+                self.spawn_replica(ctx);
+            }
+        } else if desired < current {
+            direction = ScaleDirection::Down;
+            let mut candidates: Vec<(u64, bool, u64, Instant)> = self
+                .replicas
+                .iter()
+                .filter(|(_, r)| r.state != ReplicaState::Draining)
+                .map(|(ordinal, r)| {
+                    (*ordinal, r.state == ReplicaState::Ready, r.gauges.load(), r.created_at)
+                })
+                .collect();
+            // Starting replicas first (newest first), then the least loaded ready ones.
+            candidates.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2)).then(b.3.cmp(&a.3)));
+            for (ordinal, _, _, _) in candidates.into_iter().take((current - desired) as usize) {
+                if let Some(replica) = self.replicas.get_mut(&ordinal) {
+                    replica.state = ReplicaState::Draining;
+                    replica.addr.do_send(Drain);
+                    tracing::info!(replica = %replica.id, reason, "retiring replica");
+                }
+            }
+        } else {
+            return;
+        }
+        self.autoscaler.scaled(self.now(), current, desired);
+        m::scale_event(
+            &self.spec.name,
+            if direction == ScaleDirection::Up { "up" } else { "down" },
+            reason,
+        );
+        tracing::info!(deployment = %self.spec.name, from = current, to = desired, reason, %detail, "scale");
+        self.events.push_back(ScaleEvent { at_ms: unix_millis(), from: current, to: desired, direction, reason, detail });
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.publish_replica_gauges();
+    }
+
+    fn spawn_replica(&mut self, ctx: &mut Context<Self>) {
+        let ordinal = self.next_ordinal;
+        self.next_ordinal += 1;
+        let worker = WorkerActor::new(
+            &self.spec.name,
+            ordinal,
+            self.queue.clone(),
+            self.spec.factory.clone(),
+            ctx.address().recipient(),
+            self.spec.worker.clone(),
+        );
+        let id = worker.replica_id().to_string();
+        let gauges = worker.gauges();
+        let addr = worker.start();
+        tracing::info!(replica = %id, "starting replica");
+        let now = Instant::now();
+        self.replicas.insert(
+            ordinal,
+            ReplicaEntry {
+                id,
+                addr,
+                state: ReplicaState::Starting,
+                gauges,
+                created_at: now,
+                cold_start: None,
+                last_steps: 0,
+                last_progress_at: now,
+            },
+        );
+    }
+
+    /// Abandon ready replicas that hold work but make no progress.
+    fn check_progress(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        for (ordinal, replica) in &mut self.replicas {
+            let steps = replica.gauges.steps.load(Ordering::Relaxed);
+            if steps != replica.last_steps || replica.gauges.load() == 0 {
+                replica.last_steps = steps;
+                replica.last_progress_at = now;
+            } else if replica.state == ReplicaState::Ready
+                && now.duration_since(replica.last_progress_at) >= self.spec.stall_timeout
+            {
+                stalled.push(*ordinal);
+            }
+        }
+        for ordinal in stalled {
+            if let Some(replica) = self.replicas.get(&ordinal) {
+                tracing::error!(replica = %replica.id, "replica made no progress; abandoning it");
+                replica.addr.do_send(crate::worker::Abandon);
+            }
+            let _ = ctx;
+        }
+    }
+
+    fn complete_deletion_if_done(&mut self, ctx: &mut Context<Self>) {
+        if self.deleting
+            && self.replicas.is_empty()
+            && self.last_depth.waiting + self.last_depth.leased == 0
+        {
+            for waiter in self.deleted_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            self.publish_replica_gauges();
+            ctx.stop();
+        }
+    }
+
+    fn status(&self) -> DeploymentStatus {
+        let counts = self.counts();
+        let now_ms = unix_millis();
+        DeploymentStatus {
+            name: self.spec.name.clone(),
+            engine: self.description.clone(),
+            replicas: ReplicaCountsView {
+                desired: self
+                    .last_decision
+                    .as_ref()
+                    .map(|d| d.desired)
+                    .unwrap_or(counts.ready + counts.starting),
+                ready: counts.ready,
+                starting: counts.starting,
+                draining: counts.draining,
+            },
+            queue: QueueView {
+                depth: self.last_depth.waiting,
+                in_flight: self.last_depth.leased,
+                oldest_wait_seconds: self
+                    .last_depth
+                    .oldest_waiting_enqueued_at_ms
+                    .map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
+            },
+            load: self.autoscaler.load_averages(self.now()),
+            autoscaling: self.autoscaler.policy().clone(),
+            last_decision: self.last_decision.clone(),
+            scale_events: self.events.iter().cloned().collect(),
+            replica_details: self
+                .replicas
+                .values()
+                .map(|r| ReplicaDetail {
+                    replica: r.id.clone(),
+                    state: r.state,
+                    active_sequences: r.gauges.load(),
+                    steps: r.gauges.steps.load(Ordering::Relaxed),
+                    generated_tokens: r.gauges.generated_tokens.load(Ordering::Relaxed),
+                    age_seconds: r.created_at.elapsed().as_secs_f64(),
+                    cold_start_seconds: r.cold_start.as_ref().map(|(d, _)| d.as_secs_f64()),
+                    cold_start_stages: r.cold_start.as_ref().map(|(_, report)| report.clone()),
+                })
+                .collect(),
+            restarts: self.restarts.clone(),
+            deleting: self.deleting,
+        }
+    }
+}
+
+impl Actor for DeploymentSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(deployment = %self.spec.name, engine = %self.description.engine, model = %self.description.model, "deployment started");
+        self.publish_replica_gauges();
+        self.tick(ctx);
+        ctx.run_interval(self.spec.tick, |supervisor, ctx| supervisor.tick(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::info!(deployment = %self.spec.name, "deployment stopped");
+    }
+}
+
+impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplicaLifecycle, ctx: &mut Context<Self>) {
+        match msg {
+            ReplicaLifecycle::Ready { ordinal, cold_start, elapsed } => {
+                m::cold_start(&self.spec.name, elapsed);
+                self.backoff = INITIAL_BACKOFF;
+                self.restart_not_before = None;
+                if let Some(replica) = self.replicas.get_mut(&ordinal) {
+                    replica.cold_start = Some((elapsed, cold_start));
+                    if replica.state == ReplicaState::Starting {
+                        replica.state = ReplicaState::Ready;
+                    }
+                }
+                self.publish_replica_gauges();
+            }
+            ReplicaLifecycle::Exited { ordinal, cause } => {
+                let Some(replica) = self.replicas.remove(&ordinal) else { return };
+                self.retired_generated += replica.gauges.generated_tokens.load(Ordering::Relaxed);
+                if cause != ExitCause::Drained {
+                    let label = cause.label();
+                    *self.restarts.entry(label).or_default() += 1;
+                    m::replica_restart(&self.spec.name, label);
+                    self.restart_not_before = Some(Instant::now() + self.backoff);
+                    tracing::warn!(replica = %replica.id, ?cause, backoff = ?self.backoff, "replica failed; it will be replaced");
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    let backoff = self.restart_not_before.map(|at| at.duration_since(Instant::now()));
+                    if let Some(wait) = backoff {
+                        ctx.run_later(wait, |supervisor, ctx| supervisor.tick(ctx));
+                    }
+                }
+                self.publish_replica_gauges();
+                self.tick(ctx);
+            }
+        }
+    }
+}
+
+/// A request was enqueued: count it, and start a replica at once if there is none.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkArrived {
+    pub prompt_tokens: u64,
+}
+
+impl Handler<WorkArrived> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkArrived, ctx: &mut Context<Self>) {
+        self.arrivals += 1;
+        self.prompt_tokens += msg.prompt_tokens;
+        let counts = self.counts();
+        if counts.ready + counts.starting == 0 {
+            self.tick(ctx);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "DeploymentStatus")]
+pub struct ObserveDeployment;
+
+impl Handler<ObserveDeployment> for DeploymentSupervisor {
+    type Result = MessageResult<ObserveDeployment>;
+
+    fn handle(&mut self, _: ObserveDeployment, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Readiness")]
+pub struct ObserveReadiness;
+
+impl Handler<ObserveReadiness> for DeploymentSupervisor {
+    type Result = MessageResult<ObserveReadiness>;
+
+    fn handle(&mut self, _: ObserveReadiness, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.readiness())
+    }
+}
+
+/// Replace the autoscaling policy (history is kept).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdatePolicy(pub AutoscalingPolicy);
+
+impl Handler<UpdatePolicy> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdatePolicy, ctx: &mut Context<Self>) {
+        self.autoscaler.set_policy(msg.0);
+        self.tick(ctx);
+    }
+}
+
+/// Serve what is queued, drain every replica, then stop. Resolves when it is done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for DeploymentSupervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.deleting = true;
+        let (done, waiter) = oneshot::channel();
+        self.deleted_waiters.push(done);
+        self.tick(ctx);
+        Box::pin(async move {
+            let _ = waiter.await;
+        })
+    }
+}
