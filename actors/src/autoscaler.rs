@@ -619,7 +619,6 @@ struct LoadRecommendation {
 /// A run of equal consecutive recommendations (history is stored compressed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RecommendationRun {
-    first_at: Duration,
     last_at: Duration,
     replicas: u32,
 }
@@ -681,11 +680,20 @@ impl Autoscaler {
         if self.first_sample_at.is_none() {
             self.first_sample_at = Some(sample.at);
         }
-        self.observed_since = Some(self.observed_since.map_or(sample.at, |since| since.min(sample.at)));
+        self.observed_since = Some(
+            self.observed_since
+                .map_or(sample.at, |since| since.min(sample.at)),
+        );
         if sample.is_active() {
-            self.last_activity_at = Some(self.last_activity_at.map_or(sample.at, |last| last.max(sample.at)));
+            self.last_activity_at = Some(
+                self.last_activity_at
+                    .map_or(sample.at, |last| last.max(sample.at)),
+            );
         }
-        if self.latest_sample.map_or(true, |latest| sample.at >= latest.at) {
+        if self
+            .latest_sample
+            .is_none_or(|latest| sample.at >= latest.at)
+        {
             self.latest_sample = Some(sample);
         }
         self.samples.push_back(sample);
@@ -748,7 +756,8 @@ impl Autoscaler {
     /// accounting.
     pub fn scaled(&mut self, now: Duration, from: u32, to: u32) {
         if from != to {
-            self.scale_events.push_back(ScaleEvent { at: now, from, to });
+            self.scale_events
+                .push_back(ScaleEvent { at: now, from, to });
         }
         self.forget_old_scale_events(now);
     }
@@ -772,7 +781,9 @@ impl Autoscaler {
         let load_reason = load.winner.map_or(ScaleReason::Stable, LoadSignal::reason);
         let latest_work = self.latest_sample.filter(LoadSample::has_work);
 
-        let (unclamped, mut reason, mut detail) = if let (0, Some(latest)) = (current_replicas, latest_work) {
+        let (unclamped, mut reason, mut detail) = if let (0, Some(latest)) =
+            (current_replicas, latest_work)
+        {
             let replicas = load.replicas.max(1);
             (
                 replicas,
@@ -863,7 +874,11 @@ impl Autoscaler {
 
     /// `ceil(signal / target)` for each usable target; the highest wins (the first in
     /// `LoadSignal::ALL` on ties).
-    fn recommend_from_load(&self, averages: &LoadAverages, current_replicas: u32) -> LoadRecommendation {
+    fn recommend_from_load(
+        &self,
+        averages: &LoadAverages,
+        current_replicas: u32,
+    ) -> LoadRecommendation {
         let mut best: Option<(LoadSignal, u32, f64, f64)> = None;
         for signal in LoadSignal::ALL {
             let Some(target) = signal.target(&self.policy.load_targets) else {
@@ -874,7 +889,7 @@ impl Autoscaler {
             }
             let value = signal.value(averages);
             let replicas = replicas_for(value, target);
-            if best.map_or(true, |(_, best_replicas, _, _)| replicas > best_replicas) {
+            if best.is_none_or(|(_, best_replicas, _, _)| replicas > best_replicas) {
                 best = Some((signal, replicas, value, target));
             }
         }
@@ -907,14 +922,16 @@ impl Autoscaler {
             }
         }
         self.recommendations.push_back(RecommendationRun {
-            first_at: now,
             last_at: now,
             replicas,
         });
     }
 
     fn forget_old_recommendations(&mut self, now: Duration) {
-        let keep = self.policy.scale_up_window.max(self.policy.scale_down_window);
+        let keep = self
+            .policy
+            .scale_up_window
+            .max(self.policy.scale_down_window);
         while let Some(oldest) = self.recommendations.front() {
             if oldest.last_at <= now && now - oldest.last_at > keep {
                 self.recommendations.pop_front();
@@ -1108,7 +1125,11 @@ fn format_duration(duration: Duration) -> String {
         return format!("{}s", duration.as_secs_f64());
     }
     let seconds = duration.as_secs();
-    let parts = [(seconds / 3600, "h"), (seconds % 3600 / 60, "m"), (seconds % 60, "s")];
+    let parts = [
+        (seconds / 3600, "h"),
+        (seconds % 3600 / 60, "m"),
+        (seconds % 60, "s"),
+    ];
     parts
         .iter()
         .filter(|(amount, _)| *amount > 0)
@@ -1159,7 +1180,9 @@ impl<'de> Visitor<'de> for NumberOrOffVisitor<'_> {
     }
 
     fn visit_u128<E: de::Error>(self, value: u128) -> Result<NumberOrOff, E> {
-        Ok(NumberOrOff::Integer(i128::try_from(value).unwrap_or(i128::MAX)))
+        Ok(NumberOrOff::Integer(
+            i128::try_from(value).unwrap_or(i128::MAX),
+        ))
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<NumberOrOff, E> {
@@ -1182,7 +1205,9 @@ impl<'de> Visitor<'de> for NumberOrOffVisitor<'_> {
 const EXPECTING_NUMBER: &str = "a number, or false to turn it off";
 const EXPECTING_REPLICAS: &str = "a whole number of replicas, or false to turn it off";
 
-fn deserialize_optional_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+fn deserialize_optional_target<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
     let visitor = NumberOrOffVisitor {
         expecting: EXPECTING_NUMBER,
     };
@@ -1193,14 +1218,18 @@ fn deserialize_optional_target<'de, D: Deserializer<'de>>(deserializer: D) -> Re
     })
 }
 
-fn deserialize_optional_replicas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+fn deserialize_optional_replicas<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
     let visitor = NumberOrOffVisitor {
         expecting: EXPECTING_REPLICAS,
     };
     let expected = &EXPECTING_REPLICAS;
     match deserializer.deserialize_any(visitor)? {
         NumberOrOff::Integer(value) => u32::try_from(value).map(Some).map_err(|_| {
-            de::Error::custom(format!("invalid value: {value}, expected {EXPECTING_REPLICAS}"))
+            de::Error::custom(format!(
+                "invalid value: {value}, expected {EXPECTING_REPLICAS}"
+            ))
         }),
         NumberOrOff::Float(value) => {
             if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) {
@@ -1213,7 +1242,9 @@ fn deserialize_optional_replicas<'de, D: Deserializer<'de>>(deserializer: D) -> 
     }
 }
 
-fn deserialize_present_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f64>>, D::Error> {
+fn deserialize_present_target<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<f64>>, D::Error> {
     deserialize_optional_target(deserializer).map(Some)
 }
 
@@ -1284,11 +1315,16 @@ mod tests {
         }
 
         fn tick(&mut self, queued: u64, running: u64, arrivals: u64) -> Decision {
-            self.autoscaler.record(sample(self.now, queued, running, arrivals));
-            let decision = self.autoscaler.decide(seconds(self.now), ready(self.replicas));
+            self.autoscaler
+                .record(sample(self.now, queued, running, arrivals));
+            let decision = self
+                .autoscaler
+                .decide(seconds(self.now), ready(self.replicas));
             if decision.desired != self.replicas {
-                self.autoscaler.scaled(seconds(self.now), self.replicas, decision.desired);
-                self.changes.push((self.now, self.replicas, decision.desired));
+                self.autoscaler
+                    .scaled(seconds(self.now), self.replicas, decision.desired);
+                self.changes
+                    .push((self.now, self.replicas, decision.desired));
                 self.replicas = decision.desired;
             }
             self.now += 1;
@@ -1355,7 +1391,10 @@ mod tests {
         assert_eq!(policy.velocity.scale_up.replicas, Some(2));
         assert_eq!(policy.velocity.scale_up.percent, Some(100.0));
         assert_eq!(policy.velocity.scale_up.period, seconds(15));
-        assert_eq!(policy.velocity.scale_down, VelocityLimit::scale_down_default());
+        assert_eq!(
+            policy.velocity.scale_down,
+            VelocityLimit::scale_down_default()
+        );
     }
 
     #[test]
@@ -1366,14 +1405,19 @@ mod tests {
         assert_eq!(json["scale_down_window"], "10m");
         assert_eq!(json["scale_to_zero_window"], "1h");
         assert_eq!(json["velocity"]["scale_down"]["period"], "1m");
-        assert_eq!(json["load_targets"]["requests_per_second"], serde_json::Value::Null);
+        assert_eq!(
+            json["load_targets"]["requests_per_second"],
+            serde_json::Value::Null
+        );
         let back: AutoscalingPolicy = serde_json::from_value(json).unwrap();
         assert_eq!(back, policy);
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
-        let error = toml::from_str::<AutoscalingPolicy>("max_replica = 3").unwrap_err().to_string();
+        let error = toml::from_str::<AutoscalingPolicy>("max_replica = 3")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("max_replica"), "{error}");
 
         let error = toml::from_str::<AutoscalingPolicy>("[load_targets]\nrps = 3")
@@ -1443,15 +1487,17 @@ mod tests {
         assert_eq!(policy.velocity.scale_up.replicas, Some(4));
         assert_eq!(policy.validate(), Ok(()));
 
-        let policy: AutoscalingPolicy =
-            serde_json::from_str(r#"{"load_targets": {"concurrent_requests": null, "prompt_tokens_per_second": 1000}}"#)
-                .unwrap();
+        let policy: AutoscalingPolicy = serde_json::from_str(
+            r#"{"load_targets": {"concurrent_requests": null, "prompt_tokens_per_second": 1000}}"#,
+        )
+        .unwrap();
         assert_eq!(policy.load_targets.concurrent_requests, None);
         assert_eq!(policy.load_targets.prompt_tokens_per_second, Some(1000.0));
 
-        let error = toml::from_str::<AutoscalingPolicy>("[load_targets]\nconcurrent_requests = true")
-            .unwrap_err()
-            .to_string();
+        let error =
+            toml::from_str::<AutoscalingPolicy>("[load_targets]\nconcurrent_requests = true")
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("false to turn it off"), "{error}");
 
         let error = toml::from_str::<AutoscalingPolicy>("[velocity.scale_down]\nreplicas = 1.5")
@@ -1462,7 +1508,8 @@ mod tests {
 
     #[test]
     fn a_partial_scale_down_table_keeps_the_scale_down_defaults() {
-        let policy: AutoscalingPolicy = toml::from_str("[velocity.scale_down]\npercent = 50").unwrap();
+        let policy: AutoscalingPolicy =
+            toml::from_str("[velocity.scale_down]\npercent = 50").unwrap();
         assert_eq!(
             policy.velocity.scale_down,
             VelocityLimit {
@@ -1512,8 +1559,10 @@ mod tests {
             check(&|policy| policy.load_targets.prompt_tokens_per_second = Some(f64::INFINITY)),
             "autoscaling.load_targets.prompt_tokens_per_second (inf) must be a finite number greater than 0"
         );
-        assert!(check(&|policy| policy.load_targets.concurrent_requests = None)
-            .starts_with("autoscaling.load_targets must set at least one of"));
+        assert!(
+            check(&|policy| policy.load_targets.concurrent_requests = None)
+                .starts_with("autoscaling.load_targets must set at least one of")
+        );
         assert_eq!(
             check(&|policy| policy.velocity.scale_up.period = Duration::ZERO),
             "autoscaling.velocity.scale_up.period (0s) must be greater than 0"
@@ -1539,10 +1588,19 @@ mod tests {
     #[test]
     fn reasons_and_directions_have_snake_case_labels() {
         assert_eq!(ScaleReason::QueuedAtZero.as_str(), "queued_at_zero");
-        assert_eq!(ScaleReason::TokensGeneratedPerSecond.as_str(), "tokens_generated_per_second");
+        assert_eq!(
+            ScaleReason::TokensGeneratedPerSecond.as_str(),
+            "tokens_generated_per_second"
+        );
         assert_eq!(ScaleReason::MaxReplicas.to_string(), "max_replicas");
-        assert_eq!(serde_json::to_value(ScaleReason::PromptTokensPerSecond).unwrap(), "prompt_tokens_per_second");
-        assert_eq!(serde_json::to_value(ScaleReason::Idle).unwrap(), ScaleReason::Idle.as_str());
+        assert_eq!(
+            serde_json::to_value(ScaleReason::PromptTokensPerSecond).unwrap(),
+            "prompt_tokens_per_second"
+        );
+        assert_eq!(
+            serde_json::to_value(ScaleReason::Idle).unwrap(),
+            ScaleReason::Idle.as_str()
+        );
         assert_eq!(serde_json::to_value(ScaleDirection::Down).unwrap(), "down");
         assert_eq!(ScaleDirection::None.as_str(), "none");
     }
@@ -1565,9 +1623,18 @@ mod tests {
         let averages = autoscaler.load_averages(seconds(10));
         assert_eq!(averages.concurrent_requests, 6.0);
         // 11 samples of 3 arrivals over the 10 s covered so far.
-        assert!((averages.requests_per_second - 3.3).abs() < 1e-9, "{averages:?}");
-        assert!((averages.prompt_tokens_per_second - 330.0).abs() < 1e-9, "{averages:?}");
-        assert!((averages.tokens_generated_per_second - 55.0).abs() < 1e-9, "{averages:?}");
+        assert!(
+            (averages.requests_per_second - 3.3).abs() < 1e-9,
+            "{averages:?}"
+        );
+        assert!(
+            (averages.prompt_tokens_per_second - 330.0).abs() < 1e-9,
+            "{averages:?}"
+        );
+        assert!(
+            (averages.tokens_generated_per_second - 55.0).abs() < 1e-9,
+            "{averages:?}"
+        );
         assert_eq!(averages.window_seconds, 30.0);
 
         // Once the window is full: 30 samples (t = 31..=60) over 30 s, exact rates.
@@ -1604,7 +1671,13 @@ mod tests {
         let averages = autoscaler.load_averages(seconds(100));
         assert_eq!(averages.requests_per_second, 5.0);
         let averages = Autoscaler::new(AutoscalingPolicy::default()).load_averages(Duration::ZERO);
-        assert_eq!(averages, LoadAverages { window_seconds: 30.0, ..LoadAverages::default() });
+        assert_eq!(
+            averages,
+            LoadAverages {
+                window_seconds: 30.0,
+                ..LoadAverages::default()
+            }
+        );
     }
 
     #[test]
@@ -1615,7 +1688,14 @@ mod tests {
         simulation.run_until(4000, 0, 0, 0);
         assert_eq!(
             simulation.changes,
-            vec![(0, 0, 1), (31, 1, 2), (32, 2, 3), (709, 3, 2), (769, 2, 1), (3699, 1, 0)]
+            vec![
+                (0, 0, 1),
+                (31, 1, 2),
+                (32, 2, 3),
+                (709, 3, 2),
+                (769, 2, 1),
+                (3699, 1, 0)
+            ]
         );
     }
 
@@ -1626,14 +1706,23 @@ mod tests {
         let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
         simulation.run_until(10, 0, 0, 0);
         assert_eq!(simulation.changes, vec![]);
-        assert_eq!(simulation.last_decision.as_ref().unwrap().reason, ScaleReason::Stable);
+        assert_eq!(
+            simulation.last_decision.as_ref().unwrap().reason,
+            ScaleReason::Stable
+        );
 
         let decision = simulation.tick(1, 0, 1);
         assert_eq!(decision.desired, 1);
         assert_eq!(decision.direction, ScaleDirection::Up);
         assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
         assert!(!decision.velocity_limited);
-        assert!(decision.detail.contains("1 queued and 0 running at 0 replicas -> 1 at once"), "{}", decision.detail);
+        assert!(
+            decision
+                .detail
+                .contains("1 queued and 0 running at 0 replicas -> 1 at once"),
+            "{}",
+            decision.detail
+        );
         assert_eq!(simulation.changes, vec![(10, 0, 1)]);
     }
 
@@ -1650,8 +1739,16 @@ mod tests {
         assert_eq!(decision.desired, 4);
         assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
         assert!(decision.velocity_limited);
-        assert!(decision.detail.contains("-> 5 at once"), "{}", decision.detail);
-        assert!(decision.detail.contains("limited by velocity to 4"), "{}", decision.detail);
+        assert!(
+            decision.detail.contains("-> 5 at once"),
+            "{}",
+            decision.detail
+        );
+        assert!(
+            decision.detail.contains("limited by velocity to 4"),
+            "{}",
+            decision.detail
+        );
 
         // Without velocity limits it is capped by max_replicas instead.
         let mut policy = AutoscalingPolicy {
@@ -1704,8 +1801,18 @@ mod tests {
         let held = simulation.last_decision.clone().unwrap();
         assert_eq!(held.desired, 1);
         assert_eq!(held.reason, ScaleReason::Stable);
-        assert!(held.detail.contains("concurrent_requests 20 avg over 1s / target 8 per replica -> 3 (was 1)"), "{}", held.detail);
-        assert!(held.detail.contains("held at 1 until the load holds for scale_up_window 30s"), "{}", held.detail);
+        assert!(
+            held.detail
+                .contains("concurrent_requests 20 avg over 1s / target 8 per replica -> 3 (was 1)"),
+            "{}",
+            held.detail
+        );
+        assert!(
+            held.detail
+                .contains("held at 1 until the load holds for scale_up_window 30s"),
+            "{}",
+            held.detail
+        );
 
         let decision = simulation.tick(0, 20, 1); // t = 40: 30 s of recommendation 3
         assert_eq!(decision.desired, 3);
@@ -1768,7 +1875,13 @@ mod tests {
         let decision = autoscaler.decide(Duration::ZERO, ready(1));
         assert_eq!(decision.desired, 5);
         assert_eq!(decision.reason, ScaleReason::RequestsPerSecond);
-        assert!(decision.detail.starts_with("requests_per_second 10 per second over 1s / target 2 per replica -> 5 (was 1)"), "{}", decision.detail);
+        assert!(
+            decision.detail.starts_with(
+                "requests_per_second 10 per second over 1s / target 2 per replica -> 5 (was 1)"
+            ),
+            "{}",
+            decision.detail
+        );
 
         // Tokens: 900 generated tok/s / 300 -> 3 beats concurrency 16 / 8 -> 2 and rps 2 / 2 -> 1.
         policy.load_targets.tokens_generated_per_second = Some(300.0);
@@ -1814,7 +1927,13 @@ mod tests {
         // (29 * 8 + 24) / 30 = 8.53 -> 2.
         let decision = simulation.tick(0, 24, 1);
         assert_eq!(decision.desired, 2);
-        assert!(decision.detail.starts_with("concurrent_requests 8.53 avg over 30s / target 8 per replica -> 2 (was 1)"), "{}", decision.detail);
+        assert!(
+            decision.detail.starts_with(
+                "concurrent_requests 8.53 avg over 30s / target 8 per replica -> 2 (was 1)"
+            ),
+            "{}",
+            decision.detail
+        );
         // At t = 44 the window (t = 15..=44) is 15 * 8 + 15 * 24 = 480 / 30 = 16 exactly -> 2.
         simulation.run_until(45, 0, 24, 1);
         assert_eq!(simulation.changes, vec![(30, 1, 2)]);
@@ -1836,14 +1955,24 @@ mod tests {
         assert_eq!(decision.direction, ScaleDirection::Up);
         assert_eq!(decision.reason, ScaleReason::MaxReplicas);
         assert!(!decision.velocity_limited);
-        assert!(decision.detail.contains("-> 10 (was 1); capped at max_replicas 4"), "{}", decision.detail);
+        assert!(
+            decision
+                .detail
+                .contains("-> 10 (was 1); capped at max_replicas 4"),
+            "{}",
+            decision.detail
+        );
 
         // Already at max: nothing moves.
         autoscaler.record(sample(1, 50, 30, 5));
         let decision = autoscaler.decide(seconds(1), ready(4));
         assert_eq!(decision.desired, 4);
         assert_eq!(decision.reason, ScaleReason::Stable);
-        assert!(decision.detail.contains("capped at max_replicas 4"), "{}", decision.detail);
+        assert!(
+            decision.detail.contains("capped at max_replicas 4"),
+            "{}",
+            decision.detail
+        );
     }
 
     #[test]
@@ -1859,7 +1988,11 @@ mod tests {
         assert_eq!(decision.desired, 2);
         assert_eq!(decision.reason, ScaleReason::MinReplicas);
         assert_eq!(decision.direction, ScaleDirection::Up);
-        assert!(decision.detail.ends_with("; raised to min_replicas 2"), "{}", decision.detail);
+        assert!(
+            decision.detail.ends_with("; raised to min_replicas 2"),
+            "{}",
+            decision.detail
+        );
     }
 
     #[test]
@@ -1879,7 +2012,13 @@ mod tests {
         assert_eq!(decision.desired, 6);
         assert!(decision.velocity_limited);
         assert_eq!(decision.reason, ScaleReason::ConcurrentRequests);
-        assert!(decision.detail.contains("limited by velocity to 6 (scale_up allows 2 per 1m, 0 added in it)"), "{}", decision.detail);
+        assert!(
+            decision
+                .detail
+                .contains("limited by velocity to 6 (scale_up allows 2 per 1m, 0 added in it)"),
+            "{}",
+            decision.detail
+        );
 
         let decision = simulation.tick(0, 160, 1); // t = 1: the period's 2 are spent
         assert_eq!(decision.desired, 6);
@@ -1889,7 +2028,10 @@ mod tests {
 
         simulation.run_until(200, 0, 160, 1);
         // 6 + ceil(3) = 9, 9 + ceil(4.5) = 14, 14 + 7 = 21 -> capped by the load at 20.
-        assert_eq!(simulation.changes, vec![(0, 4, 6), (60, 6, 9), (120, 9, 14), (180, 14, 20)]);
+        assert_eq!(
+            simulation.changes,
+            vec![(0, 4, 6), (60, 6, 9), (120, 9, 14), (180, 14, 20)]
+        );
         assert!(!simulation.last_decision.unwrap().velocity_limited);
     }
 
@@ -1903,8 +2045,11 @@ mod tests {
         };
         let mut simulation = Simulation::new(policy, 2);
         simulation.run_until(31, 0, 400, 1); // 400 / 8 -> 50
-        // 2 -> 6 (4 > 2); at 15: 6 -> 12 (100% of 6); at 30: 12 -> 24.
-        assert_eq!(simulation.changes, vec![(0, 2, 6), (15, 6, 12), (30, 12, 24)]);
+                                             // 2 -> 6 (4 > 2); at 15: 6 -> 12 (100% of 6); at 30: 12 -> 24.
+        assert_eq!(
+            simulation.changes,
+            vec![(0, 2, 6), (15, 6, 12), (30, 12, 24)]
+        );
     }
 
     // ----- scaling down -----
@@ -1917,7 +2062,13 @@ mod tests {
         assert_eq!(simulation.changes, vec![]);
         let held = simulation.last_decision.clone().unwrap();
         assert_eq!(held.reason, ScaleReason::Stable);
-        assert!(held.detail.contains("-> 0 (was 4); held at 4 by the highest recommendation in scale_down_window 10m"), "{}", held.detail);
+        assert!(
+            held.detail.contains(
+                "-> 0 (was 4); held at 4 by the highest recommendation in scale_down_window 10m"
+            ),
+            "{}",
+            held.detail
+        );
 
         // t = 700: the last 4 (t = 99) is more than 10m old.
         let decision = simulation.tick(0, 0, 0);
@@ -1925,14 +2076,28 @@ mod tests {
         assert_eq!(decision.direction, ScaleDirection::Down);
         assert_eq!(decision.reason, ScaleReason::ConcurrentRequests);
         assert!(decision.velocity_limited);
-        assert!(decision.detail.contains("limited by velocity to 3 (scale_down allows 1 per 1m, 0 removed in it)"), "{}", decision.detail);
+        assert!(
+            decision
+                .detail
+                .contains("limited by velocity to 3 (scale_down allows 1 per 1m, 0 removed in it)"),
+            "{}",
+            decision.detail
+        );
 
         simulation.run_until(1000, 0, 0, 0);
-        assert_eq!(simulation.changes, vec![(700, 4, 3), (760, 3, 2), (820, 2, 1)]);
+        assert_eq!(
+            simulation.changes,
+            vec![(700, 4, 3), (760, 3, 2), (820, 2, 1)]
+        );
         let last = simulation.last_decision.unwrap();
         assert_eq!(last.desired, 1);
         assert_eq!(last.reason, ScaleReason::Stable);
-        assert!(last.detail.contains("keeping 1 replica until idle for scale_to_zero_window 1h"), "{}", last.detail);
+        assert!(
+            last.detail
+                .contains("keeping 1 replica until idle for scale_to_zero_window 1h"),
+            "{}",
+            last.detail
+        );
     }
 
     #[test]
@@ -1971,10 +2136,16 @@ mod tests {
         assert_eq!(decision.direction, ScaleDirection::Down);
         assert_eq!(decision.reason, ScaleReason::Idle);
         assert!(!decision.velocity_limited);
-        assert_eq!(decision.detail, "no activity for 1h (scale_to_zero_window 1h) -> 0 (was 1)");
+        assert_eq!(
+            decision.detail,
+            "no activity for 1h (scale_to_zero_window 1h) -> 0 (was 1)"
+        );
         simulation.run_until(4000, 0, 0, 0);
         assert_eq!(simulation.changes, vec![(3600, 1, 0)]);
-        assert_eq!(simulation.last_decision.unwrap().reason, ScaleReason::Stable);
+        assert_eq!(
+            simulation.last_decision.unwrap().reason,
+            ScaleReason::Stable
+        );
     }
 
     #[test]
@@ -2013,7 +2184,10 @@ mod tests {
         simulation.run_until(400, 0, 0, 0);
         // Idle from t = 300 (the 10m down-window would hold 3 until t = 600); 1 per 60s,
         // and the last step from 1 to 0 is always allowed.
-        assert_eq!(simulation.changes, vec![(300, 3, 2), (360, 2, 1), (361, 1, 0)]);
+        assert_eq!(
+            simulation.changes,
+            vec![(300, 3, 2), (360, 2, 1), (361, 1, 0)]
+        );
     }
 
     #[test]
@@ -2043,7 +2217,14 @@ mod tests {
         };
         let mut autoscaler = Autoscaler::new(policy);
         autoscaler.record(sample(0, 0, 24, 1)); // -> 3
-        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts { ready: 1, starting: 1, draining: 5 });
+        let decision = autoscaler.decide(
+            Duration::ZERO,
+            ReplicaCounts {
+                ready: 1,
+                starting: 1,
+                draining: 5,
+            },
+        );
         assert_eq!(decision.desired, 3);
         assert_eq!(decision.direction, ScaleDirection::Up);
         assert!(decision.detail.contains("(was 2)"), "{}", decision.detail);
@@ -2051,7 +2232,14 @@ mod tests {
         // Only draining replicas left and work queued: that is zero capacity.
         let mut autoscaler = Autoscaler::new(instant_metrics_policy());
         autoscaler.record(sample(0, 2, 0, 2));
-        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts { ready: 0, starting: 0, draining: 2 });
+        let decision = autoscaler.decide(
+            Duration::ZERO,
+            ReplicaCounts {
+                ready: 0,
+                starting: 0,
+                draining: 2,
+            },
+        );
         assert_eq!(decision.desired, 1);
         assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
     }
@@ -2069,7 +2257,10 @@ mod tests {
         };
         simulation.autoscaler.set_policy(policy.clone());
         assert_eq!(simulation.autoscaler.policy(), &policy);
-        assert_eq!(simulation.autoscaler.load_averages(seconds(19)), averages_before);
+        assert_eq!(
+            simulation.autoscaler.load_averages(seconds(19)),
+            averages_before
+        );
         // The 20 s of recommendations already seen count: up at t = 20, not t = 40.
         simulation.tick(0, 24, 1);
         assert_eq!(simulation.changes, vec![(20, 1, 3)]);
@@ -2099,7 +2290,10 @@ mod tests {
         let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
         autoscaler.scaled(Duration::ZERO, 0, 0);
         let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts::default());
-        assert_eq!((decision.desired, decision.direction), (0, ScaleDirection::None));
+        assert_eq!(
+            (decision.desired, decision.direction),
+            (0, ScaleDirection::None)
+        );
         // Idle forever at u32::MAX replicas: one step down, as velocity allows.
         let decision = autoscaler.decide(Duration::MAX, ready(u32::MAX));
         assert_eq!(decision.desired, u32::MAX - 1);
@@ -2155,7 +2349,11 @@ mod tests {
         let decision = autoscaler.decide(Duration::ZERO, ready(3));
         assert_eq!(decision.desired, 3);
         assert_eq!(decision.reason, ScaleReason::Stable);
-        assert!(decision.detail.contains("no load targets configured"), "{}", decision.detail);
+        assert!(
+            decision.detail.contains("no load targets configured"),
+            "{}",
+            decision.detail
+        );
 
         // min above max (unvalidated): max wins, nothing panics.
         let mut autoscaler = Autoscaler::new(AutoscalingPolicy {
@@ -2176,8 +2374,16 @@ mod tests {
             autoscaler.scaled(seconds(at), 2, 2);
         }
         // 10m down-window: at most ~601 runs; 1s metrics window: at most 1 sample.
-        assert!(autoscaler.recommendations.len() <= 602, "{}", autoscaler.recommendations.len());
-        assert!(autoscaler.samples.len() <= 1, "{}", autoscaler.samples.len());
+        assert!(
+            autoscaler.recommendations.len() <= 602,
+            "{}",
+            autoscaler.recommendations.len()
+        );
+        assert!(
+            autoscaler.samples.len() <= 1,
+            "{}",
+            autoscaler.samples.len()
+        );
         assert!(autoscaler.scale_events.is_empty());
     }
 
