@@ -1,0 +1,224 @@
+//! The actors wired together with the in-memory queue and a small scripted engine (a
+//! fake, local to this test): a deployment scales from zero for a request, serves it,
+//! drains back to zero when idle, and a cancelled request frees its replica slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use swell_actors::autoscaler::AutoscalingPolicy;
+use swell_actors::request::{submit, RequestDeps, RequestEvent, RequestSpec};
+use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, ObserveDeployment};
+use swell_cluster::{FinishReason, GenerationRequest, InMemoryQueue, OutputEvent, Queue, SamplingParams, Usage};
+use swell_workers::{
+    ChatMessage, ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad,
+    ReplicaContext, Sequence, SequenceOutput, StepReport, Tokenizer,
+};
+
+/// Emits token `i` as the text "t{i} " every `step` until `max_tokens`.
+struct ScriptedEngine {
+    running: Vec<(Sequence, u32)>,
+    step: Duration,
+}
+
+impl Engine for ScriptedEngine {
+    fn add(&mut self, seq: Sequence) {
+        self.running.push((seq, 0));
+    }
+    fn cancel(&mut self, id: &str) {
+        self.running.retain(|(s, _)| s.id != id);
+    }
+    fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError> {
+        if self.running.is_empty() {
+            return Ok(StepReport::default());
+        }
+        std::thread::sleep(self.step);
+        let batch_size = self.running.len();
+        for (seq, produced) in &mut self.running {
+            if *produced < seq.params.max_tokens {
+                out.push(SequenceOutput {
+                    id: seq.id.clone(),
+                    event: OutputEvent::Tokens { text: format!("t{produced} "), token_ids: vec![*produced], logprobs: None },
+                });
+                *produced += 1;
+            }
+            if *produced >= seq.params.max_tokens {
+                out.push(SequenceOutput {
+                    id: seq.id.clone(),
+                    event: OutputEvent::Finished {
+                        reason: FinishReason::Length,
+                        usage: Usage { prompt_tokens: seq.prompt_tokens.len() as u32, completion_tokens: *produced },
+                    },
+                });
+            }
+        }
+        self.running.retain(|(s, p)| *p < s.params.max_tokens);
+        Ok(StepReport { batch_size, decode_tokens: batch_size, ..Default::default() })
+    }
+    fn load(&self) -> EngineLoad {
+        EngineLoad { running: self.running.len(), free_slots: 8usize.saturating_sub(self.running.len()), ..Default::default() }
+    }
+}
+
+struct WordTokenizer;
+
+impl Tokenizer for WordTokenizer {
+    fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, EngineError> {
+        Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        format!("{ids:?}")
+    }
+    fn token_text(&self, id: u32) -> String {
+        id.to_string()
+    }
+    fn apply_chat_template(&self, messages: &[ChatMessage], _: bool) -> Result<String, EngineError> {
+        Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
+    }
+    fn vocab_size(&self) -> u32 {
+        100
+    }
+}
+
+struct ScriptedFactory {
+    cold_start: Duration,
+    step: Duration,
+}
+
+impl EngineFactory for ScriptedFactory {
+    fn describe(&self) -> EngineDescription {
+        EngineDescription {
+            engine: "scripted".into(),
+            model: "scripted".into(),
+            context_length: 1024,
+            gpus_per_replica: 0,
+            max_batch_size: 8,
+            kv_capacity_tokens: 8192,
+            expected_cold_start: self.cold_start,
+        }
+    }
+    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
+        Arc::new(WordTokenizer)
+    }
+    fn create(&self, _: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
+        std::thread::sleep(self.cold_start);
+        Ok((
+            Box::new(ScriptedEngine { running: Vec::new(), step: self.step }),
+            ColdStartReport { stages: vec![("load".into(), self.cold_start)] },
+        ))
+    }
+}
+
+fn policy() -> AutoscalingPolicy {
+    let mut policy = AutoscalingPolicy::default();
+    policy.min_replicas = 0;
+    policy.max_replicas = 2;
+    policy.scale_up_window = Duration::ZERO;
+    policy.scale_down_window = Duration::from_millis(500);
+    policy.scale_to_zero_window = Duration::from_millis(800);
+    policy.metrics_window = Duration::from_secs(1);
+    policy
+}
+
+fn start(step: Duration) -> (Arc<dyn Queue>, Addr<DeploymentSupervisor>) {
+    let queue: Arc<dyn Queue> = Arc::new(InMemoryQueue::default());
+    let factory = Arc::new(ScriptedFactory { cold_start: Duration::from_millis(100), step });
+    let mut spec = DeploymentSpec::new("d", factory, policy());
+    spec.tick = Duration::from_millis(100);
+    let supervisor = DeploymentSupervisor::new(spec, queue.clone()).start();
+    (queue, supervisor)
+}
+
+fn spec(id: &str, max_tokens: u32) -> RequestSpec {
+    RequestSpec {
+        job_id: id.into(),
+        deployment: "d".into(),
+        tenant: "t".into(),
+        request: GenerationRequest {
+            prompt_tokens: vec![1, 2, 3],
+            params: SamplingParams { max_tokens, ..Default::default() },
+        },
+        deadline: None,
+        max_queue_depth: 100,
+        received_at: tokio::time::Instant::now(),
+    }
+}
+
+async fn wait_for_replicas(supervisor: &Addr<DeploymentSupervisor>, ready: u32, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let status = supervisor.send(ObserveDeployment).await.unwrap();
+        if status.replicas.ready == ready && status.replicas.starting == 0 && status.replicas.draining == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[actix_rt::test]
+async fn a_request_at_zero_starts_a_replica_is_served_and_the_deployment_returns_to_zero() {
+    let (queue, supervisor) = start(Duration::from_millis(2));
+    assert!(wait_for_replicas(&supervisor, 0, Duration::from_secs(1)).await);
+    let deps = RequestDeps { queue, supervisor: supervisor.clone(), quota: None };
+
+    let mut admitted = submit(spec("r1", 5), deps.clone()).await.unwrap();
+    assert_eq!(admitted.position, 1);
+    let mut texts = String::new();
+    let mut saw_starting = false;
+    let mut finished = None;
+    while let Some(event) = admitted.events.recv().await {
+        match event {
+            RequestEvent::Waiting { starting, .. } => saw_starting |= starting,
+            RequestEvent::Tokens { text, .. } => texts.push_str(&text),
+            RequestEvent::Finished { reason, usage } => finished = Some((reason, usage)),
+            RequestEvent::Failed { code, message } => panic!("failed: {code} {message}"),
+            _ => {}
+        }
+    }
+    assert!(saw_starting, "the client was told a replica is starting");
+    assert_eq!(texts, "t0 t1 t2 t3 t4 ");
+    assert_eq!(finished, Some((FinishReason::Length, Usage { prompt_tokens: 3, completion_tokens: 5 })));
+
+    // Idle: back to zero after the scale-to-zero window, with the reasons recorded.
+    assert!(wait_for_replicas(&supervisor, 0, Duration::from_secs(5)).await, "scaled to zero");
+    let status = supervisor.send(ObserveDeployment).await.unwrap();
+    let reasons: Vec<&str> = status.scale_events.iter().map(|e| e.reason).collect();
+    assert_eq!(reasons.first(), Some(&"queued_at_zero"), "{reasons:?}");
+    assert_eq!(reasons.last(), Some(&"idle"), "{reasons:?}");
+
+    // And the next request is served from zero again.
+    let mut admitted = submit(spec("r2", 2), deps).await.unwrap();
+    let mut last = None;
+    while let Some(event) = admitted.events.recv().await {
+        last = Some(event);
+    }
+    assert!(matches!(last, Some(RequestEvent::Finished { .. })), "{last:?}");
+}
+
+#[actix_rt::test]
+async fn dropping_the_receiver_cancels_the_request_and_frees_the_replica() {
+    let (queue, supervisor) = start(Duration::from_millis(20));
+    let deps = RequestDeps { queue: queue.clone(), supervisor: supervisor.clone(), quota: None };
+    let mut admitted = submit(spec("long", 10_000), deps).await.unwrap();
+    // Wait for the first token, then walk away.
+    loop {
+        match admitted.events.recv().await {
+            Some(RequestEvent::Tokens { .. }) => break,
+            Some(RequestEvent::Failed { code, .. }) => panic!("{code}"),
+            Some(_) => {}
+            None => panic!("stream ended early"),
+        }
+    }
+    drop(admitted);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = supervisor.send(ObserveDeployment).await.unwrap();
+        let active: u64 = status.replica_details.iter().map(|r| r.active_sequences).sum();
+        if active == 0 && queue.depth("d").await.unwrap().leased == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the cancelled sequence still holds its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
