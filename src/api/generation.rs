@@ -1,0 +1,118 @@
+//! Starting a generation: a validated request becomes one admitted job per prompt
+//! (`swell_actors::request::submit`), and their event streams are merged into one
+//! stream tagged with the choice index. Shared by the HTTP and WebSocket APIs.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use futures_util::stream::StreamExt;
+use swell_actors::quota::RateLimitSnapshot;
+use swell_actors::request::{submit, Admitted, Rejected, RequestActor, RequestDeps, RequestSpec};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::api::error::ApiError;
+use crate::api::sse::TaggedEvents;
+use crate::api::stream_encoder::ResponseMeta;
+use crate::api::validate::ValidatedRequest;
+use crate::deployments::{unix_seconds, DeploymentHandle};
+use crate::state::AppState;
+use crate::tenants::TenantHandle;
+
+/// An admitted request: its merged event stream and what its responses need.
+pub struct Generation {
+    pub meta: ResponseMeta,
+    pub validated: ValidatedRequest,
+    /// Events of every job, tagged with the choice index. Dropping it cancels them all.
+    pub events: TaggedEvents,
+    /// The request actors (a WebSocket `cancel` sends them `CancelRequest`).
+    pub handles: Vec<Addr<RequestActor>>,
+    /// The tenant's rate-limit state after admission (empty when it has no limits).
+    pub rate_limits: RateLimitSnapshot,
+}
+
+/// A new request id: `req-<uuid>` (also the `x-request-id` header).
+pub fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn rejection_error(deployment: &str, rejected: Rejected) -> ApiError {
+    match rejected {
+        Rejected::Quota(rejection) => ApiError::Quota(Box::new(rejection)),
+        Rejected::QueueFull { depth, retry_after } => {
+            ApiError::QueueFull { deployment: deployment.to_string(), depth, retry_after }
+        }
+        Rejected::Unavailable(reason) => {
+            ApiError::DeploymentUnavailable { deployment: deployment.to_string(), reason }
+        }
+    }
+}
+
+/// Admits every prompt of `validated` as its own job. All or nothing: if one is
+/// rejected, the ones already admitted are cancelled (their receivers dropped).
+pub async fn start_generation(
+    state: &AppState,
+    tenant: &TenantHandle,
+    deployment: &Arc<DeploymentHandle>,
+    validated: ValidatedRequest,
+    request_id: &str,
+    received_at: Instant,
+) -> Result<Generation, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let deps = RequestDeps {
+        queue: state.queue.clone(),
+        supervisor: deployment.supervisor.clone(),
+        quota: tenant.has_limits().then(|| tenant.quota.clone()),
+    };
+    let requests = validated.generation_requests();
+    let several = requests.len() > 1;
+    let submissions = requests.into_iter().enumerate().map(|(index, request)| {
+        let spec = RequestSpec {
+            job_id: if several { format!("{request_id}-{index}") } else { request_id.to_string() },
+            deployment: deployment.name.clone(),
+            tenant: tenant.id.clone(),
+            request,
+            deadline: Some(state.config.server.request_timeout),
+            max_queue_depth: deployment.max_queue_depth,
+            received_at,
+        };
+        submit(spec, deps.clone())
+    });
+    let results = futures_util::future::join_all(submissions).await;
+    let mut admitted: Vec<Admitted> = Vec::with_capacity(results.len());
+    let mut first_rejection = None;
+    for result in results {
+        match result {
+            Ok(job) => admitted.push(job),
+            Err(rejected) => {
+                first_rejection.get_or_insert(rejected);
+            }
+        }
+    }
+    if let Some(rejected) = first_rejection {
+        // Dropping `admitted` drops the receivers: those jobs are cancelled.
+        return Err(rejection_error(&deployment.name, rejected));
+    }
+    let rate_limits = admitted
+        .iter()
+        .map(|job| job.rate_limits.clone())
+        .min_by_key(|snapshot| snapshot.requests.map(|s| s.remaining).unwrap_or(u64::MAX))
+        .unwrap_or_default();
+    let mut handles = Vec::with_capacity(admitted.len());
+    let streams = admitted.into_iter().enumerate().map(|(index, job)| {
+        handles.push(job.handle);
+        ReceiverStream::new(job.events).map(move |event| (index, event))
+    });
+    let events = futures_util::stream::select_all(streams).boxed();
+    let meta = ResponseMeta {
+        id: ResponseMeta::response_id(validated.kind, request_id),
+        created: unix_seconds(),
+        model: deployment.name.clone(),
+        kind: validated.kind,
+        include_usage: validated.include_usage,
+        logprobs: validated.logprobs,
+    };
+    Ok(Generation { meta, validated, events, handles, rate_limits })
+}

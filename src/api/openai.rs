@@ -1,0 +1,173 @@
+//! The OpenAI-compatible HTTP API: `GET /v1/models`, `GET /v1/models/{id}`,
+//! `POST /v1/chat/completions`, `POST /v1/completions`.
+//!
+//! Each generation handler: authenticate → read the body → find the deployment (404
+//! `model_not_found`) → validate → admit (429/503 on rejection) → answer, streamed (SSE)
+//! or collected. When a streaming client disconnects, actix drops the body stream, which
+//! drops the event receivers, which cancels the requests.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::api::auth::authenticate;
+use crate::api::collect::{Collected, ResponseCollector};
+use crate::api::error::ApiError;
+use crate::api::generation::{start_generation, Generation};
+use crate::api::json_body::{parse_json, read_body};
+use crate::api::middleware::request_id;
+use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest, ModelList, ModelObject};
+use crate::api::ratelimit_headers::insert_rate_limit_headers;
+use crate::api::sse;
+use crate::api::stream_encoder::StreamEncoder;
+use crate::api::validate::{validate_chat, validate_completion, ModelLimits, ValidatedRequest};
+use crate::deployments::DeploymentHandle;
+use crate::state::AppState;
+
+/// Bodies larger than this are validated (tokenized) off the async threads.
+const INLINE_VALIDATION_BYTES: usize = 64 * 1024;
+
+pub fn model_object(deployment: &DeploymentHandle) -> ModelObject {
+    ModelObject {
+        id: deployment.name.clone(),
+        object: "model",
+        created: deployment.created,
+        owned_by: "swell",
+        max_model_len: deployment.description.context_length,
+    }
+}
+
+/// `GET /v1/models`.
+pub async fn list_models(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authenticate(&state, &request)?;
+    let data = state.deployments.list().iter().map(|d| model_object(d)).collect();
+    Ok(HttpResponse::Ok().json(ModelList { object: "list", data }))
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn get_model(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&state, &request)?;
+    let deployment = find_deployment(&state, &path)?;
+    Ok(HttpResponse::Ok().json(model_object(&deployment)))
+}
+
+fn find_deployment(state: &AppState, model: &str) -> Result<Arc<DeploymentHandle>, ApiError> {
+    state.deployments.get(model).ok_or_else(|| ApiError::ModelNotFound(model.to_string()))
+}
+
+/// A request body that names its deployment.
+pub trait ModelRequest: DeserializeOwned + Send + 'static {
+    fn model(&self) -> &str;
+    fn validate(&self, limits: &ModelLimits, tokenizer: &dyn swell_workers::Tokenizer) -> Result<ValidatedRequest, ApiError>;
+}
+
+impl ModelRequest for ChatCompletionRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn validate(&self, limits: &ModelLimits, tokenizer: &dyn swell_workers::Tokenizer) -> Result<ValidatedRequest, ApiError> {
+        validate_chat(self, limits, tokenizer)
+    }
+}
+
+impl ModelRequest for CompletionRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn validate(&self, limits: &ModelLimits, tokenizer: &dyn swell_workers::Tokenizer) -> Result<ValidatedRequest, ApiError> {
+        validate_completion(self, limits, tokenizer)
+    }
+}
+
+/// Finds the deployment of a request and validates it against that deployment. Large
+/// bodies are tokenized on the blocking pool so no async thread stalls on them.
+pub async fn resolve<R: ModelRequest>(
+    state: &AppState,
+    body: R,
+    body_bytes: usize,
+) -> Result<(Arc<DeploymentHandle>, ValidatedRequest), ApiError> {
+    let deployment = find_deployment(state, body.model())?;
+    let validated = if body_bytes <= INLINE_VALIDATION_BYTES {
+        body.validate(&deployment.limits, deployment.tokenizer.as_ref())?
+    } else {
+        let limits = deployment.limits;
+        let tokenizer = deployment.tokenizer.clone();
+        web::block(move || body.validate(&limits, tokenizer.as_ref()))
+            .await
+            .map_err(|error| ApiError::Internal(format!("validation did not complete: {error}")))??
+    };
+    Ok((deployment, validated))
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    generate::<ChatCompletionRequest>(state, request, payload).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    generate::<CompletionRequest>(state, request, payload).await
+}
+
+async fn generate<R: ModelRequest>(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let received_at = Instant::now();
+    let tenant = authenticate(&state, &request)?;
+    let bytes = read_body(&request, payload, state.config.server.max_body_bytes).await?;
+    let body: R = parse_json(&bytes)?;
+    let (deployment, validated) = resolve(&state, body, bytes.len()).await?;
+    let id = request_id(&request);
+    let stream = validated.stream;
+    let generation = start_generation(&state, &tenant, &deployment, validated, &id, received_at).await?;
+    if stream {
+        Ok(streaming_response(generation, state.config.server.keep_alive_interval))
+    } else {
+        collected_response(generation).await
+    }
+}
+
+fn streaming_response(generation: Generation, keep_alive: std::time::Duration) -> HttpResponse {
+    let Generation { meta, validated, events, handles, rate_limits } = generation;
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"));
+    insert_rate_limit_headers(&mut response, &rate_limits);
+    let encoder = StreamEncoder::new(meta, &validated.prompts);
+    response.streaming(sse::body_stream(events, encoder, keep_alive, Box::new(handles)))
+}
+
+async fn collected_response(generation: Generation) -> Result<HttpResponse, ApiError> {
+    let Generation { meta, validated, mut events, handles: _handles, rate_limits } = generation;
+    let mut collector = ResponseCollector::new(meta, &validated.prompts);
+    while let Some((index, event)) = events.next().await {
+        if let Collected::Complete(body) = collector.on_event(index, event)? {
+            let mut response = HttpResponse::Ok();
+            insert_rate_limit_headers(&mut response, &rate_limits);
+            return Ok(response.json(body));
+        }
+    }
+    Err(ResponseCollector::incomplete())
+}

@@ -1,0 +1,477 @@
+//! `StreamEncoder`: turns the `RequestEvent`s of a request's jobs (one job per choice)
+//! into protocol-neutral [`StreamItem`]s: wait statuses, OpenAI chunks, the end with its
+//! usage, or a failure. The SSE framing ([`crate::api::sse`]) and the WebSocket framing
+//! ([`crate::api::ws_protocol`]) each render these items their own way.
+//!
+//! A plain struct with synchronous tests: events in, items out.
+
+use std::time::Duration;
+
+use swell_actors::request::RequestEvent;
+use swell_cluster::{FinishReason, TokenLogprob, Usage};
+
+use crate::api::error::ApiError;
+use crate::api::openai_types::{
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionLogprobs,
+    ResponseChunk, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION_CHUNK,
+    TEXT_COMPLETION,
+};
+use crate::api::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
+
+/// What every chunk of a response repeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseMeta {
+    /// `chatcmpl-...` or `cmpl-...`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub model: String,
+    pub kind: GenerationKind,
+    pub include_usage: bool,
+    pub logprobs: bool,
+}
+
+impl ResponseMeta {
+    /// The OpenAI id of a response for request `request_id` (`req-<uuid>`).
+    pub fn response_id(kind: GenerationKind, request_id: &str) -> String {
+        let suffix = request_id.strip_prefix("req-").unwrap_or(request_id);
+        match kind {
+            GenerationKind::Chat => format!("chatcmpl-{suffix}"),
+            GenerationKind::Completion => format!("cmpl-{suffix}"),
+        }
+    }
+}
+
+/// One thing to tell a streaming client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// Waiting for a replica: queued at `position`, and/or a replica is starting.
+    Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration> },
+    /// A replica took one of the request's jobs.
+    Running { replica: String },
+    /// An OpenAI chunk (`chat.completion.chunk` or `text_completion`).
+    Chunk(ResponseChunk),
+    /// Every choice finished; `usage` is summed over them.
+    Done { usage: UsageBody, finish_reason: Option<&'static str> },
+    /// The request failed; nothing follows.
+    Failed(ApiError),
+}
+
+impl StreamItem {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, StreamItem::Done { .. } | StreamItem::Failed(_))
+    }
+}
+
+#[derive(Debug, Default)]
+struct ChoiceState {
+    role_sent: bool,
+    /// The prompt still to echo (completions `echo`), sent before the first output.
+    echo: Option<EchoPrompt>,
+    /// Character offset of the next token in the choice's text.
+    offset: u32,
+    finished: Option<(FinishReason, Usage)>,
+}
+
+/// Encodes one response's events into stream items.
+#[derive(Debug)]
+pub struct StreamEncoder {
+    meta: ResponseMeta,
+    choices: Vec<ChoiceState>,
+    last_waiting: Option<(Option<u64>, bool)>,
+    ended: bool,
+}
+
+impl StreamEncoder {
+    pub fn new(meta: ResponseMeta, prompts: &[PreparedPrompt]) -> Self {
+        let choices = prompts
+            .iter()
+            .map(|prompt| ChoiceState { echo: prompt.echo.clone(), ..ChoiceState::default() })
+            .collect();
+        Self { meta, choices, last_waiting: None, ended: false }
+    }
+
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
+    /// Whether the response has ended (done or failed).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Items for one event of choice `index`.
+    pub fn on_event(&mut self, index: usize, event: RequestEvent) -> Vec<StreamItem> {
+        if self.ended || index >= self.choices.len() {
+            return Vec::new();
+        }
+        let mut items = Vec::new();
+        match event {
+            RequestEvent::Waiting { position, starting, ready_in } => {
+                // Waiting is re-sent about once a second; tell only what changed.
+                if self.last_waiting != Some((position, starting)) {
+                    self.last_waiting = Some((position, starting));
+                    items.push(StreamItem::Waiting { position, starting, ready_in });
+                }
+            }
+            RequestEvent::Started { replica } => {
+                items.push(StreamItem::Running { replica });
+                self.open_choice(index, &mut items);
+            }
+            RequestEvent::PromptLogprobs(logprobs) => {
+                if let Some(echo) = self.choices[index].echo.take() {
+                    let chunk = self.echo_chunk(index, echo, Some(&logprobs));
+                    items.push(chunk);
+                }
+            }
+            RequestEvent::Tokens { text, token_ids: _, logprobs } => {
+                self.open_choice(index, &mut items);
+                if text.is_empty() && logprobs.as_ref().is_none_or(Vec::is_empty) {
+                    return items;
+                }
+                let chunk = self.token_chunk(index, text, logprobs.as_deref());
+                items.push(chunk);
+            }
+            RequestEvent::Finished { reason, usage } => {
+                self.open_choice(index, &mut items);
+                self.choices[index].finished = Some((reason, usage));
+                items.push(self.finish_chunk(index, reason));
+                if self.choices.iter().all(|choice| choice.finished.is_some()) {
+                    let usage = self.total_usage();
+                    if self.meta.include_usage {
+                        items.push(self.usage_chunk(usage));
+                    }
+                    let finish_reason =
+                        self.choices[0].finished.map(|(reason, _)| reason.as_str());
+                    items.push(StreamItem::Done { usage, finish_reason });
+                    self.ended = true;
+                }
+            }
+            RequestEvent::Failed { code, message } => {
+                items.push(StreamItem::Failed(ApiError::Generation { code, message }));
+                self.ended = true;
+            }
+        }
+        items
+    }
+
+    /// Items when the event streams ended: nothing if the response ended properly, else
+    /// a failure (a stream that ends without a terminal event is never a success).
+    pub fn on_streams_closed(&mut self) -> Vec<StreamItem> {
+        if self.ended {
+            return Vec::new();
+        }
+        self.ended = true;
+        vec![StreamItem::Failed(ApiError::Generation {
+            code: "stream_incomplete".into(),
+            message: "the request's output ended before it finished".into(),
+        })]
+    }
+
+    fn total_usage(&self) -> UsageBody {
+        let usage = self.choices.iter().filter_map(|c| c.finished.map(|(_, u)| u)).fold(
+            Usage::default(),
+            |sum, u| Usage {
+                prompt_tokens: sum.prompt_tokens + u.prompt_tokens,
+                completion_tokens: sum.completion_tokens + u.completion_tokens,
+            },
+        );
+        usage.into()
+    }
+
+    /// The first output of a choice: the assistant role (chat) or the echoed prompt
+    /// (completions with `echo` and no prompt logprobs).
+    fn open_choice(&mut self, index: usize, items: &mut Vec<StreamItem>) {
+        match self.meta.kind {
+            GenerationKind::Chat => {
+                if !self.choices[index].role_sent {
+                    self.choices[index].role_sent = true;
+                    let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+                    items.push(self.chat_chunk(index, delta, None, None));
+                }
+            }
+            GenerationKind::Completion => {
+                if let Some(echo) = self.choices[index].echo.take() {
+                    items.push(self.echo_chunk(index, echo, None));
+                }
+            }
+        }
+    }
+
+    fn echo_chunk(
+        &mut self,
+        index: usize,
+        echo: EchoPrompt,
+        logprobs: Option<&[Option<TokenLogprob>]>,
+    ) -> StreamItem {
+        let logprobs = match logprobs {
+            Some(logprobs) if self.meta.logprobs => {
+                let mut out = CompletionLogprobs::default();
+                let offset = &mut self.choices[index].offset;
+                for (position, token_text) in echo.token_texts.iter().enumerate() {
+                    let logprob = logprobs.get(position).and_then(Option::as_ref);
+                    out.push(token_text, logprob, offset);
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        self.choices[index].offset = echo.text.chars().count() as u32;
+        self.text_chunk(index, echo.text, logprobs, None)
+    }
+
+    fn token_chunk(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: Option<&[TokenLogprob]>,
+    ) -> StreamItem {
+        match self.meta.kind {
+            GenerationKind::Chat => {
+                let logprobs = logprobs
+                    .filter(|_| self.meta.logprobs)
+                    .map(ChatLogprobs::from_tokens);
+                let delta = ChatDelta { role: None, content: Some(text) };
+                self.chat_chunk(index, delta, logprobs, None)
+            }
+            GenerationKind::Completion => {
+                let logprobs = logprobs.filter(|_| self.meta.logprobs).map(|tokens| {
+                    let mut out = CompletionLogprobs::default();
+                    let mut offset = self.choices[index].offset;
+                    for token in tokens {
+                        out.push(&token.token, Some(token), &mut offset);
+                    }
+                    out
+                });
+                self.choices[index].offset += text.chars().count() as u32;
+                self.text_chunk(index, text, logprobs, None)
+            }
+        }
+    }
+
+    fn finish_chunk(&self, index: usize, reason: FinishReason) -> StreamItem {
+        match self.meta.kind {
+            GenerationKind::Chat => {
+                self.chat_chunk(index, ChatDelta::default(), None, Some(reason.as_str()))
+            }
+            GenerationKind::Completion => {
+                self.text_chunk(index, String::new(), None, Some(reason.as_str()))
+            }
+        }
+    }
+
+    fn usage_field(&self) -> Option<Option<UsageBody>> {
+        self.meta.include_usage.then_some(None)
+    }
+
+    fn chat_chunk(
+        &self,
+        index: usize,
+        delta: ChatDelta,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<&'static str>,
+    ) -> StreamItem {
+        let chunk = ChatCompletionChunk {
+            id: self.meta.id.clone(),
+            object: CHAT_COMPLETION_CHUNK,
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices: vec![ChatChunkChoice { index: index as u32, delta, logprobs, finish_reason }],
+            usage: self.usage_field(),
+        };
+        StreamItem::Chunk(ResponseChunk::Chat(chunk))
+    }
+
+    fn text_chunk(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<CompletionLogprobs>,
+        finish_reason: Option<&'static str>,
+    ) -> StreamItem {
+        let chunk = TextCompletion {
+            id: self.meta.id.clone(),
+            object: TEXT_COMPLETION,
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices: vec![TextChoice { index: index as u32, text, logprobs, finish_reason }],
+            usage: self.usage_field(),
+        };
+        StreamItem::Chunk(ResponseChunk::Text(chunk))
+    }
+
+    /// The last chunk with `stream_options.include_usage`: no choices, the usage.
+    fn usage_chunk(&self, usage: UsageBody) -> StreamItem {
+        let chunk = match self.meta.kind {
+            GenerationKind::Chat => ResponseChunk::Chat(ChatCompletionChunk {
+                id: self.meta.id.clone(),
+                object: CHAT_COMPLETION_CHUNK,
+                created: self.meta.created,
+                model: self.meta.model.clone(),
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+            GenerationKind::Completion => ResponseChunk::Text(TextCompletion {
+                id: self.meta.id.clone(),
+                object: TEXT_COMPLETION,
+                created: self.meta.created,
+                model: self.meta.model.clone(),
+                choices: Vec::new(),
+                usage: Some(Some(usage)),
+            }),
+        };
+        StreamItem::Chunk(chunk)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::{json, Value};
+    use swell_cluster::TopLogprob;
+
+    use super::*;
+
+    pub(crate) fn meta(kind: GenerationKind, include_usage: bool, logprobs: bool) -> ResponseMeta {
+        ResponseMeta { id: "chatcmpl-1".into(), created: 7, model: "m".into(), kind, include_usage, logprobs }
+    }
+
+    pub(crate) fn prompt(echo: Option<EchoPrompt>) -> PreparedPrompt {
+        PreparedPrompt { tokens: vec![1, 2], max_tokens: 4, echo }
+    }
+
+    pub(crate) fn tokens(text: &str) -> RequestEvent {
+        RequestEvent::Tokens { text: text.into(), token_ids: vec![9], logprobs: None }
+    }
+
+    pub(crate) fn finished(completion_tokens: u32) -> RequestEvent {
+        RequestEvent::Finished {
+            reason: FinishReason::Stop,
+            usage: Usage { prompt_tokens: 2, completion_tokens },
+        }
+    }
+
+    fn chunk(item: &StreamItem) -> Value {
+        match item {
+            StreamItem::Chunk(chunk) => serde_json::to_value(chunk).unwrap(),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_streams_role_then_content_then_finish() {
+        let mut encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
+        let waiting = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None });
+        assert_eq!(waiting, [StreamItem::Waiting { position: Some(3), starting: true, ready_in: None }]);
+        let again = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None });
+        assert!(again.is_empty(), "unchanged waiting state is not repeated");
+
+        let started = encoder.on_event(0, RequestEvent::Started { replica: "r1".into() });
+        assert_eq!(started[0], StreamItem::Running { replica: "r1".into() });
+        assert_eq!(chunk(&started[1])["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(chunk(&started[1])["object"], "chat.completion.chunk");
+
+        let token = encoder.on_event(0, tokens("Hello"));
+        assert_eq!(token.len(), 1);
+        let value = chunk(&token[0]);
+        assert_eq!(value["choices"][0]["delta"], json!({"content": "Hello"}));
+        assert_eq!(value["choices"][0]["finish_reason"], Value::Null);
+        assert!(value.get("usage").is_none());
+
+        let end = encoder.on_event(0, finished(1));
+        assert_eq!(chunk(&end[0])["choices"][0]["delta"], json!({}));
+        assert_eq!(chunk(&end[0])["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            end[1],
+            StreamItem::Done {
+                usage: UsageBody { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 },
+                finish_reason: Some("stop"),
+            }
+        );
+        assert!(encoder.ended());
+        assert!(encoder.on_streams_closed().is_empty());
+    }
+
+    #[test]
+    fn include_usage_adds_null_usage_and_a_usage_chunk() {
+        let mut encoder = StreamEncoder::new(meta(GenerationKind::Chat, true, false), &[prompt(None)]);
+        let token = encoder.on_event(0, tokens("Hi"));
+        assert_eq!(chunk(&token[0])["usage"], Value::Null);
+        let end = encoder.on_event(0, finished(1));
+        assert_eq!(end.len(), 3);
+        let usage = chunk(&end[1]);
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"], json!({"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}));
+        assert!(matches!(end[2], StreamItem::Done { .. }));
+    }
+
+    #[test]
+    fn a_failure_ends_the_stream() {
+        let mut encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
+        encoder.on_event(0, tokens("Hi"));
+        let failed = encoder.on_event(0, RequestEvent::Failed { code: "engine_failure".into(), message: "boom".into() });
+        assert!(matches!(&failed[0], StreamItem::Failed(error) if error.code() == "engine_failure"));
+        assert!(encoder.ended());
+        assert!(encoder.on_event(0, tokens("more")).is_empty());
+    }
+
+    #[test]
+    fn streams_closing_early_is_a_failure() {
+        let mut encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
+        encoder.on_event(0, tokens("Hi"));
+        let closed = encoder.on_streams_closed();
+        assert!(matches!(&closed[0], StreamItem::Failed(error) if error.code() == "stream_incomplete"));
+    }
+
+    #[test]
+    fn several_choices_finish_together_with_summed_usage() {
+        let mut encoder = StreamEncoder::new(
+            meta(GenerationKind::Completion, false, false),
+            &[prompt(None), prompt(None)],
+        );
+        let first = encoder.on_event(1, tokens("b"));
+        assert_eq!(chunk(&first[0])["choices"][0]["index"], 1);
+        assert_eq!(chunk(&first[0])["choices"][0]["text"], "b");
+        assert_eq!(chunk(&first[0])["object"], "text_completion");
+        let end_one = encoder.on_event(1, finished(1));
+        assert_eq!(end_one.len(), 1, "not done until every choice finished");
+        let end_all = encoder.on_event(0, finished(3));
+        assert_eq!(
+            end_all.last().unwrap(),
+            &StreamItem::Done {
+                usage: UsageBody { prompt_tokens: 4, completion_tokens: 4, total_tokens: 8 },
+                finish_reason: Some("stop"),
+            }
+        );
+    }
+
+    #[test]
+    fn echo_comes_first_with_prompt_logprobs() {
+        let echo = EchoPrompt { text: "ab".into(), token_texts: vec!["a".into(), "b".into()] };
+        let mut encoder =
+            StreamEncoder::new(meta(GenerationKind::Completion, false, true), &[prompt(Some(echo))]);
+        let lp = TokenLogprob { token: "b".into(), token_id: 2, logprob: -1.0, top: vec![TopLogprob { token: "b".into(), logprob: -1.0 }] };
+        let echoed = encoder.on_event(0, RequestEvent::PromptLogprobs(vec![None, Some(lp.clone())]));
+        let value = chunk(&echoed[0]);
+        assert_eq!(value["choices"][0]["text"], "ab");
+        assert_eq!(value["choices"][0]["logprobs"]["token_logprobs"], json!([null, -1.0]));
+        assert_eq!(value["choices"][0]["logprobs"]["text_offset"], json!([0, 1]));
+        let token = encoder.on_event(0, RequestEvent::Tokens { text: "c".into(), token_ids: vec![3], logprobs: Some(vec![TokenLogprob { token: "c".into(), ..lp }]) });
+        assert_eq!(chunk(&token[0])["choices"][0]["logprobs"]["text_offset"], json!([2]));
+    }
+
+    #[test]
+    fn echo_without_logprobs_comes_before_the_first_token() {
+        let echo = EchoPrompt { text: "say".into(), token_texts: vec![] };
+        let mut encoder =
+            StreamEncoder::new(meta(GenerationKind::Completion, false, false), &[prompt(Some(echo))]);
+        let items = encoder.on_event(0, tokens(" hi"));
+        assert_eq!(chunk(&items[0])["choices"][0]["text"], "say");
+        assert_eq!(chunk(&items[1])["choices"][0]["text"], " hi");
+    }
+
+    #[test]
+    fn response_ids_derive_from_the_request_id() {
+        assert_eq!(ResponseMeta::response_id(GenerationKind::Chat, "req-abc"), "chatcmpl-abc");
+        assert_eq!(ResponseMeta::response_id(GenerationKind::Completion, "req-abc"), "cmpl-abc");
+    }
+}

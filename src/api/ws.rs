@@ -1,0 +1,272 @@
+//! `GET /v1/ws`: several OpenAI requests streamed over one WebSocket.
+//!
+//! One task reads the client's messages; each generation request runs in its own task
+//! that relays its events into the session. The connection keeps a map id → task: a
+//! `cancel` aborts the task (dropping its event receivers, which cancels the request);
+//! when the client closes or goes away, every task in flight is aborted the same way.
+//! At most [`MAX_IN_FLIGHT`] requests per connection.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::auth::authorization;
+use crate::api::error::ApiError;
+use crate::api::generation::{new_request_id, start_generation, Generation};
+use crate::api::json_body::from_value;
+use crate::api::openai::resolve;
+use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest};
+use crate::api::stream_encoder::{StreamEncoder, StreamItem};
+use crate::api::validate::GenerationKind;
+use crate::api::ws_protocol::{parse_client_message, ClientMessage, ServerFrame};
+use crate::metrics;
+use crate::state::AppState;
+use crate::tenants::{TenantHandle, ANONYMOUS_TENANT};
+
+/// Requests one connection may have in flight.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// `GET /v1/ws`: upgrades, authenticating by the `Authorization` header when present.
+pub async fn websocket(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // A key on the upgrade is checked now (401 before upgrading); without one the
+    // client may authenticate with an `auth` message.
+    let tenant = match authorization(&request) {
+        Some(_) => Some(state.tenants.authenticate(authorization(&request))?),
+        None => state.tenants.authenticate(None).ok(),
+    };
+    let (response, session, messages) = actix_ws::handle(&request, body)
+        .map_err(|error| ApiError::WebSocketUpgradeRequired(error.to_string()))?;
+    let max_bytes = state.config.server.max_body_bytes;
+    let messages = messages.max_frame_size(max_bytes).aggregate_continuations().max_continuation_size(max_bytes);
+    let connection = Connection {
+        state: state.into_inner(),
+        session,
+        tenant,
+        in_flight: Rc::new(RefCell::new(HashMap::new())),
+        next_serial: 0,
+    };
+    actix_rt::spawn(connection.run(messages));
+    Ok(response)
+}
+
+struct InFlight {
+    serial: u64,
+    task: JoinHandle<()>,
+}
+
+type InFlightMap = Rc<RefCell<HashMap<String, InFlight>>>;
+
+struct Connection {
+    state: Arc<AppState>,
+    session: Session,
+    tenant: Option<TenantHandle>,
+    in_flight: InFlightMap,
+    next_serial: u64,
+}
+
+impl Connection {
+    async fn run(mut self, mut messages: AggregatedMessageStream) {
+        metrics::websocket_connections(1.0);
+        let mut close_reason = None;
+        while let Some(message) = messages.recv().await {
+            let keep_going = match message {
+                Ok(AggregatedMessage::Text(text)) => self.on_text(&text).await,
+                Ok(AggregatedMessage::Binary(_)) => self.send(ServerFrame::error(None, &ApiError::BinaryNotSupported)).await,
+                Ok(AggregatedMessage::Ping(bytes)) => self.session.pong(&bytes).await.is_ok(),
+                Ok(AggregatedMessage::Pong(_)) => true,
+                Ok(AggregatedMessage::Close(reason)) => {
+                    close_reason = reason;
+                    false
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "websocket protocol error");
+                    let _ = self
+                        .send(ServerFrame::error(None, &ApiError::InvalidMessage(format!("websocket protocol error: {error}"))))
+                        .await;
+                    false
+                }
+            };
+            if !keep_going {
+                break;
+            }
+        }
+        // The client is gone: cancel everything it had in flight.
+        for (_, entry) in self.in_flight.borrow_mut().drain() {
+            entry.task.abort();
+        }
+        let _ = self.session.close(close_reason).await;
+        metrics::websocket_connections(-1.0);
+    }
+
+    /// Sends a frame; `false` when the session is closed.
+    async fn send(&mut self, frame: ServerFrame) -> bool {
+        self.session.text(frame.to_text()).await.is_ok()
+    }
+
+    async fn on_text(&mut self, text: &str) -> bool {
+        match parse_client_message(text) {
+            Err(rejection) => self.send(ServerFrame::error(rejection.id, &rejection.error)).await,
+            Ok(ClientMessage::Auth { api_key }) => {
+                match self.state.tenants.authenticate(Some(&format!("Bearer {api_key}"))) {
+                    Ok(tenant) => {
+                        let frame = ServerFrame::Authenticated { tenant: tenant.id.clone() };
+                        self.tenant = Some(tenant);
+                        self.send(frame).await
+                    }
+                    Err(error) => self.send(ServerFrame::error(None, &error)).await,
+                }
+            }
+            Ok(ClientMessage::Cancel { id }) => {
+                let entry = self.in_flight.borrow_mut().remove(&id);
+                let error = match entry {
+                    Some(entry) => {
+                        // Dropping the task drops its receivers: the request is cancelled.
+                        entry.task.abort();
+                        metrics::websocket_request("cancelled");
+                        ApiError::Generation { code: "cancelled".into(), message: "the request was cancelled".into() }
+                    }
+                    None => ApiError::UnknownRequestId(id.clone()),
+                };
+                self.send(ServerFrame::error(Some(id), &error)).await
+            }
+            Ok(ClientMessage::Generate { id, kind, request }) => match self.admit(&id) {
+                Err(error) => self.send(ServerFrame::error(Some(id), &error)).await,
+                Ok(tenant) => {
+                    self.spawn_request(id, kind, request, text.len(), tenant);
+                    true
+                }
+            },
+        }
+    }
+
+    /// The tenant a new request runs as, or why it may not start.
+    fn admit(&self, id: &str) -> Result<TenantHandle, ApiError> {
+        let auth_required = self.state.tenants.auth_required();
+        let tenant = match &self.tenant {
+            // Keys were created since the connection opened anonymously.
+            Some(tenant) if tenant.id == ANONYMOUS_TENANT && auth_required => return Err(ApiError::Unauthorized),
+            Some(tenant) => tenant.clone(),
+            None => self.state.tenants.authenticate(None).map_err(|_| ApiError::Unauthorized)?,
+        };
+        let in_flight = self.in_flight.borrow();
+        if in_flight.contains_key(id) {
+            return Err(ApiError::DuplicateId(id.to_string()));
+        }
+        if in_flight.len() >= MAX_IN_FLIGHT {
+            return Err(ApiError::TooManyRequestsOnConnection { limit: MAX_IN_FLIGHT });
+        }
+        Ok(tenant)
+    }
+
+    fn spawn_request(
+        &mut self,
+        id: String,
+        kind: GenerationKind,
+        request: serde_json::Value,
+        size: usize,
+        tenant: TenantHandle,
+    ) {
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let relay = RequestRelay {
+            state: self.state.clone(),
+            session: self.session.clone(),
+            id: id.clone(),
+            in_flight: self.in_flight.clone(),
+            serial,
+        };
+        let task = actix_rt::spawn(relay.run(kind, request, size, tenant));
+        self.in_flight.borrow_mut().insert(id, InFlight { serial, task });
+    }
+}
+
+/// Runs one request of a connection and relays its stream as frames.
+struct RequestRelay {
+    state: Arc<AppState>,
+    session: Session,
+    id: String,
+    in_flight: InFlightMap,
+    serial: u64,
+}
+
+impl RequestRelay {
+    async fn run(mut self, kind: GenerationKind, request: serde_json::Value, size: usize, tenant: TenantHandle) {
+        let outcome = self.relay(kind, request, size, tenant).await;
+        metrics::websocket_request(outcome);
+        let mut in_flight = self.in_flight.borrow_mut();
+        if in_flight.get(&self.id).is_some_and(|entry| entry.serial == self.serial) {
+            in_flight.remove(&self.id);
+        }
+    }
+
+    async fn send(&mut self, frame: ServerFrame) -> bool {
+        self.session.text(frame.to_text()).await.is_ok()
+    }
+
+    async fn relay(
+        &mut self,
+        kind: GenerationKind,
+        request: serde_json::Value,
+        size: usize,
+        tenant: TenantHandle,
+    ) -> &'static str {
+        let received_at = Instant::now();
+        let generation = match self.start(kind, request, size, &tenant, received_at).await {
+            Ok(generation) => generation,
+            Err(error) => {
+                self.send(ServerFrame::error(Some(self.id.clone()), &error)).await;
+                return "rejected";
+            }
+        };
+        let mut events = generation.events;
+        let mut encoder = StreamEncoder::new(generation.meta, &generation.validated.prompts);
+        let _handles = generation.handles;
+        loop {
+            let items = match events.next().await {
+                Some((index, event)) => encoder.on_event(index, event),
+                None => encoder.on_streams_closed(),
+            };
+            for item in items {
+                let outcome = match &item {
+                    StreamItem::Done { .. } => Some("ok"),
+                    StreamItem::Failed(_) => Some("failed"),
+                    _ => None,
+                };
+                if let Some(frame) = ServerFrame::from_item(&self.id, item) {
+                    if !self.send(frame).await {
+                        return "disconnected";
+                    }
+                }
+                if let Some(outcome) = outcome {
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        kind: GenerationKind,
+        request: serde_json::Value,
+        size: usize,
+        tenant: &TenantHandle,
+        received_at: Instant,
+    ) -> Result<Generation, ApiError> {
+        let (deployment, validated) = match kind {
+            GenerationKind::Chat => resolve(&self.state, from_value::<ChatCompletionRequest>(request)?, size).await?,
+            GenerationKind::Completion => resolve(&self.state, from_value::<CompletionRequest>(request)?, size).await?,
+        };
+        start_generation(&self.state, tenant, &deployment, validated, &new_request_id(), received_at).await
+    }
+}

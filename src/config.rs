@@ -1,0 +1,566 @@
+//! Swell's configuration: a TOML file, strict and typed, checked before any port is
+//! bound. Unknown keys are errors naming the key; durations are strings (`"30s"`, `"10m"`).
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//! admin_token = "..."            # or SWELL_ADMIN_TOKEN / --admin-token
+//! max_body_bytes = 4194304
+//! request_timeout = "10m"
+//!
+//! [queue]
+//! max_depth_per_deployment = 1000
+//! lease_ttl = "30s"
+//! drain_grace = "5m"
+//!
+//! [deployments.chat]             # the same body as `PUT /admin/v1/deployments/chat`
+//! engine = "sim"
+//! max_tokens_default = 256
+//! [deployments.chat.sim]
+//! profile = "llama-3.1-8b-h100"
+//! [deployments.chat.autoscaling]
+//! min_replicas = 0
+//! max_replicas = 4
+//!
+//! [tenants.acme]
+//! limits = { requests_per_minute = 60 }
+//! api_key_hashes = ["sha256:..."]  # `swell keygen` prints a key and its hash
+//! ```
+//!
+//! Without a `[deployments]` table, Swell serves one deployment named `default` (see
+//! [`crate::engines::default_deployment`]); an empty `[deployments]` table starts with
+//! none (create them with the admin API).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use swell_actors::autoscaler::AutoscalingPolicy;
+use swell_actors::quota::TenantLimits;
+use swell_workers::sim::SimConfig;
+
+use crate::engines;
+use crate::tenants::{is_valid_key_hash, is_valid_name, ANONYMOUS_TENANT};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 1000;
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The TOML parser's message, as is: it names the key and shows the line.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// One line per problem, each naming its key.
+    #[error("invalid config:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// `None` (no `[deployments]` table): the default deployment.
+    #[serde(default)]
+    pub deployments: Option<BTreeMap<String, DeploymentConfig>>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Bearer token of the admin API. Without one, the admin API is open when the server
+    /// listens on loopback only, and disabled otherwise.
+    pub admin_token: Option<String>,
+    /// Allow a non-loopback listen address without API keys or an admin token.
+    pub insecure: bool,
+    /// The largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// How long a request may wait for a replica before it fails with
+    /// `deadline_exceeded`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On shutdown, how long in-flight requests get to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// A `: keep-alive` SSE comment is sent when nothing was sent for this long.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    /// How often each deployment's autoscaler samples load and decides.
+    #[serde(with = "humantime_serde")]
+    pub autoscaler_tick: Duration,
+    /// HTTP worker threads (default: one per CPU core).
+    pub workers: Option<usize>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("the default listen address parses"),
+            admin_token: None,
+            insecure: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: Duration::from_secs(10 * 60),
+            shutdown_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(10),
+            autoscaler_tick: Duration::from_secs(1),
+            workers: None,
+        }
+    }
+}
+
+/// `[queue]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Requests waiting per deployment before new ones get 503 `queue_full` (a
+    /// deployment's `max_queue_depth` overrides it).
+    pub max_depth_per_deployment: u64,
+    /// A replica's lease on a request lasts this long unless renewed; a replica that
+    /// dies loses its requests to another after this.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long a retiring replica lets its in-flight requests finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_depth_per_deployment: DEFAULT_MAX_QUEUE_DEPTH,
+            lease_ttl: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// A deployment: `[deployments.NAME]`, and the body of `PUT /admin/v1/deployments/NAME`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Which engine serves it: `sim` (see [`crate::engines::KNOWN_ENGINES`]).
+    pub engine: String,
+    /// The `sim` engine's settings (a built-in profile and overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimConfig>,
+    #[serde(default)]
+    pub autoscaling: AutoscalingPolicy,
+    /// `max_tokens` of a request that does not say (capped by what the context leaves).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens_default: u32,
+    /// The largest `max_tokens` a request may ask for (default: the context length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_limit: Option<u32>,
+    /// Requests waiting before new ones get 503 (default: `[queue]
+    /// max_depth_per_deployment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_depth: Option<u64>,
+}
+
+fn default_max_tokens() -> u32 {
+    DEFAULT_MAX_TOKENS
+}
+
+impl DeploymentConfig {
+    /// A `sim` deployment of a built-in profile, default settings otherwise.
+    pub fn sim_profile(profile: &str) -> Self {
+        Self::sim(SimConfig { profile: profile.to_string(), ..SimConfig::default() })
+    }
+
+    /// A `sim` deployment with default settings.
+    pub fn sim(sim: SimConfig) -> Self {
+        Self {
+            engine: "sim".into(),
+            sim: Some(sim),
+            autoscaling: AutoscalingPolicy::default(),
+            max_tokens_default: DEFAULT_MAX_TOKENS,
+            max_tokens_limit: None,
+            max_queue_depth: None,
+        }
+    }
+
+    /// Checks the deployment; each error names its key under `prefix` (e.g.
+    /// `deployments.chat`; empty for an admin request body).
+    pub fn validate(&self, prefix: &str) -> Vec<String> {
+        let key = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let mut errors = Vec::new();
+        if !engines::KNOWN_ENGINES.contains(&self.engine.as_str()) {
+            errors.push(format!(
+                "{}: unknown engine `{}`; known engines: {}",
+                key("engine"),
+                self.engine,
+                engines::KNOWN_ENGINES.join(", ")
+            ));
+        }
+        if self.engine != "sim" && self.sim.is_some() {
+            errors.push(format!("{} is set but engine is `{}`", key("sim"), self.engine));
+        }
+        if self.engine == "sim" {
+            if let Err(error) = self.sim.clone().unwrap_or_default().resolve() {
+                // The sim crate names keys as `sim.<field>`.
+                let message = error.to_string();
+                let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
+                if prefix.is_empty() {
+                    errors.push(message.to_string());
+                } else {
+                    errors.push(format!("{prefix}.{message}"));
+                }
+            }
+        }
+        if let Err(error) = self.autoscaling.validate() {
+            if prefix.is_empty() {
+                errors.push(error);
+            } else {
+                errors.push(format!("{prefix}.{error}"));
+            }
+        }
+        if self.max_tokens_default == 0 {
+            errors.push(format!("{} must be at least 1", key("max_tokens_default")));
+        }
+        if self.max_tokens_limit == Some(0) {
+            errors.push(format!("{} must be at least 1", key("max_tokens_limit")));
+        }
+        if self.max_queue_depth == Some(0) {
+            errors.push(format!("{} must be at least 1", key("max_queue_depth")));
+        }
+        errors
+    }
+
+    /// Whether `other` differs in what a running deployment cannot change in place (its
+    /// engine and the engine's settings).
+    pub fn engine_differs(&self, other: &DeploymentConfig) -> bool {
+        self.engine != other.engine || self.sim.clone().unwrap_or_default() != other.sim.clone().unwrap_or_default()
+    }
+}
+
+/// `[tenants.ID]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    #[serde(default)]
+    pub limits: TenantLimits,
+    /// Stored keys, `sha256:<hex of SHA-256 of the key>` (`swell keygen` prints both).
+    #[serde(default)]
+    pub api_key_hashes: Vec<String>,
+}
+
+impl Config {
+    /// A config for tests: loopback on port 0 (the OS picks the port), no deployments,
+    /// short shutdown and keep-alive timings. Add deployments and tenants to taste.
+    pub fn ephemeral() -> Config {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().expect("a loopback address parses");
+        config.server.shutdown_timeout = Duration::from_secs(5);
+        config.server.workers = Some(2);
+        config.deployments = Some(BTreeMap::new());
+        config
+    }
+
+    /// Adds (or replaces) a deployment.
+    pub fn with_deployment(mut self, name: &str, deployment: DeploymentConfig) -> Config {
+        self.deployments.get_or_insert_with(BTreeMap::new).insert(name.to_string(), deployment);
+        self
+    }
+
+    /// Adds (or replaces) a tenant.
+    pub fn with_tenant(mut self, id: &str, tenant: TenantConfig) -> Config {
+        self.tenants.insert(id.to_string(), tenant);
+        self
+    }
+
+    /// Parses TOML text (not yet validated).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string().trim_end().to_string()))
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config = Self::from_toml_str(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The deployments to create at start: the configured ones, or the default one.
+    pub fn initial_deployments(&self) -> Vec<(String, DeploymentConfig)> {
+        match &self.deployments {
+            Some(deployments) => deployments.iter().map(|(n, d)| (n.clone(), d.clone())).collect(),
+            None => vec![engines::default_deployment()],
+        }
+    }
+
+    /// Whether any tenant has an API key.
+    pub fn has_api_keys(&self) -> bool {
+        self.tenants.values().any(|tenant| !tenant.api_key_hashes.is_empty())
+    }
+
+    /// Checks everything a parse cannot; each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let server = &self.server;
+        if server.max_body_bytes == 0 {
+            errors.push("server.max_body_bytes must be at least 1".to_string());
+        }
+        for (key, value) in [
+            ("server.request_timeout", server.request_timeout),
+            ("server.keep_alive_interval", server.keep_alive_interval),
+            ("server.autoscaler_tick", server.autoscaler_tick),
+            ("queue.lease_ttl", self.queue.lease_ttl),
+        ] {
+            if value.is_zero() {
+                errors.push(format!("{key} must be longer than 0s"));
+            }
+        }
+        if server.workers == Some(0) {
+            errors.push("server.workers must be at least 1".to_string());
+        }
+        if server.admin_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
+            errors.push("server.admin_token must not be empty".to_string());
+        }
+        if self.queue.max_depth_per_deployment == 0 {
+            errors.push("queue.max_depth_per_deployment must be at least 1".to_string());
+        }
+        for (name, deployment) in self.deployments.iter().flatten() {
+            if !is_valid_name(name) {
+                errors.push(format!(
+                    "deployments.{name}: invalid name; use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`, `:` starting with a letter or digit"
+                ));
+            }
+            errors.extend(deployment.validate(&format!("deployments.{name}")));
+        }
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (id, tenant) in &self.tenants {
+            if !is_valid_name(id) {
+                errors.push(format!("tenants.{id}: invalid tenant id; use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`, `:`"));
+            }
+            if let Err(error) = tenant.limits.validate(&format!("tenants.{id}.limits")) {
+                errors.push(error);
+            }
+            for (index, hash) in tenant.api_key_hashes.iter().enumerate() {
+                if !is_valid_key_hash(hash) {
+                    errors.push(format!(
+                        "tenants.{id}.api_key_hashes[{index}] must be `sha256:` followed by 64 lowercase hex digits"
+                    ));
+                } else if let Some(other) = owners.insert(hash, id) {
+                    errors.push(format!(
+                        "tenants.{id}.api_key_hashes[{index}] is also a key of tenant `{other}`"
+                    ));
+                }
+            }
+        }
+        if let Err(error) = self.check_exposure() {
+            errors.push(error);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Refuses a non-loopback listen address without API keys or an admin token, unless
+    /// `insecure` is set.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        let server = &self.server;
+        if server.listen.ip().is_loopback() || server.insecure {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if !self.has_api_keys() {
+            missing.push("no tenant has an api key (tenants.<id>.api_key_hashes)");
+        }
+        if server.admin_token.is_none() {
+            missing.push("no admin token is set (server.admin_token, SWELL_ADMIN_TOKEN or --admin-token)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "server.listen: refusing to listen on non-loopback address {} because {}; set them, or pass --insecure (server.insecure = true) to serve anyway",
+            server.listen,
+            missing.join(" and ")
+        ))
+    }
+
+    /// The tenants to create at start: the configured ones plus `anonymous`.
+    pub fn initial_tenants(&self) -> Vec<(String, TenantConfig)> {
+        let mut tenants: Vec<_> = self.tenants.iter().map(|(id, t)| (id.clone(), t.clone())).collect();
+        if !self.tenants.contains_key(ANONYMOUS_TENANT) {
+            tenants.push((ANONYMOUS_TENANT.to_string(), TenantConfig::default()));
+        }
+        tenants
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> String {
+        let config = Config::from_toml_str(text).expect("parses");
+        config.validate().expect_err("should be invalid").to_string()
+    }
+
+    #[test]
+    fn an_empty_config_has_defaults_and_the_default_deployment() {
+        let config = Config::from_toml_str("").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.server.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.server.keep_alive_interval, Duration::from_secs(10));
+        assert_eq!(config.queue.max_depth_per_deployment, 1000);
+        let deployments = config.initial_deployments();
+        assert_eq!(deployments.len(), 1);
+        assert_eq!(deployments[0].0, "default");
+        assert_eq!(config.initial_tenants()[0].0, ANONYMOUS_TENANT);
+    }
+
+    #[test]
+    fn an_empty_deployments_table_means_none() {
+        let config = Config::from_toml_str("[deployments]\n").unwrap();
+        assert!(config.initial_deployments().is_empty());
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let config = Config::from_toml_str(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            admin_token = "secret"
+            request_timeout = "2m"
+            [queue]
+            max_depth_per_deployment = 10
+            lease_ttl = "10s"
+            [deployments.chat]
+            engine = "sim"
+            max_tokens_default = 64
+            max_queue_depth = 5
+            [deployments.chat.sim]
+            profile = "smollm2-135m-cpu"
+            cold_start = "100ms"
+            [deployments.chat.autoscaling]
+            min_replicas = 0
+            max_replicas = 2
+            scale_to_zero_window = "5s"
+            [tenants.acme]
+            limits = { requests_per_minute = 2 }
+            api_key_hashes = ["sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server.request_timeout, Duration::from_secs(120));
+        let chat = &config.deployments.as_ref().unwrap()["chat"];
+        assert_eq!(chat.sim.as_ref().unwrap().cold_start, Some(Duration::from_millis(100)));
+        assert_eq!(chat.autoscaling.scale_to_zero_window, Duration::from_secs(5));
+        assert_eq!(config.tenants["acme"].limits.requests_per_minute, Some(2));
+        assert!(config.has_api_keys());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n").unwrap_err().to_string();
+        assert!(error.contains("listne"), "{error}");
+        let error = Config::from_toml_str("[deployments.chat]\nengine = \"sim\"\nmax_replica = 3\n").unwrap_err().to_string();
+        assert!(error.contains("max_replica"), "{error}");
+        let error = Config::from_toml_str("[deployments.chat]\nengine = \"sim\"\n[deployments.chat.autoscaling]\nmax_replica = 3\n").unwrap_err().to_string();
+        assert!(error.contains("max_replica"), "{error}");
+        let error = Config::from_toml_str("[tenants.a]\nlimits = { rpm = 3 }\n").unwrap_err().to_string();
+        assert!(error.contains("rpm"), "{error}");
+        let error = Config::from_toml_str("[bogus]\n").unwrap_err().to_string();
+        assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn bad_durations_are_named() {
+        let error = Config::from_toml_str("[server]\nrequest_timeout = \"ten minutes\"\n").unwrap_err().to_string();
+        assert!(error.contains("request_timeout"), "{error}");
+        let error = Config::from_toml_str("[queue]\nlease_ttl = 30\n").unwrap_err().to_string();
+        assert!(error.contains("lease_ttl"), "{error}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let error = invalid("[deployments.chat]\nengine = \"sim\"\n[deployments.chat.autoscaling]\nmin_replicas = 3\nmax_replicas = 1\n");
+        assert!(error.contains("deployments.chat.autoscaling.max_replicas"), "{error}");
+        let error = invalid("[deployments.chat]\nengine = \"vllm\"\n");
+        assert!(error.contains("deployments.chat.engine: unknown engine `vllm`; known engines: sim"), "{error}");
+        let error = invalid("[deployments.chat]\nengine = \"sim\"\n[deployments.chat.sim]\nprofile = \"nope\"\n");
+        assert!(error.contains("deployments.chat.sim.profile"), "{error}");
+        let error = invalid("[deployments.chat]\nengine = \"sim\"\nmax_tokens_default = 0\n");
+        assert!(error.contains("deployments.chat.max_tokens_default"), "{error}");
+        let error = invalid("[deployments.\"a/b\"]\nengine = \"sim\"\n");
+        assert!(error.contains("deployments.a/b: invalid name"), "{error}");
+        let error = invalid("[tenants.acme]\nlimits = { requests_per_minute = 0 }\n");
+        assert!(error.contains("tenants.acme.limits.requests_per_minute"), "{error}");
+        let error = invalid("[tenants.acme]\napi_key_hashes = [\"abc\"]\n");
+        assert!(error.contains("tenants.acme.api_key_hashes[0]"), "{error}");
+        let error = invalid("[queue]\nmax_depth_per_deployment = 0\n");
+        assert!(error.contains("queue.max_depth_per_deployment"), "{error}");
+        let error = invalid("[server]\nmax_body_bytes = 0\nkeep_alive_interval = \"0s\"\n");
+        assert!(error.contains("server.max_body_bytes") && error.contains("server.keep_alive_interval"), "{error}");
+    }
+
+    #[test]
+    fn a_key_hash_belongs_to_one_tenant() {
+        let hash = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let error = invalid(&format!("[tenants.a]\napi_key_hashes = [\"{hash}\"]\n[tenants.b]\napi_key_hashes = [\"{hash}\"]\n"));
+        assert!(error.contains("tenants.b.api_key_hashes[0] is also a key of tenant `a`"), "{error}");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_keys_and_an_admin_token() {
+        let error = invalid("[server]\nlisten = \"0.0.0.0:8080\"\n");
+        assert!(error.contains("refusing to listen on non-loopback address 0.0.0.0:8080"), "{error}");
+        assert!(error.contains("no tenant has an api key") && error.contains("no admin token"), "{error}");
+
+        let hash = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let keys_only = format!("[server]\nlisten = \"0.0.0.0:8080\"\n[tenants.a]\napi_key_hashes = [\"{hash}\"]\n");
+        let error = invalid(&keys_only);
+        assert!(!error.contains("no tenant has an api key") && error.contains("no admin token"), "{error}");
+
+        let secured = format!("[server]\nlisten = \"0.0.0.0:8080\"\nadmin_token = \"t\"\n[tenants.a]\napi_key_hashes = [\"{hash}\"]\n");
+        Config::from_toml_str(&secured).unwrap().validate().unwrap();
+        let insecure = "[server]\nlisten = \"0.0.0.0:8080\"\ninsecure = true\n";
+        Config::from_toml_str(insecure).unwrap().validate().unwrap();
+        Config::from_toml_str("[server]\nlisten = \"[::1]:8080\"\n").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn engine_changes_are_detected() {
+        let a = DeploymentConfig::sim(SimConfig::default());
+        let mut b = a.clone();
+        b.autoscaling.max_replicas = 9;
+        b.max_tokens_default = 5;
+        assert!(!a.engine_differs(&b));
+        b.sim = Some(SimConfig { profile: "smollm2-135m-cpu".into(), ..SimConfig::default() });
+        assert!(a.engine_differs(&b));
+        // No sim block is the default sim block.
+        let c = DeploymentConfig { sim: None, ..a.clone() };
+        assert!(!a.engine_differs(&c));
+    }
+
+    #[test]
+    fn admin_bodies_validate_without_a_prefix() {
+        let mut deployment = DeploymentConfig::sim(SimConfig::default());
+        deployment.autoscaling.min_replicas = 5;
+        deployment.autoscaling.max_replicas = 1;
+        let errors = deployment.validate("");
+        assert!(errors[0].starts_with("autoscaling.max_replicas"), "{errors:?}");
+    }
+}

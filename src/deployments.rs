@@ -1,0 +1,142 @@
+//! The deployment registry: deployment name (the OpenAI `model`) → a handle on its
+//! running `DeploymentSupervisor`, its tokenizer and its request limits.
+//!
+//! Supervisors run on the control-plane arbiter (one thread for the control plane;
+//! model math runs on each replica's own thread), never on an HTTP worker, so a
+//! deployment outlives the HTTP worker that created it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_rt::ArbiterHandle;
+use parking_lot::RwLock;
+use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor};
+use swell_actors::worker::WorkerConfig;
+use swell_cluster::Queue;
+use swell_workers::{EngineDescription, Tokenizer};
+
+use crate::api::error::ApiError;
+use crate::api::validate::ModelLimits;
+use crate::config::{DeploymentConfig, QueueConfig};
+use crate::engines;
+
+/// A running deployment as the API sees it. Immutable: an update of its settings
+/// replaces the handle (the supervisor stays).
+pub struct DeploymentHandle {
+    pub name: String,
+    pub config: DeploymentConfig,
+    pub supervisor: Addr<DeploymentSupervisor>,
+    pub tokenizer: Arc<dyn Tokenizer>,
+    pub description: EngineDescription,
+    pub limits: ModelLimits,
+    pub max_queue_depth: u64,
+    /// Unix seconds of its creation (`created` in `/v1/models`).
+    pub created: u64,
+}
+
+impl DeploymentHandle {
+    /// The same running deployment with new settings (the engine is unchanged).
+    pub fn with_config(&self, config: DeploymentConfig, queue: &QueueConfig) -> DeploymentHandle {
+        DeploymentHandle {
+            name: self.name.clone(),
+            limits: model_limits(&config, &self.description),
+            max_queue_depth: config.max_queue_depth.unwrap_or(queue.max_depth_per_deployment),
+            config,
+            supervisor: self.supervisor.clone(),
+            tokenizer: self.tokenizer.clone(),
+            description: self.description.clone(),
+            created: self.created,
+        }
+    }
+}
+
+fn model_limits(config: &DeploymentConfig, description: &EngineDescription) -> ModelLimits {
+    let context_length = description.context_length;
+    ModelLimits {
+        context_length,
+        max_tokens_default: config.max_tokens_default,
+        max_tokens_limit: config.max_tokens_limit.unwrap_or(context_length).min(context_length),
+    }
+}
+
+/// What every deployment's supervisor and workers share.
+#[derive(Debug, Clone)]
+pub struct DeploymentSettings {
+    pub queue: QueueConfig,
+    pub tick: Duration,
+}
+
+/// Builds a deployment's engine factory and starts its supervisor on `arbiter`.
+pub fn start_deployment(
+    name: &str,
+    config: DeploymentConfig,
+    queue: Arc<dyn Queue>,
+    settings: &DeploymentSettings,
+    arbiter: &ArbiterHandle,
+) -> Result<DeploymentHandle, ApiError> {
+    let factory = engines::build_factory(&config)?;
+    let description = factory.describe();
+    let tokenizer = factory.tokenizer();
+    let mut spec = DeploymentSpec::new(name, factory, config.autoscaling.clone());
+    spec.worker = WorkerConfig {
+        lease_ttl: settings.queue.lease_ttl,
+        drain_grace: settings.queue.drain_grace,
+        ..WorkerConfig::default()
+    };
+    spec.tick = settings.tick;
+    let supervisor =
+        DeploymentSupervisor::start_in_arbiter(arbiter, move |_| DeploymentSupervisor::new(spec, queue));
+    Ok(DeploymentHandle {
+        name: name.to_string(),
+        limits: model_limits(&config, &description),
+        max_queue_depth: config.max_queue_depth.unwrap_or(settings.queue.max_depth_per_deployment),
+        config,
+        supervisor,
+        tokenizer,
+        description,
+        created: unix_seconds(),
+    })
+}
+
+pub fn unix_seconds() -> u64 {
+    swell_cluster::unix_millis() / 1000
+}
+
+/// Name → running deployment.
+#[derive(Default)]
+pub struct Deployments {
+    map: RwLock<BTreeMap<String, Arc<DeploymentHandle>>>,
+}
+
+impl Deployments {
+    pub fn get(&self, name: &str) -> Option<Arc<DeploymentHandle>> {
+        self.map.read().get(name).cloned()
+    }
+
+    /// Adds or replaces a deployment's handle.
+    pub fn insert(&self, handle: DeploymentHandle) -> Arc<DeploymentHandle> {
+        let handle = Arc::new(handle);
+        self.map.write().insert(handle.name.clone(), handle.clone());
+        handle
+    }
+
+    /// Removes a deployment from routing (new requests get 404 at once).
+    pub fn remove(&self, name: &str) -> Option<Arc<DeploymentHandle>> {
+        self.map.write().remove(name)
+    }
+
+    /// Every deployment, by name.
+    pub fn list(&self) -> Vec<Arc<DeploymentHandle>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
+    }
+}

@@ -1,0 +1,257 @@
+//! Starting and stopping a whole Swell server in the current actix system: what
+//! `swell serve` runs, and what integration tests start on port 0.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), swell::server::ServerError> {
+//! let mut config = swell::config::Config::default();
+//! config.server.listen = "127.0.0.1:0".parse().unwrap();
+//! let server = swell::server::start(config).await?;
+//! println!("serving on http://{}", server.addr);
+//! server.stop(true).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Shutdown is graceful: `/readyz` turns 503, the listener closes, in-flight requests
+//! (streams included) get `server.shutdown_timeout` to finish, then every deployment
+//! drains its replicas and the control plane stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_rt::Arbiter;
+use actix_web::{web, App, HttpServer};
+use swell_actors::supervisor::Shutdown;
+use swell_cluster::{InMemoryQueue, Queue};
+
+use crate::api::error::ApiError;
+use crate::api::middleware::{request_context, route_not_found};
+use crate::api::routes::routes;
+use crate::config::{Config, ConfigError};
+use crate::metrics;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start: {0}")]
+    Startup(#[from] ApiError),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// The bound address (the real port when the config said port 0).
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    server: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    control: Arbiter,
+}
+
+/// Starts a server with the embedded in-memory queue.
+pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with_queue(config, Arc::new(InMemoryQueue::default())).await
+}
+
+/// Starts a server on a given queue. Must run inside an actix system (`actix_rt::System`,
+/// `#[actix_rt::test]`); the control plane gets its own arbiter (thread).
+pub async fn start_with_queue(config: Config, queue: Arc<dyn Queue>) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    metrics::install();
+    let control = Arbiter::new();
+    let state = match AppState::new(config, queue, control.handle()) {
+        Ok(state) => Arc::new(state),
+        Err(error) => {
+            control.stop();
+            return Err(error.into());
+        }
+    };
+    if let Err(error) = state.start_configured_deployments() {
+        shutdown_control_plane(&state, control, false).await;
+        return Err(error.into());
+    }
+    let listen = state.config.server.listen;
+    let data = web::Data::from(state.clone());
+    let mut http = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap_fn(request_context)
+            .configure(routes)
+            .default_service(web::to(route_not_found))
+    })
+    .shutdown_timeout(state.config.server.shutdown_timeout.as_secs().max(1))
+    .disable_signals();
+    if let Some(workers) = state.config.server.workers {
+        http = http.workers(workers);
+    }
+    let http = match http.bind(listen) {
+        Ok(http) => http,
+        Err(source) => {
+            shutdown_control_plane(&state, control, false).await;
+            return Err(ServerError::Bind { addr: listen, source });
+        }
+    };
+    let addr = http.addrs().first().copied().unwrap_or(listen);
+    let server = http.run();
+    let handle = server.handle();
+    let task = actix_rt::spawn(server);
+    tracing::info!(%addr, deployments = state.deployments.len(), "swell is serving");
+    Ok(ServerHandle { addr, state, server: handle, task, control })
+}
+
+impl ServerHandle {
+    /// The base URL, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server. Graceful: in-flight requests finish (within
+    /// `server.shutdown_timeout`) and deployments drain; otherwise everything stops now.
+    pub async fn stop(self, graceful: bool) {
+        self.state.begin_shutdown();
+        tracing::info!(graceful, "shutting down");
+        self.server.stop(graceful).await;
+        let _ = self.task.await;
+        shutdown_control_plane(&self.state, self.control, graceful).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Drains every deployment (when graceful, within the shutdown timeout), then stops the
+/// control-plane arbiter.
+async fn shutdown_control_plane(state: &AppState, control: Arbiter, graceful: bool) {
+    if graceful {
+        let drains = state.deployments.list().into_iter().map(|deployment| async move {
+            let _ = deployment.supervisor.send(Shutdown).await;
+        });
+        let timeout = state.config.server.shutdown_timeout;
+        if tokio::time::timeout(timeout, futures_util::future::join_all(drains)).await.is_err() {
+            tracing::warn!(?timeout, "deployments did not drain in time");
+        }
+    }
+    control.stop();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use awc::ws;
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::config::DeploymentConfig;
+
+    /// A `zero` profile (no service time) deployment with one replica kept up.
+    fn instant_deployment() -> DeploymentConfig {
+        let mut deployment = DeploymentConfig::sim_profile("zero");
+        deployment.autoscaling.min_replicas = 1;
+        deployment
+    }
+
+    async fn next_json<S>(socket: &mut S) -> Value
+    where
+        S: futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>> + Unpin,
+    {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("the socket is open")
+                .expect("a valid frame");
+            match frame {
+                ws::Frame::Text(bytes) => return serde_json::from_slice(&bytes).unwrap(),
+                ws::Frame::Ping(_) | ws::Frame::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_server_starts_on_port_zero_serves_and_stops() {
+        let config = Config::ephemeral().with_deployment("chat", instant_deployment());
+        let server = start(config).await.unwrap();
+        assert_ne!(server.addr.port(), 0);
+        let client = awc::Client::new();
+        let mut health = client.get(format!("{}/healthz", server.url())).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+        let mut chat = client
+            .post(format!("{}/v1/chat/completions", server.url()))
+            .send_json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}))
+            .await
+            .unwrap();
+        assert_eq!(chat.status(), 200);
+        assert!(chat.headers().contains_key("x-request-id"));
+        let body: Value = chat.json().await.unwrap();
+        assert_eq!(body["usage"]["completion_tokens"], 3);
+        server.stop(true).await;
+    }
+
+    #[actix_rt::test]
+    async fn websocket_requests_stream_side_by_side_and_cancel() {
+        let config = Config::ephemeral().with_deployment("chat", instant_deployment());
+        let server = start(config).await.unwrap();
+        let (_, mut socket) = awc::Client::new().ws(format!("{}/v1/ws", server.url())).connect().await.unwrap();
+        let request = |id: &str, max_tokens: u32| {
+            json!({"id": id, "type": "chat.completion", "request": {
+                "model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "ignore_eos": true}})
+            .to_string()
+        };
+        socket.send(ws::Message::Text(request("a", 5).into())).await.unwrap();
+        socket.send(ws::Message::Text(request("b", 5).into())).await.unwrap();
+        socket.send(ws::Message::Text(request("a", 5).into())).await.unwrap();
+        socket.send(ws::Message::Text(r#"{"id": "x", "type": "subscribe"}"#.into())).await.unwrap();
+        socket.send(ws::Message::Text("{oops".into())).await.unwrap();
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        let mut chunks = 0;
+        while done.len() < 2 || errors.len() < 3 {
+            let frame = next_json(&mut socket).await;
+            match frame["type"].as_str().unwrap() {
+                "done" => done.push(frame["id"].as_str().unwrap().to_string()),
+                "chunk" => chunks += 1,
+                "error" => errors.push((frame["id"].clone(), frame["error"]["code"].as_str().unwrap().to_string())),
+                "status" => {}
+                other => panic!("unexpected frame type {other}"),
+            }
+        }
+        done.sort();
+        assert_eq!(done, ["a", "b"]);
+        assert!(chunks >= 10, "role chunk + tokens + finish per request: {chunks}");
+        errors.sort_by_key(|e| e.1.clone());
+        assert_eq!(
+            errors,
+            [
+                (json!("a"), "duplicate_id".to_string()),
+                (Value::Null, "invalid_json".to_string()),
+                (json!("x"), "unknown_message_type".to_string()),
+            ]
+        );
+
+        // A long request, cancelled.
+        socket.send(ws::Message::Text(request("c", 100_000).into())).await.unwrap();
+        loop {
+            let frame = next_json(&mut socket).await;
+            if frame["type"] == "chunk" {
+                break;
+            }
+        }
+        socket.send(ws::Message::Text(r#"{"id": "c", "type": "cancel"}"#.into())).await.unwrap();
+        loop {
+            let frame = next_json(&mut socket).await;
+            assert_ne!(frame["type"], "done");
+            if frame["type"] == "error" {
+                assert_eq!(frame["id"], "c");
+                assert_eq!(frame["error"]["code"], "cancelled");
+                break;
+            }
+        }
+        socket.send(ws::Message::Close(None)).await.unwrap();
+        server.stop(true).await;
+    }
+}

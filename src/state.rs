@@ -1,0 +1,104 @@
+//! `AppState`: what every handler shares — the deployments, the tenants, the queue, the
+//! effective config and the server's lifecycle flags.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_rt::ArbiterHandle;
+use swell_actors::quota::TenantLimits;
+use swell_cluster::Queue;
+
+use crate::api::error::ApiError;
+use crate::config::{Config, DeploymentConfig};
+use crate::deployments::{start_deployment, DeploymentHandle, DeploymentSettings, Deployments};
+use crate::engines;
+use crate::tenants::Tenants;
+
+pub struct AppState {
+    /// The effective configuration (CLI overrides applied).
+    pub config: Config,
+    pub deployments: Deployments,
+    pub tenants: Tenants,
+    pub queue: Arc<dyn Queue>,
+    /// Where supervisors and quota actors run.
+    pub control: ArbiterHandle,
+    /// All configured deployments were created.
+    ready: AtomicBool,
+    /// Shutdown has begun (`/readyz` answers 503).
+    shutting_down: AtomicBool,
+    /// Serializes admin changes (create/update/delete of deployments and tenants).
+    pub admin_writes: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    /// Builds the state and its tenants (from the config); deployments are started by
+    /// [`AppState::start_configured_deployments`].
+    pub fn new(config: Config, queue: Arc<dyn Queue>, control: ArbiterHandle) -> Result<Self, ApiError> {
+        let tenants = Tenants::new(control.clone());
+        for (id, tenant) in config.initial_tenants() {
+            tenants.upsert(&id, tenant.limits.clone());
+            for hash in &tenant.api_key_hashes {
+                tenants.add_key_hash(&id, hash)?;
+            }
+        }
+        Ok(Self {
+            config,
+            deployments: Deployments::default(),
+            tenants,
+            queue,
+            control,
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            admin_writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn deployment_settings(&self) -> DeploymentSettings {
+        DeploymentSettings { queue: self.config.queue.clone(), tick: self.config.server.autoscaler_tick }
+    }
+
+    /// Starts every deployment of the config (or the default one), then marks the server
+    /// ready.
+    pub fn start_configured_deployments(&self) -> Result<(), ApiError> {
+        for (name, deployment) in self.config.initial_deployments() {
+            tracing::info!(deployment = %name, "{}", engines::describe_choice(&deployment));
+            self.create_deployment(&name, deployment)?;
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Starts a deployment and adds it to routing.
+    pub fn create_deployment(
+        &self,
+        name: &str,
+        config: DeploymentConfig,
+    ) -> Result<Arc<DeploymentHandle>, ApiError> {
+        let handle =
+            start_deployment(name, config, self.queue.clone(), &self.deployment_settings(), &self.control)?;
+        Ok(self.deployments.insert(handle))
+    }
+
+    /// Creates a tenant or changes its limits.
+    pub fn upsert_tenant(&self, id: &str, limits: TenantLimits) -> crate::tenants::Upsert {
+        self.tenants.upsert(id, limits)
+    }
+
+    /// Whether the admin API may be used without a token: no token is configured and
+    /// the server listens on loopback only.
+    pub fn admin_open_without_token(&self) -> bool {
+        self.config.server.admin_token.is_none() && self.config.server.listen.ip().is_loopback()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.is_shutting_down()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}

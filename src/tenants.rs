@@ -1,0 +1,334 @@
+//! Tenants and their API keys.
+//!
+//! A tenant has limits (enforced by its own `QuotaActor`) and any number of API keys. A
+//! key is `sk-swell-` followed by 32 random bytes in hex; only its SHA-256 is stored
+//! (`sha256:<hex>`), and requests are matched by hashing the presented key and looking
+//! the hash up. A key's id is the first 8 hex digits of its hash: it names the key in the
+//! admin API without revealing it.
+//!
+//! While no tenant has a key, `/v1` is open and every request runs as the tenant
+//! `anonymous` (unlimited unless `[tenants.anonymous]` sets limits). Once any key exists,
+//! `/v1` requires `Authorization: Bearer <key>`.
+//!
+//! Requests are not listed anywhere: a request is reachable only through the stream its
+//! own client holds, so no tenant can see another's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use actix::{Actor, Addr};
+use actix_rt::ArbiterHandle;
+use parking_lot::RwLock;
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use swell_actors::quota::{QuotaActor, SetLimits, TenantLimits};
+
+use crate::api::error::ApiError;
+
+/// The tenant requests run as while no key exists.
+pub const ANONYMOUS_TENANT: &str = "anonymous";
+pub const API_KEY_PREFIX: &str = "sk-swell-";
+pub const HASH_PREFIX: &str = "sha256:";
+
+/// A freshly generated key: the secret (shown once) and what is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedKey {
+    pub api_key: String,
+    pub hash: String,
+    pub key_id: String,
+}
+
+/// `sk-swell-` + 32 random bytes in hex.
+pub fn generate_api_key() -> GeneratedKey {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let api_key = format!("{API_KEY_PREFIX}{}", hex::encode(secret));
+    let hash = hash_api_key(&api_key);
+    let key_id = key_id_of(&hash).to_string();
+    GeneratedKey { api_key, hash, key_id }
+}
+
+/// `sha256:<hex>` of a key.
+pub fn hash_api_key(api_key: &str) -> String {
+    format!("{HASH_PREFIX}{}", hex::encode(Sha256::digest(api_key.as_bytes())))
+}
+
+/// Whether `hash` is a well-formed stored key hash.
+pub fn is_valid_key_hash(hash: &str) -> bool {
+    hash.strip_prefix(HASH_PREFIX).is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The id of a stored key: the first 8 hex digits of its hash.
+pub fn key_id_of(hash: &str) -> &str {
+    let hex = hash.strip_prefix(HASH_PREFIX).unwrap_or(hash);
+    &hex[..hex.len().min(8)]
+}
+
+/// Tenant ids and deployment names: 1 to 64 of `[A-Za-z0-9._:-]`, starting alphanumeric.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
+/// The `Bearer` token of an `Authorization` header value.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// What a request needs of its tenant.
+#[derive(Debug, Clone)]
+pub struct TenantHandle {
+    pub id: String,
+    pub limits: TenantLimits,
+    pub quota: Addr<QuotaActor>,
+}
+
+impl TenantHandle {
+    pub fn has_limits(&self) -> bool {
+        self.limits != TenantLimits::default()
+    }
+}
+
+/// A tenant as the admin API shows it (never the key hashes).
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantSummary {
+    pub id: String,
+    pub limits: TenantLimits,
+    pub key_ids: Vec<String>,
+}
+
+struct TenantEntry {
+    limits: TenantLimits,
+    quota: Addr<QuotaActor>,
+    key_hashes: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct Registry {
+    tenants: BTreeMap<String, TenantEntry>,
+    /// Key hash → tenant id.
+    by_hash: HashMap<String, String>,
+}
+
+/// Whether the tenant was created or updated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Created,
+    Updated,
+}
+
+/// The tenant registry. Quota actors run on the control-plane arbiter.
+pub struct Tenants {
+    registry: RwLock<Registry>,
+    arbiter: ArbiterHandle,
+}
+
+impl Tenants {
+    pub fn new(arbiter: ArbiterHandle) -> Self {
+        Self { registry: RwLock::new(Registry::default()), arbiter }
+    }
+
+    /// Creates a tenant or changes its limits (a live quota keeps unchanged buckets).
+    pub fn upsert(&self, id: &str, limits: TenantLimits) -> Upsert {
+        let mut registry = self.registry.write();
+        if let Some(entry) = registry.tenants.get_mut(id) {
+            entry.quota.do_send(SetLimits(limits.clone()));
+            entry.limits = limits;
+            return Upsert::Updated;
+        }
+        let (tenant, initial) = (id.to_string(), limits.clone());
+        let quota = QuotaActor::start_in_arbiter(&self.arbiter, move |_| QuotaActor::new(tenant, initial));
+        registry
+            .tenants
+            .insert(id.to_string(), TenantEntry { limits, quota, key_hashes: BTreeSet::new() });
+        Upsert::Created
+    }
+
+    /// Adds a stored key hash to a tenant.
+    pub fn add_key_hash(&self, id: &str, hash: &str) -> Result<(), ApiError> {
+        let mut registry = self.registry.write();
+        if let Some(owner) = registry.by_hash.get(hash) {
+            if owner != id {
+                return Err(ApiError::InvalidConfig {
+                    message: format!("the key hash is already used by another tenant (key id {})", key_id_of(hash)),
+                    param: Some("api_key_hashes".into()),
+                });
+            }
+        }
+        let entry = registry.tenants.get_mut(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+        entry.key_hashes.insert(hash.to_string());
+        registry.by_hash.insert(hash.to_string(), id.to_string());
+        Ok(())
+    }
+
+    /// Generates a key for a tenant; the secret is in the answer and nowhere else.
+    pub fn create_key(&self, id: &str) -> Result<GeneratedKey, ApiError> {
+        loop {
+            let key = generate_api_key();
+            let clashes = {
+                let registry = self.registry.read();
+                let entry = registry.tenants.get(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+                entry.key_hashes.iter().any(|hash| key_id_of(hash) == key.key_id)
+            };
+            // Key ids must name one key of the tenant; a clash (1 in 4 billion) draws again.
+            if !clashes {
+                self.add_key_hash(id, &key.hash)?;
+                return Ok(key);
+            }
+        }
+    }
+
+    /// Revokes a tenant's key by its id.
+    pub fn revoke_key(&self, id: &str, key_id: &str) -> Result<(), ApiError> {
+        let mut registry = self.registry.write();
+        let entry = registry.tenants.get_mut(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+        let hash = entry
+            .key_hashes
+            .iter()
+            .find(|hash| key_id_of(hash) == key_id)
+            .cloned()
+            .ok_or_else(|| ApiError::KeyNotFound { tenant: id.to_string(), key_id: key_id.to_string() })?;
+        entry.key_hashes.remove(&hash);
+        registry.by_hash.remove(&hash);
+        Ok(())
+    }
+
+    /// Whether any tenant has a key (then `/v1` requires one).
+    pub fn auth_required(&self) -> bool {
+        !self.registry.read().by_hash.is_empty()
+    }
+
+    /// The tenant of a request, from its `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<TenantHandle, ApiError> {
+        if !self.auth_required() {
+            return self.handle(ANONYMOUS_TENANT).ok_or_else(|| {
+                ApiError::Internal("the anonymous tenant is missing".into())
+            });
+        }
+        let header = authorization.ok_or(ApiError::MissingApiKey)?;
+        let key = bearer_token(header).ok_or(ApiError::InvalidApiKey)?;
+        self.authenticate_key(key)
+    }
+
+    /// The tenant owning `api_key`.
+    pub fn authenticate_key(&self, api_key: &str) -> Result<TenantHandle, ApiError> {
+        let hash = hash_api_key(api_key);
+        let registry = self.registry.read();
+        let tenant = registry.by_hash.get(&hash).ok_or(ApiError::InvalidApiKey)?;
+        let entry = registry.tenants.get(tenant).ok_or(ApiError::InvalidApiKey)?;
+        Ok(TenantHandle { id: tenant.clone(), limits: entry.limits.clone(), quota: entry.quota.clone() })
+    }
+
+    pub fn handle(&self, id: &str) -> Option<TenantHandle> {
+        let registry = self.registry.read();
+        let entry = registry.tenants.get(id)?;
+        Some(TenantHandle { id: id.to_string(), limits: entry.limits.clone(), quota: entry.quota.clone() })
+    }
+
+    pub fn summary(&self, id: &str) -> Option<TenantSummary> {
+        let registry = self.registry.read();
+        let entry = registry.tenants.get(id)?;
+        Some(TenantSummary {
+            id: id.to_string(),
+            limits: entry.limits.clone(),
+            key_ids: entry.key_hashes.iter().map(|hash| key_id_of(hash).to_string()).collect(),
+        })
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.registry.read().tenants.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_swell_prefix_and_64_hex_digits() {
+        let key = generate_api_key();
+        let secret = key.api_key.strip_prefix(API_KEY_PREFIX).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(generate_api_key().api_key, key.api_key);
+        assert_eq!(key.hash, hash_api_key(&key.api_key));
+        assert!(is_valid_key_hash(&key.hash));
+        assert_eq!(key.key_id, &key.hash[7..15]);
+    }
+
+    #[test]
+    fn hashes_are_sha256_hex() {
+        assert_eq!(
+            hash_api_key("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(!is_valid_key_hash("sha256:BA7816"));
+        assert!(!is_valid_key_hash("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+        assert_eq!(key_id_of("sha256:ba7816bf8f01"), "ba7816bf");
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed() {
+        assert_eq!(bearer_token("Bearer sk-1"), Some("sk-1"));
+        assert_eq!(bearer_token("bearer  sk-1 "), Some("sk-1"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("sk-1"), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(is_valid_name("chat"));
+        assert!(is_valid_name("llama-3.1-8b:instruct_v2"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("-chat"));
+        assert!(!is_valid_name("a/b"));
+        assert!(!is_valid_name(&"a".repeat(65)));
+    }
+
+    #[actix_rt::test]
+    async fn requests_are_anonymous_until_a_key_exists() {
+        let tenants = Tenants::new(actix_rt::Arbiter::current());
+        tenants.upsert(ANONYMOUS_TENANT, TenantLimits::default());
+        tenants.upsert("acme", TenantLimits { requests_per_minute: Some(2), ..Default::default() });
+        assert_eq!(tenants.authenticate(None).unwrap().id, ANONYMOUS_TENANT);
+        assert_eq!(tenants.authenticate(Some("Bearer whatever")).unwrap().id, ANONYMOUS_TENANT);
+
+        let key = tenants.create_key("acme").unwrap();
+        assert!(tenants.auth_required());
+        let tenant = tenants.authenticate(Some(&format!("Bearer {}", key.api_key))).unwrap();
+        assert_eq!(tenant.id, "acme");
+        assert!(tenant.has_limits());
+        assert_eq!(tenants.authenticate(None).unwrap_err().code(), "missing_api_key");
+        assert_eq!(tenants.authenticate(Some("Bearer sk-swell-nope")).unwrap_err().code(), "invalid_api_key");
+        assert_eq!(tenants.authenticate(Some(&key.api_key)).unwrap_err().code(), "invalid_api_key");
+
+        let summary = tenants.summary("acme").unwrap();
+        assert_eq!(summary.key_ids, [key.key_id.clone()]);
+        let shown = serde_json::to_string(&summary).unwrap();
+        assert!(!shown.contains(&key.hash[7..]), "no hash is ever shown");
+
+        tenants.revoke_key("acme", &key.key_id).unwrap();
+        assert_eq!(tenants.revoke_key("acme", &key.key_id).unwrap_err().code(), "key_not_found");
+        assert!(!tenants.auth_required());
+    }
+
+    #[actix_rt::test]
+    async fn a_hash_belongs_to_one_tenant() {
+        let tenants = Tenants::new(actix_rt::Arbiter::current());
+        assert_eq!(tenants.upsert("a", TenantLimits::default()), Upsert::Created);
+        assert_eq!(tenants.upsert("a", TenantLimits::default()), Upsert::Updated);
+        tenants.upsert("b", TenantLimits::default());
+        let hash = hash_api_key("k");
+        tenants.add_key_hash("a", &hash).unwrap();
+        tenants.add_key_hash("a", &hash).unwrap();
+        assert_eq!(tenants.add_key_hash("b", &hash).unwrap_err().code(), "invalid_config");
+        assert_eq!(tenants.create_key("nobody").unwrap_err().code(), "tenant_not_found");
+        assert_eq!(tenants.authenticate_key("k").unwrap().id, "a");
+    }
+}
