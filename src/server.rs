@@ -192,37 +192,48 @@ mod tests {
         server.stop(true).await;
     }
 
+    /// A deployment with real (SmolLM2-on-CPU) decode timing, one replica kept up.
+    fn timed_deployment() -> DeploymentConfig {
+        let mut deployment = DeploymentConfig::sim_profile("smollm2-135m-cpu");
+        if let Some(sim) = deployment.sim.as_mut() {
+            sim.cold_start = Some(Duration::from_millis(100));
+        }
+        deployment.autoscaling.min_replicas = 1;
+        deployment
+    }
+
     #[actix_rt::test]
     async fn websocket_requests_stream_side_by_side_and_cancel() {
-        let config = Config::ephemeral().with_deployment("chat", instant_deployment());
+        let config = Config::ephemeral()
+            .with_deployment("chat", instant_deployment())
+            .with_deployment("slow", timed_deployment());
         let server = start(config).await.unwrap();
         let (_, mut socket) = awc::Client::new().ws(format!("{}/v1/ws", server.url())).connect().await.unwrap();
-        let request = |id: &str, max_tokens: u32| {
+        let request = |id: &str, model: &str, max_tokens: u32| {
             json!({"id": id, "type": "chat.completion", "request": {
-                "model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "ignore_eos": true}})
+                "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "ignore_eos": true}})
             .to_string()
         };
-        socket.send(ws::Message::Text(request("a", 5).into())).await.unwrap();
-        socket.send(ws::Message::Text(request("b", 5).into())).await.unwrap();
-        socket.send(ws::Message::Text(request("a", 5).into())).await.unwrap();
+        // `a` runs for a long while; `b` is quick; the second `a` is a duplicate.
+        socket.send(ws::Message::Text(request("a", "slow", 8000).into())).await.unwrap();
+        socket.send(ws::Message::Text(request("b", "chat", 5).into())).await.unwrap();
+        socket.send(ws::Message::Text(request("a", "chat", 5).into())).await.unwrap();
         socket.send(ws::Message::Text(r#"{"id": "x", "type": "subscribe"}"#.into())).await.unwrap();
         socket.send(ws::Message::Text("{oops".into())).await.unwrap();
         let mut done = Vec::new();
         let mut errors = Vec::new();
-        let mut chunks = 0;
-        while done.len() < 2 || errors.len() < 3 {
+        let mut chunks_of_a = 0;
+        while done.is_empty() || errors.len() < 3 || chunks_of_a < 3 {
             let frame = next_json(&mut socket).await;
             match frame["type"].as_str().unwrap() {
                 "done" => done.push(frame["id"].as_str().unwrap().to_string()),
-                "chunk" => chunks += 1,
+                "chunk" if frame["id"] == "a" => chunks_of_a += 1,
                 "error" => errors.push((frame["id"].clone(), frame["error"]["code"].as_str().unwrap().to_string())),
-                "status" => {}
+                "chunk" | "status" => {}
                 other => panic!("unexpected frame type {other}"),
             }
         }
-        done.sort();
-        assert_eq!(done, ["a", "b"]);
-        assert!(chunks >= 10, "role chunk + tokens + finish per request: {chunks}");
+        assert_eq!(done, ["b"]);
         errors.sort_by_key(|e| e.1.clone());
         assert_eq!(
             errors,
@@ -233,25 +244,58 @@ mod tests {
             ]
         );
 
-        // A long request, cancelled.
-        socket.send(ws::Message::Text(request("c", 100_000).into())).await.unwrap();
-        loop {
-            let frame = next_json(&mut socket).await;
-            if frame["type"] == "chunk" {
-                break;
-            }
-        }
-        socket.send(ws::Message::Text(r#"{"id": "c", "type": "cancel"}"#.into())).await.unwrap();
+        // `a` is still streaming: cancel it.
+        socket.send(ws::Message::Text(r#"{"id": "a", "type": "cancel"}"#.into())).await.unwrap();
         loop {
             let frame = next_json(&mut socket).await;
             assert_ne!(frame["type"], "done");
             if frame["type"] == "error" {
-                assert_eq!(frame["id"], "c");
+                assert_eq!(frame["id"], "a");
                 assert_eq!(frame["error"]["code"], "cancelled");
                 break;
             }
         }
+        socket.send(ws::Message::Text(r#"{"id": "a", "type": "cancel"}"#.into())).await.unwrap();
+        assert_eq!(next_json(&mut socket).await["error"]["code"], "unknown_request_id");
         socket.send(ws::Message::Close(None)).await.unwrap();
+        server.stop(true).await;
+    }
+
+    #[actix_rt::test]
+    async fn websocket_clients_authenticate_by_message_and_deleted_models_are_gone() {
+        let config = Config::ephemeral().with_deployment("chat", instant_deployment());
+        let server = start(config).await.unwrap();
+        let key = server.state.tenants.create_key(crate::tenants::ANONYMOUS_TENANT).unwrap();
+        let (_, mut socket) = awc::Client::new().ws(format!("{}/v1/ws", server.url())).connect().await.unwrap();
+        let request = json!({"id": "a", "type": "completion", "request": {"model": "chat", "prompt": "hi", "max_tokens": 2}}).to_string();
+        socket.send(ws::Message::Text(request.clone().into())).await.unwrap();
+        let refused = next_json(&mut socket).await;
+        assert_eq!(refused["error"]["code"], "unauthorized");
+        socket.send(ws::Message::Text(json!({"type": "auth", "api_key": "sk-swell-wrong"}).to_string().into())).await.unwrap();
+        assert_eq!(next_json(&mut socket).await["error"]["code"], "invalid_api_key");
+        socket.send(ws::Message::Text(json!({"type": "auth", "api_key": key.api_key}).to_string().into())).await.unwrap();
+        assert_eq!(next_json(&mut socket).await, json!({"type": "authenticated", "tenant": "anonymous"}));
+        socket.send(ws::Message::Text(request.into())).await.unwrap();
+        loop {
+            let frame = next_json(&mut socket).await;
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "done" {
+                assert_eq!(frame["usage"]["completion_tokens"], 2);
+                break;
+            }
+        }
+
+        let client = awc::Client::new();
+        let deleted = client.delete(format!("{}/admin/v1/deployments/chat", server.url())).send().await.unwrap();
+        assert_eq!(deleted.status(), 202);
+        let mut gone = client
+            .post(format!("{}/v1/completions", server.url()))
+            .insert_header(("authorization", format!("Bearer {}", key.api_key)))
+            .send_json(&json!({"model": "chat", "prompt": "hi"}))
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), 404);
+        assert_eq!(gone.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
         server.stop(true).await;
     }
 }

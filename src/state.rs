@@ -24,8 +24,8 @@ pub struct AppState {
     pub control: ArbiterHandle,
     /// All configured deployments were created.
     ready: AtomicBool,
-    /// Shutdown has begun (`/readyz` answers 503).
-    shutting_down: AtomicBool,
+    /// Shutdown has begun (`/readyz` answers 503, WebSockets close when idle).
+    shutting_down: tokio::sync::watch::Sender<bool>,
     /// Serializes admin changes (create/update/delete of deployments and tenants).
     pub admin_writes: tokio::sync::Mutex<()>,
 }
@@ -48,7 +48,7 @@ impl AppState {
             queue,
             control,
             ready: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
+            shutting_down: tokio::sync::watch::Sender::new(false),
             admin_writes: tokio::sync::Mutex::new(()),
         })
     }
@@ -61,7 +61,7 @@ impl AppState {
     /// ready.
     pub fn start_configured_deployments(&self) -> Result<(), ApiError> {
         for (name, deployment) in self.config.initial_deployments() {
-            tracing::info!(deployment = %name, "{}", engines::describe_choice(&deployment));
+            tracing::info!("deployment `{name}`: {}", engines::describe_choice(&deployment));
             self.create_deployment(&name, deployment)?;
         }
         self.ready.store(true, Ordering::SeqCst);
@@ -95,10 +95,16 @@ impl AppState {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
+        *self.shutting_down.borrow()
     }
 
     pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutting_down.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_started(&self) {
+        let mut receiver = self.shutting_down.subscribe();
+        let _ = receiver.wait_for(|shutting_down| *shutting_down).await;
     }
 }

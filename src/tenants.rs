@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(tenants.authenticate(Some(&key.api_key)).unwrap_err().code(), "invalid_api_key");
 
         let summary = tenants.summary("acme").unwrap();
-        assert_eq!(summary.key_ids, [key.key_id.clone()]);
+        assert_eq!(summary.key_ids, std::slice::from_ref(&key.key_id));
         let shown = serde_json::to_string(&summary).unwrap();
         assert!(!shown.contains(&key.hash[7..]), "no hash is ever shown");
 

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, Queue};
 use swell_workers::{
-    ColdStartReport, EngineFactory, EngineLoad, ReplicaContext, Sequence, SequenceOutput,
+    ColdStartReport, Engine, EngineFactory, EngineLoad, ReplicaContext, Sequence, SequenceOutput,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -289,6 +289,22 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+/// Apply one command on the engine thread; `false` means shut down.
+fn apply_command(engine: &mut dyn Engine, gauges: &ReplicaGauges, command: EngineCommand) -> bool {
+    match command {
+        EngineCommand::Add(sequence) => {
+            engine.add(sequence);
+            gauges.in_transit.fetch_sub(1, Ordering::Relaxed);
+            true
+        }
+        EngineCommand::Cancel(id) => {
+            engine.cancel(&id);
+            true
+        }
+        EngineCommand::Shutdown => false,
+    }
+}
+
 /// The engine thread: build the engine (cold start), then step it while it has work.
 fn run_engine_thread(
     factory: Arc<dyn EngineFactory>,
@@ -328,13 +344,8 @@ fn run_engine_thread(
                 None
             };
             for command in first.into_iter().chain(commands.try_iter()) {
-                match command {
-                    EngineCommand::Add(sequence) => {
-                        engine.add(sequence);
-                        gauges.in_transit.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    EngineCommand::Cancel(id) => engine.cancel(&id),
-                    EngineCommand::Shutdown => return Ok(()),
+                if !apply_command(&mut *engine, &gauges, command) {
+                    return Ok(());
                 }
             }
             let report = engine.step(&mut out).map_err(|e| e.to_string())?;
@@ -362,13 +373,8 @@ fn run_engine_thread(
             if report.batch_size == 0 && load.running + load.waiting > 0 {
                 // Work is waiting for room the engine cannot make yet: don't spin.
                 if let Ok(command) = commands.recv_timeout(Duration::from_millis(5)) {
-                    match command {
-                        EngineCommand::Add(sequence) => {
-                            engine.add(sequence);
-                            gauges.in_transit.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        EngineCommand::Cancel(id) => engine.cancel(&id),
-                        EngineCommand::Shutdown => return Ok(()),
+                    if !apply_command(&mut *engine, &gauges, command) {
+                        return Ok(());
                     }
                 }
             }

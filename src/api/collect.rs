@@ -136,10 +136,7 @@ impl ResponseCollector {
                     .map(|(index, choice)| ChatChoice {
                         index: index as u32,
                         finish_reason: finish(&choice),
-                        logprobs: self
-                            .meta
-                            .logprobs
-                            .then(|| ChatLogprobs { content: choice.chat_logprobs }),
+                        logprobs: self.meta.logprobs.then_some(ChatLogprobs { content: choice.chat_logprobs }),
                         message: ChatMessageOut { role: "assistant", content: choice.text },
                     })
                     .collect(),

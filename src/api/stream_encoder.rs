@@ -78,7 +78,8 @@ struct ChoiceState {
 pub struct StreamEncoder {
     meta: ResponseMeta,
     choices: Vec<ChoiceState>,
-    last_waiting: Option<(Option<u64>, bool)>,
+    /// Position, starting, whether the start-up estimate is known: what was last told.
+    last_waiting: Option<(Option<u64>, bool, bool)>,
     ended: bool,
 }
 
@@ -109,8 +110,9 @@ impl StreamEncoder {
         match event {
             RequestEvent::Waiting { position, starting, ready_in } => {
                 // Waiting is re-sent about once a second; tell only what changed.
-                if self.last_waiting != Some((position, starting)) {
-                    self.last_waiting = Some((position, starting));
+                let state = (position, starting, ready_in.is_some());
+                if self.last_waiting != Some(state) {
+                    self.last_waiting = Some(state);
                     items.push(StreamItem::Waiting { position, starting, ready_in });
                 }
             }
@@ -364,6 +366,10 @@ pub(crate) mod tests {
         assert_eq!(waiting, [StreamItem::Waiting { position: Some(3), starting: true, ready_in: None }]);
         let again = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None });
         assert!(again.is_empty(), "unchanged waiting state is not repeated");
+        let estimate = RequestEvent::Waiting { position: Some(3), starting: true, ready_in: Some(Duration::from_secs(2)) };
+        assert_eq!(encoder.on_event(0, estimate.clone()).len(), 1, "a new estimate is told");
+        let later = RequestEvent::Waiting { position: Some(3), starting: true, ready_in: Some(Duration::from_secs(1)) };
+        assert!(encoder.on_event(0, later).is_empty(), "a countdown alone is not repeated");
 
         let started = encoder.on_event(0, RequestEvent::Started { replica: "r1".into() });
         assert_eq!(started[0], StreamItem::Running { replica: "r1".into() });

@@ -434,11 +434,12 @@ fn message_content(index: usize, role: &str, content: Option<&Value>) -> Result<
     }
 }
 
-/// The prompts of a completions request: token ids, and the text when it was given as text.
-fn parse_prompts(
-    prompt: &Value,
-    tokenizer: &dyn Tokenizer,
-) -> Result<Vec<(Vec<u32>, Option<String>)>, ApiError> {
+/// One prompt of a completions request: its token ids, and its text when it was given
+/// as text.
+type ParsedPrompt = (Vec<u32>, Option<String>);
+
+/// The prompts of a completions request.
+fn parse_prompts(prompt: &Value, tokenizer: &dyn Tokenizer) -> Result<Vec<ParsedPrompt>, ApiError> {
     let encode = |text: &str| {
         tokenizer.encode(text, true).map_err(|error| ApiError::InvalidPrompt(error.to_string()))
     };

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
@@ -40,10 +41,11 @@ pub async fn websocket(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // A key on the upgrade is checked now (401 before upgrading); without one the
-    // client may authenticate with an `auth` message.
+    // client may authenticate with an `auth` message. While no key exists at all
+    // (open mode) requests run as `anonymous`, decided per request.
     let tenant = match authorization(&request) {
-        Some(_) => Some(state.tenants.authenticate(authorization(&request))?),
-        None => state.tenants.authenticate(None).ok(),
+        Some(header) if state.tenants.auth_required() => Some(state.tenants.authenticate(Some(header))?),
+        _ => None,
     };
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|error| ApiError::WebSocketUpgradeRequired(error.to_string()))?;
@@ -70,6 +72,7 @@ type InFlightMap = Rc<RefCell<HashMap<String, InFlight>>>;
 struct Connection {
     state: Arc<AppState>,
     session: Session,
+    /// The tenant of the key the client presented (header or `auth` message).
     tenant: Option<TenantHandle>,
     in_flight: InFlightMap,
     next_serial: u64,
@@ -79,7 +82,34 @@ impl Connection {
     async fn run(mut self, mut messages: AggregatedMessageStream) {
         metrics::websocket_connections(1.0);
         let mut close_reason = None;
-        while let Some(message) = messages.recv().await {
+        let state = self.state.clone();
+        let shutdown = state.shutdown_started();
+        tokio::pin!(shutdown);
+        let mut shutting_down = false;
+        loop {
+            let message = if shutting_down {
+                // Shutting down: requests in flight finish, then the connection closes.
+                if self.in_flight.borrow().is_empty() {
+                    close_reason = Some(actix_ws::CloseReason {
+                        code: actix_ws::CloseCode::Away,
+                        description: Some("the server is shutting down".into()),
+                    });
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(100), messages.recv()).await {
+                    Ok(message) => message,
+                    Err(_) => continue,
+                }
+            } else {
+                tokio::select! {
+                    message = messages.recv() => message,
+                    _ = &mut shutdown => {
+                        shutting_down = true;
+                        continue;
+                    }
+                }
+            };
+            let Some(message) = message else { break };
             let keep_going = match message {
                 Ok(AggregatedMessage::Text(text)) => self.on_text(&text).await,
                 Ok(AggregatedMessage::Binary(_)) => self.send(ServerFrame::error(None, &ApiError::BinaryNotSupported)).await,
@@ -118,7 +148,12 @@ impl Connection {
         match parse_client_message(text) {
             Err(rejection) => self.send(ServerFrame::error(rejection.id, &rejection.error)).await,
             Ok(ClientMessage::Auth { api_key }) => {
-                match self.state.tenants.authenticate(Some(&format!("Bearer {api_key}"))) {
+                if !self.state.tenants.auth_required() {
+                    // Open mode: any key is accepted and requests run as `anonymous`.
+                    let frame = ServerFrame::Authenticated { tenant: ANONYMOUS_TENANT.to_string() };
+                    return self.send(frame).await;
+                }
+                match self.state.tenants.authenticate_key(&api_key) {
                     Ok(tenant) => {
                         let frame = ServerFrame::Authenticated { tenant: tenant.id.clone() };
                         self.tenant = Some(tenant);
@@ -152,11 +187,9 @@ impl Connection {
 
     /// The tenant a new request runs as, or why it may not start.
     fn admit(&self, id: &str) -> Result<TenantHandle, ApiError> {
-        let auth_required = self.state.tenants.auth_required();
         let tenant = match &self.tenant {
-            // Keys were created since the connection opened anonymously.
-            Some(tenant) if tenant.id == ANONYMOUS_TENANT && auth_required => return Err(ApiError::Unauthorized),
             Some(tenant) => tenant.clone(),
+            // Open mode (no key exists) runs as `anonymous`; otherwise a key is needed.
             None => self.state.tenants.authenticate(None).map_err(|_| ApiError::Unauthorized)?,
         };
         let in_flight = self.in_flight.borrow();
