@@ -158,7 +158,7 @@ mod tests {
         S: futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>> + Unpin,
     {
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
                 .await
                 .expect("a frame in time")
                 .expect("the socket is open")
