@@ -1996,6 +1996,20 @@ mod tests {
     }
 
     #[test]
+    fn min_replicas_is_enforced_from_the_first_decision_with_default_windows() {
+        let policy = AutoscalingPolicy { min_replicas: 2, ..AutoscalingPolicy::default() };
+        let mut autoscaler = Autoscaler::new(policy);
+        let decision = autoscaler.decide(Duration::ZERO, ready(0));
+        assert_eq!(decision.desired, 2, "{}", decision.detail);
+        assert_eq!(decision.reason, ScaleReason::MinReplicas);
+        autoscaler.scaled(Duration::ZERO, 0, 2);
+        // One replica died: the floor brings it back at once, not after scale_up_window.
+        let decision = autoscaler.decide(Duration::from_secs(1), ready(1));
+        assert_eq!(decision.desired, 2, "{}", decision.detail);
+        assert_eq!(decision.direction, ScaleDirection::Up);
+    }
+
+    #[test]
     fn percent_velocity_limits_each_period_from_its_start() {
         let mut policy = AutoscalingPolicy {
             scale_up_window: Duration::ZERO,
