@@ -19,7 +19,9 @@
 
 pub mod engine;
 pub mod error;
+pub mod llm;
 pub mod sim;
+pub(crate) mod stop;
 pub mod tokenizer;
 
 pub use engine::{

@@ -43,7 +43,7 @@ use crate::error::EngineError;
 use crate::sim::model::PerformanceModel;
 use crate::sim::profile::SimProfile;
 use crate::sim::sampler::{prompt_logprobs, sequence_seed, token_at, token_logprob};
-use crate::sim::stop::{Release, StopWatcher};
+use crate::stop::{Release, StopWatcher};
 use crate::sim::tokenizer::{is_special, piece};
 
 fn clamp_u32(n: u64) -> u32 {

@@ -56,7 +56,6 @@ mod factory;
 mod model;
 mod profile;
 mod sampler;
-mod stop;
 mod tokenizer;
 
 pub use engine::SimEngine;

@@ -1,0 +1,562 @@
+//! [`LlmEngine`]: the continuous-batching scheduler around a [`LlamaModel`].
+//!
+//! # A step
+//! 1. Terminal events decided without compute are sent.
+//! 2. **Admission**, first come first served: a waiting sequence joins the running batch
+//!    when the batch has room and KV blocks for its whole context plus its next token
+//!    are free, leaving 1% of the blocks free (vLLM's watermark) unless the batch is
+//!    empty. A sequence that cannot be admitted waits: never an out-of-memory failure.
+//! 3. **KV growth**: every decoding sequence gets a slot for the token it feeds now. When
+//!    no block is free, the most recently admitted sequence is **preempted**: its blocks
+//!    are freed and it goes back to the front of the waiting queue, to be recomputed
+//!    (prompt + everything generated so far) when readmitted. Its output just
+//!    continues: draws depend only on (seed, position).
+//! 4. **Batch**: one token for every decoding sequence, then prompt chunks of prefilling
+//!    sequences, oldest first, up to `max_batched_tokens` in all (chunked prefill).
+//!    Decode tokens and prefill chunks run in the same forward pass (mixed batch).
+//! 5. **Logits** only where needed: the last position of each sequence whose context
+//!    is now complete, every prompt position when prompt logprobs were asked for.
+//! 6. **Sampling and output**: the token is detokenized incrementally (never splitting a
+//!    UTF-8 character), passed through the stop-string watcher, and emitted as
+//!    `Tokens`; `Finished` comes with `Stop` (end-of-sequence token or stop string) or
+//!    `Length` (`max_tokens` or the context limit).
+//!
+//! Cancelled sequences leave at once: their blocks are free before the next step.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use swell_cluster::{FinishReason, JobId, OutputEvent, TokenLogprob, TopLogprob, Usage};
+
+use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
+use crate::error::EngineError;
+use crate::llm::kv_cache::{BlockAllocator, BLOCK_TOKENS};
+use crate::llm::metrics;
+use crate::llm::model::{LlamaModel, Logits, SeqChunk};
+use crate::llm::ops::log_softmax;
+use crate::llm::sampler::{top_logprobs, Sampler, SamplerScratch};
+use crate::llm::tokenizer::{DecodeStream, GgufTokenizer};
+use crate::stop::{Release, StopWatcher};
+use crate::tokenizer::Tokenizer;
+
+/// Scheduling limits of one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Sequences in the running batch.
+    pub max_batch_size: usize,
+    /// Tokens per forward pass (decode tokens + prefill chunk tokens).
+    pub max_batched_tokens: usize,
+    /// KV blocks of [`BLOCK_TOKENS`] tokens.
+    pub kv_blocks: usize,
+    /// Prompt + output tokens of one sequence.
+    pub context_length: usize,
+}
+
+#[derive(Debug)]
+struct LlmSequence {
+    id: JobId,
+    arrival: u64,
+    prompt: Vec<u32>,
+    /// Output tokens, resumed ones first.
+    generated: Vec<u32>,
+    max_generated: usize,
+    /// Context tokens (prompt, then generated) whose keys and values are cached.
+    computed: usize,
+    blocks: Vec<u32>,
+    sampler: Sampler,
+    ignore_eos: bool,
+    logprobs: Option<usize>,
+    /// `Some` while prompt logprobs are wanted and not yet sent (index = prompt position).
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    detok: DecodeStream,
+    stop: StopWatcher,
+}
+
+impl LlmSequence {
+    fn context_len(&self) -> usize {
+        self.prompt.len() + self.generated.len()
+    }
+
+    fn token_at(&self, pos: usize) -> u32 {
+        if pos < self.prompt.len() {
+            self.prompt[pos]
+        } else {
+            self.generated[pos - self.prompt.len()]
+        }
+    }
+
+    fn can_sample(&self, context_limit: usize) -> bool {
+        self.generated.len() < self.max_generated && self.context_len() < context_limit
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: u32::try_from(self.prompt.len()).unwrap_or(u32::MAX),
+            completion_tokens: u32::try_from(self.generated.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The real model engine of one replica.
+pub struct LlmEngine {
+    model: LlamaModel,
+    tokenizer: Arc<GgufTokenizer>,
+    pool: Arc<rayon::ThreadPool>,
+    limits: SchedulerLimits,
+    alloc: BlockAllocator,
+    watermark: usize,
+    waiting: VecDeque<LlmSequence>,
+    /// Sorted by arrival.
+    running: Vec<LlmSequence>,
+    ready: Vec<SequenceOutput>,
+    next_arrival: u64,
+    scratch: SamplerScratch,
+    logprob_row: Vec<f32>,
+    replica: String,
+}
+
+impl std::fmt::Debug for LlmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmEngine")
+            .field("limits", &self.limits)
+            .field("running", &self.running.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random seed for a request that brought none.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}
+
+fn failed(id: &JobId, code: &str, message: String) -> SequenceOutput {
+    SequenceOutput { id: id.clone(), event: OutputEvent::Failed { code: code.to_string(), message } }
+}
+
+impl LlmEngine {
+    pub fn new(
+        model: LlamaModel,
+        tokenizer: Arc<GgufTokenizer>,
+        pool: Arc<rayon::ThreadPool>,
+        limits: SchedulerLimits,
+        replica: String,
+    ) -> Self {
+        let kv_blocks = model.cache.blocks;
+        let context_length = limits.context_length.min(kv_blocks * BLOCK_TOKENS).min(model.weights.config.context_length);
+        let limits = SchedulerLimits { context_length, kv_blocks, ..limits };
+        Self {
+            model,
+            tokenizer,
+            pool,
+            alloc: BlockAllocator::new(kv_blocks),
+            watermark: kv_blocks / 100,
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            ready: Vec::new(),
+            next_arrival: 0,
+            scratch: SamplerScratch::default(),
+            logprob_row: Vec::new(),
+            replica,
+        }
+    }
+
+    pub fn limits(&self) -> &SchedulerLimits {
+        &self.limits
+    }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let mut s = self.running.remove(i);
+            self.alloc.release(&mut s.blocks);
+            return true;
+        }
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            self.waiting.remove(i);
+            return true;
+        }
+        let before = self.ready.len();
+        self.ready.retain(|o| o.id != id);
+        before != self.ready.len()
+    }
+
+    fn token_logprob(&self, id: u32, row: &[f32], top: usize) -> TokenLogprob {
+        TokenLogprob {
+            token: Tokenizer::token_text(&*self.tokenizer, id),
+            token_id: id,
+            logprob: row[id as usize],
+            top: top_logprobs(row, top)
+                .into_iter()
+                .map(|(t, lp)| TopLogprob { token: Tokenizer::token_text(&*self.tokenizer, t), logprob: lp })
+                .collect(),
+        }
+    }
+
+    fn admit(&mut self) {
+        while let Some(front) = self.waiting.front() {
+            if self.running.len() >= self.limits.max_batch_size {
+                break;
+            }
+            let need = front.context_len() + usize::from(front.can_sample(self.limits.context_length));
+            let reserve = if self.running.is_empty() { 0 } else { self.watermark };
+            if BlockAllocator::blocks_for(need) + reserve > self.alloc.free() {
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front exists");
+            let grown = self.alloc.grow(&mut s.blocks, need);
+            debug_assert!(grown);
+            s.computed = 0;
+            let at = self.running.partition_point(|r| r.arrival < s.arrival);
+            self.running.insert(at, s);
+        }
+    }
+
+    /// Free the newest running sequence's blocks and queue it for recomputation.
+    fn preempt_newest(&mut self) -> bool {
+        let Some(mut s) = self.running.pop() else { return false };
+        self.alloc.release(&mut s.blocks);
+        s.computed = 0;
+        let at = self.waiting.partition_point(|w| w.arrival < s.arrival);
+        self.waiting.insert(at, s);
+        true
+    }
+
+    /// Give every decoding sequence a slot for the token it feeds now; preempt (newest
+    /// first) when blocks run out. Returns the number preempted.
+    fn grow_for_decode(&mut self) -> usize {
+        let mut preempted = 0;
+        let mut i = 0;
+        while i < self.running.len() {
+            let s = &self.running[i];
+            let decoding = s.computed > 0 && s.computed + 1 == s.context_len();
+            if !decoding {
+                i += 1;
+                continue;
+            }
+            let need = s.context_len();
+            let s = &mut self.running[i];
+            if self.alloc.grow(&mut s.blocks, need) {
+                i += 1;
+                continue;
+            }
+            let newest = self.running.len() - 1;
+            self.preempt_newest();
+            preempted += 1;
+            if newest == i {
+                // It was itself the newest: it waits now; nothing after it to look at.
+                break;
+            }
+        }
+        preempted
+    }
+
+    fn emit_release(&self, out: &mut Vec<SequenceOutput>, s: &LlmSequence, release: Release) {
+        if release.token_ids.is_empty() && release.text.is_empty() {
+            return;
+        }
+        let logprobs = s.logprobs.map(|_| release.logprobs);
+        out.push(SequenceOutput {
+            id: s.id.clone(),
+            event: OutputEvent::Tokens { text: release.text, token_ids: release.token_ids, logprobs },
+        });
+    }
+
+    fn finish(out: &mut Vec<SequenceOutput>, s: &LlmSequence, reason: FinishReason) {
+        out.push(SequenceOutput { id: s.id.clone(), event: OutputEvent::Finished { reason, usage: s.usage() } });
+    }
+
+    /// The whole step, after the ready events went out.
+    fn run_step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError> {
+        let started = Instant::now();
+        self.admit();
+        let preempted = self.grow_for_decode();
+        if preempted > 0 {
+            self.admit();
+        }
+        if self.running.is_empty() {
+            return Ok(StepReport { preempted, elapsed: started.elapsed(), ..StepReport::default() });
+        }
+
+        // Plan: decode tokens first, then prefill chunks, within the token budget.
+        let limit = self.limits.context_length;
+        let mut budget = self.limits.max_batched_tokens.max(1);
+        let mut plan: Vec<(usize, usize)> = Vec::new(); // (running index, tokens)
+        for (i, s) in self.running.iter().enumerate() {
+            if s.computed > 0 && s.computed + 1 == s.context_len() && budget > 0 {
+                plan.push((i, 1));
+                budget -= 1;
+            }
+        }
+        let (mut prefill_tokens, decode_tokens) = (0, plan.len());
+        for (i, s) in self.running.iter().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            let left = s.context_len() - s.computed;
+            let decoding = s.computed > 0 && left == 1;
+            if decoding || left == 0 {
+                continue;
+            }
+            let n = left.min(budget);
+            plan.push((i, n));
+            budget -= n;
+            prefill_tokens += n;
+        }
+        plan.sort_unstable_by_key(|&(i, _)| i);
+
+        let token_lists: Vec<Vec<u32>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                (s.computed..s.computed + n).map(|p| s.token_at(p)).collect()
+            })
+            .collect();
+        let chunks: Vec<SeqChunk<'_>> = plan
+            .iter()
+            .zip(&token_lists)
+            .map(|(&(i, n), tokens)| {
+                let s = &self.running[i];
+                let completes = s.computed + n == s.context_len();
+                let in_prompt = s.computed < s.prompt.len();
+                let logits = if s.prompt_logprobs.is_some() && in_prompt {
+                    Logits::All
+                } else if completes && s.can_sample(limit) {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                SeqChunk { tokens, start: s.computed, blocks: &s.blocks, logits }
+            })
+            .collect();
+        let logit_counts: Vec<usize> = chunks
+            .iter()
+            .map(|c| match c.logits {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => c.tokens.len(),
+            })
+            .collect();
+        let forward_started = Instant::now();
+        let model = &mut self.model;
+        let logits = self.pool.install(|| model.forward(&chunks).map(<[f32]>::to_vec))?;
+        let forward_time = forward_started.elapsed();
+        drop(chunks);
+        let vocab = self.model.weights.config.vocab;
+
+        // Outputs, sequence by sequence.
+        let mut offset = 0;
+        let mut done: Vec<usize> = Vec::new();
+        for (k, &(i, n)) in plan.iter().enumerate() {
+            let rows = &logits[offset * vocab..(offset + logit_counts[k]) * vocab];
+            offset += logit_counts[k];
+            let mut s = std::mem::replace(&mut self.running[i], placeholder());
+            let start = s.computed;
+            s.computed += n;
+            let completes = s.computed == s.context_len();
+            let mut last_row: Option<&[f32]> = None;
+            if logit_counts[k] == n && s.prompt_logprobs.is_some() {
+                // Row j predicts position start + j + 1.
+                for j in 0..n {
+                    let row = &rows[j * vocab..(j + 1) * vocab];
+                    let target = start + j + 1;
+                    if target < s.prompt.len() {
+                        log_softmax(row, &mut self.logprob_row);
+                        let lp = self.token_logprob(s.prompt[target], &self.logprob_row, s.logprobs.unwrap_or(0));
+                        if let Some(pl) = s.prompt_logprobs.as_mut() {
+                            pl[target] = Some(lp);
+                        }
+                    }
+                }
+                last_row = Some(&rows[(n - 1) * vocab..n * vocab]);
+            } else if logit_counts[k] == 1 {
+                last_row = Some(rows);
+            }
+            if completes {
+                if let Some(pl) = s.prompt_logprobs.take() {
+                    out.push(SequenceOutput { id: s.id.clone(), event: OutputEvent::PromptLogprobs { logprobs: pl } });
+                }
+                if !s.can_sample(limit) {
+                    let release = s.stop.flush();
+                    self.emit_release(out, &s, release);
+                    Self::finish(out, &s, FinishReason::Length);
+                    done.push(i);
+                } else if let Some(row) = last_row {
+                    let position = s.generated.len() as u64;
+                    let token = s.sampler.sample(row, position, &mut self.scratch);
+                    let logprob = s.logprobs.map(|top| {
+                        log_softmax(row, &mut self.logprob_row);
+                        self.token_logprob(token, &self.logprob_row, top)
+                    });
+                    s.generated.push(token);
+                    s.sampler.observe(token);
+                    if !s.ignore_eos && self.tokenizer.is_eos(token) {
+                        let mut release = s.stop.flush();
+                        release.token_ids.push(token);
+                        release.logprobs.extend(logprob);
+                        self.emit_release(out, &s, release);
+                        Self::finish(out, &s, FinishReason::Stop);
+                        done.push(i);
+                    } else {
+                        let piece = s.detok.step(&self.tokenizer, token);
+                        let release = s.stop.push(token, &piece, logprob);
+                        let stopped = release.stopped;
+                        self.emit_release(out, &s, release);
+                        if stopped {
+                            Self::finish(out, &s, FinishReason::Stop);
+                            done.push(i);
+                        } else if !s.can_sample(limit) {
+                            let mut release = s.stop.flush();
+                            let tail = s.detok.flush();
+                            release.text.push_str(&tail);
+                            self.emit_release(out, &s, release);
+                            Self::finish(out, &s, FinishReason::Length);
+                            done.push(i);
+                        }
+                    }
+                }
+            }
+            self.running[i] = s;
+        }
+        for &i in done.iter().rev() {
+            let mut s = self.running.remove(i);
+            self.alloc.release(&mut s.blocks);
+        }
+
+        let report = StepReport {
+            batch_size: plan.len(),
+            prefill_tokens,
+            decode_tokens,
+            preempted,
+            elapsed: started.elapsed(),
+        };
+        metrics::step(&self.replica, &report, forward_time, self.alloc.used(), self.alloc.total());
+        Ok(report)
+    }
+}
+
+/// A stand-in left in `running` while a sequence is being updated.
+fn placeholder() -> LlmSequence {
+    LlmSequence {
+        id: JobId::default(),
+        arrival: u64::MAX,
+        prompt: Vec::new(),
+        generated: Vec::new(),
+        max_generated: 0,
+        computed: 0,
+        blocks: Vec::new(),
+        sampler: Sampler::new(&swell_cluster::SamplingParams::default(), 0),
+        ignore_eos: false,
+        logprobs: None,
+        prompt_logprobs: None,
+        detok: DecodeStream::new(true),
+        stop: StopWatcher::new(&[]),
+    }
+}
+
+impl Engine for LlmEngine {
+    fn add(&mut self, seq: Sequence) {
+        self.remove(&seq.id);
+        let limit = self.limits.context_length;
+        let vocab = self.model.weights.config.vocab;
+        if let Some(&bad) = seq.prompt_tokens.iter().chain(&seq.resume_tokens).find(|&&t| t as usize >= vocab) {
+            self.ready.push(failed(&seq.id, "invalid_prompt", format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+            return;
+        }
+        if seq.prompt_tokens.is_empty() {
+            self.ready.push(failed(&seq.id, "invalid_prompt", "the prompt has no tokens".to_string()));
+            return;
+        }
+        let context = seq.prompt_tokens.len() + seq.resume_tokens.len();
+        if context > limit {
+            self.ready.push(failed(
+                &seq.id,
+                "invalid_prompt",
+                format!("the prompt has {context} tokens, over this replica's context limit of {limit}"),
+            ));
+            return;
+        }
+        let params = &seq.params;
+        let mut sampler = Sampler::new(params, params.seed.unwrap_or_else(fresh_seed));
+        let mut detok = DecodeStream::new(true);
+        let stop = StopWatcher::new(&params.stop);
+        let mut resumed_text = String::new();
+        for &t in &seq.resume_tokens {
+            sampler.observe(t);
+            resumed_text.push_str(&detok.step(&self.tokenizer, t));
+        }
+        let s = LlmSequence {
+            id: seq.id.clone(),
+            arrival: self.next_arrival,
+            max_generated: params.max_tokens as usize,
+            computed: 0,
+            blocks: Vec::new(),
+            sampler,
+            ignore_eos: params.ignore_eos,
+            logprobs: params.logprobs.map(usize::from),
+            prompt_logprobs: params.prompt_logprobs.then(|| vec![None; seq.prompt_tokens.len()]),
+            detok,
+            stop,
+            prompt: seq.prompt_tokens,
+            generated: seq.resume_tokens,
+        };
+        self.next_arrival += 1;
+        // Decided without compute: a resumed attempt that already ended.
+        let ended_by_eos = s.generated.last().is_some_and(|&t| !s.ignore_eos && self.tokenizer.is_eos(t));
+        if ended_by_eos || s.stop.find_stop(&resumed_text).is_some() {
+            let mut out = Vec::new();
+            Self::finish(&mut out, &s, FinishReason::Stop);
+            self.ready.extend(out);
+            return;
+        }
+        if !s.can_sample(limit) && s.prompt_logprobs.is_none() {
+            let mut out = Vec::new();
+            Self::finish(&mut out, &s, FinishReason::Length);
+            self.ready.extend(out);
+            return;
+        }
+        self.waiting.push_back(s);
+    }
+
+    fn cancel(&mut self, id: &str) {
+        self.remove(id);
+    }
+
+    fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError> {
+        out.append(&mut self.ready);
+        if self.running.is_empty() && self.waiting.is_empty() {
+            return Ok(StepReport::default());
+        }
+        match self.run_step(out) {
+            Ok(report) => Ok(report),
+            Err(error) => {
+                // Every sequence gets its terminal event; the engine stays usable.
+                for s in self.running.drain(..).chain(self.waiting.drain(..)) {
+                    out.push(failed(&s.id, error.code(), error.to_string()));
+                }
+                self.alloc = BlockAllocator::new(self.alloc.total());
+                Err(error)
+            }
+        }
+    }
+
+    fn load(&self) -> EngineLoad {
+        let queued = self.running.len() + self.waiting.len();
+        let kv_full = self.alloc.free() <= self.watermark;
+        EngineLoad {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            kv_tokens_used: (self.alloc.used() * BLOCK_TOKENS) as u64,
+            kv_tokens_capacity: (self.alloc.total() * BLOCK_TOKENS) as u64,
+            free_slots: if kv_full { 0 } else { self.limits.max_batch_size.saturating_sub(queued) },
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! [`LlmConfig`] (a deployment's `[deployments.NAME.llm]` block) and [`LlmEngineFactory`].
+//!
+//! ```toml
+//! [deployments.smollm.llm]
+//! model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+//! threads = 2                 # default: every core
+//! max_batch_size = 64
+//! max_batched_tokens = 512    # tokens per forward pass (chunked prefill)
+//! kv_cache_tokens = 32768     # per replica
+//! device = "auto"             # auto | cpu | cuda
+//! ```
+//!
+//! The factory opens the GGUF and builds the tokenizer when the deployment is created
+//! (the gateway needs it at once). Weights are read on the first replica's cold start
+//! and shared through an `Arc` by every replica alive at the same time, so a second
+//! replica starts in milliseconds; when the last replica is gone the weights are freed
+//! with it (scale to zero frees memory), and the next cold start reads them again from
+//! the page cache.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, ReplicaContext};
+use crate::error::EngineError;
+use crate::llm::engine::{LlmEngine, SchedulerLimits};
+use crate::llm::gguf::{GgufFile, LlamaConfig};
+use crate::llm::kv_cache::{BlockAllocator, KvCache, BLOCK_TOKENS};
+use crate::llm::model::{LlamaModel, LlamaWeights, Logits, SeqChunk};
+use crate::llm::quant::Kernel;
+use crate::llm::tokenizer::GgufTokenizer;
+use crate::tokenizer::Tokenizer;
+
+/// Where a deployment's replicas run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// CUDA when a GPU is present and free, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+fn default_max_batch_size() -> u32 {
+    64
+}
+fn default_max_batched_tokens() -> u32 {
+    512
+}
+fn default_kv_cache_tokens() -> u64 {
+    32_768
+}
+
+/// A deployment's `llm` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// A GGUF file (Llama architecture), local.
+    pub model_path: PathBuf,
+    /// Name shown for the model; default: the GGUF's `general.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    /// Compute threads per process for this deployment (default: every core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: u32,
+    #[serde(default = "default_max_batched_tokens")]
+    pub max_batched_tokens: u32,
+    /// KV cache capacity of one replica, in tokens (rounded up to blocks of 16).
+    #[serde(default = "default_kv_cache_tokens")]
+    pub kv_cache_tokens: u64,
+    /// Cap on prompt + output tokens (default: the model's context length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// GPUs one replica asks for when it runs on CUDA.
+    #[serde(default = "default_gpus")]
+    pub gpus_per_replica: u32,
+}
+
+fn default_gpus() -> u32 {
+    1
+}
+
+impl LlmConfig {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            model_name: None,
+            threads: None,
+            max_batch_size: default_max_batch_size(),
+            max_batched_tokens: default_max_batched_tokens(),
+            kv_cache_tokens: default_kv_cache_tokens(),
+            context_length: None,
+            device: DeviceChoice::Auto,
+            gpus_per_replica: default_gpus(),
+        }
+    }
+
+    /// Key-naming errors for values no model could use.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |key: &str, why: &str| Err(EngineError::Config(format!("llm.{key}: {why}")));
+        if self.max_batch_size == 0 {
+            return bad("max_batch_size", "must be at least 1");
+        }
+        if self.max_batched_tokens == 0 {
+            return bad("max_batched_tokens", "must be at least 1");
+        }
+        if self.kv_cache_tokens < BLOCK_TOKENS as u64 {
+            return bad("kv_cache_tokens", "must be at least 16");
+        }
+        if self.threads == Some(0) {
+            return bad("threads", "must be at least 1");
+        }
+        if self.context_length == Some(0) {
+            return bad("context_length", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Builds `llm` engines for one deployment.
+pub struct LlmEngineFactory {
+    config: LlmConfig,
+    file: Arc<GgufFile>,
+    model_config: LlamaConfig,
+    tokenizer: Arc<GgufTokenizer>,
+    weights: Mutex<Weak<LlamaWeights>>,
+    pool: Arc<rayon::ThreadPool>,
+    kernel: Kernel,
+    kv_blocks: usize,
+    context_length: usize,
+    last_cold_start_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for LlmEngineFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmEngineFactory").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl LlmEngineFactory {
+    /// Open the model file and build the tokenizer (weights are read on the first
+    /// cold start).
+    pub fn new(config: LlmConfig) -> Result<Self, EngineError> {
+        config.validate()?;
+        let file = GgufFile::open(&config.model_path)?;
+        let model_config = LlamaConfig::from_gguf(&file)?;
+        let tokenizer = GgufTokenizer::from_gguf(&file.content)?;
+        let threads = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("swell-llm-{i}"))
+            .build()
+            .map_err(|e| EngineError::Config(format!("llm.threads: {e}")))?;
+        let kv_blocks = BlockAllocator::blocks_for(config.kv_cache_tokens as usize);
+        let context_length = (config.context_length.map_or(usize::MAX, |c| c as usize))
+            .min(model_config.context_length)
+            .min(kv_blocks * BLOCK_TOKENS);
+        Ok(Self {
+            kernel: Kernel::detect(),
+            file: Arc::new(file),
+            model_config,
+            tokenizer: Arc::new(tokenizer),
+            weights: Mutex::new(Weak::new()),
+            pool: Arc::new(pool),
+            kv_blocks,
+            context_length,
+            last_cold_start_ms: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    pub fn model_config(&self) -> &LlamaConfig {
+        &self.model_config
+    }
+
+    pub fn gguf_tokenizer(&self) -> Arc<GgufTokenizer> {
+        self.tokenizer.clone()
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The shared weights, read now if no live replica holds them. The flag says
+    /// whether they were read.
+    pub fn weights(&self) -> Result<(Arc<LlamaWeights>, bool), EngineError> {
+        let mut slot = self.weights.lock();
+        if let Some(weights) = slot.upgrade() {
+            return Ok((weights, false));
+        }
+        let kernel = self.kernel;
+        let file = &self.file;
+        let weights = Arc::new(self.pool.install(|| LlamaWeights::load(file, kernel))?);
+        *slot = Arc::downgrade(&weights);
+        Ok((weights, true))
+    }
+
+    fn limits(&self) -> SchedulerLimits {
+        SchedulerLimits {
+            max_batch_size: self.config.max_batch_size as usize,
+            max_batched_tokens: self.config.max_batched_tokens as usize,
+            kv_blocks: self.kv_blocks,
+            context_length: self.context_length,
+        }
+    }
+
+    /// Bytes of one replica's KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        let c = &self.model_config;
+        self.kv_blocks * BLOCK_TOKENS * KvCache::bytes_per_token(c.layers, c.kv_heads, c.head_dim)
+    }
+
+    /// A CPU engine (also what tests and benchmarks use directly).
+    pub fn create_cpu(&self, replica: &ReplicaContext) -> Result<(LlmEngine, ColdStartReport), EngineError> {
+        let mut report = ColdStartReport::default();
+        let started = Instant::now();
+        let (weights, read) = self.weights()?;
+        report.stages.push((if read { "read_weights" } else { "share_weights" }.to_string(), started.elapsed()));
+
+        let started = Instant::now();
+        let mut model = LlamaModel::new(weights, self.kv_blocks);
+        report.stages.push(("allocate_kv_cache".to_string(), started.elapsed()));
+
+        // Warm-up: a short prefill and a decode step touch every weight and size the
+        // scratch buffers, so the first request does not pay for it.
+        let started = Instant::now();
+        let blocks: Vec<u32> = (0..BlockAllocator::blocks_for(9).min(self.kv_blocks) as u32).collect();
+        let prompt: Vec<u32> = (0..8u32).map(|i| i % self.model_config.vocab as u32).collect();
+        let warm = |model: &mut LlamaModel| -> Result<(), EngineError> {
+            model.forward(&[SeqChunk { tokens: &prompt, start: 0, blocks: &blocks, logits: Logits::Last }])?;
+            model.forward(&[SeqChunk { tokens: &prompt[..1], start: 8, blocks: &blocks, logits: Logits::Last }])?;
+            Ok(())
+        };
+        if blocks.len() * BLOCK_TOKENS >= 9 {
+            self.pool.install(|| warm(&mut model))?;
+        }
+        report.stages.push(("warm_up".to_string(), started.elapsed()));
+
+        let engine = LlmEngine::new(model, self.tokenizer.clone(), self.pool.clone(), self.limits(), replica.replica_id.clone());
+        self.last_cold_start_ms.store(report.total().as_millis() as u64, Ordering::Relaxed);
+        Ok((engine, report))
+    }
+}
+
+impl EngineFactory for LlmEngineFactory {
+    fn describe(&self) -> EngineDescription {
+        let measured = self.last_cold_start_ms.load(Ordering::Relaxed);
+        // Before any replica started: about 2 s per GB of file on one core, at least 1 s.
+        let estimate = Duration::from_millis(((self.file.file_size() as u64) >> 19).max(1000));
+        EngineDescription {
+            engine: "llm".to_string(),
+            model: self.config.model_name.clone().unwrap_or_else(|| self.model_config.name.clone()),
+            context_length: u32::try_from(self.context_length).unwrap_or(u32::MAX),
+            gpus_per_replica: 0,
+            max_batch_size: self.config.max_batch_size,
+            kv_capacity_tokens: (self.kv_blocks * BLOCK_TOKENS) as u64,
+            expected_cold_start: if measured > 0 { Duration::from_millis(measured) } else { estimate },
+        }
+    }
+
+    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
+        self.tokenizer.clone()
+    }
+
+    fn create(&self, replica: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
+        let (engine, report) = self.create_cpu(replica)?;
+        Ok((Box::new(engine), report))
+    }
+}

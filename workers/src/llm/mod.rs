@@ -1,0 +1,40 @@
+//! The `llm` engine: a real Llama-architecture model from a GGUF file.
+
+pub mod chat_template;
+pub mod engine;
+pub mod factory;
+pub mod gguf;
+pub mod kv_cache;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use engine::{LlmEngine, SchedulerLimits};
+pub use factory::{DeviceChoice, LlmConfig, LlmEngineFactory};
+pub use tokenizer::{DecodeStream, GgufTokenizer};
+
+use std::path::PathBuf;
+
+/// The reference model's file name (SmolLM2-135M-Instruct, Q4_1).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where the default model is looked for, in order: `$SWELL_MODEL_PATH`, then
+/// `models/SmolLM2-135M-Instruct.Q4_1.gguf` under the working directory (where
+/// `scripts/fetch-model` puts it), then the same under this crate's workspace root.
+pub fn default_model_candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(path) = std::env::var("SWELL_MODEL_PATH") {
+        candidates.push(PathBuf::from(path));
+    }
+    candidates.push(PathBuf::from("models").join(DEFAULT_MODEL_FILE));
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("models").join(DEFAULT_MODEL_FILE));
+    candidates
+}
+
+/// The first default-model candidate that exists.
+pub fn find_default_model() -> Option<PathBuf> {
+    default_model_candidates().into_iter().find(|p| p.is_file())
+}

@@ -1,0 +1,399 @@
+//! The Llama forward pass on CPU over a batch of sequences that mixes prefill chunks and
+//! decode tokens, with a paged KV cache.
+//!
+//! A batch is a list of [`SeqChunk`]s: for each sequence, the tokens to run now, the
+//! position of the first one, its block table and which logits are wanted. All tokens of
+//! all sequences are stacked into one `tokens x hidden` matrix, so every weight matrix is
+//! read once per step whatever the batch size; attention is per sequence, over its own
+//! cache. Logits are computed only where asked: the last position of a sequence that
+//! samples, or every position when the prompt's log-probabilities are wanted.
+//!
+//! Weights ([`LlamaWeights`]) are immutable and shared by every replica of a process
+//! through an `Arc`; a replica owns only its [`KvCache`] and a [`Workspace`] of scratch
+//! buffers that grow to the largest batch seen.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::EngineError;
+use crate::llm::gguf::{GgufFile, LlamaConfig};
+use crate::llm::kv_cache::{KvCache, BLOCK_TOKENS};
+use crate::llm::ops::{axpy, dot, rms_norm, softmax, swiglu, Rope};
+use crate::llm::quant::{Kernel, QActivations, QMatrix};
+
+/// One transformer block's weights.
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    /// Q, K and V stacked: `hidden + 2 * kv_dim` rows.
+    pub qkv: QMatrix,
+    pub attn_out: QMatrix,
+    pub ffn_norm: Vec<f32>,
+    /// Gate and up stacked: `2 * ffn` rows.
+    pub gate_up: QMatrix,
+    pub down: QMatrix,
+}
+
+/// A whole model, shared between replicas.
+#[derive(Debug)]
+pub struct LlamaWeights {
+    pub config: LlamaConfig,
+    pub embedding: QMatrix,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: Vec<f32>,
+    /// `None` with tied embeddings (the embedding is the LM head).
+    pub output: Option<QMatrix>,
+    pub rope: Rope,
+    pub kernel: Kernel,
+}
+
+fn fuse(file: &GgufFile, names: &[String]) -> Result<QMatrix, EngineError> {
+    let parts = names.iter().map(|n| file.matrix(n)).collect::<Result<Vec<_>, _>>()?;
+    match QMatrix::concat_rows(&parts) {
+        Ok(m) => Ok(m),
+        // Different packings cannot be stacked: bring them all to Q8_0.
+        Err(_) => {
+            let mut values = Vec::new();
+            let mut rows = 0;
+            let cols = parts[0].cols;
+            let mut row = vec![0f32; cols];
+            for p in &parts {
+                for r in 0..p.rows {
+                    p.dequantize_row(r, &mut row);
+                    values.extend_from_slice(&row);
+                }
+                rows += p.rows;
+            }
+            QMatrix::quantize_q8(rows, cols, &values).map_err(EngineError::Load)
+        }
+    }
+}
+
+fn check_dims(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<(), EngineError> {
+    let dims = file.dims(name)?;
+    if dims != (rows, cols) {
+        return Err(EngineError::Load(format!(
+            "{}: {name} is {}x{}, expected {rows}x{cols}",
+            file.path.display(),
+            dims.0,
+            dims.1
+        )));
+    }
+    Ok(())
+}
+
+impl LlamaWeights {
+    /// Read and repack every tensor (parallel over layers).
+    pub fn load(file: &GgufFile, kernel: Kernel) -> Result<Self, EngineError> {
+        let config = LlamaConfig::from_gguf(file)?;
+        let c = &config;
+        let layers = (0..c.layers)
+            .into_par_iter()
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}.weight");
+                check_dims(file, &n("attn_q"), c.hidden, c.hidden)?;
+                check_dims(file, &n("attn_k"), c.kv_dim(), c.hidden)?;
+                check_dims(file, &n("attn_v"), c.kv_dim(), c.hidden)?;
+                check_dims(file, &n("attn_output"), c.hidden, c.hidden)?;
+                check_dims(file, &n("ffn_gate"), c.ffn, c.hidden)?;
+                check_dims(file, &n("ffn_up"), c.ffn, c.hidden)?;
+                check_dims(file, &n("ffn_down"), c.hidden, c.ffn)?;
+                Ok(LayerWeights {
+                    attn_norm: file.f32_values(&n("attn_norm"))?,
+                    qkv: fuse(file, &[n("attn_q"), n("attn_k"), n("attn_v")])?,
+                    attn_out: file.matrix(&n("attn_output"))?,
+                    ffn_norm: file.f32_values(&n("ffn_norm"))?,
+                    gate_up: fuse(file, &[n("ffn_gate"), n("ffn_up")])?,
+                    down: file.matrix(&n("ffn_down"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            check_dims(file, "output.weight", c.vocab, c.hidden)?;
+            Some(file.matrix("output.weight")?)
+        };
+        Ok(Self {
+            embedding: file.matrix("token_embd.weight")?,
+            output_norm: file.f32_values("output_norm.weight")?,
+            output,
+            rope: Rope::new(c.head_dim, c.context_length, c.rope_theta),
+            layers,
+            kernel,
+            config,
+        })
+    }
+
+    pub fn lm_head(&self) -> &QMatrix {
+        self.output.as_ref().unwrap_or(&self.embedding)
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn size_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.size_bytes()
+                    + l.attn_out.size_bytes()
+                    + l.gate_up.size_bytes()
+                    + l.down.size_bytes()
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+            })
+            .sum();
+        layers + self.embedding.size_bytes() + self.output.as_ref().map_or(0, QMatrix::size_bytes)
+    }
+}
+
+/// Which logits a chunk needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only fills the cache (a prefill chunk that is not the last).
+    None,
+    /// The last position (the next token).
+    Last,
+    /// Every position of the chunk (prompt log-probabilities).
+    All,
+}
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; positions before it are in the cache.
+    pub start: usize,
+    /// Covers every position up to `start + tokens.len()`.
+    pub blocks: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Scratch buffers of one replica, grown to the largest batch seen.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    quant: QActivations,
+    /// Per stacked token: (chunk index, position).
+    rows: Vec<(usize, usize)>,
+    logit_rows: Vec<usize>,
+    normed: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+impl Workspace {
+    pub fn size_bytes(&self) -> usize {
+        4 * (self.x.capacity()
+            + self.h.capacity()
+            + self.qkv.capacity()
+            + self.attn.capacity()
+            + self.gate_up.capacity()
+            + self.act.capacity()
+            + self.normed.capacity()
+            + self.logits.capacity())
+            + self.quant.qs.capacity()
+            + 8 * self.quant.d.capacity()
+    }
+}
+
+fn resize(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+/// A replica's model: shared weights plus its own cache and scratch space.
+#[derive(Debug)]
+pub struct LlamaModel {
+    pub weights: Arc<LlamaWeights>,
+    pub cache: KvCache,
+    pub ws: Workspace,
+}
+
+impl LlamaModel {
+    pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Self {
+        let c = &weights.config;
+        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim);
+        Self { weights, cache, ws: Workspace::default() }
+    }
+
+    /// Run one step. Returns the logits, `vocab` values per requested position, in
+    /// chunk order and position order within a chunk.
+    pub fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<&[f32], EngineError> {
+        let w = &*self.weights;
+        let c = &w.config;
+        let (hidden, kv_dim, hd) = (c.hidden, c.kv_dim(), c.head_dim);
+        let qkv_width = hidden + 2 * kv_dim;
+        let ws = &mut self.ws;
+
+        ws.rows.clear();
+        ws.logit_rows.clear();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let end = chunk.start + chunk.tokens.len();
+            if end > c.context_length || end > w.rope.positions {
+                return Err(EngineError::Step(format!("position {end} is past the context length {}", c.context_length)));
+            }
+            if chunk.blocks.len() * BLOCK_TOKENS < end {
+                return Err(EngineError::Step(format!("block table too short for position {end}")));
+            }
+            for (i, &tok) in chunk.tokens.iter().enumerate() {
+                if tok as usize >= c.vocab {
+                    return Err(EngineError::Step(format!("token id {tok} is outside the vocabulary ({})", c.vocab)));
+                }
+                let wanted = match chunk.logits {
+                    Logits::None => false,
+                    Logits::Last => i + 1 == chunk.tokens.len(),
+                    Logits::All => true,
+                };
+                if wanted {
+                    ws.logit_rows.push(ws.rows.len());
+                }
+                ws.rows.push((ci, chunk.start + i));
+            }
+        }
+        let t = ws.rows.len();
+        ws.logits.clear();
+        if t == 0 {
+            return Ok(&ws.logits);
+        }
+
+        resize(&mut ws.x, t * hidden);
+        resize(&mut ws.h, t * hidden);
+        resize(&mut ws.qkv, t * qkv_width);
+        resize(&mut ws.attn, t * hidden);
+        resize(&mut ws.gate_up, t * 2 * c.ffn);
+        resize(&mut ws.act, t * c.ffn);
+
+        // Embeddings.
+        {
+            let mut i = 0;
+            for chunk in chunks {
+                for &tok in chunk.tokens {
+                    w.embedding.dequantize_row(tok as usize, &mut ws.x[i * hidden..(i + 1) * hidden]);
+                    i += 1;
+                }
+            }
+        }
+
+        for (li, layer) in w.layers.iter().enumerate() {
+            // Attention.
+            for r in 0..t {
+                rms_norm(&ws.x[r * hidden..(r + 1) * hidden], &layer.attn_norm, c.rms_eps, &mut ws.h[r * hidden..(r + 1) * hidden]);
+            }
+            ws.quant.quantize_from(&ws.h, t, hidden);
+            layer.qkv.matmul(&ws.quant, &mut ws.qkv, w.kernel);
+            for r in 0..t {
+                let (ci, pos) = ws.rows[r];
+                let row = &mut ws.qkv[r * qkv_width..(r + 1) * qkv_width];
+                w.rope.apply(&mut row[..hidden + kv_dim], pos);
+                let (k, v) = row[hidden..].split_at(kv_dim);
+                self.cache.store(li, chunks[ci].blocks, pos, k, v);
+            }
+            attention(c, li, &self.cache, chunks, &ws.rows, &ws.qkv[..t * qkv_width], &mut ws.attn[..t * hidden]);
+            ws.quant.quantize_from(&ws.attn, t, hidden);
+            layer.attn_out.matmul(&ws.quant, &mut ws.h, w.kernel);
+            for (x, h) in ws.x[..t * hidden].iter_mut().zip(&ws.h[..t * hidden]) {
+                *x += h;
+            }
+
+            // Feed-forward.
+            for r in 0..t {
+                rms_norm(&ws.x[r * hidden..(r + 1) * hidden], &layer.ffn_norm, c.rms_eps, &mut ws.h[r * hidden..(r + 1) * hidden]);
+            }
+            ws.quant.quantize_from(&ws.h, t, hidden);
+            layer.gate_up.matmul(&ws.quant, &mut ws.gate_up, w.kernel);
+            let ffn = c.ffn;
+            let gate_up = &ws.gate_up[..t * 2 * ffn];
+            let act = &mut ws.act[..t * ffn];
+            if t >= 8 {
+                act.par_chunks_mut(ffn).zip(gate_up.par_chunks(2 * ffn)).for_each(|(a, g)| swiglu(g, a));
+            } else {
+                act.chunks_mut(ffn).zip(gate_up.chunks(2 * ffn)).for_each(|(a, g)| swiglu(g, a));
+            }
+            ws.quant.quantize_from(&ws.act, t, ffn);
+            layer.down.matmul(&ws.quant, &mut ws.h, w.kernel);
+            for (x, h) in ws.x[..t * hidden].iter_mut().zip(&ws.h[..t * hidden]) {
+                *x += h;
+            }
+        }
+
+        // LM head on the requested rows only.
+        let n = ws.logit_rows.len();
+        if n == 0 {
+            return Ok(&ws.logits);
+        }
+        resize(&mut ws.normed, n * hidden);
+        for (i, &r) in ws.logit_rows.iter().enumerate() {
+            rms_norm(&ws.x[r * hidden..(r + 1) * hidden], &w.output_norm, c.rms_eps, &mut ws.normed[i * hidden..(i + 1) * hidden]);
+        }
+        ws.quant.quantize_from(&ws.normed, n, hidden);
+        ws.logits.resize(n * c.vocab, 0.0);
+        w.lm_head().matmul(&ws.quant, &mut ws.logits, w.kernel);
+        let _ = hd;
+        Ok(&ws.logits)
+    }
+}
+
+/// Causal attention of every stacked token over its sequence's cache (grouped-query:
+/// `heads / kv_heads` query heads share a key/value head). Parallel over tokens.
+fn attention(
+    c: &LlamaConfig,
+    layer: usize,
+    cache: &KvCache,
+    chunks: &[SeqChunk<'_>],
+    rows: &[(usize, usize)],
+    qkv: &[f32],
+    out: &mut [f32],
+) {
+    let (hidden, kv_dim, hd) = (c.hidden, c.kv_dim(), c.head_dim);
+    let qkv_width = hidden + 2 * kv_dim;
+    let group = c.heads / c.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let one = |(r, out): (usize, &mut [f32])| {
+        let (ci, pos) = rows[r];
+        let table = chunks[ci].blocks;
+        let q_all = &qkv[r * qkv_width..r * qkv_width + hidden];
+        let len = pos + 1;
+        let mut scores = vec![0f32; len * group];
+        for kvh in 0..c.kv_heads {
+            // Scores of the `group` query heads that share this kv head.
+            for (b, &block) in table.iter().enumerate().take(len.div_ceil(BLOCK_TOKENS)) {
+                let (kb, _) = cache.block(layer, block, kvh);
+                let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+                for s in 0..slots {
+                    let key = &kb[s * hd..(s + 1) * hd];
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        scores[g * len + b * BLOCK_TOKENS + s] = dot(&q_all[h * hd..(h + 1) * hd], key) * scale;
+                    }
+                }
+            }
+            for g in 0..group {
+                softmax(&mut scores[g * len..(g + 1) * len]);
+                let h = kvh * group + g;
+                out[h * hd..(h + 1) * hd].fill(0.0);
+            }
+            for (b, &block) in table.iter().enumerate().take(len.div_ceil(BLOCK_TOKENS)) {
+                let (_, vb) = cache.block(layer, block, kvh);
+                let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+                for s in 0..slots {
+                    let value = &vb[s * hd..(s + 1) * hd];
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        axpy(scores[g * len + b * BLOCK_TOKENS + s], value, &mut out[h * hd..(h + 1) * hd]);
+                    }
+                }
+            }
+        }
+    };
+    if rows.len() > 1 {
+        out.par_chunks_mut(hidden).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(hidden).enumerate().for_each(one);
+    }
+}

@@ -1,0 +1,771 @@
+//! Quantized matrix products: the CPU engine's hot loop.
+//!
+//! # Why not candle's quantized matmul
+//! candle's CPU path for Q4_1 dequantizes block by block without SIMD and computes one
+//! (row, column) dot product at a time. This module keeps the weights in 4 or 8 bits and
+//! multiplies them with activations quantized to 8 bits per block of 32 (llama.cpp's
+//! Q8_1 scheme), so the inner loop is integer multiply-add: `vpdpbusd` (AVX-512 VNNI) or
+//! `vpmaddubsw` + `vpmaddwd` (AVX2), with a portable scalar fallback.
+//!
+//! The product is tiled: a tile of [`TILE_ROWS`] weight rows by up to [`TILE_COLS`]
+//! activation rows (tokens) keeps 16 accumulators in registers, so each unpacked weight
+//! block is used for 4 tokens and each activation block for 4 weight rows. At batch 1
+//! this is a memory-bound matrix-vector product over 4-bit weights; at batch 16+ it is
+//! compute-bound and the tiling is what makes it faster than a dot product per pair.
+//!
+//! # Formats
+//! Every supported weight type is stored in one affine form per block of 32 values,
+//! `w = d * q + m`, with `q` unsigned:
+//! - Q4_1: `q` in 0..16 (nibbles, ggml's order: byte `j` holds values `j` and `j + 16`),
+//!   `d` and `m` from the file.
+//! - Q4_0: `q` in 0..16, `w = d * (q - 8)`, so `m = -8d`.
+//! - Q8_0: `q` stored as `q_file + 128` (0..256), so `m = -128d`.
+//!
+//! An activation block is `a = da * qa` with `qa` signed 8-bit, and `sa = da * sum(qa)`.
+//! A block's dot product is `d * da * sum(q * qa) + m * sa`: the integer sum is what the
+//! SIMD instructions compute; the `m * sa` part is one small f32 dot product per pair.
+//!
+//! # Layout
+//! [`QMatrix`] (weights, row-major, `rows` outputs by `cols` inputs), [`QActivations`]
+//! (quantized inputs, one row per token), [`QMatrix::matmul`] (parallel over row chunks
+//! with rayon, tiled inside each chunk), and the kernels: `tile_vnni`, `tile_avx2` and
+//! `tile_scalar`, selected once at run time by [`Kernel::detect`].
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Values per quantization block.
+pub const BLOCK: usize = 32;
+/// Weight rows per register tile.
+pub const TILE_ROWS: usize = 4;
+/// Activation rows (tokens) per register tile.
+pub const TILE_COLS: usize = 4;
+
+/// How the unsigned `q` values of a matrix are packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// Two 4-bit values per byte, 16 bytes per block (Q4_0, Q4_1).
+    Nibbles,
+    /// One byte per value, 32 bytes per block (Q8_0).
+    Bytes,
+}
+
+impl Packing {
+    pub fn bytes_per_block(self) -> usize {
+        match self {
+            Packing::Nibbles => BLOCK / 2,
+            Packing::Bytes => BLOCK,
+        }
+    }
+}
+
+/// A quantized weight matrix: `rows` outputs by `cols` inputs (`cols` a multiple of 32).
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub packing: Packing,
+    /// `rows * cols / 32` blocks of packed `q`.
+    pub qs: Vec<u8>,
+    /// Scale per block.
+    pub d: Vec<f32>,
+    /// Offset per block.
+    pub m: Vec<f32>,
+}
+
+/// The ggml block types this module reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlBlockType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl GgmlBlockType {
+    /// Bytes of one block of 32 values in the file.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlBlockType::Q4_0 => 2 + 16,
+            GgmlBlockType::Q4_1 => 2 + 2 + 16,
+            GgmlBlockType::Q8_0 => 2 + 32,
+        }
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+impl QMatrix {
+    /// Repack ggml blocks (`rows * cols / 32` of them, row-major) into this layout.
+    pub fn from_ggml(kind: GgmlBlockType, rows: usize, cols: usize, data: &[u8]) -> Result<Self, String> {
+        if cols % BLOCK != 0 {
+            return Err(format!("row length {cols} is not a multiple of {BLOCK}"));
+        }
+        let blocks = rows * cols / BLOCK;
+        let need = blocks * kind.block_bytes();
+        if data.len() < need {
+            return Err(format!("{} bytes of tensor data, {need} needed", data.len()));
+        }
+        let packing = match kind {
+            GgmlBlockType::Q4_0 | GgmlBlockType::Q4_1 => Packing::Nibbles,
+            GgmlBlockType::Q8_0 => Packing::Bytes,
+        };
+        let per = packing.bytes_per_block();
+        let mut qs = vec![0u8; blocks * per];
+        let mut d = vec![0f32; blocks];
+        let mut m = vec![0f32; blocks];
+        let bb = kind.block_bytes();
+        qs.par_chunks_mut(per * 1024)
+            .zip(d.par_chunks_mut(1024))
+            .zip(m.par_chunks_mut(1024))
+            .enumerate()
+            .for_each(|(chunk, ((qs, d), m))| {
+                for (i, ((q, d), m)) in qs.chunks_mut(per).zip(d.iter_mut()).zip(m.iter_mut()).enumerate() {
+                    let block = chunk * 1024 + i;
+                    let src = &data[block * bb..(block + 1) * bb];
+                    match kind {
+                        GgmlBlockType::Q4_0 => {
+                            *d = f16_at(src, 0);
+                            *m = -8.0 * *d;
+                            q.copy_from_slice(&src[2..18]);
+                        }
+                        GgmlBlockType::Q4_1 => {
+                            *d = f16_at(src, 0);
+                            *m = f16_at(src, 2);
+                            q.copy_from_slice(&src[4..20]);
+                        }
+                        GgmlBlockType::Q8_0 => {
+                            *d = f16_at(src, 0);
+                            *m = -128.0 * *d;
+                            for (out, &v) in q.iter_mut().zip(&src[2..34]) {
+                                *out = (v as i8 as i16 + 128) as u8;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(Self { rows, cols, packing, qs, d, m })
+    }
+
+    /// Quantize an f32 matrix to the Q8_0 form (used for F16/F32 weights, so every
+    /// matrix goes through the same kernels).
+    pub fn quantize_q8(rows: usize, cols: usize, values: &[f32]) -> Result<Self, String> {
+        if cols % BLOCK != 0 {
+            return Err(format!("row length {cols} is not a multiple of {BLOCK}"));
+        }
+        let blocks = rows * cols / BLOCK;
+        let mut qs = vec![0u8; blocks * BLOCK];
+        let mut d = vec![0f32; blocks];
+        let mut m = vec![0f32; blocks];
+        for b in 0..blocks {
+            let src = &values[b * BLOCK..(b + 1) * BLOCK];
+            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (out, v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(src) {
+                *out = ((v * inv).round().clamp(-127.0, 127.0) as i16 + 128) as u8;
+            }
+            d[b] = scale;
+            m[b] = -128.0 * scale;
+        }
+        Ok(Self { rows, cols, packing: Packing::Bytes, qs, d, m })
+    }
+
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// Bytes held (for memory reports).
+    pub fn size_bytes(&self) -> usize {
+        self.qs.len() + 4 * (self.d.len() + self.m.len())
+    }
+
+    /// The unsigned `q` of value `k` of `row`.
+    #[inline]
+    fn q_at(&self, row: usize, k: usize) -> u8 {
+        let block = row * self.blocks_per_row() + k / BLOCK;
+        let j = k % BLOCK;
+        match self.packing {
+            Packing::Nibbles => {
+                let byte = self.qs[block * 16 + (j % 16)];
+                if j < 16 {
+                    byte & 0x0F
+                } else {
+                    byte >> 4
+                }
+            }
+            Packing::Bytes => self.qs[block * BLOCK + j],
+        }
+    }
+
+    /// Row `row` as f32 (embedding lookups; tests).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        let nb = self.blocks_per_row();
+        for (k, out) in out.iter_mut().enumerate().take(self.cols) {
+            let block = row * nb + k / BLOCK;
+            *out = self.d[block] * f32::from(self.q_at(row, k)) + self.m[block];
+        }
+    }
+
+    /// Stack matrices with the same `cols` and packing (fused QKV, gate+up).
+    pub fn concat_rows(parts: &[QMatrix]) -> Result<Self, String> {
+        let first = parts.first().ok_or("nothing to concatenate")?;
+        if parts.iter().any(|p| p.cols != first.cols || p.packing != first.packing) {
+            return Err("matrices to fuse differ in width or type".to_string());
+        }
+        Ok(Self {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            packing: first.packing,
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
+            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
+        })
+    }
+
+    /// `out[t][r] = sum_k w[r][k] * x[t][k]` for every token `t` of `x`: `out` is
+    /// `x.rows` rows of `self.rows` values.
+    pub fn matmul(&self, x: &QActivations, out: &mut [f32], kernel: Kernel) {
+        assert_eq!(x.cols, self.cols, "activation width must equal the weight width");
+        assert!(out.len() >= x.rows * self.rows);
+        let tokens = x.rows;
+        if tokens == 0 || self.rows == 0 {
+            return;
+        }
+        // Row chunks: enough for every thread to have several, each a multiple of the
+        // tile height and big enough that scheduling costs little.
+        let threads = rayon::current_num_threads().max(1);
+        let work = self.rows * self.cols * tokens;
+        let mut chunk = if work < 1 << 16 { self.rows } else { self.rows.div_ceil(threads * 4) };
+        chunk = chunk.max(16).div_ceil(TILE_ROWS) * TILE_ROWS;
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let ldo = self.rows;
+        let chunks = self.rows.div_ceil(chunk);
+        let run = |c: usize| {
+            let r0 = c * chunk;
+            let r1 = (r0 + chunk).min(self.rows);
+            // SAFETY: chunks cover disjoint row ranges of `out`; every write below goes to
+            // out[t * ldo + r] with r in r0..r1 and t < tokens, inside `out`.
+            unsafe { self.matmul_rows(x, r0, r1, out_ptr, ldo, kernel) };
+        };
+        if chunks == 1 {
+            run(0);
+        } else {
+            (0..chunks).into_par_iter().for_each(run);
+        }
+    }
+
+    /// Rows `r0..r1` of the product, token tiles inside.
+    unsafe fn matmul_rows(&self, x: &QActivations, r0: usize, r1: usize, out: SendPtr, ldo: usize, kernel: Kernel) {
+        let tokens = x.rows;
+        // Walk rows in blocks that fit in L1/L2 together with a tile of activations.
+        let mut r = r0;
+        while r < r1 {
+            let rows = (r1 - r).min(TILE_ROWS);
+            let mut t = 0;
+            while t < tokens {
+                let cols = (tokens - t).min(TILE_COLS);
+                dispatch(kernel, self, r, rows, x, t, cols, out.0, ldo);
+                t += cols;
+            }
+            r += rows;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint row ranges of one output buffer to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Activations quantized per block of 32: `rows` tokens by `cols` values.
+#[derive(Debug, Clone, Default)]
+pub struct QActivations {
+    pub rows: usize,
+    pub cols: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    /// `d * sum(qs)` per block.
+    pub s: Vec<f32>,
+}
+
+impl QActivations {
+    /// Quantize `x` (`rows` by `cols`, row-major), reusing this buffer.
+    pub fn quantize_from(&mut self, x: &[f32], rows: usize, cols: usize) {
+        assert_eq!(cols % BLOCK, 0);
+        assert!(x.len() >= rows * cols);
+        self.rows = rows;
+        self.cols = cols;
+        let blocks = rows * cols / BLOCK;
+        self.qs.resize(rows * cols, 0);
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0.0);
+        let quantize_block = |src: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32| {
+            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in q.iter_mut().zip(src) {
+                let v = (v * inv).round() as i32;
+                *q = v as i8;
+                sum += v;
+            }
+            *d = scale;
+            *s = scale * sum as f32;
+        };
+        let go = |(((src, q), d), s): (((&[f32], &mut [i8]), &mut f32), &mut f32)| quantize_block(src, q, d, s);
+        let x = &x[..rows * cols];
+        if blocks >= 4096 {
+            x.par_chunks(BLOCK)
+                .zip(self.qs.par_chunks_mut(BLOCK))
+                .zip(self.d.par_iter_mut())
+                .zip(self.s.par_iter_mut())
+                .for_each(go);
+        } else {
+            x.chunks(BLOCK)
+                .zip(self.qs.chunks_mut(BLOCK))
+                .zip(self.d.iter_mut())
+                .zip(self.s.iter_mut())
+                .for_each(go);
+        }
+    }
+}
+
+/// The kernel family chosen for this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 VNNI on 256-bit vectors (`vpdpbusd`).
+    Vnni,
+    /// AVX2 + FMA (`vpmaddubsw`, `vpmaddwd`).
+    Avx2,
+    /// Portable Rust.
+    Scalar,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+            {
+                return Kernel::Vnni;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Scalar
+    }
+
+    /// Kernels this CPU can run, fastest first (tests compare them all).
+    pub fn available() -> Vec<Kernel> {
+        let best = Kernel::detect();
+        let mut all = vec![best];
+        if best == Kernel::Vnni {
+            all.push(Kernel::Avx2);
+        }
+        if best != Kernel::Scalar {
+            all.push(Kernel::Scalar);
+        }
+        all
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Vnni => "avx512-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Scalar => "scalar",
+        }
+    }
+}
+
+/// `sum_b m[b] * s[b]` over one weight row and one activation row.
+#[inline(always)]
+fn offset_dot(m: &[f32], s: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut mc = m.chunks_exact(8);
+    let mut sc = s.chunks_exact(8);
+    for (a, b) in (&mut mc).zip(&mut sc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for (a, b) in mc.remainder().iter().zip(sc.remainder()) {
+        total += a * b;
+    }
+    total
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dispatch(
+    kernel: Kernel,
+    w: &QMatrix,
+    r0: usize,
+    rows: usize,
+    x: &QActivations,
+    t0: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! tiles {
+            ($f:ident) => {
+                match (rows, cols, w.packing) {
+                    (4, 4, Packing::Nibbles) => x86::$f::<4, 4, true>(w, r0, x, t0, out, ldo),
+                    (4, 3, Packing::Nibbles) => x86::$f::<4, 3, true>(w, r0, x, t0, out, ldo),
+                    (4, 2, Packing::Nibbles) => x86::$f::<4, 2, true>(w, r0, x, t0, out, ldo),
+                    (4, 1, Packing::Nibbles) => x86::$f::<4, 1, true>(w, r0, x, t0, out, ldo),
+                    (4, 4, Packing::Bytes) => x86::$f::<4, 4, false>(w, r0, x, t0, out, ldo),
+                    (4, 3, Packing::Bytes) => x86::$f::<4, 3, false>(w, r0, x, t0, out, ldo),
+                    (4, 2, Packing::Bytes) => x86::$f::<4, 2, false>(w, r0, x, t0, out, ldo),
+                    (4, 1, Packing::Bytes) => x86::$f::<4, 1, false>(w, r0, x, t0, out, ldo),
+                    (_, _, Packing::Nibbles) => {
+                        for r in r0..r0 + rows {
+                            for t in t0..t0 + cols {
+                                x86::$f::<1, 1, true>(w, r, x, t, out, ldo)
+                            }
+                        }
+                    }
+                    (_, _, Packing::Bytes) => {
+                        for r in r0..r0 + rows {
+                            for t in t0..t0 + cols {
+                                x86::$f::<1, 1, false>(w, r, x, t, out, ldo)
+                            }
+                        }
+                    }
+                }
+            };
+        }
+        match kernel {
+            Kernel::Vnni => return tiles!(tile_vnni),
+            Kernel::Avx2 => return tiles!(tile_avx2),
+            Kernel::Scalar => {}
+        }
+    }
+    tile_scalar(w, r0, rows, x, t0, cols, out, ldo);
+}
+
+/// Portable tile: the definition the SIMD kernels are tested against.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_scalar(
+    w: &QMatrix,
+    r0: usize,
+    rows: usize,
+    x: &QActivations,
+    t0: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let nb = w.blocks_per_row();
+    for r in r0..r0 + rows {
+        for t in t0..t0 + cols {
+            let mut total = 0f32;
+            for b in 0..nb {
+                let wb = r * nb + b;
+                let xb = t * nb + b;
+                let mut isum = 0i32;
+                for j in 0..BLOCK {
+                    let q = match w.packing {
+                        Packing::Nibbles => {
+                            let byte = w.qs[wb * 16 + (j % 16)];
+                            if j < 16 {
+                                byte & 0x0F
+                            } else {
+                                byte >> 4
+                            }
+                        }
+                        Packing::Bytes => w.qs[wb * BLOCK + j],
+                    };
+                    isum += i32::from(q) * i32::from(x.qs[xb * BLOCK + j]);
+                }
+                total += w.d[wb] * x.d[xb] * isum as f32 + w.m[wb] * x.s[xb];
+            }
+            *out.add(t * ldo + r) = total;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(hi, lo);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// 32 unsigned `q` values of block `block`, in value order.
+    #[inline(always)]
+    unsafe fn load_q<const NIBBLES: bool>(w: &QMatrix, block: usize) -> __m256i {
+        if NIBBLES {
+            let bytes = _mm_loadu_si128(w.qs.as_ptr().add(block * 16) as *const __m128i);
+            let mask = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(bytes, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+            _mm256_set_m128i(hi, lo)
+        } else {
+            _mm256_loadu_si256(w.qs.as_ptr().add(block * 32) as *const __m256i)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish<const R: usize, const C: usize>(
+        acc: &[[__m256; C]; R],
+        w: &QMatrix,
+        r0: usize,
+        x: &QActivations,
+        t0: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let nb = w.blocks_per_row();
+        for i in 0..R {
+            let m = &w.m[(r0 + i) * nb..(r0 + i + 1) * nb];
+            for j in 0..C {
+                let s = &x.s[(t0 + j) * nb..(t0 + j + 1) * nb];
+                *out.add((t0 + j) * ldo + r0 + i) = hsum(acc[i][j]) + offset_dot(m, s);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bool>(
+        w: &QMatrix,
+        r0: usize,
+        x: &QActivations,
+        t0: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let nb = w.blocks_per_row();
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut wq = [_mm256_setzero_si256(); R];
+            let mut wd = [_mm256_setzero_ps(); R];
+            for i in 0..R {
+                let block = (r0 + i) * nb + b;
+                wq[i] = load_q::<NIBBLES>(w, block);
+                wd[i] = _mm256_set1_ps(*w.d.get_unchecked(block));
+            }
+            for j in 0..C {
+                let xb = (t0 + j) * nb + b;
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(xb * 32) as *const __m256i);
+                let xd = _mm256_set1_ps(*x.d.get_unchecked(xb));
+                for i in 0..R {
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq[i], xq);
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), _mm256_cvtepi32_ps(dot), acc[i][j]);
+                }
+            }
+        }
+        finish::<R, C>(&acc, w, r0, x, t0, out, ldo);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_avx2<const R: usize, const C: usize, const NIBBLES: bool>(
+        w: &QMatrix,
+        r0: usize,
+        x: &QActivations,
+        t0: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let nb = w.blocks_per_row();
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut wq = [_mm256_setzero_si256(); R];
+            let mut wd = [_mm256_setzero_ps(); R];
+            for i in 0..R {
+                let block = (r0 + i) * nb + b;
+                wq[i] = load_q::<NIBBLES>(w, block);
+                wd[i] = _mm256_set1_ps(*w.d.get_unchecked(block));
+            }
+            for j in 0..C {
+                let xb = (t0 + j) * nb + b;
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(xb * 32) as *const __m256i);
+                let xd = _mm256_set1_ps(*x.d.get_unchecked(xb));
+                for i in 0..R {
+                    let dot = if NIBBLES {
+                        // q < 16 and |qa| <= 127: pair sums fit in i16.
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(wq[i], xq), ones)
+                    } else {
+                        // q up to 255: a pair sum can overflow i16 with maddubs's
+                        // saturation, so widen to i16 first.
+                        let wlo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(wq[i]));
+                        let whi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(wq[i], 1));
+                        let xlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(xq));
+                        let xhi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(xq, 1));
+                        _mm256_add_epi32(_mm256_madd_epi16(wlo, xlo), _mm256_madd_epi16(whi, xhi))
+                    };
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), _mm256_cvtepi32_ps(dot), acc[i][j]);
+                }
+            }
+        }
+        finish::<R, C>(&acc, w, r0, x, t0, out, ldo);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn q4_1_bytes(rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            data.extend_from_slice(&f16::from_f32(0.01 + lcg(seed).abs() * 0.05).to_le_bytes());
+            data.extend_from_slice(&f16::from_f32(lcg(seed) * 0.3).to_le_bytes());
+            for _ in 0..16 {
+                data.push((lcg(seed).abs() * 255.0) as u8);
+            }
+        }
+        data
+    }
+
+    fn q8_0_bytes(rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            data.extend_from_slice(&f16::from_f32(0.001 + lcg(seed).abs() * 0.01).to_le_bytes());
+            for _ in 0..32 {
+                data.push(((lcg(seed) * 127.0) as i8) as u8);
+            }
+        }
+        data
+    }
+
+    /// f64 reference of `W x` with dequantized weights and dequantized activations.
+    fn reference(w: &QMatrix, x: &QActivations) -> Vec<f64> {
+        let mut out = vec![0f64; x.rows * w.rows];
+        let mut row = vec![0f32; w.cols];
+        for r in 0..w.rows {
+            w.dequantize_row(r, &mut row);
+            for t in 0..x.rows {
+                let mut total = 0f64;
+                for k in 0..w.cols {
+                    let xv = f64::from(x.d[(t * w.cols + k) / BLOCK]) * f64::from(x.qs[t * w.cols + k]);
+                    total += f64::from(row[k]) * xv;
+                }
+                out[t * w.rows + r] = total;
+            }
+        }
+        out
+    }
+
+    fn check(w: &QMatrix, tokens: usize, seed: &mut u64) {
+        let xs: Vec<f32> = (0..tokens * w.cols).map(|_| lcg(seed)).collect();
+        let mut x = QActivations::default();
+        x.quantize_from(&xs, tokens, w.cols);
+        let want = reference(w, &x);
+        for kernel in Kernel::available() {
+            let mut out = vec![f32::NAN; tokens * w.rows];
+            w.matmul(&x, &mut out, kernel);
+            for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+                let err = (f64::from(*got) - want).abs();
+                assert!(
+                    err <= 1e-3 * (1.0 + want.abs()),
+                    "{} at {i} ({tokens} tokens, {:?}): {got} vs {want}",
+                    kernel.name(),
+                    w.packing
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q4_1_kernels_match_the_dequantized_product() {
+        let mut seed = 7;
+        for (rows, cols) in [(4, 32), (7, 64), (96, 576), (37, 1536)] {
+            let data = q4_1_bytes(rows, cols, &mut seed);
+            let w = QMatrix::from_ggml(GgmlBlockType::Q4_1, rows, cols, &data).unwrap();
+            for tokens in [1, 2, 3, 4, 5, 9, 17] {
+                check(&w, tokens, &mut seed);
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_and_q4_0_kernels_match_the_dequantized_product() {
+        let mut seed = 11;
+        for (rows, cols) in [(5, 32), (64, 576)] {
+            let w = QMatrix::from_ggml(GgmlBlockType::Q8_0, rows, cols, &q8_0_bytes(rows, cols, &mut seed)).unwrap();
+            for tokens in [1, 4, 6] {
+                check(&w, tokens, &mut seed);
+            }
+            // Q4_0 blocks: the Q4_1 layout without the min.
+            let mut q40 = Vec::new();
+            for block in q4_1_bytes(rows, cols, &mut seed).chunks(20) {
+                q40.extend_from_slice(&block[..2]);
+                q40.extend_from_slice(&block[4..]);
+            }
+            let w = QMatrix::from_ggml(GgmlBlockType::Q4_0, rows, cols, &q40).unwrap();
+            for tokens in [1, 5] {
+                check(&w, tokens, &mut seed);
+            }
+        }
+    }
+
+    #[test]
+    fn ggml_layouts_dequantize_as_documented() {
+        // Q4_1: d = 0.5, m = -1, byte j = (j + 16's nibble << 4) | j's nibble.
+        let mut block = Vec::new();
+        block.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        block.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        for j in 0..16u8 {
+            block.push((15 - j) << 4 | j);
+        }
+        let w = QMatrix::from_ggml(GgmlBlockType::Q4_1, 1, 32, &block).unwrap();
+        let mut row = vec![0f32; 32];
+        w.dequantize_row(0, &mut row);
+        assert_eq!(row[0], -1.0);
+        assert_eq!(row[3], 0.5);
+        assert_eq!(row[16], 0.5 * 15.0 - 1.0);
+        assert_eq!(row[31], -1.0);
+        // Q8_0: d = 0.25, values -128..
+        let mut block = Vec::new();
+        block.extend_from_slice(&f16::from_f32(0.25).to_le_bytes());
+        for j in 0..32i8 {
+            block.push((j - 16) as u8);
+        }
+        let w = QMatrix::from_ggml(GgmlBlockType::Q8_0, 1, 32, &block).unwrap();
+        w.dequantize_row(0, &mut row);
+        assert_eq!(row[0], -4.0);
+        assert_eq!(row[31], 15.0 * 0.25);
+    }
+
+    #[test]
+    fn quantize_q8_round_trips_within_half_a_step() {
+        let mut seed = 3;
+        let values: Vec<f32> = (0..64 * 3).map(|_| lcg(&mut seed)).collect();
+        let w = QMatrix::quantize_q8(3, 64, &values).unwrap();
+        let mut row = vec![0f32; 64];
+        for r in 0..3 {
+            w.dequantize_row(r, &mut row);
+            for k in 0..64 {
+                let step = w.d[(r * 64 + k) / BLOCK];
+                assert!((row[k] - values[r * 64 + k]).abs() <= step * 0.5 + 1e-6);
+            }
+        }
+    }
+}
