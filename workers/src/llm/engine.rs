@@ -33,7 +33,7 @@ use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
 use crate::llm::kv_cache::{BlockAllocator, BLOCK_TOKENS};
 use crate::llm::metrics;
-use crate::llm::model::{LlamaModel, Logits, SeqChunk};
+use crate::llm::model::{Logits, ModelRunner, SeqChunk};
 use crate::llm::ops::log_softmax;
 use crate::llm::sampler::{top_logprobs, Sampler, SamplerScratch};
 use crate::llm::tokenizer::{DecodeStream, GgufTokenizer};
@@ -100,9 +100,8 @@ impl LlmSequence {
 
 /// The real model engine of one replica.
 pub struct LlmEngine {
-    model: LlamaModel,
+    model: Box<dyn ModelRunner>,
     tokenizer: Arc<GgufTokenizer>,
-    pool: Arc<rayon::ThreadPool>,
     limits: SchedulerLimits,
     alloc: BlockAllocator,
     watermark: usize,
@@ -139,20 +138,13 @@ fn failed(id: &JobId, code: &str, message: String) -> SequenceOutput {
 }
 
 impl LlmEngine {
-    pub fn new(
-        model: LlamaModel,
-        tokenizer: Arc<GgufTokenizer>,
-        pool: Arc<rayon::ThreadPool>,
-        limits: SchedulerLimits,
-        replica: String,
-    ) -> Self {
-        let kv_blocks = model.cache.blocks;
-        let context_length = limits.context_length.min(kv_blocks * BLOCK_TOKENS).min(model.weights.config.context_length);
+    pub fn new(model: Box<dyn ModelRunner>, tokenizer: Arc<GgufTokenizer>, limits: SchedulerLimits, replica: String) -> Self {
+        let kv_blocks = model.kv_blocks();
+        let context_length = limits.context_length.min(kv_blocks * BLOCK_TOKENS).min(model.config().context_length);
         let limits = SchedulerLimits { context_length, kv_blocks, ..limits };
         Self {
             model,
             tokenizer,
-            pool,
             alloc: BlockAllocator::new(kv_blocks),
             watermark: kv_blocks / 100,
             limits,
@@ -170,8 +162,9 @@ impl LlmEngine {
         &self.limits
     }
 
-    pub fn model(&self) -> &LlamaModel {
-        &self.model
+    /// Where the model runs.
+    pub fn device(&self) -> String {
+        self.model.device()
     }
 
     fn remove(&mut self, id: &str) -> bool {
@@ -346,11 +339,10 @@ impl LlmEngine {
             })
             .collect();
         let forward_started = Instant::now();
-        let model = &mut self.model;
-        let logits = self.pool.install(|| model.forward(&chunks).map(<[f32]>::to_vec))?;
+        let logits = self.model.forward(&chunks)?.to_vec();
         let forward_time = forward_started.elapsed();
         drop(chunks);
-        let vocab = self.model.weights.config.vocab;
+        let vocab = self.model.config().vocab;
 
         // Outputs, sequence by sequence.
         let mut offset = 0;
@@ -466,7 +458,7 @@ impl Engine for LlmEngine {
     fn add(&mut self, seq: Sequence) {
         self.remove(&seq.id);
         let limit = self.limits.context_length;
-        let vocab = self.model.weights.config.vocab;
+        let vocab = self.model.config().vocab;
         if let Some(&bad) = seq.prompt_tokens.iter().chain(&seq.resume_tokens).find(|&&t| t as usize >= vocab) {
             self.ready.push(failed(&seq.id, "invalid_prompt", format!("token id {bad} is outside the vocabulary (0..{vocab})")));
             return;

@@ -30,7 +30,7 @@ use crate::error::EngineError;
 use crate::llm::engine::{LlmEngine, SchedulerLimits};
 use crate::llm::gguf::{GgufFile, LlamaConfig};
 use crate::llm::kv_cache::{BlockAllocator, KvCache, BLOCK_TOKENS};
-use crate::llm::model::{LlamaModel, LlamaWeights, Logits, SeqChunk};
+use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, SeqChunk};
 use crate::llm::quant::Kernel;
 use crate::llm::tokenizer::GgufTokenizer;
 use crate::tokenizer::Tokenizer;
@@ -249,7 +249,8 @@ impl LlmEngineFactory {
         }
         report.stages.push(("warm_up".to_string(), started.elapsed()));
 
-        let engine = LlmEngine::new(model, self.tokenizer.clone(), self.pool.clone(), self.limits(), replica.replica_id.clone());
+        let runner = CpuRunner { model, pool: self.pool.clone() };
+        let engine = LlmEngine::new(Box::new(runner), self.tokenizer.clone(), self.limits(), replica.replica_id.clone());
         self.last_cold_start_ms.store(report.total().as_millis() as u64, Ordering::Relaxed);
         Ok((engine, report))
     }

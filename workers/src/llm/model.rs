@@ -207,6 +207,42 @@ fn resize(buf: &mut Vec<f32>, len: usize) {
     }
 }
 
+/// What the scheduler needs of a model on any device: one forward pass over a batch of
+/// chunks (see [`SeqChunk`]), returning `vocab` logits per requested position.
+pub trait ModelRunner: Send {
+    fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<&[f32], EngineError>;
+    fn config(&self) -> &LlamaConfig;
+    /// KV cache blocks this runner holds (of [`BLOCK_TOKENS`] tokens).
+    fn kv_blocks(&self) -> usize;
+    /// Where it runs, for logs and status (`cpu (avx512-vnni, 2 threads)`, `cuda:0 (NVIDIA H100)`).
+    fn device(&self) -> String;
+}
+
+/// The CPU runner: the model plus the thread pool its kernels run on.
+pub struct CpuRunner {
+    pub model: LlamaModel,
+    pub pool: Arc<rayon::ThreadPool>,
+}
+
+impl ModelRunner for CpuRunner {
+    fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<&[f32], EngineError> {
+        let model = &mut self.model;
+        self.pool.install(|| model.forward(chunks))
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        &self.model.weights.config
+    }
+
+    fn kv_blocks(&self) -> usize {
+        self.model.cache.blocks
+    }
+
+    fn device(&self) -> String {
+        format!("cpu ({}, {} threads)", self.model.weights.kernel.name(), self.pool.current_num_threads())
+    }
+}
+
 /// A replica's model: shared weights plus its own cache and scratch space.
 #[derive(Debug)]
 pub struct LlamaModel {
