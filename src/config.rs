@@ -13,6 +13,12 @@
 //! lease_ttl = "30s"
 //! drain_grace = "5m"
 //!
+//! [deployments.smollm]           # the real model (a local GGUF file)
+//! engine = "llm"
+//! [deployments.smollm.llm]
+//! model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+//! threads = 2
+//!
 //! [deployments.chat]             # the same body as `PUT /admin/v1/deployments/chat`
 //! engine = "sim"
 //! max_tokens_default = 256
@@ -39,6 +45,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use swell_actors::autoscaler::AutoscalingPolicy;
 use swell_actors::quota::TenantLimits;
+use swell_workers::llm::LlmConfig;
 use swell_workers::sim::SimConfig;
 
 use crate::engines;
@@ -151,11 +158,14 @@ impl Default for QueueConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
-    /// Which engine serves it: `sim` (see [`crate::engines::KNOWN_ENGINES`]).
+    /// Which engine serves it: `llm` or `sim` (see [`crate::engines::KNOWN_ENGINES`]).
     pub engine: String,
     /// The `sim` engine's settings (a built-in profile and overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimConfig>,
+    /// The `llm` engine's settings (a GGUF model file and scheduler limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmConfig>,
     #[serde(default)]
     pub autoscaling: AutoscalingPolicy,
     /// `max_tokens` of a request that does not say (capped by what the context leaves).
@@ -180,11 +190,17 @@ impl DeploymentConfig {
         Self::sim(SimConfig { profile: profile.to_string(), ..SimConfig::default() })
     }
 
+    /// An `llm` deployment with default settings otherwise.
+    pub fn llm(llm: LlmConfig) -> Self {
+        Self { engine: "llm".into(), sim: None, llm: Some(llm), ..Self::sim(SimConfig::default()) }
+    }
+
     /// A `sim` deployment with default settings.
     pub fn sim(sim: SimConfig) -> Self {
         Self {
             engine: "sim".into(),
             sim: Some(sim),
+            llm: None,
             autoscaling: AutoscalingPolicy::default(),
             max_tokens_default: DEFAULT_MAX_TOKENS,
             max_tokens_limit: None,
@@ -207,6 +223,21 @@ impl DeploymentConfig {
         }
         if self.engine != "sim" && self.sim.is_some() {
             errors.push(format!("{} is set but engine is `{}`", key("sim"), self.engine));
+        }
+        if self.engine != "llm" && self.llm.is_some() {
+            errors.push(format!("{} is set but engine is `{}`", key("llm"), self.engine));
+        }
+        if self.engine == "llm" {
+            match &self.llm {
+                None => errors.push(format!("{} is required with engine `llm` (at least `model_path`)", key("llm"))),
+                Some(llm) => {
+                    if let Err(error) = llm.validate() {
+                        let message = error.to_string();
+                        let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
+                        errors.push(if prefix.is_empty() { message.to_string() } else { format!("{prefix}.{message}") });
+                    }
+                }
+            }
         }
         if self.engine == "sim" {
             if let Err(error) = self.sim.clone().unwrap_or_default().resolve() {
@@ -242,7 +273,9 @@ impl DeploymentConfig {
     /// Whether `other` differs in what a running deployment cannot change in place (its
     /// engine and the engine's settings).
     pub fn engine_differs(&self, other: &DeploymentConfig) -> bool {
-        self.engine != other.engine || self.sim.clone().unwrap_or_default() != other.sim.clone().unwrap_or_default()
+        self.engine != other.engine
+            || self.sim.clone().unwrap_or_default() != other.sim.clone().unwrap_or_default()
+            || self.llm != other.llm
     }
 }
 
@@ -499,7 +532,7 @@ mod tests {
         let error = invalid("[deployments.chat]\nengine = \"sim\"\n[deployments.chat.autoscaling]\nmin_replicas = 3\nmax_replicas = 1\n");
         assert!(error.contains("deployments.chat.autoscaling.max_replicas"), "{error}");
         let error = invalid("[deployments.chat]\nengine = \"vllm\"\n");
-        assert!(error.contains("deployments.chat.engine: unknown engine `vllm`; known engines: sim"), "{error}");
+        assert!(error.contains("deployments.chat.engine: unknown engine `vllm`; known engines: llm, sim"), "{error}");
         let error = invalid("[deployments.chat]\nengine = \"sim\"\n[deployments.chat.sim]\nprofile = \"nope\"\n");
         assert!(error.contains("deployments.chat.sim.profile"), "{error}");
         let error = invalid("[deployments.chat]\nengine = \"sim\"\nmax_tokens_default = 0\n");

@@ -1,15 +1,17 @@
 //! Which engine serves a deployment: building a deployment's `EngineFactory` from its
 //! config, and the choice of the default deployment when no config names any.
 //!
-//! Engines known today: `sim` (the calibrated performance model in `swell-workers`).
-//! The real model engine is the job of its own issue; when it lands it adds its name to
-//! [`KNOWN_ENGINES`], its settings block to `DeploymentConfig`, a branch to
-//! [`build_factory`], and makes [`default_deployment`] serve the real model when its
-//! weights are present. Until then the default deployment is the `sim` engine with the
-//! `smollm2-135m-cpu` profile.
+//! Engines: `llm` (the real model engine: a Llama-architecture GGUF on CPU, or CUDA where
+//! a GPU is present) and `sim` (the calibrated performance model in `swell-workers`).
+//! The default deployment serves the reference model, SmolLM2-135M-Instruct (Q4_1), with
+//! the `llm` engine when its file is found (`$SWELL_MODEL_PATH`, else
+//! `models/SmolLM2-135M-Instruct.Q4_1.gguf`, where `scripts/fetch-model` puts it);
+//! without it, it falls back to the `sim` engine's `smollm2-135m-cpu` profile and says so
+//! in the log.
 
 use std::sync::Arc;
 
+use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
 use swell_workers::sim::{SimConfig, SimEngineFactory};
 use swell_workers::EngineFactory;
 
@@ -17,16 +19,31 @@ use crate::api::error::ApiError;
 use crate::config::DeploymentConfig;
 
 /// Engine names a deployment may use.
-pub const KNOWN_ENGINES: &[&str] = &["sim"];
+pub const KNOWN_ENGINES: &[&str] = &["llm", "sim"];
 
 /// The name of the deployment served when the config names none.
 pub const DEFAULT_DEPLOYMENT: &str = "default";
 
-/// The profile of the default deployment's `sim` engine.
+/// The profile of the default deployment's `sim` engine when the model file is absent.
 pub const DEFAULT_SIM_PROFILE: &str = "smollm2-135m-cpu";
 
-/// The deployment served when the config has no `[deployments]` table.
+/// The deployment served when the config has no `[deployments]` table: the real model
+/// when its file is present, else the sim profile of the same model.
 pub fn default_deployment() -> (String, DeploymentConfig) {
+    match find_default_model() {
+        Some(path) => (DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::llm(LlmConfig::new(path))),
+        None => {
+            tracing::warn!(
+                candidates = ?swell_workers::llm::default_model_candidates(),
+                "the default model file is missing (run scripts/fetch-model); serving the `sim` engine's {DEFAULT_SIM_PROFILE} profile instead"
+            );
+            default_sim_deployment()
+        }
+    }
+}
+
+/// The `sim` stand-in for the default deployment.
+pub fn default_sim_deployment() -> (String, DeploymentConfig) {
     let sim = SimConfig { profile: DEFAULT_SIM_PROFILE.to_string(), ..SimConfig::default() };
     (DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::sim(sim))
 }
@@ -35,21 +52,42 @@ pub fn default_deployment() -> (String, DeploymentConfig) {
 pub fn describe_choice(config: &DeploymentConfig) -> String {
     match config.engine.as_str() {
         "sim" => format!("engine=sim profile={}", config.sim.clone().unwrap_or_default().profile),
+        "llm" => format!(
+            "engine=llm model={}",
+            config.llm.as_ref().map(|l| l.model_path.display().to_string()).unwrap_or_default()
+        ),
         other => format!("engine={other}"),
     }
 }
 
+fn invalid_config(error: swell_workers::EngineError) -> ApiError {
+    let message = error.to_string();
+    let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message).to_string();
+    let param = message.split(':').next().map(str::to_string);
+    ApiError::InvalidConfig { message, param }
+}
+
 /// Builds the engine factory of a deployment (validated config assumed; errors are
-/// still reported, never panics).
+/// still reported, never panics). For `llm` this opens the model file and builds its
+/// tokenizer; the weights are read on the first replica's cold start.
 pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>, ApiError> {
     match config.engine.as_str() {
         "sim" => {
             let sim = config.sim.clone().unwrap_or_default();
-            let factory = SimEngineFactory::from_config(&sim).map_err(|error| {
-                let message = error.to_string();
-                let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message).to_string();
-                let param = message.split(':').next().map(str::to_string);
-                ApiError::InvalidConfig { message, param }
+            let factory = SimEngineFactory::from_config(&sim).map_err(invalid_config)?;
+            Ok(Arc::new(factory))
+        }
+        "llm" => {
+            let llm = config.llm.clone().ok_or_else(|| ApiError::InvalidConfig {
+                message: "llm is required with engine `llm` (at least `model_path`)".to_string(),
+                param: Some("llm".to_string()),
+            })?;
+            let factory = LlmEngineFactory::new(llm).map_err(|error| match error {
+                swell_workers::EngineError::Load(message) => ApiError::InvalidConfig {
+                    message: format!("llm.model_path: {message}"),
+                    param: Some("llm.model_path".to_string()),
+                },
+                other => invalid_config(other),
             })?;
             Ok(Arc::new(factory))
         }
@@ -65,8 +103,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_deployment_is_the_small_sim_profile() {
+    fn the_default_deployment_is_the_real_model_when_present() {
         let (name, config) = default_deployment();
+        assert_eq!(name, "default");
+        assert!(config.validate("deployments.default").is_empty());
+        match find_default_model() {
+            Some(path) => {
+                assert_eq!(config.engine, "llm");
+                assert_eq!(config.llm.as_ref().unwrap().model_path, path);
+                let description = build_factory(&config).unwrap().describe();
+                assert_eq!(description.engine, "llm");
+                assert_eq!(description.context_length, 8192);
+            }
+            None => assert_eq!(config.engine, "sim"),
+        }
+    }
+
+    #[test]
+    fn the_sim_stand_in_is_the_small_sim_profile() {
+        let (name, config) = default_sim_deployment();
         assert_eq!(name, "default");
         assert!(config.validate("deployments.default").is_empty());
         let factory = build_factory(&config).unwrap();
@@ -78,20 +133,41 @@ mod tests {
 
     #[test]
     fn unknown_engines_list_the_known_ones() {
-        let mut config = default_deployment().1;
+        let mut config = default_sim_deployment().1;
         config.engine = "vllm".into();
         config.sim = None;
         let error = build_factory(&config).err().unwrap();
         assert_eq!(error.code(), "unknown_engine");
-        assert!(error.to_string().contains("known engines: sim"), "{error}");
+        assert!(error.to_string().contains("known engines: llm, sim"), "{error}");
     }
 
     #[test]
     fn bad_sim_settings_name_the_key() {
-        let mut config = default_deployment().1;
+        let mut config = default_sim_deployment().1;
         config.sim = Some(SimConfig { max_batch_size: Some(0), ..SimConfig::default() });
         let error = build_factory(&config).err().unwrap();
         assert_eq!(error.code(), "invalid_config");
         assert_eq!(error.param(), Some("sim.max_batch_size"));
+    }
+
+    #[test]
+    fn a_missing_model_file_is_a_config_error_naming_the_path_key() {
+        let config = DeploymentConfig::llm(LlmConfig::new("/nonexistent/model.gguf"));
+        assert!(config.validate("deployments.x").is_empty(), "the file is checked when the deployment is built");
+        let error = build_factory(&config).err().unwrap();
+        assert_eq!(error.code(), "invalid_config");
+        assert_eq!(error.param(), Some("llm.model_path"));
+        assert!(error.to_string().contains("/nonexistent/model.gguf"), "{error}");
+    }
+
+    #[test]
+    fn llm_settings_are_checked_with_their_keys() {
+        let mut llm = LlmConfig::new("m.gguf");
+        llm.max_batch_size = 0;
+        let errors = DeploymentConfig::llm(llm).validate("deployments.x");
+        assert_eq!(errors, vec!["deployments.x.llm.max_batch_size: must be at least 1".to_string()]);
+        let mut missing = DeploymentConfig::llm(LlmConfig::new("m.gguf"));
+        missing.llm = None;
+        assert!(missing.validate("deployments.x")[0].contains("deployments.x.llm is required"));
     }
 }

@@ -34,6 +34,12 @@ pub fn install() -> Option<PrometheusHandle> {
                         Matcher::Full(swell_actors::metrics::ENGINE_BATCH_SIZE.into()),
                         swell_actors::metrics::BATCH_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(swell_workers::llm::metrics::STEP_TOKENS.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0],
+                    )
                 });
             let handle = match builder.and_then(PrometheusBuilder::install_recorder) {
                 Ok(handle) => handle,
@@ -43,6 +49,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 }
             };
             swell_actors::metrics::describe();
+            swell_workers::llm::metrics::describe();
             describe();
             // Histograms buffer samples until upkeep drains them.
             let upkeep = handle.clone();

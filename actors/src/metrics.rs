@@ -50,7 +50,7 @@ pub fn describe() {
     describe_counter!(PROMPT_TOKENS_TOTAL, "Prompt tokens of admitted requests");
     describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated");
     describe_histogram!(ENGINE_BATCH_SIZE, "Sequences in one engine step");
-    describe_histogram!(ENGINE_STEP_DURATION, Unit::Seconds, "Wall time of one engine step");
+    describe_histogram!(ENGINE_STEP_DURATION, Unit::Seconds, "Wall time of one engine step, by phase (prefill, decode, mixed)");
     describe_counter!(ENGINE_PREEMPTIONS_TOTAL, "Sequences preempted to free KV cache space");
     describe_gauge!(ENGINE_KV_TOKENS_USED, "KV cache tokens in use, per replica");
 }
@@ -108,9 +108,17 @@ pub fn tokens(deployment: &str, tenant: &str, prompt: u64, generated: u64) {
     counter!(GENERATED_TOKENS_TOTAL, "deployment" => deployment.to_string(), "tenant" => tenant.to_string()).increment(generated);
 }
 
-pub fn engine_step(deployment: &str, batch_size: usize, elapsed: Duration, preempted: usize) {
+/// One engine step; its duration is labelled by phase: `prefill` (prompt tokens only),
+/// `decode` (generated tokens only) or `mixed`.
+pub fn engine_step(deployment: &str, report: &swell_workers::StepReport) {
+    let (batch_size, elapsed, preempted) = (report.batch_size, report.elapsed, report.preempted);
+    let phase = match (report.prefill_tokens > 0, report.decode_tokens > 0) {
+        (true, true) => "mixed",
+        (true, false) => "prefill",
+        _ => "decode",
+    };
     histogram!(ENGINE_BATCH_SIZE, "deployment" => deployment.to_string()).record(batch_size as f64);
-    histogram!(ENGINE_STEP_DURATION, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+    histogram!(ENGINE_STEP_DURATION, "deployment" => deployment.to_string(), "phase" => phase).record(elapsed.as_secs_f64());
     if preempted > 0 {
         counter!(ENGINE_PREEMPTIONS_TOTAL, "deployment" => deployment.to_string()).increment(preempted as u64);
     }

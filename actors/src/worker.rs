@@ -353,7 +353,7 @@ fn run_engine_thread(
             gauges.set_load(load);
             gauges.steps.fetch_add(1, Ordering::Relaxed);
             if report.batch_size > 0 {
-                m::engine_step(&shared.deployment, report.batch_size, report.elapsed, report.preempted);
+                m::engine_step(&shared.deployment, &report);
                 m::engine_kv_tokens(&shared.deployment, &shared.replica_id, load.kv_tokens_used);
             }
             let generated: usize = out

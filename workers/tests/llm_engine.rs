@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use swell_cluster::{FinishReason, OutputEvent, SamplingParams, TokenLogprob, Usage};
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngine, LlmEngineFactory};
-use swell_workers::{ChatMessage, Engine, EngineFactory, ReplicaContext, Sequence, Tokenizer};
+use swell_workers::{ChatMessage, Engine, EngineFactory, ReplicaContext, Sequence};
 
 fn model_path() -> std::path::PathBuf {
     find_default_model().unwrap_or_else(|| {

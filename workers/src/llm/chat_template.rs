@@ -66,7 +66,8 @@ impl ChatTemplate {
             .build()
             .map_err(|e| EngineError::Load(format!("chat template syntax config: {e}")))?;
         environment.set_syntax(syntax);
-        environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        environment
+            .set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         environment.add_function("raise_exception", raise_exception);
         environment
             .add_template_owned(TEMPLATE_NAME, source.clone())
@@ -116,8 +117,10 @@ impl ChatTemplate {
 
 /// The `raise_exception(message)` function of Hugging Face's template environment.
 fn raise_exception(message: String) -> Result<Value, JinjaError> {
-    Err(JinjaError::new(JinjaErrorKind::InvalidOperation, message.clone())
-        .with_source(RaisedException(message)))
+    Err(
+        JinjaError::new(JinjaErrorKind::InvalidOperation, message.clone())
+            .with_source(RaisedException(message)),
+    )
 }
 
 /// Attached to the error of `raise_exception`, so a template rejecting a conversation is
@@ -145,7 +148,10 @@ mod tests {
     use super::*;
 
     fn message(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.to_string(), content: content.to_string() }
+        ChatMessage {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
     }
 
     #[test]
@@ -153,7 +159,10 @@ mod tests {
         let template = ChatTemplate::new(None, "", "<|im_end|>").unwrap();
         assert!(template.is_fallback());
         let text = template
-            .render(&[message("system", "Be brief."), message("user", "Hi")], true)
+            .render(
+                &[message("system", "Be brief."), message("user", "Hi")],
+                true,
+            )
             .unwrap();
         assert_eq!(
             text,
@@ -166,17 +175,22 @@ mod tests {
     fn blocks_are_trimmed_as_hugging_face_does() {
         let source = "{% for message in messages %}\n    {{ message.role }}: {{ message.content }}\n{% endfor %}\n".to_string();
         let template = ChatTemplate::new(Some(source), "", "").unwrap();
-        let text = template.render(&[message("user", "a"), message("assistant", "b")], false).unwrap();
+        let text = template
+            .render(&[message("user", "a"), message("assistant", "b")], false)
+            .unwrap();
         assert_eq!(text, "    user: a\n    assistant: b\n");
     }
 
     #[test]
     fn python_methods_and_special_token_names_work() {
-        let source = "{{ bos_token }}{% for m in messages %}{% if m.content.strip().startswith('x') %}\
+        let source =
+            "{{ bos_token }}{% for m in messages %}{% if m.content.strip().startswith('x') %}\
                       {{ m.content.strip().upper() }}{% endif %}{% endfor %}{{ eos_token }}"
-            .to_string();
+                .to_string();
         let template = ChatTemplate::new(Some(source), "<s>", "</s>").unwrap();
-        let text = template.render(&[message("user", "  xy  "), message("user", "no")], false).unwrap();
+        let text = template
+            .render(&[message("user", "  xy  "), message("user", "no")], false)
+            .unwrap();
         assert_eq!(text, "<s>XY</s>");
     }
 
@@ -186,10 +200,18 @@ mod tests {
                       {{ raise_exception('System role not supported') }}{% endif %}ok"
             .to_string();
         let template = ChatTemplate::new(Some(source), "", "").unwrap();
-        assert_eq!(template.render(&[message("user", "hi")], false).unwrap(), "ok");
-        let error = template.render(&[message("system", "hi")], false).unwrap_err();
+        assert_eq!(
+            template.render(&[message("user", "hi")], false).unwrap(),
+            "ok"
+        );
+        let error = template
+            .render(&[message("system", "hi")], false)
+            .unwrap_err();
         assert_eq!(error.code(), "invalid_prompt");
-        assert!(error.to_string().contains("System role not supported"), "{error}");
+        assert!(
+            error.to_string().contains("System role not supported"),
+            "{error}"
+        );
     }
 
     #[test]
