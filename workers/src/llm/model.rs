@@ -377,6 +377,14 @@ impl LlamaModel {
 
 /// Causal attention of every stacked token over its sequence's cache (grouped-query:
 /// `heads / kv_heads` query heads share a key/value head). Parallel over tokens.
+///
+/// Each token's attention is computed by the same loops in the same order whatever else
+/// is in the batch, and the matrix kernels compute each (row, token) product
+/// independently too, so outputs are **batch-invariant**: a sequence gets bit-identical
+/// logits whether it runs alone, batched with others, prefilled in chunks or recomputed
+/// after a preemption. (Matrix-product attention for long prefill chunks, through
+/// candle, was tried: its summation order depends on the chunk shape, so greedy outputs
+/// changed with chunking and preemption, and it was taken out.)
 fn attention(
     c: &LlamaConfig,
     layer: usize,
