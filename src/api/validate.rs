@@ -79,6 +79,8 @@ impl ValidatedRequest {
 /// The parameters chat and completions requests share.
 struct CommonParams<'a> {
     max_tokens: Option<(i64, &'static str)>,
+    /// `max_tokens: 0` is allowed (completions with `echo`: score the prompt only).
+    allow_zero_max_tokens: bool,
     temperature: Option<f64>,
     top_p: Option<f64>,
     top_k: Option<i64>,
@@ -114,6 +116,7 @@ pub fn validate_chat(
     let common = check_common(
         CommonParams {
             max_tokens,
+            allow_zero_max_tokens: false,
             temperature: request.temperature,
             top_p: request.top_p,
             top_k: request.top_k,
@@ -189,6 +192,7 @@ pub fn validate_completion(
     let common = check_common(
         CommonParams {
             max_tokens: request.max_tokens.map(|value| (value, "max_tokens")),
+            allow_zero_max_tokens: request.echo == Some(true),
             temperature: request.temperature,
             top_p: request.top_p,
             top_k: request.top_k,
@@ -247,8 +251,10 @@ pub fn validate_completion(
 fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<CommonChecked, ApiError> {
     let max_tokens = match common.max_tokens {
         None => None,
+        Some((0, param)) if common.allow_zero_max_tokens => Some((0, param)),
         Some((value, param)) if value < 1 => {
-            return Err(ApiError::invalid_value(param, format!("{param} must be at least 1, got {value}")));
+            let least = if common.allow_zero_max_tokens { 0 } else { 1 };
+            return Err(ApiError::invalid_value(param, format!("{param} must be at least {least}, got {value}")));
         }
         Some((value, param)) if value > limits.max_tokens_limit as i64 => {
             return Err(ApiError::MaxTokensExceedsLimit {
@@ -807,6 +813,12 @@ mod tests {
         assert_eq!(echo.text, "w3 w4");
         assert_eq!(echo.token_texts, ["w3", "w4"]);
 
+        // Scoring: echo + logprobs with no completion at all.
+        let scoring = completion_with(serde_json::json!({"echo": true, "logprobs": 1, "max_tokens": 0, "prompt": [3, 4]})).unwrap();
+        assert_eq!(scoring.prompts[0].max_tokens, 0);
+        assert!(scoring.params.prompt_logprobs);
+        let error = completion_with(serde_json::json!({"max_tokens": 0})).unwrap_err();
+        assert!(error.to_string().contains("max_tokens must be at least 1"), "{error}");
         let plain_echo = completion_with(serde_json::json!({"echo": true})).unwrap();
         assert!(!plain_echo.params.prompt_logprobs);
         assert_eq!(plain_echo.prompts[0].echo.as_ref().unwrap().text, "hello there");
