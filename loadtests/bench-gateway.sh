@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrency=${1:-32}
 requests=${2:-20000}
-cargo build --release --locked --bin swell --bin swell-loadtest
+cargo build --release --locked -p swell --bin swell
+cargo build --release --locked -p swell-loadtest --bin swell-loadtest
 mkdir -p loadtest-results
 RUST_LOG=warn target/release/swell serve --config loadtests/configs/gateway-bench.toml &
 server=$!
