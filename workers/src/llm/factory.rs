@@ -15,7 +15,8 @@
 //! and shared through an `Arc` by every replica alive at the same time, so a second
 //! replica starts in milliseconds; when the last replica is gone the weights are freed
 //! with it (scale to zero frees memory), and the next cold start reads them again from
-//! the page cache.
+//! the page cache. The file is memory-mapped only while it is read: once repacked, the
+//! weights are the only copy in the process.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +130,7 @@ impl LlmConfig {
 /// Builds `llm` engines for one deployment.
 pub struct LlmEngineFactory {
     config: LlmConfig,
-    file: Arc<GgufFile>,
+    file_size: usize,
     model_config: LlamaConfig,
     tokenizer: Arc<GgufTokenizer>,
     weights: Mutex<Weak<LlamaWeights>>,
@@ -166,7 +167,7 @@ impl LlmEngineFactory {
             .min(kv_blocks * BLOCK_TOKENS);
         Ok(Self {
             kernel: Kernel::detect(),
-            file: Arc::new(file),
+            file_size: file.file_size(),
             model_config,
             tokenizer: Arc::new(tokenizer),
             weights: Mutex::new(Weak::new()),
@@ -202,8 +203,11 @@ impl LlmEngineFactory {
             return Ok((weights, false));
         }
         let kernel = self.kernel;
-        let file = &self.file;
-        let weights = Arc::new(self.pool.install(|| LlamaWeights::load(file, kernel))?);
+        // The map lives only while the weights are repacked: afterwards the file's pages
+        // are not part of the process's memory.
+        let file = GgufFile::open(&self.config.model_path)?;
+        let weights = Arc::new(self.pool.install(|| LlamaWeights::load(&file, kernel))?);
+        drop(file);
         *slot = Arc::downgrade(&weights);
         Ok((weights, true))
     }
@@ -260,7 +264,7 @@ impl EngineFactory for LlmEngineFactory {
     fn describe(&self) -> EngineDescription {
         let measured = self.last_cold_start_ms.load(Ordering::Relaxed);
         // Before any replica started: about 2 s per GB of file on one core, at least 1 s.
-        let estimate = Duration::from_millis(((self.file.file_size() as u64) >> 19).max(1000));
+        let estimate = Duration::from_millis(((self.file_size as u64) >> 19).max(1000));
         EngineDescription {
             engine: "llm".to_string(),
             model: self.config.model_name.clone().unwrap_or_else(|| self.model_config.name.clone()),
