@@ -67,10 +67,11 @@ pub struct QMatrix {
     pub packing: Packing,
     /// `rows * cols / 32` blocks of packed `q`.
     pub qs: Vec<u8>,
-    /// Scale per block.
-    pub d: Vec<f32>,
-    /// Offset per block.
-    pub m: Vec<f32>,
+    /// Scale per block (f16, as in the file: half the memory traffic of f32 at batch 1,
+    /// where the product is bound by memory bandwidth).
+    pub d: Vec<f16>,
+    /// Offset per block (f16).
+    pub m: Vec<f16>,
 }
 
 /// The ggml block types this module reads.
@@ -92,8 +93,8 @@ impl GgmlBlockType {
     }
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+fn f16_at(bytes: &[u8], at: usize) -> f16 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
 impl QMatrix {
@@ -113,8 +114,8 @@ impl QMatrix {
         };
         let per = packing.bytes_per_block();
         let mut qs = vec![0u8; blocks * per];
-        let mut d = vec![0f32; blocks];
-        let mut m = vec![0f32; blocks];
+        let mut d = vec![f16::ZERO; blocks];
+        let mut m = vec![f16::ZERO; blocks];
         let bb = kind.block_bytes();
         qs.par_chunks_mut(per * 1024)
             .zip(d.par_chunks_mut(1024))
@@ -127,7 +128,8 @@ impl QMatrix {
                     match kind {
                         GgmlBlockType::Q4_0 => {
                             *d = f16_at(src, 0);
-                            *m = -8.0 * *d;
+                            // Exact: a power-of-two multiple of an f16.
+                            *m = f16::from_f32(-8.0 * d.to_f32());
                             q.copy_from_slice(&src[2..18]);
                         }
                         GgmlBlockType::Q4_1 => {
@@ -137,7 +139,7 @@ impl QMatrix {
                         }
                         GgmlBlockType::Q8_0 => {
                             *d = f16_at(src, 0);
-                            *m = -128.0 * *d;
+                            *m = f16::from_f32(-128.0 * d.to_f32());
                             for (out, &v) in q.iter_mut().zip(&src[2..34]) {
                                 *out = (v as i8 as i16 + 128) as u8;
                             }
@@ -156,18 +158,19 @@ impl QMatrix {
         }
         let blocks = rows * cols / BLOCK;
         let mut qs = vec![0u8; blocks * BLOCK];
-        let mut d = vec![0f32; blocks];
-        let mut m = vec![0f32; blocks];
+        let mut d = vec![f16::ZERO; blocks];
+        let mut m = vec![f16::ZERO; blocks];
         for b in 0..blocks {
             let src = &values[b * BLOCK..(b + 1) * BLOCK];
             let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            // The stored (f16) scale is the one the values are rounded with.
+            let scale = f16::from_f32(amax / 127.0);
+            let inv = if scale.to_f32() > 0.0 { 1.0 / scale.to_f32() } else { 0.0 };
             for (out, v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(src) {
                 *out = ((v * inv).round().clamp(-127.0, 127.0) as i16 + 128) as u8;
             }
             d[b] = scale;
-            m[b] = -128.0 * scale;
+            m[b] = f16::from_f32(-128.0 * scale.to_f32());
         }
         Ok(Self { rows, cols, packing: Packing::Bytes, qs, d, m })
     }
@@ -178,7 +181,7 @@ impl QMatrix {
 
     /// Bytes held (for memory reports).
     pub fn size_bytes(&self) -> usize {
-        self.qs.len() + 4 * (self.d.len() + self.m.len())
+        self.qs.len() + 2 * (self.d.len() + self.m.len())
     }
 
     /// The unsigned `q` of value `k` of `row`.
@@ -204,7 +207,7 @@ impl QMatrix {
         let nb = self.blocks_per_row();
         for (k, out) in out.iter_mut().enumerate().take(self.cols) {
             let block = row * nb + k / BLOCK;
-            *out = self.d[block] * f32::from(self.q_at(row, k)) + self.m[block];
+            *out = self.d[block].to_f32() * f32::from(self.q_at(row, k)) + self.m[block].to_f32();
         }
     }
 
@@ -258,20 +261,36 @@ impl QMatrix {
 
     /// Rows `r0..r1` of the product, token tiles inside.
     unsafe fn matmul_rows(&self, x: &QActivations, r0: usize, r1: usize, out: SendPtr, ldo: usize, kernel: Kernel) {
+        use half::slice::HalfFloatSliceExt;
         let tokens = x.rows;
-        // Walk rows in blocks that fit in L1/L2 together with a tile of activations.
+        let nb = self.blocks_per_row();
+        // The row tile's scales and offsets as f32, converted once per tile (F16C).
+        let mut scales = vec![0f32; 2 * TILE_ROWS * nb];
         let mut r = r0;
         while r < r1 {
             let rows = (r1 - r).min(TILE_ROWS);
+            let (wd, wm) = scales.split_at_mut(TILE_ROWS * nb);
+            self.d[r * nb..(r + rows) * nb].convert_to_f32_slice(&mut wd[..rows * nb]);
+            self.m[r * nb..(r + rows) * nb].convert_to_f32_slice(&mut wm[..rows * nb]);
+            let tile = Tile { w: self, r0: r, wd, wm };
             let mut t = 0;
             while t < tokens {
                 let cols = (tokens - t).min(TILE_COLS);
-                dispatch(kernel, self, r, rows, x, t, cols, out.0, ldo);
+                dispatch(kernel, &tile, rows, x, t, cols, out.0, ldo);
                 t += cols;
             }
             r += rows;
         }
     }
+}
+
+/// A tile of up to [`TILE_ROWS`] weight rows from `r0`, with their scales (`wd`) and
+/// offsets (`wm`) as f32, `blocks_per_row` per row.
+struct Tile<'a> {
+    w: &'a QMatrix,
+    r0: usize,
+    wd: &'a [f32],
+    wm: &'a [f32],
 }
 
 #[derive(Clone, Copy)]
@@ -404,43 +423,33 @@ fn offset_dot(m: &[f32], s: &[f32]) -> f32 {
     total
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn dispatch(
-    kernel: Kernel,
-    w: &QMatrix,
-    r0: usize,
-    rows: usize,
-    x: &QActivations,
-    t0: usize,
-    cols: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivations, t0: usize, cols: usize, out: *mut f32, ldo: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! tiles {
             ($f:ident) => {
-                match (rows, cols, w.packing) {
-                    (4, 4, Packing::Nibbles) => x86::$f::<4, 4, true>(w, r0, x, t0, out, ldo),
-                    (4, 3, Packing::Nibbles) => x86::$f::<4, 3, true>(w, r0, x, t0, out, ldo),
-                    (4, 2, Packing::Nibbles) => x86::$f::<4, 2, true>(w, r0, x, t0, out, ldo),
-                    (4, 1, Packing::Nibbles) => x86::$f::<4, 1, true>(w, r0, x, t0, out, ldo),
-                    (4, 4, Packing::Bytes) => x86::$f::<4, 4, false>(w, r0, x, t0, out, ldo),
-                    (4, 3, Packing::Bytes) => x86::$f::<4, 3, false>(w, r0, x, t0, out, ldo),
-                    (4, 2, Packing::Bytes) => x86::$f::<4, 2, false>(w, r0, x, t0, out, ldo),
-                    (4, 1, Packing::Bytes) => x86::$f::<4, 1, false>(w, r0, x, t0, out, ldo),
+                match (rows, cols, tile.w.packing) {
+                    (4, 4, Packing::Nibbles) => x86::$f::<4, 4, true>(tile, 0, x, t0, out, ldo),
+                    (4, 3, Packing::Nibbles) => x86::$f::<4, 3, true>(tile, 0, x, t0, out, ldo),
+                    (4, 2, Packing::Nibbles) => x86::$f::<4, 2, true>(tile, 0, x, t0, out, ldo),
+                    (4, 1, Packing::Nibbles) => x86::$f::<4, 1, true>(tile, 0, x, t0, out, ldo),
+                    (4, 4, Packing::Bytes) => x86::$f::<4, 4, false>(tile, 0, x, t0, out, ldo),
+                    (4, 3, Packing::Bytes) => x86::$f::<4, 3, false>(tile, 0, x, t0, out, ldo),
+                    (4, 2, Packing::Bytes) => x86::$f::<4, 2, false>(tile, 0, x, t0, out, ldo),
+                    (4, 1, Packing::Bytes) => x86::$f::<4, 1, false>(tile, 0, x, t0, out, ldo),
                     (_, _, Packing::Nibbles) => {
-                        for r in r0..r0 + rows {
+                        for i in 0..rows {
                             for t in t0..t0 + cols {
-                                x86::$f::<1, 1, true>(w, r, x, t, out, ldo)
+                                x86::$f::<1, 1, true>(tile, i, x, t, out, ldo)
                             }
                         }
                     }
                     (_, _, Packing::Bytes) => {
-                        for r in r0..r0 + rows {
+                        for i in 0..rows {
                             for t in t0..t0 + cols {
-                                x86::$f::<1, 1, false>(w, r, x, t, out, ldo)
+                                x86::$f::<1, 1, false>(tile, i, x, t, out, ldo)
                             }
                         }
                     }
@@ -453,23 +462,15 @@ unsafe fn dispatch(
             Kernel::Scalar => {}
         }
     }
-    tile_scalar(w, r0, rows, x, t0, cols, out, ldo);
+    tile_scalar(tile, rows, x, t0, cols, out, ldo);
 }
 
 /// Portable tile: the definition the SIMD kernels are tested against.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_scalar(
-    w: &QMatrix,
-    r0: usize,
-    rows: usize,
-    x: &QActivations,
-    t0: usize,
-    cols: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
+unsafe fn tile_scalar(tile: &Tile<'_>, rows: usize, x: &QActivations, t0: usize, cols: usize, out: *mut f32, ldo: usize) {
+    let w = tile.w;
     let nb = w.blocks_per_row();
-    for r in r0..r0 + rows {
+    for i in 0..rows {
+        let r = tile.r0 + i;
         for t in t0..t0 + cols {
             let mut total = 0f32;
             for b in 0..nb {
@@ -490,7 +491,7 @@ unsafe fn tile_scalar(
                     };
                     isum += i32::from(q) * i32::from(x.qs[xb * BLOCK + j]);
                 }
-                total += w.d[wb] * x.d[xb] * isum as f32 + w.m[wb] * x.s[xb];
+                total += tile.wd[i * nb + b] * x.d[xb] * isum as f32 + tile.wm[i * nb + b] * x.s[xb];
             }
             *out.add(t * ldo + r) = total;
         }
@@ -526,44 +527,46 @@ mod x86 {
         }
     }
 
+    /// Rows `i0..i0 + R` of the tile, tokens `t0..t0 + C`: horizontal sums plus the
+    /// offset terms, stored.
     #[inline(always)]
     unsafe fn finish<const R: usize, const C: usize>(
         acc: &[[__m256; C]; R],
-        w: &QMatrix,
-        r0: usize,
+        tile: &Tile<'_>,
+        i0: usize,
         x: &QActivations,
         t0: usize,
         out: *mut f32,
         ldo: usize,
     ) {
-        let nb = w.blocks_per_row();
+        let nb = tile.w.blocks_per_row();
         for i in 0..R {
-            let m = &w.m[(r0 + i) * nb..(r0 + i + 1) * nb];
+            let m = &tile.wm[(i0 + i) * nb..(i0 + i + 1) * nb];
             for j in 0..C {
                 let s = &x.s[(t0 + j) * nb..(t0 + j + 1) * nb];
-                *out.add((t0 + j) * ldo + r0 + i) = hsum(acc[i][j]) + offset_dot(m, s);
+                *out.add((t0 + j) * ldo + tile.r0 + i0 + i) = hsum(acc[i][j]) + offset_dot(m, s);
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bool>(
-        w: &QMatrix,
-        r0: usize,
+        tile: &Tile<'_>,
+        i0: usize,
         x: &QActivations,
         t0: usize,
         out: *mut f32,
         ldo: usize,
     ) {
+        let w = tile.w;
         let nb = w.blocks_per_row();
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         for b in 0..nb {
             let mut wq = [_mm256_setzero_si256(); R];
             let mut wd = [_mm256_setzero_ps(); R];
             for i in 0..R {
-                let block = (r0 + i) * nb + b;
-                wq[i] = load_q::<NIBBLES>(w, block);
-                wd[i] = _mm256_set1_ps(*w.d.get_unchecked(block));
+                wq[i] = load_q::<NIBBLES>(w, (tile.r0 + i0 + i) * nb + b);
+                wd[i] = _mm256_set1_ps(*tile.wd.get_unchecked((i0 + i) * nb + b));
             }
             for j in 0..C {
                 let xb = (t0 + j) * nb + b;
@@ -575,18 +578,19 @@ mod x86 {
                 }
             }
         }
-        finish::<R, C>(&acc, w, r0, x, t0, out, ldo);
+        finish::<R, C>(&acc, tile, i0, x, t0, out, ldo);
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_avx2<const R: usize, const C: usize, const NIBBLES: bool>(
-        w: &QMatrix,
-        r0: usize,
+        tile: &Tile<'_>,
+        i0: usize,
         x: &QActivations,
         t0: usize,
         out: *mut f32,
         ldo: usize,
     ) {
+        let w = tile.w;
         let nb = w.blocks_per_row();
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
@@ -594,9 +598,8 @@ mod x86 {
             let mut wq = [_mm256_setzero_si256(); R];
             let mut wd = [_mm256_setzero_ps(); R];
             for i in 0..R {
-                let block = (r0 + i) * nb + b;
-                wq[i] = load_q::<NIBBLES>(w, block);
-                wd[i] = _mm256_set1_ps(*w.d.get_unchecked(block));
+                wq[i] = load_q::<NIBBLES>(w, (tile.r0 + i0 + i) * nb + b);
+                wd[i] = _mm256_set1_ps(*tile.wd.get_unchecked((i0 + i) * nb + b));
             }
             for j in 0..C {
                 let xb = (t0 + j) * nb + b;
@@ -619,7 +622,7 @@ mod x86 {
                 }
             }
         }
-        finish::<R, C>(&acc, w, r0, x, t0, out, ldo);
+        finish::<R, C>(&acc, tile, i0, x, t0, out, ldo);
     }
 }
 
@@ -763,7 +766,7 @@ mod tests {
         for r in 0..3 {
             w.dequantize_row(r, &mut row);
             for k in 0..64 {
-                let step = w.d[(r * 64 + k) / BLOCK];
+                let step = w.d[(r * 64 + k) / BLOCK].to_f32();
                 assert!((row[k] - values[r * 64 + k]).abs() <= step * 0.5 + 1e-6);
             }
         }
