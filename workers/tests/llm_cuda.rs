@@ -1,0 +1,71 @@
+//! The CUDA runner against the CPU runner on the real model (SmolLM2-135M-Instruct, Q4_1).
+//!
+//! `cuda_runner_matches_the_cpu_runner_and_reports_decode_speed` is a GPU-only check:
+//! on a machine where [`discover`] finds no GPU it prints "no CUDA device: skipped" and
+//! returns, which is the only test here allowed to pass without checking anything (a
+//! machine without a GPU cannot run it; CI machines have none). With a GPU it loads the
+//! model, runs chunked prefills and batched decode steps of a few chat prompts through
+//! both runners with teacher forcing, requires top-1 agreement on at least 95% of the
+//! positions, and prints the max |log-probability difference| and the decode tokens/s at
+//! batch 1 and 16.
+//!
+//! The comparison harness itself is checked everywhere, CPU runner against CPU runner
+//! (which must agree exactly). Needs the model: `scripts/fetch-model` (or
+//! `SWELL_MODEL_PATH`); missing, the tests fail and say so.
+
+use std::sync::Arc;
+
+use swell_workers::llm::cuda::check::{compare, cpu_runner, run_check, CHECK_PROMPTS};
+use swell_workers::llm::cuda::discover;
+use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
+use swell_workers::{ChatMessage, EngineFactory};
+
+fn model_path() -> std::path::PathBuf {
+    find_default_model().unwrap_or_else(|| {
+        panic!("the model is missing: run scripts/fetch-model (or set SWELL_MODEL_PATH)")
+    })
+}
+
+#[test]
+fn cuda_runner_matches_the_cpu_runner_and_reports_decode_speed() {
+    let gpus = discover().unwrap_or_else(|e| panic!("GPU discovery failed: {e}"));
+    if gpus.is_empty() {
+        println!("no CUDA device: skipped");
+        return;
+    }
+    let report = run_check(&model_path(), gpus[0].ordinal)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("a GPU was discovered");
+    println!("{report}");
+    assert!(
+        report.comparison.top1_agreement() >= 0.95,
+        "top-1 agreement {:.2}% < 95%: {}",
+        100.0 * report.comparison.top1_agreement(),
+        report.comparison
+    );
+}
+
+/// The harness on two CPU runners over the same weights: every row identical.
+#[test]
+fn comparison_of_the_cpu_runner_with_itself_is_exact() {
+    let factory = LlmEngineFactory::new(LlmConfig::new(model_path())).expect("load the model");
+    let (weights, _) = factory.weights().expect("weights");
+    let tokenizer = factory.tokenizer();
+    let prompts: Vec<Vec<u32>> = CHECK_PROMPTS[..2]
+        .iter()
+        .map(|p| {
+            let text = tokenizer
+                .apply_chat_template(&[ChatMessage { role: "user".into(), content: (*p).into() }], true)
+                .unwrap();
+            tokenizer.encode(&text, true).unwrap()
+        })
+        .collect();
+    let mut a = cpu_runner(Arc::clone(&weights), 64, 2).unwrap();
+    let mut b = cpu_runner(weights, 64, 2).unwrap();
+    let got = compare(&mut a, &mut b, &prompts, 3).expect("compare");
+    let positions: usize = prompts.iter().map(Vec::len).sum::<usize>() + 2 * 3;
+    assert_eq!(got.sequences, 2);
+    assert_eq!(got.rows, positions, "every prefill position and every decode step");
+    assert_eq!(got.top1_agree, got.rows, "{got}");
+    assert_eq!(got.max_logprob_diff, 0.0, "{got}");
+}
