@@ -15,8 +15,9 @@
 
 use std::sync::Arc;
 
-use swell_workers::llm::cuda::check::{compare, cpu_runner, run_check, CHECK_PROMPTS};
-use swell_workers::llm::cuda::discover;
+use swell_workers::llm::cuda::check::{compare, cpu_runner, run_check, tiny_random_weights, CHECK_PROMPTS};
+use swell_workers::llm::cuda::{discover, CudaRunner};
+use swell_workers::llm::model::{Logits, ModelRunner, SeqChunk};
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
 use swell_workers::{ChatMessage, EngineFactory};
 
@@ -43,6 +44,49 @@ fn cuda_runner_matches_the_cpu_runner_and_reports_decode_speed() {
         100.0 * report.comparison.top1_agreement(),
         report.comparison
     );
+}
+
+/// GPU-only too (skipped without a GPU, like the test above): the runner on a tiny
+/// random model, tied and untied LM head, against the CPU runner, and the same errors
+/// for bad chunks. Quick enough for `scripts/check-cuda-kernels`, which runs it on CPU
+/// stand-ins for libcuda and libcublas (the kernels emulated thread by thread).
+#[test]
+fn cuda_runner_matches_the_cpu_runner_on_a_tiny_random_model() {
+    let gpus = discover().unwrap_or_else(|e| panic!("GPU discovery failed: {e}"));
+    if gpus.is_empty() {
+        println!("no CUDA device: skipped");
+        return;
+    }
+    let prompts: Vec<Vec<u32>> = [21usize, 9, 40]
+        .iter()
+        .enumerate()
+        .map(|(s, &len)| (0..len).map(|i| ((i * 31 + s * 17 + 5) % 96) as u32).collect())
+        .collect();
+    for tied in [true, false] {
+        let weights = Arc::new(tiny_random_weights(tied, 7));
+        let mut cpu = cpu_runner(Arc::clone(&weights), 32, 2).unwrap();
+        let mut gpu = CudaRunner::new(&weights, gpus[0].ordinal, 32).unwrap_or_else(|e| panic!("{e}"));
+        println!("{}", gpu.device());
+        let got = compare(&mut cpu, &mut gpu, &prompts, 6).unwrap_or_else(|e| panic!("{e}"));
+        println!("tiny model (tied lm head: {tied}): {got}");
+        assert_eq!(got.rows, 21 + 9 + 40 + 3 * 6);
+        assert!(got.top1_agreement() >= 0.95, "{got}");
+        // f16 weights and activations against the CPU's 8-bit activations: on this model
+        // the differences at position 0 (no attention to get wrong) are of the same size
+        // as everywhere else, about 0.01 at the top token and up to 0.1.
+        assert!(got.mean_top1_logprob_diff < 0.02 && got.max_top1_logprob_diff < 0.25, "{got}");
+
+        let blocks = [0u32, 1];
+        for bad in [
+            SeqChunk { tokens: &[96], start: 0, blocks: &blocks, logits: Logits::Last },
+            SeqChunk { tokens: &[1], start: 32, blocks: &blocks, logits: Logits::Last },
+            SeqChunk { tokens: &[1], start: 256, blocks: &blocks, logits: Logits::Last },
+        ] {
+            let want = cpu.forward(&[bad]).unwrap_err().to_string();
+            assert_eq!(gpu.forward(&[bad]).unwrap_err().to_string(), want);
+        }
+        assert!(gpu.forward(&[]).unwrap().is_empty());
+    }
 }
 
 /// The harness on two CPU runners over the same weights: every row identical.

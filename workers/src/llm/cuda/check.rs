@@ -14,9 +14,11 @@ use crate::engine::EngineFactory;
 use crate::error::EngineError;
 use crate::llm::cuda::{discover, CudaRunner, GpuInfo};
 use crate::llm::factory::{LlmConfig, LlmEngineFactory};
+use crate::llm::gguf::LlamaConfig;
 use crate::llm::kv_cache::BlockAllocator;
-use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
-use crate::llm::ops::log_softmax;
+use crate::llm::model::{CpuRunner, LayerWeights, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
+use crate::llm::ops::{log_softmax, Rope};
+use crate::llm::quant::{Kernel, QMatrix};
 use crate::tokenizer::ChatMessage;
 
 /// How two runners' next-token distributions compare over every logits row of a run.
@@ -132,11 +134,11 @@ pub fn compare(
     };
 
     // Chunked prefill, every sequence at once.
-    while done.iter().zip(&seqs).any(|(d, s)| d < &s.len()) {
+    while done.iter().zip(prompts).any(|(d, p)| *d < p.len()) {
         let mut wanted = Vec::new();
-        for (i, seq) in seqs.iter().enumerate() {
-            if done[i] < seq.len() {
-                let size = CHUNK_SIZES[(step + i) % CHUNK_SIZES.len()].min(seq.len() - done[i]);
+        for (i, prompt) in prompts.iter().enumerate() {
+            if done[i] < prompt.len() {
+                let size = CHUNK_SIZES[(step + i) % CHUNK_SIZES.len()].min(prompt.len() - done[i]);
                 if !alloc.grow(&mut tables[i], done[i] + size) {
                     return Err(EngineError::Config("kv cache too small for the comparison".to_string()));
                 }
@@ -159,7 +161,7 @@ pub fn compare(
         let mut next = Vec::new();
         for &(i, start, size) in &wanted {
             row += size;
-            if start + size == seqs[i].len() {
+            if start + size == prompts[i].len() {
                 next.push((i, tops[row - 1] as u32));
             }
             done[i] = start + size;
@@ -277,6 +279,70 @@ pub fn cpu_runner(weights: Arc<LlamaWeights>, kv_blocks: usize, threads: usize) 
         .build()
         .map_err(|e| EngineError::Config(format!("thread pool: {e}")))?;
     Ok(CpuRunner { model: LlamaModel::new(weights, kv_blocks), pool: Arc::new(pool) })
+}
+
+/// A deterministic random model small enough for an emulated GPU: 2 layers, hidden 64,
+/// 4 query heads sharing 2 kv heads of 16, ffn 128, vocabulary 96, context 256; weights
+/// in Q8_0. `tied`: the LM head is the embedding (else a separate matrix).
+pub fn tiny_random_weights(tied: bool, seed: u64) -> LlamaWeights {
+    let config = LlamaConfig {
+        architecture: "llama".to_string(),
+        name: "tiny-random".to_string(),
+        layers: 2,
+        hidden: 64,
+        ffn: 128,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        vocab: 96,
+        context_length: 256,
+        rope_theta: 10_000.0,
+        rms_eps: 1e-5,
+        tied_embeddings: tied,
+    };
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        // xorshift64*, mapped to [-1, 1).
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let mut matrix = |rows: usize, cols: usize, scale: f32| {
+        let values: Vec<f32> = (0..rows * cols).map(|_| uniform() * scale).collect();
+        QMatrix::quantize_q8(rows, cols, &values).expect("cols are multiples of 32")
+    };
+    let c = &config;
+    let kv_dim = c.kv_dim();
+    let per_input = |cols: usize| (3.0 / cols as f32).sqrt();
+    let mut layers = Vec::new();
+    for _ in 0..c.layers {
+        layers.push(LayerWeights {
+            attn_norm: Vec::new(),
+            qkv: matrix(c.hidden + 2 * kv_dim, c.hidden, per_input(c.hidden)),
+            attn_out: matrix(c.hidden, c.hidden, per_input(c.hidden)),
+            ffn_norm: Vec::new(),
+            gate_up: matrix(2 * c.ffn, c.hidden, per_input(c.hidden)),
+            down: matrix(c.hidden, c.ffn, per_input(c.ffn)),
+        });
+    }
+    let embedding = matrix(c.vocab, c.hidden, 1.0);
+    let output = (!tied).then(|| matrix(c.vocab, c.hidden, per_input(c.hidden)));
+    let mut norm = |n: usize| (0..n).map(|_| 1.0 + 0.2 * uniform()).collect::<Vec<f32>>();
+    for layer in &mut layers {
+        layer.attn_norm = norm(c.hidden);
+        layer.ffn_norm = norm(c.hidden);
+    }
+    let output_norm = norm(c.hidden);
+    LlamaWeights {
+        rope: Rope::new(c.head_dim, c.context_length, c.rope_theta),
+        kernel: Kernel::detect(),
+        embedding,
+        layers,
+        output_norm,
+        output,
+        config,
+    }
 }
 
 /// Prompts of the check, as chat turns.
