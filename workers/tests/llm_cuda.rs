@@ -10,12 +10,15 @@
 //! batch 1 and 16.
 //!
 //! The comparison harness itself is checked everywhere, CPU runner against CPU runner
-//! (which must agree exactly). Needs the model: `scripts/fetch-model` (or
+//! (which must agree exactly), and so is the exact f32 reference the GPU is also
+//! measured against (against the CPU runner on a tiny random model). Needs the model: `scripts/fetch-model` (or
 //! `SWELL_MODEL_PATH`); missing, the tests fail and say so.
 
 use std::sync::Arc;
 
-use swell_workers::llm::cuda::check::{compare, cpu_runner, run_check, tiny_random_weights, CHECK_PROMPTS};
+use swell_workers::llm::cuda::check::{
+    compare, cpu_runner, run_check, tiny_random_weights, ExactRunner, CHECK_PROMPTS,
+};
 use swell_workers::llm::cuda::{discover, CudaRunner};
 use swell_workers::llm::model::{Logits, ModelRunner, SeqChunk};
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
@@ -38,12 +41,9 @@ fn cuda_runner_matches_the_cpu_runner_and_reports_decode_speed() {
         .unwrap_or_else(|e| panic!("{e}"))
         .expect("a GPU was discovered");
     println!("{report}");
-    assert!(
-        report.comparison.top1_agreement() >= 0.95,
-        "top-1 agreement {:.2}% < 95%: {}",
-        100.0 * report.comparison.top1_agreement(),
-        report.comparison
-    );
+    for (what, got) in [("the CPU runner", &report.comparison), ("the exact f32 reference", &report.gpu_vs_exact)] {
+        assert!(got.top1_agreement() >= 0.95, "against {what}: top-1 agreement under 95%: {got}");
+    }
 }
 
 /// GPU-only too (skipped without a GPU, like the test above): the runner on a tiny
@@ -68,13 +68,19 @@ fn cuda_runner_matches_the_cpu_runner_on_a_tiny_random_model() {
         let mut gpu = CudaRunner::new(&weights, gpus[0].ordinal, 32).unwrap_or_else(|e| panic!("{e}"));
         println!("{}", gpu.device());
         let got = compare(&mut cpu, &mut gpu, &prompts, 6).unwrap_or_else(|e| panic!("{e}"));
-        println!("tiny model (tied lm head: {tied}): {got}");
+        println!("tiny model (tied lm head: {tied}), cuda against cpu: {got}");
         assert_eq!(got.rows, 21 + 9 + 40 + 3 * 6);
         assert!(got.top1_agreement() >= 0.95, "{got}");
         // f16 weights and activations against the CPU's 8-bit activations: on this model
         // the differences at position 0 (no attention to get wrong) are of the same size
         // as everywhere else, about 0.01 at the top token and up to 0.1.
         assert!(got.mean_top1_logprob_diff < 0.02 && got.max_top1_logprob_diff < 0.25, "{got}");
+        // Against plain f32 the f16 runner is much closer.
+        let mut exact = ExactRunner::new(Arc::clone(&weights), 32);
+        let got = compare(&mut exact, &mut gpu, &prompts, 6).unwrap_or_else(|e| panic!("{e}"));
+        println!("tiny model (tied lm head: {tied}), cuda against exact f32: {got}");
+        assert!(got.top1_agreement() >= 0.95, "{got}");
+        assert!(got.mean_top1_logprob_diff < 0.005 && got.max_top1_logprob_diff < 0.05, "{got}");
 
         let blocks = [0u32, 1];
         for bad in [
@@ -87,6 +93,23 @@ fn cuda_runner_matches_the_cpu_runner_on_a_tiny_random_model() {
         }
         assert!(gpu.forward(&[]).unwrap().is_empty());
     }
+}
+
+/// The exact f32 reference (what the GPU is also measured against) agrees with the CPU
+/// runner on a tiny random model, and refuses bad chunks with the CPU runner's errors.
+#[test]
+fn exact_reference_agrees_with_the_cpu_runner_on_a_tiny_random_model() {
+    let prompts: Vec<Vec<u32>> = vec![(0..30).map(|i| (i * 7 % 96) as u32).collect(), vec![3, 1, 4, 1, 5]];
+    let weights = Arc::new(tiny_random_weights(false, 3));
+    let mut cpu = cpu_runner(Arc::clone(&weights), 16, 2).unwrap();
+    let mut exact = ExactRunner::new(weights, 16);
+    let got = compare(&mut exact, &mut cpu, &prompts, 4).expect("compare");
+    println!("tiny model, cpu against exact f32: {got}");
+    assert_eq!(got.rows, 35 + 2 * 4);
+    assert!(got.top1_agreement() >= 0.95 && got.mean_top1_logprob_diff < 0.02, "{got}");
+    let blocks = [0u32];
+    let bad = [SeqChunk { tokens: &[96], start: 0, blocks: &blocks, logits: Logits::Last }];
+    assert_eq!(exact.forward(&bad).unwrap_err().to_string(), cpu.forward(&bad).unwrap_err().to_string());
 }
 
 /// The harness on two CPU runners over the same weights: every row identical.

@@ -1,6 +1,7 @@
 //! The GPU acceptance check, shared by `tests/llm_cuda.rs` and `examples/cuda_check.rs`:
 //! the same teacher-forced batches through the CPU runner and a [`CudaRunner`], compared
-//! row by row, and decode throughput at a few batch sizes.
+//! row by row, both also against [`ExactRunner`] (plain f32, the reference), and decode
+//! throughput at a few batch sizes.
 //!
 //! [`compare`] works on any two [`ModelRunner`]s, so it is exercised on CPU-only machines
 //! too (the CPU runner against itself must agree exactly).
@@ -10,14 +11,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+
 use crate::engine::EngineFactory;
 use crate::error::EngineError;
 use crate::llm::cuda::{discover, CudaRunner, GpuInfo};
 use crate::llm::factory::{LlmConfig, LlmEngineFactory};
 use crate::llm::gguf::LlamaConfig;
-use crate::llm::kv_cache::BlockAllocator;
+use crate::llm::kv_cache::{BlockAllocator, KvCache, BLOCK_TOKENS};
 use crate::llm::model::{CpuRunner, LayerWeights, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
-use crate::llm::ops::{log_softmax, Rope};
+use crate::llm::ops::{axpy, dot, log_softmax, rms_norm, softmax, swiglu, Rope};
 use crate::llm::quant::{Kernel, QMatrix};
 use crate::tokenizer::ChatMessage;
 
@@ -199,6 +202,143 @@ pub fn compare(
     Ok(out)
 }
 
+/// The Llama forward pass in plain f32, one token at a time: weights dequantized to
+/// dense f32, activations never quantized, attention over an f32 [`KvCache`]. Slow; the
+/// reference both runners are measured against (the CPU runner quantizes activations to
+/// 8 bits, the CUDA runner rounds weights and activations to f16).
+pub struct ExactRunner {
+    weights: Arc<LlamaWeights>,
+    /// Per layer: qkv, attn_out, gate_up, down.
+    layers: Vec<[DenseMatrix; 4]>,
+    embedding: DenseMatrix,
+    output: Option<DenseMatrix>,
+    cache: KvCache,
+    logits: Vec<f32>,
+}
+
+struct DenseMatrix {
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+}
+
+impl DenseMatrix {
+    fn new(m: &QMatrix) -> Self {
+        let mut values = vec![0f32; m.rows * m.cols];
+        values.par_chunks_mut(m.cols.max(1)).enumerate().for_each(|(r, row)| m.dequantize_row(r, row));
+        Self { rows: m.rows, cols: m.cols, values }
+    }
+
+    fn row(&self, r: usize) -> &[f32] {
+        &self.values[r * self.cols..(r + 1) * self.cols]
+    }
+
+    fn mul(&self, x: &[f32], out: &mut [f32]) {
+        out[..self.rows].par_iter_mut().enumerate().for_each(|(r, o)| *o = dot(self.row(r), x));
+    }
+}
+
+impl ExactRunner {
+    pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Self {
+        let c = &weights.config;
+        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim);
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| [DenseMatrix::new(&l.qkv), DenseMatrix::new(&l.attn_out), DenseMatrix::new(&l.gate_up), DenseMatrix::new(&l.down)])
+            .collect();
+        let embedding = DenseMatrix::new(&weights.embedding);
+        let output = weights.output.as_ref().map(DenseMatrix::new);
+        Self { weights, layers, embedding, output, cache, logits: Vec::new() }
+    }
+
+    /// One token at `pos` of the sequence with block table `blocks`: its final hidden state.
+    fn token(&mut self, token: u32, pos: usize, blocks: &[u32]) -> Vec<f32> {
+        let w = &*self.weights;
+        let c = &w.config;
+        let (hidden, kv_dim, hd) = (c.hidden, c.kv_dim(), c.head_dim);
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut x = self.embedding.row(token as usize).to_vec();
+        let mut h = vec![0f32; hidden];
+        let mut qkv = vec![0f32; hidden + 2 * kv_dim];
+        let mut attn = vec![0f32; hidden];
+        let mut gate_up = vec![0f32; 2 * c.ffn];
+        let mut act = vec![0f32; c.ffn];
+        for (li, (dense, lw)) in self.layers.iter().zip(&w.layers).enumerate() {
+            rms_norm(&x, &lw.attn_norm, c.rms_eps, &mut h);
+            dense[0].mul(&h, &mut qkv);
+            w.rope.apply(&mut qkv[..hidden + kv_dim], pos);
+            self.cache.store(li, blocks, pos, &qkv[hidden..hidden + kv_dim], &qkv[hidden + kv_dim..]);
+            let slot = |j: usize| (blocks[j / BLOCK_TOKENS], (j % BLOCK_TOKENS) * hd);
+            for head in 0..c.heads {
+                let kvh = head / group;
+                let q = &qkv[head * hd..(head + 1) * hd];
+                let mut scores: Vec<f32> = (0..=pos)
+                    .map(|j| {
+                        let (block, at) = slot(j);
+                        dot(q, &self.cache.block(li, block, kvh).0[at..at + hd]) * scale
+                    })
+                    .collect();
+                softmax(&mut scores);
+                let out = &mut attn[head * hd..(head + 1) * hd];
+                out.fill(0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    let (block, at) = slot(j);
+                    axpy(*p, &self.cache.block(li, block, kvh).1[at..at + hd], out);
+                }
+            }
+            dense[1].mul(&attn, &mut h);
+            x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
+            rms_norm(&x, &lw.ffn_norm, c.rms_eps, &mut h);
+            dense[2].mul(&h, &mut gate_up);
+            swiglu(&gate_up, &mut act);
+            dense[3].mul(&act, &mut h);
+            x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
+        }
+        x
+    }
+}
+
+impl ModelRunner for ExactRunner {
+    fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<&[f32], EngineError> {
+        let c = self.weights.config.clone();
+        let mut plan = super::StepPlan::default();
+        plan.build(chunks, &c, self.weights.rope.positions, self.cache.blocks)?;
+        self.logits.clear();
+        let mut normed = vec![0f32; c.hidden];
+        for chunk in chunks {
+            for (i, &token) in chunk.tokens.iter().enumerate() {
+                let x = self.token(token, chunk.start + i, chunk.blocks);
+                let wanted = match chunk.logits {
+                    Logits::None => false,
+                    Logits::Last => i + 1 == chunk.tokens.len(),
+                    Logits::All => true,
+                };
+                if wanted {
+                    rms_norm(&x, &self.weights.output_norm, c.rms_eps, &mut normed);
+                    let start = self.logits.len();
+                    self.logits.resize(start + c.vocab, 0.0);
+                    self.output.as_ref().unwrap_or(&self.embedding).mul(&normed, &mut self.logits[start..]);
+                }
+            }
+        }
+        Ok(&self.logits)
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        &self.weights.config
+    }
+
+    fn kv_blocks(&self) -> usize {
+        self.cache.blocks
+    }
+
+    fn device(&self) -> String {
+        "exact f32 reference".to_string()
+    }
+}
+
 /// Decode throughput of one runner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeSpeed {
@@ -369,7 +509,12 @@ pub struct CheckReport {
     pub load_time: Duration,
     pub weight_bytes: usize,
     pub cache_bytes: usize,
+    /// CUDA runner against the CPU runner (the acceptance criterion).
     pub comparison: Comparison,
+    /// CUDA runner against the exact f32 reference.
+    pub gpu_vs_exact: Comparison,
+    /// CPU runner against the exact f32 reference (how much of `comparison` is the CPU's).
+    pub cpu_vs_exact: Comparison,
     pub speeds: Vec<DecodeSpeed>,
 }
 
@@ -396,7 +541,9 @@ impl fmt::Display for CheckReport {
             self.weight_bytes >> 20,
             self.cache_bytes >> 20
         )?;
-        writeln!(f, "against {}: {}", self.cpu_device, self.comparison)?;
+        writeln!(f, "cuda against {}: {}", self.cpu_device, self.comparison)?;
+        writeln!(f, "cuda against the exact f32 reference: {}", self.gpu_vs_exact)?;
+        writeln!(f, "cpu against the exact f32 reference: {}", self.cpu_vs_exact)?;
         writeln!(f, "decode speed on {}:", self.device)?;
         for s in &self.speeds {
             writeln!(f, "  {s}")?;
@@ -433,10 +580,13 @@ pub fn run_check(model_path: &Path, ordinal: u32) -> Result<Option<CheckReport>,
     let mut cpu = cpu_runner(weights.clone(), CHECK_KV_BLOCKS, threads).map_err(|e| e.to_string())?;
     let comparison = compare(&mut cpu, &mut gpu, &prompts, CHECK_DECODE_STEPS).map_err(|e| e.to_string())?;
     let cpu_device = cpu.device();
-    drop(cpu);
+    // Every comparison allocates blocks from 0 again: positions are written before they
+    // are read, so what an earlier run left in a cache does not matter.
+    let mut exact = ExactRunner::new(weights.clone(), CHECK_KV_BLOCKS);
+    let gpu_vs_exact = compare(&mut exact, &mut gpu, &prompts, CHECK_DECODE_STEPS).map_err(|e| e.to_string())?;
+    let cpu_vs_exact = compare(&mut exact, &mut cpu, &prompts, CHECK_DECODE_STEPS).map_err(|e| e.to_string())?;
+    drop((cpu, exact));
 
-    // The speed runs reuse the cache from block 0: every position is written before it
-    // is read, so what the comparison left there does not matter.
     let speeds = CHECK_BATCHES
         .iter()
         .map(|&b| decode_speed(&mut gpu, b, 64, 64))
@@ -450,6 +600,8 @@ pub fn run_check(model_path: &Path, ordinal: u32) -> Result<Option<CheckReport>,
         weight_bytes: gpu.weight_bytes(),
         cache_bytes: gpu.cache_bytes(),
         comparison,
+        gpu_vs_exact,
+        cpu_vs_exact,
         speeds,
     }))
 }
