@@ -1,6 +1,7 @@
 //! The `llm` engine: a real Llama-architecture model from a GGUF file.
 
 pub mod chat_template;
+pub mod cuda;
 pub mod engine;
 pub mod factory;
 pub mod gguf;
