@@ -261,3 +261,28 @@ fn bad_sequences_fail_cleanly() {
         assert!(got[id].failed.as_deref().unwrap().starts_with("invalid_prompt"), "{id}: {:?}", got[id]);
     }
 }
+
+#[test]
+fn without_a_gpu_auto_runs_on_the_cpu_and_cuda_is_refused() {
+    let gpus = swell_workers::llm::cuda::discover().expect("discovery never fails without a driver");
+    if !gpus.is_empty() {
+        // A GPU machine: placement is checked by tests/llm_cuda.rs.
+        return;
+    }
+    let f = LlmEngineFactory::new(config()).unwrap();
+    assert!(f.gpus().is_empty());
+    assert_eq!(f.describe().gpus_per_replica, 0);
+    let (mut engine, report) = f.create(&ReplicaContext { replica_id: "r".into(), devices: vec![] }).unwrap();
+    assert!(report.stages.iter().any(|(stage, _)| stage == "warm_up"));
+    let ids = chat_ids(&f, "Hi");
+    engine.add(seq("a", ids, greedy(2)));
+    let mut out = Vec::new();
+    while engine.load().running + engine.load().waiting > 0 {
+        engine.step(&mut out).unwrap();
+    }
+    assert!(out.iter().any(|o| matches!(o.event, OutputEvent::Finished { .. })));
+    let mut c = config();
+    c.device = swell_workers::llm::DeviceChoice::Cuda;
+    let error = LlmEngineFactory::new(c).unwrap_err();
+    assert!(error.to_string().contains("no CUDA device"), "{error}");
+}

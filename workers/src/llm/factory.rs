@@ -31,7 +31,8 @@ use crate::error::EngineError;
 use crate::llm::engine::{LlmEngine, SchedulerLimits};
 use crate::llm::gguf::{GgufFile, LlamaConfig};
 use crate::llm::kv_cache::{BlockAllocator, KvCache, BLOCK_TOKENS};
-use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, SeqChunk};
+use crate::llm::cuda::{discover, CudaRunner, GpuInfo};
+use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
 use crate::llm::quant::Kernel;
 use crate::llm::tokenizer::GgufTokenizer;
 use crate::tokenizer::Tokenizer;
@@ -139,6 +140,45 @@ pub struct LlmEngineFactory {
     kv_blocks: usize,
     context_length: usize,
     last_cold_start_ms: AtomicU64,
+    /// GPUs found at start (empty with `device = "cpu"` or without a driver).
+    gpus: Vec<GpuInfo>,
+    /// Which of `gpus` a live replica holds.
+    gpu_taken: Arc<Mutex<Vec<bool>>>,
+}
+
+/// A GPU held by a replica; given back when the replica's engine is dropped.
+struct GpuLease {
+    taken: Arc<Mutex<Vec<bool>>>,
+    index: usize,
+}
+
+impl Drop for GpuLease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.taken.lock().get_mut(self.index) {
+            *slot = false;
+        }
+    }
+}
+
+/// A runner that keeps its GPU lease for as long as it lives.
+struct LeasedRunner {
+    runner: Box<dyn ModelRunner>,
+    _lease: GpuLease,
+}
+
+impl ModelRunner for LeasedRunner {
+    fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<&[f32], EngineError> {
+        self.runner.forward(chunks)
+    }
+    fn config(&self) -> &LlamaConfig {
+        self.runner.config()
+    }
+    fn kv_blocks(&self) -> usize {
+        self.runner.kv_blocks()
+    }
+    fn device(&self) -> String {
+        self.runner.device()
+    }
 }
 
 impl std::fmt::Debug for LlmEngineFactory {
@@ -162,6 +202,36 @@ impl LlmEngineFactory {
             .build()
             .map_err(|e| EngineError::Config(format!("llm.threads: {e}")))?;
         let kv_blocks = BlockAllocator::blocks_for(config.kv_cache_tokens as usize);
+        let gpus = match config.device {
+            DeviceChoice::Cpu => Vec::new(),
+            DeviceChoice::Auto | DeviceChoice::Cuda => match discover() {
+                Ok(gpus) => gpus,
+                Err(error) => {
+                    tracing::warn!(%error, "CUDA discovery failed; replicas run on the CPU");
+                    Vec::new()
+                }
+            },
+        };
+        if config.device == DeviceChoice::Cuda && gpus.is_empty() {
+            return Err(EngineError::Config("llm.device: `cuda` asked for, but no CUDA device was found".to_string()));
+        }
+        if !gpus.is_empty() && config.gpus_per_replica != 1 {
+            return Err(EngineError::Config(format!(
+                "llm.gpus_per_replica: {} asked for; one replica runs on exactly 1 GPU (no tensor parallelism yet)",
+                config.gpus_per_replica
+            )));
+        }
+        match gpus.as_slice() {
+            [] if config.device == DeviceChoice::Auto => {
+                tracing::info!("no CUDA device (or no driver): replicas run on the CPU")
+            }
+            [] => {}
+            found => {
+                for g in found {
+                    tracing::info!(ordinal = g.ordinal, name = %g.name, total_memory = g.total_memory, free_memory = g.free_memory, "CUDA device");
+                }
+            }
+        }
         let context_length = (config.context_length.map_or(usize::MAX, |c| c as usize))
             .min(model_config.context_length)
             .min(kv_blocks * BLOCK_TOKENS);
@@ -175,8 +245,23 @@ impl LlmEngineFactory {
             kv_blocks,
             context_length,
             last_cold_start_ms: AtomicU64::new(0),
+            gpu_taken: Arc::new(Mutex::new(vec![false; gpus.len()])),
+            gpus,
             config,
         })
+    }
+
+    /// GPUs this deployment may place replicas on.
+    pub fn gpus(&self) -> &[GpuInfo] {
+        &self.gpus
+    }
+
+    /// Take a free GPU, if any.
+    fn lease_gpu(&self) -> Option<(GpuLease, u32)> {
+        let mut taken = self.gpu_taken.lock();
+        let index = taken.iter().position(|t| !t)?;
+        taken[index] = true;
+        Some((GpuLease { taken: self.gpu_taken.clone(), index }, self.gpus[index].ordinal))
     }
 
     pub fn model_config(&self) -> &LlamaConfig {
@@ -269,7 +354,7 @@ impl EngineFactory for LlmEngineFactory {
             engine: "llm".to_string(),
             model: self.config.model_name.clone().unwrap_or_else(|| self.model_config.name.clone()),
             context_length: u32::try_from(self.context_length).unwrap_or(u32::MAX),
-            gpus_per_replica: 0,
+            gpus_per_replica: if self.gpus.is_empty() { 0 } else { self.config.gpus_per_replica },
             max_batch_size: self.config.max_batch_size,
             kv_capacity_tokens: (self.kv_blocks * BLOCK_TOKENS) as u64,
             expected_cold_start: if measured > 0 { Duration::from_millis(measured) } else { estimate },
@@ -280,8 +365,33 @@ impl EngineFactory for LlmEngineFactory {
         self.tokenizer.clone()
     }
 
+    /// On a free GPU when the deployment has GPUs (one per replica; a GPU is never
+    /// shared by two replicas); on the CPU when it has none, or when `device = "auto"`
+    /// and every GPU is taken.
     fn create(&self, replica: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
-        let (engine, report) = self.create_cpu(replica)?;
+        if self.gpus.is_empty() {
+            let (engine, report) = self.create_cpu(replica)?;
+            return Ok((Box::new(engine), report));
+        }
+        let Some((lease, ordinal)) = self.lease_gpu() else {
+            if self.config.device == DeviceChoice::Cuda {
+                return Err(EngineError::Load(format!("no free GPU: all {} are held by other replicas", self.gpus.len())));
+            }
+            tracing::warn!(replica = %replica.replica_id, "every GPU is held by another replica; this replica runs on the CPU");
+            let (engine, report) = self.create_cpu(replica)?;
+            return Ok((Box::new(engine), report));
+        };
+        let mut report = ColdStartReport::default();
+        let started = Instant::now();
+        let (weights, read) = self.weights()?;
+        report.stages.push((if read { "read_weights" } else { "share_weights" }.to_string(), started.elapsed()));
+        let started = Instant::now();
+        let runner = CudaRunner::new(&weights, ordinal, self.kv_blocks)?;
+        report.stages.push(("upload_and_warm_up_gpu".to_string(), started.elapsed()));
+        tracing::info!(replica = %replica.replica_id, device = %runner.device(), "replica placed on a GPU");
+        let runner = LeasedRunner { runner: Box::new(runner), _lease: lease };
+        let engine = LlmEngine::new(Box::new(runner), self.tokenizer.clone(), self.limits(), replica.replica_id.clone());
+        self.last_cold_start_ms.store(report.total().as_millis() as u64, Ordering::Relaxed);
         Ok((Box::new(engine), report))
     }
 }
