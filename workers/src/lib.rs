@@ -14,6 +14,9 @@
 //! - [`engine`]: the `Engine` and `EngineFactory` traits and their report types.
 //! - [`tokenizer`]: the `Tokenizer` trait and chat messages.
 //! - [`error`]: `EngineError`.
+//! - [`llm`]: the real engine: a Llama-architecture GGUF model on CPU (quantized SIMD
+//!   kernels) or CUDA (cuBLAS + NVRTC), with a paged KV cache and a continuous-batching
+//!   scheduler.
 //! - [`sim`]: the `sim` engine, a calibrated performance model of a GPU replica that
 //!   emits real tokens with real timing, with named profiles from published benchmarks.
 

@@ -1,4 +1,18 @@
 //! The `llm` engine: a real Llama-architecture model from a GGUF file.
+//!
+//! # Layout
+//! - [`gguf`]: the memory-mapped file, hyper-parameters ([`gguf::LlamaConfig`]), tensors.
+//! - [`tokenizer`], [`chat_template`]: ids equal to llama.cpp's; the GGUF's Jinja template.
+//! - [`quant`]: 4/8-bit weight matrices and the int8 SIMD matrix kernels.
+//! - [`ops`]: RMS norm, rotary embeddings, SwiGLU, softmax.
+//! - [`kv_cache`]: paged KV blocks and their allocator.
+//! - [`model`]: the CPU forward pass over mixed prefill/decode batches, and the
+//!   [`model::ModelRunner`] trait the scheduler drives.
+//! - [`cuda`]: GPU discovery and the CUDA runner.
+//! - [`sampler`]: penalties, temperature, top-k/top-p, seeded draws, logprobs.
+//! - [`engine`]: [`LlmEngine`], the continuous-batching scheduler (the `Engine` trait).
+//! - [`factory`]: [`LlmConfig`] and [`LlmEngineFactory`] (shared weights, placement).
+//! - [`metrics`]: the engine's own metrics.
 
 pub mod chat_template;
 pub mod cuda;
