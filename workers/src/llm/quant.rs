@@ -41,12 +41,40 @@ pub const TILE_ROWS: usize = 4;
 /// Activation rows (tokens) per register tile.
 pub const TILE_COLS: usize = 4;
 
+/// Byte offset, within a row of `nb` blocks, of value `j` of block `b` in the
+/// **pair-interleaved** layout of activations and 8-bit weights: blocks go in pairs, and a
+/// pair's 64 bytes are `[b0[0..16], b1[0..16], b0[16..32], b1[16..32]]`; an odd last
+/// block is stored in order. This is the order in which a pair of 4-bit blocks unpacks
+/// (low nibbles of both blocks' 32 bytes, then high nibbles), so one 256-bit multiply-add
+/// covers two blocks and its 8 lanes split 4 and 4 between them.
+#[inline(always)]
+pub fn layout_pos(nb: usize, b: usize, j: usize) -> usize {
+    if b | 1 < nb {
+        (b / 2) * 64 + (j / 16) * 32 + (b % 2) * 16 + (j % 16)
+    } else {
+        b * BLOCK + j
+    }
+}
+
+/// Copy one block's 32 values into a row in the pair-interleaved layout.
+#[inline(always)]
+fn scatter_block<T: Copy>(row: &mut [T], nb: usize, b: usize, values: &[T]) {
+    if b | 1 < nb {
+        let base = (b / 2) * 64 + (b % 2) * 16;
+        row[base..base + 16].copy_from_slice(&values[..16]);
+        row[base + 32..base + 48].copy_from_slice(&values[16..32]);
+    } else {
+        row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&values[..32]);
+    }
+}
+
 /// How the unsigned `q` values of a matrix are packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packing {
     /// Two 4-bit values per byte, 16 bytes per block (Q4_0, Q4_1).
     Nibbles,
-    /// One byte per value, 32 bytes per block (Q8_0).
+    /// One byte per value, 32 bytes per block (Q8_0), rows in the pair-interleaved
+    /// layout ([`layout_pos`]).
     Bytes,
 }
 
@@ -147,6 +175,9 @@ impl QMatrix {
                     }
                 }
             });
+        if packing == Packing::Bytes {
+            interleave_rows(&mut qs, cols);
+        }
         Ok(Self { rows, cols, packing, qs, d, m })
     }
 
@@ -172,6 +203,7 @@ impl QMatrix {
             d[b] = scale;
             m[b] = f16::from_f32(-128.0 * scale.to_f32());
         }
+        interleave_rows(&mut qs, cols);
         Ok(Self { rows, cols, packing: Packing::Bytes, qs, d, m })
     }
 
@@ -198,7 +230,7 @@ impl QMatrix {
                     byte >> 4
                 }
             }
-            Packing::Bytes => self.qs[block * BLOCK + j],
+            Packing::Bytes => self.qs[row * self.cols + layout_pos(self.blocks_per_row(), k / BLOCK, j)],
         }
     }
 
@@ -293,6 +325,17 @@ struct Tile<'a> {
     wm: &'a [f32],
 }
 
+/// Rewrite rows of natural-order bytes (`cols` per row) in the pair-interleaved layout.
+fn interleave_rows(qs: &mut [u8], cols: usize) {
+    let nb = cols / BLOCK;
+    qs.par_chunks_mut(cols).for_each(|row| {
+        let natural = row.to_vec();
+        for b in 0..nb {
+            scatter_block(row, nb, b, &natural[b * BLOCK..(b + 1) * BLOCK]);
+        }
+    });
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint row ranges of one output buffer to rayon tasks.
@@ -321,33 +364,36 @@ impl QActivations {
         self.qs.resize(rows * cols, 0);
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
-        let quantize_block = |src: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32| {
-            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in q.iter_mut().zip(src) {
-                let v = (v * inv).round() as i32;
-                *q = v as i8;
-                sum += v;
+        let nb = cols / BLOCK;
+        let quantize_row = |((src, q), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+            let mut block = [0i8; BLOCK];
+            for b in 0..nb {
+                let src = &src[b * BLOCK..(b + 1) * BLOCK];
+                let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, v) in block.iter_mut().zip(src) {
+                    let v = (v * inv).round() as i32;
+                    *q = v as i8;
+                    sum += v;
+                }
+                scatter_block(q, nb, b, &block);
+                d[b] = scale;
+                s[b] = scale * sum as f32;
             }
-            *d = scale;
-            *s = scale * sum as f32;
         };
-        let go = |(((src, q), d), s): (((&[f32], &mut [i8]), &mut f32), &mut f32)| quantize_block(src, q, d, s);
         let x = &x[..rows * cols];
         if blocks >= 4096 {
-            x.par_chunks(BLOCK)
-                .zip(self.qs.par_chunks_mut(BLOCK))
-                .zip(self.d.par_iter_mut())
-                .zip(self.s.par_iter_mut())
-                .for_each(go);
+            x.par_chunks(cols)
+                .zip(self.qs.par_chunks_mut(cols))
+                .zip(self.d.par_chunks_mut(nb).zip(self.s.par_chunks_mut(nb)))
+                .for_each(quantize_row);
         } else {
-            x.chunks(BLOCK)
-                .zip(self.qs.chunks_mut(BLOCK))
-                .zip(self.d.iter_mut())
-                .zip(self.s.iter_mut())
-                .for_each(go);
+            x.chunks(cols)
+                .zip(self.qs.chunks_mut(cols))
+                .zip(self.d.chunks_mut(nb).zip(self.s.chunks_mut(nb)))
+                .for_each(quantize_row);
         }
     }
 }
@@ -474,22 +520,11 @@ unsafe fn tile_scalar(tile: &Tile<'_>, rows: usize, x: &QActivations, t0: usize,
         for t in t0..t0 + cols {
             let mut total = 0f32;
             for b in 0..nb {
-                let wb = r * nb + b;
                 let xb = t * nb + b;
                 let mut isum = 0i32;
                 for j in 0..BLOCK {
-                    let q = match w.packing {
-                        Packing::Nibbles => {
-                            let byte = w.qs[wb * 16 + (j % 16)];
-                            if j < 16 {
-                                byte & 0x0F
-                            } else {
-                                byte >> 4
-                            }
-                        }
-                        Packing::Bytes => w.qs[wb * BLOCK + j],
-                    };
-                    isum += i32::from(q) * i32::from(x.qs[xb * BLOCK + j]);
+                    let q = w.q_at(r, b * BLOCK + j);
+                    isum += i32::from(q) * i32::from(x.qs[t * w.cols + layout_pos(nb, b, j)]);
                 }
                 total += tile.wd[i * nb + b] * x.d[xb] * isum as f32 + tile.wm[i * nb + b] * x.s[xb];
             }
@@ -513,24 +548,46 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// 32 unsigned `q` values of block `block`, in value order.
+    /// The 64 unsigned `q` of blocks `block` and `block + 1` as two 256-bit halves in
+    /// the pair-interleaved order: (values 0..16 of both, values 16..32 of both).
     #[inline(always)]
-    unsafe fn load_q<const NIBBLES: bool>(w: &QMatrix, block: usize) -> __m256i {
+    unsafe fn load_pair<const NIBBLES: bool>(w: &QMatrix, row: usize, block: usize) -> (__m256i, __m256i) {
         if NIBBLES {
-            let bytes = _mm_loadu_si128(w.qs.as_ptr().add(block * 16) as *const __m128i);
+            let bytes = _mm256_loadu_si256(w.qs.as_ptr().add((row * w.blocks_per_row() + block) * 16) as *const __m256i);
+            let mask = _mm256_set1_epi8(0x0F);
+            (_mm256_and_si256(bytes, mask), _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask))
+        } else {
+            let p = w.qs.as_ptr().add(row * w.cols + block * BLOCK);
+            (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+        }
+    }
+
+    /// The 32 unsigned `q` of a lone last block, in value order.
+    #[inline(always)]
+    unsafe fn load_single<const NIBBLES: bool>(w: &QMatrix, row: usize, block: usize) -> __m256i {
+        if NIBBLES {
+            let bytes = _mm_loadu_si128(w.qs.as_ptr().add((row * w.blocks_per_row() + block) * 16) as *const __m128i);
             let mask = _mm_set1_epi8(0x0F);
             let lo = _mm_and_si128(bytes, mask);
             let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
             _mm256_set_m128i(hi, lo)
         } else {
-            _mm256_loadu_si256(w.qs.as_ptr().add(block * 32) as *const __m256i)
+            _mm256_loadu_si256(w.qs.as_ptr().add(row * w.cols + block * BLOCK) as *const __m256i)
         }
     }
 
-    /// Rows `i0..i0 + R` of the tile, tokens `t0..t0 + C`: horizontal sums plus the
-    /// offset terms, stored.
+    /// `[v[b], v[b], v[b], v[b], v[b+1] x 4]`: the per-lane scale of a block pair.
     #[inline(always)]
-    unsafe fn finish<const R: usize, const C: usize>(
+    unsafe fn pair_scales(v: *const f32) -> __m256 {
+        let two = _mm_castpd_ps(_mm_load_sd(v as *const f64));
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+    }
+
+    /// Rows `i0..i0 + R` of the tile, tokens `t0..t0 + C`: horizontal sums plus the
+    /// offset terms (when `OFFSET`), stored.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn finish<const R: usize, const C: usize, const OFFSET: bool>(
         acc: &[[__m256; C]; R],
         tile: &Tile<'_>,
         i0: usize,
@@ -544,9 +601,58 @@ mod x86 {
             let m = &tile.wm[(i0 + i) * nb..(i0 + i + 1) * nb];
             for j in 0..C {
                 let s = &x.s[(t0 + j) * nb..(t0 + j + 1) * nb];
-                *out.add((t0 + j) * ldo + tile.r0 + i0 + i) = hsum(acc[i][j]) + offset_dot(m, s);
+                let offset = if OFFSET { offset_dot(m, s) } else { 0.0 };
+                *out.add((t0 + j) * ldo + tile.r0 + i0 + i) = hsum(acc[i][j]) + offset;
             }
         }
+    }
+
+    /// One kernel body for both instruction sets: `$dot(w, x)` gives 8 i32 lanes, each
+    /// the sum of 4 adjacent byte products; `$offset` says whether the `m * s` term is
+    /// added (the AVX2 8-bit path folds it into signed products instead).
+    macro_rules! tile_body {
+        ($tile:ident, $i0:ident, $x:ident, $t0:ident, $out:ident, $ldo:ident, $R:ident, $C:ident, $NIBBLES:ident, $offset:expr, $dot:expr) => {{
+            let w = $tile.w;
+            let nb = w.blocks_per_row();
+            let mut acc = [[_mm256_setzero_ps(); $C]; $R];
+            let pairs = nb / 2;
+            for p in 0..pairs {
+                let b = 2 * p;
+                let mut wa = [_mm256_setzero_si256(); $R];
+                let mut wb = [_mm256_setzero_si256(); $R];
+                let mut wd = [_mm256_setzero_ps(); $R];
+                for i in 0..$R {
+                    let (a, bb) = load_pair::<$NIBBLES>(w, $tile.r0 + $i0 + i, b);
+                    wa[i] = a;
+                    wb[i] = bb;
+                    wd[i] = pair_scales($tile.wd.as_ptr().add(($i0 + i) * nb + b));
+                }
+                for j in 0..$C {
+                    let xp = $x.qs.as_ptr().add(($t0 + j) * w.cols + b * BLOCK);
+                    let xa = _mm256_loadu_si256(xp as *const __m256i);
+                    let xb = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+                    let xd = pair_scales($x.d.as_ptr().add(($t0 + j) * nb + b));
+                    for i in 0..$R {
+                        let dot = _mm256_add_epi32($dot(wa[i], xa), $dot(wb[i], xb));
+                        acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), _mm256_cvtepi32_ps(dot), acc[i][j]);
+                    }
+                }
+            }
+            if nb % 2 == 1 {
+                let b = nb - 1;
+                for i in 0..$R {
+                    let wq = load_single::<$NIBBLES>(w, $tile.r0 + $i0 + i, b);
+                    let wd = _mm256_set1_ps(*$tile.wd.get_unchecked(($i0 + i) * nb + b));
+                    for j in 0..$C {
+                        let xb = ($t0 + j) * nb + b;
+                        let xq = _mm256_loadu_si256($x.qs.as_ptr().add(($t0 + j) * w.cols + b * BLOCK) as *const __m256i);
+                        let xd = _mm256_set1_ps(*$x.d.get_unchecked(xb));
+                        acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(wd, xd), _mm256_cvtepi32_ps($dot(wq, xq)), acc[i][j]);
+                    }
+                }
+            }
+            finish::<$R, $C, { $offset }>(&acc, $tile, $i0, $x, $t0, $out, $ldo);
+        }};
     }
 
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
@@ -558,27 +664,11 @@ mod x86 {
         out: *mut f32,
         ldo: usize,
     ) {
-        let w = tile.w;
-        let nb = w.blocks_per_row();
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..nb {
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [_mm256_setzero_ps(); R];
-            for i in 0..R {
-                wq[i] = load_q::<NIBBLES>(w, (tile.r0 + i0 + i) * nb + b);
-                wd[i] = _mm256_set1_ps(*tile.wd.get_unchecked((i0 + i) * nb + b));
-            }
-            for j in 0..C {
-                let xb = (t0 + j) * nb + b;
-                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(xb * 32) as *const __m256i);
-                let xd = _mm256_set1_ps(*x.d.get_unchecked(xb));
-                for i in 0..R {
-                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq[i], xq);
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), _mm256_cvtepi32_ps(dot), acc[i][j]);
-                }
-            }
+        #[inline(always)]
+        unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
         }
-        finish::<R, C>(&acc, tile, i0, x, t0, out, ldo);
+        tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, true, dot)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -590,39 +680,23 @@ mod x86 {
         out: *mut f32,
         ldo: usize,
     ) {
-        let w = tile.w;
-        let nb = w.blocks_per_row();
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..nb {
-            let mut wq = [_mm256_setzero_si256(); R];
-            let mut wd = [_mm256_setzero_ps(); R];
-            for i in 0..R {
-                wq[i] = load_q::<NIBBLES>(w, (tile.r0 + i0 + i) * nb + b);
-                wd[i] = _mm256_set1_ps(*tile.wd.get_unchecked((i0 + i) * nb + b));
-            }
-            for j in 0..C {
-                let xb = (t0 + j) * nb + b;
-                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(xb * 32) as *const __m256i);
-                let xd = _mm256_set1_ps(*x.d.get_unchecked(xb));
-                for i in 0..R {
-                    let dot = if NIBBLES {
-                        // q < 16 and |qa| <= 127: pair sums fit in i16.
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(wq[i], xq), ones)
-                    } else {
-                        // q up to 255: a pair sum can overflow i16 with maddubs's
-                        // saturation, so widen to i16 first.
-                        let wlo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(wq[i]));
-                        let whi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(wq[i], 1));
-                        let xlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(xq));
-                        let xhi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(xq, 1));
-                        _mm256_add_epi32(_mm256_madd_epi16(wlo, xlo), _mm256_madd_epi16(whi, xhi))
-                    };
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), _mm256_cvtepi32_ps(dot), acc[i][j]);
-                }
-            }
+        #[inline(always)]
+        unsafe fn dot_nibbles(w: __m256i, x: __m256i) -> __m256i {
+            // q < 16 and |qa| <= 127: pair sums fit in i16.
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
         }
-        finish::<R, C>(&acc, tile, i0, x, t0, out, ldo);
+        #[inline(always)]
+        unsafe fn dot_bytes(w: __m256i, x: __m256i) -> __m256i {
+            // q - 128 as i8; |q - 128| * sign-adjusted qa stays within i16 pair sums.
+            let ws = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(x, ws)), _mm256_set1_epi16(1))
+        }
+        if NIBBLES {
+            tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, true, dot_nibbles)
+        } else {
+            // Sum of (q - 128) * qa: the `m = -128 d` term is already in it.
+            tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, false, dot_bytes)
+        }
     }
 }
 
@@ -667,7 +741,8 @@ mod tests {
             for t in 0..x.rows {
                 let mut total = 0f64;
                 for k in 0..w.cols {
-                    let xv = f64::from(x.d[(t * w.cols + k) / BLOCK]) * f64::from(x.qs[t * w.cols + k]);
+                    let nb = w.cols / BLOCK;
+                    let xv = f64::from(x.d[(t * w.cols + k) / BLOCK]) * f64::from(x.qs[t * w.cols + layout_pos(nb, k / BLOCK, k % BLOCK)]);
                     total += f64::from(row[k]) * xv;
                 }
                 out[t * w.rows + r] = total;
@@ -699,7 +774,7 @@ mod tests {
     #[test]
     fn q4_1_kernels_match_the_dequantized_product() {
         let mut seed = 7;
-        for (rows, cols) in [(4, 32), (7, 64), (96, 576), (37, 1536)] {
+        for (rows, cols) in [(4, 32), (7, 64), (5, 96), (96, 576), (37, 1536)] {
             let data = q4_1_bytes(rows, cols, &mut seed);
             let w = QMatrix::from_ggml(GgmlBlockType::Q4_1, rows, cols, &data).unwrap();
             for tokens in [1, 2, 3, 4, 5, 9, 17] {
@@ -711,7 +786,7 @@ mod tests {
     #[test]
     fn q8_0_and_q4_0_kernels_match_the_dequantized_product() {
         let mut seed = 11;
-        for (rows, cols) in [(5, 32), (64, 576)] {
+        for (rows, cols) in [(5, 32), (6, 96), (64, 576)] {
             let w = QMatrix::from_ggml(GgmlBlockType::Q8_0, rows, cols, &q8_0_bytes(rows, cols, &mut seed)).unwrap();
             for tokens in [1, 4, 6] {
                 check(&w, tokens, &mut seed);
