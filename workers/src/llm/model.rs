@@ -405,22 +405,33 @@ fn attention(
         let len = pos + 1;
         let mut scores = vec![0f32; len * group];
         for kvh in 0..c.kv_heads {
-            // Scores of the `group` query heads that share this kv head.
+            let q = &q_all[kvh * group * hd..(kvh + 1) * group * hd];
+            let o = &mut out[kvh * group * hd..(kvh + 1) * group * hd];
+            let done = hd == 64
+                && match group {
+                    1 => attend64::<1>(q, cache, layer, table, kvh, len, scale, &mut scores, o),
+                    2 => attend64::<2>(q, cache, layer, table, kvh, len, scale, &mut scores, o),
+                    3 => attend64::<3>(q, cache, layer, table, kvh, len, scale, &mut scores, o),
+                    4 => attend64::<4>(q, cache, layer, table, kvh, len, scale, &mut scores, o),
+                    _ => false,
+                };
+            if done {
+                continue;
+            }
+            // Any head size or group: the general loops.
             for (b, &block) in table.iter().enumerate().take(len.div_ceil(BLOCK_TOKENS)) {
                 let (kb, _) = cache.block(layer, block, kvh);
                 let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
                 for s in 0..slots {
                     let key = &kb[s * hd..(s + 1) * hd];
                     for g in 0..group {
-                        let h = kvh * group + g;
-                        scores[g * len + b * BLOCK_TOKENS + s] = dot(&q_all[h * hd..(h + 1) * hd], key) * scale;
+                        scores[g * len + b * BLOCK_TOKENS + s] = dot(&q[g * hd..(g + 1) * hd], key) * scale;
                     }
                 }
             }
             for g in 0..group {
                 softmax(&mut scores[g * len..(g + 1) * len]);
-                let h = kvh * group + g;
-                out[h * hd..(h + 1) * hd].fill(0.0);
+                o[g * hd..(g + 1) * hd].fill(0.0);
             }
             for (b, &block) in table.iter().enumerate().take(len.div_ceil(BLOCK_TOKENS)) {
                 let (_, vb) = cache.block(layer, block, kvh);
@@ -428,8 +439,7 @@ fn attention(
                 for s in 0..slots {
                     let value = &vb[s * hd..(s + 1) * hd];
                     for g in 0..group {
-                        let h = kvh * group + g;
-                        axpy(scores[g * len + b * BLOCK_TOKENS + s], value, &mut out[h * hd..(h + 1) * hd]);
+                        axpy(scores[g * len + b * BLOCK_TOKENS + s], value, &mut o[g * hd..(g + 1) * hd]);
                     }
                 }
             }
@@ -440,4 +450,73 @@ fn attention(
     } else {
         out.chunks_mut(hidden).enumerate().for_each(one);
     }
+}
+
+/// `a . b` for 64 values, with 8 independent partial sums (vectorizes fully).
+#[inline(always)]
+fn dot64(a: &[f32; 64], b: &[f32; 64]) -> f32 {
+    let mut acc = [0f32; 8];
+    for c in 0..8 {
+        for i in 0..8 {
+            acc[i] += a[c * 8 + i] * b[c * 8 + i];
+        }
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7])
+}
+
+/// Attention of `G` query heads (64 values each, back to back in `q`) that share one
+/// key/value head, over positions `0..len`; writes their outputs to `out`. Each key and
+/// value is loaded once for all `G` heads, and the weighted sums of values stay in
+/// local accumulators for the whole pass. Returns true (it handled the case).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend64<const G: usize>(
+    q: &[f32],
+    cache: &KvCache,
+    layer: usize,
+    table: &[u32],
+    kvh: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> bool {
+    let mut qs = [[0f32; 64]; G];
+    for (g, qg) in qs.iter_mut().enumerate() {
+        for (d, v) in qg.iter_mut().zip(&q[g * 64..(g + 1) * 64]) {
+            *d = v * scale;
+        }
+    }
+    let blocks = len.div_ceil(BLOCK_TOKENS);
+    for (b, &block) in table.iter().enumerate().take(blocks) {
+        let (kb, _) = cache.block(layer, block, kvh);
+        let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+        for s in 0..slots {
+            let key: &[f32; 64] = kb[s * 64..(s + 1) * 64].try_into().expect("64 values");
+            for g in 0..G {
+                scores[g * len + b * BLOCK_TOKENS + s] = dot64(&qs[g], key);
+            }
+        }
+    }
+    for g in 0..G {
+        softmax(&mut scores[g * len..(g + 1) * len]);
+    }
+    let mut acc = [[0f32; 64]; G];
+    for (b, &block) in table.iter().enumerate().take(blocks) {
+        let (_, vb) = cache.block(layer, block, kvh);
+        let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+        for s in 0..slots {
+            let value: &[f32; 64] = vb[s * 64..(s + 1) * 64].try_into().expect("64 values");
+            for g in 0..G {
+                let p = scores[g * len + b * BLOCK_TOKENS + s];
+                for d in 0..64 {
+                    acc[g][d] += p * value[d];
+                }
+            }
+        }
+    }
+    for (g, a) in acc.iter().enumerate() {
+        out[g * 64..(g + 1) * 64].copy_from_slice(a);
+    }
+    true
 }
