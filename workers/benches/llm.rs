@@ -7,7 +7,8 @@
 //! - prefill tokens/s of a 1000-token prompt, and time to first token of a 100-token one.
 //!
 //! Env: `SWELL_MODEL_PATH`, `SWELL_BENCH_THREADS` (default: every core),
-//! `SWELL_BENCH_QUICK=1` (fewer shapes and concurrencies).
+//! `SWELL_BENCH_QUICK=1` (fewer shapes and concurrencies), `SWELL_BENCH_CONCURRENCY=1,16`.
+//! Flags: `--engine-only` (skip the kernel table), `--decode-only` (skip prefill/TTFT).
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,8 @@ fn engine_runs(factory: &LlmEngineFactory, quick: bool) {
         steps
     };
 
+    let decode_only = std::env::args().any(|a| a == "--decode-only");
+    if !decode_only {
     // Time to first token and prefill.
     let started = Instant::now();
     engine.add(Sequence { id: "ttft".into(), prompt_tokens: prompt(100, 1), resume_tokens: vec![], params: params(1) });
@@ -103,11 +106,16 @@ fn engine_runs(factory: &LlmEngineFactory, quick: bool) {
     drain(&mut engine);
     let d = started.elapsed();
     println!("prefill, 1000-token prompt: {:.0} ms = {:.0} tokens/s", d.as_secs_f64() * 1e3, 1000.0 / d.as_secs_f64());
+    }
 
     println!("\n| concurrent sequences | decode tokens/s (aggregate) | per sequence | steps |");
     println!("|---|---|---|---|");
-    let conc: &[usize] = if quick { &[1, 16] } else { &[1, 4, 16, 64] };
-    for &n in conc {
+    let conc: Vec<usize> = match std::env::var("SWELL_BENCH_CONCURRENCY") {
+        Ok(list) => list.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
+        Err(_) if quick => vec![1, 16],
+        Err(_) => vec![1, 4, 16, 64],
+    };
+    for &n in &conc {
         // Prefill all first, then time the decode steps only.
         for i in 0..n {
             engine.add(Sequence { id: format!("c{i}").into(), prompt_tokens: prompt(100, 10 + i as u32), resume_tokens: vec![], params: params(129) });

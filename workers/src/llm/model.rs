@@ -394,11 +394,62 @@ fn attention(
     qkv: &[f32],
     out: &mut [f32],
 ) {
+    let hidden = c.hidden;
+    let avx2 = simd_avx2();
+    let one = |(r, out): (usize, &mut [f32])| {
+        let row = |out: &mut [f32]| attend_row(c, layer, cache, chunks, rows, qkv, r, out);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (checked by simd_avx2).
+            return unsafe { with_avx2(out, &row) };
+        }
+        let _ = avx2;
+        row(out)
+    };
+    if rows.len() > 1 {
+        out.par_chunks_mut(hidden).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(hidden).enumerate().for_each(one);
+    }
+}
+
+/// Whether the AVX2 + FMA builds of the f32 loops can run here (checked once).
+pub fn simd_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Run `f` (an `#[inline(always)]` body) compiled for AVX2 + FMA: the crate is built
+/// for baseline x86-64 (SSE2), and these loops are where 256-bit vectors pay.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<F: Fn(&mut [f32])>(out: &mut [f32], f: &F) {
+    f(out)
+}
+
+/// One stacked token's attention, all heads.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_row(
+    c: &LlamaConfig,
+    layer: usize,
+    cache: &KvCache,
+    chunks: &[SeqChunk<'_>],
+    rows: &[(usize, usize)],
+    qkv: &[f32],
+    r: usize,
+    out: &mut [f32],
+) {
     let (hidden, kv_dim, hd) = (c.hidden, c.kv_dim(), c.head_dim);
     let qkv_width = hidden + 2 * kv_dim;
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let one = |(r, out): (usize, &mut [f32])| {
+    {
         let (ci, pos) = rows[r];
         let table = chunks[ci].blocks;
         let q_all = &qkv[r * qkv_width..r * qkv_width + hidden];
@@ -444,11 +495,6 @@ fn attention(
                 }
             }
         }
-    };
-    if rows.len() > 1 {
-        out.par_chunks_mut(hidden).enumerate().for_each(one);
-    } else {
-        out.chunks_mut(hidden).enumerate().for_each(one);
     }
 }
 
