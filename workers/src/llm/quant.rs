@@ -293,18 +293,11 @@ impl QMatrix {
 
     /// Rows `r0..r1` of the product, token tiles inside.
     unsafe fn matmul_rows(&self, x: &QActivations, r0: usize, r1: usize, out: SendPtr, ldo: usize, kernel: Kernel) {
-        use half::slice::HalfFloatSliceExt;
         let tokens = x.rows;
-        let nb = self.blocks_per_row();
-        // The row tile's scales and offsets as f32, converted once per tile (F16C).
-        let mut scales = vec![0f32; 2 * TILE_ROWS * nb];
         let mut r = r0;
         while r < r1 {
             let rows = (r1 - r).min(TILE_ROWS);
-            let (wd, wm) = scales.split_at_mut(TILE_ROWS * nb);
-            self.d[r * nb..(r + rows) * nb].convert_to_f32_slice(&mut wd[..rows * nb]);
-            self.m[r * nb..(r + rows) * nb].convert_to_f32_slice(&mut wm[..rows * nb]);
-            let tile = Tile { w: self, r0: r, wd, wm };
+            let tile = Tile { w: self, r0: r };
             let mut t = 0;
             while t < tokens {
                 let cols = (tokens - t).min(TILE_COLS);
@@ -316,13 +309,10 @@ impl QMatrix {
     }
 }
 
-/// A tile of up to [`TILE_ROWS`] weight rows from `r0`, with their scales (`wd`) and
-/// offsets (`wm`) as f32, `blocks_per_row` per row.
+/// A tile of up to [`TILE_ROWS`] weight rows from `r0`.
 struct Tile<'a> {
     w: &'a QMatrix,
     r0: usize,
-    wd: &'a [f32],
-    wm: &'a [f32],
 }
 
 /// Rewrite rows of natural-order bytes (`cols` per row) in the pair-interleaved layout.
@@ -435,6 +425,7 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("f16c")
                 && std::is_x86_feature_detected!("avx512vl")
                 && std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx2")
@@ -442,7 +433,10 @@ impl Kernel {
             {
                 return Kernel::Vnni;
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
                 return Kernel::Avx2;
             }
         }
@@ -471,23 +465,6 @@ impl Kernel {
     }
 }
 
-/// `sum_b m[b] * s[b]` over one weight row and one activation row.
-#[inline(always)]
-fn offset_dot(m: &[f32], s: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut mc = m.chunks_exact(8);
-    let mut sc = s.chunks_exact(8);
-    for (a, b) in (&mut mc).zip(&mut sc) {
-        for i in 0..8 {
-            acc[i] += a[i] * b[i];
-        }
-    }
-    let mut total: f32 = acc.iter().sum();
-    for (a, b) in mc.remainder().iter().zip(sc.remainder()) {
-        total += a * b;
-    }
-    total
-}
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -546,7 +523,8 @@ unsafe fn tile_scalar(tile: &Tile<'_>, rows: usize, x: &QActivations, t0: usize,
                     let q = w.q_at(r, b * BLOCK + j);
                     isum += i32::from(q) * i32::from(x.qs[t * w.cols + layout_pos(nb, b, j)]);
                 }
-                total += tile.wd[i * nb + b] * x.d[xb] * isum as f32 + tile.wm[i * nb + b] * x.s[xb];
+                let wb = r * nb + b;
+                total += w.d[wb].to_f32() * x.d[xb] * isum as f32 + w.m[wb].to_f32() * x.s[xb];
             }
             *out.add(t * ldo + r) = total;
         }
@@ -596,6 +574,38 @@ mod x86 {
         }
     }
 
+    /// [`pair_scales`] from two f16 values (F16C).
+    #[inline(always)]
+    unsafe fn pair_scales_f16(v: *const f16) -> __m256 {
+        let two = _mm_cvtph_ps(_mm_cvtsi32_si128((v as *const i32).read_unaligned()));
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+    }
+
+    /// One f16 as f32 (F16C).
+    #[inline(always)]
+    unsafe fn f16_scalar(v: *const f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from((v as *const u16).read_unaligned()))))
+    }
+
+    /// `sum m[b] * s[b]` with `m` in f16 (F16C, 8 at a time).
+    #[inline(always)]
+    unsafe fn offset_dot_f16(m: &[f16], s: &[f32]) -> f32 {
+        let n = m.len().min(s.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 8 <= n {
+            let mv = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().add(b) as *const __m128i));
+            acc = _mm256_fmadd_ps(mv, _mm256_loadu_ps(s.as_ptr().add(b)), acc);
+            b += 8;
+        }
+        let mut total = hsum(acc);
+        while b < n {
+            total += f16_scalar(m.as_ptr().add(b)) * s[b];
+            b += 1;
+        }
+        total
+    }
+
     /// `[v[b], v[b], v[b], v[b], v[b+1] x 4]`: the per-lane scale of a block pair.
     #[inline(always)]
     unsafe fn pair_scales(v: *const f32) -> __m256 {
@@ -618,10 +628,11 @@ mod x86 {
     ) {
         let nb = tile.w.blocks_per_row();
         for i in 0..R {
-            let m = &tile.wm[(i0 + i) * nb..(i0 + i + 1) * nb];
+            let r = tile.r0 + i0 + i;
+            let m = &tile.w.m[r * nb..(r + 1) * nb];
             for j in 0..C {
                 let s = &x.s[(t0 + j) * nb..(t0 + j + 1) * nb];
-                let offset = if OFFSET { offset_dot(m, s) } else { 0.0 };
+                let offset = if OFFSET { offset_dot_f16(m, s) } else { 0.0 };
                 *out.add((t0 + j) * ldo + tile.r0 + i0 + i) = hsum(acc[i][j]) + offset;
             }
         }
@@ -645,7 +656,7 @@ mod x86 {
                     let (a, bb) = load_pair::<$NIBBLES>(w, $tile.r0 + $i0 + i, b);
                     wa[i] = a;
                     wb[i] = bb;
-                    wd[i] = pair_scales($tile.wd.as_ptr().add(($i0 + i) * nb + b));
+                    wd[i] = pair_scales_f16(w.d.as_ptr().add(($tile.r0 + $i0 + i) * nb + b));
                 }
                 for j in 0..$C {
                     let xp = $x.qs.as_ptr().add(($t0 + j) * w.cols + b * BLOCK);
@@ -662,7 +673,7 @@ mod x86 {
                 let b = nb - 1;
                 for i in 0..$R {
                     let wq = load_single::<$NIBBLES>(w, $tile.r0 + $i0 + i, b);
-                    let wd = _mm256_set1_ps(*$tile.wd.get_unchecked(($i0 + i) * nb + b));
+                    let wd = _mm256_set1_ps(f16_scalar(w.d.as_ptr().add(($tile.r0 + $i0 + i) * nb + b)));
                     for j in 0..$C {
                         let xb = ($t0 + j) * nb + b;
                         let xq = _mm256_loadu_si256($x.qs.as_ptr().add(($t0 + j) * w.cols + b * BLOCK) as *const __m256i);
@@ -675,7 +686,7 @@ mod x86 {
         }};
     }
 
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bool>(
         tile: &Tile<'_>,
         i0: usize,
@@ -691,7 +702,7 @@ mod x86 {
         tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, true, dot)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx2<const R: usize, const C: usize, const NIBBLES: bool>(
         tile: &Tile<'_>,
         i0: usize,
