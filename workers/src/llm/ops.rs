@@ -65,6 +65,12 @@ impl Rope {
         Self { head_dim, positions, cos, sin }
     }
 
+    /// The tables, `head_dim / 2` values per position: `(cos, sin)` (the CUDA runner
+    /// uploads these same values).
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotate every head of `x` (heads of `head_dim` values, back to back) for
     /// position `pos`. GGUF llama weights are permuted so that pairs are adjacent
     /// (`x[2i]`, `x[2i + 1]`): llama.cpp's "normal" rope mode.

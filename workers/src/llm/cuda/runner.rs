@@ -186,21 +186,6 @@ impl DeviceWeights {
     }
 }
 
-/// The rope tables, computed as `ops::Rope::new` computes them (f64, then f32).
-fn rope_tables(head_dim: usize, positions: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
-    let pairs = head_dim / 2;
-    let mut cos = Vec::with_capacity(positions * pairs);
-    let mut sin = Vec::with_capacity(positions * pairs);
-    for p in 0..positions {
-        for i in 0..pairs {
-            let freq = 1.0 / f64::from(theta).powf(2.0 * i as f64 / head_dim as f64);
-            let angle = p as f64 * freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    (cos, sin)
-}
 
 /// Device buffers of one step, grown to the largest step seen.
 struct Scratch {
@@ -439,7 +424,8 @@ impl CudaRunner {
                 down: upload(&l.down).map_err(at)?,
             });
         }
-        let (cos, sin) = rope_tables(c.head_dim, positions, c.rope_theta);
+        // The CPU model's own tables (same positions: the context length).
+        let (cos, sin) = weights.rope.tables();
         let device_weights = DeviceWeights {
             embedding: upload(&weights.embedding).map_err(fail("uploading the embedding"))?,
             output: weights.output.as_ref().map(upload).transpose().map_err(fail("uploading the lm head"))?,
@@ -766,17 +752,6 @@ mod tests {
         assert!(plan.build(&[SeqChunk { tokens: &[1], start: 40, blocks: &blocks, logits: Logits::Last }], &c, 32, 8).is_err());
         plan.build(&[], &c, 64, 8).unwrap();
         assert_eq!((plan.tokens, plan.logit_rows, plan.meta.len()), (0, 0, 0));
-    }
-
-    #[test]
-    fn rope_tables_match_the_cpu_rope() {
-        let (cos, sin) = rope_tables(4, 3, 10_000.0);
-        let rope = crate::llm::ops::Rope::new(4, 3, 10_000.0);
-        for pos in 0..3 {
-            let mut x = vec![1.0, 0.0, 1.0, 0.0];
-            rope.apply(&mut x, pos);
-            assert_eq!((x[0], x[1], x[2], x[3]), (cos[pos * 2], sin[pos * 2], cos[pos * 2 + 1], sin[pos * 2 + 1]));
-        }
     }
 
     #[test]
