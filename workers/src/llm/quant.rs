@@ -42,30 +42,46 @@ pub const TILE_ROWS: usize = 4;
 pub const TILE_COLS: usize = 4;
 
 /// Byte offset, within a row of `nb` blocks, of value `j` of block `b` in the
-/// **pair-interleaved** layout of activations and 8-bit weights: blocks go in pairs, and a
-/// pair's 64 bytes are `[b0[0..16], b1[0..16], b0[16..32], b1[16..32]]`; an odd last
-/// block is stored in order. This is the order in which a pair of 4-bit blocks unpacks
-/// (low nibbles of both blocks' 32 bytes, then high nibbles), so one 256-bit multiply-add
-/// covers two blocks and its 8 lanes split 4 and 4 between them.
+/// **interleaved** layout of activations and 8-bit weights. Blocks go in quads: a quad's
+/// 128 bytes are `[b0[0..16], b1[0..16], b2[0..16], b3[0..16], b0[16..32], .., b3[16..32]]`,
+/// the order in which four 4-bit blocks (64 bytes, one 512-bit load) unpack into low and
+/// high nibbles, so two 512-bit multiply-adds cover four blocks and their 16 lanes split
+/// 4 per block. Blocks left after the last quad go as one pair (`[b0[0..16], b1[0..16],
+/// b0[16..32], b1[16..32]]`, the 256-bit form of the same idea) and an odd last block in
+/// order. A pair inside a quad is found by [`pair_offsets`], so the 256-bit kernels read
+/// the same layout.
 #[inline(always)]
 pub fn layout_pos(nb: usize, b: usize, j: usize) -> usize {
-    if b | 1 < nb {
-        (b / 2) * 64 + (j / 16) * 32 + (b % 2) * 16 + (j % 16)
+    let quads = nb & !3;
+    if b < quads {
+        (b / 4) * 128 + (j / 16) * 64 + (b % 4) * 16 + (j % 16)
+    } else if nb - quads >= 2 && b < quads + 2 {
+        quads * BLOCK + (j / 16) * 32 + (b - quads) * 16 + (j % 16)
     } else {
         b * BLOCK + j
     }
 }
 
-/// Copy one block's 32 values into a row in the pair-interleaved layout.
+/// Byte offsets, within a row of `nb` blocks, of the two 32-byte halves of the block pair
+/// starting at even block `b`: values 0..16 of both blocks, then values 16..32 of both.
+#[inline(always)]
+pub fn pair_offsets(nb: usize, b: usize) -> (usize, usize) {
+    let quads = nb & !3;
+    if b < quads {
+        let lo = (b / 4) * 128 + ((b % 4) / 2) * 32;
+        (lo, lo + 64)
+    } else {
+        (b * BLOCK, b * BLOCK + 32)
+    }
+}
+
+/// Copy one block's 32 values into a row in the interleaved layout.
 #[inline(always)]
 fn scatter_block<T: Copy>(row: &mut [T], nb: usize, b: usize, values: &[T]) {
-    if b | 1 < nb {
-        let base = (b / 2) * 64 + (b % 2) * 16;
-        row[base..base + 16].copy_from_slice(&values[..16]);
-        row[base + 32..base + 48].copy_from_slice(&values[16..32]);
-    } else {
-        row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&values[..32]);
-    }
+    let lo = layout_pos(nb, b, 0);
+    let hi = layout_pos(nb, b, 16);
+    row[lo..lo + 16].copy_from_slice(&values[..16]);
+    row[hi..hi + 16].copy_from_slice(&values[16..32]);
 }
 
 /// How the unsigned `q` values of a matrix are packed.
@@ -73,7 +89,7 @@ fn scatter_block<T: Copy>(row: &mut [T], nb: usize, b: usize, values: &[T]) {
 pub enum Packing {
     /// Two 4-bit values per byte, 16 bytes per block (Q4_0, Q4_1).
     Nibbles,
-    /// One byte per value, 32 bytes per block (Q8_0), rows in the pair-interleaved
+    /// One byte per value, 32 bytes per block (Q8_0), rows in the interleaved
     /// layout ([`layout_pos`]).
     Bytes,
 }
@@ -315,7 +331,7 @@ struct Tile<'a> {
     r0: usize,
 }
 
-/// Rewrite rows of natural-order bytes (`cols` per row) in the pair-interleaved layout.
+/// Rewrite rows of natural-order bytes (`cols` per row) in the interleaved layout.
 fn interleave_rows(qs: &mut [u8], cols: usize) {
     let nb = cols / BLOCK;
     qs.par_chunks_mut(cols).for_each(|row| {
@@ -381,7 +397,7 @@ impl QActivations {
 }
 
 /// One token row to 8 bits per block (round half to even, as `vroundps` does, so the
-/// loop vectorizes), in the pair-interleaved layout.
+/// loop vectorizes), in the interleaved layout.
 #[inline(always)]
 fn quantize_row_body(src: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], nb: usize) {
     let mut block = [0i8; BLOCK];
@@ -411,6 +427,8 @@ unsafe fn quantize_row_avx2(src: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f
 /// The kernel family chosen for this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// AVX-512 VNNI on 512-bit vectors: four blocks per `vpdpbusd` pair.
+    Vnni512,
     /// AVX-512 VNNI on 256-bit vectors (`vpdpbusd`).
     Vnni,
     /// AVX2 + FMA (`vpmaddubsw`, `vpmaddwd`).
@@ -424,13 +442,16 @@ impl Kernel {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512vnni")
+            let vnni = std::is_x86_feature_detected!("avx512vnni")
                 && std::is_x86_feature_detected!("f16c")
                 && std::is_x86_feature_detected!("avx512vl")
                 && std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-            {
+                && std::is_x86_feature_detected!("fma");
+            if vnni && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512dq") {
+                return Kernel::Vnni512;
+            }
+            if vnni {
                 return Kernel::Vnni;
             }
             if std::is_x86_feature_detected!("avx2")
@@ -447,7 +468,10 @@ impl Kernel {
     pub fn available() -> Vec<Kernel> {
         let best = Kernel::detect();
         let mut all = vec![best];
-        if best == Kernel::Vnni {
+        if best == Kernel::Vnni512 {
+            all.push(Kernel::Vnni);
+        }
+        if matches!(best, Kernel::Vnni512 | Kernel::Vnni) {
             all.push(Kernel::Avx2);
         }
         if best != Kernel::Scalar {
@@ -458,6 +482,7 @@ impl Kernel {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kernel::Vnni512 => "avx512-vnni-512",
             Kernel::Vnni => "avx512-vnni",
             Kernel::Avx2 => "avx2",
             Kernel::Scalar => "scalar",
@@ -500,6 +525,7 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
             };
         }
         match kernel {
+            Kernel::Vnni512 => return tiles!(tile_vnni512),
             Kernel::Vnni => return tiles!(tile_vnni),
             Kernel::Avx2 => return tiles!(tile_avx2),
             Kernel::Scalar => {}
@@ -547,7 +573,7 @@ mod x86 {
     }
 
     /// The 64 unsigned `q` of blocks `block` and `block + 1` as two 256-bit halves in
-    /// the pair-interleaved order: (values 0..16 of both, values 16..32 of both).
+    /// the interleaved order: (values 0..16 of both, values 16..32 of both).
     #[inline(always)]
     unsafe fn load_pair<const NIBBLES: bool>(w: &QMatrix, row: usize, block: usize) -> (__m256i, __m256i) {
         if NIBBLES {
@@ -555,8 +581,9 @@ mod x86 {
             let mask = _mm256_set1_epi8(0x0F);
             (_mm256_and_si256(bytes, mask), _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask))
         } else {
-            let p = w.qs.as_ptr().add(row * w.cols + block * BLOCK);
-            (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+            let (lo, hi) = pair_offsets(w.blocks_per_row(), block);
+            let p = w.qs.as_ptr().add(row * w.cols);
+            (_mm256_loadu_si256(p.add(lo) as *const __m256i), _mm256_loadu_si256(p.add(hi) as *const __m256i))
         }
     }
 
@@ -658,10 +685,11 @@ mod x86 {
                     wb[i] = bb;
                     wd[i] = pair_scales_f16(w.d.as_ptr().add(($tile.r0 + $i0 + i) * nb + b));
                 }
+                let (lo, hi) = pair_offsets(nb, b);
                 for j in 0..$C {
-                    let xp = $x.qs.as_ptr().add(($t0 + j) * w.cols + b * BLOCK);
-                    let xa = _mm256_loadu_si256(xp as *const __m256i);
-                    let xb = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+                    let xp = $x.qs.as_ptr().add(($t0 + j) * w.cols);
+                    let xa = _mm256_loadu_si256(xp.add(lo) as *const __m256i);
+                    let xb = _mm256_loadu_si256(xp.add(hi) as *const __m256i);
                     let xd = pair_scales($x.d.as_ptr().add(($t0 + j) * nb + b));
                     for i in 0..$R {
                         let dot = _mm256_add_epi32($dot(wa[i], xa), $dot(wb[i], xb));
@@ -700,6 +728,148 @@ mod x86 {
             _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
         }
         tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, true, dot)
+    }
+
+    /// `[v[0] x 4, v[1] x 4, v[2] x 4, v[3] x 4]` from four f16 values: the per-lane
+    /// scale of a block quad.
+    #[inline(always)]
+    unsafe fn quad_scales_f16(v: *const f16) -> __m512 {
+        let four = _mm_cvtph_ps(_mm_loadl_epi64(v as *const __m128i));
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_castps128_ps512(four))
+    }
+
+    /// [`quad_scales_f16`] from four f32 values.
+    #[inline(always)]
+    unsafe fn quad_scales(v: *const f32) -> __m512 {
+        let four = _mm_loadu_ps(v);
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_castps128_ps512(four))
+    }
+
+    /// Sums of four 512-bit accumulators, as `[sum(a), sum(b), sum(c), sum(d)]`.
+    #[inline(always)]
+    unsafe fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+        let half = |v: __m512| _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+        let ab = _mm256_hadd_ps(half(a), half(b));
+        let cd = _mm256_hadd_ps(half(c), half(d));
+        let abcd = _mm256_hadd_ps(ab, cd);
+        _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
+    }
+
+    /// The VNNI kernel on 512-bit vectors: four blocks per step (two `vpdpbusd` per
+    /// row and token), then the 256-bit pair step and the lone block for what is left.
+    /// The `m * s` offsets are added to the accumulators lane-wise (16 blocks per FMA)
+    /// before the horizontal sums, four rows at a time.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub(super) unsafe fn tile_vnni512<const R: usize, const C: usize, const NIBBLES: bool>(
+        tile: &Tile<'_>,
+        i0: usize,
+        x: &QActivations,
+        t0: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let w = tile.w;
+        let nb = w.blocks_per_row();
+        let cols = w.cols;
+        let row = |i: usize| tile.r0 + i0 + i;
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mask = _mm512_set1_epi8(0x0F);
+        let quads = nb / 4;
+        for q in 0..quads {
+            let b = 4 * q;
+            let mut wa = [_mm512_setzero_si512(); R];
+            let mut wb = [_mm512_setzero_si512(); R];
+            let mut wd = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                if NIBBLES {
+                    let bytes = _mm512_loadu_si512(w.qs.as_ptr().add((row(i) * nb + b) * 16) as *const __m512i);
+                    wa[i] = _mm512_and_si512(bytes, mask);
+                    wb[i] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), mask);
+                } else {
+                    let p = w.qs.as_ptr().add(row(i) * cols + b * BLOCK);
+                    wa[i] = _mm512_loadu_si512(p as *const __m512i);
+                    wb[i] = _mm512_loadu_si512(p.add(64) as *const __m512i);
+                }
+                wd[i] = quad_scales_f16(w.d.as_ptr().add(row(i) * nb + b));
+            }
+            for j in 0..C {
+                let xp = x.qs.as_ptr().add((t0 + j) * cols + b * BLOCK);
+                let xa = _mm512_loadu_si512(xp as *const __m512i);
+                let xb = _mm512_loadu_si512(xp.add(64) as *const __m512i);
+                let xd = quad_scales(x.d.as_ptr().add((t0 + j) * nb + b));
+                for i in 0..R {
+                    let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wa[i], xa), wb[i], xb);
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(wd[i], xd), _mm512_cvtepi32_ps(dot), acc[i][j]);
+                }
+            }
+        }
+        // A pair and/or a lone block after the quads: the 256-bit step, widened.
+        let mut b = quads * 4;
+        if nb - b >= 2 {
+            let mut wa = [_mm256_setzero_si256(); R];
+            let mut wb = [_mm256_setzero_si256(); R];
+            let mut wd = [_mm256_setzero_ps(); R];
+            for i in 0..R {
+                let (a, bb) = load_pair::<NIBBLES>(w, row(i), b);
+                wa[i] = a;
+                wb[i] = bb;
+                wd[i] = pair_scales_f16(w.d.as_ptr().add(row(i) * nb + b));
+            }
+            let (lo, hi) = pair_offsets(nb, b);
+            for j in 0..C {
+                let xp = x.qs.as_ptr().add((t0 + j) * cols);
+                let xa = _mm256_loadu_si256(xp.add(lo) as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(hi) as *const __m256i);
+                let xd = pair_scales(x.d.as_ptr().add((t0 + j) * nb + b));
+                for i in 0..R {
+                    let dot = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), wa[i], xa), wb[i], xb);
+                    let v = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), _mm256_cvtepi32_ps(dot), _mm256_setzero_ps());
+                    acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_castps256_ps512(v));
+                }
+            }
+            b += 2;
+        }
+        if b < nb {
+            for i in 0..R {
+                let wq = load_single::<NIBBLES>(w, row(i), b);
+                let wd = _mm256_set1_ps(f16_scalar(w.d.as_ptr().add(row(i) * nb + b)));
+                for j in 0..C {
+                    let xq = _mm256_loadu_si256(x.qs.as_ptr().add((t0 + j) * cols + b * BLOCK) as *const __m256i);
+                    let xd = _mm256_set1_ps(*x.d.get_unchecked((t0 + j) * nb + b));
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq, xq);
+                    let v = _mm256_mul_ps(_mm256_mul_ps(wd, xd), _mm256_cvtepi32_ps(dot));
+                    acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_castps256_ps512(v));
+                }
+            }
+        }
+        // Offsets: sum over blocks of m[r][b] * s[t][b], 16 blocks per FMA, lane-wise
+        // into the accumulators (the horizontal sum below adds every lane).
+        let mut c = 0;
+        while c < nb {
+            let n = (nb - c).min(16);
+            let k: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let mut wm = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                wm[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, w.m.as_ptr().add(row(i) * nb + c) as *const i16));
+            }
+            for j in 0..C {
+                let s = _mm512_maskz_loadu_ps(k, x.s.as_ptr().add((t0 + j) * nb + c));
+                for i in 0..R {
+                    acc[i][j] = _mm512_fmadd_ps(wm[i], s, acc[i][j]);
+                }
+            }
+            c += 16;
+        }
+        for j in 0..C {
+            let o = out.add((t0 + j) * ldo + tile.r0 + i0);
+            if R == 4 {
+                _mm_storeu_ps(o, hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));
+            } else {
+                for i in 0..R {
+                    *o.add(i) = _mm512_reduce_add_ps(acc[i][j]);
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -805,7 +975,7 @@ mod tests {
     #[test]
     fn q4_1_kernels_match_the_dequantized_product() {
         let mut seed = 7;
-        for (rows, cols) in [(4, 32), (7, 64), (5, 96), (96, 576), (37, 1536)] {
+        for (rows, cols) in [(4, 32), (7, 64), (5, 96), (8, 128), (6, 160), (9, 224), (96, 576), (37, 1536)] {
             let data = q4_1_bytes(rows, cols, &mut seed);
             let w = QMatrix::from_ggml(GgmlBlockType::Q4_1, rows, cols, &data).unwrap();
             for tokens in [1, 2, 3, 4, 5, 9, 17] {
@@ -817,7 +987,7 @@ mod tests {
     #[test]
     fn q8_0_and_q4_0_kernels_match_the_dequantized_product() {
         let mut seed = 11;
-        for (rows, cols) in [(5, 32), (6, 96), (64, 576)] {
+        for (rows, cols) in [(5, 32), (6, 96), (4, 160), (7, 224), (64, 576)] {
             let w = QMatrix::from_ggml(GgmlBlockType::Q8_0, rows, cols, &q8_0_bytes(rows, cols, &mut seed)).unwrap();
             for tokens in [1, 4, 6] {
                 check(&w, tokens, &mut seed);
