@@ -100,12 +100,19 @@ impl KvCache {
         let hd = self.head_dim;
         for head in 0..self.kv_heads {
             let at = self.offset(layer, block, head, slot);
-            self.k[at..at + hd].copy_from_slice(&k[head * hd..(head + 1) * hd]);
             self.v[at..at + hd].copy_from_slice(&v[head * hd..(head + 1) * hd]);
+            // Keys transposed: dimension-major, the block's 16 slots side by side.
+            let base = self.offset(layer, block, head, 0);
+            for (d, &kd) in k[head * hd..(head + 1) * hd].iter().enumerate() {
+                self.k[base + d * BLOCK_TOKENS + slot] = kd;
+            }
         }
     }
 
-    /// Keys and values of one head in one block: `BLOCK_TOKENS * head_dim` each.
+    /// Keys and values of one head in one block, `BLOCK_TOKENS * head_dim` each: keys
+    /// **transposed** (`k[d * BLOCK_TOKENS + slot]`, so one vector holds dimension `d`
+    /// of all 16 slots and a block's 16 scores come out of `head_dim` multiply-adds),
+    /// values slot-major (`v[slot * head_dim + d]`).
     #[inline]
     pub fn block(&self, layer: usize, block: u32, head: usize) -> (&[f32], &[f32]) {
         let at = self.offset(layer, block, head, 0);
@@ -144,7 +151,9 @@ mod tests {
         let v: Vec<f32> = (0..8).map(|i| -(i as f32)).collect();
         cache.store(1, &table, 17, &k, &v);
         let (kb, vb) = cache.block(1, 1, 1);
-        assert_eq!(&kb[4..8], &[4.0, 5.0, 6.0, 7.0]);
+        // Slot 1 of block 1 (position 17); keys dimension-major.
+        let key: Vec<f32> = (0..4).map(|d| kb[d * BLOCK_TOKENS + 1]).collect();
+        assert_eq!(key, [4.0, 5.0, 6.0, 7.0]);
         assert_eq!(&vb[4..8], &[-4.0, -5.0, -6.0, -7.0]);
         let (kb, _) = cache.block(0, 1, 1);
         assert!(kb.iter().all(|&x| x == 0.0), "other layers untouched");

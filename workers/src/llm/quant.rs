@@ -31,6 +31,9 @@
 //! with rayon, tiled inside each chunk), and the kernels: `tile_vnni`, `tile_avx2` and
 //! `tile_scalar`, selected once at run time by [`Kernel::detect`].
 
+// SIMD loops index several parallel register arrays by the same counter.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -418,10 +421,42 @@ fn quantize_row_body(src: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], nb
     }
 }
 
+/// [`quantize_row_body`] with AVX2 intrinsics: the same arithmetic (max |x|, scale
+/// `amax / 127`, multiply by its inverse, round half to even), so both give identical
+/// bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(src: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], nb: usize) {
-    quantize_row_body(src, q, d, s, nb)
+    use std::arch::x86_64::*;
+    assert!(src.len() >= nb * BLOCK && q.len() >= nb * BLOCK && d.len() >= nb && s.len() >= nb);
+    let sign = _mm256_set1_ps(-0.0);
+    for b in 0..nb {
+        let p = src.as_ptr().add(b * BLOCK);
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let a = v.map(|x| _mm256_andnot_ps(sign, x));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let r = v.map(|x| _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+        let total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01)));
+        // i32 -> i16 -> i8 with packs (which interleave 128-bit lanes): fix the order.
+        let w = _mm256_packs_epi32(r[0], r[1]);
+        let w2 = _mm256_packs_epi32(r[2], r[3]);
+        let bytes = _mm256_packs_epi16(w, w2);
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let lo = layout_pos(nb, b, 0);
+        let hi = layout_pos(nb, b, 16);
+        _mm_storeu_si128(q.as_mut_ptr().add(lo) as *mut __m128i, _mm256_castsi256_si128(bytes));
+        _mm_storeu_si128(q.as_mut_ptr().add(hi) as *mut __m128i, _mm256_extracti128_si256(bytes, 1));
+        d[b] = scale;
+        s[b] = scale * total as f32;
+    }
 }
 
 /// The kernel family chosen for this CPU.
@@ -1031,6 +1066,33 @@ mod tests {
         w.dequantize_row(0, &mut row);
         assert_eq!(row[0], -4.0);
         assert_eq!(row[31], 15.0 * 0.25);
+    }
+
+    #[test]
+    fn simd_activation_quantization_equals_the_portable_one() {
+        if !crate::llm::model::simd_avx2() {
+            return;
+        }
+        let mut seed = 5;
+        for nb in [1, 2, 3, 4, 5, 7, 18, 48] {
+            let mut src: Vec<f32> = (0..nb * BLOCK).map(|_| lcg(&mut seed) * 3.0).collect();
+            src[0] = 0.5; // exact ties round to even
+            src[1] = -1.5;
+            let (mut q1, mut d1, mut s1) = (vec![0i8; nb * BLOCK], vec![0f32; nb], vec![0f32; nb]);
+            let (mut q2, mut d2, mut s2) = (q1.clone(), d1.clone(), s1.clone());
+            quantize_row_body(&src, &mut q1, &mut d1, &mut s1, nb);
+            // SAFETY: AVX2 checked above.
+            unsafe { quantize_row_avx2(&src, &mut q2, &mut d2, &mut s2, nb) };
+            assert_eq!(q1, q2, "{nb} blocks");
+            assert_eq!(d1, d2);
+            assert_eq!(s1, s2);
+            if nb == 2 {
+                // A zero block quantizes to zeros.
+                let zeros = vec![0f32; 2 * BLOCK];
+                unsafe { quantize_row_avx2(&zeros, &mut q2, &mut d2, &mut s2, 2) };
+                assert!(q2[..64].iter().all(|&v| v == 0) && d2[..2] == [0.0, 0.0]);
+            }
+        }
     }
 
     #[test]
