@@ -543,3 +543,58 @@ fn redis_fixture_restarts_on_the_same_port_and_cleans_up() {
     drop(server);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// Redis only: every key carries a `{dep:..}` or `{job:..}` hash tag; acknowledged,
+/// dead-lettered and cancelled entries leave the work stream and its pending list; the
+/// dead-letter stream keeps the job; finished output expires after `output_ttl`.
+#[tokio::test]
+async fn redis_keys_are_hash_tagged_and_finished_entries_leave_the_stream() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let config = RedisQueueConfig {
+        output_ttl: Duration::from_millis(500),
+        ..redis_config(&server, 1)
+    };
+    let queue = RedisQueue::connect(config).await.unwrap();
+    for id in ["acked", "dead", "cancelled", "waiting"] {
+        queue.enqueue(job(id), LIMITS).await.unwrap();
+    }
+    let leases = queue.lease("d", "w1", 2, SHORT_TTL, NO_BLOCK).await.unwrap();
+    queue.append_output(&leases[0].lease, vec![tokens(&[1]), finished()]).await.unwrap();
+    assert!(queue.ack(&leases[0].lease).await.unwrap());
+    queue.cancel("cancelled").await.unwrap();
+    tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;
+    assert_eq!(queue.reclaim_expired("d").await.unwrap(), 0); // "dead": max_deliveries 1
+
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut raw).await.unwrap();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        assert!(
+            key.starts_with("test:{dep:d}:") || key.starts_with("test:{job:"),
+            "{key} has no hash tag"
+        );
+    }
+    let stream_length: u64 = ::redis::cmd("XLEN").arg("test:{dep:d}:jobs").query_async(&mut raw).await.unwrap();
+    assert_eq!(stream_length, 1, "only the waiting job's entry is left");
+    let pending: Vec<::redis::Value> =
+        ::redis::cmd("XPENDING").arg("test:{dep:d}:jobs").arg("workers").query_async(&mut raw).await.unwrap();
+    assert_eq!(pending[0], ::redis::Value::Int(0));
+    let dead: ::redis::streams::StreamRangeReply =
+        ::redis::cmd("XRANGE").arg("test:{dep:d}:dead").arg("-").arg("+").query_async(&mut raw).await.unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    let dead_job: String = dead.ids[0].get("job").unwrap();
+    assert_eq!(serde_json::from_str::<Job>(&dead_job).unwrap().id, "dead");
+
+    // The finished jobs' output expires; the waiting job's does not.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for id in ["acked", "dead", "cancelled"] {
+        assert!(
+            matches!(queue.read_output(id, 0, NO_BLOCK).await, Err(QueueError::UnknownJob(_))),
+            "{id} still readable"
+        );
+    }
+    assert!(queue.read_output("waiting", 0, NO_BLOCK).await.unwrap().is_empty());
+    // An expired id may be used again.
+    queue.enqueue(job("acked"), LIMITS).await.unwrap();
+}
