@@ -413,6 +413,40 @@ mod scenarios {
             AppendOutcome::Fenced
         );
     }
+
+    pub async fn concurrent_consumers_each_get_a_job_once(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        for i in 0..24 {
+            h.queue.enqueue(job(&format!("j{i:02}")), LIMITS).await.unwrap();
+        }
+        let consumers: Vec<_> = (0..4)
+            .map(|c| {
+                let q = h.queue.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let leases = q.lease("d", &format!("w{c}"), 2, LONG_TTL, NO_BLOCK).await.unwrap();
+                        if leases.is_empty() {
+                            return mine;
+                        }
+                        for lease in leases {
+                            assert!(q.ack(&lease.lease).await.unwrap());
+                            mine.push(lease.job.id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for consumer in consumers {
+            all.extend(consumer.await.unwrap());
+        }
+        all.sort();
+        let expected: Vec<_> = (0..24).map(|i| format!("j{i:02}")).collect();
+        assert_eq!(all, expected);
+        let depth = h.queue.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 0));
+    }
 }
 
 macro_rules! conformance {
@@ -449,6 +483,7 @@ conformance!(
     cancelling_a_leased_job_stops_its_writer_at_the_next_append,
     a_job_past_its_deadline_is_failed_instead_of_leased,
     renew_answers_per_lease_across_deployments,
+    concurrent_consumers_each_get_a_job_once,
 );
 
 /// Redis only: a crash with AOF (`appendfsync always`) loses nothing; while Redis is

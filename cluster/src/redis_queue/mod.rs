@@ -34,6 +34,12 @@
 //!   `0-<after_seq>`: no miss, no repeat.
 //! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`).
 //!
+//! The per-job lease hashes are found by the scripts from `ARGV[1]` (the prefix
+//! `P:{dep:D}:job:`) rather than declared in `KEYS`, since `lease` and
+//! `reclaim_expired` discover their jobs inside the script; they carry the deployment's
+//! hash tag, so they live in the same slot as the declared keys (Redis Cluster serves
+//! such scripts; it refuses only keys of another slot).
+//!
 //! All three job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event
 //! (or the ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue.
 //!
