@@ -633,3 +633,21 @@ async fn redis_keys_are_hash_tagged_and_finished_entries_leave_the_stream() {
     // An expired id may be used again.
     queue.enqueue(job("acked"), LIMITS).await.unwrap();
 }
+
+/// Redis only: connecting to nothing fails fast with `Unavailable`; a bad config is refused.
+#[tokio::test]
+async fn redis_connect_fails_fast_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = RedisQueueConfig {
+        url: format!("redis://127.0.0.1:{port}"),
+        connect_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let error = RedisQueue::connect(config.clone()).await.err().expect("nothing listens");
+    assert_eq!(error.code(), "queue_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    let bad = RedisQueueConfig { key_prefix: "{x}".into(), ..config };
+    let error = RedisQueue::connect(bad).await.err().expect("refused");
+    assert!(error.to_string().contains("key_prefix"), "{error}");
+}
