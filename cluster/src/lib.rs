@@ -7,18 +7,22 @@
 //!
 //! The [`Queue`] trait is shaped after Redis Streams so the distributed implementation
 //! (consumer groups, leases with fencing epochs, `XREAD` from an id) drops in behind it;
-//! [`InMemoryQueue`] is the embedded default, used when Swell runs on one machine.
+//! [`InMemoryQueue`] is the embedded default, used when Swell runs on one machine;
+//! [`RedisQueue`] is the distributed one, on Redis Streams.
 //!
 //! # Layout
 //! - [`protocol`]: what travels: generation requests, sampling parameters, output events.
 //! - [`job`]: a queued job, a lease on it, enqueue receipts and queue depth.
 //! - [`queue`]: the `Queue` trait, its semantics and its error type.
 //! - [`memory`]: the in-process implementation.
+//! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
+//!   and `redis_queue::testing`, a `redis-server` fixture for tests.
 
 pub mod job;
 pub mod memory;
 pub mod protocol;
 pub mod queue;
+pub mod redis_queue;
 
 pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
 pub use memory::{InMemoryQueue, InMemoryQueueConfig};
@@ -27,6 +31,7 @@ pub use protocol::{
     TopLogprob, Usage,
 };
 pub use queue::{AppendOutcome, Queue, QueueError};
+pub use redis_queue::{RedisQueue, RedisQueueConfig};
 
 /// Milliseconds since the Unix epoch: the one clock every node agrees on (roughly), used
 /// for enqueue times and deadlines that cross process boundaries.

@@ -592,7 +592,7 @@ mod tests {
         // Not expired yet: nothing is reclaimed, and renewing keeps it.
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(queue.reclaim_expired("d").await.unwrap(), 0);
-        assert_eq!(queue.renew(&[first.lease.clone()], TTL).await.unwrap(), [true]);
+        assert_eq!(queue.renew(std::slice::from_ref(&first.lease), TTL).await.unwrap(), [true]);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(queue.reclaim_expired("d").await.unwrap(), 0);
 
@@ -611,7 +611,7 @@ mod tests {
             AppendOutcome::Fenced
         );
         assert!(!queue.ack(&first.lease).await.unwrap());
-        assert_eq!(queue.renew(&[first.lease.clone()], TTL).await.unwrap(), [false]);
+        assert_eq!(queue.renew(std::slice::from_ref(&first.lease), TTL).await.unwrap(), [false]);
 
         // The new owner continues the same stream.
         queue.append_output(&second.lease, vec![tokens(&[7]), finished()]).await.unwrap();

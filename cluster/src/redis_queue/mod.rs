@@ -1,0 +1,750 @@
+//! `RedisQueue`: the [`Queue`] on Redis Streams, for Swell on several machines.
+//!
+//! Every deployment has one *work stream* consumed by one consumer group; every job has
+//! its own *output stream*. Each step is one Lua script, atomic on the server, and no
+//! script touches keys of two hash slots, so the layout works on Redis Cluster.
+//!
+//! # Key layout
+//! `P` is [`RedisQueueConfig::key_prefix`] (default `swell`); `{...}` is the hash tag.
+//!
+//! Deployment `D`, all in the slot of `{dep:D}`:
+//! - `P:{dep:D}:jobs`: the work stream, one entry per job (`id`, `job` = the [`Job`] as
+//!   JSON, `t` = enqueue time, `dl` = deadline), consumer group `workers`. An entry is
+//!   deleted (`XACK` + `XDEL`, in the same script) only once its job is acknowledged,
+//!   dead-lettered, cancelled or dropped past its deadline; never trimmed by length.
+//! - `P:{dep:D}:job:<id>`: the lease hash of a job: `entry` (stream id), `epoch`,
+//!   `deliveries`, `state` (`waiting` | `leased`), `consumer`, `expires` (server ms).
+//!   This is the authority on who holds a job.
+//! - `P:{dep:D}:leases`: zset of leased job ids by lease expiry (server clock).
+//! - `P:{dep:D}:requeued`: list of handed-back or reclaimed job ids, head first. Their
+//!   entries stay in the group's pending list (unacknowledged) until leased again
+//!   (`XCLAIM`).
+//! - `P:{dep:D}:wake`: a tiny stream (capped at 16 entries; it carries no work) that
+//!   enqueue, release and reclaim append to; a blocked `lease` waits on it.
+//! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
+//!   capped near [`RedisQueueConfig::dead_letter_max_len`].
+//!
+//! Job `J`, all in the slot of `{job:J}` (so `cancel` and `read_output`, which know only
+//! the job id, find it):
+//! - `P:{job:J}:state`: hash `epoch`, `status` (`waiting` | `leased` | `done`),
+//!   `consumer`, `cancelled`, `deployment`, `last_seq`, `finished`. The authority on
+//!   what may be written to the output stream (the fence).
+//! - `P:{job:J}:out`: the output stream; entry id `0-<seq>`, fields `e` (epoch) and `v`
+//!   (the [`OutputEvent`] as JSON). `read_output` is `XRANGE`/`XREAD BLOCK` from
+//!   `0-<after_seq>`: no miss, no repeat.
+//! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`).
+//!
+//! The per-job lease hashes are found by the scripts from `ARGV[1]` (the prefix
+//! `P:{dep:D}:job:`) rather than declared in `KEYS`, since `lease` and
+//! `reclaim_expired` discover their jobs inside the script; they carry the deployment's
+//! hash tag, so they live in the same slot as the declared keys (Redis Cluster serves
+//! such scripts; it refuses only keys of another slot).
+//!
+//! All three job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event
+//! (or the ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue.
+//!
+//! # Scripts and how they are sequenced
+//! See [`scripts`] for each script. A call that needs both slots runs the deployment
+//! script first, then the job script(s), each of which is idempotent and checks epochs,
+//! so a client dying between the two leaves nothing that the next step does not repair:
+//! - `enqueue`: `job_create` (refuses a duplicate id), then `deployment_enqueue` (refuses
+//!   past `max_queue_depth`, counting waiting = undelivered + requeued; on refusal the
+//!   job state is deleted again).
+//! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >`; counts the
+//!   delivery, sets the lease with the server's clock, drops jobs past their deadline),
+//!   then `job_start` per job (raises the job's epoch to the lease's, answers the tokens
+//!   already delivered). A job found ended there (cancelled while it was being taken) is
+//!   forgotten on the deployment side. A client that dies between the two leaves a
+//!   lease nobody renews: it expires and is reclaimed.
+//! - `reclaim_expired`: `deployment_reclaim` takes only leases whose *expiry* passed (an
+//!   idle entry whose lease is renewed is never taken), bumps the epoch and requeues it,
+//!   or dead-letters + acks it at `max_deliveries`; then `job_requeue` (raises the fence
+//!   to the new epoch) or `job_fail` (`delivery_limit`).
+//! - `release`: `deployment_release` (bumps the epoch, uncounts the delivery, pushes to
+//!   the head), then `job_requeue`.
+//! - `ack`: `deployment_ack` (fenced; `XACK` + `XDEL`), then `job_done` (starts expiry).
+//! - `renew`: `deployment_renew` per deployment (fenced on consumer and epoch).
+//! - `append_output`: `job_append` alone: fenced on the job's epoch and consumer,
+//!   answers `Cancelled` for a cancelled job (then `deployment_forget`).
+//! - `cancel`: `job_cancel`; a waiting job gets its terminal `cancelled` event there and
+//!   is then removed by `deployment_remove_waiting`; a leased one is only flagged.
+//!
+//! Between `deployment_reclaim` and `job_requeue`, a writer whose lease just expired
+//! can still append under its old epoch. That is harmless: `job_start` of the next
+//! attempt reads the tokens atomically with raising the epoch, so whatever the old
+//! writer stored is part of the new attempt's `resume_tokens`, and anything it tries
+//! after that is `Fenced`.
+//!
+//! # What a redelivered job's client sees
+//! One output stream for all attempts. Its events keep their sequence numbers; the
+//! new attempt's events carry the new epoch and continue after the last sequence number
+//! (`Lease::resume_after_seq`), and the new replica continues generation after the
+//! tokens already delivered (`Lease::resume_tokens`), so a reader neither misses nor
+//! repeats a token. It may see a second `Started` event.
+//!
+//! # Connections
+//! Non-blocking calls share one multiplexed [`ConnectionManager`] connection, which
+//! reconnects by itself. Blocking reads (`lease` and `read_output` with a `block`) use
+//! dedicated connections from a small pool, never the shared one. Every call is bounded
+//! by `connect_timeout + response_timeout` (a blocking one by its block on top): while
+//! Redis is unreachable calls fail fast with [`QueueError::Unavailable`] and work resumes
+//! when it is back. Scripts are sent by hash and reloaded after a Redis restart.
+//!
+//! # Durability
+//! What survives a Redis crash is what Redis persisted. With `appendonly yes` and
+//! `appendfsync everysec` (Redis's default), a crash (of the machine, or a `kill -9`
+//! with the OS losing the page cache) may lose about the last second of writes that
+//! were already acknowledged to Swell: a job enqueued just before may vanish, an ack
+//! may be undone (the job is then delivered again, with a new epoch). With
+//! `appendfsync always` nothing acknowledged is lost, at the cost of an fsync per
+//! write. Without AOF (RDB snapshots only) everything since the last snapshot is lost.
+//!
+//! # Limits
+//! `position` counts the undelivered entries ahead of a job (`XRANGE`), linear in the
+//! queue's depth, which admission bounds. A gateway that dies between the two steps of
+//! a queue-side failure (deadline, dead letter) leaves the job's stream without a
+//! terminal event; its reader times out and the keys expire with `job_max_age`.
+
+mod config;
+pub mod scripts;
+#[doc(hidden)]
+pub mod testing;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError, ScriptInvocation, Value};
+use tokio::time::Instant;
+
+pub use self::config::RedisQueueConfig;
+use self::scripts::Scripts;
+use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
+use crate::protocol::{OutputEvent, SequencedEvent};
+use crate::queue::{AppendOutcome, Queue, QueueError};
+use crate::unix_millis;
+
+/// The consumer group every replica of a deployment reads the work stream with.
+const GROUP: &str = "workers";
+
+/// The queue on Redis. Cheap to share: wrap it in an `Arc`.
+pub struct RedisQueue {
+    config: RedisQueueConfig,
+    client: Client,
+    shared: ConnectionManager,
+    /// Idle dedicated connections for blocking commands.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    scripts: Scripts,
+    cancelled_event: String,
+}
+
+/// The keys of one deployment, in the order the deployment scripts take them.
+struct DeploymentKeys {
+    keys: [String; 5],
+    lease_prefix: String,
+}
+
+/// The keys of one job, in the order the job scripts take them.
+struct JobKeys {
+    state: String,
+    out: String,
+    tokens: String,
+}
+
+impl RedisQueue {
+    /// Connect (failing `Unavailable` if Redis does not answer within the timeouts).
+    pub async fn connect(config: RedisQueueConfig) -> Result<Self, QueueError> {
+        config.validate().map_err(|message| QueueError::Unavailable(format!("config: {message}")))?;
+        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let connecting = ConnectionManager::new_with_config(client.clone(), manager_config);
+        let shared = tokio::time::timeout(config.connect_timeout * 2, connecting)
+            .await
+            .map_err(|_| QueueError::Unavailable("redis: connect timed out".into()))?
+            .map_err(unavailable)?;
+        let cancelled_event = serde_json::to_string(&OutputEvent::Failed {
+            code: "cancelled".into(),
+            message: "the request was cancelled".into(),
+        })
+        .expect("an event serializes");
+        Ok(Self {
+            config,
+            client,
+            shared,
+            blocking: Mutex::new(Vec::new()),
+            scripts: Scripts::new(),
+            cancelled_event,
+        })
+    }
+
+    pub fn config(&self) -> &RedisQueueConfig {
+        &self.config
+    }
+
+    fn deployment_keys(&self, deployment: &str) -> DeploymentKeys {
+        let base = format!("{}:{{dep:{deployment}}}", self.config.key_prefix);
+        DeploymentKeys {
+            keys: ["jobs", "requeued", "leases", "wake", "dead"].map(|name| format!("{base}:{name}")),
+            lease_prefix: format!("{base}:job:"),
+        }
+    }
+
+    fn job_keys(&self, job_id: &str) -> JobKeys {
+        let base = format!("{}:{{job:{job_id}}}", self.config.key_prefix);
+        JobKeys {
+            state: format!("{base}:state"),
+            out: format!("{base}:out"),
+            tokens: format!("{base}:tokens"),
+        }
+    }
+
+    /// The longest a non-blocking call may take, reconnection included.
+    fn call_timeout(&self) -> Duration {
+        self.config.connect_timeout + self.config.response_timeout
+    }
+
+    fn output_ttl_ms(&self) -> u64 {
+        self.config.output_ttl.as_millis().max(1) as u64
+    }
+
+    fn deployment_call<'a>(&self, script: &'a redis::Script, deployment: &str) -> ScriptInvocation<'a> {
+        let keys = self.deployment_keys(deployment);
+        let mut invocation = script.prepare_invoke();
+        for key in &keys.keys {
+            invocation.key(key);
+        }
+        invocation.arg(&keys.lease_prefix).arg(GROUP);
+        invocation
+    }
+
+    fn job_call<'a>(&self, script: &'a redis::Script, job_id: &str) -> ScriptInvocation<'a> {
+        let keys = self.job_keys(job_id);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(keys.state).key(keys.out).key(keys.tokens);
+        invocation
+    }
+
+    /// Run a script on the shared connection, within the call timeout.
+    async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, QueueError> {
+        let mut connection = self.shared.clone();
+        bounded(self.call_timeout(), invocation.invoke_async(&mut connection)).await
+    }
+
+    async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, QueueError> {
+        let mut connection = self.shared.clone();
+        bounded(self.call_timeout(), command.query_async(&mut connection)).await
+    }
+
+    /// Run a blocking command (`XREAD BLOCK`) on a dedicated connection. A pooled
+    /// connection found broken (Redis restarted) is replaced once.
+    async fn query_blocking(&self, command: &redis::Cmd, block: Duration) -> Result<Value, QueueError> {
+        let limit = block + self.config.response_timeout;
+        let pooled = self.blocking.lock().pop();
+        if let Some(mut connection) = pooled {
+            match tokio::time::timeout(limit, command.query_async::<Value>(&mut connection)).await {
+                Ok(Ok(value)) => {
+                    self.return_blocking(connection);
+                    return Ok(value);
+                }
+                Ok(Err(error)) if !(error.is_io_error() || error.is_unrecoverable_error()) => {
+                    return Err(unavailable(error));
+                }
+                Ok(Err(_)) => {} // stale after a reconnect: try a fresh one
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(None);
+        let mut connection = bounded(
+            self.config.connect_timeout * 2,
+            self.client.get_multiplexed_async_connection_with_config(&connection_config),
+        )
+        .await?;
+        let value = bounded(limit, command.query_async::<Value>(&mut connection)).await?;
+        self.return_blocking(connection);
+        Ok(value)
+    }
+
+    fn return_blocking(&self, connection: MultiplexedConnection) {
+        let mut idle = self.blocking.lock();
+        if idle.len() < self.config.max_idle_blocking_connections {
+            idle.push(connection);
+        }
+    }
+
+    /// End a job with a queue-side failure event (deadline, delivery limit).
+    async fn fail_job(&self, job_id: &str, epoch: u32, code: &str, message: String) -> Result<(), QueueError> {
+        let event = serde_json::to_string(&OutputEvent::Failed { code: code.into(), message })
+            .expect("an event serializes");
+        let mut call = self.job_call(&self.scripts.job_fail, job_id);
+        call.arg(epoch).arg(event).arg(self.output_ttl_ms());
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+    async fn forget_on_deployment(&self, deployment: &str, job_id: &str) -> Result<(), QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_forget, deployment);
+        call.arg(job_id);
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+    async fn requeue_on_job(&self, job_id: &str, epoch: u32) -> Result<(), QueueError> {
+        let mut call = self.job_call(&self.scripts.job_requeue, job_id);
+        call.arg(epoch);
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+    /// One pass of leasing: take on the deployment side, start on each job's side.
+    /// Answers the leases and the wake-up stream's id to block on.
+    async fn try_lease(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        max_jobs: usize,
+        ttl: Duration,
+    ) -> Result<(Vec<Lease>, String), QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_take, deployment);
+        call.arg(consumer).arg(max_jobs).arg(ttl.as_millis().max(1) as u64).arg(unix_millis());
+        let reply = self.invoke::<Value>(&call).await?;
+        let [taken, dropped, wake_id] = fixed::<3>(reply)?;
+        for item in array(dropped)? {
+            let [job_id, epoch] = fixed::<2>(item)?;
+            self.fail_job(
+                &string(&job_id)?,
+                number(&epoch)? as u32,
+                "deadline_exceeded",
+                "the request's deadline passed while it was queued".into(),
+            )
+            .await?;
+        }
+        let mut leases = Vec::new();
+        for item in array(taken)? {
+            let [job_id, payload, epoch, deliveries] = fixed::<4>(item)?;
+            let (job_id, epoch) = (string(&job_id)?, number(&epoch)? as u32);
+            match self.start(deployment, consumer, &job_id, &string(&payload)?, epoch, number(&deliveries)? as u32, ttl).await {
+                Ok(Some(lease)) => leases.push(lease),
+                Ok(None) => {}
+                // The leases already started are handed out; the rest expire unrenewed
+                // and are reclaimed.
+                Err(error) if leases.is_empty() => return Err(error),
+                Err(error) => tracing::warn!(%error, job_id, "redis queue: starting a lease failed"),
+            }
+        }
+        Ok((leases, string(&wake_id)?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        job_id: &str,
+        payload: &str,
+        epoch: u32,
+        deliveries: u32,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        let job: Job = match serde_json::from_str(payload) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(%error, job_id, "redis queue: unreadable job payload; failing the job");
+                self.forget_on_deployment(deployment, job_id).await?;
+                self.fail_job(job_id, epoch, "invalid_job", format!("the queued job could not be read: {error}"))
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let mut call = self.job_call(&self.scripts.job_start, job_id);
+        call.arg(epoch).arg(consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
+        let reply = array(self.invoke::<Value>(&call).await?)?;
+        match string(reply.first().unwrap_or(&Value::Nil))?.as_str() {
+            "ok" => {
+                let resume_tokens = string(reply.get(1).unwrap_or(&Value::Nil))?
+                    .split(',')
+                    .filter(|item| !item.is_empty())
+                    .map(|item| item.parse::<u32>().map_err(|_| malformed("token id")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let resume_after_seq = number(reply.get(2).unwrap_or(&Value::Nil))?;
+                Ok(Some(Lease {
+                    job,
+                    lease: LeaseRef {
+                        job_id: job_id.to_string(),
+                        deployment: deployment.to_string(),
+                        consumer: consumer.to_string(),
+                        epoch,
+                    },
+                    deliveries,
+                    ttl,
+                    resume_tokens,
+                    resume_after_seq,
+                }))
+            }
+            "done" | "gone" => {
+                self.forget_on_deployment(deployment, job_id).await?;
+                Ok(None)
+            }
+            other => {
+                tracing::warn!(job_id, epoch, answer = other, "redis queue: a stale delivery was skipped");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Wait (on a dedicated connection) until the wake-up stream moves past `wake_id`.
+    async fn wait_for_work(&self, deployment: &str, wake_id: &str, block: Duration) -> Result<(), QueueError> {
+        let keys = self.deployment_keys(deployment);
+        let mut command = redis::cmd("XREAD");
+        command.arg("BLOCK").arg(block.as_millis().max(1) as u64).arg("COUNT").arg(1);
+        command.arg("STREAMS").arg(&keys.keys[3]).arg(wake_id);
+        self.query_blocking(&command, block).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
+        let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
+        let mut create = self.job_call(&self.scripts.job_create, &job.id);
+        create.arg(&job.deployment).arg(self.config.job_max_age.as_millis().max(1) as u64);
+        if self.invoke::<i64>(&create).await? == 0 {
+            return Err(QueueError::DuplicateJob(job.id));
+        }
+        let mut call = self.deployment_call(&self.scripts.deployment_enqueue, &job.deployment);
+        call.arg(&job.id)
+            .arg(payload)
+            .arg(job.enqueued_at_ms)
+            .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(limits.max_queue_depth);
+        let answer = match self.invoke::<Value>(&call).await {
+            Ok(answer) => array(answer)?,
+            Err(error) => {
+                self.discard_job(&job.id).await;
+                return Err(error);
+            }
+        };
+        match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
+            "ok" => Ok(Enqueued { position: number(answer.get(1).unwrap_or(&Value::Nil))? }),
+            "full" => {
+                self.discard_job(&job.id).await;
+                let depth = number(answer.get(1).unwrap_or(&Value::Nil))?;
+                Err(QueueError::Full { deployment: job.deployment, depth })
+            }
+            _ => {
+                self.discard_job(&job.id).await;
+                Err(QueueError::DuplicateJob(job.id))
+            }
+        }
+    }
+
+    async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_position, deployment);
+        call.arg(job_id);
+        let position = self.invoke::<u64>(&call).await?;
+        Ok((position > 0).then_some(position))
+    }
+
+    async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {
+        let call = self.deployment_call(&self.scripts.deployment_depth, deployment);
+        let [waiting, leased, oldest] = fixed::<3>(self.invoke::<Value>(&call).await?)?;
+        let oldest = string(&oldest)?;
+        Ok(QueueDepth {
+            waiting: number(&waiting)?,
+            leased: number(&leased)?,
+            oldest_waiting_enqueued_at_ms: if oldest.is_empty() {
+                None
+            } else {
+                Some(oldest.parse().map_err(|_| malformed("enqueue time"))?)
+            },
+        })
+    }
+
+    async fn lease(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        max_jobs: usize,
+        ttl: Duration,
+        block: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        if max_jobs == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + block;
+        loop {
+            let (leases, wake_id) = self.try_lease(deployment, consumer, max_jobs, ttl).await?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(Vec::new());
+            }
+            self.wait_for_work(deployment, &wake_id, remaining).await?;
+        }
+    }
+
+    async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError> {
+        let mut held = vec![false; leases.len()];
+        let mut by_deployment: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, lease) in leases.iter().enumerate() {
+            by_deployment.entry(lease.deployment.as_str()).or_default().push(index);
+        }
+        for (deployment, indices) in by_deployment {
+            let mut call = self.deployment_call(&self.scripts.deployment_renew, deployment);
+            call.arg(ttl.as_millis().max(1) as u64);
+            for &index in &indices {
+                let lease = &leases[index];
+                call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+            }
+            let answers: Vec<i64> = self.invoke(&call).await?;
+            for (&index, answer) in indices.iter().zip(answers) {
+                held[index] = answer == 1;
+            }
+        }
+        Ok(held)
+    }
+
+    async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_ack, &lease.deployment);
+        call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+        if self.invoke::<i64>(&call).await? == 0 {
+            return Ok(false);
+        }
+        let mut done = self.job_call(&self.scripts.job_done, &lease.job_id);
+        done.arg(self.output_ttl_ms());
+        if let Err(error) = self.invoke::<i64>(&done).await {
+            // Acknowledged; the job's keys still expire with `job_max_age`.
+            tracing::warn!(%error, job_id = lease.job_id, "redis queue: marking an acked job done failed");
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_release, &lease.deployment);
+        call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+        let epoch = self.invoke::<i64>(&call).await?;
+        if epoch == 0 {
+            return Ok(false);
+        }
+        if let Err(error) = self.requeue_on_job(&lease.job_id, epoch as u32).await {
+            // Handed back; the next delivery raises the fence when it starts.
+            tracing::warn!(%error, job_id = lease.job_id, "redis queue: fencing a released job failed");
+        }
+        Ok(true)
+    }
+
+    async fn reclaim_expired(&self, deployment: &str) -> Result<u64, QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_reclaim, deployment);
+        call.arg(self.config.max_deliveries).arg(self.config.dead_letter_max_len);
+        let [requeued, dead] = fixed::<2>(self.invoke::<Value>(&call).await?)?;
+        let requeued = array(requeued)?;
+        let redelivered = requeued.len() as u64;
+        let mut last_error = None;
+        for item in requeued {
+            let [job_id, epoch] = fixed::<2>(item)?;
+            if let Err(error) = self.requeue_on_job(&string(&job_id)?, number(&epoch)? as u32).await {
+                last_error = Some(error);
+            }
+        }
+        for item in array(dead)? {
+            let [job_id, epoch, deliveries] = fixed::<3>(item)?;
+            let job_id = string(&job_id)?;
+            let deliveries = number(&deliveries)?;
+            tracing::warn!(job_id, deliveries, "redis queue: job dead-lettered");
+            let message = format!("the job's replica failed {deliveries} times; giving up");
+            if let Err(error) = self.fail_job(&job_id, number(&epoch)? as u32, "delivery_limit", message).await {
+                last_error = Some(error);
+            }
+        }
+        match last_error {
+            Some(error) => Err(error),
+            None => Ok(redelivered),
+        }
+    }
+
+    async fn cancel(&self, job_id: &str) -> Result<(), QueueError> {
+        let mut call = self.job_call(&self.scripts.job_cancel, job_id);
+        call.arg(&self.cancelled_event).arg(self.output_ttl_ms());
+        let answer = array(self.invoke::<Value>(&call).await?)?;
+        if string(answer.first().unwrap_or(&Value::Nil))? == "waiting" {
+            let deployment = string(answer.get(1).unwrap_or(&Value::Nil))?;
+            let mut remove = self.deployment_call(&self.scripts.deployment_remove_waiting, &deployment);
+            remove.arg(job_id);
+            self.invoke::<i64>(&remove).await?;
+        }
+        Ok(())
+    }
+
+    async fn append_output(
+        &self,
+        lease: &LeaseRef,
+        events: Vec<OutputEvent>,
+    ) -> Result<AppendOutcome, QueueError> {
+        let mut call = self.job_call(&self.scripts.job_append, &lease.job_id);
+        call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
+        for event in &events {
+            let tokens = match event {
+                OutputEvent::Tokens { token_ids, .. } => {
+                    token_ids.iter().map(|id| format!("{id},")).collect::<String>()
+                }
+                _ => String::new(),
+            };
+            let json = serde_json::to_string(event).map_err(|error| malformed(&error.to_string()))?;
+            call.arg(json).arg(u8::from(event.is_terminal())).arg(tokens);
+        }
+        let answer = array(self.invoke::<Value>(&call).await?)?;
+        match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
+            "ok" => Ok(AppendOutcome::Accepted(number(answer.get(1).unwrap_or(&Value::Nil))?)),
+            "cancelled" => {
+                self.forget_on_deployment(&lease.deployment, &lease.job_id).await?;
+                Ok(AppendOutcome::Cancelled)
+            }
+            "fenced" => Ok(AppendOutcome::Fenced),
+            _ => Err(QueueError::UnknownJob(lease.job_id.clone())),
+        }
+    }
+
+    async fn read_output(
+        &self,
+        job_id: &str,
+        after_seq: u64,
+        block: Duration,
+    ) -> Result<Vec<SequencedEvent>, QueueError> {
+        let keys = self.job_keys(job_id);
+        let from = format!("0-{after_seq}");
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("XRANGE").arg(&keys.out).arg(format!("({from}")).arg("+");
+        pipeline.cmd("EXISTS").arg(&keys.state).arg(&keys.out);
+        let mut connection = self.shared.clone();
+        let (entries, exists): (Value, u64) =
+            bounded(self.call_timeout(), pipeline.query_async(&mut connection)).await?;
+        let events = parse_entries(entries)?;
+        if !events.is_empty() {
+            return Ok(events);
+        }
+        if exists == 0 {
+            return Err(QueueError::UnknownJob(job_id.to_string()));
+        }
+        if block.is_zero() {
+            return Ok(Vec::new());
+        }
+        let mut command = redis::cmd("XREAD");
+        command.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        command.arg("STREAMS").arg(&keys.out).arg(&from);
+        match self.query_blocking(&command, block).await? {
+            Value::Nil => Ok(Vec::new()),
+            reply => {
+                // [[key, entries]]
+                let mut streams = array(reply)?;
+                if streams.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let [_, entries] = fixed::<2>(streams.swap_remove(0))?;
+                parse_entries(entries)
+            }
+        }
+    }
+}
+
+impl RedisQueue {
+    /// Undo a `job_create` whose enqueue did not happen (best effort: the keys expire
+    /// with `job_max_age` anyway).
+    async fn discard_job(&self, job_id: &str) {
+        let mut command = redis::cmd("DEL");
+        command.arg(self.job_keys(job_id).state);
+        if let Err(error) = self.query::<i64>(&command).await {
+            tracing::warn!(%error, job_id, "redis queue: discarding a refused job failed");
+        }
+    }
+}
+
+/// Output stream entries (`[[id, [field, value, ...]], ...]`) as events.
+fn parse_entries(entries: Value) -> Result<Vec<SequencedEvent>, QueueError> {
+    array(entries)?
+        .into_iter()
+        .map(|entry| {
+            let [id, fields] = fixed::<2>(entry)?;
+            let id = string(&id)?;
+            let seq = id
+                .strip_prefix("0-")
+                .and_then(|seq| seq.parse().ok())
+                .ok_or_else(|| malformed("output entry id"))?;
+            let (mut epoch, mut event) = (None, None);
+            let fields = array(fields)?;
+            for pair in fields.chunks(2) {
+                match (string(&pair[0])?.as_str(), pair.get(1)) {
+                    ("e", Some(value)) => epoch = Some(number(value)? as u32),
+                    ("v", Some(value)) => {
+                        event = Some(
+                            serde_json::from_str::<OutputEvent>(&string(value)?)
+                                .map_err(|_| malformed("output event"))?,
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            match (epoch, event) {
+                (Some(epoch), Some(event)) => Ok(SequencedEvent { seq, epoch, event }),
+                _ => Err(malformed("output entry")),
+            }
+        })
+        .collect()
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, QueueError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+fn unavailable(error: RedisError) -> QueueError {
+    QueueError::Unavailable(format!("redis: {error}"))
+}
+
+fn timed_out() -> QueueError {
+    QueueError::Unavailable("redis: no answer in time".into())
+}
+
+fn malformed(what: &str) -> QueueError {
+    QueueError::Unavailable(format!("redis: malformed reply ({what})"))
+}
+
+fn array(value: Value) -> Result<Vec<Value>, QueueError> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        _ => Err(malformed("expected an array")),
+    }
+}
+
+fn fixed<const N: usize>(value: Value) -> Result<[Value; N], QueueError> {
+    array(value)?.try_into().map_err(|_| malformed("wrong number of items"))
+}
+
+fn string(value: &Value) -> Result<String, QueueError> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|_| malformed("utf-8")),
+        Value::SimpleString(text) => Ok(text.clone()),
+        Value::Int(number) => Ok(number.to_string()),
+        Value::Nil => Ok(String::new()),
+        _ => Err(malformed("expected a string")),
+    }
+}
+
+fn number(value: &Value) -> Result<u64, QueueError> {
+    match value {
+        Value::Int(number) => u64::try_from(*number).map_err(|_| malformed("negative number")),
+        _ => string(value)?.parse().map_err(|_| malformed("expected a number")),
+    }
+}

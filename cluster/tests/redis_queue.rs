@@ -1,0 +1,653 @@
+//! The queue's conformance suite, run against `InMemoryQueue` and `RedisQueue` alike,
+//! plus what only Redis can do wrong (a crash, a blocked connection).
+//!
+//! The Redis tests start their own `redis-server` on a free port (`redis_queue::testing`);
+//! they need `redis-server` installed (`apt-get install redis-server`) and fail without it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+use swell_cluster::{
+    unix_millis, AdmissionLimits, AppendOutcome, FinishReason, GenerationRequest, InMemoryQueue,
+    InMemoryQueueConfig, Job, OutputEvent, Queue, QueueError, RedisQueue, RedisQueueConfig,
+    SamplingParams, Usage,
+};
+use tokio::time::Instant;
+
+const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
+const LONG_TTL: Duration = Duration::from_secs(30);
+const SHORT_TTL: Duration = Duration::from_millis(300);
+const NO_BLOCK: Duration = Duration::ZERO;
+
+/// A queue under test, and the server behind it (if any), kept alive with it.
+struct Harness {
+    queue: Arc<dyn Queue>,
+    _server: Option<RedisServer>,
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    InMemory,
+    Redis,
+}
+
+struct Settings {
+    max_deliveries: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { max_deliveries: 3 }
+    }
+}
+
+impl Backend {
+    async fn start(self, settings: Settings) -> Harness {
+        match self {
+            Backend::InMemory => Harness {
+                queue: Arc::new(InMemoryQueue::new(InMemoryQueueConfig {
+                    max_deliveries: settings.max_deliveries,
+                    output_retention: Duration::from_secs(60),
+                })),
+                _server: None,
+            },
+            Backend::Redis => {
+                let server = RedisServer::start(RedisServerOptions::default());
+                let queue = RedisQueue::connect(redis_config(&server, settings.max_deliveries))
+                    .await
+                    .expect("connect to the test redis-server");
+                Harness { queue: Arc::new(queue), _server: Some(server) }
+            }
+        }
+    }
+}
+
+fn redis_config(server: &RedisServer, max_deliveries: u32) -> RedisQueueConfig {
+    RedisQueueConfig {
+        url: server.url(),
+        key_prefix: "test".into(),
+        max_deliveries,
+        connect_timeout: Duration::from_millis(200),
+        response_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+fn job(id: &str) -> Job {
+    Job {
+        id: id.into(),
+        deployment: "d".into(),
+        tenant: "t".into(),
+        request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams::default() },
+        enqueued_at_ms: unix_millis(),
+        deadline_ms: None,
+    }
+}
+
+fn tokens(ids: &[u32]) -> OutputEvent {
+    OutputEvent::Tokens { text: format!("{ids:?}"), token_ids: ids.to_vec(), logprobs: None }
+}
+
+fn finished() -> OutputEvent {
+    OutputEvent::Finished {
+        reason: FinishReason::Length,
+        usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+    }
+}
+
+fn failed_with(event: &OutputEvent, expected: &str) -> bool {
+    matches!(event, OutputEvent::Failed { code, .. } if code == expected)
+}
+
+/// Retry `call` until it answers `Ok` (Redis coming back), for at most `limit`.
+async fn eventually<T, F, Fut>(limit: Duration, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(error) if Instant::now() < deadline => {
+                assert_eq!(error.code(), "queue_unavailable", "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("still failing after {limit:?}: {error}"),
+        }
+    }
+}
+
+/// The same scenarios for every backend.
+mod scenarios {
+    use super::*;
+
+    pub async fn enqueue_reports_positions_and_refuses_past_the_depth_limit(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        let limits = AdmissionLimits { max_queue_depth: 2 };
+        assert_eq!(q.enqueue(job("a"), limits).await.unwrap().position, 1);
+        assert_eq!(q.enqueue(job("b"), limits).await.unwrap().position, 2);
+        let err = q.enqueue(job("c"), limits).await.unwrap_err();
+        assert_eq!(err, QueueError::Full { deployment: "d".into(), depth: 2 });
+        assert_eq!(q.position("d", "b").await.unwrap(), Some(2));
+        assert_eq!(q.position("d", "c").await.unwrap(), None, "a refused job is not queued");
+        assert_eq!(q.enqueue(job("a"), LIMITS).await.unwrap_err(), QueueError::DuplicateJob("a".into()));
+        // The refused id can be used again once there is room.
+        assert_eq!(q.enqueue(job("c"), LIMITS).await.unwrap().position, 3);
+    }
+
+    pub async fn lease_takes_oldest_first_and_ack_finishes(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        let mut first = job("a");
+        first.enqueued_at_ms = 1_000;
+        q.enqueue(first, LIMITS).await.unwrap();
+        for id in ["b", "c"] {
+            q.enqueue(job(id), LIMITS).await.unwrap();
+        }
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased, depth.oldest_waiting_enqueued_at_ms), (3, 0, Some(1_000)));
+        let leases = q.lease("d", "w1", 2, LONG_TTL, NO_BLOCK).await.unwrap();
+        let ids: Vec<_> = leases.iter().map(|l| l.job.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(leases[0].job, {
+            let mut expected = job("a");
+            expected.enqueued_at_ms = 1_000;
+            expected
+        });
+        assert_eq!((leases[0].deliveries, leases[0].lease.epoch), (1, 1));
+        assert!(leases[0].resume_tokens.is_empty());
+        assert_eq!(leases[0].resume_after_seq, 0);
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (1, 2));
+        assert!(depth.oldest_waiting_enqueued_at_ms.unwrap() > 1_000);
+        assert_eq!(q.position("d", "a").await.unwrap(), None);
+        assert_eq!(q.position("d", "c").await.unwrap(), Some(1));
+        assert!(q.ack(&leases[0].lease).await.unwrap());
+        assert!(!q.ack(&leases[0].lease).await.unwrap(), "a second ack finds nothing");
+        assert_eq!(
+            q.append_output(&leases[0].lease, vec![tokens(&[1])]).await.unwrap(),
+            AppendOutcome::Fenced,
+            "no write after the ack"
+        );
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (1, 1));
+        let empty = q.depth("nothing-here").await.unwrap();
+        assert_eq!((empty.waiting, empty.leased, empty.oldest_waiting_enqueued_at_ms), (0, 0, None));
+    }
+
+    pub async fn a_blocked_lease_wakes_when_work_arrives(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let waiter = {
+            let q = h.queue.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let leases = q.lease("d", "w1", 1, LONG_TTL, Duration::from_secs(5)).await.unwrap();
+                (leases, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let (leases, waited) = waiter.await.unwrap();
+        assert_eq!(leases.len(), 1);
+        assert!(waited < Duration::from_secs(2), "woke up after {waited:?}");
+
+        // And nothing to take: empty after the block.
+        let started = Instant::now();
+        let none = h.queue.lease("d", "w1", 1, LONG_TTL, Duration::from_millis(200)).await.unwrap();
+        assert!(none.is_empty());
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(190) && waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    pub async fn output_is_read_in_order_and_resumable_from_a_sequence_number(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        assert!(q.read_output("a", 0, NO_BLOCK).await.unwrap().is_empty());
+        let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        let outcome = q.append_output(&lease.lease, vec![tokens(&[7]), tokens(&[8])]).await.unwrap();
+        assert_eq!(outcome, AppendOutcome::Accepted(2));
+
+        // A blocked reader resumes after seq 2 and wakes for the next event.
+        let reader = {
+            let q = h.queue.clone();
+            tokio::spawn(async move { q.read_output("a", 2, Duration::from_secs(5)).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let outcome = q.append_output(&lease.lease, vec![finished(), tokens(&[9])]).await.unwrap();
+        assert_eq!(outcome, AppendOutcome::Accepted(3), "nothing is stored after the terminal event");
+        let woken = reader.await.unwrap();
+        assert_eq!(woken.len(), 1);
+        assert_eq!((woken[0].seq, woken[0].epoch), (3, 1));
+        assert!(woken[0].event.is_terminal());
+
+        let all = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(all[0].event, tokens(&[7]));
+        let rest = q.read_output("a", 1, NO_BLOCK).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        let started = Instant::now();
+        assert!(q.read_output("a", 3, Duration::from_millis(200)).await.unwrap().is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(190));
+        assert!(matches!(q.read_output("nope", 0, NO_BLOCK).await, Err(QueueError::UnknownJob(_))));
+    }
+
+    pub async fn renewing_keeps_a_long_job_from_being_reclaimed(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = q.lease("d", "w1", 1, SHORT_TTL, NO_BLOCK).await.unwrap().remove(0);
+        // Four TTLs long, renewed every third of one.
+        let until = Instant::now() + SHORT_TTL * 4;
+        while Instant::now() < until {
+            tokio::time::sleep(SHORT_TTL / 3).await;
+            assert_eq!(q.renew(std::slice::from_ref(&lease.lease), SHORT_TTL).await.unwrap(), [true]);
+            assert_eq!(q.reclaim_expired("d").await.unwrap(), 0);
+        }
+        assert_eq!(q.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Accepted(1));
+        assert!(q.lease("d", "w2", 1, SHORT_TTL, NO_BLOCK).await.unwrap().is_empty());
+        assert!(q.ack(&lease.lease).await.unwrap());
+    }
+
+    pub async fn an_expired_lease_is_redelivered_with_a_new_epoch_and_the_old_writer_is_fenced(
+        backend: Backend,
+    ) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        let first = q.lease("d", "w1", 1, SHORT_TTL, NO_BLOCK).await.unwrap().remove(0);
+        q.append_output(&first.lease, vec![OutputEvent::Started { replica: "w1".into() }, tokens(&[5, 6])])
+            .await
+            .unwrap();
+        assert_eq!(q.reclaim_expired("d").await.unwrap(), 0, "not expired yet");
+
+        tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;
+        assert_eq!(q.reclaim_expired("d").await.unwrap(), 1);
+        assert_eq!(q.position("d", "a").await.unwrap(), Some(1));
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (1, 0));
+        let second = q.lease("d", "w2", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        assert_eq!(second.lease.epoch, first.lease.epoch + 1);
+        assert_eq!(second.deliveries, 2);
+        assert_eq!(second.resume_tokens, [5, 6]);
+        assert_eq!(second.resume_after_seq, 2);
+
+        // The old owner wakes up: every write is rejected.
+        assert_eq!(q.append_output(&first.lease, vec![tokens(&[9])]).await.unwrap(), AppendOutcome::Fenced);
+        assert!(!q.ack(&first.lease).await.unwrap());
+        assert!(!q.release(&first.lease).await.unwrap());
+        assert_eq!(q.renew(std::slice::from_ref(&first.lease), LONG_TTL).await.unwrap(), [false]);
+
+        // The new owner continues the same stream.
+        q.append_output(&second.lease, vec![tokens(&[7]), finished()]).await.unwrap();
+        assert!(q.ack(&second.lease).await.unwrap());
+        let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| (e.seq, e.epoch)).collect::<Vec<_>>(),
+            [(1, 1), (2, 1), (3, 2), (4, 2)]
+        );
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 0));
+    }
+
+    pub async fn a_job_whose_consumers_keep_dying_is_dead_lettered_after_max_deliveries(backend: Backend) {
+        let h = backend.start(Settings { max_deliveries: 2 }).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        let mut reclaimed = Vec::new();
+        for attempt in 1..=2 {
+            let lease = q.lease("d", "w", 1, SHORT_TTL, NO_BLOCK).await.unwrap().remove(0);
+            assert_eq!(lease.deliveries, attempt);
+            tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;
+            reclaimed.push(q.reclaim_expired("d").await.unwrap());
+        }
+        assert_eq!(reclaimed, [1, 0], "the second expiry dead-letters instead of redelivering");
+        let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(failed_with(&events[0].event, "delivery_limit"), "{:?}", events[0]);
+        assert_eq!(events[0].epoch, 3);
+        assert!(q.lease("d", "w", 1, SHORT_TTL, NO_BLOCK).await.unwrap().is_empty());
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 0));
+    }
+
+    pub async fn release_hands_a_job_back_to_the_head_without_counting_a_delivery(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        q.enqueue(job("b"), LIMITS).await.unwrap();
+        let first = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        q.append_output(&first.lease, vec![tokens(&[4])]).await.unwrap();
+        assert!(q.release(&first.lease).await.unwrap());
+        assert_eq!(q.position("d", "a").await.unwrap(), Some(1));
+        assert_eq!(q.position("d", "b").await.unwrap(), Some(2));
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (2, 0));
+        let again = q.lease("d", "w2", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        assert_eq!(again.job.id, "a");
+        assert_eq!((again.deliveries, again.lease.epoch), (1, 2));
+        assert_eq!((again.resume_tokens.as_slice(), again.resume_after_seq), (&[4][..], 1));
+        assert_eq!(q.append_output(&first.lease, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Fenced);
+        assert_eq!(q.append_output(&again.lease, vec![tokens(&[5])]).await.unwrap(), AppendOutcome::Accepted(2));
+    }
+
+    pub async fn cancelling_a_waiting_job_removes_it_and_ends_its_stream(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        q.enqueue(job("b"), LIMITS).await.unwrap();
+        q.cancel("a").await.unwrap();
+        assert_eq!(q.depth("d").await.unwrap().waiting, 1);
+        assert_eq!(q.position("d", "b").await.unwrap(), Some(1));
+        let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(failed_with(&events[0].event, "cancelled"));
+        q.cancel("a").await.unwrap();
+        q.cancel("unknown").await.unwrap();
+        assert_eq!(q.read_output("a", 0, NO_BLOCK).await.unwrap().len(), 1, "idempotent");
+        let leases = q.lease("d", "w1", 2, LONG_TTL, NO_BLOCK).await.unwrap();
+        assert_eq!(leases.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["b"]);
+
+        // A handed-back (waiting again) job can be cancelled too.
+        assert!(q.release(&leases[0].lease).await.unwrap());
+        q.cancel("b").await.unwrap();
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 0));
+        assert!(q.lease("d", "w1", 2, LONG_TTL, NO_BLOCK).await.unwrap().is_empty());
+    }
+
+    pub async fn cancelling_a_leased_job_stops_its_writer_at_the_next_append(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        q.cancel("a").await.unwrap();
+        q.cancel("a").await.unwrap();
+        assert_eq!(q.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Cancelled);
+        assert_eq!(q.append_output(&lease.lease, vec![tokens(&[2])]).await.unwrap(), AppendOutcome::Cancelled);
+        assert_eq!(q.depth("d").await.unwrap().leased, 0);
+        let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(events.len(), 1, "the cancelled write was not stored");
+        assert!(failed_with(&events[0].event, "cancelled"));
+    }
+
+    pub async fn a_job_past_its_deadline_is_failed_instead_of_leased(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        let mut late = job("a");
+        late.deadline_ms = Some(unix_millis() - 1);
+        q.enqueue(late, LIMITS).await.unwrap();
+        let mut in_time = job("b");
+        in_time.deadline_ms = Some(unix_millis() + 60_000);
+        q.enqueue(in_time, LIMITS).await.unwrap();
+        let leases = q.lease("d", "w1", 2, LONG_TTL, NO_BLOCK).await.unwrap();
+        assert_eq!(leases.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(failed_with(&events[0].event, "deadline_exceeded"));
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 1));
+    }
+
+    pub async fn renew_answers_per_lease_across_deployments(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        let mut other = job("x");
+        other.deployment = "e".into();
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        q.enqueue(other, LIMITS).await.unwrap();
+        let a = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0).lease;
+        let x = q.lease("e", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0).lease;
+        let mut wrong_consumer = a.clone();
+        wrong_consumer.consumer = "w2".into();
+        let held = q.renew(&[a.clone(), wrong_consumer, x.clone()], LONG_TTL).await.unwrap();
+        assert_eq!(held, [true, false, true]);
+        assert_eq!(
+            q.append_output(&{ let mut l = x.clone(); l.consumer = "w2".into(); l }, vec![tokens(&[1])])
+                .await
+                .unwrap(),
+            AppendOutcome::Fenced
+        );
+    }
+
+    pub async fn concurrent_consumers_each_get_a_job_once(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        for i in 0..24 {
+            h.queue.enqueue(job(&format!("j{i:02}")), LIMITS).await.unwrap();
+        }
+        let consumers: Vec<_> = (0..4)
+            .map(|c| {
+                let q = h.queue.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let leases = q.lease("d", &format!("w{c}"), 2, LONG_TTL, NO_BLOCK).await.unwrap();
+                        if leases.is_empty() {
+                            return mine;
+                        }
+                        for lease in leases {
+                            assert!(q.ack(&lease.lease).await.unwrap());
+                            mine.push(lease.job.id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for consumer in consumers {
+            all.extend(consumer.await.unwrap());
+        }
+        all.sort();
+        let expected: Vec<_> = (0..24).map(|i| format!("j{i:02}")).collect();
+        assert_eq!(all, expected);
+        let depth = h.queue.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 0));
+    }
+}
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::scenarios::$scenario(super::Backend::InMemory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::scenarios::$scenario(super::Backend::Redis).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    enqueue_reports_positions_and_refuses_past_the_depth_limit,
+    lease_takes_oldest_first_and_ack_finishes,
+    a_blocked_lease_wakes_when_work_arrives,
+    output_is_read_in_order_and_resumable_from_a_sequence_number,
+    renewing_keeps_a_long_job_from_being_reclaimed,
+    an_expired_lease_is_redelivered_with_a_new_epoch_and_the_old_writer_is_fenced,
+    a_job_whose_consumers_keep_dying_is_dead_lettered_after_max_deliveries,
+    release_hands_a_job_back_to_the_head_without_counting_a_delivery,
+    cancelling_a_waiting_job_removes_it_and_ends_its_stream,
+    cancelling_a_leased_job_stops_its_writer_at_the_next_append,
+    a_job_past_its_deadline_is_failed_instead_of_leased,
+    renew_answers_per_lease_across_deployments,
+    concurrent_consumers_each_get_a_job_once,
+);
+
+/// Redis only: a crash with AOF (`appendfsync always`) loses nothing; while Redis is
+/// down calls fail fast with `Unavailable`; afterwards work resumes.
+#[tokio::test]
+async fn redis_a_crash_with_aof_loses_nothing_and_calls_fail_fast_while_it_is_down() {
+    let mut server = RedisServer::start(RedisServerOptions { append_only: true, append_fsync: "always" });
+    let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    queue.enqueue(job("leased"), LIMITS).await.unwrap();
+    queue.enqueue(job("queued"), LIMITS).await.unwrap();
+    let lease = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+    assert_eq!(lease.job.id, "leased");
+    queue.append_output(&lease.lease, vec![tokens(&[1, 2])]).await.unwrap();
+
+    server.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = queue.depth("d").await.unwrap_err();
+        assert_eq!(error.code(), "queue_unavailable", "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    let error = queue.read_output("leased", 0, Duration::from_secs(1)).await.unwrap_err();
+    assert_eq!(error.code(), "queue_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let error = queue.lease("d", "w2", 1, LONG_TTL, Duration::from_secs(1)).await.unwrap_err();
+    assert_eq!(error.code(), "queue_unavailable");
+
+    server.restart();
+    let depth = eventually(Duration::from_secs(10), || queue.depth("d")).await;
+    assert_eq!((depth.waiting, depth.leased), (1, 1), "nothing lost");
+    assert_eq!(queue.position("d", "queued").await.unwrap(), Some(1));
+    // The lease survived with its epoch: the writer carries on.
+    assert_eq!(
+        queue.append_output(&lease.lease, vec![tokens(&[3]), finished()]).await.unwrap(),
+        AppendOutcome::Accepted(3)
+    );
+    assert!(queue.ack(&lease.lease).await.unwrap());
+    let events = queue.read_output("leased", 0, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(events.len(), 3);
+    let next = queue.lease("d", "w2", 1, LONG_TTL, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(next[0].job.id, "queued");
+    // A fresh queue on the restarted server sees the same state (scripts reloaded too).
+    let other = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    assert_eq!(other.depth("d").await.unwrap().leased, 1);
+}
+
+/// Redis only: a reader blocked on one job's output does not stall other calls.
+#[tokio::test]
+async fn redis_a_long_blocking_read_does_not_stall_other_calls() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let queue = Arc::new(RedisQueue::connect(redis_config(&server, 3)).await.unwrap());
+    queue.enqueue(job("a"), LIMITS).await.unwrap();
+    let blocked: Vec<_> = (0..3)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.read_output("a", 0, Duration::from_secs(5)).await.unwrap() })
+        })
+        .collect();
+    let blocked_lease = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.lease("idle", "w9", 1, LONG_TTL, Duration::from_secs(5)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    for i in 0..20 {
+        queue.enqueue(job(&format!("other-{i}")), LIMITS).await.unwrap();
+        queue.depth("d").await.unwrap();
+    }
+    let lease = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+    queue.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "other calls took {:?}", started.elapsed());
+    for reader in blocked {
+        assert_eq!(reader.await.unwrap().len(), 1);
+    }
+    assert!(!blocked_lease.is_finished());
+    blocked_lease.abort();
+    drop(server);
+}
+
+/// Redis only: the fixture itself.
+#[test]
+fn redis_fixture_restarts_on_the_same_port_and_cleans_up() {
+    let mut server = RedisServer::start(RedisServerOptions::default());
+    let port = server.port();
+    server.kill();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    server.restart();
+    assert_eq!(server.port(), port);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(server);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// Redis only: every key carries a `{dep:..}` or `{job:..}` hash tag; acknowledged,
+/// dead-lettered and cancelled entries leave the work stream and its pending list; the
+/// dead-letter stream keeps the job; finished output expires after `output_ttl`.
+#[tokio::test]
+async fn redis_keys_are_hash_tagged_and_finished_entries_leave_the_stream() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let config = RedisQueueConfig {
+        output_ttl: Duration::from_millis(500),
+        ..redis_config(&server, 1)
+    };
+    let queue = RedisQueue::connect(config).await.unwrap();
+    for id in ["acked", "dead", "cancelled", "waiting"] {
+        queue.enqueue(job(id), LIMITS).await.unwrap();
+    }
+    let leases = queue.lease("d", "w1", 2, SHORT_TTL, NO_BLOCK).await.unwrap();
+    queue.append_output(&leases[0].lease, vec![tokens(&[1]), finished()]).await.unwrap();
+    assert!(queue.ack(&leases[0].lease).await.unwrap());
+    queue.cancel("cancelled").await.unwrap();
+    tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;
+    assert_eq!(queue.reclaim_expired("d").await.unwrap(), 0); // "dead": max_deliveries 1
+
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut raw).await.unwrap();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        assert!(
+            key.starts_with("test:{dep:d}:") || key.starts_with("test:{job:"),
+            "{key} has no hash tag"
+        );
+    }
+    let stream_length: u64 = ::redis::cmd("XLEN").arg("test:{dep:d}:jobs").query_async(&mut raw).await.unwrap();
+    assert_eq!(stream_length, 1, "only the waiting job's entry is left");
+    let pending: Vec<::redis::Value> =
+        ::redis::cmd("XPENDING").arg("test:{dep:d}:jobs").arg("workers").query_async(&mut raw).await.unwrap();
+    assert_eq!(pending[0], ::redis::Value::Int(0));
+    let dead: ::redis::streams::StreamRangeReply =
+        ::redis::cmd("XRANGE").arg("test:{dep:d}:dead").arg("-").arg("+").query_async(&mut raw).await.unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    let dead_job: String = dead.ids[0].get("job").unwrap();
+    assert_eq!(serde_json::from_str::<Job>(&dead_job).unwrap().id, "dead");
+
+    // The finished jobs' output expires; the waiting job's does not.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for id in ["acked", "dead", "cancelled"] {
+        assert!(
+            matches!(queue.read_output(id, 0, NO_BLOCK).await, Err(QueueError::UnknownJob(_))),
+            "{id} still readable"
+        );
+    }
+    assert!(queue.read_output("waiting", 0, NO_BLOCK).await.unwrap().is_empty());
+    // An expired id may be used again.
+    queue.enqueue(job("acked"), LIMITS).await.unwrap();
+}
+
+/// Redis only: connecting to nothing fails fast with `Unavailable`; a bad config is refused.
+#[tokio::test]
+async fn redis_connect_fails_fast_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = RedisQueueConfig {
+        url: format!("redis://127.0.0.1:{port}"),
+        connect_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let error = RedisQueue::connect(config.clone()).await.err().expect("nothing listens");
+    assert_eq!(error.code(), "queue_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    let bad = RedisQueueConfig { key_prefix: "{x}".into(), ..config };
+    let error = RedisQueue::connect(bad).await.err().expect("refused");
+    assert!(error.to_string().contains("key_prefix"), "{error}");
+}
