@@ -226,12 +226,16 @@ fn qwen2_5_0_5b_l4() -> SimProfile {
 
 /// SmolLM2 135M Instruct (Q4_1) on a 2-core CPU with Swell's `llm` engine.
 ///
-/// MEASURED with the real engine on a 2-core AMD EPYC (Zen 4) VM, 2 threads
-/// (`cargo bench -p swell-workers --bench llm -- --engine-only`, README "Speed"):
-/// 96.8 tok/s for one sequence (10.3 ms per step), 315.7 tok/s aggregate at 16
-/// (50.7 ms per step) and 343.3 at 64 (186 ms), 100-token prompts; prefill 330 tok/s
-/// for a 1000-token prompt; cold start 0.1-0.2 s (weights read and repacked, warm-up).
-/// The per-KV-token term is an estimate (the runs above did not separate it).
+/// MEASURED with the real engine on a 2-core AMD EPYC (Zen 5) VM, 2 threads, the
+/// AVX-512 VNNI kernels (`cargo bench -p swell-workers --bench llm -- --engine-only`,
+/// README "Speed"): 226.7 tok/s for one sequence (4.41 ms per step), 557.3 at 4
+/// (7.18 ms), 802.8 at 16 (19.9 ms) and 901.5 at 64 (71.0 ms), 100-token prompts and
+/// 128 generated tokens (mean context ~164); prefill 1208 tok/s for a 1000-token
+/// prompt; cold start 0.12 s (weights read and repacked 105 ms, warm-up 12 ms).
+/// Step time is linear in sequences: 3.4 ms + 1.05 ms each (1 -> 16 and 16 -> 64 give
+/// 1.03 and 1.06). A profile at 16 sequences puts attention at 17% of the step
+/// (3.4 ms for 16 x 164 cached tokens = 1.3 us per cached token), which is split out
+/// of the per-sequence figure below.
 fn smollm2_135m_cpu() -> SimProfile {
     SimProfile {
         name: "smollm2-135m-cpu".into(),
@@ -239,23 +243,22 @@ fn smollm2_135m_cpu() -> SimProfile {
         model_params_billions: 0.135,
         gpu: "cpu".into(),
         gpus_per_replica: 0,
-        // Measured: 1000 tokens in 3.0 s.
-        prefill_tokens_per_second: 330.0,
-        // Measured: 10.3 ms per step at one sequence.
-        decode_step_base: Duration::from_micros(10_300),
-        // Measured: (50.7 - 10.3) / 15 = 2.7 ms per extra sequence at 16; 2.8 at 64.
-        decode_step_per_sequence: Duration::from_micros(2_700),
-        // Estimate: attention reads 46 KB of f32 keys and values per cached token
-        // (30 layers * 3 kv heads * 64 * 2 * 4 B); at ~40 GB/s from cache, ~1 us.
-        decode_step_per_kv_token: Duration::from_micros(1),
+        // Measured: 1000 tokens in 0.83 s.
+        prefill_tokens_per_second: 1_200.0,
+        // Measured: 3.4 ms intercept, less one sequence's attention (~0.2 ms).
+        decode_step_base: Duration::from_micros(3_200),
+        // Measured: 1.05 ms per extra sequence, less its attention (164 x 1.3 us).
+        decode_step_per_sequence: Duration::from_micros(850),
+        // Measured (profile share, above): 1.3 us per cached token in the batch.
+        decode_step_per_kv_token: Duration::from_nanos(1_300),
         // The llm engine's default.
         max_batch_size: 64,
         // The llm engine's default KV cache (32768 tokens * 46 KB = 1.4 GiB).
         kv_capacity_tokens: 32_768,
         // SmolLM2: 8k context.
         context_length: 8_192,
-        // Measured: 0.1-0.2 s (first replica); 0.2 s.
-        cold_start: Duration::from_millis(200),
+        // Measured: 0.12 s (first replica; a second shares the weights).
+        cold_start: Duration::from_millis(120),
         // The llm engine's default max_batched_tokens.
         max_prefill_tokens_per_step: 512,
     }
