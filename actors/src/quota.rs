@@ -247,6 +247,7 @@ impl TenantQuota {
 
     /// Admit a request or say which limit stops it. All or nothing: a rejected request
     /// takes nothing from any bucket.
+    #[allow(clippy::result_large_err)] // the rejection is the 429's whole answer
     pub fn acquire(
         &mut self,
         prompt_tokens: u64,
@@ -325,9 +326,11 @@ impl QuotaBackend {
     }
 }
 
+// One per tenant: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum TenantState {
     Local(TenantQuota),
-    Redis(Box<RedisTenantQuota>),
+    Redis(RedisTenantQuota),
 }
 
 /// One tenant's quota, as an actor. Every admission of the tenant on this node goes
@@ -350,7 +353,7 @@ impl QuotaActor {
         let state = match backend {
             QuotaBackend::Local => TenantState::Local(TenantQuota::new(limits, Instant::now())),
             QuotaBackend::Redis(store) => {
-                TenantState::Redis(Box::new(RedisTenantQuota::new(tenant.clone(), limits, store, Instant::now())))
+                TenantState::Redis(RedisTenantQuota::new(tenant.clone(), limits, store, Instant::now()))
             }
         };
         Self { tenant, state }
@@ -398,6 +401,8 @@ pub struct Acquire {
 impl Handler<Acquire> for QuotaActor {
     type Result = ResponseActFuture<Self, AcquireResult>;
 
+    // The reply type is `Acquire`'s (as `TenantQuota::acquire`'s).
+    #[allow(clippy::result_large_err)]
     fn handle(&mut self, msg: Acquire, _: &mut Context<Self>) -> Self::Result {
         fn count_rejection(tenant: &str, result: &AcquireResult) {
             if let Err(rejection) = result {

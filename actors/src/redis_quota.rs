@@ -671,6 +671,7 @@ impl RedisTenantQuota {
     }
 
     /// Redis answered (or could not): the decision.
+    #[allow(clippy::result_large_err)] // `Acquire`'s reply, as `TenantQuota::acquire`
     pub fn complete(
         &mut self,
         pending: PendingAcquire,
@@ -708,6 +709,7 @@ impl RedisTenantQuota {
     }
 
     /// The failure policy: refuse (`fail_closed`), enforce the local share, or admit.
+    #[allow(clippy::result_large_err)] // `Acquire`'s reply, as `TenantQuota::acquire`
     fn decide_locally(
         &mut self,
         prompt_tokens: u64,
