@@ -31,6 +31,17 @@
 //! [tenants.acme]
 //! limits = { requests_per_minute = 60 }
 //! api_key_hashes = ["sha256:..."]  # `swell keygen` prints a key and its hash
+//!
+//! [quota]                        # only with quotas shared in Redis (many nodes)
+//! node_count = 3                 # `local_share` enforces limit / node_count
+//! redis_timeout = "75ms"
+//! lease_ttl = "30s"
+//! lease_renew_interval = "10s"
+//! breaker_failures = 3
+//! breaker_cooldown = "5s"
+//! [quota.failure_policy]         # fail_open, fail_closed or local_share
+//! default = "local_share"
+//! concurrent_requests = "fail_closed"
 //! ```
 //!
 //! Without a `[deployments]` table, Swell serves one deployment named `default` (see
@@ -45,6 +56,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use swell_actors::autoscaler::AutoscalingPolicy;
 use swell_actors::quota::TenantLimits;
+use swell_actors::redis_quota::RedisQuotaConfig;
 use swell_workers::llm::LlmConfig;
 use swell_workers::sim::SimConfig;
 
@@ -81,6 +93,11 @@ pub struct Config {
     pub deployments: Option<BTreeMap<String, DeploymentConfig>>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// How tenant quotas are shared by many nodes through Redis: the failure policy per
+    /// limit kind, the node count of `local_share`, timeouts and leases. Unused while
+    /// quotas are local.
+    #[serde(default)]
+    pub quota: RedisQuotaConfig,
 }
 
 /// `[server]`.
@@ -367,6 +384,7 @@ impl Config {
         if self.queue.max_depth_per_deployment == 0 {
             errors.push("queue.max_depth_per_deployment must be at least 1".to_string());
         }
+        errors.extend(self.quota.validate("quota"));
         for (name, deployment) in self.deployments.iter().flatten() {
             if !is_valid_name(name) {
                 errors.push(format!(
@@ -547,6 +565,45 @@ mod tests {
         assert!(error.contains("queue.max_depth_per_deployment"), "{error}");
         let error = invalid("[server]\nmax_body_bytes = 0\nkeep_alive_interval = \"0s\"\n");
         assert!(error.contains("server.max_body_bytes") && error.contains("server.keep_alive_interval"), "{error}");
+    }
+
+    #[test]
+    fn the_quota_failure_policy_parses_and_is_validated() {
+        use swell_actors::quota::LimitKind;
+        use swell_actors::quota_failure::FailurePolicy;
+        let config = Config::from_toml_str("").unwrap();
+        assert_eq!(config.quota.failure_policy.default, FailurePolicy::LocalShare);
+        assert_eq!(config.quota.node_count, 1);
+        assert_eq!(config.quota.redis_timeout, Duration::from_millis(75));
+        let config = Config::from_toml_str(
+            r#"
+            [quota]
+            node_count = 4
+            redis_timeout = "50ms"
+            lease_ttl = "20s"
+            lease_renew_interval = "5s"
+            [quota.failure_policy]
+            default = "fail_open"
+            concurrent_requests = "fail_closed"
+            output_tokens = "local_share"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let policy = &config.quota.failure_policy;
+        assert_eq!(policy.for_kind(LimitKind::Requests), FailurePolicy::FailOpen);
+        assert_eq!(policy.for_kind(LimitKind::ConcurrentRequests), FailurePolicy::FailClosed);
+        assert_eq!(policy.for_kind(LimitKind::OutputTokens), FailurePolicy::LocalShare);
+        assert_eq!(config.quota.node_count, 4);
+
+        let error = Config::from_toml_str("[quota.failure_policy]\ndefault = \"fail_sometimes\"\n").unwrap_err().to_string();
+        assert!(error.contains("fail_sometimes"), "{error}");
+        let error = Config::from_toml_str("[quota]\nnode_cont = 3\n").unwrap_err().to_string();
+        assert!(error.contains("node_cont"), "{error}");
+        let error = invalid("[quota]\nnode_count = 0\nredis_timeout = \"0s\"\nlease_ttl = \"10s\"\nlease_renew_interval = \"8s\"\n");
+        assert!(error.contains("quota.node_count"), "{error}");
+        assert!(error.contains("quota.redis_timeout"), "{error}");
+        assert!(error.contains("quota.lease_renew_interval"), "{error}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use parking_lot::RwLock;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use swell_actors::quota::{QuotaActor, SetLimits, TenantLimits};
+use swell_actors::quota::{QuotaActor, QuotaBackend, SetLimits, TenantLimits};
 
 use crate::api::error::ApiError;
 
@@ -126,11 +126,19 @@ pub enum Upsert {
 pub struct Tenants {
     registry: RwLock<Registry>,
     arbiter: ArbiterHandle,
+    quota_backend: QuotaBackend,
 }
 
 impl Tenants {
+    /// Tenants whose quotas are local to this node.
     pub fn new(arbiter: ArbiterHandle) -> Self {
-        Self { registry: RwLock::new(Registry::default()), arbiter }
+        Self::with_quota_backend(arbiter, QuotaBackend::Local)
+    }
+
+    /// Tenants whose quotas are decided by `quota_backend` (e.g. shared in Redis:
+    /// `QuotaBackend::redis(url, config.quota.clone())`).
+    pub fn with_quota_backend(arbiter: ArbiterHandle, quota_backend: QuotaBackend) -> Self {
+        Self { registry: RwLock::new(Registry::default()), arbiter, quota_backend }
     }
 
     /// Creates a tenant or changes its limits (a live quota keeps unchanged buckets).
@@ -141,8 +149,9 @@ impl Tenants {
             entry.limits = limits;
             return Upsert::Updated;
         }
-        let (tenant, initial) = (id.to_string(), limits.clone());
-        let quota = QuotaActor::start_in_arbiter(&self.arbiter, move |_| QuotaActor::new(tenant, initial));
+        let (tenant, initial, backend) = (id.to_string(), limits.clone(), self.quota_backend.clone());
+        let quota =
+            QuotaActor::start_in_arbiter(&self.arbiter, move |_| QuotaActor::with_backend(tenant, initial, backend));
         registry
             .tenants
             .insert(id.to_string(), TenantEntry { limits, quota, key_hashes: BTreeSet::new() });

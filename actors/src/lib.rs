@@ -13,19 +13,24 @@
 //!   quota and into the queue, relays its output stream to the client, and settles
 //!   the quota when it ends.
 //! - A [`QuotaActor`](quota::QuotaActor) per tenant enforces its rate and concurrency
-//!   limits (token buckets, reserve then refund).
+//!   limits (token buckets, reserve then refund), alone or, across many nodes, in Redis.
 //!
 //! # Layout
 //! - [`autoscaler`]: the scaling policy (plain struct, virtual-time tests).
 //! - [`supervisor`]: `DeploymentSupervisor`, deployment status and scale events.
 //! - [`worker`]: `WorkerActor`, its engine thread, lease/publish/renew loops.
 //! - [`request`]: `RequestActor` and `submit`, the edge's entry point.
-//! - [`quota`]: `TenantQuota` (arithmetic) and `QuotaActor`.
+//! - [`quota`]: `TenantQuota` (arithmetic) and `QuotaActor`, local or Redis-backed.
+//! - [`redis_quota`]: quotas shared by many nodes: the Lua scripts, key layout, leases,
+//!   the local fast path.
+//! - [`quota_failure`]: failure policies and the circuit breaker for when Redis is away.
 //! - [`metrics`]: every metric the actors record, declared once.
 
 pub mod autoscaler;
 pub mod metrics;
 pub mod quota;
+pub mod quota_failure;
+pub mod redis_quota;
 pub mod request;
 pub mod supervisor;
 pub mod worker;

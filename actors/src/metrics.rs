@@ -18,6 +18,9 @@ pub const SCALE_EVENTS_TOTAL: &str = "swell_scale_events_total";
 pub const COLD_START: &str = "swell_replica_cold_start_seconds";
 pub const REPLICA_RESTARTS_TOTAL: &str = "swell_replica_restarts_total";
 pub const QUOTA_REJECTIONS_TOTAL: &str = "swell_quota_rejections_total";
+pub const QUOTA_REDIS_ERRORS_TOTAL: &str = "swell_quota_redis_errors_total";
+pub const QUOTA_LOCAL_DECISIONS_TOTAL: &str = "swell_quota_local_decisions_total";
+pub const QUOTA_LEASES_LOST_TOTAL: &str = "swell_quota_leases_lost_total";
 pub const PROMPT_TOKENS_TOTAL: &str = "swell_prompt_tokens_total";
 pub const GENERATED_TOKENS_TOTAL: &str = "swell_generated_tokens_total";
 pub const ENGINE_BATCH_SIZE: &str = "swell_engine_batch_size";
@@ -47,6 +50,9 @@ pub fn describe() {
     describe_histogram!(COLD_START, Unit::Seconds, "Time from a replica's creation to ready");
     describe_counter!(REPLICA_RESTARTS_TOTAL, "Replicas that failed and were replaced, by cause");
     describe_counter!(QUOTA_REJECTIONS_TOTAL, "Requests refused by a tenant quota, by limit");
+    describe_counter!(QUOTA_REDIS_ERRORS_TOTAL, "Quota store calls that failed, by reason (timeout, redis_error, circuit_open, bad_reply)");
+    describe_counter!(QUOTA_LOCAL_DECISIONS_TOTAL, "Admissions of a Redis-backed quota decided on the node, by reason (fast_path, redis_unavailable)");
+    describe_counter!(QUOTA_LEASES_LOST_TOTAL, "In-flight grants whose Redis lease expired before it was renewed");
     describe_counter!(PROMPT_TOKENS_TOTAL, "Prompt tokens of admitted requests");
     describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated");
     describe_histogram!(ENGINE_BATCH_SIZE, "Sequences in one engine step");
@@ -101,6 +107,18 @@ pub fn replica_restart(deployment: &str, cause: &'static str) {
 
 pub fn quota_rejected(tenant: &str, limit: &'static str) {
     counter!(QUOTA_REJECTIONS_TOTAL, "tenant" => tenant.to_string(), "limit" => limit).increment(1);
+}
+
+pub fn quota_redis_error(reason: &'static str) {
+    counter!(QUOTA_REDIS_ERRORS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn quota_local_decision(tenant: &str, reason: &'static str) {
+    counter!(QUOTA_LOCAL_DECISIONS_TOTAL, "tenant" => tenant.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn quota_leases_lost(tenant: &str, count: u64) {
+    counter!(QUOTA_LEASES_LOST_TOTAL, "tenant" => tenant.to_string()).increment(count);
 }
 
 pub fn tokens(deployment: &str, tenant: &str, prompt: u64, generated: u64) {

@@ -7,6 +7,10 @@
 //! bucket, its prompt tokens from the prompt bucket and its `max_tokens` from the output
 //! bucket (a reservation), and one concurrency slot; when it ends, the output tokens it
 //! did not generate are refunded and the slot is returned.
+//!
+//! The `QuotaActor` decides with a [`QuotaBackend`]: `Local` (this struct, the embedded
+//! default) or `Redis`, where every node shares the tenant's limits (see
+//! [`crate::redis_quota`] and, for when Redis is away, [`crate::quota_failure`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::metrics as m;
+use crate::redis_quota::{
+    Admission, QuotaStoreError, QuotaStoreStatus, RedisQuotaConfig, RedisQuotaStore, RedisTenantQuota,
+};
 
 /// A tenant's limits; `None` is unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -240,6 +247,7 @@ impl TenantQuota {
 
     /// Admit a request or say which limit stops it. All or nothing: a rejected request
     /// takes nothing from any bucket.
+    #[allow(clippy::result_large_err)] // the rejection is the 429's whole answer
     pub fn acquire(
         &mut self,
         prompt_tokens: u64,
@@ -300,20 +308,86 @@ impl TenantQuota {
     }
 }
 
-/// One tenant's quota, as an actor. Every admission of the tenant goes through it.
-pub struct QuotaActor {
-    tenant: String,
-    quota: TenantQuota,
+/// Where a tenant's quota is decided.
+#[derive(Debug, Clone, Default)]
+pub enum QuotaBackend {
+    /// In this process (`TenantQuota`): the embedded default, for one node.
+    #[default]
+    Local,
+    /// In Redis, shared by every node using the same store (see [`crate::redis_quota`]).
+    Redis(RedisQuotaStore),
 }
 
+impl QuotaBackend {
+    /// The Redis backend at `url` with the `[quota]` config. Connects lazily; call it
+    /// inside a tokio runtime.
+    pub fn redis(url: &str, config: RedisQuotaConfig) -> Result<Self, QuotaStoreError> {
+        Ok(QuotaBackend::Redis(RedisQuotaStore::open(url, config)?))
+    }
+}
+
+// One per tenant: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum TenantState {
+    Local(TenantQuota),
+    Redis(RedisTenantQuota),
+}
+
+/// One tenant's quota, as an actor. Every admission of the tenant on this node goes
+/// through it; with the Redis backend the decisions are shared with the other nodes.
+pub struct QuotaActor {
+    tenant: String,
+    state: TenantState,
+}
+
+type AcquireResult = Result<(QuotaGrant, RateLimitSnapshot), QuotaRejection>;
+
 impl QuotaActor {
+    /// A local quota.
     pub fn new(tenant: impl Into<String>, limits: TenantLimits) -> Self {
-        Self { tenant: tenant.into(), quota: TenantQuota::new(limits, Instant::now()) }
+        Self::with_backend(tenant, limits, QuotaBackend::Local)
+    }
+
+    pub fn with_backend(tenant: impl Into<String>, limits: TenantLimits, backend: QuotaBackend) -> Self {
+        let tenant = tenant.into();
+        let state = match backend {
+            QuotaBackend::Local => TenantState::Local(TenantQuota::new(limits, Instant::now())),
+            QuotaBackend::Redis(store) => {
+                TenantState::Redis(RedisTenantQuota::new(tenant.clone(), limits, store, Instant::now()))
+            }
+        };
+        Self { tenant, state }
+    }
+
+    /// One batched renewal of the leases this node holds for the tenant.
+    fn renew_leases(&mut self, ctx: &mut Context<Self>) {
+        let TenantState::Redis(quota) = &self.state else { return };
+        let Some(renewal) = quota.renew() else { return };
+        let tenant = self.tenant.clone();
+        ctx.spawn(
+            async move {
+                match renewal.await {
+                    Ok(lost) if !lost.is_empty() => {
+                        tracing::warn!(%tenant, lost = lost.len(), "quota leases expired before renewal");
+                        m::quota_leases_lost(&tenant, lost.len() as u64);
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(%tenant, %error, "quota lease renewal failed"),
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
 impl Actor for QuotaActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let TenantState::Redis(quota) = &self.state {
+            ctx.run_interval(quota.store().config().lease_renew_interval, |actor, ctx| actor.renew_leases(ctx));
+        }
+    }
 }
 
 /// Admit one request: `Ok` holds the grant to settle when the request ends.
@@ -325,14 +399,41 @@ pub struct Acquire {
 }
 
 impl Handler<Acquire> for QuotaActor {
-    type Result = Result<(QuotaGrant, RateLimitSnapshot), QuotaRejection>;
+    type Result = ResponseActFuture<Self, AcquireResult>;
 
+    // The reply type is `Acquire`'s (as `TenantQuota::acquire`'s).
+    #[allow(clippy::result_large_err)]
     fn handle(&mut self, msg: Acquire, _: &mut Context<Self>) -> Self::Result {
-        let result = self.quota.acquire(msg.prompt_tokens, msg.max_output_tokens, Instant::now());
-        if let Err(rejection) = &result {
-            m::quota_rejected(&self.tenant, rejection.limit.as_str());
+        fn count_rejection(tenant: &str, result: &AcquireResult) {
+            if let Err(rejection) = result {
+                m::quota_rejected(tenant, rejection.limit.as_str());
+            }
         }
-        result
+        let quota = match &mut self.state {
+            TenantState::Local(quota) => {
+                let result = quota.acquire(msg.prompt_tokens, msg.max_output_tokens, Instant::now());
+                count_rejection(&self.tenant, &result);
+                return Box::pin(actix::fut::ready(result));
+            }
+            TenantState::Redis(quota) => quota,
+        };
+        match quota.admit(msg.prompt_tokens, msg.max_output_tokens, Instant::now()) {
+            Admission::Decided(result) => {
+                count_rejection(&self.tenant, &result);
+                Box::pin(actix::fut::ready(result))
+            }
+            Admission::AskRedis(pending) => {
+                let call = pending.call(quota.store(), &self.tenant);
+                Box::pin(call.into_actor(self).map(move |answer, actor, _| {
+                    let TenantState::Redis(quota) = &mut actor.state else {
+                        unreachable!("a quota actor keeps its backend")
+                    };
+                    let result = quota.complete(pending, answer, Instant::now());
+                    count_rejection(&actor.tenant, &result);
+                    result
+                }))
+            }
+        }
     }
 }
 
@@ -347,8 +448,22 @@ pub struct Settle {
 impl Handler<Settle> for QuotaActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Settle, _: &mut Context<Self>) {
-        self.quota.settle(msg.grant_id, msg.generated_tokens, Instant::now());
+    fn handle(&mut self, msg: Settle, ctx: &mut Context<Self>) {
+        match &mut self.state {
+            TenantState::Local(quota) => quota.settle(msg.grant_id, msg.generated_tokens, Instant::now()),
+            TenantState::Redis(quota) => {
+                let Some(call) = quota.settle(msg.grant_id, msg.generated_tokens, Instant::now()) else { return };
+                ctx.spawn(call.into_actor(self).map(|result, actor, _| {
+                    // A settle that fails is not retried: the lease expires by itself.
+                    if let Err(error) = result {
+                        tracing::debug!(tenant = %actor.tenant, %error, "quota settle failed; the lease will expire");
+                    }
+                    if let TenantState::Redis(quota) = &mut actor.state {
+                        quota.settled();
+                    }
+                }));
+            }
+        }
     }
 }
 
@@ -360,17 +475,26 @@ impl Handler<SetLimits> for QuotaActor {
     type Result = ();
 
     fn handle(&mut self, msg: SetLimits, _: &mut Context<Self>) {
-        self.quota.set_limits(msg.0, Instant::now());
+        match &mut self.state {
+            TenantState::Local(quota) => quota.set_limits(msg.0, Instant::now()),
+            TenantState::Redis(quota) => quota.set_limits(msg.0, Instant::now()),
+        }
     }
 }
 
-/// A snapshot of the tenant's quota state.
+/// A snapshot of the tenant's quota state. With the Redis backend, `in_flight` counts
+/// this node's grants and `state` is the last state Redis reported (rates projected).
 #[derive(Debug, Clone, Serialize)]
 pub struct QuotaStatus {
     pub tenant: String,
     pub limits: TenantLimits,
     pub in_flight: u64,
     pub state: RateLimitSnapshot,
+    /// `local` or `redis`.
+    pub backend: &'static str,
+    /// The Redis store's node id, breaker state and call count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<QuotaStoreStatus>,
 }
 
 #[derive(Message)]
@@ -381,11 +505,25 @@ impl Handler<ObserveQuota> for QuotaActor {
     type Result = MessageResult<ObserveQuota>;
 
     fn handle(&mut self, _: ObserveQuota, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(QuotaStatus {
-            tenant: self.tenant.clone(),
-            limits: self.quota.limits().clone(),
-            in_flight: self.quota.in_flight(),
-            state: self.quota.snapshot(Instant::now()),
+        let now = Instant::now();
+        let tenant = self.tenant.clone();
+        MessageResult(match &mut self.state {
+            TenantState::Local(quota) => QuotaStatus {
+                tenant,
+                limits: quota.limits().clone(),
+                in_flight: quota.in_flight(),
+                state: quota.snapshot(now),
+                backend: "local",
+                store: None,
+            },
+            TenantState::Redis(quota) => QuotaStatus {
+                tenant,
+                limits: quota.limits().clone(),
+                in_flight: quota.in_flight(),
+                state: quota.snapshot(now),
+                backend: "redis",
+                store: Some(quota.store().status()),
+            },
         })
     }
 }

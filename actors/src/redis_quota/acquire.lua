@@ -1,0 +1,114 @@
+-- Admit one request of one tenant, atomically, on the Redis server's clock.
+-- See actors/src/redis_quota.rs for the key layout and the reply.
+--
+-- KEYS[1..3]  GCRA state (the theoretical arrival time, TAT, in microseconds) of the
+--             requests, prompt-token and output-token buckets
+-- KEYS[4]     ZSET of live grants (member: grant id, score: lease expiry in ms)
+-- KEYS[5]     HASH grant id -> output tokens it reserved
+-- ARGV[1]     window in microseconds (a limit of N per window: burst N, sustain N/window)
+-- ARGV[2..4]  requests, prompt-token and output-token limits per window (0: none)
+-- ARGV[5]     max concurrent requests (0: none)
+-- ARGV[6]     prompt tokens of the request
+-- ARGV[7]     output tokens it reserves (max_tokens)
+-- ARGV[8]     grant id ("<node>:<n>")
+-- ARGV[9]     lease TTL in milliseconds
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now_ms = math.floor(now / 1000)
+local window = tonumber(ARGV[1])
+local limits = { tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]) }
+local max_concurrent = tonumber(ARGV[5])
+local amounts = { 1, tonumber(ARGV[6]), tonumber(ARGV[7]) }
+local grant = ARGV[8]
+local lease_ttl_ms = tonumber(ARGV[9])
+
+-- Leases that were not renewed in time are gone: their holder died or lost Redis.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now_ms, 'LIMIT', 0, 1000)
+if #expired > 0 then
+  redis.call('ZREM', KEYS[4], unpack(expired))
+  redis.call('HDEL', KEYS[5], unpack(expired))
+end
+local in_flight = redis.call('ZCARD', KEYS[4])
+
+-- A bucket's state is its TAT: the time it will be full again (never before now).
+local tats = {}
+for i = 1, 3 do
+  if limits[i] > 0 then
+    local tat = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
+    if tat < now then tat = now end
+    tats[i] = tat
+  end
+end
+
+-- limit, remaining, microseconds until full; for each bucket, then concurrency.
+local function snapshot()
+  local reply = {}
+  for i = 1, 3 do
+    if limits[i] > 0 then
+      local interval = window / limits[i]
+      local owed = tats[i] - now
+      local remaining = math.floor((window - owed) / interval + 1e-6)
+      if remaining < 0 then remaining = 0 end
+      reply[#reply + 1] = limits[i]
+      reply[#reply + 1] = remaining
+      reply[#reply + 1] = math.ceil(owed)
+    else
+      reply[#reply + 1] = 0
+      reply[#reply + 1] = 0
+      reply[#reply + 1] = 0
+    end
+  end
+  local free = max_concurrent - in_flight
+  if free < 0 then free = 0 end
+  reply[#reply + 1] = max_concurrent
+  reply[#reply + 1] = free
+  reply[#reply + 1] = 0
+  return reply
+end
+
+local function answer(granted, kind, retry_after)
+  local reply = { granted, kind, retry_after }
+  for _, value in ipairs(snapshot()) do reply[#reply + 1] = value end
+  return reply
+end
+
+-- All or nothing: check every limit before taking from any.
+for i = 1, 3 do
+  if limits[i] > 0 then
+    if amounts[i] > limits[i] then
+      return answer(0, i, -1)
+    end
+    local wait = tats[i] + amounts[i] * (window / limits[i]) - window - now
+    if wait > 0 then
+      return answer(0, i, math.ceil(wait))
+    end
+  end
+end
+if max_concurrent > 0 and in_flight >= max_concurrent then
+  -- A slot frees when a request ends; at the latest when the oldest lease expires.
+  local retry_after = 1000000
+  local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if oldest[2] then
+    local until_expiry = (tonumber(oldest[2]) - now_ms) * 1000
+    if until_expiry < retry_after then retry_after = until_expiry end
+  end
+  if retry_after < 1000 then retry_after = 1000 end
+  return answer(0, 4, retry_after)
+end
+
+for i = 1, 3 do
+  if limits[i] > 0 then
+    local tat = tats[i] + amounts[i] * (window / limits[i])
+    tats[i] = tat
+    local ttl_ms = math.ceil((tat - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl_ms)
+  end
+end
+redis.call('ZADD', KEYS[4], now_ms + lease_ttl_ms, grant)
+redis.call('HSET', KEYS[5], grant, amounts[3])
+redis.call('PEXPIRE', KEYS[4], lease_ttl_ms * 2)
+redis.call('PEXPIRE', KEYS[5], lease_ttl_ms * 2)
+in_flight = in_flight + 1
+return answer(1, 0, 0)
