@@ -276,8 +276,10 @@ impl ExactRunner {
                 let q = &qkv[head * hd..(head + 1) * hd];
                 let mut scores: Vec<f32> = (0..=pos)
                     .map(|j| {
-                        let (block, at) = slot(j);
-                        dot(q, &self.cache.block(li, block, kvh).0[at..at + hd]) * scale
+                        // Keys are stored dimension-major within a block (`KvCache::block`).
+                        let kb = self.cache.block(li, blocks[j / BLOCK_TOKENS], kvh).0;
+                        let key: Vec<f32> = (0..hd).map(|d| kb[d * BLOCK_TOKENS + j % BLOCK_TOKENS]).collect();
+                        dot(q, &key) * scale
                     })
                     .collect();
                 softmax(&mut scores);
