@@ -12,8 +12,16 @@
 //! 3. if leading: read the live nodes and the stored placement (or, if none, the replicas
 //!    the nodes report running), ask the caller's *planner* for each deployment's target
 //!    (desired replicas from cluster-wide metrics, e.g. an autoscaler per deployment),
-//!    compute the placement with [`place`] and write it, fenced by the token;
+//!    compute the placement with [`place`] and write it, fenced by the token. With no
+//!    placement stored, a new leader first waits `node_ttl` after gaining the lease, so
+//!    that every live node has heartbeated (after Redis lost its data, the nodes'
+//!    records come back one heartbeat at a time, and a node not yet back would otherwise
+//!    be taken for dead and its running replicas moved);
 //! 4. read this node's assignment and publish it on a `watch` channel when it changed.
+//!    While no placement is stored at all (a fresh cluster; Redis lost its data and no
+//!    leader wrote since) the last assignment stays published: an empty store means
+//!    "unknown", not "run nothing". After such a loss the version restarts from 1, so
+//!    compare assignments, not only versions.
 //!
 //! ```no_run
 //! # use swell_cluster::*;
@@ -46,7 +54,7 @@
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::coordination::{CoordinationClient, CoordinationError};
 use crate::leader::{LeaderElection, LeaderState, LeadershipChange};
@@ -78,6 +86,9 @@ pub struct Coordinator {
     node_info: NodeInfoSource,
     planner: Planner,
     interval: std::time::Duration,
+    node_ttl: std::time::Duration,
+    /// When this node last gained the lease.
+    leading_since: Option<Instant>,
     assignment: watch::Sender<NodeAssignment>,
     leadership: watch::Sender<LeaderState>,
 }
@@ -99,6 +110,8 @@ impl Coordinator {
             election: LeaderElection::new(client.clone(), node_id.clone()),
             store: PlacementStore::new(client.clone()),
             interval: client.config().heartbeat_interval,
+            node_ttl: client.config().node_ttl,
+            leading_since: None,
             node_id,
             node_info: Box::new(node_info),
             planner: Box::new(planner),
@@ -121,6 +134,12 @@ impl Coordinator {
         self.leadership.subscribe()
     }
 
+    /// Write this node's record now (before the first tick, so that a leader placing
+    /// right away already counts this node). Optional: the first tick does it too.
+    pub async fn register(&self) -> Result<Heartbeat, CoordinationError> {
+        self.membership.register(&(self.node_info)()).await
+    }
+
     /// One round: heartbeat, election, placement (if leading), read the assignment.
     pub async fn tick(&mut self) -> CoordinatorTick {
         let mut report = CoordinatorTick::default();
@@ -140,12 +159,16 @@ impl Coordinator {
         report.leadership = election.change.clone();
         if let Some(change) = &election.change {
             tracing::info!(node_id = %self.node_id, ?change, "coordinator: leadership changed");
+            self.leading_since = match change {
+                LeadershipChange::Gained { .. } => Some(Instant::now()),
+                LeadershipChange::Lost { .. } => None,
+            };
         }
         self.leadership.send_if_modified(|state| replace_if_different(state, election.state));
 
         if let Some(token) = self.election.token() {
             match self.lead(token).await {
-                Ok(written) => report.placement = Some(written),
+                Ok(written) => report.placement = written,
                 Err(error) => {
                     if let CoordinationError::Fenced { .. } = error {
                         tracing::warn!(node_id = %self.node_id, token, %error, "coordinator: placement write fenced");
@@ -156,6 +179,9 @@ impl Coordinator {
         }
 
         match self.store.read_node(&self.node_id).await {
+            // No placement stored at all (a fresh cluster, or Redis lost its data and no
+            // leader wrote again yet): "unknown", not "run nothing"; keep the last one.
+            Ok(assignment) if assignment.version == 0 => {}
             Ok(assignment) => {
                 self.assignment.send_if_modified(|current| replace_if_different(current, assignment));
             }
@@ -165,13 +191,19 @@ impl Coordinator {
     }
 
     /// The leader's step: plan, place, write (fenced).
-    async fn lead(&mut self, token: u64) -> Result<(PlacementOutcome, WriteOutcome), CoordinationError> {
+    /// Answers `None` when it held off (see the module docs: no stored placement and
+    /// leading for less than `node_ttl`).
+    async fn lead(&mut self, token: u64) -> Result<Option<(PlacementOutcome, WriteOutcome)>, CoordinationError> {
         let view = self.membership.live_nodes().await?;
         if !view.dead.is_empty() {
             tracing::warn!(dead = ?view.dead, "coordinator: nodes declared dead; re-placing their replicas");
         }
         let current = match self.store.read().await? {
             Some(stored) => stored.placement,
+            None if self.leading_since.is_some_and(|since| since.elapsed() < self.node_ttl) => {
+                tracing::info!("coordinator: no placement stored; waiting for the nodes to register");
+                return Ok(None);
+            }
             None => Placement::from_running(&view),
         };
         let targets = (self.planner)(&view, &current);
@@ -185,7 +217,7 @@ impl Coordinator {
             );
         }
         let written = self.store.write(token, &self.node_id, &outcome.placement).await?;
-        Ok((outcome, written))
+        Ok(Some((outcome, written)))
     }
 
     /// Clean shutdown: give up the lease (if held) and remove the node's record, so the
