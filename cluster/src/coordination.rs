@@ -45,8 +45,10 @@
 //! - Redis restarted (with its data lost): nodes find their record missing at the next
 //!   heartbeat and re-create it; the leader's renewal fails, it steps down and a leader is
 //!   elected again; the token counter restarts from the server time in ms so tokens stay
-//!   above those issued before. With the placement lost, the new leader starts from the
-//!   replicas the nodes report running, so running replicas stay where they are.
+//!   above those issued before. With the placement lost, the new leader waits `node_ttl`
+//!   (so every live node has heartbeated again), then starts from the replicas the nodes
+//!   report running, so running replicas stay where they are. Meanwhile nodes keep their
+//!   last assignment (an empty store means "unknown", not "run nothing").
 //!
 //! Calls are bounded by `connect_timeout + response_timeout`; while Redis is unreachable
 //! they fail fast with [`CoordinationError::Unavailable`], and the

@@ -49,11 +49,13 @@ pub use redis_queue::{RedisQueue, RedisQueueConfig};
 
 pub use coordination::{CoordinationClient, CoordinationConfig, CoordinationError};
 pub use coordinator::{Coordinator, CoordinatorHandle, CoordinatorTick};
-pub use leader::{LeaderElection, LeaderState, LeaderTick, LeadershipChange, LossReason};
-pub use membership::{ClusterView, DeploymentLoad, GpuGroup, LiveNode, Membership, NodeCapacity, NodeInfo, NodeRole};
+pub use leader::{LeaderElection, LeaderState, LeaderTick, LeadershipChange, LeaseHolder, LossReason};
+pub use membership::{
+    ClusterView, DeploymentLoad, GpuGroup, Heartbeat, LiveNode, Membership, NodeCapacity, NodeInfo, NodeRole,
+};
 pub use placement::{
     place, DeploymentTarget, GpuRequirement, NodeAssignment, Placement, PlacementNode, PlacementOutcome,
-    PlacementStore, ReplicaRequirement, Unplaced, UnplacedReason,
+    PlacementStore, ReplicaRequirement, StoredPlacement, Unplaced, UnplacedReason, WriteOutcome,
 };
 
 /// Milliseconds since the Unix epoch: the one clock every node agrees on (roughly), used

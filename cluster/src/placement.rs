@@ -697,6 +697,45 @@ mod tests {
     }
 
     #[test]
+    fn gpu_replicas_of_a_dead_node_move_to_a_node_with_the_same_kind() {
+        // "h1" died; its H100 replicas go to "h2", not to the L4 node (emptier though).
+        let nodes = [
+            gpu_node("h2", 8, &[("H100", 80 * GB, 4)]),
+            gpu_node("l", 8, &[("L4", 24 * GB, 8)]),
+        ];
+        let current = placement(&[("h1", "big", 2), ("h2", "big", 1), ("l", "small", 1)]);
+        let targets = [gpu_target("big", 3, Some("H100"), 1), gpu_target("small", 1, Some("L4"), 1)];
+        let outcome = place(&nodes, &targets, &current);
+        assert_eq!(outcome.placement, placement(&[("h2", "big", 3), ("l", "small", 1)]));
+        assert_eq!((outcome.kept, outcome.added, outcome.removed), (2, 2, 2));
+        assert_within_capacity(&nodes, &targets, &outcome.placement);
+    }
+
+    #[test]
+    fn gateway_only_nodes_are_not_placement_targets() {
+        use crate::membership::{NodeInfo, NodeRole};
+        let live = |id: &str, roles: Vec<NodeRole>| LiveNode {
+            info: NodeInfo {
+                node_id: id.into(),
+                roles,
+                capacity: NodeCapacity { cpu_slots: 4, gpus: vec![] },
+                running: BTreeMap::new(),
+                started_at_ms: 0,
+                version: "test".into(),
+                address: None,
+            },
+            last_heartbeat_ms: 0,
+        };
+        let view = ClusterView {
+            server_time_ms: 0,
+            live: vec![live("edge", vec![NodeRole::Gateway]), live("w", vec![NodeRole::Worker])],
+            dead: vec![],
+        };
+        let nodes = PlacementNode::workers(&view);
+        assert_eq!(nodes.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), vec!["w"]);
+    }
+
+    #[test]
     fn a_replica_never_mixes_gpu_kinds_and_respects_memory() {
         let nodes = [gpu_node("mixed", 8, &[("H100", 80 * GB, 1), ("L4", 24 * GB, 1)])];
         let two_any = gpu_target("two", 1, None, 2);

@@ -78,7 +78,7 @@ async fn a_node_that_stops_heartbeating_is_declared_dead_within_the_ttl() {
     while last_beat_of_a.elapsed() < NODE_TTL + SLACK * 2 {
         assert!(membership.heartbeat(&b).await.unwrap().record_existed);
         let view = membership.live_nodes().await.unwrap();
-        if !view.node("a").is_some() {
+        if view.node("a").is_none() {
             assert_eq!(view.dead, vec!["a".to_string()], "reported dead once");
             assert_eq!(ids(&view), vec!["b"]);
             declared_dead_after = Some(last_beat_of_a.elapsed());
@@ -161,6 +161,42 @@ async fn one_leader_at_a_time_and_a_successor_fences_the_deposed_leader() {
     );
     let took = one.tick().await;
     assert!(matches!(took.change, Some(LeadershipChange::Gained { token }) if token > new_token), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_node_version_moves_only_when_that_nodes_assignment_changes() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let store = PlacementStore::new(client(&server).await);
+    let mut leader = LeaderElection::new(client(&server).await, "boss");
+    assert_eq!(store.read_node("a").await.unwrap().version, 0, "nothing written yet");
+    let token = leader.tick().await.state.token().unwrap();
+
+    let mut placement = Placement::default();
+    placement.add("a", "chat", 1);
+    placement.add("b", "chat", 1);
+    let first = store.write(token, "boss", &placement).await.unwrap();
+    assert!(first.changed);
+    let (a1, b1) = (store.read_node("a").await.unwrap(), store.read_node("b").await.unwrap());
+    assert_eq!((a1.version, b1.version), (first.version, first.version));
+    assert_eq!(a1.deployments, BTreeMap::from([("chat".to_string(), 1)]));
+    assert_eq!(a1.leader_token, token);
+
+    // The same placement again: no new version.
+    assert_eq!(store.write(token, "boss", &placement).await.unwrap(), swell_cluster::WriteOutcome { version: first.version, changed: false });
+
+    // Only "b" changes: "a" keeps its version.
+    placement.add("b", "chat", 1);
+    let second = store.write(token, "boss", &placement).await.unwrap();
+    assert!(second.version > first.version);
+    assert_eq!(store.read_node("a").await.unwrap().version, first.version);
+    assert_eq!(store.read_node("b").await.unwrap().version, second.version);
+
+    // "b" leaves the placement: it reads an empty assignment with a newer version.
+    placement.nodes.remove("b");
+    let third = store.write(token, "boss", &placement).await.unwrap();
+    let b3 = store.read_node("b").await.unwrap();
+    assert_eq!((b3.deployments.len(), b3.version), (0, third.version));
+    assert_eq!(store.read().await.unwrap().unwrap().placement, placement);
 }
 
 /// A node for the coordinator tests: its record reports the replicas it was assigned as
