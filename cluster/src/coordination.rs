@@ -27,6 +27,11 @@
 //!   `node:<id>` (its assignment as JSON) and `nver:<id>` (the version at which that
 //!   assignment last changed).
 //!
+//! The `live_nodes` script reads the node records it finds in the index from a prefix
+//! passed in `ARGV` rather than declared in `KEYS` (it discovers them inside the
+//! script); they carry the same hash tag, so they are in the declared keys' slot, which
+//! Redis Cluster accepts (the same arrangement as [`redis_queue`](crate::redis_queue)).
+//!
 //! # Clocks
 //! Every expiry and every "is this heartbeat too old" decision uses the Redis server's
 //! clock (`PX` TTLs, `TIME` inside scripts), never the clocks of the nodes. A leader also

@@ -37,6 +37,7 @@
 //!         }]
 //!     },
 //! );
+//! let _ = coordinator.register().await; // optional: counted by a leader from now on
 //! let handle = coordinator.spawn();
 //! let mut assignment = handle.assignment();
 //! while assignment.changed().await.is_ok() {
