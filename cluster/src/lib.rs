@@ -17,9 +17,23 @@
 //! - [`memory`]: the in-process implementation.
 //! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
 //!   and `redis_queue::testing`, a `redis-server` fixture for tests.
+//!
+//! Distributed mode also needs the nodes to agree on who runs what:
+//! - [`coordination`]: configuration, errors, connection and key layout of the cluster
+//!   coordination on Redis (start here).
+//! - [`membership`]: node records with capacity and load, heartbeats, live and dead nodes.
+//! - [`leader`]: leader election with a lease and fencing tokens.
+//! - [`placement`]: the pure placement function and the fenced placement store.
+//! - [`coordinator`]: the loop a node runs: heartbeat, elect, place (if leader), and
+//!   publish the node's assignment.
 
+pub mod coordination;
+pub mod coordinator;
 pub mod job;
+pub mod leader;
+pub mod membership;
 pub mod memory;
+pub mod placement;
 pub mod protocol;
 pub mod queue;
 pub mod redis_queue;
@@ -32,6 +46,17 @@ pub use protocol::{
 };
 pub use queue::{AppendOutcome, Queue, QueueError};
 pub use redis_queue::{RedisQueue, RedisQueueConfig};
+
+pub use coordination::{CoordinationClient, CoordinationConfig, CoordinationError};
+pub use coordinator::{Coordinator, CoordinatorHandle, CoordinatorTick};
+pub use leader::{LeaderElection, LeaderState, LeaderTick, LeadershipChange, LeaseHolder, LossReason};
+pub use membership::{
+    ClusterView, DeploymentLoad, GpuGroup, Heartbeat, LiveNode, Membership, NodeCapacity, NodeInfo, NodeRole,
+};
+pub use placement::{
+    place, DeploymentTarget, GpuRequirement, NodeAssignment, Placement, PlacementNode, PlacementOutcome,
+    PlacementStore, ReplicaRequirement, StoredPlacement, Unplaced, UnplacedReason, WriteOutcome,
+};
 
 /// Milliseconds since the Unix epoch: the one clock every node agrees on (roughly), used
 /// for enqueue times and deadlines that cross process boundaries.
