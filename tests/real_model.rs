@@ -152,7 +152,41 @@ async fn the_real_model_serves_streams_scores_and_batches() {
     assert_eq!(body["usage"]["completion_tokens"], 0);
     assert_eq!(body["usage"]["prompt_tokens"], (ids.len() + other.len()) as u64);
 
-    // 3. One stream, then 16 at once.
+    // 3. `n` choices of one chat prompt: sampled with seeds offset per choice (so they
+    // differ and each is reproducible), the prompt counted once in usage.
+    let chat = |n: u32, stream: bool| {
+        json!({"model": "default", "messages": [{"role": "user", "content": "Name a colour."}],
+               "n": n, "temperature": 1.0, "seed": 11, "max_tokens": 12, "stream": stream})
+    };
+    let (code, _, body) = common::post(&server, "/v1/chat/completions", None, &chat(4, false)).await;
+    assert_eq!(code, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let texts: Vec<String> = body["choices"].as_array().unwrap().iter().enumerate().map(|(i, c)| {
+        assert_eq!(c["index"], i as u64);
+        c["message"]["content"].as_str().unwrap().to_string()
+    }).collect();
+    assert_eq!(texts.len(), 4);
+    let distinct: std::collections::HashSet<&String> = texts.iter().collect();
+    assert!(distinct.len() >= 2, "4 sampled choices should not all be equal: {texts:?}");
+    let (_, _, one) = common::post(&server, "/v1/chat/completions", None, &chat(1, false)).await;
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["choices"][0]["message"]["content"].as_str().unwrap(), texts[0], "choice 0 is the n = 1 answer");
+    assert_eq!(body["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+    // Streamed, the same choices arrive interleaved, tagged by index.
+    let (code, _, sse) = common::post(&server, "/v1/chat/completions", None, &chat(4, true)).await;
+    assert_eq!(code, 200);
+    let mut streamed = vec![String::new(); 4];
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|l| *l != "[DONE]") {
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        for c in chunk["choices"].as_array().unwrap() {
+            if let Some(t) = c["delta"]["content"].as_str() {
+                streamed[c["index"].as_u64().unwrap() as usize].push_str(t);
+            }
+        }
+    }
+    assert_eq!(streamed, texts);
+
+    // 4. One stream, then 16 at once.
     let prompt = "Write a long story about a lighthouse keeper who finds a message in a bottle.";
     let max_tokens = 48;
     let (tokens, secs) = stream_completion(&base, prompt, max_tokens).await;

@@ -14,6 +14,8 @@ use crate::api::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
 
 #[derive(Debug, Default)]
 struct CollectedChoice {
+    /// Whether this choice's usage counts its prompt (the first of `n` choices does).
+    counts_prompt: bool,
     text: String,
     echo: Option<EchoPrompt>,
     chat_logprobs: Vec<ChatTokenLogprob>,
@@ -42,7 +44,11 @@ impl ResponseCollector {
     pub fn new(meta: ResponseMeta, prompts: &[PreparedPrompt]) -> Self {
         let choices = prompts
             .iter()
-            .map(|prompt| CollectedChoice { echo: prompt.echo.clone(), ..CollectedChoice::default() })
+            .map(|prompt| CollectedChoice {
+                echo: prompt.echo.clone(),
+                counts_prompt: prompt.choice == 0,
+                ..CollectedChoice::default()
+            })
             .collect();
         Self { meta, choices }
     }
@@ -116,9 +122,9 @@ impl ResponseCollector {
         let usage: UsageBody = self
             .choices
             .iter()
-            .filter_map(|choice| choice.finished.map(|(_, usage)| usage))
-            .fold(Usage::default(), |sum, usage| Usage {
-                prompt_tokens: sum.prompt_tokens + usage.prompt_tokens,
+            .filter_map(|choice| choice.finished.map(|(_, usage)| (choice.counts_prompt, usage)))
+            .fold(Usage::default(), |sum, (counts_prompt, usage)| Usage {
+                prompt_tokens: sum.prompt_tokens + if counts_prompt { usage.prompt_tokens } else { 0 },
                 completion_tokens: sum.completion_tokens + usage.completion_tokens,
             })
             .into();

@@ -65,6 +65,8 @@ impl StreamItem {
 
 #[derive(Debug, Default)]
 struct ChoiceState {
+    /// Whether this choice's usage counts its prompt (the first of `n` choices does).
+    counts_prompt: bool,
     role_sent: bool,
     /// The prompt still to echo (completions `echo`), sent before the first output.
     echo: Option<EchoPrompt>,
@@ -87,7 +89,11 @@ impl StreamEncoder {
     pub fn new(meta: ResponseMeta, prompts: &[PreparedPrompt]) -> Self {
         let choices = prompts
             .iter()
-            .map(|prompt| ChoiceState { echo: prompt.echo.clone(), ..ChoiceState::default() })
+            .map(|prompt| ChoiceState {
+                echo: prompt.echo.clone(),
+                counts_prompt: prompt.choice == 0,
+                ..ChoiceState::default()
+            })
             .collect();
         Self { meta, choices, last_waiting: None, ended: false }
     }
@@ -171,10 +177,10 @@ impl StreamEncoder {
     }
 
     fn total_usage(&self) -> UsageBody {
-        let usage = self.choices.iter().filter_map(|c| c.finished.map(|(_, u)| u)).fold(
+        let usage = self.choices.iter().filter_map(|c| c.finished.map(|(_, u)| (c.counts_prompt, u))).fold(
             Usage::default(),
-            |sum, u| Usage {
-                prompt_tokens: sum.prompt_tokens + u.prompt_tokens,
+            |sum, (counts_prompt, u)| Usage {
+                prompt_tokens: sum.prompt_tokens + if counts_prompt { u.prompt_tokens } else { 0 },
                 completion_tokens: sum.completion_tokens + u.completion_tokens,
             },
         );
@@ -338,7 +344,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn prompt(echo: Option<EchoPrompt>) -> PreparedPrompt {
-        PreparedPrompt { tokens: vec![1, 2], max_tokens: 4, echo }
+        PreparedPrompt { tokens: vec![1, 2], max_tokens: 4, echo, choice: 0 }
     }
 
     pub(crate) fn tokens(text: &str) -> RequestEvent {

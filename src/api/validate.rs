@@ -11,6 +11,9 @@ use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest, StreamO
 
 /// At most this many prompts in one completions request (each becomes its own job).
 pub const MAX_PROMPTS_PER_REQUEST: usize = 128;
+/// Most choices (`n`) per prompt; prompts x `n` is also capped by
+/// [`MAX_PROMPTS_PER_REQUEST`].
+pub const MAX_CHOICES_PER_PROMPT: usize = 16;
 /// OpenAI's limit on stop sequences.
 pub const MAX_STOP_SEQUENCES: usize = 4;
 /// OpenAI's limits on alternatives reported per token.
@@ -42,12 +45,35 @@ pub struct EchoPrompt {
     pub token_texts: Vec<String>,
 }
 
-/// One prompt of a request: one job.
+/// One choice of a request: one job. A request with `n > 1` has `n` of them per
+/// prompt, in OpenAI's order (the `n` choices of the first prompt, then the next).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreparedPrompt {
     pub tokens: Vec<u32>,
     pub max_tokens: u32,
     pub echo: Option<EchoPrompt>,
+    /// Which of its prompt's `n` choices this is (0 for the first). A request `seed` is
+    /// offset by it, so the choices differ and each is still reproducible; usage counts
+    /// the prompt's tokens once, on choice 0, as OpenAI does.
+    pub choice: u32,
+}
+
+/// Repeat each prompt `n` times (choice `j` of prompt `i` at `i * n + j`).
+fn expand_choices(prompts: Vec<PreparedPrompt>, n: usize) -> Result<Vec<PreparedPrompt>, ApiError> {
+    if prompts.len() * n > MAX_PROMPTS_PER_REQUEST {
+        return Err(ApiError::invalid_value(
+            "n",
+            format!(
+                "{} prompts x n = {n} is {} choices; at most {MAX_PROMPTS_PER_REQUEST} per request",
+                prompts.len(),
+                prompts.len() * n
+            ),
+        ));
+    }
+    Ok(prompts
+        .into_iter()
+        .flat_map(|prompt| (0..n as u32).map(move |choice| PreparedPrompt { choice, ..prompt.clone() }))
+        .collect())
 }
 
 /// A request that passed validation.
@@ -70,7 +96,11 @@ impl ValidatedRequest {
             .iter()
             .map(|prompt| GenerationRequest {
                 prompt_tokens: prompt.tokens.clone(),
-                params: SamplingParams { max_tokens: prompt.max_tokens, ..self.params.clone() },
+                params: SamplingParams {
+                    max_tokens: prompt.max_tokens,
+                    seed: self.params.seed.map(|seed| seed.wrapping_add(u64::from(prompt.choice))),
+                    ..self.params.clone()
+                },
             })
             .collect()
     }
@@ -96,6 +126,8 @@ struct CommonParams<'a> {
 
 struct CommonChecked {
     params: SamplingParams,
+    /// Choices per prompt.
+    n: usize,
     max_tokens: Option<(u32, &'static str)>,
     stream: bool,
     include_usage: bool,
@@ -160,7 +192,7 @@ pub fn validate_chat(
     let max_tokens = resolve_max_tokens(common.max_tokens, tokens.len(), limits, "messages")?;
     Ok(ValidatedRequest {
         kind: GenerationKind::Chat,
-        prompts: vec![PreparedPrompt { tokens, max_tokens, echo: None }],
+        prompts: expand_choices(vec![PreparedPrompt { tokens, max_tokens, echo: None, choice: 0 }], common.n)?,
         params,
         stream: common.stream,
         include_usage: common.include_usage,
@@ -236,11 +268,11 @@ pub fn validate_completion(
                 Vec::new()
             },
         });
-        prepared.push(PreparedPrompt { tokens, max_tokens, echo });
+        prepared.push(PreparedPrompt { tokens, max_tokens, echo, choice: 0 });
     }
     Ok(ValidatedRequest {
         kind: GenerationKind::Completion,
-        prompts: prepared,
+        prompts: expand_choices(prepared, common.n)?,
         params,
         stream: common.stream,
         include_usage: common.include_usage,
@@ -267,18 +299,16 @@ fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<Common
         }
         Some((value, param)) => Some((value as u32, param)),
     };
-    match common.n {
-        None | Some(1) => {}
-        Some(n) if n < 1 => {
-            return Err(ApiError::invalid_value("n", format!("n must be at least 1, got {n}")));
-        }
-        Some(_) => {
-            return Err(ApiError::unsupported(
+    let n = match common.n {
+        None => 1,
+        Some(n) if n < 1 || n > MAX_CHOICES_PER_PROMPT as i64 => {
+            return Err(ApiError::invalid_value(
                 "n",
-                "n > 1 is not supported yet: send one request per choice",
+                format!("n must be between 1 and {MAX_CHOICES_PER_PROMPT}, got {n}"),
             ));
         }
-    }
+        Some(n) => n as usize,
+    };
     let temperature = ranged("temperature", common.temperature, 0.0, 2.0, true)?.unwrap_or(1.0);
     let top_p = ranged("top_p", common.top_p, 0.0, 1.0, false)?.unwrap_or(1.0);
     let presence_penalty = ranged("presence_penalty", common.presence_penalty, -2.0, 2.0, true)?.unwrap_or(0.0);
@@ -314,7 +344,7 @@ fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<Common
         prompt_logprobs: false,
         ignore_eos: common.ignore_eos.unwrap_or(false),
     };
-    Ok(CommonChecked { params, max_tokens, stream, include_usage })
+    Ok(CommonChecked { params, n, max_tokens, stream, include_usage })
 }
 
 /// A float parameter within `[min, max]` (or `(min, max]` when `min_inclusive` is false).
@@ -643,6 +673,27 @@ mod tests {
     }
 
     #[test]
+    fn n_choices_repeat_each_prompt_with_offset_seeds() {
+        let v = completion_with(serde_json::json!({"prompt": ["a b", "c"], "n": 3, "seed": 40})).unwrap();
+        assert_eq!(v.prompts.len(), 6);
+        let choices: Vec<u32> = v.prompts.iter().map(|p| p.choice).collect();
+        assert_eq!(choices, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(v.prompts[0].tokens, v.prompts[2].tokens);
+        assert_ne!(v.prompts[2].tokens, v.prompts[3].tokens);
+        let seeds: Vec<Option<u64>> = v.generation_requests().iter().map(|r| r.params.seed).collect();
+        assert_eq!(seeds, [Some(40), Some(41), Some(42), Some(40), Some(41), Some(42)]);
+        // Without a seed every choice draws its own.
+        let v = chat_with(serde_json::json!({"n": 2})).unwrap();
+        assert_eq!(v.prompts.len(), 2);
+        assert!(v.generation_requests().iter().all(|r| r.params.seed.is_none()));
+        // n = 1 is the plain request.
+        assert_eq!(chat_with(serde_json::json!({"n": 1, "seed": 5})).unwrap().generation_requests()[0].params.seed, Some(5));
+        // prompts x n is capped.
+        let many = vec!["a"; 20];
+        assert_rejects(completion_with(serde_json::json!({"prompt": many, "n": 16})), "invalid_value", "n");
+    }
+
+    #[test]
     fn the_chat_template_is_applied_through_the_tokenizer() {
         let validated = chat(serde_json::json!({
             "model": "m",
@@ -714,7 +765,7 @@ mod tests {
             (serde_json::json!({"top_p": 0}), "invalid_value", "top_p"),
             (serde_json::json!({"top_p": 1.1}), "invalid_value", "top_p"),
             (serde_json::json!({"top_k": -2}), "invalid_value", "top_k"),
-            (serde_json::json!({"n": 2}), "unsupported_parameter", "n"),
+            (serde_json::json!({"n": 17}), "invalid_value", "n"),
             (serde_json::json!({"n": 0}), "invalid_value", "n"),
             (serde_json::json!({"stop": ["a", "b", "c", "d", "e"]}), "invalid_value", "stop"),
             (serde_json::json!({"stop": [""]}), "invalid_value", "stop"),
@@ -804,7 +855,7 @@ mod tests {
         assert!(completion_with(serde_json::json!({"suffix": ""})).is_ok());
         assert_rejects(completion_with(serde_json::json!({"best_of": 2})), "unsupported_parameter", "best_of");
         assert_rejects(completion_with(serde_json::json!({"logprobs": 6})), "invalid_value", "logprobs");
-        assert_rejects(completion_with(serde_json::json!({"n": 3})), "unsupported_parameter", "n");
+        assert_rejects(completion_with(serde_json::json!({"n": 17})), "invalid_value", "n");
 
         let echoed = completion_with(serde_json::json!({"echo": true, "logprobs": 2, "prompt": [3, 4]})).unwrap();
         assert!(echoed.params.prompt_logprobs);
