@@ -61,8 +61,8 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, FromRedisValue, RedisError, ScriptInvocation, Value};
+use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
 use serde::Deserialize;
 
 /// How to reach Redis and the timing of heartbeats and leases.
@@ -206,18 +206,10 @@ impl CoordinationClient {
     /// Connect (failing `Unavailable` if Redis does not answer within the timeouts).
     pub async fn connect(config: CoordinationConfig) -> Result<Self, CoordinationError> {
         config.validate().map_err(CoordinationError::Config)?;
-        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = ConnectionManager::new_with_config(client, manager_config);
-        let connection = tokio::time::timeout(config.connect_timeout * 2, connecting)
-            .await
-            .map_err(|_| CoordinationError::Unavailable("redis: connect timed out".into()))?
-            .map_err(unavailable)?;
+        let (_, connection) =
+            crate::redis_conn::connect_shared(&config.url, config.connect_timeout, config.response_timeout)
+                .await
+                .map_err(CoordinationError::Unavailable)?;
         let keys = Keys::new(&config.key_prefix);
         Ok(Self { config, connection, keys })
     }

@@ -36,6 +36,7 @@ pub mod memory;
 pub mod placement;
 pub mod protocol;
 pub mod queue;
+mod redis_conn;
 pub mod redis_queue;
 
 pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};

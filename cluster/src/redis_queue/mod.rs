@@ -115,7 +115,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError, ScriptInvocation, Value};
 use tokio::time::Instant;
 
@@ -157,18 +157,10 @@ impl RedisQueue {
     /// Connect (failing `Unavailable` if Redis does not answer within the timeouts).
     pub async fn connect(config: RedisQueueConfig) -> Result<Self, QueueError> {
         config.validate().map_err(|message| QueueError::Unavailable(format!("config: {message}")))?;
-        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = ConnectionManager::new_with_config(client.clone(), manager_config);
-        let shared = tokio::time::timeout(config.connect_timeout * 2, connecting)
-            .await
-            .map_err(|_| QueueError::Unavailable("redis: connect timed out".into()))?
-            .map_err(unavailable)?;
+        let (client, shared) =
+            crate::redis_conn::connect_shared(&config.url, config.connect_timeout, config.response_timeout)
+                .await
+                .map_err(QueueError::Unavailable)?;
         let cancelled_event = serde_json::to_string(&OutputEvent::Failed {
             code: "cancelled".into(),
             message: "the request was cancelled".into(),

@@ -445,41 +445,38 @@ pub fn simd_avx512() -> bool {
     false
 }
 
-/// [`attend_row`] compiled for AVX-512 (16-wide vectors: one per key block of 16
-/// slots). The crate is built for baseline x86-64 (SSE2); `attend_row` is
-/// `#[inline(always)]`, so each of these wrappers holds its own build of it.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_row_avx512(
-    c: &LlamaConfig,
-    layer: usize,
-    cache: &KvCache,
-    chunks: &[SeqChunk<'_>],
-    rows: &[(usize, usize)],
-    qkv: &[f32],
-    r: usize,
-    out: &mut [f32],
-) {
-    attend_row::<true>(c, layer, cache, chunks, rows, qkv, r, out)
+/// [`attend_row`] compiled for an instruction set: the crate is built for baseline
+/// x86-64 (SSE2) and `attend_row` is `#[inline(always)]`, so each wrapper holds its own
+/// build of it. `$avx512` picks the AVX-512 intrinsics inside.
+macro_rules! attend_row_for {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $avx512:literal) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            c: &LlamaConfig,
+            layer: usize,
+            cache: &KvCache,
+            chunks: &[SeqChunk<'_>],
+            rows: &[(usize, usize)],
+            qkv: &[f32],
+            r: usize,
+            out: &mut [f32],
+        ) {
+            attend_row::<$avx512>(c, layer, cache, chunks, rows, qkv, r, out)
+        }
+    };
 }
 
-/// [`attend_row`] compiled for AVX2 + FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_row_avx2(
-    c: &LlamaConfig,
-    layer: usize,
-    cache: &KvCache,
-    chunks: &[SeqChunk<'_>],
-    rows: &[(usize, usize)],
-    qkv: &[f32],
-    r: usize,
-    out: &mut [f32],
-) {
-    attend_row::<false>(c, layer, cache, chunks, rows, qkv, r, out)
-}
+attend_row_for!(
+    /// AVX-512: 16-wide vectors, one per key block of 16 slots.
+    attend_row_avx512, "avx2,fma,avx512f,avx512vl", true
+);
+attend_row_for!(
+    /// AVX2 + FMA.
+    attend_row_avx2, "avx2,fma", false
+);
 
 /// One stacked token's attention, all heads.
 #[allow(clippy::too_many_arguments)]
