@@ -17,7 +17,10 @@
 //! - [`memory`]: the in-process implementation.
 //! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
 //!   and `redis_queue::testing`, a `redis-server` fixture for tests.
+//! - [`ingress_wire`]: the wire format of the Redis ingress stream (programs that are
+//!   not Swell pushing requests into Redis) and a Rust producer for it.
 
+pub mod ingress_wire;
 pub mod job;
 pub mod memory;
 pub mod protocol;
