@@ -5,6 +5,7 @@
 //! gateway that died (`XAUTOCLAIM`). Redis errors back off (up to 5 s) and reconnect; a
 //! group deleted under it is created again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,8 +134,10 @@ impl ConsumerLoop {
             };
             let context = self.context.clone();
             let fields = entry_fields(&entry);
+            context.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             actix_rt::spawn(async move {
                 context.handle(entry.id, fields).await;
+                context.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }

@@ -181,6 +181,7 @@ pub(crate) struct IngressStats {
     unanswerable: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 impl IngressStats {
@@ -216,7 +217,7 @@ impl IngressHandle {
             unanswerable: load(&s.unanswerable),
             completed: load(&s.completed),
             failed: load(&s.failed),
-            in_flight: (self.max_in_flight - self.permits.available_permits()) as u64,
+            in_flight: load(&s.in_flight),
         }
     }
 
