@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct Fixture {
     server: ServerHandle,
-    ingress: IngressHandle,
+    ingress: Option<IngressHandle>,
     producer: Producer,
     redis: redis::aio::MultiplexedConnection,
     url: String,
@@ -31,7 +31,23 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A server with the ingress consumer (its `block` short, so tests stop quickly).
     async fn start() -> Self {
+        let mut fixture = Self::start_without_ingress().await;
+        fixture.start_ingress(IngressConfig { block: Duration::from_millis(200), ..IngressConfig::default() }).await;
+        fixture
+    }
+
+    async fn start_ingress(&mut self, config: IngressConfig) {
+        let ingress = start_ingress(self.server.state.clone(), &self.url, config).await.expect("ingress starts");
+        self.ingress = Some(ingress);
+    }
+
+    fn ingress(&self) -> &IngressHandle {
+        self.ingress.as_ref().expect("the ingress consumer runs")
+    }
+
+    async fn start_without_ingress() -> Self {
         let redis_server = RedisServer::start(RedisServerOptions::default());
         let url = redis_server.url();
         let text = format!(
@@ -44,11 +60,9 @@ impl Fixture {
             .await
             .expect("the queue connects");
         let server = start_with_queue(config, Arc::new(queue)).await.expect("server starts");
-        let ingress_config = IngressConfig { block: Duration::from_millis(200), ..IngressConfig::default() };
-        let ingress = start_ingress(server.state.clone(), &url, ingress_config).await.expect("ingress starts");
         let producer = Producer::connect(&url, "swell").await.expect("the producer connects");
         let redis = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        Self { server, ingress, producer, redis, url, _redis_server: redis_server }
+        Self { server, ingress: None, producer, redis, url, _redis_server: redis_server }
     }
 
     /// A tenant with `limits` and a key for it.
@@ -73,7 +87,9 @@ impl Fixture {
     }
 
     async fn stop(self) {
-        self.ingress.stop(Duration::from_secs(2)).await;
+        if let Some(ingress) = self.ingress {
+            ingress.stop(Duration::from_secs(2)).await;
+        }
         self.server.stop(true).await;
     }
 }
@@ -134,7 +150,7 @@ async fn the_python_producer_pushes_jobs_and_reads_completions() {
         let n = extra[1];
         assert!(stdout.contains(&format!("completed {n}/{n}")), "{stdout}");
     }
-    let seen = fixture.ingress.observe();
+    let seen = fixture.ingress().observe();
     assert_eq!((seen.admitted, seen.completed, seen.rejected), (5, 5, 0), "{seen:?}");
     fixture.stop().await;
 }
@@ -216,7 +232,7 @@ async fn bad_entries_get_error_replies_and_the_stream_keeps_flowing() {
     // Nothing was written into Swell's own keys; the unanswerable entries are counted.
     assert!(replies.iter().all(|reply| reply.id.as_deref() != Some("swell-key")));
     let seen = common::wait_for("every entry handled", WAIT, || {
-        let snapshot = fixture.ingress.observe();
+        let snapshot = fixture.ingress().observe();
         async move { (snapshot.received == 12 && snapshot.in_flight == 0).then_some(snapshot) }
     })
     .await;
@@ -306,7 +322,7 @@ async fn a_repeated_id_is_answered_once() {
     fixture.producer.submit(&chat_request("after", &key, reply_to, hello(2)), Encoding::Json).await.unwrap();
     fixture.producer.wait_for(reply_to, "after", WAIT).await.unwrap();
     let seen = common::wait_for("both repeats acknowledged", WAIT, || {
-        let snapshot = fixture.ingress.observe();
+        let snapshot = fixture.ingress().observe();
         async move { (snapshot.duplicates == 2 && snapshot.in_flight == 0).then_some(snapshot) }
     })
     .await;
@@ -316,5 +332,48 @@ async fn a_repeated_id_is_answered_once() {
         replies.iter().filter(|reply| reply.id.as_deref() == Some("same") && reply.kind.is_terminal()).collect();
     assert_eq!(terminal.len(), 1, "{replies:?}");
     assert_eq!(terminal[0].kind, ReplyKind::Completion);
+    fixture.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_entry_left_pending_by_a_gateway_that_died_is_taken_over() {
+    let mut fixture = Fixture::start_without_ingress().await;
+    let key = fixture.tenant("late", TenantLimits::default());
+    let reply_to = "replies:{late}";
+    let stream = fixture.producer.stream().to_string();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("gateways")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut fixture.redis)
+        .await
+        .unwrap();
+    fixture.producer.submit(&chat_request("orphan", &key, reply_to, hello(3)), Encoding::Json).await.unwrap();
+    // A gateway reads the entry and dies before deciding it: it stays pending.
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("gateways")
+        .arg("dead-gateway")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut fixture.redis)
+        .await
+        .unwrap();
+    assert_ne!(read, redis::Value::Nil);
+    fixture
+        .start_ingress(IngressConfig {
+            block: Duration::from_millis(100),
+            claim_idle: Duration::from_millis(300),
+            claim_interval: Duration::from_millis(100),
+            ..IngressConfig::default()
+        })
+        .await;
+    let replies = fixture.producer.wait_for(reply_to, "orphan", WAIT).await.unwrap();
+    assert_eq!(replies.last().unwrap().kind, ReplyKind::Completion, "{replies:?}");
+    let length: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!(length, 0);
     fixture.stop().await;
 }
