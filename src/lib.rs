@@ -21,6 +21,8 @@
 //!   and limits).
 //! - [`tenants`]: tenants, API keys (generated, hashed, looked up) and their quotas.
 //! - [`state`]: `AppState`, what every handler shares.
+//! - [`ingress`]: the Redis ingress stream: requests pushed into Redis by other
+//!   programs, validated and admitted like HTTP requests, answered on `reply_to`.
 //! - [`server`]: `start` / `ServerHandle::stop`, used by `swell serve` and by tests.
 //! - [`metrics`]: the gateway's metrics and the process-wide Prometheus recorder.
 //! - [`api`]: the HTTP and WebSocket API:
@@ -37,6 +39,7 @@ pub mod api;
 pub mod config;
 pub mod deployments;
 pub mod engines;
+pub mod ingress;
 pub mod metrics;
 pub mod server;
 pub mod state;

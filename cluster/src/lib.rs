@@ -17,6 +17,8 @@
 //! - [`memory`]: the in-process implementation.
 //! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
 //!   and `redis_queue::testing`, a `redis-server` fixture for tests.
+//! - [`ingress_wire`]: the wire format of the Redis ingress stream (programs that are
+//!   not Swell pushing requests into Redis) and a Rust producer for it.
 //!
 //! Distributed mode also needs the nodes to agree on who runs what:
 //! - [`coordination`]: configuration, errors, connection and key layout of the cluster
@@ -29,6 +31,7 @@
 
 pub mod coordination;
 pub mod coordinator;
+pub mod ingress_wire;
 pub mod job;
 pub mod leader;
 pub mod membership;

@@ -1,0 +1,308 @@
+//! One ingress entry, from its fields to its last reply: decode the entry, then exactly
+//! the HTTP path (authenticate the key, parse and validate the body against its
+//! deployment, admit it through the tenant's quota into the queue), acknowledge the
+//! entry, and relay the request's events to `reply_to`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+use swell_cluster::ingress_wire::{seen_key, Fields, IngressRequest, ReplyKind, RequestKind};
+use tokio::time::Instant;
+
+use super::reply::{item_reply, IngressError, ReplyWriter};
+use super::{IngressConfig, IngressStats};
+use crate::api::collect::{Collected, ResponseCollector};
+use crate::api::error::ApiError;
+use crate::api::generation::{new_request_id, start_generation, Generation};
+use crate::api::json_body::{from_value, strip_position};
+use crate::api::openai::resolve;
+use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest};
+use crate::api::stream_encoder::StreamEncoder;
+use crate::state::AppState;
+
+/// What every entry of one consumer shares.
+pub(crate) struct EntryContext {
+    pub state: Arc<AppState>,
+    /// For everything but the blocking reads.
+    pub redis: ConnectionManager,
+    pub stream: String,
+    pub consumer: String,
+    pub config: IngressConfig,
+    pub stats: Arc<IngressStats>,
+}
+
+/// Why an entry was not admitted.
+enum NotAdmitted {
+    /// Refused: answered with this error, then acknowledged.
+    Refused(IngressError),
+    /// Its id was already admitted: acknowledged without a reply.
+    Duplicate,
+    /// Not decided here (shutting down, Redis trouble): left pending, so that this or
+    /// another gateway takes it again after `claim_idle`.
+    Later(String),
+}
+
+impl From<ApiError> for NotAdmitted {
+    fn from(error: ApiError) -> Self {
+        NotAdmitted::Refused(IngressError::Api(error))
+    }
+}
+
+impl EntryContext {
+    /// Handles one entry to its end.
+    pub async fn handle(&self, entry_id: String, fields: Fields) {
+        IngressStats::count(&self.stats.received);
+        let received_at = Instant::now();
+        let request = match IngressRequest::from_fields(&fields) {
+            Ok(request) => request,
+            Err(rejection) => {
+                tracing::debug!(entry = %entry_id, error = %rejection.error, "ingress entry refused");
+                match rejection.reply_to.filter(|reply_to| self.may_reply_to(reply_to)) {
+                    Some(reply_to) => {
+                        let mut replies = self.replies(reply_to, rejection.id);
+                        self.answer(&mut replies, &IngressError::Wire(rejection.error)).await;
+                        IngressStats::count(&self.stats.rejected);
+                    }
+                    None => IngressStats::count(&self.stats.unanswerable),
+                }
+                self.ack(&entry_id).await;
+                return;
+            }
+        };
+        if !self.may_reply_to(&request.reply_to) {
+            tracing::warn!(entry = %entry_id, reply_to = %request.reply_to, "ingress entry refused: reply_to is inside swell's key prefix");
+            IngressStats::count(&self.stats.unanswerable);
+            self.ack(&entry_id).await;
+            return;
+        }
+        let mut replies = self.replies(request.reply_to.clone(), Some(request.id.clone()));
+        let deadline = request.deadline_ms.map(|unix_ms| {
+            let left = unix_ms.saturating_sub(swell_cluster::unix_millis());
+            received_at + Duration::from_millis(left)
+        });
+        match self.admit(&request, received_at).await {
+            Ok(generation) => {
+                IngressStats::count(&self.stats.admitted);
+                self.ack(&entry_id).await;
+                let completed = relay(generation, &mut replies, deadline).await;
+                IngressStats::count(if completed { &self.stats.completed } else { &self.stats.failed });
+            }
+            Err(NotAdmitted::Refused(error)) => {
+                tracing::debug!(entry = %entry_id, id = %request.id, code = error.code(), "ingress request refused");
+                self.answer(&mut replies, &error).await;
+                IngressStats::count(&self.stats.rejected);
+                self.ack(&entry_id).await;
+            }
+            Err(NotAdmitted::Duplicate) => {
+                tracing::debug!(entry = %entry_id, id = %request.id, "ingress request id already served");
+                IngressStats::count(&self.stats.duplicates);
+                self.ack(&entry_id).await;
+            }
+            Err(NotAdmitted::Later(reason)) => {
+                tracing::info!(entry = %entry_id, id = %request.id, %reason, "ingress entry left for later");
+            }
+        }
+    }
+
+    /// `reply_to` must not be one of Swell's own keys.
+    fn may_reply_to(&self, reply_to: &str) -> bool {
+        !reply_to.starts_with(&format!("{}:", self.config.key_prefix))
+    }
+
+    fn replies(&self, reply_to: String, id: Option<String>) -> ReplyWriter {
+        ReplyWriter::new(self.redis.clone(), reply_to, id, self.config.reply_ttl, self.config.reply_max_len)
+    }
+
+    async fn answer(&self, replies: &mut ReplyWriter, error: &IngressError) {
+        if let Err(redis_error) = replies.error(error).await {
+            tracing::warn!(%redis_error, code = error.code(), "an ingress error reply could not be written");
+        }
+    }
+
+    /// Acknowledges and deletes an entry (a failure leaves it pending; its id's marker
+    /// makes a redelivery harmless).
+    async fn ack(&self, entry_id: &str) {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.config.group)
+            .arg(entry_id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(entry_id)
+            .ignore();
+        if let Err(error) = pipe.query_async::<()>(&mut self.redis.clone()).await {
+            tracing::warn!(%error, entry = %entry_id, "an ingress entry could not be acknowledged");
+        }
+    }
+
+    /// The HTTP path: authenticate, validate, deduplicate, admit.
+    async fn admit(&self, request: &IngressRequest, received_at: Instant) -> Result<Generation, NotAdmitted> {
+        let state = &self.state;
+        if state.is_shutting_down() {
+            return Err(NotAdmitted::Later("the server is shutting down".into()));
+        }
+        // The key as an HTTP client would present it, through the same lookup.
+        let authorization = request.api_key.as_ref().map(|key| format!("Bearer {key}"));
+        let tenant = state.tenants.authenticate(authorization.as_deref())?;
+        if request.deadline_ms.is_some_and(|deadline| deadline <= swell_cluster::unix_millis()) {
+            return Err(deadline_exceeded().into());
+        }
+        let limit = state.config.server.max_body_bytes;
+        if request.request.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit }.into());
+        }
+        let body = body_with_model(&request.request, &request.deployment)?;
+        let size = request.request.len();
+        let (deployment, validated) = match request.kind {
+            RequestKind::Chat => resolve(state, from_value::<ChatCompletionRequest>(body)?, size).await?,
+            RequestKind::Completion => resolve(state, from_value::<CompletionRequest>(body)?, size).await?,
+        };
+        let request_id = new_request_id();
+        let marker = seen_key(&self.config.key_prefix, &tenant.id, &request.id);
+        if !self.mark_seen(&marker, &request_id).await? {
+            return Err(NotAdmitted::Duplicate);
+        }
+        match start_generation(state, &tenant, &deployment, validated, &request_id, received_at).await {
+            Ok(generation) => Ok(generation),
+            Err(error) => {
+                // Not admitted: the id may be tried again (after a 429, say).
+                self.forget_seen(&marker).await;
+                match error {
+                    ApiError::ShuttingDown => Err(NotAdmitted::Later("the server is shutting down".into())),
+                    error => Err(error.into()),
+                }
+            }
+        }
+    }
+
+    /// Claims the request id: `false` when it is already claimed.
+    async fn mark_seen(&self, marker: &str, request_id: &str) -> Result<bool, NotAdmitted> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(marker)
+            .arg(request_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.config.dedupe_ttl.as_millis() as u64)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|error| NotAdmitted::Later(format!("redis: {error}")))?;
+        Ok(set.is_some())
+    }
+
+    async fn forget_seen(&self, marker: &str) {
+        if let Err(error) = redis::cmd("DEL").arg(marker).query_async::<()>(&mut self.redis.clone()).await {
+            tracing::warn!(%error, "an ingress id marker could not be removed");
+        }
+    }
+}
+
+fn deadline_exceeded() -> ApiError {
+    ApiError::Generation { code: "deadline_exceeded".into(), message: "the request's deadline_ms has passed".into() }
+}
+
+/// Parses the body (as an HTTP body is parsed) and fills in `model` from the entry's
+/// `deployment`; a body naming another model is refused.
+fn body_with_model(text: &str, deployment: &str) -> Result<Value, ApiError> {
+    let body: Value =
+        serde_json::from_str(text).map_err(|error| ApiError::InvalidJson(strip_position(&error.to_string())))?;
+    let Value::Object(mut object) = body else {
+        return Err(ApiError::InvalidType { message: "the request body must be a json object".into(), param: None });
+    };
+    match object.get("model") {
+        None | Some(Value::Null) => {
+            object.insert("model".into(), Value::String(deployment.to_string()));
+        }
+        Some(Value::String(model)) if model == deployment => {}
+        Some(_) => {
+            return Err(ApiError::invalid_value(
+                "model",
+                format!("the body's `model` differs from the entry's deployment `{deployment}`; leave it out or make them equal"),
+            ));
+        }
+    }
+    Ok(Value::Object(object))
+}
+
+/// Relays a request's events as replies until its terminal reply. Answers whether it
+/// completed. Gives up at the deadline (dropping the events cancels the request) or
+/// when a reply cannot be written (nobody could read the rest).
+async fn relay(generation: Generation, replies: &mut ReplyWriter, deadline: Option<Instant>) -> bool {
+    let relaying = relay_events(generation, replies);
+    let outcome = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, relaying).await.ok(),
+        None => Some(relaying.await),
+    };
+    match outcome {
+        Some(Ok(completed)) => completed,
+        Some(Err(error)) => {
+            tracing::warn!(%error, "ingress replies could not be written; the request is cancelled");
+            false
+        }
+        None => {
+            if let Err(error) = replies.error(&IngressError::Api(deadline_exceeded())).await {
+                tracing::warn!(%error, "an ingress error reply could not be written");
+            }
+            false
+        }
+    }
+}
+
+async fn relay_events(generation: Generation, replies: &mut ReplyWriter) -> Result<bool, redis::RedisError> {
+    let Generation { meta, validated, mut events, handles: _handles, rate_limits: _ } = generation;
+    if validated.stream {
+        let mut encoder = StreamEncoder::new(meta, &validated.prompts);
+        loop {
+            let items = match events.next().await {
+                Some((index, event)) => encoder.on_event(index, event),
+                None => encoder.on_streams_closed(),
+            };
+            for item in items {
+                let terminal = item.is_terminal();
+                if let Some((kind, data)) = item_reply(item) {
+                    replies.send(kind, data).await?;
+                    if terminal {
+                        return Ok(kind != ReplyKind::Error);
+                    }
+                }
+            }
+        }
+    }
+    let mut collector = ResponseCollector::new(meta, &validated.prompts);
+    let error = loop {
+        match events.next().await {
+            Some((index, event)) => match collector.on_event(index, event) {
+                Ok(Collected::Complete(body)) => {
+                    let body = serde_json::to_value(body).expect("responses serialize");
+                    replies.send(ReplyKind::Completion, body).await?;
+                    return Ok(true);
+                }
+                Ok(Collected::Pending) => {}
+                Err(error) => break error,
+            },
+            None => break ResponseCollector::incomplete(),
+        }
+    };
+    replies.error(&IngressError::Api(error)).await?;
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_gets_its_model_from_the_entry() {
+        let body = body_with_model(r#"{"prompt": "hi"}"#, "chat").unwrap();
+        assert_eq!(body["model"], "chat");
+        assert!(body_with_model(r#"{"model": "chat", "prompt": "hi"}"#, "chat").is_ok());
+        assert_eq!(body_with_model(r#"{"model": "other"}"#, "chat").unwrap_err().code(), "invalid_value");
+        assert_eq!(body_with_model("{oops", "chat").unwrap_err().code(), "invalid_json");
+        assert_eq!(body_with_model("[1]", "chat").unwrap_err().code(), "invalid_type");
+    }
+}

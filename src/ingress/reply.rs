@@ -1,0 +1,158 @@
+//! Writing a request's replies to its `reply_to` stream: one entry per reply (`id`,
+//! `seq`, `type`, `data`), each refreshing the stream's TTL and capped in length; and
+//! what an error looks like as reply data (the HTTP API's error body plus its status).
+
+use std::time::Duration;
+
+use actix_web::ResponseError;
+use redis::aio::ConnectionManager;
+use serde_json::{json, Value};
+use swell_cluster::ingress_wire::{Reply, ReplyKind, WireError};
+
+use crate::api::error::ApiError;
+use crate::api::ratelimit_headers::retry_after_seconds;
+use crate::api::stream_encoder::StreamItem;
+use crate::api::ws_protocol::ServerFrame;
+
+/// Why an ingress entry was refused or failed: a malformed entry, or anything the HTTP
+/// API answers (with the same code, message and status).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IngressError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl IngressError {
+    pub fn code(&self) -> &str {
+        match self {
+            IngressError::Wire(error) => error.code(),
+            IngressError::Api(error) => error.code(),
+        }
+    }
+}
+
+/// The `data` of an error reply: `{"error": {message, type, code, param}, "status": N}`
+/// with `retry_after_seconds` when a retry may succeed later. `status` is what the HTTP
+/// API would have answered.
+pub fn error_data(error: &IngressError) -> Value {
+    match error {
+        IngressError::Wire(wire) => json!({
+            "error": {
+                "message": wire.to_string(),
+                "type": "invalid_request_error",
+                "code": wire.code(),
+                "param": wire.param(),
+            },
+            "status": 400,
+        }),
+        IngressError::Api(api) => {
+            let mut data = json!({"error": api.body().error, "status": api.status_code().as_u16()});
+            if let Some(wait) = api.retry_after() {
+                data["retry_after_seconds"] = json!(retry_after_seconds(wait));
+            }
+            data
+        }
+    }
+}
+
+/// The reply of a stream item (`None`: nothing to tell).
+pub fn item_reply(item: StreamItem) -> Option<(ReplyKind, Value)> {
+    match item {
+        StreamItem::Chunk(chunk) => {
+            Some((ReplyKind::Chunk, serde_json::to_value(&chunk).expect("chunks serialize")))
+        }
+        StreamItem::Done { usage, finish_reason } => {
+            Some((ReplyKind::Done, json!({"usage": usage, "finish_reason": finish_reason})))
+        }
+        StreamItem::Failed(error) => Some((ReplyKind::Error, error_data(&IngressError::Api(error)))),
+        // Statuses are rendered as for the WebSocket API, without its `id` and `type`.
+        other => match ServerFrame::from_item("", other)? {
+            ServerFrame::Status { status, .. } => {
+                Some((ReplyKind::Status, serde_json::to_value(&status).expect("statuses serialize")))
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Appends one request's replies, numbering them.
+pub struct ReplyWriter {
+    redis: ConnectionManager,
+    reply_to: String,
+    id: Option<String>,
+    next_seq: u64,
+    ttl: Duration,
+    max_len: u64,
+}
+
+impl ReplyWriter {
+    pub fn new(redis: ConnectionManager, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
+        Self { redis, reply_to, id, next_seq: 0, ttl, max_len }
+    }
+
+    /// Appends a reply and refreshes the stream's TTL.
+    pub async fn send(&mut self, kind: ReplyKind, data: Value) -> Result<(), redis::RedisError> {
+        let reply = Reply { id: self.id.clone(), seq: self.next_seq, kind, data };
+        let mut add = redis::cmd("XADD");
+        add.arg(&self.reply_to).arg("MAXLEN").arg("~").arg(self.max_len).arg("*");
+        for (name, value) in reply.to_fields() {
+            add.arg(name).arg(value);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(add).ignore();
+        pipe.cmd("PEXPIRE").arg(&self.reply_to).arg(self.ttl.as_millis() as u64).ignore();
+        pipe.query_async::<()>(&mut self.redis).await?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    pub async fn error(&mut self, error: &IngressError) -> Result<(), redis::RedisError> {
+        self.send(ReplyKind::Error, error_data(error)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use swell_actors::quota::{LimitKind, QuotaRejection, RateLimitSnapshot};
+
+    use super::*;
+    use crate::api::openai_types::UsageBody;
+
+    #[test]
+    fn errors_carry_the_http_body_and_status() {
+        let data = error_data(&IngressError::Api(ApiError::InvalidApiKey));
+        assert_eq!(data["status"], 401);
+        assert_eq!(data["error"]["code"], "invalid_api_key");
+        assert_eq!(data["error"]["type"], "authentication_error");
+        let data = error_data(&IngressError::Wire(WireError::MissingField("reply_to")));
+        assert_eq!(data["status"], 400);
+        assert_eq!(data["error"]["code"], "missing_required_parameter");
+        assert_eq!(data["error"]["param"], "reply_to");
+        let quota = QuotaRejection {
+            limit: LimitKind::Requests,
+            requested: 1,
+            retry_after: Some(Duration::from_millis(2500)),
+            snapshot: RateLimitSnapshot::default(),
+        };
+        let data = error_data(&IngressError::Api(ApiError::Quota(Box::new(quota))));
+        assert_eq!(data["status"], 429);
+        assert_eq!(data["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(data["retry_after_seconds"], 3);
+    }
+
+    #[test]
+    fn stream_items_become_replies() {
+        let (kind, data) = item_reply(StreamItem::Waiting { position: Some(2), starting: false, ready_in: None }).unwrap();
+        assert_eq!((kind, data), (ReplyKind::Status, json!({"status": "queued", "position": 2})));
+        let usage = UsageBody { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 };
+        let (kind, data) = item_reply(StreamItem::Done { usage, finish_reason: Some("length") }).unwrap();
+        assert_eq!(kind, ReplyKind::Done);
+        assert_eq!(data["finish_reason"], "length");
+        assert_eq!(data["usage"]["total_tokens"], 3);
+        assert!(item_reply(StreamItem::Waiting { position: None, starting: false, ready_in: None }).is_none());
+    }
+}
