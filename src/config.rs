@@ -32,6 +32,16 @@
 //! limits = { requests_per_minute = 60 }
 //! api_key_hashes = ["sha256:..."]  # `swell keygen` prints a key and its hash
 //!
+//! [cluster]                      # only for several nodes sharing one Redis
+//! redis_url = "redis://10.0.0.5:6379"  # or SWELL_REDIS_URL / --redis; unset: embedded
+//! role = "all"                   # gateway | worker | all (or --role)
+//! node_id = "gw-1"               # default: <hostname>-<pid> (or --node-id)
+//! key_prefix = "swell"
+//! max_deliveries = 3
+//! output_ttl = "60s"
+//! connect_timeout = "1s"
+//! response_timeout = "2s"
+//!
 //! [quota]                        # only with quotas shared in Redis (many nodes)
 //! node_count = 3                 # `local_share` enforces limit / node_count
 //! redis_timeout = "75ms"
@@ -57,6 +67,7 @@ use serde::{Deserialize, Serialize};
 use swell_actors::autoscaler::AutoscalingPolicy;
 use swell_actors::quota::TenantLimits;
 use swell_actors::redis_quota::RedisQuotaConfig;
+use swell_cluster::RedisQueueConfig;
 use swell_workers::llm::LlmConfig;
 use swell_workers::sim::SimConfig;
 
@@ -98,6 +109,168 @@ pub struct Config {
     /// quotas are local.
     #[serde(default)]
     pub quota: RedisQuotaConfig,
+    /// Distributed mode: one Redis shared by every node (queue and quotas), and what
+    /// this node does. Without `redis_url`, everything is embedded in this process.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// What a node does in a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Serves the inference API and enqueues; runs no replicas.
+    Gateway,
+    /// Runs replicas (leases from the shared queue); serves health, metrics and status
+    /// only: inference requests are refused with 421 `not_a_gateway`.
+    Worker,
+    /// Both (the only role without Redis).
+    #[default]
+    All,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Gateway => "gateway",
+            NodeRole::Worker => "worker",
+            NodeRole::All => "all",
+        }
+    }
+
+    /// Whether this node serves `/v1` inference requests.
+    pub fn serves_api(self) -> bool {
+        self != NodeRole::Worker
+    }
+
+    /// Whether this node's supervisors start replicas.
+    pub fn runs_replicas(self) -> bool {
+        self != NodeRole::Gateway
+    }
+}
+
+/// `[cluster]`: several nodes on one Redis. The queue settings map onto
+/// [`RedisQueueConfig`]; `[queue] lease_ttl` stays the lease of a replica on a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`. Unset: embedded queue and quotas.
+    pub redis_url: Option<String>,
+    pub role: NodeRole,
+    /// This node's name in the cluster (replica ids, logs). Default `<hostname>-<pid>`.
+    pub node_id: Option<String>,
+    /// First part of every queue key (no `{` or `}`).
+    pub key_prefix: String,
+    /// A job whose replicas kept dying is failed (`delivery_limit`) after this many
+    /// deliveries.
+    pub max_deliveries: u32,
+    /// How long a finished job's output stays readable in Redis.
+    #[serde(with = "humantime_serde")]
+    pub output_ttl: Duration,
+    /// Upper bound on the life of a job's keys (collects abandoned jobs).
+    #[serde(with = "humantime_serde")]
+    pub job_max_age: Duration,
+    /// How long opening a Redis connection may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a Redis command may take.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// How often the node checks that Redis answers (`/readyz`, fast 503s).
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let queue = RedisQueueConfig::default();
+        Self {
+            redis_url: None,
+            role: NodeRole::All,
+            node_id: None,
+            key_prefix: queue.key_prefix,
+            max_deliveries: queue.max_deliveries,
+            output_ttl: queue.output_ttl,
+            job_max_age: queue.job_max_age,
+            connect_timeout: queue.connect_timeout,
+            response_timeout: queue.response_timeout,
+            health_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node shares a Redis with others.
+    pub fn is_distributed(&self) -> bool {
+        self.redis_url.is_some()
+    }
+
+    /// The node id: configured, or `<hostname>-<pid>`.
+    pub fn effective_node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "swell".to_string());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// The Redis queue's config (`None` without `redis_url`).
+    pub fn redis_queue_config(&self) -> Option<RedisQueueConfig> {
+        let url = self.redis_url.clone()?;
+        Some(RedisQueueConfig { url, ..self.queue_settings() })
+    }
+
+    /// The queue settings of this section, on the default url.
+    fn queue_settings(&self) -> RedisQueueConfig {
+        RedisQueueConfig {
+            key_prefix: self.key_prefix.clone(),
+            max_deliveries: self.max_deliveries,
+            output_ttl: self.output_ttl,
+            job_max_age: self.job_max_age,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            ..RedisQueueConfig::default()
+        }
+    }
+
+    /// Checks the section; each error names its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        match &self.redis_url {
+            None if self.role != NodeRole::All => errors.push(format!(
+                "cluster.role: `{}` needs a shared redis (cluster.redis_url, SWELL_REDIS_URL or --redis); without one the only role is `all`",
+                self.role.as_str()
+            )),
+            None => {}
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
+                {
+                    errors.push(format!(
+                        "cluster.redis_url: expected `redis://host:port[/db]` (or rediss://), got {url:?}"
+                    ));
+                }
+            }
+        }
+        if let Some(id) = &self.node_id {
+            if !is_valid_name(id) {
+                errors.push(format!(
+                    "cluster.node_id: invalid node id {id:?}; use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`, `:` starting with a letter or digit"
+                ));
+            }
+        }
+        if let Err(error) = self.queue_settings().validate() {
+            errors.push(format!("cluster.{error}"));
+        }
+        if self.health_interval.is_zero() {
+            errors.push("cluster.health_interval must be longer than 0s".to_string());
+        }
+        errors
+    }
 }
 
 /// `[server]`.
@@ -385,6 +558,10 @@ impl Config {
             errors.push("queue.max_depth_per_deployment must be at least 1".to_string());
         }
         errors.extend(self.quota.validate("quota"));
+        errors.extend(self.cluster.validate());
+        if self.cluster.is_distributed() && self.queue.lease_ttl < Duration::from_millis(300) {
+            errors.push("queue.lease_ttl must be at least 300ms with a shared redis (leases are renewed every third of it)".to_string());
+        }
         for (name, deployment) in self.deployments.iter().flatten() {
             if !is_valid_name(name) {
                 errors.push(format!(

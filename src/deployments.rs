@@ -66,6 +66,12 @@ fn model_limits(config: &DeploymentConfig, description: &EngineDescription) -> M
 pub struct DeploymentSettings {
     pub queue: QueueConfig,
     pub tick: Duration,
+    /// `false` on a gateway node: the supervisor starts no replicas.
+    pub runs_replicas: bool,
+    /// The queue is shared with other nodes (Redis).
+    pub shared_queue: bool,
+    /// This node's id in a cluster (part of every replica id).
+    pub node_id: Option<String>,
 }
 
 /// Builds a deployment's engine factory and starts its supervisor on `arbiter`.
@@ -83,9 +89,12 @@ pub fn start_deployment(
     spec.worker = WorkerConfig {
         lease_ttl: settings.queue.lease_ttl,
         drain_grace: settings.queue.drain_grace,
+        node_id: settings.node_id.clone(),
         ..WorkerConfig::default()
     };
     spec.tick = settings.tick;
+    spec.runs_replicas = settings.runs_replicas;
+    spec.shared_queue = settings.shared_queue;
     let supervisor =
         DeploymentSupervisor::start_in_arbiter(arbiter, move |_| DeploymentSupervisor::new(spec, queue));
     Ok(DeploymentHandle {

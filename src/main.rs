@@ -1,6 +1,7 @@
 //! `swell`: the command line.
 //!
-//! - `swell serve [--config FILE] [--listen ADDR] [--admin-token TOKEN] [--insecure]`
+//! - `swell serve [--config FILE] [--listen ADDR] [--admin-token TOKEN] [--insecure]
+//!   [--redis URL] [--role gateway|worker|all] [--node-id ID]`
 //! - `swell keygen`: a new API key and the hash to put in `api_key_hashes`
 //! - `swell check-config FILE`: parse and validate a config file
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swell::config::Config;
+use swell::config::{Config, NodeRole};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,17 @@ enum Command {
         /// Allow a non-loopback address without API keys or an admin token.
         #[arg(long)]
         insecure: bool,
+        /// Run as one node of a cluster sharing this Redis (queue and quotas), e.g.
+        /// `redis://10.0.0.5:6379` (overrides `cluster.redis_url`).
+        #[arg(long = "redis", env = "SWELL_REDIS_URL", hide_env_values = true)]
+        redis_url: Option<String>,
+        /// What this node does: `gateway` (API, no replicas), `worker` (replicas, no
+        /// API) or `all` (overrides `cluster.role`; needs Redis unless `all`).
+        #[arg(long, value_enum)]
+        role: Option<NodeRole>,
+        /// This node's id in the cluster (default `<hostname>-<pid>`).
+        #[arg(long)]
+        node_id: Option<String>,
     },
     /// Print a new API key and the hash to put in `tenants.<id>.api_key_hashes`.
     Keygen,
@@ -49,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     match Cli::parse().command {
-        Command::Serve { config, listen, admin_token, insecure } => {
+        Command::Serve { config, listen, admin_token, insecure, redis_url, role, node_id } => {
             let mut config = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -65,6 +77,15 @@ fn main() -> anyhow::Result<()> {
                 config.server.admin_token = Some(token);
             }
             config.server.insecure |= insecure;
+            if let Some(url) = redis_url.filter(|url| !url.trim().is_empty()) {
+                config.cluster.redis_url = Some(url);
+            }
+            if let Some(role) = role {
+                config.cluster.role = role;
+            }
+            if let Some(node_id) = node_id {
+                config.cluster.node_id = Some(node_id);
+            }
             // Everything is checked before any port is bound.
             config.validate()?;
             actix_rt::System::new().block_on(serve(config))

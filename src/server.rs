@@ -22,7 +22,7 @@ use std::sync::Arc;
 use actix_rt::Arbiter;
 use actix_web::{web, App, HttpServer};
 use swell_actors::supervisor::Shutdown;
-use swell_cluster::{InMemoryQueue, Queue};
+use swell_cluster::{InMemoryQueue, Queue, RedisQueue};
 
 use crate::api::error::ApiError;
 use crate::api::middleware::{request_context, route_not_found};
@@ -39,6 +39,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start: {0}")]
     Startup(#[from] ApiError),
+    #[error("cannot reach redis at {url} (cluster.redis_url): {source}")]
+    Redis { url: String, source: swell_cluster::QueueError },
 }
 
 /// A running server.
@@ -51,18 +53,47 @@ pub struct ServerHandle {
     control: Arbiter,
 }
 
-/// Starts a server with the embedded in-memory queue.
+/// Starts a server: with `cluster.redis_url`, a node of a cluster on that Redis (the
+/// shared `RedisQueue`, quotas in Redis, the role of `cluster.role`); without it, the
+/// embedded in-memory queue and local quotas.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
-    start_with_queue(config, Arc::new(InMemoryQueue::default())).await
+    config.validate()?;
+    match config.cluster.redis_queue_config() {
+        None => start_with_queue(config, Arc::new(InMemoryQueue::default())).await,
+        Some(queue_config) => {
+            let url = redact(&queue_config.url);
+            let redis = RedisQueue::connect(queue_config)
+                .await
+                .map_err(|source| ServerError::Redis { url, source })?;
+            let redis = Arc::new(redis);
+            start_node(config, redis.clone(), Some(redis)).await
+        }
+    }
+}
+
+/// A Redis url without its password (for errors and logs).
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// Starts a server on a given queue. Must run inside an actix system (`actix_rt::System`,
 /// `#[actix_rt::test]`); the control plane gets its own arbiter (thread).
 pub async fn start_with_queue(config: Config, queue: Arc<dyn Queue>) -> Result<ServerHandle, ServerError> {
+    start_node(config, queue, None).await
+}
+
+async fn start_node(
+    config: Config,
+    queue: Arc<dyn Queue>,
+    redis: Option<Arc<RedisQueue>>,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     metrics::install();
     let control = Arbiter::new();
-    let state = match AppState::new(config, queue, control.handle()) {
+    let state = match AppState::for_node(config, queue, redis, control.handle()) {
         Ok(state) => Arc::new(state),
         Err(error) => {
             control.stop();
@@ -72,6 +103,11 @@ pub async fn start_with_queue(config: Config, queue: Arc<dyn Queue>) -> Result<S
     if let Err(error) = state.start_configured_deployments() {
         shutdown_control_plane(&state, control, false).await;
         return Err(error.into());
+    }
+    if let Some(redis) = state.node.redis.clone() {
+        let weak = Arc::downgrade(&state);
+        let interval = state.config.cluster.health_interval;
+        control.spawn(watch_redis(redis, weak, interval));
     }
     let listen = state.config.server.listen;
     let data = web::Data::from(state.clone());
@@ -98,7 +134,14 @@ pub async fn start_with_queue(config: Config, queue: Arc<dyn Queue>) -> Result<S
     let server = http.run();
     let handle = server.handle();
     let task = actix_rt::spawn(server);
-    tracing::info!(%addr, deployments = state.deployments.len(), "swell is serving");
+    tracing::info!(
+        %addr,
+        deployments = state.deployments.len(),
+        role = state.node.role.as_str(),
+        node = %state.node.node_id,
+        distributed = state.node.is_distributed(),
+        "swell is serving"
+    );
     Ok(ServerHandle { addr, state, server: handle, task, control })
 }
 
@@ -117,6 +160,18 @@ impl ServerHandle {
         let _ = self.task.await;
         shutdown_control_plane(&self.state, self.control, graceful).await;
         tracing::info!("stopped");
+    }
+}
+
+/// Pings Redis every `interval` and records whether it answers (`/readyz`, and new
+/// requests fail fast with 503 while it does not). Ends with the state.
+async fn watch_redis(redis: Arc<RedisQueue>, state: std::sync::Weak<AppState>, interval: std::time::Duration) {
+    loop {
+        let up = redis.ping().await.is_ok();
+        let Some(state) = state.upgrade() else { return };
+        state.node.set_redis_up(up);
+        drop(state);
+        tokio::time::sleep(interval).await;
     }
 }
 

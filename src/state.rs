@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_rt::ArbiterHandle;
-use swell_actors::quota::TenantLimits;
-use swell_cluster::Queue;
+use swell_actors::quota::{QuotaBackend, TenantLimits};
+use swell_cluster::{Queue, RedisQueue};
 
 use crate::api::error::ApiError;
-use crate::config::{Config, DeploymentConfig};
+use crate::config::{Config, DeploymentConfig, NodeRole};
 use crate::deployments::{start_deployment, DeploymentHandle, DeploymentSettings, Deployments};
 use crate::engines;
 use crate::tenants::Tenants;
@@ -28,20 +28,77 @@ pub struct AppState {
     shutting_down: tokio::sync::watch::Sender<bool>,
     /// Serializes admin changes (create/update/delete of deployments and tenants).
     pub admin_writes: tokio::sync::Mutex<()>,
+    /// This node's place in a cluster (embedded: role `all`, no Redis).
+    pub node: NodeState,
+}
+
+/// What this node is in a cluster sharing one Redis.
+pub struct NodeState {
+    pub role: NodeRole,
+    pub node_id: String,
+    /// The shared queue, when distributed (for health checks).
+    pub redis: Option<Arc<RedisQueue>>,
+    /// Whether Redis answered the last health check (always `true` when embedded).
+    redis_up: AtomicBool,
+}
+
+impl NodeState {
+    pub fn is_distributed(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::SeqCst)
+    }
+
+    /// Records a health check's result; logs changes.
+    pub fn set_redis_up(&self, up: bool) {
+        let was = self.redis_up.swap(up, Ordering::SeqCst);
+        if was != up {
+            if up {
+                tracing::info!(node = %self.node_id, "redis answers again");
+            } else {
+                tracing::warn!(node = %self.node_id, "redis is unreachable: new requests get 503 until it is back");
+            }
+        }
+    }
 }
 
 impl AppState {
     /// Builds the state and its tenants (from the config); deployments are started by
     /// [`AppState::start_configured_deployments`].
     pub fn new(config: Config, queue: Arc<dyn Queue>, control: ArbiterHandle) -> Result<Self, ApiError> {
-        let tenants = Tenants::new(control.clone());
+        Self::for_node(config, queue, None, control)
+    }
+
+    /// Builds the state of a node; with `redis` (the shared queue), quotas are shared
+    /// through the same Redis (`[quota]`). Call inside an actix system.
+    pub fn for_node(
+        config: Config,
+        queue: Arc<dyn Queue>,
+        redis: Option<Arc<RedisQueue>>,
+        control: ArbiterHandle,
+    ) -> Result<Self, ApiError> {
+        let quota_backend = match (&redis, &config.cluster.redis_url) {
+            (Some(_), Some(url)) => QuotaBackend::redis(url, config.quota.clone())
+                .map_err(|error| ApiError::Internal(format!("cannot set up shared quotas: {error}")))?,
+            _ => QuotaBackend::Local,
+        };
+        let tenants = Tenants::with_quota_backend(control.clone(), quota_backend);
         for (id, tenant) in config.initial_tenants() {
             tenants.upsert(&id, tenant.limits.clone());
             for hash in &tenant.api_key_hashes {
                 tenants.add_key_hash(&id, hash)?;
             }
         }
+        let node = NodeState {
+            role: config.cluster.role,
+            node_id: config.cluster.effective_node_id(),
+            redis,
+            redis_up: AtomicBool::new(true),
+        };
         Ok(Self {
+            node,
             config,
             deployments: Deployments::default(),
             tenants,
@@ -54,7 +111,13 @@ impl AppState {
     }
 
     pub fn deployment_settings(&self) -> DeploymentSettings {
-        DeploymentSettings { queue: self.config.queue.clone(), tick: self.config.server.autoscaler_tick }
+        DeploymentSettings {
+            queue: self.config.queue.clone(),
+            tick: self.config.server.autoscaler_tick,
+            runs_replicas: self.node.role.runs_replicas(),
+            shared_queue: self.node.is_distributed(),
+            node_id: self.node.is_distributed().then(|| self.node.node_id.clone()),
+        }
     }
 
     /// Starts every deployment of the config (or the default one), then marks the server

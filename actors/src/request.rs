@@ -78,8 +78,17 @@ pub struct Admitted {
 pub enum Rejected {
     Quota(QuotaRejection),
     QueueFull { depth: u64, retry_after: Duration },
+    /// The queue could not be reached (Redis down): retry later.
+    QueueUnavailable(String),
     Unavailable(String),
 }
+
+/// How long a request keeps waiting for its output stream while the queue cannot be
+/// reached (a Redis restart) before it ends with `stream_lost`.
+pub const OUTAGE_TOLERANCE: Duration = Duration::from_secs(30);
+
+/// How long past its deadline a queued request waits for the queue's own verdict.
+const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
 /// Admit a request and start relaying it. Resolves once admission is decided.
 pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
@@ -196,6 +205,10 @@ async fn run_request(
                     m::request_finished(&spec.deployment, &spec.tenant, "queue_full");
                     Rejected::QueueFull { depth, retry_after: Duration::from_secs(1) }
                 }
+                QueueError::Unavailable(reason) => {
+                    m::request_finished(&spec.deployment, &spec.tenant, "queue_unavailable");
+                    Rejected::QueueUnavailable(reason)
+                }
                 other => Rejected::Unavailable(other.to_string()),
             };
             let _ = admission.send(Err(rejected));
@@ -233,6 +246,7 @@ async fn relay(
     let enqueued_at = Instant::now();
     let mut position = Some(position);
     let mut read_failures = 0u32;
+    let mut failing_since: Option<Instant> = None;
     let cancelled = |generated| Outcome { status: "cancelled", generated };
 
     loop {
@@ -263,23 +277,51 @@ async fn relay(
         };
         let batch = match read {
             Ok(batch) => {
+                if read_failures > 0 {
+                    tracing::info!(read_failures, "the output stream is readable again");
+                }
                 read_failures = 0;
+                failing_since = None;
                 batch
             }
             Err(error) => {
+                // An unreachable queue (Redis restarting) is waited out for up to
+                // `OUTAGE_TOLERANCE`; the replica keeps generating and its output waits
+                // in the stream, read from `after_seq` when the queue is back.
                 read_failures += 1;
-                if read_failures >= 5 || matches!(error, QueueError::UnknownJob(_)) {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                let lost = match &error {
+                    QueueError::Unavailable(_) => since.elapsed() >= OUTAGE_TOLERANCE,
+                    QueueError::UnknownJob(_) => true,
+                    _ => read_failures >= 5,
+                };
+                if read_failures == 1 {
+                    tracing::warn!(%error, "reading the output stream failed; retrying");
+                }
+                if lost {
                     tracing::error!(%error, "the request's output stream is unreadable");
                     let _ = events
                         .send(RequestEvent::Failed { code: "stream_lost".into(), message: format!("the request's output was lost: {error}") })
                         .await;
                     return Outcome { status: "stream_lost", generated };
                 }
-                tokio::time::sleep(Duration::from_millis(200 * read_failures as u64)).await;
+                tokio::time::sleep(Duration::from_millis(100 * read_failures.min(10) as u64)).await;
                 continue;
             }
         };
         if batch.is_empty() && !started {
+            // The queue enforces the deadline when it hands the job out; this is the
+            // backstop for a job the queue lost (Redis restarted without its data).
+            if spec.deadline.is_some_and(|deadline| enqueued_at.elapsed() > deadline + DEADLINE_GRACE) {
+                let _ = deps.queue.cancel(job_id).await;
+                let _ = events
+                    .send(RequestEvent::Failed {
+                        code: "deadline_exceeded".into(),
+                        message: "the request's deadline passed while it was queued".into(),
+                    })
+                    .await;
+                return Outcome { status: "deadline_exceeded", generated };
+            }
             position = deps.queue.position(&spec.deployment, job_id).await.ok().flatten();
             continue;
         }

@@ -50,6 +50,14 @@ pub struct DeploymentSpec {
     /// A ready replica holding work whose step counter does not move for this long is
     /// considered hung and abandoned.
     pub stall_timeout: Duration,
+    /// Whether this node starts replicas. `false` on a gateway node: the supervisor
+    /// only samples the (shared) queue for the status API and never spawns a worker.
+    pub runs_replicas: bool,
+    /// Whether the queue is shared with other nodes (Redis). Then the queue's depth is
+    /// the whole cluster's: on shutdown or deletion this node drains its own replicas
+    /// and stops, without waiting for the cluster's queue to empty (other nodes serve
+    /// it).
+    pub shared_queue: bool,
 }
 
 impl DeploymentSpec {
@@ -61,6 +69,8 @@ impl DeploymentSpec {
             worker: WorkerConfig::default(),
             tick: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(120),
+            runs_replicas: true,
+            shared_queue: false,
         }
     }
 }
@@ -217,6 +227,10 @@ impl DeploymentSupervisor {
     }
 
     fn readiness(&self) -> Readiness {
+        if !self.spec.runs_replicas {
+            // A gateway does not know the workers' replicas: don't claim one is starting.
+            return Readiness { ready: 1, starting: 0, ready_in: None };
+        }
         let counts = self.counts();
         let ready_in = self
             .replicas
@@ -254,7 +268,21 @@ impl DeploymentSupervisor {
                 supervisor.tick_in_flight = false;
                 match depth {
                     Ok(depth) => supervisor.evaluate(depth, ctx),
-                    Err(error) => tracing::warn!(deployment = %supervisor.spec.name, %error, "queue depth unavailable"),
+                    Err(error) => {
+                        tracing::warn!(deployment = %supervisor.spec.name, %error, "queue depth unavailable");
+                        // A shared queue's depth does not gate shutdown: don't let an
+                        // unreachable Redis hold it up.
+                        if supervisor.spec.shared_queue {
+                            if supervisor.deleting && supervisor.spec.runs_replicas {
+                                let counts = supervisor.counts();
+                                let current = counts.ready + counts.starting;
+                                if current > 0 {
+                                    supervisor.apply(0, "deleting", "the node is shutting down".into(), ctx);
+                                }
+                            }
+                            supervisor.complete_deletion_if_done(ctx);
+                        }
+                    }
                 }
             }),
         );
@@ -282,8 +310,13 @@ impl DeploymentSupervisor {
 
         let counts = self.counts();
         let current = counts.ready + counts.starting;
+        if !self.spec.runs_replicas {
+            // A gateway: the sample feeds the status API; no replicas to decide on.
+            self.complete_deletion_if_done(ctx);
+            return;
+        }
         if self.deleting {
-            let busy = depth.waiting + depth.leased > 0;
+            let busy = !self.spec.shared_queue && depth.waiting + depth.leased > 0;
             let desired = if busy { current.max(1) } else { 0 };
             if desired != current {
                 self.apply(desired, "deleting", "the deployment is being deleted".into(), ctx);
@@ -408,10 +441,8 @@ impl DeploymentSupervisor {
     }
 
     fn complete_deletion_if_done(&mut self, ctx: &mut Context<Self>) {
-        if self.deleting
-            && self.replicas.is_empty()
-            && self.last_depth.waiting + self.last_depth.leased == 0
-        {
+        let queue_empty = self.spec.shared_queue || self.last_depth.waiting + self.last_depth.leased == 0;
+        if self.deleting && self.replicas.is_empty() && queue_empty {
             for waiter in self.deleted_waiters.drain(..) {
                 let _ = waiter.send(());
             }
@@ -536,7 +567,9 @@ impl Handler<WorkArrived> for DeploymentSupervisor {
         self.arrivals += 1;
         self.prompt_tokens += msg.prompt_tokens;
         let counts = self.counts();
-        if counts.ready + counts.starting == 0 {
+        // A gateway has no replica to start: its ticks alone sample the queue (once
+        // per tick, not once per request).
+        if self.spec.runs_replicas && counts.ready + counts.starting == 0 {
             self.tick(ctx);
         }
     }

@@ -43,6 +43,10 @@ pub struct WorkerConfig {
     pub lease_block: Duration,
     /// How long a draining replica lets in-flight sequences finish.
     pub drain_grace: Duration,
+    /// The node this replica runs on, when several nodes share a queue: replica ids
+    /// (the queue's consumer names) become `<node>/<deployment>-<n>`, unique in the
+    /// cluster.
+    pub node_id: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +55,7 @@ impl Default for WorkerConfig {
             lease_ttl: Duration::from_secs(30),
             lease_block: Duration::from_millis(500),
             drain_grace: Duration::from_secs(300),
+            node_id: None,
         }
     }
 }
@@ -193,7 +198,10 @@ impl WorkerActor {
         config: WorkerConfig,
     ) -> Self {
         let shared = Arc::new(Shared {
-            replica_id: format!("{deployment}-{ordinal}"),
+            replica_id: match &config.node_id {
+                Some(node) => format!("{node}/{deployment}-{ordinal}"),
+                None => format!("{deployment}-{ordinal}"),
+            },
             deployment: deployment.to_string(),
             gauges: Arc::new(ReplicaGauges::default()),
             draining: AtomicBool::new(false),
@@ -399,6 +407,7 @@ async fn lease_loop(
     config: WorkerConfig,
 ) {
     let gauges = shared.gauges.clone();
+    let mut backoff = Backoff::new();
     while !shared.draining.load(Ordering::Relaxed) {
         let free = gauges
             .free_slots
@@ -412,10 +421,20 @@ async fn lease_loop(
             .lease(&shared.deployment, &shared.replica_id, free as usize, config.lease_ttl, config.lease_block)
             .await;
         let leases = match leased {
-            Ok(leases) => leases,
+            Ok(leases) => {
+                if backoff.reset() {
+                    tracing::info!(replica = %shared.replica_id, "the queue answers again; leasing");
+                }
+                leases
+            }
             Err(error) => {
-                tracing::warn!(%error, replica = %shared.replica_id, "lease failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The queue is unreachable (Redis down): wait and try again, quietly
+                // after the first warning. Held jobs keep running meanwhile.
+                let wait = backoff.failed();
+                if backoff.failures == 1 {
+                    tracing::warn!(%error, replica = %shared.replica_id, "lease failed; retrying with back-off");
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -467,12 +486,10 @@ async fn publish_loop(
         for (job_id, events) in per_job {
             let Some(lease) = shared.leases.lock().get(&job_id).cloned() else { continue };
             let terminal = events.iter().any(OutputEvent::is_terminal);
-            let outcome = append_with_retry(&*queue, &lease, events).await;
+            let outcome = append_with_retry(&*queue, &shared, &lease, events).await;
             let finished = match outcome {
                 Some(AppendOutcome::Accepted(_)) if terminal => {
-                    if let Err(error) = queue.ack(&lease).await {
-                        tracing::warn!(job = %job_id, %error, "ack failed");
-                    }
+                    ack_with_retry(&*queue, &shared, &lease).await;
                     true
                 }
                 Some(AppendOutcome::Accepted(_)) => false,
@@ -490,24 +507,88 @@ async fn publish_loop(
     }
 }
 
-/// Append, retrying a backend failure for up to a few seconds; `None` if it never went.
+/// Exponential back-off for calls to an unreachable queue: 50 ms doubling to 2 s.
+struct Backoff {
+    next: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const CAP: Duration = Duration::from_secs(2);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST, failures: 0 }
+    }
+
+    /// A call failed: how long to wait before the next one.
+    fn failed(&mut self) -> Duration {
+        self.failures += 1;
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        wait
+    }
+
+    /// A call succeeded; answers whether it had been failing.
+    fn reset(&mut self) -> bool {
+        let was_failing = self.failures > 0;
+        *self = Self::new();
+        was_failing
+    }
+}
+
+fn holds(shared: &Shared, lease: &LeaseRef) -> bool {
+    shared.leases.lock().get(&lease.job_id).is_some_and(|held| held.epoch == lease.epoch)
+}
+
+/// Append, retrying a backend failure (Redis unreachable) for as long as the replica
+/// still holds the lease: the engine keeps generating meanwhile and the events wait
+/// here, in order, so nothing is dropped. The lease is given up only when the queue
+/// says so (renewal refused, `Fenced`) or the replica releases it. `None`: never went.
 async fn append_with_retry(
     queue: &dyn Queue,
+    shared: &Shared,
     lease: &LeaseRef,
     events: Vec<OutputEvent>,
 ) -> Option<AppendOutcome> {
-    let mut backoff = Duration::from_millis(50);
-    for _ in 0..8 {
+    let mut backoff = Backoff::new();
+    loop {
         match queue.append_output(lease, events.clone()).await {
             Ok(outcome) => return Some(outcome),
             Err(error) => {
-                tracing::warn!(job = %lease.job_id, %error, "output append failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if !holds(shared, lease) {
+                    return None;
+                }
+                let wait = backoff.failed();
+                if backoff.failures == 1 {
+                    tracing::warn!(job = %lease.job_id, %error, "output append failed; retrying while the lease is held");
+                }
+                tokio::time::sleep(wait).await;
             }
         }
     }
-    None
+}
+
+/// Acknowledge a finished job, retrying an unreachable queue while the lease is held.
+/// (If it never goes through, the lease expires and the redelivered attempt finds the
+/// job already finished.)
+async fn ack_with_retry(queue: &dyn Queue, shared: &Shared, lease: &LeaseRef) {
+    let mut backoff = Backoff::new();
+    loop {
+        match queue.ack(lease).await {
+            Ok(_) => return,
+            Err(error) => {
+                if !holds(shared, lease) {
+                    return;
+                }
+                let wait = backoff.failed();
+                if backoff.failures == 1 {
+                    tracing::warn!(job = %lease.job_id, %error, "ack failed; retrying");
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// Renew every held lease every third of its TTL; a lease found lost stops its sequence.
@@ -535,7 +616,10 @@ async fn renew_loop(
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "lease renewal failed"),
+            // Unreachable queue: keep the leases and try again next period. If the
+            // outage outlasts the TTL, the queue may hand the jobs to another replica;
+            // the next renewal (or write) then learns it and stops the sequence here.
+            Err(error) => tracing::warn!(%error, "lease renewal failed; keeping the leases and retrying"),
         }
     }
 }

@@ -72,6 +72,12 @@ pub enum ApiError {
     QueueFull { deployment: String, depth: u64, retry_after: Duration },
     #[error("model `{deployment}` is unavailable: {reason}")]
     DeploymentUnavailable { deployment: String, reason: String },
+    /// The shared queue (Redis) cannot be reached; nothing was enqueued.
+    #[error("the request queue is unreachable, retry later: {0}")]
+    QueueUnavailable(String),
+    /// A worker node serves no inference API.
+    #[error("this node is a worker ({role} role) and serves no inference api; send requests to a gateway node")]
+    NotAGateway { role: &'static str },
     #[error("the server is shutting down")]
     ShuttingDown,
 
@@ -172,6 +178,8 @@ impl ApiError {
             },
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::DeploymentUnavailable { .. } => "deployment_unavailable",
+            ApiError::QueueUnavailable(_) => "queue_unavailable",
+            ApiError::NotAGateway { .. } => "not_a_gateway",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Generation { code, .. } => code,
             ApiError::UnknownEngine { .. } => "unknown_engine",
@@ -241,6 +249,7 @@ impl ApiError {
             ApiError::DeploymentUnavailable { .. } | ApiError::ShuttingDown => {
                 Some(Duration::from_secs(5))
             }
+            ApiError::QueueUnavailable(_) => Some(Duration::from_secs(2)),
             _ => None,
         }
     }
@@ -299,7 +308,9 @@ impl ResponseError for ApiError {
             }
             ApiError::QueueFull { .. }
             | ApiError::DeploymentUnavailable { .. }
+            | ApiError::QueueUnavailable(_)
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotAGateway { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Generation { code, .. } => Self::generation_status(code),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -42,6 +42,7 @@ fn rejection_error(deployment: &str, rejected: Rejected) -> ApiError {
         Rejected::QueueFull { depth, retry_after } => {
             ApiError::QueueFull { deployment: deployment.to_string(), depth, retry_after }
         }
+        Rejected::QueueUnavailable(reason) => ApiError::QueueUnavailable(reason),
         Rejected::Unavailable(reason) => {
             ApiError::DeploymentUnavailable { deployment: deployment.to_string(), reason }
         }
@@ -60,6 +61,14 @@ pub async fn start_generation(
 ) -> Result<Generation, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
+    }
+    if !state.node.role.serves_api() {
+        return Err(ApiError::NotAGateway { role: state.node.role.as_str() });
+    }
+    if !state.node.redis_up() {
+        // Known down (the last health check failed): answer now rather than after a
+        // connect timeout.
+        return Err(ApiError::QueueUnavailable("redis does not answer".into()));
     }
     let deps = RequestDeps {
         queue: state.queue.clone(),

@@ -1,5 +1,5 @@
-//! `/healthz` (the process serves), `/readyz` (every configured deployment was created
-//! and the server is not shutting down) and `/metrics` (Prometheus text format).
+//! `/healthz` (the process serves), `/readyz` (every configured deployment was created,
+//! the server is not shutting down and, in a cluster, Redis answers) and `/metrics` (Prometheus text format).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -8,9 +8,21 @@ use serde_json::json;
 use crate::metrics;
 use crate::state::AppState;
 
-/// `GET /healthz`: 200 while the process serves.
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// `GET /healthz`: 200 while the process serves (a liveness probe: a Redis outage
+/// does not make restarting the node useful). A cluster node also says its role and
+/// whether Redis answers (`status` is then `degraded`).
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let node = &state.node;
+    if !node.is_distributed() {
+        return HttpResponse::Ok().json(json!({"status": "ok"}));
+    }
+    let redis_up = node.redis_up();
+    HttpResponse::Ok().json(json!({
+        "status": if redis_up { "ok" } else { "degraded" },
+        "role": node.role.as_str(),
+        "node_id": node.node_id,
+        "redis": if redis_up { "ok" } else { "unreachable" },
+    }))
 }
 
 /// `GET /readyz`: 200 once every configured deployment was created; 503 before and
@@ -22,6 +34,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
     if !state.is_ready() {
         return HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).json(json!({"status": "starting"}));
+    }
+    if !state.node.redis_up() {
+        return HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
+            .json(json!({"status": "redis_unavailable", "role": state.node.role.as_str()}));
     }
     HttpResponse::Ok().json(json!({"status": "ready", "deployments": state.deployments.len()}))
 }

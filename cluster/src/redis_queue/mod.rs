@@ -180,6 +180,12 @@ impl RedisQueue {
         &self.config
     }
 
+    /// `PING` on the shared connection, within the call timeout: whether Redis answers
+    /// now (health checks).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
+    }
+
     fn deployment_keys(&self, deployment: &str) -> DeploymentKeys {
         let base = format!("{}:{{dep:{deployment}}}", self.config.key_prefix);
         DeploymentKeys {
