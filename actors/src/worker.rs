@@ -25,7 +25,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
-use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, Queue};
+use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, Queue, QueueError};
 use swell_workers::{
     ColdStartReport, Engine, EngineFactory, EngineLoad, ReplicaContext, Sequence, SequenceOutput,
 };
@@ -145,6 +145,11 @@ struct Shared {
     gauges: Arc<ReplicaGauges>,
     draining: AtomicBool,
     leases: Mutex<HashMap<JobId, LeaseRef>>,
+    /// The sequence number of the last event stored for each held job (from the lease's
+    /// `resume_after_seq`, then each accepted append): how a retried append learns that
+    /// its first try was stored after all (the reply was lost, e.g. Redis died right
+    /// after writing), so it is not stored twice.
+    last_seq: Mutex<HashMap<JobId, u64>>,
     /// Signalled when the engine may have room again.
     room: Notify,
 }
@@ -206,6 +211,7 @@ impl WorkerActor {
             gauges: Arc::new(ReplicaGauges::default()),
             draining: AtomicBool::new(false),
             leases: Mutex::new(HashMap::new()),
+            last_seq: Mutex::new(HashMap::new()),
             room: Notify::new(),
         });
         Self {
@@ -245,6 +251,7 @@ impl WorkerActor {
     /// Hand every job still held back to the queue, so another replica resumes it.
     fn release_all(&self, ctx: &mut Context<Self>) {
         let leases: Vec<LeaseRef> = self.shared.leases.lock().drain().map(|(_, l)| l).collect();
+        self.shared.last_seq.lock().clear();
         self.shared.gauges.active_leases.store(0, Ordering::Relaxed);
         if let Some(commands) = &self.commands {
             for lease in &leases {
@@ -445,6 +452,7 @@ async fn lease_loop(
             }
             let job_id = lease.job.id.clone();
             shared.leases.lock().insert(job_id.clone(), lease.lease.clone());
+            shared.last_seq.lock().insert(job_id.clone(), lease.resume_after_seq);
             gauges.active_leases.fetch_add(1, Ordering::Relaxed);
             gauges.in_transit.fetch_add(1, Ordering::Relaxed);
             // `Started` goes through the publisher so it precedes the job's tokens.
@@ -498,6 +506,9 @@ async fn publish_loop(
                     true
                 }
             };
+            if finished {
+                shared.last_seq.lock().remove(&job_id);
+            }
             if finished && shared.leases.lock().remove(&job_id).is_some() {
                 shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
                 shared.room.notify_one();
@@ -545,6 +556,11 @@ fn holds(shared: &Shared, lease: &LeaseRef) -> bool {
 /// still holds the lease: the engine keeps generating meanwhile and the events wait
 /// here, in order, so nothing is dropped. The lease is given up only when the queue
 /// says so (renewal refused, `Fenced`) or the replica releases it. `None`: never went.
+///
+/// A failed append may have been stored all the same (an append is atomic, but its
+/// reply can be lost). Before trying again, the stream is read after the last event
+/// known to be stored: if the events that follow are this lease's (its epoch; it is the
+/// only writer of that epoch), the first try went through and is not repeated.
 async fn append_with_retry(
     queue: &dyn Queue,
     shared: &Shared,
@@ -552,9 +568,40 @@ async fn append_with_retry(
     events: Vec<OutputEvent>,
 ) -> Option<AppendOutcome> {
     let mut backoff = Backoff::new();
+    let known_last = shared.last_seq.lock().get(&lease.job_id).copied();
+    let mut tried = false;
     loop {
+        if tried {
+            if let Some(known_last) = known_last {
+                match queue.read_output(&lease.job_id, known_last, Duration::ZERO).await {
+                    Ok(stored) => {
+                        let ours: Vec<_> =
+                            stored.iter().take(events.len()).take_while(|e| e.epoch == lease.epoch).collect();
+                        if let Some(last) = ours.last().filter(|_| ours.len() == events.len()) {
+                            tracing::info!(job = %lease.job_id, seq = last.seq, "a retried append had been stored; not repeating it");
+                            shared.last_seq.lock().insert(lease.job_id.clone(), last.seq);
+                            return Some(AppendOutcome::Accepted(last.seq));
+                        }
+                    }
+                    Err(QueueError::UnknownJob(_)) => return None,
+                    Err(_) => {
+                        if !holds(shared, lease) {
+                            return None;
+                        }
+                        tokio::time::sleep(backoff.failed()).await;
+                        continue;
+                    }
+                }
+            }
+        }
+        tried = true;
         match queue.append_output(lease, events.clone()).await {
-            Ok(outcome) => return Some(outcome),
+            Ok(outcome) => {
+                if let AppendOutcome::Accepted(seq) = outcome {
+                    shared.last_seq.lock().insert(lease.job_id.clone(), seq);
+                }
+                return Some(outcome);
+            }
             Err(error) => {
                 if !holds(shared, lease) {
                     return None;
@@ -610,6 +657,7 @@ async fn renew_loop(
             Ok(held) => {
                 for (lease, held) in leases.iter().zip(held) {
                     if !held && shared.leases.lock().remove(&lease.job_id).is_some() {
+                        shared.last_seq.lock().remove(&lease.job_id);
                         tracing::warn!(job = %lease.job_id, "lease lost; dropping the sequence");
                         shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
                         let _ = commands.send(EngineCommand::Cancel(lease.job_id.clone()));

@@ -1,0 +1,537 @@
+//! Distributed mode, process by process: real `swell serve --redis ... --role ...` nodes
+//! (the binary, as separate processes) on a `redis-server` of the test's own, which the
+//! test can `kill -9` and restart, as it can any node.
+//!
+//! - a worker node killed mid-generation: the stream completes from the other worker,
+//!   token for token what an undisturbed run gives (no repeat, no gap), usage right;
+//! - Redis killed and restarted (AOF, `appendfsync always`) while requests stream and
+//!   wait: every one of them ends, completed (with the reference text) or with an
+//!   explicit error event, within a bounded time;
+//! - three gateways, one tenant limit of 3 concurrent requests: at most 3 admitted
+//!   across the nodes, and a gateway killed mid-request leaks no slot (its lease expires).
+//!
+//! Every node runs the `sim` engine with a per-step delay, so a generation lasts long
+//! enough to be interrupted, and its output depends only on the seed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+
+/// A `swell serve` process; `kill -9`ed when dropped.
+struct Node {
+    name: String,
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `swell serve --config CONFIG --redis URL --role ROLE --node-id NAME` on a
+    /// free port and waits until it says where it serves.
+    fn start(dir: &Path, config: &Path, redis_url: &str, role: &str, name: &str) -> Node {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_swell"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0", "--redis", redis_url, "--role", role, "--node-id", name])
+            .env_remove("SWELL_REDIS_URL")
+            .env_remove("SWELL_ADMIN_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create the node's log"))
+            .spawn()
+            .expect("start swell");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        // The tracing log goes to stdout: keep it in the log file, watch for the address.
+        let mut log_file =
+            std::fs::OpenOptions::new().append(true).open(&log).expect("open the node's log");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(log_file, "{line}");
+                if let Some(url) = line.strip_prefix("swell is serving on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("node {name} did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        Node { name: name.to_string(), child: Some(child), url, log }
+    }
+
+    /// `kill -9`: no drain, no release, no settle.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- log of node {} ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A temp directory of the test's own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("swell-cluster-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test directory");
+        TempDir(dir)
+    }
+
+    fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.0.join("swell.toml");
+        std::fs::write(&path, text).expect("write the config");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config: deployment `chat` (sim engine, `step` per decode step, one replica per
+/// worker node, `batch` sequences per replica), short leases, quick ticks.
+fn config(step: &str, batch: u32, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+autoscaler_tick = "100ms"
+shutdown_timeout = "2s"
+[queue]
+lease_ttl = "2s"
+[cluster]
+health_interval = "200ms"
+connect_timeout = "300ms"
+response_timeout = "1s"
+[deployments.chat]
+engine = "sim"
+max_tokens_default = 32
+[deployments.chat.sim]
+profile = "smollm2-135m-cpu"
+cold_start = "100ms"
+decode_step_base = "{step}"
+decode_step_per_sequence = "0ms"
+max_batch_size = {batch}
+[deployments.chat.autoscaling]
+min_replicas = 1
+max_replicas = 1
+{extra}
+"#
+    )
+}
+
+fn client() -> awc::Client {
+    awc::Client::builder().timeout(Duration::from_secs(60)).finish()
+}
+
+async fn get_json(url: &str) -> Option<(u16, Value)> {
+    let mut response = client().get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.body().limit(16 << 20).await.ok()?;
+    Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// Poll `check` every 50 ms until it answers `Some`, or panic after `within`.
+async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `chat` deployment's status on a node.
+async fn status(node: &Node) -> Option<Value> {
+    match get_json(&format!("{}/admin/v1/deployments/chat", node.url)).await {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// Waits until the node answers `/readyz` and, for a worker, has a ready replica.
+async fn wait_ready(node: &Node, worker: bool) {
+    wait_for(&format!("node {} to be ready", node.name), Duration::from_secs(20), || async {
+        let (code, _) = get_json(&format!("{}/readyz", node.url)).await?;
+        if code != 200 {
+            return None;
+        }
+        if worker {
+            let status = status(node).await?;
+            (status["replicas"]["ready"].as_u64() == Some(1)).then_some(())
+        } else {
+            Some(())
+        }
+    })
+    .await
+}
+
+/// Sequences the node's replicas are working on.
+async fn active_sequences(node: &Node) -> u64 {
+    let Some(status) = status(node).await else { return 0 };
+    status["replica_details"]
+        .as_array()
+        .map(|replicas| replicas.iter().filter_map(|r| r["active_sequences"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+async fn generated_tokens(node: &Node) -> u64 {
+    let Some(status) = status(node).await else { return 0 };
+    status["replica_details"]
+        .as_array()
+        .map(|replicas| replicas.iter().filter_map(|r| r["generated_tokens"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// A streamed completion's request body: `max_tokens` tokens, seeded, with usage.
+fn completion(max_tokens: u32, seed: u64) -> Value {
+    json!({"model": "chat", "prompt": "Tell me a long story", "max_tokens": max_tokens, "ignore_eos": true,
+           "seed": seed, "stream": true, "stream_options": {"include_usage": true}})
+}
+
+/// How a streamed request ended.
+#[derive(Debug, Default)]
+struct StreamResult {
+    text: String,
+    chunks: usize,
+    usage: Option<Value>,
+    done: bool,
+    error: Option<Value>,
+}
+
+/// An open SSE response, read event by event.
+struct SseStream {
+    body: Pin<Box<dyn Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>>>,
+    buffer: String,
+    result: StreamResult,
+}
+
+impl SseStream {
+    /// POSTs `body`; `Err(status, body)` when not admitted.
+    async fn open(base: &str, key: Option<&str>, body: &Value) -> Result<SseStream, (u16, String)> {
+        let mut request = client().post(format!("{base}/v1/completions"));
+        if let Some(key) = key {
+            request = request.insert_header(("authorization", format!("Bearer {key}")));
+        }
+        let mut response = request.send_json(body).await.map_err(|e| (0, e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let bytes = response.body().await.map(|b| b.to_vec()).unwrap_or_default();
+            return Err((status, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        Ok(SseStream { body: Box::pin(response), buffer: String::new(), result: StreamResult::default() })
+    }
+
+    /// Reads until the stream has at least `chunks` chunks or ended; `false` if it ended.
+    async fn read_until(&mut self, chunks: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.result.chunks < chunks {
+            if self.ended() {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = actix_rt::time::timeout(left, self.body.next()).await;
+            match next {
+                Err(_) => panic!("stream stalled: {:?}", self.result),
+                Ok(None) => return false,
+                Ok(Some(Err(error))) => {
+                    self.result.error = Some(json!({"transport": error.to_string()}));
+                    return false;
+                }
+                Ok(Some(Ok(bytes))) => self.feed(&String::from_utf8_lossy(&bytes)),
+            }
+        }
+        true
+    }
+
+    fn ended(&self) -> bool {
+        self.result.done || self.result.error.is_some()
+    }
+
+    fn feed(&mut self, text: &str) {
+        self.buffer.push_str(text);
+        while let Some(end) = self.buffer.find("\n\n") {
+            let frame: String = self.buffer.drain(..end + 2).collect();
+            for line in frame.lines() {
+                let Some(data) = line.strip_prefix("data:") else { continue };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    self.result.done = true;
+                    continue;
+                }
+                let value: Value = serde_json::from_str(data).expect("a json event");
+                if value.get("error").is_some() {
+                    self.result.error = Some(value);
+                    continue;
+                }
+                if let Some(text) = value["choices"][0]["text"].as_str() {
+                    self.result.text.push_str(text);
+                    self.result.chunks += 1;
+                }
+                if !value["usage"].is_null() {
+                    self.result.usage = Some(value["usage"].clone());
+                }
+            }
+        }
+    }
+
+    /// Reads to the end (panics past `within`: a stream that hangs fails the test).
+    async fn finish(mut self, within: Duration) -> StreamResult {
+        self.read_until(usize::MAX, within).await;
+        self.result
+    }
+}
+
+/// One undisturbed run: the reference output of `completion(max_tokens, seed)`.
+async fn reference(gateway: &Node, max_tokens: u32, seed: u64) -> String {
+    let stream = SseStream::open(&gateway.url, None, &completion(max_tokens, seed)).await.expect("admitted");
+    let result = stream.finish(Duration::from_secs(30)).await;
+    assert!(result.done && result.error.is_none(), "{result:?}");
+    result.text
+}
+
+#[actix_rt::test]
+async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat() {
+    let started = Instant::now();
+    let dir = TempDir::new("worker-killed");
+    let redis = RedisServer::start(RedisServerOptions::default());
+    let config = dir.write_config(&config("10ms", 8, ""));
+    let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
+    let mut workers = vec![
+        Node::start(&dir.0, &config, &redis.url(), "worker", "w1"),
+        Node::start(&dir.0, &config, &redis.url(), "worker", "w2"),
+    ];
+    wait_ready(&gateway, false).await;
+    for worker in &workers {
+        wait_ready(worker, true).await;
+    }
+    let (max_tokens, seed) = (200, 42);
+    let expected = reference(&gateway, max_tokens, seed).await;
+
+    let mut stream = SseStream::open(&gateway.url, None, &completion(max_tokens, seed)).await.expect("admitted");
+    assert!(stream.read_until(20, Duration::from_secs(20)).await, "the stream ended early: {:?}", stream.result);
+    // The worker whose replica holds the job.
+    let mut holder = None;
+    for (index, worker) in workers.iter().enumerate() {
+        if active_sequences(worker).await > 0 {
+            holder = Some(index);
+        }
+    }
+    let holder = holder.expect("one worker holds the job");
+    let survivor = 1 - holder;
+    let survivor_tokens_before = generated_tokens(&workers[survivor]).await;
+    workers[holder].kill();
+    let received_at_kill = stream.result.chunks;
+
+    let result = stream.finish(Duration::from_secs(30)).await;
+    assert!(result.error.is_none(), "the stream failed: {result:?}");
+    assert!(result.done, "the stream did not finish: {result:?}");
+    assert!(received_at_kill < max_tokens as usize, "the job finished before the kill");
+    assert_eq!(result.text, expected, "the resumed stream differs from an undisturbed run");
+    let usage = result.usage.expect("usage");
+    assert_eq!(usage["completion_tokens"], max_tokens, "{usage}");
+    assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + max_tokens as u64));
+    assert!(
+        generated_tokens(&workers[survivor]).await > survivor_tokens_before,
+        "the surviving worker generated the rest"
+    );
+    eprintln!("worker killed after {received_at_kill} chunks; test took {:?}", started.elapsed());
+}
+
+#[actix_rt::test]
+async fn redis_killed_and_restarted_with_aof_loses_no_accepted_request() {
+    let started = Instant::now();
+    let dir = TempDir::new("redis-restart");
+    let mut redis = RedisServer::start(RedisServerOptions { append_only: true, append_fsync: "always" });
+    // Two sequences at a time on the one worker: of six requests, four wait in the queue.
+    let config = dir.write_config(&config("15ms", 2, ""));
+    let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
+    let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
+    wait_ready(&gateway, false).await;
+    wait_ready(&worker, true).await;
+    let (max_tokens, seed) = (60, 7);
+    let expected = reference(&gateway, max_tokens, seed).await;
+
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        streams.push(SseStream::open(&gateway.url, None, &completion(max_tokens, seed)).await.expect("admitted"));
+    }
+    // Two stream, four wait; then Redis dies and comes back (from its AOF).
+    assert!(streams[0].read_until(10, Duration::from_secs(20)).await);
+    redis.kill();
+    // While it is down, new requests are refused at once with 503 and retry-after.
+    let refused = wait_for("the gateway to notice", Duration::from_secs(5), || async {
+        let (code, body) = get_json(&format!("{}/readyz", gateway.url)).await?;
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(refused["status"], "redis_unavailable");
+    let before = Instant::now();
+    let mut response = client()
+        .post(format!("{}/v1/completions", gateway.url))
+        .send_json(&completion(4, 1))
+        .await
+        .expect("an answer");
+    assert!(before.elapsed() < Duration::from_secs(3), "a refusal, not a hang");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.expect("a json error");
+    assert_eq!(body["error"]["code"], "queue_unavailable", "{body}");
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+
+    let mut completed = 0;
+    let mut failed = Vec::new();
+    for (index, stream) in streams.into_iter().enumerate() {
+        let result = stream.finish(Duration::from_secs(40)).await;
+        match (&result.error, result.done) {
+            (None, true) => {
+                assert_eq!(result.text, expected, "request {index}: the stream differs from an undisturbed run");
+                assert_eq!(result.usage.as_ref().expect("usage")["completion_tokens"], max_tokens);
+                completed += 1;
+            }
+            (Some(error), _) => failed.push(error.clone()),
+            (None, false) => panic!("request {index} ended without a terminal event: {result:?}"),
+        }
+    }
+    eprintln!("completed {completed}, failed with an explicit error {}: {failed:?}", failed.len());
+    // With `appendfsync always` nothing acknowledged is lost: everything completes.
+    assert_eq!(completed, 6, "failed: {failed:?}");
+    // And the cluster serves again.
+    wait_for("the gateway to be ready again", Duration::from_secs(10), || async {
+        let (code, _) = get_json(&format!("{}/readyz", gateway.url)).await?;
+        (code == 200).then_some(())
+    })
+    .await;
+    let after = reference(&gateway, 8, 3).await;
+    assert!(!after.is_empty());
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+/// Opens `per_node` streams on every gateway at once; answers the admitted streams and
+/// the number refused with 429.
+async fn hammer(gateways: &[&Node], key: &str, per_node: usize, max_tokens: u32) -> (Vec<SseStream>, usize) {
+    let body = completion(max_tokens, 1);
+    let opens = gateways
+        .iter()
+        .flat_map(|node| (0..per_node).map(move |_| node.url.clone()))
+        .map(|url| {
+            let body = body.clone();
+            async move { SseStream::open(&url, Some(key), &body).await }
+        });
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for outcome in futures_util::future::join_all(opens).await {
+        match outcome {
+            Ok(stream) => admitted.push(stream),
+            Err((429, _)) => refused += 1,
+            Err((status, body)) => panic!("unexpected answer {status}: {body}"),
+        }
+    }
+    (admitted, refused)
+}
+
+#[actix_rt::test]
+async fn three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot() {
+    let started = Instant::now();
+    let dir = TempDir::new("shared-quota");
+    let redis = RedisServer::start(RedisServerOptions::default());
+    let key = swell::tenants::generate_api_key();
+    let tenant = format!(
+        r#"
+[tenants.acme]
+limits = {{ max_concurrent_requests = 3 }}
+api_key_hashes = ["{}"]
+[quota]
+lease_ttl = "2s"
+lease_renew_interval = "500ms"
+"#,
+        key.hash
+    );
+    let config = dir.write_config(&config("20ms", 16, &tenant));
+    let mut gateways =
+        vec![Node::start(&dir.0, &config, &redis.url(), "gateway", "gw1"), Node::start(&dir.0, &config, &redis.url(), "gateway", "gw2"), Node::start(&dir.0, &config, &redis.url(), "gateway", "gw3")];
+    let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
+    for gateway in &gateways {
+        wait_ready(gateway, false).await;
+    }
+    wait_ready(&worker, true).await;
+
+    // 12 requests at once, 4 per gateway, each long enough (400 × 20 ms) to be in flight
+    // together: the limit holds across the nodes, exactly (every admission is one
+    // atomic script in Redis; no tolerance while Redis answers).
+    let (admitted, refused) = hammer(&gateways.iter().collect::<Vec<_>>(), &key.api_key, 4, 400).await;
+    eprintln!("admitted {}, refused {refused}", admitted.len());
+    assert_eq!(admitted.len() + refused, 12);
+    assert!(admitted.len() <= 3, "{} admitted across three gateways with a limit of 3", admitted.len());
+    assert!(!admitted.is_empty());
+    drop(admitted); // the clients go away: their slots are settled
+
+    // A request in flight on gw3; gw3 dies with the slot held.
+    let mut held = wait_for("a slot on gw3", Duration::from_secs(10), || async {
+        SseStream::open(&gateways[2].url, Some(&key.api_key), &completion(400, 2)).await.ok()
+    })
+    .await;
+    assert!(held.read_until(2, Duration::from_secs(10)).await);
+    gateways[2].kill();
+    let killed_at = Instant::now();
+    // The dead node's slot is still leased: only two more fit now.
+    let (admitted, refused) = hammer(&[&gateways[0], &gateways[1]], &key.api_key, 2, 400).await;
+    let held_still = killed_at.elapsed() < Duration::from_millis(1500);
+    eprintln!("right after the kill: admitted {}, refused {refused}", admitted.len());
+    if held_still {
+        assert!(admitted.len() <= 2, "the dead gateway's slot was given out before its lease expired");
+    }
+    drop(admitted);
+    drop(held);
+
+    // After the lease TTL the tenant has all three slots again.
+    let all_three = wait_for("all three slots back", Duration::from_secs(15), || async {
+        let (admitted, _) = hammer(&[&gateways[0], &gateways[1]], &key.api_key, 2, 400).await;
+        if admitted.len() >= 3 {
+            Some(admitted.len())
+        } else {
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+            None
+        }
+    })
+    .await;
+    assert_eq!(all_three, 3, "never more than the limit");
+    eprintln!("slots back {:?} after the kill; test took {:?}", killed_at.elapsed(), started.elapsed());
+}
