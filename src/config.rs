@@ -241,20 +241,16 @@ impl ClusterConfig {
     /// Checks the section; each error names its key.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
+        let known_scheme = |url: &str| ["redis://", "rediss://", "redis+unix://"].iter().any(|s| url.starts_with(s));
         match &self.redis_url {
             None if self.role != NodeRole::All => errors.push(format!(
                 "cluster.role: `{}` needs a shared redis (cluster.redis_url, SWELL_REDIS_URL or --redis); without one the only role is `all`",
                 self.role.as_str()
             )),
-            None => {}
-            Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
-                {
-                    errors.push(format!(
-                        "cluster.redis_url: expected `redis://host:port[/db]` (or rediss://), got {url:?}"
-                    ));
-                }
-            }
+            Some(url) if !known_scheme(url) => errors.push(format!(
+                "cluster.redis_url: expected `redis://host:port[/db]` (or rediss://), got {url:?}"
+            )),
+            _ => {}
         }
         if let Some(id) = &self.node_id {
             if !is_valid_name(id) {
@@ -781,6 +777,48 @@ mod tests {
         assert!(error.contains("quota.node_count"), "{error}");
         assert!(error.contains("quota.redis_timeout"), "{error}");
         assert!(error.contains("quota.lease_renew_interval"), "{error}");
+    }
+
+    #[test]
+    fn the_cluster_section_parses_and_is_validated() {
+        let config = Config::from_toml_str("").unwrap();
+        assert!(!config.cluster.is_distributed());
+        assert_eq!(config.cluster.role, NodeRole::All);
+        assert!(config.cluster.redis_queue_config().is_none());
+        let config = Config::from_toml_str(
+            r#"
+            [cluster]
+            redis_url = "redis://10.0.0.5:6379/2"
+            role = "gateway"
+            node_id = "gw-1"
+            key_prefix = "prod"
+            max_deliveries = 5
+            output_ttl = "2m"
+            connect_timeout = "250ms"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.cluster.effective_node_id(), "gw-1");
+        assert!(!config.cluster.role.runs_replicas() && config.cluster.role.serves_api());
+        let queue = config.cluster.redis_queue_config().unwrap();
+        assert_eq!(queue.url, "redis://10.0.0.5:6379/2");
+        assert_eq!((queue.key_prefix.as_str(), queue.max_deliveries), ("prod", 5));
+        assert_eq!(queue.output_ttl, Duration::from_secs(120));
+        assert_eq!(queue.connect_timeout, Duration::from_millis(250));
+
+        let error = Config::from_toml_str("[cluster]\nrole = \"boss\"\n").unwrap_err().to_string();
+        assert!(error.contains("boss"), "{error}");
+        let error = Config::from_toml_str("[cluster]\nredis = \"x\"\n").unwrap_err().to_string();
+        assert!(error.contains("redis"), "{error}");
+        let error = invalid("[cluster]\nrole = \"worker\"\n");
+        assert!(error.contains("cluster.role: `worker` needs a shared redis"), "{error}");
+        let error = invalid("[cluster]\nredis_url = \"localhost:6379\"\nkey_prefix = \"a{b}\"\nmax_deliveries = 0\nnode_id = \"a b\"\n");
+        assert!(error.contains("cluster.redis_url: expected `redis://"), "{error}");
+        assert!(error.contains("cluster.key_prefix"), "{error}");
+        assert!(error.contains("cluster.node_id"), "{error}");
+        let error = invalid("[cluster]\nredis_url = \"redis://h:1\"\nmax_deliveries = 0\n");
+        assert!(error.contains("cluster.max_deliveries"), "{error}");
     }
 
     #[test]
