@@ -39,8 +39,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start: {0}")]
     Startup(#[from] ApiError),
-    #[error("cannot reach redis at {url} (cluster.redis_url): {source}")]
-    Redis { url: String, source: swell_cluster::QueueError },
+    #[error("cannot reach redis at {url} (cluster.redis_url): {error}")]
+    Redis { url: String, error: swell_cluster::QueueError },
 }
 
 /// A running server.
@@ -64,7 +64,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             let url = redact(&queue_config.url);
             let redis = RedisQueue::connect(queue_config)
                 .await
-                .map_err(|source| ServerError::Redis { url, source })?;
+                .map_err(|error| ServerError::Redis { url, error })?;
             let redis = Arc::new(redis);
             start_node(config, redis.clone(), Some(redis)).await
         }
@@ -224,6 +224,12 @@ mod tests {
                 other => panic!("unexpected frame {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn redis_passwords_are_not_shown() {
+        assert_eq!(redact("redis://user:secret@10.0.0.5:6379/1"), "redis://***@10.0.0.5:6379/1");
+        assert_eq!(redact("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
     }
 
     #[actix_rt::test]
