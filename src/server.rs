@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use actix_rt::Arbiter;
 use actix_web::{web, App, HttpServer};
-use swell_actors::supervisor::Shutdown;
+use swell_actors::supervisor::{HandBackAll, Shutdown};
 use swell_cluster::{InMemoryQueue, Queue, RedisQueue};
 
 use crate::api::error::ApiError;
@@ -175,6 +175,9 @@ async fn watch_redis(redis: Arc<RedisQueue>, state: std::sync::Weak<AppState>, i
     }
 }
 
+/// How long a shutting-down cluster node gives its replicas to release their jobs.
+const HAND_BACK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Drains every deployment (when graceful, within the shutdown timeout), then stops the
 /// control-plane arbiter.
 async fn shutdown_control_plane(state: &AppState, control: Arbiter, graceful: bool) {
@@ -185,6 +188,14 @@ async fn shutdown_control_plane(state: &AppState, control: Arbiter, graceful: bo
         let timeout = state.config.server.shutdown_timeout;
         if tokio::time::timeout(timeout, futures_util::future::join_all(drains)).await.is_err() {
             tracing::warn!(?timeout, "deployments did not drain in time");
+            if state.node.is_distributed() {
+                // Hand the unfinished jobs back so other nodes resume them now, not
+                // after their leases expire.
+                for deployment in state.deployments.list() {
+                    let _ = deployment.supervisor.send(HandBackAll).await;
+                }
+                tokio::time::sleep(HAND_BACK_WAIT).await;
+            }
         }
     }
     control.stop();

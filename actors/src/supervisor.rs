@@ -613,6 +613,25 @@ impl Handler<UpdatePolicy> for DeploymentSupervisor {
     }
 }
 
+/// Hand every replica's unfinished jobs back to the queue and stop them (the end of a
+/// shutdown whose drain ran out of time, on a node sharing its queue: another node
+/// resumes the jobs at once instead of after their leases expire). Resolves once the
+/// replicas were told.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandBackAll;
+
+impl Handler<HandBackAll> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: HandBackAll, _: &mut Context<Self>) {
+        for replica in self.replicas.values_mut() {
+            replica.state = ReplicaState::Draining;
+            replica.addr.do_send(crate::worker::HandBack);
+        }
+    }
+}
+
 /// Serve what is queued, drain every replica, then stop. Resolves when it is done.
 #[derive(Message)]
 #[rtype(result = "()")]

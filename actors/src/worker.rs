@@ -248,8 +248,10 @@ impl WorkerActor {
         ctx.stop();
     }
 
-    /// Hand every job still held back to the queue, so another replica resumes it.
-    fn release_all(&self, ctx: &mut Context<Self>) {
+    /// Hand every job still held back to the queue, so another replica resumes it, then
+    /// exit. The exit waits for the releases: an actor that stops first would drop them,
+    /// and the jobs would wait for their leases to expire.
+    fn release_all_then_exit(&mut self, cause: ExitCause, ctx: &mut Context<Self>) {
         let leases: Vec<LeaseRef> = self.shared.leases.lock().drain().map(|(_, l)| l).collect();
         self.shared.last_seq.lock().clear();
         self.shared.gauges.active_leases.store(0, Ordering::Relaxed);
@@ -267,7 +269,8 @@ impl WorkerActor {
                     }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |_, worker, ctx| worker.exit(cause, ctx)),
         );
     }
 
@@ -722,13 +725,12 @@ impl StreamHandler<EngineEvent> for WorkerActor {
             }
             EngineEvent::Failed { during_load, message } => {
                 tracing::error!(replica = %self.shared.replica_id, %message, "engine failed");
-                self.release_all(ctx);
                 let cause = if during_load {
                     ExitCause::LoadFailed(message)
                 } else {
                     ExitCause::EngineFailed(message)
                 };
-                self.exit(cause, ctx);
+                self.release_all_then_exit(cause, ctx);
             }
         }
     }
@@ -774,15 +776,38 @@ impl Handler<Drain> for WorkerActor {
             return;
         }
         self.finish_if_drained(ctx);
-        ctx.run_later(self.config.drain_grace, |worker, ctx| {
-            if worker.exited {
-                return;
-            }
-            let left = worker.shared.leases.lock().len();
-            tracing::info!(replica = %worker.shared.replica_id, left, "drain grace period over; handing the rest back");
-            worker.release_all(ctx);
-            worker.exit(ExitCause::Drained, ctx);
-        });
+        ctx.run_later(self.config.drain_grace, |worker, ctx| worker.hand_back(ctx));
+    }
+}
+
+impl WorkerActor {
+    /// Release what is still held to the queue (another replica resumes it after the
+    /// tokens already delivered) and exit as drained.
+    fn hand_back(&mut self, ctx: &mut Context<Self>) {
+        if self.exited {
+            return;
+        }
+        let left = self.shared.leases.lock().len();
+        tracing::info!(replica = %self.shared.replica_id, left, "handing the rest back to the queue");
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.room.notify_waiters();
+        self.release_all_then_exit(ExitCause::Drained, ctx);
+    }
+}
+
+/// Stop now: release every held job to the queue (it resumes on another replica, after
+/// the tokens already delivered) and exit. What a node that shuts down does with the
+/// streams that did not finish within its shutdown timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandBack;
+
+impl Handler<HandBack> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: HandBack, ctx: &mut Context<Self>) {
+        self.state = ReplicaState::Draining;
+        self.hand_back(ctx);
     }
 }
 
@@ -820,7 +845,6 @@ impl Handler<Abandon> for WorkerActor {
 
     fn handle(&mut self, _: Abandon, ctx: &mut Context<Self>) {
         self.shared.draining.store(true, Ordering::Relaxed);
-        self.release_all(ctx);
-        self.exit(ExitCause::EngineFailed("no progress within the stall timeout".into()), ctx);
+        self.release_all_then_exit(ExitCause::EngineFailed("no progress within the stall timeout".into()), ctx);
     }
 }
