@@ -9,6 +9,8 @@
 //!   explicit error event, within a bounded time;
 //! - three gateways, one tenant limit of 3 concurrent requests: at most 3 admitted
 //!   across the nodes, and a gateway killed mid-request leaks no slot (its lease expires).
+//! - a worker stopped with SIGTERM hands its unfinished stream back when its shutdown
+//!   timeout ends: another worker resumes it at once, not after the lease expires.
 //!
 //! Every node runs the `sim` engine with a per-step delay, so a generation lasts long
 //! enough to be interrupted, and its output depends only on the seed.
@@ -534,4 +536,49 @@ lease_renew_interval = "500ms"
     .await;
     assert_eq!(all_three, 3, "never more than the limit");
     eprintln!("slots back {:?} after the kill; test took {:?}", killed_at.elapsed(), started.elapsed());
+}
+
+#[actix_rt::test]
+async fn a_worker_shut_down_gracefully_hands_its_unfinished_stream_back_at_once() {
+    let started = Instant::now();
+    let dir = TempDir::new("worker-shutdown");
+    let redis = RedisServer::start(RedisServerOptions::default());
+    // Leases far longer than the shutdown timeout: the stream can only move on in time
+    // if the stopping worker hands it back.
+    let text = config("10ms", 8, "")
+        .replace("lease_ttl = \"2s\"", "lease_ttl = \"20s\"")
+        .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1s\"");
+    let config = dir.write_config(&text);
+    let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
+    let workers = [
+        Node::start(&dir.0, &config, &redis.url(), "worker", "w1"),
+        Node::start(&dir.0, &config, &redis.url(), "worker", "w2"),
+    ];
+    wait_ready(&gateway, false).await;
+    for worker in &workers {
+        wait_ready(worker, true).await;
+    }
+    let (max_tokens, seed) = (300, 9);
+    let expected = reference(&gateway, max_tokens, seed).await;
+
+    let mut stream = SseStream::open(&gateway.url, None, &completion(max_tokens, seed)).await.expect("admitted");
+    assert!(stream.read_until(20, Duration::from_secs(20)).await);
+    let mut holder = None;
+    for (index, worker) in workers.iter().enumerate() {
+        if active_sequences(worker).await > 0 {
+            holder = Some(index);
+        }
+    }
+    let holder = &workers[holder.expect("one worker holds the job")];
+    let pid = holder.child.as_ref().expect("running").id();
+    let term = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill -TERM");
+    assert!(term.success());
+    let terminated_at = Instant::now();
+    let result = stream.finish(Duration::from_secs(30)).await;
+    let took = terminated_at.elapsed();
+    assert!(result.done && result.error.is_none(), "{result:?}");
+    assert_eq!(result.text, expected, "the handed-back stream differs from an undisturbed run");
+    // 300 tokens × 10 ms is 3 s of generation in all; the lease (20 s) never expired.
+    assert!(took < Duration::from_secs(10), "the stream waited {took:?}: it was not handed back");
+    eprintln!("finished {took:?} after SIGTERM; test took {:?}", started.elapsed());
 }
