@@ -113,6 +113,10 @@ pub struct Config {
     /// this node does. Without `redis_url`, everything is embedded in this process.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// The Redis ingress stream (programs pushing requests into Redis; docs/ingress.md),
+    /// read by gateway nodes of a cluster.
+    #[serde(default)]
+    pub ingress: crate::ingress::IngressConfig,
 }
 
 /// What a node does in a cluster.
@@ -555,6 +559,9 @@ impl Config {
         }
         errors.extend(self.quota.validate("quota"));
         errors.extend(self.cluster.validate());
+        if let Err(ingress) = self.ingress.validate() {
+            errors.extend(ingress);
+        }
         if self.cluster.is_distributed() && self.queue.lease_ttl < Duration::from_millis(300) {
             errors.push("queue.lease_ttl must be at least 300ms with a shared redis (leases are renewed every third of it)".to_string());
         }

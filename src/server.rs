@@ -28,6 +28,7 @@ use crate::api::error::ApiError;
 use crate::api::middleware::{request_context, route_not_found};
 use crate::api::routes::routes;
 use crate::config::{Config, ConfigError};
+use crate::ingress::{start_ingress, IngressConfig, IngressHandle};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -41,6 +42,8 @@ pub enum ServerError {
     Startup(#[from] ApiError),
     #[error("cannot reach redis at {url} (cluster.redis_url): {error}")]
     Redis { url: String, error: swell_cluster::QueueError },
+    #[error("cannot start the ingress stream reader: {0}")]
+    Ingress(String),
 }
 
 /// A running server.
@@ -51,6 +54,8 @@ pub struct ServerHandle {
     server: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     control: Arbiter,
+    /// The ingress stream reader of a gateway node of a cluster.
+    ingress: Option<IngressHandle>,
 }
 
 /// Starts a server: with `cluster.redis_url`, a node of a cluster on that Redis (the
@@ -142,7 +147,32 @@ async fn start_node(
         distributed = state.node.is_distributed(),
         "swell is serving"
     );
-    Ok(ServerHandle { addr, state, server: handle, task, control })
+    let ingress = match start_node_ingress(&state).await {
+        Ok(ingress) => ingress,
+        Err(error) => {
+            handle.stop(false).await;
+            shutdown_control_plane(&state, control, false).await;
+            return Err(error);
+        }
+    };
+    Ok(ServerHandle { addr, state, server: handle, task, control, ingress })
+}
+
+/// A gateway node of a cluster reads the Redis ingress stream (unless `[ingress]
+/// enabled = false`), with the queue's key prefix.
+async fn start_node_ingress(state: &Arc<AppState>) -> Result<Option<IngressHandle>, ServerError> {
+    let config = &state.config;
+    let Some(url) = config.cluster.redis_url.as_deref() else { return Ok(None) };
+    if !config.ingress.enabled || !state.node.role.serves_api() {
+        return Ok(None);
+    }
+    let ingress_config = IngressConfig { key_prefix: config.cluster.key_prefix.clone(), ..config.ingress.clone() };
+    let handle = start_ingress(state.clone(), url, ingress_config)
+        .await
+        .map_err(|error| ServerError::Ingress(error.to_string()))?;
+    let stream = swell_cluster::ingress_wire::ingress_stream_key(&config.cluster.key_prefix);
+    tracing::info!(%stream, "reading the ingress stream");
+    Ok(Some(handle))
 }
 
 impl ServerHandle {
@@ -155,6 +185,9 @@ impl ServerHandle {
     /// `server.shutdown_timeout`) and deployments drain; otherwise everything stops now.
     pub async fn stop(self, graceful: bool) {
         self.state.begin_shutdown();
+        if let Some(ingress) = self.ingress {
+            ingress.stop(self.state.config.server.shutdown_timeout).await;
+        }
         tracing::info!(graceful, "shutting down");
         self.server.stop(graceful).await;
         let _ = self.task.await;

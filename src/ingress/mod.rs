@@ -50,8 +50,13 @@ pub use self::reply::{error_data, IngressError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressConfig {
-    /// Prefix of the Redis keys (the same as the queue's): the stream is
-    /// `<prefix>:{ingress}:requests`, and `reply_to` may not start with `<prefix>:`.
+    /// Whether a gateway node of a cluster reads the ingress stream (`[ingress] enabled`,
+    /// default true). Embedded mode has no ingress.
+    pub enabled: bool,
+    /// Prefix of the Redis keys, the queue's (`cluster.key_prefix`, filled in by the
+    /// server; not a setting of its own): the stream is `<prefix>:{ingress}:requests`, and
+    /// `reply_to` may not start with `<prefix>:`.
+    #[serde(skip)]
     pub key_prefix: String,
     /// The consumer group every gateway reads the stream with.
     pub group: String,
@@ -84,6 +89,7 @@ pub struct IngressConfig {
 impl Default for IngressConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             key_prefix: "swell".into(),
             group: "gateways".into(),
             consumer: None,
