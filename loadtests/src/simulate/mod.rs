@@ -64,7 +64,8 @@ pub fn compare(requests: &[SimRequest], comparison: &Comparison) -> ComparisonRe
     let profile = &comparison.profile;
     let capacity = Capacity::new(requests, profile, comparison.itl_target);
     let demand = oracle::demand(requests, profile, &capacity);
-    let plan = oracle::plan(&demand, profile.cold_start.as_secs_f64());
+    let bucket = comparison.ttft_target.ceil().max(1.0) as usize;
+    let plan = oracle::plan(&demand, profile.cold_start.as_secs_f64(), bucket);
     let horizon = requests
         .iter()
         .map(|r| r.arrival)

@@ -5,7 +5,9 @@
 //!    batch, at the workload's mean context, whose step meets the inter-token target, at
 //!    most the batch capacity), of which it owns `1 / batch`. The work is spread over the
 //!    time the request would take at that pace, into 1 s buckets.
-//! 2. **Replicas per second** = ceil(work in the bucket).
+//! 2. **Replicas per bucket** = ceil(mean work per second over the bucket). The bucket is
+//!    the TTFT target rounded up to whole seconds: work may wait that long, so a burst
+//!    shorter than the bucket is queued rather than given a replica of its own.
 //! 3. **Cheapest schedule.** Replica level k is needed in the seconds where the
 //!    requirement is >= k; a gap between two such stretches is bridged when it is at
 //!    most `cold_start` (keeping the replica is cheaper than restarting it); each
@@ -99,8 +101,13 @@ pub struct OraclePlan {
     pub peak_minute: u32,
 }
 
-pub fn plan(demand: &[f64], cold_start: f64) -> OraclePlan {
-    let required: Vec<u32> = demand.iter().map(|w| (w - 1e-9).ceil().max(0.0) as u32).collect();
+pub fn plan(demand: &[f64], cold_start: f64, bucket: usize) -> OraclePlan {
+    let bucket = bucket.max(1);
+    let mut required: Vec<u32> = Vec::with_capacity(demand.len());
+    for chunk in demand.chunks(bucket) {
+        let need = (chunk.iter().sum::<f64>() / chunk.len() as f64 - 1e-9).ceil().max(0.0) as u32;
+        required.extend(std::iter::repeat_n(need, chunk.len()));
+    }
     let levels = required.iter().copied().max().unwrap_or(0);
     let mut schedule = vec![0u32; required.len() + 1];
     let mut replica_seconds = 0.0;

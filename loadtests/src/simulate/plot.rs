@@ -1,9 +1,10 @@
 //! Plots with `plotters`, SVG and PNG: replicas and load over time (one panel per
 //! policy), and cost against SLO attainment.
 //!
-//! SVG text is left to the viewer's fonts. PNG text is rasterised with `ab_glyph` from a
-//! TrueType font read at run time (`SWELL_PLOT_FONT`, else DejaVu Sans or Liberation Sans
-//! where Debian/Ubuntu put them); without one, the PNGs are skipped and the SVGs remain.
+//! Text is measured (SVG) and rasterised (PNG) with `ab_glyph` from a TrueType font read
+//! at run time (`SWELL_PLOT_FONT`, else DejaVu Sans or Liberation Sans where
+//! Debian/Ubuntu/Fedora put them; Debian images with fontconfig carry DejaVu); without
+//! one, the plots are skipped with a message and the table and JSON remain.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -45,6 +46,11 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 /// Writes `timeline.{svg,png}` and `cost_vs_slo.{svg,png}` into `dir`; returns the paths.
 pub fn write_all(dir: &Path, runs: &[RunResult], rows: &[PolicySummary]) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    // Text layout needs the font for SVG too (plotters measures text with it).
+    if !png_font() {
+        eprintln!("no TrueType font found (set SWELL_PLOT_FONT): plots skipped");
+        return Ok(written);
+    }
     let n = runs.len().max(1) as u32;
     let size = (1200, 220 * n + 20);
     let svg = dir.join("timeline.svg");
@@ -53,16 +59,12 @@ pub fn write_all(dir: &Path, runs: &[RunResult], rows: &[PolicySummary]) -> anyh
     let svg = dir.join("cost_vs_slo.svg");
     scatter(SVGBackend::new(&svg, (900, 600)).into_drawing_area(), rows)?;
     written.push(svg);
-    if png_font() {
-        let png = dir.join("timeline.png");
-        timeline(BitMapBackend::new(&png, size).into_drawing_area(), runs)?;
-        written.push(png);
-        let png = dir.join("cost_vs_slo.png");
-        scatter(BitMapBackend::new(&png, (900, 600)).into_drawing_area(), rows)?;
-        written.push(png);
-    } else {
-        eprintln!("no TrueType font found (set SWELL_PLOT_FONT): PNG plots skipped, SVG written");
-    }
+    let png = dir.join("timeline.png");
+    timeline(BitMapBackend::new(&png, size).into_drawing_area(), runs)?;
+    written.push(png);
+    let png = dir.join("cost_vs_slo.png");
+    scatter(BitMapBackend::new(&png, (900, 600)).into_drawing_area(), rows)?;
+    written.push(png);
     Ok(written)
 }
 

@@ -112,7 +112,7 @@ fn oracle_plan_bridges_short_gaps_and_leads_by_the_cold_start() {
             *d = 0.5;
         }
     }
-    let plan = oracle::plan(&demand, 5.0);
+    let plan = oracle::plan(&demand, 5.0, 1);
     assert_eq!(plan.schedule[4], 0);
     assert_eq!(plan.schedule[5], 1);
     assert_eq!(plan.schedule[21], 1);
