@@ -61,6 +61,10 @@ struct Args {
     /// Synthetic traces: output tokens per request.
     #[arg(long, default_value_t = 200)]
     output_tokens: u32,
+    /// Start every policy cold at t = 0 instead of warm with the replicas the first minute
+    /// needs (the oracle always plans its own start).
+    #[arg(long)]
+    cold_start_at_zero: bool,
     /// Seed for synthetic and ServeGen arrivals.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -167,6 +171,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         swell_policy,
         policies,
         horizon: args.duration.map(|d| d.as_secs_f64()),
+        warm_start: !args.cold_start_at_zero,
     };
     let started = Instant::now();
     let result = simulate::compare(&requests, &comparison);

@@ -25,7 +25,7 @@
 //! activator does the same).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use swell_actors::autoscaler::{LoadSample, ReplicaCounts};
@@ -166,6 +166,12 @@ pub struct Simulator<'a> {
     timeline: Vec<TimelinePoint>,
     tick_ns: u64,
     last_tick: Option<u64>,
+    warm: u32,
+    /// Ready replicas with nothing to do.
+    idle: BTreeSet<usize>,
+    /// Kept up to date at every transition (a day of Ray Serve creates thousands).
+    counts: ReplicaCounts,
+    running: u64,
 }
 
 impl<'a> Simulator<'a> {
@@ -197,6 +203,10 @@ impl<'a> Simulator<'a> {
             timeline: Vec::new(),
             tick_ns,
             last_tick: None,
+            warm: 0,
+            idle: BTreeSet::new(),
+            counts: ReplicaCounts::default(),
+            running: 0,
         }
     }
 
@@ -206,11 +216,20 @@ impl<'a> Simulator<'a> {
     }
 
     /// Runs until every request finished and the trace (or `horizon`) is over.
+    /// Starts with `replicas` warm (at least the policy's own initial count), as if the
+    /// trace continued a steady state instead of starting cold.
+    pub fn warm_start(mut self, replicas: u32) -> Self {
+        self.warm = replicas;
+        self
+    }
+
     pub fn run(mut self, horizon: Option<f64>) -> RunResult {
         let last_arrival = self.requests.iter().map(|r| r.arrival).fold(0.0, f64::max);
         let horizon_ns = ns(horizon.unwrap_or(last_arrival).max(last_arrival));
-        for _ in 0..self.policy.initial_replicas() {
+        for _ in 0..self.policy.initial_replicas().max(self.warm) {
+            self.idle.insert(self.replicas.len());
             self.replicas.push(Replica::new(ReplicaState::Ready, 0));
+            self.counts.ready += 1;
         }
         for (i, r) in self.requests.iter().enumerate() {
             let at = ns(r.arrival);
@@ -254,20 +273,11 @@ impl<'a> Simulator<'a> {
     }
 
     fn counts(&self) -> ReplicaCounts {
-        let mut c = ReplicaCounts::default();
-        for r in &self.replicas {
-            match r.state {
-                ReplicaState::Starting => c.starting += 1,
-                ReplicaState::Ready => c.ready += 1,
-                ReplicaState::Draining => c.draining += 1,
-                ReplicaState::Stopped => {}
-            }
-        }
-        c
+        self.counts
     }
 
     fn running(&self) -> u64 {
-        self.replicas.iter().map(|r| r.batch.len() as u64).sum()
+        self.running
     }
 
     fn on_arrival(&mut self, i: usize) {
@@ -282,19 +292,17 @@ impl<'a> Simulator<'a> {
     }
 
     fn wake_idle(&mut self) {
-        for r in 0..self.replicas.len() {
-            if self.queue.is_empty() {
-                break;
-            }
-            if self.replicas[r].state == ReplicaState::Ready && !self.replicas[r].busy {
-                self.start_step(r);
-            }
+        while !self.queue.is_empty() {
+            let Some(r) = self.idle.pop_first() else { break };
+            self.start_step(r);
         }
     }
 
     fn on_ready(&mut self, r: usize) {
         if self.replicas[r].state == ReplicaState::Starting {
             self.replicas[r].state = ReplicaState::Ready;
+            self.counts.starting -= 1;
+            self.counts.ready += 1;
             self.start_step(r);
         }
     }
@@ -313,6 +321,7 @@ impl<'a> Simulator<'a> {
                     break;
                 }
                 self.queue.pop_front();
+                self.running += 1;
                 replica.kv_reserved += need;
                 self.outcomes[i].start = now_s;
                 replica.batch.push(Sequence {
@@ -326,8 +335,12 @@ impl<'a> Simulator<'a> {
         }
         if replica.batch.is_empty() {
             replica.busy = false;
+            if replica.state == ReplicaState::Ready {
+                self.idle.insert(r);
+            }
             return;
         }
+        self.idle.remove(&r);
         let mut budget = self.profile.max_prefill_tokens_per_step.max(1);
         let mut prefill_tokens = 0;
         let mut decode = 0u64;
@@ -391,10 +404,12 @@ impl<'a> Simulator<'a> {
         });
         replica.kv_reserved -= released;
         self.unfinished -= finished;
+        self.running -= finished as u64;
         self.generated += generated;
         self.generated_total += generated;
         replica.busy = false;
         if replica.state == ReplicaState::Draining && replica.batch.is_empty() {
+            self.counts.draining -= 1;
             replica.state = ReplicaState::Stopped;
             replica.stopped_at = Some(self.now);
             return;
@@ -415,6 +430,21 @@ impl<'a> Simulator<'a> {
             generated_tokens: std::mem::take(&mut self.generated),
         };
         let counts = self.counts();
+        #[cfg(debug_assertions)]
+        {
+            let mut check = ReplicaCounts::default();
+            for r in &self.replicas {
+                match r.state {
+                    ReplicaState::Starting => check.starting += 1,
+                    ReplicaState::Ready => check.ready += 1,
+                    ReplicaState::Draining => check.draining += 1,
+                    ReplicaState::Stopped => {}
+                }
+            }
+            debug_assert_eq!(check, counts, "incremental replica counts");
+            let batch: u64 = self.replicas.iter().map(|r| r.batch.len() as u64).sum();
+            debug_assert_eq!(batch, running, "incremental running count");
+        }
         self.timeline.push(TimelinePoint {
             t: now.as_secs_f64(),
             ready: counts.ready,
@@ -429,6 +459,7 @@ impl<'a> Simulator<'a> {
             for _ in current..desired {
                 let id = self.replicas.len();
                 self.replicas.push(Replica::new(ReplicaState::Starting, self.now));
+                self.counts.starting += 1;
                 self.cold_starts += 1;
                 let at = self.now + self.profile.cold_start.as_nanos() as u64;
                 self.push(at, Event::Ready(id));
@@ -445,11 +476,17 @@ impl<'a> Simulator<'a> {
             candidates.sort();
             for &(_, _, _, i) in candidates.iter().take((current - desired) as usize) {
                 let r = &mut self.replicas[i];
+                self.idle.remove(&i);
+                match r.state {
+                    ReplicaState::Starting => self.counts.starting -= 1,
+                    _ => self.counts.ready -= 1,
+                }
                 if r.batch.is_empty() && !r.busy {
                     r.state = ReplicaState::Stopped;
                     r.stopped_at = Some(self.now);
                 } else {
                     r.state = ReplicaState::Draining;
+                    self.counts.draining += 1;
                 }
             }
         } else {

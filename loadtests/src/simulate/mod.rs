@@ -49,6 +49,10 @@ pub struct Comparison {
     /// Replicas are paid until this time (seconds; at least the last arrival and the end
     /// of the oracle's plan, and every run lasts until its last request finished).
     pub horizon: Option<f64>,
+    /// Start every policy (but the oracle, which plans its own) with the replicas the
+    /// trace's first minute needs, warm, as if the trace continued a steady state; off:
+    /// every autoscaler starts from its own initial count (mostly 0) at t = 0.
+    pub warm_start: bool,
 }
 
 /// The outcome of a comparison: one run per policy.
@@ -83,7 +87,8 @@ pub fn compare(requests: &[SimRequest], comparison: &Comparison) -> ComparisonRe
             "oracle" => Box::new(Scheduled { name: "oracle".into(), schedule: plan.schedule.clone() }),
             other => panic!("unknown policy {other:?}"),
         };
-        runs.push(Simulator::new(requests, profile, policy.as_mut()).run(Some(horizon)));
+        let warm = if comparison.warm_start && name != "oracle" { plan.first_minute } else { 0 };
+        runs.push(Simulator::new(requests, profile, policy.as_mut()).warm_start(warm).run(Some(horizon)));
     }
     ComparisonResult { capacity, oracle_replica_seconds: plan.replica_seconds, runs }
 }

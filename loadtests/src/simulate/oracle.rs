@@ -99,6 +99,8 @@ pub struct OraclePlan {
     pub replica_seconds: f64,
     /// Replicas the busiest minute needs (for static provisioning).
     pub peak_minute: u32,
+    /// Replicas the first minute needs (for a warm start).
+    pub first_minute: u32,
 }
 
 pub fn plan(demand: &[f64], cold_start: f64, bucket: usize) -> OraclePlan {
@@ -143,5 +145,7 @@ pub fn plan(demand: &[f64], cold_start: f64, bucket: usize) -> OraclePlan {
         let mean = w.iter().sum::<f64>() / w.len() as f64;
         peak_minute = peak_minute.max((mean - 1e-9).ceil() as u32);
     }
-    OraclePlan { schedule, replica_seconds, peak_minute: peak_minute.max(1) }
+    let first = &demand[..demand.len().min(60)];
+    let first_minute = (first.iter().sum::<f64>() / first.len().max(1) as f64 - 1e-9).ceil().max(0.0) as u32;
+    OraclePlan { schedule, replica_seconds, peak_minute: peak_minute.max(1), first_minute }
 }

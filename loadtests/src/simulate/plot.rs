@@ -83,12 +83,6 @@ fn downsample(points: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
 fn timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunResult]) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let horizon = runs.iter().map(|r| r.horizon).fold(1.0, f64::max);
-    let max_replicas = runs
-        .iter()
-        .flat_map(|r| r.timeline.iter().map(|p| p.ready + p.starting + p.draining))
-        .max()
-        .unwrap_or(1)
-        .max(1);
     let max_load = runs
         .iter()
         .flat_map(|r| r.timeline.iter().map(|p| p.concurrency))
@@ -97,17 +91,33 @@ fn timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunResult]
         .max(1);
     let areas = root.split_evenly((runs.len().max(1), 1));
     for (area, run) in areas.iter().zip(runs) {
+        // Each panel its own replica scale (a baseline at hundreds would flatten the
+        // others); the load scale is shared, the load being the same.
+        let max_replicas = run.timeline.iter().map(|p| p.ready + p.starting + p.draining).max().unwrap_or(1).max(1);
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{}: replicas (blue, ready+starting) and concurrent requests (red)", run.policy), ("sans-serif", 16))
             .margin(6)
             .x_label_area_size(24)
-            .y_label_area_size(44)
+            .y_label_area_size(60)
             .right_y_label_area_size(52)
             .build_cartesian_2d(0f64..horizon, 0f64..f64::from(max_replicas) * 1.1)
             .map_err(err)?
             .set_secondary_coord(0f64..horizon, 0f64..max_load as f64 * 1.1);
-        chart.configure_mesh().x_desc("time (s)").y_desc("replicas").light_line_style(WHITE).draw().map_err(err)?;
-        chart.configure_secondary_axes().y_desc("in flight").draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("time (s)")
+            .y_desc("replicas")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("requests in flight")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(err)?;
         let load: Vec<(f64, f64)> = run.timeline.iter().map(|p| (p.t, p.concurrency as f64)).collect();
         chart
             .draw_secondary_series(LineSeries::new(downsample(&load, 2000), RED.mix(0.6)))

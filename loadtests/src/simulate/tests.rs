@@ -24,6 +24,7 @@ fn comparison(policies: &[&str]) -> Comparison {
         },
         policies: policies.iter().map(|s| s.to_string()).collect(),
         horizon: Some(900.0),
+        warm_start: false,
     }
 }
 
