@@ -75,22 +75,41 @@ pub fn compare(requests: &[SimRequest], comparison: &Comparison) -> ComparisonRe
         .map(|r| r.arrival)
         .fold(plan.schedule.len() as f64, f64::max)
         .max(comparison.horizon.unwrap_or(0.0));
-    let mut runs = Vec::new();
-    for name in &comparison.policies {
-        let mut policy: Box<dyn ScalingPolicy> = match name.as_str() {
-            "swell" => Box::new(Swell::new("swell", comparison.swell_policy.clone())),
-            "static-peak" => Box::new(Static { replicas: plan.peak_minute }),
-            "knative-kpa" => Box::new(Kpa::new(capacity.batch_capacity)),
-            "ray-serve" => Box::new(RayServe::new()),
-            "k8s-hpa" => Box::new(Hpa::new(capacity.batch_capacity)),
-            "fireworks" => Box::new(Swell::fireworks(f64::from(capacity.batch_capacity))),
-            "oracle" => Box::new(Scheduled { name: "oracle".into(), schedule: plan.schedule.clone() }),
-            other => panic!("unknown policy {other:?}"),
-        };
-        let warm = if comparison.warm_start && name != "oracle" { plan.first_minute } else { 0 };
-        runs.push(Simulator::new(requests, profile, policy.as_mut()).warm_start(warm).run(Some(horizon)));
-    }
+    // One thread per policy: the runs are independent and deterministic.
+    let runs = std::thread::scope(|scope| {
+        let handles: Vec<_> = comparison
+            .policies
+            .iter()
+            .map(|name| {
+                let (capacity, plan) = (&capacity, &plan);
+                scope.spawn(move || {
+                    let mut policy = build_policy(name, comparison, capacity, plan);
+                    let warm = if comparison.warm_start && name != "oracle" { plan.first_minute } else { 0 };
+                    Simulator::new(requests, profile, policy.as_mut()).warm_start(warm).run(Some(horizon))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect()
+    });
     ComparisonResult { capacity, oracle_replica_seconds: plan.replica_seconds, runs }
+}
+
+fn build_policy(
+    name: &str,
+    comparison: &Comparison,
+    capacity: &Capacity,
+    plan: &oracle::OraclePlan,
+) -> Box<dyn ScalingPolicy> {
+    match name {
+        "swell" => Box::new(Swell::new("swell", comparison.swell_policy.clone())),
+        "static-peak" => Box::new(Static { replicas: plan.peak_minute }),
+        "knative-kpa" => Box::new(Kpa::new(capacity.batch_capacity)),
+        "ray-serve" => Box::new(RayServe::new()),
+        "k8s-hpa" => Box::new(Hpa::new(capacity.batch_capacity)),
+        "fireworks" => Box::new(Swell::fireworks(f64::from(capacity.batch_capacity))),
+        "oracle" => Box::new(Scheduled { name: "oracle".into(), schedule: plan.schedule.clone() }),
+        other => panic!("unknown policy {other:?}"),
+    }
 }
 
 #[cfg(test)]
