@@ -16,10 +16,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use swell_loadtest::simulate::{self, policies::Swell, summary, workload, Comparison, POLICY_NAMES};
+use swell_loadtest::simulate::{
+    self, policies::Swell, summary, workload, Comparison, POLICY_NAMES,
+};
 
 #[derive(Debug, Parser)]
-#[command(name = "swell-simulate", about = "Run Swell's autoscaler and baseline policies over a trace in virtual time")]
+#[command(
+    name = "swell-simulate",
+    about = "Run Swell's autoscaler and baseline policies over a trace in virtual time"
+)]
 struct Args {
     /// azure-conv | azure-code | azure:<csv> | servegen:<m-mid/chunk-N or csv> | synthetic:<steps|spike|diurnal|onoff>
     #[arg(long, default_value = "azure-conv")]
@@ -84,22 +89,40 @@ fn traces_dir(args: &Args) -> anyhow::Result<PathBuf> {
 
 fn load(args: &Args) -> anyhow::Result<Vec<workload::SimRequest>> {
     let duration = args.duration.map(|d| d.as_secs_f64());
-    let (kind, arg) = args.trace.split_once(':').unwrap_or((args.trace.as_str(), ""));
+    let (kind, arg) = args
+        .trace
+        .split_once(':')
+        .unwrap_or((args.trace.as_str(), ""));
     match kind {
         "azure-conv" | "azure-code" => {
-            let file = if kind == "azure-conv" { "AzureLLMInferenceTrace_conv.csv" } else { "AzureLLMInferenceTrace_code.csv" };
-            workload::azure(&traces_dir(args)?.join("azure-2023").join(file), args.time_scale, duration)
+            let file = if kind == "azure-conv" {
+                "AzureLLMInferenceTrace_conv.csv"
+            } else {
+                "AzureLLMInferenceTrace_code.csv"
+            };
+            workload::azure(
+                &traces_dir(args)?.join("azure-2023").join(file),
+                args.time_scale,
+                duration,
+            )
         }
         "azure" => workload::azure(Path::new(arg), args.time_scale, duration),
         "servegen" => {
             let path = if Path::new(arg).is_file() {
                 PathBuf::from(arg)
             } else {
-                let (model, chunk) = arg.split_once('/').context("servegen:<m-mid|m-small>/chunk-N or a file")?;
-                traces_dir(args)?.join("servegen/language").join(model).join(format!("{chunk}-trace.csv"))
+                let (model, chunk) = arg
+                    .split_once('/')
+                    .context("servegen:<m-mid|m-small>/chunk-N or a file")?;
+                traces_dir(args)?
+                    .join("servegen/language")
+                    .join(model)
+                    .join(format!("{chunk}-trace.csv"))
             };
-            let lengths_path = traces_dir(args)?.join("sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv");
-            let file = std::fs::File::open(&lengths_path).with_context(|| format!("cannot open {}", lengths_path.display()))?;
+            let lengths_path = traces_dir(args)?
+                .join("sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv");
+            let file = std::fs::File::open(&lengths_path)
+                .with_context(|| format!("cannot open {}", lengths_path.display()))?;
             let lengths = swell_loadtest::lengths::read_sharegpt(file)?;
             workload::servegen(&path, &lengths, args.time_scale, duration, args.seed)
         }
@@ -126,14 +149,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let profile = swell_workers::sim::builtin(&args.profile)
-        .with_context(|| format!("unknown profile {:?}: {:?}", args.profile, swell_workers::sim::builtin_names()))?;
+    let profile = swell_workers::sim::builtin(&args.profile).with_context(|| {
+        format!(
+            "unknown profile {:?}: {:?}",
+            args.profile,
+            swell_workers::sim::builtin_names()
+        )
+    })?;
     let policies: Vec<String> = if args.policies == "all" {
         POLICY_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
-        args.policies.split(',').map(|s| s.trim().to_string()).collect()
+        args.policies
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
     };
-    if let Some(bad) = policies.iter().find(|p| !POLICY_NAMES.contains(&p.as_str())) {
+    if let Some(bad) = policies
+        .iter()
+        .find(|p| !POLICY_NAMES.contains(&p.as_str()))
+    {
         bail!("unknown policy {bad:?}: expected {POLICY_NAMES:?}");
     }
     let swell_policy = match &args.swell_policy {
@@ -145,7 +179,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                     base.insert(k.clone(), v.clone());
                 }
             }
-            let policy: swell_actors::autoscaler::AutoscalingPolicy = serde_json::from_value(value).context("--swell-policy")?;
+            let policy: swell_actors::autoscaler::AutoscalingPolicy =
+                serde_json::from_value(value).context("--swell-policy")?;
             policy.validate().map_err(anyhow::Error::msg)?;
             policy
         }
@@ -176,7 +211,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let result = simulate::compare(&requests, &comparison);
     let elapsed = started.elapsed();
-    let rows = summary::summarize_all(&result, args.ttft_target, args.itl_target, profile.gpus_per_replica);
+    let rows = summary::summarize_all(
+        &result,
+        args.ttft_target,
+        args.itl_target,
+        profile.gpus_per_replica,
+    );
     println!(
         "trace {}, profile {}, SLO: TTFT <= {} s and mean ITL <= {} ms; batch capacity {} (SLO batch {}) at mean context {}; oracle {:.0} replica-s; simulated in {:.2?}\n",
         args.trace,
@@ -190,7 +230,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         elapsed
     );
     print!("{}", summary::render_markdown(&rows));
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let json = serde_json::json!({
         "trace": args.trace,
         "profile": profile.name,

@@ -175,7 +175,11 @@ pub struct Simulator<'a> {
 }
 
 impl<'a> Simulator<'a> {
-    pub fn new(requests: &'a [SimRequest], profile: &SimProfile, policy: &'a mut dyn ScalingPolicy) -> Self {
+    pub fn new(
+        requests: &'a [SimRequest],
+        profile: &SimProfile,
+        policy: &'a mut dyn ScalingPolicy,
+    ) -> Self {
         let cap = policy.per_replica_cap().map_or(u64::MAX, u64::from);
         let tick_ns = policy.tick().as_nanos().max(1) as u64;
         Self {
@@ -191,7 +195,11 @@ impl<'a> Simulator<'a> {
             replicas: Vec::new(),
             outcomes: requests
                 .iter()
-                .map(|r| RequestOutcome { arrival: r.arrival, output_tokens: r.output_tokens, ..Default::default() })
+                .map(|r| RequestOutcome {
+                    arrival: r.arrival,
+                    output_tokens: r.output_tokens,
+                    ..Default::default()
+                })
                 .collect(),
             finished_count: vec![0; requests.len()],
             unfinished: requests.len(),
@@ -258,7 +266,13 @@ impl<'a> Simulator<'a> {
         let replica_seconds = self
             .replicas
             .iter()
-            .map(|r| (r.stopped_at.unwrap_or(end).min(end).saturating_sub(r.started_at)) as f64 / NS)
+            .map(|r| {
+                (r.stopped_at
+                    .unwrap_or(end)
+                    .min(end)
+                    .saturating_sub(r.started_at)) as f64
+                    / NS
+            })
             .sum();
         RunResult {
             policy: self.policy.name(),
@@ -293,7 +307,9 @@ impl<'a> Simulator<'a> {
 
     fn wake_idle(&mut self) {
         while !self.queue.is_empty() {
-            let Some(r) = self.idle.pop_first() else { break };
+            let Some(r) = self.idle.pop_first() else {
+                break;
+            };
             self.start_step(r);
         }
     }
@@ -316,7 +332,8 @@ impl<'a> Simulator<'a> {
             while (replica.batch.len() as u64) < cap {
                 let Some(&i) = self.queue.front() else { break };
                 let req = self.requests[i];
-                let need = (u64::from(req.prompt_tokens) + u64::from(req.output_tokens)).min(kv_cap);
+                let need =
+                    (u64::from(req.prompt_tokens) + u64::from(req.output_tokens)).min(kv_cap);
                 if replica.kv_reserved + need > kv_cap && !replica.batch.is_empty() {
                     break;
                 }
@@ -359,7 +376,11 @@ impl<'a> Simulator<'a> {
                 kv += s.context;
             }
         }
-        let step = self.model.step_duration(prefill_tokens, decode, kv).as_nanos().max(1) as u64;
+        let step = self
+            .model
+            .step_duration(prefill_tokens, decode, kv)
+            .as_nanos()
+            .max(1) as u64;
         replica.busy = true;
         self.push(self.now + step, Event::StepEnd(r));
     }
@@ -458,7 +479,8 @@ impl<'a> Simulator<'a> {
         if desired > current {
             for _ in current..desired {
                 let id = self.replicas.len();
-                self.replicas.push(Replica::new(ReplicaState::Starting, self.now));
+                self.replicas
+                    .push(Replica::new(ReplicaState::Starting, self.now));
                 self.counts.starting += 1;
                 self.cold_starts += 1;
                 let at = self.now + self.profile.cold_start.as_nanos() as u64;
@@ -470,7 +492,14 @@ impl<'a> Simulator<'a> {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| matches!(r.state, ReplicaState::Starting | ReplicaState::Ready))
-                .map(|(i, r)| (r.state == ReplicaState::Ready, r.batch.len(), u64::MAX - r.started_at, i))
+                .map(|(i, r)| {
+                    (
+                        r.state == ReplicaState::Ready,
+                        r.batch.len(),
+                        u64::MAX - r.started_at,
+                        i,
+                    )
+                })
                 .collect();
             // Starting first (newest first), then the least loaded ready ones.
             candidates.sort();

@@ -33,8 +33,15 @@ use policies::{Hpa, Kpa, RayServe, ScalingPolicy, Scheduled, Static, Swell};
 use workload::SimRequest;
 
 /// The policies a run can compare, by name.
-pub const POLICY_NAMES: &[&str] =
-    &["swell", "static-peak", "knative-kpa", "ray-serve", "k8s-hpa", "fireworks", "oracle"];
+pub const POLICY_NAMES: &[&str] = &[
+    "swell",
+    "static-peak",
+    "knative-kpa",
+    "ray-serve",
+    "k8s-hpa",
+    "fireworks",
+    "oracle",
+];
 
 /// What one comparison needs.
 #[derive(Debug, Clone)]
@@ -84,14 +91,27 @@ pub fn compare(requests: &[SimRequest], comparison: &Comparison) -> ComparisonRe
                 let (capacity, plan) = (&capacity, &plan);
                 scope.spawn(move || {
                     let mut policy = build_policy(name, comparison, capacity, plan);
-                    let warm = if comparison.warm_start && name != "oracle" { plan.first_minute } else { 0 };
-                    Simulator::new(requests, profile, policy.as_mut()).warm_start(warm).run(Some(horizon))
+                    let warm = if comparison.warm_start && name != "oracle" {
+                        plan.first_minute
+                    } else {
+                        0
+                    };
+                    Simulator::new(requests, profile, policy.as_mut())
+                        .warm_start(warm)
+                        .run(Some(horizon))
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a simulation thread panicked"))
+            .collect()
     });
-    ComparisonResult { capacity, oracle_replica_seconds: plan.replica_seconds, runs }
+    ComparisonResult {
+        capacity,
+        oracle_replica_seconds: plan.replica_seconds,
+        runs,
+    }
 }
 
 fn build_policy(
@@ -102,12 +122,17 @@ fn build_policy(
 ) -> Box<dyn ScalingPolicy> {
     match name {
         "swell" => Box::new(Swell::new("swell", comparison.swell_policy.clone())),
-        "static-peak" => Box::new(Static { replicas: plan.peak_minute }),
+        "static-peak" => Box::new(Static {
+            replicas: plan.peak_minute,
+        }),
         "knative-kpa" => Box::new(Kpa::new(capacity.batch_capacity)),
         "ray-serve" => Box::new(RayServe::new()),
         "k8s-hpa" => Box::new(Hpa::new(capacity.batch_capacity)),
         "fireworks" => Box::new(Swell::fireworks(f64::from(capacity.batch_capacity))),
-        "oracle" => Box::new(Scheduled { name: "oracle".into(), schedule: plan.schedule.clone() }),
+        "oracle" => Box::new(Scheduled {
+            name: "oracle".into(),
+            schedule: plan.schedule.clone(),
+        }),
         other => panic!("unknown policy {other:?}"),
     }
 }

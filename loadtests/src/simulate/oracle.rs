@@ -83,11 +83,19 @@ pub fn demand(requests: &[SimRequest], profile: &SimProfile, capacity: &Capacity
         }
     };
     for r in requests {
-        let prefill = if rate > 0.0 { f64::from(r.prompt_tokens) / rate } else { 0.0 };
+        let prefill = if rate > 0.0 {
+            f64::from(r.prompt_tokens) / rate
+        } else {
+            0.0
+        };
         let decode_time = f64::from(r.output_tokens.saturating_sub(1)) * capacity.slo_step;
         let decode_work = decode_time / f64::from(capacity.slo_batch);
         add(r.arrival, r.arrival + prefill.max(1e-6), prefill.max(1e-6));
-        add(r.arrival + prefill, r.arrival + prefill + decode_time, decode_work);
+        add(
+            r.arrival + prefill,
+            r.arrival + prefill + decode_time,
+            decode_work,
+        );
     }
     buckets
 }
@@ -107,7 +115,9 @@ pub fn plan(demand: &[f64], cold_start: f64, bucket: usize) -> OraclePlan {
     let bucket = bucket.max(1);
     let mut required: Vec<u32> = Vec::with_capacity(demand.len());
     for chunk in demand.chunks(bucket) {
-        let need = (chunk.iter().sum::<f64>() / chunk.len() as f64 - 1e-9).ceil().max(0.0) as u32;
+        let need = (chunk.iter().sum::<f64>() / chunk.len() as f64 - 1e-9)
+            .ceil()
+            .max(0.0) as u32;
         required.extend(std::iter::repeat_n(need, chunk.len()));
     }
     let levels = required.iter().copied().max().unwrap_or(0);
@@ -146,6 +156,13 @@ pub fn plan(demand: &[f64], cold_start: f64, bucket: usize) -> OraclePlan {
         peak_minute = peak_minute.max((mean - 1e-9).ceil() as u32);
     }
     let first = &demand[..demand.len().min(60)];
-    let first_minute = (first.iter().sum::<f64>() / first.len().max(1) as f64 - 1e-9).ceil().max(0.0) as u32;
-    OraclePlan { schedule, replica_seconds, peak_minute: peak_minute.max(1), first_minute }
+    let first_minute = (first.iter().sum::<f64>() / first.len().max(1) as f64 - 1e-9)
+        .ceil()
+        .max(0.0) as u32;
+    OraclePlan {
+        schedule,
+        replica_seconds,
+        peak_minute: peak_minute.max(1),
+        first_minute,
+    }
 }

@@ -26,7 +26,10 @@ const FONT_PATHS: &[&str] = &[
 fn png_font() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
-        let candidates = std::env::var("SWELL_PLOT_FONT").ok().into_iter().chain(FONT_PATHS.iter().map(|s| s.to_string()));
+        let candidates = std::env::var("SWELL_PLOT_FONT")
+            .ok()
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(|s| s.to_string()));
         for path in candidates {
             if let Ok(bytes) = std::fs::read(&path) {
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -44,7 +47,11 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// Writes `timeline.{svg,png}` and `cost_vs_slo.{svg,png}` into `dir`; returns the paths.
-pub fn write_all(dir: &Path, runs: &[RunResult], rows: &[PolicySummary]) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_all(
+    dir: &Path,
+    runs: &[RunResult],
+    rows: &[PolicySummary],
+) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     // Text layout needs the font for SVG too (plotters measures text with it).
     if !png_font() {
@@ -63,9 +70,21 @@ pub fn write_all(dir: &Path, runs: &[RunResult], rows: &[PolicySummary]) -> anyh
     timeline(BitMapBackend::new(&png, size).into_drawing_area(), runs)?;
     written.push(png);
     let png = dir.join("cost_vs_slo.png");
-    scatter(BitMapBackend::new(&png, (900, 600)).into_drawing_area(), rows)?;
+    scatter(
+        BitMapBackend::new(&png, (900, 600)).into_drawing_area(),
+        rows,
+    )?;
     written.push(png);
     Ok(written)
+}
+
+/// Whole numbers only (replica counts), so a small axis does not read "0 0 1 1".
+fn integer_label(y: f64) -> String {
+    if (y - y.round()).abs() < 1e-6 {
+        format!("{y:.0}")
+    } else {
+        String::new()
+    }
 }
 
 /// At most `bins` points: the maximum of each bin, so short peaks stay visible.
@@ -80,7 +99,10 @@ fn downsample(points: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunResult]) -> anyhow::Result<()> {
+fn timeline<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    runs: &[RunResult],
+) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let horizon = runs.iter().map(|r| r.horizon).fold(1.0, f64::max);
     let max_load = runs
@@ -93,9 +115,21 @@ fn timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunResult]
     for (area, run) in areas.iter().zip(runs) {
         // Each panel its own replica scale (a baseline at hundreds would flatten the
         // others); the load scale is shared, the load being the same.
-        let max_replicas = run.timeline.iter().map(|p| p.ready + p.starting + p.draining).max().unwrap_or(1).max(1);
+        let max_replicas = run
+            .timeline
+            .iter()
+            .map(|p| p.ready + p.starting + p.draining)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: replicas (blue, ready+starting) and concurrent requests (red)", run.policy), ("sans-serif", 16))
+            .caption(
+                format!(
+                    "{}: replicas (blue, ready+starting) and concurrent requests (red)",
+                    run.policy
+                ),
+                ("sans-serif", 16),
+            )
             .margin(6)
             .x_label_area_size(24)
             .y_label_area_size(60)
@@ -108,7 +142,7 @@ fn timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunResult]
             .x_desc("time (s)")
             .y_desc("replicas")
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
+            .y_label_formatter(&|y| integer_label(*y))
             .light_line_style(WHITE)
             .draw()
             .map_err(err)?;
@@ -118,44 +152,74 @@ fn timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunResult]
             .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(err)?;
-        let load: Vec<(f64, f64)> = run.timeline.iter().map(|p| (p.t, p.concurrency as f64)).collect();
+        let load: Vec<(f64, f64)> = run
+            .timeline
+            .iter()
+            .map(|p| (p.t, p.concurrency as f64))
+            .collect();
         chart
             .draw_secondary_series(LineSeries::new(downsample(&load, 2000), RED.mix(0.6)))
             .map_err(err)?;
-        let replicas: Vec<(f64, f64)> =
-            run.timeline.iter().map(|p| (p.t, f64::from(p.ready + p.starting))).collect();
+        let replicas: Vec<(f64, f64)> = run
+            .timeline
+            .iter()
+            .map(|p| (p.t, f64::from(p.ready + p.starting)))
+            .collect();
         chart
-            .draw_series(LineSeries::new(downsample(&replicas, 2000), BLUE.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                downsample(&replicas, 2000),
+                BLUE.stroke_width(2),
+            ))
             .map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())
 }
 
-fn scatter<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, rows: &[PolicySummary]) -> anyhow::Result<()> {
+fn scatter<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    rows: &[PolicySummary],
+) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(err)?;
-    let max_cost = rows.iter().map(|r| r.replica_seconds).fold(1.0, f64::max) * 1.15;
+    let ratio = |r: &PolicySummary| {
+        if r.cost_vs_oracle.is_finite() && r.cost_vs_oracle > 0.0 {
+            r.cost_vs_oracle
+        } else {
+            1.0
+        }
+    };
+    let max_ratio = rows.iter().map(ratio).fold(2.0, f64::max) * 4.0;
+    let min_ratio = rows.iter().map(ratio).fold(1.0, f64::min) * 0.8;
     let mut chart = ChartBuilder::on(&root)
-        .caption("cost against SLO attainment (lower right is better)", ("sans-serif", 20))
+        .caption(
+            "cost (× oracle, log scale) against SLO attainment: upper left is better",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..max_cost, 0f64..105f64)
+        .build_cartesian_2d((min_ratio..max_ratio).log_scale(), 0f64..105f64)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("replica-seconds")
+        .x_desc("replica-seconds / oracle's")
         .y_desc("SLO attainment (%)")
+        .x_label_formatter(&|x| format!("{x:.2}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(err)?;
     for (i, r) in rows.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let at = (r.replica_seconds, r.slo_attainment * 100.0);
+        let at = (ratio(r), r.slo_attainment * 100.0);
         chart
             .draw_series(std::iter::once(Circle::new(at, 6, color.filled())))
             .map_err(err)?;
         chart
-            .draw_series(std::iter::once(Text::new(r.policy.clone(), at, ("sans-serif", 14))))
+            .draw_series(std::iter::once(Text::new(
+                format!("{} ({:.0} replica-s)", r.policy, r.replica_seconds),
+                at,
+                ("sans-serif", 14),
+            )))
             .map_err(err)?;
     }
     root.present().map_err(err)?;

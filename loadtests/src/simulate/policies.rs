@@ -84,12 +84,18 @@ pub struct Swell {
 
 impl Swell {
     pub fn new(name: &str, policy: AutoscalingPolicy) -> Self {
-        Self { name: name.into(), autoscaler: Autoscaler::new(policy) }
+        Self {
+            name: name.into(),
+            autoscaler: Autoscaler::new(policy),
+        }
     }
 
     /// `AutoscalingPolicy::default()` with `max_replicas` 1000.
     pub fn default_policy() -> AutoscalingPolicy {
-        AutoscalingPolicy { max_replicas: 1000, ..AutoscalingPolicy::default() }
+        AutoscalingPolicy {
+            max_replicas: 1000,
+            ..AutoscalingPolicy::default()
+        }
     }
 
     /// Fireworks' documented defaults, run by Swell's code (see the module docs).
@@ -107,7 +113,10 @@ impl Swell {
                 tokens_generated_per_second: None,
                 prompt_tokens_per_second: None,
             },
-            velocity: Velocity { scale_up: VelocityLimit::unlimited(), scale_down: VelocityLimit::unlimited() },
+            velocity: Velocity {
+                scale_up: VelocityLimit::unlimited(),
+                scale_down: VelocityLimit::unlimited(),
+            },
         };
         Self::new("fireworks", policy)
     }
@@ -173,7 +182,11 @@ fn window_mean(points: &VecDeque<(f64, f64)>, now: f64, window: f64) -> f64 {
         .iter()
         .filter(|(t, _)| now - t < window)
         .fold((0.0, 0usize), |(s, n), (_, v)| (s + v, n + 1));
-    if n == 0 { 0.0 } else { sum / n as f64 }
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
 }
 
 fn push_point(points: &mut VecDeque<(f64, f64)>, now: f64, value: f64, keep: f64) {
@@ -287,7 +300,11 @@ impl RayServe {
     pub const LOOK_BACK: f64 = 30.0;
 
     pub fn new() -> Self {
-        Self { points: VecDeque::new(), up_since: None, down_since: None }
+        Self {
+            points: VecDeque::new(),
+            up_since: None,
+            down_since: None,
+        }
     }
 }
 
@@ -309,9 +326,16 @@ impl ScalingPolicy for RayServe {
     }
     fn decide(&mut self, now: Duration, sample: &LoadSample, counts: ReplicaCounts) -> u32 {
         let now = now.as_secs_f64();
-        push_point(&mut self.points, now, (sample.queued + sample.running) as f64, Self::LOOK_BACK);
+        push_point(
+            &mut self.points,
+            now,
+            (sample.queued + sample.running) as f64,
+            Self::LOOK_BACK,
+        );
         let current = counts.capacity();
-        let wanted = ((window_mean(&self.points, now, Self::LOOK_BACK) / Self::TARGET).ceil() as u32).clamp(1, 1000);
+        let wanted = ((window_mean(&self.points, now, Self::LOOK_BACK) / Self::TARGET).ceil()
+            as u32)
+            .clamp(1, 1000);
         if wanted > current {
             self.down_since = None;
             let since = *self.up_since.get_or_insert(now);
@@ -370,13 +394,19 @@ impl ScalingPolicy for Hpa {
     }
     fn decide(&mut self, now: Duration, sample: &LoadSample, counts: ReplicaCounts) -> u32 {
         let now = now.as_secs_f64();
-        push_point(&mut self.points, now, (sample.queued + sample.running) as f64, Self::SYNC);
+        push_point(
+            &mut self.points,
+            now,
+            (sample.queued + sample.running) as f64,
+            Self::SYNC,
+        );
         let current = counts.capacity().max(1);
         if self.last_sync.is_some_and(|t| now - t < Self::SYNC) {
             return self.desired;
         }
         self.last_sync = Some(now);
-        let utilization = window_mean(&self.points, now, Self::SYNC) / self.batch_capacity / f64::from(current);
+        let utilization =
+            window_mean(&self.points, now, Self::SYNC) / self.batch_capacity / f64::from(current);
         let ratio = utilization / Self::TARGET;
         let recommendation = if (ratio - 1.0).abs() <= 0.1 {
             current
@@ -384,15 +414,28 @@ impl ScalingPolicy for Hpa {
             ((f64::from(current) * ratio).ceil() as u32).clamp(1, 1000)
         };
         self.recommendations.push_back((now, recommendation));
-        while self.recommendations.front().is_some_and(|(t, _)| now - t > Self::DOWN_STABILIZATION) {
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(t, _)| now - t > Self::DOWN_STABILIZATION)
+        {
             self.recommendations.pop_front();
         }
-        while self.scale_events.front().is_some_and(|(t, _)| now - t >= Self::SYNC) {
+        while self
+            .scale_events
+            .front()
+            .is_some_and(|(t, _)| now - t >= Self::SYNC)
+        {
             self.scale_events.pop_front();
         }
         let mut desired = if recommendation < current {
             // Scale-down stabilization: the highest recommendation of the last 300 s.
-            self.recommendations.iter().map(|r| r.1).max().unwrap_or(current).min(current)
+            self.recommendations
+                .iter()
+                .map(|r| r.1)
+                .max()
+                .unwrap_or(current)
+                .min(current)
         } else {
             recommendation
         };
@@ -407,6 +450,7 @@ impl ScalingPolicy for Hpa {
         self.desired
     }
     fn scaled(&mut self, now: Duration, from: u32, to: u32) {
-        self.scale_events.push_back((now.as_secs_f64(), i64::from(to) - i64::from(from)));
+        self.scale_events
+            .push_back((now.as_secs_f64(), i64::from(to) - i64::from(from)));
     }
 }

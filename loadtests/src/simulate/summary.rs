@@ -50,7 +50,10 @@ pub fn summarize(
     oracle_replica_seconds: f64,
 ) -> PolicySummary {
     let o = &run.outcomes;
-    let met = o.iter().filter(|r| r.ttft() <= ttft_target && r.mean_itl() <= itl_target).count();
+    let met = o
+        .iter()
+        .filter(|r| r.ttft() <= ttft_target && r.mean_itl() <= itl_target)
+        .count();
     let ttft = sorted(o.iter().map(|r| r.ttft()).collect());
     let itl = sorted(o.iter().map(|r| r.mean_itl()).collect());
     let queue = sorted(o.iter().map(|r| r.queue_delay()).collect());
@@ -59,7 +62,11 @@ pub fn summarize(
     PolicySummary {
         policy: run.policy.clone(),
         requests: o.len(),
-        slo_attainment: if o.is_empty() { 1.0 } else { met as f64 / o.len() as f64 },
+        slo_attainment: if o.is_empty() {
+            1.0
+        } else {
+            met as f64 / o.len() as f64
+        },
         ttft_p50: percentile(&ttft, 50.0),
         ttft_p99: percentile(&ttft, 99.0),
         itl_p50: percentile(&itl, 50.0),
@@ -68,9 +75,15 @@ pub fn summarize(
         queue_p90: percentile(&queue, 90.0),
         queue_p99: percentile(&queue, 99.0),
         replica_seconds: run.replica_seconds,
-        gpu_seconds: (gpus_per_replica > 0).then(|| run.replica_seconds * f64::from(gpus_per_replica)),
+        gpu_seconds: (gpus_per_replica > 0)
+            .then(|| run.replica_seconds * f64::from(gpus_per_replica)),
         cold_starts: run.cold_starts,
-        mean_replicas: run.timeline.iter().map(|p| f64::from(capacity(p))).sum::<f64>() / n,
+        mean_replicas: run
+            .timeline
+            .iter()
+            .map(|p| f64::from(capacity(p)))
+            .sum::<f64>()
+            / n,
         peak_replicas: run.timeline.iter().map(capacity).max().unwrap_or(0),
         cost_vs_oracle: if oracle_replica_seconds > 0.0 {
             run.replica_seconds / oracle_replica_seconds
@@ -80,11 +93,24 @@ pub fn summarize(
     }
 }
 
-pub fn summarize_all(result: &ComparisonResult, ttft_target: f64, itl_target: f64, gpus: u32) -> Vec<PolicySummary> {
+pub fn summarize_all(
+    result: &ComparisonResult,
+    ttft_target: f64,
+    itl_target: f64,
+    gpus: u32,
+) -> Vec<PolicySummary> {
     result
         .runs
         .iter()
-        .map(|r| summarize(r, ttft_target, itl_target, gpus, result.oracle_replica_seconds))
+        .map(|r| {
+            summarize(
+                r,
+                ttft_target,
+                itl_target,
+                gpus,
+                result.oracle_replica_seconds,
+            )
+        })
         .collect()
 }
 

@@ -19,8 +19,13 @@ pub struct SimRequest {
 }
 
 /// Reads an Azure 2023 trace CSV: the first row arrives at 0, gaps divided by `time_scale`.
-pub fn azure(path: &Path, time_scale: f64, duration: Option<f64>) -> anyhow::Result<Vec<SimRequest>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+pub fn azure(
+    path: &Path,
+    time_scale: f64,
+    duration: Option<f64>,
+) -> anyhow::Result<Vec<SimRequest>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let rows = crate::trace::read_trace(file)?;
     let Some(first) = rows.first().map(|r| r.timestamp_us) else {
         bail!("{} holds no request", path.display());
@@ -50,7 +55,8 @@ pub fn servegen(
     duration: Option<f64>,
     seed: u64,
 ) -> anyhow::Result<Vec<SimRequest>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     let mut rows: Vec<(f64, f64, String, f64, f64)> = Vec::new();
@@ -78,9 +84,15 @@ pub fn servegen(
         let n_expected = (rate * (end - start)).max(1.0);
         // Draw raw gaps, then rescale them to the window's mean rate.
         let count = n_expected.ceil() as usize + 1;
-        let gaps: Vec<f64> = (0..count).map(|_| draw_gap(&mut rng, pattern, *shape, *scale)).collect();
+        let gaps: Vec<f64> = (0..count)
+            .map(|_| draw_gap(&mut rng, pattern, *shape, *scale))
+            .collect();
         let mean_raw = gaps.iter().sum::<f64>() / gaps.len() as f64;
-        let factor = if mean_raw > 0.0 { 1.0 / rate / mean_raw } else { 1.0 / rate };
+        let factor = if mean_raw > 0.0 {
+            1.0 / rate / mean_raw
+        } else {
+            1.0 / rate
+        };
         let mut t = start;
         for g in gaps {
             t += g * factor;
@@ -88,7 +100,11 @@ pub fn servegen(
                 break;
             }
             let (p, o) = lengths[rng.random_range(0..lengths.len())];
-            out.push(SimRequest { arrival: t, prompt_tokens: p.max(1), output_tokens: o.max(1) });
+            out.push(SimRequest {
+                arrival: t,
+                prompt_tokens: p.max(1),
+                output_tokens: o.max(1),
+            });
         }
     }
     if let Some(d) = duration {
@@ -189,7 +205,14 @@ impl Pattern {
 }
 
 /// A synthetic workload: Poisson arrivals at the pattern's rate (thinning), fixed lengths.
-pub fn synthetic(pattern: Pattern, duration: f64, peak: f64, prompt: u32, output: u32, seed: u64) -> Vec<SimRequest> {
+pub fn synthetic(
+    pattern: Pattern,
+    duration: f64,
+    peak: f64,
+    prompt: u32,
+    output: u32,
+    seed: u64,
+) -> Vec<SimRequest> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     if peak <= 0.0 {
@@ -202,7 +225,11 @@ pub fn synthetic(pattern: Pattern, duration: f64, peak: f64, prompt: u32, output
             break;
         }
         if rng.random::<f64>() * peak < pattern.rate(t, duration, peak) {
-            out.push(SimRequest { arrival: t, prompt_tokens: prompt, output_tokens: output });
+            out.push(SimRequest {
+                arrival: t,
+                prompt_tokens: prompt,
+                output_tokens: output,
+            });
         }
     }
     out
