@@ -49,6 +49,9 @@ pub struct RequestOutcome {
     pub first_token: f64,
     pub finish: f64,
     pub output_tokens: u32,
+    /// Arrived while the deployment had no replica (ready or starting): it waited for a
+    /// scale from zero.
+    pub at_zero: bool,
 }
 
 impl RequestOutcome {
@@ -299,6 +302,7 @@ impl<'a> Simulator<'a> {
         self.prompt_tokens += u64::from(self.requests[i].prompt_tokens);
         self.queue.push_back(i);
         if self.counts().capacity() == 0 {
+            self.outcomes[i].at_zero = true;
             // The supervisor's `WorkArrived`: decide at once.
             self.tick();
         }

@@ -23,6 +23,9 @@ pub struct PolicySummary {
     /// `None` for CPU profiles.
     pub gpu_seconds: Option<f64>,
     pub cold_starts: u32,
+    /// Requests that arrived at zero replicas, and their median TTFT (scale from zero).
+    pub at_zero_requests: usize,
+    pub at_zero_ttft_p50: f64,
     pub mean_replicas: f64,
     pub peak_replicas: u32,
     /// Replica-seconds over the oracle's plan.
@@ -57,6 +60,7 @@ pub fn summarize(
     let ttft = sorted(o.iter().map(|r| r.ttft()).collect());
     let itl = sorted(o.iter().map(|r| r.mean_itl()).collect());
     let queue = sorted(o.iter().map(|r| r.queue_delay()).collect());
+    let at_zero = sorted(o.iter().filter(|r| r.at_zero).map(|r| r.ttft()).collect());
     let capacity = |p: &super::engine::TimelinePoint| p.ready + p.starting;
     let n = run.timeline.len().max(1) as f64;
     PolicySummary {
@@ -78,6 +82,8 @@ pub fn summarize(
         gpu_seconds: (gpus_per_replica > 0)
             .then(|| run.replica_seconds * f64::from(gpus_per_replica)),
         cold_starts: run.cold_starts,
+        at_zero_requests: at_zero.len(),
+        at_zero_ttft_p50: percentile(&at_zero, 50.0),
         mean_replicas: run
             .timeline
             .iter()
@@ -117,12 +123,12 @@ pub fn summarize_all(
 /// The markdown comparison table.
 pub fn render_markdown(rows: &[PolicySummary]) -> String {
     let mut s = String::from(
-        "| policy | SLO attained | TTFT p50 / p99 (s) | ITL p50 / p99 (ms) | queue p50 / p90 / p99 (s) | replica-s | GPU-s | cold starts | mean / peak replicas | cost / oracle |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| policy | SLO attained | TTFT p50 / p99 (s) | ITL p50 / p99 (ms) | queue p50 / p90 / p99 (s) | replica-s | GPU-s | cold starts | at zero: requests, TTFT p50 (s) | mean / peak replicas | cost / oracle |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1}% | {:.2} / {:.2} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {} | {} | {:.2} / {} | {:.2} |\n",
+            "| {} | {:.1}% | {:.2} / {:.2} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {} | {} | {}, {:.2} | {:.2} / {} | {:.2} |\n",
             r.policy,
             r.slo_attainment * 100.0,
             r.ttft_p50,
@@ -135,6 +141,8 @@ pub fn render_markdown(rows: &[PolicySummary]) -> String {
             r.replica_seconds,
             r.gpu_seconds.map_or_else(|| "-".into(), |g| format!("{g:.0}")),
             r.cold_starts,
+            r.at_zero_requests,
+            r.at_zero_ttft_p50,
             r.mean_replicas,
             r.peak_replicas,
             r.cost_vs_oracle,

@@ -110,6 +110,7 @@ fn a_request_at_zero_waits_for_the_cold_start() {
     assert!(outcome.ttft() < 5.5, "ttft {}", outcome.ttft());
     assert_eq!(result.cold_starts, 1);
     assert_eq!(result.finished_count, vec![1]);
+    assert!(outcome.at_zero);
 }
 
 #[test]
