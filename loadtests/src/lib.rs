@@ -109,6 +109,7 @@ pub mod record;
 pub mod report;
 pub mod request;
 mod runner;
+pub mod simulate;
 pub mod sse;
 pub mod trace;
 mod ws;

@@ -1,0 +1,152 @@
+//! Per-policy figures and the markdown comparison table.
+
+use serde::Serialize;
+
+use super::engine::RunResult;
+use super::ComparisonResult;
+
+/// The figures of one policy's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    pub policy: String,
+    pub requests: usize,
+    /// Share of requests with TTFT <= target and mean ITL <= target.
+    pub slo_attainment: f64,
+    pub ttft_p50: f64,
+    pub ttft_p99: f64,
+    pub itl_p50: f64,
+    pub itl_p99: f64,
+    pub queue_p50: f64,
+    pub queue_p90: f64,
+    pub queue_p99: f64,
+    pub replica_seconds: f64,
+    /// `None` for CPU profiles.
+    pub gpu_seconds: Option<f64>,
+    pub cold_starts: u32,
+    /// Requests that arrived at zero replicas, and their median TTFT (scale from zero).
+    pub at_zero_requests: usize,
+    pub at_zero_ttft_p50: f64,
+    pub mean_replicas: f64,
+    pub peak_replicas: u32,
+    /// Replica-seconds over the oracle's plan.
+    pub cost_vs_oracle: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+pub fn summarize(
+    run: &RunResult,
+    ttft_target: f64,
+    itl_target: f64,
+    gpus_per_replica: u32,
+    oracle_replica_seconds: f64,
+) -> PolicySummary {
+    let o = &run.outcomes;
+    let met = o
+        .iter()
+        .filter(|r| r.ttft() <= ttft_target && r.mean_itl() <= itl_target)
+        .count();
+    let ttft = sorted(o.iter().map(|r| r.ttft()).collect());
+    let itl = sorted(o.iter().map(|r| r.mean_itl()).collect());
+    let queue = sorted(o.iter().map(|r| r.queue_delay()).collect());
+    let at_zero = sorted(o.iter().filter(|r| r.at_zero).map(|r| r.ttft()).collect());
+    let capacity = |p: &super::engine::TimelinePoint| p.ready + p.starting;
+    let n = run.timeline.len().max(1) as f64;
+    PolicySummary {
+        policy: run.policy.clone(),
+        requests: o.len(),
+        slo_attainment: if o.is_empty() {
+            1.0
+        } else {
+            met as f64 / o.len() as f64
+        },
+        ttft_p50: percentile(&ttft, 50.0),
+        ttft_p99: percentile(&ttft, 99.0),
+        itl_p50: percentile(&itl, 50.0),
+        itl_p99: percentile(&itl, 99.0),
+        queue_p50: percentile(&queue, 50.0),
+        queue_p90: percentile(&queue, 90.0),
+        queue_p99: percentile(&queue, 99.0),
+        replica_seconds: run.replica_seconds,
+        gpu_seconds: (gpus_per_replica > 0)
+            .then(|| run.replica_seconds * f64::from(gpus_per_replica)),
+        cold_starts: run.cold_starts,
+        at_zero_requests: at_zero.len(),
+        at_zero_ttft_p50: percentile(&at_zero, 50.0),
+        mean_replicas: run
+            .timeline
+            .iter()
+            .map(|p| f64::from(capacity(p)))
+            .sum::<f64>()
+            / n,
+        peak_replicas: run.timeline.iter().map(capacity).max().unwrap_or(0),
+        cost_vs_oracle: if oracle_replica_seconds > 0.0 {
+            run.replica_seconds / oracle_replica_seconds
+        } else {
+            f64::NAN
+        },
+    }
+}
+
+pub fn summarize_all(
+    result: &ComparisonResult,
+    ttft_target: f64,
+    itl_target: f64,
+    gpus: u32,
+) -> Vec<PolicySummary> {
+    result
+        .runs
+        .iter()
+        .map(|r| {
+            summarize(
+                r,
+                ttft_target,
+                itl_target,
+                gpus,
+                result.oracle_replica_seconds,
+            )
+        })
+        .collect()
+}
+
+/// The markdown comparison table.
+pub fn render_markdown(rows: &[PolicySummary]) -> String {
+    let mut s = String::from(
+        "| policy | SLO attained | TTFT p50 / p99 (s) | ITL p50 / p99 (ms) | queue p50 / p90 / p99 (s) | replica-s | GPU-s | cold starts | at zero: requests, TTFT p50 (s) | mean / peak replicas | cost / oracle |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.1}% | {:.2} / {:.2} | {:.0} / {:.0} | {:.2} / {:.2} / {:.2} | {:.0} | {} | {} | {}, {:.2} | {:.2} / {} | {:.2} |\n",
+            r.policy,
+            r.slo_attainment * 100.0,
+            r.ttft_p50,
+            r.ttft_p99,
+            r.itl_p50 * 1e3,
+            r.itl_p99 * 1e3,
+            r.queue_p50,
+            r.queue_p90,
+            r.queue_p99,
+            r.replica_seconds,
+            r.gpu_seconds.map_or_else(|| "-".into(), |g| format!("{g:.0}")),
+            r.cold_starts,
+            r.at_zero_requests,
+            r.at_zero_ttft_p50,
+            r.mean_replicas,
+            r.peak_replicas,
+            r.cost_vs_oracle,
+        ));
+    }
+    s
+}

@@ -1,0 +1,247 @@
+use std::time::Duration;
+
+use swell_workers::sim::{builtin, SimProfile};
+
+use super::engine::Simulator;
+use super::policies::{ScalingPolicy, Static, Swell};
+use super::workload::{synthetic, Pattern, SimRequest};
+use super::*;
+
+fn profile() -> SimProfile {
+    // Cold start raised to 5 s so its effects show at a 1 s tick.
+    SimProfile {
+        cold_start: Duration::from_secs(5),
+        ..builtin("smollm2-135m-cpu").unwrap()
+    }
+}
+
+fn comparison(policies: &[&str]) -> Comparison {
+    Comparison {
+        profile: profile(),
+        ttft_target: 2.0,
+        itl_target: 0.1,
+        swell_policy: AutoscalingPolicy {
+            scale_down_window: Duration::from_secs(60),
+            scale_to_zero_window: Duration::from_secs(120),
+            ..Swell::default_policy()
+        },
+        policies: policies.iter().map(|s| s.to_string()).collect(),
+        horizon: Some(900.0),
+        warm_start: false,
+    }
+}
+
+/// 0 for 100 s, 4 req/s for 200 s, 0 for 600 s.
+fn step_load() -> Vec<SimRequest> {
+    (0..800)
+        .map(|i| SimRequest {
+            arrival: 100.0 + f64::from(i) * 0.25,
+            prompt_tokens: 100,
+            output_tokens: 50,
+        })
+        .collect()
+}
+
+fn run(requests: &[SimRequest], policy: &mut dyn ScalingPolicy, horizon: f64) -> engine::RunResult {
+    Simulator::new(requests, &profile(), policy).run(Some(horizon))
+}
+
+#[test]
+fn swell_follows_a_step_up_and_back_to_zero() {
+    let requests = step_load();
+    let mut swell = Swell::new("swell", comparison(&[]).swell_policy);
+    let result = run(&requests, &mut swell, 900.0);
+    let at = |t: f64| {
+        let p = result.timeline.iter().find(|p| p.t >= t).unwrap();
+        p.ready + p.starting
+    };
+    assert_eq!(at(50.0), 0, "nothing before the load");
+    assert!(at(250.0) >= 1, "replicas during the load");
+    assert_eq!(at(899.0), 0, "back to zero after the idle window");
+    assert!(result.cold_starts >= 1);
+    assert!(result.finished_count.iter().all(|&c| c == 1));
+}
+
+#[test]
+fn static_never_scales_and_oracle_is_cheapest() {
+    let requests = step_load();
+    let result = compare(&requests, &comparison(POLICY_NAMES));
+    let static_run = result
+        .runs
+        .iter()
+        .find(|r| r.policy == "static-peak")
+        .unwrap();
+    assert_eq!(static_run.cold_starts, 0);
+    let first = static_run.timeline[0].ready;
+    assert!(
+        first >= 1
+            && static_run
+                .timeline
+                .iter()
+                .all(|p| p.ready == first && p.starting == 0)
+    );
+    for run in &result.runs {
+        assert!(
+            run.finished_count.iter().all(|&c| c == 1),
+            "{}: every request finishes once",
+            run.policy
+        );
+        assert!(
+            result.oracle_replica_seconds <= run.replica_seconds + 1e-6,
+            "oracle {} > {} {}",
+            result.oracle_replica_seconds,
+            run.policy,
+            run.replica_seconds
+        );
+    }
+}
+
+#[test]
+fn a_request_at_zero_waits_for_the_cold_start() {
+    let requests = [SimRequest {
+        arrival: 10.0,
+        prompt_tokens: 10,
+        output_tokens: 5,
+    }];
+    let mut swell = Swell::new("swell", Swell::default_policy());
+    let result = run(&requests, &mut swell, 20.0);
+    let outcome = result.outcomes[0];
+    assert!(outcome.ttft() >= 5.0, "ttft {}", outcome.ttft());
+    assert!(outcome.ttft() < 5.5, "ttft {}", outcome.ttft());
+    assert_eq!(result.cold_starts, 1);
+    assert_eq!(result.finished_count, vec![1]);
+    assert!(outcome.at_zero);
+}
+
+#[test]
+fn throughput_scales_linearly_with_replicas() {
+    // A saturating load: far more requests than one replica can serve in 60 s.
+    let requests: Vec<SimRequest> = (0..20_000)
+        .map(|i| SimRequest {
+            arrival: f64::from(i) * 0.001,
+            prompt_tokens: 50,
+            output_tokens: 20,
+        })
+        .collect();
+    let tokens_by = |n: u32| {
+        let mut policy = Static { replicas: n };
+        let result =
+            Simulator::new(&requests[..(2_000 * n as usize)], &profile(), &mut policy).run(None);
+        let finish = result.outcomes.iter().map(|o| o.finish).fold(0.0, f64::max);
+        result.generated_tokens as f64 / finish
+    };
+    let one = tokens_by(1);
+    for n in [2, 8] {
+        let efficiency = tokens_by(n) / (f64::from(n) * one);
+        assert!(
+            (0.95..=1.05).contains(&efficiency),
+            "{n} replicas: efficiency {efficiency}"
+        );
+    }
+}
+
+#[test]
+fn oracle_plan_bridges_short_gaps_and_leads_by_the_cold_start() {
+    // One replica needed in seconds 10..20 and 22..30, cold start 5 s: one stretch.
+    let mut demand = vec![0.0; 40];
+    for (t, d) in demand.iter_mut().enumerate() {
+        if (10..20).contains(&t) || (22..30).contains(&t) {
+            *d = 0.5;
+        }
+    }
+    let plan = oracle::plan(&demand, 5.0, 1);
+    assert_eq!(plan.schedule[4], 0);
+    assert_eq!(plan.schedule[5], 1);
+    assert_eq!(plan.schedule[21], 1);
+    assert_eq!(plan.schedule[30], 0);
+    assert!(
+        (plan.replica_seconds - 25.0).abs() < 1e-9,
+        "{}",
+        plan.replica_seconds
+    );
+}
+
+#[test]
+fn synthetic_patterns_follow_their_rate() {
+    let requests = synthetic(Pattern::OnOff, 2400.0, 5.0, 10, 10, 3);
+    let on = requests.iter().filter(|r| r.arrival < 600.0).count() as f64 / 600.0;
+    let off = requests
+        .iter()
+        .filter(|r| (600.0..1200.0).contains(&r.arrival))
+        .count();
+    assert!((on - 5.0).abs() < 0.5, "{on}");
+    assert_eq!(off, 0);
+}
+
+fn sample(at: f64, concurrency: u64) -> swell_actors::autoscaler::LoadSample {
+    swell_actors::autoscaler::LoadSample {
+        at: Duration::from_secs_f64(at),
+        running: concurrency,
+        arrivals: u64::from(concurrency > 0),
+        ..Default::default()
+    }
+}
+
+fn counts(ready: u32) -> swell_actors::autoscaler::ReplicaCounts {
+    swell_actors::autoscaler::ReplicaCounts {
+        ready,
+        starting: 0,
+        draining: 0,
+    }
+}
+
+#[test]
+fn ray_serve_waits_its_upscale_delay() {
+    let mut ray = policies::RayServe::new();
+    // 20 ongoing requests on 1 replica: 10 wanted (target 2), only after 30 s.
+    let mut first_up = None;
+    for t in 0..60 {
+        let desired = ray.decide(Duration::from_secs(t), &sample(t as f64, 20), counts(1));
+        if desired > 1 && first_up.is_none() {
+            first_up = Some(t);
+        }
+    }
+    assert_eq!(first_up, Some(30));
+    assert_eq!(ray.per_replica_cap(), Some(5));
+}
+
+#[test]
+fn hpa_never_goes_below_one_and_syncs_every_15s() {
+    let mut hpa = policies::Hpa::new(100);
+    let mut changes = 0;
+    let mut last = 1;
+    for t in 0..120 {
+        let d = hpa.decide(
+            Duration::from_secs(t),
+            &sample(t as f64, 1000),
+            counts(last),
+        );
+        if d != last {
+            changes += 1;
+            assert_eq!(t % 15, 0, "changes only at a sync");
+            hpa.scaled(Duration::from_secs(t), last, d);
+            last = d;
+        }
+    }
+    assert!(changes >= 1 && last > 1);
+    for t in 120..1200 {
+        last = hpa.decide(Duration::from_secs(t), &sample(t as f64, 0), counts(last));
+    }
+    assert_eq!(last, 1);
+}
+
+#[test]
+fn knative_scales_to_zero_after_stable_window_and_grace() {
+    let mut kpa = policies::Kpa::new(100);
+    let mut zero_at = None;
+    for t in 0..200 {
+        let load = if t < 10 { 50 } else { 0 };
+        let d = kpa.decide(Duration::from_secs(t), &sample(t as f64, load), counts(1));
+        if d == 0 && zero_at.is_none() {
+            zero_at = Some(t);
+        }
+    }
+    // The last load at t = 9 leaves the 60 s stable window at t = 69; then 30 s grace.
+    let zero_at = zero_at.expect("reaches zero");
+    assert!((98..=102).contains(&zero_at), "zero at {zero_at}");
+}
