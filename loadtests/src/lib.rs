@@ -101,6 +101,8 @@
 //! - [`admin`]: the admin API (deployment status, updates) and `/metrics` parsing.
 //! - [`monitor`]: polls the status and `/metrics` during a run (`--monitor`).
 //! - [`live_plot`]: the live run's plots (`--plots DIR`): load, replicas, queue, latency.
+//! - [`scale_from_zero`]: the first request at zero replicas by stage
+//!   (`swell-scale-from-zero`).
 
 pub mod admin;
 pub mod arrivals;
@@ -115,6 +117,7 @@ pub mod record;
 pub mod report;
 pub mod request;
 mod runner;
+pub mod scale_from_zero;
 pub mod simulate;
 pub mod sse;
 pub mod trace;
