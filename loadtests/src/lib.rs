@@ -103,6 +103,8 @@
 //! - [`live_plot`]: the live run's plots (`--plots DIR`): load, replicas, queue, latency.
 //! - [`scale_from_zero`]: the first request at zero replicas by stage
 //!   (`swell-scale-from-zero`).
+//! - [`scaling`]: throughput with N replicas against N × one, simulated and live
+//!   (`swell-scaling`).
 
 pub mod admin;
 pub mod arrivals;
@@ -118,6 +120,7 @@ pub mod report;
 pub mod request;
 mod runner;
 pub mod scale_from_zero;
+pub mod scaling;
 pub mod simulate;
 pub mod sse;
 pub mod trace;
