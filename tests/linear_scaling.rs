@@ -29,6 +29,8 @@ async fn a_deployment_held_at_one_then_two_replicas_serves_on_both() {
         output_tokens: 16,
         warmup: Duration::from_secs(1),
         window: Duration::from_secs(3),
+        // The server runs in this process.
+        server_pid: Some(std::process::id()),
     };
     let points = scaling::live(&config).await.expect("the scaling run works");
     println!("{}", scaling::render(&points, true));
@@ -37,6 +39,7 @@ async fn a_deployment_held_at_one_then_two_replicas_serves_on_both() {
         assert!(p.tokens_per_s > 0.0, "{p:?}");
         assert_eq!(p.failed, Some(0), "{p:?}");
         assert_eq!(p.offered, f64::from(p.replicas * 4));
+        assert!(p.server_cores.is_some_and(|c| c > 0.0), "{p:?}");
     }
     assert_eq!(points[0].efficiency, 1.0);
 

@@ -149,7 +149,24 @@ struct Outcome {
     generated: u64,
 }
 
+/// The request's whole life inside its span. The span is attached to the future
+/// (`Instrument`), entered only while it is polled: a guard from `span.enter()` held
+/// across `.await`s would stay entered while other tasks run on the thread, so their
+/// spans would nest under it, one request under the next, in a parent chain that grows
+/// without end (and whose recursive close overflowed the stack under load).
 async fn run_request(
+    spec: RequestSpec,
+    deps: RequestDeps,
+    events: mpsc::Sender<RequestEvent>,
+    admission: oneshot::Sender<AdmissionResult>,
+    cancel: watch::Receiver<bool>,
+) {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant);
+    run_request_in_span(spec, deps, events, admission, cancel).instrument(span).await
+}
+
+async fn run_request_in_span(
     spec: RequestSpec,
     deps: RequestDeps,
     events: mpsc::Sender<RequestEvent>,
@@ -158,8 +175,6 @@ async fn run_request(
 ) {
     let prompt_tokens = spec.request.prompt_tokens.len() as u64;
     let max_output = spec.request.params.max_tokens as u64;
-    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant);
-    let _enter = span.enter();
 
     // Admission: quota first, then the queue.
     let mut grant: Option<(Addr<QuotaActor>, QuotaGrant)> = None;

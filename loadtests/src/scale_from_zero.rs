@@ -265,7 +265,7 @@ pub fn render(rows: &[StageBreakdown]) -> String {
             let mut v: Vec<f64> = rows.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             let mid = v.len() / 2;
-            if v.len() % 2 == 0 {
+            if v.len().is_multiple_of(2) {
                 (v[mid - 1] + v[mid]) / 2.0
             } else {
                 v[mid]

@@ -46,8 +46,15 @@ pub struct ScalingPoint {
     pub itl_p50_ms: Option<f64>,
     /// Live only: how busy the machine's CPUs were during the window (0..1).
     pub cpu_busy: Option<f64>,
-    /// Live only: requests that failed.
+    /// Live only, with the server's pid: CPU cores the server process used during the
+    /// window (its user + system time / the window).
+    pub server_cores: Option<f64>,
+    /// Live only: CPU cores this process (the load generator) used during the window.
+    pub loadgen_cores: Option<f64>,
+    /// Live only: requests that failed, and how.
     pub failed: Option<u64>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// Fills in `efficiency` from the first point (which must be N = 1).
@@ -136,7 +143,10 @@ pub fn simulated(
             efficiency: 0.0,
             itl_p50_ms: None,
             cpu_busy: None,
+            server_cores: None,
+            loadgen_cores: None,
             failed: None,
+            errors: Default::default(),
         });
     }
     with_efficiency(points)
@@ -177,6 +187,9 @@ pub struct LiveScaling {
     pub output_tokens: u32,
     pub warmup: Duration,
     pub window: Duration,
+    /// The server's process id, when it runs on this machine (Linux): its CPU use is
+    /// reported per point.
+    pub server_pid: Option<u32>,
 }
 
 impl LiveScaling {
@@ -212,6 +225,18 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// User + system CPU seconds a process has used (`/proc/PID/stat`, Linux).
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, inside parentheses).
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after `)`.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ is 100 on every mainstream Linux build.
+    Some(ticks as f64 / 100.0)
+}
+
 /// Runs the live scaling curve. Call on an actix-rt runtime.
 pub async fn live(config: &LiveScaling) -> anyhow::Result<Vec<ScalingPoint>> {
     check_replicas(&config.replicas)?;
@@ -226,18 +251,22 @@ pub async fn live(config: &LiveScaling) -> anyhow::Result<Vec<ScalingPoint>> {
             .wait_for_replicas(&config.deployment, n, Duration::from_secs(120), Duration::from_millis(200))
             .await?;
         let streams = n * config.per_replica;
-        let cpu = std::rc::Rc::new(std::cell::Cell::new(None));
+        let cpu = std::rc::Rc::new(std::cell::Cell::new((None, None, None)));
         let measure_cpu = {
-            let (cpu, warmup, window) = (cpu.clone(), config.warmup, config.window);
+            let (cpu, warmup, window, pid) = (cpu.clone(), config.warmup, config.window, config.server_pid);
+            let me = std::process::id();
             actix_rt::spawn(async move {
                 tokio::time::sleep(warmup).await;
-                let start = cpu_jiffies();
+                let read = || (cpu_jiffies(), pid.and_then(process_cpu_seconds), process_cpu_seconds(me));
+                let start = read();
                 tokio::time::sleep(window).await;
-                if let (Some((b0, t0)), Some((b1, t1))) = (start, cpu_jiffies()) {
-                    if t1 > t0 {
-                        cpu.set(Some((b1 - b0) as f64 / (t1 - t0) as f64));
-                    }
-                }
+                let end = read();
+                let busy = match (start.0, end.0) {
+                    (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+                    _ => None,
+                };
+                let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / window.as_secs_f64());
+                cpu.set((busy, cores(start.1, end.1), cores(start.2, end.2)));
             })
         };
         let report = crate::run(LoadTestConfig {
@@ -282,8 +311,11 @@ pub async fn live(config: &LiveScaling) -> anyhow::Result<Vec<ScalingPoint>> {
             tokens_per_s: (last.1 - first.1) / (last.0 - first.0),
             efficiency: 0.0,
             itl_p50_ms: report.itl_ms.p50_ms,
-            cpu_busy: cpu.get(),
+            cpu_busy: cpu.get().0,
+            server_cores: cpu.get().1,
+            loadgen_cores: cpu.get().2,
             failed: Some(report.requests_failed),
+            errors: report.errors_by_kind.clone(),
         });
     }
     with_efficiency(points)
@@ -292,7 +324,7 @@ pub async fn live(config: &LiveScaling) -> anyhow::Result<Vec<ScalingPoint>> {
 /// A markdown table.
 pub fn render(points: &[ScalingPoint], live: bool) -> String {
     let mut s = if live {
-        String::from("| N | streams | tokens/s | N × tokens/s(1) | efficiency | ITL p50 | CPU busy | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        String::from("| N | streams | tokens/s | N × tokens/s(1) | efficiency | ITL p50 | machine CPU busy | server (cores) | load generator (cores) | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     } else {
         String::from("| N | offered req/s | tokens/s | N × tokens/s(1) | efficiency |\n|---:|---:|---:|---:|---:|\n")
     };
@@ -301,7 +333,7 @@ pub fn render(points: &[ScalingPoint], live: bool) -> String {
         let ideal = f64::from(p.replicas) * one;
         if live {
             s.push_str(&format!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} |\n",
                 p.replicas,
                 p.offered,
                 p.tokens_per_s,
@@ -309,7 +341,13 @@ pub fn render(points: &[ScalingPoint], live: bool) -> String {
                 p.efficiency,
                 p.itl_p50_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
                 p.cpu_busy.map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
-                p.failed.unwrap_or(0)
+                p.server_cores.map_or("-".into(), |v| format!("{v:.2}")),
+                p.loadgen_cores.map_or("-".into(), |v| format!("{v:.2}")),
+                if p.errors.is_empty() {
+                    p.failed.unwrap_or(0).to_string()
+                } else {
+                    format!("{} {:?}", p.failed.unwrap_or(0), p.errors)
+                }
             ));
         } else {
             s.push_str(&format!(
@@ -373,7 +411,10 @@ mod tests {
                 efficiency: 0.0,
                 itl_p50_ms: None,
                 cpu_busy: None,
+                server_cores: None,
+                loadgen_cores: None,
                 failed: None,
+                errors: Default::default(),
             },
             ScalingPoint {
                 replicas: 4,
@@ -382,12 +423,24 @@ mod tests {
                 efficiency: 0.0,
                 itl_p50_ms: None,
                 cpu_busy: None,
+                server_cores: None,
+                loadgen_cores: None,
                 failed: None,
+                errors: Default::default(),
             },
         ])
         .unwrap();
         assert_eq!(points[1].efficiency, 0.75);
         assert!(render(&points, false).contains("| 4 | 4.0 | 300 | 400 | 0.750 |"));
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        if std::path::Path::new("/proc/self/stat").exists() {
+            let used = process_cpu_seconds(std::process::id()).expect("/proc/PID/stat parses");
+            assert!(used >= 0.0);
+            assert!(cpu_jiffies().is_some_and(|(busy, total)| total >= busy && total > 0));
+        }
     }
 
     #[test]

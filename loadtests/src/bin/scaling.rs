@@ -78,6 +78,9 @@ enum Mode {
         warmup: Duration,
         #[arg(long, value_parser = parse_duration, default_value = "15s")]
         window: Duration,
+        /// The server's process id, when it runs on this machine: its CPU use per point.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
 }
 
@@ -123,6 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             output_tokens,
             warmup,
             window,
+            server_pid,
         } => {
             let sim: serde_json::Value = serde_json::from_str(&sim).context("--sim is not JSON")?;
             let config = LiveScaling {
@@ -137,6 +141,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 output_tokens,
                 warmup,
                 window,
+                server_pid,
             };
             scaling::check_replicas(&config.replicas)?;
             let points = actix_rt::System::new().block_on(scaling::live(&config))?;
