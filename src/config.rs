@@ -183,6 +183,22 @@ pub struct ClusterConfig {
     /// How often the node checks that Redis answers (`/readyz`, fast 503s).
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
+    /// How often the node heartbeats, takes part in the leader election and reads its
+    /// assignment (and, when it leads, runs the autoscalers and places replicas).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A node whose heartbeat is older than this is dead: its replicas are placed
+    /// elsewhere (its jobs come back when their leases expire).
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// How long a leader lease lasts unrenewed: the longest the cluster goes without a
+    /// leader after the leader dies.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease_ttl: Duration,
+    /// CPU replica slots this node offers (default: its CPU cores). A replica takes its
+    /// deployment's `placement.cpu_slots`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_slots: Option<u32>,
 }
 
 impl Default for ClusterConfig {
@@ -199,6 +215,10 @@ impl Default for ClusterConfig {
             connect_timeout: queue.connect_timeout,
             response_timeout: queue.response_timeout,
             health_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(500),
+            node_ttl: Duration::from_secs(5),
+            leader_lease_ttl: Duration::from_secs(5),
+            cpu_slots: None,
         }
     }
 }
@@ -227,6 +247,31 @@ impl ClusterConfig {
     pub fn redis_queue_config(&self) -> Option<RedisQueueConfig> {
         let url = self.redis_url.clone()?;
         Some(RedisQueueConfig { url, ..self.queue_settings() })
+    }
+
+    /// The coordination settings (membership, leader, placement); `None` without
+    /// `redis_url`.
+    pub fn coordination_config(&self) -> Option<swell_cluster::CoordinationConfig> {
+        let url = self.redis_url.clone()?;
+        Some(swell_cluster::CoordinationConfig { url, ..self.coordination_settings() })
+    }
+
+    fn coordination_settings(&self) -> swell_cluster::CoordinationConfig {
+        swell_cluster::CoordinationConfig {
+            key_prefix: self.key_prefix.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            node_ttl: self.node_ttl,
+            leader_lease_ttl: self.leader_lease_ttl,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            ..swell_cluster::CoordinationConfig::default()
+        }
+    }
+
+    /// The CPU slots this node offers.
+    pub fn effective_cpu_slots(&self) -> u32 {
+        self.cpu_slots
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
     }
 
     /// The queue settings of this section, on the default url.
@@ -268,6 +313,9 @@ impl ClusterConfig {
         }
         if self.health_interval.is_zero() {
             errors.push("cluster.health_interval must be longer than 0s".to_string());
+        }
+        if let Err(error) = self.coordination_settings().validate() {
+            errors.push(format!("cluster.{error}"));
         }
         errors
     }
@@ -368,6 +416,31 @@ pub struct DeploymentConfig {
     /// max_depth_per_deployment`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queue_depth: Option<u64>,
+    /// What one replica needs of a node, for the cluster's placement (ignored when
+    /// embedded).
+    #[serde(default, skip_serializing_if = "PlacementConfig::is_default")]
+    pub placement: PlacementConfig,
+}
+
+/// `[deployments.NAME.placement]`: what one replica takes of a node in a cluster. GPUs
+/// per replica come from the engine (`gpus_per_replica`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// CPU slots one replica takes of a node's `cluster.cpu_slots` (default: 1 for a
+    /// CPU replica of the `llm` engine; 0 for `sim` replicas, which only sleep, and for
+    /// GPU replicas).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_slots: Option<u32>,
+    /// Only GPUs whose name contains this text (case-insensitive, e.g. `"H100"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_kind: Option<String>,
+}
+
+impl PlacementConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_max_tokens() -> u32 {
@@ -395,6 +468,7 @@ impl DeploymentConfig {
             max_tokens_default: DEFAULT_MAX_TOKENS,
             max_tokens_limit: None,
             max_queue_depth: None,
+            placement: PlacementConfig::default(),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct AppState {
     pub admin_writes: tokio::sync::Mutex<()>,
     /// This node's place in a cluster (embedded: role `all`, no Redis).
     pub node: NodeState,
+    /// This node's coordination (membership, leader, placement), once started.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster_node::ClusterNode>>,
 }
 
 /// What this node is in a cluster sharing one Redis.
@@ -107,6 +109,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             shutting_down: tokio::sync::watch::Sender::new(false),
             admin_writes: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

@@ -95,12 +95,46 @@ pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Re
     let (events_tx, events) = mpsc::channel(256);
     let (admission_tx, admission) = oneshot::channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let actor = RequestActor { spec: Some(spec), deps, events: Some(events_tx), admission: Some(admission_tx), cancel_tx, cancel_rx };
+    let actor = RequestActor {
+        spec: Some(spec),
+        deps,
+        events: Some(events_tx),
+        admission: Some(admission_tx),
+        cancel_tx,
+        cancel_rx,
+        attach: false,
+    };
     let handle = actor.start();
     match admission.await {
         Ok(Ok((position, rate_limits))) => Ok(Admitted { position, rate_limits, events, handle }),
         Ok(Err(rejected)) => Err(rejected),
         Err(_) => Err(Rejected::Unavailable("the request actor stopped before admission".into())),
+    }
+}
+
+/// Relay a job that is already in the queue, admitted by another gateway that died
+/// before it finished relaying (the Redis ingress's takeover): no quota is taken (the
+/// admission took it) and nothing is enqueued; the job's output stream is read from its
+/// start, so the events are the whole request's. `position` in the answer is 0.
+/// Dropping the events cancels the job, as for a submitted request.
+pub async fn attach(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
+    let (events_tx, events) = mpsc::channel(256);
+    let (admission_tx, admission) = oneshot::channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let actor = RequestActor {
+        spec: Some(spec),
+        deps: RequestDeps { quota: None, ..deps },
+        events: Some(events_tx),
+        admission: Some(admission_tx),
+        cancel_tx,
+        cancel_rx,
+        attach: true,
+    };
+    let handle = actor.start();
+    match admission.await {
+        Ok(Ok((position, rate_limits))) => Ok(Admitted { position, rate_limits, events, handle }),
+        Ok(Err(rejected)) => Err(rejected),
+        Err(_) => Err(Rejected::Unavailable("the request actor stopped before attaching".into())),
     }
 }
 
@@ -113,6 +147,8 @@ pub struct RequestActor {
     admission: Option<oneshot::Sender<AdmissionResult>>,
     cancel_tx: watch::Sender<bool>,
     cancel_rx: watch::Receiver<bool>,
+    /// Relay an already enqueued job ([`attach`]) instead of admitting a new one.
+    attach: bool,
 }
 
 impl Actor for RequestActor {
@@ -125,6 +161,11 @@ impl Actor for RequestActor {
             ctx.stop();
             return;
         };
+        if self.attach {
+            let run = run_attached(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
+            ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
+            return;
+        }
         let run = run_request(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
         ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
@@ -223,11 +264,29 @@ async fn run_request(
         return;
     }
 
-    let outcome = relay(&spec, &deps, &events, cancel, position).await;
+    let outcome = relay(&spec, &deps, &events, cancel, Some(position)).await;
     settle(outcome.generated);
     m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
     m::request_duration(&spec.deployment, spec.received_at.elapsed());
     m::tokens(&spec.deployment, &spec.tenant, prompt_tokens, outcome.generated);
+}
+
+/// [`attach`]: relay a job another gateway admitted.
+async fn run_attached(
+    spec: RequestSpec,
+    deps: RequestDeps,
+    events: mpsc::Sender<RequestEvent>,
+    admission: oneshot::Sender<AdmissionResult>,
+    cancel: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant, attached = true);
+    let _enter = span.enter();
+    if admission.send(Ok((0, RateLimitSnapshot::default()))).is_err() {
+        return;
+    }
+    let position = deps.queue.position(&spec.deployment, &spec.job_id).await.ok().flatten();
+    let outcome = relay(&spec, &deps, &events, cancel, position).await;
+    m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
 }
 
 /// Relay the job's output stream to the client until it ends.
@@ -236,7 +295,7 @@ async fn relay(
     deps: &RequestDeps,
     events: &mpsc::Sender<RequestEvent>,
     mut cancel: watch::Receiver<bool>,
-    position: u64,
+    position: Option<u64>,
 ) -> Outcome {
     let job_id = spec.job_id.as_str();
     let mut after_seq = 0;
@@ -244,7 +303,7 @@ async fn relay(
     let mut generated = 0u64;
     let mut last_token_at: Option<Instant> = None;
     let enqueued_at = Instant::now();
-    let mut position = Some(position);
+    let mut position = position;
     let mut read_failures = 0u32;
     let mut failing_since: Option<Instant> = None;
     let cancelled = |generated| Outcome { status: "cancelled", generated };

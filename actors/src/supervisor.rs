@@ -17,6 +17,11 @@
 //!   not moved for `stall_timeout` is abandoned (its jobs go back to the queue).
 //! - Every scale event is recorded with its reason and inputs, exported as metrics and
 //!   shown by `ObserveDeployment`.
+//! - **In a cluster** (`placement_driven`), the replica count is not this node's to
+//!   decide: the leader's autoscaler decides it for the whole cluster and places replicas
+//!   on nodes; [`SetAssignment`] tells the supervisor its share, which it starts or drains
+//!   like any scale (reason `placement`). Each tick writes the deployment's load on this
+//!   node into its [`LoadReport`], which the node's heartbeat carries to the leader.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -25,7 +30,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
-use swell_cluster::{unix_millis, Queue, QueueDepth};
+use swell_cluster::{unix_millis, DeploymentLoad, Queue, QueueDepth};
 use swell_workers::{ColdStartReport, EngineDescription, EngineFactory};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -58,7 +63,18 @@ pub struct DeploymentSpec {
     /// and stops, without waiting for the cluster's queue to empty (other nodes serve
     /// it).
     pub shared_queue: bool,
+    /// In a cluster whose leader places replicas: the replica count on this node is what
+    /// the placement assigns it ([`SetAssignment`]), not what this node's autoscaler
+    /// decides (that one still runs on the local samples, for the status API's load view).
+    pub placement_driven: bool,
+    /// Where every tick writes this deployment's load on this node, for the node's
+    /// heartbeat (the leader's autoscaler works on the sum over the nodes).
+    pub load_report: Option<LoadReport>,
 }
+
+/// This node's load of one deployment, as the last tick saw it (shared with the cluster
+/// coordinator, which puts it in the node's heartbeat).
+pub type LoadReport = Arc<parking_lot::Mutex<DeploymentLoad>>;
 
 impl DeploymentSpec {
     pub fn new(name: impl Into<String>, factory: Arc<dyn EngineFactory>, autoscaling: AutoscalingPolicy) -> Self {
@@ -71,6 +87,8 @@ impl DeploymentSpec {
             stall_timeout: Duration::from_secs(120),
             runs_replicas: true,
             shared_queue: false,
+            placement_driven: false,
+            load_report: None,
         }
     }
 }
@@ -134,6 +152,10 @@ pub struct DeploymentStatus {
     pub replica_details: Vec<ReplicaDetail>,
     pub restarts: BTreeMap<&'static str, u64>,
     pub deleting: bool,
+    /// In a cluster whose leader places replicas: the replicas the placement gives this
+    /// node (`null` until the first placement was read; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<Option<u32>>,
 }
 
 /// Whether a request waiting for capacity has a replica coming.
@@ -157,6 +179,7 @@ struct ReplicaEntry {
 }
 
 const MAX_EVENTS: usize = 100;
+const EARLY_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -181,6 +204,14 @@ pub struct DeploymentSupervisor {
     tick_in_flight: bool,
     deleting: bool,
     deleted_waiters: Vec<oneshot::Sender<()>>,
+    /// Counters since start (for the load report).
+    arrivals_total: u64,
+    prompt_tokens_total: u64,
+    /// With `placement_driven`: the replicas the cluster's placement gives this node
+    /// (`None` until a placement was read: then nothing is started).
+    assigned: Option<u32>,
+    /// When a gateway last sampled the queue early because work arrived at an idle queue.
+    last_early_sample: Option<Instant>,
 }
 
 impl DeploymentSupervisor {
@@ -207,6 +238,10 @@ impl DeploymentSupervisor {
             tick_in_flight: false,
             deleting: false,
             deleted_waiters: Vec::new(),
+            arrivals_total: 0,
+            prompt_tokens_total: 0,
+            assigned: None,
+            last_early_sample: None,
         }
     }
 
@@ -307,6 +342,7 @@ impl DeploymentSupervisor {
             generated_tokens: generated,
         });
         self.check_progress(ctx);
+        self.write_load_report(now);
 
         let counts = self.counts();
         let current = counts.ready + counts.starting;
@@ -324,12 +360,56 @@ impl DeploymentSupervisor {
             self.complete_deletion_if_done(ctx);
             return;
         }
+        if self.spec.placement_driven {
+            self.follow_assignment(ctx);
+            return;
+        }
         let decision = self.autoscaler.decide(now, counts);
         m::desired_replicas(&self.spec.name, decision.desired);
         if decision.desired != current {
             self.apply(decision.desired, decision.reason.as_str(), decision.detail.clone(), ctx);
         }
         self.last_decision = Some(decision);
+        self.publish_replica_gauges();
+    }
+
+    /// Write this tick's view of the deployment on this node for the heartbeat.
+    fn write_load_report(&self, now: Duration) {
+        let Some(report) = &self.spec.load_report else { return };
+        let counts = self.counts();
+        let averages = self.autoscaler.load_averages(now);
+        let live_generated: u64 =
+            self.replicas.values().map(|r| r.gauges.generated_tokens.load(Ordering::Relaxed)).sum();
+        let in_flight: u64 = self.replicas.values().map(|r| r.gauges.load()).sum();
+        *report.lock() = DeploymentLoad {
+            replicas: counts.ready + counts.starting,
+            ready: counts.ready,
+            draining: counts.draining,
+            in_flight,
+            queued: self.last_depth.waiting,
+            oldest_wait_ms: self
+                .last_depth
+                .oldest_waiting_enqueued_at_ms
+                .map(|at| unix_millis().saturating_sub(at)),
+            requests_per_second: averages.requests_per_second,
+            tokens_generated_per_second: averages.tokens_generated_per_second,
+            prompt_tokens_per_second: averages.prompt_tokens_per_second,
+            arrivals_total: self.arrivals_total,
+            prompt_tokens_total: self.prompt_tokens_total,
+            generated_tokens_total: live_generated + self.retired_generated,
+        };
+    }
+
+    /// With `placement_driven`: start or retire replicas to match the assignment.
+    fn follow_assignment(&mut self, ctx: &mut Context<Self>) {
+        let counts = self.counts();
+        let current = counts.ready + counts.starting;
+        let desired = self.assigned.unwrap_or(0);
+        m::desired_replicas(&self.spec.name, desired);
+        if desired != current {
+            let detail = format!("the cluster's placement assigns {desired} replica(s) to this node");
+            self.apply(desired, "placement", detail, ctx);
+        }
         self.publish_replica_gauges();
     }
 
@@ -458,11 +538,11 @@ impl DeploymentSupervisor {
             name: self.spec.name.clone(),
             engine: self.description.clone(),
             replicas: ReplicaCountsView {
-                desired: self
-                    .last_decision
-                    .as_ref()
-                    .map(|d| d.desired)
-                    .unwrap_or(counts.ready + counts.starting),
+                desired: if self.spec.placement_driven {
+                    self.assigned.unwrap_or(0)
+                } else {
+                    self.last_decision.as_ref().map(|d| d.desired).unwrap_or(counts.ready + counts.starting)
+                },
                 ready: counts.ready,
                 starting: counts.starting,
                 draining: counts.draining,
@@ -495,6 +575,7 @@ impl DeploymentSupervisor {
                 .collect(),
             restarts: self.restarts.clone(),
             deleting: self.deleting,
+            assigned: self.spec.placement_driven.then_some(self.assigned),
         }
     }
 }
@@ -566,11 +647,45 @@ impl Handler<WorkArrived> for DeploymentSupervisor {
     fn handle(&mut self, msg: WorkArrived, ctx: &mut Context<Self>) {
         self.arrivals += 1;
         self.prompt_tokens += msg.prompt_tokens;
+        self.arrivals_total += 1;
+        self.prompt_tokens_total += msg.prompt_tokens;
         let counts = self.counts();
-        // A gateway has no replica to start: its ticks alone sample the queue (once
-        // per tick, not once per request).
-        if self.spec.runs_replicas && counts.ready + counts.starting == 0 {
-            self.tick(ctx);
+        if self.spec.runs_replicas && !self.spec.placement_driven {
+            if counts.ready + counts.starting == 0 {
+                self.tick(ctx);
+            }
+        } else if self.spec.load_report.is_some() && self.last_depth.waiting + self.last_depth.leased == 0 {
+            // A cluster node whose replicas the leader places: work arriving at an idle
+            // queue is what the leader must see soonest (it may be at zero replicas), so
+            // sample now rather than at the next tick; at most every 100 ms.
+            let due = self.last_early_sample.is_none_or(|at| at.elapsed() >= EARLY_SAMPLE_EVERY);
+            if due {
+                self.last_early_sample = Some(Instant::now());
+                self.tick(ctx);
+            }
+        }
+    }
+}
+
+/// The cluster's placement gives this node `replicas` replicas of the deployment (only
+/// with `placement_driven`). Acted on at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetAssignment {
+    pub replicas: u32,
+}
+
+impl Handler<SetAssignment> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetAssignment, ctx: &mut Context<Self>) {
+        if self.assigned == Some(msg.replicas) {
+            return;
+        }
+        tracing::info!(deployment = %self.spec.name, replicas = msg.replicas, "placement: assignment changed");
+        self.assigned = Some(msg.replicas);
+        if self.spec.placement_driven && self.spec.runs_replicas && !self.deleting {
+            self.follow_assignment(ctx);
         }
     }
 }

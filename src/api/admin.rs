@@ -362,3 +362,24 @@ mod tests {
         assert_eq!(body.limits.requests_per_minute, Some(2));
     }
 }
+
+/// `GET /admin/v1/cluster`: this node's view of the cluster (its role, the leader, its
+/// assignment, the stored placement, and on the leader its last decisions). On an
+/// embedded server: `{"distributed": false, ...}`.
+pub async fn get_cluster(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&state, &request)?;
+    let body = match state.cluster.get() {
+        Some(node) => {
+            let mut value = serde_json::to_value(node.status().await)
+                .map_err(|error| ApiError::Internal(format!("cluster status: {error}")))?;
+            value["distributed"] = json!(true);
+            value
+        }
+        None => json!({
+            "distributed": false,
+            "node_id": state.node.node_id,
+            "role": state.node.role.as_str(),
+        }),
+    };
+    Ok(HttpResponse::Ok().json(body))
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix::Addr;
 use futures_util::stream::StreamExt;
 use swell_actors::quota::RateLimitSnapshot;
-use swell_actors::request::{submit, Admitted, Rejected, RequestActor, RequestDeps, RequestSpec};
+use swell_actors::request::{attach, submit, Admitted, Rejected, RequestActor, RequestDeps, RequestSpec};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -59,6 +59,31 @@ pub async fn start_generation(
     request_id: &str,
     received_at: Instant,
 ) -> Result<Generation, ApiError> {
+    generation(state, tenant, deployment, validated, request_id, received_at, false).await
+}
+
+/// The jobs of a request another gateway admitted as `request_id` (same validated
+/// request, so the same job ids) and did not finish relaying: their events from the
+/// start, without admitting anything (`swell_actors::request::attach`).
+pub async fn attach_generation(
+    state: &AppState,
+    tenant: &TenantHandle,
+    deployment: &Arc<DeploymentHandle>,
+    validated: ValidatedRequest,
+    request_id: &str,
+) -> Result<Generation, ApiError> {
+    generation(state, tenant, deployment, validated, request_id, Instant::now(), true).await
+}
+
+async fn generation(
+    state: &AppState,
+    tenant: &TenantHandle,
+    deployment: &Arc<DeploymentHandle>,
+    validated: ValidatedRequest,
+    request_id: &str,
+    received_at: Instant,
+    attached: bool,
+) -> Result<Generation, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
@@ -87,7 +112,14 @@ pub async fn start_generation(
             max_queue_depth: deployment.max_queue_depth,
             received_at,
         };
-        submit(spec, deps.clone())
+        let deps = deps.clone();
+        async move {
+            if attached {
+                attach(spec, deps).await
+            } else {
+                submit(spec, deps).await
+            }
+        }
     });
     let results = futures_util::future::join_all(submissions).await;
     let mut admitted: Vec<Admitted> = Vec::with_capacity(results.len());
