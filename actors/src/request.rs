@@ -92,6 +92,19 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
 /// Admit a request and start relaying it. Resolves once admission is decided.
 pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
+    start(spec, deps, false).await
+}
+
+/// Relay a job that is already in the queue, admitted by another gateway that died
+/// before it finished relaying (the Redis ingress's takeover): no quota is taken (the
+/// admission took it) and nothing is enqueued; the job's output stream is read from its
+/// start, so the events are the whole request's. `position` in the answer is 0.
+/// Dropping the events cancels the job, as for a submitted request.
+pub async fn attach(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
+    start(spec, RequestDeps { quota: None, ..deps }, true).await
+}
+
+async fn start(spec: RequestSpec, deps: RequestDeps, attach: bool) -> Result<Admitted, Rejected> {
     let (events_tx, events) = mpsc::channel(256);
     let (admission_tx, admission) = oneshot::channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -102,39 +115,13 @@ pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Re
         admission: Some(admission_tx),
         cancel_tx,
         cancel_rx,
-        attach: false,
+        attach,
     };
     let handle = actor.start();
     match admission.await {
         Ok(Ok((position, rate_limits))) => Ok(Admitted { position, rate_limits, events, handle }),
         Ok(Err(rejected)) => Err(rejected),
         Err(_) => Err(Rejected::Unavailable("the request actor stopped before admission".into())),
-    }
-}
-
-/// Relay a job that is already in the queue, admitted by another gateway that died
-/// before it finished relaying (the Redis ingress's takeover): no quota is taken (the
-/// admission took it) and nothing is enqueued; the job's output stream is read from its
-/// start, so the events are the whole request's. `position` in the answer is 0.
-/// Dropping the events cancels the job, as for a submitted request.
-pub async fn attach(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
-    let (events_tx, events) = mpsc::channel(256);
-    let (admission_tx, admission) = oneshot::channel();
-    let (cancel_tx, cancel_rx) = watch::channel(false);
-    let actor = RequestActor {
-        spec: Some(spec),
-        deps: RequestDeps { quota: None, ..deps },
-        events: Some(events_tx),
-        admission: Some(admission_tx),
-        cancel_tx,
-        cancel_rx,
-        attach: true,
-    };
-    let handle = actor.start();
-    match admission.await {
-        Ok(Ok((position, rate_limits))) => Ok(Admitted { position, rate_limits, events, handle }),
-        Ok(Err(rejected)) => Err(rejected),
-        Err(_) => Err(Rejected::Unavailable("the request actor stopped before attaching".into())),
     }
 }
 
