@@ -16,7 +16,8 @@
 //! - **Liveness is progress:** a ready replica that holds work but whose step counter has
 //!   not moved for `stall_timeout` is abandoned (its jobs go back to the queue).
 //! - Every scale event is recorded with its reason and inputs, exported as metrics and
-//!   shown by `ObserveDeployment`.
+//!   shown by `ObserveDeployment`, and so are the last decisions (with their signals,
+//!   per-target recommendations, rules fired and burst/schedule/predictive effects).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -31,7 +32,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::autoscaler::{
-    Autoscaler, AutoscalingPolicy, Decision, LoadAverages, LoadSample, ReplicaCounts, ScaleDirection,
+    Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
+    ReplicaCounts, ScaleDirection,
 };
 use crate::metrics as m;
 use crate::worker::{
@@ -129,6 +131,9 @@ pub struct DeploymentStatus {
     pub load: LoadAverages,
     pub autoscaling: AutoscalingPolicy,
     pub last_decision: Option<Decision>,
+    /// The last decisions with their inputs (equivalent consecutive decisions folded
+    /// into one record), most recent last.
+    pub decisions: Vec<DecisionRecord>,
     /// Most recent last.
     pub scale_events: Vec<ScaleEvent>,
     pub replica_details: Vec<ReplicaDetail>,
@@ -170,9 +175,13 @@ pub struct DeploymentSupervisor {
     origin: Instant,
     events: VecDeque<ScaleEvent>,
     last_decision: Option<Decision>,
+    decisions: DecisionHistory,
     last_depth: QueueDepth,
     arrivals: u64,
     prompt_tokens: u64,
+    /// Requests that left the queue since the last sample, and their summed waits.
+    started: u64,
+    started_wait: Duration,
     generated_total_seen: u64,
     retired_generated: u64,
     restarts: BTreeMap<&'static str, u64>,
@@ -187,7 +196,8 @@ impl DeploymentSupervisor {
     pub fn new(spec: DeploymentSpec, queue: Arc<dyn Queue>) -> Self {
         let description = spec.factory.describe();
         Self {
-            autoscaler: Autoscaler::new(spec.autoscaling.clone()),
+            autoscaler: Autoscaler::new(spec.autoscaling.clone())
+                .with_expected_cold_start(description.expected_cold_start),
             description,
             spec,
             queue,
@@ -196,9 +206,12 @@ impl DeploymentSupervisor {
             origin: Instant::now(),
             events: VecDeque::new(),
             last_decision: None,
+            decisions: DecisionHistory::default(),
             last_depth: QueueDepth::default(),
             arrivals: 0,
             prompt_tokens: 0,
+            started: 0,
+            started_wait: Duration::ZERO,
             generated_total_seen: 0,
             retired_generated: 0,
             restarts: BTreeMap::new(),
@@ -298,6 +311,13 @@ impl DeploymentSupervisor {
         let generated_total = live_generated + self.retired_generated;
         let generated = generated_total.saturating_sub(self.generated_total_seen);
         self.generated_total_seen = generated_total;
+        // KV use of ready replicas only: a warming replica's numbers are not load.
+        let (ready_replicas, kv_tokens_used) = self
+            .replicas
+            .values()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .fold((0u32, 0u64), |(count, kv), r| (count + 1, kv + r.gauges.kv_tokens_used.load(Ordering::Relaxed)));
+        let unix_ms = unix_millis();
         self.autoscaler.record(LoadSample {
             at: now,
             queued: depth.waiting,
@@ -305,6 +325,15 @@ impl DeploymentSupervisor {
             arrivals: std::mem::take(&mut self.arrivals),
             prompt_tokens: std::mem::take(&mut self.prompt_tokens),
             generated_tokens: generated,
+            oldest_wait: depth
+                .oldest_waiting_enqueued_at_ms
+                .map_or(Duration::ZERO, |at| Duration::from_millis(unix_ms.saturating_sub(at))),
+            started: std::mem::take(&mut self.started),
+            started_wait: std::mem::take(&mut self.started_wait),
+            kv_tokens_used,
+            kv_capacity_tokens: self.description.kv_capacity_tokens,
+            ready_replicas,
+            unix_ms: Some(unix_ms),
         });
         self.check_progress(ctx);
 
@@ -326,9 +355,11 @@ impl DeploymentSupervisor {
         }
         let decision = self.autoscaler.decide(now, counts);
         m::desired_replicas(&self.spec.name, decision.desired);
+        m::autoscaler_decision(&self.spec.name, &decision);
         if decision.desired != current {
             self.apply(decision.desired, decision.reason.as_str(), decision.detail.clone(), ctx);
         }
+        self.decisions.push(decision.clone());
         self.last_decision = Some(decision);
         self.publish_replica_gauges();
     }
@@ -478,6 +509,7 @@ impl DeploymentSupervisor {
             load: self.autoscaler.load_averages(self.now()),
             autoscaling: self.autoscaler.policy().clone(),
             last_decision: self.last_decision.clone(),
+            decisions: self.decisions.records(),
             scale_events: self.events.iter().cloned().collect(),
             replica_details: self
                 .replicas
@@ -572,6 +604,23 @@ impl Handler<WorkArrived> for DeploymentSupervisor {
         if self.spec.runs_replicas && counts.ready + counts.starting == 0 {
             self.tick(ctx);
         }
+    }
+}
+
+/// A request left the queue for a replica after waiting `waited` (the queue-delay
+/// signal's mean wait of started requests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkStarted {
+    pub waited: Duration,
+}
+
+impl Handler<WorkStarted> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkStarted, _: &mut Context<Self>) {
+        self.started += 1;
+        self.started_wait = self.started_wait.saturating_add(msg.waited);
     }
 }
 
