@@ -261,11 +261,46 @@ async fn follow_assignment(
 }
 
 /// Counters of one node's last heartbeat for one deployment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     arrivals: u64,
     prompt_tokens: u64,
     generated_tokens: u64,
+    started: u64,
+    started_wait_ms: u64,
+}
+
+impl Counters {
+    fn of(load: &swell_cluster::DeploymentLoad) -> Self {
+        Self {
+            arrivals: load.arrivals_total,
+            prompt_tokens: load.prompt_tokens_total,
+            generated_tokens: load.generated_tokens_total,
+            started: load.started_total,
+            started_wait_ms: load.started_wait_ms_total,
+        }
+    }
+
+    /// `self - before`, counter by counter; a counter that went down was reset (a
+    /// re-created deployment) and counts from 0.
+    fn since(self, before: Counters) -> Counters {
+        let delta = |now: u64, before: u64| if now >= before { now - before } else { now };
+        Counters {
+            arrivals: delta(self.arrivals, before.arrivals),
+            prompt_tokens: delta(self.prompt_tokens, before.prompt_tokens),
+            generated_tokens: delta(self.generated_tokens, before.generated_tokens),
+            started: delta(self.started, before.started),
+            started_wait_ms: delta(self.started_wait_ms, before.started_wait_ms),
+        }
+    }
+
+    fn add(&mut self, other: Counters) {
+        self.arrivals += other.arrivals;
+        self.prompt_tokens += other.prompt_tokens;
+        self.generated_tokens += other.generated_tokens;
+        self.started += other.started;
+        self.started_wait_ms += other.started_wait_ms;
+    }
 }
 
 /// The leader's autoscalers: one per deployment, over the cluster-wide load.
@@ -317,9 +352,13 @@ impl ClusterPlanner {
         for deployment in deployments {
             let name = deployment.name.clone();
             let load = view.deployment_load(&name);
-            let (arrivals, prompt_tokens, generated_tokens) = self.deltas(view, &name);
+            let counters = self.deltas(view, &name);
             let policy = &deployment.config.autoscaling;
-            let autoscaler = self.autoscalers.entry(name.clone()).or_insert_with(|| Autoscaler::new(policy.clone()));
+            let cold_start = deployment.description.expected_cold_start;
+            let autoscaler = self
+                .autoscalers
+                .entry(name.clone())
+                .or_insert_with(|| Autoscaler::new(policy.clone()).with_expected_cold_start(cold_start));
             if autoscaler.policy() != policy {
                 autoscaler.set_policy(policy.clone());
             }
@@ -327,14 +366,24 @@ impl ClusterPlanner {
                 at: now,
                 queued: load.queued,
                 running: load.in_flight,
-                arrivals,
-                prompt_tokens,
-                generated_tokens,
+                arrivals: counters.arrivals,
+                prompt_tokens: counters.prompt_tokens,
+                generated_tokens: counters.generated_tokens,
+                oldest_wait: Duration::from_millis(load.oldest_wait_ms.unwrap_or(0)),
+                started: counters.started,
+                started_wait: Duration::from_millis(counters.started_wait_ms),
+                kv_tokens_used: load.kv_tokens_used,
+                kv_capacity_tokens: load.kv_capacity_tokens,
+                ready_replicas: load.ready,
+                unix_ms: Some(swell_cluster::unix_millis()),
             });
             let placed = current.replicas(&name);
             let ready = load.ready.min(placed);
             let counts = ReplicaCounts { ready, starting: placed - ready, draining: load.draining };
             let decision = autoscaler.decide(now, counts);
+            // The cluster's decision (this node leads): the autoscaler metrics, labelled
+            // by deployment like a single node's.
+            swell_actors::metrics::autoscaler_decision(&name, &decision);
             if decision.desired != placed {
                 autoscaler.scaled(now, placed, decision.desired);
                 tracing::info!(
@@ -366,24 +415,16 @@ impl ClusterPlanner {
         targets
     }
 
-    /// Arrivals, prompt tokens and generated tokens since the previous heartbeat of each
-    /// node (0 for a node seen for the first time: its counters are the baseline).
-    fn deltas(&mut self, view: &ClusterView, deployment: &str) -> (u64, u64, u64) {
-        let mut total = (0, 0, 0);
+    /// The counters' growth since the previous heartbeat of each node (nothing for a
+    /// node seen for the first time: its counters are the baseline).
+    fn deltas(&mut self, view: &ClusterView, deployment: &str) -> Counters {
+        let mut total = Counters::default();
         for node in &view.live {
             let Some(load) = node.info.running.get(deployment) else { continue };
-            let now = Counters {
-                arrivals: load.arrivals_total,
-                prompt_tokens: load.prompt_tokens_total,
-                generated_tokens: load.generated_tokens_total,
-            };
+            let now = Counters::of(load);
             let key = (node.info.node_id.clone(), deployment.to_string());
             if let Some(before) = self.seen.insert(key, now) {
-                // A counter that went down was reset (a re-created deployment): count from 0.
-                let delta = |now: u64, before: u64| if now >= before { now - before } else { now };
-                total.0 += delta(now.arrivals, before.arrivals);
-                total.1 += delta(now.prompt_tokens, before.prompt_tokens);
-                total.2 += delta(now.generated_tokens, before.generated_tokens);
+                total.add(now.since(before));
             }
         }
         total

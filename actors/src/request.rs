@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::metrics as m;
 use crate::quota::{Acquire, QuotaActor, QuotaGrant, QuotaRejection, RateLimitSnapshot, Settle};
-use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived};
+use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived, WorkStarted};
 
 /// A validated request, ready to be admitted.
 #[derive(Debug, Clone)]
@@ -378,6 +378,7 @@ async fn relay(
                     if !started {
                         started = true;
                         m::queue_wait(&spec.deployment, enqueued_at.elapsed());
+                        deps.supervisor.do_send(WorkStarted { waited: enqueued_at.elapsed() });
                     }
                     RequestEvent::Started { replica }
                 }

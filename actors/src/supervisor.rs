@@ -16,7 +16,8 @@
 //! - **Liveness is progress:** a ready replica that holds work but whose step counter has
 //!   not moved for `stall_timeout` is abandoned (its jobs go back to the queue).
 //! - Every scale event is recorded with its reason and inputs, exported as metrics and
-//!   shown by `ObserveDeployment`.
+//!   shown by `ObserveDeployment`, and so are the last decisions (with their signals,
+//!   per-target recommendations, rules fired and burst/schedule/predictive effects).
 //! - **In a cluster** (`placement_driven`), the replica count is not this node's to
 //!   decide: the leader's autoscaler decides it for the whole cluster and places replicas
 //!   on nodes; [`SetAssignment`] tells the supervisor its share, which it starts or drains
@@ -36,7 +37,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::autoscaler::{
-    Autoscaler, AutoscalingPolicy, Decision, LoadAverages, LoadSample, ReplicaCounts, ScaleDirection,
+    Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
+    ReplicaCounts, ScaleDirection,
 };
 use crate::metrics as m;
 use crate::worker::{
@@ -147,6 +149,9 @@ pub struct DeploymentStatus {
     pub load: LoadAverages,
     pub autoscaling: AutoscalingPolicy,
     pub last_decision: Option<Decision>,
+    /// The last decisions with their inputs (equivalent consecutive decisions folded
+    /// into one record), most recent last.
+    pub decisions: Vec<DecisionRecord>,
     /// Most recent last.
     pub scale_events: Vec<ScaleEvent>,
     pub replica_details: Vec<ReplicaDetail>,
@@ -193,9 +198,13 @@ pub struct DeploymentSupervisor {
     origin: Instant,
     events: VecDeque<ScaleEvent>,
     last_decision: Option<Decision>,
+    decisions: DecisionHistory,
     last_depth: QueueDepth,
     arrivals: u64,
     prompt_tokens: u64,
+    /// Requests that left the queue since the last sample, and their summed waits.
+    started: u64,
+    started_wait: Duration,
     generated_total_seen: u64,
     retired_generated: u64,
     restarts: BTreeMap<&'static str, u64>,
@@ -207,6 +216,8 @@ pub struct DeploymentSupervisor {
     /// Counters since start (for the load report).
     arrivals_total: u64,
     prompt_tokens_total: u64,
+    started_total: u64,
+    started_wait_total: Duration,
     /// With `placement_driven`: the replicas the cluster's placement gives this node
     /// (`None` until a placement was read: then nothing is started).
     assigned: Option<u32>,
@@ -218,7 +229,8 @@ impl DeploymentSupervisor {
     pub fn new(spec: DeploymentSpec, queue: Arc<dyn Queue>) -> Self {
         let description = spec.factory.describe();
         Self {
-            autoscaler: Autoscaler::new(spec.autoscaling.clone()),
+            autoscaler: Autoscaler::new(spec.autoscaling.clone())
+                .with_expected_cold_start(description.expected_cold_start),
             description,
             spec,
             queue,
@@ -227,9 +239,12 @@ impl DeploymentSupervisor {
             origin: Instant::now(),
             events: VecDeque::new(),
             last_decision: None,
+            decisions: DecisionHistory::default(),
             last_depth: QueueDepth::default(),
             arrivals: 0,
             prompt_tokens: 0,
+            started: 0,
+            started_wait: Duration::ZERO,
             generated_total_seen: 0,
             retired_generated: 0,
             restarts: BTreeMap::new(),
@@ -240,6 +255,8 @@ impl DeploymentSupervisor {
             deleted_waiters: Vec::new(),
             arrivals_total: 0,
             prompt_tokens_total: 0,
+            started_total: 0,
+            started_wait_total: Duration::ZERO,
             assigned: None,
             last_early_sample: None,
         }
@@ -333,6 +350,13 @@ impl DeploymentSupervisor {
         let generated_total = live_generated + self.retired_generated;
         let generated = generated_total.saturating_sub(self.generated_total_seen);
         self.generated_total_seen = generated_total;
+        // KV use of ready replicas only: a warming replica's numbers are not load.
+        let (ready_replicas, kv_tokens_used) = self
+            .replicas
+            .values()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .fold((0u32, 0u64), |(count, kv), r| (count + 1, kv + r.gauges.kv_tokens_used.load(Ordering::Relaxed)));
+        let unix_ms = unix_millis();
         self.autoscaler.record(LoadSample {
             at: now,
             queued: depth.waiting,
@@ -340,6 +364,15 @@ impl DeploymentSupervisor {
             arrivals: std::mem::take(&mut self.arrivals),
             prompt_tokens: std::mem::take(&mut self.prompt_tokens),
             generated_tokens: generated,
+            oldest_wait: depth
+                .oldest_waiting_enqueued_at_ms
+                .map_or(Duration::ZERO, |at| Duration::from_millis(unix_ms.saturating_sub(at))),
+            started: std::mem::take(&mut self.started),
+            started_wait: std::mem::take(&mut self.started_wait),
+            kv_tokens_used,
+            kv_capacity_tokens: self.description.kv_capacity_tokens,
+            ready_replicas,
+            unix_ms: Some(unix_ms),
         });
         self.check_progress(ctx);
         self.write_load_report(now);
@@ -366,9 +399,11 @@ impl DeploymentSupervisor {
         }
         let decision = self.autoscaler.decide(now, counts);
         m::desired_replicas(&self.spec.name, decision.desired);
+        m::autoscaler_decision(&self.spec.name, &decision);
         if decision.desired != current {
             self.apply(decision.desired, decision.reason.as_str(), decision.detail.clone(), ctx);
         }
+        self.decisions.push(decision.clone());
         self.last_decision = Some(decision);
         self.publish_replica_gauges();
     }
@@ -397,6 +432,15 @@ impl DeploymentSupervisor {
             arrivals_total: self.arrivals_total,
             prompt_tokens_total: self.prompt_tokens_total,
             generated_tokens_total: live_generated + self.retired_generated,
+            started_total: self.started_total,
+            started_wait_ms_total: self.started_wait_total.as_millis() as u64,
+            kv_tokens_used: self
+                .replicas
+                .values()
+                .filter(|r| r.state == ReplicaState::Ready)
+                .map(|r| r.gauges.kv_tokens_used.load(Ordering::Relaxed))
+                .sum(),
+            kv_capacity_tokens: self.description.kv_capacity_tokens,
         };
     }
 
@@ -558,6 +602,7 @@ impl DeploymentSupervisor {
             load: self.autoscaler.load_averages(self.now()),
             autoscaling: self.autoscaler.policy().clone(),
             last_decision: self.last_decision.clone(),
+            decisions: self.decisions.records(),
             scale_events: self.events.iter().cloned().collect(),
             replica_details: self
                 .replicas
@@ -687,6 +732,25 @@ impl Handler<SetAssignment> for DeploymentSupervisor {
         if self.spec.placement_driven && self.spec.runs_replicas && !self.deleting {
             self.follow_assignment(ctx);
         }
+    }
+}
+
+/// A request left the queue for a replica after waiting `waited` (the queue-delay
+/// signal's mean wait of started requests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkStarted {
+    pub waited: Duration,
+}
+
+impl Handler<WorkStarted> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkStarted, _: &mut Context<Self>) {
+        self.started += 1;
+        self.started_wait = self.started_wait.saturating_add(msg.waited);
+        self.started_total += 1;
+        self.started_wait_total = self.started_wait_total.saturating_add(msg.waited);
     }
 }
 

@@ -107,6 +107,17 @@ pub struct DeploymentLoad {
     /// How long the oldest waiting job has waited, as this node last saw the queue (ms).
     #[serde(default)]
     pub oldest_wait_ms: Option<u64>,
+    /// Requests of this node that left the queue for a replica, and the sum of their
+    /// waits (ms), since the node started (the queue-delay signal).
+    #[serde(default)]
+    pub started_total: u64,
+    #[serde(default)]
+    pub started_wait_ms_total: u64,
+    /// KV-cache tokens in use on this node's ready replicas, and one replica's capacity.
+    #[serde(default)]
+    pub kv_tokens_used: u64,
+    #[serde(default)]
+    pub kv_capacity_tokens: u64,
 }
 
 /// A node's record: identity, capacity and current load.
@@ -178,6 +189,10 @@ impl ClusterView {
             total.prompt_tokens_total += load.prompt_tokens_total;
             total.generated_tokens_total += load.generated_tokens_total;
             total.oldest_wait_ms = total.oldest_wait_ms.max(load.oldest_wait_ms);
+            total.started_total += load.started_total;
+            total.started_wait_ms_total += load.started_wait_ms_total;
+            total.kv_tokens_used += load.kv_tokens_used;
+            total.kv_capacity_tokens = total.kv_capacity_tokens.max(load.kv_capacity_tokens);
         }
         total
     }
