@@ -778,6 +778,58 @@ mod tests {
     }
 
     #[test]
+    fn autoscaling_rules_schedules_burst_and_predictive_parse_and_validate_with_the_key() {
+        let config = Config::from_toml_str(
+            r#"
+            [deployments.chat]
+            engine = "sim"
+            [deployments.chat.autoscaling]
+            max_replicas = 8
+            tolerance = 0.05
+            panic_threshold = 3
+            [deployments.chat.autoscaling.load_targets]
+            queue_delay_seconds = 2
+            kv_cache_utilization = 0.8
+            [[deployments.chat.autoscaling.schedules]]
+            name = "business-hours"
+            time_zone = "Europe/Paris"
+            days = ["mon", "tue", "wed", "thu", "fri"]
+            start = "08:00"
+            end = "19:00"
+            min_replicas = 2
+            [[deployments.chat.autoscaling.rules]]
+            signal = "queue_delay_seconds"
+            above = 2.0
+            for = "30s"
+            add = 2
+            [deployments.chat.autoscaling.predictive]
+            mode = "preview"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let autoscaling = &config.deployments.as_ref().unwrap()["chat"].autoscaling;
+        assert_eq!(autoscaling.schedules[0].min_replicas, Some(2));
+        assert_eq!(autoscaling.rules[0].hold_for, Duration::from_secs(30));
+        assert_eq!(autoscaling.panic_threshold, Some(3.0));
+
+        let error = invalid(
+            "[deployments.chat]\nengine = \"sim\"\n[[deployments.chat.autoscaling.rules]]\nsignal = \"queue_depth\"\nabove = 5\n",
+        );
+        assert!(error.contains("deployments.chat.autoscaling.rules[0] must set exactly one action"), "{error}");
+        let error = invalid(
+            "[deployments.chat]\nengine = \"sim\"\n[[deployments.chat.autoscaling.schedules]]\ntime_zone = \"Mars/Base\"\nstart = \"08:00\"\nend = \"09:00\"\nmin_replicas = 1\n",
+        );
+        assert!(error.contains("deployments.chat.autoscaling.schedules[0].time_zone (\"Mars/Base\")"), "{error}");
+        let error = Config::from_toml_str(
+            "[deployments.chat]\nengine = \"sim\"\n[[deployments.chat.autoscaling.rules]]\nsignal = \"gpu_temperature\"\nabove = 5\nadd = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("gpu_temperature"), "{error}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let error = Config::from_toml_str("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n").unwrap_err().to_string();
         assert!(error.contains("listne"), "{error}");

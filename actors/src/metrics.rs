@@ -181,3 +181,83 @@ pub fn engine_step(deployment: &str, report: &swell_workers::StepReport) {
 pub fn engine_kv_tokens(deployment: &str, replica: &str, used: u64) {
     gauge!(ENGINE_KV_TOKENS_USED, "deployment" => deployment.to_string(), "replica" => replica.to_string()).set(used as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+    use crate::autoscaler::{Autoscaler, AutoscalingPolicy, CustomRule, LoadSample, PredictiveMode, ReplicaCounts};
+
+    /// (name, labels) -> value, of everything recorded.
+    fn recorded(f: impl FnOnce()) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, f);
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels = key.labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+                (key.name().to_string(), labels, value)
+            })
+            .collect()
+    }
+
+    fn find<'a>(
+        metrics: &'a [(String, Vec<(String, String)>, DebugValue)],
+        name: &str,
+        label: (&str, &str),
+    ) -> Option<&'a DebugValue> {
+        metrics
+            .iter()
+            .find(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == label.0 && v == label.1))
+            .map(|(_, _, value)| value)
+    }
+
+    #[test]
+    fn a_decision_is_exported_with_its_reason_recommendations_signals_and_effects() {
+        let mut policy = AutoscalingPolicy {
+            metrics_window: Duration::from_secs(1),
+            scale_up_window: Duration::ZERO,
+            max_replicas: 10,
+            ..AutoscalingPolicy::default()
+        };
+        policy.load_targets.requests_per_second = Some(2.0);
+        policy.rules = vec![toml::from_str::<CustomRule>("name = \"deep\"\nsignal = \"queue_depth\"\nabove = 5\nset = 2").unwrap()];
+        policy.predictive.mode = PredictiveMode::Preview;
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(LoadSample { queued: 10, running: 14, arrivals: 6, ..LoadSample::default() });
+        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts { ready: 1, starting: 0, draining: 0 });
+        assert_eq!(decision.desired, 3);
+
+        let metrics = recorded(|| autoscaler_decision("chat", &decision));
+        assert!(matches!(
+            find(&metrics, AUTOSCALER_DECISIONS_TOTAL, ("reason", "concurrent_requests")),
+            Some(DebugValue::Counter(1))
+        ));
+        assert!(matches!(
+            find(&metrics, AUTOSCALER_DECISIONS_TOTAL, ("direction", "up")),
+            Some(DebugValue::Counter(1))
+        ));
+        let gauge = |name: &str, label: (&str, &str)| match find(&metrics, name, label) {
+            Some(DebugValue::Gauge(value)) => value.into_inner(),
+            other => panic!("{name} {label:?}: {other:?}"),
+        };
+        assert_eq!(gauge(AUTOSCALER_RECOMMENDED_REPLICAS, ("target", "concurrent_requests")), 3.0);
+        assert_eq!(gauge(AUTOSCALER_RECOMMENDED_REPLICAS, ("target", "requests_per_second")), 3.0);
+        assert_eq!(gauge(AUTOSCALER_SIGNAL, ("signal", "queue_depth")), 10.0);
+        assert_eq!(gauge(AUTOSCALER_SIGNAL, ("signal", "requests_per_second")), 6.0);
+        assert_eq!(gauge(AUTOSCALER_PANIC, ("deployment", "chat")), 1.0);
+        assert!(matches!(
+            find(&metrics, AUTOSCALER_RULE_FIRINGS_TOTAL, ("rule", "deep")),
+            Some(DebugValue::Counter(1))
+        ));
+        // Preview without history yet: no forecast, no floor gauge.
+        assert!(find(&metrics, AUTOSCALER_PREDICTED_REPLICAS, ("deployment", "chat")).is_none());
+    }
+}
