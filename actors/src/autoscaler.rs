@@ -894,7 +894,8 @@ pub struct Decision {
     /// Each configured target's recommendation.
     pub recommendations: Vec<TargetRecommendation>,
     /// The targets' count after the stabilisation windows (before burst mode, rules,
-    /// the predictive floor and the clamp).
+    /// the predictive floor and the clamp); the current count where the windows do not
+    /// apply (at zero replicas, idle).
     pub stabilized: u32,
     /// Burst mode (absent when it is off).
     #[serde(skip_serializing_if = "Option::is_none")]
