@@ -227,6 +227,7 @@ mod tests {
             metrics_window: Duration::from_secs(1),
             scale_up_window: Duration::ZERO,
             max_replicas: 10,
+            panic_threshold: Some(2.0),
             ..AutoscalingPolicy::default()
         };
         policy.load_targets.requests_per_second = Some(2.0);
