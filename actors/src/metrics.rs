@@ -191,8 +191,10 @@ mod tests {
     use super::*;
     use crate::autoscaler::{Autoscaler, AutoscalingPolicy, CustomRule, LoadSample, PredictiveMode, ReplicaCounts};
 
-    /// (name, labels) -> value, of everything recorded.
-    fn recorded(f: impl FnOnce()) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+    /// (name, labels, value) of everything recorded.
+    type Recorded = Vec<(String, Vec<(String, String)>, DebugValue)>;
+
+    fn recorded(f: impl FnOnce()) -> Recorded {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, f);
@@ -209,7 +211,7 @@ mod tests {
     }
 
     fn find<'a>(
-        metrics: &'a [(String, Vec<(String, String)>, DebugValue)],
+        metrics: &'a Recorded,
         name: &str,
         label: (&str, &str),
     ) -> Option<&'a DebugValue> {
@@ -225,6 +227,7 @@ mod tests {
             metrics_window: Duration::from_secs(1),
             scale_up_window: Duration::ZERO,
             max_replicas: 10,
+            panic_threshold: Some(2.0),
             ..AutoscalingPolicy::default()
         };
         policy.load_targets.requests_per_second = Some(2.0);

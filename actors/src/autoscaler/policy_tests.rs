@@ -267,6 +267,7 @@ fn a_burst_past_the_threshold_scales_up_at_once_and_never_down_while_it_lasts() 
     let mut policy = AutoscalingPolicy {
         max_replicas: 20,
         scale_down_window: Duration::ZERO,
+        panic_threshold: Some(2.0),
         ..AutoscalingPolicy::default()
     };
     policy.velocity.scale_down = VelocityLimit::unlimited();
@@ -311,6 +312,7 @@ fn a_burst_past_the_threshold_scales_up_at_once_and_never_down_while_it_lasts() 
 fn a_rise_below_the_panic_threshold_waits_for_the_up_window() {
     let policy = AutoscalingPolicy {
         max_replicas: 20,
+        panic_threshold: Some(2.0),
         ..AutoscalingPolicy::default()
     };
     let mut deployment = Deployment::new(policy.clone(), 2, 0);
@@ -853,6 +855,7 @@ fn every_decision_says_what_each_stage_did() {
         max_replicas: 10,
         schedules: vec![business_hours()],
         rules: vec![slow_queue_rule()],
+        panic_threshold: Some(2.0),
         ..AutoscalingPolicy::default()
     };
     policy.predictive.mode = PredictiveMode::Preview;
@@ -884,7 +887,7 @@ fn the_new_keys_default_parse_and_round_trip() {
     let policy = AutoscalingPolicy::default();
     assert_eq!(policy.tolerance, 0.1);
     assert_eq!(policy.panic_window, seconds(6));
-    assert_eq!(policy.panic_threshold, Some(2.0));
+    assert_eq!(policy.panic_threshold, None, "burst mode is off by default");
     assert!(policy.schedules.is_empty() && policy.rules.is_empty());
     assert_eq!(policy.predictive.mode, PredictiveMode::Off);
     assert_eq!(policy.load_targets.queue_depth, None);
@@ -933,6 +936,8 @@ fn the_new_keys_default_parse_and_round_trip() {
     let back: AutoscalingPolicy = serde_json::from_value(json).unwrap();
     assert_eq!(back, policy);
 
+    let on: AutoscalingPolicy = toml::from_str("panic_threshold = 2").unwrap();
+    assert!(on.panic_enabled());
     let off: AutoscalingPolicy = toml::from_str("panic_threshold = false").unwrap();
     assert!(!off.panic_enabled());
     let off: AutoscalingPolicy = serde_json::from_str(r#"{"panic_threshold": null}"#).unwrap();
@@ -956,7 +961,10 @@ fn the_new_keys_validate_with_errors_naming_the_key() {
         "autoscaling.panic_threshold (1) must be a finite number greater than 1, or false to turn burst mode off"
     );
     assert_eq!(
-        check(&|p| p.panic_window = Duration::ZERO),
+        check(&|p| {
+            p.panic_threshold = Some(2.0);
+            p.panic_window = Duration::ZERO;
+        }),
         "autoscaling.panic_window (0s) must be at least 1s"
     );
     assert_eq!(

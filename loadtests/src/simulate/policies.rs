@@ -11,8 +11,8 @@
 //!
 //! - **swell**: `AutoscalingPolicy::default()` (target 8 concurrent requests per replica,
 //!   tolerance 10 %, metrics window 30 s, scale-up window 30 s, scale-down window 10 m,
-//!   burst mode at 2× capacity over 6 s, scale to zero after 1 h idle, up by max(4,
-//!   100%) per 15 s, down by 1 per 60 s; predictive floor off), except
+//!   scale to zero after 1 h idle, up by max(4, 100%) per 15 s, down by 1 per 60 s;
+//!   burst mode and predictive floor off), except
 //!   `max_replicas`, raised from 4 to 1000 (a deployment cap, not a scaling rule).
 //!   Configurable with `--swell-policy '<json>'`.
 //! - **static-peak**: the replicas the trace's busiest minute needs (the oracle's
