@@ -7,6 +7,7 @@ use clap::{ArgGroup, CommandFactory as _, Parser};
 use crate::{
     config::{parse_duration, Endpoint, LoadTestConfig, Protocol, DEFAULT_URL},
     lengths::LengthDist,
+    monitor::MonitorConfig,
 };
 
 /// Load generator for Swell's OpenAI-compatible API (SSE) and WebSocket API.
@@ -103,6 +104,21 @@ pub struct Args {
     /// Write one CSV row per request to FILE.
     #[arg(long, value_name = "FILE")]
     pub per_request_csv: Option<PathBuf>,
+
+    /// Poll the deployment's admin status and /metrics during the run (replicas, queue,
+    /// scale events, token rates; `monitor` in the JSON report).
+    #[arg(long)]
+    pub monitor: bool,
+    /// Admin token for the monitor (the server's `admin_token`).
+    #[arg(long, env = "SWELL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Time between monitor polls.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub monitor_interval: Duration,
+    /// Write live plots (load, replicas, queue depth, latency over time) as DIR/live.svg
+    /// and DIR/live.png; turns the monitor on.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
 }
 
 impl Args {
@@ -148,6 +164,11 @@ impl Args {
             quiet: self.quiet,
             json: self.json,
             per_request_csv: self.per_request_csv,
+            monitor: (self.monitor || self.plots.is_some()).then(|| MonitorConfig {
+                admin_token: self.admin_token.filter(|t| !t.is_empty()),
+                interval: self.monitor_interval,
+            }),
+            plots: self.plots,
         })
     }
 }
@@ -274,6 +295,39 @@ mod tests {
         );
         assert_eq!(config.max_prompt_tokens, Some(512));
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn monitor_and_plot_flags() {
+        let config = parse(&["--rate", "1", "--duration", "5s"]).unwrap();
+        assert_eq!((config.monitor, config.plots), (None, None));
+        let config = parse(&[
+            "--rate",
+            "1",
+            "--duration",
+            "5s",
+            "--plots",
+            "out",
+            "--admin-token",
+            "secret",
+            "--monitor-interval",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.monitor,
+            Some(MonitorConfig {
+                admin_token: Some("secret".into()),
+                interval: Duration::from_millis(250),
+            })
+        );
+        assert_eq!(config.plots, Some("out".into()));
+        assert!(config.validate().is_ok());
+        let config = parse(&["--rate", "1", "--duration", "5s", "--monitor"]).unwrap();
+        assert_eq!(
+            config.monitor.map(|m| m.interval),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]

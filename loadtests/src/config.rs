@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::lengths::LengthDist;
+use crate::monitor::MonitorConfig;
 
 /// Default base URL of the server under test.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -97,6 +98,10 @@ pub enum ConfigError {
     Cap(&'static str),
     #[error("url must start with http:// (https is not supported), got {0:?}")]
     Url(String),
+    #[error("plots need the monitor (the replica and queue panels come from it)")]
+    PlotsNeedMonitor,
+    #[error("the monitor interval must be positive")]
+    MonitorInterval,
 }
 
 /// Everything one load test run needs. Mirrors the CLI flags one to one
@@ -167,6 +172,11 @@ pub struct LoadTestConfig {
     pub json: Option<PathBuf>,
     /// Write one CSV row per request here.
     pub per_request_csv: Option<PathBuf>,
+    /// Poll the deployment's admin status and `/metrics` during the run (the report's
+    /// `monitor`; see [`crate::monitor`]).
+    pub monitor: Option<MonitorConfig>,
+    /// Write the live plots (`live.svg`, `live.png`) into this directory; needs `monitor`.
+    pub plots: Option<PathBuf>,
 }
 
 impl Default for LoadTestConfig {
@@ -197,6 +207,8 @@ impl Default for LoadTestConfig {
             quiet: false,
             json: None,
             per_request_csv: None,
+            monitor: None,
+            plots: None,
         }
     }
 }
@@ -256,6 +268,12 @@ impl LoadTestConfig {
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err(ConfigError::TimeScale(self.time_scale));
+        }
+        if self.plots.is_some() && self.monitor.is_none() {
+            return Err(ConfigError::PlotsNeedMonitor);
+        }
+        if self.monitor.as_ref().is_some_and(|m| m.interval.is_zero()) {
+            return Err(ConfigError::MonitorInterval);
         }
         Ok(mode)
     }
@@ -362,6 +380,19 @@ mod tests {
             ..closed(1)
         };
         assert_eq!(c.validate(), Err(ConfigError::Cap("max output tokens")));
+        let c = LoadTestConfig {
+            plots: Some("plots".into()),
+            ..closed(1)
+        };
+        assert_eq!(c.validate(), Err(ConfigError::PlotsNeedMonitor));
+        let c = LoadTestConfig {
+            monitor: Some(MonitorConfig {
+                interval: Duration::ZERO,
+                ..MonitorConfig::default()
+            }),
+            ..closed(1)
+        };
+        assert_eq!(c.validate(), Err(ConfigError::MonitorInterval));
     }
 
     #[test]

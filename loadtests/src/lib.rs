@@ -98,17 +98,29 @@
 //! - [`report`]: aggregation into [`Report`] (HDR histograms), table, JSON and CSV output.
 //! - `runner`: the run: issuing, bounds, drain, collection ([`run`], [`run_until`]).
 //! - `progress`: the progress bar.
+//! - [`admin`]: the admin API (deployment status, updates) and `/metrics` parsing.
+//! - [`monitor`]: polls the status and `/metrics` during a run (`--monitor`).
+//! - [`live_plot`]: the live run's plots (`--plots DIR`): load, replicas, queue, latency.
+//! - [`scale_from_zero`]: the first request at zero replicas by stage
+//!   (`swell-scale-from-zero`).
+//! - [`scaling`]: throughput with N replicas against N × one, simulated and live
+//!   (`swell-scaling`).
 
+pub mod admin;
 pub mod arrivals;
 pub mod cli;
 pub mod config;
 pub mod lengths;
+pub mod live_plot;
+pub mod monitor;
 mod progress;
 pub mod prompt;
 pub mod record;
 pub mod report;
 pub mod request;
 mod runner;
+pub mod scale_from_zero;
+pub mod scaling;
 pub mod simulate;
 pub mod sse;
 pub mod trace;
@@ -118,6 +130,7 @@ mod ws;
 mod testutil;
 
 pub use config::{ArrivalMode, ConfigError, Endpoint, LoadTestConfig, Protocol};
+pub use monitor::{LiveTimeline, MonitorConfig};
 pub use lengths::LengthDist;
 pub use record::RequestRecord;
 pub use report::{render_table, LatencySummary, Report, RunInfo};

@@ -93,6 +93,9 @@ pub struct Report {
     pub requests_cold_started: u64,
     /// Failed requests by error kind (see [`crate::record`]).
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// What the monitor saw (`--monitor`, `--plots`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<crate::monitor::LiveTimeline>,
     /// Every request, by id. Not part of the JSON; written by `--per-request-csv`.
     #[serde(skip)]
     pub records: Vec<RequestRecord>,
@@ -250,6 +253,7 @@ impl ReportBuilder {
             requests_queued: self.requests_queued,
             requests_cold_started: self.requests_cold_started,
             errors_by_kind: self.errors,
+            monitor: None,
             records: self.records,
         }
     }
@@ -342,6 +346,34 @@ pub fn render_table(report: &Report) -> String {
             .unwrap_or(0);
         for (kind, count) in &report.errors_by_kind {
             let _ = writeln!(out, "  {kind:<width$}  {count}");
+        }
+    }
+    if let Some(monitor) = &report.monitor {
+        let _ = writeln!(out);
+        let peak = monitor.samples.iter().map(|s| s.capacity()).max().unwrap_or(0);
+        let peak_queue = monitor.samples.iter().map(|s| s.queue_depth).max().unwrap_or(0);
+        let tokens = monitor.generated_tokens_per_s();
+        let peak_tokens = tokens.iter().map(|t| t.1).fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "monitor      {} polls ({} failed), peak {} replicas, peak queue {}, peak {:.0} generated tok/s (server), {} scale events",
+            monitor.samples.len(),
+            monitor.poll_errors,
+            peak,
+            peak_queue,
+            peak_tokens,
+            monitor.scale_events.len()
+        );
+        const SHOWN: usize = 20;
+        for e in monitor.scale_events.iter().take(SHOWN) {
+            let _ = writeln!(
+                out,
+                "  {:>8.1} s  {} -> {}  {}",
+                e.t_s, e.from, e.to, e.reason
+            );
+        }
+        if monitor.scale_events.len() > SHOWN {
+            let _ = writeln!(out, "  ... {} more in the JSON report", monitor.scale_events.len() - SHOWN);
         }
     }
     out

@@ -20,6 +20,7 @@ use crate::{
     arrivals::{trace_schedule, Arrival, PoissonArrivals},
     config::{ArrivalMode, LoadTestConfig, Protocol},
     lengths::LengthModel,
+    monitor::Monitor,
     progress::Progress,
     record::{Failure, Recorder, RequestRecord},
     report::{OutputFiles, Report, ReportBuilder, RunInfo},
@@ -83,7 +84,9 @@ impl Ctx {
 /// (`#[actix_rt::main]`, `#[actix_rt::test]`, `#[actix_web::test]`, `actix_rt::System::new().block_on`):
 /// awc needs its `LocalSet`.
 ///
-/// Writes `config.json` and `config.per_request_csv` when set.
+/// Writes `config.json` and `config.per_request_csv` when set; with `config.monitor`,
+/// watches the server during the run (the report's `monitor`), and with `config.plots`
+/// writes the live plots.
 pub async fn run(config: LoadTestConfig) -> anyhow::Result<Report> {
     run_until(config, std::future::pending()).await
 }
@@ -96,6 +99,13 @@ pub async fn run_until(
 ) -> anyhow::Result<Report> {
     let mode = config.validate()?;
     let outputs = OutputFiles::create(config.json.as_ref(), config.per_request_csv.as_ref())?;
+    if let Some(dir) = &config.plots {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    if let Some(monitor) = &config.monitor {
+        Monitor::check(config.base_url(), &config.model, monitor).await?;
+    }
 
     let (source, planned, lengths) = match &mode {
         ArrivalMode::Poisson { rate } => {
@@ -171,6 +181,18 @@ pub async fn run_until(
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
     };
+    // The monotonic start, read right after the wall-clock one: the monitor places the
+    // server's scale events (wall clock) on the run's clock through the pair.
+    let run_start = Instant::now();
+    let monitor = config.monitor.as_ref().map(|m| {
+        Monitor::start(
+            config.base_url(),
+            &config.model,
+            m,
+            run_start,
+            run_info.started_at_unix_s,
+        )
+    });
 
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let (record_tx, mut record_rx) = mpsc::unbounded_channel::<RequestRecord>();
@@ -180,7 +202,7 @@ pub async fn run_until(
         config,
         client,
         ws,
-        run_start: Instant::now(),
+        run_start,
         cancel: cancel_rx,
         factory: RefCell::new(factory),
         stop_issuing: Cell::new(false),
@@ -219,8 +241,18 @@ pub async fn run_until(
     }
     ctx.progress.finish();
 
-    let report = builder.into_inner().finish(run_info, elapsed, ctx.issued());
+    let mut report = builder.into_inner().finish(run_info, elapsed, ctx.issued());
+    if let Some(monitor) = monitor {
+        report.monitor = Some(monitor.stop().await);
+    }
     outputs.write(&report)?;
+    if let Some(dir) = &ctx.config.plots {
+        for path in crate::live_plot::write_all(dir, &report)? {
+            if !ctx.config.quiet {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
     Ok(report)
 }
 

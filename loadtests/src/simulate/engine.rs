@@ -12,7 +12,8 @@
 //! give the step's prefill budget (`max_prefill_tokens_per_step`) to prefilling
 //! sequences in admission order; every sequence already prefilled decodes one token.
 //! Step time is [`PerformanceModel::step_duration`]. The step that ends a prompt's
-//! prefill also yields its first token.
+//! prefill also yields its first token, and that sequence counts among the step's
+//! decoding sequences (as in the `sim` engine: the first token costs a forward pass).
 //!
 //! Every tick (the policy's tick, 1 s by default) the simulator builds a [`LoadSample`]
 //! the way the live supervisor does (`queued` = waiting jobs, `running` = sequences on
@@ -389,6 +390,12 @@ impl<'a> Simulator<'a> {
                     budget -= chunk;
                     prefill_tokens += chunk;
                     replica.step_prefill.push((k, chunk));
+                    if chunk == s.prefill_left {
+                        // The step that ends the prompt's prefill also yields its first
+                        // token: it is one more sequence of the forward pass, as in the
+                        // `sim` engine (`decode_sequences` counts it; its KV is not read).
+                        decode += 1;
+                    }
                 }
             } else {
                 decode += 1;

@@ -12,12 +12,15 @@
 //! - [`oracle`]: the perfect-foresight lower bound on cost.
 //! - [`summary`]: SLO attainment, cost, percentiles, the markdown table.
 //! - [`plot`]: SVG and PNG plots.
+//! - [`fidelity`]: the same scenario live and simulated, compared within stated
+//!   tolerances (`tests/fidelity.rs`).
 //!
 //! SLO defaults: TTFT <= 2 s and mean inter-token latency <= 100 ms per request; both
 //! configurable. Cost is replica-seconds (GPU-seconds = replica-seconds ×
 //! `gpus_per_replica`; CPU profiles have no GPU-seconds).
 
 pub mod engine;
+pub mod fidelity;
 pub mod oracle;
 pub mod plot;
 pub mod policies;

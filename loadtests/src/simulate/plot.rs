@@ -23,7 +23,7 @@ const FONT_PATHS: &[&str] = &[
 ];
 
 /// Registers a font for PNG text; false when none was found.
-fn png_font() -> bool {
+pub(crate) fn png_font() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
         let candidates = std::env::var("SWELL_PLOT_FONT")
@@ -42,7 +42,7 @@ fn png_font() -> bool {
     })
 }
 
-fn err(e: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plot: {e}")
 }
 
@@ -79,7 +79,7 @@ pub fn write_all(
 }
 
 /// Whole numbers only (replica counts), so a small axis does not read "0 0 1 1".
-fn integer_label(y: f64) -> String {
+pub(crate) fn integer_label(y: f64) -> String {
     if (y - y.round()).abs() < 1e-6 {
         format!("{y:.0}")
     } else {
@@ -88,7 +88,7 @@ fn integer_label(y: f64) -> String {
 }
 
 /// At most `bins` points: the maximum of each bin, so short peaks stay visible.
-fn downsample(points: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
+pub(crate) fn downsample(points: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
     if points.len() <= bins {
         return points.to_vec();
     }
