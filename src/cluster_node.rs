@@ -32,7 +32,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 use swell_actors::autoscaler::{Autoscaler, Decision, LoadSample, ReplicaCounts};
-use swell_actors::supervisor::SetAssignment;
+use swell_actors::supervisor::{with_reserved_floor, SetAssignment};
 use swell_cluster::{
     ClusterView, CoordinationClient, Coordinator, CoordinatorHandle, DeploymentTarget, LeaderState, NodeCapacity,
     NodeInfo, Placement, PlacementStore, ReplicaRequirement,
@@ -318,7 +318,7 @@ impl ClusterPlanner {
             let name = deployment.name.clone();
             let load = view.deployment_load(&name);
             let (arrivals, prompt_tokens, generated_tokens) = self.deltas(view, &name);
-            let policy = &deployment.config.autoscaling;
+            let policy = &with_reserved_floor(&deployment.config.autoscaling, state.tenants.reserved_replicas(&name, None));
             let autoscaler = self.autoscalers.entry(name.clone()).or_insert_with(|| Autoscaler::new(policy.clone()));
             if autoscaler.policy() != policy {
                 autoscaler.set_policy(policy.clone());
