@@ -32,7 +32,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 use swell_actors::autoscaler::{Autoscaler, Decision, LoadSample, ReplicaCounts};
-use swell_actors::supervisor::SetAssignment;
+use swell_actors::supervisor::{with_reserved_floor, SetAssignment};
 use swell_cluster::{
     ClusterView, CoordinationClient, Coordinator, CoordinatorHandle, DeploymentTarget, LeaderState, NodeCapacity,
     NodeInfo, Placement, PlacementStore, ReplicaRequirement,
@@ -353,7 +353,7 @@ impl ClusterPlanner {
             let name = deployment.name.clone();
             let load = view.deployment_load(&name);
             let counters = self.deltas(view, &name);
-            let policy = &deployment.config.autoscaling;
+            let policy = &with_reserved_floor(&deployment.config.autoscaling, state.tenants.reserved_replicas(&name, None));
             let cold_start = deployment.description.expected_cold_start;
             let autoscaler = self
                 .autoscalers

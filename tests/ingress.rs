@@ -67,7 +67,7 @@ impl Fixture {
 
     /// A tenant with `limits` and a key for it.
     fn tenant(&self, id: &str, limits: TenantLimits) -> String {
-        self.server.state.upsert_tenant(id, limits);
+        self.server.state.upsert_tenant(id, limits, Default::default()).expect("the tenant is valid");
         self.server.state.tenants.create_key(id).unwrap().api_key
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use swell_cluster::{
-    AdmissionLimits, FinishReason, GenerationRequest, Job, OutputEvent, Queue, QueueError,
+    AdmissionLimits, FinishReason, GenerationRequest, Job, OutputEvent, Priority, Queue, QueueError,
     TokenLogprob, Usage,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,6 +32,9 @@ pub struct RequestSpec {
     /// Give up (with `deadline_exceeded`) if still queued after this long.
     pub deadline: Option<Duration>,
     pub max_queue_depth: u64,
+    /// Service class in the deployment's queue (the tenant's `priority`, or `high` while
+    /// the tenant is within a capacity reservation).
+    pub priority: Priority,
     /// When the request reached the edge (for time-to-first-token).
     pub received_at: Instant,
 }
@@ -222,6 +225,7 @@ async fn run_request(
         request: spec.request.clone(),
         enqueued_at_ms: now_ms,
         deadline_ms: spec.deadline.map(|d| now_ms + d.as_millis() as u64),
+        priority: spec.priority,
     };
     let limits = AdmissionLimits { max_queue_depth: spec.max_queue_depth };
     let position = match deps.queue.enqueue(job, limits).await {

@@ -72,6 +72,8 @@ pub struct DeploymentSpec {
     /// Where every tick writes this deployment's load on this node, for the node's
     /// heartbeat (the leader's autoscaler works on the sum over the nodes).
     pub load_report: Option<LoadReport>,
+    /// Replicas reserved by tenants: a floor under the policy's count ([`SetReservedFloor`]).
+    pub reserved_floor: u32,
 }
 
 /// This node's load of one deployment, as the last tick saw it (shared with the cluster
@@ -91,6 +93,7 @@ impl DeploymentSpec {
             shared_queue: false,
             placement_driven: false,
             load_report: None,
+            reserved_floor: 0,
         }
     }
 }
@@ -157,6 +160,8 @@ pub struct DeploymentStatus {
     pub replica_details: Vec<ReplicaDetail>,
     pub restarts: BTreeMap<&'static str, u64>,
     pub deleting: bool,
+    /// Replicas tenants reserve (already raised into `autoscaling.min_replicas`).
+    pub reserved_floor: u32,
     /// In a cluster whose leader places replicas: the replicas the placement gives this
     /// node (`null` until the first placement was read; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,7 +234,7 @@ impl DeploymentSupervisor {
     pub fn new(spec: DeploymentSpec, queue: Arc<dyn Queue>) -> Self {
         let description = spec.factory.describe();
         Self {
-            autoscaler: Autoscaler::new(spec.autoscaling.clone())
+            autoscaler: Autoscaler::new(with_reserved_floor(&spec.autoscaling, spec.reserved_floor))
                 .with_expected_cold_start(description.expected_cold_start),
             description,
             spec,
@@ -620,6 +625,7 @@ impl DeploymentSupervisor {
                 .collect(),
             restarts: self.restarts.clone(),
             deleting: self.deleting,
+            reserved_floor: self.spec.reserved_floor,
             assigned: self.spec.placement_driven.then_some(self.assigned),
         }
     }
@@ -787,7 +793,8 @@ impl Handler<UpdatePolicy> for DeploymentSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: UpdatePolicy, ctx: &mut Context<Self>) {
-        self.autoscaler.set_policy(msg.0);
+        self.autoscaler.set_policy(with_reserved_floor(&msg.0, self.spec.reserved_floor));
+        self.spec.autoscaling = msg.0;
         self.tick(ctx);
     }
 }
@@ -827,5 +834,52 @@ impl Handler<Shutdown> for DeploymentSupervisor {
         Box::pin(async move {
             let _ = waiter.await;
         })
+    }
+}
+
+// --- Tenants' reserved capacity -------------------------------------------------------
+
+/// `policy` with `min_replicas` raised to `reserved` (capped at `max_replicas`): the
+/// replicas tenants reserve on a deployment stay warm whatever the load, so the
+/// deployment never scales to zero while a reservation exists. Only ever raises.
+pub fn with_reserved_floor(policy: &AutoscalingPolicy, reserved: u32) -> AutoscalingPolicy {
+    let mut effective = policy.clone();
+    effective.min_replicas = effective.min_replicas.max(reserved.min(policy.max_replicas));
+    effective
+}
+
+/// Set the replicas tenants reserve on this deployment (the sum of their
+/// `reserved_replicas`); the configured policy is kept and the floor applied over it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetReservedFloor(pub u32);
+
+impl Handler<SetReservedFloor> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetReservedFloor, ctx: &mut Context<Self>) {
+        if msg.0 == self.spec.reserved_floor {
+            return;
+        }
+        tracing::info!(deployment = %self.spec.name, reserved = msg.0, "reserved replicas changed");
+        self.spec.reserved_floor = msg.0;
+        self.autoscaler.set_policy(with_reserved_floor(&self.spec.autoscaling, msg.0));
+        self.tick(ctx);
+    }
+}
+
+#[cfg(test)]
+mod reserved_floor_tests {
+    use super::*;
+
+    #[test]
+    fn the_reserved_floor_only_raises_min_replicas_and_stays_within_max() {
+        let policy = AutoscalingPolicy { min_replicas: 1, max_replicas: 4, ..AutoscalingPolicy::default() };
+        assert_eq!(with_reserved_floor(&policy, 0).min_replicas, 1);
+        assert_eq!(with_reserved_floor(&policy, 3).min_replicas, 3);
+        assert_eq!(with_reserved_floor(&policy, 9).min_replicas, 4);
+        assert_eq!(with_reserved_floor(&policy, 3).max_replicas, 4);
+        let raised = with_reserved_floor(&policy, 2);
+        assert_eq!(AutoscalingPolicy { min_replicas: 1, ..raised }, policy, "nothing else changes");
     }
 }

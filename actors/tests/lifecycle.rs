@@ -140,6 +140,7 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
         },
         deadline: None,
         max_queue_depth: 100,
+        priority: swell_cluster::Priority::Normal,
         received_at: tokio::time::Instant::now(),
     }
 }
