@@ -31,6 +31,9 @@
 //! [tenants.acme]
 //! limits = { requests_per_minute = 60 }
 //! api_key_hashes = ["sha256:..."]  # `swell keygen` prints a key and its hash
+//! priority = "high"              # high | normal (default) | low: queue service order
+//! reserved_replicas = { chat = 1 }  # keep 1 replica of `chat` warm; served at `high`
+//!                                # up to 1 × load_targets.concurrent_requests in flight
 //!
 //! [cluster]                      # only for several nodes sharing one Redis
 //! redis_url = "redis://10.0.0.5:6379"  # or SWELL_REDIS_URL / --redis; unset: embedded
@@ -67,12 +70,12 @@ use serde::{Deserialize, Serialize};
 use swell_actors::autoscaler::AutoscalingPolicy;
 use swell_actors::quota::TenantLimits;
 use swell_actors::redis_quota::RedisQuotaConfig;
-use swell_cluster::RedisQueueConfig;
+use swell_cluster::{Priority, RedisQueueConfig};
 use swell_workers::llm::LlmConfig;
 use swell_workers::sim::SimConfig;
 
 use crate::engines;
-use crate::tenants::{is_valid_key_hash, is_valid_name, ANONYMOUS_TENANT};
+use crate::tenants::{is_valid_key_hash, is_valid_name, TenantCapacity, ANONYMOUS_TENANT};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -183,6 +186,22 @@ pub struct ClusterConfig {
     /// How often the node checks that Redis answers (`/readyz`, fast 503s).
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
+    /// How often the node heartbeats, takes part in the leader election and reads its
+    /// assignment (and, when it leads, runs the autoscalers and places replicas).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A node whose heartbeat is older than this is dead: its replicas are placed
+    /// elsewhere (its jobs come back when their leases expire).
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// How long a leader lease lasts unrenewed: the longest the cluster goes without a
+    /// leader after the leader dies.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease_ttl: Duration,
+    /// CPU replica slots this node offers (default: its CPU cores). A replica takes its
+    /// deployment's `placement.cpu_slots`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_slots: Option<u32>,
 }
 
 impl Default for ClusterConfig {
@@ -199,6 +218,10 @@ impl Default for ClusterConfig {
             connect_timeout: queue.connect_timeout,
             response_timeout: queue.response_timeout,
             health_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(500),
+            node_ttl: Duration::from_secs(5),
+            leader_lease_ttl: Duration::from_secs(5),
+            cpu_slots: None,
         }
     }
 }
@@ -227,6 +250,31 @@ impl ClusterConfig {
     pub fn redis_queue_config(&self) -> Option<RedisQueueConfig> {
         let url = self.redis_url.clone()?;
         Some(RedisQueueConfig { url, ..self.queue_settings() })
+    }
+
+    /// The coordination settings (membership, leader, placement); `None` without
+    /// `redis_url`.
+    pub fn coordination_config(&self) -> Option<swell_cluster::CoordinationConfig> {
+        let url = self.redis_url.clone()?;
+        Some(swell_cluster::CoordinationConfig { url, ..self.coordination_settings() })
+    }
+
+    fn coordination_settings(&self) -> swell_cluster::CoordinationConfig {
+        swell_cluster::CoordinationConfig {
+            key_prefix: self.key_prefix.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            node_ttl: self.node_ttl,
+            leader_lease_ttl: self.leader_lease_ttl,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            ..swell_cluster::CoordinationConfig::default()
+        }
+    }
+
+    /// The CPU slots this node offers.
+    pub fn effective_cpu_slots(&self) -> u32 {
+        self.cpu_slots
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
     }
 
     /// The queue settings of this section, on the default url.
@@ -268,6 +316,9 @@ impl ClusterConfig {
         }
         if self.health_interval.is_zero() {
             errors.push("cluster.health_interval must be longer than 0s".to_string());
+        }
+        if let Err(error) = self.coordination_settings().validate() {
+            errors.push(format!("cluster.{error}"));
         }
         errors
     }
@@ -368,6 +419,41 @@ pub struct DeploymentConfig {
     /// max_depth_per_deployment`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queue_depth: Option<u64>,
+    /// What one replica needs of a node, for the cluster's placement (ignored when
+    /// embedded).
+    #[serde(default, skip_serializing_if = "PlacementConfig::is_default")]
+    pub placement: PlacementConfig,
+    /// A `low` priority request is refused (503 `queue_full`, with `retry-after`) once
+    /// this share of `max_queue_depth` is waiting, so that a backlog at `max_replicas`
+    /// keeps room for `normal` and `high` requests (default 0.5; 1 admits `low` like the
+    /// others).
+    #[serde(default = "default_low_priority_queue_share")]
+    pub low_priority_queue_share: f64,
+}
+
+fn default_low_priority_queue_share() -> f64 {
+    0.5
+}
+
+/// `[deployments.NAME.placement]`: what one replica takes of a node in a cluster. GPUs
+/// per replica come from the engine (`gpus_per_replica`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// CPU slots one replica takes of a node's `cluster.cpu_slots` (default: 1 for a
+    /// CPU replica of the `llm` engine; 0 for `sim` replicas, which only sleep, and for
+    /// GPU replicas).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_slots: Option<u32>,
+    /// Only GPUs whose name contains this text (case-insensitive, e.g. `"H100"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_kind: Option<String>,
+}
+
+impl PlacementConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_max_tokens() -> u32 {
@@ -395,6 +481,8 @@ impl DeploymentConfig {
             max_tokens_default: DEFAULT_MAX_TOKENS,
             max_tokens_limit: None,
             max_queue_depth: None,
+            placement: PlacementConfig::default(),
+            low_priority_queue_share: default_low_priority_queue_share(),
         }
     }
 
@@ -451,6 +539,13 @@ impl DeploymentConfig {
         if self.max_tokens_default == 0 {
             errors.push(format!("{} must be at least 1", key("max_tokens_default")));
         }
+        if !(self.low_priority_queue_share > 0.0 && self.low_priority_queue_share <= 1.0) {
+            errors.push(format!(
+                "{} must be above 0 and at most 1 (got {})",
+                key("low_priority_queue_share"),
+                self.low_priority_queue_share
+            ));
+        }
         if self.max_tokens_limit == Some(0) {
             errors.push(format!("{} must be at least 1", key("max_tokens_limit")));
         }
@@ -475,9 +570,22 @@ impl DeploymentConfig {
 pub struct TenantConfig {
     #[serde(default)]
     pub limits: TenantLimits,
+    /// Queue service order of its requests: `high`, `normal` (default) or `low`.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Replicas kept warm for it, per deployment (see [`crate::tenants`]).
+    #[serde(default)]
+    pub reserved_replicas: BTreeMap<String, u32>,
     /// Stored keys, `sha256:<hex of SHA-256 of the key>` (`swell keygen` prints both).
     #[serde(default)]
     pub api_key_hashes: Vec<String>,
+}
+
+impl TenantConfig {
+    /// Its priority and reservations, as the tenant registry keeps them.
+    pub fn capacity(&self) -> TenantCapacity {
+        TenantCapacity { priority: self.priority, reserved_replicas: self.reserved_replicas.clone() }
+    }
 }
 
 impl Config {
@@ -593,6 +701,7 @@ impl Config {
                 }
             }
         }
+        errors.extend(self.check_reservations());
         if let Err(error) = self.check_exposure() {
             errors.push(error);
         }
@@ -601,6 +710,39 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// Each tenant's reservations name a configured deployment, and no deployment has more
+    /// replicas reserved than its `autoscaling.max_replicas`.
+    fn check_reservations(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let deployments: BTreeMap<String, DeploymentConfig> = self.initial_deployments().into_iter().collect();
+        let mut reserved: BTreeMap<&str, u32> = BTreeMap::new();
+        for (id, tenant) in &self.tenants {
+            let prefix = format!("tenants.{id}");
+            if let Err(error) = tenant.capacity().validate(&prefix) {
+                errors.push(error);
+                continue;
+            }
+            for (deployment, replicas) in &tenant.reserved_replicas {
+                if !deployments.contains_key(deployment) {
+                    errors.push(format!(
+                        "{prefix}.reserved_replicas.{deployment}: no deployment `{deployment}` is configured"
+                    ));
+                    continue;
+                }
+                *reserved.entry(deployment).or_default() += replicas;
+            }
+        }
+        for (deployment, replicas) in reserved {
+            let max = deployments[deployment].autoscaling.max_replicas;
+            if replicas > max {
+                errors.push(format!(
+                    "tenants.*.reserved_replicas.{deployment}: {replicas} replica(s) reserved in all, more than deployments.{deployment}.autoscaling.max_replicas ({max})"
+                ));
+            }
+        }
+        errors
     }
 
     /// Refuses a non-loopback listen address without API keys or an admin token, unless
@@ -701,6 +843,58 @@ mod tests {
         assert_eq!(chat.autoscaling.scale_to_zero_window, Duration::from_secs(5));
         assert_eq!(config.tenants["acme"].limits.requests_per_minute, Some(2));
         assert!(config.has_api_keys());
+    }
+
+    #[test]
+    fn autoscaling_rules_schedules_burst_and_predictive_parse_and_validate_with_the_key() {
+        let config = Config::from_toml_str(
+            r#"
+            [deployments.chat]
+            engine = "sim"
+            [deployments.chat.autoscaling]
+            max_replicas = 8
+            tolerance = 0.05
+            panic_threshold = 3
+            [deployments.chat.autoscaling.load_targets]
+            queue_delay_seconds = 2
+            kv_cache_utilization = 0.8
+            [[deployments.chat.autoscaling.schedules]]
+            name = "business-hours"
+            time_zone = "Europe/Paris"
+            days = ["mon", "tue", "wed", "thu", "fri"]
+            start = "08:00"
+            end = "19:00"
+            min_replicas = 2
+            [[deployments.chat.autoscaling.rules]]
+            signal = "queue_delay_seconds"
+            above = 2.0
+            for = "30s"
+            add = 2
+            [deployments.chat.autoscaling.predictive]
+            mode = "preview"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let autoscaling = &config.deployments.as_ref().unwrap()["chat"].autoscaling;
+        assert_eq!(autoscaling.schedules[0].min_replicas, Some(2));
+        assert_eq!(autoscaling.rules[0].hold_for, Duration::from_secs(30));
+        assert_eq!(autoscaling.panic_threshold, Some(3.0));
+
+        let error = invalid(
+            "[deployments.chat]\nengine = \"sim\"\n[[deployments.chat.autoscaling.rules]]\nsignal = \"queue_depth\"\nabove = 5\n",
+        );
+        assert!(error.contains("deployments.chat.autoscaling.rules[0] must set exactly one action"), "{error}");
+        let error = invalid(
+            "[deployments.chat]\nengine = \"sim\"\n[[deployments.chat.autoscaling.schedules]]\ntime_zone = \"Mars/Base\"\nstart = \"08:00\"\nend = \"09:00\"\nmin_replicas = 1\n",
+        );
+        assert!(error.contains("deployments.chat.autoscaling.schedules[0].time_zone (\"Mars/Base\")"), "{error}");
+        let error = Config::from_toml_str(
+            "[deployments.chat]\nengine = \"sim\"\n[[deployments.chat.autoscaling.rules]]\nsignal = \"gpu_temperature\"\nabove = 5\nadd = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("gpu_temperature"), "{error}");
     }
 
     #[test]
@@ -874,5 +1068,46 @@ mod tests {
         deployment.autoscaling.max_replicas = 1;
         let errors = deployment.validate("");
         assert!(errors[0].starts_with("autoscaling.max_replicas"), "{errors:?}");
+    }
+
+    #[test]
+    fn tenant_priorities_and_reservations_parse_and_are_checked() {
+        let deployments = "[deployments.chat]\nengine = \"sim\"\n[deployments.chat.autoscaling]\nmax_replicas = 2\n";
+        let config = Config::from_toml_str(&format!(
+            "{deployments}[tenants.a]\npriority = \"high\"\nreserved_replicas = {{ chat = 1 }}\n[tenants.b]\npriority = \"low\"\n"
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.tenants["a"].capacity().priority, Priority::High);
+        assert_eq!(config.tenants["a"].reserved_replicas["chat"], 1);
+        assert_eq!(config.tenants["b"].priority, Priority::Low);
+        assert_eq!(Config::from_toml_str("[tenants.c]\n").unwrap().tenants["c"].priority, Priority::Normal);
+
+        let error = Config::from_toml_str("[tenants.a]\npriority = \"urgent\"\n").unwrap_err().to_string();
+        assert!(error.contains("urgent") && error.contains("high"), "{error}");
+        let too_many = format!(
+            "{deployments}[tenants.a]\nreserved_replicas = {{ chat = 2 }}\n[tenants.b]\nreserved_replicas = {{ chat = 1 }}\n"
+        );
+        let error = invalid(&too_many);
+        assert!(
+            error.contains("tenants.*.reserved_replicas.chat: 3 replica(s) reserved in all, more than deployments.chat.autoscaling.max_replicas (2)"),
+            "{error}"
+        );
+        let error = invalid(&format!("{deployments}[tenants.a]\nreserved_replicas = {{ nope = 1 }}\n"));
+        assert!(error.contains("tenants.a.reserved_replicas.nope: no deployment `nope` is configured"), "{error}");
+        let error = invalid(&format!("{deployments}[tenants.a]\nreserved_replicas = {{ chat = 0 }}\n"));
+        assert!(error.contains("tenants.a.reserved_replicas.chat must be at least 1"), "{error}");
+    }
+
+    #[test]
+    fn the_low_priority_queue_share_is_a_fraction() {
+        let mut deployment = DeploymentConfig::sim(SimConfig::default());
+        assert_eq!(deployment.low_priority_queue_share, 0.5);
+        assert!(deployment.validate("").is_empty());
+        for bad in [0.0, -0.1, 1.5, f64::NAN] {
+            deployment.low_priority_queue_share = bad;
+            let errors = deployment.validate("d");
+            assert!(errors.iter().any(|e| e.starts_with("d.low_priority_queue_share must be above 0")), "{bad}: {errors:?}");
+        }
     }
 }

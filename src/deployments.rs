@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use parking_lot::RwLock;
-use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor};
+use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, LoadReport};
 use swell_actors::worker::WorkerConfig;
 use swell_cluster::Queue;
 use swell_workers::{EngineDescription, Tokenizer};
@@ -34,6 +34,9 @@ pub struct DeploymentHandle {
     pub max_queue_depth: u64,
     /// Unix seconds of its creation (`created` in `/v1/models`).
     pub created: u64,
+    /// In a cluster: this node's load of the deployment, written by its supervisor every
+    /// tick, read by the node's heartbeat.
+    pub load_report: Option<LoadReport>,
 }
 
 impl DeploymentHandle {
@@ -48,6 +51,7 @@ impl DeploymentHandle {
             tokenizer: self.tokenizer.clone(),
             description: self.description.clone(),
             created: self.created,
+            load_report: self.load_report.clone(),
         }
     }
 }
@@ -95,6 +99,10 @@ pub fn start_deployment(
     spec.tick = settings.tick;
     spec.runs_replicas = settings.runs_replicas;
     spec.shared_queue = settings.shared_queue;
+    // In a cluster the leader decides how many replicas run where.
+    spec.placement_driven = settings.shared_queue;
+    let load_report = settings.shared_queue.then(LoadReport::default);
+    spec.load_report = load_report.clone();
     let supervisor =
         DeploymentSupervisor::start_in_arbiter(arbiter, move |_| DeploymentSupervisor::new(spec, queue));
     Ok(DeploymentHandle {
@@ -106,6 +114,7 @@ pub fn start_deployment(
         tokenizer,
         description,
         created: unix_seconds(),
+        load_report,
     })
 }
 

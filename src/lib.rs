@@ -23,6 +23,8 @@
 //! - [`state`]: `AppState`, what every handler shares.
 //! - [`ingress`]: the Redis ingress stream: requests pushed into Redis by other
 //!   programs, validated and admitted like HTTP requests, answered on `reply_to`.
+//! - [`cluster_node`]: a node of a cluster (`--redis`): heartbeat, leader election, the
+//!   leader's cluster-wide autoscalers and placement, each node following its assignment.
 //! - [`server`]: `start` / `ServerHandle::stop`, used by `swell serve` and by tests.
 //! - [`metrics`]: the gateway's metrics and the process-wide Prometheus recorder.
 //! - [`api`]: the HTTP and WebSocket API:
@@ -36,6 +38,7 @@
 //!     `json_body`, `ratelimit_headers`: what they share.
 
 pub mod api;
+pub mod cluster_node;
 pub mod config;
 pub mod deployments;
 pub mod engines;

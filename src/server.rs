@@ -44,6 +44,8 @@ pub enum ServerError {
     Redis { url: String, error: swell_cluster::QueueError },
     #[error("cannot start the ingress stream reader: {0}")]
     Ingress(String),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
 }
 
 /// A running server.
@@ -147,10 +149,23 @@ async fn start_node(
         distributed = state.node.is_distributed(),
         "swell is serving"
     );
+    if state.node.is_distributed() {
+        match crate::cluster_node::ClusterNode::start(&state, Some(addr.to_string())).await {
+            Ok(node) => {
+                let _ = state.cluster.set(Arc::new(node));
+            }
+            Err(error) => {
+                handle.stop(false).await;
+                shutdown_control_plane(&state, control, false).await;
+                return Err(ServerError::Cluster(error.to_string()));
+            }
+        }
+    }
     let ingress = match start_node_ingress(&state).await {
         Ok(ingress) => ingress,
         Err(error) => {
             handle.stop(false).await;
+            leave_cluster(&state).await;
             shutdown_control_plane(&state, control, false).await;
             return Err(error);
         }
@@ -189,10 +204,19 @@ impl ServerHandle {
             ingress.stop(self.state.config.server.shutdown_timeout).await;
         }
         tracing::info!(graceful, "shutting down");
+        // Leave the cluster first: the leader re-places this node's replicas on the
+        // others at once while this one drains.
+        leave_cluster(&self.state).await;
         self.server.stop(graceful).await;
         let _ = self.task.await;
         shutdown_control_plane(&self.state, self.control, graceful).await;
         tracing::info!("stopped");
+    }
+}
+
+async fn leave_cluster(state: &AppState) {
+    if let Some(node) = state.cluster.get() {
+        node.shutdown().await;
     }
 }
 

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use actix_rt::ArbiterHandle;
 use swell_actors::quota::{QuotaBackend, TenantLimits};
+use swell_actors::supervisor::SetReservedFloor;
 use swell_cluster::{Queue, RedisQueue};
 
 use crate::api::error::ApiError;
 use crate::config::{Config, DeploymentConfig, NodeRole};
 use crate::deployments::{start_deployment, DeploymentHandle, DeploymentSettings, Deployments};
 use crate::engines;
-use crate::tenants::Tenants;
+use crate::tenants::{TenantCapacity, Tenants};
 
 pub struct AppState {
     /// The effective configuration (CLI overrides applied).
@@ -30,6 +31,8 @@ pub struct AppState {
     pub admin_writes: tokio::sync::Mutex<()>,
     /// This node's place in a cluster (embedded: role `all`, no Redis).
     pub node: NodeState,
+    /// This node's coordination (membership, leader, placement), once started.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster_node::ClusterNode>>,
 }
 
 /// What this node is in a cluster sharing one Redis.
@@ -86,7 +89,9 @@ impl AppState {
         };
         let tenants = Tenants::with_quota_backend(control.clone(), quota_backend);
         for (id, tenant) in config.initial_tenants() {
-            tenants.upsert(&id, tenant.limits.clone());
+            // Reservations were checked against the configured deployments by
+            // `Config::validate`; the floors are applied as the deployments start.
+            tenants.upsert(&id, tenant.limits.clone(), tenant.capacity());
             for hash in &tenant.api_key_hashes {
                 tenants.add_key_hash(&id, hash)?;
             }
@@ -107,6 +112,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             shutting_down: tokio::sync::watch::Sender::new(false),
             admin_writes: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -137,14 +143,53 @@ impl AppState {
         name: &str,
         config: DeploymentConfig,
     ) -> Result<Arc<DeploymentHandle>, ApiError> {
+        let reserved = self.tenants.reserved_replicas(name, None);
+        check_reserved_within_max(name, reserved, &config)?;
         let handle =
             start_deployment(name, config, self.queue.clone(), &self.deployment_settings(), &self.control)?;
+        if reserved > 0 {
+            handle.supervisor.do_send(SetReservedFloor(reserved));
+        }
         Ok(self.deployments.insert(handle))
     }
 
-    /// Creates a tenant or changes its limits.
-    pub fn upsert_tenant(&self, id: &str, limits: TenantLimits) -> crate::tenants::Upsert {
-        self.tenants.upsert(id, limits)
+    /// Creates a tenant or changes its limits, priority and reservations. Refuses a
+    /// reservation on a deployment that does not exist, or one that would reserve more
+    /// replicas of a deployment (all tenants together) than its `max_replicas`; then
+    /// moves the floor of every deployment whose reservations changed.
+    pub fn upsert_tenant(
+        &self,
+        id: &str,
+        limits: TenantLimits,
+        capacity: TenantCapacity,
+    ) -> Result<crate::tenants::Upsert, ApiError> {
+        let invalid = |message: String| ApiError::InvalidConfig { message, param: Some("reserved_replicas".into()) };
+        capacity.validate("").map_err(|error| invalid(error.trim_start_matches('.').to_string()))?;
+        for (name, replicas) in &capacity.reserved_replicas {
+            let deployment =
+                self.deployments.get(name).ok_or_else(|| invalid(format!("reserved_replicas.{name}: no deployment `{name}` exists")))?;
+            let others = self.tenants.reserved_replicas(name, Some(id));
+            check_reserved_within_max(name, others + replicas, &deployment.config)?;
+        }
+        let before = self.tenants.handle(id).map(|tenant| tenant.capacity.reserved_replicas).unwrap_or_default();
+        let changed: Vec<String> = before
+            .keys()
+            .chain(capacity.reserved_replicas.keys())
+            .filter(|name| before.get(*name) != capacity.reserved_replicas.get(*name))
+            .cloned()
+            .collect();
+        let upsert = self.tenants.upsert(id, limits, capacity);
+        for name in changed {
+            if let Some(deployment) = self.deployments.get(&name) {
+                deployment.supervisor.do_send(SetReservedFloor(self.tenants.reserved_replicas(&name, None)));
+            }
+        }
+        Ok(upsert)
+    }
+
+    /// The replicas tenants reserve on `deployment` fit a (new) config of it.
+    pub fn check_reservations_fit(&self, deployment: &str, config: &DeploymentConfig) -> Result<(), ApiError> {
+        check_reserved_within_max(deployment, self.tenants.reserved_replicas(deployment, None), config)
     }
 
     /// Whether the admin API may be used without a token: no token is configured and
@@ -170,4 +215,17 @@ impl AppState {
         let mut receiver = self.shutting_down.subscribe();
         let _ = receiver.wait_for(|shutting_down| *shutting_down).await;
     }
+}
+
+fn check_reserved_within_max(deployment: &str, reserved: u32, config: &DeploymentConfig) -> Result<(), ApiError> {
+    let max = config.autoscaling.max_replicas;
+    if reserved > max {
+        return Err(ApiError::InvalidConfig {
+            message: format!(
+                "tenants reserve {reserved} replica(s) of deployment `{deployment}`, more than its autoscaling.max_replicas ({max})"
+            ),
+            param: Some("reserved_replicas".into()),
+        });
+    }
+    Ok(())
 }

@@ -12,16 +12,36 @@
 //!
 //! Requests are not listed anywhere: a request is reachable only through the stream its
 //! own client holds, so no tenant can see another's.
+//!
+//! # Capacity: priority and reserved replicas
+//! Beside its limits a tenant has a [`TenantCapacity`]:
+//! - `priority` (`high` | `normal` | `low`, default `normal`): its requests wait in the
+//!   deployment's queue at that priority, and replicas lease every waiting job of a
+//!   higher priority first (oldest first within one; jobs handed back by a retiring or
+//!   failed replica still go first). When the replica budget is full (`max_replicas`
+//!   with a backlog), lower priorities wait; `low` requests are also refused early (see
+//!   the deployment's `low_priority_queue_share`).
+//! - `reserved_replicas` (deployment → replicas): the deployment keeps at least the sum
+//!   of its tenants' reservations warm (a floor under the autoscaler, so it never scales
+//!   to zero while any reservation exists), and the reserving tenant's requests to it are
+//!   enqueued at `high` while the tenant has fewer in flight there, through this gateway,
+//!   than its *reserved share*: its reserved replicas × the deployment's
+//!   `autoscaling.load_targets.concurrent_requests` per replica (1 per replica when that
+//!   target is off). Beyond the share its requests take its own `priority`. A reservation
+//!   guarantees warm replicas and first service up to the share; it does not pin
+//!   replicas to the tenant (other tenants' jobs run on them when it is idle).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use parking_lot::RwLock;
 use rand::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use swell_actors::quota::{QuotaActor, QuotaBackend, SetLimits, TenantLimits};
+use swell_cluster::Priority;
 
 use crate::api::error::ApiError;
 
@@ -80,11 +100,38 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
+/// A tenant's claim on capacity (see the module docs): its queue priority and the
+/// replicas reserved for it per deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantCapacity {
+    pub priority: Priority,
+    pub reserved_replicas: BTreeMap<String, u32>,
+}
+
+impl TenantCapacity {
+    /// Checks the reservations' own shape (`prefix` names the key in errors); their sum
+    /// against each deployment's `max_replicas` is checked by whoever knows both.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        for (deployment, replicas) in &self.reserved_replicas {
+            if !is_valid_name(deployment) {
+                return Err(format!("{prefix}.reserved_replicas: invalid deployment name `{deployment}`"));
+            }
+            if *replicas == 0 {
+                return Err(format!(
+                    "{prefix}.reserved_replicas.{deployment} must be at least 1 (omit it for no reservation)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a request needs of its tenant.
 #[derive(Debug, Clone)]
 pub struct TenantHandle {
     pub id: String,
     pub limits: TenantLimits,
+    pub capacity: TenantCapacity,
     pub quota: Addr<QuotaActor>,
 }
 
@@ -99,11 +146,14 @@ impl TenantHandle {
 pub struct TenantSummary {
     pub id: String,
     pub limits: TenantLimits,
+    #[serde(flatten)]
+    pub capacity: TenantCapacity,
     pub key_ids: Vec<String>,
 }
 
 struct TenantEntry {
     limits: TenantLimits,
+    capacity: TenantCapacity,
     quota: Addr<QuotaActor>,
     key_hashes: BTreeSet<String>,
 }
@@ -113,6 +163,30 @@ struct Registry {
     tenants: BTreeMap<String, TenantEntry>,
     /// Key hash → tenant id.
     by_hash: HashMap<String, String>,
+}
+
+/// Requests in flight within a reserved share, per (tenant, deployment), on this gateway.
+#[derive(Default)]
+struct ReservedInFlight(parking_lot::Mutex<HashMap<(String, String), u64>>);
+
+/// One request counted against its tenant's reserved share; dropping it (when the
+/// request's stream ends) gives the place back.
+pub struct ReservedSlot {
+    counters: Arc<ReservedInFlight>,
+    key: (String, String),
+    count: u64,
+}
+
+impl Drop for ReservedSlot {
+    fn drop(&mut self) {
+        let mut counters = self.counters.0.lock();
+        if let Some(in_flight) = counters.get_mut(&self.key) {
+            *in_flight = in_flight.saturating_sub(self.count);
+            if *in_flight == 0 {
+                counters.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Whether the tenant was created or updated.
@@ -127,6 +201,7 @@ pub struct Tenants {
     registry: RwLock<Registry>,
     arbiter: ArbiterHandle,
     quota_backend: QuotaBackend,
+    reserved_in_flight: Arc<ReservedInFlight>,
 }
 
 impl Tenants {
@@ -138,15 +213,22 @@ impl Tenants {
     /// Tenants whose quotas are decided by `quota_backend` (e.g. shared in Redis:
     /// `QuotaBackend::redis(url, config.quota.clone())`).
     pub fn with_quota_backend(arbiter: ArbiterHandle, quota_backend: QuotaBackend) -> Self {
-        Self { registry: RwLock::new(Registry::default()), arbiter, quota_backend }
+        Self {
+            registry: RwLock::new(Registry::default()),
+            arbiter,
+            quota_backend,
+            reserved_in_flight: Arc::default(),
+        }
     }
 
-    /// Creates a tenant or changes its limits (a live quota keeps unchanged buckets).
-    pub fn upsert(&self, id: &str, limits: TenantLimits) -> Upsert {
+    /// Creates a tenant or changes its limits and capacity settings (a live quota keeps
+    /// unchanged buckets).
+    pub fn upsert(&self, id: &str, limits: TenantLimits, capacity: TenantCapacity) -> Upsert {
         let mut registry = self.registry.write();
         if let Some(entry) = registry.tenants.get_mut(id) {
             entry.quota.do_send(SetLimits(limits.clone()));
             entry.limits = limits;
+            entry.capacity = capacity;
             return Upsert::Updated;
         }
         let (tenant, initial, backend) = (id.to_string(), limits.clone(), self.quota_backend.clone());
@@ -154,8 +236,37 @@ impl Tenants {
             QuotaActor::start_in_arbiter(&self.arbiter, move |_| QuotaActor::with_backend(tenant, initial, backend));
         registry
             .tenants
-            .insert(id.to_string(), TenantEntry { limits, quota, key_hashes: BTreeSet::new() });
+            .insert(id.to_string(), TenantEntry { limits, capacity, quota, key_hashes: BTreeSet::new() });
         Upsert::Created
+    }
+
+    /// The replicas all tenants reserve on `deployment`, except `except` (a tenant whose
+    /// settings are about to change).
+    pub fn reserved_replicas(&self, deployment: &str, except: Option<&str>) -> u32 {
+        self.registry
+            .read()
+            .tenants
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .filter_map(|(_, entry)| entry.capacity.reserved_replicas.get(deployment))
+            .sum()
+    }
+
+    /// Counts `jobs` requests of `tenant` on `deployment` against its reserved share of
+    /// `share` requests in flight, if they fit: then they are served at `high` until the
+    /// slot is dropped. `None` when they do not fit (or `share` is 0).
+    pub fn take_reserved_slot(&self, tenant: &str, deployment: &str, share: u64, jobs: u64) -> Option<ReservedSlot> {
+        let key = (tenant.to_string(), deployment.to_string());
+        let mut counters = self.reserved_in_flight.0.lock();
+        let in_flight = counters.entry(key.clone()).or_insert(0);
+        if *in_flight + jobs > share {
+            if *in_flight == 0 {
+                counters.remove(&key);
+            }
+            return None;
+        }
+        *in_flight += jobs;
+        Some(ReservedSlot { counters: self.reserved_in_flight.clone(), key, count: jobs })
     }
 
     /// Adds a stored key hash to a tenant.
@@ -230,13 +341,23 @@ impl Tenants {
         let registry = self.registry.read();
         let tenant = registry.by_hash.get(&hash).ok_or(ApiError::InvalidApiKey)?;
         let entry = registry.tenants.get(tenant).ok_or(ApiError::InvalidApiKey)?;
-        Ok(TenantHandle { id: tenant.clone(), limits: entry.limits.clone(), quota: entry.quota.clone() })
+        Ok(TenantHandle {
+            id: tenant.clone(),
+            limits: entry.limits.clone(),
+            capacity: entry.capacity.clone(),
+            quota: entry.quota.clone(),
+        })
     }
 
     pub fn handle(&self, id: &str) -> Option<TenantHandle> {
         let registry = self.registry.read();
         let entry = registry.tenants.get(id)?;
-        Some(TenantHandle { id: id.to_string(), limits: entry.limits.clone(), quota: entry.quota.clone() })
+        Some(TenantHandle {
+            id: id.to_string(),
+            limits: entry.limits.clone(),
+            capacity: entry.capacity.clone(),
+            quota: entry.quota.clone(),
+        })
     }
 
     pub fn summary(&self, id: &str) -> Option<TenantSummary> {
@@ -245,6 +366,7 @@ impl Tenants {
         Some(TenantSummary {
             id: id.to_string(),
             limits: entry.limits.clone(),
+            capacity: entry.capacity.clone(),
             key_ids: entry.key_hashes.iter().map(|hash| key_id_of(hash).to_string()).collect(),
         })
     }
@@ -303,8 +425,8 @@ mod tests {
     #[actix_rt::test]
     async fn requests_are_anonymous_until_a_key_exists() {
         let tenants = Tenants::new(actix_rt::Arbiter::current());
-        tenants.upsert(ANONYMOUS_TENANT, TenantLimits::default());
-        tenants.upsert("acme", TenantLimits { requests_per_minute: Some(2), ..Default::default() });
+        tenants.upsert(ANONYMOUS_TENANT, TenantLimits::default(), TenantCapacity::default());
+        tenants.upsert("acme", TenantLimits { requests_per_minute: Some(2), ..Default::default() }, TenantCapacity::default());
         assert_eq!(tenants.authenticate(None).unwrap().id, ANONYMOUS_TENANT);
         assert_eq!(tenants.authenticate(Some("Bearer whatever")).unwrap().id, ANONYMOUS_TENANT);
 
@@ -327,12 +449,55 @@ mod tests {
         assert!(!tenants.auth_required());
     }
 
+    #[test]
+    fn reservations_are_checked() {
+        let capacity = |deployment: &str, replicas| TenantCapacity {
+            reserved_replicas: BTreeMap::from([(deployment.to_string(), replicas)]),
+            ..Default::default()
+        };
+        assert!(capacity("chat", 1).validate("tenants.a").is_ok());
+        let error = capacity("chat", 0).validate("tenants.a").unwrap_err();
+        assert!(error.contains("tenants.a.reserved_replicas.chat must be at least 1"), "{error}");
+        let error = capacity("a/b", 1).validate("tenants.a").unwrap_err();
+        assert!(error.contains("invalid deployment name `a/b`"), "{error}");
+        let parsed: TenantCapacity = serde_json::from_str(r#"{"priority": "low", "reserved_replicas": {}}"#).unwrap();
+        assert_eq!(parsed.priority, Priority::Low);
+        assert!(serde_json::from_str::<TenantCapacity>(r#"{"priority": "urgent", "reserved_replicas": {}}"#).is_err());
+    }
+
+    #[actix_rt::test]
+    async fn reserved_replicas_add_up_per_deployment_and_slots_are_bounded_by_the_share() {
+        let tenants = Tenants::new(actix_rt::Arbiter::current());
+        let reserving = |replicas: u32| TenantCapacity {
+            reserved_replicas: BTreeMap::from([("chat".to_string(), replicas)]),
+            ..Default::default()
+        };
+        tenants.upsert("a", TenantLimits::default(), reserving(1));
+        tenants.upsert("b", TenantLimits::default(), reserving(2));
+        tenants.upsert("c", TenantLimits::default(), TenantCapacity::default());
+        assert_eq!(tenants.reserved_replicas("chat", None), 3);
+        assert_eq!(tenants.reserved_replicas("chat", Some("b")), 1);
+        assert_eq!(tenants.reserved_replicas("other", None), 0);
+
+        // A share of 2 in flight: two single jobs fit, a third does not, until one ends.
+        let first = tenants.take_reserved_slot("a", "chat", 2, 1).expect("fits");
+        let second = tenants.take_reserved_slot("a", "chat", 2, 1).expect("fits");
+        assert!(tenants.take_reserved_slot("a", "chat", 2, 1).is_none());
+        assert!(tenants.take_reserved_slot("b", "chat", 2, 2).is_some(), "counted per tenant");
+        drop(first);
+        let third = tenants.take_reserved_slot("a", "chat", 2, 1).expect("a place was given back");
+        drop((second, third));
+        assert!(tenants.take_reserved_slot("a", "chat", 2, 3).is_none(), "3 jobs never fit a share of 2");
+        assert!(tenants.take_reserved_slot("a", "chat", 0, 1).is_none());
+        assert!(tenants.reserved_in_flight.0.lock().is_empty(), "no counter is left behind");
+    }
+
     #[actix_rt::test]
     async fn a_hash_belongs_to_one_tenant() {
         let tenants = Tenants::new(actix_rt::Arbiter::current());
-        assert_eq!(tenants.upsert("a", TenantLimits::default()), Upsert::Created);
-        assert_eq!(tenants.upsert("a", TenantLimits::default()), Upsert::Updated);
-        tenants.upsert("b", TenantLimits::default());
+        assert_eq!(tenants.upsert("a", TenantLimits::default(), TenantCapacity::default()), Upsert::Created);
+        assert_eq!(tenants.upsert("a", TenantLimits::default(), TenantCapacity::default()), Upsert::Updated);
+        tenants.upsert("b", TenantLimits::default(), TenantCapacity::default());
         let hash = hash_api_key("k");
         tenants.add_key_hash("a", &hash).unwrap();
         tenants.add_key_hash("a", &hash).unwrap();

@@ -10,7 +10,10 @@
 //! - three gateways, one tenant limit of 3 concurrent requests: at most 3 admitted
 //!   across the nodes, and a gateway killed mid-request leaks no slot (its lease expires).
 //! - a worker stopped with SIGTERM hands its unfinished stream back when its shutdown
-//!   timeout ends: another worker resumes it at once, not after the lease expires.
+//!   timeout ends: another worker resumes it at once, not after the lease expires;
+//! - two worker nodes: the leader's autoscaler places replicas on both under load;
+//!   killing one re-places its replicas on the other, which finishes its jobs; idle, the
+//!   cluster goes back to zero.
 //!
 //! Every node runs the `sim` engine with a per-step delay, so a generation lasts long
 //! enough to be interrupted, and its output depends only on the seed.
@@ -121,9 +124,10 @@ impl Drop for TempDir {
     }
 }
 
-/// A config: deployment `chat` (sim engine, `step` per decode step, one replica per
-/// worker node, `batch` sequences per replica), short leases, quick ticks.
-fn config(step: &str, batch: u32, extra: &str) -> String {
+/// A config: deployment `chat` (sim engine, `step` per decode step, `replicas` replicas
+/// in the cluster (placed one per worker node), `batch` sequences per replica), short
+/// leases, quick ticks, a node declared dead 1.5 s after its last heartbeat.
+fn config(step: &str, batch: u32, replicas: u32, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -135,6 +139,9 @@ lease_ttl = "2s"
 health_interval = "200ms"
 connect_timeout = "300ms"
 response_timeout = "1s"
+heartbeat_interval = "200ms"
+node_ttl = "1500ms"
+leader_lease_ttl = "1500ms"
 [deployments.chat]
 engine = "sim"
 max_tokens_default = 32
@@ -145,8 +152,8 @@ decode_step_base = "{step}"
 decode_step_per_sequence = "0ms"
 max_batch_size = {batch}
 [deployments.chat.autoscaling]
-min_replicas = 1
-max_replicas = 1
+min_replicas = {replicas}
+max_replicas = {replicas}
 {extra}
 "#
     )
@@ -202,6 +209,21 @@ async fn wait_ready(node: &Node, worker: bool) {
         }
     })
     .await
+}
+
+/// A gateway `gw` and two workers `w1`, `w2` on `config`, once all answer `/readyz` (and,
+/// with `replicas`, each worker has its ready replica).
+async fn gateway_and_two_workers(dir: &TempDir, config: &Path, redis: &RedisServer, replicas: bool) -> (Node, Vec<Node>) {
+    let gateway = Node::start(&dir.0, config, &redis.url(), "gateway", "gw");
+    let workers = vec![
+        Node::start(&dir.0, config, &redis.url(), "worker", "w1"),
+        Node::start(&dir.0, config, &redis.url(), "worker", "w2"),
+    ];
+    wait_ready(&gateway, false).await;
+    for worker in &workers {
+        wait_ready(worker, replicas).await;
+    }
+    (gateway, workers)
 }
 
 /// Sequences the node's replicas are working on.
@@ -333,16 +355,8 @@ async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_an
     let started = Instant::now();
     let dir = TempDir::new("worker-killed");
     let redis = RedisServer::start(RedisServerOptions::default());
-    let config = dir.write_config(&config("10ms", 8, ""));
-    let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
-    let mut workers = vec![
-        Node::start(&dir.0, &config, &redis.url(), "worker", "w1"),
-        Node::start(&dir.0, &config, &redis.url(), "worker", "w2"),
-    ];
-    wait_ready(&gateway, false).await;
-    for worker in &workers {
-        wait_ready(worker, true).await;
-    }
+    let config = dir.write_config(&config("10ms", 8, 2, ""));
+    let (gateway, mut workers) = gateway_and_two_workers(&dir, &config, &redis, true).await;
     let (max_tokens, seed) = (200, 42);
     let expected = reference(&gateway, max_tokens, seed).await;
 
@@ -382,7 +396,7 @@ async fn redis_killed_and_restarted_with_aof_loses_no_accepted_request() {
     let dir = TempDir::new("redis-restart");
     let mut redis = RedisServer::start(RedisServerOptions { append_only: true, append_fsync: "always" });
     // Two sequences at a time on the one worker: of six requests, four wait in the queue.
-    let config = dir.write_config(&config("15ms", 2, ""));
+    let config = dir.write_config(&config("15ms", 2, 1, ""));
     let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
     let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
     wait_ready(&gateway, false).await;
@@ -486,7 +500,7 @@ lease_renew_interval = "500ms"
 "#,
         key.hash
     );
-    let config = dir.write_config(&config("20ms", 16, &tenant));
+    let config = dir.write_config(&config("20ms", 16, 1, &tenant));
     let mut gateways =
         vec![Node::start(&dir.0, &config, &redis.url(), "gateway", "gw1"), Node::start(&dir.0, &config, &redis.url(), "gateway", "gw2"), Node::start(&dir.0, &config, &redis.url(), "gateway", "gw3")];
     let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
@@ -545,19 +559,11 @@ async fn a_worker_shut_down_gracefully_hands_its_unfinished_stream_back_at_once(
     let redis = RedisServer::start(RedisServerOptions::default());
     // Leases far longer than the shutdown timeout: the stream can only move on in time
     // if the stopping worker hands it back.
-    let text = config("10ms", 8, "")
+    let text = config("10ms", 8, 2, "")
         .replace("lease_ttl = \"2s\"", "lease_ttl = \"20s\"")
         .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1s\"");
     let config = dir.write_config(&text);
-    let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
-    let workers = [
-        Node::start(&dir.0, &config, &redis.url(), "worker", "w1"),
-        Node::start(&dir.0, &config, &redis.url(), "worker", "w2"),
-    ];
-    wait_ready(&gateway, false).await;
-    for worker in &workers {
-        wait_ready(worker, true).await;
-    }
+    let (gateway, workers) = gateway_and_two_workers(&dir, &config, &redis, true).await;
     let (max_tokens, seed) = (300, 9);
     let expected = reference(&gateway, max_tokens, seed).await;
 
@@ -583,6 +589,128 @@ async fn a_worker_shut_down_gracefully_hands_its_unfinished_stream_back_at_once(
     eprintln!("finished {took:?} after SIGTERM; test took {:?}", started.elapsed());
 }
 
+/// This node's view of the cluster (`GET /admin/v1/cluster`).
+async fn cluster(node: &Node) -> Option<Value> {
+    match get_json(&format!("{}/admin/v1/cluster", node.url)).await {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// Replicas of `chat` the stored placement puts on each node (node → count).
+async fn placement(node: &Node) -> Option<std::collections::BTreeMap<String, u64>> {
+    let view = cluster(node).await?;
+    let nodes = view["placement"].as_object()?;
+    Some(
+        nodes
+            .iter()
+            .filter_map(|(node, deployments)| Some((node.clone(), deployments["chat"].as_u64()?)))
+            .filter(|(_, replicas)| *replicas > 0)
+            .collect(),
+    )
+}
+
+async fn ready_replicas(node: &Node) -> u64 {
+    status(node).await.and_then(|status| status["replicas"]["ready"].as_u64()).unwrap_or(0)
+}
+
+/// The leader runs the deployment's autoscaler over the whole cluster's load and places
+/// replicas on the worker nodes; killing one re-places its replicas on the other, whose
+/// replicas finish its jobs; when the load is gone the cluster scales to zero.
+#[actix_rt::test]
+async fn load_places_replicas_on_both_workers_and_a_killed_worker_is_replaced_by_the_other() {
+    let started = Instant::now();
+    let dir = TempDir::new("placement");
+    let redis = RedisServer::start(RedisServerOptions::default());
+    // From zero, up to 4 replicas of 2 sequences each, 2 concurrent requests per replica
+    // wanted, no up-window, quick scale-down and scale to zero.
+    let extra = r#"scale_up_window = "0s"
+scale_down_window = "1s"
+scale_to_zero_window = "2s"
+metrics_window = "1s"
+[deployments.chat.autoscaling.load_targets]
+concurrent_requests = 2
+[deployments.chat.autoscaling.velocity.scale_down]
+percent = 100
+period = "1s"
+"#;
+    let text = config("20ms", 2, 0, extra).replace("max_replicas = 0", "max_replicas = 4");
+    let config = dir.write_config(&text);
+    let (gateway, mut workers) = gateway_and_two_workers(&dir, &config, &redis, false).await;
+    // Idle: nothing placed, no replica anywhere.
+    assert_eq!(ready_replicas(&workers[0]).await + ready_replicas(&workers[1]).await, 0);
+
+    // 8 requests of 400 tokens × 20 ms (8 s each): 8 concurrent → 4 replicas.
+    let (max_tokens, requests) = (400u32, 8u64);
+    let mut streams = Vec::new();
+    for seed in 0..requests {
+        streams.push(SseStream::open(&gateway.url, None, &completion(max_tokens, seed)).await.expect("admitted"));
+    }
+    let spread = wait_for("replicas placed on both workers", Duration::from_secs(30), || async {
+        let placement = placement(&gateway).await?;
+        let on = |node: &str| placement.get(node).copied().unwrap_or(0);
+        (on("w1") >= 1 && on("w2") >= 1 && on("w1") + on("w2") == 4).then_some(placement)
+    })
+    .await;
+    eprintln!("placement under load: {spread:?} after {:?}", started.elapsed());
+    wait_for("both workers serving", Duration::from_secs(30), || async {
+        (ready_replicas(&workers[0]).await >= 1 && ready_replicas(&workers[1]).await >= 1).then_some(())
+    })
+    .await;
+    // Both hold jobs.
+    wait_for("both workers generating", Duration::from_secs(30), || async {
+        (active_sequences(&workers[0]).await > 0 && active_sequences(&workers[1]).await > 0).then_some(())
+    })
+    .await;
+    for stream in &mut streams {
+        assert!(stream.read_until(5, Duration::from_secs(20)).await, "a stream ended early: {:?}", stream.result);
+    }
+
+    // kill -9 w1: its replicas go to w2, and w2 finishes w1's jobs.
+    let survivor_tokens_before = generated_tokens(&workers[1]).await;
+    workers[0].kill();
+    let killed_at = Instant::now();
+    let moved = wait_for("w1's replicas re-placed on w2", Duration::from_secs(30), || async {
+        let placement = placement(&gateway).await?;
+        (placement.keys().all(|node| node == "w2") && placement.get("w2").copied().unwrap_or(0) >= 3)
+            .then_some(placement)
+    })
+    .await;
+    eprintln!("re-placed {:?} after the kill: {moved:?}", killed_at.elapsed());
+    wait_for("w2 generating after the kill", Duration::from_secs(20), || async {
+        (generated_tokens(&workers[1]).await > survivor_tokens_before).then_some(())
+    })
+    .await;
+    let mut results = Vec::new();
+    for stream in streams {
+        results.push(stream.finish(Duration::from_secs(40)).await);
+    }
+    for (seed, result) in results.iter().enumerate() {
+        assert!(result.done && result.error.is_none(), "request {seed}: {result:?}");
+        let usage = result.usage.as_ref().expect("usage");
+        assert_eq!(usage["completion_tokens"], max_tokens, "request {seed}: {usage}");
+    }
+    // Every request ended while w1 was dead: those it held were finished by w2. Each text is what an undisturbed run gives (no token missing or repeated where a
+    // job moved from w1 to w2).
+    let references: Vec<String> = futures_util::future::join_all(
+        (0..requests).map(|seed| reference(&gateway, max_tokens, seed)),
+    )
+    .await;
+    for (seed, result) in results.iter().enumerate() {
+        assert_eq!(result.text, references[seed], "request {seed} differs from an undisturbed run");
+    }
+
+    // Load gone: the cluster scales to zero.
+    wait_for("the cluster at zero replicas", Duration::from_secs(40), || async {
+        let placement = placement(&gateway).await?;
+        (placement.is_empty() && ready_replicas(&workers[1]).await == 0).then_some(())
+    })
+    .await;
+    let view = cluster(&gateway).await.expect("cluster view");
+    assert_eq!(view["distributed"], true);
+    eprintln!("test took {:?}", started.elapsed());
+}
+
 /// `swell serve --redis` on a gateway node reads the ingress stream: a job pushed into
 /// Redis by a program that is not Swell is validated by the gateway, generated by a
 /// worker node and answered on `reply_to`, with the same text as over HTTP.
@@ -591,7 +719,7 @@ async fn an_ingress_job_pushed_into_redis_is_served_by_the_cluster() {
     use swell_cluster::ingress_wire::{Encoding, IngressRequest, Producer, ReplyKind, RequestKind};
     let dir = TempDir::new("ingress");
     let redis = RedisServer::start(RedisServerOptions::default());
-    let config = dir.write_config(&config("1ms", 8, ""));
+    let config = dir.write_config(&config("1ms", 8, 1, ""));
     let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
     let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
     wait_ready(&gateway, false).await;
@@ -618,4 +746,93 @@ async fn an_ingress_job_pushed_into_redis_is_served_by_the_cluster() {
     assert_eq!(last.kind, ReplyKind::Completion, "{replies:?}");
     assert_eq!(last.data["choices"][0]["text"].as_str(), Some(expected.as_str()), "{:?}", last.data);
     assert_eq!(last.data["usage"]["completion_tokens"], max_tokens);
+}
+
+/// A gateway killed (`kill -9`) while it relays an ingress request's streamed replies:
+/// another gateway takes the entry over and resumes the replies after the ones already
+/// written, so the producer reads one coherent reply stream (seq 0, 1, 2, ... with no
+/// gap or repeat, the text of an undisturbed run, one terminal `done`).
+#[actix_rt::test]
+async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway() {
+    use swell_cluster::ingress_wire::{Encoding, IngressRequest, Producer, ReplyKind, RequestKind};
+    let started = Instant::now();
+    let dir = TempDir::new("ingress-takeover");
+    let redis = RedisServer::start(RedisServerOptions::default());
+    // One consumer name per gateway (to tell which one relays); entries idle for 1 s
+    // are taken over.
+    let base = config("20ms", 8, 1, "");
+    let ingress = |name: &str| {
+        format!("{base}\n[ingress]\nconsumer = \"{name}\"\nclaim_idle = \"1s\"\nclaim_interval = \"200ms\"\nblock = \"200ms\"\n")
+    };
+    let config_1 = dir.0.join("gw1.toml");
+    let config_2 = dir.0.join("gw2.toml");
+    std::fs::write(&config_1, ingress("gw1")).unwrap();
+    std::fs::write(&config_2, ingress("gw2")).unwrap();
+    let mut gateways =
+        vec![Node::start(&dir.0, &config_1, &redis.url(), "gateway", "gw1"), Node::start(&dir.0, &config_2, &redis.url(), "gateway", "gw2")];
+    let worker = Node::start(&dir.0, &config_1, &redis.url(), "worker", "w1");
+    for gateway in &gateways {
+        wait_ready(gateway, false).await;
+    }
+    wait_ready(&worker, true).await;
+    let (max_tokens, seed) = (200, 11);
+    let expected = reference(&gateways[0], max_tokens, seed).await;
+
+    let producer = Producer::connect(&redis.url(), "swell").await.expect("producer connects");
+    let job = IngressRequest {
+        id: "long-1".into(),
+        api_key: None,
+        deployment: "chat".into(),
+        kind: RequestKind::Completion,
+        request: completion(max_tokens, seed).to_string(),
+        reply_to: "producer:replies".into(),
+        deadline_ms: None,
+    };
+    producer.submit(&job, Encoding::Json).await.expect("submitted");
+    // Wait for some chunks, then find the relaying gateway: the entry stays pending with
+    // its consumer until the terminal reply.
+    let mut connection = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    wait_for("20 chunk replies", Duration::from_secs(20), || {
+        let producer = &producer;
+        async move {
+            let replies = producer.read_replies("producer:replies", "0", None).await.ok()?;
+            let chunks = replies.iter().filter(|(_, reply)| reply.kind == ReplyKind::Chunk).count();
+            (chunks >= 20).then_some(())
+        }
+    })
+    .await;
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(producer.stream())
+        .arg("gateways")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let relaying = format!("{pending:?}");
+    let holder = if relaying.contains("gw1") { 0 } else { 1 };
+    assert!(relaying.contains(&format!("gw{}", holder + 1)), "the entry is pending with its gateway: {relaying}");
+    gateways[holder].kill();
+    let killed_at = Instant::now();
+
+    let replies = producer
+        .wait_for("producer:replies", "long-1", Duration::from_secs(30))
+        .await
+        .expect("a terminal reply after the takeover");
+    eprintln!("answered {:?} after the kill ({} replies)", killed_at.elapsed(), replies.len());
+    for (index, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.seq, index as u64, "replies numbered 0, 1, 2, ... without gap or repeat: {replies:?}");
+    }
+    let terminal: Vec<_> = replies.iter().filter(|reply| reply.kind.is_terminal()).collect();
+    assert_eq!(terminal.len(), 1, "one terminal reply");
+    assert_eq!(terminal[0].kind, ReplyKind::Done, "{:?}", terminal[0]);
+    let text: String = replies
+        .iter()
+        .filter(|reply| reply.kind == ReplyKind::Chunk)
+        .filter_map(|reply| reply.data["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, expected, "the producer's text differs from an undisturbed run");
+    assert_eq!(terminal[0].data["usage"]["completion_tokens"], max_tokens);
+    eprintln!("test took {:?}", started.elapsed());
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 
+use crate::autoscaler::{Decision, Signal};
+
 pub const REQUESTS_TOTAL: &str = "swell_requests_total";
 pub const TIME_TO_FIRST_TOKEN: &str = "swell_time_to_first_token_seconds";
 pub const INTER_TOKEN_LATENCY: &str = "swell_inter_token_latency_seconds";
@@ -15,6 +17,12 @@ pub const QUEUE_DEPTH: &str = "swell_queue_depth";
 pub const REPLICAS: &str = "swell_replicas";
 pub const DESIRED_REPLICAS: &str = "swell_desired_replicas";
 pub const SCALE_EVENTS_TOTAL: &str = "swell_scale_events_total";
+pub const AUTOSCALER_DECISIONS_TOTAL: &str = "swell_autoscaler_decisions_total";
+pub const AUTOSCALER_RECOMMENDED_REPLICAS: &str = "swell_autoscaler_recommended_replicas";
+pub const AUTOSCALER_SIGNAL: &str = "swell_autoscaler_signal";
+pub const AUTOSCALER_PANIC: &str = "swell_autoscaler_panic";
+pub const AUTOSCALER_RULE_FIRINGS_TOTAL: &str = "swell_autoscaler_rule_firings_total";
+pub const AUTOSCALER_PREDICTED_REPLICAS: &str = "swell_autoscaler_predicted_replicas";
 pub const COLD_START: &str = "swell_replica_cold_start_seconds";
 pub const REPLICA_RESTARTS_TOTAL: &str = "swell_replica_restarts_total";
 pub const QUOTA_REJECTIONS_TOTAL: &str = "swell_quota_rejections_total";
@@ -47,6 +55,12 @@ pub fn describe() {
     describe_gauge!(REPLICAS, "Replicas by state (starting, ready, draining)");
     describe_gauge!(DESIRED_REPLICAS, "Replicas the autoscaler wants");
     describe_counter!(SCALE_EVENTS_TOTAL, "Scale events by direction and reason");
+    describe_counter!(AUTOSCALER_DECISIONS_TOTAL, "Autoscaler decisions by direction and reason (stable ones included)");
+    describe_gauge!(AUTOSCALER_RECOMMENDED_REPLICAS, "Replicas each configured load target recommends, by target");
+    describe_gauge!(AUTOSCALER_SIGNAL, "Load signals over the metrics window, by signal (queue_delay_seconds in seconds, kv_cache_utilization as a fraction)");
+    describe_gauge!(AUTOSCALER_PANIC, "1 while the deployment is in burst (panic) mode, else 0");
+    describe_counter!(AUTOSCALER_RULE_FIRINGS_TOTAL, "Decisions in which a custom rule fired, by rule");
+    describe_gauge!(AUTOSCALER_PREDICTED_REPLICAS, "The predictive floor (also in preview mode)");
     describe_histogram!(COLD_START, Unit::Seconds, "Time from a replica's creation to ready");
     describe_counter!(REPLICA_RESTARTS_TOTAL, "Replicas that failed and were replaced, by cause");
     describe_counter!(QUOTA_REJECTIONS_TOTAL, "Requests refused by a tenant quota, by limit");
@@ -97,6 +111,28 @@ pub fn scale_event(deployment: &str, direction: &'static str, reason: &'static s
     counter!(SCALE_EVENTS_TOTAL, "deployment" => deployment.to_string(), "direction" => direction, "reason" => reason).increment(1);
 }
 
+/// One autoscaler decision: its counter, each target's recommendation, the signals,
+/// burst mode, the rules that fired and the predictive floor.
+pub fn autoscaler_decision(deployment: &str, decision: &Decision) {
+    counter!(AUTOSCALER_DECISIONS_TOTAL, "deployment" => deployment.to_string(), "direction" => decision.direction.as_str(), "reason" => decision.reason.as_str()).increment(1);
+    for recommendation in &decision.recommendations {
+        gauge!(AUTOSCALER_RECOMMENDED_REPLICAS, "deployment" => deployment.to_string(), "target" => recommendation.signal.key())
+            .set(f64::from(recommendation.replicas));
+    }
+    for signal in Signal::ALL {
+        gauge!(AUTOSCALER_SIGNAL, "deployment" => deployment.to_string(), "signal" => signal.key()).set(decision.signals.get(signal));
+    }
+    if let Some(panic) = &decision.panic {
+        gauge!(AUTOSCALER_PANIC, "deployment" => deployment.to_string()).set(if panic.active { 1.0 } else { 0.0 });
+    }
+    for rule in &decision.rules_fired {
+        counter!(AUTOSCALER_RULE_FIRINGS_TOTAL, "deployment" => deployment.to_string(), "rule" => rule.name.clone()).increment(1);
+    }
+    if let Some(floor) = decision.predictive.as_ref().and_then(|predictive| predictive.floor) {
+        gauge!(AUTOSCALER_PREDICTED_REPLICAS, "deployment" => deployment.to_string()).set(f64::from(floor));
+    }
+}
+
 pub fn cold_start(deployment: &str, elapsed: Duration) {
     histogram!(COLD_START, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
 }
@@ -144,4 +180,87 @@ pub fn engine_step(deployment: &str, report: &swell_workers::StepReport) {
 
 pub fn engine_kv_tokens(deployment: &str, replica: &str, used: u64) {
     gauge!(ENGINE_KV_TOKENS_USED, "deployment" => deployment.to_string(), "replica" => replica.to_string()).set(used as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+    use crate::autoscaler::{Autoscaler, AutoscalingPolicy, CustomRule, LoadSample, PredictiveMode, ReplicaCounts};
+
+    /// (name, labels, value) of everything recorded.
+    type Recorded = Vec<(String, Vec<(String, String)>, DebugValue)>;
+
+    fn recorded(f: impl FnOnce()) -> Recorded {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, f);
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels = key.labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+                (key.name().to_string(), labels, value)
+            })
+            .collect()
+    }
+
+    fn find<'a>(
+        metrics: &'a Recorded,
+        name: &str,
+        label: (&str, &str),
+    ) -> Option<&'a DebugValue> {
+        metrics
+            .iter()
+            .find(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == label.0 && v == label.1))
+            .map(|(_, _, value)| value)
+    }
+
+    #[test]
+    fn a_decision_is_exported_with_its_reason_recommendations_signals_and_effects() {
+        let mut policy = AutoscalingPolicy {
+            metrics_window: Duration::from_secs(1),
+            scale_up_window: Duration::ZERO,
+            max_replicas: 10,
+            panic_threshold: Some(2.0),
+            ..AutoscalingPolicy::default()
+        };
+        policy.load_targets.requests_per_second = Some(2.0);
+        policy.rules = vec![toml::from_str::<CustomRule>("name = \"deep\"\nsignal = \"queue_depth\"\nabove = 5\nset = 2").unwrap()];
+        policy.predictive.mode = PredictiveMode::Preview;
+        let mut autoscaler = Autoscaler::new(policy);
+        autoscaler.record(LoadSample { queued: 10, running: 14, arrivals: 6, ..LoadSample::default() });
+        let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts { ready: 1, starting: 0, draining: 0 });
+        assert_eq!(decision.desired, 3);
+
+        let metrics = recorded(|| autoscaler_decision("chat", &decision));
+        assert!(matches!(
+            find(&metrics, AUTOSCALER_DECISIONS_TOTAL, ("reason", "concurrent_requests")),
+            Some(DebugValue::Counter(1))
+        ));
+        assert!(matches!(
+            find(&metrics, AUTOSCALER_DECISIONS_TOTAL, ("direction", "up")),
+            Some(DebugValue::Counter(1))
+        ));
+        let gauge = |name: &str, label: (&str, &str)| match find(&metrics, name, label) {
+            Some(DebugValue::Gauge(value)) => value.into_inner(),
+            other => panic!("{name} {label:?}: {other:?}"),
+        };
+        assert_eq!(gauge(AUTOSCALER_RECOMMENDED_REPLICAS, ("target", "concurrent_requests")), 3.0);
+        assert_eq!(gauge(AUTOSCALER_RECOMMENDED_REPLICAS, ("target", "requests_per_second")), 3.0);
+        assert_eq!(gauge(AUTOSCALER_SIGNAL, ("signal", "queue_depth")), 10.0);
+        assert_eq!(gauge(AUTOSCALER_SIGNAL, ("signal", "requests_per_second")), 6.0);
+        assert_eq!(gauge(AUTOSCALER_PANIC, ("deployment", "chat")), 1.0);
+        assert!(matches!(
+            find(&metrics, AUTOSCALER_RULE_FIRINGS_TOTAL, ("rule", "deep")),
+            Some(DebugValue::Counter(1))
+        ));
+        // Preview without history yet: no forecast, no floor gauge.
+        assert!(find(&metrics, AUTOSCALER_PREDICTED_REPLICAS, ("deployment", "chat")).is_none());
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use swell_cluster::{
-    AdmissionLimits, FinishReason, GenerationRequest, Job, OutputEvent, Queue, QueueError,
+    AdmissionLimits, FinishReason, GenerationRequest, Job, OutputEvent, Priority, Queue, QueueError,
     TokenLogprob, Usage,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::metrics as m;
 use crate::quota::{Acquire, QuotaActor, QuotaGrant, QuotaRejection, RateLimitSnapshot, Settle};
-use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived};
+use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived, WorkStarted};
 
 /// A validated request, ready to be admitted.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct RequestSpec {
     /// Give up (with `deadline_exceeded`) if still queued after this long.
     pub deadline: Option<Duration>,
     pub max_queue_depth: u64,
+    /// Service class in the deployment's queue (the tenant's `priority`, or `high` while
+    /// the tenant is within a capacity reservation).
+    pub priority: Priority,
     /// When the request reached the edge (for time-to-first-token).
     pub received_at: Instant,
 }
@@ -92,10 +95,31 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
 /// Admit a request and start relaying it. Resolves once admission is decided.
 pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
+    start(spec, deps, false).await
+}
+
+/// Relay a job that is already in the queue, admitted by another gateway that died
+/// before it finished relaying (the Redis ingress's takeover): no quota is taken (the
+/// admission took it) and nothing is enqueued; the job's output stream is read from its
+/// start, so the events are the whole request's. `position` in the answer is 0.
+/// Dropping the events cancels the job, as for a submitted request.
+pub async fn attach(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
+    start(spec, RequestDeps { quota: None, ..deps }, true).await
+}
+
+async fn start(spec: RequestSpec, deps: RequestDeps, attach: bool) -> Result<Admitted, Rejected> {
     let (events_tx, events) = mpsc::channel(256);
     let (admission_tx, admission) = oneshot::channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let actor = RequestActor { spec: Some(spec), deps, events: Some(events_tx), admission: Some(admission_tx), cancel_tx, cancel_rx };
+    let actor = RequestActor {
+        spec: Some(spec),
+        deps,
+        events: Some(events_tx),
+        admission: Some(admission_tx),
+        cancel_tx,
+        cancel_rx,
+        attach,
+    };
     let handle = actor.start();
     match admission.await {
         Ok(Ok((position, rate_limits))) => Ok(Admitted { position, rate_limits, events, handle }),
@@ -113,6 +137,8 @@ pub struct RequestActor {
     admission: Option<oneshot::Sender<AdmissionResult>>,
     cancel_tx: watch::Sender<bool>,
     cancel_rx: watch::Receiver<bool>,
+    /// Relay an already enqueued job ([`attach`]) instead of admitting a new one.
+    attach: bool,
 }
 
 impl Actor for RequestActor {
@@ -125,6 +151,11 @@ impl Actor for RequestActor {
             ctx.stop();
             return;
         };
+        if self.attach {
+            let run = run_attached(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
+            ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
+            return;
+        }
         let run = run_request(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
         ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
@@ -209,6 +240,7 @@ async fn run_request_in_span(
         request: spec.request.clone(),
         enqueued_at_ms: now_ms,
         deadline_ms: spec.deadline.map(|d| now_ms + d.as_millis() as u64),
+        priority: spec.priority,
     };
     let limits = AdmissionLimits { max_queue_depth: spec.max_queue_depth };
     let position = match deps.queue.enqueue(job, limits).await {
@@ -238,11 +270,29 @@ async fn run_request_in_span(
         return;
     }
 
-    let outcome = relay(&spec, &deps, &events, cancel, position).await;
+    let outcome = relay(&spec, &deps, &events, cancel, Some(position)).await;
     settle(outcome.generated);
     m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
     m::request_duration(&spec.deployment, spec.received_at.elapsed());
     m::tokens(&spec.deployment, &spec.tenant, prompt_tokens, outcome.generated);
+}
+
+/// [`attach`]: relay a job another gateway admitted.
+async fn run_attached(
+    spec: RequestSpec,
+    deps: RequestDeps,
+    events: mpsc::Sender<RequestEvent>,
+    admission: oneshot::Sender<AdmissionResult>,
+    cancel: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant, attached = true);
+    let _enter = span.enter();
+    if admission.send(Ok((0, RateLimitSnapshot::default()))).is_err() {
+        return;
+    }
+    let position = deps.queue.position(&spec.deployment, &spec.job_id).await.ok().flatten();
+    let outcome = relay(&spec, &deps, &events, cancel, position).await;
+    m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
 }
 
 /// Relay the job's output stream to the client until it ends.
@@ -251,7 +301,7 @@ async fn relay(
     deps: &RequestDeps,
     events: &mpsc::Sender<RequestEvent>,
     mut cancel: watch::Receiver<bool>,
-    position: u64,
+    position: Option<u64>,
 ) -> Outcome {
     let job_id = spec.job_id.as_str();
     let mut after_seq = 0;
@@ -259,7 +309,7 @@ async fn relay(
     let mut generated = 0u64;
     let mut last_token_at: Option<Instant> = None;
     let enqueued_at = Instant::now();
-    let mut position = Some(position);
+    let mut position = position;
     let mut read_failures = 0u32;
     let mut failing_since: Option<Instant> = None;
     let cancelled = |generated| Outcome { status: "cancelled", generated };
@@ -347,6 +397,7 @@ async fn relay(
                     if !started {
                         started = true;
                         m::queue_wait(&spec.deployment, enqueued_at.elapsed());
+                        deps.supervisor.do_send(WorkStarted { waited: enqueued_at.elapsed() });
                     }
                     RequestEvent::Started { replica }
                 }

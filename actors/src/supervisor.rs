@@ -16,7 +16,13 @@
 //! - **Liveness is progress:** a ready replica that holds work but whose step counter has
 //!   not moved for `stall_timeout` is abandoned (its jobs go back to the queue).
 //! - Every scale event is recorded with its reason and inputs, exported as metrics and
-//!   shown by `ObserveDeployment`.
+//!   shown by `ObserveDeployment`, and so are the last decisions (with their signals,
+//!   per-target recommendations, rules fired and burst/schedule/predictive effects).
+//! - **In a cluster** (`placement_driven`), the replica count is not this node's to
+//!   decide: the leader's autoscaler decides it for the whole cluster and places replicas
+//!   on nodes; [`SetAssignment`] tells the supervisor its share, which it starts or drains
+//!   like any scale (reason `placement`). Each tick writes the deployment's load on this
+//!   node into its [`LoadReport`], which the node's heartbeat carries to the leader.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -25,13 +31,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
-use swell_cluster::{unix_millis, Queue, QueueDepth};
+use swell_cluster::{unix_millis, DeploymentLoad, Queue, QueueDepth};
 use swell_workers::{ColdStartReport, EngineDescription, EngineFactory};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::autoscaler::{
-    Autoscaler, AutoscalingPolicy, Decision, LoadAverages, LoadSample, ReplicaCounts, ScaleDirection,
+    Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
+    ReplicaCounts, ScaleDirection,
 };
 use crate::metrics as m;
 use crate::worker::{
@@ -58,7 +65,20 @@ pub struct DeploymentSpec {
     /// and stops, without waiting for the cluster's queue to empty (other nodes serve
     /// it).
     pub shared_queue: bool,
+    /// In a cluster whose leader places replicas: the replica count on this node is what
+    /// the placement assigns it ([`SetAssignment`]), not what this node's autoscaler
+    /// decides (that one still runs on the local samples, for the status API's load view).
+    pub placement_driven: bool,
+    /// Where every tick writes this deployment's load on this node, for the node's
+    /// heartbeat (the leader's autoscaler works on the sum over the nodes).
+    pub load_report: Option<LoadReport>,
+    /// Replicas reserved by tenants: a floor under the policy's count ([`SetReservedFloor`]).
+    pub reserved_floor: u32,
 }
+
+/// This node's load of one deployment, as the last tick saw it (shared with the cluster
+/// coordinator, which puts it in the node's heartbeat).
+pub type LoadReport = Arc<parking_lot::Mutex<DeploymentLoad>>;
 
 impl DeploymentSpec {
     pub fn new(name: impl Into<String>, factory: Arc<dyn EngineFactory>, autoscaling: AutoscalingPolicy) -> Self {
@@ -71,6 +91,9 @@ impl DeploymentSpec {
             stall_timeout: Duration::from_secs(120),
             runs_replicas: true,
             shared_queue: false,
+            placement_driven: false,
+            load_report: None,
+            reserved_floor: 0,
         }
     }
 }
@@ -129,11 +152,20 @@ pub struct DeploymentStatus {
     pub load: LoadAverages,
     pub autoscaling: AutoscalingPolicy,
     pub last_decision: Option<Decision>,
+    /// The last decisions with their inputs (equivalent consecutive decisions folded
+    /// into one record), most recent last.
+    pub decisions: Vec<DecisionRecord>,
     /// Most recent last.
     pub scale_events: Vec<ScaleEvent>,
     pub replica_details: Vec<ReplicaDetail>,
     pub restarts: BTreeMap<&'static str, u64>,
     pub deleting: bool,
+    /// Replicas tenants reserve (already raised into `autoscaling.min_replicas`).
+    pub reserved_floor: u32,
+    /// In a cluster whose leader places replicas: the replicas the placement gives this
+    /// node (`null` until the first placement was read; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<Option<u32>>,
 }
 
 /// Whether a request waiting for capacity has a replica coming.
@@ -157,6 +189,7 @@ struct ReplicaEntry {
 }
 
 const MAX_EVENTS: usize = 100;
+const EARLY_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -170,9 +203,13 @@ pub struct DeploymentSupervisor {
     origin: Instant,
     events: VecDeque<ScaleEvent>,
     last_decision: Option<Decision>,
+    decisions: DecisionHistory,
     last_depth: QueueDepth,
     arrivals: u64,
     prompt_tokens: u64,
+    /// Requests that left the queue since the last sample, and their summed waits.
+    started: u64,
+    started_wait: Duration,
     generated_total_seen: u64,
     retired_generated: u64,
     restarts: BTreeMap<&'static str, u64>,
@@ -181,13 +218,24 @@ pub struct DeploymentSupervisor {
     tick_in_flight: bool,
     deleting: bool,
     deleted_waiters: Vec<oneshot::Sender<()>>,
+    /// Counters since start (for the load report).
+    arrivals_total: u64,
+    prompt_tokens_total: u64,
+    started_total: u64,
+    started_wait_total: Duration,
+    /// With `placement_driven`: the replicas the cluster's placement gives this node
+    /// (`None` until a placement was read: then nothing is started).
+    assigned: Option<u32>,
+    /// When a gateway last sampled the queue early because work arrived at an idle queue.
+    last_early_sample: Option<Instant>,
 }
 
 impl DeploymentSupervisor {
     pub fn new(spec: DeploymentSpec, queue: Arc<dyn Queue>) -> Self {
         let description = spec.factory.describe();
         Self {
-            autoscaler: Autoscaler::new(spec.autoscaling.clone()),
+            autoscaler: Autoscaler::new(with_reserved_floor(&spec.autoscaling, spec.reserved_floor))
+                .with_expected_cold_start(description.expected_cold_start),
             description,
             spec,
             queue,
@@ -196,9 +244,12 @@ impl DeploymentSupervisor {
             origin: Instant::now(),
             events: VecDeque::new(),
             last_decision: None,
+            decisions: DecisionHistory::default(),
             last_depth: QueueDepth::default(),
             arrivals: 0,
             prompt_tokens: 0,
+            started: 0,
+            started_wait: Duration::ZERO,
             generated_total_seen: 0,
             retired_generated: 0,
             restarts: BTreeMap::new(),
@@ -207,6 +258,12 @@ impl DeploymentSupervisor {
             tick_in_flight: false,
             deleting: false,
             deleted_waiters: Vec::new(),
+            arrivals_total: 0,
+            prompt_tokens_total: 0,
+            started_total: 0,
+            started_wait_total: Duration::ZERO,
+            assigned: None,
+            last_early_sample: None,
         }
     }
 
@@ -298,6 +355,13 @@ impl DeploymentSupervisor {
         let generated_total = live_generated + self.retired_generated;
         let generated = generated_total.saturating_sub(self.generated_total_seen);
         self.generated_total_seen = generated_total;
+        // KV use of ready replicas only: a warming replica's numbers are not load.
+        let (ready_replicas, kv_tokens_used) = self
+            .replicas
+            .values()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .fold((0u32, 0u64), |(count, kv), r| (count + 1, kv + r.gauges.kv_tokens_used.load(Ordering::Relaxed)));
+        let unix_ms = unix_millis();
         self.autoscaler.record(LoadSample {
             at: now,
             queued: depth.waiting,
@@ -305,8 +369,18 @@ impl DeploymentSupervisor {
             arrivals: std::mem::take(&mut self.arrivals),
             prompt_tokens: std::mem::take(&mut self.prompt_tokens),
             generated_tokens: generated,
+            oldest_wait: depth
+                .oldest_waiting_enqueued_at_ms
+                .map_or(Duration::ZERO, |at| Duration::from_millis(unix_ms.saturating_sub(at))),
+            started: std::mem::take(&mut self.started),
+            started_wait: std::mem::take(&mut self.started_wait),
+            kv_tokens_used,
+            kv_capacity_tokens: self.description.kv_capacity_tokens,
+            ready_replicas,
+            unix_ms: Some(unix_ms),
         });
         self.check_progress(ctx);
+        self.write_load_report(now);
 
         let counts = self.counts();
         let current = counts.ready + counts.starting;
@@ -324,12 +398,67 @@ impl DeploymentSupervisor {
             self.complete_deletion_if_done(ctx);
             return;
         }
+        if self.spec.placement_driven {
+            self.follow_assignment(ctx);
+            return;
+        }
         let decision = self.autoscaler.decide(now, counts);
         m::desired_replicas(&self.spec.name, decision.desired);
+        m::autoscaler_decision(&self.spec.name, &decision);
         if decision.desired != current {
             self.apply(decision.desired, decision.reason.as_str(), decision.detail.clone(), ctx);
         }
+        self.decisions.push(decision.clone());
         self.last_decision = Some(decision);
+        self.publish_replica_gauges();
+    }
+
+    /// Write this tick's view of the deployment on this node for the heartbeat.
+    fn write_load_report(&self, now: Duration) {
+        let Some(report) = &self.spec.load_report else { return };
+        let counts = self.counts();
+        let averages = self.autoscaler.load_averages(now);
+        let live_generated: u64 =
+            self.replicas.values().map(|r| r.gauges.generated_tokens.load(Ordering::Relaxed)).sum();
+        let in_flight: u64 = self.replicas.values().map(|r| r.gauges.load()).sum();
+        *report.lock() = DeploymentLoad {
+            replicas: counts.ready + counts.starting,
+            ready: counts.ready,
+            draining: counts.draining,
+            in_flight,
+            queued: self.last_depth.waiting,
+            oldest_wait_ms: self
+                .last_depth
+                .oldest_waiting_enqueued_at_ms
+                .map(|at| unix_millis().saturating_sub(at)),
+            requests_per_second: averages.requests_per_second,
+            tokens_generated_per_second: averages.tokens_generated_per_second,
+            prompt_tokens_per_second: averages.prompt_tokens_per_second,
+            arrivals_total: self.arrivals_total,
+            prompt_tokens_total: self.prompt_tokens_total,
+            generated_tokens_total: live_generated + self.retired_generated,
+            started_total: self.started_total,
+            started_wait_ms_total: self.started_wait_total.as_millis() as u64,
+            kv_tokens_used: self
+                .replicas
+                .values()
+                .filter(|r| r.state == ReplicaState::Ready)
+                .map(|r| r.gauges.kv_tokens_used.load(Ordering::Relaxed))
+                .sum(),
+            kv_capacity_tokens: self.description.kv_capacity_tokens,
+        };
+    }
+
+    /// With `placement_driven`: start or retire replicas to match the assignment.
+    fn follow_assignment(&mut self, ctx: &mut Context<Self>) {
+        let counts = self.counts();
+        let current = counts.ready + counts.starting;
+        let desired = self.assigned.unwrap_or(0);
+        m::desired_replicas(&self.spec.name, desired);
+        if desired != current {
+            let detail = format!("the cluster's placement assigns {desired} replica(s) to this node");
+            self.apply(desired, "placement", detail, ctx);
+        }
         self.publish_replica_gauges();
     }
 
@@ -458,11 +587,11 @@ impl DeploymentSupervisor {
             name: self.spec.name.clone(),
             engine: self.description.clone(),
             replicas: ReplicaCountsView {
-                desired: self
-                    .last_decision
-                    .as_ref()
-                    .map(|d| d.desired)
-                    .unwrap_or(counts.ready + counts.starting),
+                desired: if self.spec.placement_driven {
+                    self.assigned.unwrap_or(0)
+                } else {
+                    self.last_decision.as_ref().map(|d| d.desired).unwrap_or(counts.ready + counts.starting)
+                },
                 ready: counts.ready,
                 starting: counts.starting,
                 draining: counts.draining,
@@ -478,6 +607,7 @@ impl DeploymentSupervisor {
             load: self.autoscaler.load_averages(self.now()),
             autoscaling: self.autoscaler.policy().clone(),
             last_decision: self.last_decision.clone(),
+            decisions: self.decisions.records(),
             scale_events: self.events.iter().cloned().collect(),
             replica_details: self
                 .replicas
@@ -495,6 +625,8 @@ impl DeploymentSupervisor {
                 .collect(),
             restarts: self.restarts.clone(),
             deleting: self.deleting,
+            reserved_floor: self.spec.reserved_floor,
+            assigned: self.spec.placement_driven.then_some(self.assigned),
         }
     }
 }
@@ -566,12 +698,65 @@ impl Handler<WorkArrived> for DeploymentSupervisor {
     fn handle(&mut self, msg: WorkArrived, ctx: &mut Context<Self>) {
         self.arrivals += 1;
         self.prompt_tokens += msg.prompt_tokens;
+        self.arrivals_total += 1;
+        self.prompt_tokens_total += msg.prompt_tokens;
         let counts = self.counts();
-        // A gateway has no replica to start: its ticks alone sample the queue (once
-        // per tick, not once per request).
-        if self.spec.runs_replicas && counts.ready + counts.starting == 0 {
-            self.tick(ctx);
+        if self.spec.runs_replicas && !self.spec.placement_driven {
+            if counts.ready + counts.starting == 0 {
+                self.tick(ctx);
+            }
+        } else if self.spec.load_report.is_some() && self.last_depth.waiting + self.last_depth.leased == 0 {
+            // A cluster node whose replicas the leader places: work arriving at an idle
+            // queue is what the leader must see soonest (it may be at zero replicas), so
+            // sample now rather than at the next tick; at most every 100 ms.
+            let due = self.last_early_sample.is_none_or(|at| at.elapsed() >= EARLY_SAMPLE_EVERY);
+            if due {
+                self.last_early_sample = Some(Instant::now());
+                self.tick(ctx);
+            }
         }
+    }
+}
+
+/// The cluster's placement gives this node `replicas` replicas of the deployment (only
+/// with `placement_driven`). Acted on at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetAssignment {
+    pub replicas: u32,
+}
+
+impl Handler<SetAssignment> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetAssignment, ctx: &mut Context<Self>) {
+        if self.assigned == Some(msg.replicas) {
+            return;
+        }
+        tracing::info!(deployment = %self.spec.name, replicas = msg.replicas, "placement: assignment changed");
+        self.assigned = Some(msg.replicas);
+        if self.spec.placement_driven && self.spec.runs_replicas && !self.deleting {
+            self.follow_assignment(ctx);
+        }
+    }
+}
+
+/// A request left the queue for a replica after waiting `waited` (the queue-delay
+/// signal's mean wait of started requests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkStarted {
+    pub waited: Duration,
+}
+
+impl Handler<WorkStarted> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkStarted, _: &mut Context<Self>) {
+        self.started += 1;
+        self.started_wait = self.started_wait.saturating_add(msg.waited);
+        self.started_total += 1;
+        self.started_wait_total = self.started_wait_total.saturating_add(msg.waited);
     }
 }
 
@@ -608,7 +793,8 @@ impl Handler<UpdatePolicy> for DeploymentSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: UpdatePolicy, ctx: &mut Context<Self>) {
-        self.autoscaler.set_policy(msg.0);
+        self.autoscaler.set_policy(with_reserved_floor(&msg.0, self.spec.reserved_floor));
+        self.spec.autoscaling = msg.0;
         self.tick(ctx);
     }
 }
@@ -648,5 +834,52 @@ impl Handler<Shutdown> for DeploymentSupervisor {
         Box::pin(async move {
             let _ = waiter.await;
         })
+    }
+}
+
+// --- Tenants' reserved capacity -------------------------------------------------------
+
+/// `policy` with `min_replicas` raised to `reserved` (capped at `max_replicas`): the
+/// replicas tenants reserve on a deployment stay warm whatever the load, so the
+/// deployment never scales to zero while a reservation exists. Only ever raises.
+pub fn with_reserved_floor(policy: &AutoscalingPolicy, reserved: u32) -> AutoscalingPolicy {
+    let mut effective = policy.clone();
+    effective.min_replicas = effective.min_replicas.max(reserved.min(policy.max_replicas));
+    effective
+}
+
+/// Set the replicas tenants reserve on this deployment (the sum of their
+/// `reserved_replicas`); the configured policy is kept and the floor applied over it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetReservedFloor(pub u32);
+
+impl Handler<SetReservedFloor> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetReservedFloor, ctx: &mut Context<Self>) {
+        if msg.0 == self.spec.reserved_floor {
+            return;
+        }
+        tracing::info!(deployment = %self.spec.name, reserved = msg.0, "reserved replicas changed");
+        self.spec.reserved_floor = msg.0;
+        self.autoscaler.set_policy(with_reserved_floor(&self.spec.autoscaling, msg.0));
+        self.tick(ctx);
+    }
+}
+
+#[cfg(test)]
+mod reserved_floor_tests {
+    use super::*;
+
+    #[test]
+    fn the_reserved_floor_only_raises_min_replicas_and_stays_within_max() {
+        let policy = AutoscalingPolicy { min_replicas: 1, max_replicas: 4, ..AutoscalingPolicy::default() };
+        assert_eq!(with_reserved_floor(&policy, 0).min_replicas, 1);
+        assert_eq!(with_reserved_floor(&policy, 3).min_replicas, 3);
+        assert_eq!(with_reserved_floor(&policy, 9).min_replicas, 4);
+        assert_eq!(with_reserved_floor(&policy, 3).max_replicas, 4);
+        let raised = with_reserved_floor(&policy, 2);
+        assert_eq!(AutoscalingPolicy { min_replicas: 1, ..raised }, policy, "nothing else changes");
     }
 }

@@ -312,6 +312,10 @@ fn apply_command(engine: &mut dyn Engine, gauges: &ReplicaGauges, command: Engin
     match command {
         EngineCommand::Add(sequence) => {
             engine.add(sequence);
+            // The new sequence's slot shows in `free_slots` before it leaves
+            // `in_transit`, so the lease loop never sees a free slot that is not there
+            // (and takes a job a full replica would only hold back from other replicas).
+            gauges.set_load(engine.load());
             gauges.in_transit.fetch_sub(1, Ordering::Relaxed);
             true
         }

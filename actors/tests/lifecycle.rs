@@ -140,6 +140,7 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
         },
         deadline: None,
         max_queue_depth: 100,
+        priority: swell_cluster::Priority::Normal,
         received_at: tokio::time::Instant::now(),
     }
 }
@@ -186,6 +187,17 @@ async fn a_request_at_zero_starts_a_replica_is_served_and_the_deployment_returns
     let reasons: Vec<&str> = status.scale_events.iter().map(|e| e.reason).collect();
     assert_eq!(reasons.first(), Some(&"queued_at_zero"), "{reasons:?}");
     assert_eq!(reasons.last(), Some(&"idle"), "{reasons:?}");
+    // The decisions behind them are kept with their inputs, oldest first.
+    let decisions: Vec<(&str, &str)> =
+        status.decisions.iter().map(|r| (r.decision.direction.as_str(), r.decision.reason.as_str())).collect();
+    let first_up = status.decisions.iter().find(|r| r.decision.reason.as_str() == "queued_at_zero")
+        .unwrap_or_else(|| panic!("no queued_at_zero decision: {decisions:?}"));
+    assert_eq!((first_up.decision.current.ready, first_up.decision.current.starting, first_up.decision.desired), (0, 0, 1));
+    assert!(first_up.decision.unix_ms.is_some(), "the supervisor gives the policy the wall clock");
+    assert!(decisions.contains(&("down", "idle")), "{decisions:?}");
+    assert!(status.decisions.iter().any(|r| r.decisions > 1), "stable decisions are folded: {decisions:?}");
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["decisions"][0]["recommendations"][0]["signal"], "concurrent_requests");
 
     // And the next request is served from zero again.
     let mut admitted = submit(spec("r2", 2), deps).await.unwrap();

@@ -20,6 +20,47 @@ pub struct Job {
     pub enqueued_at_ms: u64,
     /// After this (Unix ms) a job still waiting is dropped with `deadline_exceeded`.
     pub deadline_ms: Option<u64>,
+    /// Service class: waiting jobs of a higher priority are leased first (FIFO within
+    /// a priority); handed-back and redelivered jobs still go before any new job.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// A job's service class (its tenant's `priority` setting). Leasing serves every waiting
+/// `High` job before any `Normal` one and every `Normal` before any `Low`; within a
+/// priority, oldest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    /// Every priority in service order (highest first).
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The name used in config, the admin API and queue keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Index in service order (0 = served first).
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Limits checked atomically with the enqueue itself.
@@ -32,7 +73,7 @@ pub struct AdmissionLimits {
 /// What a successful enqueue answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
-    /// 1-based position among the jobs waiting in the deployment's queue.
+    /// 1-based position in the deployment's service order (see [`crate::Queue::position`]).
     pub position: u64,
 }
 

@@ -42,7 +42,7 @@ pub mod queue;
 mod redis_conn;
 pub mod redis_queue;
 
-pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
+pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, Priority, QueueDepth};
 pub use memory::{InMemoryQueue, InMemoryQueueConfig};
 pub use protocol::{
     FinishReason, GenerationRequest, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,

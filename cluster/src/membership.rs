@@ -89,6 +89,35 @@ pub struct DeploymentLoad {
     pub requests_per_second: f64,
     pub tokens_generated_per_second: f64,
     pub prompt_tokens_per_second: f64,
+    /// Of `replicas`, those ready to serve (the rest are starting).
+    #[serde(default)]
+    pub ready: u32,
+    /// Replicas retiring on this node (not counted in `replicas`).
+    #[serde(default)]
+    pub draining: u32,
+    /// Counters since the node started, for a leader to difference between heartbeats
+    /// (a rate averaged on each node and summed would smooth twice): requests this node
+    /// admitted, their prompt tokens, and tokens its replicas generated.
+    #[serde(default)]
+    pub arrivals_total: u64,
+    #[serde(default)]
+    pub prompt_tokens_total: u64,
+    #[serde(default)]
+    pub generated_tokens_total: u64,
+    /// How long the oldest waiting job has waited, as this node last saw the queue (ms).
+    #[serde(default)]
+    pub oldest_wait_ms: Option<u64>,
+    /// Requests of this node that left the queue for a replica, and the sum of their
+    /// waits (ms), since the node started (the queue-delay signal).
+    #[serde(default)]
+    pub started_total: u64,
+    #[serde(default)]
+    pub started_wait_ms_total: u64,
+    /// KV-cache tokens in use on this node's ready replicas, and one replica's capacity.
+    #[serde(default)]
+    pub kv_tokens_used: u64,
+    #[serde(default)]
+    pub kv_capacity_tokens: u64,
 }
 
 /// A node's record: identity, capacity and current load.
@@ -142,8 +171,9 @@ impl ClusterView {
         self.live.iter().find(|node| node.info.node_id == node_id)
     }
 
-    /// A deployment's load over all live nodes: replicas, in-flight and rates summed,
-    /// `queued` the maximum (every gateway sees the same shared queue).
+    /// A deployment's load over all live nodes: replicas, in-flight, rates and counters
+    /// summed, `queued` and `oldest_wait_ms` the maximum (every node sees the same shared
+    /// queue).
     pub fn deployment_load(&self, deployment: &str) -> DeploymentLoad {
         let mut total = DeploymentLoad::default();
         for load in self.live.iter().filter_map(|node| node.info.running.get(deployment)) {
@@ -153,6 +183,16 @@ impl ClusterView {
             total.requests_per_second += load.requests_per_second;
             total.tokens_generated_per_second += load.tokens_generated_per_second;
             total.prompt_tokens_per_second += load.prompt_tokens_per_second;
+            total.ready += load.ready;
+            total.draining += load.draining;
+            total.arrivals_total += load.arrivals_total;
+            total.prompt_tokens_total += load.prompt_tokens_total;
+            total.generated_tokens_total += load.generated_tokens_total;
+            total.oldest_wait_ms = total.oldest_wait_ms.max(load.oldest_wait_ms);
+            total.started_total += load.started_total;
+            total.started_wait_ms_total += load.started_wait_ms_total;
+            total.kv_tokens_used += load.kv_tokens_used;
+            total.kv_capacity_tokens = total.kv_capacity_tokens.max(load.kv_capacity_tokens);
         }
         total
     }

@@ -4,6 +4,10 @@
 //! lock is held for microseconds. Waiting (for work in `lease`, for output in
 //! `read_output`) uses `tokio::sync::Notify`, armed before the state is checked so no
 //! wake-up is lost. Time is tokio time, so tests can pause it.
+//!
+//! A deployment's waiting jobs are kept in service order: a list of handed-back and
+//! redelivered jobs (served first), then one FIFO per [`Priority`](crate::Priority),
+//! highest first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -52,9 +56,40 @@ struct JobState {
 
 #[derive(Default)]
 struct DeploymentQueue {
-    waiting: VecDeque<JobId>,
+    /// Handed-back and redelivered jobs, served before any new job (head first).
+    requeued: VecDeque<JobId>,
+    /// New jobs per priority (indexed by [`Priority::rank`]), oldest first.
+    levels: [VecDeque<JobId>; 3],
     leased: HashSet<JobId>,
     notify: Arc<Notify>,
+}
+
+impl DeploymentQueue {
+    /// The waiting jobs in service order.
+    fn waiting(&self) -> impl Iterator<Item = &JobId> {
+        self.requeued.iter().chain(self.levels.iter().flatten())
+    }
+
+    fn waiting_len(&self) -> usize {
+        self.requeued.len() + self.levels.iter().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// The next job to serve.
+    fn pop_next(&mut self) -> Option<JobId> {
+        self.requeued.pop_front().or_else(|| self.levels.iter_mut().find_map(VecDeque::pop_front))
+    }
+
+    /// The jobs heading each list (the candidates for the oldest waiting job).
+    fn heads(&self) -> impl Iterator<Item = &JobId> {
+        self.requeued.front().into_iter().chain(self.levels.iter().filter_map(VecDeque::front))
+    }
+
+    fn remove_waiting(&mut self, job_id: &str) {
+        self.requeued.retain(|id| id != job_id);
+        for level in &mut self.levels {
+            level.retain(|id| id != job_id);
+        }
+    }
 }
 
 struct OutputStream {
@@ -114,7 +149,7 @@ impl State {
         let epoch = state.epoch;
         state.status = JobStatus::Done;
         let queue = self.deployment(&deployment);
-        queue.waiting.retain(|id| id != job_id);
+        queue.remove_waiting(job_id);
         queue.leased.remove(job_id);
         if let Some(output) = self.outputs.get_mut(job_id) {
             output.push(epoch, OutputEvent::Failed { code: code.to_string(), message });
@@ -173,7 +208,7 @@ impl InMemoryQueue {
         let now_ms = unix_millis();
         let mut leases = Vec::new();
         while leases.len() < max_jobs {
-            let Some(job_id) = state.deployment(deployment).waiting.pop_front() else { break };
+            let Some(job_id) = state.deployment(deployment).pop_next() else { break };
             let Some(job) = state.jobs.get(&job_id) else { continue };
             if job.job.deadline_ms.is_some_and(|deadline| now_ms > deadline) {
                 state.fail_job(
@@ -231,20 +266,24 @@ impl Queue for InMemoryQueue {
             return Err(QueueError::DuplicateJob(job.id));
         }
         let deployment = job.deployment.clone();
-        let depth = state.deployment(&deployment).waiting.len() as u64;
+        let depth = state.deployment(&deployment).waiting_len() as u64;
         if depth >= limits.max_queue_depth {
             return Err(QueueError::Full { deployment, depth });
         }
         let id = job.id.clone();
+        let priority = job.priority;
         state.outputs.insert(id.clone(), OutputStream::new());
         state.jobs.insert(
             id.clone(),
             JobState { job, status: JobStatus::Waiting, epoch: 1, deliveries: 0, cancelled: false },
         );
         let queue = state.deployment(&deployment);
-        queue.waiting.push_back(id);
+        queue.levels[priority.rank()].push_back(id);
         queue.notify.notify_waiters();
-        Ok(Enqueued { position: queue.waiting.len() as u64 })
+        // Behind every handed-back job and every waiting job of its priority or higher.
+        let position = queue.requeued.len()
+            + queue.levels[..=priority.rank()].iter().map(VecDeque::len).sum::<usize>();
+        Ok(Enqueued { position: position as u64 })
     }
 
     async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
@@ -252,7 +291,7 @@ impl Queue for InMemoryQueue {
         Ok(state
             .deployments
             .get(deployment)
-            .and_then(|q| q.waiting.iter().position(|id| id == job_id))
+            .and_then(|q| q.waiting().position(|id| id == job_id))
             .map(|index| index as u64 + 1))
     }
 
@@ -262,12 +301,12 @@ impl Queue for InMemoryQueue {
             return Ok(QueueDepth::default());
         };
         let oldest = queue
-            .waiting
-            .front()
-            .and_then(|id| state.jobs.get(id))
-            .map(|job| job.job.enqueued_at_ms);
+            .heads()
+            .filter_map(|id| state.jobs.get(id))
+            .map(|job| job.job.enqueued_at_ms)
+            .min();
         Ok(QueueDepth {
-            waiting: queue.waiting.len() as u64,
+            waiting: queue.waiting_len() as u64,
             leased: queue.leased.len() as u64,
             oldest_waiting_enqueued_at_ms: oldest,
         })
@@ -343,7 +382,7 @@ impl Queue for InMemoryQueue {
         }
         let queue = state.deployment(&lease.deployment);
         queue.leased.remove(&lease.job_id);
-        queue.waiting.push_front(lease.job_id.clone());
+        queue.requeued.push_front(lease.job_id.clone());
         queue.notify.notify_waiters();
         Ok(true)
     }
@@ -383,7 +422,7 @@ impl Queue for InMemoryQueue {
             job.status = JobStatus::Waiting;
             let queue = state.deployment(deployment);
             queue.leased.remove(&job_id);
-            queue.waiting.push_front(job_id);
+            queue.requeued.push_front(job_id);
             redelivered += 1;
         }
         if redelivered > 0 {
@@ -489,6 +528,7 @@ mod tests {
             },
             enqueued_at_ms: unix_millis(),
             deadline_ms: None,
+            priority: crate::Priority::Normal,
         }
     }
 

@@ -5,6 +5,10 @@
 //!   limits (`QueueError::Full`) instead of growing without bound.
 //! - `lease` hands up to `max_jobs` waiting jobs to one consumer, each under a lease
 //!   that expires after `ttl` unless `renew`ed. It waits up to `block` for work.
+//!   Service order: handed-back and redelivered jobs first (the latest hand-back first),
+//!   then new jobs by [`Priority`](crate::Priority) (`high`, `normal`, `low`), oldest
+//!   first within a priority. `position` and `Enqueued::position` are positions in that
+//!   order.
 //! - `ack` ends a job; `release` hands an unfinished job back (a draining replica that
 //!   must not start it) so another consumer takes it at once.
 //! - `reclaim_expired` redelivers jobs whose lease expired (their consumer died) with a
@@ -62,13 +66,15 @@ pub trait Queue: Send + Sync + 'static {
     /// Append a job to its deployment's queue.
     async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError>;
 
-    /// 1-based position of a waiting job in its deployment's queue; `None` once leased
-    /// (or finished).
+    /// 1-based position of a waiting job in its deployment's service order (handed-back
+    /// jobs, then the waiting jobs of higher priorities, then those ahead of it in its
+    /// own); `None` once leased (or finished).
     async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError>;
 
     async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError>;
 
-    /// Lease up to `max_jobs` waiting jobs (oldest first), waiting up to `block` for one.
+    /// Lease up to `max_jobs` waiting jobs in service order (handed-back jobs, then by
+    /// priority, oldest first within one), waiting up to `block` for one.
     async fn lease(
         &self,
         deployment: &str,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
 use swell_cluster::{
     unix_millis, AdmissionLimits, AppendOutcome, FinishReason, GenerationRequest, InMemoryQueue,
-    InMemoryQueueConfig, Job, OutputEvent, Queue, QueueError, RedisQueue, RedisQueueConfig,
-    SamplingParams, Usage,
+    InMemoryQueueConfig, Job, OutputEvent, Priority, Queue, QueueError, RedisQueue,
+    RedisQueueConfig, SamplingParams, Usage,
 };
 use tokio::time::Instant;
 
@@ -83,7 +83,17 @@ fn job(id: &str) -> Job {
         request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams::default() },
         enqueued_at_ms: unix_millis(),
         deadline_ms: None,
+        priority: Priority::Normal,
     }
+}
+
+/// A job of `priority`, enqueued at `enqueued_at_ms`.
+fn job_at(id: &str, priority: Priority, enqueued_at_ms: u64) -> Job {
+    Job { priority, enqueued_at_ms, ..job(id) }
+}
+
+fn ids(leases: &[swell_cluster::Lease]) -> Vec<&str> {
+    leases.iter().map(|lease| lease.job.id.as_str()).collect()
 }
 
 fn tokens(ids: &[u32]) -> OutputEvent {
@@ -447,6 +457,95 @@ mod scenarios {
         let depth = h.queue.depth("d").await.unwrap();
         assert_eq!((depth.waiting, depth.leased), (0, 0));
     }
+
+    pub async fn lease_serves_higher_priorities_first_and_oldest_first_within_one(backend: Backend) {
+        use Priority::{High, Low, Normal};
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        // Enqueued in this order; the answer is the position in service order.
+        let arrivals = [("a", Low, 1), ("b", Normal, 1), ("c", High, 1), ("d", Low, 4), ("e", High, 2), ("f", Normal, 4)];
+        for (index, (id, priority, position)) in arrivals.into_iter().enumerate() {
+            let enqueued = q.enqueue(job_at(id, priority, 1_000 + index as u64), LIMITS).await.unwrap();
+            assert_eq!(enqueued.position, position, "{id}");
+        }
+        for (id, position) in [("c", 1), ("e", 2), ("b", 3), ("f", 4), ("a", 5), ("d", 6)] {
+            assert_eq!(q.position("d", id).await.unwrap(), Some(position), "{id}");
+        }
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!(depth.waiting, 6);
+        assert_eq!(depth.oldest_waiting_enqueued_at_ms, Some(1_000), "the oldest is `a`, a low job");
+
+        let first = q.lease("d", "w1", 3, LONG_TTL, NO_BLOCK).await.unwrap();
+        assert_eq!(ids(&first), ["c", "e", "b"]);
+        assert_eq!(q.position("d", "a").await.unwrap(), Some(2));
+        // A high job arriving now goes ahead of every waiting normal and low job.
+        assert_eq!(q.enqueue(job_at("g", High, 2_000), LIMITS).await.unwrap().position, 1);
+        assert_eq!(q.position("d", "d").await.unwrap(), Some(4));
+        let rest = q.lease("d", "w2", 10, LONG_TTL, NO_BLOCK).await.unwrap();
+        assert_eq!(ids(&rest), ["g", "f", "a", "d"]);
+        for lease in first.iter().chain(&rest) {
+            assert!(q.ack(&lease.lease).await.unwrap());
+        }
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased, depth.oldest_waiting_enqueued_at_ms), (0, 0, None));
+    }
+
+    pub async fn handed_back_and_redelivered_jobs_go_before_higher_priorities(backend: Backend) {
+        use Priority::{High, Low};
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job_at("released", Low, 1), LIMITS).await.unwrap();
+        q.enqueue(job_at("expired", Low, 2), LIMITS).await.unwrap();
+        let released = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        let expired = q.lease("d", "w2", 1, SHORT_TTL, NO_BLOCK).await.unwrap().remove(0);
+        assert_eq!((released.job.id.as_str(), expired.job.id.as_str()), ("released", "expired"));
+        q.enqueue(job_at("high", High, 3), LIMITS).await.unwrap();
+
+        assert!(q.release(&released.lease).await.unwrap());
+        assert_eq!(q.position("d", "released").await.unwrap(), Some(1));
+        assert_eq!(q.position("d", "high").await.unwrap(), Some(2));
+        tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;
+        assert_eq!(q.reclaim_expired("d").await.unwrap(), 1);
+        // The latest hand-back first, then the other, then new work by priority.
+        assert_eq!(q.position("d", "expired").await.unwrap(), Some(1));
+        assert_eq!(q.position("d", "high").await.unwrap(), Some(3));
+        assert_eq!(q.enqueue(job_at("new-high", High, 4), LIMITS).await.unwrap().position, 4);
+        let leases = q.lease("d", "w3", 4, LONG_TTL, NO_BLOCK).await.unwrap();
+        assert_eq!(ids(&leases), ["expired", "released", "high", "new-high"]);
+        assert_eq!(leases[0].lease.epoch, 2);
+        assert_eq!(leases[1].lease.epoch, 2);
+    }
+
+    pub async fn jobs_of_every_priority_are_cancelled_expired_and_dead_lettered_alike(backend: Backend) {
+        use Priority::{High, Low, Normal};
+        let h = backend.start(Settings { max_deliveries: 1 }).await;
+        let q = &h.queue;
+        let mut late = job_at("late", High, 1);
+        late.deadline_ms = Some(unix_millis() - 1);
+        q.enqueue(late, LIMITS).await.unwrap();
+        q.enqueue(job_at("cancelled", Low, 2), LIMITS).await.unwrap();
+        q.enqueue(job_at("dies", Low, 3), LIMITS).await.unwrap();
+        q.enqueue(job_at("normal", Normal, 4), LIMITS).await.unwrap();
+        q.cancel("cancelled").await.unwrap();
+        assert_eq!(q.depth("d").await.unwrap().waiting, 3);
+        assert_eq!(q.position("d", "dies").await.unwrap(), Some(3), "behind `late` and `normal`");
+
+        let leases = q.lease("d", "w1", 2, SHORT_TTL, NO_BLOCK).await.unwrap();
+        assert_eq!(ids(&leases), ["normal", "dies"], "`late` was dropped past its deadline");
+        let events = q.read_output("late", 0, NO_BLOCK).await.unwrap();
+        assert!(failed_with(&events[0].event, "deadline_exceeded"));
+        let events = q.read_output("cancelled", 0, NO_BLOCK).await.unwrap();
+        assert!(failed_with(&events[0].event, "cancelled"));
+
+        assert!(q.ack(&leases[0].lease).await.unwrap());
+        tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;
+        assert_eq!(q.reclaim_expired("d").await.unwrap(), 0, "`dies` reached max_deliveries");
+        let events = q.read_output("dies", 0, NO_BLOCK).await.unwrap();
+        assert!(failed_with(&events.last().unwrap().event, "delivery_limit"));
+        let depth = q.depth("d").await.unwrap();
+        assert_eq!((depth.waiting, depth.leased), (0, 0));
+        assert!(q.lease("d", "w2", 5, LONG_TTL, NO_BLOCK).await.unwrap().is_empty());
+    }
 }
 
 macro_rules! conformance {
@@ -484,6 +583,9 @@ conformance!(
     a_job_past_its_deadline_is_failed_instead_of_leased,
     renew_answers_per_lease_across_deployments,
     concurrent_consumers_each_get_a_job_once,
+    lease_serves_higher_priorities_first_and_oldest_first_within_one,
+    handed_back_and_redelivered_jobs_go_before_higher_priorities,
+    jobs_of_every_priority_are_cancelled_expired_and_dead_lettered_alike,
 );
 
 /// Redis only: a crash with AOF (`appendfsync always`) loses nothing; while Redis is
@@ -650,4 +752,40 @@ async fn redis_connect_fails_fast_when_nothing_listens() {
     let bad = RedisQueueConfig { key_prefix: "{x}".into(), ..config };
     let error = RedisQueue::connect(bad).await.err().expect("refused");
     assert!(error.to_string().contains("key_prefix"), "{error}");
+}
+
+/// Redis only: each priority has its own work stream in the deployment's hash slot, and a
+/// finished job's entry leaves its own stream and that stream's pending list.
+#[tokio::test]
+async fn redis_priorities_have_their_own_streams_and_finished_entries_leave_them() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    for (id, priority) in [("h", Priority::High), ("n", Priority::Normal), ("l", Priority::Low), ("l2", Priority::Low)] {
+        queue.enqueue(job_at(id, priority, unix_millis()), LIMITS).await.unwrap();
+    }
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    for (stream, length) in [("test:{dep:d}:jobs:high", 1), ("test:{dep:d}:jobs", 1), ("test:{dep:d}:jobs:low", 2)] {
+        let found: u64 = ::redis::cmd("XLEN").arg(stream).query_async(&mut raw).await.unwrap();
+        assert_eq!(found, length, "{stream}");
+    }
+    let leases = queue.lease("d", "w1", 3, LONG_TTL, NO_BLOCK).await.unwrap();
+    assert_eq!(ids(&leases), ["h", "n", "l"]);
+    // A handed-back low job is claimed again from its own stream.
+    assert!(queue.release(&leases[2].lease).await.unwrap());
+    let again = queue.lease("d", "w2", 1, LONG_TTL, NO_BLOCK).await.unwrap();
+    assert_eq!(ids(&again), ["l"]);
+    for lease in leases[..2].iter().chain(&again) {
+        assert!(queue.ack(&lease.lease).await.unwrap());
+    }
+    queue.cancel("l2").await.unwrap();
+    for stream in ["test:{dep:d}:jobs:high", "test:{dep:d}:jobs", "test:{dep:d}:jobs:low"] {
+        let length: u64 = ::redis::cmd("XLEN").arg(stream).query_async(&mut raw).await.unwrap();
+        assert_eq!(length, 0, "{stream} still has entries");
+        let pending: Vec<::redis::Value> =
+            ::redis::cmd("XPENDING").arg(stream).arg("workers").query_async(&mut raw).await.unwrap();
+        assert_eq!(pending[0], ::redis::Value::Int(0), "{stream} still has pending entries");
+    }
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{dep:d}:job:*").query_async(&mut raw).await.unwrap();
+    assert!(keys.is_empty(), "lease hashes left: {keys:?}");
 }

@@ -13,7 +13,12 @@
 //! - `DELETE /admin/v1/deployments/{name}`: removed from routing at once, then drained
 //!   in the background; 202.
 //! - `GET /admin/v1/deployments`: every deployment with a short status.
-//! - `PUT /admin/v1/tenants/{id}` `{"limits": {...}}`: create (201) or update (200).
+//! - `PUT /admin/v1/tenants/{id}` `{"limits": {...}, "priority": "high", "reserved_replicas":
+//!   {"chat": 1}}`: create (201) or update (200); the body replaces all three (`priority`
+//!   defaults to `normal`, no reservations). A reservation naming a deployment that does
+//!   not exist, or taking the tenants' reservations of a deployment past its
+//!   `max_replicas`, is refused (400 `invalid_config`); so is a deployment update that
+//!   lowers `max_replicas` below its reservations.
 //! - `GET /admin/v1/tenants/{id}`: limits, key ids and quota state (never key hashes).
 //! - `GET /admin/v1/tenants`: tenant ids.
 //! - `POST /admin/v1/tenants/{id}/keys`: a new API key, shown once; 201.
@@ -28,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use swell_actors::quota::{ObserveQuota, TenantLimits};
 use swell_actors::supervisor::{DeploymentStatus, ObserveDeployment, Shutdown, UpdatePolicy};
+use swell_cluster::Priority;
 
 use crate::api::auth::authorize_admin;
 use crate::api::error::ApiError;
@@ -36,7 +42,7 @@ use crate::config::DeploymentConfig;
 use crate::deployments::DeploymentHandle;
 use crate::engines::KNOWN_ENGINES;
 use crate::state::AppState;
-use crate::tenants::{is_valid_name, Upsert};
+use crate::tenants::{is_valid_name, TenantCapacity, Upsert};
 
 /// `PUT /admin/v1/tenants/{id}` body.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -44,6 +50,12 @@ use crate::tenants::{is_valid_name, Upsert};
 pub struct TenantBody {
     #[serde(default)]
     pub limits: TenantLimits,
+    /// `high`, `normal` (default) or `low`: the queue service order of its requests.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Deployment → replicas kept warm for the tenant (see [`crate::tenants`]).
+    #[serde(default)]
+    pub reserved_replicas: BTreeMap<String, u32>,
 }
 
 /// One line of `GET /admin/v1/deployments`.
@@ -124,6 +136,7 @@ pub async fn put_deployment(
             if existing.config.engine_differs(&body) {
                 return Err(ApiError::EngineChangeRequiresRecreate(name));
             }
+            state.check_reservations_fit(&name, &body)?;
             if existing.config.autoscaling != body.autoscaling {
                 existing.supervisor.send(UpdatePolicy(body.autoscaling.clone())).await.map_err(|error| {
                     ApiError::DeploymentUnavailable {
@@ -210,7 +223,8 @@ pub async fn put_tenant(
     let body: TenantBody = read_json(&request, payload, state.config.server.max_body_bytes).await?;
     body.limits.validate("limits").map_err(|error| invalid_config(vec![error]))?;
     let _writes = state.admin_writes.lock().await;
-    let status = match state.upsert_tenant(&id, body.limits) {
+    let capacity = TenantCapacity { priority: body.priority, reserved_replicas: body.reserved_replicas };
+    let status = match state.upsert_tenant(&id, body.limits, capacity)? {
         Upsert::Created => StatusCode::CREATED,
         Upsert::Updated => StatusCode::OK,
     };
@@ -231,6 +245,8 @@ pub struct LimitView {
 pub struct TenantView {
     pub id: String,
     pub limits: TenantLimits,
+    #[serde(flatten)]
+    pub capacity: TenantCapacity,
     pub key_ids: Vec<String>,
     pub in_flight: u64,
     /// Present for the limits the tenant has: `requests`, `prompt_tokens`,
@@ -260,6 +276,7 @@ async fn tenant_view(state: &AppState, id: &str) -> Result<TenantView, ApiError>
     Ok(TenantView {
         id: summary.id,
         limits: summary.limits,
+        capacity: summary.capacity,
         key_ids: summary.key_ids,
         in_flight: quota.in_flight,
         rate_limits,
@@ -361,4 +378,25 @@ mod tests {
         let body: TenantBody = parse_json(br#"{"limits": {"requests_per_minute": 2}}"#).unwrap();
         assert_eq!(body.limits.requests_per_minute, Some(2));
     }
+}
+
+/// `GET /admin/v1/cluster`: this node's view of the cluster (its role, the leader, its
+/// assignment, the stored placement, and on the leader its last decisions). On an
+/// embedded server: `{"distributed": false, ...}`.
+pub async fn get_cluster(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&state, &request)?;
+    let body = match state.cluster.get() {
+        Some(node) => {
+            let mut value = serde_json::to_value(node.status().await)
+                .map_err(|error| ApiError::Internal(format!("cluster status: {error}")))?;
+            value["distributed"] = json!(true);
+            value
+        }
+        None => json!({
+            "distributed": false,
+            "node_id": state.node.node_id,
+            "role": state.node.role.as_str(),
+        }),
+    };
+    Ok(HttpResponse::Ok().json(body))
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use actix::Addr;
 use futures_util::stream::StreamExt;
 use swell_actors::quota::RateLimitSnapshot;
-use swell_actors::request::{submit, Admitted, Rejected, RequestActor, RequestDeps, RequestSpec};
+use swell_actors::request::{attach, submit, Admitted, Rejected, RequestActor, RequestDeps, RequestSpec};
+use swell_cluster::Priority;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -17,7 +18,7 @@ use crate::api::stream_encoder::ResponseMeta;
 use crate::api::validate::ValidatedRequest;
 use crate::deployments::{unix_seconds, DeploymentHandle};
 use crate::state::AppState;
-use crate::tenants::TenantHandle;
+use crate::tenants::{ReservedSlot, TenantHandle};
 
 /// An admitted request: its merged event stream and what its responses need.
 pub struct Generation {
@@ -59,6 +60,31 @@ pub async fn start_generation(
     request_id: &str,
     received_at: Instant,
 ) -> Result<Generation, ApiError> {
+    generation(state, tenant, deployment, validated, request_id, received_at, false).await
+}
+
+/// The jobs of a request another gateway admitted as `request_id` (same validated
+/// request, so the same job ids) and did not finish relaying: their events from the
+/// start, without admitting anything (`swell_actors::request::attach`).
+pub async fn attach_generation(
+    state: &AppState,
+    tenant: &TenantHandle,
+    deployment: &Arc<DeploymentHandle>,
+    validated: ValidatedRequest,
+    request_id: &str,
+) -> Result<Generation, ApiError> {
+    generation(state, tenant, deployment, validated, request_id, Instant::now(), true).await
+}
+
+async fn generation(
+    state: &AppState,
+    tenant: &TenantHandle,
+    deployment: &Arc<DeploymentHandle>,
+    validated: ValidatedRequest,
+    request_id: &str,
+    received_at: Instant,
+    attached: bool,
+) -> Result<Generation, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
@@ -77,6 +103,15 @@ pub async fn start_generation(
     };
     let requests = validated.generation_requests();
     let several = requests.len() > 1;
+    let (priority, reserved_slot) = if attached {
+        (tenant.capacity.priority, None)
+    } else {
+        service_class(state, tenant, deployment, requests.len() as u64)
+    };
+    let max_queue_depth = match priority {
+        Priority::Low => low_priority_queue_depth(deployment),
+        Priority::High | Priority::Normal => deployment.max_queue_depth,
+    };
     let submissions = requests.into_iter().enumerate().map(|(index, request)| {
         let spec = RequestSpec {
             job_id: if several { format!("{request_id}-{index}") } else { request_id.to_string() },
@@ -84,10 +119,18 @@ pub async fn start_generation(
             tenant: tenant.id.clone(),
             request,
             deadline: Some(state.config.server.request_timeout),
-            max_queue_depth: deployment.max_queue_depth,
+            max_queue_depth,
+            priority,
             received_at,
         };
-        submit(spec, deps.clone())
+        let deps = deps.clone();
+        async move {
+            if attached {
+                attach(spec, deps).await
+            } else {
+                submit(spec, deps).await
+            }
+        }
     });
     let results = futures_util::future::join_all(submissions).await;
     let mut admitted: Vec<Admitted> = Vec::with_capacity(results.len());
@@ -114,7 +157,13 @@ pub async fn start_generation(
         handles.push(job.handle);
         ReceiverStream::new(job.events).map(move |event| (index, event))
     });
-    let events = futures_util::stream::select_all(streams).boxed();
+    // A place in the tenant's reserved share is held until the response stream ends.
+    let events = futures_util::stream::select_all(streams)
+        .map(move |event| {
+            let _held = &reserved_slot;
+            event
+        })
+        .boxed();
     let meta = ResponseMeta {
         id: ResponseMeta::response_id(validated.kind, request_id),
         created: unix_seconds(),
@@ -124,4 +173,31 @@ pub async fn start_generation(
         logprobs: validated.logprobs,
     };
     Ok(Generation { meta, validated, events, handles, rate_limits })
+}
+
+/// The priority a new request of `tenant` waits at (see [`crate::tenants`]): `high` while
+/// the tenant's requests in flight on `deployment` through this gateway stay within its
+/// reserved share (reserved replicas × `load_targets.concurrent_requests`, or × 1 with
+/// that target off), with the slot that holds its place there; else its own priority.
+fn service_class(
+    state: &AppState,
+    tenant: &TenantHandle,
+    deployment: &DeploymentHandle,
+    jobs: u64,
+) -> (Priority, Option<ReservedSlot>) {
+    if let Some(&reserved) = tenant.capacity.reserved_replicas.get(&deployment.name) {
+        let per_replica = deployment.config.autoscaling.load_targets.concurrent_requests.unwrap_or(1.0).max(1.0);
+        let share = (f64::from(reserved) * per_replica).floor() as u64;
+        if let Some(slot) = state.tenants.take_reserved_slot(&tenant.id, &deployment.name, share, jobs) {
+            return (Priority::High, Some(slot));
+        }
+    }
+    (tenant.capacity.priority, None)
+}
+
+/// How many waiting jobs refuse a `low` request: `low_priority_queue_share` of the
+/// deployment's `max_queue_depth` (at least 1).
+fn low_priority_queue_depth(deployment: &DeploymentHandle) -> u64 {
+    let share = deployment.config.low_priority_queue_share;
+    ((deployment.max_queue_depth as f64 * share).ceil() as u64).clamp(1, deployment.max_queue_depth.max(1))
 }

@@ -28,6 +28,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .route(web::get().to(admin::get_deployment))
                 .route(web::delete().to(admin::delete_deployment)),
         )
+        .service(resource("/admin/v1/cluster").route(web::get().to(admin::get_cluster)))
         .service(resource("/admin/v1/tenants").route(web::get().to(admin::list_tenants)))
         .service(
             resource("/admin/v1/tenants/{id}")

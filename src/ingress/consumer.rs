@@ -70,7 +70,7 @@ impl ConsumerLoop {
             match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(100);
-                    self.dispatch(entries, first).await;
+                    self.dispatch(entries, first, claiming).await;
                 }
                 Err(error) => {
                     drop(first);
@@ -122,7 +122,7 @@ impl ConsumerLoop {
         Ok(reply.claimed)
     }
 
-    async fn dispatch(&self, entries: Vec<StreamId>, first: OwnedSemaphorePermit) {
+    async fn dispatch(&self, entries: Vec<StreamId>, first: OwnedSemaphorePermit, taken_over: bool) {
         let mut first = Some(first);
         for entry in entries {
             let permit = match first.take() {
@@ -136,7 +136,7 @@ impl ConsumerLoop {
             let fields = entry_fields(&entry);
             context.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             actix_rt::spawn(async move {
-                context.handle(entry.id, fields).await;
+                context.handle(entry.id, fields, taken_over).await;
                 context.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });

@@ -16,7 +16,7 @@ use super::reply::{item_reply, IngressError, ReplyWriter};
 use super::{IngressConfig, IngressStats};
 use crate::api::collect::{Collected, ResponseCollector};
 use crate::api::error::ApiError;
-use crate::api::generation::{new_request_id, start_generation, Generation};
+use crate::api::generation::{attach_generation, new_request_id, start_generation, Generation};
 use crate::api::json_body::{from_value, strip_position};
 use crate::api::openai::resolve;
 use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest};
@@ -32,6 +32,15 @@ pub(crate) struct EntryContext {
     pub consumer: String,
     pub config: IngressConfig,
     pub stats: Arc<IngressStats>,
+}
+
+/// How an entry's request came to be relayed.
+enum Admission {
+    /// Admitted now.
+    New(Generation),
+    /// Admitted by a gateway that stopped before its terminal reply (the entry was
+    /// taken over): its jobs' events from the start.
+    Resumed(Generation),
 }
 
 /// Why an entry was not admitted.
@@ -52,8 +61,9 @@ impl From<ApiError> for NotAdmitted {
 }
 
 impl EntryContext {
-    /// Handles one entry to its end.
-    pub async fn handle(&self, entry_id: String, fields: Fields) {
+    /// Handles one entry to its end. `taken_over`: the entry was claimed from a gateway
+    /// that stopped (`XAUTOCLAIM`), not read new.
+    pub async fn handle(&self, entry_id: String, fields: Fields, taken_over: bool) {
         IngressStats::count(&self.stats.received);
         let received_at = Instant::now();
         let request = match IngressRequest::from_fields(&fields) {
@@ -83,12 +93,44 @@ impl EntryContext {
             let left = unix_ms.saturating_sub(swell_cluster::unix_millis());
             received_at + Duration::from_millis(left)
         });
-        match self.admit(&request, received_at).await {
-            Ok(generation) => {
-                IngressStats::count(&self.stats.admitted);
-                self.ack(&entry_id).await;
-                let completed = relay(generation, &mut replies, deadline).await;
-                IngressStats::count(if completed { &self.stats.completed } else { &self.stats.failed });
+        match self.admit(&request, received_at, taken_over).await {
+            Ok(admission) => {
+                let generation = match admission {
+                    Admission::New(generation) => {
+                        IngressStats::count(&self.stats.admitted);
+                        generation
+                    }
+                    Admission::Resumed(generation) => {
+                        // Skip what the stopped gateway already wrote.
+                        match replies.resume().await {
+                            Ok(true) => {
+                                tracing::info!(entry = %entry_id, id = %request.id, "ingress: taken-over request was already answered");
+                                self.ack(&entry_id).await;
+                                return;
+                            }
+                            Ok(false) => {}
+                            Err(error) => {
+                                tracing::warn!(entry = %entry_id, %error, "ingress: reading the replies written so far failed; left for later");
+                                return;
+                            }
+                        }
+                        IngressStats::count(&self.stats.resumed);
+                        tracing::info!(entry = %entry_id, id = %request.id, skipped = replies.skipping(), "ingress: resuming the replies of a taken-over request");
+                        generation
+                    }
+                };
+                // The entry stays pending (kept fresh) until the terminal reply is
+                // written: a gateway that dies while relaying leaves it to another.
+                let relaying = relay(generation, &mut replies, deadline);
+                let outcome = self.keeping_fresh(&entry_id, relaying).await;
+                match outcome {
+                    Relayed::Completed | Relayed::Failed => {
+                        self.ack(&entry_id).await;
+                        let completed = matches!(outcome, Relayed::Completed);
+                        IngressStats::count(if completed { &self.stats.completed } else { &self.stats.failed });
+                    }
+                    Relayed::Unwritable => IngressStats::count(&self.stats.failed),
+                }
             }
             Err(NotAdmitted::Refused(error)) => {
                 tracing::debug!(entry = %entry_id, id = %request.id, code = error.code(), "ingress request refused");
@@ -141,8 +183,37 @@ impl EntryContext {
         }
     }
 
-    /// The HTTP path: authenticate, validate, deduplicate, admit.
-    async fn admit(&self, request: &IngressRequest, received_at: Instant) -> Result<Generation, NotAdmitted> {
+    /// Runs `relaying` while re-claiming the entry for this consumer every third of
+    /// `claim_idle` (`XCLAIM` with no minimum idle time resets the entry's idle time), so
+    /// no other gateway takes over an entry whose relay is alive, however long it lasts.
+    async fn keeping_fresh(&self, entry_id: &str, relaying: impl std::future::Future<Output = Relayed>) -> Relayed {
+        tokio::pin!(relaying);
+        let every = (self.config.claim_idle / 3).max(Duration::from_millis(10));
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                outcome = &mut relaying => return outcome,
+                _ = ticks.tick() => {
+                    let claimed: Result<redis::Value, _> = redis::cmd("XCLAIM")
+                        .arg(&self.stream)
+                        .arg(&self.config.group)
+                        .arg(&self.consumer)
+                        .arg(0)
+                        .arg(entry_id)
+                        .arg("JUSTID")
+                        .query_async(&mut self.redis.clone())
+                        .await;
+                    if let Err(error) = claimed {
+                        tracing::debug!(%error, entry = %entry_id, "ingress: keeping the entry claimed failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The HTTP path: authenticate, validate, deduplicate, admit. A taken-over entry
+    /// whose id was admitted before is resumed rather than refused as a duplicate.
+    async fn admit(&self, request: &IngressRequest, received_at: Instant, taken_over: bool) -> Result<Admission, NotAdmitted> {
         let state = &self.state;
         if state.is_shutting_down() {
             return Err(NotAdmitted::Later("the server is shutting down".into()));
@@ -166,10 +237,20 @@ impl EntryContext {
         let request_id = new_request_id();
         let marker = seen_key(&self.config.key_prefix, &tenant.id, &request.id);
         if !self.mark_seen(&marker, &request_id).await? {
-            return Err(NotAdmitted::Duplicate);
+            if !taken_over {
+                return Err(NotAdmitted::Duplicate);
+            }
+            // Its gateway admitted it as `original` and stopped before the terminal
+            // reply (otherwise the entry would be gone): relay the same jobs.
+            let Some(original) = self.seen_request(&marker).await? else { return Err(NotAdmitted::Duplicate) };
+            return match attach_generation(state, &tenant, &deployment, validated, &original).await {
+                Ok(generation) => Ok(Admission::Resumed(generation)),
+                Err(ApiError::ShuttingDown) => Err(NotAdmitted::Later("the server is shutting down".into())),
+                Err(error) => Err(error.into()),
+            };
         }
         match start_generation(state, &tenant, &deployment, validated, &request_id, received_at).await {
-            Ok(generation) => Ok(generation),
+            Ok(generation) => Ok(Admission::New(generation)),
             Err(error) => {
                 // Not admitted: the id may be tried again (after a 429, say).
                 self.forget_seen(&marker).await;
@@ -193,6 +274,15 @@ impl EntryContext {
             .await
             .map_err(|error| NotAdmitted::Later(format!("redis: {error}")))?;
         Ok(set.is_some())
+    }
+
+    /// The request id an earlier admission stored in the marker.
+    async fn seen_request(&self, marker: &str) -> Result<Option<String>, NotAdmitted> {
+        redis::cmd("GET")
+            .arg(marker)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(|error| NotAdmitted::Later(format!("redis: {error}")))
     }
 
     async fn forget_seen(&self, marker: &str) {
@@ -229,27 +319,40 @@ fn body_with_model(text: &str, deployment: &str) -> Result<Value, ApiError> {
     Ok(Value::Object(object))
 }
 
-/// Relays a request's events as replies until its terminal reply. Answers whether it
-/// completed. Gives up at the deadline (dropping the events cancels the request) or
-/// when a reply cannot be written (nobody could read the rest).
-async fn relay(generation: Generation, replies: &mut ReplyWriter, deadline: Option<Instant>) -> bool {
+/// How a relay ended.
+enum Relayed {
+    /// The request completed and its terminal reply is written.
+    Completed,
+    /// It ended with an error reply (failed, cancelled, deadline exceeded).
+    Failed,
+    /// A reply could not be written (Redis unreachable): the request is cancelled and
+    /// the entry left pending, so a gateway takes it over (and answers it) later.
+    Unwritable,
+}
+
+/// Relays a request's events as replies until its terminal reply. Gives up at the
+/// deadline (dropping the events cancels the request) or when a reply cannot be
+/// written.
+async fn relay(generation: Generation, replies: &mut ReplyWriter, deadline: Option<Instant>) -> Relayed {
     let relaying = relay_events(generation, replies);
     let outcome = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, relaying).await.ok(),
         None => Some(relaying.await),
     };
     match outcome {
-        Some(Ok(completed)) => completed,
+        Some(Ok(true)) => Relayed::Completed,
+        Some(Ok(false)) => Relayed::Failed,
         Some(Err(error)) => {
             tracing::warn!(%error, "ingress replies could not be written; the request is cancelled");
-            false
+            Relayed::Unwritable
         }
-        None => {
-            if let Err(error) = replies.error(&IngressError::Api(deadline_exceeded())).await {
+        None => match replies.error(&IngressError::Api(deadline_exceeded())).await {
+            Ok(()) => Relayed::Failed,
+            Err(error) => {
                 tracing::warn!(%error, "an ingress error reply could not be written");
+                Relayed::Unwritable
             }
-            false
-        }
+        },
     }
 }
 

@@ -168,6 +168,9 @@ pub struct IngressSnapshot {
     pub rejected: u64,
     /// Entries whose id was already served (acknowledged without a reply).
     pub duplicates: u64,
+    /// Requests taken over from a gateway that stopped while relaying them: their
+    /// replies resumed after the ones it had written.
+    pub resumed: u64,
     /// Bad entries that could not be answered (no usable `reply_to`).
     pub unanswerable: u64,
     /// Admitted requests that ended with their final reply (done or completion).
@@ -184,6 +187,7 @@ pub(crate) struct IngressStats {
     admitted: AtomicU64,
     rejected: AtomicU64,
     duplicates: AtomicU64,
+    resumed: AtomicU64,
     unanswerable: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -220,6 +224,7 @@ impl IngressHandle {
             admitted: load(&s.admitted),
             rejected: load(&s.rejected),
             duplicates: load(&s.duplicates),
+            resumed: load(&s.resumed),
             unanswerable: load(&s.unanswerable),
             completed: load(&s.completed),
             failed: load(&s.failed),

@@ -85,15 +85,73 @@ pub struct ReplyWriter {
     next_seq: u64,
     ttl: Duration,
     max_len: u64,
+    /// While resuming: chunk replies already written by the gateway that stopped.
+    skip_chunks: u64,
 }
+
+/// Entries read per `XRANGE` while looking for the replies already written.
+const RESUME_PAGE: usize = 1000;
 
 impl ReplyWriter {
     pub fn new(redis: ConnectionManager, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
-        Self { redis, reply_to, id, next_seq: 0, ttl, max_len }
+        Self { redis, reply_to, id, next_seq: 0, ttl, max_len, skip_chunks: 0 }
     }
 
-    /// Appends a reply and refreshes the stream's TTL.
+    /// Before relaying a request taken over from a gateway that stopped: reads the
+    /// replies it wrote for this id, so that the relay, which replays the request's
+    /// events from the start, writes only what follows them (the first `chunk` replies
+    /// are skipped, and `status` replies while catching up; `seq` continues). Answers
+    /// whether a terminal reply was already written (then nothing is to be written).
+    pub async fn resume(&mut self) -> Result<bool, redis::RedisError> {
+        let Some(id) = self.id.clone() else { return Ok(false) };
+        let mut start = "-".to_string();
+        let (mut chunks, mut next_seq, mut terminal) = (0u64, 0u64, false);
+        loop {
+            let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&self.reply_to)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(RESUME_PAGE)
+                .query_async(&mut self.redis)
+                .await?;
+            for entry in &page.ids {
+                let Ok(reply) = Reply::from_fields(&swell_cluster::ingress_wire::entry_fields(entry)) else { continue };
+                if reply.id.as_deref() != Some(id.as_str()) {
+                    continue;
+                }
+                next_seq = next_seq.max(reply.seq + 1);
+                chunks += u64::from(reply.kind == ReplyKind::Chunk);
+                terminal |= reply.kind.is_terminal();
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == RESUME_PAGE => start = format!("({}", last.id),
+                _ => break,
+            }
+        }
+        self.next_seq = next_seq;
+        self.skip_chunks = chunks;
+        Ok(terminal)
+    }
+
+    /// Chunk replies still to be skipped (see [`resume`](Self::resume)).
+    pub fn skipping(&self) -> u64 {
+        self.skip_chunks
+    }
+
+    /// Appends a reply and refreshes the stream's TTL (while resuming, skips what was
+    /// written before).
     pub async fn send(&mut self, kind: ReplyKind, data: Value) -> Result<(), redis::RedisError> {
+        if self.skip_chunks > 0 {
+            match kind {
+                ReplyKind::Chunk => {
+                    self.skip_chunks -= 1;
+                    return Ok(());
+                }
+                ReplyKind::Status => return Ok(()),
+                _ => self.skip_chunks = 0,
+            }
+        }
         let reply = Reply { id: self.id.clone(), seq: self.next_seq, kind, data };
         let mut add = redis::cmd("XADD");
         add.arg(&self.reply_to).arg("MAXLEN").arg("~").arg(self.max_len).arg("*");

@@ -8,13 +8,18 @@
 //! `P` is [`RedisQueueConfig::key_prefix`] (default `swell`); `{...}` is the hash tag.
 //!
 //! Deployment `D`, all in the slot of `{dep:D}`:
-//! - `P:{dep:D}:jobs`: the work stream, one entry per job (`id`, `job` = the [`Job`] as
-//!   JSON, `t` = enqueue time, `dl` = deadline), consumer group `workers`. An entry is
-//!   deleted (`XACK` + `XDEL`, in the same script) only once its job is acknowledged,
-//!   dead-lettered, cancelled or dropped past its deadline; never trimmed by length.
-//! - `P:{dep:D}:job:<id>`: the lease hash of a job: `entry` (stream id), `epoch`,
-//!   `deliveries`, `state` (`waiting` | `leased`), `consumer`, `expires` (server ms).
-//!   This is the authority on who holds a job.
+//! - `P:{dep:D}:jobs:high`, `P:{dep:D}:jobs` (`normal`) and `P:{dep:D}:jobs:low`: the
+//!   work streams, one per [`Priority`](crate::Priority), one entry per job (`id`, `job`
+//!   = the [`Job`] as JSON, `t` = enqueue time, `dl` = deadline), each with the consumer
+//!   group `workers`. A job goes to its priority's stream; `lease` reads `high`, then
+//!   `normal`, then `low`. An entry is deleted (`XACK` + `XDEL`, in the same script) only
+//!   once its job is acknowledged, dead-lettered, cancelled or dropped past its
+//!   deadline; never trimmed by length. (The `normal` stream keeps the name of the single
+//!   stream older versions used, so their queued jobs are served as `normal`.)
+//! - `P:{dep:D}:job:<id>`: the lease hash of a job: `entry` (stream id), `level` (its
+//!   priority, so every script finds the entry's stream), `epoch`, `deliveries`, `state`
+//!   (`waiting` | `leased`), `consumer`, `expires` (server ms). This is the authority on
+//!   who holds a job.
 //! - `P:{dep:D}:leases`: zset of leased job ids by lease expiry (server clock).
 //! - `P:{dep:D}:requeued`: list of handed-back or reclaimed job ids, head first. Their
 //!   entries stay in the group's pending list (unacknowledged) until leased again
@@ -50,8 +55,9 @@
 //! - `enqueue`: `job_create` (refuses a duplicate id), then `deployment_enqueue` (refuses
 //!   past `max_queue_depth`, counting waiting = undelivered + requeued; on refusal the
 //!   job state is deleted again).
-//! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >`; counts the
-//!   delivery, sets the lease with the server's clock, drops jobs past their deadline),
+//! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >` on the `high`,
+//!   `normal` and `low` streams in turn; counts the delivery, sets the lease with the
+//!   server's clock, drops jobs past their deadline),
 //!   then `job_start` per job (raises the job's epoch to the lease's, answers the tokens
 //!   already delivered). A job found ended there (cancelled while it was being taken) is
 //!   forgotten on the deployment side. A client that dies between the two leaves a
@@ -100,8 +106,9 @@
 //! write. Without AOF (RDB snapshots only) everything since the last snapshot is lost.
 //!
 //! # Limits
-//! `position` counts the undelivered entries ahead of a job (`XRANGE`), linear in the
-//! queue's depth, which admission bounds. A gateway that dies between the two steps of
+//! `position` counts the undelivered entries ahead of a job in its stream (`XRANGE`),
+//! linear in the queue's depth, which admission bounds, plus the undelivered counts of
+//! the higher priorities' streams (`XLEN` − `XPENDING`, constant time). A gateway that dies between the two steps of
 //! a queue-side failure (deadline, dead letter) leaves the job's stream without a
 //! terminal event; its reader times out and the keys expire with `job_max_age`.
 
@@ -142,7 +149,7 @@ pub struct RedisQueue {
 
 /// The keys of one deployment, in the order the deployment scripts take them.
 struct DeploymentKeys {
-    keys: [String; 5],
+    keys: [String; 7],
     lease_prefix: String,
 }
 
@@ -189,7 +196,8 @@ impl RedisQueue {
     fn deployment_keys(&self, deployment: &str) -> DeploymentKeys {
         let base = format!("{}:{{dep:{deployment}}}", self.config.key_prefix);
         DeploymentKeys {
-            keys: ["jobs", "requeued", "leases", "wake", "dead"].map(|name| format!("{base}:{name}")),
+            keys: ["jobs", "requeued", "leases", "wake", "dead", "jobs:high", "jobs:low"]
+                .map(|name| format!("{base}:{name}")),
             lease_prefix: format!("{base}:job:"),
         }
     }
@@ -419,7 +427,8 @@ impl Queue for RedisQueue {
             .arg(payload)
             .arg(job.enqueued_at_ms)
             .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
-            .arg(limits.max_queue_depth);
+            .arg(limits.max_queue_depth)
+            .arg(job.priority.as_str());
         let answer = match self.invoke::<Value>(&call).await {
             Ok(answer) => array(answer)?,
             Err(error) => {

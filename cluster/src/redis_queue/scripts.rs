@@ -11,10 +11,14 @@
 
 use redis::Script;
 
-/// Deployment scripts: `KEYS[1]` work stream, `KEYS[2]` requeued list, `KEYS[3]` lease
-/// index (zset by expiry), `KEYS[4]` wake-up stream, `KEYS[5]` dead-letter stream;
+/// Deployment scripts: `KEYS[1]` the `normal` work stream, `KEYS[2]` requeued list,
+/// `KEYS[3]` lease index (zset by expiry), `KEYS[4]` wake-up stream, `KEYS[5]`
+/// dead-letter stream, `KEYS[6]` the `high` work stream, `KEYS[7]` the `low` work stream;
 /// `ARGV[1]` the prefix of the per-job lease hashes (same hash tag), `ARGV[2]` the
-/// consumer group.
+/// consumer group (the same name on each work stream).
+///
+/// A job's lease hash records its priority (`level`; absent means `normal`), so every
+/// script finds the job's entry in its own stream.
 macro_rules! deployment_prelude {
     () => {
         r#"
@@ -29,24 +33,41 @@ local function fields_of(flat)
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
   return f
 end
+-- The work streams in service order, and by priority name.
+local streams = {KEYS[6], KEYS[1], KEYS[7]}
+local stream_of_level = {high = KEYS[6], normal = KEYS[1], low = KEYS[7]}
+local rank_of_level = {high = 1, normal = 2, low = 3}
+local function level_of(job)
+  local level = redis.call('HGET', meta_key(job), 'level')
+  if level and stream_of_level[level] then return level end
+  return 'normal'
+end
+local function stream_of(job) return stream_of_level[level_of(job)] end
+local function undelivered_in(stream)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  local pending = redis.call('XPENDING', stream, ARGV[2])
+  return redis.call('XLEN', stream) - tonumber(pending[1])
+end
 local function undelivered()
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-  local pending = redis.call('XPENDING', KEYS[1], ARGV[2])
-  return redis.call('XLEN', KEYS[1]) - tonumber(pending[1])
+  local n = 0
+  for _, stream in ipairs(streams) do n = n + undelivered_in(stream) end
+  return n
 end
 local function waiting() return undelivered() + redis.call('LLEN', KEYS[2]) end
--- Acknowledge and delete a job's entry and every index of it.
-local function forget(job, entry)
-  if entry then
-    redis.call('XACK', KEYS[1], ARGV[2], entry)
-    redis.call('XDEL', KEYS[1], entry)
+-- Acknowledge and delete a job's entry (in `stream`, by default the job's own) and
+-- every index of it.
+local function forget(job, entry, stream)
+  stream = stream or stream_of(job)
+  if entry and redis.call('EXISTS', stream) == 1 then
+    redis.call('XACK', stream, ARGV[2], entry)
+    redis.call('XDEL', stream, entry)
   end
   redis.call('ZREM', KEYS[3], job)
   redis.call('LREM', KEYS[2], 0, job)
   redis.call('DEL', meta_key(job))
 end
-local function last_delivered()
-  local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local function last_delivered(stream)
+  local groups = redis.call('XINFO', 'GROUPS', stream)
   for _, g in ipairs(groups) do
     local f = fields_of(g)
     if f['name'] == ARGV[2] then return f['last-delivered-id'] end
@@ -94,27 +115,33 @@ end
 }
 
 /// Enqueue. `ARGV[3]` job id, `[4]` payload, `[5]` enqueued at (ms), `[6]` deadline (ms
-/// or empty), `[7]` max waiting. Answers `{'ok', position}`, `{'full', waiting}` or
-/// `{'duplicate'}`.
+/// or empty), `[7]` max waiting, `[8]` priority (`high` | `normal` | `low`), which picks
+/// the work stream. Answers `{'ok', position}` (in service order: requeued jobs, then
+/// the waiting jobs of this priority or higher), `{'full', waiting}` or `{'duplicate'}`.
 const DEPLOYMENT_ENQUEUE: &str = concat!(
     deployment_prelude!(),
     r#"
-local job = ARGV[3]
+local job, level = ARGV[3], ARGV[8]
+local stream = stream_of_level[level]
+if not stream then return redis.error_reply('unknown priority ' .. tostring(level)) end
 if redis.call('EXISTS', meta_key(job)) == 1 then return {'duplicate'} end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[2], '0', 'MKSTREAM')
+if redis.call('EXISTS', stream) == 0 then
+  redis.call('XGROUP', 'CREATE', stream, ARGV[2], '0', 'MKSTREAM')
 end
 local w = waiting()
 if w >= tonumber(ARGV[7]) then return {'full', w} end
-local entry = redis.call('XADD', KEYS[1], '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6])
-redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting')
+local position = redis.call('LLEN', KEYS[2]) + 1
+for rank = 1, rank_of_level[level] do position = position + undelivered_in(streams[rank]) end
+local entry = redis.call('XADD', stream, '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6])
+redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting', 'level', level)
 wake()
-return {'ok', w + 1}
+return {'ok', position}
 "#
 );
 
 /// Lease up to `ARGV[4]` jobs for consumer `ARGV[3]` with a TTL of `ARGV[5]` ms: handed
-/// back jobs first (newest hand-back first), then new entries in order. Jobs past their
+/// back jobs first (newest hand-back first), then new entries of the `high` stream, then
+/// `normal`, then `low`, each in order. Jobs past their
 /// deadline (`ARGV[6]`, the client's Unix ms) are acked and reported as dropped.
 /// Answers `{taken, dropped, wake_id}` where taken items are `{job, payload, epoch,
 /// deliveries}`, dropped items `{job, epoch}`, and `wake_id` is the last id of the
@@ -125,12 +152,12 @@ const DEPLOYMENT_TAKE: &str = concat!(
 local consumer, n, ttl, client_now = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local taken, dropped = {}, {}
-local function take(job, entry, flat)
+local function take(job, entry, flat, stream)
   local f = fields_of(flat)
   local meta = meta_key(job)
   if f['dl'] and f['dl'] ~= '' and client_now > tonumber(f['dl']) then
     local epoch = redis.call('HGET', meta, 'epoch') or '1'
-    forget(job, entry)
+    forget(job, entry, stream)
     dropped[#dropped + 1] = {job, epoch}
     return
   end
@@ -140,21 +167,27 @@ local function take(job, entry, flat)
   redis.call('ZADD', KEYS[3], now + ttl, job)
   taken[#taken + 1] = {job, f['job'], redis.call('HGET', meta, 'epoch'), deliveries}
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  while #taken < n do
-    local job = redis.call('LPOP', KEYS[2])
-    if not job then break end
-    local entry = redis.call('HGET', meta_key(job), 'entry')
-    if entry then
-      local claimed = redis.call('XCLAIM', KEYS[1], ARGV[2], consumer, 0, entry)
-      if claimed[1] then take(job, entry, claimed[1][2]) else forget(job, entry) end
+while #taken < n do
+  local job = redis.call('LPOP', KEYS[2])
+  if not job then break end
+  local entry = redis.call('HGET', meta_key(job), 'entry')
+  if entry then
+    local stream = stream_of(job)
+    local claimed = {}
+    if redis.call('EXISTS', stream) == 1 then
+      claimed = redis.call('XCLAIM', stream, ARGV[2], consumer, 0, entry)
     end
+    if claimed[1] then take(job, entry, claimed[1][2], stream) else forget(job, entry, stream) end
   end
-  while #taken < n do
-    local reply = redis.call('XREADGROUP', 'GROUP', ARGV[2], consumer, 'COUNT', n - #taken, 'STREAMS', KEYS[1], '>')
-    if not reply or #reply[1][2] == 0 then break end
-    for _, e in ipairs(reply[1][2]) do
-      take(fields_of(e[2])['id'], e[1], e[2])
+end
+for _, stream in ipairs(streams) do
+  if redis.call('EXISTS', stream) == 1 then
+    while #taken < n do
+      local reply = redis.call('XREADGROUP', 'GROUP', ARGV[2], consumer, 'COUNT', n - #taken, 'STREAMS', stream, '>')
+      if not reply or #reply[1][2] == 0 then break end
+      for _, e in ipairs(reply[1][2]) do
+        take(fields_of(e[2])['id'], e[1], e[2], stream)
+      end
     end
   end
 end
@@ -241,7 +274,7 @@ for _, job in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms())) do
     local deliveries = tonumber(m[3] or '0')
     if deliveries >= max_deliveries then
       local payload = ''
-      local e = redis.call('XRANGE', KEYS[1], m[2], m[2])
+      local e = redis.call('XRANGE', stream_of(job), m[2], m[2])
       if e[1] then payload = fields_of(e[1][2])['job'] or '' end
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'id', job, 'job', payload, 'deliveries', deliveries, 'epoch', epoch)
       forget(job, m[2])
@@ -286,26 +319,38 @@ return 1
 "#
 );
 
-/// Answers `{waiting, leased, oldest waiting enqueue time or ''}`.
+/// Answers `{waiting, leased, oldest waiting enqueue time or ''}`; the oldest is the
+/// earliest of the requeued list's head and each stream's first undelivered entry.
 const DEPLOYMENT_DEPTH: &str = concat!(
     deployment_prelude!(),
     r#"
 local w = waiting()
-local oldest = ''
+local oldest, shown = nil, ''
+local function consider(e)
+  if e[1] then
+    local text = fields_of(e[1][2])['t']
+    local t = tonumber(text)
+    if t and (not oldest or t < oldest) then oldest, shown = t, text end
+  end
+end
 local head = redis.call('LINDEX', KEYS[2], 0)
-local e = {}
 if head then
   local entry = redis.call('HGET', meta_key(head), 'entry')
-  if entry then e = redis.call('XRANGE', KEYS[1], entry, entry) end
-elseif w > 0 then
-  e = redis.call('XRANGE', KEYS[1], '(' .. last_delivered(), '+', 'COUNT', 1)
+  local stream = stream_of(head)
+  if entry and redis.call('EXISTS', stream) == 1 then consider(redis.call('XRANGE', stream, entry, entry)) end
 end
-if e[1] then oldest = fields_of(e[1][2])['t'] end
-return {w, redis.call('ZCARD', KEYS[3]), oldest}
+for _, stream in ipairs(streams) do
+  if undelivered_in(stream) > 0 then
+    consider(redis.call('XRANGE', stream, '(' .. last_delivered(stream), '+', 'COUNT', 1))
+  end
+end
+return {w, redis.call('ZCARD', KEYS[3]), shown}
 "#
 );
 
-/// 1-based position of job `ARGV[3]` among the waiting jobs, 0 if it is not waiting.
+/// 1-based position of job `ARGV[3]` in service order (requeued jobs, the undelivered
+/// entries of higher priorities, then those up to it in its own stream), 0 if it is not
+/// waiting.
 const DEPLOYMENT_POSITION: &str = concat!(
     deployment_prelude!(),
     r#"
@@ -314,8 +359,13 @@ local m = redis.call('HMGET', meta_key(job), 'state', 'entry')
 if m[1] ~= 'waiting' then return 0 end
 local index = redis.call('LPOS', KEYS[2], job)
 if index then return index + 1 end
-local ahead = redis.call('XRANGE', KEYS[1], '(' .. last_delivered(), m[2])
-return redis.call('LLEN', KEYS[2]) + #ahead
+local level = level_of(job)
+local stream = stream_of_level[level]
+if redis.call('EXISTS', stream) == 0 then return 0 end
+local position = redis.call('LLEN', KEYS[2])
+for rank = 1, rank_of_level[level] - 1 do position = position + undelivered_in(streams[rank]) end
+local ahead = redis.call('XRANGE', stream, '(' .. last_delivered(stream), m[2])
+return position + #ahead
 "#
 );
 

@@ -17,7 +17,11 @@
 //!
 //! Every tick (the policy's tick, 1 s by default) the simulator builds a [`LoadSample`]
 //! the way the live supervisor does (`queued` = waiting jobs, `running` = sequences on
-//! replicas, arrivals, prompt tokens and generated tokens since the previous sample),
+//! replicas, arrivals, prompt tokens and generated tokens since the previous sample;
+//! the oldest waiting request's age and the waits of the requests admitted since the
+//! previous sample, for the queue delay; the KV tokens in use on *ready* replicas
+//! (their sequences' context) with the profile's KV capacity and the ready count, for
+//! KV utilisation; no wall clock, so schedules do not apply in the simulator),
 //! hands it to the policy with the [`ReplicaCounts`], and applies the desired count:
 //! new replicas start and are ready after the profile's `cold_start`; retiring takes
 //! starting replicas first (newest first), then the least loaded ready ones, which
@@ -125,6 +129,8 @@ struct Replica {
     batch: Vec<Sequence>,
     busy: bool,
     kv_reserved: u64,
+    /// KV tokens in use: the context of the batch's sequences.
+    kv_context: u64,
     /// What the current step does, applied when it ends.
     step_prefill: Vec<(usize, u64)>,
 }
@@ -165,7 +171,11 @@ pub struct Simulator<'a> {
     arrivals: u64,
     prompt_tokens: u64,
     generated: u64,
+    started: u64,
+    started_wait_ns: u64,
     generated_total: u64,
+    /// KV tokens in use on ready replicas.
+    kv_in_use_ready: u64,
     cold_starts: u32,
     timeline: Vec<TimelinePoint>,
     tick_ns: u64,
@@ -210,7 +220,10 @@ impl<'a> Simulator<'a> {
             arrivals: 0,
             prompt_tokens: 0,
             generated: 0,
+            started: 0,
+            started_wait_ns: 0,
             generated_total: 0,
+            kv_in_use_ready: 0,
             cold_starts: 0,
             timeline: Vec::new(),
             tick_ns,
@@ -344,6 +357,8 @@ impl<'a> Simulator<'a> {
                 }
                 self.queue.pop_front();
                 self.running += 1;
+                self.started += 1;
+                self.started_wait_ns += self.now.saturating_sub(ns(req.arrival));
                 replica.kv_reserved += need;
                 self.outcomes[i].start = now_s;
                 replica.batch.push(Sequence {
@@ -435,6 +450,11 @@ impl<'a> Simulator<'a> {
             !done
         });
         replica.kv_reserved -= released;
+        let kv_context: u64 = replica.batch.iter().map(|s| s.context).sum();
+        if replica.state == ReplicaState::Ready {
+            self.kv_in_use_ready = self.kv_in_use_ready + kv_context - replica.kv_context;
+        }
+        replica.kv_context = kv_context;
         self.unfinished -= finished;
         self.running -= finished as u64;
         self.generated += generated;
@@ -453,6 +473,11 @@ impl<'a> Simulator<'a> {
         self.last_tick = Some(self.now);
         let now = Duration::from_nanos(self.now);
         let running = self.running();
+        let counts = self.counts();
+        let oldest_wait = self
+            .queue
+            .front()
+            .map_or(0, |&i| self.now.saturating_sub(ns(self.requests[i].arrival)));
         let sample = LoadSample {
             at: now,
             queued: self.queue.len() as u64,
@@ -460,8 +485,14 @@ impl<'a> Simulator<'a> {
             arrivals: std::mem::take(&mut self.arrivals),
             prompt_tokens: std::mem::take(&mut self.prompt_tokens),
             generated_tokens: std::mem::take(&mut self.generated),
+            oldest_wait: Duration::from_nanos(oldest_wait),
+            started: std::mem::take(&mut self.started),
+            started_wait: Duration::from_nanos(std::mem::take(&mut self.started_wait_ns)),
+            kv_tokens_used: self.kv_in_use_ready,
+            kv_capacity_tokens: self.profile.kv_capacity_tokens,
+            ready_replicas: counts.ready,
+            unix_ms: None,
         };
-        let counts = self.counts();
         #[cfg(debug_assertions)]
         {
             let mut check = ReplicaCounts::default();
@@ -476,6 +507,13 @@ impl<'a> Simulator<'a> {
             debug_assert_eq!(check, counts, "incremental replica counts");
             let batch: u64 = self.replicas.iter().map(|r| r.batch.len() as u64).sum();
             debug_assert_eq!(batch, running, "incremental running count");
+            let kv: u64 = self
+                .replicas
+                .iter()
+                .filter(|r| r.state == ReplicaState::Ready)
+                .map(|r| r.kv_context)
+                .sum();
+            debug_assert_eq!(kv, self.kv_in_use_ready, "incremental KV in use");
         }
         self.timeline.push(TimelinePoint {
             t: now.as_secs_f64(),
@@ -519,7 +557,10 @@ impl<'a> Simulator<'a> {
                 self.idle.remove(&i);
                 match r.state {
                     ReplicaState::Starting => self.counts.starting -= 1,
-                    _ => self.counts.ready -= 1,
+                    _ => {
+                        self.counts.ready -= 1;
+                        self.kv_in_use_ready -= r.kv_context;
+                    }
                 }
                 if r.batch.is_empty() && !r.busy {
                     r.state = ReplicaState::Stopped;
@@ -545,6 +586,7 @@ impl Replica {
             batch: Vec::new(),
             busy: false,
             kv_reserved: 0,
+            kv_context: 0,
             step_prefill: Vec::new(),
         }
     }

@@ -124,7 +124,10 @@ fn build_policy(
     plan: &oracle::OraclePlan,
 ) -> Box<dyn ScalingPolicy> {
     match name {
-        "swell" => Box::new(Swell::new("swell", comparison.swell_policy.clone())),
+        "swell" => Box::new(
+            Swell::new("swell", comparison.swell_policy.clone())
+                .with_expected_cold_start(comparison.profile.cold_start),
+        ),
         "static-peak" => Box::new(Static {
             replicas: plan.peak_minute,
         }),

@@ -10,8 +10,9 @@
 //! Defaults and where they come from:
 //!
 //! - **swell**: `AutoscalingPolicy::default()` (target 8 concurrent requests per replica,
-//!   metrics window 30 s, scale-up window 30 s, scale-down window 10 m, scale to zero
-//!   after 1 h idle, up by max(4, 100%) per 15 s, down by 1 per 60 s), except
+//!   tolerance 10 %, metrics window 30 s, scale-up window 30 s, scale-down window 10 m,
+//!   scale to zero after 1 h idle, up by max(4, 100%) per 15 s, down by 1 per 60 s;
+//!   burst mode and predictive floor off), except
 //!   `max_replicas`, raised from 4 to 1000 (a deployment cap, not a scaling rule).
 //!   Configurable with `--swell-policy '<json>'`.
 //! - **static-peak**: the replicas the trace's busiest minute needs (the oracle's
@@ -44,7 +45,7 @@
 //!   raised to 1000. Assumption: Fireworks' "load" (0..1 per replica, undocumented) is
 //!   the batch occupancy, concurrent requests / batch capacity, so the target is
 //!   0.8 × batch capacity concurrent requests; velocity is not documented and is taken
-//!   as unlimited. The windows are run by Swell's `Autoscaler` code with those settings.
+//!   as unlimited, and so are a tolerance band and a burst mode (none: off). The windows are run by Swell's `Autoscaler` code with those settings.
 //! - **oracle**: see [`super::oracle`]: perfect foresight, the cheapest replica schedule
 //!   that has the trace's work done at a batch meeting the inter-token target.
 
@@ -90,6 +91,13 @@ impl Swell {
         }
     }
 
+    /// The replica's expected cold start (the predictive floor's look-ahead), as the
+    /// supervisor gives it from the engine's description.
+    pub fn with_expected_cold_start(mut self, cold_start: Duration) -> Self {
+        self.autoscaler = self.autoscaler.with_expected_cold_start(cold_start);
+        self
+    }
+
     /// `AutoscalingPolicy::default()` with `max_replicas` 1000.
     pub fn default_policy() -> AutoscalingPolicy {
         AutoscalingPolicy {
@@ -109,14 +117,16 @@ impl Swell {
             metrics_window: Duration::from_secs(30),
             load_targets: LoadTargets {
                 concurrent_requests: Some((0.8 * batch_capacity).max(1.0)),
-                requests_per_second: None,
-                tokens_generated_per_second: None,
-                prompt_tokens_per_second: None,
+                ..LoadTargets::none()
             },
             velocity: Velocity {
                 scale_up: VelocityLimit::unlimited(),
                 scale_down: VelocityLimit::unlimited(),
             },
+            // Fireworks documents neither a tolerance band nor a burst mode.
+            tolerance: 0.0,
+            panic_threshold: None,
+            ..AutoscalingPolicy::default()
         };
         Self::new("fireworks", policy)
     }

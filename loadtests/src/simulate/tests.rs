@@ -245,3 +245,69 @@ fn knative_scales_to_zero_after_stable_window_and_grace() {
     let zero_at = zero_at.expect("reaches zero");
     assert!((98..=102).contains(&zero_at), "zero at {zero_at}");
 }
+
+/// Swell with a recorder: the samples the simulator hands the policy.
+struct Recording {
+    inner: Swell,
+    samples: Vec<(swell_actors::autoscaler::LoadSample, swell_actors::autoscaler::ReplicaCounts)>,
+}
+
+impl ScalingPolicy for Recording {
+    fn name(&self) -> String {
+        "recording".into()
+    }
+    fn decide(
+        &mut self,
+        now: Duration,
+        sample: &swell_actors::autoscaler::LoadSample,
+        counts: swell_actors::autoscaler::ReplicaCounts,
+    ) -> u32 {
+        self.samples.push((*sample, counts));
+        self.inner.decide(now, sample, counts)
+    }
+    fn scaled(&mut self, now: Duration, from: u32, to: u32) {
+        self.inner.scaled(now, from, to);
+    }
+}
+
+#[test]
+fn samples_carry_queue_delay_and_kv_use_like_the_supervisor_builds_them() {
+    let requests = step_load();
+    let mut recording = Recording {
+        inner: Swell::new("swell", comparison(&[]).swell_policy)
+            .with_expected_cold_start(profile().cold_start),
+        samples: Vec::new(),
+    };
+    let result = run(&requests, &mut recording, 400.0);
+    assert!(result.finished_count.iter().all(|&c| c == 1));
+    let samples = &recording.samples;
+    // During the first cold start (t = 100..105) the queue waits and ages.
+    let waiting = samples
+        .iter()
+        .find(|(s, _)| s.at == Duration::from_secs(104))
+        .unwrap()
+        .0;
+    assert!(waiting.queued > 0);
+    assert!(
+        waiting.oldest_wait >= Duration::from_secs(3),
+        "{:?}",
+        waiting.oldest_wait
+    );
+    // The first admissions report their waits: they arrived 4 per second during the
+    // 5 s cold start, so they waited 2.5 s on average.
+    let admitted = samples.iter().map(|(s, _)| s).find(|s| s.started > 0).unwrap();
+    assert_eq!(admitted.at, Duration::from_secs(105));
+    let mean = admitted.queue_delay().as_secs_f64();
+    assert!((2.0..3.0).contains(&mean), "{admitted:?}");
+    // KV use: only with a ready replica, never above the ready replicas' capacity.
+    assert!(samples.iter().any(|(s, _)| s.kv_tokens_used > 0));
+    for (s, counts) in samples {
+        assert_eq!(s.ready_replicas, counts.ready);
+        assert_eq!(s.kv_capacity_tokens, profile().kv_capacity_tokens);
+        assert!(s.kv_tokens_used <= s.kv_capacity_tokens * u64::from(counts.ready), "{s:?}");
+        assert_eq!(s.unix_ms, None);
+    }
+    // Admissions add up to the requests.
+    let started: u64 = samples.iter().map(|(s, _)| s.started).sum();
+    assert_eq!(started, requests.len() as u64);
+}
