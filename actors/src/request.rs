@@ -277,7 +277,8 @@ async fn run_request_in_span(
     m::tokens(&spec.deployment, &spec.tenant, prompt_tokens, outcome.generated);
 }
 
-/// [`attach`]: relay a job another gateway admitted.
+/// [`attach`]: relay a job another gateway admitted (in its span, attached to the
+/// future as in [`run_request`]).
 async fn run_attached(
     spec: RequestSpec,
     deps: RequestDeps,
@@ -285,14 +286,18 @@ async fn run_attached(
     admission: oneshot::Sender<AdmissionResult>,
     cancel: watch::Receiver<bool>,
 ) {
+    use tracing::Instrument as _;
     let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant, attached = true);
-    let _enter = span.enter();
-    if admission.send(Ok((0, RateLimitSnapshot::default()))).is_err() {
-        return;
+    async move {
+        if admission.send(Ok((0, RateLimitSnapshot::default()))).is_err() {
+            return;
+        }
+        let position = deps.queue.position(&spec.deployment, &spec.job_id).await.ok().flatten();
+        let outcome = relay(&spec, &deps, &events, cancel, position).await;
+        m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
     }
-    let position = deps.queue.position(&spec.deployment, &spec.job_id).await.ok().flatten();
-    let outcome = relay(&spec, &deps, &events, cancel, position).await;
-    m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
+    .instrument(span)
+    .await
 }
 
 /// Relay the job's output stream to the client until it ends.

@@ -3,7 +3,7 @@
 //! one shared time axis.
 //!
 //! 1. **Load**: requests sent per second (client) and generated tokens per second (the
-//!    server's `swell_generated_tokens_total`, between polls).
+//!    server's `swell_generated_tokens_total`, averaged over 5 s of polls).
 //! 2. **Replicas**: ready + starting (what the autoscaler counts), ready, desired and
 //!    draining, from the admin status; scale events as dots at their new count.
 //! 3. **Queue**: requests waiting for a replica and requests running on replicas; the
@@ -143,10 +143,10 @@ fn panels(report: &Report, monitor: &LiveTimeline) -> Vec<Panel> {
             integer_axis: false,
             right_label: "tokens/s",
             right: vec![Series {
-                name: "generated tok/s",
+                name: "generated tok/s (5 s)",
                 color: RGBColor(120, 120, 120),
                 width: 1,
-                points: monitor.generated_tokens_per_s(),
+                points: monitor.generated_tokens_per_s(5.0),
             }],
         },
         Panel {
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(panels.len(), 4);
         // Two requests sent in the first second, one in the third.
         assert_eq!(&panels[0].left[0].points[..3], &[(0.0, 2.0), (1.0, 0.0), (2.0, 1.0)]);
-        assert_eq!(panels[0].right[0].points, vec![(1.0, 10.0), (2.0, 20.0)]);
+        assert_eq!(panels[0].right[0].points, vec![(1.0, 10.0), (2.0, 15.0)]);
         let capacity = &panels[1].left[3];
         assert_eq!(capacity.name, "ready + starting");
         assert!(capacity.points.iter().all(|p| p.1 == 2.0));

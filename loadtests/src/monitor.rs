@@ -112,17 +112,28 @@ impl LiveTimeline {
             .map_or(0, MonitorSample::capacity)
     }
 
-    /// Generated tokens per second between consecutive polls, at the later poll's time.
-    pub fn generated_tokens_per_s(&self) -> Vec<(f64, f64)> {
-        self.samples
-            .windows(2)
-            .filter_map(|w| {
-                let (a, b) = (&w[0], &w[1]);
-                let dt = b.t_s - a.t_s;
-                match (a.generated_tokens_total, b.generated_tokens_total) {
-                    (Some(x), Some(y)) if dt > 0.0 => Some((b.t_s, (y - x).max(0.0) / dt)),
-                    _ => None,
-                }
+    /// Generated tokens per second, at each poll, over the polls of the last `window`
+    /// seconds (at least the previous poll): the server's counter moves in bursts, so
+    /// single intervals are noisy.
+    pub fn generated_tokens_per_s(&self, window: f64) -> Vec<(f64, f64)> {
+        let counted: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter_map(|s| s.generated_tokens_total.map(|g| (s.t_s, g)))
+            .collect();
+        (1..counted.len())
+            .filter_map(|i| {
+                let (t, g) = counted[i];
+                let start = counted[..i]
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .take_while(|(t0, _)| t - t0 <= window)
+                    .last()
+                    .copied()
+                    .unwrap_or(counted[i - 1]);
+                let dt = t - start.0;
+                (dt > 0.0).then(|| (t, (g - start.1).max(0.0) / dt))
             })
             .collect()
     }
@@ -319,7 +330,16 @@ mod tests {
         assert_eq!(timeline.capacity_at(1.9), 1);
         assert_eq!(timeline.capacity_at(2.5), 3);
         assert_eq!(timeline.capacity_at(99.0), 3);
-        // Pairs with a missing counter are skipped.
-        assert_eq!(timeline.generated_tokens_per_s(), vec![(1.5, 100.0)]);
+        // Polls without the counter are skipped; a window shorter than the polls' gaps
+        // gives the rate since the previous poll that has the counter.
+        assert_eq!(
+            timeline.generated_tokens_per_s(0.1),
+            vec![(1.5, 100.0), (3.0, 200.0)]
+        );
+        // A 5 s window: since the first poll.
+        assert_eq!(
+            timeline.generated_tokens_per_s(5.0),
+            vec![(1.5, 100.0), (3.0, 160.0)]
+        );
     }
 }

@@ -352,11 +352,11 @@ pub fn render_table(report: &Report) -> String {
         let _ = writeln!(out);
         let peak = monitor.samples.iter().map(|s| s.capacity()).max().unwrap_or(0);
         let peak_queue = monitor.samples.iter().map(|s| s.queue_depth).max().unwrap_or(0);
-        let tokens = monitor.generated_tokens_per_s();
+        let tokens = monitor.generated_tokens_per_s(5.0);
         let peak_tokens = tokens.iter().map(|t| t.1).fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "monitor      {} polls ({} failed), peak {} replicas, peak queue {}, peak {:.0} generated tok/s (server), {} scale events",
+            "monitor      {} polls ({} failed), peak {} replicas, peak queue {}, peak {:.0} generated tok/s (server, 5 s average), {} scale events",
             monitor.samples.len(),
             monitor.poll_errors,
             peak,

@@ -60,15 +60,17 @@ pub struct Scenario {
 
 impl Scenario {
     /// The step scenario of the fidelity test (70 s): light load (1 replica), a step up
-    /// (the simulator goes to 6 while the queue built during the cold starts drains),
-    /// a step down, then silence (back to 0 at about 60 s). The profile
+    /// (to 4 while the queue built during the cold starts drains, then back towards 2),
+    /// a step down, then silence (back to 0 at about 60 s). The step is sized so that
+    /// no decision sits on a knife edge: at 10 requests/s the backlog of the first
+    /// seconds made the peak 4 or 6 from one live run to the next (and in the simulator). The profile
     /// is slow on purpose (20 ms decode steps, batches of 8, a 2 s cold start), so the
     /// live server's own overheads stay small against the modelled times and the run
     /// stays light for a 2-core machine; the policy's windows are seconds, not minutes,
     /// so every kind of decision happens within the run.
     pub fn step() -> Self {
         Self {
-            phases: vec![(10.0, 2.0), (25.0, 10.0), (15.0, 4.0), (20.0, 0.0)],
+            phases: vec![(10.0, 2.0), (25.0, 8.0), (15.0, 4.0), (20.0, 0.0)],
             prompt_words: 48,
             output_tokens: 32,
             seed: 7,
@@ -83,7 +85,7 @@ impl Scenario {
             }),
             autoscaling: json!({
                 "min_replicas": 0,
-                "max_replicas": 8,
+                "max_replicas": 6,
                 "metrics_window": "5s",
                 "scale_up_window": "3s",
                 "scale_down_window": "10s",
@@ -672,8 +674,8 @@ mod tests {
         let first = sim.scale_events.first().unwrap();
         assert_eq!((first.from, first.to), (0, 1), "{:?}", sim.scale_events);
         let peak = sim.scale_events.iter().map(|e| e.to).max().unwrap();
-        // Above the steady need (about 3): the queue built during the cold starts.
-        assert!((3..=7).contains(&peak), "{:?}", sim.scale_events);
+        // Above the steady need (about 2): the queue built during the cold starts.
+        assert!((3..=5).contains(&peak), "{:?}", sim.scale_events);
         assert!(sim.scale_events.iter().any(|e| e.to < e.from && e.to > 0), "steps down: {:?}", sim.scale_events);
         let last = sim.scale_events.last().unwrap();
         assert_eq!(last.to, 0, "back to zero: {:?}", sim.scale_events);
