@@ -100,6 +100,8 @@ use std::time::Duration;
 use serde::de::{self, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::capacity::{CapacityPlanner, ReplicaCapacity, SloTargets};
+
 /// The shortest `metrics_window` that validates.
 pub const MIN_METRICS_WINDOW: Duration = Duration::from_secs(1);
 /// The longest `metrics_window` that validates (samples are kept that long).
@@ -136,10 +138,17 @@ pub struct AutoscalingPolicy {
     /// Load is averaged over this, default 30s.
     #[serde(with = "humantime_serde")]
     pub metrics_window: Duration,
-    /// Per-replica load targets.
+    /// Per-replica load targets; `"auto"` (the default, also when left out) derives
+    /// them from the replica's capacity ([`crate::capacity`]).
+    #[serde(with = "load_targets_or_auto")]
     pub load_targets: LoadTargets,
     /// How fast the replica count may change.
     pub velocity: Velocity,
+    /// SLO mode ([`crate::capacity`]): the replicas that meet these latency targets for
+    /// the current load; one more recommendation beside the load targets. Default TTFT
+    /// 2 s (p99) and inter-token 100 ms; `false` turns it off.
+    #[serde(deserialize_with = "crate::capacity::deserialize_slo")]
+    pub slo: Option<SloTargets>,
 }
 
 impl Default for AutoscalingPolicy {
@@ -147,12 +156,13 @@ impl Default for AutoscalingPolicy {
         Self {
             min_replicas: 0,
             max_replicas: 4,
-            scale_up_window: Duration::from_secs(30),
+            scale_up_window: Duration::ZERO,
             scale_down_window: Duration::from_secs(10 * 60),
             scale_to_zero_window: Duration::from_secs(60 * 60),
             metrics_window: Duration::from_secs(30),
-            load_targets: LoadTargets::default(),
+            load_targets: LoadTargets::auto(),
             velocity: Velocity::default(),
+            slo: Some(SloTargets::default()),
         }
     }
 }
@@ -174,6 +184,11 @@ pub struct LoadTargets {
     /// Prompt tokens of arriving requests per second per replica, default off.
     #[serde(deserialize_with = "deserialize_optional_target")]
     pub prompt_tokens_per_second: Option<f64>,
+    /// `load_targets = "auto"`: with a capacity model, the concurrent-requests target is
+    /// derived from the replica's capacity ([`crate::capacity`]); without one, the
+    /// values above apply. A written table is used as written (`auto` false).
+    #[serde(skip)]
+    pub auto: bool,
 }
 
 impl Default for LoadTargets {
@@ -183,7 +198,62 @@ impl Default for LoadTargets {
             requests_per_second: None,
             tokens_generated_per_second: None,
             prompt_tokens_per_second: None,
+            auto: false,
         }
+    }
+}
+
+impl LoadTargets {
+    /// The policy's default: `"auto"`, falling back to [`LoadTargets::default`]'s values.
+    pub fn auto() -> Self {
+        Self {
+            auto: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// `load_targets`: the string `"auto"` or a table.
+mod load_targets_or_auto {
+    use std::fmt;
+
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::LoadTargets;
+
+    pub fn serialize<S: Serializer>(targets: &LoadTargets, serializer: S) -> Result<S::Ok, S::Error> {
+        if targets.auto {
+            serializer.serialize_str("auto")
+        } else {
+            targets.serialize(serializer)
+        }
+    }
+
+    struct AutoOrTable;
+
+    impl<'de> Visitor<'de> for AutoOrTable {
+        type Value = LoadTargets;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("\"auto\" or a table of per-replica targets")
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<LoadTargets, E> {
+            if value == "auto" {
+                Ok(LoadTargets::auto())
+            } else {
+                Err(E::invalid_value(de::Unexpected::Str(value), &self))
+            }
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LoadTargets, A::Error> {
+            LoadTargets::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<LoadTargets, D::Error> {
+        deserializer.deserialize_any(AutoOrTable)
     }
 }
 
@@ -227,21 +297,23 @@ pub struct VelocityLimit {
 }
 
 impl VelocityLimit {
-    /// The scale-up default: 4 replicas or 100% per 15s.
+    /// The scale-up default: unlimited (period 15s). A staged ramp pays a cold start
+    /// per stage; the recommendation already says how many replicas the load needs.
     pub fn scale_up_default() -> Self {
         Self {
-            replicas: Some(4),
-            percent: Some(100.0),
+            replicas: None,
+            percent: None,
             period: Duration::from_secs(15),
         }
     }
 
-    /// The scale-down default: 1 replica per 60s.
+    /// The scale-down default: 100% per 15s (the Kubernetes HPA's): the scale-down window
+    /// has already shown the load stayed low, so the surplus goes at once.
     pub fn scale_down_default() -> Self {
         Self {
-            replicas: Some(1),
-            percent: None,
-            period: Duration::from_secs(60),
+            replicas: None,
+            percent: Some(100.0),
+            period: Duration::from_secs(15),
         }
     }
 
@@ -365,6 +437,9 @@ impl AutoscalingPolicy {
                     ));
                 }
             }
+        }
+        if let Some(slo) = &self.slo {
+            slo.validate()?;
         }
         if !any_target {
             return Err(
@@ -493,6 +568,8 @@ pub enum ScaleReason {
     MinReplicas,
     /// Capped at `max_replicas`.
     MaxReplicas,
+    /// SLO mode's recommendation set the count.
+    Slo,
     /// No activity for `scale_to_zero_window`: to 0.
     Idle,
     /// Nothing to do.
@@ -510,6 +587,7 @@ impl ScaleReason {
             ScaleReason::PromptTokensPerSecond => "prompt_tokens_per_second",
             ScaleReason::MinReplicas => "min_replicas",
             ScaleReason::MaxReplicas => "max_replicas",
+            ScaleReason::Slo => "slo",
             ScaleReason::Idle => "idle",
             ScaleReason::Stable => "stable",
         }
@@ -611,8 +689,11 @@ impl LoadSignal {
 /// The load-based recommendation of one `decide` call.
 struct LoadRecommendation {
     replicas: u32,
-    /// The target that set it; `None` when no usable target is configured.
+    /// The target that set it; `None` when no usable target is configured or SLO mode
+    /// set it.
     winner: Option<LoadSignal>,
+    /// SLO mode set it.
+    slo: bool,
     detail: String,
 }
 
@@ -648,6 +729,8 @@ pub struct Autoscaler {
     first_decision_at: Option<Duration>,
     recommendations: VecDeque<RecommendationRun>,
     scale_events: VecDeque<ScaleEvent>,
+    /// The replica's capacity model, when the engine described itself.
+    capacity: Option<CapacityPlanner>,
 }
 
 impl Autoscaler {
@@ -662,7 +745,21 @@ impl Autoscaler {
             first_decision_at: None,
             recommendations: VecDeque::new(),
             scale_events: VecDeque::new(),
+            capacity: None,
         }
+    }
+
+    /// Gives the autoscaler the replica's capacity model: the `auto` load targets and SLO
+    /// mode then follow it ([`crate::capacity`]). The supervisor builds it from its
+    /// engine's description when the deployment is created.
+    pub fn with_capacity(mut self, capacity: ReplicaCapacity) -> Self {
+        self.capacity = Some(CapacityPlanner::new(capacity));
+        self
+    }
+
+    /// The capacity model and the workload's mean lengths, when known.
+    pub fn capacity(&self) -> Option<&CapacityPlanner> {
+        self.capacity.as_ref()
     }
 
     pub fn policy(&self) -> &AutoscalingPolicy {
@@ -677,6 +774,9 @@ impl Autoscaler {
 
     /// Records one load sample. Samples arrive in time order.
     pub fn record(&mut self, sample: LoadSample) {
+        if let Some(capacity) = &mut self.capacity {
+            capacity.record(&sample);
+        }
         if self.first_sample_at.is_none() {
             self.first_sample_at = Some(sample.at);
         }
@@ -778,7 +878,11 @@ impl Autoscaler {
         self.remember_recommendation(now, load.replicas);
 
         let policy = &self.policy;
-        let load_reason = load.winner.map_or(ScaleReason::Stable, LoadSignal::reason);
+        let load_reason = match load.winner {
+            _ if load.slo => ScaleReason::Slo,
+            Some(signal) => signal.reason(),
+            None => ScaleReason::Stable,
+        };
         let latest_work = self.latest_sample.filter(LoadSample::has_work);
 
         let (unclamped, mut reason, mut detail) = if let (0, Some(latest)) =
@@ -873,15 +977,27 @@ impl Autoscaler {
     }
 
     /// `ceil(signal / target)` for each usable target; the highest wins (the first in
-    /// `LoadSignal::ALL` on ties).
+    /// `LoadSignal::ALL` on ties); SLO mode's recommendation wins only when higher.
     fn recommend_from_load(
         &self,
         averages: &LoadAverages,
         current_replicas: u32,
     ) -> LoadRecommendation {
+        let advice = self
+            .capacity
+            .as_ref()
+            .map(|capacity| capacity.advise(&self.policy, averages));
+        let auto_target = advice
+            .as_ref()
+            .filter(|_| self.policy.load_targets.auto)
+            .map(|advice| advice.concurrent_requests_target);
         let mut best: Option<(LoadSignal, u32, f64, f64)> = None;
         for signal in LoadSignal::ALL {
-            let Some(target) = signal.target(&self.policy.load_targets) else {
+            let target = match (signal, auto_target) {
+                (LoadSignal::ConcurrentRequests, Some(auto)) => Some(auto),
+                _ => signal.target(&self.policy.load_targets),
+            };
+            let Some(target) = target else {
                 continue;
             };
             if !(target.is_finite() && target > 0.0) {
@@ -893,24 +1009,42 @@ impl Autoscaler {
                 best = Some((signal, replicas, value, target));
             }
         }
-        match best {
+        let load = match best {
             Some((signal, replicas, value, target)) => LoadRecommendation {
                 replicas,
                 winner: Some(signal),
+                slo: false,
                 detail: format!(
-                    "{} {} {} over {} / target {} per replica -> {replicas}",
+                    "{} {} {} over {} / target {} per replica{} -> {replicas}",
                     signal.key(),
                     format_number(value),
                     signal.averaging(),
                     format_duration(self.policy.metrics_window),
-                    format_number(target)
+                    format_number(target),
+                    match (&advice, auto_target, signal) {
+                        (Some(advice), Some(_), LoadSignal::ConcurrentRequests) =>
+                            format!(" ({})", advice.concurrent_requests_detail),
+                        _ => String::new(),
+                    }
                 ),
             },
             None => LoadRecommendation {
                 replicas: current_replicas,
                 winner: None,
+                slo: false,
                 detail: format!("no load targets configured -> keeping {current_replicas}"),
             },
+        };
+        match advice.and_then(|advice| advice.slo) {
+            Some((replicas, detail)) if best.is_none() || replicas > load.replicas => {
+                LoadRecommendation {
+                    replicas,
+                    winner: None,
+                    slo: true,
+                    detail,
+                }
+            }
+            _ => load,
         }
     }
 
@@ -1286,10 +1420,32 @@ mod tests {
 
     /// A policy whose load is the latest sample alone (metrics window 1s), so
     /// recommendations are easy to compute by hand.
+    /// The windows and velocities these tests exercise (the defaults before the
+    /// capacity-aware ones): a 30s up-window, up by max(4, 100%) per 15s, down by 1 per
+    /// 60s. Without a capacity model the `auto` targets are 8 concurrent requests.
+    fn classic_policy() -> AutoscalingPolicy {
+        AutoscalingPolicy {
+            scale_up_window: seconds(30),
+            velocity: Velocity {
+                scale_up: VelocityLimit {
+                    replicas: Some(4),
+                    percent: Some(100.0),
+                    period: seconds(15),
+                },
+                scale_down: VelocityLimit {
+                    replicas: Some(1),
+                    percent: None,
+                    period: seconds(60),
+                },
+            },
+            ..AutoscalingPolicy::default()
+        }
+    }
+
     fn instant_metrics_policy() -> AutoscalingPolicy {
         AutoscalingPolicy {
             metrics_window: seconds(1),
-            ..AutoscalingPolicy::default()
+            ..classic_policy()
         }
     }
 
@@ -1348,10 +1504,11 @@ mod tests {
         assert_eq!(policy, AutoscalingPolicy::default());
         assert_eq!(policy.min_replicas, 0);
         assert_eq!(policy.max_replicas, 4);
-        assert_eq!(policy.scale_up_window, seconds(30));
+        assert_eq!(policy.scale_up_window, Duration::ZERO);
         assert_eq!(policy.scale_down_window, seconds(600));
         assert_eq!(policy.scale_to_zero_window, seconds(3600));
         assert_eq!(policy.metrics_window, seconds(30));
+        assert!(policy.load_targets.auto);
         assert_eq!(policy.load_targets.concurrent_requests, Some(8.0));
         assert_eq!(policy.load_targets.requests_per_second, None);
         assert_eq!(policy.load_targets.tokens_generated_per_second, None);
@@ -1359,19 +1516,20 @@ mod tests {
         assert_eq!(
             policy.velocity.scale_up,
             VelocityLimit {
-                replicas: Some(4),
-                percent: Some(100.0),
+                replicas: None,
+                percent: None,
                 period: seconds(15)
             }
         );
         assert_eq!(
             policy.velocity.scale_down,
             VelocityLimit {
-                replicas: Some(1),
-                percent: None,
-                period: seconds(60)
+                replicas: None,
+                percent: Some(100.0),
+                period: seconds(15)
             }
         );
+        assert_eq!(policy.slo, Some(crate::capacity::SloTargets::default()));
         assert_eq!(policy.validate(), Ok(()));
     }
 
@@ -1389,7 +1547,7 @@ mod tests {
         assert_eq!(policy.load_targets.concurrent_requests, Some(8.0));
         assert_eq!(policy.load_targets.requests_per_second, Some(2.5));
         assert_eq!(policy.velocity.scale_up.replicas, Some(2));
-        assert_eq!(policy.velocity.scale_up.percent, Some(100.0));
+        assert_eq!(policy.velocity.scale_up.percent, None);
         assert_eq!(policy.velocity.scale_up.period, seconds(15));
         assert_eq!(
             policy.velocity.scale_down,
@@ -1401,14 +1559,13 @@ mod tests {
     fn serializes_durations_in_humantime_and_round_trips_through_json() {
         let policy = AutoscalingPolicy::default();
         let json = serde_json::to_value(&policy).unwrap();
-        assert_eq!(json["scale_up_window"], "30s");
+        assert_eq!(json["scale_up_window"], "0s");
         assert_eq!(json["scale_down_window"], "10m");
         assert_eq!(json["scale_to_zero_window"], "1h");
-        assert_eq!(json["velocity"]["scale_down"]["period"], "1m");
-        assert_eq!(
-            json["load_targets"]["requests_per_second"],
-            serde_json::Value::Null
-        );
+        assert_eq!(json["velocity"]["scale_down"]["period"], "15s");
+        assert_eq!(json["load_targets"], "auto");
+        let explicit = serde_json::to_value(&classic_policy()).unwrap();
+        assert_eq!(explicit["velocity"]["scale_down"]["period"], "1m");
         let back: AutoscalingPolicy = serde_json::from_value(json).unwrap();
         assert_eq!(back, policy);
     }
@@ -1459,7 +1616,7 @@ mod tests {
         assert_eq!(policy.scale_to_zero_window, seconds(7200));
         assert_eq!(policy.metrics_window, seconds(45));
         assert_eq!(policy.velocity.scale_up.period, seconds(90));
-        assert_eq!(policy.velocity.scale_up.replicas, Some(4));
+        assert_eq!(policy.velocity.scale_up.replicas, None);
 
         let error = toml::from_str::<AutoscalingPolicy>("scale_up_window = \"soon\"")
             .unwrap_err()
@@ -1484,7 +1641,7 @@ mod tests {
         assert_eq!(policy.load_targets.requests_per_second, Some(4.0));
         assert_eq!(policy.load_targets.tokens_generated_per_second, Some(250.5));
         assert_eq!(policy.velocity.scale_up.percent, None);
-        assert_eq!(policy.velocity.scale_up.replicas, Some(4));
+        assert_eq!(policy.velocity.scale_up.replicas, None);
         assert_eq!(policy.validate(), Ok(()));
 
         let policy: AutoscalingPolicy = serde_json::from_str(
@@ -1513,9 +1670,9 @@ mod tests {
         assert_eq!(
             policy.velocity.scale_down,
             VelocityLimit {
-                replicas: Some(1),
+                replicas: None,
                 percent: Some(50.0),
-                period: seconds(60)
+                period: seconds(15)
             }
         );
         assert_eq!(policy.velocity.scale_up, VelocityLimit::scale_up_default());
@@ -1580,7 +1737,7 @@ mod tests {
             scale_up_window: Duration::ZERO,
             scale_down_window: Duration::ZERO,
             scale_to_zero_window: Duration::ZERO,
-            ..AutoscalingPolicy::default()
+            ..classic_policy()
         };
         assert_eq!(policy.validate(), Ok(()));
     }
@@ -1609,7 +1766,7 @@ mod tests {
 
     #[test]
     fn load_averages_use_the_metrics_window_and_the_span_actually_covered() {
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default()); // 30s window
+        let mut autoscaler = Autoscaler::new(classic_policy()); // 30s window
         for at in 0..=10 {
             autoscaler.record(LoadSample {
                 at: seconds(at),
@@ -1662,7 +1819,7 @@ mod tests {
 
     #[test]
     fn a_single_sample_is_divided_by_at_least_one_second() {
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let mut autoscaler = Autoscaler::new(classic_policy());
         autoscaler.record(LoadSample {
             at: seconds(100),
             arrivals: 5,
@@ -1670,7 +1827,7 @@ mod tests {
         });
         let averages = autoscaler.load_averages(seconds(100));
         assert_eq!(averages.requests_per_second, 5.0);
-        let averages = Autoscaler::new(AutoscalingPolicy::default()).load_averages(Duration::ZERO);
+        let averages = Autoscaler::new(classic_policy()).load_averages(Duration::ZERO);
         assert_eq!(
             averages,
             LoadAverages {
@@ -1682,7 +1839,7 @@ mod tests {
 
     #[test]
     fn the_module_doc_example_holds() {
-        let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
+        let mut simulation = Simulation::new(classic_policy(), 0);
         simulation.tick(1, 0, 1); // t = 0
         simulation.run_until(100, 0, 24, 1);
         simulation.run_until(4000, 0, 0, 0);
@@ -1703,7 +1860,7 @@ mod tests {
 
     #[test]
     fn queued_work_at_zero_starts_one_replica_at_once_despite_the_30s_up_window() {
-        let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
+        let mut simulation = Simulation::new(classic_policy(), 0);
         simulation.run_until(10, 0, 0, 0);
         assert_eq!(simulation.changes, vec![]);
         assert_eq!(
@@ -1782,7 +1939,7 @@ mod tests {
 
     #[test]
     fn without_work_a_deployment_at_zero_stays_at_zero() {
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let mut autoscaler = Autoscaler::new(classic_policy());
         let decision = autoscaler.decide(seconds(3), ReplicaCounts::default());
         assert_eq!(decision.desired, 0);
         assert_eq!(decision.direction, ScaleDirection::None);
@@ -1918,7 +2075,7 @@ mod tests {
         let policy = AutoscalingPolicy {
             scale_up_window: Duration::ZERO,
             max_replicas: 10,
-            ..AutoscalingPolicy::default()
+            ..classic_policy()
         };
         let mut simulation = Simulation::new(policy, 1);
         simulation.run_until(30, 0, 8, 1); // avg 8 -> 1
@@ -1997,7 +2154,7 @@ mod tests {
 
     #[test]
     fn min_replicas_is_enforced_from_the_first_decision_with_default_windows() {
-        let policy = AutoscalingPolicy { min_replicas: 2, ..AutoscalingPolicy::default() };
+        let policy = AutoscalingPolicy { min_replicas: 2, ..classic_policy() };
         let mut autoscaler = Autoscaler::new(policy);
         let decision = autoscaler.decide(Duration::ZERO, ready(0));
         assert_eq!(decision.desired, 2, "{}", decision.detail);
@@ -2301,7 +2458,7 @@ mod tests {
     #[test]
     fn no_panics_on_empty_history_huge_values_or_zero_windows() {
         // Empty history, every entry point.
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let mut autoscaler = Autoscaler::new(classic_policy());
         autoscaler.scaled(Duration::ZERO, 0, 0);
         let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts::default());
         assert_eq!(
@@ -2322,7 +2479,7 @@ mod tests {
             scale_down_window: Duration::ZERO,
             scale_to_zero_window: Duration::ZERO,
             metrics_window: Duration::ZERO,
-            ..AutoscalingPolicy::default()
+            ..classic_policy()
         };
         policy.load_targets.concurrent_requests = Some(1e-300);
         policy.load_targets.requests_per_second = Some(0.0);
@@ -2373,7 +2530,7 @@ mod tests {
         let mut autoscaler = Autoscaler::new(AutoscalingPolicy {
             min_replicas: 9,
             max_replicas: 2,
-            ..AutoscalingPolicy::default()
+            ..classic_policy()
         });
         assert_eq!(autoscaler.decide(Duration::ZERO, ready(2)).desired, 2);
     }

@@ -187,7 +187,8 @@ impl DeploymentSupervisor {
     pub fn new(spec: DeploymentSpec, queue: Arc<dyn Queue>) -> Self {
         let description = spec.factory.describe();
         Self {
-            autoscaler: Autoscaler::new(spec.autoscaling.clone()),
+            autoscaler: Autoscaler::new(spec.autoscaling.clone())
+                .with_capacity(crate::capacity::ReplicaCapacity::from_description(&description)),
             description,
             spec,
             queue,

@@ -121,7 +121,11 @@ fn build_policy(
     plan: &oracle::OraclePlan,
 ) -> Box<dyn ScalingPolicy> {
     match name {
-        "swell" => Box::new(Swell::new("swell", comparison.swell_policy.clone())),
+        "swell" => Box::new(Swell::with_capacity(
+            "swell",
+            comparison.swell_policy.clone(),
+            &comparison.profile,
+        )),
         "static-peak" => Box::new(Static {
             replicas: plan.peak_minute,
         }),

@@ -54,6 +54,9 @@ use std::time::Duration;
 use swell_actors::autoscaler::{
     Autoscaler, AutoscalingPolicy, LoadSample, LoadTargets, ReplicaCounts, Velocity, VelocityLimit,
 };
+use swell_actors::capacity::ReplicaCapacity;
+use swell_workers::sim::{SimEngineFactory, SimProfile};
+use swell_workers::EngineFactory;
 
 /// A replica-count policy driven in virtual time.
 pub trait ScalingPolicy {
@@ -83,11 +86,30 @@ pub struct Swell {
 }
 
 impl Swell {
+    /// The policy without a capacity model (`auto` targets fall back to their fixed
+    /// values, SLO mode recommends nothing).
     pub fn new(name: &str, policy: AutoscalingPolicy) -> Self {
         Self {
             name: name.into(),
             autoscaler: Autoscaler::new(policy),
         }
+    }
+
+    /// The policy with the capacity model the live supervisor builds for a `sim`
+    /// deployment of `profile` (from the engine's description).
+    pub fn with_capacity(name: &str, policy: AutoscalingPolicy, profile: &SimProfile) -> Self {
+        let description = SimEngineFactory::new(profile.clone())
+            .expect("a built-in profile validates")
+            .describe();
+        Self {
+            name: name.into(),
+            autoscaler: Autoscaler::new(policy)
+                .with_capacity(ReplicaCapacity::from_description(&description)),
+        }
+    }
+
+    pub fn autoscaler(&self) -> &Autoscaler {
+        &self.autoscaler
     }
 
     /// `AutoscalingPolicy::default()` with `max_replicas` 1000.
@@ -109,14 +131,13 @@ impl Swell {
             metrics_window: Duration::from_secs(30),
             load_targets: LoadTargets {
                 concurrent_requests: Some((0.8 * batch_capacity).max(1.0)),
-                requests_per_second: None,
-                tokens_generated_per_second: None,
-                prompt_tokens_per_second: None,
+                ..LoadTargets::default()
             },
             velocity: Velocity {
                 scale_up: VelocityLimit::unlimited(),
                 scale_down: VelocityLimit::unlimited(),
             },
+            slo: None,
         };
         Self::new("fireworks", policy)
     }
