@@ -33,6 +33,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use swell_actors::autoscaler::{Autoscaler, Decision, LoadSample, ReplicaCounts};
 use swell_actors::supervisor::{with_reserved_floor, SetAssignment};
+use swell_actors::capacity::ReplicaCapacity;
 use swell_cluster::{
     ClusterView, CoordinationClient, Coordinator, CoordinatorHandle, DeploymentTarget, LeaderState, NodeCapacity,
     NodeInfo, Placement, PlacementStore, ReplicaRequirement,
@@ -358,7 +359,11 @@ impl ClusterPlanner {
             let autoscaler = self
                 .autoscalers
                 .entry(name.clone())
-                .or_insert_with(|| Autoscaler::new(policy.clone()).with_expected_cold_start(cold_start));
+                .or_insert_with(|| {
+                    Autoscaler::new(policy.clone())
+                        .with_expected_cold_start(cold_start)
+                        .with_capacity(ReplicaCapacity::from_description(&deployment.description))
+                });
             if autoscaler.policy() != policy {
                 autoscaler.set_policy(policy.clone());
             }

@@ -186,6 +186,8 @@ use predictive::DemandHistory;
 use rules::{RuleAction, RuleState};
 use schedule::ResolvedSchedules;
 
+use crate::capacity::{CapacityPlanner, ReplicaCapacity, SloTargets};
+
 /// The shortest `metrics_window` (and `panic_window`) that validates.
 pub const MIN_METRICS_WINDOW: Duration = Duration::from_secs(1);
 /// The longest `metrics_window` that validates (samples are kept that long).
@@ -222,7 +224,9 @@ pub struct AutoscalingPolicy {
     /// Load is averaged over this, default 30s.
     #[serde(with = "humantime_serde")]
     pub metrics_window: Duration,
-    /// Per-replica load targets.
+    /// Per-replica load targets; `"auto"` (the default, also when left out) derives
+    /// them from the replica's capacity ([`crate::capacity`]).
+    #[serde(with = "load_targets_or_auto")]
     pub load_targets: LoadTargets,
     /// A target whose need is within this fraction of the current capacity recommends
     /// the current capacity (0 <= tolerance < 1), default 0.1.
@@ -246,6 +250,11 @@ pub struct AutoscalingPolicy {
     pub rules: Vec<CustomRule>,
     /// The predictive floor (off by default).
     pub predictive: PredictivePolicy,
+    /// SLO mode ([`crate::capacity`]): the replicas that meet these latency targets for
+    /// the current load; one more recommendation beside the load targets. Default TTFT
+    /// 2 s (p99) and inter-token 100 ms; `false` turns it off.
+    #[serde(deserialize_with = "crate::capacity::deserialize_slo")]
+    pub slo: Option<SloTargets>,
 }
 
 impl Default for AutoscalingPolicy {
@@ -253,11 +262,11 @@ impl Default for AutoscalingPolicy {
         Self {
             min_replicas: 0,
             max_replicas: 4,
-            scale_up_window: Duration::from_secs(30),
+            scale_up_window: Duration::ZERO,
             scale_down_window: Duration::from_secs(10 * 60),
             scale_to_zero_window: Duration::from_secs(60 * 60),
             metrics_window: Duration::from_secs(30),
-            load_targets: LoadTargets::default(),
+            load_targets: LoadTargets::auto(),
             tolerance: 0.1,
             panic_window: Duration::from_secs(6),
             panic_threshold: None,
@@ -265,6 +274,7 @@ impl Default for AutoscalingPolicy {
             schedules: Vec::new(),
             rules: Vec::new(),
             predictive: PredictivePolicy::default(),
+            slo: Some(SloTargets::default()),
         }
     }
 }
@@ -296,6 +306,55 @@ pub struct LoadTargets {
     /// Fraction of the ready replicas' KV cache in use (0 < target <= 1), default off.
     #[serde(deserialize_with = "deserialize_optional_target")]
     pub kv_cache_utilization: Option<f64>,
+    /// `load_targets = "auto"`: with a capacity model, the concurrent-requests target is
+    /// derived from the replica's capacity ([`crate::capacity`]); without one, the
+    /// values above apply. A written table is used as written (`auto` false).
+    #[serde(skip)]
+    pub auto: bool,
+}
+
+/// `load_targets`: the string `"auto"` or a table.
+mod load_targets_or_auto {
+    use std::fmt;
+
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::LoadTargets;
+
+    pub fn serialize<S: Serializer>(targets: &LoadTargets, serializer: S) -> Result<S::Ok, S::Error> {
+        if targets.auto {
+            serializer.serialize_str("auto")
+        } else {
+            targets.serialize(serializer)
+        }
+    }
+
+    struct AutoOrTable;
+
+    impl<'de> Visitor<'de> for AutoOrTable {
+        type Value = LoadTargets;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("\"auto\" or a table of per-replica targets")
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<LoadTargets, E> {
+            if value == "auto" {
+                Ok(LoadTargets::auto())
+            } else {
+                Err(E::invalid_value(de::Unexpected::Str(value), &self))
+            }
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LoadTargets, A::Error> {
+            LoadTargets::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<LoadTargets, D::Error> {
+        deserializer.deserialize_any(AutoOrTable)
+    }
 }
 
 impl Default for LoadTargets {
@@ -308,11 +367,20 @@ impl Default for LoadTargets {
             queue_depth: None,
             queue_delay_seconds: None,
             kv_cache_utilization: None,
+            auto: false,
         }
     }
 }
 
 impl LoadTargets {
+    /// The policy's default: `"auto"`, falling back to [`LoadTargets::default`]'s values.
+    pub fn auto() -> Self {
+        Self {
+            auto: true,
+            ..Self::default()
+        }
+    }
+
     /// No target at all (build one with struct update syntax).
     pub fn none() -> Self {
         Self {
@@ -389,22 +457,24 @@ pub struct VelocityLimit {
 }
 
 impl VelocityLimit {
-    /// The scale-up default: 4 replicas or 100% per 15s.
+    /// The scale-up default: unlimited (period 15s). A staged ramp pays a cold start
+    /// per stage; the recommendation already says how many replicas the load needs.
     pub fn scale_up_default() -> Self {
         Self {
-            replicas: Some(4),
-            percent: Some(100.0),
+            replicas: None,
+            percent: None,
             period: Duration::from_secs(15),
             select: VelocitySelect::Max,
         }
     }
 
-    /// The scale-down default: 1 replica per 60s.
+    /// The scale-down default: 100% per 15s (the Kubernetes HPA's): the scale-down window
+    /// has already shown the load stayed low, so the surplus goes at once.
     pub fn scale_down_default() -> Self {
         Self {
-            replicas: Some(1),
-            percent: None,
-            period: Duration::from_secs(60),
+            replicas: None,
+            percent: Some(100.0),
+            period: Duration::from_secs(15),
             select: VelocitySelect::Max,
         }
     }
@@ -542,6 +612,9 @@ impl AutoscalingPolicy {
                     ));
                 }
             }
+        }
+        if let Some(slo) = &self.slo {
+            slo.validate()?;
         }
         if !any_target {
             return Err(format!(
@@ -767,6 +840,8 @@ pub enum ScaleReason {
     MinReplicas,
     /// Capped at `max_replicas` (the policy's or a schedule's).
     MaxReplicas,
+    /// SLO mode's recommendation set the count.
+    Slo,
     /// No activity for `scale_to_zero_window`: to 0.
     Idle,
     /// Nothing to do.
@@ -775,7 +850,7 @@ pub enum ScaleReason {
 
 impl ScaleReason {
     /// Every reason (for metrics).
-    pub const ALL: [ScaleReason; 15] = [
+    pub const ALL: [ScaleReason; 16] = [
         ScaleReason::QueuedAtZero,
         ScaleReason::ConcurrentRequests,
         ScaleReason::RequestsPerSecond,
@@ -789,6 +864,7 @@ impl ScaleReason {
         ScaleReason::Predictive,
         ScaleReason::MinReplicas,
         ScaleReason::MaxReplicas,
+        ScaleReason::Slo,
         ScaleReason::Idle,
         ScaleReason::Stable,
     ];
@@ -809,6 +885,7 @@ impl ScaleReason {
             ScaleReason::Predictive => "predictive",
             ScaleReason::MinReplicas => "min_replicas",
             ScaleReason::MaxReplicas => "max_replicas",
+            ScaleReason::Slo => "slo",
             ScaleReason::Idle => "idle",
             ScaleReason::Stable => "stable",
         }
@@ -963,8 +1040,11 @@ impl LoadAverages {
 /// The load-based recommendation of one `decide` call.
 struct LoadRecommendation {
     replicas: u32,
-    /// The target that set it; `None` when no usable target is configured.
+    /// The target that set it; `None` when no usable target is configured or SLO mode
+    /// set it.
     winner: Option<Signal>,
+    /// SLO mode set it.
+    slo: bool,
     detail: String,
     /// The highest need (replicas, unrounded) of the usable targets.
     need: f64,
@@ -1019,6 +1099,8 @@ pub struct Autoscaler {
     schedules: ResolvedSchedules,
     demand: DemandHistory,
     expected_cold_start: Duration,
+    /// The replica's capacity model, when the engine described itself.
+    capacity: Option<CapacityPlanner>,
 }
 
 impl Autoscaler {
@@ -1039,7 +1121,21 @@ impl Autoscaler {
             panic: PanicState::default(),
             demand: DemandHistory::default(),
             expected_cold_start: Duration::ZERO,
+            capacity: None,
         }
+    }
+
+    /// Gives the autoscaler the replica's capacity model: the `auto` load targets and SLO
+    /// mode then follow it ([`crate::capacity`]). The supervisor builds it from its
+    /// engine's description when the deployment is created.
+    pub fn with_capacity(mut self, capacity: ReplicaCapacity) -> Self {
+        self.capacity = Some(CapacityPlanner::new(capacity));
+        self
+    }
+
+    /// The capacity model and the workload's mean lengths, when known.
+    pub fn capacity(&self) -> Option<&CapacityPlanner> {
+        self.capacity.as_ref()
     }
 
     /// The replica's expected cold start (the predictive floor looks this far ahead,
@@ -1080,6 +1176,9 @@ impl Autoscaler {
                 self.last_activity_at
                     .map_or(sample.at, |last| last.max(sample.at)),
             );
+        }
+        if let Some(capacity) = &mut self.capacity {
+            capacity.record(&sample);
         }
         let interval = self
             .latest_sample
@@ -1260,7 +1359,11 @@ impl Autoscaler {
         let panic = self.evaluate_panic(now, current, &load);
 
         let policy = &self.policy;
-        let load_reason = load.winner.map_or(ScaleReason::Stable, ScaleReason::of_signal);
+        let load_reason = match load.winner {
+            _ if load.slo => ScaleReason::Slo,
+            Some(signal) => ScaleReason::of_signal(signal),
+            None => ScaleReason::Stable,
+        };
         let latest_work = self.latest_sample.filter(LoadSample::has_work);
         let mut stabilized = current_replicas;
 
@@ -1442,7 +1545,9 @@ impl Autoscaler {
 
     /// Each usable target's recommendation (with the tolerance band, and queue signals
     /// capped at the capacity while replicas start); the highest wins (the first in
-    /// `Signal::ALL` on ties).
+    /// `Signal::ALL` on ties); SLO mode's recommendation wins only when higher. With a
+    /// capacity model and `auto` load targets, the concurrent-requests target is the
+    /// capacity model's.
     fn recommend_from_load(
         &self,
         averages: &LoadAverages,
@@ -1451,11 +1556,23 @@ impl Autoscaler {
         window: Duration,
     ) -> LoadRecommendation {
         let capacity = current.capacity();
+        let advice = self
+            .capacity
+            .as_ref()
+            .map(|planner| planner.advise(&self.policy, averages));
+        let auto_target = advice
+            .as_ref()
+            .filter(|_| self.policy.load_targets.auto)
+            .map(|advice| advice.concurrent_requests_target);
         let mut targets = Vec::new();
         let mut best: Option<(usize, String)> = None;
         let mut highest_need = 0f64;
         for signal in Signal::ALL {
-            let Some(target) = self.policy.load_targets.get(signal) else {
+            let target = match (signal, auto_target) {
+                (Signal::ConcurrentRequests, Some(auto)) => Some(auto),
+                _ => self.policy.load_targets.get(signal),
+            };
+            let Some(target) = target else {
                 continue;
             };
             if !(target.is_finite() && target > 0.0) {
@@ -1476,6 +1593,12 @@ impl Autoscaler {
                     ),
                 ),
                 _ => (value / target, format!("/ target {} per replica", format_number(target))),
+            };
+            let how = match (&advice, auto_target, signal) {
+                (Some(advice), Some(_), Signal::ConcurrentRequests) => {
+                    format!("{how} ({})", advice.concurrent_requests_detail)
+                }
+                _ => how,
             };
             let need = if need.is_nan() { 0.0 } else { need };
             highest_need = highest_need.max(need);
@@ -1510,6 +1633,7 @@ impl Autoscaler {
                     current.starting
                 ));
             }
+
             if best
                 .as_ref()
                 .is_none_or(|(index, _)| replicas > targets_replicas(&targets, *index))
@@ -1526,10 +1650,12 @@ impl Autoscaler {
                 held_by_scale_in_progress: held,
             });
         }
-        match best {
+        let configured = best.is_some();
+        let load = match best {
             Some((index, detail)) => LoadRecommendation {
                 replicas: targets[index].replicas,
                 winner: Some(targets[index].signal),
+                slo: false,
                 detail,
                 need: highest_need,
                 targets,
@@ -1537,10 +1663,28 @@ impl Autoscaler {
             None => LoadRecommendation {
                 replicas: capacity,
                 winner: None,
+                slo: false,
                 detail: format!("no load targets configured -> keeping {capacity}"),
                 need: f64::from(capacity),
                 targets,
             },
+        };
+        match advice.and_then(|advice| advice.slo) {
+            Some((replicas, detail)) if !configured || replicas > load.replicas => {
+                LoadRecommendation {
+                    replicas,
+                    winner: None,
+                    slo: true,
+                    detail,
+                    need: if configured {
+                        load.need.max(f64::from(replicas))
+                    } else {
+                        f64::from(replicas)
+                    },
+                    targets: load.targets,
+                }
+            }
+            _ => load,
         }
     }
 
@@ -1555,7 +1699,7 @@ impl Autoscaler {
         let window = self.policy.panic_window.min(self.policy.metrics_window);
         let averages = self.averages_over(now, window);
         let short = self.recommend_from_load(&averages, current, 0.0, window);
-        let recommendation = if stable.winner.is_some() {
+        let recommendation = if stable.winner.is_some() || stable.slo {
             short.replicas
         } else {
             0
@@ -2025,6 +2169,30 @@ mod tests {
         }
     }
 
+    /// The windows and velocities these tests exercise (the defaults before the
+    /// capacity-aware ones): a 30s up-window, up by max(4, 100%) per 15s, down by 1 per
+    /// 60s. Without a capacity model the `auto` targets are 8 concurrent requests.
+    pub(super) fn classic_policy() -> AutoscalingPolicy {
+        AutoscalingPolicy {
+            scale_up_window: seconds(30),
+            velocity: Velocity {
+                scale_up: VelocityLimit {
+                    replicas: Some(4),
+                    percent: Some(100.0),
+                    period: seconds(15),
+                    select: VelocitySelect::Max,
+                },
+                scale_down: VelocityLimit {
+                    replicas: Some(1),
+                    percent: None,
+                    period: seconds(60),
+                    select: VelocitySelect::Max,
+                },
+            },
+            ..AutoscalingPolicy::default()
+        }
+    }
+
     /// A policy whose load is the latest sample alone (metrics window 1s), so
     /// recommendations are easy to compute by hand.
     /// Burst mode is off so the stabilisation windows are tested alone (the policy
@@ -2033,7 +2201,7 @@ mod tests {
         AutoscalingPolicy {
             metrics_window: seconds(1),
             panic_threshold: None,
-            ..AutoscalingPolicy::default()
+            ..classic_policy()
         }
     }
 
@@ -2092,10 +2260,11 @@ mod tests {
         assert_eq!(policy, AutoscalingPolicy::default());
         assert_eq!(policy.min_replicas, 0);
         assert_eq!(policy.max_replicas, 4);
-        assert_eq!(policy.scale_up_window, seconds(30));
+        assert_eq!(policy.scale_up_window, Duration::ZERO);
         assert_eq!(policy.scale_down_window, seconds(600));
         assert_eq!(policy.scale_to_zero_window, seconds(3600));
         assert_eq!(policy.metrics_window, seconds(30));
+        assert!(policy.load_targets.auto);
         assert_eq!(policy.load_targets.concurrent_requests, Some(8.0));
         assert_eq!(policy.load_targets.requests_per_second, None);
         assert_eq!(policy.load_targets.tokens_generated_per_second, None);
@@ -2103,8 +2272,8 @@ mod tests {
         assert_eq!(
             policy.velocity.scale_up,
             VelocityLimit {
-                replicas: Some(4),
-                percent: Some(100.0),
+                replicas: None,
+                percent: None,
                 period: seconds(15),
                 select: VelocitySelect::Max,
             }
@@ -2112,12 +2281,13 @@ mod tests {
         assert_eq!(
             policy.velocity.scale_down,
             VelocityLimit {
-                replicas: Some(1),
-                percent: None,
-                period: seconds(60),
+                replicas: None,
+                percent: Some(100.0),
+                period: seconds(15),
                 select: VelocitySelect::Max,
             }
         );
+        assert_eq!(policy.slo, Some(crate::capacity::SloTargets::default()));
         assert_eq!(policy.validate(), Ok(()));
     }
 
@@ -2135,7 +2305,7 @@ mod tests {
         assert_eq!(policy.load_targets.concurrent_requests, Some(8.0));
         assert_eq!(policy.load_targets.requests_per_second, Some(2.5));
         assert_eq!(policy.velocity.scale_up.replicas, Some(2));
-        assert_eq!(policy.velocity.scale_up.percent, Some(100.0));
+        assert_eq!(policy.velocity.scale_up.percent, None);
         assert_eq!(policy.velocity.scale_up.period, seconds(15));
         assert_eq!(
             policy.velocity.scale_down,
@@ -2147,12 +2317,15 @@ mod tests {
     fn serializes_durations_in_humantime_and_round_trips_through_json() {
         let policy = AutoscalingPolicy::default();
         let json = serde_json::to_value(&policy).unwrap();
-        assert_eq!(json["scale_up_window"], "30s");
+        assert_eq!(json["scale_up_window"], "0s");
         assert_eq!(json["scale_down_window"], "10m");
         assert_eq!(json["scale_to_zero_window"], "1h");
-        assert_eq!(json["velocity"]["scale_down"]["period"], "1m");
+        assert_eq!(json["velocity"]["scale_down"]["period"], "15s");
+        assert_eq!(json["load_targets"], "auto");
+        let explicit = serde_json::to_value(classic_policy()).unwrap();
+        assert_eq!(explicit["velocity"]["scale_down"]["period"], "1m");
         assert_eq!(
-            json["load_targets"]["requests_per_second"],
+            explicit["load_targets"]["requests_per_second"],
             serde_json::Value::Null
         );
         let back: AutoscalingPolicy = serde_json::from_value(json).unwrap();
@@ -2205,7 +2378,7 @@ mod tests {
         assert_eq!(policy.scale_to_zero_window, seconds(7200));
         assert_eq!(policy.metrics_window, seconds(45));
         assert_eq!(policy.velocity.scale_up.period, seconds(90));
-        assert_eq!(policy.velocity.scale_up.replicas, Some(4));
+        assert_eq!(policy.velocity.scale_up.replicas, None);
 
         let error = toml::from_str::<AutoscalingPolicy>("scale_up_window = \"soon\"")
             .unwrap_err()
@@ -2230,7 +2403,7 @@ mod tests {
         assert_eq!(policy.load_targets.requests_per_second, Some(4.0));
         assert_eq!(policy.load_targets.tokens_generated_per_second, Some(250.5));
         assert_eq!(policy.velocity.scale_up.percent, None);
-        assert_eq!(policy.velocity.scale_up.replicas, Some(4));
+        assert_eq!(policy.velocity.scale_up.replicas, None);
         assert_eq!(policy.validate(), Ok(()));
 
         let policy: AutoscalingPolicy = serde_json::from_str(
@@ -2259,9 +2432,9 @@ mod tests {
         assert_eq!(
             policy.velocity.scale_down,
             VelocityLimit {
-                replicas: Some(1),
+                replicas: None,
                 percent: Some(50.0),
-                period: seconds(60),
+                period: seconds(15),
                 select: VelocitySelect::Max,
             }
         );
@@ -2356,7 +2529,7 @@ mod tests {
 
     #[test]
     fn load_averages_use_the_metrics_window_and_the_span_actually_covered() {
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default()); // 30s window
+        let mut autoscaler = Autoscaler::new(classic_policy()); // 30s window
         for at in 0..=10 {
             autoscaler.record(LoadSample {
                 at: seconds(at),
@@ -2411,7 +2584,7 @@ mod tests {
 
     #[test]
     fn a_single_sample_is_divided_by_at_least_one_second() {
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let mut autoscaler = Autoscaler::new(classic_policy());
         autoscaler.record(LoadSample {
             at: seconds(100),
             arrivals: 5,
@@ -2419,7 +2592,7 @@ mod tests {
         });
         let averages = autoscaler.load_averages(seconds(100));
         assert_eq!(averages.requests_per_second, 5.0);
-        let averages = Autoscaler::new(AutoscalingPolicy::default()).load_averages(Duration::ZERO);
+        let averages = Autoscaler::new(classic_policy()).load_averages(Duration::ZERO);
         assert_eq!(
             averages,
             LoadAverages {
@@ -2431,7 +2604,7 @@ mod tests {
 
     #[test]
     fn the_module_doc_example_holds() {
-        let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
+        let mut simulation = Simulation::new(classic_policy(), 0);
         simulation.tick(1, 0, 1); // t = 0
         simulation.run_until(100, 0, 24, 1);
         simulation.run_until(4000, 0, 0, 0);
@@ -2452,7 +2625,7 @@ mod tests {
 
     #[test]
     fn queued_work_at_zero_starts_one_replica_at_once_despite_the_30s_up_window() {
-        let mut simulation = Simulation::new(AutoscalingPolicy::default(), 0);
+        let mut simulation = Simulation::new(classic_policy(), 0);
         simulation.run_until(10, 0, 0, 0);
         assert_eq!(simulation.changes, vec![]);
         assert_eq!(
@@ -2532,7 +2705,7 @@ mod tests {
 
     #[test]
     fn without_work_a_deployment_at_zero_stays_at_zero() {
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let mut autoscaler = Autoscaler::new(classic_policy());
         let decision = autoscaler.decide(seconds(3), ReplicaCounts::default());
         assert_eq!(decision.desired, 0);
         assert_eq!(decision.direction, ScaleDirection::None);
@@ -2750,7 +2923,7 @@ mod tests {
 
     #[test]
     fn min_replicas_is_enforced_from_the_first_decision_with_default_windows() {
-        let policy = AutoscalingPolicy { min_replicas: 2, ..AutoscalingPolicy::default() };
+        let policy = AutoscalingPolicy { min_replicas: 2, ..classic_policy() };
         let mut autoscaler = Autoscaler::new(policy);
         let decision = autoscaler.decide(Duration::ZERO, ready(0));
         assert_eq!(decision.desired, 2, "{}", decision.detail);
@@ -3055,7 +3228,7 @@ mod tests {
     #[test]
     fn no_panics_on_empty_history_huge_values_or_zero_windows() {
         // Empty history, every entry point.
-        let mut autoscaler = Autoscaler::new(AutoscalingPolicy::default());
+        let mut autoscaler = Autoscaler::new(classic_policy());
         autoscaler.scaled(Duration::ZERO, 0, 0);
         let decision = autoscaler.decide(Duration::ZERO, ReplicaCounts::default());
         assert_eq!(

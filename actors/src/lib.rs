@@ -17,6 +17,8 @@
 //!
 //! # Layout
 //! - [`autoscaler`]: the scaling policy (plain struct, virtual-time tests).
+//! - [`capacity`]: a replica's capacity model (what it sustains within latency targets),
+//!   SLO mode and the capacity-aware `auto` load targets.
 //! - [`supervisor`]: `DeploymentSupervisor`, deployment status and scale events.
 //! - [`worker`]: `WorkerActor`, its engine thread, lease/publish/renew loops.
 //! - [`request`]: `RequestActor` and `submit`, the edge's entry point.
@@ -27,6 +29,7 @@
 //! - [`metrics`]: every metric the actors record, declared once.
 
 pub mod autoscaler;
+pub mod capacity;
 pub mod metrics;
 pub mod quota;
 pub mod quota_failure;

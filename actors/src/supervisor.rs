@@ -235,7 +235,8 @@ impl DeploymentSupervisor {
         let description = spec.factory.describe();
         Self {
             autoscaler: Autoscaler::new(with_reserved_floor(&spec.autoscaling, spec.reserved_floor))
-                .with_expected_cold_start(description.expected_cold_start),
+                .with_expected_cold_start(description.expected_cold_start)
+                .with_capacity(crate::capacity::ReplicaCapacity::from_description(&description)),
             description,
             spec,
             queue,

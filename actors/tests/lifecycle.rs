@@ -95,6 +95,7 @@ impl EngineFactory for ScriptedFactory {
             max_batch_size: 8,
             kv_capacity_tokens: 8192,
             expected_cold_start: self.cold_start,
+            performance: None,
         }
     }
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {

@@ -28,8 +28,8 @@ pub(crate) mod stop;
 pub mod tokenizer;
 
 pub use engine::{
-    ColdStartReport, Engine, EngineDescription, EngineFactory, EngineLoad, ReplicaContext,
-    Sequence, SequenceOutput, StepReport,
+    ColdStartReport, Engine, EngineDescription, EngineFactory, EngineLoad, PerformanceProfile,
+    ReplicaContext, Sequence, SequenceOutput, StepReport,
 };
 pub use error::EngineError;
 pub use tokenizer::{ChatMessage, Tokenizer};

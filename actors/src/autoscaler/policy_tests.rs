@@ -313,7 +313,7 @@ fn a_rise_below_the_panic_threshold_waits_for_the_up_window() {
     let policy = AutoscalingPolicy {
         max_replicas: 20,
         panic_threshold: Some(2.0),
-        ..AutoscalingPolicy::default()
+        ..super::tests::classic_policy()
     };
     let mut deployment = Deployment::new(policy.clone(), 2, 0);
     deployment.run_until(60, |at, _| running(at, 16));
@@ -356,7 +356,8 @@ fn velocity_select_min_takes_the_smaller_limit() {
 
     let parsed: AutoscalingPolicy = toml::from_str("[velocity.scale_down]\nselect = \"min\"\npercent = 10").unwrap();
     assert_eq!(parsed.velocity.scale_down.select, VelocitySelect::Min);
-    assert_eq!(parsed.velocity.scale_down.replicas, Some(1));
+    assert_eq!(parsed.velocity.scale_down.replicas, None);
+    assert_eq!(parsed.velocity.scale_down.percent, Some(10.0));
     assert_eq!(parsed.velocity.scale_up.select, VelocitySelect::Max);
     let error = toml::from_str::<AutoscalingPolicy>("[velocity.scale_up]\nselect = \"fastest\"")
         .unwrap_err()
@@ -856,7 +857,7 @@ fn every_decision_says_what_each_stage_did() {
         schedules: vec![business_hours()],
         rules: vec![slow_queue_rule()],
         panic_threshold: Some(2.0),
-        ..AutoscalingPolicy::default()
+        ..super::tests::classic_policy()
     };
     policy.predictive.mode = PredictiveMode::Preview;
     let mut autoscaler = Autoscaler::new(policy);

@@ -38,6 +38,10 @@ struct Args {
     /// Only the first part of the trace (after time scaling), e.g. `10m`, `1d`; synthetic: its length (default 1h).
     #[arg(long)]
     duration: Option<humantime::Duration>,
+    /// Skip the trace's first part (after time scaling), e.g. `12h`: the run starts there,
+    /// at t = 0 (with `--duration`, a window of a long trace).
+    #[arg(long)]
+    start: Option<humantime::Duration>,
     /// Trace time is divided by this (2 = twice as fast, twice the rate).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
@@ -88,7 +92,14 @@ fn traces_dir(args: &Args) -> anyhow::Result<PathBuf> {
 }
 
 fn load(args: &Args) -> anyhow::Result<Vec<workload::SimRequest>> {
-    let duration = args.duration.map(|d| d.as_secs_f64());
+    let start = args.start.map_or(0.0, |d| d.as_secs_f64());
+    let requests = load_from(args, start)?;
+    Ok(workload::window(requests, start))
+}
+
+/// The trace up to `start` + `--duration` (the window is cut by [`workload::window`]).
+fn load_from(args: &Args, start: f64) -> anyhow::Result<Vec<workload::SimRequest>> {
+    let duration = args.duration.map(|d| d.as_secs_f64() + start);
     let (kind, arg) = args
         .trace
         .split_once(':')
@@ -128,7 +139,7 @@ fn load(args: &Args) -> anyhow::Result<Vec<workload::SimRequest>> {
         }
         "synthetic" => Ok(workload::synthetic(
             arg.parse()?,
-            duration.unwrap_or(3600.0),
+            duration.unwrap_or(3600.0 + start),
             args.peak_rps,
             args.prompt_tokens,
             args.output_tokens,

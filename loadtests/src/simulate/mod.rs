@@ -125,7 +125,7 @@ fn build_policy(
 ) -> Box<dyn ScalingPolicy> {
     match name {
         "swell" => Box::new(
-            Swell::new("swell", comparison.swell_policy.clone())
+            Swell::with_capacity("swell", comparison.swell_policy.clone(), &comparison.profile)
                 .with_expected_cold_start(comparison.profile.cold_start),
         ),
         "static-peak" => Box::new(Static {

@@ -55,6 +55,9 @@ use std::time::Duration;
 use swell_actors::autoscaler::{
     Autoscaler, AutoscalingPolicy, LoadSample, LoadTargets, ReplicaCounts, Velocity, VelocityLimit,
 };
+use swell_actors::capacity::ReplicaCapacity;
+use swell_workers::sim::{SimEngineFactory, SimProfile};
+use swell_workers::EngineFactory;
 
 /// A replica-count policy driven in virtual time.
 pub trait ScalingPolicy {
@@ -84,6 +87,8 @@ pub struct Swell {
 }
 
 impl Swell {
+    /// The policy without a capacity model (`auto` targets fall back to their fixed
+    /// values, SLO mode recommends nothing).
     pub fn new(name: &str, policy: AutoscalingPolicy) -> Self {
         Self {
             name: name.into(),
@@ -96,6 +101,23 @@ impl Swell {
     pub fn with_expected_cold_start(mut self, cold_start: Duration) -> Self {
         self.autoscaler = self.autoscaler.with_expected_cold_start(cold_start);
         self
+    }
+
+    /// The policy with the capacity model the live supervisor builds for a `sim`
+    /// deployment of `profile` (from the engine's description).
+    pub fn with_capacity(name: &str, policy: AutoscalingPolicy, profile: &SimProfile) -> Self {
+        let description = SimEngineFactory::new(profile.clone())
+            .expect("a built-in profile validates")
+            .describe();
+        Self {
+            name: name.into(),
+            autoscaler: Autoscaler::new(policy)
+                .with_capacity(ReplicaCapacity::from_description(&description)),
+        }
+    }
+
+    pub fn autoscaler(&self) -> &Autoscaler {
+        &self.autoscaler
     }
 
     /// `AutoscalingPolicy::default()` with `max_replicas` 1000.
@@ -126,6 +148,7 @@ impl Swell {
             // Fireworks documents neither a tolerance band nor a burst mode.
             tolerance: 0.0,
             panic_threshold: None,
+            slo: None,
             ..AutoscalingPolicy::default()
         };
         Self::new("fireworks", policy)

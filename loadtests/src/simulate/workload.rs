@@ -146,6 +146,17 @@ fn gamma(rng: &mut StdRng, shape: f64) -> f64 {
     }
 }
 
+/// The requests from `start` seconds on, moved so `start` is t = 0.
+pub fn window(mut requests: Vec<SimRequest>, start: f64) -> Vec<SimRequest> {
+    if start > 0.0 {
+        requests.retain(|r| r.arrival >= start);
+        for r in &mut requests {
+            r.arrival -= start;
+        }
+    }
+    requests
+}
+
 /// Synthetic load patterns, Poisson arrivals at a time-varying rate `peak` req/s at most,
 /// fixed lengths `prompt`/`output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,16 @@
 //! max_batched_tokens = 512    # tokens per forward pass (chunked prefill)
 //! kv_cache_tokens = 32768     # per replica
 //! device = "auto"             # auto | cpu | cuda
+//!
+//! # Optional: this hardware's step-time figures (e.g. from `cargo bench -p swell-workers
+//! # --bench llm`), for the autoscaler's capacity model. Default on the CPU: the
+//! # calibration of the `smollm2-135m-cpu` sim profile scaled to this model and thread
+//! # count; on CUDA: none (the autoscaler then knows only the batch and KV limits).
+//! [deployments.smollm.llm.performance]
+//! prefill_tokens_per_second = 1200
+//! decode_step_base = "3ms 200us"
+//! decode_step_per_sequence = "850us"
+//! decode_step_per_kv_token = "1us 300ns"
 //! ```
 //!
 //! The factory opens the GGUF and builds the tokenizer when the deployment is created
@@ -26,7 +36,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, ReplicaContext};
+use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, PerformanceProfile, ReplicaContext};
 use crate::error::EngineError;
 use crate::llm::engine::{LlmEngine, SchedulerLimits};
 use crate::llm::gguf::{GgufFile, LlamaConfig};
@@ -85,7 +95,31 @@ pub struct LlmConfig {
     /// GPUs one replica asks for when it runs on CUDA.
     #[serde(default = "default_gpus")]
     pub gpus_per_replica: u32,
+    /// Step-time figures measured on this hardware (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performance: Option<LlmPerformance>,
 }
+
+/// Measured step-time figures of one replica (the model of [`PerformanceProfile`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPerformance {
+    pub prefill_tokens_per_second: f64,
+    #[serde(with = "humantime_serde")]
+    pub decode_step_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub decode_step_per_sequence: Duration,
+    #[serde(with = "humantime_serde")]
+    pub decode_step_per_kv_token: Duration,
+}
+
+/// The run the `smollm2-135m-cpu` sim profile is calibrated on: SmolLM2-135M-Instruct
+/// Q4_1 (a 98,362,432-byte GGUF; 30 layers x 3 KV heads x 64 dims of f32 K and V =
+/// 46,080 bytes of KV cache per token), 2 threads (see `sim/profile.rs`).
+const CALIBRATION_PROFILE: &str = "smollm2-135m-cpu";
+const CALIBRATION_FILE_BYTES: f64 = 98_362_432.0;
+const CALIBRATION_KV_BYTES_PER_TOKEN: f64 = 46_080.0;
+const CALIBRATION_THREADS: f64 = 2.0;
 
 fn default_gpus() -> u32 {
     1
@@ -103,6 +137,7 @@ impl LlmConfig {
             context_length: None,
             device: DeviceChoice::Auto,
             gpus_per_replica: default_gpus(),
+            performance: None,
         }
     }
 
@@ -123,6 +158,15 @@ impl LlmConfig {
         }
         if self.context_length == Some(0) {
             return bad("context_length", "must be at least 1");
+        }
+        if let Some(performance) = &self.performance {
+            let rate = performance.prefill_tokens_per_second;
+            if !(rate.is_finite() && rate > 0.0) {
+                return bad("performance.prefill_tokens_per_second", "must be a finite number greater than 0");
+            }
+            if performance.decode_step_base.is_zero() {
+                return bad("performance.decode_step_base", "must be greater than 0");
+            }
         }
         Ok(())
     }
@@ -312,6 +356,57 @@ impl LlmEngineFactory {
         self.kv_blocks * BLOCK_TOKENS * KvCache::bytes_per_token(c.layers, c.kv_heads, c.head_dim)
     }
 
+    /// The step-time figures of one replica: the configured `performance` block; else,
+    /// on the CPU, the calibration behind the `smollm2-135m-cpu` sim profile scaled to
+    /// this model: the weight-bound terms (prefill, decode base, per sequence) by the
+    /// GGUF's size, the attention term by the KV bytes per token, and every term by
+    /// 2 / threads (the kernels are compute-bound and split across the threads). An
+    /// estimate for other CPUs and kernels; `None` on a GPU without a configured block.
+    pub fn performance(&self) -> Option<PerformanceProfile> {
+        let gpu = match self.gpus.first() {
+            Some(gpu) => gpu.name.clone(),
+            None => "cpu".to_string(),
+        };
+        // Weight-matrix parameters plus the embedding (shared with the head when tied).
+        let c = &self.model_config;
+        let params_billions = (c.matmul_macs_per_token() + c.vocab * c.hidden) as f64 / 1e9;
+        if let Some(measured) = &self.config.performance {
+            return Some(PerformanceProfile {
+                prefill_tokens_per_second: measured.prefill_tokens_per_second,
+                decode_step_base: measured.decode_step_base,
+                decode_step_per_sequence: measured.decode_step_per_sequence,
+                decode_step_per_kv_token: measured.decode_step_per_kv_token,
+                max_prefill_tokens_per_step: u64::from(self.config.max_batched_tokens),
+                model_params_billions: params_billions,
+                gpu,
+                source: "configured llm.performance".to_string(),
+            });
+        }
+        if !self.gpus.is_empty() {
+            return None;
+        }
+        let calibration = crate::sim::builtin(CALIBRATION_PROFILE)?;
+        let threads = self.threads().max(1) as f64;
+        let kv_bytes = KvCache::bytes_per_token(c.layers, c.kv_heads, c.head_dim) as f64;
+        let by_threads = CALIBRATION_THREADS / threads;
+        let weights = self.file_size as f64 / CALIBRATION_FILE_BYTES * by_threads;
+        let attention = kv_bytes / CALIBRATION_KV_BYTES_PER_TOKEN * by_threads;
+        Some(PerformanceProfile {
+            prefill_tokens_per_second: calibration.prefill_tokens_per_second / weights,
+            decode_step_base: calibration.decode_step_base.mul_f64(weights),
+            decode_step_per_sequence: calibration.decode_step_per_sequence.mul_f64(weights),
+            decode_step_per_kv_token: calibration.decode_step_per_kv_token.mul_f64(attention),
+            max_prefill_tokens_per_step: u64::from(self.config.max_batched_tokens),
+            model_params_billions: params_billions,
+            gpu,
+            source: format!(
+                "calibration of sim profile {CALIBRATION_PROFILE} scaled by weights x{weights:.3}, attention x{attention:.3} ({} kernel, {} threads)",
+                self.kernel.name(),
+                self.threads()
+            ),
+        })
+    }
+
     /// A CPU engine (also what tests and benchmarks use directly).
     pub fn create_cpu(&self, replica: &ReplicaContext) -> Result<(LlmEngine, ColdStartReport), EngineError> {
         let mut report = ColdStartReport::default();
@@ -358,6 +453,7 @@ impl EngineFactory for LlmEngineFactory {
             max_batch_size: self.config.max_batch_size,
             kv_capacity_tokens: (self.kv_blocks * BLOCK_TOKENS) as u64,
             expected_cold_start: if measured > 0 { Duration::from_millis(measured) } else { estimate },
+            performance: self.performance(),
         }
     }
 

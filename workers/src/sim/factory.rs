@@ -187,6 +187,7 @@ impl EngineFactory for SimEngineFactory {
             max_batch_size: p.max_batch_size,
             kv_capacity_tokens: p.kv_capacity_tokens,
             expected_cold_start: p.cold_start,
+            performance: Some(p.performance()),
         }
     }
 
@@ -319,10 +320,21 @@ mod tests {
                 max_batch_size: 1024,
                 kv_capacity_tokens: 470_000,
                 expected_cold_start: Duration::from_secs(85),
+                performance: Some(crate::engine::PerformanceProfile {
+                    prefill_tokens_per_second: 12_000.0,
+                    decode_step_base: Duration::from_millis(15),
+                    decode_step_per_sequence: Duration::from_micros(50),
+                    decode_step_per_kv_token: Duration::from_nanos(33),
+                    max_prefill_tokens_per_step: 8192,
+                    model_params_billions: 70.6,
+                    gpu: "H100-80GB-SXM".into(),
+                    source: "sim profile llama-3.1-70b-4xh100".into(),
+                }),
             }
         );
         let description = serde_json::to_value(f.describe()).unwrap();
         assert_eq!(description["expected_cold_start"], "1m 25s");
+        assert_eq!(description["performance"]["decode_step_base"], "15ms");
         let t = f.tokenizer();
         assert_eq!(t.vocab_size(), 32_000);
         assert_eq!(t.encode("the cat", false).unwrap().len(), 2);

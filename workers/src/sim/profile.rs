@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::PerformanceProfile;
 use crate::error::EngineError;
 
 /// The figures of one replica (one engine instance, possibly spanning several GPUs).
@@ -329,6 +330,20 @@ impl SimProfile {
             );
         }
         Ok(())
+    }
+
+    /// The step-time figures, as engines describe them to the control plane.
+    pub fn performance(&self) -> PerformanceProfile {
+        PerformanceProfile {
+            prefill_tokens_per_second: self.prefill_tokens_per_second,
+            decode_step_base: self.decode_step_base,
+            decode_step_per_sequence: self.decode_step_per_sequence,
+            decode_step_per_kv_token: self.decode_step_per_kv_token,
+            max_prefill_tokens_per_step: self.max_prefill_tokens_per_step,
+            model_params_billions: self.model_params_billions,
+            gpu: self.gpu.clone(),
+            source: format!("sim profile {}", self.name),
+        }
     }
 
     /// The cold start split into its stages: `schedule` (10%), `load_weights` (80%) and
