@@ -380,7 +380,9 @@ pub struct QueueConfig {
     /// dies loses its requests to another after this.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// How long a retiring replica lets its in-flight requests finish.
+    /// How long a retiring replica lets its in-flight requests finish; what is still
+    /// running then goes back to the queue and resumes on another replica after the
+    /// tokens already delivered (`tests/drain_migration.rs`).
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
 }
