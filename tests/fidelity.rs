@@ -38,6 +38,8 @@ async fn the_simulator_predicts_the_live_replica_timeline_and_latencies() {
     let out = std::env::var_os("SWELL_FIDELITY_OUT").map(std::path::PathBuf::from);
     let trace = std::env::temp_dir().join(format!("swell-fidelity-{}.csv", std::process::id()));
     scenario.write_trace(&trace).unwrap();
+    let admin = AdminClient::new(&common::base(&server), Some(common::ADMIN_TOKEN.into()));
+    let metrics_before = admin.metrics().await.unwrap();
     let report = swell_loadtest::run(LoadTestConfig {
         url: common::base(&server),
         model: "fidelity".into(),
@@ -59,7 +61,6 @@ async fn the_simulator_predicts_the_live_replica_timeline_and_latencies() {
     println!("{}", swell_loadtest::render_table(&report));
 
     // The scale to zero comes after the last request: wait for it, then read the events.
-    let admin = AdminClient::new(&common::base(&server), Some(common::ADMIN_TOKEN.into()));
     common::wait_for("the deployment back at zero", Duration::from_secs(40), || async {
         let status = admin.status("fidelity").await.unwrap();
         (status.replicas.capacity() == 0 && status.replicas.draining == 0).then_some(())
@@ -68,6 +69,17 @@ async fn the_simulator_predicts_the_live_replica_timeline_and_latencies() {
     let status = admin.status("fidelity").await.unwrap();
     let live = fidelity::Observation::from_live(&report, &status).expect("every live request was served");
 
+    let metrics_after = admin.metrics().await.unwrap();
+    let conditions = fidelity::LiveConditions::measure(
+        &report,
+        &scenario.requests(),
+        &scenario.profile().unwrap(),
+        "fidelity",
+        &metrics_before,
+        &metrics_after,
+    )
+    .unwrap();
+    println!("live conditions: {}", conditions.render());
     let requests = fidelity::requests_from_report(&report).unwrap();
     let horizon = scenario.duration();
     let simulated = fidelity::simulate(&requests, &scenario.profile().unwrap(), scenario.policy().unwrap(), horizon);

@@ -38,7 +38,7 @@ use swell_workers::sim::{SimConfig, SimProfile};
 use super::engine::Simulator;
 use super::policies::{ScalingPolicy, Swell};
 use super::workload::SimRequest;
-use crate::admin::DeploymentStatus;
+use crate::admin::{DeploymentStatus, MetricsText};
 use crate::arrivals::exponential_gap;
 use crate::report::Report;
 
@@ -274,6 +274,111 @@ pub fn requests_from_report(report: &Report) -> anyhow::Result<Vec<SimRequest>> 
     }
     requests.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
     Ok(requests)
+}
+
+/// What the machine did to a live run, measured: how late the load generator sent each
+/// request against the scenario's plan, how much longer the live engine steps took than
+/// the profile models, and how much the client's TTFT exceeds the server's (HTTP and
+/// SSE on both sides of the connection).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveConditions {
+    pub requests: usize,
+    /// Send time minus planned time (seconds; the plan's first request at 0): median,
+    /// 99th percentile and largest.
+    pub send_lag_p50: f64,
+    pub send_lag_p99: f64,
+    pub send_lag_max: f64,
+    /// Engine steps of the live replicas (with a batch), their total wall time and the
+    /// total the profile models for the same steps.
+    pub steps: u64,
+    pub step_wall_seconds: f64,
+    pub step_modelled_seconds: f64,
+    /// Mean TTFT at the client minus mean TTFT at the server (edge to first token).
+    pub client_ttft_overhead_mean: f64,
+    /// Autoscaler decisions the live supervisor took over the run.
+    pub decisions: u64,
+}
+
+impl LiveConditions {
+    /// Wall time over modelled time of the live engine steps (1.0: as modelled).
+    pub fn step_stretch(&self) -> f64 {
+        if self.step_modelled_seconds > 0.0 {
+            self.step_wall_seconds / self.step_modelled_seconds
+        } else {
+            1.0
+        }
+    }
+
+    /// Measures a live run of `planned` (the scenario's requests, in issue order) from
+    /// its report and the server's `/metrics` read after the run (`before`: read before
+    /// it, so that only this run counts). The deployment runs `profile`.
+    pub fn measure(
+        report: &Report,
+        planned: &[SimRequest],
+        profile: &SimProfile,
+        deployment: &str,
+        before: &MetricsText,
+        after: &MetricsText,
+    ) -> anyhow::Result<Self> {
+        let first = planned.first().map_or(0.0, |r| r.arrival);
+        let mut lags = Vec::with_capacity(report.records.len());
+        for r in &report.records {
+            let plan = planned
+                .get(usize::try_from(r.id).context("request id")?)
+                .with_context(|| format!("request {} is not in the plan", r.id))?;
+            lags.push(r.start_s - (plan.arrival - first));
+        }
+        let labels = [("deployment", deployment)];
+        let delta = |name: &str| after.sum(name, &labels) - before.sum(name, &labels);
+        let steps = delta("swell_engine_step_duration_seconds_count");
+        let batch = delta("swell_engine_batch_size_sum");
+        let prompt_tokens = delta("swell_prompt_tokens_total");
+        // A step of `b` sequences: base + (b - 1) per sequence, plus its prefill (every
+        // prompt of this scenario is prefilled within one step).
+        let step_modelled_seconds = steps * profile.decode_step_base.as_secs_f64()
+            + (batch - steps).max(0.0) * profile.decode_step_per_sequence.as_secs_f64()
+            + prompt_tokens / profile.prefill_tokens_per_second;
+        let server_ttft_count = delta("swell_time_to_first_token_seconds_count");
+        let server_ttft_mean = if server_ttft_count > 0.0 {
+            delta("swell_time_to_first_token_seconds_sum") / server_ttft_count
+        } else {
+            0.0
+        };
+        let client_ttfts: Vec<f64> = report
+            .records
+            .iter()
+            .filter_map(|r| r.ttft_us.map(|us| us as f64 / 1e6))
+            .collect();
+        let client_ttft_mean = client_ttfts.iter().sum::<f64>() / client_ttfts.len().max(1) as f64;
+        Ok(Self {
+            requests: report.records.len(),
+            send_lag_p50: percentile(&lags, 50.0),
+            send_lag_p99: percentile(&lags, 99.0),
+            send_lag_max: lags.iter().copied().fold(0.0, f64::max),
+            steps: steps.max(0.0) as u64,
+            step_wall_seconds: delta("swell_engine_step_duration_seconds_sum"),
+            step_modelled_seconds,
+            client_ttft_overhead_mean: client_ttft_mean - server_ttft_mean,
+            decisions: delta("swell_autoscaler_decisions_total").max(0.0) as u64,
+        })
+    }
+
+    /// One line for the test's output.
+    pub fn render(&self) -> String {
+        format!(
+            "{} requests; send lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} steps: wall {:.2} s, modelled {:.2} s (stretch {:.3}); client TTFT - server TTFT {:.1} ms (mean); {} decisions",
+            self.requests,
+            self.send_lag_p50 * 1e3,
+            self.send_lag_p99 * 1e3,
+            self.send_lag_max * 1e3,
+            self.steps,
+            self.step_wall_seconds,
+            self.step_modelled_seconds,
+            self.step_stretch(),
+            self.client_ttft_overhead_mean * 1e3,
+            self.decisions,
+        )
+    }
 }
 
 /// Wraps a policy and records every change the simulator made.
