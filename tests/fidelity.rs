@@ -6,8 +6,18 @@
 //! timeline (count at every second, every scale event) and on TTFT / end-to-end
 //! percentiles within `Tolerances::default()` (README "Fidelity" says why those).
 //!
-//! Set `SWELL_FIDELITY_OUT=DIR` to keep the live plots, the comparison and both
-//! observations there.
+//! Real time against virtual time on a shared machine: a busy machine stretches the live
+//! engine steps (the `sim` engine's sleeps wake late), which the queue near the peak
+//! amplifies. So each live run's conditions are measured (`LiveConditions`: send lag
+//! against the plan, step wall time against the profile's model from `/metrics`, cold
+//! start, client-minus-server TTFT) and the simulator is fed the machine as it ran
+//! (`LiveConditions::as_run`: step times × the measured stretch, the measured cold
+//! start). A run beyond `ValidityBounds::default()` is not compared but re-run on a fresh
+//! deployment, [`ATTEMPTS`] runs at most; no valid run fails the test, and so does a
+//! valid run that disagrees (at once).
+//!
+//! Set `SWELL_FIDELITY_OUT=DIR` to keep the live plots, the comparison, the measured
+//! conditions and both observations there.
 
 mod common;
 

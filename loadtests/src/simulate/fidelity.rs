@@ -21,6 +21,12 @@
 //! - **latency**: TTFT and end-to-end p50 / p90 / p99 within
 //!   `latency_absolute + latency_relative × simulated`.
 //!
+//! A live run on a shared machine is not a run on an idle one: [`LiveConditions`]
+//! measures what the machine did to it (send lag against the plan, the engine steps'
+//! wall time against the profile's model, the cold starts, the client's TTFT overhead),
+//! [`LiveConditions::as_run`] gives the simulator the profile as the machine ran it, and
+//! [`LiveConditions::check`] refuses a run beyond [`ValidityBounds`] (the test re-runs it).
+//!
 //! The defaults and why they are what they are are in the README ("Fidelity").
 
 use std::io::Write as _;
@@ -823,6 +829,164 @@ mod tests {
         fewer.requests.pop();
         let report = compare(&fewer, &sim, 60.0, &Tolerances::default());
         assert!(!report.checks[0].pass);
+    }
+
+    fn live_report(starts: &[f64], ttft_s: f64) -> Report {
+        let mut report = crate::report::ReportBuilder::new().finish(
+            crate::report::RunInfo {
+                mode: "trace".into(),
+                rate: None,
+                concurrency: None,
+                trace: None,
+                time_scale: Some(1.0),
+                protocol: crate::Protocol::Sse,
+                endpoint: crate::Endpoint::Completions,
+                model: "fidelity".into(),
+                url: "http://127.0.0.1:1".into(),
+                seed: 0,
+                started_at_unix_s: 0.0,
+            },
+            Duration::from_secs(10),
+            starts.len() as u64,
+        );
+        report.records = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start_s)| crate::record::RequestRecord {
+                id: i as u64,
+                start_s,
+                status: "ok".into(),
+                error_message: None,
+                ttft_us: Some((ttft_s * 1e6) as u64),
+                e2e_us: 1_000_000,
+                itl_us: Vec::new(),
+                itl_mean_us: None,
+                itl_max_us: None,
+                prompt_tokens: 48,
+                max_tokens: 32,
+                usage_prompt_tokens: Some(48),
+                usage_completion_tokens: Some(32),
+                content_chunks: 32,
+                queue_events: 0,
+                starting_events: 0,
+                comments: 0,
+            })
+            .collect();
+        report
+    }
+
+    fn metrics(text: &str) -> MetricsText {
+        MetricsText::parse(text)
+    }
+
+    #[test]
+    fn live_conditions_measure_send_lag_step_stretch_and_overheads() {
+        let profile = Scenario::step().profile().unwrap();
+        // Planned at 5, 6, 7 s (the plan's first request is the run's 0); sent 1, 3 and
+        // 20 ms late.
+        let planned: Vec<SimRequest> = [5.0, 6.0, 7.0]
+            .iter()
+            .map(|&arrival| SimRequest { arrival, prompt_tokens: 48, output_tokens: 32 })
+            .collect();
+        let report = live_report(&[0.001, 1.003, 2.020], 0.100);
+        let before = metrics(
+            "swell_engine_step_duration_seconds_count{deployment=\"d\",phase=\"decode\"} 10\n\
+             swell_engine_step_duration_seconds_sum{deployment=\"d\",phase=\"decode\"} 1\n\
+             swell_engine_step_duration_seconds_count{deployment=\"other\",phase=\"decode\"} 999\n",
+        );
+        // 100 more steps of 4 sequences each (modelled 20 + 3 × 2 = 26 ms) and three 48-token
+        // prompts (2.4 ms each): 2.6072 s modelled, 3.12864 s of wall time (× 1.2).
+        let after = metrics(
+            "swell_engine_step_duration_seconds_count{deployment=\"d\",phase=\"decode\"} 90\n\
+             swell_engine_step_duration_seconds_count{deployment=\"d\",phase=\"mixed\"} 20\n\
+             swell_engine_step_duration_seconds_sum{deployment=\"d\",phase=\"decode\"} 3.5\n\
+             swell_engine_step_duration_seconds_sum{deployment=\"d\",phase=\"mixed\"} 0.62864\n\
+             swell_engine_step_duration_seconds_count{deployment=\"other\",phase=\"decode\"} 5000\n\
+             swell_engine_batch_size_sum{deployment=\"d\"} 400\n\
+             swell_prompt_tokens_total{deployment=\"d\",tenant=\"default\"} 144\n\
+             swell_replica_cold_start_seconds_count{deployment=\"d\"} 2\n\
+             swell_replica_cold_start_seconds_sum{deployment=\"d\"} 4.1\n\
+             swell_time_to_first_token_seconds_count{deployment=\"d\"} 3\n\
+             swell_time_to_first_token_seconds_sum{deployment=\"d\"} 0.27\n\
+             swell_autoscaler_decisions_total{deployment=\"d\",direction=\"stable\",reason=\"x\"} 7\n\
+             swell_autoscaler_decisions_total{deployment=\"d\",direction=\"up\",reason=\"y\"} 2\n",
+        );
+        let c = LiveConditions::measure(&report, &planned, &profile, "d", &before, &after).unwrap();
+        assert_eq!((c.requests, c.steps, c.decisions), (3, 100, 9));
+        assert!((c.send_lag_p50 - 0.003).abs() < 1e-9 && (c.send_lag_max - 0.020).abs() < 1e-9, "{c:?}");
+        assert!((c.step_modelled_seconds - 2.6072).abs() < 1e-9, "{c:?}");
+        assert!((c.step_stretch() - 1.2).abs() < 1e-9, "{c:?}");
+        assert!((c.cold_start_mean - 2.05).abs() < 1e-9);
+        assert!((c.client_ttft_overhead_mean - 0.010).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.check(&ValidityBounds::default()), Ok(()));
+
+        // The machine as run: 20 ms × 1.2 base, 2 ms × 1.2 per sequence, prefill / 1.2.
+        let run = c.as_run(&profile);
+        assert_eq!(run.decode_step_base, Duration::from_millis(24));
+        assert_eq!(run.decode_step_per_sequence, Duration::from_micros(2400));
+        assert!((run.prefill_tokens_per_second - 20_000.0 / 1.2).abs() < 1e-6);
+        assert_eq!(run.cold_start, Duration::from_millis(2050));
+        assert_eq!((run.max_batch_size, run.kv_capacity_tokens), (profile.max_batch_size, profile.kv_capacity_tokens));
+
+        // A request that is not in the plan is an error, not a lag.
+        let extra = live_report(&[0.0, 1.0, 2.0, 3.0], 0.1);
+        assert!(LiveConditions::measure(&extra, &planned, &profile, "d", &before, &after).is_err());
+    }
+
+    #[test]
+    fn a_run_the_machine_broke_is_invalid_and_says_why() {
+        let ok = LiveConditions {
+            requests: 10,
+            send_lag_p50: 0.002,
+            send_lag_p99: 0.05,
+            send_lag_max: 0.06,
+            steps: 100,
+            step_wall_seconds: 2.4,
+            step_modelled_seconds: 2.0,
+            cold_start_mean: 2.0,
+            client_ttft_overhead_mean: 0.01,
+            decisions: 60,
+        };
+        let bounds = ValidityBounds::default();
+        assert_eq!(ok.check(&bounds), Ok(()));
+        let late = LiveConditions { send_lag_p99: 0.4, ..ok.clone() };
+        assert!(late.check(&bounds).unwrap_err().contains("send lag p99 400 ms"));
+        let slow = LiveConditions { step_wall_seconds: 3.2, ..ok.clone() };
+        assert!(slow.check(&bounds).unwrap_err().contains("step stretch 1.600"));
+        let starved = LiveConditions { client_ttft_overhead_mean: 0.2, step_wall_seconds: 3.2, ..ok.clone() };
+        let why = starved.check(&bounds).unwrap_err();
+        assert!(why.contains("step stretch") && why.contains("client TTFT overhead 200 ms"), "{why}");
+        // No steps measured: nothing to stretch.
+        let none = LiveConditions { step_wall_seconds: 0.0, step_modelled_seconds: 0.0, ..ok };
+        assert_eq!(none.step_stretch(), 1.0);
+    }
+
+    #[test]
+    fn the_simulator_on_a_stretched_machine_is_slower_and_the_comparison_sees_it() {
+        // What a 20 % slower machine does to the step scenario's latencies is far more
+        // than the tolerance at the peak (queues amplify it): the correction matters, and
+        // a simulator left on the idle profile fails against such a run.
+        let scenario = Scenario::step();
+        let profile = scenario.profile().unwrap();
+        let requests = scenario.requests();
+        let slow = LiveConditions {
+            requests: requests.len(),
+            send_lag_p50: 0.0,
+            send_lag_p99: 0.0,
+            send_lag_max: 0.0,
+            steps: 1,
+            step_wall_seconds: 1.2,
+            step_modelled_seconds: 1.0,
+            cold_start_mean: 2.0,
+            client_ttft_overhead_mean: 0.0,
+            decisions: 0,
+        };
+        let horizon = scenario.duration();
+        let as_run = simulate(&requests, &slow.as_run(&profile), scenario.policy().unwrap(), horizon);
+        let idle = simulate(&requests, &profile, scenario.policy().unwrap(), horizon);
+        let e2e = |o: &Observation| percentile(&o.requests.iter().map(|r| r.e2e).collect::<Vec<_>>(), 50.0);
+        assert!(e2e(&as_run) > 1.15 * e2e(&idle), "{} vs {}", e2e(&as_run), e2e(&idle));
+        assert!(compare(&as_run, &as_run.clone(), horizon, &Tolerances::default()).passed());
     }
 
     #[test]
