@@ -21,6 +21,12 @@
 //! - **latency**: TTFT and end-to-end p50 / p90 / p99 within
 //!   `latency_absolute + latency_relative × simulated`.
 //!
+//! A live run on a shared machine is not a run on an idle one: [`LiveConditions`]
+//! measures what the machine did to it (send lag against the plan, the engine steps'
+//! wall time against the profile's model, the cold starts, the client's TTFT overhead),
+//! [`LiveConditions::as_run`] gives the simulator the profile as the machine ran it, and
+//! [`LiveConditions::check`] refuses a run beyond [`ValidityBounds`] (the test re-runs it).
+//!
 //! The defaults and why they are what they are are in the README ("Fidelity").
 
 use std::io::Write as _;
@@ -38,7 +44,7 @@ use swell_workers::sim::{SimConfig, SimProfile};
 use super::engine::Simulator;
 use super::policies::{ScalingPolicy, Swell};
 use super::workload::SimRequest;
-use crate::admin::DeploymentStatus;
+use crate::admin::{DeploymentStatus, MetricsText};
 use crate::arrivals::exponential_gap;
 use crate::report::Report;
 
@@ -274,6 +280,186 @@ pub fn requests_from_report(report: &Report) -> anyhow::Result<Vec<SimRequest>> 
     }
     requests.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
     Ok(requests)
+}
+
+/// What the machine did to a live run, measured: how late the load generator sent each
+/// request against the scenario's plan, how much longer the live engine steps took than
+/// the profile models, and how much the client's TTFT exceeds the server's (HTTP and
+/// SSE on both sides of the connection).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveConditions {
+    pub requests: usize,
+    /// Send time minus planned time (seconds; the plan's first request at 0): median,
+    /// 99th percentile and largest.
+    pub send_lag_p50: f64,
+    pub send_lag_p99: f64,
+    pub send_lag_max: f64,
+    /// Engine steps of the live replicas (with a batch), their total wall time and the
+    /// total the profile models for the same steps.
+    pub steps: u64,
+    pub step_wall_seconds: f64,
+    pub step_modelled_seconds: f64,
+    /// Mean cold start of the live replicas (creation to ready), seconds.
+    pub cold_start_mean: f64,
+    /// Mean TTFT at the client minus mean TTFT at the server (edge to first token).
+    pub client_ttft_overhead_mean: f64,
+    /// Autoscaler decisions the live supervisor took over the run.
+    pub decisions: u64,
+}
+
+impl LiveConditions {
+    /// Wall time over modelled time of the live engine steps (1.0: as modelled).
+    pub fn step_stretch(&self) -> f64 {
+        if self.step_modelled_seconds > 0.0 {
+            self.step_wall_seconds / self.step_modelled_seconds
+        } else {
+            1.0
+        }
+    }
+
+    /// Measures a live run of `planned` (the scenario's requests, in issue order) from
+    /// its report and the server's `/metrics` read after the run (`before`: read before
+    /// it, so that only this run counts). The deployment runs `profile`.
+    pub fn measure(
+        report: &Report,
+        planned: &[SimRequest],
+        profile: &SimProfile,
+        deployment: &str,
+        before: &MetricsText,
+        after: &MetricsText,
+    ) -> anyhow::Result<Self> {
+        let first = planned.first().map_or(0.0, |r| r.arrival);
+        let mut lags = Vec::with_capacity(report.records.len());
+        for r in &report.records {
+            let plan = planned
+                .get(usize::try_from(r.id).context("request id")?)
+                .with_context(|| format!("request {} is not in the plan", r.id))?;
+            lags.push(r.start_s - (plan.arrival - first));
+        }
+        let labels = [("deployment", deployment)];
+        let delta = |name: &str| after.sum(name, &labels) - before.sum(name, &labels);
+        let steps = delta("swell_engine_step_duration_seconds_count");
+        let batch = delta("swell_engine_batch_size_sum");
+        let prompt_tokens = delta("swell_prompt_tokens_total");
+        // A step of `b` sequences: base + (b - 1) per sequence, plus its prefill (every
+        // prompt of this scenario is prefilled within one step).
+        let step_modelled_seconds = steps * profile.decode_step_base.as_secs_f64()
+            + (batch - steps).max(0.0) * profile.decode_step_per_sequence.as_secs_f64()
+            + prompt_tokens / profile.prefill_tokens_per_second;
+        let cold_starts = delta("swell_replica_cold_start_seconds_count");
+        let cold_start_mean = if cold_starts > 0.0 {
+            delta("swell_replica_cold_start_seconds_sum") / cold_starts
+        } else {
+            profile.cold_start.as_secs_f64()
+        };
+        let server_ttft_count = delta("swell_time_to_first_token_seconds_count");
+        let server_ttft_mean = if server_ttft_count > 0.0 {
+            delta("swell_time_to_first_token_seconds_sum") / server_ttft_count
+        } else {
+            0.0
+        };
+        let client_ttfts: Vec<f64> = report
+            .records
+            .iter()
+            .filter_map(|r| r.ttft_us.map(|us| us as f64 / 1e6))
+            .collect();
+        let client_ttft_mean = client_ttfts.iter().sum::<f64>() / client_ttfts.len().max(1) as f64;
+        Ok(Self {
+            requests: report.records.len(),
+            send_lag_p50: percentile(&lags, 50.0),
+            send_lag_p99: percentile(&lags, 99.0),
+            send_lag_max: lags.iter().copied().fold(0.0, f64::max),
+            steps: steps.max(0.0) as u64,
+            step_wall_seconds: delta("swell_engine_step_duration_seconds_sum"),
+            step_modelled_seconds,
+            cold_start_mean,
+            client_ttft_overhead_mean: client_ttft_mean - server_ttft_mean,
+            decisions: delta("swell_autoscaler_decisions_total").max(0.0) as u64,
+        })
+    }
+
+    /// Whether the run is one the simulator can be compared with: `Err` says which
+    /// bound the machine broke.
+    pub fn check(&self, bounds: &ValidityBounds) -> Result<(), String> {
+        let mut broken = Vec::new();
+        if self.send_lag_p99 > bounds.send_lag_p99 {
+            broken.push(format!(
+                "send lag p99 {:.0} ms > {:.0} ms",
+                self.send_lag_p99 * 1e3,
+                bounds.send_lag_p99 * 1e3
+            ));
+        }
+        if self.step_stretch() > bounds.step_stretch {
+            broken.push(format!("step stretch {:.3} > {:.3}", self.step_stretch(), bounds.step_stretch));
+        }
+        if self.client_ttft_overhead_mean > bounds.client_ttft_overhead_mean {
+            broken.push(format!(
+                "client TTFT overhead {:.0} ms > {:.0} ms",
+                self.client_ttft_overhead_mean * 1e3,
+                bounds.client_ttft_overhead_mean * 1e3
+            ));
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(broken.join("; "))
+        }
+    }
+
+    /// `profile` as this machine ran it: every modelled step time multiplied by the
+    /// measured [`step_stretch`](Self::step_stretch) (prefill throughput divided by it),
+    /// and the measured mean cold start. The simulator fed this replays the live run's
+    /// machine, not an idle one.
+    pub fn as_run(&self, profile: &SimProfile) -> SimProfile {
+        let stretch = self.step_stretch();
+        let mut p = profile.clone();
+        p.decode_step_base = p.decode_step_base.mul_f64(stretch);
+        p.decode_step_per_sequence = p.decode_step_per_sequence.mul_f64(stretch);
+        p.decode_step_per_kv_token = p.decode_step_per_kv_token.mul_f64(stretch);
+        p.prefill_tokens_per_second /= stretch;
+        p.cold_start = Duration::from_secs_f64(self.cold_start_mean);
+        p
+    }
+
+    /// One line for the test's output.
+    pub fn render(&self) -> String {
+        format!(
+            "{} requests; send lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} steps: wall {:.2} s, modelled {:.2} s (stretch {:.3}); cold start {:.3} s (mean); client TTFT - server TTFT {:.1} ms (mean); {} decisions",
+            self.requests,
+            self.send_lag_p50 * 1e3,
+            self.send_lag_p99 * 1e3,
+            self.send_lag_max * 1e3,
+            self.steps,
+            self.step_wall_seconds,
+            self.step_modelled_seconds,
+            self.step_stretch(),
+            self.cold_start_mean,
+            self.client_ttft_overhead_mean * 1e3,
+            self.decisions,
+        )
+    }
+}
+
+/// How far a live run may stray from an idle machine and still be compared (see
+/// [`LiveConditions::check`]; the README's "Fidelity" says why these).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ValidityBounds {
+    /// Seconds a request may be sent behind its planned time (99th percentile).
+    pub send_lag_p99: f64,
+    /// Live engine steps' wall time over their modelled time.
+    pub step_stretch: f64,
+    /// Mean client TTFT minus mean server TTFT, seconds.
+    pub client_ttft_overhead_mean: f64,
+}
+
+impl Default for ValidityBounds {
+    fn default() -> Self {
+        Self {
+            send_lag_p99: 0.25,
+            step_stretch: 1.5,
+            client_ttft_overhead_mean: 0.05,
+        }
+    }
 }
 
 /// Wraps a policy and records every change the simulator made.
@@ -643,6 +829,164 @@ mod tests {
         fewer.requests.pop();
         let report = compare(&fewer, &sim, 60.0, &Tolerances::default());
         assert!(!report.checks[0].pass);
+    }
+
+    fn live_report(starts: &[f64], ttft_s: f64) -> Report {
+        let mut report = crate::report::ReportBuilder::new().finish(
+            crate::report::RunInfo {
+                mode: "trace".into(),
+                rate: None,
+                concurrency: None,
+                trace: None,
+                time_scale: Some(1.0),
+                protocol: crate::Protocol::Sse,
+                endpoint: crate::Endpoint::Completions,
+                model: "fidelity".into(),
+                url: "http://127.0.0.1:1".into(),
+                seed: 0,
+                started_at_unix_s: 0.0,
+            },
+            Duration::from_secs(10),
+            starts.len() as u64,
+        );
+        report.records = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start_s)| crate::record::RequestRecord {
+                id: i as u64,
+                start_s,
+                status: "ok".into(),
+                error_message: None,
+                ttft_us: Some((ttft_s * 1e6) as u64),
+                e2e_us: 1_000_000,
+                itl_us: Vec::new(),
+                itl_mean_us: None,
+                itl_max_us: None,
+                prompt_tokens: 48,
+                max_tokens: 32,
+                usage_prompt_tokens: Some(48),
+                usage_completion_tokens: Some(32),
+                content_chunks: 32,
+                queue_events: 0,
+                starting_events: 0,
+                comments: 0,
+            })
+            .collect();
+        report
+    }
+
+    fn metrics(text: &str) -> MetricsText {
+        MetricsText::parse(text)
+    }
+
+    #[test]
+    fn live_conditions_measure_send_lag_step_stretch_and_overheads() {
+        let profile = Scenario::step().profile().unwrap();
+        // Planned at 5, 6, 7 s (the plan's first request is the run's 0); sent 1, 3 and
+        // 20 ms late.
+        let planned: Vec<SimRequest> = [5.0, 6.0, 7.0]
+            .iter()
+            .map(|&arrival| SimRequest { arrival, prompt_tokens: 48, output_tokens: 32 })
+            .collect();
+        let report = live_report(&[0.001, 1.003, 2.020], 0.100);
+        let before = metrics(
+            "swell_engine_step_duration_seconds_count{deployment=\"d\",phase=\"decode\"} 10\n\
+             swell_engine_step_duration_seconds_sum{deployment=\"d\",phase=\"decode\"} 1\n\
+             swell_engine_step_duration_seconds_count{deployment=\"other\",phase=\"decode\"} 999\n",
+        );
+        // 100 more steps of 4 sequences each (modelled 20 + 3 × 2 = 26 ms) and three 48-token
+        // prompts (2.4 ms each): 2.6072 s modelled, 3.12864 s of wall time (× 1.2).
+        let after = metrics(
+            "swell_engine_step_duration_seconds_count{deployment=\"d\",phase=\"decode\"} 90\n\
+             swell_engine_step_duration_seconds_count{deployment=\"d\",phase=\"mixed\"} 20\n\
+             swell_engine_step_duration_seconds_sum{deployment=\"d\",phase=\"decode\"} 3.5\n\
+             swell_engine_step_duration_seconds_sum{deployment=\"d\",phase=\"mixed\"} 0.62864\n\
+             swell_engine_step_duration_seconds_count{deployment=\"other\",phase=\"decode\"} 5000\n\
+             swell_engine_batch_size_sum{deployment=\"d\"} 400\n\
+             swell_prompt_tokens_total{deployment=\"d\",tenant=\"default\"} 144\n\
+             swell_replica_cold_start_seconds_count{deployment=\"d\"} 2\n\
+             swell_replica_cold_start_seconds_sum{deployment=\"d\"} 4.1\n\
+             swell_time_to_first_token_seconds_count{deployment=\"d\"} 3\n\
+             swell_time_to_first_token_seconds_sum{deployment=\"d\"} 0.27\n\
+             swell_autoscaler_decisions_total{deployment=\"d\",direction=\"stable\",reason=\"x\"} 7\n\
+             swell_autoscaler_decisions_total{deployment=\"d\",direction=\"up\",reason=\"y\"} 2\n",
+        );
+        let c = LiveConditions::measure(&report, &planned, &profile, "d", &before, &after).unwrap();
+        assert_eq!((c.requests, c.steps, c.decisions), (3, 100, 9));
+        assert!((c.send_lag_p50 - 0.003).abs() < 1e-9 && (c.send_lag_max - 0.020).abs() < 1e-9, "{c:?}");
+        assert!((c.step_modelled_seconds - 2.6072).abs() < 1e-9, "{c:?}");
+        assert!((c.step_stretch() - 1.2).abs() < 1e-9, "{c:?}");
+        assert!((c.cold_start_mean - 2.05).abs() < 1e-9);
+        assert!((c.client_ttft_overhead_mean - 0.010).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.check(&ValidityBounds::default()), Ok(()));
+
+        // The machine as run: 20 ms × 1.2 base, 2 ms × 1.2 per sequence, prefill / 1.2.
+        let run = c.as_run(&profile);
+        assert_eq!(run.decode_step_base, Duration::from_millis(24));
+        assert_eq!(run.decode_step_per_sequence, Duration::from_micros(2400));
+        assert!((run.prefill_tokens_per_second - 20_000.0 / 1.2).abs() < 1e-6);
+        assert_eq!(run.cold_start, Duration::from_millis(2050));
+        assert_eq!((run.max_batch_size, run.kv_capacity_tokens), (profile.max_batch_size, profile.kv_capacity_tokens));
+
+        // A request that is not in the plan is an error, not a lag.
+        let extra = live_report(&[0.0, 1.0, 2.0, 3.0], 0.1);
+        assert!(LiveConditions::measure(&extra, &planned, &profile, "d", &before, &after).is_err());
+    }
+
+    #[test]
+    fn a_run_the_machine_broke_is_invalid_and_says_why() {
+        let ok = LiveConditions {
+            requests: 10,
+            send_lag_p50: 0.002,
+            send_lag_p99: 0.05,
+            send_lag_max: 0.06,
+            steps: 100,
+            step_wall_seconds: 2.4,
+            step_modelled_seconds: 2.0,
+            cold_start_mean: 2.0,
+            client_ttft_overhead_mean: 0.01,
+            decisions: 60,
+        };
+        let bounds = ValidityBounds::default();
+        assert_eq!(ok.check(&bounds), Ok(()));
+        let late = LiveConditions { send_lag_p99: 0.4, ..ok.clone() };
+        assert!(late.check(&bounds).unwrap_err().contains("send lag p99 400 ms"));
+        let slow = LiveConditions { step_wall_seconds: 3.2, ..ok.clone() };
+        assert!(slow.check(&bounds).unwrap_err().contains("step stretch 1.600"));
+        let starved = LiveConditions { client_ttft_overhead_mean: 0.2, step_wall_seconds: 3.2, ..ok.clone() };
+        let why = starved.check(&bounds).unwrap_err();
+        assert!(why.contains("step stretch") && why.contains("client TTFT overhead 200 ms"), "{why}");
+        // No steps measured: nothing to stretch.
+        let none = LiveConditions { step_wall_seconds: 0.0, step_modelled_seconds: 0.0, ..ok };
+        assert_eq!(none.step_stretch(), 1.0);
+    }
+
+    #[test]
+    fn the_simulator_on_a_stretched_machine_is_slower_and_the_comparison_sees_it() {
+        // What a 20 % slower machine does to the step scenario's latencies is far more
+        // than the tolerance at the peak (queues amplify it): the correction matters, and
+        // a simulator left on the idle profile fails against such a run.
+        let scenario = Scenario::step();
+        let profile = scenario.profile().unwrap();
+        let requests = scenario.requests();
+        let slow = LiveConditions {
+            requests: requests.len(),
+            send_lag_p50: 0.0,
+            send_lag_p99: 0.0,
+            send_lag_max: 0.0,
+            steps: 1,
+            step_wall_seconds: 1.2,
+            step_modelled_seconds: 1.0,
+            cold_start_mean: 2.0,
+            client_ttft_overhead_mean: 0.0,
+            decisions: 0,
+        };
+        let horizon = scenario.duration();
+        let as_run = simulate(&requests, &slow.as_run(&profile), scenario.policy().unwrap(), horizon);
+        let idle = simulate(&requests, &profile, scenario.policy().unwrap(), horizon);
+        let e2e = |o: &Observation| percentile(&o.requests.iter().map(|r| r.e2e).collect::<Vec<_>>(), 50.0);
+        assert!(e2e(&as_run) > 1.15 * e2e(&idle), "{} vs {}", e2e(&as_run), e2e(&idle));
+        assert!(compare(&as_run, &as_run.clone(), horizon, &Tolerances::default()).passed());
     }
 
     #[test]
