@@ -394,7 +394,7 @@ impl<'a> Simulator<'a> {
                 self.queue.pop_front();
                 self.running += 1;
                 self.started += 1;
-                self.started_wait_ns += self.now.saturating_sub(ns(req.arrival));
+                self.started_wait_ns += self.now.saturating_sub(ns(self.requests[i].arrival));
                 replica.kv_reserved += need;
                 self.outcomes[i].start = now_s;
                 replica

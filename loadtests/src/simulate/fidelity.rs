@@ -504,7 +504,10 @@ pub fn simulate(
     policy: AutoscalingPolicy,
     horizon: f64,
 ) -> Observation {
-    let mut swell = Swell::new("swell", policy);
+    // As the live supervisor builds it: the capacity model from the engine's description
+    // (SLO mode and `auto` targets follow it) and the expected cold start.
+    let mut swell =
+        Swell::with_capacity("swell", policy, profile).with_expected_cold_start(profile.cold_start);
     let mut recording = Recording {
         inner: &mut swell,
         events: Vec::new(),
