@@ -35,7 +35,7 @@ async fn a_deployment_scales_to_zero_when_idle_and_serves_again_from_zero() {
             "engine": "sim",
             "sim": {"profile": "smollm2-135m-cpu", "cold_start": "500ms", "decode_step_base": "5ms"},
             "autoscaling": {
-                "min_replicas": 0, "max_replicas": 2,
+                "min_replicas": 0, "max_replicas": 1,
                 "scale_up_window": "0s", "scale_down_window": "1s",
                 "scale_to_zero_window": "2s", "metrics_window": "1s"
             }

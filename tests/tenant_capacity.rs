@@ -135,7 +135,13 @@ async fn with_the_replica_busy_a_high_priority_request_is_served_before_an_earli
 
 #[actix_rt::test]
 async fn reserved_replicas_stay_warm_are_bounded_by_max_replicas_and_serve_their_tenant_first() {
-    let server = common::start(&ONE_SLOT.replace("min_replicas = 1\nmax_replicas = 1", "min_replicas = 0\nmax_replicas = 2")).await;
+    // A long scale-up window: the reserved replica stays the only one while the queue
+    // builds (the default window is 0: the second replica would start at once).
+    let server = common::start(&ONE_SLOT.replace(
+        "min_replicas = 1\nmax_replicas = 1",
+        "min_replicas = 0\nmax_replicas = 2\nscale_up_window = \"10m\"",
+    ))
+    .await;
     assert_eq!(common::replicas(&common::status(&server, "chat").await), (0, 0, 0), "nothing runs without load");
 
     // Past max_replicas, or on an unknown deployment: refused, naming the problem.

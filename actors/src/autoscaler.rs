@@ -186,7 +186,7 @@ use predictive::DemandHistory;
 use rules::{RuleAction, RuleState};
 use schedule::ResolvedSchedules;
 
-use crate::capacity::{CapacityPlanner, ReplicaCapacity, SloTargets};
+use crate::capacity::{CapacityPlanner, ReplicaCapacity, SloMode};
 
 /// The shortest `metrics_window` (and `panic_window`) that validates.
 pub const MIN_METRICS_WINDOW: Duration = Duration::from_secs(1);
@@ -251,10 +251,11 @@ pub struct AutoscalingPolicy {
     /// The predictive floor (off by default).
     pub predictive: PredictivePolicy,
     /// SLO mode ([`crate::capacity`]): the replicas that meet these latency targets for
-    /// the current load; one more recommendation beside the load targets. Default TTFT
-    /// 2 s (p99) and inter-token 100 ms; `false` turns it off.
-    #[serde(deserialize_with = "crate::capacity::deserialize_slo")]
-    pub slo: Option<SloTargets>,
+    /// the current load; one more recommendation beside the load targets. `"auto"` (the
+    /// default): on with TTFT 2 s (p99) and inter-token 100 ms when the load targets are
+    /// `auto`, off when the policy writes its own; a table turns it on with those
+    /// targets; `false` turns it off.
+    pub slo: SloMode,
 }
 
 impl Default for AutoscalingPolicy {
@@ -274,7 +275,7 @@ impl Default for AutoscalingPolicy {
             schedules: Vec::new(),
             rules: Vec::new(),
             predictive: PredictivePolicy::default(),
-            slo: Some(SloTargets::default()),
+            slo: SloMode::Auto,
         }
     }
 }
@@ -613,7 +614,7 @@ impl AutoscalingPolicy {
                 }
             }
         }
-        if let Some(slo) = &self.slo {
+        if let SloMode::On(slo) = &self.slo {
             slo.validate()?;
         }
         if !any_target {
@@ -1480,7 +1481,11 @@ impl Autoscaler {
             reason = ScaleReason::MinReplicas;
             detail.push_str(&format!("; raised to min_replicas {min_replicas}{min_source}"));
         } else if clamped < unclamped {
-            reason = ScaleReason::MaxReplicas;
+            // From zero the reason stays `queued_at_zero` (what started the replicas);
+            // the detail says the cap applied.
+            if !(reason == ScaleReason::QueuedAtZero && clamped > 0) {
+                reason = ScaleReason::MaxReplicas;
+            }
             detail.push_str(&format!("; capped at max_replicas {max_replicas}{max_source}"));
         }
 
@@ -2287,7 +2292,7 @@ mod tests {
                 select: VelocitySelect::Max,
             }
         );
-        assert_eq!(policy.slo, Some(crate::capacity::SloTargets::default()));
+        assert_eq!(policy.slo, SloMode::Auto);
         assert_eq!(policy.validate(), Ok(()));
     }
 
@@ -2682,7 +2687,9 @@ mod tests {
         autoscaler.record(sample(5, 40, 0, 40));
         let decision = autoscaler.decide(seconds(5), ready(0));
         assert_eq!(decision.desired, 3);
-        assert_eq!(decision.reason, ScaleReason::MaxReplicas);
+        // The reason stays what started replicas from zero; the detail names the cap.
+        assert_eq!(decision.reason, ScaleReason::QueuedAtZero);
+        assert!(decision.detail.contains("capped at max_replicas 3"), "{}", decision.detail);
         assert!(!decision.velocity_limited);
     }
 

@@ -53,7 +53,9 @@
 //! # SLO mode
 //!
 //! `slo = { ttft_seconds = 2, inter_token_seconds = 0.1, percentile = 99 }` in the
-//! autoscaling policy (the default; `slo = false` turns it off) recommends
+//! autoscaling policy ([`SloMode`]; left out or `slo = "auto"`, these default targets
+//! apply when the load targets are `auto` too, and SLO mode is off when the policy
+//! writes its own load targets; `slo = false` turns it off) recommends
 //! `ceil(arrivals per second over the metrics window / requests_per_second)` replicas,
 //! for the workload's current mean lengths. It is one more recommendation beside the
 //! load targets: the highest wins ([`ScaleReason::Slo`] when it does). Without a
@@ -186,50 +188,93 @@ impl SloTargets {
     }
 }
 
-/// `slo`: a table, or `false` (TOML) / `null` (JSON) for off.
-pub(crate) fn deserialize_slo<'de, D>(deserializer: D) -> Result<Option<SloTargets>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    use serde::de::{self, MapAccess, Visitor};
+/// SLO mode's setting: `slo = "auto"` (the default, also when left out), `false`
+/// (TOML) / `null` (JSON) for off, or a table of targets.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SloMode {
+    /// On with the default targets when the load targets are `auto` (the default
+    /// policy); off when the policy writes its own load targets, so a written table is
+    /// used as written.
+    #[default]
+    Auto,
+    /// Off.
+    Off,
+    /// On, with these targets, beside any load targets.
+    On(SloTargets),
+}
 
-    struct SloOrOff;
-
-    impl<'de> Visitor<'de> for SloOrOff {
-        type Value = Option<SloTargets>;
-
-        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-            formatter.write_str(
-                "a table like { ttft_seconds = 2, inter_token_seconds = 0.1 }, or false for off",
-            )
+impl SloMode {
+    /// The targets SLO mode works to, if it is on; `auto_load_targets` says whether the
+    /// policy's load targets are `auto`.
+    pub fn targets(&self, auto_load_targets: bool) -> Option<SloTargets> {
+        match self {
+            SloMode::Auto if auto_load_targets => Some(SloTargets::default()),
+            SloMode::Auto | SloMode::Off => None,
+            SloMode::On(targets) => Some(*targets),
         }
+    }
+}
 
-        fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-            if value {
-                Err(E::invalid_value(de::Unexpected::Bool(true), &self))
-            } else {
-                Ok(None)
+impl Serialize for SloMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SloMode::Auto => serializer.serialize_str("auto"),
+            SloMode::Off => serializer.serialize_bool(false),
+            SloMode::On(targets) => targets.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SloMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        struct SloOrOff;
+
+        impl<'de> Visitor<'de> for SloOrOff {
+            type Value = SloMode;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(
+                    "\"auto\", a table like { ttft_seconds = 2, inter_token_seconds = 0.1 }, or false for off",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                if value == "auto" {
+                    Ok(SloMode::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(value), &self))
+                }
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                if value {
+                    Err(E::invalid_value(de::Unexpected::Bool(true), &self))
+                } else {
+                    Ok(SloMode::Off)
+                }
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(SloMode::Off)
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(SloMode::Off)
+            }
+
+            fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+                deserializer.deserialize_any(SloOrOff)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                SloTargets::deserialize(de::value::MapAccessDeserializer::new(map)).map(SloMode::On)
             }
         }
 
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_any(SloOrOff)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            SloTargets::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
-        }
+        deserializer.deserialize_any(SloOrOff)
     }
-
-    deserializer.deserialize_any(SloOrOff)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -841,7 +886,8 @@ impl CapacityPlanner {
     /// load `averages`.
     pub fn advise(&self, policy: &AutoscalingPolicy, averages: &LoadAverages) -> CapacityAdvice {
         let workload = self.workload();
-        let slo = policy.slo.unwrap_or_default();
+        let slo_targets = policy.slo.targets(policy.load_targets.auto);
+        let slo = slo_targets.unwrap_or_default();
         let limits = self.capacity.limits(workload, &slo);
         let lengths = format!(
             "prompt {}, output {}",
@@ -870,7 +916,7 @@ impl CapacityPlanner {
             .requests_per_second
             .max(self.surge_rate(now, policy.metrics_window))
             + rise;
-        let slo_recommendation = policy.slo.and_then(|slo| {
+        let slo_recommendation = slo_targets.and_then(|slo| {
             let burst = self.busiest_span(
                 now,
                 policy.metrics_window,
@@ -1336,7 +1382,7 @@ mod tests {
             toml::from_str("slo = { ttft_seconds = 0.5, inter_token_seconds = 0.05 }").unwrap();
         assert_eq!(
             policy.slo,
-            Some(SloTargets {
+            SloMode::On(SloTargets {
                 ttft_seconds: 0.5,
                 inter_token_seconds: 0.05,
                 percentile: 99.0,
@@ -1344,14 +1390,22 @@ mod tests {
             })
         );
         let policy: AutoscalingPolicy = toml::from_str("slo = false").unwrap();
-        assert_eq!(policy.slo, None);
+        assert_eq!(policy.slo, SloMode::Off);
+        assert_eq!(policy.slo.targets(true), None);
+        // Left out: on with the default targets for `auto` load targets, off for written ones.
         let policy: AutoscalingPolicy = toml::from_str("").unwrap();
-        assert_eq!(policy.slo, Some(SloTargets::default()));
+        assert_eq!(policy.slo, SloMode::Auto);
+        assert_eq!(policy.slo.targets(policy.load_targets.auto), Some(SloTargets::default()));
+        let policy: AutoscalingPolicy =
+            toml::from_str("[load_targets]\nconcurrent_requests = 4").unwrap();
+        assert_eq!(policy.slo.targets(policy.load_targets.auto), None);
         let policy: AutoscalingPolicy = serde_json::from_str(r#"{"slo": null}"#).unwrap();
-        assert_eq!(policy.slo, None);
+        assert_eq!(policy.slo, SloMode::Off);
+        let policy: AutoscalingPolicy = serde_json::from_str(r#"{"slo": "auto"}"#).unwrap();
+        assert_eq!(policy.slo, SloMode::Auto);
         let policy: AutoscalingPolicy =
             serde_json::from_str(r#"{"slo": {"percentile": 90}}"#).unwrap();
-        assert_eq!(policy.slo.unwrap().percentile, 90.0);
+        assert_eq!(policy.slo.targets(false).unwrap().percentile, 90.0);
 
         let error = toml::from_str::<AutoscalingPolicy>("slo = true").unwrap_err().to_string();
         assert!(error.contains("or false for off"), "{error}");
@@ -1361,7 +1415,7 @@ mod tests {
         assert!(error.contains("unknown field `ttft`"), "{error}");
 
         let mut policy = AutoscalingPolicy::default();
-        policy.slo = Some(SloTargets {
+        policy.slo = SloMode::On(SloTargets {
             ttft_seconds: 0.0,
             ..SloTargets::default()
         });
@@ -1369,7 +1423,7 @@ mod tests {
             policy.validate().unwrap_err(),
             "autoscaling.slo.ttft_seconds (0) must be a finite number greater than 0"
         );
-        policy.slo = Some(SloTargets {
+        policy.slo = SloMode::On(SloTargets {
             percentile: 100.0,
             ..SloTargets::default()
         });
@@ -1377,8 +1431,9 @@ mod tests {
         // Round trip.
         let policy = AutoscalingPolicy::default();
         let json = serde_json::to_value(&policy).unwrap();
-        assert_eq!(json["slo"]["ttft_seconds"], 2.0);
-        assert_eq!(serde_json::from_value::<AutoscalingPolicy>(json).unwrap(), policy);
+        assert_eq!(json["slo"], "auto");
+        let back: AutoscalingPolicy = serde_json::from_value(json).unwrap();
+        assert_eq!(back, policy);
     }
 
     #[test]
@@ -1430,7 +1485,7 @@ mod tests {
         AutoscalingPolicy {
             max_replicas: 100,
             metrics_window: Duration::from_secs(10),
-            slo: Some(full()),
+            slo: SloMode::On(full()),
             ..AutoscalingPolicy::default()
         }
     }
@@ -1494,7 +1549,7 @@ mod tests {
                 concurrent_requests: Some(20.0),
                 ..LoadTargets::default()
             },
-            slo: None,
+            slo: SloMode::Off,
             ..instant_policy()
         };
         let mut explicit = warmed(policy, Some(capacity(256, 1_000_000)));
@@ -1522,7 +1577,7 @@ mod tests {
         );
         // A tighter inter-token target needs more replicas (about 11.2 per replica at p99).
         let policy = AutoscalingPolicy {
-            slo: Some(SloTargets {
+            slo: SloMode::On(SloTargets {
                 inter_token_seconds: 0.05,
                 ..full()
             }),
@@ -1536,7 +1591,7 @@ mod tests {
         assert_eq!(decision.desired, 5, "{}", decision.detail);
         // The default utilization plans 90% of each replica (10 s cold start): 50 / 11.7.
         let policy = AutoscalingPolicy {
-            slo: Some(SloTargets::default()),
+            slo: SloMode::On(SloTargets::default()),
             ..instant_policy()
         };
         let mut planned = warmed(policy, Some(capacity(256, 1_000_000)));
@@ -1546,7 +1601,7 @@ mod tests {
         assert_eq!(planned.decide(Duration::from_secs(610), ready(1)).desired, 5);
         // SLO mode off: only the concurrency target (10 / 26 -> 1).
         let off = AutoscalingPolicy {
-            slo: None,
+            slo: SloMode::Off,
             ..instant_policy()
         };
         let mut off = warmed(off, Some(capacity(256, 1_000_000)));

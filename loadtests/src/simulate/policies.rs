@@ -148,7 +148,7 @@ impl Swell {
             // Fireworks documents neither a tolerance band nor a burst mode.
             tolerance: 0.0,
             panic_threshold: None,
-            slo: None,
+            slo: swell_actors::capacity::SloMode::Off,
             ..AutoscalingPolicy::default()
         };
         Self::new("fireworks", policy)
