@@ -1993,7 +1993,7 @@ fn replicas_for(signal: f64, target: f64) -> u32 {
 }
 
 /// At most two decimals, without trailing zeros: 23.5, 8, 0.33.
-fn format_number(value: f64) -> String {
+pub(crate) fn format_number(value: f64) -> String {
     if !value.is_finite() {
         return value.to_string();
     }

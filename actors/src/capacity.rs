@@ -92,7 +92,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use swell_workers::{EngineDescription, PerformanceProfile};
 
-use crate::autoscaler::{AutoscalingPolicy, LoadAverages, LoadSample, MAX_METRICS_WINDOW};
+use crate::autoscaler::{format_number, AutoscalingPolicy, LoadAverages, LoadSample, MAX_METRICS_WINDOW};
 
 /// The share of the SLO-meeting concurrency the `auto` concurrent-requests target aims
 /// at. Below 1 because load is bursty within the metrics window (the SLO-meeting
@@ -1015,17 +1015,6 @@ fn normal_quantile(p: f64) -> f64 {
 fn above_noise(count: u64) -> f64 {
     let n = count as f64;
     (n - SURGE_SIGMAS * n.sqrt()).max(0.0)
-}
-
-/// At most two decimals, without trailing zeros.
-fn format_number(value: f64) -> String {
-    let text = format!("{value:.2}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    if text == "-0" {
-        "0".to_string()
-    } else {
-        text.to_string()
-    }
 }
 
 /// `ceil(value)` as a replica count, saturating; 0 for nonsense.
