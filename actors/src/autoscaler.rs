@@ -46,6 +46,10 @@
 //!    changes move nothing. The highest recommendation wins and names the reason
 //!    ([`ScaleReason::ConcurrentRequests`], ...); ties go to the first in
 //!    [`Signal::ALL`]. A target of `None` (`false` in TOML, `null` in JSON) is not used.
+//!    With a capacity model (the engine's description, [`crate::capacity`]), `auto`
+//!    load targets (the default) take the concurrent-requests target from it, and SLO
+//!    mode adds one more recommendation, the replicas that meet the latency targets
+//!    for the current load, which wins only when higher ([`ScaleReason::Slo`]).
 //! 3. **Stabilisation, like the Kubernetes HPA.** Each `decide` call remembers the
 //!    winning recommendation with its time. To scale *up*, the lowest recommendation of
 //!    the last `scale_up_window` is used, so load must be sustained for the whole window
