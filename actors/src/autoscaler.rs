@@ -134,10 +134,13 @@
 //!
 //! # Example
 //!
-//! Defaults: target 8 concurrent requests per replica, tolerance 10%, `metrics_window`
-//! 30s, `scale_up_window` 30s, `scale_down_window` 10m, `scale_to_zero_window` 1h,
-//! burst mode off, scale up by at most 4 replicas (or 100%) per 15s, scale down by at
-//! most 1 per 60s.
+//! The defaults: `auto` load targets and SLO mode (from the replica's capacity model;
+//! without one, 8 concurrent requests per replica), tolerance 10%, `metrics_window` 30s,
+//! `scale_up_window` 0s, `scale_down_window` 10m, `scale_to_zero_window` 1h, burst mode
+//! off, scale-up unlimited, scale-down by up to 100% per 15s. The example uses a written
+//! target of 8 concurrent requests per replica, a `scale_up_window` of 30s, scale-up by
+//! at most 4 replicas (or 100%) per 15s and scale-down by at most 1 per 60s (the
+//! `classic_policy` of the tests).
 //!
 //! ```text
 //! t=0       0 replicas, 1 request queued                -> 1 at once (queued_at_zero)
@@ -411,13 +414,13 @@ impl LoadTargets {
 /// How fast the replica count may change, per direction.
 ///
 /// A partial table keeps the defaults of its own direction for the keys it leaves out:
-/// `[velocity.scale_down] percent = 50` keeps `replicas = 1` and `period = "60s"`.
+/// `[velocity.scale_down] percent = 50` keeps the default `period = "15s"` (and no `replicas`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "VelocityInput")]
 pub struct Velocity {
-    /// Default: at most 4 replicas or 100% (whichever is larger) per 15s.
+    /// Default: unlimited (period 15s).
     pub scale_up: VelocityLimit,
-    /// Default: at most 1 replica per 60s.
+    /// Default: at most 100% per 15s.
     pub scale_down: VelocityLimit,
 }
 
