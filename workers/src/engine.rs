@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use swell_cluster::{JobId, OutputEvent, SamplingParams};
 
 use crate::error::EngineError;
@@ -134,6 +134,26 @@ pub struct EngineDescription {
 /// calibrated on its hardware (see `LlmEngineFactory::describe`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PerformanceProfile {
+    /// The four step-time figures (serialized flat, beside the others).
+    #[serde(flatten)]
+    pub step: StepTimes,
+    /// Prompt tokens prefilled in one step, over all sequences (chunked prefill).
+    pub max_prefill_tokens_per_step: u64,
+    /// Size of the model, billions of parameters (informational).
+    pub model_params_billions: f64,
+    /// The accelerator the figures hold for, e.g. `H100-80GB-SXM` or `cpu`.
+    pub gpu: String,
+    /// Where the figures come from, e.g. `sim profile llama-3.1-8b-h100`.
+    pub source: String,
+}
+
+/// The four figures of the step model above: what a deployment can measure on its
+/// hardware and write down (`llm.performance`), and what [`PerformanceProfile`] reports.
+/// (`sim` profiles keep the same four keys at their top level, since a profile file
+/// rejects unknown keys, which serde cannot do through a flattened struct.)
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepTimes {
     /// Prompt tokens prefilled per second (0: prefill costs nothing).
     pub prefill_tokens_per_second: f64,
     /// A decode step with one sequence (one read of all the weights).
@@ -145,14 +165,6 @@ pub struct PerformanceProfile {
     /// Added to a decode step per token of context (KV cache) the batch reads.
     #[serde(with = "humantime_serde")]
     pub decode_step_per_kv_token: Duration,
-    /// Prompt tokens prefilled in one step, over all sequences (chunked prefill).
-    pub max_prefill_tokens_per_step: u64,
-    /// Size of the model, billions of parameters (informational).
-    pub model_params_billions: f64,
-    /// The accelerator the figures hold for, e.g. `H100-80GB-SXM` or `cpu`.
-    pub gpu: String,
-    /// Where the figures come from, e.g. `sim profile llama-3.1-8b-h100`.
-    pub source: String,
 }
 
 /// Builds engines for a deployment's replicas; shared by all of them.

@@ -29,7 +29,7 @@ pub mod tokenizer;
 
 pub use engine::{
     ColdStartReport, Engine, EngineDescription, EngineFactory, EngineLoad, PerformanceProfile,
-    ReplicaContext, Sequence, SequenceOutput, StepReport,
+    ReplicaContext, Sequence, SequenceOutput, StepReport, StepTimes,
 };
 pub use error::EngineError;
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -62,21 +62,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    swell_loadtest::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let rows = match &args.profile {
         Some(name) => {
-            let profile = swell_workers::sim::builtin(name).with_context(|| {
-                format!("unknown profile {name:?}: {:?}", swell_workers::sim::builtin_names())
-            })?;
+            let profile = swell_loadtest::cli::builtin_profile(name)?;
             vec![scale_from_zero::modelled(&profile, args.prompt_tokens)]
         }
         None => {

@@ -85,21 +85,13 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    swell_loadtest::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let (points, live) = match args.mode {
         Mode::Sim { profile, replicas, prompt_tokens, output_tokens, duration, warmup } => {
-            let profile = swell_workers::sim::builtin(&profile).with_context(|| {
-                format!("unknown profile {profile:?}: {:?}", swell_workers::sim::builtin_names())
-            })?;
+            let profile = swell_loadtest::cli::builtin_profile(&profile)?;
             let points = scaling::simulated(
                 &profile,
                 &replicas,

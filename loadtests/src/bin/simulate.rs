@@ -150,23 +150,11 @@ fn load_from(args: &Args, start: f64) -> anyhow::Result<Vec<workload::SimRequest
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    swell_loadtest::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let profile = swell_workers::sim::builtin(&args.profile).with_context(|| {
-        format!(
-            "unknown profile {:?}: {:?}",
-            args.profile,
-            swell_workers::sim::builtin_names()
-        )
-    })?;
+    let profile = swell_loadtest::cli::builtin_profile(&args.profile)?;
     let policies: Vec<String> = if args.policies == "all" {
         POLICY_NAMES.iter().map(|s| s.to_string()).collect()
     } else {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, PerformanceProfile, ReplicaContext};
+use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, PerformanceProfile, ReplicaContext, StepTimes};
 use crate::error::EngineError;
 use crate::llm::engine::{LlmEngine, SchedulerLimits};
 use crate::llm::gguf::{GgufFile, LlamaConfig};
@@ -97,20 +97,7 @@ pub struct LlmConfig {
     pub gpus_per_replica: u32,
     /// Step-time figures measured on this hardware (see the module docs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub performance: Option<LlmPerformance>,
-}
-
-/// Measured step-time figures of one replica (the model of [`PerformanceProfile`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LlmPerformance {
-    pub prefill_tokens_per_second: f64,
-    #[serde(with = "humantime_serde")]
-    pub decode_step_base: Duration,
-    #[serde(with = "humantime_serde")]
-    pub decode_step_per_sequence: Duration,
-    #[serde(with = "humantime_serde")]
-    pub decode_step_per_kv_token: Duration,
+    pub performance: Option<StepTimes>,
 }
 
 /// The run the `smollm2-135m-cpu` sim profile is calibrated on: SmolLM2-135M-Instruct
@@ -372,10 +359,7 @@ impl LlmEngineFactory {
         let params_billions = (c.matmul_macs_per_token() + c.vocab * c.hidden) as f64 / 1e9;
         if let Some(measured) = &self.config.performance {
             return Some(PerformanceProfile {
-                prefill_tokens_per_second: measured.prefill_tokens_per_second,
-                decode_step_base: measured.decode_step_base,
-                decode_step_per_sequence: measured.decode_step_per_sequence,
-                decode_step_per_kv_token: measured.decode_step_per_kv_token,
+                step: *measured,
                 max_prefill_tokens_per_step: u64::from(self.config.max_batched_tokens),
                 model_params_billions: params_billions,
                 gpu,
@@ -392,10 +376,12 @@ impl LlmEngineFactory {
         let weights = self.file_size as f64 / CALIBRATION_FILE_BYTES * by_threads;
         let attention = kv_bytes / CALIBRATION_KV_BYTES_PER_TOKEN * by_threads;
         Some(PerformanceProfile {
-            prefill_tokens_per_second: calibration.prefill_tokens_per_second / weights,
-            decode_step_base: calibration.decode_step_base.mul_f64(weights),
-            decode_step_per_sequence: calibration.decode_step_per_sequence.mul_f64(weights),
-            decode_step_per_kv_token: calibration.decode_step_per_kv_token.mul_f64(attention),
+            step: StepTimes {
+                prefill_tokens_per_second: calibration.prefill_tokens_per_second / weights,
+                decode_step_base: calibration.decode_step_base.mul_f64(weights),
+                decode_step_per_sequence: calibration.decode_step_per_sequence.mul_f64(weights),
+                decode_step_per_kv_token: calibration.decode_step_per_kv_token.mul_f64(attention),
+            },
             max_prefill_tokens_per_step: u64::from(self.config.max_batched_tokens),
             model_params_billions: params_billions,
             gpu,

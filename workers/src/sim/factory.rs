@@ -321,10 +321,12 @@ mod tests {
                 kv_capacity_tokens: 470_000,
                 expected_cold_start: Duration::from_secs(85),
                 performance: Some(crate::engine::PerformanceProfile {
-                    prefill_tokens_per_second: 12_000.0,
-                    decode_step_base: Duration::from_millis(15),
-                    decode_step_per_sequence: Duration::from_micros(50),
-                    decode_step_per_kv_token: Duration::from_nanos(33),
+                    step: crate::engine::StepTimes {
+                        prefill_tokens_per_second: 12_000.0,
+                        decode_step_base: Duration::from_millis(15),
+                        decode_step_per_sequence: Duration::from_micros(50),
+                        decode_step_per_kv_token: Duration::from_nanos(33),
+                    },
                     max_prefill_tokens_per_step: 8192,
                     model_params_billions: 70.6,
                     gpu: "H100-80GB-SXM".into(),

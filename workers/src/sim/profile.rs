@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::PerformanceProfile;
+use crate::engine::{PerformanceProfile, StepTimes};
 use crate::error::EngineError;
 
 /// The figures of one replica (one engine instance, possibly spanning several GPUs).
@@ -335,10 +335,12 @@ impl SimProfile {
     /// The step-time figures, as engines describe them to the control plane.
     pub fn performance(&self) -> PerformanceProfile {
         PerformanceProfile {
-            prefill_tokens_per_second: self.prefill_tokens_per_second,
-            decode_step_base: self.decode_step_base,
-            decode_step_per_sequence: self.decode_step_per_sequence,
-            decode_step_per_kv_token: self.decode_step_per_kv_token,
+            step: StepTimes {
+                prefill_tokens_per_second: self.prefill_tokens_per_second,
+                decode_step_base: self.decode_step_base,
+                decode_step_per_sequence: self.decode_step_per_sequence,
+                decode_step_per_kv_token: self.decode_step_per_kv_token,
+            },
             max_prefill_tokens_per_step: self.max_prefill_tokens_per_step,
             model_params_billions: self.model_params_billions,
             gpu: self.gpu.clone(),
