@@ -47,8 +47,9 @@ for path in sorted(glob.glob(f"{out}/*/chunk-*/summary.json"), key=lambda p: (p.
         swell = {p["policy"]: p for p in other["policies"]}["swell"]
     by_name["swell"] = swell
     for name, p in by_name.items():
-        met, requests, cost = fleet.get(name, (0.0, 0, 0.0))
-        fleet[name] = (met + p["slo_attainment"] * p["requests"], requests + p["requests"], cost + p["replica_seconds"])
+        met, requests, cost, gpu, cold = fleet.get(name, (0.0, 0, 0.0, 0.0, 0))
+        fleet[name] = (met + p["slo_attainment"] * p["requests"], requests + p["requests"],
+                       cost + p["replica_seconds"], gpu + p["gpu_seconds"], cold + p["cold_starts"])
     baselines = [p for name, p in by_name.items() if name not in ("swell", "oracle")]
     best = best_of(baselines)
     best_scaler = best_of([p for p in baselines if p["policy"] in AUTOSCALERS])
@@ -91,9 +92,9 @@ if rows:
     print()
     print("All tenants together (every request of every tenant; replica-seconds summed):")
     print()
-    print("| policy | SLO attainment | replica-s | ÷ oracle |")
-    print("|---|---:|---:|---:|")
-    oracle_cost = fleet.get("oracle", (0, 0, 0))[2]
-    for name, (met, requests, cost) in sorted(fleet.items(), key=lambda item: item[1][2]):
-        print(f"| {name} | {met / requests * 100:.3f}% | {cost:,.0f} | {cost / oracle_cost:.2f} |" if oracle_cost else
-              f"| {name} | {met / requests * 100:.3f}% | {cost:,.0f} | |")
+    print("| policy | SLO attainment | replica-s | GPU-s | cold starts | ÷ oracle |")
+    print("|---|---:|---:|---:|---:|---:|")
+    oracle_cost = fleet.get("oracle", (0, 0, 0, 0, 0))[2]
+    for name, (met, requests, cost, gpu, cold) in sorted(fleet.items(), key=lambda item: item[1][2]):
+        ratio = f"{cost / oracle_cost:.2f}" if oracle_cost else ""
+        print(f"| {name} | {met / requests * 100:.3f}% | {cost:,.0f} | {gpu:,.0f} | {cold:,} | {ratio} |")
