@@ -56,9 +56,9 @@ for path in sorted(glob.glob(f"{out}/*/chunk-*/summary.json"), key=lambda p: (p.
     wins, wins_scaler = beats(swell, best), beats(swell, best_scaler)
     gap = (best["slo_attainment"] - swell["slo_attainment"]) * 100
     ratio = swell["replica_seconds"] / data["oracle_replica_seconds"]
-    rows.append((wins, wins_scaler, ratio, gap, swell["replica_seconds"] < best["replica_seconds"]))
+    cheaper = swell["replica_seconds"] < best["replica_seconds"]
+    rows.append((wins, wins_scaler, ratio, gap, cheaper))
     if not wins:
-        cheaper = swell["replica_seconds"] < best["replica_seconds"]
         if gap <= 0 and abs(swell["replica_seconds"] - best["replica_seconds"]) <= 0.001 * best["replica_seconds"]:
             kind = "tied: the same attainment and cost (within 0.1%)"
         elif not cheaper:
