@@ -337,9 +337,23 @@ impl Tenants {
 
     /// The tenant owning `api_key`.
     pub fn authenticate_key(&self, api_key: &str) -> Result<TenantHandle, ApiError> {
-        let hash = hash_api_key(api_key);
+        self.tenant_of_hash(&hash_api_key(api_key))
+    }
+
+    /// The tenant of a key presented earlier (a WebSocket connection keeps the key's
+    /// hash, not the tenant, and asks again for every request): the tenant as it is
+    /// now, with its current limits; `invalid_api_key` once the key is revoked. While no
+    /// key exists at all, `anonymous`, as for [`Tenants::authenticate`].
+    pub fn authenticate_hash(&self, hash: &str) -> Result<TenantHandle, ApiError> {
+        if !self.auth_required() {
+            return self.authenticate(None);
+        }
+        self.tenant_of_hash(hash)
+    }
+
+    fn tenant_of_hash(&self, hash: &str) -> Result<TenantHandle, ApiError> {
         let registry = self.registry.read();
-        let tenant = registry.by_hash.get(&hash).ok_or(ApiError::InvalidApiKey)?;
+        let tenant = registry.by_hash.get(hash).ok_or(ApiError::InvalidApiKey)?;
         let entry = registry.tenants.get(tenant).ok_or(ApiError::InvalidApiKey)?;
         Ok(TenantHandle {
             id: tenant.clone(),
@@ -444,7 +458,15 @@ mod tests {
         let shown = serde_json::to_string(&summary).unwrap();
         assert!(!shown.contains(&key.hash[7..]), "no hash is ever shown");
 
+        // A key presented earlier is looked up again by its hash: current limits, and
+        // refused once revoked (while another key keeps auth on).
+        let other = tenants.create_key("acme").unwrap();
+        tenants.upsert("acme", TenantLimits { max_concurrent_requests: Some(1), ..Default::default() }, TenantCapacity::default());
+        let again = tenants.authenticate_hash(&key.hash).unwrap();
+        assert_eq!(again.limits.max_concurrent_requests, Some(1), "the limits as they are now");
         tenants.revoke_key("acme", &key.key_id).unwrap();
+        assert_eq!(tenants.authenticate_hash(&key.hash).unwrap_err().code(), "invalid_api_key");
+        tenants.revoke_key("acme", &other.key_id).unwrap();
         assert_eq!(tenants.revoke_key("acme", &key.key_id).unwrap_err().code(), "key_not_found");
         assert!(!tenants.auth_required());
     }

@@ -5,6 +5,10 @@
 //! `cancel` aborts the task (dropping its event receivers, which cancels the request);
 //! when the client closes or goes away, every task in flight is aborted the same way.
 //! At most [`MAX_IN_FLIGHT`] requests per connection.
+//!
+//! The connection keeps the hash of the key it authenticated with, never the tenant:
+//! every request looks the tenant up again, so a revoked key is refused and the
+//! tenant's current limits apply on connections opened before the change.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,7 +33,7 @@ use crate::api::validate::GenerationKind;
 use crate::api::ws_protocol::{parse_client_message, ClientMessage, ServerFrame};
 use crate::metrics;
 use crate::state::AppState;
-use crate::tenants::{TenantHandle, ANONYMOUS_TENANT};
+use crate::tenants::{bearer_token, hash_api_key, TenantHandle, ANONYMOUS_TENANT};
 
 /// Requests one connection may have in flight.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -43,8 +47,11 @@ pub async fn websocket(
     // A key on the upgrade is checked now (401 before upgrading); without one the
     // client may authenticate with an `auth` message. While no key exists at all
     // (open mode) requests run as `anonymous`, decided per request.
-    let tenant = match authorization(&request) {
-        Some(header) if state.tenants.auth_required() => Some(state.tenants.authenticate(Some(header))?),
+    let key_hash = match authorization(&request) {
+        Some(header) if state.tenants.auth_required() => {
+            state.tenants.authenticate(Some(header))?;
+            bearer_token(header).map(hash_api_key)
+        }
         _ => None,
     };
     let (response, session, messages) = actix_ws::handle(&request, body)
@@ -54,7 +61,7 @@ pub async fn websocket(
     let connection = Connection {
         state: state.into_inner(),
         session,
-        tenant,
+        key_hash,
         in_flight: Rc::new(RefCell::new(HashMap::new())),
         next_serial: 0,
     };
@@ -72,8 +79,10 @@ type InFlightMap = Rc<RefCell<HashMap<String, InFlight>>>;
 struct Connection {
     state: Arc<AppState>,
     session: Session,
-    /// The tenant of the key the client presented (header or `auth` message).
-    tenant: Option<TenantHandle>,
+    /// The hash of the key the client presented (header or `auth` message). The tenant
+    /// is looked up by it for every request, so a revoked key stops working and changed
+    /// limits apply at once, on open connections too.
+    key_hash: Option<String>,
     in_flight: InFlightMap,
     next_serial: u64,
 }
@@ -156,7 +165,7 @@ impl Connection {
                 match self.state.tenants.authenticate_key(&api_key) {
                     Ok(tenant) => {
                         let frame = ServerFrame::Authenticated { tenant: tenant.id.clone() };
-                        self.tenant = Some(tenant);
+                        self.key_hash = Some(hash_api_key(&api_key));
                         self.send(frame).await
                     }
                     Err(error) => self.send(ServerFrame::error(None, &error)).await,
@@ -185,10 +194,11 @@ impl Connection {
         }
     }
 
-    /// The tenant a new request runs as, or why it may not start.
+    /// The tenant a new request runs as (with its current keys and limits), or why it
+    /// may not start.
     fn admit(&self, id: &str) -> Result<TenantHandle, ApiError> {
-        let tenant = match &self.tenant {
-            Some(tenant) => tenant.clone(),
+        let tenant = match &self.key_hash {
+            Some(hash) => self.state.tenants.authenticate_hash(hash)?,
             // Open mode (no key exists) runs as `anonymous`; otherwise a key is needed.
             None => self.state.tenants.authenticate(None).map_err(|_| ApiError::Unauthorized)?,
         };
