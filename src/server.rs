@@ -22,7 +22,7 @@ use std::sync::Arc;
 use actix_rt::Arbiter;
 use actix_web::{web, App, HttpServer};
 use swell_actors::supervisor::{HandBackAll, Shutdown};
-use swell_cluster::{InMemoryQueue, Queue, RedisQueue};
+use swell_cluster::{InMemoryQueue, InMemoryQueueConfig, Queue, RedisQueue};
 
 use crate::api::error::ApiError;
 use crate::api::middleware::{request_context, route_not_found};
@@ -66,7 +66,13 @@ pub struct ServerHandle {
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     match config.cluster.redis_queue_config() {
-        None => start_with_queue(config, Arc::new(InMemoryQueue::default())).await,
+        None => {
+            let queue = InMemoryQueue::new(InMemoryQueueConfig {
+                output_retention: config.queue.output_retention,
+                ..InMemoryQueueConfig::default()
+            });
+            start_with_queue(config, Arc::new(queue)).await
+        }
         Some(queue_config) => {
             let url = redact(&queue_config.url);
             let redis = RedisQueue::connect(queue_config)
@@ -125,6 +131,7 @@ async fn start_node(
             .configure(routes)
             .default_service(web::to(route_not_found))
     })
+    .on_connect(crate::api::client_gone::remember_socket)
     .shutdown_timeout(state.config.server.shutdown_timeout.as_secs().max(1))
     .disable_signals();
     if let Some(workers) = state.config.server.workers {

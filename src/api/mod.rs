@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_gone;
 pub mod collect;
 pub mod error;
 pub mod generation;

@@ -3,8 +3,9 @@
 //!
 //! Each generation handler: authenticate → read the body → find the deployment (404
 //! `model_not_found`) → validate → admit (429/503 on rejection) → answer, streamed (SSE)
-//! or collected. When a streaming client disconnects, actix drops the body stream, which
-//! drops the event receivers, which cancels the requests.
+//! or collected. When the client disconnects (noticed by [`ClientGone`] in every state:
+//! queued, starting, running; streamed or collected), the event receivers are dropped,
+//! which cancels the requests and frees their quota slots.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::api::auth::authenticate;
+use crate::api::client_gone::ClientGone;
 use crate::api::collect::{Collected, ResponseCollector};
 use crate::api::error::ApiError;
 use crate::api::generation::{start_generation, Generation};
@@ -140,14 +142,15 @@ async fn generate<R: ModelRequest>(
     let id = request_id(&request);
     let stream = validated.stream;
     let generation = start_generation(&state, &tenant, &deployment, validated, &id, received_at).await?;
+    let client_gone = ClientGone::of(&request);
     if stream {
-        Ok(streaming_response(generation, state.config.server.keep_alive_interval))
+        Ok(streaming_response(generation, state.config.server.keep_alive_interval, client_gone))
     } else {
-        collected_response(generation).await
+        collected_response(generation, client_gone).await
     }
 }
 
-fn streaming_response(generation: Generation, keep_alive: std::time::Duration) -> HttpResponse {
+fn streaming_response(generation: Generation, keep_alive: std::time::Duration, client_gone: ClientGone) -> HttpResponse {
     let Generation { meta, validated, events, handles, rate_limits } = generation;
     let mut response = HttpResponse::Ok();
     response
@@ -156,13 +159,25 @@ fn streaming_response(generation: Generation, keep_alive: std::time::Duration) -
         .insert_header(("x-accel-buffering", "no"));
     insert_rate_limit_headers(&mut response, &rate_limits);
     let encoder = StreamEncoder::new(meta, &validated.prompts);
-    response.streaming(sse::body_stream(events, encoder, keep_alive, Box::new(handles)))
+    response.streaming(sse::body_stream(events, encoder, keep_alive, client_gone, Box::new(handles)))
 }
 
-async fn collected_response(generation: Generation) -> Result<HttpResponse, ApiError> {
+/// Collects the whole answer; a client that leaves before it is complete cancels the
+/// request (its events are dropped).
+async fn collected_response(generation: Generation, mut client_gone: ClientGone) -> Result<HttpResponse, ApiError> {
     let Generation { meta, validated, mut events, handles: _handles, rate_limits } = generation;
     let mut collector = ResponseCollector::new(meta, &validated.prompts);
-    while let Some((index, event)) = events.next().await {
+    loop {
+        let next = tokio::select! {
+            next = events.next() => next,
+            _ = client_gone.wait() => {
+                return Err(ApiError::Generation {
+                    code: "cancelled".into(),
+                    message: "the client closed the connection before the answer was complete".into(),
+                })
+            }
+        };
+        let Some((index, event)) = next else { break };
         if let Collected::Complete(body) = collector.on_event(index, event)? {
             let mut response = HttpResponse::Ok();
             insert_rate_limit_headers(&mut response, &rate_limits);

@@ -6,8 +6,9 @@
 //! - `data: {chunk}` per chunk, then `data: [DONE]`;
 //! - a failure mid-stream: `data: {"error": {...}}` and the stream ends (no `[DONE]`).
 //!
-//! The body stream owns the request's event receivers: when the client goes away, actix
-//! drops the body, the receivers are dropped and the requests are cancelled.
+//! The body stream owns the request's event receivers and watches the client
+//! ([`ClientGone`]): when the client goes away, the body ends at once (queued or
+//! running), the receivers are dropped and the requests are cancelled.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use swell_actors::request::RequestEvent;
 
+use crate::api::client_gone::ClientGone;
 use crate::api::stream_encoder::{StreamEncoder, StreamItem};
 
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -63,6 +65,7 @@ struct BodyState {
     encoder: StreamEncoder,
     pending: VecDeque<Bytes>,
     keep_alive: Duration,
+    client_gone: ClientGone,
     finished: bool,
     /// Dropped with the body (request handles, quota permits, ...).
     _guard: Box<dyn std::any::Any>,
@@ -74,9 +77,11 @@ pub fn body_stream(
     events: TaggedEvents,
     encoder: StreamEncoder,
     keep_alive: Duration,
+    client_gone: ClientGone,
     guard: Box<dyn std::any::Any>,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
-    let state = BodyState { events, encoder, pending: VecDeque::new(), keep_alive, finished: false, _guard: guard };
+    let state =
+        BodyState { events, encoder, pending: VecDeque::new(), keep_alive, client_gone, finished: false, _guard: guard };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(bytes) = state.pending.pop_front() {
@@ -85,7 +90,12 @@ pub fn body_stream(
             if state.finished {
                 return None;
             }
-            let items = match tokio::time::timeout(state.keep_alive, state.events.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(state.keep_alive, state.events.next()) => next,
+                // The client left: end the body; dropping the events cancels the request.
+                _ = state.client_gone.wait() => return None,
+            };
+            let items = match next {
                 Err(_) => return Some((Ok(Bytes::from_static(KEEP_ALIVE)), state)),
                 Ok(Some((index, event))) => state.encoder.on_event(index, event),
                 Ok(None) => state.encoder.on_streams_closed(),
@@ -179,7 +189,7 @@ mod tests {
         }
         let events = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
         let encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
-        let body = body_stream(events, encoder, Duration::from_secs(10), Box::new(()));
+        let body = body_stream(events, encoder, Duration::from_secs(10), ClientGone::never(), Box::new(()));
         let parts: Vec<_> = body.collect().await;
         parts.into_iter().map(|part| String::from_utf8(part.unwrap().to_vec()).unwrap()).collect()
     }
@@ -228,7 +238,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let events = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
         let encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
-        let mut body = Box::pin(body_stream(events, encoder, Duration::from_secs(10), Box::new(())));
+        let mut body = Box::pin(body_stream(events, encoder, Duration::from_secs(10), ClientGone::never(), Box::new(())));
         let first = body.next().await.unwrap().unwrap();
         assert_eq!(&first[..], KEEP_ALIVE);
         tx.send((0, RequestEvent::Finished { reason: FinishReason::Length, usage: Usage::default() })).await.unwrap();
@@ -243,7 +253,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel::<(usize, RequestEvent)>(16);
         let events = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
         let encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
-        let body = body_stream(events, encoder, Duration::from_secs(10), Box::new(()));
+        let body = body_stream(events, encoder, Duration::from_secs(10), ClientGone::never(), Box::new(()));
         drop(body);
         assert!(tx.is_closed(), "the request sees its client gone");
     }
