@@ -324,6 +324,13 @@ impl ClusterConfig {
     }
 }
 
+/// The longest server-wide duration (`request_timeout`, `shutdown_timeout`, ...).
+pub const MAX_SERVER_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The most HTTP worker threads.
+pub const MAX_HTTP_WORKERS: usize = 1024;
+/// The largest `max_body_bytes`.
+pub const MAX_BODY_BYTES: usize = 1 << 30;
+
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -351,6 +358,15 @@ pub struct ServerConfig {
     pub autoscaler_tick: Duration,
     /// HTTP worker threads (default: one per CPU core).
     pub workers: Option<usize>,
+    /// Bearer token that `/metrics` accepts (beside the admin token), for a scraper
+    /// that should not hold the admin token.
+    pub metrics_token: Option<String>,
+    /// Serve `/metrics` to anyone who can reach the server, without a token (for a
+    /// scraper on a private network). The metrics name tenants and deployments and show
+    /// their traffic, so this is off by default: `/metrics` then asks for the metrics or
+    /// the admin token, and is open without one only where the admin API is (no admin
+    /// token, loopback only).
+    pub metrics_public: bool,
 }
 
 impl Default for ServerConfig {
@@ -365,6 +381,8 @@ impl Default for ServerConfig {
             keep_alive_interval: Duration::from_secs(10),
             autoscaler_tick: Duration::from_secs(1),
             workers: None,
+            metrics_token: None,
+            metrics_public: false,
         }
     }
 }
@@ -385,6 +403,11 @@ pub struct QueueConfig {
     /// tokens already delivered (`tests/drain_migration.rs`).
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// Embedded mode: how long a finished request's output stays in memory (readable
+    /// by a client that reconnects to its stream) before it is dropped. With a shared
+    /// Redis the same role is `cluster.output_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub output_retention: Duration,
 }
 
 impl Default for QueueConfig {
@@ -393,6 +416,7 @@ impl Default for QueueConfig {
             max_depth_per_deployment: DEFAULT_MAX_QUEUE_DEPTH,
             lease_ttl: Duration::from_secs(30),
             drain_grace: Duration::from_secs(5 * 60),
+            output_retention: Duration::from_secs(60),
         }
     }
 }
@@ -658,11 +682,34 @@ impl Config {
                 errors.push(format!("{key} must be longer than 0s"));
             }
         }
-        if server.workers == Some(0) {
-            errors.push("server.workers must be at least 1".to_string());
+        for (key, value, max) in [
+            ("server.request_timeout", server.request_timeout, MAX_SERVER_DURATION),
+            ("server.shutdown_timeout", server.shutdown_timeout, MAX_SERVER_DURATION),
+            ("server.keep_alive_interval", server.keep_alive_interval, MAX_SERVER_DURATION),
+            ("server.autoscaler_tick", server.autoscaler_tick, Duration::from_secs(60)),
+            ("queue.lease_ttl", self.queue.lease_ttl, MAX_SERVER_DURATION),
+            ("queue.drain_grace", self.queue.drain_grace, MAX_SERVER_DURATION),
+            ("queue.output_retention", self.queue.output_retention, MAX_SERVER_DURATION),
+        ] {
+            if value > max {
+                errors.push(format!(
+                    "{key} ({}) must be at most {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max)
+                ));
+            }
+        }
+        if server.workers == Some(0) || server.workers.is_some_and(|workers| workers > MAX_HTTP_WORKERS) {
+            errors.push(format!("server.workers must be between 1 and {MAX_HTTP_WORKERS}"));
+        }
+        if server.max_body_bytes > MAX_BODY_BYTES {
+            errors.push(format!("server.max_body_bytes must be at most {MAX_BODY_BYTES} (1 GiB)"));
         }
         if server.admin_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
             errors.push("server.admin_token must not be empty".to_string());
+        }
+        if server.metrics_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
+            errors.push("server.metrics_token must not be empty".to_string());
         }
         if self.queue.max_depth_per_deployment == 0 {
             errors.push("queue.max_depth_per_deployment must be at least 1".to_string());

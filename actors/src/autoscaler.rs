@@ -204,6 +204,21 @@ pub const MAX_METRICS_WINDOW: Duration = Duration::from_secs(60 * 60);
 pub const MAX_STABILIZATION_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The shortest span rates are divided by, so a single early sample does not explode.
+/// The most replicas a deployment may have, and so any replica count of a policy
+/// (`min_replicas`, `max_replicas`, schedules, rules, velocity). Far above any single
+/// deployment seen in practice; a limit so that a typing error cannot ask a node for a
+/// million replicas.
+pub const MAX_REPLICAS: u32 = 1000;
+/// The longest `scale_to_zero_window`.
+pub const MAX_SCALE_TO_ZERO_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// The longest velocity period.
+pub const MAX_VELOCITY_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
+/// The largest velocity `percent` (a thousandfold step).
+pub const MAX_VELOCITY_PERCENT: f64 = 100_000.0;
+/// The largest load target, panic threshold or rule factor.
+const MAX_TARGET: f64 = 1e12;
+const MAX_FACTOR: f64 = 1000.0;
+
 const MIN_RATE_SPAN: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------
@@ -575,6 +590,7 @@ impl From<VelocityInput> for Velocity {
 impl AutoscalingPolicy {
     /// Checks the policy; the error names the offending key.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_bounds()?;
         if self.max_replicas < self.min_replicas {
             return Err(format!(
                 "autoscaling.max_replicas ({}) must be at least autoscaling.min_replicas ({})",
@@ -693,6 +709,82 @@ impl AutoscalingPolicy {
             }
         }
         self.predictive.validate()
+    }
+
+    /// Upper bounds on counts, durations, factors and targets (lower bounds and
+    /// consistency are checked in [`AutoscalingPolicy::validate`] proper).
+    fn validate_bounds(&self) -> Result<(), String> {
+        let replicas = |key: String, value: Option<u32>| match value {
+            Some(value) if value > MAX_REPLICAS => {
+                Err(format!("autoscaling.{key} ({value}) must be at most {MAX_REPLICAS}"))
+            }
+            _ => Ok(()),
+        };
+        let at_most = |key: &str, value: Duration, max: Duration| {
+            if value > max {
+                Err(format!(
+                    "autoscaling.{key} ({}) must be at most {}",
+                    format_duration(value),
+                    format_duration(max)
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        replicas("min_replicas".into(), Some(self.min_replicas))?;
+        replicas("max_replicas".into(), Some(self.max_replicas))?;
+        at_most("scale_to_zero_window", self.scale_to_zero_window, MAX_SCALE_TO_ZERO_WINDOW)?;
+        at_most("panic_window", self.panic_window, MAX_METRICS_WINDOW)?;
+        if let Some(threshold) = self.panic_threshold {
+            if threshold.is_finite() && threshold > MAX_FACTOR {
+                return Err(format!("autoscaling.panic_threshold ({threshold}) must be at most {MAX_FACTOR}"));
+            }
+        }
+        for signal in Signal::ALL {
+            if let Some(target) = self.load_targets.get(signal) {
+                if target.is_finite() && target > MAX_TARGET {
+                    return Err(format!(
+                        "autoscaling.load_targets.{} ({target}) must be at most {MAX_TARGET:e}",
+                        signal.key()
+                    ));
+                }
+            }
+        }
+        for (direction, limit) in [("scale_up", &self.velocity.scale_up), ("scale_down", &self.velocity.scale_down)] {
+            replicas(format!("velocity.{direction}.replicas"), limit.replicas)?;
+            if let Some(percent) = limit.percent {
+                if percent.is_finite() && percent > MAX_VELOCITY_PERCENT {
+                    return Err(format!(
+                        "autoscaling.velocity.{direction}.percent ({percent}) must be at most {MAX_VELOCITY_PERCENT}"
+                    ));
+                }
+            }
+            at_most(&format!("velocity.{direction}.period"), limit.period, MAX_VELOCITY_PERIOD)?;
+        }
+        for (index, schedule) in self.schedules.iter().enumerate() {
+            replicas(format!("schedules[{index}].min_replicas"), schedule.min_replicas)?;
+            replicas(format!("schedules[{index}].max_replicas"), schedule.max_replicas)?;
+        }
+        for (index, rule) in self.rules.iter().enumerate() {
+            for (action, value) in
+                [("add", rule.add), ("remove", rule.remove), ("set", rule.set), ("set_min", rule.set_min)]
+            {
+                replicas(format!("rules[{index}].{action}"), value)?;
+            }
+            if let Some(factor) = rule.multiply {
+                if factor.is_finite() && factor > MAX_FACTOR {
+                    return Err(format!("autoscaling.rules[{index}].multiply ({factor}) must be at most {MAX_FACTOR}"));
+                }
+            }
+        }
+        if let SloMode::On(slo) = &self.slo {
+            for (key, value) in [("ttft_seconds", slo.ttft_seconds), ("inter_token_seconds", slo.inter_token_seconds)] {
+                if value.is_finite() && value > 3600.0 {
+                    return Err(format!("autoscaling.slo.{key} ({value}) must be at most 3600"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether burst mode is on.

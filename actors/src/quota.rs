@@ -24,6 +24,10 @@ use crate::redis_quota::{
     Admission, QuotaStoreError, QuotaStoreStatus, RedisQuotaConfig, RedisQuotaStore, RedisTenantQuota,
 };
 
+/// The largest limit (10^12): beyond it a limit means nothing, and counts stay exact in
+/// the quota arithmetic (and in Redis' Lua numbers, which are doubles).
+pub const MAX_LIMIT: u64 = 1_000_000_000_000;
+
 /// A tenant's limits; `None` is unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +48,9 @@ impl TenantLimits {
         ] {
             if value == Some(0) {
                 return Err(format!("{prefix}.{key} must be at least 1 (omit it for no limit)"));
+            }
+            if value.is_some_and(|value| value > MAX_LIMIT) {
+                return Err(format!("{prefix}.{key} must be at most {MAX_LIMIT} (omit it for no limit)"));
             }
         }
         Ok(())
@@ -623,5 +630,14 @@ mod tests {
         let limits = TenantLimits { output_tokens_per_minute: Some(0), ..Default::default() };
         let err = limits.validate("tenants.acme.limits").unwrap_err();
         assert!(err.contains("tenants.acme.limits.output_tokens_per_minute"), "{err}");
+    }
+
+    #[test]
+    fn limits_beyond_the_bound_are_rejected_naming_the_key() {
+        let limits = TenantLimits { max_concurrent_requests: Some(u64::MAX), ..Default::default() };
+        let err = limits.validate("tenants.acme.limits").unwrap_err();
+        assert_eq!(err, "tenants.acme.limits.max_concurrent_requests must be at most 1000000000000 (omit it for no limit)");
+        let limits = TenantLimits { requests_per_minute: Some(MAX_LIMIT), ..Default::default() };
+        assert!(limits.validate("tenants.acme.limits").is_ok());
     }
 }

@@ -1010,3 +1010,40 @@ fn the_new_keys_validate_with_errors_naming_the_key() {
     policy.tolerance = 0.0;
     assert_eq!(policy.validate(), Ok(()));
 }
+
+/// Counts, durations and factors have upper bounds, so a typing error cannot ask a node
+/// for a million replicas or a window of centuries (issue: one admin call took the whole
+/// process down).
+#[test]
+fn counts_durations_and_factors_have_upper_bounds() {
+    let error = |change: &dyn Fn(&mut AutoscalingPolicy)| {
+        let mut policy = AutoscalingPolicy::default();
+        change(&mut policy);
+        policy.validate().expect_err("out of bounds")
+    };
+    let ok = |change: &dyn Fn(&mut AutoscalingPolicy)| {
+        let mut policy = AutoscalingPolicy::default();
+        change(&mut policy);
+        policy.validate()
+    };
+    assert_eq!(
+        error(&|p| {
+            p.min_replicas = 1_000_000;
+            p.max_replicas = 1_000_000;
+        }),
+        "autoscaling.min_replicas (1000000) must be at most 1000"
+    );
+    assert_eq!(error(&|p| p.max_replicas = u32::MAX), "autoscaling.max_replicas (4294967295) must be at most 1000");
+    assert_eq!(ok(&|p| p.max_replicas = MAX_REPLICAS), Ok(()));
+    let centuries = Duration::from_secs(500_000_000 * 365 * 24 * 3600);
+    assert!(error(&|p| p.scale_to_zero_window = centuries).starts_with("autoscaling.scale_to_zero_window"));
+    assert!(error(&|p| p.scale_down_window = centuries).starts_with("autoscaling.scale_down_window"));
+    assert!(error(&|p| p.panic_window = centuries).starts_with("autoscaling.panic_window"));
+    let percent = error(&|p| p.velocity.scale_up.percent = Some(1e308));
+    assert!(percent.starts_with("autoscaling.velocity.scale_up.percent ("), "{percent}");
+    assert!(percent.ends_with(") must be at most 100000"), "{percent}");
+    assert!(error(&|p| p.velocity.scale_down.period = centuries).starts_with("autoscaling.velocity.scale_down.period"));
+    assert!(error(&|p| p.velocity.scale_up.replicas = Some(5000)).starts_with("autoscaling.velocity.scale_up.replicas"));
+    assert!(error(&|p| p.load_targets.concurrent_requests = Some(1e300)).starts_with("autoscaling.load_targets.concurrent_requests"));
+    assert!(error(&|p| p.panic_threshold = Some(1e9)).starts_with("autoscaling.panic_threshold"));
+}

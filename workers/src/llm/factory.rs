@@ -68,6 +68,29 @@ fn default_kv_cache_tokens() -> u64 {
     32_768
 }
 
+/// Upper bounds of the `llm` settings: far above any real use, low enough that no
+/// setting can exhaust the process (threads, memory) before a replica even starts.
+pub struct LlmLimits {
+    pub threads: u64,
+    pub max_batch_size: u64,
+    pub max_batched_tokens: u64,
+    /// 16M tokens: KV caches are allocated up front.
+    pub kv_cache_tokens: u64,
+    pub context_length: u64,
+    pub gpus_per_replica: u64,
+    pub step_time: std::time::Duration,
+}
+
+pub const LLM_LIMITS: LlmLimits = LlmLimits {
+    threads: 1024,
+    max_batch_size: 4096,
+    max_batched_tokens: 1 << 20,
+    kv_cache_tokens: 1 << 24,
+    context_length: 1 << 20,
+    gpus_per_replica: 64,
+    step_time: std::time::Duration::from_secs(60),
+};
+
 /// A deployment's `llm` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,25 +154,38 @@ impl LlmConfig {
     /// Key-naming errors for values no model could use.
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |key: &str, why: &str| Err(EngineError::Config(format!("llm.{key}: {why}")));
-        if self.max_batch_size == 0 {
-            return bad("max_batch_size", "must be at least 1");
+        let range = |key: &str, value: u64, min: u64, max: u64| {
+            if value < min {
+                Err(EngineError::Config(format!("llm.{key}: must be at least {min}")))
+            } else if value > max {
+                Err(EngineError::Config(format!("llm.{key}: must be at most {max} (got {value})")))
+            } else {
+                Ok(())
+            }
+        };
+        range("max_batch_size", u64::from(self.max_batch_size), 1, LLM_LIMITS.max_batch_size)?;
+        range("max_batched_tokens", u64::from(self.max_batched_tokens), 1, LLM_LIMITS.max_batched_tokens)?;
+        range("kv_cache_tokens", self.kv_cache_tokens, BLOCK_TOKENS as u64, LLM_LIMITS.kv_cache_tokens)?;
+        if let Some(threads) = self.threads {
+            range("threads", threads as u64, 1, LLM_LIMITS.threads)?;
         }
-        if self.max_batched_tokens == 0 {
-            return bad("max_batched_tokens", "must be at least 1");
+        if let Some(context_length) = self.context_length {
+            range("context_length", u64::from(context_length), 1, LLM_LIMITS.context_length)?;
         }
-        if self.kv_cache_tokens < BLOCK_TOKENS as u64 {
-            return bad("kv_cache_tokens", "must be at least 16");
-        }
-        if self.threads == Some(0) {
-            return bad("threads", "must be at least 1");
-        }
-        if self.context_length == Some(0) {
-            return bad("context_length", "must be at least 1");
-        }
+        range("gpus_per_replica", u64::from(self.gpus_per_replica), 0, LLM_LIMITS.gpus_per_replica)?;
         if let Some(performance) = &self.performance {
             let rate = performance.prefill_tokens_per_second;
-            if !(rate.is_finite() && rate > 0.0) {
-                return bad("performance.prefill_tokens_per_second", "must be a finite number greater than 0");
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
+                return bad("performance.prefill_tokens_per_second", "must be a number above 0 and at most 1e9");
+            }
+            for (key, step) in [
+                ("decode_step_base", performance.decode_step_base),
+                ("decode_step_per_sequence", performance.decode_step_per_sequence),
+                ("decode_step_per_kv_token", performance.decode_step_per_kv_token),
+            ] {
+                if step > LLM_LIMITS.step_time {
+                    return Err(EngineError::Config(format!("llm.performance.{key}: must be at most 60s")));
+                }
             }
             if performance.decode_step_base.is_zero() {
                 return bad("performance.decode_step_base", "must be greater than 0");
@@ -401,7 +437,7 @@ impl LlmEngineFactory {
         report.stages.push((if read { "read_weights" } else { "share_weights" }.to_string(), started.elapsed()));
 
         let started = Instant::now();
-        let mut model = LlamaModel::new(weights, self.kv_blocks);
+        let mut model = LlamaModel::new(weights, self.kv_blocks)?;
         report.stages.push(("allocate_kv_cache".to_string(), started.elapsed()));
 
         // Warm-up: a short prefill and a decode step touch every weight and size the

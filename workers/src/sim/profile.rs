@@ -285,12 +285,39 @@ fn zero() -> SimProfile {
     }
 }
 
+/// The longest cold start a profile may model.
+pub const MAX_COLD_START: Duration = Duration::from_secs(60 * 60);
+/// The longest step-time figure a profile may give.
+pub const MAX_STEP_TIME: Duration = Duration::from_secs(60);
+pub const MAX_GPUS_PER_REPLICA: u32 = 64;
+
 impl SimProfile {
     /// Checks that the figures can drive an engine; errors name the `sim.` key.
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |key: &str, why: String| Err(EngineError::Config(format!("sim.{key}: {why}")));
         if self.name.trim().is_empty() {
             return bad("name", "must not be empty".into());
+        }
+        // Upper bounds: far beyond any real accelerator, low enough that no figure makes
+        // a replica sleep for years or overflow the arithmetic of time.
+        for (key, value, max) in [
+            ("cold_start", self.cold_start, MAX_COLD_START),
+            ("decode_step_base", self.decode_step_base, MAX_STEP_TIME),
+            ("decode_step_per_sequence", self.decode_step_per_sequence, MAX_STEP_TIME),
+            ("decode_step_per_kv_token", self.decode_step_per_kv_token, MAX_STEP_TIME),
+        ] {
+            if value > max {
+                return bad(key, format!("must be at most {} (got {})", humantime::format_duration(max), humantime::format_duration(value)));
+            }
+        }
+        if self.gpus_per_replica > MAX_GPUS_PER_REPLICA {
+            return bad("gpus_per_replica", format!("must be at most {MAX_GPUS_PER_REPLICA} (got {})", self.gpus_per_replica));
+        }
+        if self.prefill_tokens_per_second > 1e12 {
+            return bad("prefill_tokens_per_second", format!("must be at most 1e12 (got {})", self.prefill_tokens_per_second));
+        }
+        if self.model_params_billions > 1e6 {
+            return bad("model_params_billions", format!("must be at most 1e6 (got {})", self.model_params_billions));
         }
         if !self.prefill_tokens_per_second.is_finite() || self.prefill_tokens_per_second < 0.0 {
             return bad(
