@@ -60,8 +60,13 @@ pub fn describe_choice(config: &DeploymentConfig) -> String {
     }
 }
 
+/// An engine's message as the API shows it: its first line only (never a backtrace).
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_string()
+}
+
 fn invalid_config(error: swell_workers::EngineError) -> ApiError {
-    let message = error.to_string();
+    let message = first_line(&error.to_string());
     let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message).to_string();
     let param = message.split(':').next().map(str::to_string);
     ApiError::InvalidConfig { message, param }
@@ -84,7 +89,7 @@ pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>
             })?;
             let factory = LlmEngineFactory::new(llm).map_err(|error| match error {
                 swell_workers::EngineError::Load(message) => ApiError::InvalidConfig {
-                    message: format!("llm.model_path: {message}"),
+                    message: format!("llm.model_path: {}", first_line(&message)),
                     param: Some("llm.model_path".to_string()),
                 },
                 other => invalid_config(other),

@@ -40,6 +40,7 @@ use crate::autoscaler::{
     Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
     ReplicaCounts, ScaleDirection,
 };
+use crate::metric_series;
 use crate::metrics as m;
 use crate::worker::{
     Drain, ExitCause, ReplicaGauges, ReplicaLifecycle, ReplicaState, WorkerActor, WorkerConfig,
@@ -159,6 +160,11 @@ pub struct DeploymentStatus {
     pub scale_events: Vec<ScaleEvent>,
     pub replica_details: Vec<ReplicaDetail>,
     pub restarts: BTreeMap<&'static str, u64>,
+    /// The last replica that failed (to start or while serving), and why; cleared when
+    /// a replica becomes ready after it.
+    pub last_failure: Option<ReplicaFailure>,
+    /// While failed starts are backed off: how long until the next start may be tried.
+    pub restart_backoff_seconds: Option<f64>,
     pub deleting: bool,
     /// Replicas tenants reserve (already raised into `autoscaling.min_replicas`).
     pub reserved_floor: u32,
@@ -166,6 +172,17 @@ pub struct DeploymentStatus {
     /// node (`null` until the first placement was read; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assigned: Option<Option<u32>>,
+}
+
+/// A replica's failure, as the status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaFailure {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub replica: String,
+    /// `load_failed` or `engine_failed`.
+    pub cause: &'static str,
+    pub message: String,
 }
 
 /// Whether a request waiting for capacity has a replica coming.
@@ -213,6 +230,7 @@ pub struct DeploymentSupervisor {
     generated_total_seen: u64,
     retired_generated: u64,
     restarts: BTreeMap<&'static str, u64>,
+    last_failure: Option<ReplicaFailure>,
     backoff: Duration,
     restart_not_before: Option<Instant>,
     tick_in_flight: bool,
@@ -254,6 +272,7 @@ impl DeploymentSupervisor {
             generated_total_seen: 0,
             retired_generated: 0,
             restarts: BTreeMap::new(),
+            last_failure: None,
             backoff: INITIAL_BACKOFF,
             restart_not_before: None,
             tick_in_flight: false,
@@ -529,6 +548,7 @@ impl DeploymentSupervisor {
         let id = worker.replica_id().to_string();
         let gauges = worker.gauges();
         let addr = worker.start();
+        metric_series::live("replica", &id);
         tracing::info!(replica = %id, "starting replica");
         let now = Instant::now();
         self.replicas.insert(
@@ -625,6 +645,11 @@ impl DeploymentSupervisor {
                 })
                 .collect(),
             restarts: self.restarts.clone(),
+            last_failure: self.last_failure.clone(),
+            restart_backoff_seconds: self
+                .restart_not_before
+                .map(|at| at.saturating_duration_since(Instant::now()).as_secs_f64())
+                .filter(|left| *left > 0.0),
             deleting: self.deleting,
             reserved_floor: self.spec.reserved_floor,
             assigned: self.spec.placement_driven.then_some(self.assigned),
@@ -636,6 +661,7 @@ impl Actor for DeploymentSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        metric_series::live("deployment", &self.spec.name);
         tracing::info!(deployment = %self.spec.name, engine = %self.description.engine, model = %self.description.model, "deployment started");
         self.publish_replica_gauges();
         self.tick(ctx);
@@ -643,6 +669,10 @@ impl Actor for DeploymentSupervisor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        for replica in self.replicas.values() {
+            metric_series::gone("replica", &replica.id);
+        }
+        metric_series::gone("deployment", &self.spec.name);
         tracing::info!(deployment = %self.spec.name, "deployment stopped");
     }
 }
@@ -654,6 +684,7 @@ impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
         match msg {
             ReplicaLifecycle::Ready { ordinal, cold_start, elapsed } => {
                 m::cold_start(&self.spec.name, elapsed);
+                self.last_failure = None;
                 self.backoff = INITIAL_BACKOFF;
                 self.restart_not_before = None;
                 if let Some(replica) = self.replicas.get_mut(&ordinal) {
@@ -666,9 +697,16 @@ impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
             }
             ReplicaLifecycle::Exited { ordinal, cause } => {
                 let Some(replica) = self.replicas.remove(&ordinal) else { return };
+                metric_series::gone("replica", &replica.id);
                 self.retired_generated += replica.gauges.generated_tokens.load(Ordering::Relaxed);
                 if cause != ExitCause::Drained {
                     let label = cause.label();
+                    self.last_failure = Some(ReplicaFailure {
+                        at_ms: unix_millis(),
+                        replica: replica.id.clone(),
+                        cause: label,
+                        message: cause.message().unwrap_or_default().to_string(),
+                    });
                     *self.restarts.entry(label).or_default() += 1;
                     m::replica_restart(&self.spec.name, label);
                     self.restart_not_before = Some(Instant::now() + self.backoff);

@@ -92,6 +92,14 @@ pub enum ExitCause {
 }
 
 impl ExitCause {
+    /// What went wrong, in words (`None` for a drained replica).
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            ExitCause::Drained => None,
+            ExitCause::LoadFailed(message) | ExitCause::EngineFailed(message) => Some(message),
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             ExitCause::Drained => "drained",
@@ -290,11 +298,15 @@ impl WorkerActor {
         let factory = self.factory.clone();
         let shared = self.shared.clone();
         let context = ReplicaContext { replica_id: shared.replica_id.clone(), devices: Vec::new() };
+        let report = lifecycle.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("engine-{}", shared.replica_id))
             .spawn(move || run_engine_thread(factory, context, command_rx, outputs, lifecycle, shared));
         if let Err(error) = spawned {
-            tracing::error!(%error, "could not spawn an engine thread");
+            // The system would not give a thread (its limit is reached): the replica
+            // fails to start like any failed load, and the supervisor backs off.
+            let message = format!("could not start the engine thread: {error}");
+            let _ = report.send(EngineEvent::Failed { during_load: true, message });
         }
     }
 }
@@ -739,8 +751,13 @@ impl StreamHandler<EngineEvent> for WorkerActor {
         }
     }
 
-    fn finished(&mut self, _: &mut Context<Self>) {
-        // The engine thread is gone; nothing to do unless it failed (reported above).
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The engine thread is gone. A failure was reported above; one that ended
+        // without a word while the replica was starting still fails the start.
+        if self.state == ReplicaState::Starting && !self.exited {
+            let cause = ExitCause::LoadFailed("the engine thread ended before the engine was ready".into());
+            self.release_all_then_exit(cause, ctx);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ fn main() {
     let t2 = Instant::now();
     println!("open {:?} load {:?} {:?} kernel {:?} weights {} MB", t1 - t0, t2 - t1, weights.config, weights.kernel, weights.size_bytes() >> 20);
     let tokens: Vec<String> = file.metadata()["tokenizer.ggml.tokens"].to_vec().unwrap().iter().map(|v| v.to_string().unwrap().clone()).collect();
-    let mut model = LlamaModel::new(weights.clone(), 256);
+    let mut model = LlamaModel::new(weights.clone(), 256).expect("KV cache");
     let blocks: Vec<u32> = (0..64).collect();
     let mut ids: Vec<u32> = vec![19556, 905, 216, 33, 34, 35];
     let prompt_len = ids.len();

@@ -103,7 +103,7 @@ fn teacher_forcing_matches_llama_cpp() {
         assert!(n >= 32, "{}: at least 32 continuation tokens", case.name);
         let mut tokens = case.prompt_ids.clone();
         tokens.extend(&case.continuation_ids);
-        let mut model = LlamaModel::new(Arc::clone(&weights), tokens.len().div_ceil(16) + 1);
+        let mut model = LlamaModel::new(Arc::clone(&weights), tokens.len().div_ceil(16) + 1).unwrap();
         let blocks: Vec<u32> = (0..model.cache.blocks as u32).collect();
         let logits = pool
             .install(|| model.forward(&[SeqChunk { tokens: &tokens, start: 0, blocks: &blocks, logits: Logits::All }]))
@@ -136,7 +136,7 @@ fn teacher_forcing_matches_llama_cpp() {
         totals.max_abs = totals.max_abs.max(max_abs);
 
         // Free-running greedy from the prompt.
-        let mut model = LlamaModel::new(Arc::clone(&weights), (p + n).div_ceil(16) + 1);
+        let mut model = LlamaModel::new(Arc::clone(&weights), (p + n).div_ceil(16) + 1).unwrap();
         let mut seq = case.prompt_ids.clone();
         let mut start = 0;
         let mut same = 0;

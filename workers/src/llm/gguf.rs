@@ -24,6 +24,18 @@ fn load_error(path: &Path, message: impl std::fmt::Display) -> EngineError {
     EngineError::Load(format!("{}: {message}", path.display()))
 }
 
+/// A candle error in words, without the backtrace candle attaches when
+/// `RUST_BACKTRACE` is set (it names the build's source paths; the message goes back to
+/// API callers).
+fn candle_message(error: candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
+        candle_core::Error::Context { inner, context } => format!("{context}: {}", candle_message(*inner)),
+        candle_core::Error::WithPath { inner, .. } => candle_message(*inner),
+        other => other.to_string(),
+    }
+}
+
 /// An open, memory-mapped GGUF file with its parsed header.
 pub struct GgufFile {
     pub path: PathBuf,
@@ -43,7 +55,8 @@ impl GgufFile {
         // SAFETY: the map is read-only; a model file changed under a running server is
         // outside what we support (as for every mmap-based loader).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| load_error(path, e))?;
-        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| load_error(path, e))?;
+        let content =
+            Content::read(&mut Cursor::new(&map[..])).map_err(|e| load_error(path, candle_message(e)))?;
         Ok(Self { path: path.to_path_buf(), content, map })
     }
 
@@ -94,12 +107,12 @@ impl GgufFile {
             _ => {
                 let tensor = info
                     .read(&mut Cursor::new(&self.map[..]), self.content.tensor_data_offset, &Device::Cpu)
-                    .map_err(|e| load_error(&self.path, format!("{name}: {e}")))?;
+                    .map_err(|e| load_error(&self.path, format!("{name}: {}", candle_message(e))))?;
                 tensor
                     .dequantize(&Device::Cpu)
                     .and_then(|t| t.flatten_all())
                     .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| load_error(&self.path, format!("{name}: {e}")))
+                    .map_err(|e| load_error(&self.path, format!("{name}: {}", candle_message(e))))
             }
         }
     }
@@ -233,5 +246,26 @@ impl LlamaConfig {
         let attn = self.hidden * (self.hidden + 2 * self.kv_dim()) + self.hidden * self.hidden;
         let mlp = 3 * self.hidden * self.ffn;
         self.layers * (attn + mlp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_errors_carry_no_backtrace() {
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("unknown magic 0x746f6f72".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(traced.to_string().contains(".rs"), "candle's own text names source files");
+        assert_eq!(candle_message(traced), "unknown magic 0x746f6f72");
+
+        let not_a_model = std::env::temp_dir().join(format!("swell-not-a-model-{}", std::process::id()));
+        std::fs::write(&not_a_model, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let error = GgufFile::open(&not_a_model).err().expect("not a GGUF file").to_string();
+        std::fs::remove_file(&not_a_model).unwrap();
+        assert!(!error.contains('\n') && !error.contains(".rs:"), "{error}");
     }
 }

@@ -10,6 +10,8 @@
 //! Storage layout, per layer: `[block][kv_head][slot][head_dim]` f32 for keys and the
 //! same for values, so one head's keys of one block are contiguous (what attention reads).
 
+use crate::error::EngineError;
+
 /// Token slots per block.
 pub const BLOCK_TOKENS: usize = 16;
 
@@ -61,6 +63,23 @@ impl BlockAllocator {
     }
 }
 
+/// `len` zeros, or `None` when the allocator cannot give them (instead of aborting, as
+/// `vec![0.0; len]` does). Allocated zeroed, as `vec!` does, so the pages are committed
+/// only when written.
+fn zeroed(len: usize) -> Option<Vec<f32>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size. A non-null pointer from `alloc_zeroed` with
+    // this layout holds `len` initialized (zero) `f32`s, owned by the global allocator,
+    // which is what `Vec::from_raw_parts` requires for a length and capacity of `len`.
+    unsafe {
+        let pointer = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        (!pointer.is_null()).then(|| Vec::from_raw_parts(pointer, len, len))
+    }
+}
+
 /// One replica's key and value storage.
 #[derive(Debug)]
 pub struct KvCache {
@@ -73,9 +92,28 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize) -> Self {
-        let len = layers * blocks * kv_heads * BLOCK_TOKENS * head_dim;
-        Self { layers, blocks, kv_heads, head_dim, k: vec![0.0; len], v: vec![0.0; len] }
+    /// Reserves the cache. Its pages are zeroed by the system as they are first
+    /// touched, so a fresh cache costs address space, not memory; a token slot once
+    /// written stays resident for the replica's life. A cache the system cannot give is
+    /// an error (a failed allocation would abort the process).
+    pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize) -> Result<Self, EngineError> {
+        let len = layers
+            .checked_mul(blocks)
+            .and_then(|n| n.checked_mul(kv_heads))
+            .and_then(|n| n.checked_mul(BLOCK_TOKENS))
+            .and_then(|n| n.checked_mul(head_dim));
+        let cannot = || {
+            let bytes = Self::bytes_per_token(layers, kv_heads, head_dim) as f64 * (blocks * BLOCK_TOKENS) as f64;
+            EngineError::Load(format!(
+                "the KV cache of {} tokens ({:.1} GiB) cannot be allocated; lower llm.kv_cache_tokens",
+                blocks * BLOCK_TOKENS,
+                bytes / f64::from(1u32 << 30)
+            ))
+        };
+        let len = len.ok_or_else(cannot)?;
+        let k = zeroed(len).ok_or_else(cannot)?;
+        let v = zeroed(len).ok_or_else(cannot)?;
+        Ok(Self { layers, blocks, kv_heads, head_dim, k, v })
     }
 
     /// Bytes per token slot over all layers (keys and values).
@@ -145,7 +183,7 @@ mod tests {
 
     #[test]
     fn store_then_read_back_through_the_table() {
-        let mut cache = KvCache::new(2, 4, 2, 4);
+        let mut cache = KvCache::new(2, 4, 2, 4).unwrap();
         let table = vec![3, 1];
         let k: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..8).map(|i| -(i as f32)).collect();
@@ -157,5 +195,15 @@ mod tests {
         assert_eq!(&vb[4..8], &[-4.0, -5.0, -6.0, -7.0]);
         let (kb, _) = cache.block(0, 1, 1);
         assert!(kb.iter().all(|&x| x == 0.0), "other layers untouched");
+    }
+
+    #[test]
+    fn a_cache_the_system_cannot_give_is_an_error_not_an_abort() {
+        let error = KvCache::new(64, 1 << 40, 64, 128).unwrap_err().to_string();
+        assert!(error.contains("cannot be allocated"), "{error}");
+        let error = KvCache::new(30, 1 << 32, 3, 64).unwrap_err().to_string();
+        assert!(error.contains("lower llm.kv_cache_tokens"), "{error}");
+        let cache = KvCache::new(1, 2, 1, 4).unwrap();
+        assert_eq!(cache.size_bytes(), 2 * 2 * 16 * 4 * 4);
     }
 }

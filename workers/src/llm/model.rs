@@ -255,10 +255,10 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Self {
+    pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Result<Self, EngineError> {
         let c = &weights.config;
-        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim);
-        Self { weights, cache, ws: Workspace::default() }
+        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim)?;
+        Ok(Self { weights, cache, ws: Workspace::default() })
     }
 
     /// Run one step. Returns the logits, `vocab` values per requested position, in
@@ -711,7 +711,7 @@ mod tests {
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
         let (kv_heads, hd) = (2, 64);
-        let mut cache = KvCache::new(1, 6, kv_heads, hd);
+        let mut cache = KvCache::new(1, 6, kv_heads, hd).unwrap();
         let table: Vec<u32> = vec![4, 0, 5, 2];
         for pos in 0..table.len() * BLOCK_TOKENS {
             let k: Vec<f32> = (0..kv_heads * hd).map(|_| next()).collect();

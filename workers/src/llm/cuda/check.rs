@@ -241,7 +241,7 @@ impl DenseMatrix {
 impl ExactRunner {
     pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Self {
         let c = &weights.config;
-        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim);
+        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim).expect("the check's small KV cache");
         let layers = weights
             .layers
             .iter()
@@ -420,7 +420,7 @@ pub fn cpu_runner(weights: Arc<LlamaWeights>, kv_blocks: usize, threads: usize) 
         .thread_name(|i| format!("swell-check-{i}"))
         .build()
         .map_err(|e| EngineError::Config(format!("thread pool: {e}")))?;
-    Ok(CpuRunner { model: LlamaModel::new(weights, kv_blocks), pool: Arc::new(pool) })
+    Ok(CpuRunner { model: LlamaModel::new(weights, kv_blocks)?, pool: Arc::new(pool) })
 }
 
 /// A deterministic random model small enough for an emulated GPU: 2 layers, hidden 64,
