@@ -71,9 +71,11 @@ fn describe() {
     describe_counter!(WEBSOCKET_REQUESTS_TOTAL, "Generation requests received over WebSockets, by outcome");
 }
 
-/// Renders every metric in Prometheus' text format.
+/// Renders every metric in Prometheus' text format, without the series of deleted
+/// deployments and retired replicas (`swell_actors::metric_series`).
 pub fn render() -> String {
-    install().map(|handle| handle.render()).unwrap_or_default()
+    let text = install().map(|handle| handle.render()).unwrap_or_default();
+    swell_actors::metric_series::without_gone_series(&text)
 }
 
 pub fn http_request(route: &str, status: u16) {

@@ -27,9 +27,12 @@
 //!   the local fast path.
 //! - [`quota_failure`]: failure policies and the circuit breaker for when Redis is away.
 //! - [`metrics`]: every metric the actors record, declared once.
+//! - [`metric_series`]: which `deployment` and `replica` label values still name
+//!   something live (the scrape leaves the others out).
 
 pub mod autoscaler;
 pub mod capacity;
+pub mod metric_series;
 pub mod metrics;
 pub mod quota;
 pub mod quota_failure;

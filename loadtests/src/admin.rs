@@ -113,8 +113,7 @@ impl AdminClient {
     pub async fn metrics(&self) -> anyhow::Result<MetricsText> {
         let url = format!("{}/metrics", self.base);
         let mut response = self
-            .client
-            .get(&url)
+            .authorized(self.client.get(&url))
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;

@@ -1,5 +1,5 @@
 //! Who is calling: the tenant of a `/v1` request (by API key), and whether a caller may
-//! use the admin API (by admin token).
+//! use the admin API (by admin token) or read `/metrics` (by metrics or admin token).
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -33,6 +33,27 @@ pub fn authorize_admin(state: &AppState, request: &HttpRequest) -> Result<(), Ap
         }
         None if state.admin_open_without_token() => Ok(()),
         None => Err(ApiError::AdminDisabled),
+    }
+}
+
+/// Admits a `/metrics` scrape (the metrics name every tenant and deployment and show
+/// their traffic): anyone when `server.metrics_public`; else a bearer metrics token or
+/// admin token; without any token configured, only on a loopback-only server (as the
+/// admin API).
+pub fn authorize_metrics(state: &AppState, request: &HttpRequest) -> Result<(), ApiError> {
+    let server = &state.config.server;
+    if server.metrics_public {
+        return Ok(());
+    }
+    let presented = authorization(request).and_then(bearer_token);
+    let accepted = [server.metrics_token.as_deref(), server.admin_token.as_deref()];
+    if accepted.iter().flatten().any(|expected| presented.is_some_and(|token| tokens_match(token, expected))) {
+        return Ok(());
+    }
+    match accepted {
+        [None, None] if state.admin_open_without_token() => Ok(()),
+        [None, None] => Err(ApiError::MetricsDisabled),
+        _ => Err(ApiError::InvalidMetricsToken),
     }
 }
 

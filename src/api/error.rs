@@ -63,6 +63,10 @@ pub enum ApiError {
     InvalidAdminToken,
     #[error("the admin api is disabled: no admin token is configured and the server does not listen on loopback only")]
     AdminDisabled,
+    #[error("missing or invalid metrics token: send `Authorization: Bearer <metrics token or admin token>`")]
+    InvalidMetricsToken,
+    #[error("/metrics is closed: set server.metrics_token (or server.admin_token) for scrapers, or server.metrics_public = true")]
+    MetricsDisabled,
 
     // -- admission ------------------------------------------------------------------------
     /// A tenant quota refused the request.
@@ -171,6 +175,8 @@ impl ApiError {
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::InvalidAdminToken => "invalid_admin_token",
             ApiError::AdminDisabled => "admin_disabled",
+            ApiError::InvalidMetricsToken => "invalid_metrics_token",
+            ApiError::MetricsDisabled => "metrics_disabled",
             ApiError::Quota(rejection) => match (rejection.limit, rejection.retry_after) {
                 (_, None) => "request_too_large",
                 (LimitKind::ConcurrentRequests, Some(_)) => "concurrency_limit_exceeded",
@@ -300,8 +306,9 @@ impl ResponseError for ApiError {
             ApiError::MissingApiKey
             | ApiError::InvalidApiKey
             | ApiError::InvalidAdminToken
+            | ApiError::InvalidMetricsToken
             | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::AdminDisabled | ApiError::MetricsDisabled => StatusCode::FORBIDDEN,
             ApiError::EngineChangeRequiresRecreate(_) | ApiError::DuplicateId(_) => StatusCode::CONFLICT,
             ApiError::Quota(_) | ApiError::TooManyRequestsOnConnection { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -324,7 +331,10 @@ impl ResponseError for ApiError {
         if let ApiError::Quota(rejection) = self {
             insert_rate_limit_headers(&mut response, &rejection.snapshot);
         }
-        if matches!(self, ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::InvalidAdminToken) {
+        if matches!(
+            self,
+            ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::InvalidAdminToken | ApiError::InvalidMetricsToken
+        ) {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
         response.json(self.body())

@@ -2,9 +2,11 @@
 //! the server is not shutting down and, in a cluster, Redis answers) and `/metrics` (Prometheus text format).
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use crate::api::auth::authorize_metrics;
+use crate::api::error::ApiError;
 use crate::metrics;
 use crate::state::AppState;
 
@@ -42,7 +44,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ready", "deployments": state.deployments.len()}))
 }
 
-/// `GET /metrics`.
-pub async fn metrics_text() -> HttpResponse {
-    HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(metrics::render())
+/// `GET /metrics` (for the metrics or admin token: [`authorize_metrics`]).
+pub async fn metrics_text(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize_metrics(&state, &request)?;
+    Ok(HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(metrics::render()))
 }

@@ -65,8 +65,14 @@ pub async fn post(server: &ServerHandle, path: &str, key: Option<&str>, body: &V
     (status, headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// GET a text page (`/metrics` included: the admin token is sent, which it accepts).
 pub async fn get_text(server: &ServerHandle, path: &str) -> (u16, String) {
-    let mut response = client().get(format!("{}{path}", base(server))).send().await.expect("request");
+    let mut response = client()
+        .get(format!("{}{path}", base(server)))
+        .insert_header(("authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .expect("request");
     let status = response.status().as_u16();
     let bytes = response.body().limit(64 << 20).await.expect("body");
     (status, String::from_utf8_lossy(&bytes).into_owned())
