@@ -296,7 +296,10 @@ impl Queue for InMemoryQueue {
     }
 
     async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {
-        let state = self.state.lock();
+        let mut state = self.state.lock();
+        // Supervisors ask every tick: finished outputs are dropped on time when no new
+        // request arrives too.
+        state.sweep(self.config.output_retention);
         let Some(queue) = state.deployments.get(deployment) else {
             return Ok(QueueDepth::default());
         };
@@ -746,5 +749,23 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         queue.enqueue(job("b"), LIMITS).await.unwrap(); // sweeps
         assert!(queue.read_output("a", 0, Duration::ZERO).await.is_err());
+    }
+
+    /// After load ends no request arrives to sweep on enqueue; the supervisors' depth
+    /// samples (every tick) drop finished outputs on time, so memory returns.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_queue_drops_finished_output_when_its_depth_is_sampled() {
+        let queue = InMemoryQueue::new(InMemoryQueueConfig {
+            output_retention: Duration::from_secs(5),
+            ..Default::default()
+        });
+        queue.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+        queue.append_output(&lease.lease, vec![finished()]).await.unwrap();
+        queue.ack(&lease.lease).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        queue.depth("d").await.unwrap();
+        let state = queue.state.lock();
+        assert!(state.outputs.is_empty() && state.jobs.is_empty(), "nothing of the finished job is kept");
     }
 }
