@@ -81,6 +81,9 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
     pub ignore_eos: Option<bool>,
+    /// Extension: parse special-token strings (`<|im_start|>`) in a text prompt into
+    /// their ids. Off by default: a text prompt is plain text (docs/prompt-text.md).
+    pub parse_special_tokens: Option<bool>,
 }
 
 // ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`engine`]: the `Engine` and `EngineFactory` traits and their report types.
 //! - [`tokenizer`]: the `Tokenizer` trait and chat messages.
+//! - [`chat_encoding`]: a conversation's token ids, with message text always plain text.
 //! - [`error`]: `EngineError`.
 //! - [`llm`]: the real engine: a Llama-architecture GGUF model on CPU (quantized SIMD
 //!   kernels) or CUDA (cuBLAS + NVRTC), with a paged KV cache and a continuous-batching
@@ -20,6 +21,7 @@
 //! - [`sim`]: the `sim` engine, a calibrated performance model of a GPU replica that
 //!   emits real tokens with real timing, with named profiles from published benchmarks.
 
+pub mod chat_encoding;
 pub mod engine;
 pub mod error;
 pub mod llm;
@@ -32,4 +34,4 @@ pub use engine::{
     ReplicaContext, Sequence, SequenceOutput, StepReport, StepTimes,
 };
 pub use error::EngineError;
-pub use tokenizer::{ChatMessage, Tokenizer};
+pub use tokenizer::{ChatMessage, TextPiece, Tokenizer};

@@ -5,16 +5,46 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 
 /// One chat message, content already flattened to text.
+///
+/// The role is written by the chat template as markup, so callers pass only roles they
+/// accept. The content is never markup: [`Tokenizer::encode_chat`] encodes it as plain
+/// text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
 }
 
+/// A stretch of text to encode, and whether special tokens in it are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPiece<'t> {
+    /// Text a chat template wrote: special-token strings become their ids.
+    Markup(&'t str),
+    /// Text a user sent: always plain text.
+    Plain(&'t str),
+}
+
 pub trait Tokenizer: Send + Sync + 'static {
     /// Token ids of `text`. With `parse_special`, special-token strings in the text (such
-    /// as `<|im_start|>` in a rendered chat template) become their special ids.
+    /// as `<|im_start|>` in a rendered chat template) become their special ids: only for
+    /// text the caller trusts to write them, never for text a user sent unasked.
     fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, EngineError>;
+
+    /// Token ids of the concatenation of `pieces`, with special tokens parsed in
+    /// [`TextPiece::Markup`] pieces only (a special token's text must lie wholly in one).
+    /// The default encodes each piece apart. A tokenizer whose words can span pieces
+    /// overrides it, so that where no `Plain` piece holds a special token's text the ids
+    /// are those of `encode` of the whole text with `parse_special`.
+    fn encode_pieces(&self, pieces: &[TextPiece<'_>]) -> Result<Vec<u32>, EngineError> {
+        let mut ids = Vec::new();
+        for piece in pieces {
+            match *piece {
+                TextPiece::Markup(text) => ids.extend(self.encode(text, true)?),
+                TextPiece::Plain(text) => ids.extend(self.encode(text, false)?),
+            }
+        }
+        Ok(ids)
+    }
 
     /// Text of a sequence of ids (special tokens skipped).
     fn decode(&self, ids: &[u32]) -> String;
@@ -30,6 +60,20 @@ pub trait Tokenizer: Send + Sync + 'static {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, EngineError>;
+
+    /// Token ids of a conversation: the chat template rendered with
+    /// [`apply_chat_template`](Self::apply_chat_template), special tokens parsed in the
+    /// template's own markup only. The messages' text is always plain text, so a message
+    /// cannot open or close a turn. A template that changes message text beyond trimming
+    /// it, or writes different markup depending on it, is refused with
+    /// [`EngineError::InvalidPrompt`] (see [`crate::chat_encoding`]).
+    fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        crate::chat_encoding::encode_chat(self, messages, add_generation_prompt)
+    }
 
     /// Ids of the vocabulary.
     fn vocab_size(&self) -> u32;
