@@ -249,6 +249,7 @@ async fn bad_entries_get_error_replies_and_the_stream_keeps_flowing() {
     })
     .await;
     assert_eq!((seen.rejected, seen.unanswerable, seen.admitted, seen.completed), (9, 2, 1, 1), "{seen:?}");
+    assert_eq!(seen.reply_to_refused, 1, "swell's own key: {seen:?}");
     // Every entry was acknowledged and deleted.
     let length: u64 = redis::cmd("XLEN").arg(fixture.producer.stream()).query_async(&mut fixture.redis).await.unwrap();
     assert_eq!(length, 0);
@@ -429,7 +430,7 @@ async fn a_reply_to_under_another_tenants_prefix_is_refused_and_nothing_is_writt
     assert_eq!(exists, 0, "nothing was written under the prefix of tenant `alpha:x`");
     let length: u64 = redis::cmd("XLEN").arg(fixture.producer.stream()).query_async(&mut fixture.redis).await.unwrap();
     assert_eq!(length, 0, "the refused entries were acknowledged and deleted");
-    assert_eq!((seen.unanswerable, seen.admitted), (2, 2), "nothing was generated for them: {seen:?}");
+    assert_eq!((seen.reply_to_refused, seen.unanswerable, seen.admitted), (2, 2, 2), "nothing was generated for them: {seen:?}");
     fixture.stop().await;
 }
 
@@ -473,7 +474,7 @@ async fn a_stream_swell_did_not_create_never_gets_a_ttl() {
     assert_eq!(pttl(&mut fixture.redis, &own).await, -1, "the producer's own stream keeps its lifetime");
     let ttl = pttl(&mut fixture.redis, &created).await;
     assert!(ttl > 0 && ttl <= 3_600_000, "a stream swell created expires: {ttl}");
-    assert_eq!((seen.unanswerable, seen.admitted, seen.completed), (3, 2, 2), "{seen:?}");
+    assert_eq!((seen.reply_to_refused, seen.unanswerable, seen.admitted, seen.completed), (3, 3, 2, 2), "{seen:?}");
     fixture.stop().await;
 }
 
@@ -519,7 +520,7 @@ async fn a_reply_to_that_is_not_a_stream_is_left_alone_and_its_entry_is_not_retr
     assert_eq!(length, 0);
     // Read once each, never taken over again; nothing generated.
     let seen = fixture.ingress().observe();
-    assert_eq!((seen.received, seen.unanswerable, seen.admitted, seen.resumed), (2, 2, 0, 0), "{seen:?}");
+    assert_eq!((seen.received, seen.reply_to_refused, seen.unanswerable, seen.admitted, seen.resumed), (2, 2, 2, 0, 0), "{seen:?}");
     fixture.stop().await;
 }
 
@@ -546,5 +547,39 @@ async fn ids_of_tenants_whose_names_run_together_do_not_collide() {
         assert_eq!(terminal[0].kind, ReplyKind::Completion);
     }
     assert_eq!((seen.duplicates, seen.admitted, seen.completed), (0, 2, 2), "{seen:?}");
+    fixture.stop().await;
+}
+
+/// A reply prefix set through the admin API replaces the tenant's default one; one that
+/// overlaps another tenant's or Swell's keys is refused.
+#[actix_rt::test]
+async fn a_configured_reply_prefix_replaces_the_default() {
+    let fixture = Fixture::start().await;
+    assert_eq!(reply_prefix("acme"), swell_cluster::ingress_wire::default_reply_prefix("swell", "acme"), "the spec's format");
+    let key = fixture.tenant("acme", TenantLimits::default());
+    fixture.tenant("beta", TenantLimits::default());
+    let (status, view) = common::admin(&fixture.server, "PUT", "/tenants/acme", Some(json!({"reply_prefix": "acme:out:"}))).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!((view["reply_prefix"].as_str(), view["effective_reply_prefix"].as_str()), (Some("acme:out:"), Some("acme:out:")));
+    for (prefix, tenant) in [("acme:", "beta"), ("swell:x:", "beta"), ("swell-replies:", "beta")] {
+        let (status, error) = common::admin(&fixture.server, "PUT", &format!("/tenants/{tenant}"), Some(json!({"reply_prefix": prefix}))).await;
+        assert_eq!((status, error["error"]["param"].as_str()), (400, Some("reply_prefix")), "{prefix}: {error}");
+    }
+    let (_, view) = common::admin(&fixture.server, "GET", "/tenants/beta", None).await;
+    assert_eq!((view["reply_prefix"].as_str(), view["effective_reply_prefix"].as_str()), (None, Some(reply_prefix("beta").as_str())));
+
+    let configured = "acme:out:{1}";
+    fixture.producer.submit(&chat_request("configured", &key, configured, hello(2)), Encoding::Json).await.unwrap();
+    let replies = fixture.producer.wait_for(configured, "configured", WAIT).await.unwrap();
+    assert_eq!(replies.last().unwrap().kind, ReplyKind::Completion, "{replies:?}");
+    let default = reply_to("acme", "1");
+    fixture.producer.submit(&chat_request("default", &key, &default, hello(2)), Encoding::Json).await.unwrap();
+    let seen = common::wait_for("both entries handled", WAIT, || {
+        let snapshot = fixture.ingress().observe();
+        async move { (snapshot.received == 2 && snapshot.in_flight == 0).then_some(snapshot) }
+    })
+    .await;
+    assert_eq!((seen.admitted, seen.reply_to_refused), (1, 1), "the default prefix is no longer acme's: {seen:?}");
+    assert!(fixture.replies(&default).await.is_empty());
     fixture.stop().await;
 }
