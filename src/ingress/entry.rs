@@ -3,10 +3,11 @@
 //! deployment, admit it through the tenant's quota into the queue), acknowledge the
 //! entry, and relay the request's events to `reply_to`.
 //!
-//! `reply_to` is checked before anything is written there (`reply_to`): inside the
-//! tenant's reply prefix, and a stream or no key at all. An entry whose `reply_to` is
-//! refused takes one path, [`EntryContext::refuse_reply_to`]: logged with the reason's
-//! code, counted (`reply_to_refused`), acknowledged, never retried.
+//! Before anything is written to `reply_to` it is checked (`super::reply_to`): under the
+//! tenant's reply prefix (for an entry of no known tenant, under some tenant's), and a
+//! stream or no key at all. An entry whose `reply_to` is refused takes one path,
+//! [`EntryContext::refuse_reply_to`]: logged with the reason's code, counted
+//! (`reply_to_refused`), acknowledged, never retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,9 +189,7 @@ impl EntryContext {
     async fn answer(&self, entry_id: &str, replies: &mut ReplyWriter, error: &IngressError) {
         match replies.error(error).await {
             Ok(()) => IngressStats::count(&self.stats.rejected),
-            Err(ReplyError::Refused(refusal)) => {
-                self.refuse_reply_to(entry_id, &refusal);
-            }
+            Err(ReplyError::Refused(refusal)) => self.refuse_reply_to(entry_id, &refusal),
             Err(ReplyError::Redis(redis_error)) => {
                 tracing::warn!(%redis_error, code = error.code(), "an ingress error reply could not be written");
                 IngressStats::count(&self.stats.rejected);
@@ -204,9 +203,7 @@ impl EntryContext {
         let configured = self.state.tenants.reply_prefixes();
         match self.namespace.check_unattributed(&reply_to, configured.iter().map(String::as_str)) {
             Ok(()) => self.answer(entry_id, &mut self.replies(reply_to, id), error).await,
-            Err(refusal) => {
-                self.refuse_reply_to(entry_id, &refusal);
-            }
+            Err(refusal) => self.refuse_reply_to(entry_id, &refusal),
         }
     }
 

@@ -119,11 +119,14 @@ impl ReplyNamespace {
     }
 }
 
-/// The first pair of tenants whose configured reply prefixes overlap (`None` ignored).
+/// A tenant id and its configured reply prefix.
+pub type TenantReplyPrefix<'a> = (&'a str, &'a str);
+
+/// The first two tenants whose configured reply prefixes overlap.
 pub fn overlapping_prefixes<'a>(
-    prefixes: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<((&'a str, &'a str), (&'a str, &'a str))> {
-    let prefixes: Vec<(&str, &str)> = prefixes.into_iter().collect();
+    prefixes: impl IntoIterator<Item = TenantReplyPrefix<'a>>,
+) -> Option<(TenantReplyPrefix<'a>, TenantReplyPrefix<'a>)> {
+    let prefixes: Vec<TenantReplyPrefix> = prefixes.into_iter().collect();
     prefixes.iter().enumerate().find_map(|(index, a)| {
         prefixes[index + 1..].iter().find(|b| prefixes_overlap(a.1, b.1)).map(|b| (*a, *b))
     })
