@@ -605,6 +605,12 @@ pub struct TenantConfig {
     /// Stored keys, `sha256:<hex of SHA-256 of the key>` (`swell keygen` prints both).
     #[serde(default)]
     pub api_key_hashes: Vec<String>,
+    /// The Redis ingress answers its entries only at a `reply_to` starting with this
+    /// (default: `<cluster.key_prefix>-replies:<n>:<id>:`, `<n>` the id's length; see
+    /// docs/ingress.md). Must not overlap another tenant's, the default prefixes or
+    /// Swell's own keys.
+    #[serde(default)]
+    pub reply_prefix: Option<String>,
 }
 
 impl TenantConfig {
@@ -751,6 +757,7 @@ impl Config {
             }
         }
         errors.extend(self.check_reservations());
+        errors.extend(self.check_reply_prefixes());
         if let Err(error) = self.check_exposure() {
             errors.push(error);
         }
@@ -759,6 +766,27 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// Each configured reply prefix is well formed, clear of Swell's keys and the default
+    /// prefixes, and overlaps no other tenant's.
+    fn check_reply_prefixes(&self) -> Vec<String> {
+        let namespace = crate::ingress::ReplyNamespace::of_config(self);
+        let mut errors = Vec::new();
+        let configured: Vec<(&str, &str)> = self
+            .tenants
+            .iter()
+            .filter_map(|(id, tenant)| Some((id.as_str(), tenant.reply_prefix.as_deref()?)))
+            .collect();
+        for (id, prefix) in &configured {
+            if let Err(error) = namespace.check_configured(prefix) {
+                errors.push(format!("tenants.{id}.reply_prefix: {error}"));
+            }
+        }
+        if let Some(((a, prefix_a), (b, prefix_b))) = crate::ingress::overlapping_prefixes(configured) {
+            errors.push(format!("tenants.{b}.reply_prefix `{prefix_b}` overlaps tenants.{a}.reply_prefix `{prefix_a}`"));
+        }
+        errors
     }
 
     /// Each tenant's reservations name a configured deployment, and no deployment has more
@@ -1076,6 +1104,22 @@ mod tests {
         let hash = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         let error = invalid(&format!("[tenants.a]\napi_key_hashes = [\"{hash}\"]\n[tenants.b]\napi_key_hashes = [\"{hash}\"]\n"));
         assert!(error.contains("tenants.b.api_key_hashes[0] is also a key of tenant `a`"), "{error}");
+    }
+
+    #[test]
+    fn reply_prefixes_are_checked_and_never_overlap() {
+        let config = Config::from_toml_str("[tenants.a]\nreply_prefix = \"acme:replies:\"\n[tenants.b]\n").unwrap();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.tenants["a"].reply_prefix.as_deref(), Some("acme:replies:"));
+        assert_eq!(config.tenants["b"].reply_prefix, None);
+        let error = invalid("[tenants.a]\nreply_prefix = \"acme:\"\n[tenants.b]\nreply_prefix = \"acme:b:\"\n");
+        assert!(error.contains("tenants.b.reply_prefix `acme:b:` overlaps tenants.a.reply_prefix `acme:`"), "{error}");
+        let error = invalid("[tenants.a]\nreply_prefix = \"swell:x:\"\n");
+        assert!(error.contains("tenants.a.reply_prefix: `swell:x:` overlaps swell's own keys"), "{error}");
+        let error = invalid("[cluster]\nkey_prefix = \"prod\"\n[tenants.a]\nreply_prefix = \"prod-replies:9:\"\n");
+        assert!(error.contains("tenants.a.reply_prefix: `prod-replies:9:` overlaps the default reply prefixes"), "{error}");
+        let error = invalid("[tenants.a]\nreply_prefix = \"\"\n");
+        assert!(error.contains("tenants.a.reply_prefix: must be 1 to 256 bytes"), "{error}");
     }
 
     #[test]

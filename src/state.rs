@@ -92,6 +92,8 @@ impl AppState {
             // Reservations were checked against the configured deployments by
             // `Config::validate`; the floors are applied as the deployments start.
             tenants.upsert(&id, tenant.limits.clone(), tenant.capacity());
+            // Checked against the others and swell's keys by `Config::validate`.
+            tenants.set_reply_prefix(&id, tenant.reply_prefix.clone())?;
             for hash in &tenant.api_key_hashes {
                 tenants.add_key_hash(&id, hash)?;
             }

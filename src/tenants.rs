@@ -10,6 +10,11 @@
 //! `anonymous` (unlimited unless `[tenants.anonymous]` sets limits). Once any key exists,
 //! `/v1` requires `Authorization: Bearer <key>`.
 //!
+//! A tenant may have a configured reply prefix: the Redis ingress answers its entries
+//! only at a `reply_to` starting with it (without one, a default derived from the tenant
+//! id; see [`crate::ingress::ReplyNamespace`]). No two tenants' configured prefixes
+//! overlap (neither starts with the other).
+//!
 //! Requests are not listed anywhere: a request is reachable only through the stream its
 //! own client holds, so no tenant can see another's.
 //!
@@ -41,6 +46,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use swell_actors::quota::{QuotaActor, QuotaBackend, SetLimits, TenantLimits};
+use swell_cluster::ingress_wire::prefixes_overlap;
 use swell_cluster::Priority;
 
 use crate::api::error::ApiError;
@@ -133,6 +139,8 @@ pub struct TenantHandle {
     pub limits: TenantLimits,
     pub capacity: TenantCapacity,
     pub quota: Addr<QuotaActor>,
+    /// Its configured ingress reply prefix (`None`: the default one).
+    pub reply_prefix: Option<String>,
 }
 
 impl TenantHandle {
@@ -148,6 +156,8 @@ pub struct TenantSummary {
     pub limits: TenantLimits,
     #[serde(flatten)]
     pub capacity: TenantCapacity,
+    /// Its configured ingress reply prefix (`None`: the default one).
+    pub reply_prefix: Option<String>,
     pub key_ids: Vec<String>,
 }
 
@@ -156,6 +166,7 @@ struct TenantEntry {
     capacity: TenantCapacity,
     quota: Addr<QuotaActor>,
     key_hashes: BTreeSet<String>,
+    reply_prefix: Option<String>,
 }
 
 #[derive(Default)]
@@ -222,7 +233,7 @@ impl Tenants {
     }
 
     /// Creates a tenant or changes its limits and capacity settings (a live quota keeps
-    /// unchanged buckets).
+    /// unchanged buckets; the reply prefix is [`set_reply_prefix`](Self::set_reply_prefix)'s).
     pub fn upsert(&self, id: &str, limits: TenantLimits, capacity: TenantCapacity) -> Upsert {
         let mut registry = self.registry.write();
         if let Some(entry) = registry.tenants.get_mut(id) {
@@ -236,8 +247,48 @@ impl Tenants {
             QuotaActor::start_in_arbiter(&self.arbiter, move |_| QuotaActor::with_backend(tenant, initial, backend));
         registry
             .tenants
-            .insert(id.to_string(), TenantEntry { limits, capacity, quota, key_hashes: BTreeSet::new() });
+            .insert(id.to_string(), TenantEntry { limits, capacity, quota, key_hashes: BTreeSet::new(), reply_prefix: None });
         Upsert::Created
+    }
+
+    /// Whether tenant `id` may have `prefix` as its reply prefix: no other tenant's
+    /// configured prefix overlaps it. (Its own shape and its distance from Swell's keys
+    /// are [`crate::ingress::ReplyNamespace::check_configured`]'s.)
+    pub fn check_reply_prefix(&self, id: &str, prefix: &str) -> Result<(), ApiError> {
+        Self::check_reply_prefix_in(&self.registry.read(), id, prefix)
+    }
+
+    /// Sets (or, with `None`, removes) tenant `id`'s configured reply prefix, checked
+    /// against the other tenants' as [`check_reply_prefix`](Self::check_reply_prefix) does.
+    pub fn set_reply_prefix(&self, id: &str, prefix: Option<String>) -> Result<(), ApiError> {
+        let mut registry = self.registry.write();
+        if let Some(prefix) = &prefix {
+            Self::check_reply_prefix_in(&registry, id, prefix)?;
+        }
+        let entry = registry.tenants.get_mut(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+        entry.reply_prefix = prefix;
+        Ok(())
+    }
+
+    fn check_reply_prefix_in(registry: &Registry, id: &str, prefix: &str) -> Result<(), ApiError> {
+        let clash = registry.tenants.iter().find(|(other, entry)| {
+            other.as_str() != id && entry.reply_prefix.as_deref().is_some_and(|theirs| prefixes_overlap(prefix, theirs))
+        });
+        match clash {
+            Some((other, entry)) => Err(ApiError::InvalidConfig {
+                message: format!(
+                    "reply_prefix `{prefix}` overlaps tenant `{other}`'s `{}`",
+                    entry.reply_prefix.as_deref().unwrap_or_default()
+                ),
+                param: Some("reply_prefix".into()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every tenant's configured reply prefix.
+    pub fn reply_prefixes(&self) -> Vec<String> {
+        self.registry.read().tenants.values().filter_map(|entry| entry.reply_prefix.clone()).collect()
     }
 
     /// The replicas all tenants reserve on `deployment`, except `except` (a tenant whose
@@ -360,6 +411,7 @@ impl Tenants {
             limits: entry.limits.clone(),
             capacity: entry.capacity.clone(),
             quota: entry.quota.clone(),
+            reply_prefix: entry.reply_prefix.clone(),
         })
     }
 
@@ -371,6 +423,7 @@ impl Tenants {
             limits: entry.limits.clone(),
             capacity: entry.capacity.clone(),
             quota: entry.quota.clone(),
+            reply_prefix: entry.reply_prefix.clone(),
         })
     }
 
@@ -381,6 +434,7 @@ impl Tenants {
             id: id.to_string(),
             limits: entry.limits.clone(),
             capacity: entry.capacity.clone(),
+            reply_prefix: entry.reply_prefix.clone(),
             key_ids: entry.key_hashes.iter().map(|hash| key_id_of(hash).to_string()).collect(),
         })
     }
@@ -512,6 +566,30 @@ mod tests {
         assert!(tenants.take_reserved_slot("a", "chat", 2, 3).is_none(), "3 jobs never fit a share of 2");
         assert!(tenants.take_reserved_slot("a", "chat", 0, 1).is_none());
         assert!(tenants.reserved_in_flight.0.lock().is_empty(), "no counter is left behind");
+    }
+
+    #[actix_rt::test]
+    async fn no_two_tenants_have_overlapping_reply_prefixes() {
+        let tenants = Tenants::new(actix_rt::Arbiter::current());
+        tenants.upsert("a", TenantLimits::default(), TenantCapacity::default());
+        tenants.upsert("b", TenantLimits::default(), TenantCapacity::default());
+        tenants.set_reply_prefix("a", Some("acme:replies:".into())).unwrap();
+        for clash in ["acme:", "acme:replies:", "acme:replies:x:"] {
+            assert_eq!(tenants.set_reply_prefix("b", Some(clash.into())).unwrap_err().code(), "invalid_config", "{clash}");
+            assert!(tenants.check_reply_prefix("b", clash).is_err());
+        }
+        assert!(tenants.check_reply_prefix("a", "acme:").is_ok(), "a tenant may change its own");
+        tenants.set_reply_prefix("b", Some("beta:".into())).unwrap();
+        assert_eq!(tenants.handle("b").unwrap().reply_prefix.as_deref(), Some("beta:"));
+        // An update of its limits keeps the prefix; `None` gives back the default.
+        tenants.upsert("b", TenantLimits::default(), TenantCapacity::default());
+        assert_eq!(tenants.summary("b").unwrap().reply_prefix.as_deref(), Some("beta:"));
+        let mut prefixes = tenants.reply_prefixes();
+        prefixes.sort();
+        assert_eq!(prefixes, ["acme:replies:", "beta:"]);
+        tenants.set_reply_prefix("b", None).unwrap();
+        assert_eq!(tenants.handle("b").unwrap().reply_prefix, None);
+        assert_eq!(tenants.set_reply_prefix("nobody", None).unwrap_err().code(), "tenant_not_found");
     }
 
     #[actix_rt::test]

@@ -30,6 +30,10 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
 
+/// The ingress tests' reply stream: under the reply prefix of the open mode's tenant
+/// `anonymous` (docs/ingress.md).
+const REPLY_TO: &str = "swell-replies:9:anonymous:{producer}";
+
 /// A `swell serve` process; `kill -9`ed when dropped.
 struct Node {
     name: String,
@@ -737,11 +741,11 @@ async fn an_ingress_job_pushed_into_redis_is_served_by_the_cluster() {
         deployment: "chat".into(),
         kind: RequestKind::Completion,
         request: body.to_string(),
-        reply_to: "producer:replies".into(),
+        reply_to: REPLY_TO.into(),
         deadline_ms: None,
     };
     producer.submit(&job, Encoding::Json).await.expect("submitted");
-    let replies = producer.wait_for("producer:replies", "job-1", Duration::from_secs(20)).await.expect("replies");
+    let replies = producer.wait_for(REPLY_TO, "job-1", Duration::from_secs(20)).await.expect("replies");
     let last = replies.last().expect("a reply");
     assert_eq!(last.kind, ReplyKind::Completion, "{replies:?}");
     assert_eq!(last.data["choices"][0]["text"].as_str(), Some(expected.as_str()), "{:?}", last.data);
@@ -785,7 +789,7 @@ async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_
         deployment: "chat".into(),
         kind: RequestKind::Completion,
         request: completion(max_tokens, seed).to_string(),
-        reply_to: "producer:replies".into(),
+        reply_to: REPLY_TO.into(),
         deadline_ms: None,
     };
     producer.submit(&job, Encoding::Json).await.expect("submitted");
@@ -795,7 +799,7 @@ async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_
     wait_for("20 chunk replies", Duration::from_secs(20), || {
         let producer = &producer;
         async move {
-            let replies = producer.read_replies("producer:replies", "0", None).await.ok()?;
+            let replies = producer.read_replies(REPLY_TO, "0", None).await.ok()?;
             let chunks = replies.iter().filter(|(_, reply)| reply.kind == ReplyKind::Chunk).count();
             (chunks >= 20).then_some(())
         }
@@ -817,7 +821,7 @@ async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_
     let killed_at = Instant::now();
 
     let replies = producer
-        .wait_for("producer:replies", "long-1", Duration::from_secs(30))
+        .wait_for(REPLY_TO, "long-1", Duration::from_secs(30))
         .await
         .expect("a terminal reply after the takeover");
     eprintln!("answered {:?} after the kill ({} replies)", killed_at.elapsed(), replies.len());

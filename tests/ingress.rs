@@ -2,7 +2,9 @@
 //! each test with a `redis-server` of its own. Jobs pushed by the example Python
 //! producer (redis-py) and by the Rust producer (bincode) are served; bad entries are
 //! answered with the HTTP API's error codes and do not stop the stream; quotas hold for
-//! ingress as for HTTP; a repeated id is answered once.
+//! ingress as for HTTP; a repeated id is answered once. Replies go only under the
+//! tenant's reply prefix, only to a stream, with a TTL only on a stream Swell created;
+//! a refused `reply_to` gets nothing and its entry is dropped, not retried.
 
 mod common;
 
@@ -106,6 +108,16 @@ fn chat_request(id: &str, api_key: &str, reply_to: &str, body: Value) -> Ingress
     }
 }
 
+/// The default reply prefix of `tenant` (docs/ingress.md): `swell-replies:<n>:<tenant>:`.
+fn reply_prefix(tenant: &str) -> String {
+    format!("swell-replies:{}:{tenant}:", tenant.len())
+}
+
+/// A reply stream under `tenant`'s default reply prefix.
+fn reply_to(tenant: &str, tag: &str) -> String {
+    format!("{}{{{tag}}}", reply_prefix(tenant))
+}
+
 fn hello(max_tokens: u32) -> Value {
     json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "ignore_eos": true})
 }
@@ -136,7 +148,7 @@ async fn the_python_producer_pushes_jobs_and_reads_completions() {
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(python)
                 .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/ingress_producer.py"))
-                .args(["--redis", &url, "--api-key", &key, "--deployment", "default", "--max-tokens", "5", "--timeout", "60"])
+                .args(["--redis", &url, "--api-key", &key, "--tenant", "py", "--deployment", "default", "--max-tokens", "5", "--timeout", "60"])
                 .args(extra)
                 .output()
                 .expect("python runs")
@@ -159,7 +171,7 @@ async fn the_python_producer_pushes_jobs_and_reads_completions() {
 async fn bad_entries_get_error_replies_and_the_stream_keeps_flowing() {
     let mut fixture = Fixture::start().await;
     let key = fixture.tenant("acme", TenantLimits::default());
-    let reply_to = "replies:{bad}";
+    let reply_to: &'static str = Box::leak(reply_to("acme", "bad").into_boxed_str());
     let body: &'static str = Box::leak(hello(3).to_string().into_boxed_str());
     let good = |id: &'static str| {
         vec![("v", "1"), ("id", id), ("deployment", "default"), ("request", body), ("reply_to", reply_to)]
@@ -237,6 +249,7 @@ async fn bad_entries_get_error_replies_and_the_stream_keeps_flowing() {
     })
     .await;
     assert_eq!((seen.rejected, seen.unanswerable, seen.admitted, seen.completed), (9, 2, 1, 1), "{seen:?}");
+    assert_eq!(seen.reply_to_refused, 1, "swell's own key: {seen:?}");
     // Every entry was acknowledged and deleted.
     let length: u64 = redis::cmd("XLEN").arg(fixture.producer.stream()).query_async(&mut fixture.redis).await.unwrap();
     assert_eq!(length, 0);
@@ -247,7 +260,7 @@ async fn bad_entries_get_error_replies_and_the_stream_keeps_flowing() {
 async fn an_ingress_producer_cannot_bypass_the_tenant_quota() {
     let fixture = Fixture::start().await;
     let key = fixture.tenant("limited", TenantLimits { requests_per_minute: Some(2), ..TenantLimits::default() });
-    let reply_to = "replies:{quota}";
+    let reply_to = &reply_to("limited", "quota");
     for n in 0..2 {
         let id = format!("q-{n}");
         fixture.producer.submit(&chat_request(&id, &key, reply_to, hello(2)), Encoding::Json).await.unwrap();
@@ -288,7 +301,7 @@ async fn an_ingress_producer_cannot_bypass_the_tenant_quota() {
 async fn a_bincode_entry_from_the_rust_producer_is_served_streaming() {
     let fixture = Fixture::start().await;
     let key = fixture.tenant("rust", TenantLimits::default());
-    let reply_to = "replies:{rust}";
+    let reply_to = &reply_to("rust", "rust");
     let mut body = hello(6);
     body["stream"] = json!(true);
     let request = chat_request("bin-1", &key, reply_to, body);
@@ -313,7 +326,7 @@ async fn a_bincode_entry_from_the_rust_producer_is_served_streaming() {
 async fn a_repeated_id_is_answered_once() {
     let fixture = Fixture::start().await;
     let key = fixture.tenant("dup", TenantLimits::default());
-    let reply_to = "replies:{dup}";
+    let reply_to = &reply_to("dup", "dup");
     let request = chat_request("same", &key, reply_to, hello(4));
     fixture.producer.submit(&request, Encoding::Json).await.unwrap();
     fixture.producer.submit(&request, Encoding::Bincode).await.unwrap();
@@ -339,7 +352,7 @@ async fn a_repeated_id_is_answered_once() {
 async fn an_entry_left_pending_by_a_gateway_that_died_is_taken_over() {
     let mut fixture = Fixture::start_without_ingress().await;
     let key = fixture.tenant("late", TenantLimits::default());
-    let reply_to = "replies:{late}";
+    let reply_to = &reply_to("late", "late");
     let stream = fixture.producer.stream().to_string();
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -383,5 +396,190 @@ async fn an_entry_left_pending_by_a_gateway_that_died_is_taken_over() {
         }
     })
     .await;
+    fixture.stop().await;
+}
+
+/// Issue 13, finding 6: a tenant cannot have Swell write into another tenant's reply
+/// stream. Nothing is written there, and the entry is acknowledged.
+#[actix_rt::test]
+async fn a_reply_to_under_another_tenants_prefix_is_refused_and_nothing_is_written_there() {
+    let mut fixture = Fixture::start().await;
+    let alpha = fixture.tenant("alpha", TenantLimits::default());
+    let beta = fixture.tenant("beta", TenantLimits::default());
+    let betas = reply_to("beta", "b");
+    // Beta's stream exists (its own request was answered there).
+    fixture.producer.submit(&chat_request("beta-1", &beta, &betas, hello(2)), Encoding::Json).await.unwrap();
+    fixture.producer.wait_for(&betas, "beta-1", WAIT).await.unwrap();
+    // Alpha names it, and a stream of a tenant whose id starts like alpha's.
+    fixture.producer.submit(&chat_request("alpha-1", &alpha, &betas, hello(2)), Encoding::Json).await.unwrap();
+    let lookalike = format!("{}{{a}}", reply_prefix("alpha:x"));
+    fixture.producer.submit(&chat_request("alpha-2", &alpha, &lookalike, hello(2)), Encoding::Json).await.unwrap();
+    // Alpha's own stream works.
+    let alphas = reply_to("alpha", "a");
+    fixture.producer.submit(&chat_request("alpha-3", &alpha, &alphas, hello(2)), Encoding::Json).await.unwrap();
+    let replies = fixture.producer.wait_for(&alphas, "alpha-3", WAIT).await.unwrap();
+    assert_eq!(replies.last().unwrap().kind, ReplyKind::Completion, "{replies:?}");
+    let seen = common::wait_for("every entry handled", WAIT, || {
+        let snapshot = fixture.ingress().observe();
+        async move { (snapshot.received == 4 && snapshot.in_flight == 0).then_some(snapshot) }
+    })
+    .await;
+    let on_betas = fixture.replies(&betas).await;
+    assert!(on_betas.iter().all(|reply| reply.id.as_deref() == Some("beta-1")), "{on_betas:?}");
+    let exists: u64 = redis::cmd("EXISTS").arg(&lookalike).query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!(exists, 0, "nothing was written under the prefix of tenant `alpha:x`");
+    let length: u64 = redis::cmd("XLEN").arg(fixture.producer.stream()).query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!(length, 0, "the refused entries were acknowledged and deleted");
+    assert_eq!((seen.reply_to_refused, seen.unanswerable, seen.admitted), (2, 2, 2), "nothing was generated for them: {seen:?}");
+    fixture.stop().await;
+}
+
+async fn pttl(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(redis).await.unwrap()
+}
+
+/// Issue 13, finding 6: another application's stream gets no reply and no TTL, whether
+/// the entry names a tenant or not; under the tenant's prefix a stream the producer made
+/// itself gets the replies but keeps its lifetime, and one Swell creates gets the TTL.
+#[actix_rt::test]
+async fn a_stream_swell_did_not_create_never_gets_a_ttl() {
+    let mut fixture = Fixture::start().await;
+    let key = fixture.tenant("acme", TenantLimits::default());
+    let foreign = "orders:events";
+    let _: String = redis::cmd("XADD").arg(foreign).arg("*").arg("order").arg("1").query_async(&mut fixture.redis).await.unwrap();
+    fixture.producer.submit(&chat_request("to-foreign", &key, foreign, hello(2)), Encoding::Json).await.unwrap();
+    let mut wrong_key = chat_request("wrong-key", "sk-swell-wrong", foreign, hello(2));
+    fixture.producer.submit(&wrong_key, Encoding::Json).await.unwrap();
+    wrong_key.api_key = None;
+    fixture.producer.submit(&wrong_key, Encoding::Json).await.unwrap();
+
+    // The producer's own stream (made for its consumer group), under its prefix.
+    let own = reply_to("acme", "own");
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&own).arg("mine").arg("$").arg("MKSTREAM").query_async(&mut fixture.redis).await.unwrap();
+    fixture.producer.submit(&chat_request("to-own", &key, &own, hello(2)), Encoding::Json).await.unwrap();
+    let created = reply_to("acme", "new");
+    fixture.producer.submit(&chat_request("to-new", &key, &created, hello(2)), Encoding::Json).await.unwrap();
+    for (stream, id) in [(&own, "to-own"), (&created, "to-new")] {
+        let replies = fixture.producer.wait_for(stream, id, WAIT).await.unwrap();
+        assert_eq!(replies.last().unwrap().kind, ReplyKind::Completion, "{replies:?}");
+    }
+    let seen = common::wait_for("every entry handled", WAIT, || {
+        let snapshot = fixture.ingress().observe();
+        async move { (snapshot.received == 5 && snapshot.in_flight == 0).then_some(snapshot) }
+    })
+    .await;
+    assert_eq!(pttl(&mut fixture.redis, foreign).await, -1, "another application's stream got a TTL");
+    let length: u64 = redis::cmd("XLEN").arg(foreign).query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!(length, 1, "nothing was appended to another application's stream");
+    assert_eq!(pttl(&mut fixture.redis, &own).await, -1, "the producer's own stream keeps its lifetime");
+    let ttl = pttl(&mut fixture.redis, &created).await;
+    assert!(ttl > 0 && ttl <= 3_600_000, "a stream swell created expires: {ttl}");
+    assert_eq!((seen.reply_to_refused, seen.unanswerable, seen.admitted, seen.completed), (3, 3, 2, 2), "{seen:?}");
+    fixture.stop().await;
+}
+
+/// Issue 13, finding 6: a `reply_to` that is a string or a list gets no TTL (it would
+/// be deleted), nothing is generated for it, and its entry is acknowledged, not taken
+/// over again and again.
+#[actix_rt::test]
+async fn a_reply_to_that_is_not_a_stream_is_left_alone_and_its_entry_is_not_retried() {
+    let mut fixture = Fixture::start_without_ingress().await;
+    let claim_idle = Duration::from_millis(300);
+    fixture
+        .start_ingress(IngressConfig {
+            block: Duration::from_millis(100),
+            claim_idle,
+            claim_interval: Duration::from_millis(100),
+            ..IngressConfig::default()
+        })
+        .await;
+    let key = fixture.tenant("acme", TenantLimits::default());
+    let (text, list) = (reply_to("acme", "text"), reply_to("acme", "list"));
+    let _: () = redis::cmd("SET").arg(&text).arg("keep me").query_async(&mut fixture.redis).await.unwrap();
+    let _: () = redis::cmd("RPUSH").arg(&list).arg("keep me").query_async(&mut fixture.redis).await.unwrap();
+    fixture.producer.submit(&chat_request("to-text", &key, &text, hello(2)), Encoding::Json).await.unwrap();
+    fixture.producer.submit(&chat_request("to-list", &key, &list, hello(2)), Encoding::Bincode).await.unwrap();
+    common::wait_for("both entries handled", WAIT, || {
+        let snapshot = fixture.ingress().observe();
+        async move { (snapshot.received == 2 && snapshot.in_flight == 0).then_some(()) }
+    })
+    .await;
+    // Long enough for a pending entry to be taken over several times.
+    tokio::time::sleep(claim_idle * 4).await;
+    for key in [&text, &list] {
+        assert_eq!(pttl(&mut fixture.redis, key).await, -1, "{key} got a TTL");
+    }
+    let value: String = redis::cmd("GET").arg(&text).query_async(&mut fixture.redis).await.unwrap();
+    let items: Vec<String> = redis::cmd("LRANGE").arg(&list).arg(0).arg(-1).query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!((value.as_str(), items), ("keep me", vec!["keep me".to_string()]));
+    let stream = fixture.producer.stream().to_string();
+    let pending: (u64, redis::Value, redis::Value, redis::Value) =
+        redis::cmd("XPENDING").arg(&stream).arg("gateways").query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!(pending.0, 0, "the entries were acknowledged");
+    let length: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut fixture.redis).await.unwrap();
+    assert_eq!(length, 0);
+    // Read once each, never taken over again; nothing generated.
+    let seen = fixture.ingress().observe();
+    assert_eq!((seen.received, seen.reply_to_refused, seen.unanswerable, seen.admitted, seen.resumed), (2, 2, 2, 0, 0), "{seen:?}");
+    fixture.stop().await;
+}
+
+/// Issue 13, finding 7: tenant `col` with id `x:1` and tenant `col:x` with id `1` are
+/// two requests, and both are answered.
+#[actix_rt::test]
+async fn ids_of_tenants_whose_names_run_together_do_not_collide() {
+    let fixture = Fixture::start().await;
+    let col = fixture.tenant("col", TenantLimits::default());
+    let col_x = fixture.tenant("col:x", TenantLimits::default());
+    let (reply_col, reply_col_x) = (reply_to("col", "r"), reply_to("col:x", "r"));
+    fixture.producer.submit(&chat_request("x:1", &col, &reply_col, hello(2)), Encoding::Json).await.unwrap();
+    fixture.producer.wait_for(&reply_col, "x:1", WAIT).await.unwrap();
+    fixture.producer.submit(&chat_request("1", &col_x, &reply_col_x, hello(2)), Encoding::Json).await.unwrap();
+    let seen = common::wait_for("both entries handled", WAIT, || {
+        let snapshot = fixture.ingress().observe();
+        async move { (snapshot.received == 2 && snapshot.in_flight == 0).then_some(snapshot) }
+    })
+    .await;
+    for (stream, id) in [(&reply_col, "x:1"), (&reply_col_x, "1")] {
+        let replies = fixture.replies(stream).await;
+        let terminal: Vec<&Reply> = replies.iter().filter(|reply| reply.id.as_deref() == Some(id) && reply.kind.is_terminal()).collect();
+        assert_eq!(terminal.len(), 1, "{id} was not answered: {replies:?}");
+        assert_eq!(terminal[0].kind, ReplyKind::Completion);
+    }
+    assert_eq!((seen.duplicates, seen.admitted, seen.completed), (0, 2, 2), "{seen:?}");
+    fixture.stop().await;
+}
+
+/// A reply prefix set through the admin API replaces the tenant's default one; one that
+/// overlaps another tenant's or Swell's keys is refused.
+#[actix_rt::test]
+async fn a_configured_reply_prefix_replaces_the_default() {
+    let fixture = Fixture::start().await;
+    assert_eq!(reply_prefix("acme"), swell_cluster::ingress_wire::default_reply_prefix("swell", "acme"), "the spec's format");
+    let key = fixture.tenant("acme", TenantLimits::default());
+    fixture.tenant("beta", TenantLimits::default());
+    let (status, view) = common::admin(&fixture.server, "PUT", "/tenants/acme", Some(json!({"reply_prefix": "acme:out:"}))).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!((view["reply_prefix"].as_str(), view["effective_reply_prefix"].as_str()), (Some("acme:out:"), Some("acme:out:")));
+    for (prefix, tenant) in [("acme:", "beta"), ("swell:x:", "beta"), ("swell-replies:", "beta")] {
+        let (status, error) = common::admin(&fixture.server, "PUT", &format!("/tenants/{tenant}"), Some(json!({"reply_prefix": prefix}))).await;
+        assert_eq!((status, error["error"]["param"].as_str()), (400, Some("reply_prefix")), "{prefix}: {error}");
+    }
+    let (_, view) = common::admin(&fixture.server, "GET", "/tenants/beta", None).await;
+    assert_eq!((view["reply_prefix"].as_str(), view["effective_reply_prefix"].as_str()), (None, Some(reply_prefix("beta").as_str())));
+
+    let configured = "acme:out:{1}";
+    fixture.producer.submit(&chat_request("configured", &key, configured, hello(2)), Encoding::Json).await.unwrap();
+    let replies = fixture.producer.wait_for(configured, "configured", WAIT).await.unwrap();
+    assert_eq!(replies.last().unwrap().kind, ReplyKind::Completion, "{replies:?}");
+    let default = reply_to("acme", "1");
+    fixture.producer.submit(&chat_request("default", &key, &default, hello(2)), Encoding::Json).await.unwrap();
+    let seen = common::wait_for("both entries handled", WAIT, || {
+        let snapshot = fixture.ingress().observe();
+        async move { (snapshot.received == 2 && snapshot.in_flight == 0).then_some(snapshot) }
+    })
+    .await;
+    assert_eq!((seen.admitted, seen.reply_to_refused), (1, 1), "the default prefix is no longer acme's: {seen:?}");
+    assert!(fixture.replies(&default).await.is_empty());
     fixture.stop().await;
 }

@@ -6,7 +6,9 @@
 //! ([`ingress_stream_key`], `swell:{ingress}:requests` by default); a Swell gateway reads
 //! it with a consumer group, validates the request exactly like an HTTP request, and
 //! appends the answer to the producer's `reply_to` stream as [`Reply`] entries, the last
-//! of which is terminal ([`ReplyKind::is_terminal`]).
+//! of which is terminal ([`ReplyKind::is_terminal`]). `reply_to` must start with the
+//! tenant's reply prefix: the one configured for the tenant, or
+//! [`default_reply_prefix`] (`swell-replies:<n>:<tenant>:`).
 //!
 //! An entry is either JSON fields (`enc` = `json`, the default: every field a string) or
 //! one bincode payload (`enc` = `bincode`, `payload` = [`IngressRequest`] encoded with
@@ -18,6 +20,7 @@
 //! [`Producer`] is an async client for Rust programs: `submit` and `read_replies`.
 //!
 //! # Layout
+//! - [`ingress_stream_key`], [`seen_key`], [`default_reply_prefix`]: key names.
 //! - [`IngressRequest`], [`RequestKind`], [`Encoding`]: one request and how it is encoded.
 //! - [`IngressRequest::to_fields`] / [`IngressRequest::from_fields`]: entry fields ⇄
 //!   request, with [`WireError`] saying what is wrong (and [`WireRejection`] what is known
@@ -47,9 +50,32 @@ pub fn ingress_stream_key(key_prefix: &str) -> String {
     format!("{key_prefix}:{{ingress}}:requests")
 }
 
-/// The idempotency marker of request `id` of `tenant`: `<prefix>:{ingress}:seen:<tenant>:<id>`.
+/// The idempotency marker of request `id` of `tenant`:
+/// `<prefix>:{ingress}:seen:<n>:<tenant>:<id>`, `<n>` the tenant id's length in bytes.
+/// The length makes the parts unambiguous: tenant ids may contain `:`, and tenant `col`
+/// with id `x:1` must not share a marker with tenant `col:x` with id `1`.
 pub fn seen_key(key_prefix: &str, tenant: &str, id: &str) -> String {
-    format!("{key_prefix}:{{ingress}}:seen:{tenant}:{id}")
+    format!("{key_prefix}:{{ingress}}:seen:{}:{tenant}:{id}", tenant.len())
+}
+
+/// The root of the tenants' default reply prefixes: `<prefix>-replies:`, outside Swell's
+/// own keys (`<prefix>:`, never a `reply_to`).
+pub fn reply_namespace(key_prefix: &str) -> String {
+    format!("{key_prefix}-replies:")
+}
+
+/// The reply prefix of a tenant that has none configured:
+/// `<prefix>-replies:<n>:<tenant>:`, `<n>` the tenant id's length in bytes. Every
+/// `reply_to` of the tenant's entries must start with its reply prefix. The length keeps
+/// tenants apart although their ids may contain `:`: no tenant's prefix starts with
+/// another's (`col` has `swell-replies:3:col:`, `col:x` has `swell-replies:5:col:x:`).
+pub fn default_reply_prefix(key_prefix: &str, tenant: &str) -> String {
+    format!("{}{}:{tenant}:", reply_namespace(key_prefix), tenant.len())
+}
+
+/// Whether two key prefixes share keys: one starts with the other.
+pub fn prefixes_overlap(a: &str, b: &str) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 /// Which OpenAI endpoint the request body is for.
@@ -416,15 +442,17 @@ pub enum ProducerError {
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), swell_cluster::ingress_wire::ProducerError> {
-/// use swell_cluster::ingress_wire::{Encoding, IngressRequest, Producer, RequestKind};
+/// use swell_cluster::ingress_wire::{default_reply_prefix, Encoding, IngressRequest, Producer, RequestKind};
 /// let producer = Producer::connect("redis://127.0.0.1:6379", "swell").await?;
+/// // Replies go under the tenant's reply prefix (here the default one of tenant `acme`).
+/// let reply_to = format!("{}{{me}}", default_reply_prefix("swell", "acme"));
 /// let request = IngressRequest {
 ///     id: "job-1".into(),
 ///     api_key: Some("sk-swell-...".into()),
 ///     deployment: "default".into(),
 ///     kind: RequestKind::Chat,
 ///     request: r#"{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}"#.into(),
-///     reply_to: "replies:{me}".into(),
+///     reply_to,
 ///     deadline_ms: None,
 /// };
 /// producer.submit(&request, Encoding::Bincode).await?;
@@ -586,6 +614,35 @@ mod tests {
         let mut fields = fields_of(request().to_fields(Encoding::Bincode));
         fields.insert("reply_to".into(), b"replies:b".to_vec());
         assert_eq!(IngressRequest::from_fields(&fields).unwrap_err().error.param(), Some("reply_to"));
+    }
+
+    #[test]
+    fn markers_of_different_tenants_never_collide() {
+        assert_eq!(seen_key("swell", "acme", "job-1"), "swell:{ingress}:seen:4:acme:job-1");
+        // Tenant ids may contain `:`: the length keeps (`col`, `x:1`) and (`col:x`, `1`) apart.
+        assert_ne!(seen_key("swell", "col", "x:1"), seen_key("swell", "col:x", "1"));
+        let pairs = [("a", "b:c:d"), ("a:b", "c:d"), ("a:b:c", "d"), ("a:b:c:d", "1")];
+        let markers: std::collections::HashSet<String> =
+            pairs.iter().map(|(tenant, id)| seen_key("swell", tenant, id)).collect();
+        assert_eq!(markers.len(), pairs.len());
+        assert!(seen_key("p", "t", "i").starts_with("p:{ingress}:"), "one hash slot with the stream");
+    }
+
+    #[test]
+    fn default_reply_prefixes_never_overlap_and_stay_outside_swells_keys() {
+        assert_eq!(default_reply_prefix("swell", "col"), "swell-replies:3:col:");
+        assert_eq!(default_reply_prefix("swell", "col:x"), "swell-replies:5:col:x:");
+        let tenants = ["col", "col:x", "col:", "c", "co", "1", "1:col", "anonymous", "a:b:c", "a:b", "abcdefghij"];
+        for a in tenants {
+            let prefix = default_reply_prefix("swell", a);
+            assert!(prefix.starts_with(&reply_namespace("swell")));
+            assert!(!prefixes_overlap(&prefix, "swell:"), "{prefix}");
+            for b in tenants.iter().filter(|b| **b != a) {
+                assert!(!prefixes_overlap(&prefix, &default_reply_prefix("swell", b)), "{a} and {b}");
+            }
+        }
+        assert!(prefixes_overlap("ab", "abc") && prefixes_overlap("abc", "ab") && prefixes_overlap("ab", "ab"));
+        assert!(!prefixes_overlap("ab:", "ac:"));
     }
 
     #[test]

@@ -5,7 +5,10 @@ A producer that is not Swell: it writes wire-format v1 entries (docs/ingress.md)
 redis-py, then reads its own reply stream until every job has its terminal reply.
 
     python examples/python/ingress_producer.py --redis redis://127.0.0.1:6379 \\
-        --api-key sk-swell-... --deployment default -n 4 "Tell me a joke"
+        --api-key sk-swell-... --tenant acme --deployment default -n 4 "Tell me a joke"
+
+Replies go to a stream under the tenant's reply prefix (by default
+`swell-replies:<len>:<tenant>:`); Swell does not answer at any other `reply_to`.
 
 Exit status 0 when every job completed, 1 otherwise (each failure is printed with its
 error code). The last line is `completed K/N`.
@@ -22,6 +25,11 @@ import redis
 
 def ingress_stream(prefix: str) -> str:
     return f"{prefix}:{{ingress}}:requests"
+
+
+def default_reply_prefix(prefix: str, tenant: str) -> str:
+    """Where a tenant without a configured reply prefix gets its replies."""
+    return f"{prefix}-replies:{len(tenant.encode())}:{tenant}:"
 
 
 def make_body(kind: str, prompt: str, max_tokens: int, stream: bool) -> dict:
@@ -59,7 +67,7 @@ def collect(r: redis.Redis, reply_to: str, ids: set[str], timeout: float) -> dic
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"no terminal reply for {sorted(pending)}")
+            raise TimeoutError(f"no terminal reply for {sorted(pending)} (is {reply_to!r} under the tenant's reply prefix?)")
         read = r.xread({reply_to: last}, count=1000, block=int(min(left, 1.0) * 1000) or 1)
         for _stream, entries in read:
             for entry_id, fields in entries:
@@ -97,19 +105,22 @@ def main() -> int:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379")
     parser.add_argument("--prefix", default="swell", help="Swell's Redis key prefix")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--tenant", default="anonymous", help="the key's tenant (for the default --reply-to)")
     parser.add_argument("--deployment", default="default")
     parser.add_argument("--kind", choices=["chat", "completion"], default="chat")
     parser.add_argument("-n", type=int, default=1, help="number of jobs")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--stream", action="store_true", help="ask for chunks instead of one completion")
-    parser.add_argument("--reply-to", default=None, help="reply stream (default: replies:{<random>})")
+    parser.add_argument("--reply-to", default=None,
+                        help="reply stream (default: <prefix>-replies:<len>:<tenant>:{<random>}, under the tenant's "
+                             "default reply prefix; a configured one: pass the stream here)")
     parser.add_argument("--deadline-s", type=float, default=None, help="give up after this long (deadline_ms)")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
 
     r = redis.Redis.from_url(args.redis, decode_responses=True)
     run = uuid.uuid4().hex[:12]
-    reply_to = args.reply_to or f"replies:{{{run}}}"
+    reply_to = args.reply_to or f"{default_reply_prefix(args.prefix, args.tenant)}{{{run}}}"
     body = make_body(args.kind, args.prompt, args.max_tokens, args.stream)
     deadline_ms = int((time.time() + args.deadline_s) * 1000) if args.deadline_s else None
     ids = []

@@ -14,12 +14,15 @@
 //!   in the background; 202.
 //! - `GET /admin/v1/deployments`: every deployment with a short status.
 //! - `PUT /admin/v1/tenants/{id}` `{"limits": {...}, "priority": "high", "reserved_replicas":
-//!   {"chat": 1}}`: create (201) or update (200); the body replaces all three (`priority`
-//!   defaults to `normal`, no reservations). A reservation naming a deployment that does
-//!   not exist, or taking the tenants' reservations of a deployment past its
-//!   `max_replicas`, is refused (400 `invalid_config`); so is a deployment update that
-//!   lowers `max_replicas` below its reservations.
-//! - `GET /admin/v1/tenants/{id}`: limits, key ids and quota state (never key hashes).
+//!   {"chat": 1}, "reply_prefix": "acme:replies:"}`: create (201) or update (200); the
+//!   body replaces all four (`priority` defaults to `normal`, no reservations, the
+//!   default reply prefix). A reservation naming a deployment that does not exist, or
+//!   taking the tenants' reservations of a deployment past its `max_replicas`, is refused
+//!   (400 `invalid_config`); so is a deployment update that lowers `max_replicas` below
+//!   its reservations, and a `reply_prefix` that overlaps another tenant's, the default
+//!   prefixes or Swell's own keys.
+//! - `GET /admin/v1/tenants/{id}`: limits, key ids, quota state (never key hashes), and
+//!   the reply prefix: configured (`reply_prefix`) and in effect (`effective_reply_prefix`).
 //! - `GET /admin/v1/tenants`: tenant ids.
 //! - `POST /admin/v1/tenants/{id}/keys`: a new API key, shown once; 201.
 //! - `DELETE /admin/v1/tenants/{id}/keys/{key_id}`: revokes a key.
@@ -41,6 +44,7 @@ use crate::api::json_body::read_json;
 use crate::config::DeploymentConfig;
 use crate::deployments::DeploymentHandle;
 use crate::engines::KNOWN_ENGINES;
+use crate::ingress::ReplyNamespace;
 use crate::state::AppState;
 use crate::tenants::{is_valid_name, TenantCapacity, Upsert};
 
@@ -56,6 +60,10 @@ pub struct TenantBody {
     /// Deployment → replicas kept warm for the tenant (see [`crate::tenants`]).
     #[serde(default)]
     pub reserved_replicas: BTreeMap<String, u32>,
+    /// The Redis ingress answers the tenant's entries only at a `reply_to` starting with
+    /// this (absent: the default prefix, see docs/ingress.md).
+    #[serde(default)]
+    pub reply_prefix: Option<String>,
 }
 
 /// One line of `GET /admin/v1/deployments`.
@@ -223,11 +231,20 @@ pub async fn put_tenant(
     let body: TenantBody = read_json(&request, payload, state.config.server.max_body_bytes).await?;
     body.limits.validate("limits").map_err(|error| invalid_config(vec![error]))?;
     let _writes = state.admin_writes.lock().await;
+    // Checked before anything changes (and admin writes are serialized by the lock).
+    if let Some(prefix) = &body.reply_prefix {
+        ReplyNamespace::of_config(&state.config).check_configured(prefix).map_err(|error| ApiError::InvalidConfig {
+            message: format!("reply_prefix: {error}"),
+            param: Some("reply_prefix".into()),
+        })?;
+        state.tenants.check_reply_prefix(&id, prefix)?;
+    }
     let capacity = TenantCapacity { priority: body.priority, reserved_replicas: body.reserved_replicas };
     let status = match state.upsert_tenant(&id, body.limits, capacity)? {
         Upsert::Created => StatusCode::CREATED,
         Upsert::Updated => StatusCode::OK,
     };
+    state.tenants.set_reply_prefix(&id, body.reply_prefix)?;
     Ok(HttpResponse::build(status).json(tenant_view(&state, &id).await?))
 }
 
@@ -247,6 +264,10 @@ pub struct TenantView {
     pub limits: TenantLimits,
     #[serde(flatten)]
     pub capacity: TenantCapacity,
+    /// The configured reply prefix (`None`: the default one).
+    pub reply_prefix: Option<String>,
+    /// What every `reply_to` of the tenant's ingress entries must start with.
+    pub effective_reply_prefix: String,
     pub key_ids: Vec<String>,
     pub in_flight: u64,
     /// Present for the limits the tenant has: `requests`, `prompt_tokens`,
@@ -273,10 +294,14 @@ async fn tenant_view(state: &AppState, id: &str) -> Result<TenantView, ApiError>
         state.map(|s| (name, LimitView { limit: s.limit, remaining: s.remaining, reset_seconds: s.reset.as_secs_f64() }))
     })
     .collect();
+    let effective_reply_prefix =
+        ReplyNamespace::of_config(&state.config).tenant_prefix(&summary.id, summary.reply_prefix.as_deref());
     Ok(TenantView {
         id: summary.id,
         limits: summary.limits,
         capacity: summary.capacity,
+        reply_prefix: summary.reply_prefix,
+        effective_reply_prefix,
         key_ids: summary.key_ids,
         in_flight: quota.in_flight,
         rate_limits,
@@ -377,6 +402,9 @@ mod tests {
         assert_eq!(error.param(), Some("limits.rpm"));
         let body: TenantBody = parse_json(br#"{"limits": {"requests_per_minute": 2}}"#).unwrap();
         assert_eq!(body.limits.requests_per_minute, Some(2));
+        assert_eq!(body.reply_prefix, None);
+        let body: TenantBody = parse_json(br#"{"reply_prefix": "acme:replies:"}"#).unwrap();
+        assert_eq!(body.reply_prefix.as_deref(), Some("acme:replies:"));
     }
 }
 

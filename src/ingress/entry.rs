@@ -2,6 +2,12 @@
 //! the HTTP path (authenticate the key, parse and validate the body against its
 //! deployment, admit it through the tenant's quota into the queue), acknowledge the
 //! entry, and relay the request's events to `reply_to`.
+//!
+//! Before anything is written to `reply_to` it is checked (`super::reply_to`): under the
+//! tenant's reply prefix (for an entry of no known tenant, under some tenant's), and a
+//! stream or no key at all. An entry whose `reply_to` is refused takes one path,
+//! [`EntryContext::refuse_reply_to`]: logged with the reason's code, counted
+//! (`reply_to_refused`), acknowledged, never retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +18,8 @@ use serde_json::Value;
 use swell_cluster::ingress_wire::{seen_key, Fields, IngressRequest, ReplyKind, RequestKind};
 use tokio::time::Instant;
 
-use super::reply::{item_reply, IngressError, ReplyWriter};
+use super::reply::{check_writable, item_reply, IngressError, ReplyError, ReplyWriter};
+use super::reply_to::{ReplyNamespace, ReplyToRefusal};
 use super::{IngressConfig, IngressStats};
 use crate::api::collect::{Collected, ResponseCollector};
 use crate::api::error::ApiError;
@@ -31,6 +38,8 @@ pub(crate) struct EntryContext {
     pub stream: String,
     pub consumer: String,
     pub config: IngressConfig,
+    /// Where replies may go.
+    pub namespace: ReplyNamespace,
     pub stats: Arc<IngressStats>,
 }
 
@@ -45,8 +54,14 @@ enum Admission {
 
 /// Why an entry was not admitted.
 enum NotAdmitted {
+    /// Refused before its tenant was known (missing or wrong key): answered with this
+    /// error only where an entry of no known tenant may be, then acknowledged.
+    Unauthenticated(IngressError),
     /// Refused: answered with this error, then acknowledged.
     Refused(IngressError),
+    /// Its `reply_to` is not the tenant's to write, or not a stream: acknowledged
+    /// without a reply.
+    ReplyToRefused(ReplyToRefusal),
     /// Its id was already admitted: acknowledged without a reply.
     Duplicate,
     /// Not decided here (shutting down, Redis trouble): left pending, so that this or
@@ -70,11 +85,10 @@ impl EntryContext {
             Ok(request) => request,
             Err(rejection) => {
                 tracing::debug!(entry = %entry_id, error = %rejection.error, "ingress entry refused");
-                match rejection.reply_to.filter(|reply_to| self.may_reply_to(reply_to)) {
+                match rejection.reply_to {
                     Some(reply_to) => {
-                        let mut replies = self.replies(reply_to, rejection.id);
-                        self.answer(&mut replies, &IngressError::Wire(rejection.error)).await;
-                        IngressStats::count(&self.stats.rejected);
+                        let error = IngressError::Wire(rejection.error);
+                        self.answer_unattributed(&entry_id, reply_to, rejection.id, &error).await;
                     }
                     None => IngressStats::count(&self.stats.unanswerable),
                 }
@@ -82,12 +96,6 @@ impl EntryContext {
                 return;
             }
         };
-        if !self.may_reply_to(&request.reply_to) {
-            tracing::warn!(entry = %entry_id, reply_to = %request.reply_to, "ingress entry refused: reply_to is inside swell's key prefix");
-            IngressStats::count(&self.stats.unanswerable);
-            self.ack(&entry_id).await;
-            return;
-        }
         let mut replies = self.replies(request.reply_to.clone(), Some(request.id.clone()));
         let deadline = request.deadline_ms.map(|unix_ms| {
             let left = unix_ms.saturating_sub(swell_cluster::unix_millis());
@@ -109,7 +117,13 @@ impl EntryContext {
                                 return;
                             }
                             Ok(false) => {}
-                            Err(error) => {
+                            Err(ReplyError::Refused(refusal)) => {
+                                self.refuse_reply_to(&entry_id, &refusal);
+                                IngressStats::count(&self.stats.failed);
+                                self.ack(&entry_id).await;
+                                return;
+                            }
+                            Err(ReplyError::Redis(error)) => {
                                 tracing::warn!(entry = %entry_id, %error, "ingress: reading the replies written so far failed; left for later");
                                 return;
                             }
@@ -124,18 +138,35 @@ impl EntryContext {
                 let relaying = relay(generation, &mut replies, deadline);
                 let outcome = self.keeping_fresh(&entry_id, relaying).await;
                 match outcome {
-                    Relayed::Completed | Relayed::Failed => {
+                    Relayed::Completed => {
                         self.ack(&entry_id).await;
-                        let completed = matches!(outcome, Relayed::Completed);
-                        IngressStats::count(if completed { &self.stats.completed } else { &self.stats.failed });
+                        IngressStats::count(&self.stats.completed);
+                    }
+                    Relayed::Failed => {
+                        self.ack(&entry_id).await;
+                        IngressStats::count(&self.stats.failed);
                     }
                     Relayed::Unwritable => IngressStats::count(&self.stats.failed),
+                    Relayed::Refused(refusal) => {
+                        // Dropping the events cancelled the request.
+                        self.refuse_reply_to(&entry_id, &refusal);
+                        IngressStats::count(&self.stats.failed);
+                        self.ack(&entry_id).await;
+                    }
                 }
+            }
+            Err(NotAdmitted::Unauthenticated(error)) => {
+                tracing::debug!(entry = %entry_id, id = %request.id, code = error.code(), "ingress request refused");
+                self.answer_unattributed(&entry_id, request.reply_to.clone(), Some(request.id.clone()), &error).await;
+                self.ack(&entry_id).await;
             }
             Err(NotAdmitted::Refused(error)) => {
                 tracing::debug!(entry = %entry_id, id = %request.id, code = error.code(), "ingress request refused");
-                self.answer(&mut replies, &error).await;
-                IngressStats::count(&self.stats.rejected);
+                self.answer(&entry_id, &mut replies, &error).await;
+                self.ack(&entry_id).await;
+            }
+            Err(NotAdmitted::ReplyToRefused(refusal)) => {
+                self.refuse_reply_to(&entry_id, &refusal);
                 self.ack(&entry_id).await;
             }
             Err(NotAdmitted::Duplicate) => {
@@ -149,19 +180,40 @@ impl EntryContext {
         }
     }
 
-    /// `reply_to` must not be one of Swell's own keys.
-    fn may_reply_to(&self, reply_to: &str) -> bool {
-        !reply_to.starts_with(&format!("{}:", self.config.key_prefix))
-    }
-
     fn replies(&self, reply_to: String, id: Option<String>) -> ReplyWriter {
         ReplyWriter::new(self.redis.clone(), reply_to, id, self.config.reply_ttl, self.config.reply_max_len)
     }
 
-    async fn answer(&self, replies: &mut ReplyWriter, error: &IngressError) {
-        if let Err(redis_error) = replies.error(error).await {
-            tracing::warn!(%redis_error, code = error.code(), "an ingress error reply could not be written");
+    /// Answers a refused entry with `error` (counted as rejected), unless its `reply_to`
+    /// turns out not to be a stream.
+    async fn answer(&self, entry_id: &str, replies: &mut ReplyWriter, error: &IngressError) {
+        match replies.error(error).await {
+            Ok(()) => IngressStats::count(&self.stats.rejected),
+            Err(ReplyError::Refused(refusal)) => self.refuse_reply_to(entry_id, &refusal),
+            Err(ReplyError::Redis(redis_error)) => {
+                tracing::warn!(%redis_error, code = error.code(), "an ingress error reply could not be written");
+                IngressStats::count(&self.stats.rejected);
+            }
         }
+    }
+
+    /// Answers an entry whose tenant is not known (it could not be decoded, or its key
+    /// is missing or wrong): only inside some tenant's reply prefix.
+    async fn answer_unattributed(&self, entry_id: &str, reply_to: String, id: Option<String>, error: &IngressError) {
+        let configured = self.state.tenants.reply_prefixes();
+        match self.namespace.check_unattributed(&reply_to, configured.iter().map(String::as_str)) {
+            Ok(()) => self.answer(entry_id, &mut self.replies(reply_to, id), error).await,
+            Err(refusal) => self.refuse_reply_to(entry_id, &refusal),
+        }
+    }
+
+    /// The one path of an entry whose `reply_to` may not be written: logged and counted
+    /// (`reply_to_refused`, `unanswerable`) here; the caller acknowledges the entry, so
+    /// it is never retried.
+    fn refuse_reply_to(&self, entry_id: &str, refusal: &ReplyToRefusal) {
+        tracing::warn!(entry = %entry_id, code = refusal.code(), reason = %refusal, "ingress entry not answered");
+        IngressStats::count(&self.stats.reply_to_refused);
+        IngressStats::count(&self.stats.unanswerable);
     }
 
     /// Acknowledges and deletes an entry (a failure leaves it pending; its id's marker
@@ -220,7 +272,12 @@ impl EntryContext {
         }
         // The key as an HTTP client would present it, through the same lookup.
         let authorization = request.api_key.as_ref().map(|key| format!("Bearer {key}"));
-        let tenant = state.tenants.authenticate(authorization.as_deref())?;
+        let tenant = state
+            .tenants
+            .authenticate(authorization.as_deref())
+            .map_err(|error| NotAdmitted::Unauthenticated(error.into()))?;
+        let prefix = self.namespace.tenant_prefix(&tenant.id, tenant.reply_prefix.as_deref());
+        self.namespace.check(&request.reply_to, &prefix).map_err(NotAdmitted::ReplyToRefused)?;
         if request.deadline_ms.is_some_and(|deadline| deadline <= swell_cluster::unix_millis()) {
             return Err(deadline_exceeded().into());
         }
@@ -234,6 +291,11 @@ impl EntryContext {
             RequestKind::Chat => resolve(state, from_value::<ChatCompletionRequest>(body)?, size).await?,
             RequestKind::Completion => resolve(state, from_value::<CompletionRequest>(body)?, size).await?,
         };
+        // Nothing is generated for replies that cannot be delivered.
+        check_writable(&mut self.redis.clone(), &request.reply_to).await.map_err(|error| match error {
+            ReplyError::Refused(refusal) => NotAdmitted::ReplyToRefused(refusal),
+            ReplyError::Redis(error) => NotAdmitted::Later(format!("redis: {error}")),
+        })?;
         let request_id = new_request_id();
         let marker = seen_key(&self.config.key_prefix, &tenant.id, &request.id);
         if !self.mark_seen(&marker, &request_id).await? {
@@ -328,6 +390,9 @@ enum Relayed {
     /// A reply could not be written (Redis unreachable): the request is cancelled and
     /// the entry left pending, so a gateway takes it over (and answers it) later.
     Unwritable,
+    /// `reply_to` is not a stream (any more): the request is cancelled and the entry
+    /// dropped, since no gateway could ever answer it.
+    Refused(ReplyToRefusal),
 }
 
 /// Relays a request's events as replies until its terminal reply. Gives up at the
@@ -342,13 +407,15 @@ async fn relay(generation: Generation, replies: &mut ReplyWriter, deadline: Opti
     match outcome {
         Some(Ok(true)) => Relayed::Completed,
         Some(Ok(false)) => Relayed::Failed,
-        Some(Err(error)) => {
+        Some(Err(ReplyError::Refused(refusal))) => Relayed::Refused(refusal),
+        Some(Err(ReplyError::Redis(error))) => {
             tracing::warn!(%error, "ingress replies could not be written; the request is cancelled");
             Relayed::Unwritable
         }
         None => match replies.error(&IngressError::Api(deadline_exceeded())).await {
             Ok(()) => Relayed::Failed,
-            Err(error) => {
+            Err(ReplyError::Refused(refusal)) => Relayed::Refused(refusal),
+            Err(ReplyError::Redis(error)) => {
                 tracing::warn!(%error, "an ingress error reply could not be written");
                 Relayed::Unwritable
             }
@@ -356,7 +423,7 @@ async fn relay(generation: Generation, replies: &mut ReplyWriter, deadline: Opti
     }
 }
 
-async fn relay_events(generation: Generation, replies: &mut ReplyWriter) -> Result<bool, redis::RedisError> {
+async fn relay_events(generation: Generation, replies: &mut ReplyWriter) -> Result<bool, ReplyError> {
     let Generation { meta, validated, mut events, handles: _handles, rate_limits: _ } = generation;
     if validated.stream {
         let mut encoder = StreamEncoder::new(meta, &validated.prompts);

@@ -11,13 +11,21 @@
 //! `StreamEncoder` (streaming requests) or `ResponseCollector` (the others) and appended
 //! to `reply_to`; a refusal is answered with the HTTP API's error body and status.
 //!
+//! # Where replies go
+//! `reply_to` must start with the tenant's reply prefix (configured per tenant, or
+//! `<P>-replies:<n>:<tenant>:`), is never one of Swell's own keys, and must be a stream
+//! or no key at all: a stream Swell creates is marked and gets a TTL, a key it did not
+//! create never does. An entry whose `reply_to` is refused is acknowledged without a
+//! reply, logged and counted ([`IngressSnapshot::reply_to_refused`]), never retried.
+//!
 //! # Delivery
 //! The stream is read with a consumer group (`gateways`), so several gateways share it
 //! and each entry goes to one of them. An entry is acknowledged (and deleted) once its
 //! request is admitted or refused; a gateway that dies before that leaves it pending,
 //! and any gateway claims it after [`IngressConfig::claim_idle`] (`XAUTOCLAIM`). An
 //! idempotency marker per (tenant, `id`), set at admission, makes a redelivered or
-//! repeated entry an acknowledged no-op: a request id is answered once.
+//! repeated entry an acknowledged no-op: a request id is answered once. The marker's key
+//! length-prefixes the tenant id, so no two (tenant, `id`) pairs share one.
 //!
 //! # Layout
 //! - this file: [`IngressConfig`], [`start_ingress`], [`IngressHandle`] and its
@@ -25,11 +33,15 @@
 //! - `consumer`: the read loop (blocking `XREADGROUP` on a dedicated connection,
 //!   periodic `XAUTOCLAIM`, bounded concurrency).
 //! - `entry`: one entry: decode, authenticate, validate, deduplicate, admit, relay.
-//! - `reply`: writing reply entries (and their TTL); errors as reply data.
+//! - `reply_to`: [`ReplyNamespace`]: the tenants' reply prefixes, and which `reply_to`
+//!   an entry may name.
+//! - `reply`: writing reply entries (`reply.lua`: stream only, TTL only on a stream Swell
+//!   created); errors as reply data.
 
 mod consumer;
 mod entry;
 mod reply;
+mod reply_to;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +56,8 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::state::AppState;
 
-pub use self::reply::{error_data, IngressError};
+pub use self::reply::{error_data, IngressError, CREATED_BY_SWELL_GROUP};
+pub use self::reply_to::{overlapping_prefixes, ReplyNamespace, ReplyToRefusal, MAX_REPLY_PREFIX_LENGTH};
 
 /// `[ingress]`: how a gateway consumes the ingress stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,8 +67,9 @@ pub struct IngressConfig {
     /// default true). Embedded mode has no ingress.
     pub enabled: bool,
     /// Prefix of the Redis keys, the queue's (`cluster.key_prefix`, filled in by the
-    /// server; not a setting of its own): the stream is `<prefix>:{ingress}:requests`, and
-    /// `reply_to` may not start with `<prefix>:`.
+    /// server; not a setting of its own): the stream is `<prefix>:{ingress}:requests`,
+    /// `reply_to` may not start with `<prefix>:`, and the tenants' default reply prefixes
+    /// are `<prefix>-replies:<n>:<tenant>:`.
     #[serde(skip)]
     pub key_prefix: String,
     /// The consumer group every gateway reads the stream with.
@@ -69,7 +83,7 @@ pub struct IngressConfig {
     /// How long one blocking read waits for entries.
     #[serde(with = "humantime_serde")]
     pub block: Duration,
-    /// A `reply_to` stream expires this long after its last reply.
+    /// A `reply_to` stream Swell created expires this long after its last reply.
     #[serde(with = "humantime_serde")]
     pub reply_ttl: Duration,
     /// A `reply_to` stream is capped near this many entries.
@@ -171,8 +185,14 @@ pub struct IngressSnapshot {
     /// Requests taken over from a gateway that stopped while relaying them: their
     /// replies resumed after the ones it had written.
     pub resumed: u64,
-    /// Bad entries that could not be answered (no usable `reply_to`).
+    /// Entries left without a terminal reply because their `reply_to` is missing or
+    /// refused (acknowledged all the same).
     pub unanswerable: u64,
+    /// Entries whose `reply_to` was refused: outside the tenant's reply prefix (or, for
+    /// an entry of no known tenant, every tenant's), one of Swell's own keys, or a key
+    /// that is not a stream. Each is logged (`ingress entry not answered`, with the
+    /// reason's code).
+    pub reply_to_refused: u64,
     /// Admitted requests that ended with their final reply (done or completion).
     pub completed: u64,
     /// Admitted requests that ended with an error reply.
@@ -189,6 +209,7 @@ pub(crate) struct IngressStats {
     duplicates: AtomicU64,
     resumed: AtomicU64,
     unanswerable: AtomicU64,
+    reply_to_refused: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
     in_flight: AtomicU64,
@@ -226,6 +247,7 @@ impl IngressHandle {
             duplicates: load(&s.duplicates),
             resumed: load(&s.resumed),
             unanswerable: load(&s.unanswerable),
+            reply_to_refused: load(&s.reply_to_refused),
             completed: load(&s.completed),
             failed: load(&s.failed),
             in_flight: load(&s.in_flight),
@@ -275,12 +297,14 @@ pub async fn start_ingress(
     let (stop, stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = oneshot::channel();
     let max_in_flight = config.max_in_flight;
+    let namespace = ReplyNamespace::new(&config.key_prefix, &state.config.quota.key_prefix);
     let context = Arc::new(entry::EntryContext {
         state,
         redis: shared,
         stream: stream.clone(),
         consumer: consumer.clone(),
         config,
+        namespace,
         stats: stats.clone(),
     });
     let run = consumer::ConsumerLoop { context, blocking, client, permits: permits.clone(), stop: stop_rx };

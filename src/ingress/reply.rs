@@ -1,7 +1,10 @@
 //! Writing a request's replies to its `reply_to` stream: one entry per reply (`id`,
-//! `seq`, `type`, `data`), each refreshing the stream's TTL and capped in length; and
-//! what an error looks like as reply data (the HTTP API's error body plus its status).
+//! `seq`, `type`, `data`), appended by one script (`reply.lua`) that writes only to a
+//! stream (or creates one), caps its length, and sets or refreshes the TTL only of a
+//! stream Swell created; and what an error looks like as reply data (the HTTP API's
+//! error body plus its status).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix_web::ResponseError;
@@ -13,6 +16,14 @@ use crate::api::error::ApiError;
 use crate::api::ratelimit_headers::retry_after_seconds;
 use crate::api::stream_encoder::StreamItem;
 use crate::api::ws_protocol::ServerFrame;
+
+use super::reply_to::ReplyToRefusal;
+
+/// The empty consumer group that marks a `reply_to` stream Swell created (the only kind
+/// whose TTL it sets).
+pub const CREATED_BY_SWELL_GROUP: &str = "swell:created";
+
+static APPEND_REPLY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("reply.lua")));
 
 /// Why an ingress entry was refused or failed: a malformed entry, or anything the HTTP
 /// API answers (with the same code, message and status).
@@ -31,6 +42,17 @@ impl IngressError {
             IngressError::Api(error) => error.code(),
         }
     }
+}
+
+/// Why a reply was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// Never writable (a key of another type): the entry is dropped, not retried.
+    #[error(transparent)]
+    Refused(#[from] ReplyToRefusal),
+    /// Redis trouble: a later try may succeed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 /// The `data` of an error reply: `{"error": {message, type, code, param}, "status": N}`
@@ -102,7 +124,7 @@ impl ReplyWriter {
     /// events from the start, writes only what follows them (the first `chunk` replies
     /// are skipped, and `status` replies while catching up; `seq` continues). Answers
     /// whether a terminal reply was already written (then nothing is to be written).
-    pub async fn resume(&mut self) -> Result<bool, redis::RedisError> {
+    pub async fn resume(&mut self) -> Result<bool, ReplyError> {
         let Some(id) = self.id.clone() else { return Ok(false) };
         let mut start = "-".to_string();
         let (mut chunks, mut next_seq, mut terminal) = (0u64, 0u64, false);
@@ -114,7 +136,8 @@ impl ReplyWriter {
                 .arg("COUNT")
                 .arg(RESUME_PAGE)
                 .query_async(&mut self.redis)
-                .await?;
+                .await
+                .map_err(|error| self.refused_if_wrong_type(error))?;
             for entry in &page.ids {
                 let Ok(reply) = Reply::from_fields(&swell_cluster::ingress_wire::entry_fields(entry)) else { continue };
                 if reply.id.as_deref() != Some(id.as_str()) {
@@ -139,9 +162,9 @@ impl ReplyWriter {
         self.skip_chunks
     }
 
-    /// Appends a reply and refreshes the stream's TTL (while resuming, skips what was
-    /// written before).
-    pub async fn send(&mut self, kind: ReplyKind, data: Value) -> Result<(), redis::RedisError> {
+    /// Appends a reply (while resuming, skips what was written before): see
+    /// `reply.lua`. A `reply_to` that is not a stream is [`ReplyError::Refused`].
+    pub async fn send(&mut self, kind: ReplyKind, data: Value) -> Result<(), ReplyError> {
         if self.skip_chunks > 0 {
             match kind {
                 ReplyKind::Chunk => {
@@ -153,21 +176,40 @@ impl ReplyWriter {
             }
         }
         let reply = Reply { id: self.id.clone(), seq: self.next_seq, kind, data };
-        let mut add = redis::cmd("XADD");
-        add.arg(&self.reply_to).arg("MAXLEN").arg("~").arg(self.max_len).arg("*");
+        let mut append = APPEND_REPLY.key(&self.reply_to);
+        append.arg(self.ttl.as_millis() as u64).arg(self.max_len).arg(CREATED_BY_SWELL_GROUP);
         for (name, value) in reply.to_fields() {
-            add.arg(name).arg(value);
+            append.arg(name).arg(value);
         }
-        let mut pipe = redis::pipe();
-        pipe.add_command(add).ignore();
-        pipe.cmd("PEXPIRE").arg(&self.reply_to).arg(self.ttl.as_millis() as u64).ignore();
-        pipe.query_async::<()>(&mut self.redis).await?;
+        let outcome: String = append.invoke_async(&mut self.redis).await?;
+        if let Some(found) = outcome.strip_prefix("wrongtype:") {
+            return Err(ReplyToRefusal::NotAStream { reply_to: self.reply_to.clone(), kind: found.to_string() }.into());
+        }
         self.next_seq += 1;
         Ok(())
     }
 
-    pub async fn error(&mut self, error: &IngressError) -> Result<(), redis::RedisError> {
+    pub async fn error(&mut self, error: &IngressError) -> Result<(), ReplyError> {
         self.send(ReplyKind::Error, error_data(error)).await
+    }
+
+    /// A command on `reply_to` answered `WRONGTYPE`: the key is not a stream.
+    fn refused_if_wrong_type(&self, error: redis::RedisError) -> ReplyError {
+        if error.code() != Some("WRONGTYPE") {
+            return error.into();
+        }
+        ReplyToRefusal::NotAStream { reply_to: self.reply_to.clone(), kind: "key of another type".into() }.into()
+    }
+}
+
+/// Whether replies can be written at `reply_to` (no key yet, or a stream). Checked before
+/// a request is admitted, so that nothing is generated for replies that cannot be
+/// delivered; the script checks again at every write.
+pub async fn check_writable(redis: &mut ConnectionManager, reply_to: &str) -> Result<(), ReplyError> {
+    let kind: String = redis::cmd("TYPE").arg(reply_to).query_async(redis).await?;
+    match kind.as_str() {
+        "none" | "stream" => Ok(()),
+        _ => Err(ReplyToRefusal::NotAStream { reply_to: reply_to.to_string(), kind }.into()),
     }
 }
 
@@ -200,6 +242,55 @@ mod tests {
         assert_eq!(data["status"], 429);
         assert_eq!(data["error"]["code"], "rate_limit_exceeded");
         assert_eq!(data["retry_after_seconds"], 3);
+    }
+
+    /// The script against a real Redis: a stream only, a TTL only on a stream it created.
+    #[actix_rt::test]
+    async fn replies_go_only_to_streams_and_get_a_ttl_only_where_swell_created_the_stream() {
+        use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+        let server = RedisServer::start(RedisServerOptions::default());
+        let client = redis::Client::open(server.url()).unwrap();
+        let redis = ConnectionManager::new(client).await.unwrap();
+        let mut plain = redis.clone();
+        let ttl = Duration::from_secs(3600);
+        let writer = |key: &str| ReplyWriter::new(redis.clone(), key.to_string(), Some("job".into()), ttl, 100);
+        let pttl = |key: &'static str| {
+            let mut redis = redis.clone();
+            async move { redis::cmd("PTTL").arg(key).query_async::<i64>(&mut redis).await.unwrap() }
+        };
+        let data = || json!({"ok": true});
+
+        // No key: created, marked, with the TTL; the next reply keeps it alive.
+        writer("new").send(ReplyKind::Status, data()).await.unwrap();
+        assert!(pttl("new").await > 3_000_000);
+        let groups: Vec<Vec<redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg("new").query_async(&mut plain).await.unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0][1], redis::Value::BulkString(CREATED_BY_SWELL_GROUP.as_bytes().to_vec()));
+        let _: () = redis::cmd("PERSIST").arg("new").query_async(&mut plain).await.unwrap();
+        writer("new").send(ReplyKind::Done, data()).await.unwrap();
+        assert!(pttl("new").await > 3_000_000, "the TTL of a stream swell created is refreshed");
+
+        // A stream made by someone else: the reply is appended, its TTL left alone.
+        let _: String = redis::cmd("XADD").arg("theirs").arg("*").arg("a").arg("1").query_async(&mut plain).await.unwrap();
+        writer("theirs").send(ReplyKind::Completion, data()).await.unwrap();
+        let length: u64 = redis::cmd("XLEN").arg("theirs").query_async(&mut plain).await.unwrap();
+        assert_eq!((length, pttl("theirs").await), (2, -1));
+
+        // Another type: nothing written, no TTL; refused, not a Redis error.
+        let _: () = redis::cmd("SET").arg("text").arg("keep me").query_async(&mut plain).await.unwrap();
+        let _: () = redis::cmd("RPUSH").arg("list").arg("x").query_async(&mut plain).await.unwrap();
+        for key in ["text", "list"] {
+            let error = writer(key).send(ReplyKind::Error, data()).await.unwrap_err();
+            assert!(matches!(&error, ReplyError::Refused(refusal) if refusal.code() == "reply_to_not_a_stream"), "{error:?}");
+            assert!(matches!(writer(key).resume().await, Err(ReplyError::Refused(_))));
+            assert!(matches!(check_writable(&mut plain.clone(), key).await, Err(ReplyError::Refused(_))));
+        }
+        assert_eq!((pttl("text").await, pttl("list").await), (-1, -1));
+        let text: String = redis::cmd("GET").arg("text").query_async(&mut plain).await.unwrap();
+        assert_eq!(text, "keep me");
+        check_writable(&mut plain.clone(), "new").await.unwrap();
+        check_writable(&mut plain.clone(), "absent").await.unwrap();
     }
 
     #[test]

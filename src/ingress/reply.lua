@@ -1,0 +1,32 @@
+-- Appends one reply to a `reply_to` stream, in one step, only where Swell may write it
+-- (src/ingress/reply.rs). A key of another type is left alone. A stream Swell creates is
+-- marked with an empty consumer group and gets the TTL; only a stream so marked has its
+-- TTL refreshed, so a stream the producer made itself keeps the lifetime it chose.
+--
+-- KEYS[1]     the reply_to stream
+-- ARGV[1]     the TTL of a stream Swell created, in milliseconds
+-- ARGV[2]     its length cap (MAXLEN ~)
+-- ARGV[3]     the name of the consumer group that marks a stream Swell created
+-- ARGV[4..]   the reply's fields and values
+-- Returns 'created' (a new stream: marked, with the TTL), 'refreshed' (a stream Swell
+-- created: its TTL refreshed), 'kept' (a stream Swell did not create: its TTL untouched),
+-- or 'wrongtype:<type>' (a key of another type: nothing was written).
+local key = KEYS[1]
+local kind = redis.call('TYPE', key)['ok']
+if kind ~= 'none' and kind ~= 'stream' then
+  return 'wrongtype:' .. kind
+end
+redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+if kind == 'none' then
+  redis.call('XGROUP', 'CREATE', key, ARGV[3], '$')
+  redis.call('PEXPIRE', key, ARGV[1])
+  return 'created'
+end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  -- Each group is a flat list: name, <name>, consumers, <n>, ...
+  if group[2] == ARGV[3] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    return 'refreshed'
+  end
+end
+return 'kept'
