@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUESTS_TOTAL: &str = "swell_http_requests_total";
 pub const WEBSOCKET_CONNECTIONS: &str = "swell_websocket_connections";
 pub const WEBSOCKET_REQUESTS_TOTAL: &str = "swell_websocket_requests_total";
+pub const INGRESS_UNANSWERED_TOTAL: &str = "swell_ingress_unanswered_total";
 
 /// Prometheus' text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -69,6 +70,10 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route pattern and status");
     describe_gauge!(WEBSOCKET_CONNECTIONS, "Open WebSocket connections");
     describe_counter!(WEBSOCKET_REQUESTS_TOTAL, "Generation requests received over WebSockets, by outcome");
+    describe_counter!(
+        INGRESS_UNANSWERED_TOTAL,
+        "Ingress entries acknowledged without an answer because their reply_to may not be written, by code"
+    );
 }
 
 /// Renders every metric in Prometheus' text format, without the series of deleted
@@ -88,4 +93,10 @@ pub fn websocket_connections(delta: f64) {
 
 pub fn websocket_request(outcome: &'static str) {
     counter!(WEBSOCKET_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// An ingress entry left unanswered: its `reply_to` may not be written (`code` is the
+/// refusal's, e.g. `reply_to_not_permitted`).
+pub fn ingress_unanswered(code: &'static str) {
+    counter!(INGRESS_UNANSWERED_TOTAL, "code" => code).increment(1);
 }

@@ -213,6 +213,7 @@ impl EntryContext {
     fn refuse_reply_to(&self, entry_id: &str, refusal: &ReplyToRefusal) {
         tracing::warn!(entry = %entry_id, code = refusal.code(), reason = %refusal, "ingress entry not answered");
         IngressStats::count(&self.stats.reply_to_refused);
+        crate::metrics::ingress_unanswered(refusal.code());
         IngressStats::count(&self.stats.unanswerable);
     }
 
