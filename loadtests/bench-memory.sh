@@ -4,7 +4,8 @@
 # (loadtests/configs/memory.toml).
 #   loadtests/bench-memory.sh [CONCURRENCY] [REQUESTS] [OUTPUT_TOKENS]
 # PROFILE=dev uses the dev build (dependencies and the engine optimized) instead of
-# release. Prints one line per stage.
+# release; KV_CACHE_TOKENS=N overrides the config's llm.kv_cache_tokens. Prints one line
+# per stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrency=${1:-64}
@@ -19,9 +20,11 @@ else
   cargo build --locked -p swell --bin swell -p swell-loadtest --bin swell-loadtest
   bin=target/debug
 fi
-RUST_LOG=warn "$bin/swell" serve --config loadtests/configs/memory.toml &
+config=$(mktemp --suffix=.toml)
+sed "s/^kv_cache_tokens = .*/kv_cache_tokens = ${KV_CACHE_TOKENS:-32768}/" loadtests/configs/memory.toml >"$config"
+RUST_LOG=warn "$bin/swell" serve --config "$config" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$config"' EXIT
 url=http://127.0.0.1:18081
 for _ in $(seq 600); do
   [ "$(curl -s "$url/admin/v1/deployments/default" | grep -o '"ready":[0-9]*' | head -1)" = '"ready":1' ] && break

@@ -27,10 +27,7 @@ fn sim(autoscaling: Value) -> Value {
 #[actix_rt::test]
 async fn admin_input_out_of_bounds_is_refused_by_name_and_the_process_lives() {
     let server = common::start(common::DEFAULT_DEPLOYMENT).await;
-    let model = swell_workers::llm::find_default_model()
-        .expect("the test model is missing: run scripts/fetch-model")
-        .display()
-        .to_string();
+    let model = common::model_path().display().to_string();
     let cases = [
         ("a million replicas", sim(json!({"min_replicas": 1_000_000, "max_replicas": 1_000_000})), "autoscaling.min_replicas"),
         ("max_replicas of u32::MAX", sim(json!({"max_replicas": 4_294_967_295u64})), "autoscaling.max_replicas"),
@@ -82,7 +79,7 @@ async fn admin_input_out_of_bounds_is_refused_by_name_and_the_process_lives() {
 #[actix_rt::test]
 async fn a_replica_that_cannot_start_is_counted_backed_off_and_shown() {
     let server = common::start(common::DEFAULT_DEPLOYMENT).await;
-    let model = swell_workers::llm::find_default_model().expect("the test model is missing: run scripts/fetch-model");
+    let model = common::model_path();
     let body = json!({
         "engine": "llm",
         "llm": {"model_path": model, "kv_cache_tokens": 1u64 << 24, "context_length": 256},

@@ -16,32 +16,12 @@ use serde_json::{json, Value};
 use swell_workers::llm::GgufTokenizer;
 use swell_workers::Tokenizer;
 
-fn model_path() -> std::path::PathBuf {
-    let path = swell_workers::llm::find_default_model()
-        .expect("the model is missing: run scripts/fetch-model (or set SWELL_MODEL_PATH)");
-    std::fs::canonicalize(path).unwrap()
-}
-
 fn deployment() -> String {
-    format!(
-        r#"
-[deployments.default]
-engine = "llm"
-max_tokens_default = 8
-[deployments.default.llm]
-model_path = "{}"
-threads = 2
-kv_cache_tokens = 4096
-[deployments.default.autoscaling]
-min_replicas = 1
-max_replicas = 1
-"#,
-        model_path().display()
-    )
+    common::real_model_deployment(8, 4096)
 }
 
 fn tokenizer() -> GgufTokenizer {
-    let file = swell_workers::llm::gguf::GgufFile::open(&model_path()).unwrap();
+    let file = swell_workers::llm::gguf::GgufFile::open(&common::model_path()).unwrap();
     GgufTokenizer::from_gguf(&file.content).unwrap()
 }
 

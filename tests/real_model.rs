@@ -22,24 +22,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 fn deployment() -> String {
-    let path = swell_workers::llm::find_default_model()
-        .expect("the model is missing: run scripts/fetch-model (or set SWELL_MODEL_PATH)");
-    let path = std::fs::canonicalize(path).unwrap();
-    format!(
-        r#"
-[deployments.default]
-engine = "llm"
-max_tokens_default = 64
-[deployments.default.llm]
-model_path = "{}"
-threads = 2
-kv_cache_tokens = 16384
-[deployments.default.autoscaling]
-min_replicas = 1
-max_replicas = 1
-"#,
-        path.display()
-    )
+    common::real_model_deployment(64, 16384)
 }
 
 /// Stream one completion; returns (generated tokens, seconds from send to last byte).

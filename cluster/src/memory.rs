@@ -736,8 +736,8 @@ mod tests {
         assert!(matches!(&events[0].event, OutputEvent::Failed { code, .. } if code == "deadline_exceeded"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn finished_output_is_dropped_after_the_retention_period() {
+    /// A queue keeping output 5 s, holding job `a`, finished 6 s ago.
+    async fn queue_with_output_past_retention() -> InMemoryQueue {
         let queue = InMemoryQueue::new(InMemoryQueueConfig {
             output_retention: Duration::from_secs(5),
             ..Default::default()
@@ -747,6 +747,12 @@ mod tests {
         queue.append_output(&lease.lease, vec![finished()]).await.unwrap();
         queue.ack(&lease.lease).await.unwrap();
         tokio::time::advance(Duration::from_secs(6)).await;
+        queue
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_output_is_dropped_after_the_retention_period() {
+        let queue = queue_with_output_past_retention().await;
         queue.enqueue(job("b"), LIMITS).await.unwrap(); // sweeps
         assert!(queue.read_output("a", 0, Duration::ZERO).await.is_err());
     }
@@ -755,15 +761,7 @@ mod tests {
     /// samples (every tick) drop finished outputs on time, so memory returns.
     #[tokio::test(start_paused = true)]
     async fn an_idle_queue_drops_finished_output_when_its_depth_is_sampled() {
-        let queue = InMemoryQueue::new(InMemoryQueueConfig {
-            output_retention: Duration::from_secs(5),
-            ..Default::default()
-        });
-        queue.enqueue(job("a"), LIMITS).await.unwrap();
-        let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
-        queue.append_output(&lease.lease, vec![finished()]).await.unwrap();
-        queue.ack(&lease.lease).await.unwrap();
-        tokio::time::advance(Duration::from_secs(6)).await;
+        let queue = queue_with_output_past_retention().await;
         queue.depth("d").await.unwrap();
         let state = queue.state.lock();
         assert!(state.outputs.is_empty() && state.jobs.is_empty(), "nothing of the finished job is kept");

@@ -22,6 +22,32 @@ decode_step_base = "5ms"
 decode_step_per_sequence = "1ms"
 "#;
 
+/// The test model's path (absolute), or a panic saying how to get it.
+pub fn model_path() -> std::path::PathBuf {
+    let path = swell_workers::llm::find_default_model()
+        .expect("the model is missing: run scripts/fetch-model (or set SWELL_MODEL_PATH)");
+    std::fs::canonicalize(path).unwrap()
+}
+
+/// A deployment `default` of the real model: one always-on replica on 2 threads.
+pub fn real_model_deployment(max_tokens_default: u32, kv_cache_tokens: u64) -> String {
+    format!(
+        r#"
+[deployments.default]
+engine = "llm"
+max_tokens_default = {max_tokens_default}
+[deployments.default.llm]
+model_path = "{}"
+threads = 2
+kv_cache_tokens = {kv_cache_tokens}
+[deployments.default.autoscaling]
+min_replicas = 1
+max_replicas = 1
+"#,
+        model_path().display()
+    )
+}
+
 pub async fn start(deployments: &str) -> ServerHandle {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\nautoscaler_tick = \"100ms\"\nshutdown_timeout = \"2s\"\n{deployments}"
