@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-sim-out/servegen-sweep}
 profile=${2:-llama-3.1-8b-h100}
-traces=${SWELL_TRACES:-../shared/traces}
+traces=${SWELL_TRACES:-loadtests/traces}
 jobs=${SWEEP_JOBS:-$(nproc)}
 cargo build --release -p swell-loadtest --bin swell-simulate
 simulate=${CARGO_TARGET_DIR:-target}/release/swell-simulate

@@ -23,12 +23,12 @@
 //! # Poisson arrivals at 4 req/s for one minute over WebSockets, ShareGPT lengths capped for a
 //! # small model, JSON report:
 //! swell-loadtest --rate 4 --duration 60s --protocol ws --model tiny \
-//!     --prompt-tokens sharegpt:/work/shared/traces/sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv \
-//!     --output-tokens sharegpt:/work/shared/traces/sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv \
+//!     --prompt-tokens sharegpt:loadtests/traces/sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv \
+//!     --output-tokens sharegpt:loadtests/traces/sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv \
 //!     --max-prompt-tokens 1024 --max-output-tokens 256 --json report.json
 //!
 //! # Ten minutes of the Azure conversation trace, starting 5 minutes in, played 10x faster:
-//! swell-loadtest --trace /work/shared/traces/azure-2023/AzureLLMInferenceTrace_conv.csv \
+//! swell-loadtest --trace loadtests/traces/azure-2023/AzureLLMInferenceTrace_conv.csv \
 //!     --trace-offset 300 --time-scale 10 --duration 60s --max-prompt-tokens 2048 \
 //!     --max-output-tokens 256 --per-request-csv requests.csv
 //! ```

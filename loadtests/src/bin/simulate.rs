@@ -58,7 +58,7 @@ struct Args {
     /// Default: the built-in default with max_replicas 1000.
     #[arg(long)]
     swell_policy: Option<String>,
-    /// Where the traces are (default: ../shared/traces or shared/traces, whichever exists).
+    /// Where the traces are (default: `loadtests/traces`, the copies in the repository).
     #[arg(long)]
     traces_dir: Option<PathBuf>,
     /// Synthetic traces: the peak rate, requests/s.
@@ -83,12 +83,11 @@ fn traces_dir(args: &Args) -> anyhow::Result<PathBuf> {
     if let Some(dir) = &args.traces_dir {
         return Ok(dir.clone());
     }
-    for dir in ["../shared/traces", "shared/traces", "../../shared/traces"] {
-        if Path::new(dir).is_dir() {
-            return Ok(dir.into());
-        }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+    if dir.is_dir() {
+        return Ok(dir);
     }
-    bail!("cannot find the traces directory; pass --traces-dir")
+    bail!("cannot find the traces directory {}; pass --traces-dir", dir.display())
 }
 
 fn load(args: &Args) -> anyhow::Result<Vec<workload::SimRequest>> {

@@ -312,7 +312,7 @@ fn samples_carry_queue_delay_and_kv_use_like_the_supervisor_builds_them() {
     assert_eq!(started, requests.len() as u64);
 }
 
-/// Issue 5's claim, kept true: on the shared Azure conversation trace (one hour, as
+/// Issue 5's claim, kept true: on the Azure conversation trace (`loadtests/traces`) (one hour, as
 /// recorded) with a small-GPU profile (`qwen2.5-0.5b-l4`, where the trace needs one to
 /// three replicas), Swell's *default* policy reaches at least the SLO attainment of the
 /// best baseline (the highest attainment; the cheapest of those on a tie) at lower cost,
@@ -320,13 +320,13 @@ fn samples_carry_queue_delay_and_kv_use_like_the_supervisor_builds_them() {
 /// tables this comes from; the run takes a few seconds.
 #[test]
 fn the_default_policy_beats_the_best_baseline_on_the_azure_conversation_trace() {
-    let traces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces");
+    let traces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
     let requests = super::workload::azure(
         &traces.join("azure-2023/AzureLLMInferenceTrace_conv.csv"),
         1.0,
         None,
     )
-    .expect("the shared Azure conversation trace (../shared/traces) is readable");
+    .expect("the Azure conversation trace (loadtests/traces) is readable");
     assert_eq!(requests.len(), 19_366);
     let comparison = Comparison {
         profile: builtin("qwen2.5-0.5b-l4").unwrap(),
