@@ -658,11 +658,12 @@ impl Config {
         Ok(config)
     }
 
-    /// The deployments to create at start: the configured ones, or the default one.
+    /// The deployments to create at start: the configured ones, or the default one (none
+    /// when its model file is missing: `validate` refuses that config).
     pub fn initial_deployments(&self) -> Vec<(String, DeploymentConfig)> {
         match &self.deployments {
             Some(deployments) => deployments.iter().map(|(n, d)| (n.clone(), d.clone())).collect(),
-            None => vec![engines::default_deployment()],
+            None => engines::default_deployment().into_iter().collect(),
         }
     }
 
@@ -675,6 +676,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let server = &self.server;
+        if self.deployments.is_none() && engines::default_deployment().is_none() {
+            errors.push(engines::missing_default_model());
+        }
         if server.max_body_bytes == 0 {
             errors.push("server.max_body_bytes must be at least 1".to_string());
         }

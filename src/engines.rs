@@ -4,15 +4,16 @@
 //! Engines: `llm` (the real model engine: a Llama-architecture GGUF on CPU, or CUDA where
 //! a GPU is present) and `sim` (the calibrated performance model in `swell-workers`).
 //! The default deployment serves the reference model, SmolLM2-135M-Instruct (Q4_1), with
-//! the `llm` engine when its file is found (`$SWELL_MODEL_PATH`, else
-//! `models/SmolLM2-135M-Instruct.Q4_1.gguf`, where `scripts/fetch-model` puts it);
-//! without it, it falls back to the `sim` engine's `smollm2-135m-cpu` profile and says so
-//! in the log.
+//! the `llm` engine, from `$SWELL_MODEL_PATH`, else
+//! `models/SmolLM2-135M-Instruct.Q4_1.gguf` (where `scripts/fetch-model` puts it). Without
+//! the file there is no default deployment and the config is refused, saying how to get
+//! the model: the `sim` engine never stands in for a model silently; it runs only where a
+//! config asks for it.
 
 use std::sync::Arc;
 
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
-use swell_workers::sim::{SimConfig, SimEngineFactory};
+use swell_workers::sim::SimEngineFactory;
 use swell_workers::EngineFactory;
 
 use crate::api::error::ApiError;
@@ -24,28 +25,25 @@ pub const KNOWN_ENGINES: &[&str] = &["llm", "sim"];
 /// The name of the deployment served when the config names none.
 pub const DEFAULT_DEPLOYMENT: &str = "default";
 
-/// The profile of the default deployment's `sim` engine when the model file is absent.
-pub const DEFAULT_SIM_PROFILE: &str = "smollm2-135m-cpu";
-
-/// The deployment served when the config has no `[deployments]` table: the real model
-/// when its file is present, else the sim profile of the same model.
-pub fn default_deployment() -> (String, DeploymentConfig) {
-    match find_default_model() {
-        Some(path) => (DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::llm(LlmConfig::new(path))),
-        None => {
-            tracing::warn!(
-                candidates = ?swell_workers::llm::default_model_candidates(),
-                "the default model file is missing (run scripts/fetch-model); serving the `sim` engine's {DEFAULT_SIM_PROFILE} profile instead"
-            );
-            default_sim_deployment()
-        }
-    }
+/// The deployment served when the config has no `[deployments]` table: the real model,
+/// when its file is present.
+pub fn default_deployment() -> Option<(String, DeploymentConfig)> {
+    let path = find_default_model()?;
+    Some((DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::llm(LlmConfig::new(path))))
 }
 
-/// The `sim` stand-in for the default deployment.
-pub fn default_sim_deployment() -> (String, DeploymentConfig) {
-    let sim = SimConfig { profile: DEFAULT_SIM_PROFILE.to_string(), ..SimConfig::default() };
-    (DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::sim(sim))
+/// Why there is no default deployment, and how to get one.
+pub fn missing_default_model() -> String {
+    let candidates: Vec<String> = swell_workers::llm::default_model_candidates()
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect();
+    format!(
+        "deployments: none is configured and the default model file is missing (looked for {}); \
+         run scripts/fetch-model (or scripts/serve, which fetches it), set SWELL_MODEL_PATH, \
+         or configure [deployments] (engine = \"sim\" runs the performance model without one)",
+        candidates.join(", ")
+    )
 }
 
 /// One line saying what a deployment runs (for logs).
@@ -106,39 +104,41 @@ pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use swell_workers::sim::SimConfig;
 
-    #[test]
-    fn the_default_deployment_is_the_real_model_when_present() {
-        let (name, config) = default_deployment();
-        assert_eq!(name, "default");
-        assert!(config.validate("deployments.default").is_empty());
-        match find_default_model() {
-            Some(path) => {
-                assert_eq!(config.engine, "llm");
-                assert_eq!(config.llm.as_ref().unwrap().model_path, path);
-                let description = build_factory(&config).unwrap().describe();
-                assert_eq!(description.engine, "llm");
-                assert_eq!(description.context_length, 8192);
-            }
-            None => assert_eq!(config.engine, "sim"),
-        }
+    /// A `sim` deployment of the SmolLM2 profile.
+    fn sim_deployment() -> (String, DeploymentConfig) {
+        let sim = SimConfig { profile: "smollm2-135m-cpu".to_string(), ..SimConfig::default() };
+        (DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::sim(sim))
     }
 
     #[test]
-    fn the_sim_stand_in_is_the_small_sim_profile() {
-        let (name, config) = default_sim_deployment();
+    fn the_default_deployment_is_the_real_model() {
+        let path = find_default_model().expect("the test model is missing: run scripts/fetch-model");
+        let (name, config) = default_deployment().expect("the model file is present");
         assert_eq!(name, "default");
         assert!(config.validate("deployments.default").is_empty());
-        let factory = build_factory(&config).unwrap();
-        let description = factory.describe();
+        assert_eq!(config.engine, "llm");
+        assert_eq!(config.llm.as_ref().unwrap().model_path, path);
+        let description = build_factory(&config).unwrap().describe();
+        assert_eq!(description.engine, "llm");
+        assert_eq!(description.context_length, 8192);
+        let why = missing_default_model();
+        assert!(why.contains("scripts/fetch-model") && why.contains("SmolLM2-135M-Instruct.Q4_1.gguf"), "{why}");
+    }
+
+    #[test]
+    fn a_sim_deployment_says_so() {
+        let (_, config) = sim_deployment();
+        assert!(config.validate("deployments.default").is_empty());
+        let description = build_factory(&config).unwrap().describe();
         assert_eq!(description.engine, "sim");
-        assert_eq!(description.model, DEFAULT_SIM_PROFILE);
         assert_eq!(describe_choice(&config), "engine=sim profile=smollm2-135m-cpu");
     }
 
     #[test]
     fn unknown_engines_list_the_known_ones() {
-        let mut config = default_sim_deployment().1;
+        let mut config = sim_deployment().1;
         config.engine = "vllm".into();
         config.sim = None;
         let error = build_factory(&config).err().unwrap();
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn bad_sim_settings_name_the_key() {
-        let mut config = default_sim_deployment().1;
+        let mut config = sim_deployment().1;
         config.sim = Some(SimConfig { max_batch_size: Some(0), ..SimConfig::default() });
         let error = build_factory(&config).err().unwrap();
         assert_eq!(error.code(), "invalid_config");

@@ -40,6 +40,7 @@ pub fn model_object(deployment: &DeploymentHandle) -> ModelObject {
         created: deployment.created,
         owned_by: "swell",
         max_model_len: deployment.description.context_length,
+        engine: deployment.description.engine.clone(),
     }
 }
 

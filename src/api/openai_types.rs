@@ -210,6 +210,9 @@ pub struct ModelObject {
     pub owned_by: &'static str,
     /// Prompt plus output tokens one request may use (vLLM's name for it).
     pub max_model_len: u32,
+    /// Swell's extension: the engine that serves the deployment (`llm`, or `sim`, the
+    /// performance model that generates no real text).
+    pub engine: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
