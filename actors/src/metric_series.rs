@@ -11,37 +11,37 @@
 //! series again, counters continuing where they were.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex, MutexGuard};
 
 /// The labels whose values name things with a lifetime.
 pub const LIFETIME_LABELS: [&str; 2] = ["deployment", "replica"];
 
-static LIVE: Mutex<Option<HashMap<(&'static str, String), u64>>> = Mutex::new(None);
+/// (label, value) → how many live things it names.
+static LIVE: LazyLock<Mutex<HashMap<(&'static str, String), u64>>> = LazyLock::new(Mutex::default);
+
+fn live_counts() -> MutexGuard<'static, HashMap<(&'static str, String), u64>> {
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// `label="value"` names something that exists (once more).
 pub fn live(label: &'static str, value: &str) {
-    let mut live = LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *live.get_or_insert_with(HashMap::new).entry((label, value.to_string())).or_default() += 1;
+    *live_counts().entry((label, value.to_string())).or_default() += 1;
 }
 
 /// `label="value"` names one thing fewer.
 pub fn gone(label: &'static str, value: &str) {
-    let mut live = LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(count) = live.get_or_insert_with(HashMap::new).get_mut(&(label, value.to_string())) {
+    if let Some(count) = live_counts().get_mut(&(label, value.to_string())) {
         *count = count.saturating_sub(1);
     }
 }
 
 /// Prometheus text without the sample lines of things that are gone.
 pub fn without_gone_series(text: &str) -> String {
-    let live = LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let gone: Vec<String> = live
+    let gone: Vec<String> = live_counts()
         .iter()
-        .flatten()
         .filter(|(_, count)| **count == 0)
         .map(|((label, value), _)| format!("{label}=\"{}\"", escape(value)))
         .collect();
-    drop(live);
     if gone.is_empty() {
         return text.to_string();
     }
