@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use swell_actors::autoscaler::{Autoscaler, Decision, LoadSample, ReplicaCounts};
+use swell_autoscaler::{Autoscaler, Decision, LoadSample, ReplicaCounts};
 use swell_actors::supervisor::{with_reserved_floor, SetAssignment};
-use swell_actors::capacity::ReplicaCapacity;
+use swell_autoscaler::ReplicaCapacity;
 use swell_cluster::{
     ClusterView, CoordinationClient, Coordinator, CoordinatorHandle, DeploymentTarget, LeaderState, NodeCapacity,
     NodeInfo, Placement, PlacementStore, ReplicaRequirement,

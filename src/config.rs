@@ -67,7 +67,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use swell_actors::autoscaler::AutoscalingPolicy;
+use swell_autoscaler::AutoscalingPolicy;
 use swell_actors::quota::TenantLimits;
 use swell_actors::redis_quota::RedisQuotaConfig;
 use swell_cluster::{Priority, RedisQueueConfig};

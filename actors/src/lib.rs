@@ -1,7 +1,8 @@
 //! # swell-actors: the control plane of one Swell node
 //!
 //! Swell's moving parts are actix actors; the logic they run lives in plain structs
-//! with synchronous tests (the autoscaler's policy, the quota arithmetic).
+//! with synchronous tests (the quota arithmetic here; the autoscaling policy and capacity
+//! model in the pure crate `swell-autoscaler`).
 //!
 //! - A [`DeploymentSupervisor`](supervisor::DeploymentSupervisor) per deployment owns
 //!   its replica set and autoscaler: every tick it samples the load, asks the policy
@@ -16,9 +17,6 @@
 //!   limits (token buckets, reserve then refund), alone or, across many nodes, in Redis.
 //!
 //! # Layout
-//! - [`autoscaler`]: the scaling policy (plain struct, virtual-time tests).
-//! - [`capacity`]: a replica's capacity model (what it sustains within latency targets),
-//!   SLO mode and the capacity-aware `auto` load targets.
 //! - [`supervisor`]: `DeploymentSupervisor`, deployment status and scale events.
 //! - [`worker`]: `WorkerActor`, its engine thread, lease/publish/renew loops.
 //! - [`request`]: `RequestActor` and `submit`, the edge's entry point.
@@ -30,8 +28,6 @@
 //! - [`metric_series`]: which `deployment` and `replica` label values still name
 //!   something live (the scrape leaves the others out).
 
-pub mod autoscaler;
-pub mod capacity;
 pub mod metric_series;
 pub mod metrics;
 pub mod quota;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 
-use crate::autoscaler::{Decision, Signal};
+use swell_autoscaler::{Decision, Signal};
 
 pub const REQUESTS_TOTAL: &str = "swell_requests_total";
 pub const TIME_TO_FIRST_TOKEN: &str = "swell_time_to_first_token_seconds";
@@ -189,7 +189,7 @@ mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
     use super::*;
-    use crate::autoscaler::{Autoscaler, AutoscalingPolicy, CustomRule, LoadSample, PredictiveMode, ReplicaCounts};
+    use swell_autoscaler::{Autoscaler, AutoscalingPolicy, CustomRule, LoadSample, PredictiveMode, ReplicaCounts};
 
     /// (name, labels, value) of everything recorded.
     type Recorded = Vec<(String, Vec<(String, String)>, DebugValue)>;

@@ -36,7 +36,7 @@ use swell_workers::{ColdStartReport, EngineDescription, EngineFactory};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::autoscaler::{
+use swell_autoscaler::{
     Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
     ReplicaCounts, ScaleDirection,
 };
@@ -254,7 +254,7 @@ impl DeploymentSupervisor {
         Self {
             autoscaler: Autoscaler::new(with_reserved_floor(&spec.autoscaling, spec.reserved_floor))
                 .with_expected_cold_start(description.expected_cold_start)
-                .with_capacity(crate::capacity::ReplicaCapacity::from_description(&description)),
+                .with_capacity(swell_autoscaler::ReplicaCapacity::from_description(&description)),
             description,
             spec,
             queue,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use swell_actors::autoscaler::AutoscalingPolicy;
+use swell_autoscaler::AutoscalingPolicy;
 use swell_actors::request::{submit, RequestDeps, RequestEvent, RequestSpec};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, ObserveDeployment};
 use swell_cluster::{FinishReason, GenerationRequest, InMemoryQueue, OutputEvent, Queue, SamplingParams, Usage};

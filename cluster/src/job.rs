@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::GenerationRequest;
+use swell_protocol::GenerationRequest;
 
-/// A request's id, unique across the cluster (`req-<uuid>`).
-pub type JobId = String;
+pub use swell_protocol::JobId;
 
 /// One request waiting in (or leased from) a deployment's queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@
 //! [`RedisQueue`] is the distributed one, on Redis Streams.
 //!
 //! # Layout
-//! - [`protocol`]: what travels: generation requests, sampling parameters, output events.
+//! - What travels (generation requests, sampling parameters, output events) is defined in
+//!   `swell-protocol` and re-exported here.
 //! - [`job`]: a queued job, a lease on it, enqueue receipts and queue depth.
 //! - [`queue`]: the `Queue` trait, its semantics and its error type.
 //! - [`memory`]: the in-process implementation.
@@ -37,14 +38,13 @@ pub mod leader;
 pub mod membership;
 pub mod memory;
 pub mod placement;
-pub mod protocol;
 pub mod queue;
 mod redis_conn;
 pub mod redis_queue;
 
 pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, Priority, QueueDepth};
 pub use memory::{InMemoryQueue, InMemoryQueueConfig};
-pub use protocol::{
+pub use swell_protocol::{
     FinishReason, GenerationRequest, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,
     TopLogprob, Usage,
 };

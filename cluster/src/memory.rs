@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
-use crate::protocol::{OutputEvent, SequencedEvent};
+use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
 use crate::unix_millis;
 
@@ -515,7 +515,7 @@ impl Queue for InMemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{FinishReason, GenerationRequest, SamplingParams, Usage};
+    use swell_protocol::{FinishReason, GenerationRequest, SamplingParams, Usage};
 
     const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
     const TTL: Duration = Duration::from_secs(10);

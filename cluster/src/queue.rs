@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
-use crate::protocol::{OutputEvent, SequencedEvent};
+use swell_protocol::{OutputEvent, SequencedEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use swell_cluster::SamplingParams;
+use swell_protocol::SamplingParams;
 use swell_workers::llm::quant::{Kernel, QActivations, QMatrix};
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
 use swell_workers::{Engine, ReplicaContext, Sequence};

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use swell_cluster::TokenLogprob;
+use swell_protocol::TokenLogprob;
 
 /// Tokens let through by the watcher. Empty when everything is held back.
 #[derive(Debug, Default, PartialEq)]

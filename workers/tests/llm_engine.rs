@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use swell_cluster::{FinishReason, OutputEvent, SamplingParams, TokenLogprob, Usage};
+use swell_protocol::{FinishReason, OutputEvent, SamplingParams, TokenLogprob, Usage};
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngine, LlmEngineFactory};
 use swell_workers::{ChatMessage, Engine, EngineFactory, ReplicaContext, Sequence};
 

@@ -129,7 +129,7 @@ use tokio::time::Instant;
 pub use self::config::RedisQueueConfig;
 use self::scripts::Scripts;
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
-use crate::protocol::{OutputEvent, SequencedEvent};
+use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
 use crate::unix_millis;
 

@@ -177,7 +177,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     base.insert(k.clone(), v.clone());
                 }
             }
-            let policy: swell_actors::autoscaler::AutoscalingPolicy =
+            let policy: swell_autoscaler::AutoscalingPolicy =
                 serde_json::from_value(value).context("--swell-policy")?;
             policy.validate().map_err(anyhow::Error::msg)?;
             policy

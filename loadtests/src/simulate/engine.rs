@@ -40,7 +40,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
-use swell_actors::autoscaler::{LoadSample, ReplicaCounts};
+use swell_autoscaler::{LoadSample, ReplicaCounts};
 use swell_workers::sim::{PerformanceModel, SimProfile};
 
 use super::policies::ScalingPolicy;

@@ -38,7 +38,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::{json, Value};
-use swell_actors::autoscaler::{AutoscalingPolicy, LoadSample, ReplicaCounts};
+use swell_autoscaler::{AutoscalingPolicy, LoadSample, ReplicaCounts};
 use swell_workers::sim::{SimConfig, SimProfile};
 
 use super::engine::Simulator;

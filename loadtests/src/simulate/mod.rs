@@ -1,4 +1,4 @@
-//! The autoscaling simulator: Swell's real policy code ([`swell_actors::autoscaler`]) and
+//! The autoscaling simulator: Swell's real policy code ([`swell_autoscaler`]) and
 //! the `sim` engine's performance model ([`swell_workers::sim::PerformanceModel`]) in
 //! virtual time, over real traces or synthetic patterns, against baseline policies and an
 //! offline oracle. A day of trace runs in seconds.
@@ -27,7 +27,7 @@ pub mod policies;
 pub mod summary;
 pub mod workload;
 
-use swell_actors::autoscaler::AutoscalingPolicy;
+use swell_autoscaler::AutoscalingPolicy;
 use swell_workers::sim::SimProfile;
 
 use engine::{RunResult, Simulator};

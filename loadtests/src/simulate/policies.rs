@@ -52,10 +52,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use swell_actors::autoscaler::{
+use swell_autoscaler::{
     Autoscaler, AutoscalingPolicy, LoadSample, LoadTargets, ReplicaCounts, Velocity, VelocityLimit,
 };
-use swell_actors::capacity::ReplicaCapacity;
+use swell_autoscaler::ReplicaCapacity;
 use swell_workers::sim::{SimEngineFactory, SimProfile};
 use swell_workers::EngineFactory;
 
@@ -148,7 +148,7 @@ impl Swell {
             // Fireworks documents neither a tolerance band nor a burst mode.
             tolerance: 0.0,
             panic_threshold: None,
-            slo: swell_actors::capacity::SloMode::Off,
+            slo: swell_autoscaler::SloMode::Off,
             ..AutoscalingPolicy::default()
         };
         Self::new("fireworks", policy)

@@ -173,8 +173,8 @@ fn synthetic_patterns_follow_their_rate() {
     assert_eq!(off, 0);
 }
 
-fn sample(at: f64, concurrency: u64) -> swell_actors::autoscaler::LoadSample {
-    swell_actors::autoscaler::LoadSample {
+fn sample(at: f64, concurrency: u64) -> swell_autoscaler::LoadSample {
+    swell_autoscaler::LoadSample {
         at: Duration::from_secs_f64(at),
         running: concurrency,
         arrivals: u64::from(concurrency > 0),
@@ -182,8 +182,8 @@ fn sample(at: f64, concurrency: u64) -> swell_actors::autoscaler::LoadSample {
     }
 }
 
-fn counts(ready: u32) -> swell_actors::autoscaler::ReplicaCounts {
-    swell_actors::autoscaler::ReplicaCounts {
+fn counts(ready: u32) -> swell_autoscaler::ReplicaCounts {
+    swell_autoscaler::ReplicaCounts {
         ready,
         starting: 0,
         draining: 0,
@@ -249,7 +249,7 @@ fn knative_scales_to_zero_after_stable_window_and_grace() {
 /// Swell with a recorder: the samples the simulator hands the policy.
 struct Recording {
     inner: Swell,
-    samples: Vec<(swell_actors::autoscaler::LoadSample, swell_actors::autoscaler::ReplicaCounts)>,
+    samples: Vec<(swell_autoscaler::LoadSample, swell_autoscaler::ReplicaCounts)>,
 }
 
 impl ScalingPolicy for Recording {
@@ -259,8 +259,8 @@ impl ScalingPolicy for Recording {
     fn decide(
         &mut self,
         now: Duration,
-        sample: &swell_actors::autoscaler::LoadSample,
-        counts: swell_actors::autoscaler::ReplicaCounts,
+        sample: &swell_autoscaler::LoadSample,
+        counts: swell_autoscaler::ReplicaCounts,
     ) -> u32 {
         self.samples.push((*sample, counts));
         self.inner.decide(now, sample, counts)
@@ -362,4 +362,41 @@ fn the_default_policy_beats_the_best_baseline_on_the_azure_conversation_trace() 
     );
     let ratio = swell.replica_seconds / result.oracle_replica_seconds;
     assert!(ratio < 1.5, "swell costs {ratio:.2}x the oracle:\n{table}");
+}
+
+#[test]
+fn the_sim_profiles_rank_as_their_hardware_does() {
+    use swell_autoscaler::capacity::{ReplicaCapacity, Workload};
+    use swell_autoscaler::SloTargets;
+    use swell_workers::sim::builtin;
+    let azure = Workload {
+        prompt_tokens: 1155.0,
+        output_tokens: 211.0,
+    };
+    let slo = SloTargets::default();
+    let rate = |name: &str| {
+        let profile = builtin(name).unwrap();
+        ReplicaCapacity {
+            max_batch_size: profile.max_batch_size,
+            kv_capacity_tokens: profile.kv_capacity_tokens,
+            cold_start: profile.cold_start,
+            performance: Some(profile.performance()),
+        }
+        .limits(azure, &slo)
+    };
+    let h100 = rate("llama-3.1-8b-h100");
+    let tp4 = rate("llama-3.1-70b-4xh100");
+    let cpu = rate("smollm2-135m-cpu");
+    // 8B on one H100 carries ~17 conversations/s (the KV cache, 440k tokens / 1366
+    // per sequence = 322 sequences, binds just before the 100 ms inter-token target).
+    assert!((15.0..19.0).contains(&h100.requests_per_second.unwrap()), "{h100:?}");
+    assert!(h100.concurrent > 250.0 && h100.concurrent <= 322.0, "{h100:?}");
+    // 70B on four: fewer, and per GPU far fewer.
+    assert!(tp4.requests_per_second.unwrap() < h100.requests_per_second.unwrap());
+    // The 2-core CPU: about one conversation every few seconds.
+    assert!(cpu.requests_per_second.unwrap() < 1.0, "{cpu:?}");
+    assert!(cpu.concurrent < 20.0, "{cpu:?}");
+    // The free profile does not hang or divide by zero.
+    let zero = rate("zero");
+    assert!(zero.requests_per_second.unwrap() > 1e6, "{zero:?}");
 }

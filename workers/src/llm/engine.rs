@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use swell_cluster::{FinishReason, JobId, OutputEvent, TokenLogprob, TopLogprob, Usage};
+use swell_protocol::{FinishReason, JobId, OutputEvent, TokenLogprob, TopLogprob, Usage};
 
 use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
@@ -445,7 +445,7 @@ fn placeholder() -> LlmSequence {
         max_generated: 0,
         computed: 0,
         blocks: Vec::new(),
-        sampler: Sampler::new(&swell_cluster::SamplingParams::default(), 0),
+        sampler: Sampler::new(&swell_protocol::SamplingParams::default(), 0),
         ignore_eos: false,
         logprobs: None,
         prompt_logprobs: None,

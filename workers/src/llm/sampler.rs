@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use swell_cluster::SamplingParams;
+use swell_protocol::SamplingParams;
 
 /// splitmix64 (Steele, Lea, Flood 2014).
 fn splitmix64(x: u64) -> u64 {

@@ -944,8 +944,12 @@ fn build_hf_tokenizer(
             .map(|(text, _)| AddedToken::from(text.to_string(), special).normalized(false))
             .collect()
     };
-    tokenizer.add_special_tokens(&added(TokenKind::is_special, true));
-    tokenizer.add_tokens(&added(|kind| kind == TokenKind::UserDefined, false));
+    tokenizer
+        .add_special_tokens(added(TokenKind::is_special, true))
+        .map_err(|e| EngineError::Load(format!("special tokens: {e}")))?;
+    tokenizer
+        .add_tokens(added(|kind| kind == TokenKind::UserDefined, false))
+        .map_err(|e| EngineError::Load(format!("user-defined tokens: {e}")))?;
     Ok(tokenizer)
 }
 

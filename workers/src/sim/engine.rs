@@ -36,7 +36,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use swell_cluster::{FinishReason, JobId, OutputEvent, Usage};
+use swell_protocol::{FinishReason, JobId, OutputEvent, Usage};
 
 use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
@@ -485,7 +485,7 @@ mod tests {
     use std::collections::HashMap;
     use std::time::Duration;
 
-    use swell_cluster::SamplingParams;
+    use swell_protocol::SamplingParams;
 
     use super::*;
     use crate::sim::profile::builtin;

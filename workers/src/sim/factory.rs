@@ -220,7 +220,7 @@ impl EngineFactory for SimEngineFactory {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use swell_cluster::{OutputEvent, SamplingParams};
+    use swell_protocol::{OutputEvent, SamplingParams};
 
     use super::*;
     use crate::engine::Sequence;

@@ -10,7 +10,7 @@
 //! Logprobs are made up but plausible and deterministic: the chosen token gets a
 //! probability in `[0.25, 0.95)`, its alternatives share the rest geometrically.
 
-use swell_cluster::{TokenLogprob, TopLogprob};
+use swell_protocol::{TokenLogprob, TopLogprob};
 
 use crate::sim::tokenizer::{is_special, piece, vocab_id, word_ids};
 

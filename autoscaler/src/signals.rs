@@ -1,9 +1,10 @@
-//! The load signals the policy reads, by name: what load targets, custom rules, decision
-//! records and metrics all refer to.
+//! The policy's input: a [`LoadSample`] per tick, [`LoadAverages`] over a window, and
+//! the load signals by name that load targets, custom rules, decision records and
+//! metrics all refer to.
 //!
 //! Each signal has a per-sample value (what a custom rule tests, sample by sample) and a
 //! windowed value (what a load target divides, averaged over a window; see
-//! [`LoadAverages`](super::LoadAverages)):
+//! [`LoadAverages`]):
 //!
 //! | signal | per sample | over a window |
 //! | --- | --- | --- |
@@ -19,8 +20,6 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use super::LoadSample;
 
 /// A load signal, by its config / metric name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -100,6 +99,117 @@ impl Signal {
 impl fmt::Display for Signal {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(self.key())
+    }
+}
+
+/// One observation of a deployment's load, taken every tick (e.g. once a second).
+/// Build it with `..LoadSample::default()` for the fields a caller does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadSample {
+    pub at: Duration,
+    /// Jobs waiting in the queue.
+    pub queued: u64,
+    /// Sequences running on replicas.
+    pub running: u64,
+    /// Requests that arrived since the previous sample.
+    pub arrivals: u64,
+    /// Prompt tokens of those arrivals.
+    pub prompt_tokens: u64,
+    /// Tokens generated since the previous sample.
+    pub generated_tokens: u64,
+    /// How long the oldest waiting request has waited (zero when none waits).
+    pub oldest_wait: Duration,
+    /// Requests that left the queue for a replica since the previous sample.
+    pub started: u64,
+    /// The sum of those requests' waits in the queue.
+    pub started_wait: Duration,
+    /// KV-cache tokens in use on the ready replicas.
+    pub kv_tokens_used: u64,
+    /// One replica's KV-cache capacity, in tokens (0: unknown, no KV signal).
+    pub kv_capacity_tokens: u64,
+    /// Ready replicas when the sample was taken (KV utilisation divides by them).
+    pub ready_replicas: u32,
+    /// The wall clock when the sample was taken, Unix milliseconds (schedules need it;
+    /// `None`: unknown, schedules are not applied).
+    pub unix_ms: Option<u64>,
+}
+
+impl LoadSample {
+    /// Whether this sample shows any activity (which keeps the deployment from idling).
+    pub fn is_active(&self) -> bool {
+        self.queued > 0
+            || self.running > 0
+            || self.arrivals > 0
+            || self.prompt_tokens > 0
+            || self.generated_tokens > 0
+    }
+
+    /// Whether work is waiting or running (what brings a deployment up from zero).
+    pub fn has_work(&self) -> bool {
+        self.queued > 0 || self.running > 0
+    }
+
+    /// The queue delay: the larger of the oldest wait and the mean wait of the requests
+    /// that started since the previous sample.
+    pub fn queue_delay(&self) -> Duration {
+        let mean_started = if self.started == 0 {
+            Duration::ZERO
+        } else {
+            self.started_wait / u32::try_from(self.started).unwrap_or(u32::MAX)
+        };
+        self.oldest_wait.max(mean_started)
+    }
+
+    /// KV tokens in use over the ready replicas' capacity; `None` without a ready
+    /// replica or a known capacity.
+    pub fn kv_cache_utilization(&self) -> Option<f64> {
+        if self.ready_replicas == 0 || self.kv_capacity_tokens == 0 {
+            return None;
+        }
+        Some(self.kv_tokens_used as f64 / (self.kv_capacity_tokens as f64 * f64::from(self.ready_replicas)))
+    }
+
+    /// KV tokens in use, in replicas' worth of KV capacity; `None` when unknown.
+    pub(crate) fn kv_replicas_in_use(&self) -> Option<f64> {
+        (self.kv_capacity_tokens > 0).then(|| self.kv_tokens_used as f64 / self.kv_capacity_tokens as f64)
+    }
+}
+
+/// Replicas of a deployment by state. Capacity for decisions is `ready + starting`.
+
+/// Load averaged over a window, for decisions and the status API.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct LoadAverages {
+    /// Mean of queued + running requests over the samples in the window.
+    pub concurrent_requests: f64,
+    pub requests_per_second: f64,
+    pub tokens_generated_per_second: f64,
+    pub prompt_tokens_per_second: f64,
+    /// Mean of waiting requests.
+    pub queue_depth: f64,
+    /// Mean queue delay, seconds.
+    pub queue_delay_seconds: f64,
+    /// Mean fraction of the ready replicas' KV cache in use (samples with a ready
+    /// replica and a known capacity).
+    pub kv_cache_utilization: f64,
+    /// Mean KV tokens in use, in replicas' worth of KV capacity.
+    pub kv_cache_replicas_in_use: f64,
+    /// The window, in seconds.
+    pub window_seconds: f64,
+}
+
+impl LoadAverages {
+    /// The value of `signal`.
+    pub fn get(&self, signal: Signal) -> f64 {
+        match signal {
+            Signal::ConcurrentRequests => self.concurrent_requests,
+            Signal::RequestsPerSecond => self.requests_per_second,
+            Signal::TokensGeneratedPerSecond => self.tokens_generated_per_second,
+            Signal::PromptTokensPerSecond => self.prompt_tokens_per_second,
+            Signal::QueueDepth => self.queue_depth,
+            Signal::QueueDelaySeconds => self.queue_delay_seconds,
+            Signal::KvCacheUtilization => self.kv_cache_utilization,
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A request's id, unique across the cluster (`req-<uuid>`).
+pub type JobId = String;
+
 /// How to sample. Validated at the edge (ranges, limits) before it is queued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::signals::Signal;
-use super::{ceil_to_u32, format_duration, format_number};
+use crate::signals::Signal;
+use crate::numbers::{ceil_to_u32, format_duration, format_number};
 
 /// The longest `for` that validates.
 pub const MAX_RULE_FOR: Duration = Duration::from_secs(24 * 60 * 60);

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ceil_to_u32, format_duration};
+use crate::numbers::{ceil_to_u32, format_duration};
 
 /// The longest `season` that validates (a week).
 pub const MAX_SEASON: Duration = Duration::from_secs(7 * 24 * 60 * 60);

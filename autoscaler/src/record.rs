@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use super::Decision;
+use crate::decision::Decision;
 
 /// The default number of records a supervisor keeps.
 pub const DEFAULT_DECISION_HISTORY: usize = 100;
