@@ -4,7 +4,7 @@
 //! tick, in real time) and in the simulator (the same policy and profile, virtual time,
 //! the requests exactly as the live run sent them). They must agree on the replica
 //! timeline (count at every second, every scale event) and on TTFT / end-to-end
-//! percentiles within `Tolerances::default()` (README "Fidelity" says why those).
+//! percentiles within `Tolerances::default()` (docs/simulator.md, "Fidelity", says why those).
 //!
 //! Real time against virtual time on a shared machine: a busy machine stretches the live
 //! engine steps (the `sim` engine's sleeps wake late), which the queue near the peak

@@ -2,7 +2,7 @@
 //! does) against a real server, at N = 1 and 2: the deployment is held at exactly N
 //! replicas, a closed loop keeps their batches full, and the throughput comes from the
 //! server's token counter. The figures (and the efficiency) are printed, not asserted:
-//! speed belongs to the README's measurement (`swell-scaling live` up to 64 replicas).
+//! speed belongs to docs/benchmarks.md (`swell-scaling live` up to 64 replicas).
 //! Asserted: a point per N, tokens counted in each window, nothing failed, and at N = 2
 //! both replicas served.
 

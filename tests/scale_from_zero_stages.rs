@@ -3,7 +3,7 @@
 //! model load (the engine's own `ColdStartReport`, read from the status API) and the
 //! first token add up to the client's TTFT, with the `sim` engine and with the real model
 //! (the `llm` engine and SmolLM2-135M). Figures are printed, not asserted (speed belongs
-//! to the README's measurements); what is asserted is the structure: every stage is
+//! to docs/benchmarks.md); what is asserted is the structure: every stage is
 //! there, none is negative, the sum is the TTFT, the sim's model load is at least the
 //! cold start it sleeps, and every run really started from zero.
 

@@ -229,7 +229,7 @@ fn qwen2_5_0_5b_l4() -> SimProfile {
 ///
 /// MEASURED with the real engine on a 2-core AMD EPYC (Zen 5) VM, 2 threads, the
 /// AVX-512 VNNI kernels (`cargo bench -p swell-workers --bench llm -- --engine-only`,
-/// README "Speed"): 226.7 tok/s for one sequence (4.41 ms per step), 557.3 at 4
+/// docs/llm-engine.md, "Speed"): 226.7 tok/s for one sequence (4.41 ms per step), 557.3 at 4
 /// (7.18 ms), 802.8 at 16 (19.9 ms) and 901.5 at 64 (71.0 ms), 100-token prompts and
 /// 128 generated tokens (mean context ~164); prefill 1208 tok/s for a 1000-token
 /// prompt; cold start 0.12 s (weights read and repacked 105 ms, warm-up 12 ms).

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Distributed-mode benchmark: requests/s and added latency through the Redis path, with
-# the `sim` engine at zero service time (loadtests/configs/gateway-bench.toml), against
+# the `sim` engine at zero service time (loadtests/bench/configs/gateway-bench.toml), against
 #   - the same server on the embedded in-process queue (what Redis adds), and
 #   - the bound `redis-benchmark` sets on this machine (what Redis allows):
 #     Redis operations per Swell request are counted from `INFO commandstats`.
 #
-#   loadtests/bench-redis.sh [CONCURRENCY] [REQUESTS]
+#   loadtests/bench/redis.sh [CONCURRENCY] [REQUESTS]
 #
 # Starts its own redis-server on a free port (no persistence: `--save "" --appendonly
 # no`; with `appendonly yes` + `appendfsync always` every write waits for an fsync),
@@ -13,7 +13,7 @@
 # request, SSE) for each queue, and writes loadtest-results/redis-bench-*.json and
 # loadtest-results/redis-bench-commandstats.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 concurrency=${1:-32}
 requests=${2:-20000}
 cargo build --release --locked -p swell --bin swell
@@ -43,7 +43,7 @@ cli flushall >/dev/null
 run() { # name, extra serve args...
   local name=$1
   shift
-  RUST_LOG=warn target/release/swell serve --config loadtests/configs/gateway-bench.toml "$@" &
+  RUST_LOG=warn target/release/swell serve --config loadtests/bench/configs/gateway-bench.toml "$@" &
   server=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
   target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --concurrency "$concurrency" \

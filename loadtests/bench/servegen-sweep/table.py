@@ -1,4 +1,4 @@
-"""The README's ServeGen table from a sweep's summary.json files (run.sh).
+"""The ServeGen table of docs/servegen-sweep.md from a sweep's summary.json files (run.sh).
 
 `python3 table.py OUT [SWELL_OUT]`: with SWELL_OUT, Swell's row is taken from that sweep's
 summary.json files instead (a sweep of `--policies swell` under another policy, compared

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Memory benchmark: the server's resident memory (VmRSS) idle, right after a load, and
 # once the output retention has passed, with the real model and one replica
-# (loadtests/configs/memory.toml).
-#   loadtests/bench-memory.sh [CONCURRENCY] [REQUESTS] [OUTPUT_TOKENS]
+# (loadtests/bench/configs/memory.toml).
+#   loadtests/bench/memory.sh [CONCURRENCY] [REQUESTS] [OUTPUT_TOKENS]
 # PROFILE=dev uses the dev build (dependencies and the engine optimized) instead of
 # release; KV_CACHE_TOKENS=N overrides the config's llm.kv_cache_tokens. Prints one line
 # per stage.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 concurrency=${1:-64}
 requests=${2:-128}
 output_tokens=${3:-64}
@@ -21,7 +21,7 @@ else
   bin=target/debug
 fi
 config=$(mktemp --suffix=.toml)
-sed "s/^kv_cache_tokens = .*/kv_cache_tokens = ${KV_CACHE_TOKENS:-32768}/" loadtests/configs/memory.toml >"$config"
+sed "s/^kv_cache_tokens = .*/kv_cache_tokens = ${KV_CACHE_TOKENS:-32768}/" loadtests/bench/configs/memory.toml >"$config"
 RUST_LOG=warn "$bin/swell" serve --config "$config" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$config"' EXIT

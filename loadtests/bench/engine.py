@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Engine benchmark for an OpenAI-compatible server (llama-server or Swell).
 
-Run through loadtests/bench-engine.sh (uses .tools/refenv/bin/python: aiohttp + llama_cpp
+Run through loadtests/bench/engine.sh (uses .tools/refenv/bin/python: aiohttp + llama_cpp
 for exact prompt token counts). Measures, with streaming /v1/completions requests:
 
   decode   N concurrent sequences (N in --concurrency, default 1,4,16,64), each a unique
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_SERVER = REPO / ".tools" / "llama.cpp" / "build" / "bin" / "llama-server"
 
@@ -219,7 +219,7 @@ def main():
     ap.add_argument("--prefill-runs", type=int, default=3)
     ap.add_argument("--ttft-runs", type=int, default=9)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=None, help="JSON path (default loadtests/results/<target>-<time>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default loadtests/bench/results/<target>-<time>.json)")
     a = ap.parse_args()
     if a.target == "swell" and not a.url:
         ap.error("--target swell needs --url")
@@ -245,7 +245,7 @@ def main():
         results["server"] = str(LLAMA_SERVER.relative_to(REPO))
     print(f"# target={a.target} threads={a.threads} prompt≈{short_tok:.0f} tok, gen={a.gen_tokens} tok",
           flush=True)
-    logdir = REPO / "loadtests" / "results"
+    logdir = REPO / "loadtests" / "bench" / "results"
     logdir.mkdir(parents=True, exist_ok=True)
     cursor = 0
 

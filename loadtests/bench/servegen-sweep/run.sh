@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Every ServeGen tenant (m-small, then m-mid), its first day, on one `sim` profile, every
-# policy: `loadtests/servegen-sweep/run.sh [OUT] [PROFILE]`, then
-# `python3 loadtests/servegen-sweep/table.py OUT` for the README table. Resumable: a tenant
+# policy: `loadtests/bench/servegen-sweep/run.sh [OUT] [PROFILE]`, then
+# `python3 loadtests/bench/servegen-sweep/table.py OUT` for the table in docs/servegen-sweep.md. Resumable: a tenant
 # whose summary.json exists is skipped. Tenants idle the whole day are reported and skipped.
 # Runs `SWEEP_JOBS` tenants at once (default: the number of CPUs).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 out=${1:-sim-out/servegen-sweep}
 profile=${2:-llama-3.1-8b-h100}
 traces=${SWELL_TRACES:-loadtests/traces}
 jobs=${SWEEP_JOBS:-$(nproc)}
-cargo build --release -p swell-loadtest --bin swell-simulate
+cargo build --release --workspace --bin swell-simulate
 simulate=${CARGO_TARGET_DIR:-target}/release/swell-simulate
 one() {
   local set=$1 chunk=$2 dir=$out/$1/$2
