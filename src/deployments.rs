@@ -17,10 +17,60 @@ use swell_actors::worker::WorkerConfig;
 use swell_cluster::Queue;
 use swell_workers::{EngineDescription, Tokenizer};
 
-use crate::api::error::ApiError;
-use crate::api::validate::ModelLimits;
 use crate::config::{DeploymentConfig, QueueConfig};
 use crate::engines;
+
+/// Every way creating, changing or reaching a deployment can fail.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeploymentError {
+    #[error("unknown engine `{engine}`; known engines: {}", .known.join(", "))]
+    UnknownEngine { engine: String, known: Vec<String> },
+    /// A deployment definition failed validation; `param` names the key.
+    #[error("{message}")]
+    InvalidConfig { message: String, param: Option<String> },
+    #[error("deployment `{0}` already exists with another engine configuration; delete it and create it again")]
+    EngineChangeRequiresRecreate(String),
+    #[error("deployment `{0}` does not exist")]
+    NotFound(String),
+    /// Its supervisor does not answer.
+    #[error("model `{deployment}` is unavailable: {reason}")]
+    Unavailable { deployment: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DeploymentError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeploymentError::UnknownEngine { .. } => "unknown_engine",
+            DeploymentError::InvalidConfig { .. } => "invalid_config",
+            DeploymentError::EngineChangeRequiresRecreate(_) => "engine_change_requires_recreate",
+            DeploymentError::NotFound(_) => "deployment_not_found",
+            DeploymentError::Unavailable { .. } => "deployment_unavailable",
+            DeploymentError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The config key the error is about, when there is one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            DeploymentError::InvalidConfig { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// What a deployment allows one request: checked at the edge before anything is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Prompt plus output tokens of one sequence.
+    pub context_length: u32,
+    /// `max_tokens` when the request does not say (capped by what the context leaves).
+    pub max_tokens_default: u32,
+    /// The largest `max_tokens` a request may ask for.
+    pub max_tokens_limit: u32,
+}
 
 /// A running deployment as the API sees it. Immutable: an update of its settings
 /// replaces the handle (the supervisor stays).
@@ -85,7 +135,7 @@ pub fn start_deployment(
     queue: Arc<dyn Queue>,
     settings: &DeploymentSettings,
     arbiter: &ArbiterHandle,
-) -> Result<DeploymentHandle, ApiError> {
+) -> Result<DeploymentHandle, DeploymentError> {
     let factory = engines::build_factory(&config)?;
     let description = factory.describe();
     let tokenizer = factory.tokenizer();

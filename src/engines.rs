@@ -1,5 +1,6 @@
 //! Which engine serves a deployment: building a deployment's `EngineFactory` from its
-//! config, and the choice of the default deployment when no config names any.
+//! config. (The default deployment, served when no config names any, is
+//! [`crate::config::default_deployment`].)
 //!
 //! Engines: `llm` (the real model engine: a Llama-architecture GGUF on CPU, or CUDA where
 //! a GPU is present) and `sim` (the calibrated performance model in `swell-workers`).
@@ -12,39 +13,12 @@
 
 use std::sync::Arc;
 
-use swell_workers::llm::{find_default_model, LlmConfig, LlmEngineFactory};
+use swell_workers::llm::LlmEngineFactory;
 use swell_workers::sim::SimEngineFactory;
 use swell_workers::EngineFactory;
 
-use crate::api::error::ApiError;
-use crate::config::DeploymentConfig;
-
-/// Engine names a deployment may use.
-pub const KNOWN_ENGINES: &[&str] = &["llm", "sim"];
-
-/// The name of the deployment served when the config names none.
-pub const DEFAULT_DEPLOYMENT: &str = "default";
-
-/// The deployment served when the config has no `[deployments]` table: the real model,
-/// when its file is present.
-pub fn default_deployment() -> Option<(String, DeploymentConfig)> {
-    let path = find_default_model()?;
-    Some((DEFAULT_DEPLOYMENT.to_string(), DeploymentConfig::llm(LlmConfig::new(path))))
-}
-
-/// Why there is no default deployment, and how to get one.
-pub fn missing_default_model() -> String {
-    let candidates: Vec<String> = swell_workers::llm::default_model_candidates()
-        .iter()
-        .map(|path| path.display().to_string())
-        .collect();
-    format!(
-        "deployments: none is configured and the default model file is missing (looked for {}); \
-         run scripts/fetch-model (or scripts/serve, which fetches it), set SWELL_MODEL_PATH, \
-         or configure [deployments] (engine = \"sim\" runs the performance model without one)",
-        candidates.join(", ")
-    )
-}
+use crate::deployments::DeploymentError;
+use crate::config::{DeploymentConfig, KNOWN_ENGINES};
 
 /// One line saying what a deployment runs (for logs).
 pub fn describe_choice(config: &DeploymentConfig) -> String {
@@ -63,17 +37,17 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().to_string()
 }
 
-fn invalid_config(error: swell_workers::EngineError) -> ApiError {
+fn invalid_config(error: swell_workers::EngineError) -> DeploymentError {
     let message = first_line(&error.to_string());
     let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message).to_string();
     let param = message.split(':').next().map(str::to_string);
-    ApiError::InvalidConfig { message, param }
+    DeploymentError::InvalidConfig { message, param }
 }
 
 /// Builds the engine factory of a deployment (validated config assumed; errors are
 /// still reported, never panics). For `llm` this opens the model file and builds its
 /// tokenizer; the weights are read on the first replica's cold start.
-pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>, ApiError> {
+pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>, DeploymentError> {
     match config.engine.as_str() {
         "sim" => {
             let sim = config.sim.clone().unwrap_or_default();
@@ -81,12 +55,12 @@ pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>
             Ok(Arc::new(factory))
         }
         "llm" => {
-            let llm = config.llm.clone().ok_or_else(|| ApiError::InvalidConfig {
+            let llm = config.llm.clone().ok_or_else(|| DeploymentError::InvalidConfig {
                 message: "llm is required with engine `llm` (at least `model_path`)".to_string(),
                 param: Some("llm".to_string()),
             })?;
             let factory = LlmEngineFactory::new(llm).map_err(|error| match error {
-                swell_workers::EngineError::Load(message) => ApiError::InvalidConfig {
+                swell_workers::EngineError::Load(message) => DeploymentError::InvalidConfig {
                     message: format!("llm.model_path: {}", first_line(&message)),
                     param: Some("llm.model_path".to_string()),
                 },
@@ -94,7 +68,7 @@ pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>
             })?;
             Ok(Arc::new(factory))
         }
-        other => Err(ApiError::UnknownEngine {
+        other => Err(DeploymentError::UnknownEngine {
             engine: other.to_string(),
             known: KNOWN_ENGINES.iter().map(|name| name.to_string()).collect(),
         }),
@@ -104,6 +78,8 @@ pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{default_deployment, missing_default_model, DEFAULT_DEPLOYMENT};
+    use swell_workers::llm::{find_default_model, LlmConfig};
     use swell_workers::sim::SimConfig;
 
     /// A `sim` deployment of the SmolLM2 profile.

@@ -42,6 +42,7 @@ pub mod cluster_node;
 pub mod config;
 pub mod deployments;
 pub mod engines;
+pub mod generation;
 pub mod ingress;
 pub mod metrics;
 pub mod server;

@@ -24,13 +24,14 @@ use actix_web::{web, App, HttpServer};
 use swell_actors::supervisor::{HandBackAll, Shutdown};
 use swell_cluster::{InMemoryQueue, InMemoryQueueConfig, Queue, RedisQueue};
 
-use crate::api::error::ApiError;
+use crate::deployments::DeploymentError;
 use crate::api::middleware::{request_context, route_not_found};
 use crate::api::routes::routes;
 use crate::config::{Config, ConfigError};
 use crate::ingress::{start_ingress, IngressConfig, IngressHandle};
 use crate::metrics;
 use crate::state::AppState;
+use crate::tenants::TenantError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,7 +40,9 @@ pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start: {0}")]
-    Startup(#[from] ApiError),
+    Tenants(#[from] TenantError),
+    #[error("cannot start: {0}")]
+    Deployments(#[from] DeploymentError),
     #[error("cannot reach redis at {url} (cluster.redis_url): {error}")]
     Redis { url: String, error: swell_cluster::QueueError },
     #[error("cannot start the ingress stream reader: {0}")]

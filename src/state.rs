@@ -9,11 +9,10 @@ use swell_actors::quota::{QuotaBackend, TenantLimits};
 use swell_actors::supervisor::SetReservedFloor;
 use swell_cluster::{Queue, RedisQueue};
 
-use crate::api::error::ApiError;
 use crate::config::{Config, DeploymentConfig, NodeRole};
-use crate::deployments::{start_deployment, DeploymentHandle, DeploymentSettings, Deployments};
+use crate::deployments::{start_deployment, DeploymentError, DeploymentHandle, DeploymentSettings, Deployments};
 use crate::engines;
-use crate::tenants::{TenantCapacity, Tenants};
+use crate::tenants::{TenantCapacity, TenantError, Tenants};
 
 pub struct AppState {
     /// The effective configuration (CLI overrides applied).
@@ -70,7 +69,7 @@ impl NodeState {
 impl AppState {
     /// Builds the state and its tenants (from the config); deployments are started by
     /// [`AppState::start_configured_deployments`].
-    pub fn new(config: Config, queue: Arc<dyn Queue>, control: ArbiterHandle) -> Result<Self, ApiError> {
+    pub fn new(config: Config, queue: Arc<dyn Queue>, control: ArbiterHandle) -> Result<Self, TenantError> {
         Self::for_node(config, queue, None, control)
     }
 
@@ -81,10 +80,10 @@ impl AppState {
         queue: Arc<dyn Queue>,
         redis: Option<Arc<RedisQueue>>,
         control: ArbiterHandle,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, TenantError> {
         let quota_backend = match (&redis, &config.cluster.redis_url) {
             (Some(_), Some(url)) => QuotaBackend::redis(url, config.quota.clone())
-                .map_err(|error| ApiError::Internal(format!("cannot set up shared quotas: {error}")))?,
+                .map_err(|error| TenantError::Internal(format!("cannot set up shared quotas: {error}")))?,
             _ => QuotaBackend::Local,
         };
         let tenants = Tenants::with_quota_backend(control.clone(), quota_backend);
@@ -130,7 +129,7 @@ impl AppState {
 
     /// Starts every deployment of the config (or the default one), then marks the server
     /// ready.
-    pub fn start_configured_deployments(&self) -> Result<(), ApiError> {
+    pub fn start_configured_deployments(&self) -> Result<(), DeploymentError> {
         for (name, deployment) in self.config.initial_deployments() {
             tracing::info!("deployment `{name}`: {}", engines::describe_choice(&deployment));
             self.create_deployment(&name, deployment)?;
@@ -144,9 +143,9 @@ impl AppState {
         &self,
         name: &str,
         config: DeploymentConfig,
-    ) -> Result<Arc<DeploymentHandle>, ApiError> {
+    ) -> Result<Arc<DeploymentHandle>, DeploymentError> {
         let reserved = self.tenants.reserved_replicas(name, None);
-        check_reserved_within_max(name, reserved, &config)?;
+        check_reserved_within_max(name, reserved, &config).map_err(invalid_reservation)?;
         let handle =
             start_deployment(name, config, self.queue.clone(), &self.deployment_settings(), &self.control)?;
         if reserved > 0 {
@@ -164,14 +163,14 @@ impl AppState {
         id: &str,
         limits: TenantLimits,
         capacity: TenantCapacity,
-    ) -> Result<crate::tenants::Upsert, ApiError> {
-        let invalid = |message: String| ApiError::InvalidConfig { message, param: Some("reserved_replicas".into()) };
+    ) -> Result<crate::tenants::Upsert, TenantError> {
+        let invalid = |message: String| TenantError::InvalidConfig { message, param: Some("reserved_replicas".into()) };
         capacity.validate("").map_err(|error| invalid(error.trim_start_matches('.').to_string()))?;
         for (name, replicas) in &capacity.reserved_replicas {
             let deployment =
                 self.deployments.get(name).ok_or_else(|| invalid(format!("reserved_replicas.{name}: no deployment `{name}` exists")))?;
             let others = self.tenants.reserved_replicas(name, Some(id));
-            check_reserved_within_max(name, others + replicas, &deployment.config)?;
+            check_reserved_within_max(name, others + replicas, &deployment.config).map_err(invalid)?;
         }
         let before = self.tenants.handle(id).map(|tenant| tenant.capacity.reserved_replicas).unwrap_or_default();
         let changed: Vec<String> = before
@@ -190,8 +189,9 @@ impl AppState {
     }
 
     /// The replicas tenants reserve on `deployment` fit a (new) config of it.
-    pub fn check_reservations_fit(&self, deployment: &str, config: &DeploymentConfig) -> Result<(), ApiError> {
+    pub fn check_reservations_fit(&self, deployment: &str, config: &DeploymentConfig) -> Result<(), DeploymentError> {
         check_reserved_within_max(deployment, self.tenants.reserved_replicas(deployment, None), config)
+            .map_err(invalid_reservation)
     }
 
     /// Whether the admin API may be used without a token: no token is configured and
@@ -219,15 +219,18 @@ impl AppState {
     }
 }
 
-fn check_reserved_within_max(deployment: &str, reserved: u32, config: &DeploymentConfig) -> Result<(), ApiError> {
+/// Reserved replicas of `deployment` (all tenants together) fit its `max_replicas`;
+/// the error is the message.
+fn check_reserved_within_max(deployment: &str, reserved: u32, config: &DeploymentConfig) -> Result<(), String> {
     let max = config.autoscaling.max_replicas;
     if reserved > max {
-        return Err(ApiError::InvalidConfig {
-            message: format!(
-                "tenants reserve {reserved} replica(s) of deployment `{deployment}`, more than its autoscaling.max_replicas ({max})"
-            ),
-            param: Some("reserved_replicas".into()),
-        });
+        return Err(format!(
+            "tenants reserve {reserved} replica(s) of deployment `{deployment}`, more than its autoscaling.max_replicas ({max})"
+        ));
     }
     Ok(())
+}
+
+fn invalid_reservation(message: String) -> DeploymentError {
+    DeploymentError::InvalidConfig { message, param: Some("reserved_replicas".into()) }
 }

@@ -49,7 +49,37 @@ use swell_actors::quota::{QuotaActor, QuotaBackend, SetLimits, TenantLimits};
 use swell_cluster::ingress_wire::prefixes_overlap;
 use swell_cluster::Priority;
 
-use crate::api::error::ApiError;
+/// Every way authenticating, or managing a tenant or its keys, can fail.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TenantError {
+    #[error("missing api key: send `Authorization: Bearer <key>`")]
+    MissingApiKey,
+    #[error("invalid api key")]
+    InvalidApiKey,
+    #[error("tenant `{0}` does not exist")]
+    NotFound(String),
+    #[error("tenant `{tenant}` has no key `{key_id}`")]
+    KeyNotFound { tenant: String, key_id: String },
+    /// A tenant definition failed validation; `param` names the key.
+    #[error("{message}")]
+    InvalidConfig { message: String, param: Option<String> },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TenantError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TenantError::MissingApiKey => "missing_api_key",
+            TenantError::InvalidApiKey => "invalid_api_key",
+            TenantError::NotFound(_) => "tenant_not_found",
+            TenantError::KeyNotFound { .. } => "key_not_found",
+            TenantError::InvalidConfig { .. } => "invalid_config",
+            TenantError::Internal(_) => "internal_error",
+        }
+    }
+}
 
 /// The tenant requests run as while no key exists.
 pub const ANONYMOUS_TENANT: &str = "anonymous";
@@ -254,28 +284,28 @@ impl Tenants {
     /// Whether tenant `id` may have `prefix` as its reply prefix: no other tenant's
     /// configured prefix overlaps it. (Its own shape and its distance from Swell's keys
     /// are [`crate::ingress::ReplyNamespace::check_configured`]'s.)
-    pub fn check_reply_prefix(&self, id: &str, prefix: &str) -> Result<(), ApiError> {
+    pub fn check_reply_prefix(&self, id: &str, prefix: &str) -> Result<(), TenantError> {
         Self::check_reply_prefix_in(&self.registry.read(), id, prefix)
     }
 
     /// Sets (or, with `None`, removes) tenant `id`'s configured reply prefix, checked
     /// against the other tenants' as [`check_reply_prefix`](Self::check_reply_prefix) does.
-    pub fn set_reply_prefix(&self, id: &str, prefix: Option<String>) -> Result<(), ApiError> {
+    pub fn set_reply_prefix(&self, id: &str, prefix: Option<String>) -> Result<(), TenantError> {
         let mut registry = self.registry.write();
         if let Some(prefix) = &prefix {
             Self::check_reply_prefix_in(&registry, id, prefix)?;
         }
-        let entry = registry.tenants.get_mut(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+        let entry = registry.tenants.get_mut(id).ok_or_else(|| TenantError::NotFound(id.to_string()))?;
         entry.reply_prefix = prefix;
         Ok(())
     }
 
-    fn check_reply_prefix_in(registry: &Registry, id: &str, prefix: &str) -> Result<(), ApiError> {
+    fn check_reply_prefix_in(registry: &Registry, id: &str, prefix: &str) -> Result<(), TenantError> {
         let clash = registry.tenants.iter().find(|(other, entry)| {
             other.as_str() != id && entry.reply_prefix.as_deref().is_some_and(|theirs| prefixes_overlap(prefix, theirs))
         });
         match clash {
-            Some((other, entry)) => Err(ApiError::InvalidConfig {
+            Some((other, entry)) => Err(TenantError::InvalidConfig {
                 message: format!(
                     "reply_prefix `{prefix}` overlaps tenant `{other}`'s `{}`",
                     entry.reply_prefix.as_deref().unwrap_or_default()
@@ -321,29 +351,29 @@ impl Tenants {
     }
 
     /// Adds a stored key hash to a tenant.
-    pub fn add_key_hash(&self, id: &str, hash: &str) -> Result<(), ApiError> {
+    pub fn add_key_hash(&self, id: &str, hash: &str) -> Result<(), TenantError> {
         let mut registry = self.registry.write();
         if let Some(owner) = registry.by_hash.get(hash) {
             if owner != id {
-                return Err(ApiError::InvalidConfig {
+                return Err(TenantError::InvalidConfig {
                     message: format!("the key hash is already used by another tenant (key id {})", key_id_of(hash)),
                     param: Some("api_key_hashes".into()),
                 });
             }
         }
-        let entry = registry.tenants.get_mut(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+        let entry = registry.tenants.get_mut(id).ok_or_else(|| TenantError::NotFound(id.to_string()))?;
         entry.key_hashes.insert(hash.to_string());
         registry.by_hash.insert(hash.to_string(), id.to_string());
         Ok(())
     }
 
     /// Generates a key for a tenant; the secret is in the answer and nowhere else.
-    pub fn create_key(&self, id: &str) -> Result<GeneratedKey, ApiError> {
+    pub fn create_key(&self, id: &str) -> Result<GeneratedKey, TenantError> {
         loop {
             let key = generate_api_key();
             let clashes = {
                 let registry = self.registry.read();
-                let entry = registry.tenants.get(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+                let entry = registry.tenants.get(id).ok_or_else(|| TenantError::NotFound(id.to_string()))?;
                 entry.key_hashes.iter().any(|hash| key_id_of(hash) == key.key_id)
             };
             // Key ids must name one key of the tenant; a clash (1 in 4 billion) draws again.
@@ -355,15 +385,15 @@ impl Tenants {
     }
 
     /// Revokes a tenant's key by its id.
-    pub fn revoke_key(&self, id: &str, key_id: &str) -> Result<(), ApiError> {
+    pub fn revoke_key(&self, id: &str, key_id: &str) -> Result<(), TenantError> {
         let mut registry = self.registry.write();
-        let entry = registry.tenants.get_mut(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+        let entry = registry.tenants.get_mut(id).ok_or_else(|| TenantError::NotFound(id.to_string()))?;
         let hash = entry
             .key_hashes
             .iter()
             .find(|hash| key_id_of(hash) == key_id)
             .cloned()
-            .ok_or_else(|| ApiError::KeyNotFound { tenant: id.to_string(), key_id: key_id.to_string() })?;
+            .ok_or_else(|| TenantError::KeyNotFound { tenant: id.to_string(), key_id: key_id.to_string() })?;
         entry.key_hashes.remove(&hash);
         registry.by_hash.remove(&hash);
         Ok(())
@@ -375,19 +405,19 @@ impl Tenants {
     }
 
     /// The tenant of a request, from its `Authorization` header value.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<TenantHandle, ApiError> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<TenantHandle, TenantError> {
         if !self.auth_required() {
             return self.handle(ANONYMOUS_TENANT).ok_or_else(|| {
-                ApiError::Internal("the anonymous tenant is missing".into())
+                TenantError::Internal("the anonymous tenant is missing".into())
             });
         }
-        let header = authorization.ok_or(ApiError::MissingApiKey)?;
-        let key = bearer_token(header).ok_or(ApiError::InvalidApiKey)?;
+        let header = authorization.ok_or(TenantError::MissingApiKey)?;
+        let key = bearer_token(header).ok_or(TenantError::InvalidApiKey)?;
         self.authenticate_key(key)
     }
 
     /// The tenant owning `api_key`.
-    pub fn authenticate_key(&self, api_key: &str) -> Result<TenantHandle, ApiError> {
+    pub fn authenticate_key(&self, api_key: &str) -> Result<TenantHandle, TenantError> {
         self.tenant_of_hash(&hash_api_key(api_key))
     }
 
@@ -395,17 +425,17 @@ impl Tenants {
     /// hash, not the tenant, and asks again for every request): the tenant as it is
     /// now, with its current limits; `invalid_api_key` once the key is revoked. While no
     /// key exists at all, `anonymous`, as for [`Tenants::authenticate`].
-    pub fn authenticate_hash(&self, hash: &str) -> Result<TenantHandle, ApiError> {
+    pub fn authenticate_hash(&self, hash: &str) -> Result<TenantHandle, TenantError> {
         if !self.auth_required() {
             return self.authenticate(None);
         }
         self.tenant_of_hash(hash)
     }
 
-    fn tenant_of_hash(&self, hash: &str) -> Result<TenantHandle, ApiError> {
+    fn tenant_of_hash(&self, hash: &str) -> Result<TenantHandle, TenantError> {
         let registry = self.registry.read();
-        let tenant = registry.by_hash.get(hash).ok_or(ApiError::InvalidApiKey)?;
-        let entry = registry.tenants.get(tenant).ok_or(ApiError::InvalidApiKey)?;
+        let tenant = registry.by_hash.get(hash).ok_or(TenantError::InvalidApiKey)?;
+        let entry = registry.tenants.get(tenant).ok_or(TenantError::InvalidApiKey)?;
         Ok(TenantHandle {
             id: tenant.clone(),
             limits: entry.limits.clone(),

@@ -24,10 +24,12 @@
 //! - [`redis_quota`]: quotas shared by many nodes: the Lua scripts, key layout, leases,
 //!   the local fast path.
 //! - [`quota_failure`]: failure policies and the circuit breaker for when Redis is away.
+//! - [`backoff`]: the exponential back-off of every retry loop.
 //! - [`metrics`]: every metric the actors record, declared once.
 //! - [`metric_series`]: which `deployment` and `replica` label values still name
 //!   something live (the scrape leaves the others out).
 
+pub mod backoff;
 pub mod metric_series;
 pub mod metrics;
 pub mod quota;

@@ -40,6 +40,7 @@ use swell_autoscaler::{
     Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
     ReplicaCounts, ScaleDirection,
 };
+use crate::backoff::Backoff;
 use crate::metric_series;
 use crate::metrics as m;
 use crate::worker::{
@@ -207,8 +208,11 @@ struct ReplicaEntry {
 
 const MAX_EVENTS: usize = 100;
 const EARLY_SAMPLE_EVERY: Duration = Duration::from_millis(100);
-const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Replacing failed replicas: 1 s doubling to 60 s, reset by a replica that comes up.
+fn restart_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+}
 
 pub struct DeploymentSupervisor {
     spec: DeploymentSpec,
@@ -231,7 +235,7 @@ pub struct DeploymentSupervisor {
     retired_generated: u64,
     restarts: BTreeMap<&'static str, u64>,
     last_failure: Option<ReplicaFailure>,
-    backoff: Duration,
+    backoff: Backoff,
     restart_not_before: Option<Instant>,
     tick_in_flight: bool,
     deleting: bool,
@@ -273,7 +277,7 @@ impl DeploymentSupervisor {
             retired_generated: 0,
             restarts: BTreeMap::new(),
             last_failure: None,
-            backoff: INITIAL_BACKOFF,
+            backoff: restart_backoff(),
             restart_not_before: None,
             tick_in_flight: false,
             deleting: false,
@@ -685,7 +689,7 @@ impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
             ReplicaLifecycle::Ready { ordinal, cold_start, elapsed } => {
                 m::cold_start(&self.spec.name, elapsed);
                 self.last_failure = None;
-                self.backoff = INITIAL_BACKOFF;
+                self.backoff.reset();
                 self.restart_not_before = None;
                 if let Some(replica) = self.replicas.get_mut(&ordinal) {
                     replica.cold_start = Some((elapsed, cold_start));
@@ -709,13 +713,10 @@ impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
                     });
                     *self.restarts.entry(label).or_default() += 1;
                     m::replica_restart(&self.spec.name, label);
-                    self.restart_not_before = Some(Instant::now() + self.backoff);
-                    tracing::warn!(replica = %replica.id, ?cause, backoff = ?self.backoff, "replica failed; it will be replaced");
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                    let backoff = self.restart_not_before.map(|at| at.duration_since(Instant::now()));
-                    if let Some(wait) = backoff {
-                        ctx.run_later(wait, |supervisor, ctx| supervisor.tick(ctx));
-                    }
+                    let wait = self.backoff.failed();
+                    self.restart_not_before = Some(Instant::now() + wait);
+                    tracing::warn!(replica = %replica.id, ?cause, backoff = ?wait, "replica failed; it will be replaced");
+                    ctx.run_later(wait, |supervisor, ctx| supervisor.tick(ctx));
                 }
                 self.publish_replica_gauges();
                 self.tick(ctx);

@@ -32,6 +32,7 @@ use swell_workers::{
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::metrics as m;
 
 /// Timings of a replica's queue protocol.
@@ -433,7 +434,7 @@ async fn lease_loop(
     config: WorkerConfig,
 ) {
     let gauges = shared.gauges.clone();
-    let mut backoff = Backoff::new();
+    let mut backoff = queue_backoff();
     while !shared.draining.load(Ordering::Relaxed) {
         let free = gauges
             .free_slots
@@ -457,7 +458,7 @@ async fn lease_loop(
                 // The queue is unreachable (Redis down): wait and try again, quietly
                 // after the first warning. Held jobs keep running meanwhile.
                 let wait = backoff.failed();
-                if backoff.failures == 1 {
+                if backoff.failures() == 1 {
                     tracing::warn!(%error, replica = %shared.replica_id, "lease failed; retrying with back-off");
                 }
                 tokio::time::sleep(wait).await;
@@ -537,34 +538,9 @@ async fn publish_loop(
     }
 }
 
-/// Exponential back-off for calls to an unreachable queue: 50 ms doubling to 2 s.
-struct Backoff {
-    next: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(50);
-    const CAP: Duration = Duration::from_secs(2);
-
-    fn new() -> Self {
-        Self { next: Self::FIRST, failures: 0 }
-    }
-
-    /// A call failed: how long to wait before the next one.
-    fn failed(&mut self) -> Duration {
-        self.failures += 1;
-        let wait = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        wait
-    }
-
-    /// A call succeeded; answers whether it had been failing.
-    fn reset(&mut self) -> bool {
-        let was_failing = self.failures > 0;
-        *self = Self::new();
-        was_failing
-    }
+/// Back-off for calls to an unreachable queue: 50 ms doubling to 2 s.
+fn queue_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
 }
 
 fn holds(shared: &Shared, lease: &LeaseRef) -> bool {
@@ -586,7 +562,7 @@ async fn append_with_retry(
     lease: &LeaseRef,
     events: Vec<OutputEvent>,
 ) -> Option<AppendOutcome> {
-    let mut backoff = Backoff::new();
+    let mut backoff = queue_backoff();
     let known_last = shared.last_seq.lock().get(&lease.job_id).copied();
     let mut tried = false;
     loop {
@@ -626,7 +602,7 @@ async fn append_with_retry(
                     return None;
                 }
                 let wait = backoff.failed();
-                if backoff.failures == 1 {
+                if backoff.failures() == 1 {
                     tracing::warn!(job = %lease.job_id, %error, "output append failed; retrying while the lease is held");
                 }
                 tokio::time::sleep(wait).await;
@@ -639,7 +615,7 @@ async fn append_with_retry(
 /// (If it never goes through, the lease expires and the redelivered attempt finds the
 /// job already finished.)
 async fn ack_with_retry(queue: &dyn Queue, shared: &Shared, lease: &LeaseRef) {
-    let mut backoff = Backoff::new();
+    let mut backoff = queue_backoff();
     loop {
         match queue.ack(lease).await {
             Ok(_) => return,
@@ -648,7 +624,7 @@ async fn ack_with_retry(queue: &dyn Queue, shared: &Shared, lease: &LeaseRef) {
                     return;
                 }
                 let wait = backoff.failed();
-                if backoff.failures == 1 {
+                if backoff.failures() == 1 {
                     tracing::warn!(job = %lease.job_id, %error, "ack failed; retrying");
                 }
                 tokio::time::sleep(wait).await;

@@ -243,12 +243,7 @@ impl CoordinationClient {
 }
 
 /// Lua: the server's clock in ms (scripts use it for every expiry decision).
-pub(crate) const NOW_MS_LUA: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"#;
+pub(crate) const NOW_MS_LUA: &str = include_str!("lua/now_ms.lua");
 
 async fn bounded<T>(
     limit: Duration,

@@ -220,40 +220,11 @@ pub struct Heartbeat {
     pub record_existed: bool,
 }
 
-const BEAT: &str = r#"
--- KEYS[1] node record, KEYS[2] nodes index; ARGV[1] node id, ARGV[2] record JSON, ARGV[3] ttl ms
-local existed = redis.call('EXISTS', KEYS[1])
-local now = now_ms()
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-return {existed, now}
-"#;
+const BEAT: &str = include_str!("lua/membership_beat.lua");
 
-const DEREGISTER: &str = r#"
--- KEYS[1] node record, KEYS[2] nodes index; ARGV[1] node id
-redis.call('DEL', KEYS[1])
-return redis.call('ZREM', KEYS[2], ARGV[1])
-"#;
+const DEREGISTER: &str = include_str!("lua/membership_deregister.lua");
 
-const LIVE: &str = r#"
--- KEYS[1] nodes index; ARGV[1] node record key prefix (same hash tag), ARGV[2] ttl ms
-local now = now_ms()
-local ttl = tonumber(ARGV[2])
-local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local live, dead = {}, {}
-for i = 1, #members, 2 do
-  local id, beat = members[i], tonumber(members[i + 1])
-  local record = redis.call('GET', ARGV[1] .. id)
-  if record and now - beat <= ttl then
-    table.insert(live, {id, beat, record})
-  else
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', ARGV[1] .. id)
-    table.insert(dead, id)
-  end
-end
-return {now, live, dead}
-"#;
+const LIVE: &str = include_str!("lua/membership_live.lua");
 
 /// Registration, heartbeats and the live node list. Cheap to clone.
 #[derive(Clone)]

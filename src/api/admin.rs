@@ -42,11 +42,11 @@ use crate::api::auth::authorize_admin;
 use crate::api::error::ApiError;
 use crate::api::json_body::read_json;
 use crate::config::DeploymentConfig;
-use crate::deployments::DeploymentHandle;
-use crate::engines::KNOWN_ENGINES;
+use crate::deployments::{DeploymentError, DeploymentHandle};
+use crate::config::KNOWN_ENGINES;
 use crate::ingress::ReplyNamespace;
 use crate::state::AppState;
-use crate::tenants::{is_valid_name, TenantCapacity, Upsert};
+use crate::tenants::{is_valid_name, TenantCapacity, TenantError, Upsert};
 
 /// `PUT /admin/v1/tenants/{id}` body.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -86,9 +86,9 @@ pub fn key_of_message(message: &str) -> Option<String> {
     is_key.then(|| first.to_string())
 }
 
-fn invalid_config(errors: Vec<String>) -> ApiError {
+fn invalid_config(errors: Vec<String>) -> DeploymentError {
     let param = errors.first().and_then(|message| key_of_message(message));
-    ApiError::InvalidConfig { message: errors.join("; "), param }
+    DeploymentError::InvalidConfig { message: errors.join("; "), param }
 }
 
 fn check_name(kind: &'static str, name: &str) -> Result<(), ApiError> {
@@ -100,25 +100,27 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), ApiError> {
 }
 
 async fn observe(deployment: &DeploymentHandle) -> Result<DeploymentStatus, ApiError> {
-    deployment.supervisor.send(ObserveDeployment).await.map_err(|error| ApiError::DeploymentUnavailable {
+    let status = deployment.supervisor.send(ObserveDeployment).await.map_err(|error| DeploymentError::Unavailable {
         deployment: deployment.name.clone(),
         reason: format!("its supervisor does not answer: {error}"),
-    })
+    })?;
+    Ok(status)
 }
 
 /// Checks an admin deployment body: a known engine first, then every setting.
 pub fn check_deployment_body(body: &DeploymentConfig) -> Result<(), ApiError> {
     if !KNOWN_ENGINES.contains(&body.engine.as_str()) {
-        return Err(ApiError::UnknownEngine {
+        return Err(DeploymentError::UnknownEngine {
             engine: body.engine.clone(),
             known: KNOWN_ENGINES.iter().map(|e| e.to_string()).collect(),
-        });
+        }
+        .into());
     }
     let errors = body.validate("");
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(invalid_config(errors))
+        Err(invalid_config(errors).into())
     }
 }
 
@@ -142,12 +144,12 @@ pub async fn put_deployment(
         }
         Some(existing) => {
             if existing.config.engine_differs(&body) {
-                return Err(ApiError::EngineChangeRequiresRecreate(name));
+                return Err(DeploymentError::EngineChangeRequiresRecreate(name).into());
             }
             state.check_reservations_fit(&name, &body)?;
             if existing.config.autoscaling != body.autoscaling {
                 existing.supervisor.send(UpdatePolicy(body.autoscaling.clone())).await.map_err(|error| {
-                    ApiError::DeploymentUnavailable {
+                    DeploymentError::Unavailable {
                         deployment: name.clone(),
                         reason: format!("its supervisor does not answer: {error}"),
                     }
@@ -169,7 +171,7 @@ pub async fn get_deployment(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize_admin(&state, &request)?;
-    let deployment = state.deployments.get(&path).ok_or_else(|| ApiError::DeploymentNotFound(path.into_inner()))?;
+    let deployment = state.deployments.get(&path).ok_or_else(|| DeploymentError::NotFound(path.into_inner()))?;
     Ok(HttpResponse::Ok().json(observe(&deployment).await?))
 }
 
@@ -182,7 +184,7 @@ pub async fn delete_deployment(
     authorize_admin(&state, &request)?;
     let name = path.into_inner();
     let _writes = state.admin_writes.lock().await;
-    let deployment = state.deployments.remove(&name).ok_or_else(|| ApiError::DeploymentNotFound(name.clone()))?;
+    let deployment = state.deployments.remove(&name).ok_or_else(|| DeploymentError::NotFound(name.clone()))?;
     tracing::info!(deployment = %name, "deleting deployment: draining its replicas");
     let supervisor = deployment.supervisor.clone();
     let drained_name = name.clone();
@@ -229,11 +231,14 @@ pub async fn put_tenant(
     let id = path.into_inner();
     check_name("tenant", &id)?;
     let body: TenantBody = read_json(&request, payload, state.config.server.max_body_bytes).await?;
-    body.limits.validate("limits").map_err(|error| invalid_config(vec![error]))?;
+    body.limits.validate("limits").map_err(|error| TenantError::InvalidConfig {
+        param: key_of_message(&error),
+        message: error,
+    })?;
     let _writes = state.admin_writes.lock().await;
     // Checked before anything changes (and admin writes are serialized by the lock).
     if let Some(prefix) = &body.reply_prefix {
-        ReplyNamespace::of_config(&state.config).check_configured(prefix).map_err(|error| ApiError::InvalidConfig {
+        ReplyNamespace::of_config(&state.config).check_configured(prefix).map_err(|error| TenantError::InvalidConfig {
             message: format!("reply_prefix: {error}"),
             param: Some("reply_prefix".into()),
         })?;
@@ -276,8 +281,8 @@ pub struct TenantView {
 }
 
 async fn tenant_view(state: &AppState, id: &str) -> Result<TenantView, ApiError> {
-    let summary = state.tenants.summary(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
-    let handle = state.tenants.handle(id).ok_or_else(|| ApiError::TenantNotFound(id.to_string()))?;
+    let summary = state.tenants.summary(id).ok_or_else(|| TenantError::NotFound(id.to_string()))?;
+    let handle = state.tenants.handle(id).ok_or_else(|| TenantError::NotFound(id.to_string()))?;
     let quota = handle
         .quota
         .send(ObserveQuota)
@@ -358,7 +363,7 @@ mod tests {
     use swell_workers::sim::SimConfig;
 
     use super::*;
-    use crate::api::json_body::parse_json;
+    use crate::generation::json::parse_json;
 
     #[test]
     fn keys_are_taken_from_validation_messages() {

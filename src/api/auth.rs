@@ -16,7 +16,7 @@ pub fn authorization(request: &HttpRequest) -> Option<&str> {
 
 /// The tenant of a `/v1` request.
 pub fn authenticate(state: &AppState, request: &HttpRequest) -> Result<TenantHandle, ApiError> {
-    state.tenants.authenticate(authorization(request))
+    Ok(state.tenants.authenticate(authorization(request))?)
 }
 
 /// Admits an admin API call: a matching bearer admin token, or no token configured and

@@ -1,8 +1,9 @@
 //! `ApiError`: every way an API call can fail, each with a stable `code()` (the JSON
-//! `error.code`, the metric label and the log field). The HTTP status of each variant is
-//! decided in exactly one place, `ResponseError::status_code`; the OpenAI error `type` is
-//! derived from the status. Bodies have OpenAI's shape:
-//! `{"error": {"message", "type", "code", "param"}}`.
+//! `error.code`, the metric label and the log field). The domain errors
+//! ([`GenerationError`], [`DeploymentError`], [`TenantError`]) are carried inside it;
+//! the HTTP status of every error is decided in exactly one place,
+//! `ResponseError::status_code` below, and the OpenAI error `type` is derived from the
+//! status. Bodies have OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`.
 
 use std::time::Duration;
 
@@ -10,55 +11,33 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
-use swell_actors::quota::{LimitKind, QuotaRejection};
 
 use crate::api::ratelimit_headers::{insert_rate_limit_headers, retry_after_seconds};
+use crate::deployments::DeploymentError;
+use crate::generation::GenerationError;
+use crate::tenants::TenantError;
 
 /// Every error the HTTP and WebSocket APIs answer with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
-    // -- the request body or its parameters --------------------------------------------
-    /// The body is not JSON (or not complete JSON).
-    #[error("the request body is not valid json: {0}")]
-    InvalidJson(String),
-    /// A parameter has the wrong JSON type.
-    #[error("{message}")]
-    InvalidType { message: String, param: Option<String> },
-    #[error("missing required parameter: `{0}`")]
-    MissingParameter(String),
-    /// A body that allows no unknown fields (the admin API's) has one.
-    #[error("unknown parameter: `{param}`{expected}")]
-    UnknownParameter { param: String, expected: String },
-    /// A parameter is out of range or malformed.
-    #[error("{message}")]
-    InvalidValue { message: String, param: String },
-    /// A parameter OpenAI accepts but Swell does not support (yet).
-    #[error("{message}")]
-    UnsupportedParameter { message: String, param: String },
-    /// Prompt plus `max_tokens` exceed the model's context.
-    #[error("{message}")]
-    ContextLengthExceeded { message: String, param: String },
-    /// `max_tokens` is beyond what the deployment allows.
-    #[error("{message}")]
-    MaxTokensExceedsLimit { message: String, param: String },
-    #[error("the request body exceeds the limit of {limit} bytes")]
-    BodyTooLarge { limit: usize },
-    #[error("the prompt could not be processed: {0}")]
-    InvalidPrompt(String),
+    // -- the domain ------------------------------------------------------------------------
+    /// A generation request's body, admission or generation failed.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// Creating, changing or reaching a deployment failed.
+    #[error(transparent)]
+    Deployment(#[from] DeploymentError),
+    /// Authentication, or managing a tenant or its keys, failed.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
 
     // -- routing --------------------------------------------------------------------------
-    #[error("the model `{0}` does not exist")]
-    ModelNotFound(String),
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
 
-    // -- authentication -------------------------------------------------------------------
-    #[error("missing api key: send `Authorization: Bearer <key>`")]
-    MissingApiKey,
-    #[error("invalid api key")]
-    InvalidApiKey,
+    // -- authentication of the admin api and /metrics ------------------------------------
     #[error("missing or invalid admin token: send `Authorization: Bearer <admin token>`")]
     InvalidAdminToken,
     #[error("the admin api is disabled: no admin token is configured and the server does not listen on loopback only")]
@@ -68,43 +47,7 @@ pub enum ApiError {
     #[error("/metrics is closed: set server.metrics_token (or server.admin_token) for scrapers, or server.metrics_public = true")]
     MetricsDisabled,
 
-    // -- admission ------------------------------------------------------------------------
-    /// A tenant quota refused the request.
-    #[error("{}", .0.message())]
-    Quota(Box<QuotaRejection>),
-    #[error("the queue of model `{deployment}` is full ({depth} waiting); retry later")]
-    QueueFull { deployment: String, depth: u64, retry_after: Duration },
-    #[error("model `{deployment}` is unavailable: {reason}")]
-    DeploymentUnavailable { deployment: String, reason: String },
-    /// The shared queue (Redis) cannot be reached; nothing was enqueued.
-    #[error("the request queue is unreachable, retry later: {0}")]
-    QueueUnavailable(String),
-    /// A worker node serves no inference API.
-    #[error("this node is a worker ({role} role) and serves no inference api; send requests to a gateway node")]
-    NotAGateway { role: &'static str },
-    #[error("the server is shutting down")]
-    ShuttingDown,
-
-    // -- generation -----------------------------------------------------------------------
-    /// The request was admitted but failed while queued or generating; `code` comes from
-    /// the replica or the queue (`deadline_exceeded`, `engine_failure`, ...).
-    #[error("{message}")]
-    Generation { code: String, message: String },
-
     // -- admin ----------------------------------------------------------------------------
-    #[error("unknown engine `{engine}`; known engines: {}", .known.join(", "))]
-    UnknownEngine { engine: String, known: Vec<String> },
-    /// A deployment or tenant definition failed validation; `param` names the key.
-    #[error("{message}")]
-    InvalidConfig { message: String, param: Option<String> },
-    #[error("deployment `{0}` already exists with another engine configuration; delete it and create it again")]
-    EngineChangeRequiresRecreate(String),
-    #[error("deployment `{0}` does not exist")]
-    DeploymentNotFound(String),
-    #[error("tenant `{0}` does not exist")]
-    TenantNotFound(String),
-    #[error("tenant `{tenant}` has no key `{key_id}`")]
-    KeyNotFound { tenant: String, key_id: String },
     #[error("invalid {kind} name `{name}`: use 1 to 64 of a-z, A-Z, 0-9, `.`, `_`, `-`, `:` starting with a letter or digit")]
     InvalidName { kind: &'static str, name: String },
 
@@ -147,53 +90,18 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn invalid_value(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::InvalidValue { param: param.into(), message: message.into() }
-    }
-
-    pub fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::UnsupportedParameter { param: param.into(), message: message.into() }
-    }
-
     /// Stable machine-readable code.
     pub fn code(&self) -> &str {
         match self {
-            ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::InvalidType { .. } => "invalid_type",
-            ApiError::MissingParameter(_) => "missing_required_parameter",
-            ApiError::UnknownParameter { .. } => "unknown_parameter",
-            ApiError::InvalidValue { .. } => "invalid_value",
-            ApiError::UnsupportedParameter { .. } => "unsupported_parameter",
-            ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
-            ApiError::MaxTokensExceedsLimit { .. } => "max_tokens_exceeds_limit",
-            ApiError::BodyTooLarge { .. } => "request_body_too_large",
-            ApiError::InvalidPrompt(_) => "invalid_prompt",
-            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::Generation(error) => error.code(),
+            ApiError::Deployment(error) => error.code(),
+            ApiError::Tenant(error) => error.code(),
             ApiError::RouteNotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::MissingApiKey => "missing_api_key",
-            ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::InvalidAdminToken => "invalid_admin_token",
             ApiError::AdminDisabled => "admin_disabled",
             ApiError::InvalidMetricsToken => "invalid_metrics_token",
             ApiError::MetricsDisabled => "metrics_disabled",
-            ApiError::Quota(rejection) => match (rejection.limit, rejection.retry_after) {
-                (_, None) => "request_too_large",
-                (LimitKind::ConcurrentRequests, Some(_)) => "concurrency_limit_exceeded",
-                (_, Some(_)) => "rate_limit_exceeded",
-            },
-            ApiError::QueueFull { .. } => "queue_full",
-            ApiError::DeploymentUnavailable { .. } => "deployment_unavailable",
-            ApiError::QueueUnavailable(_) => "queue_unavailable",
-            ApiError::NotAGateway { .. } => "not_a_gateway",
-            ApiError::ShuttingDown => "shutting_down",
-            ApiError::Generation { code, .. } => code,
-            ApiError::UnknownEngine { .. } => "unknown_engine",
-            ApiError::InvalidConfig { .. } => "invalid_config",
-            ApiError::EngineChangeRequiresRecreate(_) => "engine_change_requires_recreate",
-            ApiError::DeploymentNotFound(_) => "deployment_not_found",
-            ApiError::TenantNotFound(_) => "tenant_not_found",
-            ApiError::KeyNotFound { .. } => "key_not_found",
             ApiError::InvalidName { .. } => "invalid_name",
             ApiError::WebSocketUpgradeRequired(_) => "websocket_upgrade_required",
             ApiError::InvalidMessage(_) => "invalid_message",
@@ -210,15 +118,9 @@ impl ApiError {
     /// The parameter the error is about, when there is one.
     pub fn param(&self) -> Option<&str> {
         match self {
-            ApiError::InvalidType { param, .. } => param.as_deref(),
-            ApiError::MissingParameter(param)
-            | ApiError::UnknownParameter { param, .. }
-            | ApiError::InvalidValue { param, .. }
-            | ApiError::UnsupportedParameter { param, .. }
-            | ApiError::ContextLengthExceeded { param, .. }
-            | ApiError::MaxTokensExceedsLimit { param, .. } => Some(param),
-            ApiError::InvalidConfig { param, .. } => param.as_deref(),
-            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::Generation(error) => error.param(),
+            ApiError::Deployment(error) => error.param(),
+            ApiError::Tenant(TenantError::InvalidConfig { param, .. }) => param.as_deref(),
             _ => None,
         }
     }
@@ -250,28 +152,49 @@ impl ApiError {
     /// How long the client should wait before retrying, when that is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::Quota(rejection) => rejection.retry_after,
-            ApiError::QueueFull { retry_after, .. } => Some(*retry_after),
-            ApiError::DeploymentUnavailable { .. } | ApiError::ShuttingDown => {
-                Some(Duration::from_secs(5))
-            }
-            ApiError::QueueUnavailable(_) => Some(Duration::from_secs(2)),
+            ApiError::Generation(error) => error.retry_after(),
+            ApiError::Deployment(DeploymentError::Unavailable { .. }) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
+}
 
-    /// Status of a generation failure code (a failure reported by a replica or the queue).
-    fn generation_status(code: &str) -> StatusCode {
-        match code {
-            "invalid_prompt" => StatusCode::BAD_REQUEST,
-            // The client cancelled it (nginx's "client closed request").
-            "cancelled" => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-            // Waited too long in the queue, or the queue or the deployment went away.
-            "deadline_exceeded" | "queue_unavailable" | "deployment_deleted" | "shutting_down" => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+/// Status of a generation request's failure.
+fn generation_status(error: &GenerationError) -> StatusCode {
+    match error {
+        GenerationError::InvalidJson(_)
+        | GenerationError::InvalidType { .. }
+        | GenerationError::MissingParameter(_)
+        | GenerationError::UnknownParameter { .. }
+        | GenerationError::InvalidValue { .. }
+        | GenerationError::UnsupportedParameter { .. }
+        | GenerationError::ContextLengthExceeded { .. }
+        | GenerationError::MaxTokensExceedsLimit { .. }
+        | GenerationError::InvalidPrompt(_) => StatusCode::BAD_REQUEST,
+        GenerationError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        GenerationError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+        GenerationError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+        GenerationError::QueueFull { .. }
+        | GenerationError::DeploymentUnavailable { .. }
+        | GenerationError::QueueUnavailable(_)
+        | GenerationError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        GenerationError::NotAGateway { .. } => StatusCode::MISDIRECTED_REQUEST,
+        GenerationError::Failed { code, .. } => failure_status(code),
+        GenerationError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Status of a generation failure code (a failure reported by a replica or the queue).
+fn failure_status(code: &str) -> StatusCode {
+    match code {
+        "invalid_prompt" => StatusCode::BAD_REQUEST,
+        // The client cancelled it (nginx's "client closed request").
+        "cancelled" => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        // Waited too long in the queue, or the queue or the deployment went away.
+        "deadline_exceeded" | "queue_unavailable" | "deployment_deleted" | "shutting_down" => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -279,46 +202,33 @@ impl ResponseError for ApiError {
     /// The one place where an error becomes an HTTP status.
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_)
-            | ApiError::InvalidType { .. }
-            | ApiError::MissingParameter(_)
-            | ApiError::UnknownParameter { .. }
-            | ApiError::InvalidValue { .. }
-            | ApiError::UnsupportedParameter { .. }
-            | ApiError::ContextLengthExceeded { .. }
-            | ApiError::MaxTokensExceedsLimit { .. }
-            | ApiError::InvalidPrompt(_)
-            | ApiError::UnknownEngine { .. }
-            | ApiError::InvalidConfig { .. }
-            | ApiError::InvalidName { .. }
+            ApiError::Generation(error) => generation_status(error),
+            ApiError::Deployment(error) => match error {
+                DeploymentError::UnknownEngine { .. } | DeploymentError::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
+                DeploymentError::NotFound(_) => StatusCode::NOT_FOUND,
+                DeploymentError::EngineChangeRequiresRecreate(_) => StatusCode::CONFLICT,
+                DeploymentError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                DeploymentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Tenant(error) => match error {
+                TenantError::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
+                TenantError::NotFound(_) | TenantError::KeyNotFound { .. } => StatusCode::NOT_FOUND,
+                TenantError::MissingApiKey | TenantError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+                TenantError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::InvalidName { .. }
             | ApiError::WebSocketUpgradeRequired(_)
             | ApiError::InvalidMessage(_)
             | ApiError::UnknownMessageType(_)
             | ApiError::BinaryNotSupported => StatusCode::BAD_REQUEST,
-            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ModelNotFound(_)
-            | ApiError::RouteNotFound { .. }
-            | ApiError::DeploymentNotFound(_)
-            | ApiError::TenantNotFound(_)
-            | ApiError::KeyNotFound { .. }
-            | ApiError::UnknownRequestId(_) => StatusCode::NOT_FOUND,
+            ApiError::RouteNotFound { .. } | ApiError::UnknownRequestId(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::MissingApiKey
-            | ApiError::InvalidApiKey
-            | ApiError::InvalidAdminToken
-            | ApiError::InvalidMetricsToken
-            | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::AdminDisabled | ApiError::MetricsDisabled => StatusCode::FORBIDDEN,
-            ApiError::EngineChangeRequiresRecreate(_) | ApiError::DuplicateId(_) => StatusCode::CONFLICT,
-            ApiError::Quota(_) | ApiError::TooManyRequestsOnConnection { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
+            ApiError::InvalidAdminToken | ApiError::InvalidMetricsToken | ApiError::Unauthorized => {
+                StatusCode::UNAUTHORIZED
             }
-            ApiError::QueueFull { .. }
-            | ApiError::DeploymentUnavailable { .. }
-            | ApiError::QueueUnavailable(_)
-            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotAGateway { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ApiError::Generation { code, .. } => Self::generation_status(code),
+            ApiError::AdminDisabled | ApiError::MetricsDisabled => StatusCode::FORBIDDEN,
+            ApiError::DuplicateId(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequestsOnConnection { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -328,12 +238,14 @@ impl ResponseError for ApiError {
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, retry_after_seconds(wait).to_string()));
         }
-        if let ApiError::Quota(rejection) = self {
+        if let ApiError::Generation(GenerationError::Quota(rejection)) = self {
             insert_rate_limit_headers(&mut response, &rejection.snapshot);
         }
         if matches!(
             self,
-            ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::InvalidAdminToken | ApiError::InvalidMetricsToken
+            ApiError::Tenant(TenantError::MissingApiKey | TenantError::InvalidApiKey)
+                | ApiError::InvalidAdminToken
+                | ApiError::InvalidMetricsToken
         ) {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
@@ -344,7 +256,7 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use actix_web::body::MessageBody;
-    use swell_actors::quota::{LimitState, RateLimitSnapshot};
+    use swell_actors::quota::{LimitKind, LimitState, QuotaRejection, RateLimitSnapshot};
 
     use super::*;
 
@@ -377,7 +289,7 @@ mod tests {
 
     #[test]
     fn bodies_have_openai_shape() {
-        let error = ApiError::invalid_value("temperature", "temperature must be between 0 and 2");
+        let error = ApiError::from(GenerationError::invalid_value("temperature", "temperature must be between 0 and 2"));
         let response = error.error_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         let body = body_of(response);
@@ -395,18 +307,18 @@ mod tests {
     #[test]
     fn each_family_maps_to_its_status_and_type() {
         let cases: Vec<(ApiError, StatusCode, &str, &str)> = vec![
-            (ApiError::InvalidJson("eof".into()), StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
-            (ApiError::MissingParameter("model".into()), StatusCode::BAD_REQUEST, "invalid_request_error", "missing_required_parameter"),
-            (ApiError::BodyTooLarge { limit: 10 }, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_body_too_large"),
-            (ApiError::ModelNotFound("x".into()), StatusCode::NOT_FOUND, "not_found_error", "model_not_found"),
-            (ApiError::MissingApiKey, StatusCode::UNAUTHORIZED, "authentication_error", "missing_api_key"),
-            (ApiError::InvalidApiKey, StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            (ApiError::from(GenerationError::InvalidJson("eof".into())), StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
+            (ApiError::from(GenerationError::MissingParameter("model".into())), StatusCode::BAD_REQUEST, "invalid_request_error", "missing_required_parameter"),
+            (ApiError::from(GenerationError::BodyTooLarge { limit: 10 }), StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_body_too_large"),
+            (ApiError::from(GenerationError::ModelNotFound("x".into())), StatusCode::NOT_FOUND, "not_found_error", "model_not_found"),
+            (ApiError::from(TenantError::MissingApiKey), StatusCode::UNAUTHORIZED, "authentication_error", "missing_api_key"),
+            (ApiError::from(TenantError::InvalidApiKey), StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
             (ApiError::AdminDisabled, StatusCode::FORBIDDEN, "permission_error", "admin_disabled"),
-            (ApiError::EngineChangeRequiresRecreate("d".into()), StatusCode::CONFLICT, "invalid_request_error", "engine_change_requires_recreate"),
-            (ApiError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "shutting_down"),
+            (ApiError::from(DeploymentError::EngineChangeRequiresRecreate("d".into())), StatusCode::CONFLICT, "invalid_request_error", "engine_change_requires_recreate"),
+            (ApiError::from(GenerationError::ShuttingDown), StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "shutting_down"),
             (ApiError::Internal("boom".into()), StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
-            (ApiError::Generation { code: "engine_failure".into(), message: "x".into() }, StatusCode::INTERNAL_SERVER_ERROR, "server_error", "engine_failure"),
-            (ApiError::Generation { code: "deadline_exceeded".into(), message: "x".into() }, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "deadline_exceeded"),
+            (ApiError::from(GenerationError::Failed { code: "engine_failure".into(), message: "x".into() }), StatusCode::INTERNAL_SERVER_ERROR, "server_error", "engine_failure"),
+            (ApiError::from(GenerationError::Failed { code: "deadline_exceeded".into(), message: "x".into() }), StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "deadline_exceeded"),
         ];
         for (error, status, kind, code) in cases {
             assert_eq!(error.status_code(), status, "{error:?}");
@@ -419,10 +331,10 @@ mod tests {
 
     #[test]
     fn rate_limited_answers_429_with_openai_headers() {
-        let error = ApiError::Quota(Box::new(quota_rejection(
+        let error = ApiError::from(GenerationError::Quota(Box::new(quota_rejection(
             LimitKind::Requests,
             Some(Duration::from_millis(29_500)),
-        )));
+        ))));
         let response = error.error_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(header_of(&response, "retry-after").as_deref(), Some("30"));
@@ -438,12 +350,12 @@ mod tests {
 
     #[test]
     fn a_request_that_can_never_fit_has_no_retry_after() {
-        let error = ApiError::Quota(Box::new(quota_rejection(LimitKind::PromptTokens, None)));
+        let error = ApiError::from(GenerationError::Quota(Box::new(quota_rejection(LimitKind::PromptTokens, None))));
         assert_eq!(error.code(), "request_too_large");
         let response = error.error_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(header_of(&response, "retry-after").is_none());
-        let concurrent = ApiError::Quota(Box::new(quota_rejection(
+        let concurrent = GenerationError::Quota(Box::new(quota_rejection(
             LimitKind::ConcurrentRequests,
             Some(Duration::from_secs(1)),
         )));
@@ -452,11 +364,11 @@ mod tests {
 
     #[test]
     fn queue_full_answers_503_with_retry_after() {
-        let error = ApiError::QueueFull {
+        let error = ApiError::from(GenerationError::QueueFull {
             deployment: "chat".into(),
             depth: 1000,
             retry_after: Duration::from_millis(2100),
-        };
+        });
         let response = error.error_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(header_of(&response, "retry-after").as_deref(), Some("3"));
@@ -465,7 +377,7 @@ mod tests {
 
     #[test]
     fn auth_errors_ask_for_a_bearer_token() {
-        let response = ApiError::MissingApiKey.error_response();
+        let response = ApiError::from(TenantError::MissingApiKey).error_response();
         assert_eq!(header_of(&response, "www-authenticate").as_deref(), Some("Bearer"));
     }
 }

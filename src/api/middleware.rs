@@ -9,7 +9,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 
 use crate::api::error::ApiError;
-use crate::api::generation::new_request_id;
+use crate::generation::admit::new_request_id;
 use crate::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -6,19 +6,14 @@
 pub mod admin;
 pub mod auth;
 pub mod client_gone;
-pub mod collect;
 pub mod error;
-pub mod generation;
 pub mod health;
 pub mod json_body;
 pub mod middleware;
 pub mod openai;
-pub mod openai_types;
 pub mod ratelimit_headers;
 pub mod routes;
 pub mod sse;
-pub mod stream_encoder;
-pub mod validate;
 pub mod ws;
 pub mod ws_protocol;
 

@@ -7,31 +7,28 @@
 //! queued, starting, running; streamed or collected), the event receivers are dropped,
 //! which cancels the requests and frees their quota slots.
 
-use std::sync::Arc;
-
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::api::auth::authenticate;
 use crate::api::client_gone::ClientGone;
-use crate::api::collect::{Collected, ResponseCollector};
 use crate::api::error::ApiError;
-use crate::api::generation::{start_generation, Generation};
-use crate::api::json_body::{parse_json, read_body};
+use crate::api::json_body::read_body;
 use crate::api::middleware::request_id;
-use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest, ModelList, ModelObject};
 use crate::api::ratelimit_headers::insert_rate_limit_headers;
 use crate::api::sse;
-use crate::api::stream_encoder::StreamEncoder;
-use crate::api::validate::{validate_chat, validate_completion, ModelLimits, ValidatedRequest};
 use crate::deployments::DeploymentHandle;
+use crate::generation::admit::{start_generation, Generation};
+use crate::generation::collect::{Collected, ResponseCollector};
+use crate::generation::json::parse_json;
+use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest, ModelList, ModelObject};
+use crate::generation::resolve::{find_deployment, resolve, ModelRequest};
+use crate::generation::stream_encoder::StreamEncoder;
+use crate::generation::GenerationError;
 use crate::state::AppState;
 
-/// Bodies larger than this are validated (tokenized) off the async threads.
-const INLINE_VALIDATION_BYTES: usize = 64 * 1024;
 
 pub fn model_object(deployment: &DeploymentHandle) -> ModelObject {
     ModelObject {
@@ -60,56 +57,6 @@ pub async fn get_model(
     authenticate(&state, &request)?;
     let deployment = find_deployment(&state, &path)?;
     Ok(HttpResponse::Ok().json(model_object(&deployment)))
-}
-
-fn find_deployment(state: &AppState, model: &str) -> Result<Arc<DeploymentHandle>, ApiError> {
-    state.deployments.get(model).ok_or_else(|| ApiError::ModelNotFound(model.to_string()))
-}
-
-/// A request body that names its deployment.
-pub trait ModelRequest: DeserializeOwned + Send + 'static {
-    fn model(&self) -> &str;
-    fn validate(&self, limits: &ModelLimits, tokenizer: &dyn swell_workers::Tokenizer) -> Result<ValidatedRequest, ApiError>;
-}
-
-impl ModelRequest for ChatCompletionRequest {
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn validate(&self, limits: &ModelLimits, tokenizer: &dyn swell_workers::Tokenizer) -> Result<ValidatedRequest, ApiError> {
-        validate_chat(self, limits, tokenizer)
-    }
-}
-
-impl ModelRequest for CompletionRequest {
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn validate(&self, limits: &ModelLimits, tokenizer: &dyn swell_workers::Tokenizer) -> Result<ValidatedRequest, ApiError> {
-        validate_completion(self, limits, tokenizer)
-    }
-}
-
-/// Finds the deployment of a request and validates it against that deployment. Large
-/// bodies are tokenized on the blocking pool so no async thread stalls on them.
-pub async fn resolve<R: ModelRequest>(
-    state: &AppState,
-    body: R,
-    body_bytes: usize,
-) -> Result<(Arc<DeploymentHandle>, ValidatedRequest), ApiError> {
-    let deployment = find_deployment(state, body.model())?;
-    let validated = if body_bytes <= INLINE_VALIDATION_BYTES {
-        body.validate(&deployment.limits, deployment.tokenizer.as_ref())?
-    } else {
-        let limits = deployment.limits;
-        let tokenizer = deployment.tokenizer.clone();
-        web::block(move || body.validate(&limits, tokenizer.as_ref()))
-            .await
-            .map_err(|error| ApiError::Internal(format!("validation did not complete: {error}")))??
-    };
-    Ok((deployment, validated))
 }
 
 /// `POST /v1/chat/completions`.
@@ -172,10 +119,11 @@ async fn collected_response(generation: Generation, mut client_gone: ClientGone)
         let next = tokio::select! {
             next = events.next() => next,
             _ = client_gone.wait() => {
-                return Err(ApiError::Generation {
+                return Err(GenerationError::Failed {
                     code: "cancelled".into(),
                     message: "the client closed the connection before the answer was complete".into(),
-                })
+                }
+                .into())
             }
         };
         let Some((index, event)) = next else { break };
@@ -185,5 +133,5 @@ async fn collected_response(generation: Generation, mut client_gone: ClientGone)
             return Ok(response.json(body));
         }
     }
-    Err(ResponseCollector::incomplete())
+    Err(ResponseCollector::incomplete().into())
 }

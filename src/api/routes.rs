@@ -4,6 +4,7 @@
 use actix_web::web;
 
 use crate::api::error::ApiError;
+use crate::generation::GenerationError;
 use crate::api::middleware::resource;
 use crate::api::{admin, health, openai, ws};
 
@@ -43,13 +44,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 fn extractor_errors_as_json_path() -> web::PathConfig {
     web::PathConfig::default().error_handler(|error, _| {
-        ApiError::InvalidValue { param: "path".into(), message: format!("invalid path: {error}") }.into()
+        ApiError::from(GenerationError::invalid_value("path", format!("invalid path: {error}"))).into()
     })
 }
 
 fn extractor_errors_as_json_query() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|error, _| {
-        ApiError::InvalidValue { param: "query".into(), message: format!("invalid query string: {error}") }.into()
+        ApiError::from(GenerationError::invalid_value("query", format!("invalid query string: {error}"))).into()
     })
 }
 
@@ -59,9 +60,9 @@ fn extractor_errors_as_json_body() -> web::JsonConfig {
         use actix_web::error::JsonPayloadError;
         match error {
             JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
-                ApiError::BodyTooLarge { limit }.into()
+                ApiError::from(GenerationError::BodyTooLarge { limit }).into()
             }
-            other => ApiError::InvalidJson(other.to_string()).into(),
+            other => ApiError::from(GenerationError::InvalidJson(other.to_string())).into(),
         }
     })
 }

@@ -14,11 +14,12 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, Stream, StreamExt};
-use swell_actors::request::RequestEvent;
+use futures_util::stream::{Stream, StreamExt};
 
 use crate::api::client_gone::ClientGone;
-use crate::api::stream_encoder::{StreamEncoder, StreamItem};
+use crate::api::error::ApiError;
+use crate::generation::admit::TaggedEvents;
+use crate::generation::stream_encoder::{StreamEncoder, StreamItem};
 
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -52,13 +53,10 @@ pub fn frame(item: &StreamItem) -> Option<String> {
         StreamItem::Done { .. } => Some(String::from_utf8_lossy(DONE).into_owned()),
         StreamItem::Failed(error) => Some(format!(
             "data: {}\n\n",
-            serde_json::to_string(&error.body()).expect("error bodies serialize")
+            serde_json::to_string(&ApiError::from(error.clone()).body()).expect("error bodies serialize")
         )),
     }
 }
-
-/// A request's events, tagged with the choice index they belong to.
-pub type TaggedEvents = BoxStream<'static, (usize, RequestEvent)>;
 
 struct BodyState {
     events: TaggedEvents,
@@ -124,11 +122,13 @@ pub fn body_stream(
 mod tests {
     use swell_cluster::{FinishReason, Usage};
 
+    use swell_actors::request::RequestEvent;
+
     use super::*;
-    use crate::api::error::ApiError;
-    use crate::api::openai_types::{ResponseChunk, TextCompletion, UsageBody, TEXT_COMPLETION};
-    use crate::api::stream_encoder::tests::{finished, meta, prompt, tokens};
-    use crate::api::validate::GenerationKind;
+    use crate::generation::GenerationError;
+    use crate::generation::openai_types::{ResponseChunk, TextCompletion, UsageBody, TEXT_COMPLETION};
+    use crate::generation::stream_encoder::tests::{finished, meta, prompt, tokens};
+    use crate::generation::validate::GenerationKind;
 
     #[test]
     fn waiting_becomes_comment_lines() {
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn errors_mid_stream_are_data_with_an_error_body() {
-        let failed = StreamItem::Failed(ApiError::Generation { code: "engine_failure".into(), message: "boom".into() });
+        let failed = StreamItem::Failed(GenerationError::Failed { code: "engine_failure".into(), message: "boom".into() });
         let text = frame(&failed).unwrap();
         let body: serde_json::Value = serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap();
         assert_eq!(body["error"]["code"], "engine_failure");

@@ -24,12 +24,13 @@ use tokio::time::Instant;
 
 use crate::api::auth::authorization;
 use crate::api::error::ApiError;
-use crate::api::generation::{new_request_id, start_generation, Generation};
-use crate::api::json_body::from_value;
-use crate::api::openai::resolve;
-use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest};
-use crate::api::stream_encoder::{StreamEncoder, StreamItem};
-use crate::api::validate::GenerationKind;
+use crate::generation::admit::{new_request_id, start_generation, Generation};
+use crate::generation::json::from_value;
+use crate::generation::resolve::resolve;
+use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest};
+use crate::generation::stream_encoder::{StreamEncoder, StreamItem};
+use crate::generation::validate::GenerationKind;
+use crate::generation::GenerationError;
 use crate::api::ws_protocol::{parse_client_message, ClientMessage, ServerFrame};
 use crate::metrics;
 use crate::state::AppState;
@@ -168,7 +169,7 @@ impl Connection {
                         self.key_hash = Some(hash_api_key(&api_key));
                         self.send(frame).await
                     }
-                    Err(error) => self.send(ServerFrame::error(None, &error)).await,
+                    Err(error) => self.send(ServerFrame::error(None, &error.into())).await,
                 }
             }
             Ok(ClientMessage::Cancel { id }) => {
@@ -178,7 +179,7 @@ impl Connection {
                         // Dropping the task drops its receivers: the request is cancelled.
                         entry.task.abort();
                         metrics::websocket_request("cancelled");
-                        ApiError::Generation { code: "cancelled".into(), message: "the request was cancelled".into() }
+                        GenerationError::Failed { code: "cancelled".into(), message: "the request was cancelled".into() }.into()
                     }
                     None => ApiError::UnknownRequestId(id.clone()),
                 };
@@ -310,6 +311,6 @@ impl RequestRelay {
             GenerationKind::Chat => resolve(&self.state, from_value::<ChatCompletionRequest>(request)?, size).await?,
             GenerationKind::Completion => resolve(&self.state, from_value::<CompletionRequest>(request)?, size).await?,
         };
-        start_generation(&self.state, tenant, &deployment, validated, &new_request_id(), received_at).await
+        Ok(start_generation(&self.state, tenant, &deployment, validated, &new_request_id(), received_at).await?)
     }
 }

@@ -21,10 +21,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::error::{ApiError, ErrorDetail};
-use crate::api::json_body::strip_position;
-use crate::api::openai_types::{ResponseChunk, UsageBody};
-use crate::api::stream_encoder::StreamItem;
-use crate::api::validate::GenerationKind;
+use crate::generation::json::strip_position;
+use crate::generation::openai_types::{ResponseChunk, UsageBody};
+use crate::generation::stream_encoder::StreamItem;
+use crate::generation::validate::GenerationKind;
+use crate::generation::GenerationError;
 
 /// Longest accepted request id.
 pub const MAX_ID_LENGTH: usize = 256;
@@ -49,7 +50,7 @@ pub struct Rejection {
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
     let value: Value = serde_json::from_str(text).map_err(|error| Rejection {
         id: None,
-        error: ApiError::InvalidJson(strip_position(&error.to_string())),
+        error: GenerationError::InvalidJson(strip_position(&error.to_string())).into(),
     })?;
     let Value::Object(mut object) = value else {
         return Err(Rejection { id: None, error: ApiError::InvalidMessage("a message must be a json object".into()) });
@@ -162,7 +163,7 @@ impl ServerFrame {
             StreamItem::Running { replica } => Some(ServerFrame::Status { id, status: WsStatus::Running { replica } }),
             StreamItem::Chunk(chunk) => Some(ServerFrame::Chunk { id, chunk }),
             StreamItem::Done { usage, finish_reason } => Some(ServerFrame::Done { id, usage, finish_reason }),
-            StreamItem::Failed(error) => Some(ServerFrame::error(Some(id), &error)),
+            StreamItem::Failed(error) => Some(ServerFrame::error(Some(id), &error.into())),
         }
     }
 
@@ -245,9 +246,9 @@ mod tests {
         );
         let running = ServerFrame::from_item("a", StreamItem::Running { replica: "r1".into() }).unwrap();
         assert_eq!(serde_json::to_value(&running).unwrap(), json!({"id": "a", "type": "status", "status": "running", "replica": "r1"}));
-        let text = crate::api::openai_types::TextCompletion {
+        let text = crate::generation::openai_types::TextCompletion {
             id: "cmpl-1".into(),
-            object: crate::api::openai_types::TEXT_COMPLETION,
+            object: crate::generation::openai_types::TEXT_COMPLETION,
             created: 1,
             model: "m".into(),
             choices: vec![],
@@ -267,7 +268,7 @@ mod tests {
             serde_json::to_value(&done).unwrap(),
             json!({"id": "a", "type": "done", "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}, "finish_reason": "length"})
         );
-        let error = ServerFrame::error(None, &ApiError::InvalidJson("eof".into()));
+        let error = ServerFrame::error(None, &GenerationError::InvalidJson("eof".into()).into());
         let value = serde_json::to_value(&error).unwrap();
         assert_eq!(value["type"], "error");
         assert!(value.get("id").is_none());

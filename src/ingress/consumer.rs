@@ -12,6 +12,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError};
+use swell_actors::backoff::Backoff;
 use swell_cluster::ingress_wire::entry_fields;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -43,7 +44,7 @@ impl ConsumerLoop {
         let shutdown = state.shutdown_started();
         tokio::pin!(shutdown);
         let mut next_claim = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut stop = self.stop.clone();
         loop {
             // A slot first: the stream is not read beyond what can be served.
@@ -69,14 +70,14 @@ impl ConsumerLoop {
             };
             match read {
                 Ok(entries) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     self.dispatch(entries, first, claiming).await;
                 }
                 Err(error) => {
                     drop(first);
-                    tracing::warn!(%error, ?backoff, "ingress: reading the stream failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.failed();
+                    tracing::warn!(%error, ?wait, "ingress: reading the stream failed");
+                    tokio::time::sleep(wait).await;
                     self.recover(&error).await;
                 }
             }

@@ -21,13 +21,14 @@ use tokio::time::Instant;
 use super::reply::{check_writable, item_reply, IngressError, ReplyError, ReplyWriter};
 use super::reply_to::{ReplyNamespace, ReplyToRefusal};
 use super::{IngressConfig, IngressStats};
-use crate::api::collect::{Collected, ResponseCollector};
+use crate::generation::collect::{Collected, ResponseCollector};
 use crate::api::error::ApiError;
-use crate::api::generation::{attach_generation, new_request_id, start_generation, Generation};
-use crate::api::json_body::{from_value, strip_position};
-use crate::api::openai::resolve;
-use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest};
-use crate::api::stream_encoder::StreamEncoder;
+use crate::generation::GenerationError;
+use crate::generation::admit::{attach_generation, new_request_id, start_generation, Generation};
+use crate::generation::json::{from_value, strip_position};
+use crate::generation::resolve::resolve;
+use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest};
+use crate::generation::stream_encoder::StreamEncoder;
 use crate::state::AppState;
 
 /// What every entry of one consumer shares.
@@ -72,6 +73,12 @@ enum NotAdmitted {
 impl From<ApiError> for NotAdmitted {
     fn from(error: ApiError) -> Self {
         NotAdmitted::Refused(IngressError::Api(error))
+    }
+}
+
+impl From<GenerationError> for NotAdmitted {
+    fn from(error: GenerationError) -> Self {
+        NotAdmitted::Refused(IngressError::Api(error.into()))
     }
 }
 
@@ -276,7 +283,7 @@ impl EntryContext {
         let tenant = state
             .tenants
             .authenticate(authorization.as_deref())
-            .map_err(|error| NotAdmitted::Unauthenticated(error.into()))?;
+            .map_err(|error| NotAdmitted::Unauthenticated(IngressError::Api(error.into())))?;
         let prefix = self.namespace.tenant_prefix(&tenant.id, tenant.reply_prefix.as_deref());
         self.namespace.check(&request.reply_to, &prefix).map_err(NotAdmitted::ReplyToRefused)?;
         if request.deadline_ms.is_some_and(|deadline| deadline <= swell_cluster::unix_millis()) {
@@ -284,7 +291,7 @@ impl EntryContext {
         }
         let limit = state.config.server.max_body_bytes;
         if request.request.len() > limit {
-            return Err(ApiError::BodyTooLarge { limit }.into());
+            return Err(GenerationError::BodyTooLarge { limit }.into());
         }
         let body = body_with_model(&request.request, &request.deployment)?;
         let size = request.request.len();
@@ -308,7 +315,7 @@ impl EntryContext {
             let Some(original) = self.seen_request(&marker).await? else { return Err(NotAdmitted::Duplicate) };
             return match attach_generation(state, &tenant, &deployment, validated, &original).await {
                 Ok(generation) => Ok(Admission::Resumed(generation)),
-                Err(ApiError::ShuttingDown) => Err(NotAdmitted::Later("the server is shutting down".into())),
+                Err(GenerationError::ShuttingDown) => Err(NotAdmitted::Later("the server is shutting down".into())),
                 Err(error) => Err(error.into()),
             };
         }
@@ -318,7 +325,7 @@ impl EntryContext {
                 // Not admitted: the id may be tried again (after a 429, say).
                 self.forget_seen(&marker).await;
                 match error {
-                    ApiError::ShuttingDown => Err(NotAdmitted::Later("the server is shutting down".into())),
+                    GenerationError::ShuttingDown => Err(NotAdmitted::Later("the server is shutting down".into())),
                     error => Err(error.into()),
                 }
             }
@@ -355,17 +362,17 @@ impl EntryContext {
     }
 }
 
-fn deadline_exceeded() -> ApiError {
-    ApiError::Generation { code: "deadline_exceeded".into(), message: "the request's deadline_ms has passed".into() }
+fn deadline_exceeded() -> GenerationError {
+    GenerationError::Failed { code: "deadline_exceeded".into(), message: "the request's deadline_ms has passed".into() }
 }
 
 /// Parses the body (as an HTTP body is parsed) and fills in `model` from the entry's
 /// `deployment`; a body naming another model is refused.
-fn body_with_model(text: &str, deployment: &str) -> Result<Value, ApiError> {
+fn body_with_model(text: &str, deployment: &str) -> Result<Value, GenerationError> {
     let body: Value =
-        serde_json::from_str(text).map_err(|error| ApiError::InvalidJson(strip_position(&error.to_string())))?;
+        serde_json::from_str(text).map_err(|error| GenerationError::InvalidJson(strip_position(&error.to_string())))?;
     let Value::Object(mut object) = body else {
-        return Err(ApiError::InvalidType { message: "the request body must be a json object".into(), param: None });
+        return Err(GenerationError::InvalidType { message: "the request body must be a json object".into(), param: None });
     };
     match object.get("model") {
         None | Some(Value::Null) => {
@@ -373,7 +380,7 @@ fn body_with_model(text: &str, deployment: &str) -> Result<Value, ApiError> {
         }
         Some(Value::String(model)) if model == deployment => {}
         Some(_) => {
-            return Err(ApiError::invalid_value(
+            return Err(GenerationError::invalid_value(
                 "model",
                 format!("the body's `model` differs from the entry's deployment `{deployment}`; leave it out or make them equal"),
             ));
@@ -413,7 +420,7 @@ async fn relay(generation: Generation, replies: &mut ReplyWriter, deadline: Opti
             tracing::warn!(%error, "ingress replies could not be written; the request is cancelled");
             Relayed::Unwritable
         }
-        None => match replies.error(&IngressError::Api(deadline_exceeded())).await {
+        None => match replies.error(&IngressError::Api(deadline_exceeded().into())).await {
             Ok(()) => Relayed::Failed,
             Err(ReplyError::Refused(refusal)) => Relayed::Refused(refusal),
             Err(ReplyError::Redis(error)) => {
@@ -459,7 +466,7 @@ async fn relay_events(generation: Generation, replies: &mut ReplyWriter) -> Resu
             None => break ResponseCollector::incomplete(),
         }
     };
-    replies.error(&IngressError::Api(error)).await?;
+    replies.error(&IngressError::Api(error.into())).await?;
     Ok(false)
 }
 

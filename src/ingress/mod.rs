@@ -5,8 +5,8 @@
 //!
 //! An ingress entry takes the same path as an HTTP request, through the same functions:
 //! the key is hashed and looked up (`Tenants::authenticate`), the body is parsed and
-//! validated against its deployment (`api::openai::resolve`: model existence, limits,
-//! chat template, tokenization), and `api::generation::start_generation` takes it through
+//! validated against its deployment (`generation::resolve::resolve`: model existence, limits,
+//! chat template, tokenization), and `generation::admit::start_generation` takes it through
 //! the tenant's quota into the deployment's queue. Its events are encoded by the same
 //! `StreamEncoder` (streaming requests) or `ResponseCollector` (the others) and appended
 //! to `reply_to`; a refusal is answered with the HTTP API's error body and status.

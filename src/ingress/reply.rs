@@ -14,7 +14,7 @@ use swell_cluster::ingress_wire::{Reply, ReplyKind, WireError};
 
 use crate::api::error::ApiError;
 use crate::api::ratelimit_headers::retry_after_seconds;
-use crate::api::stream_encoder::StreamItem;
+use crate::generation::stream_encoder::StreamItem;
 use crate::api::ws_protocol::ServerFrame;
 
 use super::reply_to::ReplyToRefusal;
@@ -88,7 +88,7 @@ pub fn item_reply(item: StreamItem) -> Option<(ReplyKind, Value)> {
         StreamItem::Done { usage, finish_reason } => {
             Some((ReplyKind::Done, json!({"usage": usage, "finish_reason": finish_reason})))
         }
-        StreamItem::Failed(error) => Some((ReplyKind::Error, error_data(&IngressError::Api(error)))),
+        StreamItem::Failed(error) => Some((ReplyKind::Error, error_data(&IngressError::Api(error.into())))),
         // Statuses are rendered as for the WebSocket API, without its `id` and `type`.
         other => match ServerFrame::from_item("", other)? {
             ServerFrame::Status { status, .. } => {
@@ -220,11 +220,11 @@ mod tests {
     use swell_actors::quota::{LimitKind, QuotaRejection, RateLimitSnapshot};
 
     use super::*;
-    use crate::api::openai_types::UsageBody;
+    use crate::generation::openai_types::UsageBody;
 
     #[test]
     fn errors_carry_the_http_body_and_status() {
-        let data = error_data(&IngressError::Api(ApiError::InvalidApiKey));
+        let data = error_data(&IngressError::Api(crate::tenants::TenantError::InvalidApiKey.into()));
         assert_eq!(data["status"], 401);
         assert_eq!(data["error"]["code"], "invalid_api_key");
         assert_eq!(data["error"]["type"], "authentication_error");
@@ -238,7 +238,7 @@ mod tests {
             retry_after: Some(Duration::from_millis(2500)),
             snapshot: RateLimitSnapshot::default(),
         };
-        let data = error_data(&IngressError::Api(ApiError::Quota(Box::new(quota))));
+        let data = error_data(&IngressError::Api(crate::generation::GenerationError::Quota(Box::new(quota)).into()));
         assert_eq!(data["status"], 429);
         assert_eq!(data["error"]["code"], "rate_limit_exceeded");
         assert_eq!(data["retry_after_seconds"], 3);

@@ -4,13 +4,13 @@
 use swell_actors::request::RequestEvent;
 use swell_cluster::{FinishReason, Usage};
 
-use crate::api::error::ApiError;
-use crate::api::openai_types::{
+use crate::generation::error::GenerationError;
+use crate::generation::openai_types::{
     ChatChoice, ChatCompletion, ChatLogprobs, ChatMessageOut, ChatTokenLogprob,
     CompletedResponse, CompletionLogprobs, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION, TEXT_COMPLETION,
 };
-use crate::api::stream_encoder::ResponseMeta;
-use crate::api::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
+use crate::generation::stream_encoder::ResponseMeta;
+use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
 
 #[derive(Debug, Default)]
 struct CollectedChoice {
@@ -54,7 +54,7 @@ impl ResponseCollector {
     }
 
     /// Takes one event of choice `index`. A failure of any choice fails the response.
-    pub fn on_event(&mut self, index: usize, event: RequestEvent) -> Result<Collected, ApiError> {
+    pub fn on_event(&mut self, index: usize, event: RequestEvent) -> Result<Collected, GenerationError> {
         let Some(choice) = self.choices.get_mut(index) else { return Ok(Collected::Pending) };
         match event {
             RequestEvent::Waiting { .. } | RequestEvent::Started { .. } => {}
@@ -96,15 +96,15 @@ impl ResponseCollector {
                 }
             }
             RequestEvent::Failed { code, message } => {
-                return Err(ApiError::Generation { code, message });
+                return Err(GenerationError::Failed { code, message });
             }
         }
         Ok(Collected::Pending)
     }
 
     /// The event streams ended before every choice finished.
-    pub fn incomplete() -> ApiError {
-        ApiError::Generation {
+    pub fn incomplete() -> GenerationError {
+        GenerationError::Failed {
             code: "stream_incomplete".into(),
             message: "the request's output ended before it finished".into(),
         }
@@ -174,7 +174,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::api::stream_encoder::tests::{finished, meta, prompt, tokens};
+    use crate::generation::stream_encoder::tests::{finished, meta, prompt, tokens};
 
     #[test]
     fn chat_responses_collect_text_and_usage() {

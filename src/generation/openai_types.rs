@@ -3,7 +3,7 @@
 //!
 //! Request bodies ignore unknown fields, as OpenAI does. Parameters that take several
 //! shapes (`prompt`, `stop`, a message's `content`) are kept as JSON values here and
-//! parsed by [`crate::api::validate`], which names the offending parameter in its errors.
+//! parsed by [`crate::generation::validate`], which names the offending parameter in its errors.
 
 use std::collections::BTreeMap;
 

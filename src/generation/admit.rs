@@ -5,20 +5,22 @@
 use std::sync::Arc;
 
 use actix::Addr;
-use futures_util::stream::StreamExt;
+use futures_util::stream::{BoxStream, StreamExt};
 use swell_actors::quota::RateLimitSnapshot;
-use swell_actors::request::{attach, submit, Admitted, Rejected, RequestActor, RequestDeps, RequestSpec};
+use swell_actors::request::{attach, submit, Admitted, Rejected, RequestActor, RequestDeps, RequestEvent, RequestSpec};
 use swell_cluster::Priority;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::error::ApiError;
-use crate::api::sse::TaggedEvents;
-use crate::api::stream_encoder::ResponseMeta;
-use crate::api::validate::ValidatedRequest;
+use crate::generation::error::GenerationError;
+use crate::generation::stream_encoder::ResponseMeta;
+use crate::generation::validate::ValidatedRequest;
 use crate::deployments::{unix_seconds, DeploymentHandle};
 use crate::state::AppState;
 use crate::tenants::{ReservedSlot, TenantHandle};
+
+/// A request's events, tagged with the choice index they belong to.
+pub type TaggedEvents = BoxStream<'static, (usize, RequestEvent)>;
 
 /// An admitted request: its merged event stream and what its responses need.
 pub struct Generation {
@@ -37,15 +39,15 @@ pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn rejection_error(deployment: &str, rejected: Rejected) -> ApiError {
+fn rejection_error(deployment: &str, rejected: Rejected) -> GenerationError {
     match rejected {
-        Rejected::Quota(rejection) => ApiError::Quota(Box::new(rejection)),
+        Rejected::Quota(rejection) => GenerationError::Quota(Box::new(rejection)),
         Rejected::QueueFull { depth, retry_after } => {
-            ApiError::QueueFull { deployment: deployment.to_string(), depth, retry_after }
+            GenerationError::QueueFull { deployment: deployment.to_string(), depth, retry_after }
         }
-        Rejected::QueueUnavailable(reason) => ApiError::QueueUnavailable(reason),
+        Rejected::QueueUnavailable(reason) => GenerationError::QueueUnavailable(reason),
         Rejected::Unavailable(reason) => {
-            ApiError::DeploymentUnavailable { deployment: deployment.to_string(), reason }
+            GenerationError::DeploymentUnavailable { deployment: deployment.to_string(), reason }
         }
     }
 }
@@ -59,7 +61,7 @@ pub async fn start_generation(
     validated: ValidatedRequest,
     request_id: &str,
     received_at: Instant,
-) -> Result<Generation, ApiError> {
+) -> Result<Generation, GenerationError> {
     generation(state, tenant, deployment, validated, request_id, received_at, false).await
 }
 
@@ -72,7 +74,7 @@ pub async fn attach_generation(
     deployment: &Arc<DeploymentHandle>,
     validated: ValidatedRequest,
     request_id: &str,
-) -> Result<Generation, ApiError> {
+) -> Result<Generation, GenerationError> {
     generation(state, tenant, deployment, validated, request_id, Instant::now(), true).await
 }
 
@@ -84,17 +86,17 @@ async fn generation(
     request_id: &str,
     received_at: Instant,
     attached: bool,
-) -> Result<Generation, ApiError> {
+) -> Result<Generation, GenerationError> {
     if state.is_shutting_down() {
-        return Err(ApiError::ShuttingDown);
+        return Err(GenerationError::ShuttingDown);
     }
     if !state.node.role.serves_api() {
-        return Err(ApiError::NotAGateway { role: state.node.role.as_str() });
+        return Err(GenerationError::NotAGateway { role: state.node.role.as_str() });
     }
     if !state.node.redis_up() {
         // Known down (the last health check failed): answer now rather than after a
         // connect timeout.
-        return Err(ApiError::QueueUnavailable("redis does not answer".into()));
+        return Err(GenerationError::QueueUnavailable("redis does not answer".into()));
     }
     let deps = RequestDeps {
         queue: state.queue.clone(),

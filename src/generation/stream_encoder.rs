@@ -10,13 +10,13 @@ use std::time::Duration;
 use swell_actors::request::RequestEvent;
 use swell_cluster::{FinishReason, TokenLogprob, Usage};
 
-use crate::api::error::ApiError;
-use crate::api::openai_types::{
+use crate::generation::error::GenerationError;
+use crate::generation::openai_types::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionLogprobs,
     ResponseChunk, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION_CHUNK,
     TEXT_COMPLETION,
 };
-use crate::api::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
+use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
 
 /// What every chunk of a response repeats.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +54,7 @@ pub enum StreamItem {
     /// Every choice finished; `usage` is summed over them.
     Done { usage: UsageBody, finish_reason: Option<&'static str> },
     /// The request failed; nothing follows.
-    Failed(ApiError),
+    Failed(GenerationError),
 }
 
 impl StreamItem {
@@ -156,7 +156,7 @@ impl StreamEncoder {
                 }
             }
             RequestEvent::Failed { code, message } => {
-                items.push(StreamItem::Failed(ApiError::Generation { code, message }));
+                items.push(StreamItem::Failed(GenerationError::Failed { code, message }));
                 self.ended = true;
             }
         }
@@ -170,7 +170,7 @@ impl StreamEncoder {
             return Vec::new();
         }
         self.ended = true;
-        vec![StreamItem::Failed(ApiError::Generation {
+        vec![StreamItem::Failed(GenerationError::Failed {
             code: "stream_incomplete".into(),
             message: "the request's output ended before it finished".into(),
         })]

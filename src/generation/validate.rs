@@ -6,8 +6,9 @@ use serde_json::Value;
 use swell_cluster::{GenerationRequest, SamplingParams};
 use swell_workers::{ChatMessage, Tokenizer};
 
-use crate::api::error::ApiError;
-use crate::api::openai_types::{ChatCompletionRequest, CompletionRequest, StreamOptions};
+pub use crate::deployments::ModelLimits;
+use crate::generation::error::GenerationError;
+use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest, StreamOptions};
 
 /// At most this many prompts in one completions request (each becomes its own job).
 pub const MAX_PROMPTS_PER_REQUEST: usize = 128;
@@ -19,17 +20,6 @@ pub const MAX_STOP_SEQUENCES: usize = 4;
 /// OpenAI's limits on alternatives reported per token.
 pub const MAX_CHAT_TOP_LOGPROBS: i64 = 20;
 pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
-
-/// What a deployment allows one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelLimits {
-    /// Prompt plus output tokens of one sequence.
-    pub context_length: u32,
-    /// `max_tokens` when the request does not say (capped by what the context leaves).
-    pub max_tokens_default: u32,
-    /// The largest `max_tokens` a request may ask for.
-    pub max_tokens_limit: u32,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerationKind {
@@ -59,9 +49,9 @@ pub struct PreparedPrompt {
 }
 
 /// Repeat each prompt `n` times (choice `j` of prompt `i` at `i * n + j`).
-fn expand_choices(prompts: Vec<PreparedPrompt>, n: usize) -> Result<Vec<PreparedPrompt>, ApiError> {
+fn expand_choices(prompts: Vec<PreparedPrompt>, n: usize) -> Result<Vec<PreparedPrompt>, GenerationError> {
     if prompts.len() * n > MAX_PROMPTS_PER_REQUEST {
-        return Err(ApiError::invalid_value(
+        return Err(GenerationError::invalid_value(
             "n",
             format!(
                 "{} prompts x n = {n} is {} choices; at most {MAX_PROMPTS_PER_REQUEST} per request",
@@ -138,7 +128,7 @@ pub fn validate_chat(
     request: &ChatCompletionRequest,
     limits: &ModelLimits,
     tokenizer: &dyn Tokenizer,
-) -> Result<ValidatedRequest, ApiError> {
+) -> Result<ValidatedRequest, GenerationError> {
     // `max_completion_tokens` supersedes the deprecated `max_tokens`.
     let max_tokens = match (request.max_completion_tokens, request.max_tokens) {
         (Some(value), _) => Some((value, "max_completion_tokens")),
@@ -167,13 +157,13 @@ pub fn validate_chat(
     let logprobs = request.logprobs.unwrap_or(false);
     match (logprobs, request.top_logprobs) {
         (_, Some(top)) if !(0..=MAX_CHAT_TOP_LOGPROBS).contains(&top) => {
-            return Err(ApiError::invalid_value(
+            return Err(GenerationError::invalid_value(
                 "top_logprobs",
                 format!("top_logprobs must be between 0 and {MAX_CHAT_TOP_LOGPROBS}, got {top}"),
             ));
         }
         (false, Some(_)) => {
-            return Err(ApiError::invalid_value(
+            return Err(GenerationError::invalid_value(
                 "top_logprobs",
                 "top_logprobs requires logprobs to be true",
             ));
@@ -186,7 +176,7 @@ pub fn validate_chat(
     let messages = chat_messages(&request.messages)?;
     let tokens = tokenizer
         .encode_chat(&messages, true)
-        .map_err(|error| ApiError::InvalidPrompt(error.to_string()))?;
+        .map_err(|error| GenerationError::InvalidPrompt(error.to_string()))?;
     let max_tokens = resolve_max_tokens(common.max_tokens, tokens.len(), limits, "messages")?;
     Ok(ValidatedRequest {
         kind: GenerationKind::Chat,
@@ -203,16 +193,16 @@ pub fn validate_completion(
     request: &CompletionRequest,
     limits: &ModelLimits,
     tokenizer: &dyn Tokenizer,
-) -> Result<ValidatedRequest, ApiError> {
+) -> Result<ValidatedRequest, GenerationError> {
     if request.suffix.as_deref().is_some_and(|suffix| !suffix.is_empty()) {
-        return Err(ApiError::unsupported("suffix", "suffix (insertion) is not supported"));
+        return Err(GenerationError::unsupported("suffix", "suffix (insertion) is not supported"));
     }
     match request.best_of {
         Some(best_of) if best_of < 1 => {
-            return Err(ApiError::invalid_value("best_of", format!("best_of must be at least 1, got {best_of}")));
+            return Err(GenerationError::invalid_value("best_of", format!("best_of must be at least 1, got {best_of}")));
         }
         Some(best_of) if best_of > 1 => {
-            return Err(ApiError::unsupported(
+            return Err(GenerationError::unsupported(
                 "best_of",
                 "best_of > 1 is not supported: only one completion per prompt is generated",
             ));
@@ -240,7 +230,7 @@ pub fn validate_completion(
     let mut params = common.params;
     let logprobs = match request.logprobs {
         Some(k) if !(0..=MAX_COMPLETION_LOGPROBS).contains(&k) => {
-            return Err(ApiError::invalid_value(
+            return Err(GenerationError::invalid_value(
                 "logprobs",
                 format!("logprobs must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {k}"),
             ));
@@ -278,16 +268,16 @@ pub fn validate_completion(
     })
 }
 
-fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<CommonChecked, ApiError> {
+fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<CommonChecked, GenerationError> {
     let max_tokens = match common.max_tokens {
         None => None,
         Some((0, param)) if common.allow_zero_max_tokens => Some((0, param)),
         Some((value, param)) if value < 1 => {
             let least = if common.allow_zero_max_tokens { 0 } else { 1 };
-            return Err(ApiError::invalid_value(param, format!("{param} must be at least {least}, got {value}")));
+            return Err(GenerationError::invalid_value(param, format!("{param} must be at least {least}, got {value}")));
         }
         Some((value, param)) if value > limits.max_tokens_limit as i64 => {
-            return Err(ApiError::MaxTokensExceedsLimit {
+            return Err(GenerationError::MaxTokensExceedsLimit {
                 message: format!(
                     "{param} is {value} but this model allows at most {} output tokens per request",
                     limits.max_tokens_limit
@@ -300,7 +290,7 @@ fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<Common
     let n = match common.n {
         None => 1,
         Some(n) if n < 1 || n > MAX_CHOICES_PER_PROMPT as i64 => {
-            return Err(ApiError::invalid_value(
+            return Err(GenerationError::invalid_value(
                 "n",
                 format!("n must be between 1 and {MAX_CHOICES_PER_PROMPT}, got {n}"),
             ));
@@ -314,14 +304,14 @@ fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<Common
     let top_k = match common.top_k {
         None | Some(-1) => 0,
         Some(k) if k < 0 || k > u32::MAX as i64 => {
-            return Err(ApiError::invalid_value("top_k", format!("top_k must be -1 (off) or at least 0, got {k}")));
+            return Err(GenerationError::invalid_value("top_k", format!("top_k must be -1 (off) or at least 0, got {k}")));
         }
         Some(k) => k as u32,
     };
     let stop = parse_stop(common.stop)?;
     let stream = common.stream.unwrap_or(false);
     if common.stream_options.is_some() && !stream {
-        return Err(ApiError::invalid_value(
+        return Err(GenerationError::invalid_value(
             "stream_options",
             "stream_options is only allowed when stream is true",
         ));
@@ -352,17 +342,17 @@ fn ranged(
     min: f64,
     max: f64,
     min_inclusive: bool,
-) -> Result<Option<f32>, ApiError> {
+) -> Result<Option<f32>, GenerationError> {
     let Some(value) = value else { return Ok(None) };
     let above_min = if min_inclusive { value >= min } else { value > min };
     if !value.is_finite() || !above_min || value > max {
         let range = if min_inclusive { format!("[{min}, {max}]") } else { format!("({min}, {max}]") };
-        return Err(ApiError::invalid_value(param, format!("{param} must be in {range}, got {value}")));
+        return Err(GenerationError::invalid_value(param, format!("{param} must be in {range}, got {value}")));
     }
     Ok(Some(value as f32))
 }
 
-fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
+fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, GenerationError> {
     let stops = match stop {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::String(text)) => vec![text.clone()],
@@ -372,7 +362,7 @@ fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
                 match item {
                     Value::String(text) => stops.push(text.clone()),
                     _ => {
-                        return Err(ApiError::InvalidType {
+                        return Err(GenerationError::InvalidType {
                             message: format!("stop[{index}] must be a string"),
                             param: Some(format!("stop[{index}]")),
                         });
@@ -382,28 +372,28 @@ fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ApiError> {
             stops
         }
         Some(_) => {
-            return Err(ApiError::InvalidType {
+            return Err(GenerationError::InvalidType {
                 message: "stop must be a string or an array of strings".into(),
                 param: Some("stop".into()),
             });
         }
     };
     if stops.len() > MAX_STOP_SEQUENCES {
-        return Err(ApiError::invalid_value(
+        return Err(GenerationError::invalid_value(
             "stop",
             format!("at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {}", stops.len()),
         ));
     }
     if stops.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_value("stop", "stop sequences must not be empty"));
+        return Err(GenerationError::invalid_value("stop", "stop sequences must not be empty"));
     }
     Ok(stops)
 }
 
 /// Flattens chat messages to text for the chat template.
-fn chat_messages(messages: &[crate::api::openai_types::ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+fn chat_messages(messages: &[crate::generation::openai_types::ChatMessageIn]) -> Result<Vec<ChatMessage>, GenerationError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid_value("messages", "messages must contain at least one message"));
+        return Err(GenerationError::invalid_value("messages", "messages must contain at least one message"));
     }
     messages
         .iter()
@@ -415,7 +405,7 @@ fn chat_messages(messages: &[crate::api::openai_types::ChatMessageIn]) -> Result
                 "user" => "user",
                 "assistant" => "assistant",
                 other => {
-                    return Err(ApiError::invalid_value(
+                    return Err(GenerationError::invalid_value(
                         format!("messages[{index}].role"),
                         format!(
                             "unsupported role `{other}`: use system, developer, user or assistant"
@@ -429,12 +419,12 @@ fn chat_messages(messages: &[crate::api::openai_types::ChatMessageIn]) -> Result
         .collect()
 }
 
-fn message_content(index: usize, role: &str, content: Option<&Value>) -> Result<String, ApiError> {
+fn message_content(index: usize, role: &str, content: Option<&Value>) -> Result<String, GenerationError> {
     let param = format!("messages[{index}].content");
     match content {
         Some(Value::String(text)) => Ok(text.clone()),
         None | Some(Value::Null) if role == "assistant" => Ok(String::new()),
-        None | Some(Value::Null) => Err(ApiError::MissingParameter(param)),
+        None | Some(Value::Null) => Err(GenerationError::MissingParameter(param)),
         Some(Value::Array(parts)) => {
             let mut texts = Vec::with_capacity(parts.len());
             for (part_index, part) in parts.iter().enumerate() {
@@ -443,25 +433,25 @@ fn message_content(index: usize, role: &str, content: Option<&Value>) -> Result<
                 match (kind, part.get("text")) {
                     (Some("text"), Some(Value::String(text))) => texts.push(text.as_str()),
                     (Some("text"), _) => {
-                        return Err(ApiError::InvalidType {
+                        return Err(GenerationError::InvalidType {
                             message: format!("{part_param}.text must be a string"),
                             param: Some(format!("{part_param}.text")),
                         });
                     }
                     (Some(other), _) => {
-                        return Err(ApiError::unsupported(
+                        return Err(GenerationError::unsupported(
                             format!("{part_param}.type"),
                             format!("content parts of type `{other}` are not supported: only text is"),
                         ));
                     }
                     (None, _) => {
-                        return Err(ApiError::MissingParameter(format!("{part_param}.type")));
+                        return Err(GenerationError::MissingParameter(format!("{part_param}.type")));
                     }
                 }
             }
             Ok(texts.join("\n"))
         }
-        Some(_) => Err(ApiError::InvalidType {
+        Some(_) => Err(GenerationError::InvalidType {
             message: format!("{param} must be a string or an array of content parts"),
             param: Some(param),
         }),
@@ -474,36 +464,36 @@ type ParsedPrompt = (Vec<u32>, Option<String>);
 
 /// The prompts of a completions request. Text is plain text unless `parse_special`
 /// (the request's `parse_special_tokens`).
-fn parse_prompts(prompt: &Value, tokenizer: &dyn Tokenizer, parse_special: bool) -> Result<Vec<ParsedPrompt>, ApiError> {
+fn parse_prompts(prompt: &Value, tokenizer: &dyn Tokenizer, parse_special: bool) -> Result<Vec<ParsedPrompt>, GenerationError> {
     let encode = |text: &str| {
-        tokenizer.encode(text, parse_special).map_err(|error| ApiError::InvalidPrompt(error.to_string()))
+        tokenizer.encode(text, parse_special).map_err(|error| GenerationError::InvalidPrompt(error.to_string()))
     };
     let vocab = tokenizer.vocab_size();
-    let token_ids = |items: &[Value], param: &str| -> Result<Vec<u32>, ApiError> {
+    let token_ids = |items: &[Value], param: &str| -> Result<Vec<u32>, GenerationError> {
         items
             .iter()
             .enumerate()
             .map(|(index, item)| match item.as_u64() {
                 Some(id) if id < vocab as u64 => Ok(id as u32),
-                Some(id) => Err(ApiError::invalid_value(
+                Some(id) => Err(GenerationError::invalid_value(
                     param,
                     format!("token id {id} at {param}[{index}] is outside the vocabulary (size {vocab})"),
                 )),
-                None => Err(ApiError::InvalidType {
+                None => Err(GenerationError::InvalidType {
                     message: format!("{param}[{index}] must be a token id (a non-negative integer)"),
                     param: Some(param.to_string()),
                 }),
             })
             .collect()
     };
-    let shape_error = || ApiError::InvalidType {
+    let shape_error = || GenerationError::InvalidType {
         message: "prompt must be a string, an array of strings, an array of token ids or an array of arrays of token ids".into(),
         param: Some("prompt".into()),
     };
     let prompts = match prompt {
         Value::String(text) => vec![(encode(text)?, Some(text.clone()))],
         Value::Array(items) if items.is_empty() => {
-            return Err(ApiError::invalid_value("prompt", "prompt must not be empty"));
+            return Err(GenerationError::invalid_value("prompt", "prompt must not be empty"));
         }
         Value::Array(items) => match &items[0] {
             Value::String(_) => items
@@ -527,13 +517,13 @@ fn parse_prompts(prompt: &Value, tokenizer: &dyn Tokenizer, parse_special: bool)
         _ => return Err(shape_error()),
     };
     if prompts.len() > MAX_PROMPTS_PER_REQUEST {
-        return Err(ApiError::invalid_value(
+        return Err(GenerationError::invalid_value(
             "prompt",
             format!("at most {MAX_PROMPTS_PER_REQUEST} prompts per request, got {}", prompts.len()),
         ));
     }
     if prompts.iter().any(|(tokens, _)| tokens.is_empty()) {
-        return Err(ApiError::invalid_value("prompt", "prompt must not be empty"));
+        return Err(GenerationError::invalid_value("prompt", "prompt must not be empty"));
     }
     Ok(prompts)
 }
@@ -545,11 +535,11 @@ fn resolve_max_tokens(
     prompt_tokens: usize,
     limits: &ModelLimits,
     prompt_param: &str,
-) -> Result<u32, ApiError> {
+) -> Result<u32, GenerationError> {
     let context = limits.context_length as usize;
     match requested {
         Some((max_tokens, _)) if prompt_tokens + max_tokens as usize > context => {
-            Err(ApiError::ContextLengthExceeded {
+            Err(GenerationError::ContextLengthExceeded {
                 message: format!(
                     "this model's maximum context length is {context} tokens, however you requested {} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion); reduce the prompt or the completion length",
                     prompt_tokens + max_tokens as usize
@@ -558,7 +548,7 @@ fn resolve_max_tokens(
             })
         }
         Some((max_tokens, _)) => Ok(max_tokens),
-        None if prompt_tokens >= context => Err(ApiError::ContextLengthExceeded {
+        None if prompt_tokens >= context => Err(GenerationError::ContextLengthExceeded {
             message: format!(
                 "this model's maximum context length is {context} tokens, however the prompt has {prompt_tokens} tokens, leaving no room for the completion; reduce the prompt"
             ),
@@ -640,17 +630,17 @@ mod tests {
     const LIMITS: ModelLimits =
         ModelLimits { context_length: 64, max_tokens_default: 16, max_tokens_limit: 48 };
 
-    fn chat(body: Value) -> Result<ValidatedRequest, ApiError> {
+    fn chat(body: Value) -> Result<ValidatedRequest, GenerationError> {
         let request: ChatCompletionRequest = serde_json::from_value(body).unwrap();
         validate_chat(&request, &LIMITS, &WordTokenizer)
     }
 
-    fn completion(body: Value) -> Result<ValidatedRequest, ApiError> {
+    fn completion(body: Value) -> Result<ValidatedRequest, GenerationError> {
         let request: CompletionRequest = serde_json::from_value(body).unwrap();
         validate_completion(&request, &LIMITS, &WordTokenizer)
     }
 
-    fn chat_with(extra: Value) -> Result<ValidatedRequest, ApiError> {
+    fn chat_with(extra: Value) -> Result<ValidatedRequest, GenerationError> {
         let mut body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}]});
         for (key, value) in extra.as_object().unwrap() {
             body[key] = value.clone();
@@ -658,7 +648,7 @@ mod tests {
         chat(body)
     }
 
-    fn completion_with(extra: Value) -> Result<ValidatedRequest, ApiError> {
+    fn completion_with(extra: Value) -> Result<ValidatedRequest, GenerationError> {
         let mut body = serde_json::json!({"model": "m", "prompt": "hello there"});
         for (key, value) in extra.as_object().unwrap() {
             body[key] = value.clone();
@@ -666,7 +656,7 @@ mod tests {
         completion(body)
     }
 
-    fn assert_rejects(result: Result<ValidatedRequest, ApiError>, code: &str, param: &str) {
+    fn assert_rejects(result: Result<ValidatedRequest, GenerationError>, code: &str, param: &str) {
         let error = result.expect_err("the request should be rejected");
         assert_eq!((error.code(), error.param()), (code, Some(param)), "{error}");
     }

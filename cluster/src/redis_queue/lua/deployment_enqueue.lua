@@ -1,0 +1,15 @@
+local job, level = ARGV[3], ARGV[8]
+local stream = stream_of_level[level]
+if not stream then return redis.error_reply('unknown priority ' .. tostring(level)) end
+if redis.call('EXISTS', meta_key(job)) == 1 then return {'duplicate'} end
+if redis.call('EXISTS', stream) == 0 then
+  redis.call('XGROUP', 'CREATE', stream, ARGV[2], '0', 'MKSTREAM')
+end
+local w = waiting()
+if w >= tonumber(ARGV[7]) then return {'full', w} end
+local position = redis.call('LLEN', KEYS[2]) + 1
+for rank = 1, rank_of_level[level] do position = position + undelivered_in(streams[rank]) end
+local entry = redis.call('XADD', stream, '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6])
+redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting', 'level', level)
+wake()
+return {'ok', position}

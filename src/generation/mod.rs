@@ -1,0 +1,31 @@
+//! The generation service: what HTTP, WebSocket and the Redis ingress all call to turn a
+//! request body into tokens. It knows nothing of HTTP: its errors are
+//! [`GenerationError`]s, which `crate::api::error` maps to HTTP statuses and
+//! `crate::ingress::reply` to ingress replies.
+//!
+//! A request's way through it: [`json`] parses the body into the OpenAI types of
+//! [`openai_types`]; [`resolve`](resolve::resolve) finds the deployment named by `model`
+//! and [`validate`] checks and tokenizes the request against it; [`admit`] takes it
+//! through the tenant's quota into the queue (one job per choice) and merges the jobs'
+//! event streams; [`stream_encoder`] turns events into OpenAI chunks (for SSE, WebSocket
+//! frames or ingress replies) and [`collect`] into one response.
+//!
+//! # Layout
+//! - [`error`]: `GenerationError`, with a stable code per failure.
+//! - [`json`]: JSON bodies into typed structs, errors naming the parameter.
+//! - [`openai_types`]: the OpenAI request and response bodies.
+//! - [`validate`]: bodies into validated, tokenized generation requests.
+//! - [`resolve`]: the deployment of a request, and validation against it.
+//! - [`admit`]: admission (quota, queue) and the merged event stream.
+//! - [`stream_encoder`], [`collect`]: events into chunks, or into one response.
+
+pub mod admit;
+pub mod collect;
+pub mod error;
+pub mod json;
+pub mod openai_types;
+pub mod resolve;
+pub mod stream_encoder;
+pub mod validate;
+
+pub use error::GenerationError;
