@@ -1366,7 +1366,7 @@ mod tests {
             special: Vec<u32>,
         }
         let reference: Reference =
-            serde_json::from_str(include_str!("testdata/llama_cpp_smollm2_ids.json")).unwrap();
+            serde_json::from_str(include_str!("../testdata/llama_cpp_smollm2_ids.json")).unwrap();
 
         let mut content = read_content();
         let mut by_pre: HashMap<String, (GgufTokenizer, HfPipelines)> = HashMap::new();
