@@ -30,7 +30,7 @@
 //! real model over SSE.
 //!
 //! Which engine, and why. The `sim` engine's text is a pure function of (seed, position)
-//! (`workers/src/sim/engine.rs`), so "equal to an undisturbed run" can only fail through
+//! (`workers/src/sim/engine/`), so "equal to an undisturbed run" can only fail through
 //! the migration itself, and its steps are sleeps, so the timing is the test's (10 ms a
 //! token), not the machine's: these two runs take about 5 s each. The real model
 //! (SmolLM2-135M Q4_1, `llm`, one thread per replica, greedy, `ignore_eos`) checks the
