@@ -40,7 +40,7 @@ use swell_cluster::{
 };
 use tokio::time::Instant;
 
-use crate::config::NodeRole;
+use swell_cluster::NodeRole;
 use crate::deployments::DeploymentHandle;
 use crate::state::AppState;
 
@@ -110,7 +110,7 @@ impl ClusterNode {
         let info_id = node_id.clone();
         let node_info = move || NodeInfo {
             node_id: info_id.clone(),
-            roles: roles(role),
+            role,
             capacity: capacity.clone(),
             running: info_state.upgrade().map(|state| running(&state)).unwrap_or_default(),
             started_at_ms,
@@ -179,14 +179,6 @@ impl ClusterNode {
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         self.follower.abort();
-    }
-}
-
-fn roles(role: NodeRole) -> Vec<swell_cluster::NodeRole> {
-    match role {
-        NodeRole::Gateway => vec![swell_cluster::NodeRole::Gateway],
-        NodeRole::Worker => vec![swell_cluster::NodeRole::Worker],
-        NodeRole::All => vec![swell_cluster::NodeRole::Gateway, swell_cluster::NodeRole::Worker],
     }
 }
 

@@ -115,7 +115,7 @@ fn model_limits(config: &DeploymentConfig, description: &EngineDescription) -> M
     }
 }
 
-/// What every deployment's supervisor and workers share.
+/// What every deployment's supervisor and worker actors share.
 #[derive(Debug, Clone)]
 pub struct DeploymentSettings {
     pub queue: QueueConfig,

@@ -42,7 +42,7 @@ enum Command {
         redis_url: Option<String>,
         /// What this node does: `gateway` (API, no replicas), `worker` (replicas, no
         /// API) or `all` (overrides `cluster.role`; needs Redis unless `all`).
-        #[arg(long, value_enum)]
+        #[arg(long)]
         role: Option<NodeRole>,
         /// This node's id in the cluster (default `<hostname>-<pid>`).
         #[arg(long)]

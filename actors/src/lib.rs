@@ -6,7 +6,7 @@
 //!
 //! - A [`DeploymentSupervisor`](supervisor::DeploymentSupervisor) per deployment owns
 //!   its replica set and autoscaler: every tick it samples the load, asks the policy
-//!   for a replica count, and spawns or drains workers to match, down to zero.
+//!   for a replica count, and spawns or drains replicas (worker actors) to match, down to zero.
 //! - A [`WorkerActor`](worker::WorkerActor) per replica builds its engine on a
 //!   dedicated thread, leases jobs from the queue while the engine has room, and
 //!   publishes each step's output to the jobs' output streams.

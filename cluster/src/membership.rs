@@ -28,14 +28,57 @@ use serde::{Deserialize, Serialize};
 
 use crate::coordination::{array, malformed, number, string, CoordinationClient, CoordinationError, NOW_MS_LUA};
 
-/// What a node is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// What a node does in a cluster (`[cluster] role`, `--role`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeRole {
-    /// Accepts client requests (HTTP) and enqueues them.
+    /// Serves the inference API and enqueues; runs no replicas.
     Gateway,
-    /// Runs replicas.
+    /// Runs replicas (leases from the shared queue); serves health, metrics and status
+    /// only: inference requests are refused with 421 `not_a_gateway`.
     Worker,
+    /// Both (the only role without Redis).
+    #[default]
+    All,
+}
+
+impl NodeRole {
+    pub const ALL: [NodeRole; 3] = [NodeRole::Gateway, NodeRole::Worker, NodeRole::All];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Gateway => "gateway",
+            NodeRole::Worker => "worker",
+            NodeRole::All => "all",
+        }
+    }
+
+    /// Whether this node serves `/v1` inference requests.
+    pub fn serves_api(self) -> bool {
+        self != NodeRole::Worker
+    }
+
+    /// Whether this node runs replicas (and so is a placement target).
+    pub fn runs_replicas(self) -> bool {
+        self != NodeRole::Gateway
+    }
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NodeRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        NodeRole::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| format!("unknown role `{text}`; known roles: gateway, worker, all"))
+    }
 }
 
 /// GPUs of one kind on a node.
@@ -126,7 +169,7 @@ pub struct NodeInfo {
     /// Unique and stable for the life of the process (host name + pid, or a UUID). Must
     /// not contain spaces.
     pub node_id: String,
-    pub roles: Vec<NodeRole>,
+    pub role: NodeRole,
     pub capacity: NodeCapacity,
     /// Per deployment: replicas and load on this node.
     #[serde(default)]
@@ -142,7 +185,7 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     pub fn is_worker(&self) -> bool {
-        self.roles.contains(&NodeRole::Worker)
+        self.role.runs_replicas()
     }
 }
 
@@ -326,7 +369,7 @@ mod tests {
         let node = |id: &str, replicas, queued| LiveNode {
             info: NodeInfo {
                 node_id: id.into(),
-                roles: vec![NodeRole::Worker],
+                role: NodeRole::Worker,
                 capacity: NodeCapacity::default(),
                 running: BTreeMap::from([(
                     "chat".to_string(),

@@ -687,10 +687,10 @@ mod tests {
     #[test]
     fn gateway_only_nodes_are_not_placement_targets() {
         use crate::membership::{NodeInfo, NodeRole};
-        let live = |id: &str, roles: Vec<NodeRole>| LiveNode {
+        let live = |id: &str, role: NodeRole| LiveNode {
             info: NodeInfo {
                 node_id: id.into(),
-                roles,
+                role,
                 capacity: NodeCapacity { cpu_slots: 4, gpus: vec![] },
                 running: BTreeMap::new(),
                 started_at_ms: 0,
@@ -701,7 +701,7 @@ mod tests {
         };
         let view = ClusterView {
             server_time_ms: 0,
-            live: vec![live("edge", vec![NodeRole::Gateway]), live("w", vec![NodeRole::Worker])],
+            live: vec![live("edge", NodeRole::Gateway), live("w", NodeRole::Worker)],
             dead: vec![],
         };
         let nodes = PlacementNode::workers(&view);

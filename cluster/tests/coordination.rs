@@ -42,7 +42,7 @@ async fn client(server: &RedisServer) -> CoordinationClient {
 fn node(id: &str, cpu_slots: u32) -> NodeInfo {
     NodeInfo {
         node_id: id.into(),
-        roles: vec![NodeRole::Gateway, NodeRole::Worker],
+        role: NodeRole::All,
         capacity: NodeCapacity { cpu_slots, gpus: vec![] },
         running: BTreeMap::new(),
         started_at_ms: swell_cluster::unix_millis(),

@@ -3,43 +3,10 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use swell_cluster::NodeRole;
 use swell_cluster::RedisQueueConfig;
 
 use crate::tenants::is_valid_name;
-
-/// What a node does in a cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeRole {
-    /// Serves the inference API and enqueues; runs no replicas.
-    Gateway,
-    /// Runs replicas (leases from the shared queue); serves health, metrics and status
-    /// only: inference requests are refused with 421 `not_a_gateway`.
-    Worker,
-    /// Both (the only role without Redis).
-    #[default]
-    All,
-}
-
-impl NodeRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::Gateway => "gateway",
-            NodeRole::Worker => "worker",
-            NodeRole::All => "all",
-        }
-    }
-
-    /// Whether this node serves `/v1` inference requests.
-    pub fn serves_api(self) -> bool {
-        self != NodeRole::Worker
-    }
-
-    /// Whether this node's supervisors start replicas.
-    pub fn runs_replicas(self) -> bool {
-        self != NodeRole::Gateway
-    }
-}
 
 /// `[cluster]`: several nodes on one Redis. The queue settings map onto
 /// [`RedisQueueConfig`]; `[queue] lease_ttl` stays the lease of a replica on a job.

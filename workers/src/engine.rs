@@ -1,4 +1,4 @@
-//! The `Engine` trait (one replica's model, stepped by its worker thread) and the
+//! The `Engine` trait (one replica's model, stepped on the replica's engine thread) and the
 //! `EngineFactory` trait (one per deployment, builds engines for new replicas).
 
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub struct SequenceOutput {
     pub event: OutputEvent,
 }
 
-/// What one step did, for metrics and for the worker's progress counter.
+/// What one step did, for metrics and for the worker actor's progress counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepReport {
     /// Sequences that took part in the step (prefilling or decoding).
@@ -57,7 +57,7 @@ pub struct EngineLoad {
     pub free_slots: usize,
 }
 
-/// One replica's model. Not `Sync`: it lives on its worker's dedicated thread, and every
+/// One replica's model. Not `Sync`: it lives on its replica's engine thread, and every
 /// call may block for as long as the model math takes.
 pub trait Engine: Send + 'static {
     /// Add a sequence. It joins the running batch at a later step when KV capacity

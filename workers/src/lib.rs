@@ -1,9 +1,9 @@
 //! # swell-workers: what runs inside a replica
 //!
-//! A replica is one engine instance serving one deployment. The [`Engine`] trait is the
-//! contract between a replica's worker (which leases jobs and publishes output) and the
-//! model code: the worker `add`s sequences and calls `step` in a loop on a dedicated
-//! thread; each step runs one continuous-batching iteration (prefill of newly admitted
+//! A replica is one running copy of a deployment: a worker actor (in `swell-actors`,
+//! which leases jobs and publishes output) driving one engine. The [`Engine`] trait is
+//! the contract between the two: the worker actor `add`s sequences and calls `step` in a
+//! loop on the replica's engine thread; each step runs one continuous-batching iteration (prefill of newly admitted
 //! sequences mixed with one decode token for every running one) and emits outputs.
 //!
 //! An [`EngineFactory`] belongs to a deployment: it builds engines for new replicas

@@ -30,16 +30,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde::Serialize;
 use swell_cluster::{unix_millis, DeploymentLoad, Queue, QueueDepth};
 use swell_workers::{ColdStartReport, EngineDescription, EngineFactory};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use swell_autoscaler::{
-    Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, DecisionRecord, LoadAverages, LoadSample,
-    ReplicaCounts, ScaleDirection,
+    Autoscaler, AutoscalingPolicy, Decision, DecisionHistory, LoadSample, ReplicaCounts, ScaleDirection,
 };
+mod messages;
+mod status;
+
+pub use messages::*;
+pub use status::*;
+
 use crate::backoff::Backoff;
 use crate::metric_series;
 use crate::metrics as m;
@@ -60,7 +64,7 @@ pub struct DeploymentSpec {
     /// considered hung and abandoned.
     pub stall_timeout: Duration,
     /// Whether this node starts replicas. `false` on a gateway node: the supervisor
-    /// only samples the (shared) queue for the status API and never spawns a worker.
+    /// only samples the (shared) queue for the status API and never spawns a replica.
     pub runs_replicas: bool,
     /// Whether the queue is shared with other nodes (Redis). Then the queue's depth is
     /// the whole cluster's: on shutdown or deletion this node drains its own replicas
@@ -98,101 +102,6 @@ impl DeploymentSpec {
             reserved_floor: 0,
         }
     }
-}
-
-/// One recorded change of the replica count.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScaleEvent {
-    /// Unix milliseconds.
-    pub at_ms: u64,
-    pub from: u32,
-    pub to: u32,
-    pub direction: ScaleDirection,
-    /// `queued_at_zero`, `concurrent_requests`, `idle`, `deleting`, ... (metric label).
-    pub reason: &'static str,
-    /// The inputs, in words.
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicaCountsView {
-    pub desired: u32,
-    pub ready: u32,
-    pub starting: u32,
-    pub draining: u32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueView {
-    /// Requests waiting for a replica.
-    pub depth: u64,
-    /// Requests running on replicas.
-    pub in_flight: u64,
-    /// How long the oldest waiting request has waited.
-    pub oldest_wait_seconds: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicaDetail {
-    pub replica: String,
-    pub state: ReplicaState,
-    pub active_sequences: u64,
-    pub steps: u64,
-    pub generated_tokens: u64,
-    pub age_seconds: f64,
-    pub cold_start_seconds: Option<f64>,
-    pub cold_start_stages: Option<ColdStartReport>,
-}
-
-/// What `ObserveDeployment` answers: the admin API's status body.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeploymentStatus {
-    pub name: String,
-    pub engine: EngineDescription,
-    pub replicas: ReplicaCountsView,
-    pub queue: QueueView,
-    pub load: LoadAverages,
-    pub autoscaling: AutoscalingPolicy,
-    pub last_decision: Option<Decision>,
-    /// The last decisions with their inputs (equivalent consecutive decisions folded
-    /// into one record), most recent last.
-    pub decisions: Vec<DecisionRecord>,
-    /// Most recent last.
-    pub scale_events: Vec<ScaleEvent>,
-    pub replica_details: Vec<ReplicaDetail>,
-    pub restarts: BTreeMap<&'static str, u64>,
-    /// The last replica that failed (to start or while serving), and why; cleared when
-    /// a replica becomes ready after it.
-    pub last_failure: Option<ReplicaFailure>,
-    /// While failed starts are backed off: how long until the next start may be tried.
-    pub restart_backoff_seconds: Option<f64>,
-    pub deleting: bool,
-    /// Replicas tenants reserve (already raised into `autoscaling.min_replicas`).
-    pub reserved_floor: u32,
-    /// In a cluster whose leader places replicas: the replicas the placement gives this
-    /// node (`null` until the first placement was read; absent otherwise).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub assigned: Option<Option<u32>>,
-}
-
-/// A replica's failure, as the status shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicaFailure {
-    /// Unix milliseconds.
-    pub at_ms: u64,
-    pub replica: String,
-    /// `load_failed` or `engine_failed`.
-    pub cause: &'static str,
-    pub message: String,
-}
-
-/// Whether a request waiting for capacity has a replica coming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Readiness {
-    pub ready: u32,
-    pub starting: u32,
-    /// Expected time until the oldest starting replica is ready.
-    pub ready_in: Option<Duration>,
 }
 
 struct ReplicaEntry {
@@ -309,7 +218,7 @@ impl DeploymentSupervisor {
 
     fn readiness(&self) -> Readiness {
         if !self.spec.runs_replicas {
-            // A gateway does not know the workers' replicas: don't claim one is starting.
+            // A gateway does not know the worker nodes' replicas: don't claim one is starting.
             return Readiness { ready: 1, starting: 0, ready_in: None };
         }
         let counts = self.counts();
@@ -722,189 +631,6 @@ impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
                 self.tick(ctx);
             }
         }
-    }
-}
-
-/// A request was enqueued: count it, and start a replica at once if there is none.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WorkArrived {
-    pub prompt_tokens: u64,
-}
-
-impl Handler<WorkArrived> for DeploymentSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: WorkArrived, ctx: &mut Context<Self>) {
-        self.arrivals += 1;
-        self.prompt_tokens += msg.prompt_tokens;
-        self.arrivals_total += 1;
-        self.prompt_tokens_total += msg.prompt_tokens;
-        let counts = self.counts();
-        if self.spec.runs_replicas && !self.spec.placement_driven {
-            if counts.ready + counts.starting == 0 {
-                self.tick(ctx);
-            }
-        } else if self.spec.load_report.is_some() && self.last_depth.waiting + self.last_depth.leased == 0 {
-            // A cluster node whose replicas the leader places: work arriving at an idle
-            // queue is what the leader must see soonest (it may be at zero replicas), so
-            // sample now rather than at the next tick; at most every 100 ms.
-            let due = self.last_early_sample.is_none_or(|at| at.elapsed() >= EARLY_SAMPLE_EVERY);
-            if due {
-                self.last_early_sample = Some(Instant::now());
-                self.tick(ctx);
-            }
-        }
-    }
-}
-
-/// The cluster's placement gives this node `replicas` replicas of the deployment (only
-/// with `placement_driven`). Acted on at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetAssignment {
-    pub replicas: u32,
-}
-
-impl Handler<SetAssignment> for DeploymentSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetAssignment, ctx: &mut Context<Self>) {
-        if self.assigned == Some(msg.replicas) {
-            return;
-        }
-        tracing::info!(deployment = %self.spec.name, replicas = msg.replicas, "placement: assignment changed");
-        self.assigned = Some(msg.replicas);
-        if self.spec.placement_driven && self.spec.runs_replicas && !self.deleting {
-            self.follow_assignment(ctx);
-        }
-    }
-}
-
-/// A request left the queue for a replica after waiting `waited` (the queue-delay
-/// signal's mean wait of started requests).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WorkStarted {
-    pub waited: Duration,
-}
-
-impl Handler<WorkStarted> for DeploymentSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: WorkStarted, _: &mut Context<Self>) {
-        self.started += 1;
-        self.started_wait = self.started_wait.saturating_add(msg.waited);
-        self.started_total += 1;
-        self.started_wait_total = self.started_wait_total.saturating_add(msg.waited);
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "DeploymentStatus")]
-pub struct ObserveDeployment;
-
-impl Handler<ObserveDeployment> for DeploymentSupervisor {
-    type Result = MessageResult<ObserveDeployment>;
-
-    fn handle(&mut self, _: ObserveDeployment, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.status())
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "Readiness")]
-pub struct ObserveReadiness;
-
-impl Handler<ObserveReadiness> for DeploymentSupervisor {
-    type Result = MessageResult<ObserveReadiness>;
-
-    fn handle(&mut self, _: ObserveReadiness, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.readiness())
-    }
-}
-
-/// Replace the autoscaling policy (history is kept).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UpdatePolicy(pub AutoscalingPolicy);
-
-impl Handler<UpdatePolicy> for DeploymentSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: UpdatePolicy, ctx: &mut Context<Self>) {
-        self.autoscaler.set_policy(with_reserved_floor(&msg.0, self.spec.reserved_floor));
-        self.spec.autoscaling = msg.0;
-        self.tick(ctx);
-    }
-}
-
-/// Hand every replica's unfinished jobs back to the queue and stop them (the end of a
-/// shutdown whose drain ran out of time, on a node sharing its queue: another node
-/// resumes the jobs at once instead of after their leases expire). Resolves once the
-/// replicas were told.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct HandBackAll;
-
-impl Handler<HandBackAll> for DeploymentSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, _: HandBackAll, _: &mut Context<Self>) {
-        for replica in self.replicas.values_mut() {
-            replica.state = ReplicaState::Draining;
-            replica.addr.do_send(crate::worker::HandBack);
-        }
-    }
-}
-
-/// Serve what is queued, drain every replica, then stop. Resolves when it is done.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
-impl Handler<Shutdown> for DeploymentSupervisor {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
-        self.deleting = true;
-        let (done, waiter) = oneshot::channel();
-        self.deleted_waiters.push(done);
-        self.tick(ctx);
-        Box::pin(async move {
-            let _ = waiter.await;
-        })
-    }
-}
-
-// --- Tenants' reserved capacity -------------------------------------------------------
-
-/// `policy` with `min_replicas` raised to `reserved` (capped at `max_replicas`): the
-/// replicas tenants reserve on a deployment stay warm whatever the load, so the
-/// deployment never scales to zero while a reservation exists. Only ever raises.
-pub fn with_reserved_floor(policy: &AutoscalingPolicy, reserved: u32) -> AutoscalingPolicy {
-    let mut effective = policy.clone();
-    effective.min_replicas = effective.min_replicas.max(reserved.min(policy.max_replicas));
-    effective
-}
-
-/// Set the replicas tenants reserve on this deployment (the sum of their
-/// `reserved_replicas`); the configured policy is kept and the floor applied over it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetReservedFloor(pub u32);
-
-impl Handler<SetReservedFloor> for DeploymentSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetReservedFloor, ctx: &mut Context<Self>) {
-        if msg.0 == self.spec.reserved_floor {
-            return;
-        }
-        tracing::info!(deployment = %self.spec.name, reserved = msg.0, "reserved replicas changed");
-        self.spec.reserved_floor = msg.0;
-        self.autoscaler.set_policy(with_reserved_floor(&self.spec.autoscaling, msg.0));
-        self.tick(ctx);
     }
 }
 

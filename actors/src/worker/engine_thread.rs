@@ -1,0 +1,118 @@
+//! The replica's engine thread: builds the engine (the cold start), then steps it and
+//! applies the worker actor's commands (add, cancel, stop) between steps. Model math
+//! never runs on an async executor.
+
+use super::*;
+
+pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+/// Apply one command on the engine thread; `false` means shut down.
+pub(super) fn apply_command(engine: &mut dyn Engine, gauges: &ReplicaGauges, command: EngineCommand) -> bool {
+    match command {
+        EngineCommand::Add(sequence) => {
+            engine.add(sequence);
+            // The new sequence's slot shows in `free_slots` before it leaves
+            // `in_transit`, so the lease loop never sees a free slot that is not there
+            // (and takes a job a full replica would only hold back from other replicas).
+            gauges.set_load(engine.load());
+            gauges.in_transit.fetch_sub(1, Ordering::Relaxed);
+            true
+        }
+        EngineCommand::Cancel(id) => {
+            engine.cancel(&id);
+            true
+        }
+        EngineCommand::Shutdown => false,
+    }
+}
+
+/// The engine thread: build the engine (cold start), then step it while it has work.
+pub(super) fn run_engine_thread(
+    factory: Arc<dyn EngineFactory>,
+    context: ReplicaContext,
+    commands: crossbeam_channel::Receiver<EngineCommand>,
+    outputs: mpsc::UnboundedSender<Vec<SequenceOutput>>,
+    lifecycle: mpsc::UnboundedSender<EngineEvent>,
+    shared: Arc<Shared>,
+) {
+    let created = std::panic::catch_unwind(AssertUnwindSafe(|| factory.create(&context)));
+    let (mut engine, report) = match created {
+        Ok(Ok(built)) => built,
+        Ok(Err(error)) => {
+            let _ = lifecycle.send(EngineEvent::Failed { during_load: true, message: error.to_string() });
+            return;
+        }
+        Err(panic) => {
+            let message = format!("engine load panicked: {}", panic_message(panic));
+            let _ = lifecycle.send(EngineEvent::Failed { during_load: true, message });
+            return;
+        }
+    };
+    shared.gauges.set_load(engine.load());
+    let _ = lifecycle.send(EngineEvent::Ready(report));
+    let gauges = shared.gauges.clone();
+    let served = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        let mut out = Vec::new();
+        loop {
+            let load = engine.load();
+            let idle = load.running + load.waiting == 0;
+            let first = if idle {
+                match commands.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                None
+            };
+            for command in first.into_iter().chain(commands.try_iter()) {
+                if !apply_command(&mut *engine, &gauges, command) {
+                    return Ok(());
+                }
+            }
+            let report = engine.step(&mut out).map_err(|e| e.to_string())?;
+            let load = engine.load();
+            gauges.set_load(load);
+            gauges.steps.fetch_add(1, Ordering::Relaxed);
+            if report.batch_size > 0 {
+                m::engine_step(&shared.deployment, &report);
+                m::engine_kv_tokens(&shared.deployment, &shared.replica_id, load.kv_tokens_used);
+            }
+            let generated: usize = out
+                .iter()
+                .map(|o| match &o.event {
+                    OutputEvent::Tokens { token_ids, .. } => token_ids.len(),
+                    _ => 0,
+                })
+                .sum();
+            gauges.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
+            if load.free_slots > 0 {
+                shared.room.notify_one();
+            }
+            if !out.is_empty() && outputs.send(std::mem::take(&mut out)).is_err() {
+                return Ok(());
+            }
+            if report.batch_size == 0 && load.running + load.waiting > 0 {
+                // Work is waiting for room the engine cannot make yet: don't spin.
+                if let Ok(command) = commands.recv_timeout(Duration::from_millis(5)) {
+                    if !apply_command(&mut *engine, &gauges, command) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }));
+    let failure = match served {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(message),
+        Err(panic) => Some(format!("engine panicked: {}", panic_message(panic))),
+    };
+    if let Some(message) = failure {
+        let _ = lifecycle.send(EngineEvent::Failed { during_load: false, message });
+    }
+}

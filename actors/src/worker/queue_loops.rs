@@ -1,0 +1,247 @@
+//! The worker actor's tasks against the queue: leasing jobs while the engine has room,
+//! publishing each step's output (retried, fenced by the lease epoch), acknowledging
+//! finished jobs and renewing leases.
+
+use super::*;
+
+/// Lease jobs while the engine has room and the replica is not draining.
+pub(super) async fn lease_loop(
+    queue: Arc<dyn Queue>,
+    shared: Arc<Shared>,
+    commands: crossbeam_channel::Sender<EngineCommand>,
+    outputs: mpsc::UnboundedSender<Vec<SequenceOutput>>,
+    config: WorkerConfig,
+) {
+    let gauges = shared.gauges.clone();
+    let mut backoff = queue_backoff();
+    while !shared.draining.load(Ordering::Relaxed) {
+        let free = gauges
+            .free_slots
+            .load(Ordering::Relaxed)
+            .saturating_sub(gauges.in_transit.load(Ordering::Relaxed));
+        if free == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(50), shared.room.notified()).await;
+            continue;
+        }
+        let leased = queue
+            .lease(&shared.deployment, &shared.replica_id, free as usize, config.lease_ttl, config.lease_block)
+            .await;
+        let leases = match leased {
+            Ok(leases) => {
+                if backoff.reset() {
+                    tracing::info!(replica = %shared.replica_id, "the queue answers again; leasing");
+                }
+                leases
+            }
+            Err(error) => {
+                // The queue is unreachable (Redis down): wait and try again, quietly
+                // after the first warning. Held jobs keep running meanwhile.
+                let wait = backoff.failed();
+                if backoff.failures() == 1 {
+                    tracing::warn!(%error, replica = %shared.replica_id, "lease failed; retrying with back-off");
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        for lease in leases {
+            if shared.draining.load(Ordering::Relaxed) {
+                let _ = queue.release(&lease.lease).await;
+                continue;
+            }
+            let job_id = lease.job.id.clone();
+            shared.leases.lock().insert(job_id.clone(), lease.lease.clone());
+            shared.last_seq.lock().insert(job_id.clone(), lease.resume_after_seq);
+            gauges.active_leases.fetch_add(1, Ordering::Relaxed);
+            gauges.in_transit.fetch_add(1, Ordering::Relaxed);
+            // `Started` goes through the publisher so it precedes the job's tokens.
+            let started = SequenceOutput {
+                id: job_id.clone(),
+                event: OutputEvent::Started { replica: shared.replica_id.clone() },
+            };
+            let _ = outputs.send(vec![started]);
+            let sequence = Sequence {
+                id: job_id,
+                prompt_tokens: lease.job.request.prompt_tokens,
+                resume_tokens: lease.resume_tokens,
+                params: lease.job.request.params,
+            };
+            if commands.send(EngineCommand::Add(sequence)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Publish outputs in order; acknowledge finished jobs; drop refused ones.
+pub(super) async fn publish_loop(
+    queue: Arc<dyn Queue>,
+    shared: Arc<Shared>,
+    commands: crossbeam_channel::Sender<EngineCommand>,
+    mut outputs: mpsc::UnboundedReceiver<Vec<SequenceOutput>>,
+    worker: Addr<WorkerActor>,
+) {
+    while let Some(batch) = outputs.recv().await {
+        // Group by job, keeping each job's order, so each job costs one append.
+        let mut per_job: Vec<(JobId, Vec<OutputEvent>)> = Vec::new();
+        for output in batch {
+            match per_job.iter_mut().find(|(id, _)| *id == output.id) {
+                Some((_, events)) => events.push(output.event),
+                None => per_job.push((output.id, vec![output.event])),
+            }
+        }
+        for (job_id, events) in per_job {
+            let Some(lease) = shared.leases.lock().get(&job_id).cloned() else { continue };
+            let terminal = events.iter().any(OutputEvent::is_terminal);
+            let outcome = append_with_retry(&*queue, &shared, &lease, events).await;
+            let finished = match outcome {
+                Some(AppendOutcome::Accepted(_)) if terminal => {
+                    ack_with_retry(&*queue, &shared, &lease).await;
+                    true
+                }
+                Some(AppendOutcome::Accepted(_)) => false,
+                Some(AppendOutcome::Cancelled) | Some(AppendOutcome::Fenced) | None => {
+                    let _ = commands.send(EngineCommand::Cancel(job_id.clone()));
+                    true
+                }
+            };
+            if finished {
+                shared.last_seq.lock().remove(&job_id);
+            }
+            if finished && shared.leases.lock().remove(&job_id).is_some() {
+                shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
+                shared.room.notify_one();
+                worker.do_send(SequenceEnded);
+            }
+        }
+    }
+}
+
+/// Back-off for calls to an unreachable queue: 50 ms doubling to 2 s.
+pub(super) fn queue_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+}
+
+pub(super) fn holds(shared: &Shared, lease: &LeaseRef) -> bool {
+    shared.leases.lock().get(&lease.job_id).is_some_and(|held| held.epoch == lease.epoch)
+}
+
+/// Append, retrying a backend failure (Redis unreachable) for as long as the replica
+/// still holds the lease: the engine keeps generating meanwhile and the events wait
+/// here, in order, so nothing is dropped. The lease is given up only when the queue
+/// says so (renewal refused, `Fenced`) or the replica releases it. `None`: never went.
+///
+/// A failed append may have been stored all the same (an append is atomic, but its
+/// reply can be lost). Before trying again, the stream is read after the last event
+/// known to be stored: if the events that follow are this lease's (its epoch; it is the
+/// only writer of that epoch), the first try went through and is not repeated.
+pub(super) async fn append_with_retry(
+    queue: &dyn Queue,
+    shared: &Shared,
+    lease: &LeaseRef,
+    events: Vec<OutputEvent>,
+) -> Option<AppendOutcome> {
+    let mut backoff = queue_backoff();
+    let known_last = shared.last_seq.lock().get(&lease.job_id).copied();
+    let mut tried = false;
+    loop {
+        if tried {
+            if let Some(known_last) = known_last {
+                match queue.read_output(&lease.job_id, known_last, Duration::ZERO).await {
+                    Ok(stored) => {
+                        let ours: Vec<_> =
+                            stored.iter().take(events.len()).take_while(|e| e.epoch == lease.epoch).collect();
+                        if let Some(last) = ours.last().filter(|_| ours.len() == events.len()) {
+                            tracing::info!(job = %lease.job_id, seq = last.seq, "a retried append had been stored; not repeating it");
+                            shared.last_seq.lock().insert(lease.job_id.clone(), last.seq);
+                            return Some(AppendOutcome::Accepted(last.seq));
+                        }
+                    }
+                    Err(QueueError::UnknownJob(_)) => return None,
+                    Err(_) => {
+                        if !holds(shared, lease) {
+                            return None;
+                        }
+                        tokio::time::sleep(backoff.failed()).await;
+                        continue;
+                    }
+                }
+            }
+        }
+        tried = true;
+        match queue.append_output(lease, events.clone()).await {
+            Ok(outcome) => {
+                if let AppendOutcome::Accepted(seq) = outcome {
+                    shared.last_seq.lock().insert(lease.job_id.clone(), seq);
+                }
+                return Some(outcome);
+            }
+            Err(error) => {
+                if !holds(shared, lease) {
+                    return None;
+                }
+                let wait = backoff.failed();
+                if backoff.failures() == 1 {
+                    tracing::warn!(job = %lease.job_id, %error, "output append failed; retrying while the lease is held");
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Acknowledge a finished job, retrying an unreachable queue while the lease is held.
+/// (If it never goes through, the lease expires and the redelivered attempt finds the
+/// job already finished.)
+pub(super) async fn ack_with_retry(queue: &dyn Queue, shared: &Shared, lease: &LeaseRef) {
+    let mut backoff = queue_backoff();
+    loop {
+        match queue.ack(lease).await {
+            Ok(_) => return,
+            Err(error) => {
+                if !holds(shared, lease) {
+                    return;
+                }
+                let wait = backoff.failed();
+                if backoff.failures() == 1 {
+                    tracing::warn!(job = %lease.job_id, %error, "ack failed; retrying");
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Renew every held lease every third of its TTL; a lease found lost stops its sequence.
+pub(super) async fn renew_loop(
+    queue: Arc<dyn Queue>,
+    shared: Arc<Shared>,
+    commands: crossbeam_channel::Sender<EngineCommand>,
+    ttl: Duration,
+) {
+    let mut interval = tokio::time::interval(ttl / 3);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let leases: Vec<LeaseRef> = shared.leases.lock().values().cloned().collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match queue.renew(&leases, ttl).await {
+            Ok(held) => {
+                for (lease, held) in leases.iter().zip(held) {
+                    if !held && shared.leases.lock().remove(&lease.job_id).is_some() {
+                        shared.last_seq.lock().remove(&lease.job_id);
+                        tracing::warn!(job = %lease.job_id, "lease lost; dropping the sequence");
+                        shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
+                        let _ = commands.send(EngineCommand::Cancel(lease.job_id.clone()));
+                    }
+                }
+            }
+            // Unreachable queue: keep the leases and try again next period. If the
+            // outage outlasts the TTL, the queue may hand the jobs to another replica;
+            // the next renewal (or write) then learns it and stops the sequence here.
+            Err(error) => tracing::warn!(%error, "lease renewal failed; keeping the leases and retrying"),
+        }
+    }
+}
