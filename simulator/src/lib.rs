@@ -17,7 +17,7 @@
 //!   repository keeps them (`loadtests/traces/`).
 //! - [`engine`]: the discrete-event simulator (queue, replicas, continuous batching,
 //!   cold starts, the policy's ticks).
-//! - [`policies`]: the [`ScalingPolicy`](policies::ScalingPolicy) trait, Swell and the
+//! - [`policies`]: the [`ScalingPolicy`] trait, Swell and the
 //!   baselines, each with the defaults it uses and where they come from.
 //! - [`oracle`]: the perfect-foresight lower bound on cost.
 //! - [`summary`]: SLO attainment, cost, percentiles, the markdown table.
