@@ -8,9 +8,10 @@
 //!
 //! Real time against virtual time on a shared machine: a busy machine stretches the live
 //! engine steps (the `sim` engine's sleeps wake late), which the queue near the peak
-//! amplifies. So each live run's conditions are measured (`LiveConditions`: send lag
-//! against the plan, step wall time against the profile's model from `/metrics`, cold
-//! start, client-minus-server TTFT) and the simulator is fed the machine as it ran
+//! amplifies. So each live run's conditions are measured (`LiveConditions`, by
+//! `swell_loadtest::fidelity::measure_conditions`: send lag against the plan, step wall
+//! time against the profile's model from `/metrics`, cold start, client-minus-server
+//! TTFT) and the simulator is fed the machine as it ran
 //! (`LiveConditions::as_run`: step times × the measured stretch, the measured cold
 //! start). A run beyond `ValidityBounds::default()` is not compared but re-run on a fresh
 //! deployment, [`ATTEMPTS`] runs at most; no valid run fails the test, and so does a
@@ -25,8 +26,9 @@ use std::time::Duration;
 
 use swell::config::Config;
 use swell_loadtest::admin::AdminClient;
-use swell_loadtest::simulate::fidelity::{self, Scenario, Tolerances, ValidityBounds};
+use swell_loadtest::fidelity::{live_observation, measure_conditions, requests_from_report};
 use swell_loadtest::{Endpoint, LoadTestConfig, MonitorConfig};
+use swell_simulator::fidelity::{self, Scenario, Tolerances, ValidityBounds};
 
 /// Live runs at most: the first and two re-runs when the machine made a run invalid.
 const ATTEMPTS: u32 = 3;
@@ -107,17 +109,16 @@ async fn run_once(
     })
     .await;
     let status = admin.status(deployment).await.unwrap();
-    let live = fidelity::Observation::from_live(&report, &status).expect("every live request was served");
+    let live = live_observation(&report, &status).expect("every live request was served");
     let metrics_after = admin.metrics().await.unwrap();
     let profile = scenario.profile().unwrap();
     let conditions =
-        fidelity::LiveConditions::measure(&report, &scenario.requests(), &profile, deployment, &metrics_before, &metrics_after)
-            .unwrap();
+        measure_conditions(&report, &scenario.requests(), &profile, deployment, &metrics_before, &metrics_after).unwrap();
     println!("live conditions: {}", conditions.render());
     conditions.check(bounds)?;
 
     // The simulator replays the requests as sent, on the machine as it ran them.
-    let requests = fidelity::requests_from_report(&report).unwrap();
+    let requests = requests_from_report(&report).unwrap();
     let horizon = scenario.duration();
     let simulated = fidelity::simulate(&requests, &conditions.as_run(&profile), scenario.policy().unwrap(), horizon);
     let comparison = fidelity::compare(&live, &simulated, horizon, &Tolerances::default());

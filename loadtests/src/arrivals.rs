@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
-
-use crate::trace::TraceRow;
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, Exp};
+use swell_simulator::trace::TraceRow;
 
 /// One planned request: when to send it, relative to the start of the run, and its lengths
 /// when the schedule dictates them (trace replay).
@@ -16,17 +16,12 @@ pub struct Arrival {
     pub lengths: Option<(u32, u32)>,
 }
 
-/// One exponential inter-arrival gap, in seconds, for a Poisson process of `rate` per second.
-pub fn exponential_gap(rng: &mut impl Rng, rate: f64) -> f64 {
-    let u = rng.random::<f64>(); // [0, 1)
-    -(1.0 - u).ln() / rate
-}
-
-/// Endless Poisson arrival times (seeded): the first arrival is one gap after zero.
+/// Endless Poisson arrival times (seeded): exponential gaps, the first arrival one gap
+/// after zero.
 #[derive(Debug, Clone)]
 pub struct PoissonArrivals {
     rng: StdRng,
-    rate: f64,
+    gaps: Exp<f64>,
     t: f64,
 }
 
@@ -39,7 +34,7 @@ impl PoissonArrivals {
         );
         PoissonArrivals {
             rng: StdRng::seed_from_u64(seed),
-            rate,
+            gaps: Exp::new(rate).expect("a positive, finite rate"),
             t: 0.0,
         }
     }
@@ -49,7 +44,7 @@ impl Iterator for PoissonArrivals {
     type Item = Arrival;
 
     fn next(&mut self) -> Option<Arrival> {
-        self.t += exponential_gap(&mut self.rng, self.rate);
+        self.t += self.gaps.sample(&mut self.rng);
         Some(Arrival {
             at: Duration::from_secs_f64(self.t),
             lengths: None,
@@ -111,10 +106,11 @@ mod tests {
     #[test]
     fn poisson_gaps_are_exponential() {
         // Exponential gaps: coefficient of variation 1, and P(gap > mean) = 1/e.
-        let mut rng = StdRng::seed_from_u64(9);
-        let gaps: Vec<f64> = (0..100_000)
-            .map(|_| exponential_gap(&mut rng, 10.0))
+        let times: Vec<f64> = PoissonArrivals::new(10.0, 9)
+            .take(100_001)
+            .map(|a| a.at.as_secs_f64())
             .collect();
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
         let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
         let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
         assert!((sd / mean - 1.0).abs() < 0.03, "cv {}", sd / mean);

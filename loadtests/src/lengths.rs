@@ -5,14 +5,16 @@
 //! - `uniform:A:B`: uniform over `A..=B`;
 //! - `normal:MEAN:SD`: normal, rounded, clamped to at least 1;
 //! - `sharegpt:FILE`: lengths of a random row of the sarathi-serve ShareGPT CSV
-//!   (`num_prefill_tokens,num_decode_tokens,...`); prompts use the prefill column, outputs the
+//!   (`num_prefill_tokens,num_decode_tokens,...`, read by
+//!   [`swell_simulator::trace::read_sharegpt`]); prompts use the prefill column, outputs the
 //!   decode column. When prompt and output both name the same file, one row gives both, so
 //!   their correlation is kept.
 
-use std::{fmt, fs::File, io::Read, path::Path, path::PathBuf, str::FromStr, sync::Arc};
+use std::{fmt, path::Path, path::PathBuf, str::FromStr, sync::Arc};
 
 use anyhow::Context as _;
 use rand::Rng;
+use rand_distr::{Distribution, Normal};
 use thiserror::Error;
 
 /// A length distribution, as parsed from a `DIST` string.
@@ -101,43 +103,8 @@ impl fmt::Display for LengthDist {
 /// Rows of a ShareGPT length file: `(prompt tokens, output tokens)`.
 pub type LengthRows = Arc<Vec<(u32, u32)>>;
 
-/// Reads the sarathi-serve ShareGPT CSV. Columns are found by the names `num_prefill_tokens`
-/// and `num_decode_tokens`, or taken as the first two when the header names neither. Lengths
-/// below 1 become 1.
-pub fn read_sharegpt(reader: impl Read) -> anyhow::Result<Vec<(u32, u32)>> {
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(reader);
-    let headers = csv.headers().context("cannot read the csv header")?.clone();
-    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let (p_col, o_col) = match (find("num_prefill_tokens"), find("num_decode_tokens")) {
-        (Some(p), Some(o)) => (p, o),
-        _ => (0, 1),
-    };
-    let mut rows = Vec::new();
-    for (i, record) in csv.records().enumerate() {
-        let record = record.with_context(|| format!("bad csv row {}", i + 2))?;
-        let field = |col: usize| -> anyhow::Result<u32> {
-            let raw = record
-                .get(col)
-                .with_context(|| format!("row {} has no column {}", i + 2, col + 1))?;
-            let value: f64 = raw
-                .parse()
-                .with_context(|| format!("row {}: {raw:?} is not a number", i + 2))?;
-            Ok(value.round().clamp(1.0, u32::MAX as f64) as u32)
-        };
-        rows.push((field(p_col)?, field(o_col)?));
-    }
-    anyhow::ensure!(!rows.is_empty(), "the length file has no rows");
-    Ok(rows)
-}
-
 fn load_sharegpt(path: &Path) -> anyhow::Result<LengthRows> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let rows = read_sharegpt(file).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Arc::new(rows))
+    Ok(Arc::new(swell_simulator::trace::load_sharegpt(path)?))
 }
 
 /// A ready-to-sample distribution (files loaded).
@@ -145,7 +112,8 @@ fn load_sharegpt(path: &Path) -> anyhow::Result<LengthRows> {
 enum Sampler {
     Fixed(u32),
     Uniform(u32, u32),
-    Normal(f64, f64),
+    /// Rounded, clamped to at least 1.
+    Normal(Normal<f64>),
     Rows {
         rows: LengthRows,
         prompt_column: bool,
@@ -157,7 +125,9 @@ impl Sampler {
         Ok(match dist {
             LengthDist::Fixed(n) => Sampler::Fixed(*n),
             LengthDist::Uniform { min, max } => Sampler::Uniform(*min, *max),
-            LengthDist::Normal { mean, sd } => Sampler::Normal(*mean, *sd),
+            LengthDist::Normal { mean, sd } => Sampler::Normal(
+                Normal::new(*mean, *sd).context("normal length distribution")?,
+            ),
             LengthDist::ShareGpt(path) => Sampler::Rows {
                 rows: load_sharegpt(path)?,
                 prompt_column,
@@ -169,10 +139,7 @@ impl Sampler {
         match self {
             Sampler::Fixed(n) => *n,
             Sampler::Uniform(a, b) => rng.random_range(*a..=*b),
-            Sampler::Normal(mean, sd) => {
-                let value = mean + sd * standard_normal(rng);
-                value.round().clamp(1.0, u32::MAX as f64) as u32
-            }
+            Sampler::Normal(normal) => normal.sample(rng).round().clamp(1.0, u32::MAX as f64) as u32,
             Sampler::Rows {
                 rows,
                 prompt_column,
@@ -186,13 +153,6 @@ impl Sampler {
             }
         }
     }
-}
-
-/// One standard normal draw (Box-Muller).
-pub fn standard_normal(rng: &mut impl Rng) -> f64 {
-    let u1 = 1.0 - rng.random::<f64>(); // (0, 1]
-    let u2 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// Draws `(prompt tokens, output tokens)` pairs.
@@ -238,9 +198,6 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng};
 
     use super::*;
-
-    const SHAREGPT: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/traces/sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv");
 
     #[test]
     fn parses_every_form() {
@@ -350,18 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn reads_sharegpt_csv_by_column_name() {
-        let text = "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n\
-                    74,918,992,0.08\n290,905,1195,0.32\n0,3,3,0\n";
-        let rows = read_sharegpt(text.as_bytes()).unwrap();
-        assert_eq!(rows, vec![(74, 918), (290, 905), (1, 3)]);
-        let swapped = "pd_ratio,num_decode_tokens,num_prefill_tokens\n0.5,10,20\n";
-        assert_eq!(read_sharegpt(swapped.as_bytes()).unwrap(), vec![(20, 10)]);
-        assert!(read_sharegpt("a,b\n".as_bytes()).is_err());
-        assert!(read_sharegpt("a,b\nx,1\n".as_bytes()).is_err());
-    }
-
-    #[test]
     fn same_sharegpt_file_samples_rows_jointly() {
         let path =
             std::env::temp_dir().join(format!("swell-lt-sharegpt-{}.csv", std::process::id()));
@@ -378,13 +323,5 @@ mod tests {
             assert_eq!(p, o * 10);
         }
         std::fs::remove_file(path).ok();
-    }
-
-    #[test]
-    fn reads_the_real_sharegpt_file() {
-        let file = File::open(SHAREGPT).expect("the ShareGPT lengths are in loadtests/traces");
-        let rows = read_sharegpt(file).unwrap();
-        assert_eq!(rows.len(), 30_731);
-        assert_eq!(&rows[..2], &[(74, 918), (290, 905)]);
     }
 }

@@ -1,4 +1,5 @@
-//! `swell-loadtest`: the load generator of Swell.
+//! `swell-loadtest`: the load generator of Swell and its measuring tools (binaries
+//! `swell-loadtest`, `swell-scale-from-zero`, `swell-scaling`).
 //!
 //! It drives a Swell server (or any OpenAI-compatible server) with streaming generations and
 //! measures what clients see: time to first token (TTFT), inter-token latency (ITL), time per
@@ -87,7 +88,6 @@
 //! - [`config`]: [`LoadTestConfig`], its defaults and validation, duration parsing.
 //! - [`arrivals`]: arrival schedules: Poisson (open loop) and trace replay; the closed loop
 //!   lives in the runner.
-//! - [`trace`]: Azure trace parsing.
 //! - [`lengths`]: length distributions (`N`, `uniform:A:B`, `normal:MEAN:SD`,
 //!   `sharegpt:FILE`).
 //! - [`prompt`]: prompt text from common English words.
@@ -105,11 +105,18 @@
 //!   (`swell-scale-from-zero`).
 //! - [`scaling`]: throughput with N replicas against N × one, simulated and live
 //!   (`swell-scaling`).
+//! - [`fidelity`]: the live side of the simulator's fidelity check (`tests/fidelity.rs`).
+//!
+//! The workload files (Azure trace, ShareGPT lengths), the percentile definition and the
+//! plot helpers come from the simulator crate (`swell_simulator::{trace, stats, plot}`),
+//! which `swell-scaling` also runs; the dependency goes this way only, so the simulator
+//! carries no HTTP client.
 
 pub mod admin;
 pub mod arrivals;
 pub mod cli;
 pub mod config;
+pub mod fidelity;
 pub mod lengths;
 pub mod live_plot;
 pub mod monitor;
@@ -121,9 +128,7 @@ pub mod request;
 mod runner;
 pub mod scale_from_zero;
 pub mod scaling;
-pub mod simulate;
 pub mod sse;
-pub mod trace;
 mod ws;
 
 #[cfg(test)]

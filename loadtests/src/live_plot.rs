@@ -1,5 +1,5 @@
 //! Plots of a live load test, the same kind the simulator draws (SVG and PNG with
-//! `plotters`, fonts found by [`crate::simulate::plot`]): four panels over the run's time,
+//! `plotters`, fonts found by [`swell_simulator::plot`]): four panels over the run's time,
 //! one shared time axis.
 //!
 //! 1. **Load**: requests sent per second (client) and generated tokens per second (the
@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use swell_simulator::plot::{downsample, err, integer_label, png_font};
+use swell_simulator::stats::Sorted;
 
 use crate::monitor::LiveTimeline;
 use crate::report::Report;
-use crate::simulate::plot::{downsample, err, integer_label, png_font};
 
 /// One line of a panel.
 struct Series {
@@ -82,16 +83,6 @@ fn bin_width(duration: f64) -> f64 {
     (duration / 300.0).ceil().max(1.0)
 }
 
-/// The `p` percentile (0..100) of unsorted values, nearest rank.
-fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    Some(values[rank.clamp(1, values.len()) - 1])
-}
-
 fn panels(report: &Report, monitor: &LiveTimeline) -> Vec<Panel> {
     let duration = report.duration_s.max(1.0);
     let width = bin_width(duration);
@@ -115,16 +106,19 @@ fn panels(report: &Report, monitor: &LiveTimeline) -> Vec<Panel> {
         .enumerate()
         .map(|(i, n)| (at(i), *n as f64 / width))
         .collect();
-    let per_bin = |values: &mut Vec<Vec<f64>>, p: f64| -> Vec<(f64, f64)> {
+    // Each bin's values sorted once, for its nearest-rank percentiles.
+    let sorted = |values: Vec<Vec<f64>>| -> Vec<Sorted> { values.into_iter().map(Sorted::new).collect() };
+    let (ttft, e2e) = (sorted(ttft), sorted(e2e));
+    let per_bin = |values: &[Sorted], p: f64| -> Vec<(f64, f64)> {
         values
-            .iter_mut()
+            .iter()
             .enumerate()
-            .filter_map(|(i, v)| percentile(v, p).map(|x| (at(i) + width / 2.0, x)))
+            .filter_map(|(i, v)| v.percentile(p).map(|x| (at(i) + width / 2.0, x)))
             .collect()
     };
-    let ttft_p50 = per_bin(&mut ttft, 50.0);
-    let ttft_p99 = per_bin(&mut ttft, 99.0);
-    let e2e_p50 = per_bin(&mut e2e, 50.0);
+    let ttft_p50 = per_bin(&ttft, 50.0);
+    let ttft_p99 = per_bin(&ttft, 99.0);
+    let e2e_p50 = per_bin(&e2e, 50.0);
     let samples = &monitor.samples;
     let of = |f: &dyn Fn(&crate::monitor::MonitorSample) -> f64| -> Vec<(f64, f64)> {
         samples.iter().map(|s| (s.t_s, f(s))).collect()

@@ -14,6 +14,7 @@ use std::{
 };
 
 use awc::{Client, Connector};
+use swell_simulator::trace::load_trace;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
@@ -26,7 +27,6 @@ use crate::{
     report::{OutputFiles, Report, ReportBuilder, RunInfo},
     request::{request_body, RequestFactory, RequestSpec},
     sse,
-    trace::load_trace,
     ws::WsPool,
 };
 

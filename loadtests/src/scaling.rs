@@ -23,15 +23,15 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use serde_json::{json, Value};
+use swell_simulator::engine::Simulator;
+use swell_simulator::policies::Static;
+use swell_simulator::workload::SimRequest;
 use swell_workers::sim::{PerformanceModel, SimProfile};
 
 use crate::admin::AdminClient;
 use crate::config::{Endpoint, LoadTestConfig};
 use crate::lengths::LengthDist;
 use crate::monitor::MonitorConfig;
-use crate::simulate::engine::Simulator;
-use crate::simulate::policies::Static;
-use crate::simulate::workload::SimRequest;
 
 /// One N.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,21 +153,15 @@ pub fn simulated(
 }
 
 fn poisson(rate: f64, duration: f64, prompt: u32, output: u32, seed: u64) -> Vec<SimRequest> {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    let mut t = 0.0;
-    loop {
-        t += crate::arrivals::exponential_gap(&mut rng, rate);
-        if t >= duration {
-            return out;
-        }
-        out.push(SimRequest {
-            arrival: t,
+    crate::arrivals::PoissonArrivals::new(rate, seed)
+        .map(|a| a.at.as_secs_f64())
+        .take_while(|&t| t < duration)
+        .map(|arrival| SimRequest {
+            arrival,
             prompt_tokens: prompt,
             output_tokens: output,
-        });
-    }
+        })
+        .collect()
 }
 
 /// What a live scaling run needs.

@@ -81,7 +81,7 @@
 //! ([`ScaleReason::Slo`] when it does), and the decision's detail shows each term.
 //! Without a performance profile it recommends nothing. The terms and their weights were
 //! measured against the baselines in the simulator over the Azure and ServeGen traces
-//! (README "Simulator"). For instance, sizing the surge over a request's stay in a
+//! (docs/simulator.md). For instance, sizing the surge over a request's stay in a
 //! replica instead of over one sample cost 19% fewer replica-seconds over the 116
 //! tenants of the ServeGen sweep, but served 99.68% of their requests within the SLO
 //! instead of 99.80%, and reached the best baseline's attainment at lower cost on 26
@@ -130,7 +130,7 @@ pub use replica::{Limit, ReplicaCapacity, ReplicaLimits, SloLoad, SloSizing, Wor
 /// The share of the SLO-meeting concurrency the `auto` concurrent-requests target aims
 /// at. Below 1 because load is bursty within the metrics window (the SLO-meeting
 /// concurrency is a limit, not an operating point) and new replicas take a cold start to
-/// arrive; tuned in the simulator (README "Simulator").
+/// arrive; tuned in the simulator (docs/simulator.md).
 pub const AUTO_CONCURRENCY_SHARE: f64 = 0.5;
 
 /// The mean-length estimate's memory, in requests: each request counted weighs the

@@ -68,7 +68,7 @@ impl SloTargets {
     /// arrives a cold start later, so the longer the start, the more of the load's
     /// growth the replicas already running must absorb: 1% of headroom per second of
     /// cold start, at most 15% (a 0.12 s CPU start plans 99.9%, every GPU start of 15 s
-    /// or more 85%; tuned in the simulator, README "Simulator").
+    /// or more 85%; tuned in the simulator, docs/simulator.md).
     pub fn utilization_for(&self, cold_start: Duration) -> f64 {
         match self.utilization {
             Some(utilization) if utilization > 0.0 && utilization <= 1.0 => utilization,

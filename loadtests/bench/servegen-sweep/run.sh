@@ -10,7 +10,7 @@ out=${1:-sim-out/servegen-sweep}
 profile=${2:-llama-3.1-8b-h100}
 traces=${SWELL_TRACES:-loadtests/traces}
 jobs=${SWEEP_JOBS:-$(nproc)}
-cargo build --release --workspace --bin swell-simulate
+cargo build --release -p swell-simulator --bin swell-simulate
 simulate=${CARGO_TARGET_DIR:-target}/release/swell-simulate
 one() {
   local set=$1 chunk=$2 dir=$out/$1/$2

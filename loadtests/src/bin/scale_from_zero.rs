@@ -62,13 +62,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    swell_loadtest::cli::exit_code(run(Args::parse()))
+    swell_simulator::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let rows = match &args.profile {
         Some(name) => {
-            let profile = swell_loadtest::cli::builtin_profile(name)?;
+            let profile = swell_simulator::cli::builtin_profile(name)?;
             vec![scale_from_zero::modelled(&profile, args.prompt_tokens)]
         }
         None => {

@@ -85,13 +85,13 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
-    swell_loadtest::cli::exit_code(run(Args::parse()))
+    swell_simulator::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let (points, live) = match args.mode {
         Mode::Sim { profile, replicas, prompt_tokens, output_tokens, duration, warmup } => {
-            let profile = swell_loadtest::cli::builtin_profile(&profile)?;
+            let profile = swell_simulator::cli::builtin_profile(&profile)?;
             let points = scaling::simulated(
                 &profile,
                 &replicas,

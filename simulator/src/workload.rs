@@ -6,8 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-use crate::arrivals::exponential_gap;
+use rand_distr::{Distribution, Exp, Exp1, Gamma, Weibull};
 
 /// One request of a workload.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,7 +45,8 @@ pub fn azure(
 
 /// Turns a ServeGen per-tenant file (`window_start_s, rate, cv, pattern, shape, scale`,
 /// one row per 600 s window) into arrivals: inter-arrival gaps drawn from the fitted
-/// Gamma/Weibull distribution, rescaled so each window's mean rate is its `rate`.
+/// Gamma or Weibull distribution ([`rand_distr`]), rescaled so each window's mean rate is
+/// its `rate`.
 /// Lengths come from `lengths` (ShareGPT pairs), drawn uniformly.
 pub fn servegen(
     path: &Path,
@@ -84,9 +84,8 @@ pub fn servegen(
         let n_expected = (rate * (end - start)).max(1.0);
         // Draw raw gaps, then rescale them to the window's mean rate.
         let count = n_expected.ceil() as usize + 1;
-        let gaps: Vec<f64> = (0..count)
-            .map(|_| draw_gap(&mut rng, pattern, *shape, *scale))
-            .collect();
+        let dist = Gaps::new(pattern, *shape, *scale);
+        let gaps: Vec<f64> = (0..count).map(|_| dist.sample(&mut rng)).collect();
         let mean_raw = gaps.iter().sum::<f64>() / gaps.len() as f64;
         let factor = if mean_raw > 0.0 {
             1.0 / rate / mean_raw
@@ -113,35 +112,33 @@ pub fn servegen(
     Ok(out)
 }
 
-fn draw_gap(rng: &mut StdRng, pattern: &str, shape: f64, scale: f64) -> f64 {
-    if !(shape > 0.0 && scale > 0.0) {
-        return exponential_gap(rng, 1.0);
-    }
-    let u: f64 = rng.random_range(f64::EPSILON..1.0);
-    match pattern {
-        // Weibull by inversion.
-        "Weibull" => scale * (-u.ln()).powf(1.0 / shape),
-        // Gamma: Marsaglia-Tsang (with the shape < 1 boost).
-        _ => gamma(rng, shape) * scale,
+/// A ServeGen window's inter-arrival distribution, before rescaling to the window's rate.
+enum Gaps {
+    Weibull(Weibull<f64>),
+    Gamma(Gamma<f64>),
+    /// No usable fit (shape or scale not positive): exponential, i.e. Poisson arrivals.
+    Exponential,
+}
+
+impl Gaps {
+    /// `pattern` `Weibull`, else Gamma, with the fitted `shape` and `scale`.
+    fn new(pattern: &str, shape: f64, scale: f64) -> Self {
+        if !(shape > 0.0 && scale > 0.0) {
+            return Self::Exponential;
+        }
+        match pattern {
+            "Weibull" => Weibull::new(scale, shape).map_or(Self::Exponential, Self::Weibull),
+            _ => Gamma::new(shape, scale).map_or(Self::Exponential, Self::Gamma),
+        }
     }
 }
 
-fn gamma(rng: &mut StdRng, shape: f64) -> f64 {
-    if shape < 1.0 {
-        let u: f64 = rng.random_range(f64::EPSILON..1.0);
-        return gamma(rng, shape + 1.0) * u.powf(1.0 / shape);
-    }
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let x = crate::lengths::standard_normal(rng);
-        let v = (1.0 + c * x).powi(3);
-        if v <= 0.0 {
-            continue;
-        }
-        let u: f64 = rng.random_range(f64::EPSILON..1.0);
-        if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-            return d * v;
+impl Distribution<f64> for Gaps {
+    fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+        match self {
+            Self::Weibull(d) => d.sample(rng),
+            Self::Gamma(d) => d.sample(rng),
+            Self::Exponential => Exp1.sample(rng),
         }
     }
 }
@@ -226,12 +223,13 @@ pub fn synthetic(
 ) -> Vec<SimRequest> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
-    if peak <= 0.0 {
-        return out;
-    }
+    let gaps = match Exp::new(peak) {
+        Ok(gaps) if peak > 0.0 => gaps,
+        _ => return out,
+    };
     let mut t = 0.0;
     loop {
-        t += exponential_gap(&mut rng, peak);
+        t += gaps.sample(&mut rng);
         if t >= duration {
             break;
         }

@@ -1,14 +1,34 @@
-//! Azure LLM inference trace parsing (`TIMESTAMP,ContextTokens,GeneratedTokens`).
+//! Trace files, read by the simulator and the load generator alike.
 //!
-//! The timestamp is wall-clock time like `2023-11-16 18:15:46.6805900` (any number of
+//! - The Azure LLM inference trace (`TIMESTAMP,ContextTokens,GeneratedTokens`):
+//!   [`read_trace`], [`load_trace`].
+//! - The sarathi-serve ShareGPT length file (`num_prefill_tokens,num_decode_tokens,...`):
+//!   [`read_sharegpt`].
+//! - The copies in the repository, `loadtests/traces/`: [`traces_dir`].
+//!
+//! The Azure timestamp is wall-clock time like `2023-11-16 18:15:46.6805900` (any number of
 //! fractional digits; a `T` separator works too); a plain number is read as seconds. Columns
 //! are found by header name (case-insensitive), or taken as the first three when the header
 //! names none of them.
 
-use std::{fs::File, io::Read, path::Path};
+use std::{
+    fs::File,
+    io::Read,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use thiserror::Error;
+
+/// The traces kept in the repository (`loadtests/traces/`, beside this crate), found from
+/// this crate's source directory at build time.
+pub fn traces_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate lives in the repository")
+        .join("loadtests")
+        .join("traces")
+}
 
 /// One request of a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,11 +174,56 @@ pub fn load_trace(path: &Path) -> anyhow::Result<Vec<TraceRow>> {
     Ok(rows)
 }
 
+/// Reads the sarathi-serve ShareGPT length file: `(prompt tokens, output tokens)` per row.
+/// Columns are found by the names `num_prefill_tokens` and `num_decode_tokens`, or taken as
+/// the first two when the header names neither. Lengths below 1 become 1.
+pub fn read_sharegpt(reader: impl Read) -> anyhow::Result<Vec<(u32, u32)>> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(reader);
+    let headers = csv.headers().context("cannot read the csv header")?.clone();
+    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (p_col, o_col) = match (find("num_prefill_tokens"), find("num_decode_tokens")) {
+        (Some(p), Some(o)) => (p, o),
+        _ => (0, 1),
+    };
+    let mut rows = Vec::new();
+    for (i, record) in csv.records().enumerate() {
+        let record = record.with_context(|| format!("bad csv row {}", i + 2))?;
+        let field = |col: usize| -> anyhow::Result<u32> {
+            let raw = record
+                .get(col)
+                .with_context(|| format!("row {} has no column {}", i + 2, col + 1))?;
+            let value: f64 = raw
+                .parse()
+                .with_context(|| format!("row {}: {raw:?} is not a number", i + 2))?;
+            Ok(value.round().clamp(1.0, u32::MAX as f64) as u32)
+        };
+        rows.push((field(p_col)?, field(o_col)?));
+    }
+    anyhow::ensure!(!rows.is_empty(), "the length file has no rows");
+    Ok(rows)
+}
+
+/// Reads a ShareGPT length file (see [`read_sharegpt`]).
+pub fn load_sharegpt(path: &Path) -> anyhow::Result<Vec<(u32, u32)>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    read_sharegpt(file).with_context(|| format!("cannot read {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const AZURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/traces/azure-2023/AzureLLMInferenceTrace_conv.csv");
+    fn azure() -> PathBuf {
+        traces_dir().join("azure-2023/AzureLLMInferenceTrace_conv.csv")
+    }
+
+    fn sharegpt() -> PathBuf {
+        traces_dir().join("sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv")
+    }
 
     #[test]
     fn parses_azure_timestamps() {
@@ -235,12 +300,32 @@ mod tests {
 
     #[test]
     fn reads_the_real_azure_trace() {
-        let file = File::open(AZURE).expect("the Azure trace is in loadtests/traces");
+        let file = File::open(azure()).expect("the Azure trace is in loadtests/traces");
         let rows = read_trace(file).unwrap();
         assert_eq!(rows.len(), 19_366);
         assert_eq!((rows[0].prompt_tokens, rows[0].output_tokens), (374, 44));
         assert_eq!((rows[1].prompt_tokens, rows[1].output_tokens), (396, 109));
         let span_s = (rows.last().unwrap().timestamp_us - rows[0].timestamp_us) as f64 / 1e6;
         assert!((3_500.0..3_505.0).contains(&span_s), "span {span_s}");
+    }
+
+    #[test]
+    fn reads_sharegpt_csv_by_column_name() {
+        let text = "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n\
+                    74,918,992,0.08\n290,905,1195,0.32\n0,3,3,0\n";
+        let rows = read_sharegpt(text.as_bytes()).unwrap();
+        assert_eq!(rows, vec![(74, 918), (290, 905), (1, 3)]);
+        let swapped = "pd_ratio,num_decode_tokens,num_prefill_tokens\n0.5,10,20\n";
+        assert_eq!(read_sharegpt(swapped.as_bytes()).unwrap(), vec![(20, 10)]);
+        assert!(read_sharegpt("a,b\n".as_bytes()).is_err());
+        assert!(read_sharegpt("a,b\nx,1\n".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn reads_the_real_sharegpt_file() {
+        let file = File::open(sharegpt()).expect("the ShareGPT lengths are in loadtests/traces");
+        let rows = read_sharegpt(file).unwrap();
+        assert_eq!(rows.len(), 30_731);
+        assert_eq!(&rows[..2], &[(74, 918), (290, 905)]);
     }
 }

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Prints the markdown comparison table, writes `summary.json`, `timeline.{svg,png}` and
-//! `cost_vs_slo.{svg,png}` into `--out`. See `swell_loadtest::simulate` for the model and
-//! the baselines' defaults.
+//! `cost_vs_slo.{svg,png}` into `--out`. See the `swell_simulator` crate for the model and
+//! the baselines' defaults, docs/simulator.md for results.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,9 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use swell_loadtest::simulate::{
-    self, policies::Swell, summary, workload, Comparison, POLICY_NAMES,
-};
+use swell_simulator::{policies::Swell, summary, workload, Comparison, POLICY_NAMES};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,7 +81,7 @@ fn traces_dir(args: &Args) -> anyhow::Result<PathBuf> {
     if let Some(dir) = &args.traces_dir {
         return Ok(dir.clone());
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+    let dir = swell_simulator::trace::traces_dir();
     if dir.is_dir() {
         return Ok(dir);
     }
@@ -131,9 +129,7 @@ fn load_from(args: &Args, start: f64) -> anyhow::Result<Vec<workload::SimRequest
             };
             let lengths_path = traces_dir(args)?
                 .join("sarathi-serve/sharegpt_8k_filtered_stats_llama2_tokenizer.csv");
-            let file = std::fs::File::open(&lengths_path)
-                .with_context(|| format!("cannot open {}", lengths_path.display()))?;
-            let lengths = swell_loadtest::lengths::read_sharegpt(file)?;
+            let lengths = swell_simulator::trace::load_sharegpt(&lengths_path)?;
             workload::servegen(&path, &lengths, args.time_scale, duration, args.seed)
         }
         "synthetic" => Ok(workload::synthetic(
@@ -149,11 +145,11 @@ fn load_from(args: &Args, start: f64) -> anyhow::Result<Vec<workload::SimRequest
 }
 
 fn main() -> ExitCode {
-    swell_loadtest::cli::exit_code(run(Args::parse()))
+    swell_simulator::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let profile = swell_loadtest::cli::builtin_profile(&args.profile)?;
+    let profile = swell_simulator::cli::builtin_profile(&args.profile)?;
     let policies: Vec<String> = if args.policies == "all" {
         POLICY_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
@@ -207,7 +203,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         warm_start: !args.cold_start_at_zero,
     };
     let started = Instant::now();
-    let result = simulate::compare(&requests, &comparison);
+    let result = swell_simulator::compare(&requests, &comparison);
     let elapsed = started.elapsed();
     let rows = summary::summarize_all(
         &result,
@@ -245,7 +241,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let json_path = args.out.join("summary.json");
     std::fs::write(&json_path, serde_json::to_string(&json)?)?;
     let mut written = vec![json_path];
-    written.extend(simulate::plot::write_all(&args.out, &result.runs, &rows)?);
+    written.extend(swell_simulator::plot::write_all(&args.out, &result.runs, &rows)?);
     for path in written {
         eprintln!("wrote {}", path.display());
     }

@@ -1,8 +1,10 @@
-//! Per-policy figures and the markdown comparison table.
+//! Per-policy figures (SLO attainment, nearest-rank percentiles from [`crate::stats`],
+//! cost) and the markdown comparison table.
 
 use serde::Serialize;
 
 use super::engine::RunResult;
+use super::stats::Sorted;
 use super::ComparisonResult;
 
 /// The figures of one policy's run.
@@ -32,17 +34,9 @@ pub struct PolicySummary {
     pub cost_vs_oracle: f64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(f64::total_cmp);
-    v
+/// The nearest-rank percentile, 0 without values (the JSON holds numbers).
+fn percentile(sorted: &Sorted, p: f64) -> f64 {
+    sorted.percentile(p).unwrap_or(0.0)
 }
 
 pub fn summarize(
@@ -57,10 +51,10 @@ pub fn summarize(
         .iter()
         .filter(|r| r.ttft() <= ttft_target && r.mean_itl() <= itl_target)
         .count();
-    let ttft = sorted(o.iter().map(|r| r.ttft()).collect());
-    let itl = sorted(o.iter().map(|r| r.mean_itl()).collect());
-    let queue = sorted(o.iter().map(|r| r.queue_delay()).collect());
-    let at_zero = sorted(o.iter().filter(|r| r.at_zero).map(|r| r.ttft()).collect());
+    let ttft = Sorted::new(o.iter().map(|r| r.ttft()));
+    let itl = Sorted::new(o.iter().map(|r| r.mean_itl()));
+    let queue = Sorted::new(o.iter().map(|r| r.queue_delay()));
+    let at_zero = Sorted::new(o.iter().filter(|r| r.at_zero).map(|r| r.ttft()));
     let capacity = |p: &super::engine::TimelinePoint| p.ready + p.starting;
     let n = run.timeline.len().max(1) as f64;
     PolicySummary {

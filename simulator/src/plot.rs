@@ -5,6 +5,9 @@
 //! at run time (`SWELL_PLOT_FONT`, else DejaVu Sans or Liberation Sans where
 //! Debian/Ubuntu/Fedora put them; Debian images with fontconfig carry DejaVu); without
 //! one, the plots are skipped with a message and the table and JSON remain.
+//!
+//! The font lookup and the small helpers ([`png_font`], [`err`], [`integer_label`],
+//! [`downsample`]) are public: the load generator's live plots use them too.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -23,7 +26,7 @@ const FONT_PATHS: &[&str] = &[
 ];
 
 /// Registers a font for PNG text; false when none was found.
-pub(crate) fn png_font() -> bool {
+pub fn png_font() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
         let candidates = std::env::var("SWELL_PLOT_FONT")
@@ -42,7 +45,8 @@ pub(crate) fn png_font() -> bool {
     })
 }
 
-pub(crate) fn err(e: impl std::fmt::Display) -> anyhow::Error {
+/// A plotting error as an [`anyhow::Error`], prefixed `plot:`.
+pub fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plot: {e}")
 }
 
@@ -79,7 +83,7 @@ pub fn write_all(
 }
 
 /// Whole numbers only (replica counts), so a small axis does not read "0 0 1 1".
-pub(crate) fn integer_label(y: f64) -> String {
+pub fn integer_label(y: f64) -> String {
     if (y - y.round()).abs() < 1e-6 {
         format!("{y:.0}")
     } else {
@@ -88,7 +92,7 @@ pub(crate) fn integer_label(y: f64) -> String {
 }
 
 /// At most `bins` points: the maximum of each bin, so short peaks stay visible.
-pub(crate) fn downsample(points: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
+pub fn downsample(points: &[(f64, f64)], bins: usize) -> Vec<(f64, f64)> {
     if points.len() <= bins {
         return points.to_vec();
     }

@@ -1,30 +1,46 @@
-//! The autoscaling simulator: Swell's real policy code ([`swell_autoscaler`]) and
-//! the `sim` engine's performance model ([`swell_workers::sim::PerformanceModel`]) in
-//! virtual time, over real traces or synthetic patterns, against baseline policies and an
-//! offline oracle. A day of trace runs in seconds.
+//! `swell-simulator`: Swell's autoscaling in virtual time. Swell's real policy code
+//! ([`swell_autoscaler`]) drives replicas that follow the `sim` engine's performance model
+//! ([`swell_workers::sim::PerformanceModel`]), over real traces or synthetic patterns,
+//! beside baseline policies and an offline oracle. A day of trace runs in seconds. The
+//! binary `swell-simulate` prints the comparison table and writes `summary.json` and plots
+//! (usage and results: docs/simulator.md).
+//!
+//! No HTTP, no actors, no Redis: it depends on the autoscaler, the `sim` engine's model
+//! (`swell-workers`) and file and plot crates. The load generator (`swell-loadtest`)
+//! depends on it for the trace readers, percentiles and plot helpers, never the other way.
+//!
+//! # Layout
 //!
 //! - [`workload`]: requests from the Azure 2023 CSV, ServeGen per-tenant windows (with
 //!   ShareGPT lengths) or synthetic patterns.
+//! - [`trace`]: the trace files (Azure trace, ShareGPT lengths) and where the
+//!   repository keeps them (`loadtests/traces/`).
 //! - [`engine`]: the discrete-event simulator (queue, replicas, continuous batching,
 //!   cold starts, the policy's ticks).
-//! - [`policies`]: the [`ScalingPolicy`](policies::ScalingPolicy) trait, Swell and the
+//! - [`policies`]: the [`ScalingPolicy`] trait, Swell and the
 //!   baselines, each with the defaults it uses and where they come from.
 //! - [`oracle`]: the perfect-foresight lower bound on cost.
 //! - [`summary`]: SLO attainment, cost, percentiles, the markdown table.
+//! - [`stats`]: the nearest-rank percentile.
 //! - [`plot`]: SVG and PNG plots.
 //! - [`fidelity`]: the same scenario live and simulated, compared within stated
-//!   tolerances (`tests/fidelity.rs`).
+//!   tolerances (the simulator's side; `tests/fidelity.rs` runs it).
+//! - [`cli`]: what the command-line tools share.
+//! - here: [`compare`], every policy of a [`Comparison`] over one workload.
 //!
 //! SLO defaults: TTFT <= 2 s and mean inter-token latency <= 100 ms per request; both
 //! configurable. Cost is replica-seconds (GPU-seconds = replica-seconds ×
 //! `gpus_per_replica`; CPU profiles have no GPU-seconds).
 
+pub mod cli;
 pub mod engine;
 pub mod fidelity;
 pub mod oracle;
 pub mod plot;
 pub mod policies;
+pub mod stats;
 pub mod summary;
+pub mod trace;
 pub mod workload;
 
 use swell_autoscaler::AutoscalingPolicy;
