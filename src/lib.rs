@@ -7,35 +7,33 @@
 //! the wiring of the control plane (`swell-actors`), the queue (`swell-cluster`) and the
 //! engines (`swell-workers`).
 //!
-//! A request's path: the API authenticates the tenant, finds the deployment named by
+//! A request's path: the HTTP layer ([`api`]) authenticates the tenant and reads the
+//! body; the generation service ([`generation`]) parses it, finds the deployment named by
 //! `model`, validates and tokenizes the request against it, and hands it to
 //! `swell_actors::request::submit`, which takes it through the tenant's quota into the
-//! deployment's queue and relays the replica's output back as events. The API streams
-//! those events (SSE or WebSocket) or collects them into one response. A client that
-//! goes away drops the event stream, which cancels the request.
+//! deployment's queue and relays the replica's output back as events; the HTTP layer
+//! streams those events (SSE or WebSocket) or collects them into one response. The Redis
+//! ingress ([`ingress`]) calls the same service. A client that goes away drops the event
+//! stream, which cancels the request. `docs/architecture.md` follows one request by file.
 //!
 //! # Layout
-//! - [`config`]: the TOML `Config`, defaults, and `validate()` naming keys.
-//! - [`engines`]: which engine serves a deployment; the default deployment.
+//! - [`config`]: the TOML `Config`, one file per section, and `validate()` naming keys.
+//! - [`engines`]: building a deployment's engine factory from its config.
 //! - [`deployments`]: the registry name → running deployment (its supervisor, tokenizer
-//!   and limits).
-//! - [`tenants`]: tenants, API keys (generated, hashed, looked up) and their quotas.
+//!   and limits), and `DeploymentError`.
+//! - [`tenants`]: tenants, API keys (generated, hashed, looked up), their quotas, and
+//!   `TenantError`.
 //! - [`state`]: `AppState`, what every handler shares.
+//! - [`generation`]: the generation service: body parsing, validation, admission, event
+//!   encoding, and `GenerationError`. Knows nothing of HTTP.
+//! - [`api`]: the HTTP and WebSocket layer: routes, handlers, extractors, SSE and
+//!   WebSocket framing, and `ApiError`, the one place where errors become HTTP statuses.
 //! - [`ingress`]: the Redis ingress stream: requests pushed into Redis by other
-//!   programs, validated and admitted like HTTP requests, answered on `reply_to`.
+//!   programs, admitted through [`generation`] like HTTP requests, answered on `reply_to`.
 //! - [`cluster_node`]: a node of a cluster (`--redis`): heartbeat, leader election, the
 //!   leader's cluster-wide autoscalers and placement, each node following its assignment.
 //! - [`server`]: `start` / `ServerHandle::stop`, used by `swell serve` and by tests.
 //! - [`metrics`]: the gateway's metrics and the process-wide Prometheus recorder.
-//! - [`api`]: the HTTP and WebSocket API:
-//!   - `error`: `ApiError`, its codes and its one mapping to HTTP statuses;
-//!   - `openai_types`, `validate`: OpenAI bodies and their validation into
-//!     generation requests;
-//!   - `generation`: admitting a request's jobs and merging their event streams;
-//!   - `stream_encoder`, `collect`, `sse`, `ws_protocol`: events → chunks → SSE frames,
-//!     WebSocket frames or one collected response;
-//!   - `openai`, `ws`, `admin`, `health`: the handlers; `routes`, `middleware`, `auth`,
-//!     `json_body`, `ratelimit_headers`: what they share.
 
 pub mod api;
 pub mod cluster_node;

@@ -12,7 +12,7 @@
 //! 3. Once L has streamed 20 tokens, the policy goes back to `max_replicas = 1` through the
 //!    admin API. Which replica retires is deterministic: the supervisor retires starting
 //!    replicas first, then the least loaded, then the newest (`apply` in
-//!    `actors/src/supervisor.rs`); R1 and R2 hold one stream each, so R2, the newer, drains.
+//!    `actors/src/supervisor/`); R1 and R2 hold one stream each, so R2, the newer, drains.
 //! 4. The test checks that R2 is gone from the status API's replica list about one grace
 //!    period after the policy change (at least 0.9 s, at most 4 s), while L has not ended
 //!    (the decoding L had left, 3.8 s with `sim`, would have kept a drain that waits on

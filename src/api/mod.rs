@@ -1,7 +1,15 @@
-//! The HTTP and WebSocket API: OpenAI-compatible endpoints under `/v1`, the admin API
-//! under `/admin/v1`, health and metrics. Handlers are thin: authentication, parsing and
-//! validation, admission and response encoding each live in their own module as plain
-//! functions and structs.
+//! The HTTP and WebSocket layer: OpenAI-compatible endpoints under `/v1`, the admin API
+//! under `/admin/v1`, health and metrics. Handlers are thin: they authenticate, read the
+//! body and call the generation service (`crate::generation`), then frame its events as
+//! SSE or WebSocket messages. [`error`] is the one place where any error (the service's,
+//! a deployment's, a tenant's, or the API's own) becomes an HTTP status and body.
+//!
+//! # Layout
+//! - [`routes`], [`middleware`]: the route table, request ids and spans, 404/405.
+//! - [`auth`], [`json_body`], [`client_gone`], [`ratelimit_headers`]: what handlers share.
+//! - [`openai`], [`ws`], [`admin`], [`health`]: the handlers.
+//! - [`sse`], [`ws_protocol`]: SSE frames, WebSocket messages.
+//! - [`error`]: `ApiError` and its mapping to HTTP.
 
 pub mod admin;
 pub mod auth;
