@@ -44,7 +44,6 @@ use crate::api::json_body::read_json;
 use crate::config::DeploymentConfig;
 use crate::deployments::{DeploymentError, DeploymentHandle};
 use crate::config::KNOWN_ENGINES;
-use crate::ingress::ReplyNamespace;
 use crate::state::AppState;
 use crate::tenants::{is_valid_name, TenantCapacity, TenantError, Upsert};
 
@@ -238,7 +237,7 @@ pub async fn put_tenant(
     let _writes = state.admin_writes.lock().await;
     // Checked before anything changes (and admin writes are serialized by the lock).
     if let Some(prefix) = &body.reply_prefix {
-        ReplyNamespace::of_config(&state.config).check_configured(prefix).map_err(|error| TenantError::InvalidConfig {
+        state.config.reply_namespace().check_configured(prefix).map_err(|error| TenantError::InvalidConfig {
             message: format!("reply_prefix: {error}"),
             param: Some("reply_prefix".into()),
         })?;
@@ -300,7 +299,7 @@ async fn tenant_view(state: &AppState, id: &str) -> Result<TenantView, ApiError>
     })
     .collect();
     let effective_reply_prefix =
-        ReplyNamespace::of_config(&state.config).tenant_prefix(&summary.id, summary.reply_prefix.as_deref());
+        state.config.reply_namespace().tenant_prefix(&summary.id, summary.reply_prefix.as_deref());
     Ok(TenantView {
         id: summary.id,
         limits: summary.limits,

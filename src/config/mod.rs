@@ -184,6 +184,12 @@ impl Config {
         }
     }
 
+    /// The ingress reply namespace of this server (`cluster.key_prefix`,
+    /// `quota.key_prefix`).
+    pub fn reply_namespace(&self) -> crate::ingress::ReplyNamespace {
+        crate::ingress::ReplyNamespace::new(&self.cluster.key_prefix, &self.quota.key_prefix)
+    }
+
     /// Whether any tenant has an API key.
     pub fn has_api_keys(&self) -> bool {
         self.tenants.values().any(|tenant| !tenant.api_key_hashes.is_empty())
@@ -292,7 +298,7 @@ impl Config {
     /// Each configured reply prefix is well formed, clear of Swell's keys and the default
     /// prefixes, and overlaps no other tenant's.
     fn check_reply_prefixes(&self) -> Vec<String> {
-        let namespace = crate::ingress::ReplyNamespace::of_config(self);
+        let namespace = self.reply_namespace();
         let mut errors = Vec::new();
         let configured: Vec<(&str, &str)> = self
             .tenants

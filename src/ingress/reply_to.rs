@@ -8,7 +8,6 @@
 
 use swell_cluster::ingress_wire::{default_reply_prefix, prefixes_overlap, reply_namespace};
 
-use crate::config::Config;
 
 /// Longest configurable reply prefix (a `reply_to` is at most 512 bytes).
 pub const MAX_REPLY_PREFIX_LENGTH: usize = 256;
@@ -57,11 +56,6 @@ impl ReplyNamespace {
             reserved: vec![format!("{key_prefix}:"), format!("{quota_key_prefix}:")],
             root: reply_namespace(key_prefix),
         }
-    }
-
-    /// The namespace of a server's config (`cluster.key_prefix`, `quota.key_prefix`).
-    pub fn of_config(config: &Config) -> Self {
-        Self::new(&config.cluster.key_prefix, &config.quota.key_prefix)
     }
 
     /// The reply prefix of tenant `tenant`: `configured`, or its default.
