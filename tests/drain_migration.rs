@@ -1,4 +1,4 @@
-//! Scale-down without waiting on long streams (issue 5): a draining replica's in-flight
+//! Scale-down without waiting on long streams: a draining replica's in-flight
 //! stream moves to another replica once `[queue] drain_grace` has passed, and the client's
 //! stream goes on with no gap and no repeat.
 //!

@@ -399,7 +399,7 @@ async fn an_entry_left_pending_by_a_gateway_that_died_is_taken_over() {
     fixture.stop().await;
 }
 
-/// Issue 13, finding 6: a tenant cannot have Swell write into another tenant's reply
+/// A tenant cannot have Swell write into another tenant's reply
 /// stream. Nothing is written there, and the entry is acknowledged.
 #[actix_rt::test]
 async fn a_reply_to_under_another_tenants_prefix_is_refused_and_nothing_is_written_there() {
@@ -438,7 +438,7 @@ async fn pttl(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("PTTL").arg(key).query_async(redis).await.unwrap()
 }
 
-/// Issue 13, finding 6: another application's stream gets no reply and no TTL, whether
+/// Another application's stream gets no reply and no TTL, whether
 /// the entry names a tenant or not; under the tenant's prefix a stream the producer made
 /// itself gets the replies but keeps its lifetime, and one Swell creates gets the TTL.
 #[actix_rt::test]
@@ -478,7 +478,7 @@ async fn a_stream_swell_did_not_create_never_gets_a_ttl() {
     fixture.stop().await;
 }
 
-/// Issue 13, finding 6: a `reply_to` that is a string or a list gets no TTL (it would
+/// A `reply_to` that is a string or a list gets no TTL (it would
 /// be deleted), nothing is generated for it, and its entry is acknowledged, not taken
 /// over again and again.
 #[actix_rt::test]
@@ -524,7 +524,7 @@ async fn a_reply_to_that_is_not_a_stream_is_left_alone_and_its_entry_is_not_retr
     fixture.stop().await;
 }
 
-/// Issue 13, finding 7: tenant `col` with id `x:1` and tenant `col:x` with id `1` are
+/// Tenant `col` with id `x:1` and tenant `col:x` with id `1` are
 /// two requests, and both are answered.
 #[actix_rt::test]
 async fn ids_of_tenants_whose_names_run_together_do_not_collide() {

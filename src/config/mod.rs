@@ -198,55 +198,11 @@ impl Config {
     /// Checks everything a parse cannot; each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        let server = &self.server;
         if self.deployments.is_none() && default_deployment().is_none() {
             errors.push(missing_default_model());
         }
-        if server.max_body_bytes == 0 {
-            errors.push("server.max_body_bytes must be at least 1".to_string());
-        }
-        for (key, value) in [
-            ("server.request_timeout", server.request_timeout),
-            ("server.keep_alive_interval", server.keep_alive_interval),
-            ("server.autoscaler_tick", server.autoscaler_tick),
-            ("queue.lease_ttl", self.queue.lease_ttl),
-        ] {
-            if value.is_zero() {
-                errors.push(format!("{key} must be longer than 0s"));
-            }
-        }
-        for (key, value, max) in [
-            ("server.request_timeout", server.request_timeout, MAX_SERVER_DURATION),
-            ("server.shutdown_timeout", server.shutdown_timeout, MAX_SERVER_DURATION),
-            ("server.keep_alive_interval", server.keep_alive_interval, MAX_SERVER_DURATION),
-            ("server.autoscaler_tick", server.autoscaler_tick, Duration::from_secs(60)),
-            ("queue.lease_ttl", self.queue.lease_ttl, MAX_SERVER_DURATION),
-            ("queue.drain_grace", self.queue.drain_grace, MAX_SERVER_DURATION),
-            ("queue.output_retention", self.queue.output_retention, MAX_SERVER_DURATION),
-        ] {
-            if value > max {
-                errors.push(format!(
-                    "{key} ({}) must be at most {}",
-                    humantime::format_duration(value),
-                    humantime::format_duration(max)
-                ));
-            }
-        }
-        if server.workers == Some(0) || server.workers.is_some_and(|workers| workers > MAX_HTTP_WORKERS) {
-            errors.push(format!("server.workers must be between 1 and {MAX_HTTP_WORKERS}"));
-        }
-        if server.max_body_bytes > MAX_BODY_BYTES {
-            errors.push(format!("server.max_body_bytes must be at most {MAX_BODY_BYTES} (1 GiB)"));
-        }
-        if server.admin_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
-            errors.push("server.admin_token must not be empty".to_string());
-        }
-        if server.metrics_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
-            errors.push("server.metrics_token must not be empty".to_string());
-        }
-        if self.queue.max_depth_per_deployment == 0 {
-            errors.push("queue.max_depth_per_deployment must be at least 1".to_string());
-        }
+        errors.extend(self.server.validate());
+        errors.extend(self.queue.validate());
         errors.extend(self.quota.validate("quota"));
         errors.extend(self.cluster.validate());
         if let Err(ingress) = self.ingress.validate() {

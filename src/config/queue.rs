@@ -40,3 +40,24 @@ impl Default for QueueConfig {
         }
     }
 }
+
+impl QueueConfig {
+    /// Checks the section; each error names its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.lease_ttl.is_zero() {
+            errors.push("queue.lease_ttl must be longer than 0s".to_string());
+        }
+        for (key, value) in [
+            ("queue.lease_ttl", self.lease_ttl),
+            ("queue.drain_grace", self.drain_grace),
+            ("queue.output_retention", self.output_retention),
+        ] {
+            errors.extend(super::server::at_most(key, value, MAX_SERVER_DURATION));
+        }
+        if self.max_depth_per_deployment == 0 {
+            errors.push("queue.max_depth_per_deployment must be at least 1".to_string());
+        }
+        errors
+    }
+}

@@ -70,3 +70,54 @@ impl Default for ServerConfig {
         }
     }
 }
+
+impl ServerConfig {
+    /// Checks the section; each error names its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.max_body_bytes == 0 {
+            errors.push("server.max_body_bytes must be at least 1".to_string());
+        }
+        for (key, value) in [
+            ("server.request_timeout", self.request_timeout),
+            ("server.keep_alive_interval", self.keep_alive_interval),
+            ("server.autoscaler_tick", self.autoscaler_tick),
+        ] {
+            if value.is_zero() {
+                errors.push(format!("{key} must be longer than 0s"));
+            }
+        }
+        for (key, value, max) in [
+            ("server.request_timeout", self.request_timeout, MAX_SERVER_DURATION),
+            ("server.shutdown_timeout", self.shutdown_timeout, MAX_SERVER_DURATION),
+            ("server.keep_alive_interval", self.keep_alive_interval, MAX_SERVER_DURATION),
+            ("server.autoscaler_tick", self.autoscaler_tick, Duration::from_secs(60)),
+        ] {
+            errors.extend(at_most(key, value, max));
+        }
+        if self.workers == Some(0) || self.workers.is_some_and(|workers| workers > MAX_HTTP_WORKERS) {
+            errors.push(format!("server.workers must be between 1 and {MAX_HTTP_WORKERS}"));
+        }
+        if self.max_body_bytes > MAX_BODY_BYTES {
+            errors.push(format!("server.max_body_bytes must be at most {MAX_BODY_BYTES} (1 GiB)"));
+        }
+        if self.admin_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
+            errors.push("server.admin_token must not be empty".to_string());
+        }
+        if self.metrics_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
+            errors.push("server.metrics_token must not be empty".to_string());
+        }
+        errors
+    }
+}
+
+/// `key (value) must be at most max`, when it is not.
+pub(super) fn at_most(key: &str, value: Duration, max: Duration) -> Option<String> {
+    (value > max).then(|| {
+        format!(
+            "{key} ({}) must be at most {}",
+            humantime::format_duration(value),
+            humantime::format_duration(max)
+        )
+    })
+}

@@ -464,7 +464,7 @@ fn the_new_keys_validate_with_errors_naming_the_key() {
 }
 
 /// Counts, durations and factors have upper bounds, so a typing error cannot ask a node
-/// for a million replicas or a window of centuries (issue: one admin call took the whole
+/// for a million replicas or a window of centuries (one admin call must never take the
 /// process down).
 #[test]
 fn counts_durations_and_factors_have_upper_bounds() {
