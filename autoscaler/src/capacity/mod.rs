@@ -79,13 +79,8 @@
 //!
 //! It is one more recommendation beside the load targets: the highest wins
 //! ([`ScaleReason::Slo`] when it does), and the decision's detail shows each term.
-//! Without a performance profile it recommends nothing. The terms and their weights were
-//! measured against the baselines in the simulator over the Azure and ServeGen traces
-//! (docs/simulator.md). For instance, sizing the surge over a request's stay in a
-//! replica instead of over one sample cost 19% fewer replica-seconds over the 116
-//! tenants of the ServeGen sweep, but served 99.68% of their requests within the SLO
-//! instead of 99.80%, and reached the best baseline's attainment at lower cost on 26
-//! tenants instead of 33, so the default keeps the sample.
+//! Without a performance profile it recommends nothing. The terms were tuned against the
+//! baselines in the simulator over the Azure and ServeGen traces (`docs/simulator.md`).
 //!
 //! # `auto` load targets (the default)
 //!
