@@ -10,6 +10,7 @@ use crate::rules::RuleFired;
 use crate::signals::Signal;
 use crate::signals::LoadAverages;
 
+/// Replicas of a deployment by state. Capacity for decisions is `ready + starting`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ReplicaCounts {
     pub ready: u32,

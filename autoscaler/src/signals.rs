@@ -175,8 +175,6 @@ impl LoadSample {
     }
 }
 
-/// Replicas of a deployment by state. Capacity for decisions is `ready + starting`.
-
 /// Load averaged over a window, for decisions and the status API.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct LoadAverages {

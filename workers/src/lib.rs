@@ -14,7 +14,7 @@
 //! - [`engine`]: the `Engine` and `EngineFactory` traits and their report types.
 //! - [`tokenizer`]: the `Tokenizer` trait and chat messages.
 //! - [`chat_encoding`]: a conversation's token ids, with message text always plain text.
-//! - [`error`]: `EngineError`.
+//! - [`error`]: `EngineError`, what every engine call can fail with.
 //! - [`llm`]: the real engine: a Llama-architecture GGUF model on CPU (quantized SIMD
 //!   kernels) or CUDA (cuBLAS + NVRTC), with a paged KV cache and a continuous-batching
 //!   scheduler.

@@ -11,10 +11,6 @@ use swell_protocol::{EngineDescription, PerformanceProfile};
 use crate::numbers::*;
 use crate::policy::*;
 
-// ---------------------------------------------------------------------------------------
-// The capacity model
-// ---------------------------------------------------------------------------------------
-
 /// The mean lengths of the requests a replica serves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Workload {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 
+/// SLO mode's latency targets: `slo = { ttft_seconds = 2, inter_token_seconds = 0.1 }`.
 /// Keys left out take their defaults; unknown keys are errors.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
