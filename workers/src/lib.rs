@@ -15,6 +15,8 @@
 //! - [`tokenizer`]: the `Tokenizer` trait and chat messages.
 //! - [`chat_encoding`]: a conversation's token ids, with message text always plain text.
 //! - [`error`]: `EngineError`, what every engine call can fail with.
+//! - [`external`]: engines Swell runs as processes (OpenAI-compatible servers): the
+//!   engine process a replica owns.
 //! - [`llm`]: the real engine: a Llama-architecture GGUF model on CPU (quantized SIMD
 //!   kernels) or CUDA (cuBLAS + NVRTC), with a paged KV cache and a continuous-batching
 //!   scheduler.
@@ -24,6 +26,7 @@
 pub mod chat_encoding;
 pub mod engine;
 pub mod error;
+pub mod external;
 pub mod llm;
 pub mod sim;
 pub(crate) mod stop;
