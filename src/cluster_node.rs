@@ -218,7 +218,7 @@ fn running(state: &AppState) -> BTreeMap<String, swell_cluster::DeploymentLoad> 
 pub fn requirement(deployment: &DeploymentHandle) -> ReplicaRequirement {
     let gpus = deployment.description.gpus_per_replica;
     let placement = &deployment.config.placement;
-    let default_cpu = if gpus == 0 && deployment.config.engine == "llm" { 1 } else { 0 };
+    let default_cpu = if gpus == 0 && matches!(deployment.config.engine.as_str(), "llm" | "external") { 1 } else { 0 };
     let mut requirement = if gpus > 0 {
         ReplicaRequirement::gpus(placement.gpu_kind.as_deref(), gpus)
     } else {

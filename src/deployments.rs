@@ -70,6 +70,8 @@ pub struct ModelLimits {
     pub max_tokens_default: u32,
     /// The largest `max_tokens` a request may ask for.
     pub max_tokens_limit: u32,
+    /// Whether the engine gives logprobs of the prompt (`echo` with `logprobs`).
+    pub prompt_logprobs: bool,
 }
 
 /// A running deployment as the API sees it. Immutable: an update of its settings
@@ -112,6 +114,7 @@ fn model_limits(config: &DeploymentConfig, description: &EngineDescription) -> M
         context_length,
         max_tokens_default: config.max_tokens_default,
         max_tokens_limit: config.max_tokens_limit.unwrap_or(context_length).min(context_length),
+        prompt_logprobs: !description.unsupported_params.iter().any(|p| p == "prompt_logprobs"),
     }
 }
 

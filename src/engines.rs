@@ -3,7 +3,9 @@
 //! [`crate::config::default_deployment`].)
 //!
 //! Engines: `llm` (the real model engine: a Llama-architecture GGUF on CPU, or CUDA where
-//! a GPU is present) and `sim` (the calibrated performance model in `swell-workers`).
+//! a GPU is present), `external` (an engine process per replica: llama-server, vLLM,
+//! SGLang or TGI, see `swell_workers::external`) and `sim` (the calibrated performance
+//! model in `swell-workers`).
 //! The default deployment serves the reference model, SmolLM2-135M-Instruct (Q4_1), with
 //! the `llm` engine, from `$SWELL_MODEL_PATH`, else
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` (where `scripts/fetch-model` puts it). Without
@@ -13,6 +15,7 @@
 
 use std::sync::Arc;
 
+use swell_workers::external::ExternalEngineFactory;
 use swell_workers::llm::LlmEngineFactory;
 use swell_workers::sim::SimEngineFactory;
 use swell_workers::EngineFactory;
@@ -28,6 +31,18 @@ pub fn describe_choice(config: &DeploymentConfig) -> String {
             "engine=llm model={}",
             config.llm.as_ref().map(|l| l.model_path.display().to_string()).unwrap_or_default()
         ),
+        "external" => match &config.external {
+            Some(external) if !external.endpoints.is_empty() => {
+                format!("engine=external preset={} endpoints={}", external.preset.name(), external.endpoints.join(","))
+            }
+            Some(external) => format!(
+                "engine=external preset={} command={} model={}",
+                external.preset.name(),
+                external.program(),
+                external.model.clone().unwrap_or_default()
+            ),
+            None => "engine=external".to_string(),
+        },
         other => format!("engine={other}"),
     }
 }
@@ -66,6 +81,14 @@ pub fn build_factory(config: &DeploymentConfig) -> Result<Arc<dyn EngineFactory>
                 },
                 other => invalid_config(other),
             })?;
+            Ok(Arc::new(factory))
+        }
+        "external" => {
+            let external = config.external.clone().ok_or_else(|| DeploymentError::InvalidConfig {
+                message: "external is required with engine `external` (at least `preset` and `model`)".to_string(),
+                param: Some("external".to_string()),
+            })?;
+            let factory = ExternalEngineFactory::new(external).map_err(invalid_config)?;
             Ok(Arc::new(factory))
         }
         other => Err(DeploymentError::UnknownEngine {

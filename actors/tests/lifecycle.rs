@@ -96,6 +96,7 @@ impl EngineFactory for ScriptedFactory {
             kv_capacity_tokens: 8192,
             expected_cold_start: self.cold_start,
             performance: None,
+            unsupported_params: Vec::new(),
         }
     }
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {

@@ -28,6 +28,11 @@ pub struct EngineDescription {
     /// model (`swell_autoscaler::capacity`) turns into the load one replica sustains within
     /// latency targets. `None`: only the batch and KV limits above are known.
     pub performance: Option<PerformanceProfile>,
+    /// Request features this engine cannot honour (`prompt_logprobs`: logprobs of the
+    /// prompt, asked for by `echo` with `logprobs`); the edge refuses a request that
+    /// asks for one, naming it. Empty: everything is honoured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_params: Vec<String>,
 }
 
 /// The step-time figures of one replica, the same model as the `sim` engine's

@@ -4,13 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 use swell_autoscaler::AutoscalingPolicy;
+use swell_workers::external::ExternalConfig;
 use swell_workers::llm::{find_default_model, LlmConfig};
 use swell_workers::sim::SimConfig;
 
 use super::*;
 
 /// Engine names a deployment may use.
-pub const KNOWN_ENGINES: &[&str] = &["llm", "sim"];
+pub const KNOWN_ENGINES: &[&str] = &["llm", "sim", "external"];
 
 /// The name of the deployment served when the config names none.
 pub const DEFAULT_DEPLOYMENT: &str = "default";
@@ -40,7 +41,7 @@ pub fn missing_default_model() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
-    /// Which engine serves it: `llm` or `sim` (see [`KNOWN_ENGINES`]).
+    /// Which engine serves it: `llm`, `sim` or `external` (see [`KNOWN_ENGINES`]).
     pub engine: String,
     /// The `sim` engine's settings (a built-in profile and overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +49,10 @@ pub struct DeploymentConfig {
     /// The `llm` engine's settings (a GGUF model file and scheduler limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmConfig>,
+    /// The `external` engine's settings: an engine process per replica (llama-server,
+    /// vLLM, SGLang, TGI) or engines at fixed endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalConfig>,
     #[serde(default)]
     pub autoscaling: AutoscalingPolicy,
     /// `max_tokens` of a request that does not say (capped by what the context leaves).
@@ -82,7 +87,7 @@ fn default_low_priority_queue_share() -> f64 {
 #[serde(deny_unknown_fields, default)]
 pub struct PlacementConfig {
     /// CPU slots one replica takes of a node's `cluster.cpu_slots` (default: 1 for a
-    /// CPU replica of the `llm` engine; 0 for `sim` replicas, which only sleep, and for
+    /// CPU replica of the `llm` or `external` engine; 0 for `sim` replicas, which only sleep, and for
     /// GPU replicas).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_slots: Option<u32>,
@@ -112,12 +117,18 @@ impl DeploymentConfig {
         Self { engine: "llm".into(), sim: None, llm: Some(llm), ..Self::sim(SimConfig::default()) }
     }
 
+    /// An `external` deployment with default settings otherwise.
+    pub fn external(external: ExternalConfig) -> Self {
+        Self { engine: "external".into(), sim: None, external: Some(external), ..Self::sim(SimConfig::default()) }
+    }
+
     /// A `sim` deployment with default settings.
     pub fn sim(sim: SimConfig) -> Self {
         Self {
             engine: "sim".into(),
             sim: Some(sim),
             llm: None,
+            external: None,
             autoscaling: AutoscalingPolicy::default(),
             max_tokens_default: DEFAULT_MAX_TOKENS,
             max_tokens_limit: None,
@@ -145,6 +156,31 @@ impl DeploymentConfig {
         }
         if self.engine != "llm" && self.llm.is_some() {
             errors.push(format!("{} is set but engine is `{}`", key("llm"), self.engine));
+        }
+        if self.engine != "external" && self.external.is_some() {
+            errors.push(format!("{} is set but engine is `{}`", key("external"), self.engine));
+        }
+        if self.engine == "external" {
+            match &self.external {
+                None => errors.push(format!("{} is required with engine `external` (at least `preset` and `model`)", key("external"))),
+                Some(external) => {
+                    if let Err(error) = external.validate() {
+                        let message = error.to_string();
+                        let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
+                        errors.push(if prefix.is_empty() { message.to_string() } else { format!("{prefix}.{message}") });
+                    }
+                    let fixed = external.endpoints.len() as u32;
+                    let policy = &self.autoscaling;
+                    if fixed > 0 && (policy.min_replicas != fixed || policy.max_replicas != fixed) {
+                        errors.push(format!(
+                            "{}: {fixed} endpoint(s) are a fixed capacity: set autoscaling.min_replicas and autoscaling.max_replicas to {fixed} (got {} and {})",
+                            key("external.endpoints"),
+                            policy.min_replicas,
+                            policy.max_replicas
+                        ));
+                    }
+                }
+            }
         }
         if self.engine == "llm" {
             match &self.llm {
@@ -202,5 +238,6 @@ impl DeploymentConfig {
         self.engine != other.engine
             || self.sim.clone().unwrap_or_default() != other.sim.clone().unwrap_or_default()
             || self.llm != other.llm
+            || self.external != other.external
     }
 }

@@ -1,5 +1,6 @@
 //! Swell's configuration: a TOML file, strict and typed, checked before any port is
 //! bound. Unknown keys are errors naming the key; durations are strings (`"30s"`, `"10m"`).
+//! `${NAME}` in a string value is the environment variable `NAME` ([`env_vars`]).
 //!
 //! ```toml
 //! [server]
@@ -70,6 +71,7 @@
 
 mod cluster;
 mod deployment;
+pub mod env_vars;
 mod queue;
 mod server;
 mod tenant;
@@ -161,9 +163,18 @@ impl Config {
         self
     }
 
-    /// Parses TOML text (not yet validated).
+    /// Parses TOML text (not yet validated), with `${NAME}` in string values replaced
+    /// by environment variables (see [`env_vars`]).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string().trim_end().to_string()))
+        let parse_error = |error: toml::de::Error| ConfigError::Parse(error.to_string().trim_end().to_string());
+        // Parsed as written first, for errors that point at the line.
+        let config: Config = toml::from_str(text).map_err(parse_error)?;
+        if !text.contains('$') {
+            return Ok(config);
+        }
+        let mut document: toml::Value = toml::from_str(text).map_err(parse_error)?;
+        env_vars::expand_all(&mut document, "", &|name| std::env::var(name).ok()).map_err(ConfigError::Parse)?;
+        serde::Deserialize::deserialize(document).map_err(parse_error)
     }
 
     /// Reads, parses and validates a config file.

@@ -243,6 +243,12 @@ pub fn validate_completion(
     };
     let echo = request.echo.unwrap_or(false);
     params.prompt_logprobs = echo && logprobs;
+    if params.prompt_logprobs && !limits.prompt_logprobs {
+        return Err(GenerationError::unsupported(
+            "echo",
+            "echo with logprobs (the prompt's logprobs) is not supported by this deployment's engine",
+        ));
+    }
 
     let prompts = parse_prompts(&request.prompt, tokenizer, request.parse_special_tokens.unwrap_or(false))?;
     let mut prepared = Vec::with_capacity(prompts.len());
@@ -628,7 +634,7 @@ mod tests {
     }
 
     const LIMITS: ModelLimits =
-        ModelLimits { context_length: 64, max_tokens_default: 16, max_tokens_limit: 48 };
+        ModelLimits { context_length: 64, max_tokens_default: 16, max_tokens_limit: 48, prompt_logprobs: true };
 
     fn chat(body: Value) -> Result<ValidatedRequest, GenerationError> {
         let request: ChatCompletionRequest = serde_json::from_value(body).unwrap();

@@ -8,6 +8,8 @@ use serde_json::Value;
 use swell::config::Config;
 use swell::server::ServerHandle;
 
+pub mod llama_server;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A fast `sim` deployment named `default` (SmolLM2-on-CPU timing, quick cold start).

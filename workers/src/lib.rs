@@ -27,6 +27,7 @@ pub mod chat_encoding;
 pub mod engine;
 pub mod error;
 pub mod external;
+pub mod gpu_pool;
 pub mod llm;
 pub mod sim;
 pub(crate) mod stop;

@@ -49,6 +49,12 @@ pub trait Tokenizer: Send + Sync + 'static {
     /// Text of a sequence of ids (special tokens skipped).
     fn decode(&self, ids: &[u32]) -> String;
 
+    /// Text of a sequence of ids with special tokens written out (`<|im_start|>`): the
+    /// prompt of an engine that takes only text. The default skips them, as `decode`.
+    fn decode_with_special(&self, ids: &[u32]) -> String {
+        self.decode(ids)
+    }
+
     /// The text of one token, as shown in logprobs (may be a partial UTF-8 character,
     /// rendered lossily).
     fn token_text(&self, id: u32) -> String;

@@ -97,8 +97,10 @@ pub(super) fn run_engine_thread(
             if !out.is_empty() && outputs.send(std::mem::take(&mut out)).is_err() {
                 return Ok(());
             }
-            if report.batch_size == 0 && load.running + load.waiting > 0 {
-                // Work is waiting for room the engine cannot make yet: don't spin.
+            if report.batch_size == 0 && report.elapsed < Duration::from_micros(500) && load.running + load.waiting > 0 {
+                // Work is waiting for room the engine cannot make yet: don't spin. (An
+                // engine whose step itself waited for events, such as one in another
+                // process, is not spinning: it steps again at once.)
                 if let Ok(command) = commands.recv_timeout(Duration::from_millis(5)) {
                     if !apply_command(&mut *engine, &gauges, command) {
                         return Ok(());

@@ -41,6 +41,7 @@ use crate::error::EngineError;
 use crate::llm::engine::{LlmEngine, SchedulerLimits};
 use crate::llm::gguf::{GgufFile, LlamaConfig};
 use crate::llm::kv_cache::{BlockAllocator, KvCache, BLOCK_TOKENS};
+use crate::gpu_pool::{GpuLease, GpuPool};
 use crate::llm::cuda::{discover, CudaRunner, GpuInfo};
 use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
 use crate::llm::quant::Kernel;
@@ -208,23 +209,7 @@ pub struct LlmEngineFactory {
     context_length: usize,
     last_cold_start_ms: AtomicU64,
     /// GPUs found at start (empty with `device = "cpu"` or without a driver).
-    gpus: Vec<GpuInfo>,
-    /// Which of `gpus` a live replica holds.
-    gpu_taken: Arc<Mutex<Vec<bool>>>,
-}
-
-/// A GPU held by a replica; given back when the replica's engine is dropped.
-struct GpuLease {
-    taken: Arc<Mutex<Vec<bool>>>,
-    index: usize,
-}
-
-impl Drop for GpuLease {
-    fn drop(&mut self) {
-        if let Some(slot) = self.taken.lock().get_mut(self.index) {
-            *slot = false;
-        }
-    }
+    gpus: GpuPool,
 }
 
 /// A runner that keeps its GPU lease for as long as it lives.
@@ -312,23 +297,21 @@ impl LlmEngineFactory {
             kv_blocks,
             context_length,
             last_cold_start_ms: AtomicU64::new(0),
-            gpu_taken: Arc::new(Mutex::new(vec![false; gpus.len()])),
-            gpus,
+            gpus: GpuPool::new(gpus),
             config,
         })
     }
 
     /// GPUs this deployment may place replicas on.
     pub fn gpus(&self) -> &[GpuInfo] {
-        &self.gpus
+        self.gpus.gpus()
     }
 
     /// Take a free GPU, if any.
     fn lease_gpu(&self) -> Option<(GpuLease, u32)> {
-        let mut taken = self.gpu_taken.lock();
-        let index = taken.iter().position(|t| !t)?;
-        taken[index] = true;
-        Some((GpuLease { taken: self.gpu_taken.clone(), index }, self.gpus[index].ordinal))
+        let lease = self.gpus.lease(1)?;
+        let ordinal = lease.ordinals()[0];
+        Some((lease, ordinal))
     }
 
     pub fn model_config(&self) -> &LlamaConfig {
@@ -386,7 +369,7 @@ impl LlmEngineFactory {
     /// 2 / threads (the kernels are compute-bound and split across the threads). An
     /// estimate for other CPUs and kernels; `None` on a GPU without a configured block.
     pub fn performance(&self) -> Option<PerformanceProfile> {
-        let gpu = match self.gpus.first() {
+        let gpu = match self.gpus.gpus().first() {
             Some(gpu) => gpu.name.clone(),
             None => "cpu".to_string(),
         };
@@ -476,6 +459,7 @@ impl EngineFactory for LlmEngineFactory {
             kv_capacity_tokens: (self.kv_blocks * BLOCK_TOKENS) as u64,
             expected_cold_start: if measured > 0 { Duration::from_millis(measured) } else { estimate },
             performance: self.performance(),
+            unsupported_params: Vec::new(),
         }
     }
 
@@ -493,7 +477,7 @@ impl EngineFactory for LlmEngineFactory {
         }
         let Some((lease, ordinal)) = self.lease_gpu() else {
             if self.config.device == DeviceChoice::Cuda {
-                return Err(EngineError::Load(format!("no free GPU: all {} are held by other replicas", self.gpus.len())));
+                return Err(EngineError::Load(format!("no free GPU: all {} are held by other replicas", self.gpus.gpus().len())));
             }
             tracing::warn!(replica = %replica.replica_id, "every GPU is held by another replica; this replica runs on the CPU");
             let (engine, report) = self.create_cpu(replica)?;

@@ -188,6 +188,7 @@ impl EngineFactory for SimEngineFactory {
             kv_capacity_tokens: p.kv_capacity_tokens,
             expected_cold_start: p.cold_start,
             performance: Some(p.performance()),
+            unsupported_params: Vec::new(),
         }
     }
 
@@ -332,6 +333,7 @@ mod tests {
                     gpu: "H100-80GB-SXM".into(),
                     source: "sim profile llama-3.1-70b-4xh100".into(),
                 }),
+                unsupported_params: Vec::new(),
             }
         );
         let description = serde_json::to_value(f.describe()).unwrap();

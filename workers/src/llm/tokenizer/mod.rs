@@ -248,6 +248,10 @@ impl Tokenizer for GgufTokenizer {
         }
     }
 
+    fn decode_with_special(&self, ids: &[u32]) -> String {
+        String::from_utf8_lossy(&self.decode_bytes(ids, false)).into_owned()
+    }
+
     fn token_text(&self, id: u32) -> String {
         String::from_utf8_lossy(self.token_bytes(id)).into_owned()
     }
