@@ -24,7 +24,7 @@
 //!    `completion_tokens` = `max_tokens`, exactly one chunk with a `finish_reason` (`length`), and
 //!    exactly one end (`data: [DONE]`; WebSocket: one `done` frame), no error.
 //!
-//! Three times: with the `sim` engine over SSE (`/v1/chat/completions`: the role chunk also
+//! Four times: with the `sim` engine over SSE (`/v1/chat/completions`: the role chunk also
 //! comes exactly once, although L starts twice) and over the WebSocket API (`/v1/ws`,
 //! `completion`), whose `running` status frames name the replicas: R2, then R1; and with the
 //! real model over SSE.
@@ -41,7 +41,10 @@
 //! even at the engine's best speed (~230 tokens/s single-stream with 2 threads; a replica
 //! here has 1); that run takes 10 to 60 s depending on how busy the cores are.
 //! It needs the model (`scripts/fetch-model`; `models/` in the working directory, or
-//! `SWELL_MODEL_PATH`), like `tests/real_model.rs`.
+//! `SWELL_MODEL_PATH`), like `tests/real_model.rs`. A fourth run does the same with
+//! `llama-server` processes as the replicas (`external` engine): the resuming replica
+//! is sent prompt + delivered tokens, and llama.cpp's greedy decoding carries on with
+//! exactly the undisturbed run's tokens.
 
 mod common;
 
@@ -64,6 +67,9 @@ enum EngineKind {
     Sim,
     /// The real model (SmolLM2-135M, `llm`, one thread per replica).
     Real,
+    /// The same model in llama.cpp's `llama-server` processes (`external`, one slot and
+    /// one thread per replica).
+    LlamaServer,
 }
 
 impl EngineKind {
@@ -74,7 +80,7 @@ impl EngineKind {
     fn long_tokens(self) -> u64 {
         match self {
             EngineKind::Sim => 400,
-            EngineKind::Real => 600,
+            EngineKind::Real | EngineKind::LlamaServer => 600,
         }
     }
 
@@ -95,6 +101,11 @@ impl EngineKind {
                     "llm": {"model_path": path, "threads": 1, "max_batch_size": 1, "kv_cache_tokens": 8192},
                     "autoscaling": autoscaling,
                 })
+            }
+            EngineKind::LlamaServer => {
+                let mut deployment = common::llama_server::deployment("swell-test-drain", 1, replicas, replicas);
+                deployment["external"]["context_length"] = json!(8192);
+                deployment
             }
         }
     }
@@ -425,4 +436,14 @@ async fn over_websocket_a_long_stream_moves_off_a_draining_replica_with_no_gap()
 #[actix_rt::test]
 async fn with_the_real_model_a_long_stream_moves_off_a_draining_replica_with_no_gap() {
     a_long_stream_moves_off_a_draining_replica(EngineKind::Real, Transport::Sse).await;
+}
+
+#[actix_rt::test]
+async fn with_llama_server_replicas_a_long_stream_moves_off_a_draining_replica_with_no_gap() {
+    a_long_stream_moves_off_a_draining_replica(EngineKind::LlamaServer, Transport::Sse).await;
+    // Every replica's engine process is gone once the server stopped.
+    common::wait_for("no llama-server left", Duration::from_secs(20), || async {
+        common::llama_server::processes("swell-test-drain").is_empty().then_some(())
+    })
+    .await;
 }

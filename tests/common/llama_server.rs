@@ -21,8 +21,16 @@ pub fn binary() -> PathBuf {
 }
 
 /// An `external` deployment of the test model on llama-server: `slots` sequences per
-/// replica, one thread each, greedy-friendly (`--no-repack`, see the build script).
-/// `alias` names the model, and marks this test's processes in `/proc`.
+/// replica, one thread each. `alias` names the model, and marks this test's processes
+/// in `/proc`.
+///
+/// `--ubatch-size 1`: llama.cpp's CPU kernels are not batch-invariant, so a sequence
+/// resumed from prompt + delivered tokens (prefilled as one batch) can take another
+/// greedy path at a near-tie than the undisturbed run did (decoded a token at a time);
+/// with micro-batches of one token the prefill computes exactly what decoding did, and
+/// the tests can check that a resumed stream equals the undisturbed one.
+/// (`docs/external-engines.md` says what this costs.) `--no-repack`: see
+/// `scripts/reference/build-llama-cpp`.
 pub fn deployment(alias: &str, slots: u32, min: u32, max: u32) -> Value {
     json!({
         "engine": "external",
@@ -35,7 +43,7 @@ pub fn deployment(alias: &str, slots: u32, min: u32, max: u32) -> Value {
             "slots": slots,
             "context_length": 2048,
             "threads": 1,
-            "extra_args": ["--no-repack"],
+            "extra_args": ["--no-repack", "--ubatch-size", "1"],
             "start_timeout": "60s",
             "stop_grace": "5s",
         },
