@@ -15,7 +15,8 @@
 //!   `kill -9` of the Swell process itself takes its engine process with it;
 //! - a command that does not exist, a model the engine cannot load, a port that never
 //!   answers: the status says why (with the process's last lines), and a request
-//!   waiting for the deployment ends with an explicit error at its deadline.
+//!   waiting for the deployment ends with an explicit error at its deadline;
+//! - a llama-server Swell did not start, as a fixed endpoint.
 
 mod common;
 
@@ -335,4 +336,51 @@ async fn engines_that_cannot_start_are_explained_and_their_requests_end_at_the_d
     assert!(message.contains("last lines") && message.lines().count() > 2, "with the engine's own words: {message}");
     assert!(llama_server::pids_with_arg("600.4242").is_empty(), "the engine that never answered was stopped");
     server.stop(true).await;
+}
+
+/// A llama-server Swell did not start, as a fixed endpoint: one replica per URL, the same
+/// relay; a config that would scale it is refused.
+#[actix_rt::test]
+async fn a_fixed_endpoint_is_served_through_the_same_relay() {
+    let alias = "swell-test-endpoint";
+    let port = swell_workers::external::free_port().unwrap();
+    let mut engine = KillOnDrop(std::process::Command::new(llama_server::binary())
+        .args(["--model", &common::model_path().display().to_string(), "--alias", alias])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1", "--no-repack"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("llama-server starts"));
+    let server = common::start("").await;
+    let mut body = llama_server::deployment(alias, 2, 1, 1);
+    body["external"] = json!({
+        "preset": "llama-server",
+        "endpoints": [format!("http://127.0.0.1:{port}")],
+        "tokenizer": common::model_path(),
+        "slots": 2,
+    });
+    // Two replicas cannot share one endpoint, and an endpoint cannot scale to zero.
+    body["autoscaling"] = json!({"min_replicas": 0, "max_replicas": 2});
+    let (code, reply) = common::admin(&server, "PUT", "/deployments/fixed", Some(body.clone())).await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.to_string().contains("external.endpoints"), "{reply}");
+    body["autoscaling"] = json!({"min_replicas": 1, "max_replicas": 1});
+    create(&server, "fixed", body).await;
+    wait_ready(&server, "fixed", 1).await;
+    let (code, _, text) = common::post(&server, "/v1/completions", None, &long_request("fixed", 16)).await;
+    assert_eq!(code, 200, "{text}");
+    let s = streamed(&text);
+    assert!(s.errors.is_empty() && s.completion_tokens == Some(16) && s.done == 1, "{text}");
+    server.stop(true).await;
+    assert_eq!(engine.0.try_wait().unwrap(), None, "an engine Swell did not start is left running");
+}
+
+/// The test's own llama-server, killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -2,7 +2,8 @@
 //! gets one request; the decision (the supervisor's scale event), the replica start, the
 //! model load (the engine's own `ColdStartReport`, read from the status API) and the
 //! first token add up to the client's TTFT, with the `sim` engine and with the real model
-//! (the `llm` engine and SmolLM2-135M). Figures are printed, not asserted (speed belongs
+//! (the `llm` engine and SmolLM2-135M), and with llama-server processes (`external`).
+//! Figures are printed, not asserted (speed belongs
 //! to docs/benchmarks.md); what is asserted is the structure: every stage is
 //! there, none is negative, the sum is the TTFT, the sim's model load is at least the
 //! cold start it sleeps, and every run really started from zero.
@@ -99,4 +100,19 @@ async fn the_real_model_from_zero_by_stage() {
     // At zero the weights are released: every start reads them again.
     check(&rows, &["read_weights", "allocate_kv_cache", "warm_up"]);
     server.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn llama_server_replicas_from_zero_by_stage() {
+    let server = common::start("").await;
+    let mut deployment = common::llama_server::deployment("swell-test-from-zero", 1, 0, 1);
+    deployment["autoscaling"] = serde_json::from_str::<Value>(FROM_ZERO).unwrap();
+    let rows = measure(&server, deployment, 2).await;
+    // Every start is a new process: spawned, loaded, then proven by a first token.
+    check(&rows, &["spawn_process", "load_model", "first_token"]);
+    server.stop(true).await;
+    common::wait_for("no llama-server left", Duration::from_secs(20), || async {
+        common::llama_server::processes("swell-test-from-zero").is_empty().then_some(())
+    })
+    .await;
 }
