@@ -81,6 +81,8 @@ pub(super) fn run_engine_thread(
             gauges.steps.fetch_add(1, Ordering::Relaxed);
             if report.batch_size > 0 {
                 m::engine_step(&shared.deployment, &report);
+            }
+            if report.batch_size > 0 || report.decode_tokens > 0 {
                 m::engine_kv_tokens(&shared.deployment, &shared.replica_id, load.kv_tokens_used);
             }
             let generated: usize = out
@@ -94,10 +96,12 @@ pub(super) fn run_engine_thread(
             if load.free_slots > 0 {
                 shared.room.notify_one();
             }
-            if !out.is_empty() && outputs.send(std::mem::take(&mut out)).is_err() {
+            let emitted = !out.is_empty();
+            if emitted && outputs.send(std::mem::take(&mut out)).is_err() {
                 return Ok(());
             }
-            if report.batch_size == 0 && report.elapsed < Duration::from_micros(500) && load.running + load.waiting > 0 {
+            let did_nothing = report.batch_size == 0 && report.decode_tokens == 0 && !emitted;
+            if did_nothing && report.elapsed < Duration::from_micros(500) && load.running + load.waiting > 0 {
                 // Work is waiting for room the engine cannot make yet: don't spin. (An
                 // engine whose step itself waited for events, such as one in another
                 // process, is not spinning: it steps again at once.)

@@ -357,8 +357,10 @@ impl Engine for ExternalEngine {
                 )));
             }
         }
+        // The engine's batches are its own: this step only relayed tokens, so it reports
+        // no batch (and no step time to the engine-step metrics), only the tokens.
         Ok(StepReport {
-            batch_size: if decoded > 0 { self.sequences.len().max(1) } else { 0 },
+            batch_size: 0,
             prefill_tokens: 0,
             decode_tokens: decoded,
             preempted: 0,
