@@ -44,6 +44,12 @@ SWELL = REPO / "target" / "release" / "swell"
 CONTEXT = 512  # per sequence
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_swell(llama_url: str, slots: int, port: int, log: Path):
     config = f"""
 [server]
@@ -119,12 +125,16 @@ def main():
             for side, client in sides.items():
                 asyncio.run(singles(client, [next(prompts)], 8))  # warm-up
                 one = asyncio.run(singles(client, [next(prompts) for _ in range(a.singles)], a.gen_tokens))
+                cpu0 = (cpu_seconds(llama.pid), cpu_seconds(swell.pid))
                 many = asyncio.run(run_decode(client, a.streams, [next(prompts) for _ in range(a.streams)], a.gen_tokens))
+                cpu1 = (cpu_seconds(llama.pid), cpu_seconds(swell.pid))
+                many["cpu_s_llama"], many["cpu_s_swell"] = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
                 runs[side]["n1"].append(one)
                 runs[side]["n16"].append(many)
                 print(f"round {round_ + 1} {side:6s}: N=1 {one['output_tok_s']:7.1f} tok/s, TTFT p50 "
                       f"{one['ttft_p50_s'] * 1000:6.1f} ms | N={a.streams} {many['output_tok_s_wall']:7.1f} tok/s, "
-                      f"TTFT p50 {many['ttft_p50_s'] * 1000:6.1f} ms", flush=True)
+                      f"TTFT p50 {many['ttft_p50_s'] * 1000:6.1f} ms; CPU s llama {many['cpu_s_llama']:.2f}, "
+                      f"swell {many['cpu_s_swell']:.2f}", flush=True)
     finally:
         if swell:
             stop(swell)
@@ -138,6 +148,7 @@ def main():
             "n1_ttft_p50_ms": med([r["ttft_p50_s"] for r in runs[side]["n1"]]) * 1000,
             "n16_tok_s": med([r["output_tok_s_wall"] for r in runs[side]["n16"]]),
             "n16_ttft_p50_ms": med([r["ttft_p50_s"] for r in runs[side]["n16"]]) * 1000,
+            "n16_swell_cpu_s_per_1k_tokens": med([r["cpu_s_swell"] / r["output_tokens"] * 1000 for r in runs[side]["n16"]]),
         }
     d, s = summary["direct"], summary["swell"]
     print()
@@ -147,7 +158,8 @@ def main():
         print(f"| {n} | {d[key + '_tok_s']:.1f} | {s[key + '_tok_s']:.1f} | {s[key + '_tok_s'] / d[key + '_tok_s'] * 100:.1f}% | "
               f"{d[key + '_ttft_p50_ms']:.1f} ms | {s[key + '_ttft_p50_ms']:.1f} ms | "
               f"{s[key + '_ttft_p50_ms'] - d[key + '_ttft_p50_ms']:+.1f} ms |")
-    print(f"\nmedian of {a.rounds} interleaved rounds; llama-server {' '.join(cmd[1:])}")
+    print(f"\nSwell's CPU time per 1000 tokens relayed at N={a.streams}: {s['n16_swell_cpu_s_per_1k_tokens']:.3f} s")
+    print(f"median of {a.rounds} interleaved rounds; llama-server {' '.join(cmd[1:])}")
     result = {"time": dt.datetime.now().isoformat(timespec="seconds"), "threads": a.threads, "rounds": a.rounds,
               "gen_tokens": a.gen_tokens, "llama_server_args": cmd[1:], "summary": summary, "runs": runs,
               "loadavg_end": os.getloadavg()}

@@ -73,7 +73,18 @@ pub trait Engine: Send + 'static {
     fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError>;
 
     fn load(&self) -> EngineLoad;
+
+    /// For an engine whose `step` blocks waiting for events from elsewhere (an engine in
+    /// another process): a function the worker calls, from any thread, after it queued a
+    /// command for this engine, so that a blocked `step` returns and the command is
+    /// applied at once. `None` (the default): `step` never blocks waiting.
+    fn waker(&self) -> Option<EngineWaker> {
+        None
+    }
 }
+
+/// Wakes an engine blocked in `step` (see [`Engine::waker`]).
+pub type EngineWaker = Arc<dyn Fn() + Send + Sync>;
 
 /// What a replica needs to know about where it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,34 @@ pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+/// The worker's side of the engine thread's command channel: sending a command also
+/// wakes an engine blocked in `step` (see `Engine::waker`), once the engine exists.
+#[derive(Clone)]
+pub(super) struct Commands {
+    tx: crossbeam_channel::Sender<EngineCommand>,
+    waker: Arc<std::sync::OnceLock<EngineWaker>>,
+}
+
+impl Commands {
+    pub(super) fn new() -> (Commands, crossbeam_channel::Receiver<EngineCommand>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Commands { tx, waker: Arc::default() }, rx)
+    }
+
+    pub(super) fn send(&self, command: EngineCommand) -> Result<(), crossbeam_channel::SendError<EngineCommand>> {
+        self.tx.send(command)?;
+        if let Some(wake) = self.waker.get() {
+            wake();
+        }
+        Ok(())
+    }
+
+    /// Called on the engine thread once the engine is built.
+    fn set_waker(&self, waker: EngineWaker) {
+        let _ = self.waker.set(waker);
+    }
+}
+
 /// Apply one command on the engine thread; `false` means shut down.
 pub(super) fn apply_command(engine: &mut dyn Engine, gauges: &ReplicaGauges, command: EngineCommand) -> bool {
     match command {
@@ -26,6 +54,9 @@ pub(super) fn apply_command(engine: &mut dyn Engine, gauges: &ReplicaGauges, com
         }
         EngineCommand::Cancel(id) => {
             engine.cancel(&id);
+            // The freed slot shows at once, even if no step follows (an engine left idle
+            // by the cancel is not stepped again until new work comes).
+            gauges.set_load(engine.load());
             true
         }
         EngineCommand::Shutdown => false,
@@ -37,6 +68,7 @@ pub(super) fn run_engine_thread(
     factory: Arc<dyn EngineFactory>,
     context: ReplicaContext,
     commands: crossbeam_channel::Receiver<EngineCommand>,
+    senders: Commands,
     outputs: mpsc::UnboundedSender<Vec<SequenceOutput>>,
     lifecycle: mpsc::UnboundedSender<EngineEvent>,
     shared: Arc<Shared>,
@@ -54,6 +86,10 @@ pub(super) fn run_engine_thread(
             return;
         }
     };
+    if let Some(waker) = engine.waker() {
+        senders.set_waker(waker);
+    }
+    drop(senders);
     shared.gauges.set_load(engine.load());
     let _ = lifecycle.send(EngineEvent::Ready(report));
     let gauges = shared.gauges.clone();
@@ -62,6 +98,11 @@ pub(super) fn run_engine_thread(
         loop {
             let load = engine.load();
             let idle = load.running + load.waiting == 0;
+            if idle && load.free_slots > 0 {
+                // Whatever emptied the engine (a cancel applied without a step after it),
+                // the lease loop may take work now.
+                shared.room.notify_one();
+            }
             let first = if idle {
                 match commands.recv() {
                     Ok(command) => Some(command),

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, Queue, QueueError};
 use swell_workers::{
-    ColdStartReport, Engine, EngineFactory, EngineLoad, ReplicaContext, Sequence, SequenceOutput,
+    ColdStartReport, Engine, EngineFactory, EngineLoad, EngineWaker, ReplicaContext, Sequence, SequenceOutput,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -199,7 +199,7 @@ pub struct WorkerActor {
     factory: Arc<dyn EngineFactory>,
     supervisor: Recipient<ReplicaLifecycle>,
     shared: Arc<Shared>,
-    commands: Option<crossbeam_channel::Sender<EngineCommand>>,
+    commands: Option<Commands>,
     config: WorkerConfig,
     created_at: Instant,
     exited: bool,
@@ -299,7 +299,8 @@ impl WorkerActor {
         outputs: mpsc::UnboundedSender<Vec<SequenceOutput>>,
         lifecycle: mpsc::UnboundedSender<EngineEvent>,
     ) {
-        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let (commands, command_rx) = Commands::new();
+        let senders = commands.clone();
         self.commands = Some(commands);
         let factory = self.factory.clone();
         let shared = self.shared.clone();
@@ -307,7 +308,7 @@ impl WorkerActor {
         let report = lifecycle.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("engine-{}", shared.replica_id))
-            .spawn(move || run_engine_thread(factory, context, command_rx, outputs, lifecycle, shared));
+            .spawn(move || run_engine_thread(factory, context, command_rx, senders, outputs, lifecycle, shared));
         if let Err(error) = spawned {
             // The system would not give a thread (its limit is reached): the replica
             // fails to start like any failed load, and the supervisor backs off.

@@ -8,7 +8,7 @@ use super::*;
 pub(super) async fn lease_loop(
     queue: Arc<dyn Queue>,
     shared: Arc<Shared>,
-    commands: crossbeam_channel::Sender<EngineCommand>,
+    commands: Commands,
     outputs: mpsc::UnboundedSender<Vec<SequenceOutput>>,
     config: WorkerConfig,
 ) {
@@ -77,7 +77,7 @@ pub(super) async fn lease_loop(
 pub(super) async fn publish_loop(
     queue: Arc<dyn Queue>,
     shared: Arc<Shared>,
-    commands: crossbeam_channel::Sender<EngineCommand>,
+    commands: Commands,
     mut outputs: mpsc::UnboundedReceiver<Vec<SequenceOutput>>,
     worker: Addr<WorkerActor>,
 ) {
@@ -216,7 +216,7 @@ pub(super) async fn ack_with_retry(queue: &dyn Queue, shared: &Shared, lease: &L
 pub(super) async fn renew_loop(
     queue: Arc<dyn Queue>,
     shared: Arc<Shared>,
-    commands: crossbeam_channel::Sender<EngineCommand>,
+    commands: Commands,
     ttl: Duration,
 ) {
     let mut interval = tokio::time::interval(ttl / 3);

@@ -1,9 +1,10 @@
 //! [`ExternalEngine`]: one replica whose model runs in another process (or at a fixed
 //! endpoint), driven through the same [`Engine`] contract as Swell's own engine.
 //!
-//! `add` starts a stream for the sequence (on a relay thread); `step` waits up to
-//! [`POLL`] for the streams' events and turns the token ids in them into output as the
-//! built-in engine does: text through the deployment's tokenizer, stop strings through
+//! `add` starts a stream for the sequence (on a relay thread); `step` waits for the
+//! streams' events (or for the worker's wake-up when it queued a command, see
+//! [`Engine::waker`]) and turns the token ids in them into output as the built-in
+//! engine does: text through the deployment's tokenizer, stop strings through
 //! the [`StopWatcher`], `max_tokens` and usage counted here. A sequence resumed after a
 //! hand-back is sent as prompt + the tokens already delivered, and asked only for what
 //! remains of `max_tokens`.
@@ -29,14 +30,14 @@ use super::process::EngineProcess;
 use super::relay::{Relay, RelayEvent};
 use super::scrape::Scraped;
 use super::detok::TextStream;
-use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
+use crate::engine::{Engine, EngineLoad, EngineWaker, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
 use crate::stop::{Release, StopWatcher};
 use crate::tokenizer::Tokenizer;
 
-/// The longest a step waits for the engine's next event. New sequences wait at most
-/// this long for a busy replica's engine thread to take them.
-pub const POLL: Duration = Duration::from_millis(1);
+/// The longest a step waits for an event before it looks at the process and the
+/// streams' idle time.
+pub const WAIT: Duration = Duration::from_millis(100);
 
 /// Consecutive 5xx answers after which the engine is taken for broken.
 const MAX_SERVER_ERRORS: u32 = 3;
@@ -94,6 +95,8 @@ pub struct ExternalEngine {
     events: Receiver<RelayEvent>,
     ready: Vec<SequenceOutput>,
     server_errors: u32,
+    /// When the process and the streams' idle times were last looked at.
+    last_check: Instant,
 }
 
 fn failed(id: &JobId, code: &str, message: String) -> SequenceOutput {
@@ -114,6 +117,7 @@ impl ExternalEngine {
             events,
             ready: Vec::new(),
             server_errors: 0,
+            last_check: Instant::now(),
         }
     }
 
@@ -211,6 +215,7 @@ impl ExternalEngine {
                 }
                 Ok(tokens)
             }
+            RelayEvent::Wake => Ok(0),
             RelayEvent::Failed { id, attempt, error } => {
                 if !self.sequences.get(&id).is_some_and(|s| s.attempt == attempt) {
                     return Ok(0);
@@ -330,7 +335,7 @@ impl Engine for ExternalEngine {
             return Ok(StepReport::default());
         }
         let first = if out.is_empty() {
-            match self.events.recv_timeout(POLL) {
+            match self.events.recv_timeout(WAIT) {
                 Ok(event) => Some(event),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
@@ -340,12 +345,12 @@ impl Engine for ExternalEngine {
         };
         let mut arrived: Vec<RelayEvent> = first.into_iter().collect();
         arrived.extend(self.events.try_iter());
-        let events = arrived.len();
         let mut decoded = 0;
         for event in arrived {
             decoded += self.on_event(out, event)?;
         }
-        if events == 0 {
+        if self.last_check.elapsed() >= WAIT {
+            self.last_check = Instant::now();
             if let Some(exit) = self.process_exit() {
                 return Err(EngineError::Step(exit));
             }
@@ -380,6 +385,13 @@ impl Engine for ExternalEngine {
             kv_tokens_capacity: capacity,
             free_slots: self.limits.slots.saturating_sub(running),
         }
+    }
+
+    fn waker(&self) -> Option<EngineWaker> {
+        let events = self.events_tx.clone();
+        Some(Arc::new(move || {
+            let _ = events.send(RelayEvent::Wake);
+        }))
     }
 }
 

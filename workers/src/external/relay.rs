@@ -19,6 +19,8 @@ pub enum RelayEvent {
     Chunk { id: JobId, attempt: u64, chunk: Chunk },
     /// The stream failed; nothing more comes for this attempt.
     Failed { id: JobId, attempt: u64, error: CallError },
+    /// Not from a stream: the worker queued a command (see `Engine::waker`).
+    Wake,
 }
 
 /// One stream to relay.
