@@ -9,9 +9,14 @@ Run through loadtests/bench/relay.sh. It starts one llama-server (--threads T
 only the path differs (client -> llama-server, or client -> Swell -> queue -> relay ->
 llama-server). Then, for each round (default 3), in the order direct, Swell:
 
-  N=1   9 sequential streaming /v1/completions (unique ~100-token prompt, 128 tokens,
-        temperature 0, ignore_eos): TTFT of each, and output tok/s over the wall time;
-  N=16  16 such streams at once: output tok/s over the wall time, TTFT p50.
+  TTFT  40 pairs of streaming /v1/completions of a short unique prompt (6 words, 2
+        tokens out), one direct and one through Swell, alternating which goes first:
+        TTFT p50 of each side and the median of the pairs' differences (Swell's added
+        latency, with the engine's drift shared by both requests of a pair);
+  N=1   9 sequential streams (unique ~100-token prompt, 128 tokens, temperature 0,
+        ignore_eos): output tok/s over the wall time;
+  N=16  16 such streams at once: output tok/s over the wall time, TTFT p50, and the
+        CPU time llama-server and Swell used meanwhile.
 
 Reports the median over rounds of each figure, for both sides, and Swell's throughput
 as a share of direct and its added TTFT p50. Prompts are unique per request, so no
@@ -36,7 +41,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import Client, free_port, make_prompt, pct, run_decode, start_llama, stop  # noqa: E402
+from engine import WORDS, Client, free_port, make_prompt, pct, run_decode, start_llama, stop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = Path(os.environ.get("SWELL_MODEL_PATH", REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -97,6 +102,22 @@ async def singles(client: Client, prompts: list[str], gen: int) -> dict:
             "tokens": sorted({r["n_tokens"] for r in rs})}
 
 
+async def ttft_pairs(direct: Client, swell: Client, prompts, n: int) -> list[dict]:
+    """`n` pairs of short requests, one per side, alternating which goes first."""
+    out = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                     timeout=aiohttp.ClientTimeout(total=600)) as s:
+        for i in range(n):
+            order = [("direct", direct), ("swell", swell)]
+            if i % 2:
+                order.reverse()
+            pair = {}
+            for side, client in order:
+                pair[side] = (await client.stream(s, next(prompts), 2))["ttft"]
+            out.append(pair)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -104,6 +125,7 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--singles", type=int, default=9)
+    ap.add_argument("--ttft-pairs", type=int, default=40)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if not SWELL.exists():
@@ -112,6 +134,7 @@ def main():
     count = lambda s: max(1, len(s) // 4)  # ~100-token prompts; usage counts exactly
     need = a.rounds * 2 * (a.singles + a.streams + 2)
     prompts = iter([make_prompt(100, count, rng)[0] for _ in range(need)])
+    shorts = iter([" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(a.rounds * 2 * a.ttft_pairs)])
     logdir = REPO / "loadtests" / "bench" / "results"
     logdir.mkdir(parents=True, exist_ok=True)
     llama, llama_url, cmd = start_llama(str(MODEL), a.streams, a.threads, a.streams * CONTEXT, free_port(),
@@ -120,8 +143,16 @@ def main():
     try:
         swell, swell_url = start_swell(llama_url, a.streams, free_port(), logdir / "relay-swell.log")
         sides = {"direct": Client(llama_url, "default", None, {}), "swell": Client(swell_url, "default", None, {})}
-        runs = {side: {"n1": [], "n16": []} for side in sides}
+        runs = {side: {"ttft": [], "n1": [], "n16": []} for side in sides}
+        added = []
         for round_ in range(a.rounds):
+            pairs = asyncio.run(ttft_pairs(sides["direct"], sides["swell"], shorts, a.ttft_pairs))
+            for side in sides:
+                runs[side]["ttft"].append({"ttft_p50_s": pct([p[side] for p in pairs], 0.5)})
+            added.append(statistics.median(p["swell"] - p["direct"] for p in pairs))
+            print(f"round {round_ + 1} TTFT p50, short prompt: direct {runs['direct']['ttft'][-1]['ttft_p50_s'] * 1000:.1f} ms, "
+                  f"swell {runs['swell']['ttft'][-1]['ttft_p50_s'] * 1000:.1f} ms; median pair difference "
+                  f"{added[-1] * 1000:+.2f} ms", flush=True)
             for side, client in sides.items():
                 asyncio.run(singles(client, [next(prompts)], 8))  # warm-up
                 one = asyncio.run(singles(client, [next(prompts) for _ in range(a.singles)], a.gen_tokens))
@@ -131,8 +162,7 @@ def main():
                 many["cpu_s_llama"], many["cpu_s_swell"] = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
                 runs[side]["n1"].append(one)
                 runs[side]["n16"].append(many)
-                print(f"round {round_ + 1} {side:6s}: N=1 {one['output_tok_s']:7.1f} tok/s, TTFT p50 "
-                      f"{one['ttft_p50_s'] * 1000:6.1f} ms | N={a.streams} {many['output_tok_s_wall']:7.1f} tok/s, "
+                print(f"round {round_ + 1} {side:6s}: N=1 {one['output_tok_s']:7.1f} tok/s | N={a.streams} {many['output_tok_s_wall']:7.1f} tok/s, "
                       f"TTFT p50 {many['ttft_p50_s'] * 1000:6.1f} ms; CPU s llama {many['cpu_s_llama']:.2f}, "
                       f"swell {many['cpu_s_swell']:.2f}", flush=True)
     finally:
@@ -144,6 +174,7 @@ def main():
     summary = {}
     for side in runs:
         summary[side] = {
+            "short_ttft_p50_ms": med([r["ttft_p50_s"] for r in runs[side]["ttft"]]) * 1000,
             "n1_tok_s": med([r["output_tok_s"] for r in runs[side]["n1"]]),
             "n1_ttft_p50_ms": med([r["ttft_p50_s"] for r in runs[side]["n1"]]) * 1000,
             "n16_tok_s": med([r["output_tok_s_wall"] for r in runs[side]["n16"]]),
@@ -158,10 +189,14 @@ def main():
         print(f"| {n} | {d[key + '_tok_s']:.1f} | {s[key + '_tok_s']:.1f} | {s[key + '_tok_s'] / d[key + '_tok_s'] * 100:.1f}% | "
               f"{d[key + '_ttft_p50_ms']:.1f} ms | {s[key + '_ttft_p50_ms']:.1f} ms | "
               f"{s[key + '_ttft_p50_ms'] - d[key + '_ttft_p50_ms']:+.1f} ms |")
-    print(f"\nSwell's CPU time per 1000 tokens relayed at N={a.streams}: {s['n16_swell_cpu_s_per_1k_tokens']:.3f} s")
+    added_ms = statistics.median(added) * 1000
+    print(f"\nTTFT p50, short prompt: direct {d['short_ttft_p50_ms']:.1f} ms, Swell {s['short_ttft_p50_ms']:.1f} ms; "
+          f"added (median over rounds of the median pair difference): {added_ms:+.2f} ms")
+    print(f"Swell's CPU time per 1000 tokens relayed at N={a.streams}: {s['n16_swell_cpu_s_per_1k_tokens']:.3f} s")
     print(f"median of {a.rounds} interleaved rounds; llama-server {' '.join(cmd[1:])}")
     result = {"time": dt.datetime.now().isoformat(timespec="seconds"), "threads": a.threads, "rounds": a.rounds,
               "gen_tokens": a.gen_tokens, "llama_server_args": cmd[1:], "summary": summary, "runs": runs,
+              "ttft_added_ms_per_round": [x * 1000 for x in added],
               "loadavg_end": os.getloadavg()}
     out = Path(a.out) if a.out else logdir / f"relay-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
