@@ -9,10 +9,8 @@ use toml::Value;
 /// Expand every string in `value`; `path` names the key in errors.
 pub fn expand_all(value: &mut Value, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
     match value {
-        Value::String(text) => {
-            if text.contains('$') {
-                *text = expand(text, lookup).map_err(|why| format!("{path}: {why}"))?;
-            }
+        Value::String(text) if text.contains('$') => {
+            *text = expand(text, lookup).map_err(|why| format!("{path}: {why}"))?;
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -26,8 +26,9 @@ impl Commands {
         (Commands { tx, waker: Arc::default() }, rx)
     }
 
-    pub(super) fn send(&self, command: EngineCommand) -> Result<(), crossbeam_channel::SendError<EngineCommand>> {
-        self.tx.send(command)?;
+    /// Queue `command`; `Err` when the engine thread is gone.
+    pub(super) fn send(&self, command: EngineCommand) -> Result<(), ()> {
+        self.tx.send(command).map_err(|_| ())?;
         if let Some(wake) = self.waker.get() {
             wake();
         }

@@ -217,7 +217,7 @@ impl ExternalEngine {
             }
             RelayEvent::Wake => Ok(0),
             RelayEvent::Failed { id, attempt, error } => {
-                if !self.sequences.get(&id).is_some_and(|s| s.attempt == attempt) {
+                if self.sequences.get(&id).is_none_or(|s| s.attempt != attempt) {
                     return Ok(0);
                 }
                 match error {

@@ -111,7 +111,7 @@ impl ExternalEngineFactory {
 
     fn placeholder_values(&self, port: u16, gpus: &str, replica: &str) -> Values {
         let c = &self.config;
-        let threads = c.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32), |t| t);
+        let threads = c.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
         let mut v = Values::default();
         v.set("model", c.model.clone().unwrap_or_default());
         v.set("model_name", c.display_name());
