@@ -17,6 +17,8 @@
 //! - [`error`]: `EngineError`, what every engine call can fail with.
 //! - [`external`]: engines Swell runs as processes (OpenAI-compatible servers): the
 //!   engine process a replica owns.
+//! - [`gpu_pool`]: the GPUs a deployment places replicas on, and which are held.
+//! - [`hf_tokenizer`]: a model's tokenizer from its Hugging Face files, for the edge.
 //! - [`llm`]: the real engine: a Llama-architecture GGUF model on CPU (quantized SIMD
 //!   kernels) or CUDA (cuBLAS + NVRTC), with a paged KV cache and a continuous-batching
 //!   scheduler.
@@ -28,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod external;
 pub mod gpu_pool;
+pub mod hf_tokenizer;
 pub mod llm;
 pub mod sim;
 pub(crate) mod stop;

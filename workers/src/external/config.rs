@@ -77,8 +77,9 @@ pub struct ExternalConfig {
     /// name without its extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
-    /// The tokenizer Swell counts and encodes prompts with at the edge: a GGUF file
-    /// (default: `model`, when it is one).
+    /// The tokenizer Swell counts and encodes prompts with at the edge: a GGUF file, or
+    /// a Hugging Face model folder (its `tokenizer.json` and `tokenizer_config.json`).
+    /// Default: `model`, when it is either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<PathBuf>,
     /// Sequences one replica runs at once (`{slots}`); Swell leases no more.
@@ -149,10 +150,13 @@ impl ExternalConfig {
         base.into_iter().chain(self.extra_args.iter().cloned()).collect()
     }
 
-    /// The tokenizer file: `tokenizer`, else `model` when it names a GGUF file.
+    /// The tokenizer: `tokenizer`, else `model` when it is a GGUF file or a folder with
+    /// a `tokenizer.json`.
     pub fn tokenizer_path(&self) -> Option<PathBuf> {
         self.tokenizer.clone().or_else(|| {
-            self.model.as_ref().filter(|m| m.ends_with(".gguf")).map(PathBuf::from)
+            let model = PathBuf::from(self.model.as_ref()?);
+            let usable = model.extension().is_some_and(|e| e == "gguf") || crate::hf_tokenizer::HfTokenizer::is_hf(&model);
+            usable.then_some(model)
         })
     }
 
@@ -221,9 +225,11 @@ impl ExternalConfig {
         match self.tokenizer_path() {
             None => bad(
                 "tokenizer",
-                "is required: a GGUF file whose tokenizer and chat template Swell uses at the edge (defaults to `model` when that is a .gguf file)".to_string(),
+                "is required: a GGUF file or a Hugging Face model folder (with tokenizer.json) whose tokenizer and chat \
+                 template Swell uses at the edge (defaults to `model` when it is either)"
+                    .to_string(),
             ),
-            Some(path) if !path.is_file() => bad("tokenizer", format!("`{}` is not a file", path.display())),
+            Some(path) if !path.exists() => bad("tokenizer", format!("`{}` does not exist", path.display())),
             Some(_) => Ok(()),
         }
     }

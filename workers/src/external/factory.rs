@@ -25,6 +25,7 @@ use super::template::Values;
 use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, ReplicaContext};
 use crate::error::EngineError;
 use crate::gpu_pool::GpuPool;
+use crate::hf_tokenizer::HfTokenizer;
 use crate::llm::gguf::GgufFile;
 use crate::llm::tokenizer::GgufTokenizer;
 use crate::tokenizer::Tokenizer;
@@ -68,17 +69,23 @@ impl ExternalEngineFactory {
     pub fn new(config: ExternalConfig) -> Result<Self, EngineError> {
         config.validate()?;
         let path = config.tokenizer_path().expect("validate checks the tokenizer");
-        let file = GgufFile::open(&path).map_err(|e| EngineError::Config(format!("external.tokenizer: {e}")))?;
-        let tokenizer = GgufTokenizer::from_gguf(&file.content).map_err(|e| EngineError::Config(format!("external.tokenizer: {e}")))?;
-        let gguf_context = file
-            .get_str("general.architecture")
-            .and_then(|arch| file.get_u32(&format!("{arch}.context_length")));
-        let context_length = match (config.context_length, gguf_context) {
+        let in_config = |e: EngineError| EngineError::Config(format!("external.tokenizer: {e}"));
+        let (tokenizer, model_context): (Arc<dyn Tokenizer>, Option<u32>) = if HfTokenizer::is_hf(&path) {
+            let hf = HfTokenizer::open(&path).map_err(in_config)?;
+            let context = hf.context_length();
+            (Arc::new(hf), context)
+        } else {
+            let file = GgufFile::open(&path).map_err(in_config)?;
+            let gguf = GgufTokenizer::from_gguf(&file.content).map_err(in_config)?;
+            let context = file.get_str("general.architecture").and_then(|arch| file.get_u32(&format!("{arch}.context_length")));
+            (Arc::new(gguf), context)
+        };
+        let context_length = match (config.context_length, model_context) {
             (Some(c), _) => c,
             (None, Some(c)) => c,
             (None, None) => {
                 return Err(EngineError::Config(
-                    "external.context_length: the tokenizer file does not say the model's context length; set it".to_string(),
+                    "external.context_length: the tokenizer's files do not say the model's context length; set it".to_string(),
                 ))
             }
         };
@@ -98,7 +105,7 @@ impl ExternalEngineFactory {
         Ok(Self {
             endpoints_taken: Arc::new(Mutex::new(vec![false; config.endpoints.len()])),
             config,
-            tokenizer: Arc::new(tokenizer),
+            tokenizer,
             context_length,
             gpus,
             last_cold_start_ms: AtomicU64::new(0),
@@ -290,5 +297,42 @@ impl EngineFactory for ExternalEngineFactory {
         let engine = ExternalEngine::new(conn, self.tokenizer.clone(), limits, replica.replica_id.clone());
         self.last_cold_start_ms.store(report.total().as_millis() as u64, Ordering::Relaxed);
         Ok((Box::new(engine), report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::external::presets::Preset;
+
+    #[test]
+    fn the_tokenizer_comes_from_a_gguf_or_a_hugging_face_folder() {
+        let model = crate::llm::find_default_model().expect("the model is missing: run scripts/fetch-model");
+        let model = std::fs::canonicalize(model).unwrap();
+        let gguf = ExternalEngineFactory::new(ExternalConfig::new(Preset::LlamaServer, model.display().to_string())).unwrap();
+        let described = gguf.describe();
+        assert_eq!((described.engine.as_str(), described.context_length), ("llama-server", 8192), "{described:?}");
+        assert_eq!(described.max_batch_size, 4);
+        assert_eq!(described.kv_capacity_tokens, 4 * 8192);
+
+        // A vLLM deployment of a model folder: the folder's tokenizer and config.json.
+        let dir = std::env::temp_dir().join(format!("swell-factory-hf-{}", std::process::id()));
+        let file = GgufFile::open(&model).unwrap();
+        crate::hf_tokenizer::tests::hf_folder(&GgufTokenizer::from_gguf(&file.content).unwrap(), &dir);
+        let mut vllm = ExternalConfig::new(Preset::Vllm, dir.display().to_string());
+        vllm.gpus_per_replica = 1;
+        assert_eq!(vllm.tokenizer_path(), Some(dir.clone()));
+        if crate::llm::cuda::discover().is_ok_and(|gpus| gpus.is_empty()) {
+            let error = ExternalEngineFactory::new(vllm.clone()).unwrap_err().to_string();
+            assert!(error.contains("external.gpus_per_replica: 1 asked for, 0 GPU(s) found"), "{error}");
+        }
+        // The same folder as the tokenizer of a CPU engine.
+        let mut custom = ExternalConfig::new(Preset::LlamaServer, model.display().to_string());
+        custom.tokenizer = Some(dir.clone());
+        let factory = ExternalEngineFactory::new(custom).unwrap();
+        assert_eq!(factory.describe().context_length, 8192, "from the folder's config.json");
+        let hello = factory.tokenizer().encode("Hello", false).unwrap();
+        assert_eq!(hello, gguf.tokenizer().encode("Hello", false).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
