@@ -102,6 +102,17 @@ impl PlacementConfig {
     }
 }
 
+/// An engine's config error (which names its key as `<engine>.<field>`) under `prefix`.
+fn engine_config_error(prefix: &str, error: &swell_workers::EngineError) -> String {
+    let message = error.to_string();
+    let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
+    if prefix.is_empty() {
+        message.to_string()
+    } else {
+        format!("{prefix}.{message}")
+    }
+}
+
 fn default_max_tokens() -> u32 {
     DEFAULT_MAX_TOKENS
 }
@@ -165,9 +176,7 @@ impl DeploymentConfig {
                 None => errors.push(format!("{} is required with engine `external` (at least `preset` and `model`)", key("external"))),
                 Some(external) => {
                     if let Err(error) = external.validate() {
-                        let message = error.to_string();
-                        let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
-                        errors.push(if prefix.is_empty() { message.to_string() } else { format!("{prefix}.{message}") });
+                        errors.push(engine_config_error(prefix, &error));
                     }
                     let fixed = external.endpoints.len() as u32;
                     let policy = &self.autoscaling;
@@ -187,23 +196,14 @@ impl DeploymentConfig {
                 None => errors.push(format!("{} is required with engine `llm` (at least `model_path`)", key("llm"))),
                 Some(llm) => {
                     if let Err(error) = llm.validate() {
-                        let message = error.to_string();
-                        let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
-                        errors.push(if prefix.is_empty() { message.to_string() } else { format!("{prefix}.{message}") });
+                        errors.push(engine_config_error(prefix, &error));
                     }
                 }
             }
         }
         if self.engine == "sim" {
             if let Err(error) = self.sim.clone().unwrap_or_default().resolve() {
-                // The sim crate names keys as `sim.<field>`.
-                let message = error.to_string();
-                let message = message.strip_prefix("invalid engine config: ").unwrap_or(&message);
-                if prefix.is_empty() {
-                    errors.push(message.to_string());
-                } else {
-                    errors.push(format!("{prefix}.{message}"));
-                }
+                errors.push(engine_config_error(prefix, &error));
             }
         }
         if let Err(error) = self.autoscaling.validate() {

@@ -6,15 +6,9 @@ Usage: openai_engine_features.py BASE_URL MODEL
 
 Exits non-zero (with the reason) on the first thing that is wrong.
 """
-import sys
-
 import openai
 
-
-def check(condition, message):
-    if not condition:
-        print(f"FAILED: {message}", file=sys.stderr)
-        sys.exit(1)
+from openai_client import check
 
 
 def main():

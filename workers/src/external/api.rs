@@ -84,38 +84,22 @@ pub fn request(api: Api, g: &Generate<'_>) -> StreamRequest {
             StreamRequest { path: "/completion", body }
         }
         Api::VllmCompletions => {
-            let mut body = json!({
-                "model": g.model,
-                "prompt": g.context,
-                "max_tokens": g.max_new_tokens,
-                "stream": true,
-                "temperature": p.temperature.max(0.0),
-                "top_p": p.top_p,
-                "top_k": if p.top_k == 0 { -1 } else { p.top_k as i64 },
-                "presence_penalty": p.presence_penalty,
-                "frequency_penalty": p.frequency_penalty,
-                "ignore_eos": p.ignore_eos,
-                "skip_special_tokens": false,
-                // Token ids come back in the logprobs' `tokens` as "token_id:<id>".
-                "logprobs": top_n.unwrap_or(0).max(1),
-                "return_tokens_as_token_ids": true,
-            });
+            let mut body = vllm_style_sampling(p);
+            body["model"] = json!(g.model);
+            body["prompt"] = json!(g.context);
+            body["max_tokens"] = json!(g.max_new_tokens);
+            body["stream"] = json!(true);
+            // Token ids come back in the logprobs' `tokens` as "token_id:<id>".
+            body["logprobs"] = json!(top_n.unwrap_or(0).max(1));
+            body["return_tokens_as_token_ids"] = json!(true);
             if let Some(seed) = p.seed {
                 body["seed"] = json!(seed);
             }
             StreamRequest { path: "/v1/completions", body }
         }
         Api::SglangGenerate => {
-            let mut sampling = json!({
-                "max_new_tokens": g.max_new_tokens,
-                "temperature": p.temperature.max(0.0),
-                "top_p": p.top_p,
-                "top_k": if p.top_k == 0 { -1 } else { p.top_k as i64 },
-                "presence_penalty": p.presence_penalty,
-                "frequency_penalty": p.frequency_penalty,
-                "ignore_eos": p.ignore_eos,
-                "skip_special_tokens": false,
-            });
+            let mut sampling = vllm_style_sampling(p);
+            sampling["max_new_tokens"] = json!(g.max_new_tokens);
             if let Some(seed) = p.seed {
                 sampling["sampling_seed"] = json!(seed);
             }
@@ -153,6 +137,19 @@ pub fn request(api: Api, g: &Generate<'_>) -> StreamRequest {
             StreamRequest { path: "/generate_stream", body }
         }
     }
+}
+
+/// The sampling fields vLLM's and SGLang's APIs share (`top_k` -1 is off in both).
+fn vllm_style_sampling(p: &SamplingParams) -> Value {
+    json!({
+        "temperature": p.temperature.max(0.0),
+        "top_p": p.top_p,
+        "top_k": if p.top_k == 0 { -1 } else { i64::from(p.top_k) },
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+        "ignore_eos": p.ignore_eos,
+        "skip_special_tokens": false,
+    })
 }
 
 /// Reads one sequence's stream of `data:` payloads.
