@@ -6,6 +6,8 @@ Usage: openai_engine_features.py BASE_URL MODEL
 
 Exits non-zero (with the reason) on the first thing that is wrong.
 """
+import sys
+
 import openai
 
 from openai_client import check
