@@ -1,6 +1,8 @@
 //! [`GpuPool`]: the GPUs a deployment may place replicas on, and which of them live
 //! replicas hold. A replica leases the GPUs it needs when it starts and gives them back
-//! when its engine is dropped; a GPU is never shared by two replicas.
+//! when its engine is dropped; a GPU is never shared by two replicas. [`SlotPool`] is the
+//! mechanism underneath (any numbered things held one replica at a time: GPUs, the fixed
+//! endpoints of an `external` deployment).
 
 use std::sync::Arc;
 
@@ -8,18 +10,80 @@ use parking_lot::Mutex;
 
 use crate::llm::cuda::GpuInfo;
 
+/// `len` numbered slots, each held by at most one lease at a time.
+#[derive(Debug, Clone, Default)]
+pub struct SlotPool {
+    taken: Arc<Mutex<Vec<bool>>>,
+}
+
+/// Slots held until dropped.
+#[derive(Debug)]
+pub struct SlotLease {
+    taken: Arc<Mutex<Vec<bool>>>,
+    indices: Vec<usize>,
+}
+
+impl SlotPool {
+    pub fn new(len: usize) -> Self {
+        Self { taken: Arc::new(Mutex::new(vec![false; len])) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.taken.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slots no lease holds now.
+    pub fn free(&self) -> usize {
+        self.taken.lock().iter().filter(|t| !**t).count()
+    }
+
+    /// Take `count` free slots (lowest first), or none when fewer are free.
+    pub fn lease(&self, count: usize) -> Option<SlotLease> {
+        let mut taken = self.taken.lock();
+        let indices: Vec<usize> = taken.iter().enumerate().filter(|(_, t)| !**t).map(|(i, _)| i).take(count).collect();
+        if indices.len() < count {
+            return None;
+        }
+        for &i in &indices {
+            taken[i] = true;
+        }
+        Some(SlotLease { taken: self.taken.clone(), indices })
+    }
+}
+
+impl SlotLease {
+    /// The leased slots' numbers, lowest first.
+    pub fn indices(&self) -> &[usize] {
+        &self.indices
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        let mut taken = self.taken.lock();
+        for &index in &self.indices {
+            if let Some(slot) = taken.get_mut(index) {
+                *slot = false;
+            }
+        }
+    }
+}
+
 /// GPUs found at start and which of them are held.
 #[derive(Debug, Clone, Default)]
 pub struct GpuPool {
     gpus: Vec<GpuInfo>,
-    taken: Arc<Mutex<Vec<bool>>>,
+    slots: SlotPool,
 }
 
 /// GPUs held by one replica; given back on drop.
 #[derive(Debug)]
 pub struct GpuLease {
-    taken: Arc<Mutex<Vec<bool>>>,
-    indices: Vec<usize>,
+    _slots: SlotLease,
     ordinals: Vec<u32>,
 }
 
@@ -35,21 +99,9 @@ impl GpuLease {
     }
 }
 
-impl Drop for GpuLease {
-    fn drop(&mut self) {
-        let mut taken = self.taken.lock();
-        for &index in &self.indices {
-            if let Some(slot) = taken.get_mut(index) {
-                *slot = false;
-            }
-        }
-    }
-}
-
 impl GpuPool {
     pub fn new(gpus: Vec<GpuInfo>) -> Self {
-        let taken = Arc::new(Mutex::new(vec![false; gpus.len()]));
-        Self { gpus, taken }
+        Self { slots: SlotPool::new(gpus.len()), gpus }
     }
 
     pub fn gpus(&self) -> &[GpuInfo] {
@@ -62,21 +114,14 @@ impl GpuPool {
 
     /// GPUs no replica holds now.
     pub fn free(&self) -> usize {
-        self.taken.lock().iter().filter(|t| !**t).count()
+        self.slots.free()
     }
 
-    /// Take `count` free GPUs (lowest ordinals first), or none when fewer are free.
+    /// Take `count` free GPUs (in discovery order), or none when fewer are free.
     pub fn lease(&self, count: usize) -> Option<GpuLease> {
-        let mut taken = self.taken.lock();
-        let indices: Vec<usize> = taken.iter().enumerate().filter(|(_, t)| !**t).map(|(i, _)| i).take(count).collect();
-        if indices.len() < count {
-            return None;
-        }
-        for &i in &indices {
-            taken[i] = true;
-        }
-        let ordinals = indices.iter().map(|&i| self.gpus[i].ordinal).collect();
-        Some(GpuLease { taken: self.taken.clone(), indices, ordinals })
+        let slots = self.slots.lease(count)?;
+        let ordinals = slots.indices().iter().map(|&i| self.gpus[i].ordinal).collect();
+        Some(GpuLease { _slots: slots, ordinals })
     }
 }
 

@@ -52,7 +52,7 @@ pub struct Connection {
     pub stop_grace: Duration,
     pub scraped: Arc<Scraped>,
     /// What this replica holds until it ends (its GPUs, its endpoint).
-    pub lease: Option<Box<dyn Send>>,
+    pub lease: Box<dyn Send>,
 }
 
 /// Limits of one replica.

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use swell_protocol::SamplingParams;
 
 use super::api::{self, ChunkParser, Generate};
@@ -24,7 +23,7 @@ use super::scrape;
 use super::template::Values;
 use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, ReplicaContext};
 use crate::error::EngineError;
-use crate::gpu_pool::GpuPool;
+use crate::gpu_pool::{GpuPool, SlotLease, SlotPool};
 use crate::hf_tokenizer::HfTokenizer;
 use crate::llm::gguf::GgufFile;
 use crate::llm::tokenizer::GgufTokenizer;
@@ -40,27 +39,13 @@ pub struct ExternalEngineFactory {
     context_length: u32,
     gpus: GpuPool,
     /// Which of `config.endpoints` a live replica holds.
-    endpoints_taken: Arc<Mutex<Vec<bool>>>,
+    endpoints_taken: SlotPool,
     last_cold_start_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for ExternalEngineFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExternalEngineFactory").field("config", &self.config).finish_non_exhaustive()
-    }
-}
-
-/// An endpoint held by a replica; free again on drop.
-struct EndpointLease {
-    taken: Arc<Mutex<Vec<bool>>>,
-    index: usize,
-}
-
-impl Drop for EndpointLease {
-    fn drop(&mut self) {
-        if let Some(slot) = self.taken.lock().get_mut(self.index) {
-            *slot = false;
-        }
     }
 }
 
@@ -103,7 +88,7 @@ impl ExternalEngineFactory {
             GpuPool::default()
         };
         Ok(Self {
-            endpoints_taken: Arc::new(Mutex::new(vec![false; config.endpoints.len()])),
+            endpoints_taken: SlotPool::new(config.endpoints.len()),
             config,
             tokenizer,
             context_length,
@@ -220,13 +205,12 @@ impl ExternalEngineFactory {
         Err(EngineError::Load(format!("the engine at {} is up, but a one-token completion failed: {why}", client.base())))
     }
 
-    fn lease_endpoint(&self) -> Result<(EndpointLease, String), EngineError> {
-        let mut taken = self.endpoints_taken.lock();
-        let index = taken.iter().position(|t| !t).ok_or_else(|| {
+    fn lease_endpoint(&self) -> Result<(SlotLease, String), EngineError> {
+        let lease = self.endpoints_taken.lease(1).ok_or_else(|| {
             EngineError::Load(format!("every one of the {} endpoints is held by a replica", self.config.endpoints.len()))
         })?;
-        taken[index] = true;
-        Ok((EndpointLease { taken: self.endpoints_taken.clone(), index }, self.config.endpoints[index].clone()))
+        let url = self.config.endpoints[lease.indices()[0]].clone();
+        Ok((lease, url))
     }
 }
 
@@ -287,7 +271,7 @@ impl EngineFactory for ExternalEngineFactory {
             process,
             stop_grace: self.config.stop_grace,
             scraped,
-            lease: Some(lease),
+            lease,
         };
         let limits = Limits {
             slots: self.config.slots as usize,
