@@ -2,13 +2,18 @@
 //!
 //! Prints, for this machine and thread count:
 //! - the quantized kernels against candle's f32 matmul on the model's matrix shapes;
+//! - the weight stream: every weight byte of a decode step read and nothing else, the
+//!   memory-bandwidth floor under decode at batch 1;
 //! - decode tokens/s of the engine with 1, 4, 16 and 64 concurrent sequences
 //!   (100-token prompts, 128 generated tokens each, end-of-sequence ignored);
 //! - prefill tokens/s of a 1000-token prompt, and time to first token of a 100-token one.
 //!
 //! Env: `SWELL_MODEL_PATH`, `SWELL_BENCH_THREADS` (default: every core),
+//! `SWELL_BENCH_KERNEL` (a kernel class, as `llm.cpu_kernel`: `avx2`, `portable`, ...;
+//! default `auto`; the class that ran is printed),
 //! `SWELL_BENCH_QUICK=1` (fewer shapes and concurrencies), `SWELL_BENCH_CONCURRENCY=1,16`.
-//! Flags: `--engine-only` (skip the kernel table), `--decode-only` (skip prefill/TTFT).
+//! Flags: `--engine-only` (skip the kernel table and the weight stream; `--weight-stream`
+//! keeps the stream), `--decode-only` (skip prefill/TTFT).
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +60,7 @@ fn kernels(factory: &LlmEngineFactory, pool: &rayon::ThreadPool, quick: bool) {
         for &t in tokens {
             let x: Vec<f32> = (0..t * m.cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
             let mut qa = QActivations::default();
-            qa.quantize_from(&x, t, m.cols);
+            qa.quantize_from(&x, t, m.cols, factory.kernel().f32_simd());
             let mut out = vec![0f32; t * m.rows];
             let macs = (m.rows * m.cols * t) as f64;
             let mut cells = Vec::new();
@@ -73,6 +78,79 @@ fn kernels(factory: &LlmEngineFactory, pool: &rayon::ThreadPool, quick: bool) {
             println!("| {name} | {}x{} | {t} | {} |", m.rows, m.cols, cells.join(" | "));
         }
     }
+}
+
+/// The floor under decode at batch 1: every weight byte a step reads (the layers' matrices
+/// and the LM head), streamed by the pool's threads (each its share of every matrix,
+/// summed as 64-bit words) with nothing else done. Prints GB/s and the tokens/s a step
+/// that did only this would reach.
+fn weight_stream(factory: &LlmEngineFactory, pool: &rayon::ThreadPool) {
+    let (w, _) = factory.weights().expect("weights");
+    let mut parts: Vec<&[u8]> = Vec::new();
+    fn bytes_of(m: &QMatrix) -> [&[u8]; 3] {
+        // SAFETY: f16 is plain data; the byte views cover exactly the vectors' contents.
+        unsafe {
+            [
+                &m.qs[..],
+                std::slice::from_raw_parts(m.d.as_ptr() as *const u8, m.d.len() * 2),
+                std::slice::from_raw_parts(m.m.as_ptr() as *const u8, m.m.len() * 2),
+            ]
+        }
+    }
+    for l in &w.layers {
+        for m in [&l.qkv, &l.attn_out, &l.gate_up, &l.down] {
+            parts.extend(bytes_of(m));
+        }
+    }
+    parts.extend(bytes_of(w.lm_head()));
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let threads = pool.current_num_threads();
+    let sink = std::sync::atomic::AtomicU64::new(0);
+    // Built for AVX2 where the CPU has it, so the loop is bound by memory, not by
+    // instructions (the crate's baseline is SSE2).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sum_avx2(words: &[u8]) -> u64 {
+        sum(words)
+    }
+    #[inline(always)]
+    fn sum(words: &[u8]) -> u64 {
+        let mut acc = [0u64; 8];
+        let mut chunks = words.chunks_exact(64);
+        for c in &mut chunks {
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = a.wrapping_add(u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap()));
+            }
+        }
+        acc.iter().fold(chunks.remainder().iter().map(|&b| u64::from(b)).sum::<u64>(), |a, b| a.wrapping_add(*b))
+    }
+    let avx2 = Kernel::Avx2.supported();
+    let pass = || {
+        pool.broadcast(|ctx| {
+            let mut total = 0u64;
+            for p in &parts {
+                let share = p.len().div_ceil(threads).div_ceil(64) * 64;
+                let start = (ctx.index() * share).min(p.len());
+                let end = (start + share).min(p.len());
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 checked above.
+                let s = if avx2 { unsafe { sum_avx2(&p[start..end]) } } else { sum(&p[start..end]) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let s = sum(&p[start..end]);
+                total = total.wrapping_add(s);
+            }
+            sink.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+        });
+    };
+    let d = time(pass, Duration::from_millis(1000));
+    let gbs = total as f64 / d.as_secs_f64() / 1e9;
+    println!(
+        "\n## Weight stream ({threads} threads)\n\n{:.1} MB of weights per decode step read in {:.2} ms: {gbs:.1} GB/s, so at most {:.0} decode steps/s at batch 1 (checksum {})",
+        total as f64 / 1e6,
+        d.as_secs_f64() * 1e3,
+        1.0 / d.as_secs_f64(),
+        sink.load(std::sync::atomic::Ordering::Relaxed) % 1000
+    );
 }
 
 fn engine_runs(factory: &LlmEngineFactory, quick: bool) {
@@ -145,10 +223,14 @@ fn main() {
     let mut config = LlmConfig::new(path);
     config.threads = Some(threads());
     config.kv_cache_tokens = 65_536;
+    config.cpu_kernel = std::env::var("SWELL_BENCH_KERNEL").ok();
     let factory = LlmEngineFactory::new(config).expect("factory");
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads()).build().unwrap();
     if !std::env::args().any(|a| a == "--engine-only") {
         kernels(&factory, &pool, quick);
+    }
+    if !std::env::args().any(|a| a == "--engine-only") || std::env::args().any(|a| a == "--weight-stream") {
+        weight_stream(&factory, &pool);
     }
     engine_runs(&factory, quick);
 }

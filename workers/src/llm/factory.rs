@@ -116,6 +116,11 @@ pub struct LlmConfig {
     pub context_length: Option<u32>,
     #[serde(default)]
     pub device: DeviceChoice,
+    /// The CPU kernel class (`auto`, `avx512`, `avx512-vnni`, `avx-vnni`, `avx2`,
+    /// `portable`): `auto` (the default) picks the fastest this CPU runs; a named class
+    /// this CPU lacks is refused when the deployment is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_kernel: Option<String>,
     /// GPUs one replica asks for when it runs on CUDA.
     #[serde(default = "default_gpus")]
     pub gpus_per_replica: u32,
@@ -147,6 +152,7 @@ impl LlmConfig {
             kv_cache_tokens: default_kv_cache_tokens(),
             context_length: None,
             device: DeviceChoice::Auto,
+            cpu_kernel: None,
             gpus_per_replica: default_gpus(),
             performance: None,
         }
@@ -155,6 +161,9 @@ impl LlmConfig {
     /// Key-naming errors for values no model could use.
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |key: &str, why: &str| Err(EngineError::Config(format!("llm.{key}: {why}")));
+        if let Some(name) = &self.cpu_kernel {
+            Kernel::from_name(name).map_err(|why| EngineError::Config(format!("llm.cpu_kernel: {why}")))?;
+        }
         let range = |key: &str, value: u64, min: u64, max: u64| {
             if value < min {
                 Err(EngineError::Config(format!("llm.{key}: must be at least {min}")))
@@ -204,6 +213,8 @@ pub struct LlmEngineFactory {
     tokenizer: Arc<GgufTokenizer>,
     weights: Mutex<Weak<LlamaWeights>>,
     pool: Arc<rayon::ThreadPool>,
+    /// Shared by the replicas whose steps run on `pool` (see `LlamaModel::with_step_lock`).
+    step_lock: Arc<Mutex<()>>,
     kernel: Kernel,
     kv_blocks: usize,
     context_length: usize,
@@ -287,13 +298,15 @@ impl LlmEngineFactory {
         let context_length = (config.context_length.map_or(usize::MAX, |c| c as usize))
             .min(model_config.context_length)
             .min(kv_blocks * BLOCK_TOKENS);
+        let kernel = Kernel::from_name(config.cpu_kernel.as_deref().unwrap_or("auto")).map_err(EngineError::Config)?;
         Ok(Self {
-            kernel: Kernel::detect(),
+            kernel,
             file_size: file.file_size(),
             model_config,
             tokenizer: Arc::new(tokenizer),
             weights: Mutex::new(Weak::new()),
             pool: Arc::new(pool),
+            step_lock: Arc::default(),
             kv_blocks,
             context_length,
             last_cold_start_ms: AtomicU64::new(0),
@@ -420,7 +433,7 @@ impl LlmEngineFactory {
         report.stages.push((if read { "read_weights" } else { "share_weights" }.to_string(), started.elapsed()));
 
         let started = Instant::now();
-        let mut model = LlamaModel::new(weights, self.kv_blocks)?;
+        let mut model = LlamaModel::new(weights, self.kv_blocks)?.with_step_lock(self.step_lock.clone());
         report.stages.push(("allocate_kv_cache".to_string(), started.elapsed()));
 
         // Warm-up: a short prefill and a decode step touch every weight and size the

@@ -5,19 +5,25 @@
 //! - [`tokenizer`], [`chat_template`]: ids equal to llama.cpp's; the GGUF's Jinja template.
 //! - [`quant`]: 4/8-bit weight matrices and the int8 SIMD matrix kernels.
 //! - [`ops`]: RMS norm, rotary embeddings, SwiGLU, softmax.
+//! - [`simd`]: vector `exp`, softmax and SwiGLU of the AVX2 and AVX-512 classes.
 //! - [`kv_cache`]: paged KV blocks and their allocator.
-//! - [`model`]: the CPU forward pass over mixed prefill/decode batches, and the
-//!   [`model::ModelRunner`] trait the scheduler drives.
+//! - [`model`]: weights, the batch of a step, and the [`model::ModelRunner`] trait the
+//!   scheduler drives.
+//! - [`forward`]: the CPU forward pass over mixed prefill/decode batches, phase by phase
+//!   on a [`team::Team`] of threads (one pool wake-up per step).
+//! - [`attention`]: causal attention of one token and KV head over the paged cache.
 //! - [`cuda`]: GPU discovery and the CUDA runner.
 //! - [`sampler`]: penalties, temperature, top-k/top-p, seeded draws, logprobs.
 //! - [`engine`]: [`LlmEngine`], the continuous-batching scheduler (the `Engine` trait).
 //! - [`factory`]: [`LlmConfig`] and [`LlmEngineFactory`] (shared weights, placement).
 //! - [`metrics`]: the engine's own metrics.
 
+pub mod attention;
 pub mod chat_template;
 pub mod cuda;
 pub mod engine;
 pub mod factory;
+pub mod forward;
 pub mod gguf;
 pub mod kv_cache;
 pub mod metrics;
@@ -25,6 +31,8 @@ pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod sampler;
+pub mod simd;
+pub mod team;
 pub mod tokenizer;
 
 pub use engine::{LlmEngine, SchedulerLimits};

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::kernel::F32Simd;
 use super::layout::{layout_pos, scatter_block};
 use super::BLOCK;
 
@@ -18,22 +19,36 @@ pub struct QActivations {
 }
 
 impl QActivations {
-    /// Quantize `x` (`rows` by `cols`, row-major), reusing this buffer.
-    pub fn quantize_from(&mut self, x: &[f32], rows: usize, cols: usize) {
+    /// Size the buffers for `rows` tokens of `cols` values; each row holds whatever it
+    /// held until it is quantized ([`QRows::quantize_row`]).
+    pub fn prepare(&mut self, rows: usize, cols: usize) {
         assert_eq!(cols % BLOCK, 0);
-        assert!(x.len() >= rows * cols);
         self.rows = rows;
         self.cols = cols;
         let blocks = rows * cols / BLOCK;
         self.qs.resize(rows * cols, 0);
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
+    }
+
+    /// Row-wise write access for threads that quantize disjoint rows (after
+    /// [`QActivations::prepare`]).
+    pub fn rows_mut(&mut self) -> QRows {
+        QRows { qs: self.qs.as_mut_ptr(), d: self.d.as_mut_ptr(), s: self.s.as_mut_ptr(), rows: self.rows, cols: self.cols }
+    }
+
+    /// Quantize `x` (`rows` by `cols`, row-major), reusing this buffer, with the loops of
+    /// `simd` (every choice gives the same bytes).
+    pub fn quantize_from(&mut self, x: &[f32], rows: usize, cols: usize, simd: F32Simd) {
+        assert!(x.len() >= rows * cols);
+        self.prepare(rows, cols);
+        let blocks = rows * cols / BLOCK;
         let nb = cols / BLOCK;
-        let avx2 = crate::llm::model::simd_avx2();
+        let avx2 = simd != F32Simd::Portable;
         let quantize_row = |((src, q), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: the CPU has AVX2 and FMA (checked by simd_avx2).
+                // SAFETY: every SIMD class needs AVX2 and FMA (Kernel::supported).
                 return unsafe { quantize_row_avx2(src, q, d, s, nb) };
             }
             let _ = avx2;
@@ -51,6 +66,44 @@ impl QActivations {
                 .zip(self.d.chunks_mut(nb).zip(self.s.chunks_mut(nb)))
                 .for_each(quantize_row);
         }
+    }
+}
+
+/// Raw row access to a prepared [`QActivations`], shared by the threads of a step, each
+/// writing its own rows.
+#[derive(Clone, Copy)]
+pub struct QRows {
+    qs: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    rows: usize,
+    cols: usize,
+}
+
+// SAFETY: the pointers are only written through `quantize_row`, whose contract gives each
+// row to one thread at a time.
+unsafe impl Send for QRows {}
+unsafe impl Sync for QRows {}
+
+impl QRows {
+    /// Quantize `src` (`cols` values) into row `r`.
+    ///
+    /// # Safety
+    /// The [`QActivations`] these rows came from must outlive the call and not move or
+    /// be resized, and no other thread may read or write row `r` meanwhile.
+    pub unsafe fn quantize_row(&self, r: usize, src: &[f32], simd: F32Simd) {
+        assert!(r < self.rows && src.len() >= self.cols);
+        let nb = self.cols / BLOCK;
+        let q = std::slice::from_raw_parts_mut(self.qs.add(r * self.cols), self.cols);
+        let d = std::slice::from_raw_parts_mut(self.d.add(r * nb), nb);
+        let s = std::slice::from_raw_parts_mut(self.s.add(r * nb), nb);
+        #[cfg(target_arch = "x86_64")]
+        if simd != F32Simd::Portable {
+            // SAFETY: every SIMD class needs AVX2 and FMA (Kernel::supported).
+            return quantize_row_avx2(src, q, d, s, nb);
+        }
+        let _ = simd;
+        quantize_row_body(src, q, d, s, nb)
     }
 }
 

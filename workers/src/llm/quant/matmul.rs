@@ -1,10 +1,11 @@
-//! The product [`QMatrix::matmul`]: row chunks in parallel, register tiles inside each, and
-//! the [`Kernel`] that computes a tile, with the portable tile the SIMD ones are tested
-//! against.
+//! The product [`QMatrix::matmul`]: row chunks in parallel, register tiles inside each,
+//! dispatched to the [`Kernel`] that computes a tile, with the portable tile the SIMD ones
+//! are tested against.
 
 use rayon::prelude::*;
 
 use super::activations::QActivations;
+use super::kernel::Kernel;
 use super::layout::layout_pos;
 use super::matrix::{Packing, QMatrix};
 #[cfg(target_arch = "x86_64")]
@@ -35,7 +36,8 @@ impl QMatrix {
             let r1 = (r0 + chunk).min(self.rows);
             // SAFETY: chunks cover disjoint row ranges of `out`; every write below goes to
             // out[t * ldo + r] with r in r0..r1 and t < tokens, inside `out`.
-            unsafe { self.matmul_rows(x, r0, r1, out_ptr, ldo, kernel) };
+            let out = out_ptr;
+            unsafe { self.matmul_rows(x, r0, r1, out.0, ldo, kernel) };
         };
         if chunks == 1 {
             run(0);
@@ -44,21 +46,67 @@ impl QMatrix {
         }
     }
 
-    /// Rows `r0..r1` of the product, token tiles inside.
-    unsafe fn matmul_rows(&self, x: &QActivations, r0: usize, r1: usize, out: SendPtr, ldo: usize, kernel: Kernel) {
+    /// Rows `r0..r1` of the product (every token of `x`), token tiles inside: what one
+    /// thread computes of [`QMatrix::matmul`].
+    ///
+    /// # Safety
+    /// `out` must be valid for writes at `t * ldo + r` for every token `t < x.rows` and
+    /// row `r` in `r0..r1`, with `r1 <= self.rows`, `ldo >= self.rows` and
+    /// `x.cols == self.cols`; nothing else may access those elements meanwhile.
+    pub unsafe fn matmul_rows(&self, x: &QActivations, r0: usize, r1: usize, out: *mut f32, ldo: usize, kernel: Kernel) {
+        debug_assert!(r1 <= self.rows && ldo >= self.rows && x.cols == self.cols);
         let tokens = x.rows;
         let mut r = r0;
         while r < r1 {
             let rows = (r1 - r).min(TILE_ROWS);
+            if tokens <= PREFETCH_MAX_TOKENS {
+                self.prefetch_rows(r + PREFETCH_TILES * TILE_ROWS, r1);
+            }
             let tile = Tile { w: self, r0: r };
             let mut t = 0;
             while t < tokens {
                 let cols = (tokens - t).min(TILE_COLS);
-                dispatch(kernel, &tile, rows, x, t, cols, out.0, ldo);
+                dispatch(kernel, &tile, rows, x, t, cols, out, ldo);
                 t += cols;
             }
             r += rows;
         }
+    }
+}
+
+/// How far ahead of the tile being computed its weights are fetched into cache, in
+/// tiles, when a step has at most [`PREFETCH_MAX_TOKENS`] tokens: at small batches the
+/// product streams the weights once and each tile's compute is too short for the
+/// hardware prefetcher alone to keep enough reads in flight; at large batches each tile
+/// is reused across many tokens and the prefetch would only add instructions.
+const PREFETCH_TILES: usize = 4;
+const PREFETCH_MAX_TOKENS: usize = 8;
+
+impl QMatrix {
+    /// Ask for tile row `r`'s weights (packed values, scales, offsets) to be brought into
+    /// cache, if `r < end`.
+    #[inline(always)]
+    fn prefetch_rows(&self, r: usize, end: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if r < end {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let rows = (end - r).min(TILE_ROWS);
+            let row_bytes = self.cols / BLOCK * self.packing.bytes_per_block();
+            let nb = self.blocks_per_row();
+            let lines = |ptr: *const u8, len: usize| {
+                let mut at = 0;
+                while at < len {
+                    // SAFETY: a prefetch never faults; the address is inside the vector.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ptr.add(at) as *const i8) };
+                    at += 64;
+                }
+            };
+            lines(self.qs[r * row_bytes..].as_ptr(), rows * row_bytes);
+            lines(self.d[r * nb..].as_ptr() as *const u8, rows * nb * 2);
+            lines(self.m[r * nb..].as_ptr() as *const u8, rows * nb * 2);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (r, end);
     }
 }
 
@@ -73,72 +121,6 @@ struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint row ranges of one output buffer to rayon tasks.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
-
-/// The kernel family chosen for this CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// AVX-512 VNNI on 512-bit vectors: four blocks per `vpdpbusd` pair.
-    Vnni512,
-    /// AVX-512 VNNI on 256-bit vectors (`vpdpbusd`).
-    Vnni,
-    /// AVX2 + FMA (`vpmaddubsw`, `vpmaddwd`).
-    Avx2,
-    /// Portable Rust.
-    Scalar,
-}
-
-impl Kernel {
-    /// The fastest kernel this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let vnni = std::is_x86_feature_detected!("avx512vnni")
-                && std::is_x86_feature_detected!("f16c")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma");
-            if vnni && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512dq") {
-                return Kernel::Vnni512;
-            }
-            if vnni {
-                return Kernel::Vnni;
-            }
-            if std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-            {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Scalar
-    }
-
-    /// Kernels this CPU can run, fastest first (tests compare them all).
-    pub fn available() -> Vec<Kernel> {
-        let best = Kernel::detect();
-        let mut all = vec![best];
-        if best == Kernel::Vnni512 {
-            all.push(Kernel::Vnni);
-        }
-        if matches!(best, Kernel::Vnni512 | Kernel::Vnni) {
-            all.push(Kernel::Avx2);
-        }
-        if best != Kernel::Scalar {
-            all.push(Kernel::Scalar);
-        }
-        all
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Vnni512 => "avx512-vnni-512",
-            Kernel::Vnni => "avx512-vnni",
-            Kernel::Avx2 => "avx2",
-            Kernel::Scalar => "scalar",
-        }
-    }
-}
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -176,6 +158,7 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
         match kernel {
             Kernel::Vnni512 => return tiles!(tile_vnni512),
             Kernel::Vnni => return tiles!(tile_vnni),
+            Kernel::AvxVnni => return tiles!(tile_avxvnni),
             Kernel::Avx2 => return tiles!(tile_avx2),
             Kernel::Scalar => {}
         }

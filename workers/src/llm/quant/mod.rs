@@ -30,16 +30,18 @@
 //! - `matrix`: [`QMatrix`] (weights, row-major, `rows` outputs by `cols` inputs), read
 //!   from ggml blocks or quantized from f32.
 //! - `activations`: [`QActivations`] (quantized inputs, one row per token).
+//! - `kernel`: [`Kernel`], the kernel class: detected at run time ([`Kernel::detect`]) or
+//!   forced by name, for the matrix tiles and the f32 loops alike.
 //! - `matmul`: [`QMatrix::matmul`] (parallel over row chunks with rayon, tiled inside each
-//!   chunk), [`Kernel`], selected once at run time by [`Kernel::detect`], and the
-//!   portable `tile_scalar`.
-//! - `x86`: the SIMD kernels `tile_vnni512`, `tile_vnni` and `tile_avx2`.
+//!   chunk) and the portable `tile_scalar`.
+//! - `x86`: the SIMD kernels `tile_vnni512`, `tile_vnni`, `tile_avxvnni` and `tile_avx2`.
 //! - `tests`: every kernel against the dequantized product.
 
 // SIMD loops index several parallel register arrays by the same counter.
 #![allow(clippy::needless_range_loop)]
 
 mod activations;
+mod kernel;
 mod layout;
 mod matmul;
 mod matrix;
@@ -48,9 +50,9 @@ mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use activations::QActivations;
+pub use activations::{QActivations, QRows};
 pub use layout::{layout_pos, pair_offsets};
-pub use matmul::Kernel;
+pub use kernel::{F32Simd, Kernel};
 pub use matrix::{GgmlBlockType, Packing, QMatrix};
 
 /// Values per quantization block.

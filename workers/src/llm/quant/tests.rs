@@ -56,7 +56,7 @@ fn reference(w: &QMatrix, x: &QActivations) -> Vec<f64> {
 fn check(w: &QMatrix, tokens: usize, seed: &mut u64) {
     let xs: Vec<f32> = (0..tokens * w.cols).map(|_| lcg(seed)).collect();
     let mut x = QActivations::default();
-    x.quantize_from(&xs, tokens, w.cols);
+    x.quantize_from(&xs, tokens, w.cols, Kernel::detect().f32_simd());
     let want = reference(w, &x);
     for kernel in Kernel::available() {
         let mut out = vec![f32::NAN; tokens * w.rows];
@@ -136,7 +136,7 @@ fn ggml_layouts_dequantize_as_documented() {
 
 #[test]
 fn simd_activation_quantization_equals_the_portable_one() {
-    if !crate::llm::model::simd_avx2() {
+    if !Kernel::Avx2.supported() {
         return;
     }
     let mut seed = 5;

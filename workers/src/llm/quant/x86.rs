@@ -1,6 +1,6 @@
 //! The x86-64 kernels: `tile_vnni512` (AVX-512 VNNI on 512-bit vectors), `tile_vnni`
-//! (AVX-512 VNNI on 256-bit vectors) and `tile_avx2` (AVX2 + FMA), with their loads and
-//! horizontal sums.
+//! (AVX-512 VNNI on 256-bit vectors), `tile_avxvnni` (AVX-VNNI) and `tile_avx2` (AVX2 +
+//! FMA), with their loads and horizontal sums.
 
 use std::arch::x86_64::*;
 
@@ -173,6 +173,23 @@ pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bo
     #[inline(always)]
     unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+    }
+    tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, true, dot)
+}
+
+/// The same body with AVX-VNNI's VEX-encoded `vpdpbusd` (no AVX-512 needed).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(super) unsafe fn tile_avxvnni<const R: usize, const C: usize, const NIBBLES: bool>(
+    tile: &Tile<'_>,
+    i0: usize,
+    x: &QActivations,
+    t0: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
     }
     tile_body!(tile, i0, x, t0, out, ldo, R, C, NIBBLES, true, dot)
 }
