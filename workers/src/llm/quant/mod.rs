@@ -29,6 +29,7 @@
 //! - `layout`: the interleaved byte order of activations and 8-bit weights in a row.
 //! - `matrix`: [`QMatrix`] (weights, row-major, `rows` outputs by `cols` inputs), read
 //!   from ggml blocks or quantized from f32.
+//! - `storage`: [`Data`], a matrix's arrays, owned or mapped from a weight cache file.
 //! - `activations`: [`QActivations`] (quantized inputs, one row per token).
 //! - `matmul`: [`QMatrix::matmul`] (parallel over row chunks with rayon, tiled inside each
 //!   chunk), [`Kernel`], selected once at run time by [`Kernel::detect`], and the
@@ -43,6 +44,7 @@ mod activations;
 mod layout;
 mod matmul;
 mod matrix;
+mod storage;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +54,7 @@ pub use activations::QActivations;
 pub use layout::{layout_pos, pair_offsets};
 pub use matmul::Kernel;
 pub use matrix::{GgmlBlockType, Packing, QMatrix};
+pub use storage::{as_bytes, Data, MappedRegion, Plain};
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
