@@ -406,10 +406,15 @@ impl LlmEngineFactory {
                 None
             }
         });
-        // The GGUF's metadata (the config) is read on every path: cheap, and current.
-        let file = GgufFile::open(&self.config.model_path)?;
         if let Some((cache, key)) = cache {
-            let config = LlamaConfig::from_gguf(&file)?;
+            // The config read from the GGUF's metadata when the factory was created,
+            // unless the file changed since (parsing the metadata again costs more than
+            // mapping the weights).
+            let config = if cache.model_changed() {
+                LlamaConfig::from_gguf(&GgufFile::open(&self.config.model_path)?)?
+            } else {
+                self.model_config.clone()
+            };
             if let Some((weights, path)) = cache.map(key, &config, kernel) {
                 tracing::info!(path = %path.display(), "weights mapped from the weight cache");
                 let weights = Arc::new(weights);
@@ -419,6 +424,7 @@ impl LlmEngineFactory {
         }
         // The map lives only while the weights are repacked: afterwards the file's pages
         // are not part of the process's memory.
+        let file = GgufFile::open(&self.config.model_path)?;
         let weights = Arc::new(self.pool.install(|| LlamaWeights::load(&file, kernel))?);
         drop(file);
         *slot = Arc::downgrade(&weights);

@@ -6,8 +6,8 @@
 //! # What it owns
 //! The file format, the key, where files go and are looked for, the atomic write, and the
 //! map back into [`LlamaWeights`]. When to map and when to write is the factory's call
-//! (`factory.rs`); what the weights hold besides the arrays (the config, the rope table)
-//! is computed from the GGUF metadata as on a read.
+//! (`factory.rs`), and so is the model's config (from the GGUF metadata), which the
+//! file's shapes are checked against.
 //!
 //! # Key
 //! A 128-bit xxh3 of: the GGUF file's content (xxh3-128 of its bytes, hashed on a thread
@@ -36,8 +36,9 @@
 //! ```
 //! Sections: per layer `attn_norm` and `ffn_norm` (f32 values; copied out when mapped,
 //! they are small) and the `qkv`, `attn_out`, `gate_up`, `down` matrices (`qs` bytes,
-//! `d` and `m` f16, with rows, cols and packing), then the embedding, `output_norm` and
-//! the untied output matrix if the model has one. Matrix arrays are used in place.
+//! `d` and `m` f16, with rows, cols and packing), then the embedding, `output_norm`, the
+//! untied output matrix if the model has one, and the rope tables (`cos`, `sin`; computing
+//! them takes longer than mapping the rest). Matrices and rope tables are used in place.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -70,7 +71,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const LAYOUT: &str = "qmatrix v1: blocks of 32, w = d*q + m, d and m f16 per block; \
     nibbles: 16 bytes per block, byte j = values j and j+16 (ggml order); \
     bytes: q + 128, rows interleaved in quads of 128 bytes, then a pair, then a lone block; \
-    qkv = [q; k; v] rows, gate_up = [gate; up] rows, mixed packings requantized to q8_0";
+    qkv = [q; k; v] rows, gate_up = [gate; up] rows, mixed packings requantized to q8_0; \
+    rope: f32 cos and sin of p * theta^(-2i/head_dim), computed in f64, per position p and pair i";
 
 /// The file name's last part.
 pub const FILE_EXTENSION: &str = "swell-weights";
@@ -98,13 +100,15 @@ enum Tensor {
     Embedding = 7,
     OutputNorm = 8,
     Output = 9,
+    RopeCos = 10,
+    RopeSin = 11,
 }
 
 /// Which array of a weight a section is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 enum Part {
-    /// f32 values of a norm vector.
+    /// f32 values of a norm vector or a rope table.
     Values = 0,
     /// A matrix's packed `q` bytes.
     Qs = 1,
@@ -236,9 +240,16 @@ pub struct WeightCache {
     model_path: PathBuf,
     fallback_dir: Option<PathBuf>,
     model_hash: Mutex<ModelHash>,
-    /// Map with `MAP_POPULATE` (see `map_file`).
-    populate: bool,
+    /// The model file's size and time when this cache was created.
+    start_stat: Option<FileStat>,
 }
+
+/// Whether cold starts map with `MAP_POPULATE` (every page table entry set up front) or
+/// let the warm-up fault the pages in. With the file in the page cache, faulting is the
+/// faster of the two for map + warm-up (the warm-up touches every matrix anyway, a fault
+/// maps several pages, and the rope tables are touched only as far as positions are
+/// used): `map_with_and_without_populate` in this module's tests measures it.
+const POPULATE: bool = false;
 
 impl std::fmt::Debug for WeightCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,7 +274,18 @@ impl WeightCache {
                 ModelHash::Unknown
             }
         };
-        Self { model_path: model_path.to_path_buf(), fallback_dir, model_hash: Mutex::new(model_hash), populate: true }
+        Self {
+            start_stat: file_stat(model_path).ok(),
+            model_path: model_path.to_path_buf(),
+            fallback_dir,
+            model_hash: Mutex::new(model_hash),
+        }
+    }
+
+    /// Whether the model file's size or modification time changed since this cache was
+    /// created (what was read from it then is stale).
+    pub fn model_changed(&self) -> bool {
+        self.start_stat.is_none() || file_stat(&self.model_path).ok() != self.start_stat
     }
 
     pub fn fallback_dir(&self) -> Option<&Path> {
@@ -327,7 +349,7 @@ impl WeightCache {
     /// there but unusable are logged and skipped (the next write replaces them).
     pub fn map(&self, key: CacheKey, config: &LlamaConfig, kernel: Kernel) -> Option<(LlamaWeights, PathBuf)> {
         for path in self.candidates(key) {
-            match map_file(&path, key, config, kernel, self.populate) {
+            match map_file(&path, key, config, kernel, POPULATE) {
                 Ok(Some(weights)) => return Some((weights, path)),
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "ignoring an unusable weight cache file; it will be replaced"),
@@ -356,7 +378,9 @@ impl WeightCache {
     }
 
     /// Write on a thread of its own holding `weights` (the cold start that read them
-    /// goes on at once). The handle's result is logged already; it is for tests.
+    /// goes on at once), at idle priority: the write must not slow the warm-up and the
+    /// first requests of the replica that read them. The handle's result is logged
+    /// already; it is for tests.
     pub fn write_in_background(
         self: &Arc<Self>,
         key: CacheKey,
@@ -364,6 +388,7 @@ impl WeightCache {
     ) -> io::Result<JoinHandle<Result<PathBuf, WeightCacheError>>> {
         let cache = self.clone();
         std::thread::Builder::new().name("swell-weight-cache".into()).spawn(move || {
+            run_at_idle_priority();
             let started = std::time::Instant::now();
             let written = cache.write(key, &weights);
             match &written {
@@ -372,6 +397,20 @@ impl WeightCache {
             }
             written
         })
+    }
+}
+
+/// Put the calling thread in the idle scheduling class (Linux `SCHED_IDLE`): it runs on
+/// CPU time no other thread wants. Best effort.
+fn run_at_idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain system call; pid 0 is the calling thread, and lowering one's
+        // own scheduling class needs no privilege.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "could not lower the weight cache writer's priority");
+        }
     }
 }
 
@@ -412,6 +451,11 @@ fn sections(weights: &LlamaWeights) -> Vec<Section<'_>> {
     push_vector(&mut out, Tensor::OutputNorm, NO_LAYER, &weights.output_norm);
     if let Some(output) = &weights.output {
         push_matrix(&mut out, Tensor::Output, NO_LAYER, output);
+    }
+    let (cos, sin) = weights.rope.tables();
+    let (positions, pairs) = (weights.rope.positions as u64, (weights.rope.head_dim / 2) as u64);
+    for (tensor, values) in [(Tensor::RopeCos, cos), (Tensor::RopeSin, sin)] {
+        out.push(Section { tensor, layer: NO_LAYER, part: Part::Values, packing: 0, rows: positions, cols: pairs, bytes: as_bytes(values) });
     }
     out
 }
@@ -604,6 +648,15 @@ impl MappedFile {
         Ok(self.region::<f32>(&e)?.to_vec())
     }
 
+    /// A rope table of `positions` x `pairs` values, in place.
+    fn rope_table(&self, tensor: Tensor, positions: usize, pairs: usize) -> Result<Data<f32>, WeightCacheError> {
+        let e = self.entry(tensor, NO_LAYER, Part::Values)?;
+        if e.rows != positions as u64 || e.cols != pairs as u64 || e.bytes != (positions * pairs * 4) as u64 {
+            return Err(WeightCacheError::invalid(&self.path, format!("{tensor:?}: {}x{} in the file, expected {positions}x{pairs}", e.rows, e.cols)));
+        }
+        Ok(Data::Mapped(self.region(&e)?))
+    }
+
     /// A `rows` x `cols` matrix, its arrays in place.
     fn matrix(&self, tensor: Tensor, layer: u32, rows: usize, cols: usize) -> Result<QMatrix, WeightCacheError> {
         let bad = |reason: String| WeightCacheError::invalid(&self.path, format!("{tensor:?} of layer {layer}: {reason}"));
@@ -705,7 +758,7 @@ pub fn map_file(
 }
 
 fn expected_sections(c: &LlamaConfig) -> usize {
-    c.layers * (2 + 4 * 3) + 3 + 1 + if c.tied_embeddings { 0 } else { 3 }
+    c.layers * (2 + 4 * 3) + 3 + 1 + 2 + if c.tied_embeddings { 0 } else { 3 }
 }
 
 fn weights_from(file: &MappedFile, config: &LlamaConfig, kernel: Kernel) -> Result<LlamaWeights, WeightCacheError> {
@@ -724,12 +777,20 @@ fn weights_from(file: &MappedFile, config: &LlamaConfig, kernel: Kernel) -> Resu
         })
         .collect::<Result<Vec<_>, WeightCacheError>>()?;
     let output = if c.tied_embeddings { None } else { Some(file.matrix(Tensor::Output, NO_LAYER, c.vocab, c.hidden)?) };
+    let (positions, pairs) = (c.context_length, c.head_dim / 2);
+    let rope = Rope::from_tables(
+        c.head_dim,
+        positions,
+        file.rope_table(Tensor::RopeCos, positions, pairs)?,
+        file.rope_table(Tensor::RopeSin, positions, pairs)?,
+    )
+    .map_err(|reason| WeightCacheError::invalid(&file.path, reason))?;
     Ok(LlamaWeights {
         embedding: file.matrix(Tensor::Embedding, NO_LAYER, c.vocab, c.hidden)?,
         output_norm: file.vector(Tensor::OutputNorm, NO_LAYER, c.hidden)?,
         output,
         layers,
-        rope: Rope::new(c.head_dim, c.context_length, c.rope_theta),
+        rope,
         kernel,
         config: config.clone(),
     })

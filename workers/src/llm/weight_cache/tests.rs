@@ -314,3 +314,60 @@ fn with_the_cache_off_every_cold_start_reads_and_nothing_is_written() {
     assert_eq!(cold_start_stages(&factory)[0], "read_weights");
     assert!(dir.cache_files().is_empty());
 }
+
+/// Not a check: the measurement behind [`POPULATE`], printed. Run it on a quiet machine:
+/// `cargo test -p swell-workers --lib map_with_and_without_populate -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn map_with_and_without_populate() {
+    let dir = TempDir::new("populate");
+    let (read, key) = read_weights();
+    let path = dir.0.join(file_name(&model_path(), *key));
+    write_file(&path, *key, read).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let (prompt, blocks): (Vec<u32>, [u32; 1]) = ((0..8).collect(), [0]);
+    let mut runs: [Vec<(Duration, Duration)>; 2] = Default::default();
+    for rep in 0..24 {
+        for populate in [rep % 2 == 0, rep % 2 != 0] {
+            let started = std::time::Instant::now();
+            let weights = map_file(&path, *key, &read.config, read.kernel, populate).unwrap().unwrap();
+            let mapped = started.elapsed();
+            let started = std::time::Instant::now();
+            // The factory's warm-up: an 8-token prefill and a decode step.
+            let mut model = LlamaModel::new(Arc::new(weights), 1).unwrap();
+            pool.install(|| {
+                model.forward(&[SeqChunk { tokens: &prompt, start: 0, blocks: &blocks, logits: Logits::Last }]).unwrap();
+                model.forward(&[SeqChunk { tokens: &prompt[..1], start: 8, blocks: &blocks, logits: Logits::Last }]).unwrap();
+            });
+            runs[usize::from(populate)].push((mapped, started.elapsed()));
+        }
+    }
+    for (populate, runs) in runs.iter_mut().enumerate() {
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let map = median(runs.iter().map(|r| r.0).collect());
+        let warm = median(runs.iter().map(|r| r.1).collect());
+        let total = median(runs.iter().map(|r| r.0 + r.1).collect());
+        println!("populate {}: map_weights {map:?}, warm_up {warm:?}, total {total:?} (medians of {})", populate == 1, runs.len());
+    }
+}
+
+#[test]
+fn the_config_keys_parse_and_a_bad_folder_names_its_key() {
+    let config: LlmConfig = serde_json::from_value(serde_json::json!({"model_path": "m.gguf"})).unwrap();
+    assert!(config.weight_cache && config.weight_cache_dir.is_none(), "on by default");
+    let config: LlmConfig =
+        serde_json::from_value(serde_json::json!({"model_path": "m.gguf", "weight_cache": false, "weight_cache_dir": "/srv/w"})).unwrap();
+    assert!(!config.weight_cache);
+    assert_eq!(config.weight_cache_dir.as_deref(), Some(Path::new("/srv/w")));
+    config.validate().unwrap();
+
+    let mut empty = config.clone();
+    empty.weight_cache_dir = Some(PathBuf::new());
+    assert!(empty.validate().unwrap_err().to_string().contains("llm.weight_cache_dir"));
+    let mut a_file = config;
+    a_file.weight_cache_dir = Some(model_path());
+    assert!(a_file.validate().unwrap_err().to_string().contains("llm.weight_cache_dir: exists and is not a folder"));
+}
