@@ -464,6 +464,12 @@ fn align_up(at: usize) -> usize {
     at.div_ceil(ALIGN) * ALIGN
 }
 
+/// `u64::is_multiple_of`, which needs Rust 1.87 (the workspace's `rust-version` is 1.85).
+#[allow(clippy::manual_is_multiple_of)]
+fn is_multiple(value: u64, of: u64) -> bool {
+    value % of == 0
+}
+
 /// A table entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -632,7 +638,7 @@ impl MappedFile {
 
     fn region<T: Plain>(&self, e: &Entry) -> Result<MappedRegion<T>, WeightCacheError> {
         let size = std::mem::size_of::<T>() as u64;
-        if e.bytes % size != 0 {
+        if !is_multiple(e.bytes, size) {
             return Err(WeightCacheError::invalid(&self.path, format!("a section of {} bytes is not whole values", e.bytes)));
         }
         MappedRegion::new(self.map.clone(), e.offset as usize, (e.bytes / size) as usize)
@@ -666,7 +672,7 @@ impl MappedFile {
             return Err(bad(format!("{}x{} in the file, expected {rows}x{cols}", qs.rows, qs.cols)));
         }
         let packing = packing_from_code(qs.packing).ok_or_else(|| bad(format!("unknown packing {}", qs.packing)))?;
-        if cols % BLOCK != 0 {
+        if !is_multiple(cols as u64, BLOCK as u64) {
             return Err(bad(format!("width {cols} is not a multiple of {BLOCK}")));
         }
         let blocks = rows * cols / BLOCK;
@@ -742,7 +748,7 @@ pub fn map_file(
     for raw in table.chunks_exact(ENTRY_BYTES) {
         let e = Entry::decode(raw);
         let end = e.offset.checked_add(e.bytes);
-        if e.offset % ALIGN as u64 != 0 || e.offset < table_end as u64 || end.is_none_or(|end| end > len) {
+        if !is_multiple(e.offset, ALIGN as u64) || e.offset < table_end as u64 || end.is_none_or(|end| end > len) {
             return Err(invalid(format!("a section at {}..+{} is misplaced", e.offset, e.bytes)));
         }
         if entries.insert((e.tensor, e.layer, e.part), e).is_some() {

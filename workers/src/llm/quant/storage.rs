@@ -48,8 +48,7 @@ impl<T: Plain> MappedRegion<T> {
         if end > map.len() {
             return Err(format!("region {offset}..{end} runs past the end of the map ({} bytes)", map.len()));
         }
-        let address = map.as_ptr() as usize + offset;
-        if address % std::mem::align_of::<T>() != 0 {
+        if !map.as_ptr().wrapping_add(offset).cast::<T>().is_aligned() {
             return Err(format!("region at byte {offset} is not aligned for its {}-byte values", std::mem::size_of::<T>()));
         }
         Ok(Self { map, offset, len, element: PhantomData })

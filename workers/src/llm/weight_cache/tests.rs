@@ -157,7 +157,7 @@ fn a_different_kernel_or_a_changed_model_byte_is_a_miss() {
     assert_ne!(other_kernel, key);
     assert_ne!(file_name(&model, other_kernel), file_name(&model, key));
     assert!(cache.map(other_kernel, &read.config, read.kernel).is_none());
-    let error = map_file(&written, other_kernel, &read.config, read.kernel, true).err().expect("wrong key");
+    let Err(error) = map_file(&written, other_kernel, &read.config, read.kernel, true) else { panic!("a wrong key maps") };
     assert!(error.to_string().contains("key"), "{error}");
 
     // One byte of the model changes (the same size; the modification time moves, as it
@@ -234,7 +234,7 @@ fn a_model_in_a_read_only_folder_writes_to_the_fallback_folder() {
 
     // Without a fallback folder the write fails, and says where.
     let nowhere = WeightCache::new(&model, None);
-    let error = nowhere.write(*key, read).err().expect("no writable folder");
+    let error = nowhere.write(*key, read).expect_err("no writable folder");
     assert!(error.to_string().contains("/proc/self/fd/"), "{error}");
 }
 
