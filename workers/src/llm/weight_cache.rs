@@ -288,10 +288,6 @@ impl WeightCache {
         self.start_stat.is_none() || file_stat(&self.model_path).ok() != self.start_stat
     }
 
-    pub fn fallback_dir(&self) -> Option<&Path> {
-        self.fallback_dir.as_deref()
-    }
-
     /// The key for weights built for `kernel` from the model file as it is now: the
     /// hash taken at start if the file's size and modification time are unchanged,
     /// else a new one.

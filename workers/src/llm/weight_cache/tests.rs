@@ -41,7 +41,7 @@ impl TempDir {
         path
     }
 
-    /// Cache files in this folder.
+    /// Cache files, and temporary ones, in this folder.
     fn cache_files(&self) -> Vec<PathBuf> {
         cache_files(&self.0)
     }
@@ -57,7 +57,8 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
-    files.retain(|p| p.to_string_lossy().ends_with(&format!(".{FILE_EXTENSION}")));
+    // Temporary files too (`.<cache file name>.<pid>.<n>.tmp`).
+    files.retain(|p| p.to_string_lossy().contains(&format!(".{FILE_EXTENSION}")));
     files
 }
 
