@@ -8,6 +8,8 @@
 //! max_batched_tokens = 512    # tokens per forward pass (chunked prefill)
 //! kv_cache_tokens = 32768     # per replica
 //! device = "auto"             # auto | cpu | cuda
+//! weight_cache = true         # map repacked weights from a cache file (weight_cache.rs)
+//! weight_cache_dir = "/var/cache/swell/weights"   # when the model's folder is read-only
 //!
 //! # Optional: this hardware's step-time figures (e.g. from `cargo bench -p swell-workers
 //! # --bench llm`), for the autoscaler's capacity model. Default on the CPU: the
@@ -24,13 +26,17 @@
 //! (the gateway needs it at once). Weights are read on the first replica's cold start
 //! and shared through an `Arc` by every replica alive at the same time, so a second
 //! replica starts in milliseconds; when the last replica is gone the weights are freed
-//! with it (scale to zero frees memory), and the next cold start reads them again from
-//! the page cache. The file is memory-mapped only while it is read: once repacked, the
-//! weights are the only copy in the process.
+//! with it (scale to zero frees memory). The next cold start maps them from the weight
+//! cache file (`map_weights`, see [`crate::llm::weight_cache`]) when one matches the
+//! model, the kernel and the engine; otherwise it reads and repacks the GGUF
+//! (`read_weights`; the GGUF is memory-mapped only while it is read) and a background
+//! thread writes the cache file for the next one. The model's hash, the cache's key, is
+//! computed on a thread started by [`LlmEngineFactory::new`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -46,6 +52,7 @@ use crate::llm::cuda::{discover, CudaRunner, GpuInfo};
 use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
 use crate::llm::quant::Kernel;
 use crate::llm::tokenizer::GgufTokenizer;
+use crate::llm::weight_cache::{self, WeightCache, WeightCacheError};
 use crate::tokenizer::Tokenizer;
 
 /// Where a deployment's replicas run.
@@ -67,6 +74,9 @@ fn default_max_batched_tokens() -> u32 {
 }
 fn default_kv_cache_tokens() -> u64 {
     32_768
+}
+fn default_weight_cache() -> bool {
+    true
 }
 
 /// Upper bounds of the `llm` settings: far above any real use, low enough that no
@@ -127,6 +137,14 @@ pub struct LlmConfig {
     /// Step-time figures measured on this hardware (see the module docs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub performance: Option<StepTimes>,
+    /// Map the weights from a cache file of repacked weights when one matches, and
+    /// write one after a read ([`crate::llm::weight_cache`]).
+    #[serde(default = "default_weight_cache")]
+    pub weight_cache: bool,
+    /// Where cache files go when the model's folder is not writable (default:
+    /// `$XDG_CACHE_HOME/swell/weights`, else `$HOME/.cache/swell/weights`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_cache_dir: Option<PathBuf>,
 }
 
 /// The run the `smollm2-135m-cpu` sim profile is calibrated on: SmolLM2-135M-Instruct
@@ -155,6 +173,8 @@ impl LlmConfig {
             cpu_kernel: None,
             gpus_per_replica: default_gpus(),
             performance: None,
+            weight_cache: default_weight_cache(),
+            weight_cache_dir: None,
         }
     }
 
@@ -183,6 +203,14 @@ impl LlmConfig {
             range("context_length", u64::from(context_length), 1, LLM_LIMITS.context_length)?;
         }
         range("gpus_per_replica", u64::from(self.gpus_per_replica), 0, LLM_LIMITS.gpus_per_replica)?;
+        if let Some(dir) = &self.weight_cache_dir {
+            if dir.as_os_str().is_empty() {
+                return bad("weight_cache_dir", "must not be empty");
+            }
+            if dir.exists() && !dir.is_dir() {
+                return bad("weight_cache_dir", "exists and is not a folder");
+            }
+        }
         if let Some(performance) = &self.performance {
             let rate = performance.prefill_tokens_per_second;
             if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
@@ -221,6 +249,32 @@ pub struct LlmEngineFactory {
     last_cold_start_ms: AtomicU64,
     /// GPUs found at start (empty with `device = "cpu"` or without a driver).
     gpus: GpuPool,
+    /// `None` with `weight_cache = false`.
+    weight_cache: Option<Arc<WeightCache>>,
+    /// The latest background write of the cache file.
+    weight_cache_write: Mutex<Option<JoinHandle<Result<PathBuf, WeightCacheError>>>>,
+}
+
+/// Where a cold start got its weights; each is a cold-start stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsOrigin {
+    /// From a live replica of the deployment (`share_weights`).
+    Shared,
+    /// Mapped from this weight cache file (`map_weights`).
+    Mapped(PathBuf),
+    /// Read and repacked from the GGUF (`read_weights`).
+    Read,
+}
+
+impl WeightsOrigin {
+    /// The cold-start stage's name.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            WeightsOrigin::Shared => "share_weights",
+            WeightsOrigin::Mapped(_) => "map_weights",
+            WeightsOrigin::Read => "read_weights",
+        }
+    }
 }
 
 /// A runner that keeps its GPU lease for as long as it lives.
@@ -299,6 +353,10 @@ impl LlmEngineFactory {
             .min(model_config.context_length)
             .min(kv_blocks * BLOCK_TOKENS);
         let kernel = Kernel::from_name(config.cpu_kernel.as_deref().unwrap_or("auto")).map_err(EngineError::Config)?;
+        let weight_cache = config.weight_cache.then(|| {
+            let fallback = weight_cache::fallback_dir(config.weight_cache_dir.as_deref());
+            Arc::new(WeightCache::new(&config.model_path, fallback))
+        });
         Ok(Self {
             kernel,
             file_size: file.file_size(),
@@ -311,6 +369,8 @@ impl LlmEngineFactory {
             context_length,
             last_cold_start_ms: AtomicU64::new(0),
             gpus: GpuPool::new(gpus),
+            weight_cache,
+            weight_cache_write: Mutex::new(None),
             config,
         })
     }
@@ -343,21 +403,63 @@ impl LlmEngineFactory {
         self.pool.current_num_threads()
     }
 
-    /// The shared weights, read now if no live replica holds them. The flag says
-    /// whether they were read.
-    pub fn weights(&self) -> Result<(Arc<LlamaWeights>, bool), EngineError> {
+    /// The shared weights: a live replica's; else mapped from the weight cache file;
+    /// else read from the GGUF, and then the cache file is written on a thread of its
+    /// own (see [`Self::wait_for_weight_cache_write`]).
+    pub fn weights(&self) -> Result<(Arc<LlamaWeights>, WeightsOrigin), EngineError> {
         let mut slot = self.weights.lock();
         if let Some(weights) = slot.upgrade() {
-            return Ok((weights, false));
+            return Ok((weights, WeightsOrigin::Shared));
         }
         let kernel = self.kernel;
+        let cache = self.weight_cache.as_ref().and_then(|cache| match cache.key(kernel) {
+            Ok(key) => Some((cache, key)),
+            Err(error) => {
+                tracing::warn!(%error, "no weight cache key (the model could not be hashed); reading the GGUF");
+                None
+            }
+        });
+        if let Some((cache, key)) = cache {
+            // The config read from the GGUF's metadata when the factory was created,
+            // unless the file changed since (parsing the metadata again costs more than
+            // mapping the weights).
+            let config = if cache.model_changed() {
+                LlamaConfig::from_gguf(&GgufFile::open(&self.config.model_path)?)?
+            } else {
+                self.model_config.clone()
+            };
+            if let Some((weights, path)) = cache.map(key, &config, kernel) {
+                tracing::info!(path = %path.display(), "weights mapped from the weight cache");
+                let weights = Arc::new(weights);
+                *slot = Arc::downgrade(&weights);
+                return Ok((weights, WeightsOrigin::Mapped(path)));
+            }
+        }
         // The map lives only while the weights are repacked: afterwards the file's pages
         // are not part of the process's memory.
         let file = GgufFile::open(&self.config.model_path)?;
         let weights = Arc::new(self.pool.install(|| LlamaWeights::load(&file, kernel))?);
         drop(file);
         *slot = Arc::downgrade(&weights);
-        Ok((weights, true))
+        if let Some((cache, key)) = cache {
+            let path = cache.candidates(key).swap_remove(0);
+            tracing::info!(path = %path.display(), "weights read from the GGUF; writing the weight cache");
+            match cache.write_in_background(key, weights.clone()) {
+                Ok(handle) => *self.weight_cache_write.lock() = Some(handle),
+                Err(error) => tracing::warn!(%error, "could not start the weight cache writer"),
+            }
+        }
+        Ok((weights, WeightsOrigin::Read))
+    }
+
+    /// Wait for the latest background write of the weight cache file, if one was
+    /// started and not waited for yet: the path written, or why not (tests, tools).
+    pub fn wait_for_weight_cache_write(&self) -> Option<Result<PathBuf, String>> {
+        let handle = self.weight_cache_write.lock().take()?;
+        Some(match handle.join() {
+            Ok(written) => written.map_err(|e| e.to_string()),
+            Err(_) => Err("the weight cache writer panicked".to_string()),
+        })
     }
 
     fn limits(&self) -> SchedulerLimits {
@@ -429,8 +531,8 @@ impl LlmEngineFactory {
     pub fn create_cpu(&self, replica: &ReplicaContext) -> Result<(LlmEngine, ColdStartReport), EngineError> {
         let mut report = ColdStartReport::default();
         let started = Instant::now();
-        let (weights, read) = self.weights()?;
-        report.stages.push((if read { "read_weights" } else { "share_weights" }.to_string(), started.elapsed()));
+        let (weights, origin) = self.weights()?;
+        report.stages.push((origin.stage().to_string(), started.elapsed()));
 
         let started = Instant::now();
         let mut model = LlamaModel::new(weights, self.kv_blocks)?.with_step_lock(self.step_lock.clone());
@@ -498,8 +600,8 @@ impl EngineFactory for LlmEngineFactory {
         };
         let mut report = ColdStartReport::default();
         let started = Instant::now();
-        let (weights, read) = self.weights()?;
-        report.stages.push((if read { "read_weights" } else { "share_weights" }.to_string(), started.elapsed()));
+        let (weights, origin) = self.weights()?;
+        report.stages.push((origin.stage().to_string(), started.elapsed()));
         let started = Instant::now();
         let runner = CudaRunner::new(&weights, ordinal, self.kv_blocks)?;
         report.stages.push(("upload_and_warm_up_gpu".to_string(), started.elapsed()));

@@ -15,6 +15,8 @@
 //! - [`cuda`]: GPU discovery and the CUDA runner.
 //! - [`sampler`]: penalties, temperature, top-k/top-p, seeded draws, logprobs.
 //! - [`engine`]: [`LlmEngine`], the continuous-batching scheduler (the `Engine` trait).
+//! - [`weight_cache`]: the file of repacked weights a cold start maps instead of reading
+//!   the GGUF.
 //! - [`factory`]: [`LlmConfig`] and [`LlmEngineFactory`] (shared weights, placement).
 //! - [`metrics`]: the engine's own metrics.
 
@@ -34,9 +36,10 @@ pub mod sampler;
 pub mod simd;
 pub mod team;
 pub mod tokenizer;
+pub mod weight_cache;
 
 pub use engine::{LlmEngine, SchedulerLimits};
-pub use factory::{DeviceChoice, LlmConfig, LlmEngineFactory};
+pub use factory::{DeviceChoice, LlmConfig, LlmEngineFactory, WeightsOrigin};
 pub use tokenizer::{DecodeStream, GgufTokenizer};
 
 use std::path::PathBuf;

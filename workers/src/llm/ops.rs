@@ -2,6 +2,8 @@
 //! softmax and dot products. Written as plain loops over slices with 8 independent
 //! accumulators, which LLVM turns into SIMD without fast-math.
 
+use crate::llm::quant::Data;
+
 /// `sum a[i] * b[i]`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -40,16 +42,19 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotary embedding tables: `cos`/`sin` per position and frequency pair.
+/// Rotary embedding tables: `cos`/`sin` per position and frequency pair (computed, or
+/// mapped from a weight cache file).
 #[derive(Debug, Clone)]
 pub struct Rope {
     pub head_dim: usize,
     pub positions: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    cos: Data<f32>,
+    sin: Data<f32>,
 }
 
 impl Rope {
+    /// The tables (weight cache files store them: a change to how they are computed
+    /// must change `weight_cache::LAYOUT`).
     pub fn new(head_dim: usize, positions: usize, theta: f32) -> Self {
         let pairs = head_dim / 2;
         let mut cos = Vec::with_capacity(positions * pairs);
@@ -62,13 +67,23 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
-        Self { head_dim, positions, cos, sin }
+        Self { head_dim, positions, cos: cos.into(), sin: sin.into() }
+    }
+
+    /// Tables computed before (a weight cache file's), `head_dim / 2` values per position
+    /// each.
+    pub fn from_tables(head_dim: usize, positions: usize, cos: Data<f32>, sin: Data<f32>) -> Result<Self, String> {
+        let len = positions * (head_dim / 2);
+        if cos.len() != len || sin.len() != len {
+            return Err(format!("rope tables of {} and {} values, {len} expected", cos.len(), sin.len()));
+        }
+        Ok(Self { head_dim, positions, cos, sin })
     }
 
     /// The tables, `head_dim / 2` values per position: `(cos, sin)` (the CUDA runner
     /// uploads these same values).
     pub fn tables(&self) -> (&[f32], &[f32]) {
-        (&self.cos, &self.sin)
+        (&self.cos[..], &self.sin[..])
     }
 
     /// Rotate every head of `x` (heads of `head_dim` values, back to back) for

@@ -5,6 +5,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::layout::{layout_pos, scatter_block};
+use super::storage::Data;
 use super::BLOCK;
 
 /// How the unsigned `q` values of a matrix are packed.
@@ -33,12 +34,12 @@ pub struct QMatrix {
     pub cols: usize,
     pub packing: Packing,
     /// `rows * cols / 32` blocks of packed `q`.
-    pub qs: Vec<u8>,
+    pub qs: Data<u8>,
     /// Scale per block (f16, as in the file: half the memory traffic of f32 at batch 1,
     /// where the product is bound by memory bandwidth).
-    pub d: Vec<f16>,
+    pub d: Data<f16>,
     /// Offset per block (f16).
-    pub m: Vec<f16>,
+    pub m: Data<f16>,
 }
 
 /// The ggml block types this module reads.
@@ -117,7 +118,7 @@ impl QMatrix {
         if packing == Packing::Bytes {
             interleave_rows(&mut qs, cols);
         }
-        Ok(Self { rows, cols, packing, qs, d, m })
+        Ok(Self { rows, cols, packing, qs: qs.into(), d: d.into(), m: m.into() })
     }
 
     /// Quantize an f32 matrix to the Q8_0 form (used for F16/F32 weights, so every
@@ -143,7 +144,7 @@ impl QMatrix {
             m[b] = f16::from_f32(-128.0 * scale.to_f32());
         }
         interleave_rows(&mut qs, cols);
-        Ok(Self { rows, cols, packing: Packing::Bytes, qs, d, m })
+        Ok(Self { rows, cols, packing: Packing::Bytes, qs: qs.into(), d: d.into(), m: m.into() })
     }
 
     pub fn blocks_per_row(&self) -> usize {
@@ -192,9 +193,9 @@ impl QMatrix {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols: first.cols,
             packing: first.packing,
-            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
-            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
-            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect::<Vec<_>>().into(),
+            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect::<Vec<_>>().into(),
+            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect::<Vec<_>>().into(),
         })
     }
 

@@ -29,6 +29,7 @@
 //! - `layout`: the interleaved byte order of activations and 8-bit weights in a row.
 //! - `matrix`: [`QMatrix`] (weights, row-major, `rows` outputs by `cols` inputs), read
 //!   from ggml blocks or quantized from f32.
+//! - `storage`: [`Data`], a matrix's arrays, owned or mapped from a weight cache file.
 //! - `activations`: [`QActivations`] (quantized inputs, one row per token).
 //! - `kernel`: [`Kernel`], the kernel class: detected at run time ([`Kernel::detect`]) or
 //!   forced by name, for the matrix tiles and the f32 loops alike.
@@ -45,6 +46,7 @@ mod kernel;
 mod layout;
 mod matmul;
 mod matrix;
+mod storage;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -54,6 +56,7 @@ pub use activations::{QActivations, QRows};
 pub use layout::{layout_pos, pair_offsets};
 pub use kernel::{F32Simd, Kernel};
 pub use matrix::{GgmlBlockType, Packing, QMatrix};
+pub use storage::{as_bytes, Data, MappedRegion, Plain};
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
