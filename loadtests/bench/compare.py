@@ -56,7 +56,7 @@ CONTEXT = 1280  # per sequence: the 1000-token prefill fits
 def cpu_info() -> dict:
     text = Path("/proc/cpuinfo").read_text()
     first = text.split("\n\n")[0]
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
     flags = fields.get("flags", "").split()
     simd = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx", "sse4"))]
     return {"model": fields.get("model name", "?").strip(), "cores": os.cpu_count(),

@@ -538,22 +538,20 @@ impl LlmEngineFactory {
         let mut model = LlamaModel::new(weights, self.kv_blocks)?.with_step_lock(self.step_lock.clone());
         report.stages.push(("allocate_kv_cache".to_string(), started.elapsed()));
 
-        // Warm-up: a short prefill and a decode step touch every weight and size the
-        // scratch buffers, so the first request does not pay for it.
+        // Warm-up: one single-token step touches every weight (faulting in mapped pages)
+        // and wakes the pool, so the first request does not pay for it. One token is
+        // enough: when a request is already waiting (a start from zero) the warm-up is on
+        // its path, and a longer one only adds to it.
         let started = Instant::now();
-        let blocks: Vec<u32> = (0..BlockAllocator::blocks_for(9).min(self.kv_blocks) as u32).collect();
-        let prompt: Vec<u32> = (0..8u32).map(|i| i % self.model_config.vocab as u32).collect();
-        let warm = |model: &mut LlamaModel| -> Result<(), EngineError> {
-            model.forward(&[SeqChunk { tokens: &prompt, start: 0, blocks: &blocks, logits: Logits::Last }])?;
-            model.forward(&[SeqChunk { tokens: &prompt[..1], start: 8, blocks: &blocks, logits: Logits::Last }])?;
-            Ok(())
-        };
-        if blocks.len() * BLOCK_TOKENS >= 9 {
-            self.pool.install(|| warm(&mut model))?;
+        let blocks: Vec<u32> = (0..BlockAllocator::blocks_for(1).min(self.kv_blocks) as u32).collect();
+        if !blocks.is_empty() {
+            let token = [0u32];
+            self.pool.install(|| model.forward(&[SeqChunk { tokens: &token, start: 0, blocks: &blocks, logits: Logits::Last }]))?;
         }
         report.stages.push(("warm_up".to_string(), started.elapsed()));
 
         let runner = CpuRunner { model, pool: self.pool.clone() };
+        tracing::info!(replica = %replica.replica_id, device = %runner.device(), "replica placed on the CPU");
         let engine = LlmEngine::new(Box::new(runner), self.tokenizer.clone(), self.limits(), replica.replica_id.clone());
         self.last_cold_start_ms.store(report.total().as_millis() as u64, Ordering::Relaxed);
         Ok((engine, report))

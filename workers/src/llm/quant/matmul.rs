@@ -128,7 +128,8 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! tiles {
-            ($f:ident) => {
+            ($f:ident, $t0:expr, $cols:expr) => {{
+                let (t0, cols) = ($t0, $cols);
                 match (rows, cols, tile.w.packing) {
                     (4, 4, Packing::Nibbles) => x86::$f::<4, 4, true>(tile, 0, x, t0, out, ldo),
                     (4, 3, Packing::Nibbles) => x86::$f::<4, 3, true>(tile, 0, x, t0, out, ldo),
@@ -153,13 +154,13 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
                         }
                     }
                 }
-            };
+            }};
         }
         match kernel {
-            Kernel::Vnni512 => return tiles!(tile_vnni512),
-            Kernel::Vnni => return tiles!(tile_vnni),
-            Kernel::AvxVnni => return tiles!(tile_avxvnni),
-            Kernel::Avx2 => return tiles!(tile_avx2),
+            Kernel::Vnni512 => return tiles!(tile_vnni512, t0, cols),
+            Kernel::Vnni => return tiles!(tile_vnni, t0, cols),
+            Kernel::AvxVnni => return tiles!(tile_avxvnni, t0, cols),
+            Kernel::Avx2 => return tiles!(tile_avx2, t0, cols),
             Kernel::Scalar => {}
         }
     }
