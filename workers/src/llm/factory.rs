@@ -535,7 +535,7 @@ impl LlmEngineFactory {
         report.stages.push((origin.stage().to_string(), started.elapsed()));
 
         let started = Instant::now();
-        let mut model = LlamaModel::new(weights, self.kv_blocks)?.with_step_lock(self.step_lock.clone());
+        let mut model = LlamaModel::new(weights, self.kv_blocks)?;
         report.stages.push(("allocate_kv_cache".to_string(), started.elapsed()));
 
         // Warm-up: one single-token step touches every weight (faulting in mapped pages)
@@ -546,11 +546,13 @@ impl LlmEngineFactory {
         let blocks: Vec<u32> = (0..BlockAllocator::blocks_for(1).min(self.kv_blocks) as u32).collect();
         if !blocks.is_empty() {
             let token = [0u32];
+            // The pool may be running another replica's step: take turns (CpuRunner).
+            let _turn = self.step_lock.lock();
             self.pool.install(|| model.forward(&[SeqChunk { tokens: &token, start: 0, blocks: &blocks, logits: Logits::Last }]))?;
         }
         report.stages.push(("warm_up".to_string(), started.elapsed()));
 
-        let runner = CpuRunner { model, pool: self.pool.clone() };
+        let runner = CpuRunner { model, pool: self.pool.clone(), step_lock: self.step_lock.clone() };
         tracing::info!(replica = %replica.replica_id, device = %runner.device(), "replica placed on the CPU");
         let engine = LlmEngine::new(Box::new(runner), self.tokenizer.clone(), self.limits(), replica.replica_id.clone());
         self.last_cold_start_ms.store(report.total().as_millis() as u64, Ordering::Relaxed);

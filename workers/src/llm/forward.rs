@@ -36,6 +36,9 @@ use crate::llm::quant::{QActivations, QMatrix, QRows, TILE_ROWS};
 use crate::llm::simd;
 use crate::llm::team::{Team, TeamState};
 
+/// Held by steps that run on rayon's global pool (callers outside any pool).
+static GLOBAL_POOL_STEPS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 /// Barriers per layer (the table above) and after the layers, for sizing the counters.
 const PHASES_PER_LAYER: usize = 11;
 const PHASES_AFTER: usize = 4;
@@ -201,8 +204,10 @@ impl LlamaModel {
             quant_head: &ws.quant_head,
         };
         // Two steps on one pool at once would each hold threads the other waits for at
-        // its barrier: steps that share a pool take turns.
-        let _turn = self.step_lock.lock();
+        // its barrier. Inside a pool the caller keeps its steps apart (`CpuRunner` takes
+        // a lock per pool before entering it); from outside any pool the step runs on the
+        // global one, shared by every such caller, so they take turns here.
+        let _turn = rayon::current_thread_index().is_none().then(|| GLOBAL_POOL_STEPS.lock());
         if threads == 1 {
             step.run(0);
         } else {

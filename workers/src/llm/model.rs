@@ -184,11 +184,16 @@ pub trait ModelRunner: Send {
 pub struct CpuRunner {
     pub model: LlamaModel,
     pub pool: Arc<rayon::ThreadPool>,
+    /// Shared by every runner on `pool`: two steps on one pool at once would each hold
+    /// threads the other waits for at its barrier, so they take turns. Taken before
+    /// entering the pool (a pool thread must never block on it).
+    pub step_lock: Arc<Mutex<()>>,
 }
 
 impl ModelRunner for CpuRunner {
     fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<&[f32], EngineError> {
         let model = &mut self.model;
+        let _turn = self.step_lock.lock();
         self.pool.install(|| model.forward(chunks))
     }
 
@@ -212,26 +217,12 @@ pub struct LlamaModel {
     pub weights: Arc<LlamaWeights>,
     pub cache: KvCache,
     pub ws: Workspace,
-    /// Taken for each step: models whose steps run on the same thread pool must share
-    /// one ([`LlamaModel::with_step_lock`]); by default every model of the process shares
-    /// one, which is always safe.
-    pub(crate) step_lock: Arc<Mutex<()>>,
 }
-
-/// The step lock of models that were given none.
-static GLOBAL_STEP_LOCK: std::sync::LazyLock<Arc<Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
 
 impl LlamaModel {
     pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Result<Self, EngineError> {
         let c = &weights.config;
         let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim)?;
-        Ok(Self { weights, cache, ws: Workspace::default(), step_lock: GLOBAL_STEP_LOCK.clone() })
-    }
-
-    /// Share `lock` with the other models whose steps run on the same thread pool (and
-    /// only those), instead of the process-wide one.
-    pub fn with_step_lock(mut self, lock: Arc<Mutex<()>>) -> Self {
-        self.step_lock = lock;
-        self
+        Ok(Self { weights, cache, ws: Workspace::default() })
     }
 }

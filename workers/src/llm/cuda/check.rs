@@ -420,7 +420,7 @@ pub fn cpu_runner(weights: Arc<LlamaWeights>, kv_blocks: usize, threads: usize) 
         .thread_name(|i| format!("swell-check-{i}"))
         .build()
         .map_err(|e| EngineError::Config(format!("thread pool: {e}")))?;
-    Ok(CpuRunner { model: LlamaModel::new(weights, kv_blocks)?, pool: Arc::new(pool) })
+    Ok(CpuRunner { model: LlamaModel::new(weights, kv_blocks)?, pool: Arc::new(pool), step_lock: Arc::default() })
 }
 
 /// A deterministic random model small enough for an emulated GPU: 2 layers, hidden 64,
