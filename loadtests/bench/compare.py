@@ -38,10 +38,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import Client, free_port, make_prompt, pct, run_decode, stop  # noqa: E402
+from engine import run_single as streams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = Path(os.environ.get("SWELL_MODEL_PATH", REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -116,15 +116,6 @@ max_replicas = 1
     with urllib.request.urlopen(url + "/admin/v1/deployments/default", timeout=5) as r:
         status = json.load(r)
     return proc, url, cmd + [f"(config: {config.strip()!r})"], status
-
-
-async def streams(client: Client, prompts: list[str], gen: int) -> list[dict]:
-    out = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
-                                     timeout=aiohttp.ClientTimeout(total=900)) as s:
-        for p in prompts:
-            out.append(await client.stream(s, p, gen))
-    return out
 
 
 def measure(client: Client, prompts, long_prompts, gen: int) -> dict:
