@@ -44,16 +44,8 @@ impl QActivations {
         self.prepare(rows, cols);
         let blocks = rows * cols / BLOCK;
         let nb = cols / BLOCK;
-        let avx2 = simd != F32Simd::Portable;
-        let quantize_row = |((src, q), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: every SIMD class needs AVX2 and FMA (Kernel::supported).
-                return unsafe { quantize_row_avx2(src, q, d, s, nb) };
-            }
-            let _ = avx2;
-            quantize_row_body(src, q, d, s, nb)
-        };
+        let quantize_row =
+            |((src, q), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| quantize_row(simd, src, q, d, s, nb);
         let x = &x[..rows * cols];
         if blocks >= 4096 {
             x.par_chunks(cols)
@@ -97,14 +89,20 @@ impl QRows {
         let q = std::slice::from_raw_parts_mut(self.qs.add(r * self.cols), self.cols);
         let d = std::slice::from_raw_parts_mut(self.d.add(r * nb), nb);
         let s = std::slice::from_raw_parts_mut(self.s.add(r * nb), nb);
-        #[cfg(target_arch = "x86_64")]
-        if simd != F32Simd::Portable {
-            // SAFETY: every SIMD class needs AVX2 and FMA (Kernel::supported).
-            return quantize_row_avx2(src, q, d, s, nb);
-        }
-        let _ = simd;
-        quantize_row_body(src, q, d, s, nb)
+        quantize_row(simd, src, q, d, s, nb)
     }
+}
+
+/// One token row with the loops of `simd`.
+#[inline(always)]
+fn quantize_row(simd: F32Simd, src: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], nb: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if simd != F32Simd::Portable {
+        // SAFETY: every SIMD class needs AVX2 and FMA (Kernel::supported).
+        return unsafe { quantize_row_avx2(src, q, d, s, nb) };
+    }
+    let _ = simd;
+    quantize_row_body(src, q, d, s, nb)
 }
 
 /// One token row to 8 bits per block (round half to even, as `vroundps` does, so the
