@@ -9,7 +9,7 @@ use super::kernel::Kernel;
 use super::layout::layout_pos;
 use super::matrix::{Packing, QMatrix};
 #[cfg(target_arch = "x86_64")]
-use super::x86;
+use super::{x86_256, x86_512};
 use super::{BLOCK, TILE_COLS, TILE_ROWS};
 
 impl QMatrix {
@@ -128,28 +128,28 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! tiles {
-            ($f:ident, $t0:expr, $cols:expr) => {{
+            ($($f:ident)::+, $t0:expr, $cols:expr) => {{
                 let (t0, cols) = ($t0, $cols);
                 match (rows, cols, tile.w.packing) {
-                    (4, 4, Packing::Nibbles) => x86::$f::<4, 4, true>(tile, 0, x, t0, out, ldo),
-                    (4, 3, Packing::Nibbles) => x86::$f::<4, 3, true>(tile, 0, x, t0, out, ldo),
-                    (4, 2, Packing::Nibbles) => x86::$f::<4, 2, true>(tile, 0, x, t0, out, ldo),
-                    (4, 1, Packing::Nibbles) => x86::$f::<4, 1, true>(tile, 0, x, t0, out, ldo),
-                    (4, 4, Packing::Bytes) => x86::$f::<4, 4, false>(tile, 0, x, t0, out, ldo),
-                    (4, 3, Packing::Bytes) => x86::$f::<4, 3, false>(tile, 0, x, t0, out, ldo),
-                    (4, 2, Packing::Bytes) => x86::$f::<4, 2, false>(tile, 0, x, t0, out, ldo),
-                    (4, 1, Packing::Bytes) => x86::$f::<4, 1, false>(tile, 0, x, t0, out, ldo),
+                    (4, 4, Packing::Nibbles) => $($f)::+::<4, 4, true>(tile, 0, x, t0, out, ldo),
+                    (4, 3, Packing::Nibbles) => $($f)::+::<4, 3, true>(tile, 0, x, t0, out, ldo),
+                    (4, 2, Packing::Nibbles) => $($f)::+::<4, 2, true>(tile, 0, x, t0, out, ldo),
+                    (4, 1, Packing::Nibbles) => $($f)::+::<4, 1, true>(tile, 0, x, t0, out, ldo),
+                    (4, 4, Packing::Bytes) => $($f)::+::<4, 4, false>(tile, 0, x, t0, out, ldo),
+                    (4, 3, Packing::Bytes) => $($f)::+::<4, 3, false>(tile, 0, x, t0, out, ldo),
+                    (4, 2, Packing::Bytes) => $($f)::+::<4, 2, false>(tile, 0, x, t0, out, ldo),
+                    (4, 1, Packing::Bytes) => $($f)::+::<4, 1, false>(tile, 0, x, t0, out, ldo),
                     (_, _, Packing::Nibbles) => {
                         for i in 0..rows {
                             for t in t0..t0 + cols {
-                                x86::$f::<1, 1, true>(tile, i, x, t, out, ldo)
+                                $($f)::+::<1, 1, true>(tile, i, x, t, out, ldo)
                             }
                         }
                     }
                     (_, _, Packing::Bytes) => {
                         for i in 0..rows {
                             for t in t0..t0 + cols {
-                                x86::$f::<1, 1, false>(tile, i, x, t, out, ldo)
+                                $($f)::+::<1, 1, false>(tile, i, x, t, out, ldo)
                             }
                         }
                     }
@@ -157,10 +157,10 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
             }};
         }
         match kernel {
-            Kernel::Vnni512 => return tiles!(tile_vnni512, t0, cols),
-            Kernel::Vnni => return tiles!(tile_vnni, t0, cols),
-            Kernel::AvxVnni => return tiles!(tile_avxvnni, t0, cols),
-            Kernel::Avx2 => return tiles!(tile_avx2, t0, cols),
+            Kernel::Vnni512 => return tiles!(x86_512::tile_vnni512, t0, cols),
+            Kernel::Vnni => return tiles!(x86_256::tile_vnni, t0, cols),
+            Kernel::AvxVnni => return tiles!(x86_256::tile_avxvnni, t0, cols),
+            Kernel::Avx2 => return tiles!(x86_256::tile_avx2, t0, cols),
             Kernel::Scalar => {}
         }
     }

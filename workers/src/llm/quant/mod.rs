@@ -35,7 +35,9 @@
 //!   forced by name, for the matrix tiles and the f32 loops alike.
 //! - `matmul`: [`QMatrix::matmul`] (parallel over row chunks with rayon, tiled inside each
 //!   chunk) and the portable `tile_scalar`.
-//! - `x86`: the SIMD kernels `tile_vnni512`, `tile_vnni`, `tile_avxvnni` and `tile_avx2`.
+//! - `x86_256`: the 256-bit tiles `tile_avx2`, `tile_avxvnni` and `tile_vnni`, one body
+//!   (4 rows by 2 tokens where the CPU has 16 vector registers, by 4 where it has 32).
+//! - `x86_512`: `tile_vnni512`, AVX-512 VNNI on 512-bit vectors.
 //! - `tests`: every kernel against the dequantized product.
 
 // SIMD loops index several parallel register arrays by the same counter.
@@ -50,7 +52,9 @@ mod storage;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+mod x86_256;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 pub use activations::{QActivations, QRows};
 pub use layout::{layout_pos, pair_offsets};
