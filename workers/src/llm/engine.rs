@@ -22,6 +22,15 @@
 //!    `Length` (`max_tokens` or the context limit).
 //!
 //! Cancelled sequences leave at once: their blocks are free before the next step.
+//!
+//! # Prefix caching
+//! Every full block a sequence has computed is registered in the [`BlockPool`] under the
+//! chained hash of its tokens; at admission a sequence takes the longest run of its
+//! blocks already cached (shared by reference) and prefills only the rest, always
+//! leaving its last context token to compute (it gives the logits). A sequence that
+//! asked for prompt logprobs computes its whole prompt. Finished, cancelled and
+//! preempted sequences drop their references; the blocks stay cached until their space
+//! is needed. A preempted sequence readmitted finds its own blocks again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,6 +40,7 @@ use swell_protocol::{FinishReason, JobId, OutputEvent, TokenLogprob, TopLogprob,
 
 use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
+use crate::llm::block_pool::{extend_hashes, BlockHash, BlockPool, PoolStats};
 use crate::llm::kv_cache::{BlockAllocator, BLOCK_TOKENS};
 use crate::llm::metrics;
 use crate::llm::model::{Logits, ModelRunner, SeqChunk};
@@ -51,6 +61,8 @@ pub struct SchedulerLimits {
     pub kv_blocks: usize,
     /// Prompt + output tokens of one sequence.
     pub context_length: usize,
+    /// Keep computed blocks by prefix and reuse them across sequences.
+    pub prefix_caching: bool,
 }
 
 #[derive(Debug)]
@@ -64,6 +76,10 @@ struct LlmSequence {
     /// Context tokens (prompt, then generated) whose keys and values are cached.
     computed: usize,
     blocks: Vec<u32>,
+    /// Chained hashes of the context's full blocks (as far as computed so far).
+    hashes: Vec<BlockHash>,
+    /// Leading blocks of `blocks` registered in the pool (or taken from it).
+    registered: usize,
     sampler: Sampler,
     ignore_eos: bool,
     logprobs: Option<usize>,
@@ -86,6 +102,13 @@ impl LlmSequence {
         }
     }
 
+    /// Hashes of every full block of the context.
+    fn update_hashes(&mut self) {
+        let (prompt, generated) = (&self.prompt, &self.generated);
+        let at = |p: usize| if p < prompt.len() { prompt[p] } else { generated[p - prompt.len()] };
+        extend_hashes(&mut self.hashes, at, prompt.len() + generated.len());
+    }
+
     fn can_sample(&self, context_limit: usize) -> bool {
         self.generated.len() < self.max_generated && self.context_len() < context_limit
     }
@@ -103,7 +126,7 @@ pub struct LlmEngine {
     model: Box<dyn ModelRunner>,
     tokenizer: Arc<GgufTokenizer>,
     limits: SchedulerLimits,
-    alloc: BlockAllocator,
+    pool: BlockPool,
     watermark: usize,
     waiting: VecDeque<LlmSequence>,
     /// Sorted by arrival.
@@ -145,7 +168,7 @@ impl LlmEngine {
         Self {
             model,
             tokenizer,
-            alloc: BlockAllocator::new(kv_blocks),
+            pool: BlockPool::new(kv_blocks, limits.prefix_caching),
             watermark: kv_blocks / 100,
             limits,
             waiting: VecDeque::new(),
@@ -162,15 +185,53 @@ impl LlmEngine {
         &self.limits
     }
 
+    /// The prefix cache's counters, and how many blocks it holds now.
+    pub fn prefix_cache(&self) -> (PoolStats, usize) {
+        (self.pool.stats(), self.pool.cached())
+    }
+
     /// Where the model runs.
     pub fn device(&self) -> String {
         self.model.device()
     }
 
+    /// Drop a sequence's block references; its computed blocks stay cached.
+    fn release(&mut self, s: &mut LlmSequence) {
+        self.pool.release(&mut s.blocks);
+        s.registered = 0;
+        s.computed = 0;
+    }
+
+    /// Register the full blocks a sequence has computed since the last call.
+    fn register_computed(&mut self, i: usize) {
+        let s = &mut self.running[i];
+        let full = s.computed / BLOCK_TOKENS;
+        if full <= s.registered || !self.pool.caching() {
+            return;
+        }
+        s.update_hashes();
+        for k in s.registered..full {
+            self.pool.register(s.blocks[k], s.hashes[k]);
+        }
+        s.registered = full;
+    }
+
+    /// Blocks of `s`'s context found in the cache that it may take: never the block of
+    /// its last context token (it is computed for the logits), none when it wants
+    /// prompt logprobs. Returns (blocks, of which evictable).
+    fn cached_prefix(&self, s: &mut LlmSequence) -> (usize, usize) {
+        if !self.pool.caching() || s.prompt_logprobs.is_some() {
+            return (0, 0);
+        }
+        s.update_hashes();
+        let usable = (s.context_len() - 1) / BLOCK_TOKENS;
+        self.pool.lookup(&s.hashes[..usable])
+    }
+
     fn remove(&mut self, id: &str) -> bool {
         if let Some(i) = self.running.iter().position(|s| s.id == id) {
             let mut s = self.running.remove(i);
-            self.alloc.release(&mut s.blocks);
+            self.release(&mut s);
             return true;
         }
         if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
@@ -195,19 +256,25 @@ impl LlmEngine {
     }
 
     fn admit(&mut self) {
-        while let Some(front) = self.waiting.front() {
+        while !self.waiting.is_empty() {
             if self.running.len() >= self.limits.max_batch_size {
                 break;
             }
-            let need = front.context_len() + usize::from(front.can_sample(self.limits.context_length));
+            let mut s = self.waiting.pop_front().expect("not empty");
+            let need = s.context_len() + usize::from(s.can_sample(self.limits.context_length));
+            let (hit, evictable) = self.cached_prefix(&mut s);
             let reserve = if self.running.is_empty() { 0 } else { self.watermark };
-            if BlockAllocator::blocks_for(need) + reserve > self.alloc.free() {
+            if BlockAllocator::blocks_for(need) - hit + evictable + reserve > self.pool.available() {
+                self.waiting.push_front(s);
                 break;
             }
-            let mut s = self.waiting.pop_front().expect("front exists");
-            let grown = self.alloc.grow(&mut s.blocks, need);
+            self.pool.acquire(&s.hashes[..hit], &mut s.blocks);
+            let grown = self.pool.grow(&mut s.blocks, need);
             debug_assert!(grown);
-            s.computed = 0;
+            s.computed = hit * BLOCK_TOKENS;
+            s.registered = hit;
+            metrics::prefix_lookup(&self.replica, s.computed, s.context_len() - s.computed);
+            self.pool.record_admission(s.computed, s.context_len() - s.computed);
             let at = self.running.partition_point(|r| r.arrival < s.arrival);
             self.running.insert(at, s);
         }
@@ -216,8 +283,7 @@ impl LlmEngine {
     /// Free the newest running sequence's blocks and queue it for recomputation.
     fn preempt_newest(&mut self) -> bool {
         let Some(mut s) = self.running.pop() else { return false };
-        self.alloc.release(&mut s.blocks);
-        s.computed = 0;
+        self.release(&mut s);
         let at = self.waiting.partition_point(|w| w.arrival < s.arrival);
         self.waiting.insert(at, s);
         true
@@ -237,7 +303,7 @@ impl LlmEngine {
             }
             let need = s.context_len();
             let s = &mut self.running[i];
-            if self.alloc.grow(&mut s.blocks, need) {
+            if self.pool.grow(&mut s.blocks, need) {
                 i += 1;
                 continue;
             }
@@ -417,10 +483,11 @@ impl LlmEngine {
                 }
             }
             self.running[i] = s;
+            self.register_computed(i);
         }
         for &i in done.iter().rev() {
             let mut s = self.running.remove(i);
-            self.alloc.release(&mut s.blocks);
+            self.release(&mut s);
         }
 
         let report = StepReport {
@@ -430,7 +497,7 @@ impl LlmEngine {
             preempted,
             elapsed: started.elapsed(),
         };
-        metrics::step(&self.replica, &report, forward_time, self.alloc.used(), self.alloc.total());
+        metrics::step(&self.replica, &report, forward_time, &self.pool);
         Ok(report)
     }
 }
@@ -445,6 +512,8 @@ fn placeholder() -> LlmSequence {
         max_generated: 0,
         computed: 0,
         blocks: Vec::new(),
+        hashes: Vec::new(),
+        registered: 0,
         sampler: Sampler::new(&swell_protocol::SamplingParams::default(), 0),
         ignore_eos: false,
         logprobs: None,
@@ -491,6 +560,8 @@ impl Engine for LlmEngine {
             max_generated: params.max_tokens as usize,
             computed: 0,
             blocks: Vec::new(),
+            hashes: Vec::new(),
+            registered: 0,
             sampler,
             ignore_eos: params.ignore_eos,
             logprobs: params.logprobs.map(usize::from),
@@ -534,7 +605,7 @@ impl Engine for LlmEngine {
                 for s in self.running.drain(..).chain(self.waiting.drain(..)) {
                     out.push(failed(&s.id, error.code(), error.to_string()));
                 }
-                self.alloc = BlockAllocator::new(self.alloc.total());
+                self.pool.clear();
                 Err(error)
             }
         }
@@ -542,12 +613,12 @@ impl Engine for LlmEngine {
 
     fn load(&self) -> EngineLoad {
         let queued = self.running.len() + self.waiting.len();
-        let kv_full = self.alloc.free() <= self.watermark;
+        let kv_full = self.pool.available() <= self.watermark;
         EngineLoad {
             running: self.running.len(),
             waiting: self.waiting.len(),
-            kv_tokens_used: (self.alloc.used() * BLOCK_TOKENS) as u64,
-            kv_tokens_capacity: (self.alloc.total() * BLOCK_TOKENS) as u64,
+            kv_tokens_used: (self.pool.used() * BLOCK_TOKENS) as u64,
+            kv_tokens_capacity: (self.pool.total() * BLOCK_TOKENS) as u64,
             free_slots: if kv_full { 0 } else { self.limits.max_batch_size.saturating_sub(queued) },
         }
     }

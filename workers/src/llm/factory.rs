@@ -10,6 +10,7 @@
 //! device = "auto"             # auto | cpu | cuda
 //! weight_cache = true         # map repacked weights from a cache file (weight_cache.rs)
 //! weight_cache_dir = "/var/cache/swell/weights"   # when the model's folder is read-only
+//! prefix_cache = true         # keep computed KV blocks by prefix (block_pool.rs)
 //!
 //! # Optional: this hardware's step-time figures (e.g. from `cargo bench -p swell-workers
 //! # --bench llm`), for the autoscaler's capacity model. Default on the CPU: the
@@ -145,6 +146,14 @@ pub struct LlmConfig {
     /// `$XDG_CACHE_HOME/swell/weights`, else `$HOME/.cache/swell/weights`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_cache_dir: Option<PathBuf>,
+    /// Keep computed KV blocks by prefix and reuse them for later sequences with the
+    /// same prefix ([`crate::llm::block_pool`]).
+    #[serde(default = "default_prefix_cache")]
+    pub prefix_cache: bool,
+}
+
+fn default_prefix_cache() -> bool {
+    true
 }
 
 /// The run the `smollm2-135m-cpu` sim profile is calibrated on: SmolLM2-135M-Instruct
@@ -175,6 +184,7 @@ impl LlmConfig {
             performance: None,
             weight_cache: default_weight_cache(),
             weight_cache_dir: None,
+            prefix_cache: default_prefix_cache(),
         }
     }
 
@@ -468,6 +478,7 @@ impl LlmEngineFactory {
             max_batched_tokens: self.config.max_batched_tokens as usize,
             kv_blocks: self.kv_blocks,
             context_length: self.context_length,
+            prefix_caching: self.config.prefix_cache,
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`ops`]: RMS norm, rotary embeddings, SwiGLU, softmax.
 //! - [`simd`]: vector `exp`, softmax and SwiGLU of the AVX2 and AVX-512 classes.
 //! - [`kv_cache`]: paged KV blocks and their allocator.
+//! - [`block_pool`]: the blocks of a replica with prefix caching (chained block hashes,
+//!   shared references, least-recently-released eviction).
 //! - [`model`]: weights, the batch of a step, and the [`model::ModelRunner`] trait the
 //!   scheduler drives.
 //! - [`forward`]: the CPU forward pass over mixed prefill/decode batches, phase by phase
@@ -21,6 +23,7 @@
 //! - [`metrics`]: the engine's own metrics.
 
 pub mod attention;
+pub mod block_pool;
 pub mod chat_template;
 pub mod cuda;
 pub mod engine;
