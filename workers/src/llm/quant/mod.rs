@@ -35,9 +35,10 @@
 //!   forced by name, for the matrix tiles and the f32 loops alike.
 //! - `matmul`: [`QMatrix::matmul`] (parallel over row chunks with rayon, tiled inside each
 //!   chunk) and the portable `tile_scalar`.
-//! - `x86_256`: the 256-bit tiles `tile_avx2`, `tile_avxvnni` and `tile_vnni`, one body
-//!   (4 rows by 2 tokens where the CPU has 16 vector registers, by 4 where it has 32).
+//! - `x86_256`: `tile_vnni` (AVX-512 VNNI on 256-bit vectors) and the 256-bit loads.
 //! - `x86_512`: `tile_vnni512`, AVX-512 VNNI on 512-bit vectors.
+//! - `x86_ymm16`: `tile_avx2` and `tile_avxvnni`, for CPUs with 16 vector registers: two
+//!   tokens share each accumulator, so a 4-row tile fits the register file.
 //! - `tests`: every kernel against the dequantized product.
 
 // SIMD loops index several parallel register arrays by the same counter.
@@ -55,6 +56,8 @@ mod tests;
 mod x86_256;
 #[cfg(target_arch = "x86_64")]
 mod x86_512;
+#[cfg(target_arch = "x86_64")]
+mod x86_ymm16;
 
 pub use activations::{QActivations, QRows};
 pub use layout::{layout_pos, pair_offsets};

@@ -175,3 +175,42 @@ fn quantize_q8_round_trips_within_half_a_step() {
         }
     }
 }
+
+/// Batch invariance of every kernel: a token's outputs are bit-identical whether it is
+/// multiplied alone or at any position of a batch (so in a tile with other tokens, or in
+/// a lone-token tile), for 4- and 8-bit weights, even and odd block counts.
+#[test]
+fn a_tokens_outputs_do_not_depend_on_its_batch() {
+    let mut seed = 13;
+    for (rows, cols) in [(9, 96), (12, 160), (8, 576)] {
+        let q41 = QMatrix::from_ggml(GgmlBlockType::Q4_1, rows, cols, &q4_1_bytes(rows, cols, &mut seed)).unwrap();
+        let q80 = QMatrix::from_ggml(GgmlBlockType::Q8_0, rows, cols, &q8_0_bytes(rows, cols, &mut seed)).unwrap();
+        for w in [&q41, &q80] {
+            let tokens = 11;
+            let xs: Vec<f32> = (0..tokens * cols).map(|_| lcg(&mut seed)).collect();
+            for kernel in Kernel::available() {
+                let simd = kernel.f32_simd();
+                let mut all = QActivations::default();
+                all.quantize_from(&xs, tokens, cols, simd);
+                let mut batch = vec![f32::NAN; tokens * rows];
+                w.matmul(&all, &mut batch, kernel);
+                for t in 0..tokens {
+                    for (start, len) in [(t, 1), (t.saturating_sub(1), 2.min(tokens - t.saturating_sub(1))), (0, t + 1)] {
+                        let mut some = QActivations::default();
+                        some.quantize_from(&xs[start * cols..(start + len) * cols], len, cols, simd);
+                        let mut out = vec![f32::NAN; len * rows];
+                        w.matmul(&some, &mut out, kernel);
+                        let got = &out[(t - start) * rows..(t - start + 1) * rows];
+                        let want = &batch[t * rows..(t + 1) * rows];
+                        assert!(
+                            got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{} {:?} {rows}x{cols}: token {t} alone or in a batch of {len} from {start} differs",
+                            kernel.name(),
+                            w.packing
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,15 +1,10 @@
-//! The 256-bit tiles, one body for three instruction sets: `tile_avx2` (AVX2 + FMA,
-//! `vpmaddubsw` + `vpmaddwd`), `tile_avxvnni` (AVX-VNNI's VEX `vpdpbusd`) and `tile_vnni`
-//! (AVX-512 VNNI's EVEX `vpdpbusd` on 256-bit vectors), with the loads the 512-bit tile
-//! shares.
+//! `tile_vnni`: AVX-512 VNNI's EVEX `vpdpbusd` on 256-bit vectors (32 registers, room
+//! for a 4 x 4 tile of accumulators), and the 256-bit loads and scale vectors the other
+//! tiles share. The tiles for 16 registers are in `x86_ymm16`.
 //!
 //! The body goes two blocks per step, one weight row at a time: a row's block pair is
-//! unpacked once into registers and met by each token's activations straight from L1
-//! (memory operands), with the tokens' scales held in registers. With AVX2 or AVX-VNNI a
-//! CPU has 16 vector registers, and a 4 x 4 tile's 16 accumulators alone would fill
-//! them, so its weights and scales would spill on every block: there a dispatcher tile
-//! of 4 rows by 4 tokens runs as two of 4 by 2 (8 accumulators). AVX-512 has 32
-//! registers and keeps the 4 x 4 tile.
+//! unpacked once into registers and met by each token's activations, with the tokens'
+//! scales held in registers.
 //!
 //! The `m * s` offsets of a row are added lane-wise to its accumulators, eight blocks per
 //! FMA, and the horizontal sums of four rows are one shuffle tree and one 128-bit store.
@@ -88,75 +83,10 @@ trait Dot {
     type W: Copy;
     /// Whether the class's sums leave out the `m * s` term (added after).
     const OFFSET: bool;
-    /// Whether the class has 32 vector registers, room for a 4 x 4 tile.
-    const WIDE: bool = false;
     unsafe fn prep(q: __m256i) -> Self::W;
     /// `dot(a, xa) + dot(b, xb)`.
     unsafe fn dot2(a: Self::W, xa: __m256i, b: Self::W, xb: __m256i) -> __m256i;
     unsafe fn dot1(a: Self::W, xa: __m256i) -> __m256i;
-}
-
-/// AVX2 on 4-bit weights: `q < 16` and `|qa| <= 127`, so a `vpmaddubsw` lane is at most
-/// 3,810 and two of them add in 16 bits before the one `vpmaddwd`.
-struct Avx2Nibbles;
-impl Dot for Avx2Nibbles {
-    type W = __m256i;
-    const OFFSET: bool = true;
-    #[inline(always)]
-    unsafe fn prep(q: __m256i) -> __m256i {
-        q
-    }
-    #[inline(always)]
-    unsafe fn dot2(a: __m256i, xa: __m256i, b: __m256i, xb: __m256i) -> __m256i {
-        let s = _mm256_add_epi16(_mm256_maddubs_epi16(a, xa), _mm256_maddubs_epi16(b, xb));
-        _mm256_madd_epi16(s, _mm256_set1_epi16(1))
-    }
-    #[inline(always)]
-    unsafe fn dot1(a: __m256i, xa: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(a, xa), _mm256_set1_epi16(1))
-    }
-}
-
-/// AVX2 on 8-bit weights: `q - 128` as i8 is split once per row into `|q - 128|`
-/// (unsigned) and its sign, which goes onto each token's activations (`vpsignb`); the
-/// products are `(q - 128) * qa`, so the `m = -128 d` term is already in them.
-struct Avx2Bytes;
-impl Dot for Avx2Bytes {
-    type W = (__m256i, __m256i);
-    const OFFSET: bool = false;
-    #[inline(always)]
-    unsafe fn prep(q: __m256i) -> (__m256i, __m256i) {
-        let s = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
-        (_mm256_abs_epi8(s), s)
-    }
-    #[inline(always)]
-    unsafe fn dot2(a: Self::W, xa: __m256i, b: Self::W, xb: __m256i) -> __m256i {
-        // |(q - 128) * qa| pairs reach 32,512: each half gets its own vpmaddwd.
-        _mm256_add_epi32(Self::dot1(a, xa), Self::dot1(b, xb))
-    }
-    #[inline(always)]
-    unsafe fn dot1(a: Self::W, xa: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(a.0, _mm256_sign_epi8(xa, a.1)), _mm256_set1_epi16(1))
-    }
-}
-
-/// AVX-VNNI: `vpdpbusd` takes unsigned weights and signed activations as they are.
-struct AvxVnni;
-impl Dot for AvxVnni {
-    type W = __m256i;
-    const OFFSET: bool = true;
-    #[inline(always)]
-    unsafe fn prep(q: __m256i) -> __m256i {
-        q
-    }
-    #[inline(always)]
-    unsafe fn dot2(a: __m256i, xa: __m256i, b: __m256i, xb: __m256i) -> __m256i {
-        _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, xa), b, xb)
-    }
-    #[inline(always)]
-    unsafe fn dot1(a: __m256i, xa: __m256i) -> __m256i {
-        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, xa)
-    }
 }
 
 /// AVX-512 VNNI on 256-bit vectors (EVEX `vpdpbusd`, 32 registers).
@@ -164,7 +94,6 @@ struct Vnni256;
 impl Dot for Vnni256 {
     type W = __m256i;
     const OFFSET: bool = true;
-    const WIDE: bool = true;
     #[inline(always)]
     unsafe fn prep(q: __m256i) -> __m256i {
         q
@@ -264,63 +193,6 @@ unsafe fn tile<D: Dot, const R: usize, const C: usize, const NIBBLES: bool>(
     }
 }
 
-/// A dispatcher tile of `C` tokens (at most 4): whole where the class has 32 registers,
-/// else as tiles of at most 2.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn split<D: Dot, const R: usize, const C: usize, const NIBBLES: bool>(
-    t: &Tile<'_>,
-    i0: usize,
-    x: &QActivations,
-    t0: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    if D::WIDE {
-        return tile::<D, R, C, NIBBLES>(t, i0, x, t0, out, ldo);
-    }
-    match C {
-        4 => {
-            tile::<D, R, 2, NIBBLES>(t, i0, x, t0, out, ldo);
-            tile::<D, R, 2, NIBBLES>(t, i0, x, t0 + 2, out, ldo);
-        }
-        3 => {
-            tile::<D, R, 2, NIBBLES>(t, i0, x, t0, out, ldo);
-            tile::<D, R, 1, NIBBLES>(t, i0, x, t0 + 2, out, ldo);
-        }
-        2 => tile::<D, R, 2, NIBBLES>(t, i0, x, t0, out, ldo),
-        _ => tile::<D, R, 1, NIBBLES>(t, i0, x, t0, out, ldo),
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tile_avx2<const R: usize, const C: usize, const NIBBLES: bool>(
-    t: &Tile<'_>,
-    i0: usize,
-    x: &QActivations,
-    t0: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    if NIBBLES {
-        split::<Avx2Nibbles, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
-    } else {
-        split::<Avx2Bytes, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub(super) unsafe fn tile_avxvnni<const R: usize, const C: usize, const NIBBLES: bool>(
-    t: &Tile<'_>,
-    i0: usize,
-    x: &QActivations,
-    t0: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    split::<AvxVnni, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
-}
-
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bool>(
     t: &Tile<'_>,
@@ -330,5 +202,5 @@ pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bo
     out: *mut f32,
     ldo: usize,
 ) {
-    split::<Vnni256, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
+    tile::<Vnni256, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
 }
