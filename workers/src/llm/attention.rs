@@ -236,6 +236,24 @@ fn attend64<const G: usize, const LEVEL: u8>(
     true
 }
 
+/// The next block's keys (or values) of this head, for prefetching while the current
+/// block is computed: at long contexts of many sequences attention reads more KV bytes
+/// per step than weights, from blocks scattered across the cache, and the hardware
+/// prefetcher only finds a block's lines once the block is being read.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn next_block<'a>(cache: &'a KvCache, layer: usize, table: &[u32], b: usize, blocks: usize, kvh: usize) -> Option<(&'a [f32], &'a [f32])> {
+    (b + 1 < blocks).then(|| cache.block(layer, table[b + 1], kvh))
+}
+
+/// Ask for the 64-byte line at `p` to be brought into cache (never faults).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    // SAFETY: a prefetch has no architectural effect and never faults.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+}
+
 /// [`attend64`] with AVX-512 intrinsics: a block's 16 scores per head are 64 FMAs of
 /// 16-wide vectors (keys dimension-major) in 4 independent chains per head, and the
 /// value pass keeps each head's 64 output values in 4 registers.
@@ -261,10 +279,13 @@ unsafe fn attend64_avx512<const G: usize>(
         let (kb, _) = cache.block(layer, block, kvh);
         assert!(kb.len() >= 64 * BLOCK_TOKENS);
         let kp = kb.as_ptr();
+        let next = next_block(cache, layer, table, b, blocks, kvh).map_or(kp, |(k, _)| k.as_ptr());
         let mut part = [[_mm512_setzero_ps(); 4]; G];
         for d4 in 0..16 {
             for p in 0..4 {
                 let d = d4 * 4 + p;
+                // One line per dimension: the next block's 64 key lines over this one.
+                prefetch(next.add(d * BLOCK_TOKENS));
                 let row = _mm512_loadu_ps(kp.add(d * BLOCK_TOKENS));
                 for g in 0..G {
                     part[g][p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[g][d]), row, part[g][p]);
@@ -286,8 +307,12 @@ unsafe fn attend64_avx512<const G: usize>(
         let (_, vb) = cache.block(layer, block, kvh);
         assert!(vb.len() >= 64 * BLOCK_TOKENS);
         let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+        let next = next_block(cache, layer, table, b, blocks, kvh).map_or(vb.as_ptr(), |(_, v)| v.as_ptr());
         for s in 0..slots {
             let vp = vb.as_ptr().add(s * 64);
+            for line in 0..4 {
+                prefetch(next.add(s * 64 + line * 16));
+            }
             let v = [_mm512_loadu_ps(vp), _mm512_loadu_ps(vp.add(16)), _mm512_loadu_ps(vp.add(32)), _mm512_loadu_ps(vp.add(48))];
             for g in 0..G {
                 let p = _mm512_set1_ps(*scores.get_unchecked(g * len + b * BLOCK_TOKENS + s));
@@ -330,11 +355,13 @@ unsafe fn attend64_avx2<const G: usize>(
         let (kb, _) = cache.block(layer, block, kvh);
         assert!(kb.len() >= 64 * BLOCK_TOKENS);
         let kp = kb.as_ptr();
+        let next = next_block(cache, layer, table, b, blocks, kvh).map_or(kp, |(k, _)| k.as_ptr());
         // part[g][chain][half]: slots 0..8 and 8..16.
         let mut part = [[[_mm256_setzero_ps(); 2]; 2]; G];
         for d2 in 0..32 {
             for p in 0..2 {
                 let d = d2 * 2 + p;
+                prefetch(next.add(d * BLOCK_TOKENS));
                 let lo = _mm256_loadu_ps(kp.add(d * BLOCK_TOKENS));
                 let hi = _mm256_loadu_ps(kp.add(d * BLOCK_TOKENS + 8));
                 for g in 0..G {
@@ -368,8 +395,11 @@ unsafe fn attend64_avx2<const G: usize>(
             let (_, vb) = cache.block(layer, block, kvh);
             assert!(vb.len() >= 64 * BLOCK_TOKENS);
             let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+            let next = next_block(cache, layer, table, b, blocks, kvh).map_or(vb.as_ptr(), |(_, v)| v.as_ptr());
             for s in 0..slots {
                 let vp = vb.as_ptr().add(s * 64 + half * 32);
+                prefetch(next.add(s * 64 + half * 32));
+                prefetch(next.add(s * 64 + half * 32 + 16));
                 let v = [_mm256_loadu_ps(vp), _mm256_loadu_ps(vp.add(8)), _mm256_loadu_ps(vp.add(16)), _mm256_loadu_ps(vp.add(24))];
                 for g in 0..G {
                     let p = _mm256_set1_ps(*scores.get_unchecked(g * len + b * BLOCK_TOKENS + s));
