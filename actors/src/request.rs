@@ -241,6 +241,7 @@ async fn run_request_in_span(
         enqueued_at_ms: now_ms,
         deadline_ms: spec.deadline.map(|d| now_ms + d.as_millis() as u64),
         priority: spec.priority,
+        route: None,
     };
     let limits = AdmissionLimits { max_queue_depth: spec.max_queue_depth };
     let position = match deps.queue.enqueue(job, limits).await {

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use swell_protocol::GenerationRequest;
 
+use crate::routing::JobRoute;
+
 pub use swell_protocol::JobId;
 
 /// One request waiting in (or leased from) a deployment's queue.
@@ -23,6 +25,10 @@ pub struct Job {
     /// a priority); handed-back and redelivered jobs still go before any new job.
     #[serde(default)]
     pub priority: Priority,
+    /// The replica the gateway would like to run it, for a bounded time
+    /// ([`crate::routing`]); `None`: any replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<JobRoute>,
 }
 
 /// A job's service class (its tenant's `priority` setting). Leasing serves every waiting

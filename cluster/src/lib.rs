@@ -16,6 +16,8 @@
 //! - [`job`]: a queued job, a lease on it, enqueue receipts and queue depth.
 //! - [`queue`]: the `Queue` trait, its semantics and its error type.
 //! - [`memory`]: the in-process implementation.
+//! - [`routing`]: jobs promised to one replica for a bounded time, and which waiting job a
+//!   consumer may take.
 //! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
 //!   and `redis_queue::testing`, a `redis-server` fixture for tests.
 //! - [`ingress_wire`]: the wire format of the Redis ingress stream (programs that are
@@ -41,6 +43,7 @@ pub mod placement;
 pub mod queue;
 mod redis_conn;
 pub mod redis_queue;
+pub mod routing;
 
 pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, Priority, QueueDepth};
 pub use memory::{InMemoryQueue, InMemoryQueueConfig};
@@ -50,6 +53,7 @@ pub use swell_protocol::{
 };
 pub use queue::{AppendOutcome, Queue, QueueError};
 pub use redis_queue::{RedisQueue, RedisQueueConfig};
+pub use routing::{JobRoute, Routing};
 
 pub use coordination::{CoordinationClient, CoordinationConfig, CoordinationError};
 pub use coordinator::{Coordinator, CoordinatorHandle, CoordinatorTick};

@@ -7,7 +7,9 @@
 //!
 //! A deployment's waiting jobs are kept in service order: a list of handed-back and
 //! redelivered jobs (served first), then one FIFO per [`Priority`](crate::Priority),
-//! highest first.
+//! highest first. A consumer takes the first job in that order it may take: a job routed
+//! to another live replica is passed over while its promise holds ([`crate::routing`]),
+//! and a blocked `lease` wakes when such a job becomes takeable.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
+use crate::routing::{Eligibility, Routing};
 use crate::unix_millis;
 
 #[derive(Debug, Clone)]
@@ -31,11 +34,14 @@ pub struct InMemoryQueueConfig {
     /// How long a finished job's output stream stays readable (for a reader that
     /// reconnects) before it is dropped.
     pub output_retention: Duration,
+    /// A replica that has not leased, renewed or written for this long no longer holds
+    /// the jobs routed to it ([`crate::routing`]).
+    pub route_liveness: Duration,
 }
 
 impl Default for InMemoryQueueConfig {
     fn default() -> Self {
-        Self { max_deliveries: 3, output_retention: Duration::from_secs(60) }
+        Self { max_deliveries: 3, output_retention: Duration::from_secs(60), route_liveness: Duration::from_secs(2) }
     }
 }
 
@@ -74,9 +80,14 @@ impl DeploymentQueue {
         self.requeued.len() + self.levels.iter().map(VecDeque::len).sum::<usize>()
     }
 
-    /// The next job to serve.
-    fn pop_next(&mut self) -> Option<JobId> {
-        self.requeued.pop_front().or_else(|| self.levels.iter_mut().find_map(VecDeque::pop_front))
+    /// The first job in service order that `pick` accepts, taken out of its list.
+    fn take_first(&mut self, mut pick: impl FnMut(&JobId) -> bool) -> Option<JobId> {
+        for list in std::iter::once(&mut self.requeued).chain(self.levels.iter_mut()) {
+            if let Some(at) = list.iter().position(&mut pick) {
+                return list.remove(at);
+            }
+        }
+        None
     }
 
     /// The jobs heading each list (the candidates for the oldest waiting job).
@@ -129,15 +140,25 @@ impl OutputStream {
     }
 }
 
-#[derive(Default)]
 struct State {
     deployments: HashMap<String, DeploymentQueue>,
     jobs: HashMap<JobId, JobState>,
     outputs: HashMap<JobId, OutputStream>,
     next_sweep: Option<Instant>,
+    routing: Routing,
 }
 
 impl State {
+    fn new(config: &InMemoryQueueConfig) -> Self {
+        Self {
+            deployments: HashMap::new(),
+            jobs: HashMap::new(),
+            outputs: HashMap::new(),
+            next_sweep: None,
+            routing: Routing::new(config.route_liveness),
+        }
+    }
+
     fn deployment(&mut self, name: &str) -> &mut DeploymentQueue {
         self.deployments.entry(name.to_string()).or_default()
     }
@@ -164,6 +185,7 @@ impl State {
             return;
         }
         self.next_sweep = Some(now + Duration::from_secs(1));
+        self.routing.sweep(unix_millis());
         let expired: Vec<JobId> = self
             .outputs
             .iter()
@@ -176,6 +198,27 @@ impl State {
                 self.jobs.remove(&id);
             }
         }
+    }
+}
+
+/// A consumer inside a blocking `lease` call: alive for routing throughout, however
+/// long it waits (also when the call is dropped mid-wait).
+struct WaitingInLease<'a> {
+    queue: &'a InMemoryQueue,
+    deployment: &'a str,
+    consumer: &'a str,
+}
+
+impl<'a> WaitingInLease<'a> {
+    fn new(queue: &'a InMemoryQueue, deployment: &'a str, consumer: &'a str) -> Self {
+        queue.state.lock().routing.waiting(deployment, consumer, true, unix_millis());
+        Self { queue, deployment, consumer }
+    }
+}
+
+impl Drop for WaitingInLease<'_> {
+    fn drop(&mut self) {
+        self.queue.state.lock().routing.waiting(self.deployment, self.consumer, false, unix_millis());
     }
 }
 
@@ -193,22 +236,38 @@ impl Default for InMemoryQueue {
 
 impl InMemoryQueue {
     pub fn new(config: InMemoryQueueConfig) -> Self {
-        Self { state: Mutex::new(State::default()), config }
+        Self { state: Mutex::new(State::new(&config)), config }
     }
 
     /// Take up to `max_jobs` waiting jobs for `consumer`, failing expired ones on the way.
+    /// Also answers when a job passed over (routed to another replica) becomes takeable
+    /// (Unix ms), if one was.
     fn try_lease(
         &self,
         deployment: &str,
         consumer: &str,
         max_jobs: usize,
         ttl: Duration,
-    ) -> Vec<Lease> {
+    ) -> (Vec<Lease>, Option<u64>) {
         let mut state = self.state.lock();
         let now_ms = unix_millis();
+        state.routing.seen(deployment, consumer, now_ms);
         let mut leases = Vec::new();
+        let mut next_change: Option<u64> = None;
         while leases.len() < max_jobs {
-            let Some(job_id) = state.deployment(deployment).pop_next() else { break };
+            let State { deployments, jobs, routing, .. } = &mut *state;
+            let queue = deployments.entry(deployment.to_string()).or_default();
+            let picked = queue.take_first(|id| {
+                let Some(job) = jobs.get(id) else { return true };
+                match routing.eligible(deployment, job.job.route.as_ref(), consumer, now_ms) {
+                    Eligibility::Now => true,
+                    Eligibility::From(at) => {
+                        next_change = Some(next_change.map_or(at, |n| n.min(at)));
+                        false
+                    }
+                }
+            });
+            let Some(job_id) = picked else { break };
             let Some(job) = state.jobs.get(&job_id) else { continue };
             if job.job.deadline_ms.is_some_and(|deadline| now_ms > deadline) {
                 state.fail_job(
@@ -246,7 +305,7 @@ impl InMemoryQueue {
                 resume_after_seq,
             });
         }
-        leases
+        (leases, next_change)
     }
 
     fn holds(state: &State, lease: &LeaseRef) -> bool {
@@ -328,15 +387,20 @@ impl Queue for InMemoryQueue {
         }
         let deadline = Instant::now() + block;
         let notify = self.state.lock().deployment(deployment).notify.clone();
+        let _waiting = WaitingInLease::new(self, deployment, consumer);
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let leases = self.try_lease(deployment, consumer, max_jobs, ttl);
+            let (leases, next_change) = self.try_lease(deployment, consumer, max_jobs, ttl);
             if !leases.is_empty() {
                 return Ok(leases);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Wake when a passed-over job becomes takeable, if before the deadline.
+            let wake = next_change.map_or(deadline, |at| {
+                deadline.min(Instant::now() + Duration::from_millis(at.saturating_sub(unix_millis()) + 1))
+            });
+            if tokio::time::timeout_at(wake, notified).await.is_err() && wake >= deadline {
                 return Ok(Vec::new());
             }
         }
@@ -345,6 +409,10 @@ impl Queue for InMemoryQueue {
     async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError> {
         let mut state = self.state.lock();
         let expires_at = Instant::now() + ttl;
+        let now_ms = unix_millis();
+        for lease in leases {
+            state.routing.seen(&lease.deployment, &lease.consumer, now_ms);
+        }
         Ok(leases
             .iter()
             .map(|lease| {
@@ -380,6 +448,8 @@ impl Queue for InMemoryQueue {
         if let Some(job) = state.jobs.get_mut(&lease.job_id) {
             job.status = JobStatus::Waiting;
             job.epoch += 1;
+            // Its replica gave it up: any replica takes it now.
+            job.job.route = None;
             // A hand-back is not a failed delivery.
             job.deliveries = job.deliveries.saturating_sub(1);
         }
@@ -423,6 +493,7 @@ impl Queue for InMemoryQueue {
                 continue;
             }
             job.status = JobStatus::Waiting;
+            job.job.route = None;
             let queue = state.deployment(deployment);
             queue.leased.remove(&job_id);
             queue.requeued.push_front(job_id);
@@ -467,6 +538,7 @@ impl Queue for InMemoryQueue {
         if !Self::holds(&state, lease) {
             return Ok(AppendOutcome::Fenced);
         }
+        state.routing.seen(&lease.deployment, &lease.consumer, unix_millis());
         let output = state.outputs.entry(lease.job_id.clone()).or_insert_with(OutputStream::new);
         for event in events {
             output.push(lease.epoch, event);
@@ -532,6 +604,7 @@ mod tests {
             enqueued_at_ms: unix_millis(),
             deadline_ms: None,
             priority: crate::Priority::Normal,
+            route: None,
         }
     }
 

@@ -50,6 +50,7 @@ impl Backend {
                 queue: Arc::new(InMemoryQueue::new(InMemoryQueueConfig {
                     max_deliveries: settings.max_deliveries,
                     output_retention: Duration::from_secs(60),
+                    ..InMemoryQueueConfig::default()
                 })),
                 _server: None,
             },
@@ -84,6 +85,7 @@ fn job(id: &str) -> Job {
         enqueued_at_ms: unix_millis(),
         deadline_ms: None,
         priority: Priority::Normal,
+        route: None,
     }
 }
 

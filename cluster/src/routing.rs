@@ -1,0 +1,220 @@
+//! Routed jobs in a queue: a [`JobRoute`] promises a job to one replica (the one expected
+//! to start it soonest: its prefix is cached there, or its conversation ran there) for a
+//! bounded time, and [`Routing`] decides which waiting job a consumer may take.
+//!
+//! The rules, for consumer `C` leasing from a deployment's service order (handed-back
+//! jobs, then by priority, oldest first within one):
+//! - a job with no route, or routed to `C`, may be taken;
+//! - a job routed to another replica is passed over while its promise holds: until its
+//!   `until_ms`, and only while that replica is **alive** (it is waiting in `lease`, or
+//!   it leased, renewed or wrote output within [`Routing::liveness`]). So no job waits on a dead or vanished replica
+//!   for longer than the liveness window, and none waits past its promise;
+//! - handed-back and redelivered jobs lose their route (their replica gave them up).
+//!
+//! Priorities still come first for every consumer: routing only passes over jobs, it
+//! never reorders the ones a consumer may take.
+//!
+//! Pure logic over plain values: the embedded queue keeps a [`Routing`] in its state and
+//! asks [`Routing::eligible`] per job; [`Eligibility::From`] says when a passed-over job
+//! becomes takeable, so a blocked `lease` wakes then. The Redis queue carries a job's
+//! route in the job but does not act on it yet: there every replica may take any job.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A job promised to `replica` (a queue consumer id) until `until_ms` (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobRoute {
+    pub replica: String,
+    pub until_ms: u64,
+}
+
+/// Whether a consumer may take a job now, or from when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eligibility {
+    Now,
+    /// Passed over until this time (Unix ms): the promise's end or the moment its
+    /// replica counts as gone, whichever comes first.
+    From(u64),
+}
+
+/// When each consumer was last seen, and which are waiting in `lease` now, per
+/// deployment.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    liveness: Duration,
+    seen: HashMap<(String, String), u64>,
+    waiting: HashMap<(String, String), usize>,
+}
+
+impl Routing {
+    /// A replica not seen for `liveness` counts as gone.
+    pub fn new(liveness: Duration) -> Self {
+        Self {
+            liveness,
+            seen: HashMap::new(),
+            waiting: HashMap::new(),
+        }
+    }
+
+    pub fn liveness(&self) -> Duration {
+        self.liveness
+    }
+
+    /// `consumer` of `deployment` did something at `now_ms` (leased, renewed, wrote).
+    pub fn seen(&mut self, deployment: &str, consumer: &str, now_ms: u64) {
+        match self
+            .seen
+            .get_mut(&(deployment.to_string(), consumer.to_string()))
+        {
+            Some(at) => *at = (*at).max(now_ms),
+            None => {
+                self.seen
+                    .insert((deployment.to_string(), consumer.to_string()), now_ms);
+            }
+        }
+    }
+
+    /// `consumer` entered (`true`) or left (`false`) a blocking `lease` call: alive
+    /// throughout.
+    pub fn waiting(&mut self, deployment: &str, consumer: &str, entered: bool, now_ms: u64) {
+        let key = (deployment.to_string(), consumer.to_string());
+        if entered {
+            *self.waiting.entry(key).or_default() += 1;
+        } else if let Some(n) = self.waiting.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&key);
+            }
+        }
+        self.seen(deployment, consumer, now_ms);
+    }
+
+    /// Until when `consumer` counts as alive (Unix ms), if it was ever seen.
+    fn alive_until(&self, deployment: &str, consumer: &str) -> Option<u64> {
+        let key = (deployment.to_string(), consumer.to_string());
+        if self.waiting.contains_key(&key) {
+            return Some(u64::MAX);
+        }
+        let window = u64::try_from(self.liveness.as_millis()).unwrap_or(u64::MAX);
+        self.seen.get(&key).map(|at| at.saturating_add(window))
+    }
+
+    /// May `consumer` take a job with `route` at `now_ms`?
+    pub fn eligible(
+        &self,
+        deployment: &str,
+        route: Option<&JobRoute>,
+        consumer: &str,
+        now_ms: u64,
+    ) -> Eligibility {
+        let Some(route) = route else {
+            return Eligibility::Now;
+        };
+        if route.replica == consumer || now_ms >= route.until_ms {
+            return Eligibility::Now;
+        }
+        match self.alive_until(deployment, &route.replica) {
+            Some(alive) if now_ms < alive => Eligibility::From(alive.min(route.until_ms)),
+            // Gone, or never seen by this queue: nobody to wait for.
+            _ => Eligibility::Now,
+        }
+    }
+
+    /// Forget consumers not seen for ten liveness windows (bounded memory).
+    pub fn sweep(&mut self, now_ms: u64) {
+        let keep = u64::try_from(self.liveness.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(10);
+        let waiting = &self.waiting;
+        self.seen
+            .retain(|key, at| waiting.contains_key(key) || now_ms.saturating_sub(*at) < keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(replica: &str, until_ms: u64) -> JobRoute {
+        JobRoute {
+            replica: replica.into(),
+            until_ms,
+        }
+    }
+
+    #[test]
+    fn unrouted_and_own_jobs_are_takeable_others_wait_for_the_promise_or_liveness() {
+        let mut r = Routing::new(Duration::from_millis(500));
+        r.seen("d", "a", 1_000);
+        assert_eq!(r.eligible("d", None, "b", 1_000), Eligibility::Now);
+        let to_a = route("a", 3_000);
+        assert_eq!(r.eligible("d", Some(&to_a), "a", 1_000), Eligibility::Now);
+        // a is alive until 1,500: b waits until then (before the promise ends).
+        assert_eq!(
+            r.eligible("d", Some(&to_a), "b", 1_200),
+            Eligibility::From(1_500)
+        );
+        assert_eq!(
+            r.eligible("d", Some(&to_a), "b", 1_500),
+            Eligibility::Now,
+            "a went quiet"
+        );
+        r.seen("d", "a", 2_800);
+        assert_eq!(
+            r.eligible("d", Some(&to_a), "b", 2_900),
+            Eligibility::From(3_000),
+            "alive, but the promise ends first"
+        );
+        assert_eq!(r.eligible("d", Some(&to_a), "b", 3_000), Eligibility::Now);
+        // A replica this queue never saw, or of another deployment, holds nothing.
+        assert_eq!(
+            r.eligible("d", Some(&route("ghost", 9_000)), "b", 1_000),
+            Eligibility::Now
+        );
+        assert_eq!(r.eligible("e", Some(&to_a), "b", 2_900), Eligibility::Now);
+    }
+
+    #[test]
+    fn a_replica_waiting_in_lease_is_alive_however_long_it_waits() {
+        let mut r = Routing::new(Duration::from_millis(100));
+        r.waiting("d", "a", true, 1_000);
+        assert_eq!(
+            r.eligible("d", Some(&route("a", 9_000)), "b", 5_000),
+            Eligibility::From(9_000)
+        );
+        r.waiting("d", "a", false, 5_000);
+        assert_eq!(
+            r.eligible("d", Some(&route("a", 9_000)), "b", 5_050),
+            Eligibility::From(5_100)
+        );
+        assert_eq!(
+            r.eligible("d", Some(&route("a", 9_000)), "b", 5_100),
+            Eligibility::Now
+        );
+    }
+
+    #[test]
+    fn seen_never_goes_back_in_time_and_sweep_forgets_the_long_gone() {
+        let mut r = Routing::new(Duration::from_millis(100));
+        r.seen("d", "a", 5_000);
+        r.seen("d", "a", 4_000);
+        assert_eq!(
+            r.eligible("d", Some(&route("a", 10_000)), "b", 5_050),
+            Eligibility::From(5_100)
+        );
+        r.sweep(5_500);
+        assert_eq!(
+            r.eligible("d", Some(&route("a", 10_000)), "b", 5_050),
+            Eligibility::From(5_100)
+        );
+        r.sweep(7_000);
+        assert_eq!(
+            r.eligible("d", Some(&route("a", 10_000)), "b", 5_050),
+            Eligibility::Now,
+            "forgotten"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Routed jobs in the embedded queue ([`swell_cluster::routing`]): a job promised to a
+//! replica goes to that replica, others pass it over only while the promise holds and
+//! the replica is alive, priorities still come first, and a blocked `lease` of another
+//! replica wakes and takes the job when the promise lapses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use swell_cluster::{
+    unix_millis, AdmissionLimits, GenerationRequest, InMemoryQueue, InMemoryQueueConfig, Job,
+    JobRoute, Priority, Queue, SamplingParams,
+};
+
+const LIMITS: AdmissionLimits = AdmissionLimits {
+    max_queue_depth: 100,
+};
+const TTL: Duration = Duration::from_secs(30);
+const NOW: Duration = Duration::ZERO;
+
+fn queue(liveness: Duration) -> Arc<InMemoryQueue> {
+    Arc::new(InMemoryQueue::new(InMemoryQueueConfig {
+        route_liveness: liveness,
+        ..InMemoryQueueConfig::default()
+    }))
+}
+
+fn job(id: &str, priority: Priority, route: Option<(&str, Duration)>) -> Job {
+    Job {
+        id: id.into(),
+        deployment: "d".into(),
+        tenant: "t".into(),
+        request: GenerationRequest {
+            prompt_tokens: vec![1, 2, 3],
+            params: SamplingParams::default(),
+        },
+        enqueued_at_ms: unix_millis(),
+        deadline_ms: None,
+        priority,
+        route: route.map(|(replica, bound)| JobRoute {
+            replica: replica.into(),
+            until_ms: unix_millis() + bound.as_millis() as u64,
+        }),
+    }
+}
+
+async fn ids(q: &InMemoryQueue, consumer: &str, n: usize, block: Duration) -> Vec<String> {
+    q.lease("d", consumer, n, TTL, block)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.job.id.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_routed_job_goes_to_its_replica_and_others_take_the_rest_in_order() {
+    let q = queue(Duration::from_secs(30));
+    // Both replicas have been seen (they lease in a loop).
+    assert!(ids(&q, "a", 1, NOW).await.is_empty());
+    assert!(ids(&q, "b", 1, NOW).await.is_empty());
+    q.enqueue(
+        job(
+            "for-a",
+            Priority::Normal,
+            Some(("a", Duration::from_secs(30))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    q.enqueue(job("free-1", Priority::Normal, None), LIMITS)
+        .await
+        .unwrap();
+    q.enqueue(
+        job(
+            "for-b",
+            Priority::Normal,
+            Some(("b", Duration::from_secs(30))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    q.enqueue(job("free-2", Priority::Low, None), LIMITS)
+        .await
+        .unwrap();
+    // b passes over a's job, takes the next it may in service order.
+    assert_eq!(ids(&q, "b", 2, NOW).await, ["free-1", "for-b"]);
+    assert_eq!(ids(&q, "a", 5, NOW).await, ["for-a", "free-2"]);
+    // Positions still count every waiting job in service order.
+    q.enqueue(
+        job(
+            "for-a-2",
+            Priority::High,
+            Some(("a", Duration::from_secs(30))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    q.enqueue(job("free-3", Priority::Normal, None), LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(q.position("d", "free-3").await.unwrap(), Some(2));
+    // Priorities come first for the replica a high job is routed to.
+    assert_eq!(ids(&q, "a", 1, NOW).await, ["for-a-2"]);
+}
+
+#[tokio::test]
+async fn a_promise_ends_with_its_bound_or_its_replica_and_hand_backs_are_free() {
+    let q = queue(Duration::from_millis(300));
+    assert!(ids(&q, "a", 1, NOW).await.is_empty());
+    // Bound: a is alive, but the promise lapses after 200 ms.
+    q.enqueue(
+        job(
+            "x",
+            Priority::Normal,
+            Some(("a", Duration::from_millis(200))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    assert!(
+        ids(&q, "b", 1, NOW).await.is_empty(),
+        "promised to a live replica"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(ids(&q, "b", 1, NOW).await, ["x"], "the promise lapsed");
+    // Liveness: a promise of 60 s to a replica silent for longer than 300 ms.
+    q.enqueue(
+        job("y", Priority::Normal, Some(("a", Duration::from_secs(60)))),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        ids(&q, "b", 1, NOW).await,
+        ["y"],
+        "a went quiet: nobody waits for it"
+    );
+    // A job routed to a replica this queue never saw is free.
+    q.enqueue(
+        job(
+            "z",
+            Priority::Normal,
+            Some(("ghost", Duration::from_secs(60))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&q, "b", 1, NOW).await, ["z"]);
+    // A replica that hands a job back gives up its route.
+    assert!(ids(&q, "a", 1, NOW).await.is_empty());
+    q.enqueue(
+        job("w", Priority::Normal, Some(("a", Duration::from_secs(60)))),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    let lease = q.lease("d", "a", 1, TTL, NOW).await.unwrap().remove(0);
+    assert!(q.release(&lease.lease).await.unwrap());
+    assert_eq!(ids(&q, "b", 1, NOW).await, ["w"]);
+}
+
+#[tokio::test]
+async fn a_replica_waiting_in_lease_keeps_its_jobs_and_another_wakes_when_the_bound_passes() {
+    let q = queue(Duration::from_millis(100));
+    // a blocks in lease (alive however long), taking nothing yet.
+    let qa = q.clone();
+    let a = tokio::spawn(async move { ids(&qa, "a", 1, Duration::from_millis(600)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A job for a: a wakes and takes it, b (also blocked) does not.
+    let qb = q.clone();
+    let b = tokio::spawn(async move { ids(&qb, "b", 1, Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    q.enqueue(
+        job(
+            "for-a",
+            Priority::Normal,
+            Some(("a", Duration::from_secs(60))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.await.unwrap(), ["for-a"]);
+    // a stays alive (it renews its lease every 30 ms) but is busy; b waits in lease. A job
+    // for a with a 300 ms bound: b takes it once the bound passes, with no new enqueue to
+    // wake it, and not before.
+    let qr = q.clone();
+    let renewing = tokio::spawn(async move {
+        let lease = swell_cluster::LeaseRef {
+            job_id: "for-a".into(),
+            deployment: "d".into(),
+            consumer: "a".into(),
+            epoch: 1,
+        };
+        loop {
+            qr.renew(std::slice::from_ref(&lease), TTL).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    q.enqueue(
+        job(
+            "late",
+            Priority::Normal,
+            Some(("a", Duration::from_millis(300))),
+        ),
+        LIMITS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.await.unwrap(), ["late"]);
+    let waited = started.elapsed();
+    renewing.abort();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "b took it before the bound ({waited:?})"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "b's lease woke at the bound, not at its deadline ({waited:?})"
+    );
+}
