@@ -374,7 +374,7 @@ impl<'a> Simulator<'a> {
 
     /// KV slots a request reserves while admitted: its whole context.
     fn kv_need(&self, i: usize) -> u64 {
-        let req = self.requests[i];
+        let req = &self.requests[i];
         (u64::from(req.prompt_tokens) + u64::from(req.output_tokens))
             .min(self.profile.kv_capacity_tokens.max(1))
     }
@@ -459,7 +459,7 @@ impl<'a> Simulator<'a> {
             replica.prefilling.pop_front();
             generated += 1;
             self.outcomes[i].first_token = now_s;
-            let req = requests[i];
+            let req = &requests[i];
             replica.prefill_context -= u64::from(req.prompt_tokens);
             if req.output_tokens <= 1 {
                 done.push(i);
@@ -476,7 +476,7 @@ impl<'a> Simulator<'a> {
                 break;
             }
             replica.finishes.pop();
-            let req = requests[i];
+            let req = &requests[i];
             replica.decoding -= 1;
             replica.decoding_context -=
                 u64::from(req.prompt_tokens) + u64::from(req.output_tokens);

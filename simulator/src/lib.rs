@@ -11,10 +11,13 @@
 //!
 //! # Layout
 //!
-//! - [`workload`]: requests from the Azure 2023 CSV, ServeGen per-tenant windows (with
-//!   ShareGPT lengths) or synthetic patterns.
+//! - [`workload`]: requests from the Azure 2023 CSV, the Mooncake trace (with prompt
+//!   block hashes), ServeGen per-tenant windows (with ShareGPT lengths) or synthetic
+//!   patterns.
 //! - [`trace`]: the trace files (Azure trace, ShareGPT lengths) and where the
 //!   repository keeps them (`loadtests/traces/`).
+//! - [`mooncake`]: the Mooncake trace and the mapping of its 512-token block ids onto
+//!   the simulator's KV blocks.
 //! - [`engine`]: the discrete-event simulator (queue, replicas, continuous batching,
 //!   cold starts, the policy's ticks).
 //! - [`policies`]: the [`ScalingPolicy`] trait, Swell and the
@@ -35,6 +38,7 @@
 pub mod cli;
 pub mod engine;
 pub mod fidelity;
+pub mod mooncake;
 pub mod oracle;
 pub mod plot;
 pub mod policies;

@@ -38,6 +38,7 @@ fn step_load() -> Vec<SimRequest> {
             arrival: 100.0 + f64::from(i) * 0.25,
             prompt_tokens: 100,
             output_tokens: 50,
+            ..SimRequest::default()
         })
         .collect()
 }
@@ -102,6 +103,7 @@ fn a_request_at_zero_waits_for_the_cold_start() {
         arrival: 10.0,
         prompt_tokens: 10,
         output_tokens: 5,
+        ..SimRequest::default()
     }];
     let mut swell = Swell::new("swell", Swell::default_policy());
     let result = run(&requests, &mut swell, 20.0);
@@ -121,6 +123,7 @@ fn throughput_scales_linearly_with_replicas() {
             arrival: f64::from(i) * 0.001,
             prompt_tokens: 50,
             output_tokens: 20,
+            ..SimRequest::default()
         })
         .collect();
     let tokens_by = |n: u32| {
