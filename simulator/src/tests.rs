@@ -28,6 +28,7 @@ fn comparison(policies: &[&str]) -> Comparison {
         policies: policies.iter().map(|s| s.to_string()).collect(),
         horizon: Some(900.0),
         warm_start: false,
+        routing: RoutingSettings::default(),
     }
 }
 
@@ -362,6 +363,7 @@ fn the_default_policy_beats_the_best_baseline_on_the_azure_conversation_trace() 
         policies: POLICY_NAMES.iter().map(|s| s.to_string()).collect(),
         horizon: None,
         warm_start: true,
+        routing: RoutingSettings::default(),
     };
     let result = compare(&requests, &comparison);
     let rows = summary::summarize_all(&result, 2.0, 0.1, 1);

@@ -201,6 +201,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         policies,
         horizon: args.duration.map(|d| d.as_secs_f64()),
         warm_start: !args.cold_start_at_zero,
+        routing: swell_simulator::RoutingSettings::default(),
     };
     let started = Instant::now();
     let result = swell_simulator::compare(&requests, &comparison);
