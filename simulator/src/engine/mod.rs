@@ -3,17 +3,18 @@
 //! policy, and a scaling policy ticking in virtual time.
 //!
 //! Time is integer nanoseconds; events (arrivals, ticks, replicas becoming ready, engine
-//! steps ending) sit in a heap ordered by (time, sequence number), so runs are
+//! steps ending, promises of routed jobs running out) sit in a heap ordered by (time, sequence number), so runs are
 //! deterministic and idle stretches cost nothing but their ticks.
 //!
 //! A replica's step, as in the `sim` engine: admit queued requests while the batch has
 //! room (`max_batch_size`, a per-replica cap a baseline may impose, and the KV cache:
-//! prompt + output tokens of every admitted sequence must fit `kv_capacity_tokens`);
+//! prompt + output tokens of every admitted sequence, cached blocks they share counted
+//! once, must fit `kv_capacity_tokens`);
 //! give the step's prefill budget (`max_prefill_tokens_per_step`) to prefilling
 //! sequences in admission order; every sequence already prefilled decodes one token.
 //! Step time is [`PerformanceModel::step_duration`]. A request whose prompt prefix is in
 //! the replica's cache prefills only the rest; the blocks it computes join the cache
-//! ([`replica`] has the KV accounting). The step that ends a prompt's
+//! (`engine/replica.rs` has the KV accounting). The step that ends a prompt's
 //! prefill also yields its first token, and that sequence counts among the step's
 //! decoding sequences (as in the `sim` engine: the first token costs a forward pass).
 //!
@@ -22,7 +23,7 @@
 //! and a heap of the step at which each one produces its last token, so a step costs
 //! the same for a batch of 5 or 500 and a day of a large tenant runs in seconds.
 //! Arrivals are read from the (sorted) trace in order rather than queued in the event
-//! heap, which holds only ticks, readiness and step ends.
+//! heap, which holds only ticks, readiness, step ends and promise ends.
 //!
 //! Every tick (the policy's tick, 1 s by default) the simulator builds a [`LoadSample`]
 //! the way the live supervisor does (`queued` = waiting jobs, `running` = sequences on
