@@ -67,6 +67,7 @@ pub fn requests_from_report(report: &Report) -> anyhow::Result<Vec<SimRequest>> 
             arrival: r.start_s,
             prompt_tokens: u32::try_from(prompt).context("prompt tokens")?,
             output_tokens: u32::try_from(output).context("output tokens")?,
+            ..SimRequest::default()
         });
     }
     requests.sort_by(|a, b| a.arrival.total_cmp(&b.arrival));
@@ -198,7 +199,7 @@ mod tests {
         // 20 ms late.
         let planned: Vec<SimRequest> = [5.0, 6.0, 7.0]
             .iter()
-            .map(|&arrival| SimRequest { arrival, prompt_tokens: 48, output_tokens: 32 })
+            .map(|&arrival| SimRequest { arrival, prompt_tokens: 48, output_tokens: 32, ..SimRequest::default() })
             .collect();
         let report = live_report(&[0.001, 1.003, 2.020], 0.100);
         let before = metrics(

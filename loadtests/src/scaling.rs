@@ -160,6 +160,7 @@ fn poisson(rate: f64, duration: f64, prompt: u32, output: u32, seed: u64) -> Vec
             arrival,
             prompt_tokens: prompt,
             output_tokens: output,
+            ..SimRequest::default()
         })
         .collect()
 }

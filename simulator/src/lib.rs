@@ -11,16 +11,24 @@
 //!
 //! # Layout
 //!
-//! - [`workload`]: requests from the Azure 2023 CSV, ServeGen per-tenant windows (with
-//!   ShareGPT lengths) or synthetic patterns.
+//! - [`workload`]: requests from the Azure 2023 CSV, the Mooncake trace (with prompt
+//!   block hashes), ServeGen per-tenant windows (with ShareGPT lengths) or synthetic
+//!   patterns.
 //! - [`trace`]: the trace files (Azure trace, ShareGPT lengths) and where the
 //!   repository keeps them (`loadtests/traces/`).
-//! - [`engine`]: the discrete-event simulator (queue, replicas, continuous batching,
-//!   cold starts, the policy's ticks).
+//! - [`mooncake`]: the Mooncake trace and the mapping of its 512-token block ids onto
+//!   the simulator's KV blocks.
+//! - [`routing`]: [`RoutingSettings`], the routing policy (from `swell-router`), the
+//!   promise bound and the block size of a run.
+//! - [`block_cache`]: a replica's prefix cache of KV blocks, LRU with pinning.
+//! - [`waiting`]: the waiting jobs: a shared queue and the jobs promised to each
+//!   replica.
+//! - [`engine`]: the discrete-event simulator (queue, routing, replicas, continuous
+//!   batching, prefix caching, cold starts, the policy's ticks).
 //! - [`policies`]: the [`ScalingPolicy`] trait, Swell and the
 //!   baselines, each with the defaults it uses and where they come from.
 //! - [`oracle`]: the perfect-foresight lower bound on cost.
-//! - [`summary`]: SLO attainment, cost, percentiles, the markdown table.
+//! - [`summary`]: SLO attainment, cost, percentiles, cache hits, the markdown tables.
 //! - [`stats`]: the nearest-rank percentile.
 //! - [`plot`]: SVG and PNG plots.
 //! - [`fidelity`]: the same scenario live and simulated, compared within stated
@@ -32,15 +40,19 @@
 //! configurable. Cost is replica-seconds (GPU-seconds = replica-seconds ×
 //! `gpus_per_replica`; CPU profiles have no GPU-seconds).
 
+pub mod block_cache;
 pub mod cli;
 pub mod engine;
 pub mod fidelity;
+pub mod mooncake;
 pub mod oracle;
 pub mod plot;
 pub mod policies;
+pub mod routing;
 pub mod stats;
 pub mod summary;
 pub mod trace;
+pub mod waiting;
 pub mod workload;
 
 use swell_autoscaler::AutoscalingPolicy;
@@ -49,6 +61,7 @@ use swell_workers::sim::SimProfile;
 use engine::{RunResult, Simulator};
 use oracle::Capacity;
 use policies::{Hpa, Kpa, RayServe, ScalingPolicy, Scheduled, Static, Swell};
+pub use routing::RoutingSettings;
 use workload::SimRequest;
 
 /// The policies a run can compare, by name.
@@ -79,6 +92,8 @@ pub struct Comparison {
     /// trace's first minute needs, warm, as if the trace continued a steady state; off:
     /// every autoscaler starts from its own initial count (mostly 0) at t = 0.
     pub warm_start: bool,
+    /// How jobs are routed to replicas and prompt prefixes cached (default: `any`).
+    pub routing: RoutingSettings,
 }
 
 /// The outcome of a comparison: one run per policy.
@@ -117,6 +132,7 @@ pub fn compare(requests: &[SimRequest], comparison: &Comparison) -> ComparisonRe
                     };
                     Simulator::new(requests, profile, policy.as_mut())
                         .warm_start(warm)
+                        .routing(comparison.routing)
                         .run(Some(horizon))
                 })
             })
@@ -141,8 +157,12 @@ fn build_policy(
 ) -> Box<dyn ScalingPolicy> {
     match name {
         "swell" => Box::new(
-            Swell::with_capacity("swell", comparison.swell_policy.clone(), &comparison.profile)
-                .with_expected_cold_start(comparison.profile.cold_start),
+            Swell::with_capacity(
+                "swell",
+                comparison.swell_policy.clone(),
+                &comparison.profile,
+            )
+            .with_expected_cold_start(comparison.profile.cold_start),
         ),
         "static-peak" => Box::new(Static {
             replicas: plan.peak_minute,
@@ -159,5 +179,7 @@ fn build_policy(
     }
 }
 
+#[cfg(test)]
+mod routing_tests;
 #[cfg(test)]
 mod tests;

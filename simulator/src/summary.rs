@@ -1,5 +1,6 @@
 //! Per-policy figures (SLO attainment, nearest-rank percentiles from [`crate::stats`],
-//! cost) and the markdown comparison table.
+//! cost, prefix-cache hits) and the markdown tables: the policy comparison and the
+//! routing comparison.
 
 use serde::Serialize;
 
@@ -11,10 +12,13 @@ use super::ComparisonResult;
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicySummary {
     pub policy: String,
+    /// The routing policy: `any`, `cache-aware` or `session`.
+    pub routing: String,
     pub requests: usize,
     /// Share of requests with TTFT <= target and mean ITL <= target.
     pub slo_attainment: f64,
     pub ttft_p50: f64,
+    pub ttft_p90: f64,
     pub ttft_p99: f64,
     pub itl_p50: f64,
     pub itl_p99: f64,
@@ -32,6 +36,11 @@ pub struct PolicySummary {
     pub peak_replicas: u32,
     /// Replica-seconds over the oracle's plan.
     pub cost_vs_oracle: f64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens found in the prefix cache: prefill saved.
+    pub cached_tokens: u64,
+    /// `cached_tokens / prompt_tokens`.
+    pub cache_hit_rate: f64,
 }
 
 /// The nearest-rank percentile, 0 without values (the JSON holds numbers).
@@ -57,8 +66,11 @@ pub fn summarize(
     let at_zero = Sorted::new(o.iter().filter(|r| r.at_zero).map(|r| r.ttft()));
     let capacity = |p: &super::engine::TimelinePoint| p.ready + p.starting;
     let n = run.timeline.len().max(1) as f64;
+    let prompt_tokens: u64 = o.iter().map(|r| u64::from(r.prompt_tokens)).sum();
+    let cached_tokens: u64 = o.iter().map(|r| u64::from(r.cached_tokens)).sum();
     PolicySummary {
         policy: run.policy.clone(),
+        routing: run.routing.to_string(),
         requests: o.len(),
         slo_attainment: if o.is_empty() {
             1.0
@@ -66,6 +78,7 @@ pub fn summarize(
             met as f64 / o.len() as f64
         },
         ttft_p50: percentile(&ttft, 50.0),
+        ttft_p90: percentile(&ttft, 90.0),
         ttft_p99: percentile(&ttft, 99.0),
         itl_p50: percentile(&itl, 50.0),
         itl_p99: percentile(&itl, 99.0),
@@ -89,6 +102,13 @@ pub fn summarize(
             run.replica_seconds / oracle_replica_seconds
         } else {
             f64::NAN
+        },
+        prompt_tokens,
+        cached_tokens,
+        cache_hit_rate: if prompt_tokens > 0 {
+            cached_tokens as f64 / prompt_tokens as f64
+        } else {
+            0.0
         },
     }
 }
@@ -140,6 +160,35 @@ pub fn render_markdown(rows: &[PolicySummary]) -> String {
             r.mean_replicas,
             r.peak_replicas,
             r.cost_vs_oracle,
+        ));
+    }
+    s
+}
+
+/// The markdown routing table: one row per (routing policy, scaling policy) run, with
+/// the prefix cache's effect (hit rate: cached prompt tokens / prompt tokens; prefill
+/// saved: cached prompt tokens), latency and cost.
+pub fn render_routing_markdown(rows: &[PolicySummary]) -> String {
+    let mut s = String::from(
+        "| routing | scaling policy | cache hit rate | prefill tokens saved | TTFT p50 / p90 / p99 (s) | SLO attained | GPU-s | replica-s | mean / peak replicas | cold starts |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.1}% | {} | {:.2} / {:.2} / {:.2} | {:.1}% | {} | {:.0} | {:.2} / {} | {} |\n",
+            r.routing,
+            r.policy,
+            r.cache_hit_rate * 100.0,
+            r.cached_tokens,
+            r.ttft_p50,
+            r.ttft_p90,
+            r.ttft_p99,
+            r.slo_attainment * 100.0,
+            r.gpu_seconds.map_or_else(|| "-".into(), |g| format!("{g:.0}")),
+            r.replica_seconds,
+            r.mean_replicas,
+            r.peak_replicas,
+            r.cold_starts,
         ));
     }
     s

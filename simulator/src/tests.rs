@@ -28,6 +28,7 @@ fn comparison(policies: &[&str]) -> Comparison {
         policies: policies.iter().map(|s| s.to_string()).collect(),
         horizon: Some(900.0),
         warm_start: false,
+        routing: RoutingSettings::default(),
     }
 }
 
@@ -38,6 +39,7 @@ fn step_load() -> Vec<SimRequest> {
             arrival: 100.0 + f64::from(i) * 0.25,
             prompt_tokens: 100,
             output_tokens: 50,
+            ..SimRequest::default()
         })
         .collect()
 }
@@ -102,6 +104,7 @@ fn a_request_at_zero_waits_for_the_cold_start() {
         arrival: 10.0,
         prompt_tokens: 10,
         output_tokens: 5,
+        ..SimRequest::default()
     }];
     let mut swell = Swell::new("swell", Swell::default_policy());
     let result = run(&requests, &mut swell, 20.0);
@@ -121,6 +124,7 @@ fn throughput_scales_linearly_with_replicas() {
             arrival: f64::from(i) * 0.001,
             prompt_tokens: 50,
             output_tokens: 20,
+            ..SimRequest::default()
         })
         .collect();
     let tokens_by = |n: u32| {
@@ -359,6 +363,7 @@ fn the_default_policy_beats_the_best_baseline_on_the_azure_conversation_trace() 
         policies: POLICY_NAMES.iter().map(|s| s.to_string()).collect(),
         horizon: None,
         warm_start: true,
+        routing: RoutingSettings::default(),
     };
     let result = compare(&requests, &comparison);
     let rows = summary::summarize_all(&result, 2.0, 0.1, 1);

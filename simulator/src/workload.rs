@@ -1,5 +1,6 @@
-//! Workloads for the simulator: a list of requests (arrival, prompt tokens, output tokens)
-//! from a real trace or a synthetic pattern.
+//! Workloads for the simulator: a list of requests (arrival, prompt tokens, output tokens;
+//! for traces that carry them, the prompt's block hashes and a session) from a real trace
+//! or a synthetic pattern.
 
 use std::path::Path;
 
@@ -9,12 +10,17 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Exp1, Gamma, Weibull};
 
 /// One request of a workload.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SimRequest {
     /// Arrival in seconds since the start of the workload.
     pub arrival: f64,
     pub prompt_tokens: u32,
     pub output_tokens: u32,
+    /// The chained hashes of the prompt's full KV blocks, first block first (the
+    /// simulator's block size); empty for traces without them: nothing is cached.
+    pub block_hashes: Vec<u64>,
+    /// The conversation or agent the request belongs to, for session-affine routing.
+    pub session: Option<u64>,
 }
 
 /// Reads an Azure 2023 trace CSV: the first row arrives at 0, gaps divided by `time_scale`.
@@ -35,10 +41,43 @@ pub fn azure(
             arrival: (r.timestamp_us - first) as f64 / 1e6 / time_scale,
             prompt_tokens: r.prompt_tokens.max(1),
             output_tokens: r.output_tokens.max(1),
+            ..SimRequest::default()
         })
         .collect();
     if let Some(d) = duration {
         out.retain(|r| r.arrival < d);
+    }
+    Ok(out)
+}
+
+/// Reads a Mooncake trace ([`crate::mooncake`]): the first row arrives at 0, gaps divided
+/// by `time_scale`; each prompt's 512-token hash ids become the hashes of its full
+/// `block_tokens`-token blocks, and its first id its session.
+pub fn mooncake(
+    path: &Path,
+    block_tokens: u32,
+    time_scale: f64,
+    duration: Option<f64>,
+) -> anyhow::Result<Vec<SimRequest>> {
+    let rows = crate::mooncake::load_mooncake(path)?;
+    let first = rows[0].timestamp;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let arrival = (row.timestamp - first) as f64 / 1e3 / time_scale;
+        if duration.is_some_and(|d| arrival >= d) {
+            break;
+        }
+        out.push(SimRequest {
+            arrival,
+            prompt_tokens: row.input_length.max(1),
+            output_tokens: row.output_length.max(1),
+            block_hashes: crate::mooncake::block_hashes(
+                &row.hash_ids,
+                row.input_length,
+                block_tokens,
+            )?,
+            session: crate::mooncake::session_key(&row.hash_ids),
+        });
     }
     Ok(out)
 }
@@ -103,6 +142,7 @@ pub fn servegen(
                 arrival: t,
                 prompt_tokens: p.max(1),
                 output_tokens: o.max(1),
+                ..SimRequest::default()
             });
         }
     }
@@ -238,6 +278,7 @@ pub fn synthetic(
                 arrival: t,
                 prompt_tokens: prompt,
                 output_tokens: output,
+                ..SimRequest::default()
             });
         }
     }

@@ -4,11 +4,15 @@
 //! swell-simulate --trace azure-conv --profile llama-3.1-8b-h100 --out sim-out
 //! swell-simulate --trace servegen:m-mid/chunk-3 --duration 1d --profile llama-3.1-8b-h100
 //! swell-simulate --trace synthetic:onoff --peak-rps 4 --duration 2h --policies swell,knative-kpa,oracle
+//! swell-simulate --trace mooncake --profile llama-3.1-8b-h100 --routing any,cache-aware,session
 //! ```
 //!
 //! Prints the markdown comparison table, writes `summary.json`, `timeline.{svg,png}` and
-//! `cost_vs_slo.{svg,png}` into `--out`. See the `swell_simulator` crate for the model and
-//! the baselines' defaults, docs/simulator.md for results.
+//! `cost_vs_slo.{svg,png}` into `--out`. With `--routing`, runs the scaling policies
+//! (default: `swell` alone) once per routing policy and prints the routing table (cache
+//! hit rate, prefill saved, TTFT, GPU-seconds, SLO attainment). See the
+//! `swell_simulator` crate for the model and the baselines' defaults, docs/simulator.md
+//! for results.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +20,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use swell_simulator::{policies::Swell, summary, workload, Comparison, POLICY_NAMES};
+use swell_router::RoutingPolicy;
+use swell_simulator::routing::DEFAULT_BLOCK_TOKENS;
+use swell_simulator::{
+    policies::Swell, summary, workload, Comparison, ComparisonResult, RoutingSettings, POLICY_NAMES,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,15 +32,27 @@ use swell_simulator::{policies::Swell, summary, workload, Comparison, POLICY_NAM
     about = "Run Swell's autoscaler and baseline policies over a trace in virtual time"
 )]
 struct Args {
-    /// azure-conv | azure-code | azure:<csv> | servegen:<m-mid/chunk-N or csv> | synthetic:<steps|spike|diurnal|onoff>
+    /// azure-conv | azure-code | azure:<csv> | mooncake | mooncake:<jsonl> | servegen:<m-mid/chunk-N or csv> | synthetic:<steps|spike|diurnal|onoff>
     #[arg(long, default_value = "azure-conv")]
     trace: String,
     /// A built-in `sim` profile (smollm2-135m-cpu, llama-3.1-8b-h100, llama-3.1-70b-4xh100, qwen2.5-0.5b-l4).
     #[arg(long, default_value = "llama-3.1-8b-h100")]
     profile: String,
     /// `all` or a comma-separated list of: swell, static-peak, knative-kpa, ray-serve, k8s-hpa, fireworks, oracle.
-    #[arg(long, default_value = "all")]
-    policies: String,
+    /// Default: `all`; `swell` with `--routing`.
+    #[arg(long)]
+    policies: Option<String>,
+    /// Run once per routing policy and print the routing table: a comma-separated list of
+    /// any, cache-aware, session. Without it every run routes `any` (one FIFO queue).
+    #[arg(long)]
+    routing: Option<String>,
+    /// How long a routed job waits for its replica before any replica may take it.
+    #[arg(long, default_value = "2s")]
+    promise_bound: humantime::Duration,
+    /// Tokens per KV block: the prefix cache's unit; Mooncake's 512-token ids are split
+    /// into 512 / this blocks (it must divide 512).
+    #[arg(long, default_value_t = DEFAULT_BLOCK_TOKENS)]
+    block_tokens: u32,
     /// Only the first part of the trace (after time scaling), e.g. `10m`, `1d`; synthetic: its length (default 1h).
     #[arg(long)]
     duration: Option<humantime::Duration>,
@@ -85,7 +105,10 @@ fn traces_dir(args: &Args) -> anyhow::Result<PathBuf> {
     if dir.is_dir() {
         return Ok(dir);
     }
-    bail!("cannot find the traces directory {}; pass --traces-dir", dir.display())
+    bail!(
+        "cannot find the traces directory {}; pass --traces-dir",
+        dir.display()
+    )
 }
 
 fn load(args: &Args) -> anyhow::Result<Vec<workload::SimRequest>> {
@@ -115,6 +138,14 @@ fn load_from(args: &Args, start: f64) -> anyhow::Result<Vec<workload::SimRequest
             )
         }
         "azure" => workload::azure(Path::new(arg), args.time_scale, duration),
+        "mooncake" => {
+            let path = if arg.is_empty() {
+                traces_dir(args)?.join("mooncake/synthetic_trace.jsonl")
+            } else {
+                PathBuf::from(arg)
+            };
+            workload::mooncake(&path, args.block_tokens, args.time_scale, duration)
+        }
         "servegen" => {
             let path = if Path::new(arg).is_file() {
                 PathBuf::from(arg)
@@ -150,10 +181,18 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let profile = swell_simulator::cli::builtin_profile(&args.profile)?;
-    let policies: Vec<String> = if args.policies == "all" {
+    let routings: Option<Vec<RoutingPolicy>> = args
+        .routing
+        .as_deref()
+        .map(|list| list.split(',').map(|s| s.trim().parse()).collect())
+        .transpose()
+        .context("--routing")?;
+    let default_policies = if routings.is_some() { "swell" } else { "all" };
+    let policies_arg = args.policies.as_deref().unwrap_or(default_policies);
+    let policies: Vec<String> = if policies_arg == "all" {
         POLICY_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
-        args.policies
+        policies_arg
             .split(',')
             .map(|s| s.trim().to_string())
             .collect()
@@ -193,7 +232,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         profile.name,
         profile.cold_start
     );
-    let comparison = Comparison {
+    let mut comparison = Comparison {
         profile: profile.clone(),
         ttft_target: args.ttft_target,
         itl_target: args.itl_target,
@@ -201,9 +240,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         policies,
         horizon: args.duration.map(|d| d.as_secs_f64()),
         warm_start: !args.cold_start_at_zero,
+        routing: RoutingSettings {
+            policy: RoutingPolicy::AnyReplica,
+            promise_bound: args.promise_bound.into(),
+            block_tokens: args.block_tokens,
+        },
     };
     let started = Instant::now();
-    let result = swell_simulator::compare(&requests, &comparison);
+    // One comparison per routing policy; their runs and rows side by side.
+    let mut result: Option<ComparisonResult> = None;
+    for &routing in routings.as_deref().unwrap_or(&[RoutingPolicy::AnyReplica]) {
+        comparison.routing.policy = routing;
+        let this = swell_simulator::compare(&requests, &comparison);
+        match &mut result {
+            Some(all) => all.runs.extend(this.runs),
+            None => result = Some(this),
+        }
+    }
+    let mut result = result.expect("at least one routing policy");
     let elapsed = started.elapsed();
     let rows = summary::summarize_all(
         &result,
@@ -223,7 +277,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         result.oracle_replica_seconds,
         elapsed
     );
-    print!("{}", summary::render_markdown(&rows));
+    if routings.is_some() {
+        println!(
+            "prefix cache: blocks of {} tokens, promise bound {}\n",
+            args.block_tokens, args.promise_bound
+        );
+        print!("{}", summary::render_routing_markdown(&rows));
+    } else {
+        print!("{}", summary::render_markdown(&rows));
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let json = serde_json::json!({
@@ -236,12 +298,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         "slo_batch": result.capacity.slo_batch,
         "oracle_replica_seconds": result.oracle_replica_seconds,
         "policies": rows,
-        "timelines": result.runs.iter().map(|r| serde_json::json!({"policy": r.policy, "points": r.timeline})).collect::<Vec<_>>(),
+        "timelines": result.runs.iter().map(|r| serde_json::json!({"policy": r.policy, "routing": r.routing, "points": r.timeline})).collect::<Vec<_>>(),
     });
     let json_path = args.out.join("summary.json");
     std::fs::write(&json_path, serde_json::to_string(&json)?)?;
     let mut written = vec![json_path];
-    written.extend(swell_simulator::plot::write_all(&args.out, &result.runs, &rows)?);
+    let mut plotted = rows.clone();
+    if routings.is_some() {
+        // The plots name each run by its scaling and routing policies.
+        for (run, row) in result.runs.iter_mut().zip(&mut plotted) {
+            run.policy = format!("{} ({})", run.policy, run.routing);
+            row.policy.clone_from(&run.policy);
+        }
+    }
+    written.extend(swell_simulator::plot::write_all(
+        &args.out,
+        &result.runs,
+        &plotted,
+    )?);
     for path in written {
         eprintln!("wrote {}", path.display());
     }

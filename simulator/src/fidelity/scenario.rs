@@ -96,6 +96,7 @@ impl Scenario {
                         arrival: t,
                         prompt_tokens: self.prompt_words,
                         output_tokens: self.output_tokens,
+                        ..SimRequest::default()
                     });
                 }
             }

@@ -1,17 +1,20 @@
-//! The discrete-event simulator: one deployment, a FIFO queue, replicas running the `sim`
-//! engine's performance model with continuous batching, and a scaling policy ticking in
-//! virtual time.
+//! The discrete-event simulator: one deployment, a queue, replicas running the `sim`
+//! engine's performance model with continuous batching and a prefix cache, a routing
+//! policy, and a scaling policy ticking in virtual time.
 //!
 //! Time is integer nanoseconds; events (arrivals, ticks, replicas becoming ready, engine
-//! steps ending) sit in a heap ordered by (time, sequence number), so runs are
+//! steps ending, promises of routed jobs running out) sit in a heap ordered by (time, sequence number), so runs are
 //! deterministic and idle stretches cost nothing but their ticks.
 //!
 //! A replica's step, as in the `sim` engine: admit queued requests while the batch has
 //! room (`max_batch_size`, a per-replica cap a baseline may impose, and the KV cache:
-//! prompt + output tokens of every admitted sequence must fit `kv_capacity_tokens`);
+//! prompt + output tokens of every admitted sequence, cached blocks they share counted
+//! once, must fit `kv_capacity_tokens`);
 //! give the step's prefill budget (`max_prefill_tokens_per_step`) to prefilling
 //! sequences in admission order; every sequence already prefilled decodes one token.
-//! Step time is [`PerformanceModel::step_duration`]. The step that ends a prompt's
+//! Step time is [`PerformanceModel::step_duration`]. A request whose prompt prefix is in
+//! the replica's cache prefills only the rest; the blocks it computes join the cache
+//! (`engine/replica.rs` has the KV accounting). The step that ends a prompt's
 //! prefill also yields its first token, and that sequence counts among the step's
 //! decoding sequences (as in the `sim` engine: the first token costs a forward pass).
 //!
@@ -20,7 +23,7 @@
 //! and a heap of the step at which each one produces its last token, so a step costs
 //! the same for a batch of 5 or 500 and a day of a large tenant runs in seconds.
 //! Arrivals are read from the (sorted) trace in order rather than queued in the event
-//! heap, which holds only ticks, readiness and step ends.
+//! heap, which holds only ticks, readiness, step ends and promise ends.
 //!
 //! Every tick (the policy's tick, 1 s by default) the simulator builds a [`LoadSample`]
 //! the way the live supervisor does (`queued` = waiting jobs, `running` = sequences on
@@ -35,16 +38,30 @@
 //! drain (finish their sequences, take nothing new). Like the supervisor, an arrival
 //! at zero capacity triggers a tick at once (the live `WorkArrived`; Knative's
 //! activator does the same).
+//!
+//! Routing ([`RoutingSettings`]): with `any`, every job waits in one FIFO queue and a
+//! replica with room takes the oldest. With `cache-aware` or `session`, an arriving job
+//! is routed among the ready replicas by [`swell_router::Router`] (each replica's view:
+//! its cache's [`swell_router::PrefixSummary`] as of that instant, its prefill tokens
+//! left plus those of the jobs promised to it, its batch) and promised to the chosen
+//! one for the promise bound ([`crate::waiting`]); a job nobody can take yet (no ready
+//! replica) waits unpromised.
+
+mod replica;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use swell_autoscaler::{LoadSample, ReplicaCounts};
+use swell_router::{JobView, Promise, ReplicaView, Router, RoutingPolicy};
 use swell_workers::sim::{PerformanceModel, SimProfile};
 
 use super::policies::ScalingPolicy;
+use super::routing::RoutingSettings;
+use super::waiting::WaitingJobs;
 use super::workload::SimRequest;
+use replica::{Replica, ReplicaState, SequenceKv};
 
 const NS: f64 = 1e9;
 
@@ -61,6 +78,9 @@ pub struct RequestOutcome {
     pub first_token: f64,
     pub finish: f64,
     pub output_tokens: u32,
+    pub prompt_tokens: u32,
+    /// Prompt tokens found in the replica's prefix cache: not prefilled.
+    pub cached_tokens: u32,
     /// Arrived while the deployment had no replica (ready or starting): it waited for a
     /// scale from zero.
     pub at_zero: bool,
@@ -99,6 +119,7 @@ pub struct TimelinePoint {
 #[derive(Debug, Clone)]
 pub struct RunResult {
     pub policy: String,
+    pub routing: RoutingPolicy,
     pub outcomes: Vec<RequestOutcome>,
     /// How many times each request finished (conservation checks).
     pub finished_count: Vec<u32>,
@@ -111,49 +132,14 @@ pub struct RunResult {
     pub generated_tokens: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReplicaState {
-    Starting,
-    Ready,
-    Draining,
-    Stopped,
-}
-
-#[derive(Debug)]
-struct Replica {
-    state: ReplicaState,
-    started_at: u64,
-    stopped_at: Option<u64>,
-    busy: bool,
-    kv_reserved: u64,
-    /// Admitted sequences still prefilling, in admission order: (request, prompt tokens
-    /// left).
-    prefilling: VecDeque<(usize, u64)>,
-    /// Sequences past their prefill.
-    decoding: u64,
-    /// The sum of their contexts (prompt + tokens generated so far).
-    decoding_context: u64,
-    /// When each produces its last token: (the value of `steps` after that step,
-    /// request).
-    finishes: BinaryHeap<Reverse<(u64, usize)>>,
-    /// Steps run so far.
-    steps: u64,
-    /// The step in flight: the sequences decoding at its start, and the prefill chunk
-    /// of each of the first `step_prefill.len()` prefilling sequences.
-    step_decoding: u64,
-    step_prefill: Vec<u64>,
-    /// Prompt tokens already prefilled of the sequences still prefilling.
-    prefill_context: u64,
-    /// KV tokens in use as last counted: `decoding_context + prefill_context`.
-    kv_context: u64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     // Order within the same instant: replicas become ready and steps end before the
     // tick looks at the state, arrivals last.
     Ready(usize),
     StepEnd(usize),
+    /// The promise of a routed job runs out.
+    PromiseEnds(usize),
     Tick,
     Arrival(usize),
 }
@@ -177,8 +163,10 @@ pub struct Simulator<'a> {
     /// The next request of the trace to arrive.
     next_arrival: usize,
     now: u64,
-    queue: VecDeque<usize>,
+    waiting: WaitingJobs,
     replicas: Vec<Replica>,
+    /// Each request's share of its replica's KV memory while it runs.
+    kv: Vec<SequenceKv>,
     outcomes: Vec<RequestOutcome>,
     finished_count: Vec<u32>,
     unfinished: usize,
@@ -198,6 +186,10 @@ pub struct Simulator<'a> {
     warm: u32,
     /// Ready replicas with nothing to do.
     idle: BTreeSet<usize>,
+    /// Ready replicas.
+    ready: BTreeSet<usize>,
+    routing: RoutingSettings,
+    router: Router,
     /// Kept up to date at every transition (a day of Ray Serve creates thousands).
     counts: ReplicaCounts,
     running: u64,
@@ -221,13 +213,15 @@ impl<'a> Simulator<'a> {
             seq: 0,
             next_arrival: 0,
             now: 0,
-            queue: VecDeque::new(),
+            waiting: WaitingJobs::default(),
             replicas: Vec::new(),
+            kv: vec![SequenceKv::default(); requests.len()],
             outcomes: requests
                 .iter()
                 .map(|r| RequestOutcome {
                     arrival: r.arrival,
                     output_tokens: r.output_tokens,
+                    prompt_tokens: r.prompt_tokens,
                     ..Default::default()
                 })
                 .collect(),
@@ -246,6 +240,9 @@ impl<'a> Simulator<'a> {
             last_tick: None,
             warm: 0,
             idle: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            routing: RoutingSettings::default(),
+            router: Router::new(RoutingPolicy::AnyReplica),
             counts: ReplicaCounts::default(),
             running: 0,
         }
@@ -264,12 +261,39 @@ impl<'a> Simulator<'a> {
         self
     }
 
+    /// Routes and caches as `routing` says (default: `any`, blocks of 16 tokens).
+    pub fn routing(mut self, routing: RoutingSettings) -> Self {
+        self.routing = routing;
+        self.router = Router::new(routing.policy);
+        self
+    }
+
+    /// Tokens per KV block.
+    fn block_tokens(&self) -> u64 {
+        u64::from(self.routing.block_tokens.max(1))
+    }
+
+    /// The replica's KV capacity in blocks.
+    fn capacity_blocks(&self) -> usize {
+        (self.profile.kv_capacity_tokens / self.block_tokens()) as usize
+    }
+
+    /// A new replica, numbered after the others.
+    fn add_replica(&mut self, state: ReplicaState) -> usize {
+        let index = self.replicas.len();
+        let capacity_blocks = self.capacity_blocks();
+        self.replicas
+            .push(Replica::new(index, state, self.now, capacity_blocks));
+        index
+    }
+
     pub fn run(mut self, horizon: Option<f64>) -> RunResult {
         let last_arrival = self.requests.iter().map(|r| r.arrival).fold(0.0, f64::max);
         let horizon_ns = ns(horizon.unwrap_or(last_arrival).max(last_arrival));
         for _ in 0..self.policy.initial_replicas().max(self.warm) {
-            self.idle.insert(self.replicas.len());
-            self.replicas.push(Replica::new(ReplicaState::Ready, 0));
+            let r = self.add_replica(ReplicaState::Ready);
+            self.idle.insert(r);
+            self.ready.insert(r);
             self.counts.ready += 1;
         }
         self.push(0, Event::Tick);
@@ -299,6 +323,11 @@ impl<'a> Simulator<'a> {
                 Event::Arrival(i) => self.on_arrival(i),
                 Event::Ready(r) => self.on_ready(r),
                 Event::StepEnd(r) => self.on_step_end(r),
+                Event::PromiseEnds(i) => {
+                    if self.waiting.promise_ended(i) {
+                        self.wake_idle();
+                    }
+                }
                 Event::Tick => {
                     if self.last_tick != Some(at) {
                         self.tick();
@@ -324,6 +353,7 @@ impl<'a> Simulator<'a> {
             .sum();
         RunResult {
             policy: self.policy.name(),
+            routing: self.routing.policy,
             outcomes: self.outcomes,
             finished_count: self.finished_count,
             replica_seconds,
@@ -345,17 +375,73 @@ impl<'a> Simulator<'a> {
     fn on_arrival(&mut self, i: usize) {
         self.arrivals += 1;
         self.prompt_tokens += u64::from(self.requests[i].prompt_tokens);
-        self.queue.push_back(i);
+        let routed = self.route(i);
+        match routed {
+            Some((r, prefill_tokens)) => {
+                let promise = Promise::new(
+                    self.replicas[r].name.as_str(),
+                    Duration::from_nanos(self.now),
+                    self.routing.promise_bound,
+                );
+                self.waiting.push_promised(i, r, promise, prefill_tokens);
+                let ends = self.now + self.routing.promise_bound.as_nanos() as u64;
+                self.push(ends, Event::PromiseEnds(i));
+            }
+            None => self.waiting.push_shared(i),
+        }
         if self.counts().capacity() == 0 {
             self.outcomes[i].at_zero = true;
             // The supervisor's `WorkArrived`: decide at once.
             self.tick();
         }
-        self.wake_idle();
+        match routed {
+            Some((r, _)) => {
+                if self.idle.remove(&r) {
+                    self.start_step(r);
+                }
+            }
+            None => self.wake_idle(),
+        }
     }
 
+    /// The ready replica request `i` is promised to, with the prompt tokens routing
+    /// expects it to prefill there; `None`: any replica may take it.
+    fn route(&self, i: usize) -> Option<(usize, u64)> {
+        if self.routing.policy == RoutingPolicy::AnyReplica {
+            return None;
+        }
+        let request = &self.requests[i];
+        let job = JobView {
+            block_hashes: &request.block_hashes,
+            prompt_tokens: u64::from(request.prompt_tokens),
+            block_tokens: self.block_tokens(),
+            session: request.session,
+        };
+        let candidates: Vec<usize> = self.ready.iter().copied().collect();
+        let views: Vec<ReplicaView> = candidates
+            .iter()
+            .map(|&r| {
+                let replica = &self.replicas[r];
+                ReplicaView {
+                    id: &replica.name,
+                    summary: replica.cache.summary(),
+                    queued_prefill_tokens: replica.prefill_left
+                        + self.waiting.promised_prefill_tokens(r),
+                    running_sequences: replica.sequences(),
+                    can_take_work: true,
+                }
+            })
+            .collect();
+        let choice = self
+            .router
+            .route(&job, &views, self.profile.prefill_tokens_per_second)?;
+        let position = views.iter().position(|v| v.id == choice.replica)?;
+        Some((candidates[position], choice.uncached_tokens))
+    }
+
+    /// Replicas with nothing to do start on the shared queue.
     fn wake_idle(&mut self) {
-        while !self.queue.is_empty() {
+        while self.waiting.has_shared() {
             let Some(r) = self.idle.pop_first() else {
                 break;
             };
@@ -366,40 +452,48 @@ impl<'a> Simulator<'a> {
     fn on_ready(&mut self, r: usize) {
         if self.replicas[r].state == ReplicaState::Starting {
             self.replicas[r].state = ReplicaState::Ready;
+            self.ready.insert(r);
             self.counts.starting -= 1;
             self.counts.ready += 1;
             self.start_step(r);
         }
     }
 
-    /// KV slots a request reserves while admitted: its whole context.
-    fn kv_need(&self, i: usize) -> u64 {
-        let req = self.requests[i];
-        (u64::from(req.prompt_tokens) + u64::from(req.output_tokens))
-            .min(self.profile.kv_capacity_tokens.max(1))
+    /// Whether the replica named `name` takes work (ready, not draining or gone).
+    fn takes_work(&self, name: &str) -> bool {
+        self.ready.iter().any(|&r| self.replicas[r].name == name)
     }
 
     fn start_step(&mut self, r: usize) {
         let now_s = self.now as f64 / NS;
         let kv_cap = self.profile.kv_capacity_tokens.max(1);
+        let block_tokens = self.block_tokens();
         let cap = self.per_replica_cap;
         if self.replicas[r].state == ReplicaState::Ready {
             while self.replicas[r].sequences() < cap {
-                let Some(&i) = self.queue.front() else { break };
-                let need = self.kv_need(i);
-                let replica = &mut self.replicas[r];
-                if replica.kv_reserved + need > kv_cap && replica.sequences() > 0 {
+                let Some((i, source)) = self.waiting.next_for(r) else {
+                    break;
+                };
+                let request = &self.requests[i];
+                let admission = self.replicas[r].admission(request, kv_cap, block_tokens);
+                let replica = &self.replicas[r];
+                if replica.kv_reserved + admission.need > kv_cap && replica.sequences() > 0 {
                     break;
                 }
-                self.queue.pop_front();
+                debug_assert!(swell_router::may_take(
+                    self.waiting.promise(i),
+                    &replica.name,
+                    Duration::from_nanos(self.now),
+                    |name| self.takes_work(name),
+                ));
+                self.waiting.take(i, r, source);
+                self.router.served(request.session, &self.replicas[r].name);
                 self.running += 1;
                 self.started += 1;
-                self.started_wait_ns += self.now.saturating_sub(ns(self.requests[i].arrival));
-                replica.kv_reserved += need;
+                self.started_wait_ns += self.now.saturating_sub(ns(request.arrival));
                 self.outcomes[i].start = now_s;
-                replica
-                    .prefilling
-                    .push_back((i, u64::from(self.requests[i].prompt_tokens)));
+                self.outcomes[i].cached_tokens = admission.hit_tokens as u32;
+                self.kv[i] = self.replicas[r].admit(i, request, admission, kv_cap, block_tokens);
             }
         }
         let replica = &mut self.replicas[r];
@@ -443,15 +537,32 @@ impl<'a> Simulator<'a> {
     fn on_step_end(&mut self, r: usize) {
         let now_s = self.now as f64 / NS;
         let requests = self.requests;
+        let kv_cap = self.profile.kv_capacity_tokens.max(1);
+        let block_tokens = self.block_tokens();
         let replica = &mut self.replicas[r];
         replica.steps += 1;
         let step = replica.steps;
         // Every sequence that was decoding made one token.
         let mut generated = replica.step_decoding;
         replica.decoding_context += replica.step_decoding;
-        for (k, &chunk) in replica.step_prefill.iter().enumerate() {
+        for k in 0..replica.step_prefill.len() {
+            let chunk = replica.step_prefill[k];
             replica.prefilling[k].1 -= chunk;
             replica.prefill_context += chunk;
+            replica.prefill_left -= chunk;
+            // The blocks this step completed join the cache.
+            let (i, left) = replica.prefilling[k];
+            let request = &requests[i];
+            if !request.block_hashes.is_empty() {
+                let computed = u64::from(request.prompt_tokens) - left;
+                replica.cache_computed_blocks(
+                    &request.block_hashes,
+                    &mut self.kv[i],
+                    computed,
+                    kv_cap,
+                    block_tokens,
+                );
+            }
         }
         let mut done: Vec<usize> = Vec::new();
         // Prefills complete in admission order: the done ones lead the queue.
@@ -459,7 +570,7 @@ impl<'a> Simulator<'a> {
             replica.prefilling.pop_front();
             generated += 1;
             self.outcomes[i].first_token = now_s;
-            let req = requests[i];
+            let req = &requests[i];
             replica.prefill_context -= u64::from(req.prompt_tokens);
             if req.output_tokens <= 1 {
                 done.push(i);
@@ -476,10 +587,9 @@ impl<'a> Simulator<'a> {
                 break;
             }
             replica.finishes.pop();
-            let req = requests[i];
+            let req = &requests[i];
             replica.decoding -= 1;
-            replica.decoding_context -=
-                u64::from(req.prompt_tokens) + u64::from(req.output_tokens);
+            replica.decoding_context -= u64::from(req.prompt_tokens) + u64::from(req.output_tokens);
             done.push(i);
         }
         replica.busy = false;
@@ -490,8 +600,8 @@ impl<'a> Simulator<'a> {
         replica.kv_context = kv_context;
         let finished = done.len();
         for i in done {
-            let need = self.kv_need(i);
-            self.replicas[r].kv_reserved -= need;
+            let kv = std::mem::take(&mut self.kv[i]);
+            self.replicas[r].release(&requests[i].block_hashes, kv, block_tokens);
             self.outcomes[i].finish = now_s;
             self.finished_count[i] += 1;
         }
@@ -502,8 +612,7 @@ impl<'a> Simulator<'a> {
         let replica = &mut self.replicas[r];
         if replica.state == ReplicaState::Draining && replica.sequences() == 0 {
             self.counts.draining -= 1;
-            replica.state = ReplicaState::Stopped;
-            replica.stopped_at = Some(self.now);
+            replica.stop(self.now);
             return;
         }
         self.start_step(r);
@@ -515,12 +624,12 @@ impl<'a> Simulator<'a> {
         let running = self.running();
         let counts = self.counts();
         let oldest_wait = self
-            .queue
-            .front()
-            .map_or(0, |&i| self.now.saturating_sub(ns(self.requests[i].arrival)));
+            .waiting
+            .oldest()
+            .map_or(0, |i| self.now.saturating_sub(ns(self.requests[i].arrival)));
         let sample = LoadSample {
             at: now,
-            queued: self.queue.len() as u64,
+            queued: self.waiting.len() as u64,
             running,
             arrivals: std::mem::take(&mut self.arrivals),
             prompt_tokens: std::mem::take(&mut self.prompt_tokens),
@@ -554,6 +663,10 @@ impl<'a> Simulator<'a> {
                 .map(|r| r.kv_context)
                 .sum();
             debug_assert_eq!(kv, self.kv_in_use_ready, "incremental KV in use");
+            let ready: BTreeSet<usize> = (0..self.replicas.len())
+                .filter(|&r| self.replicas[r].state == ReplicaState::Ready)
+                .collect();
+            debug_assert_eq!(ready, self.ready, "incremental ready set");
         }
         self.timeline.push(TimelinePoint {
             t: now.as_secs_f64(),
@@ -567,9 +680,7 @@ impl<'a> Simulator<'a> {
         let current = counts.capacity();
         if desired > current {
             for _ in current..desired {
-                let id = self.replicas.len();
-                self.replicas
-                    .push(Replica::new(ReplicaState::Starting, self.now));
+                let id = self.add_replica(ReplicaState::Starting);
                 self.counts.starting += 1;
                 self.cold_starts += 1;
                 let at = self.now + self.profile.cold_start.as_nanos() as u64;
@@ -592,6 +703,7 @@ impl<'a> Simulator<'a> {
                 .collect();
             // Starting first (newest first), then the least loaded ready ones.
             candidates.sort();
+            let mut orphaned = 0;
             for &(_, _, _, i) in candidates.iter().take((current - desired) as usize) {
                 let r = &mut self.replicas[i];
                 self.idle.remove(&i);
@@ -600,45 +712,24 @@ impl<'a> Simulator<'a> {
                     _ => {
                         self.counts.ready -= 1;
                         self.kv_in_use_ready -= r.kv_context;
+                        self.ready.remove(&i);
+                        // Its promised jobs: any replica may take them now.
+                        orphaned += self.waiting.replica_left(i);
                     }
                 }
                 if r.sequences() == 0 && !r.busy {
-                    r.state = ReplicaState::Stopped;
-                    r.stopped_at = Some(self.now);
+                    r.stop(self.now);
                 } else {
                     r.state = ReplicaState::Draining;
                     self.counts.draining += 1;
                 }
             }
+            if orphaned > 0 {
+                self.wake_idle();
+            }
         } else {
             return;
         }
         self.policy.scaled(now, current, desired);
-    }
-}
-
-impl Replica {
-    fn new(state: ReplicaState, at: u64) -> Self {
-        Self {
-            state,
-            started_at: at,
-            stopped_at: None,
-            busy: false,
-            kv_reserved: 0,
-            prefilling: VecDeque::new(),
-            decoding: 0,
-            decoding_context: 0,
-            finishes: BinaryHeap::new(),
-            steps: 0,
-            step_decoding: 0,
-            step_prefill: Vec::new(),
-            prefill_context: 0,
-            kv_context: 0,
-        }
-    }
-
-    /// Sequences admitted and not finished.
-    fn sequences(&self) -> u64 {
-        self.prefilling.len() as u64 + self.decoding
     }
 }
