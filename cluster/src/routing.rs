@@ -23,8 +23,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use swell_router::{may_take, Promise};
 
-/// A job promised to `replica` (a queue consumer id) until `until_ms` (Unix ms).
+/// A job promised to `replica` (a queue consumer id) until `until_ms` (Unix ms): the wire
+/// form of a [`swell_router::Promise`] whose times count from the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JobRoute {
     pub replica: String,
@@ -102,25 +104,18 @@ impl Routing {
         self.seen.get(&key).map(|at| at.saturating_add(window))
     }
 
-    /// May `consumer` take a job with `route` at `now_ms`?
-    pub fn eligible(
-        &self,
-        deployment: &str,
-        route: Option<&JobRoute>,
-        consumer: &str,
-        now_ms: u64,
-    ) -> Eligibility {
-        let Some(route) = route else {
-            return Eligibility::Now;
-        };
-        if route.replica == consumer || now_ms >= route.until_ms {
+    /// May `consumer` take a job with `route` at `now_ms`? The rule is
+    /// [`swell_router::may_take`] (times as Unix ms), with this queue's view of which
+    /// replicas are alive; when the answer is no, also when it turns to yes.
+    pub fn eligible(&self, deployment: &str, route: Option<&JobRoute>, consumer: &str, now_ms: u64) -> Eligibility {
+        let Some(route) = route else { return Eligibility::Now };
+        let promise = Promise { replica: route.replica.clone(), until: Duration::from_millis(route.until_ms) };
+        let alive = |replica: &str| self.alive_until(deployment, replica).is_some_and(|until| now_ms < until);
+        if may_take(Some(&promise), consumer, Duration::from_millis(now_ms), alive) {
             return Eligibility::Now;
         }
-        match self.alive_until(deployment, &route.replica) {
-            Some(alive) if now_ms < alive => Eligibility::From(alive.min(route.until_ms)),
-            // Gone, or never seen by this queue: nobody to wait for.
-            _ => Eligibility::Now,
-        }
+        let alive_until = self.alive_until(deployment, &route.replica).unwrap_or(now_ms);
+        Eligibility::From(alive_until.min(route.until_ms))
     }
 
     /// Forget consumers not seen for ten liveness windows (bounded memory).

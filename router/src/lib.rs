@@ -3,10 +3,10 @@
 //! A replica that already holds a job's prompt prefix in its KV cache prefills only the
 //! rest, so where a job runs decides how much prefill it costs. This crate owns that
 //! choice, as pure code: no clock, no threads, no I/O. Whoever routes (the simulator
-//! today, the queue and the supervisor later) describes the job and each candidate
-//! replica as plain structs, asks for a replica, and promises the job to it for a
-//! bounded time; the queue then uses [`may_take`] to decide which consumer may take the
-//! job. Times are `Duration`s since an origin the caller chooses, like the autoscaler's.
+//! today, the gateway later) describes the job and each candidate replica as plain
+//! structs, asks for a replica, and promises the job to it for a bounded time; a queue
+//! then uses [`may_take`] to decide which consumer may take the job (the simulator's and
+//! the embedded queue, `swell_cluster::routing`, do). Times are `Duration`s since an origin the caller chooses, like the autoscaler's.
 //!
 //! Priorities are not routing's business: the queue orders jobs by priority first, and
 //! routing only filters within that order.
