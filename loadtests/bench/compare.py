@@ -78,10 +78,11 @@ def wait_ready(proc, url: str, path: str, ready, log: Path, what: str):
     raise RuntimeError(f"{what} did not become ready; see {log}")
 
 
-def start_llama(binary: Path, threads: int, log: Path):
+def start_llama(binary: Path, threads: int, log: Path, slots: int = STREAMS, ctx: int = CONTEXT):
+    """llama-server with `slots` parallel slots of `ctx` tokens each."""
     port = free_port()
     cmd = [str(binary), "-m", str(MODEL), "--threads", str(threads), "--threads-batch", str(threads),
-           "--parallel", str(STREAMS), "--ctx-size", str(STREAMS * CONTEXT), "--no-repack", "-cb",
+           "--parallel", str(slots), "--ctx-size", str(slots * ctx), "--no-repack", "-cb",
            "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -89,7 +90,8 @@ def start_llama(binary: Path, threads: int, log: Path):
     return proc, url, cmd
 
 
-def start_swell(kernel: str, threads: int, log: Path):
+def start_swell(kernel: str, threads: int, log: Path, kv_tokens: int = STREAMS * CONTEXT, extra_llm: str = ""):
+    """`swell serve` with one always-on `llm` replica; `extra_llm`: more `llm` keys."""
     port = free_port()
     config = f"""
 [server]
@@ -100,7 +102,8 @@ engine = "llm"
 model_path = "{MODEL}"
 threads = {threads}
 cpu_kernel = "{kernel}"
-kv_cache_tokens = {STREAMS * CONTEXT}
+kv_cache_tokens = {kv_tokens}
+{extra_llm}
 [deployments.default.autoscaling]
 min_replicas = 1
 max_replicas = 1
@@ -201,7 +204,7 @@ def main():
     out = Path(a.out) if a.out else REPO / "loadtests" / "results" / f"engine-{a.klass}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out.relative_to(REPO)}")
+    print(f"wrote {out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out}")
 
 
 if __name__ == "__main__":

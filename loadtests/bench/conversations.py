@@ -20,19 +20,17 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import LLAMA, MODEL, REPO, SWELL, cpu_info, wait_ready  # noqa: E402
-from engine import free_port, stop  # noqa: E402
+from compare import LLAMA, MODEL, REPO, SWELL, cpu_info, start_llama, start_swell  # noqa: E402
+from engine import sse_events, stop  # noqa: E402
 
 SYSTEM = ("You are the support assistant of Swell, a self-hosted platform that serves language models on "
           "demand. Answer in a few plain sentences. When a question is about configuration, name the "
@@ -57,45 +55,6 @@ QUESTIONS = [
 ]
 
 
-def start_llama(binary: Path, threads: int, slots: int, ctx: int, log: Path):
-    port = free_port()
-    cmd = [str(binary), "-m", str(MODEL), "--threads", str(threads), "--threads-batch", str(threads),
-           "--parallel", str(slots), "--ctx-size", str(slots * ctx), "--no-repack", "-cb",
-           "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(proc, url, "/health", lambda _: True, log, "llama-server")
-    return proc, url, cmd
-
-
-def start_swell(kernel: str, threads: int, kv_tokens: int, prefix_cache: bool, log: Path):
-    port = free_port()
-    config = f"""
-[server]
-listen = "127.0.0.1:{port}"
-[deployments.default]
-engine = "llm"
-[deployments.default.llm]
-model_path = "{MODEL}"
-threads = {threads}
-cpu_kernel = "{kernel}"
-kv_cache_tokens = {kv_tokens}
-prefix_cache = {str(prefix_cache).lower()}
-[deployments.default.autoscaling]
-min_replicas = 1
-max_replicas = 1
-"""
-    path = Path(tempfile.mkdtemp()) / "conversations.toml"
-    path.write_text(config)
-    cmd = [str(SWELL), "serve", "--config", str(path)]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "RUST_LOG": "warn"})
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(proc, url, "/admin/v1/deployments/default", lambda b: json.loads(b)["replicas"]["ready"] == 1,
-               log, "swell")
-    return proc, url, cmd + [f"(config: {config.strip()!r})"]
-
-
 async def chat(session: aiohttp.ClientSession, url: str, messages: list, max_tokens: int) -> dict:
     body = {"model": "default", "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -104,21 +63,13 @@ async def chat(session: aiohttp.ClientSession, url: str, messages: list, max_tok
     async with session.post(url + "/v1/chat/completions", json=body) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
-        buf = b""
-        async for chunk in resp.content.iter_any():
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                line = line.strip()
-                if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-                    continue
-                ev = json.loads(line[5:])
-                usage = ev.get("usage") or usage
-                for ch in ev.get("choices") or []:
-                    piece = (ch.get("delta") or {}).get("content")
-                    if piece:
-                        first = first or time.perf_counter()
-                        text.append(piece)
+        async for ev in sse_events(resp):
+            usage = ev.get("usage") or usage
+            for ch in ev.get("choices") or []:
+                piece = (ch.get("delta") or {}).get("content")
+                if piece:
+                    first = first or time.perf_counter()
+                    text.append(piece)
     return {"ttft": (first or time.perf_counter()) - t0, "text": "".join(text),
             "prompt_tokens": (usage or {}).get("prompt_tokens")}
 
@@ -185,9 +136,10 @@ def main():
         for side in order:
             log = logdir / f"conversations-{side}.log"
             if side == "llama":
-                proc, url, cmd = start_llama(LLAMA[a.klass], a.threads, a.conversations, ctx, log)
+                proc, url, cmd = start_llama(LLAMA[a.klass], a.threads, log, slots=a.conversations, ctx=ctx)
             else:
-                proc, url, cmd = start_swell(kernel, a.threads, a.conversations * ctx, not a.swell_no_cache, log)
+                proc, url, cmd, _ = start_swell(kernel, a.threads, log, kv_tokens=a.conversations * ctx,
+                                                extra_llm=f"prefix_cache = {str(not a.swell_no_cache).lower()}")
             commands[side] = cmd
             try:
                 r = asyncio.run(run_side(url, a.conversations, a.turns, a.answer_tokens))
@@ -222,7 +174,7 @@ def main():
               "git": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                     text=True).stdout.strip()}
     out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out.relative_to(REPO)}")
+    print(f"wrote {out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,22 @@ def make_prompt(ntok_target: int, count, rng: random.Random) -> tuple[str, int]:
     return text, count(text)
 
 
+async def sse_events(resp):
+    """The JSON events of a streaming (SSE) response, `[DONE]` left out."""
+    buf = b""
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                continue
+            yield json.loads(data)
+
+
 class Client:
     def __init__(self, url: str, model: str, api_key: str | None, extra: dict):
         self.url = url.rstrip("/") + "/v1/completions"
@@ -100,23 +116,12 @@ class Client:
         async with session.post(self.url, json=body, headers=self.headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
-            buf = b""
-            async for chunk in resp.content.iter_any():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        continue
-                    ev = json.loads(data)
-                    if ev.get("usage"):
-                        usage = ev["usage"]
-                    for ch in ev.get("choices") or []:
-                        if ch.get("text"):
-                            stamps.append(time.perf_counter())
+            async for ev in sse_events(resp):
+                if ev.get("usage"):
+                    usage = ev["usage"]
+                for ch in ev.get("choices") or []:
+                    if ch.get("text"):
+                        stamps.append(time.perf_counter())
         t1 = time.perf_counter()
         n = (usage or {}).get("completion_tokens") or len(stamps)
         return {"t0": t0, "t1": t1, "stamps": stamps, "usage": usage, "n_tokens": n,
