@@ -9,7 +9,7 @@ use super::kernel::Kernel;
 use super::layout::layout_pos;
 use super::matrix::{Packing, QMatrix};
 #[cfg(target_arch = "x86_64")]
-use super::{x86_256, x86_512, x86_ymm16};
+use super::{x86_512, x86_ymm16};
 use super::{BLOCK, TILE_COLS, TILE_ROWS};
 
 impl QMatrix {
@@ -158,7 +158,7 @@ unsafe fn dispatch(kernel: Kernel, tile: &Tile<'_>, rows: usize, x: &QActivation
         }
         match kernel {
             Kernel::Vnni512 => return tiles!(x86_512::tile_vnni512, t0, cols),
-            Kernel::Vnni => return tiles!(x86_256::tile_vnni, t0, cols),
+            Kernel::Vnni => return tiles!(x86_ymm16::tile_vnni, t0, cols),
             Kernel::AvxVnni => return tiles!(x86_ymm16::tile_avxvnni, t0, cols),
             Kernel::Avx2 => return tiles!(x86_ymm16::tile_avx2, t0, cols),
             Kernel::Scalar => {}

@@ -35,10 +35,10 @@
 //!   forced by name, for the matrix tiles and the f32 loops alike.
 //! - `matmul`: [`QMatrix::matmul`] (parallel over row chunks with rayon, tiled inside each
 //!   chunk) and the portable `tile_scalar`.
-//! - `x86_256`: `tile_vnni` (AVX-512 VNNI on 256-bit vectors) and the 256-bit loads.
+//! - `x86_256`: the 256-bit loads and scale vectors the tiles share.
 //! - `x86_512`: `tile_vnni512`, AVX-512 VNNI on 512-bit vectors.
-//! - `x86_ymm16`: `tile_avx2` and `tile_avxvnni`, for CPUs with 16 vector registers: two
-//!   tokens share each accumulator, so a 4-row tile fits the register file.
+//! - `x86_ymm16`: `tile_avx2`, `tile_avxvnni` and `tile_vnni` on 256-bit vectors, built
+//!   for 16 registers: two tokens (or, for one token, two rows) share each accumulator.
 //! - `tests`: every kernel against the dequantized product.
 
 // SIMD loops index several parallel register arrays by the same counter.

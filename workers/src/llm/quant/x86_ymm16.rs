@@ -1,5 +1,7 @@
-//! The tiles for CPUs with 16 vector registers of 256 bits: `tile_avx2` (AVX2 + FMA,
-//! `vpmaddubsw` + `vpmaddwd`) and `tile_avxvnni` (AVX-VNNI's VEX `vpdpbusd`).
+//! The 256-bit tiles, built for 16 vector registers: `tile_avx2` (AVX2 + FMA,
+//! `vpmaddubsw` + `vpmaddwd`), `tile_avxvnni` (AVX-VNNI's VEX `vpdpbusd`) and `tile_vnni`
+//! (AVX-512 VNNI's EVEX `vpdpbusd` on 256-bit vectors, which has 32 registers but runs
+//! the same tile).
 //!
 //! # Two tokens per accumulator
 //! A block pair's products for one token come out as 8 i32 lanes, 4 per block. Adjacent
@@ -107,6 +109,25 @@ impl Dot16 for AvxVnni {
     #[inline(always)]
     unsafe fn dot1(a: __m256i, xa: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, xa)
+    }
+}
+
+/// AVX-512 VNNI on 256-bit vectors: the EVEX form of the same instruction.
+struct Vnni256;
+impl Dot16 for Vnni256 {
+    type W = __m256i;
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn prep(q: __m256i) -> __m256i {
+        q
+    }
+    #[inline(always)]
+    unsafe fn dot2(a: __m256i, xa: __m256i, b: __m256i, xb: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), a, xa), b, xb)
+    }
+    #[inline(always)]
+    unsafe fn dot1(a: __m256i, xa: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, xa)
     }
 }
 
@@ -382,4 +403,16 @@ pub(super) unsafe fn tile_avxvnni<const R: usize, const C: usize, const NIBBLES:
     ldo: usize,
 ) {
     split::<AvxVnni, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub(super) unsafe fn tile_vnni<const R: usize, const C: usize, const NIBBLES: bool>(
+    t: &Tile<'_>,
+    i0: usize,
+    x: &QActivations,
+    t0: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    split::<Vnni256, R, C, NIBBLES>(t, i0, x, t0, out, ldo)
 }
