@@ -42,66 +42,70 @@ pub enum Eligibility {
     From(u64),
 }
 
+/// What the queue last saw of one consumer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// Its last lease, renewal or write (Unix ms).
+    at: u64,
+    /// Its blocking `lease` calls in progress.
+    waiting: usize,
+}
+
 /// When each consumer was last seen, and which are waiting in `lease` now, per
-/// deployment.
+/// deployment (looked up by `&str`: no allocation on the paths every write takes).
 #[derive(Debug, Clone)]
 pub struct Routing {
     liveness: Duration,
-    seen: HashMap<(String, String), u64>,
-    waiting: HashMap<(String, String), usize>,
+    consumers: HashMap<String, HashMap<String, Seen>>,
 }
 
 impl Routing {
     /// A replica not seen for `liveness` counts as gone.
     pub fn new(liveness: Duration) -> Self {
-        Self {
-            liveness,
-            seen: HashMap::new(),
-            waiting: HashMap::new(),
-        }
+        Self { liveness, consumers: HashMap::new() }
     }
 
     pub fn liveness(&self) -> Duration {
         self.liveness
     }
 
+    fn entry(&mut self, deployment: &str, consumer: &str) -> &mut Seen {
+        if !self.consumers.contains_key(deployment) {
+            self.consumers.insert(deployment.to_string(), HashMap::new());
+        }
+        let of_deployment = self.consumers.get_mut(deployment).expect("inserted above");
+        if !of_deployment.contains_key(consumer) {
+            of_deployment.insert(consumer.to_string(), Seen::default());
+        }
+        of_deployment.get_mut(consumer).expect("inserted above")
+    }
+
     /// `consumer` of `deployment` did something at `now_ms` (leased, renewed, wrote).
     pub fn seen(&mut self, deployment: &str, consumer: &str, now_ms: u64) {
-        match self
-            .seen
-            .get_mut(&(deployment.to_string(), consumer.to_string()))
-        {
-            Some(at) => *at = (*at).max(now_ms),
-            None => {
-                self.seen
-                    .insert((deployment.to_string(), consumer.to_string()), now_ms);
-            }
-        }
+        let seen = self.entry(deployment, consumer);
+        seen.at = seen.at.max(now_ms);
     }
 
     /// `consumer` entered (`true`) or left (`false`) a blocking `lease` call: alive
     /// throughout.
     pub fn waiting(&mut self, deployment: &str, consumer: &str, entered: bool, now_ms: u64) {
-        let key = (deployment.to_string(), consumer.to_string());
+        let seen = self.entry(deployment, consumer);
         if entered {
-            *self.waiting.entry(key).or_default() += 1;
-        } else if let Some(n) = self.waiting.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.waiting.remove(&key);
-            }
+            seen.waiting += 1;
+        } else {
+            seen.waiting = seen.waiting.saturating_sub(1);
         }
-        self.seen(deployment, consumer, now_ms);
+        seen.at = seen.at.max(now_ms);
     }
 
     /// Until when `consumer` counts as alive (Unix ms), if it was ever seen.
     fn alive_until(&self, deployment: &str, consumer: &str) -> Option<u64> {
-        let key = (deployment.to_string(), consumer.to_string());
-        if self.waiting.contains_key(&key) {
+        let seen = self.consumers.get(deployment)?.get(consumer)?;
+        if seen.waiting > 0 {
             return Some(u64::MAX);
         }
         let window = u64::try_from(self.liveness.as_millis()).unwrap_or(u64::MAX);
-        self.seen.get(&key).map(|at| at.saturating_add(window))
+        Some(seen.at.saturating_add(window))
     }
 
     /// May `consumer` take a job with `route` at `now_ms`? The rule is
@@ -109,6 +113,9 @@ impl Routing {
     /// replicas are alive; when the answer is no, also when it turns to yes.
     pub fn eligible(&self, deployment: &str, route: Option<&JobRoute>, consumer: &str, now_ms: u64) -> Eligibility {
         let Some(route) = route else { return Eligibility::Now };
+        if route.replica == consumer {
+            return Eligibility::Now;
+        }
         let promise = Promise { replica: route.replica.clone(), until: Duration::from_millis(route.until_ms) };
         let alive = |replica: &str| self.alive_until(deployment, replica).is_some_and(|until| now_ms < until);
         if may_take(Some(&promise), consumer, Duration::from_millis(now_ms), alive) {
@@ -120,12 +127,11 @@ impl Routing {
 
     /// Forget consumers not seen for ten liveness windows (bounded memory).
     pub fn sweep(&mut self, now_ms: u64) {
-        let keep = u64::try_from(self.liveness.as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(10);
-        let waiting = &self.waiting;
-        self.seen
-            .retain(|key, at| waiting.contains_key(key) || now_ms.saturating_sub(*at) < keep);
+        let keep = u64::try_from(self.liveness.as_millis()).unwrap_or(u64::MAX).saturating_mul(10);
+        for of_deployment in self.consumers.values_mut() {
+            of_deployment.retain(|_, seen| seen.waiting > 0 || now_ms.saturating_sub(seen.at) < keep);
+        }
+        self.consumers.retain(|_, of_deployment| !of_deployment.is_empty());
     }
 }
 

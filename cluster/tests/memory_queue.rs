@@ -6,42 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use swell_cluster::{
-    unix_millis, AdmissionLimits, AppendOutcome, FinishReason, GenerationRequest, InMemoryQueue, InMemoryQueueConfig,
-    Job, OutputEvent, Priority, Queue, QueueError, SamplingParams, Usage,
-};
+mod common;
+
+use common::{finished, job, tokens};
+use swell_cluster::{unix_millis, AdmissionLimits, AppendOutcome, InMemoryQueue, InMemoryQueueConfig, OutputEvent, Queue, QueueError};
 use tokio::time::Instant;
 
 
 const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
 const TTL: Duration = Duration::from_secs(10);
 
-fn job(id: &str) -> Job {
-    Job {
-        id: id.into(),
-        deployment: "d".into(),
-        tenant: "t".into(),
-        request: GenerationRequest {
-            prompt_tokens: vec![1, 2, 3],
-            params: SamplingParams::default(),
-        },
-        enqueued_at_ms: unix_millis(),
-        deadline_ms: None,
-        priority: Priority::Normal,
-        route: None,
-    }
-}
 
-fn tokens(ids: &[u32]) -> OutputEvent {
-    OutputEvent::Tokens { text: format!("{ids:?}"), token_ids: ids.to_vec(), logprobs: None }
-}
 
-fn finished() -> OutputEvent {
-    OutputEvent::Finished {
-        reason: FinishReason::Length,
-        usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
-    }
-}
 
 #[tokio::test]
 async fn enqueue_reports_positions_and_refuses_past_the_depth_limit() {

@@ -3,12 +3,14 @@
 //! the replica is alive, priorities still come first, and a blocked `lease` of another
 //! replica wakes and takes the job when the promise lapses.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use swell_cluster::{
-    unix_millis, AdmissionLimits, GenerationRequest, InMemoryQueue, InMemoryQueueConfig, Job,
-    JobRoute, Priority, Queue, SamplingParams,
+    unix_millis, AdmissionLimits, InMemoryQueue, InMemoryQueueConfig, Job, JobRoute, Priority,
+    Queue,
 };
 
 const LIMITS: AdmissionLimits = AdmissionLimits {
@@ -25,22 +27,8 @@ fn queue(liveness: Duration) -> Arc<InMemoryQueue> {
 }
 
 fn job(id: &str, priority: Priority, route: Option<(&str, Duration)>) -> Job {
-    Job {
-        id: id.into(),
-        deployment: "d".into(),
-        tenant: "t".into(),
-        request: GenerationRequest {
-            prompt_tokens: vec![1, 2, 3],
-            params: SamplingParams::default(),
-        },
-        enqueued_at_ms: unix_millis(),
-        deadline_ms: None,
-        priority,
-        route: route.map(|(replica, bound)| JobRoute {
-            replica: replica.into(),
-            until_ms: unix_millis() + bound.as_millis() as u64,
-        }),
-    }
+    let route = route.map(|(replica, bound)| JobRoute { replica: replica.into(), until_ms: unix_millis() + bound.as_millis() as u64 });
+    Job { priority, route, ..common::job(id) }
 }
 
 async fn ids(q: &InMemoryQueue, consumer: &str, n: usize, block: Duration) -> Vec<String> {

@@ -4,16 +4,18 @@
 //! The Redis tests start their own `redis-server` on a free port (`redis_queue::testing`);
 //! they need `redis-server` installed (`apt-get install redis-server`) and fail without it.
 
+mod common;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
 use swell_cluster::{
-    unix_millis, AdmissionLimits, AppendOutcome, FinishReason, GenerationRequest, InMemoryQueue,
-    InMemoryQueueConfig, Job, OutputEvent, Priority, Queue, QueueError, RedisQueue,
-    RedisQueueConfig, SamplingParams, Usage,
+    unix_millis, AdmissionLimits, AppendOutcome, InMemoryQueue, InMemoryQueueConfig, Job,
+    OutputEvent, Priority, Queue, QueueError, RedisQueue, RedisQueueConfig,
 };
+use common::{finished, job, tokens};
 use tokio::time::Instant;
 
 const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
@@ -76,18 +78,6 @@ fn redis_config(server: &RedisServer, max_deliveries: u32) -> RedisQueueConfig {
     }
 }
 
-fn job(id: &str) -> Job {
-    Job {
-        id: id.into(),
-        deployment: "d".into(),
-        tenant: "t".into(),
-        request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams::default() },
-        enqueued_at_ms: unix_millis(),
-        deadline_ms: None,
-        priority: Priority::Normal,
-        route: None,
-    }
-}
 
 /// A job of `priority`, enqueued at `enqueued_at_ms`.
 fn job_at(id: &str, priority: Priority, enqueued_at_ms: u64) -> Job {
@@ -98,16 +88,7 @@ fn ids(leases: &[swell_cluster::Lease]) -> Vec<&str> {
     leases.iter().map(|lease| lease.job.id.as_str()).collect()
 }
 
-fn tokens(ids: &[u32]) -> OutputEvent {
-    OutputEvent::Tokens { text: format!("{ids:?}"), token_ids: ids.to_vec(), logprobs: None }
-}
 
-fn finished() -> OutputEvent {
-    OutputEvent::Finished {
-        reason: FinishReason::Length,
-        usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
-    }
-}
 
 fn failed_with(event: &OutputEvent, expected: &str) -> bool {
     matches!(event, OutputEvent::Failed { code, .. } if code == expected)

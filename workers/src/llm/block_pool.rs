@@ -165,9 +165,8 @@ impl BlockPool {
             return false;
         }
         for _ in 0..need {
-            let mut one = Vec::with_capacity(1);
-            let b = if self.free.grow(&mut one, BLOCK_TOKENS) {
-                one[0]
+            let b = if let Some(b) = self.free.take() {
+                b
             } else {
                 let (_, b) = self.evictable.pop_first().expect("available counted it");
                 let h = self.hash_of[b as usize].take().expect("evictable blocks are registered");
@@ -208,7 +207,7 @@ impl BlockPool {
                 self.released_at[b as usize] = self.clock;
                 self.evictable.insert(self.clock, b);
             } else {
-                self.free.release(&mut vec![b]);
+                self.free.give(b);
             }
         }
     }

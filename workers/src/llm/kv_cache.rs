@@ -57,6 +57,16 @@ impl BlockAllocator {
         true
     }
 
+    /// One free block, if any.
+    pub fn take(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    /// Give back one block.
+    pub fn give(&mut self, block: u32) {
+        self.free.push(block);
+    }
+
     /// Give back every block of `table`.
     pub fn release(&mut self, table: &mut Vec<u32>) {
         self.free.append(table);
