@@ -12,6 +12,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use parking_lot::RwLock;
+use swell_actors::routing::{DeploymentRouter, RoutingConfig};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, LoadReport};
 use swell_actors::worker::WorkerConfig;
 use swell_cluster::Queue;
@@ -89,12 +90,30 @@ pub struct DeploymentHandle {
     /// In a cluster: this node's load of the deployment, written by its supervisor every
     /// tick, read by the node's heartbeat.
     pub load_report: Option<LoadReport>,
+    /// Picks the replica for each job (`[deployments.NAME.routing]`).
+    pub router: Arc<DeploymentRouter>,
+}
+
+/// The deployment's router for `config`'s routing settings.
+fn router_for(name: &str, config: &DeploymentConfig, queue: Arc<dyn Queue>) -> Arc<DeploymentRouter> {
+    let routing = RoutingConfig {
+        policy: config.routing.policy,
+        promise_bound: config.routing.promise_bound,
+        ..RoutingConfig::default()
+    };
+    Arc::new(DeploymentRouter::new(name, queue, routing))
 }
 
 impl DeploymentHandle {
     /// The same running deployment with new settings (the engine is unchanged).
     pub fn with_config(&self, config: DeploymentConfig, queue: &QueueConfig) -> DeploymentHandle {
+        let router = if config.routing == self.config.routing {
+            self.router.clone()
+        } else {
+            router_for(&self.name, &config, self.router.queue())
+        };
         DeploymentHandle {
+            router,
             name: self.name.clone(),
             limits: model_limits(&config, &self.description),
             max_queue_depth: config.max_queue_depth.unwrap_or(queue.max_depth_per_deployment),
@@ -156,9 +175,11 @@ pub fn start_deployment(
     spec.placement_driven = settings.shared_queue;
     let load_report = settings.shared_queue.then(LoadReport::default);
     spec.load_report = load_report.clone();
+    let router = router_for(name, &config, queue.clone());
     let supervisor =
         DeploymentSupervisor::start_in_arbiter(arbiter, move |_| DeploymentSupervisor::new(spec, queue));
     Ok(DeploymentHandle {
+        router,
         name: name.to_string(),
         limits: model_limits(&config, &description),
         max_queue_depth: config.max_queue_depth.unwrap_or(settings.queue.max_depth_per_deployment),

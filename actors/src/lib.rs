@@ -20,6 +20,7 @@
 //! - [`supervisor`]: `DeploymentSupervisor`, deployment status and scale events.
 //! - [`worker`]: `WorkerActor`, its engine thread, lease/publish/renew loops.
 //! - [`request`]: `RequestActor` and `submit`, the edge's entry point.
+//! - [`routing`]: `DeploymentRouter`, the gateway's cache-aware choice of replica per job.
 //! - [`quota`]: `TenantQuota` (arithmetic) and `QuotaActor`, local or Redis-backed.
 //! - [`redis_quota`]: quotas shared by many nodes: the Lua scripts, key layout, leases,
 //!   the local fast path.
@@ -36,5 +37,6 @@ pub mod quota;
 pub mod quota_failure;
 pub mod redis_quota;
 pub mod request;
+pub mod routing;
 pub mod supervisor;
 pub mod worker;

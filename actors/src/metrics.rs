@@ -35,6 +35,8 @@ pub const ENGINE_BATCH_SIZE: &str = "swell_engine_batch_size";
 pub const ENGINE_STEP_DURATION: &str = "swell_engine_step_duration_seconds";
 pub const ENGINE_PREEMPTIONS_TOTAL: &str = "swell_engine_preemptions_total";
 pub const ENGINE_KV_TOKENS_USED: &str = "swell_engine_kv_tokens_used";
+pub const ROUTING_DECISIONS_TOTAL: &str = "swell_routing_decisions_total";
+pub const ROUTED_STARTS_TOTAL: &str = "swell_routing_routed_starts_total";
 
 /// Histogram buckets for latencies, in seconds (1 ms .. 10 min).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -52,6 +54,8 @@ pub fn describe() {
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "End-to-end request latency");
     describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Time a request waited in the queue before a replica took it");
     describe_gauge!(QUEUE_DEPTH, "Requests waiting in the deployment's queue");
+    describe_counter!(ROUTING_DECISIONS_TOTAL, "Jobs the gateway routed to a replica (outcome=routed) or left to any replica (outcome=unrouted)");
+    describe_counter!(ROUTED_STARTS_TOTAL, "Routed jobs that started on the replica they were promised to (outcome=kept) or on another (outcome=moved)");
     describe_gauge!(REPLICAS, "Replicas by state (starting, ready, draining)");
     describe_gauge!(DESIRED_REPLICAS, "Replicas the autoscaler wants");
     describe_counter!(SCALE_EVENTS_TOTAL, "Scale events by direction and reason");
@@ -93,6 +97,16 @@ pub fn request_duration(deployment: &str, elapsed: Duration) {
 
 pub fn queue_wait(deployment: &str, elapsed: Duration) {
     histogram!(QUEUE_WAIT, "deployment" => deployment.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn job_routed(deployment: &str, routed: bool) {
+    let outcome = if routed { "routed" } else { "unrouted" };
+    counter!(ROUTING_DECISIONS_TOTAL, "deployment" => deployment.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn routed_job_started(deployment: &str, kept: bool) {
+    let outcome = if kept { "kept" } else { "moved" };
+    counter!(ROUTED_STARTS_TOTAL, "deployment" => deployment.to_string(), "outcome" => outcome).increment(1);
 }
 
 pub fn queue_depth(deployment: &str, depth: u64) {

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::metrics as m;
+use crate::routing::{DeploymentRouter, RouteRequest};
 use crate::quota::{Acquire, QuotaActor, QuotaGrant, QuotaRejection, RateLimitSnapshot, Settle};
 use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived, WorkStarted};
 
@@ -37,6 +38,8 @@ pub struct RequestSpec {
     pub priority: Priority,
     /// When the request reached the edge (for time-to-first-token).
     pub received_at: Instant,
+    /// What routing needs of it (block names of its prompt, its session).
+    pub route: RouteRequest,
 }
 
 /// The services a request talks to.
@@ -46,6 +49,8 @@ pub struct RequestDeps {
     pub supervisor: Addr<DeploymentSupervisor>,
     /// `None`: the tenant has no limits.
     pub quota: Option<Addr<QuotaActor>>,
+    /// `None`: jobs are not routed (any replica takes them).
+    pub router: Option<Arc<DeploymentRouter>>,
 }
 
 /// What the client receives.
@@ -232,6 +237,10 @@ async fn run_request_in_span(
             quota.do_send(Settle { grant_id: granted.grant_id, generated_tokens: generated });
         }
     };
+    let route = match &deps.router {
+        Some(router) => router.route(&spec.job_id, &spec.route).await,
+        None => None,
+    };
     let now_ms = swell_cluster::unix_millis();
     let job = Job {
         id: spec.job_id.clone(),
@@ -241,13 +250,16 @@ async fn run_request_in_span(
         enqueued_at_ms: now_ms,
         deadline_ms: spec.deadline.map(|d| now_ms + d.as_millis() as u64),
         priority: spec.priority,
-        route: None,
+        route,
     };
     let limits = AdmissionLimits { max_queue_depth: spec.max_queue_depth };
     let position = match deps.queue.enqueue(job, limits).await {
         Ok(enqueued) => enqueued.position,
         Err(error) => {
             settle(0);
+            if let Some(router) = &deps.router {
+                router.ended(&spec.job_id);
+            }
             let rejected = match error {
                 QueueError::Full { depth, .. } => {
                     m::request_finished(&spec.deployment, &spec.tenant, "queue_full");
@@ -267,11 +279,18 @@ async fn run_request_in_span(
     if admission.send(Ok((position, rate_limits))).is_err() {
         // The caller went away before admission was answered.
         let _ = deps.queue.cancel(&spec.job_id).await;
+        if let Some(router) = &deps.router {
+            router.ended(&spec.job_id);
+        }
         settle(0);
         return;
     }
 
     let outcome = relay(&spec, &deps, &events, cancel, Some(position)).await;
+    if let Some(router) = &deps.router {
+        // A promise the job never used (it ended waiting) stops counting now.
+        router.ended(&spec.job_id);
+    }
     settle(outcome.generated);
     m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
     m::request_duration(&spec.deployment, spec.received_at.elapsed());
@@ -402,6 +421,9 @@ async fn relay(
                 OutputEvent::Started { replica } => {
                     if !started {
                         started = true;
+                        if let Some(router) = &deps.router {
+                            router.started(job_id, &replica, &spec.route);
+                        }
                         m::queue_wait(&spec.deployment, enqueued_at.elapsed());
                         deps.supervisor.do_send(WorkStarted { waited: enqueued_at.elapsed() });
                     }

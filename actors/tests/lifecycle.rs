@@ -144,6 +144,7 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
         max_queue_depth: 100,
         priority: swell_cluster::Priority::Normal,
         received_at: tokio::time::Instant::now(),
+        route: Default::default(),
     }
 }
 
@@ -163,7 +164,7 @@ async fn wait_for_replicas(supervisor: &Addr<DeploymentSupervisor>, ready: u32, 
 async fn a_request_at_zero_starts_a_replica_is_served_and_the_deployment_returns_to_zero() {
     let (queue, supervisor) = start(Duration::from_millis(2));
     assert!(wait_for_replicas(&supervisor, 0, Duration::from_secs(1)).await);
-    let deps = RequestDeps { queue, supervisor: supervisor.clone(), quota: None };
+    let deps = RequestDeps { queue, supervisor: supervisor.clone(), quota: None, router: None };
 
     let mut admitted = submit(spec("r1", 5), deps.clone()).await.unwrap();
     assert_eq!(admitted.position, 1);
@@ -213,7 +214,7 @@ async fn a_request_at_zero_starts_a_replica_is_served_and_the_deployment_returns
 #[actix_rt::test]
 async fn dropping_the_receiver_cancels_the_request_and_frees_the_replica() {
     let (queue, supervisor) = start(Duration::from_millis(20));
-    let deps = RequestDeps { queue: queue.clone(), supervisor: supervisor.clone(), quota: None };
+    let deps = RequestDeps { queue: queue.clone(), supervisor: supervisor.clone(), quota: None, router: None };
     let mut admitted = submit(spec("long", 10_000), deps).await.unwrap();
     // Wait for the first token, then walk away.
     loop {

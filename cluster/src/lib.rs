@@ -16,6 +16,7 @@
 //! - [`job`]: a queued job, a lease on it, enqueue receipts and queue depth.
 //! - [`queue`]: the `Queue` trait, its semantics and its error type.
 //! - [`memory`]: the in-process implementation.
+//! - [`replica_report`]: what replicas report for routing (cached prefix blocks, load).
 //! - [`routing`]: jobs promised to one replica for a bounded time, and which waiting job a
 //!   consumer may take.
 //! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
@@ -43,6 +44,7 @@ pub mod placement;
 pub mod queue;
 mod redis_conn;
 pub mod redis_queue;
+pub mod replica_report;
 pub mod routing;
 
 pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, Priority, QueueDepth};
@@ -53,6 +55,7 @@ pub use swell_protocol::{
 };
 pub use queue::{AppendOutcome, Queue, QueueError};
 pub use redis_queue::{RedisQueue, RedisQueueConfig};
+pub use replica_report::{PrefixBlocks, ReplicaReport};
 pub use routing::{JobRoute, Routing};
 
 pub use coordination::{CoordinationClient, CoordinationConfig, CoordinationError};

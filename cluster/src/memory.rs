@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
+use crate::replica_report::ReplicaReport;
 use crate::routing::{Eligibility, Routing};
 use crate::unix_millis;
 
@@ -146,6 +147,8 @@ struct State {
     outputs: HashMap<JobId, OutputStream>,
     next_sweep: Option<Instant>,
     routing: Routing,
+    /// Each deployment's replica reports, by replica.
+    reports: HashMap<String, HashMap<String, ReplicaReport>>,
 }
 
 impl State {
@@ -156,6 +159,7 @@ impl State {
             outputs: HashMap::new(),
             next_sweep: None,
             routing: Routing::new(config.route_liveness),
+            reports: HashMap::new(),
         }
     }
 
@@ -546,6 +550,45 @@ impl Queue for InMemoryQueue {
         let last = output.last_seq();
         output.notify.notify_waiters();
         Ok(AppendOutcome::Accepted(last))
+    }
+
+    async fn report_replica(&self, deployment: &str, report: &ReplicaReport) -> Result<(), QueueError> {
+        let mut state = self.state.lock();
+        state.routing.accepting(deployment, &report.replica, report.accepting);
+        if !report.accepting {
+            // Jobs routed to it may be taken by others now.
+            state.deployment(deployment).notify.notify_waiters();
+        }
+        let reports = state.reports.entry(deployment.to_string()).or_default();
+        match reports.get_mut(&report.replica) {
+            Some(held) => held.clone_from(report),
+            None => {
+                reports.insert(report.replica.clone(), report.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError> {
+        let mut state = self.state.lock();
+        state.routing.accepting(deployment, replica, false);
+        state.deployment(deployment).notify.notify_waiters();
+        if let Some(reports) = state.reports.get_mut(deployment) {
+            reports.remove(replica);
+            if reports.is_empty() {
+                state.reports.remove(deployment);
+            }
+        }
+        Ok(())
+    }
+
+    async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError> {
+        let now = unix_millis();
+        let mut state = self.state.lock();
+        let Some(reports) = state.reports.get_mut(deployment) else { return Ok(Vec::new()) };
+        // A replica that died without forgetting itself: its report goes for good.
+        reports.retain(|_, report| report.is_fresh(now));
+        Ok(reports.values().cloned().collect())
     }
 
     async fn read_output(

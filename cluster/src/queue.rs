@@ -18,12 +18,15 @@
 //! - Each job has an output stream of [`SequencedEvent`]s; `read_output` returns what
 //!   follows a sequence number, so a reader that reconnects neither misses nor repeats
 //!   an event. A cancelled job's writer learns it from `append_output`'s answer.
+//! - Replicas publish a [`ReplicaReport`] (cached prefix blocks, load) through the queue
+//!   they lease from; gateways read them to route jobs ([`crate::routing`]).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
+use crate::replica_report::ReplicaReport;
 use swell_protocol::{OutputEvent, SequencedEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +111,16 @@ pub trait Queue: Send + Sync + 'static {
         lease: &LeaseRef,
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError>;
+
+    /// Publish a replica's [`ReplicaReport`] (replacing its previous one), for the
+    /// gateways' cache-aware routing.
+    async fn report_replica(&self, deployment: &str, report: &ReplicaReport) -> Result<(), QueueError>;
+
+    /// Remove a replica's report (it retired).
+    async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError>;
+
+    /// The fresh reports of a deployment's replicas ([`ReplicaReport::is_fresh`]).
+    async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError>;
 
     /// Events after sequence number `after_seq`, waiting up to `block` for one.
     /// An empty answer means nothing arrived in time.

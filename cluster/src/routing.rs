@@ -7,8 +7,10 @@
 //! - a job with no route, or routed to `C`, may be taken;
 //! - a job routed to another replica is passed over while its promise holds: until its
 //!   `until_ms`, and only while that replica is **alive** (it is waiting in `lease`, or
-//!   it leased, renewed or wrote output within [`Routing::liveness`]). So no job waits on a dead or vanished replica
-//!   for longer than the liveness window, and none waits past its promise;
+//!   it leased, renewed or wrote output within [`Routing::liveness`]) and has not said it
+//!   stopped taking work (draining, or retired: [`Routing::accepting`]). So no job waits
+//!   on a dead or vanished replica for longer than the liveness window, none on a
+//!   draining one, and none past its promise;
 //! - handed-back and redelivered jobs lose their route (their replica gave them up).
 //!
 //! Priorities still come first for every consumer: routing only passes over jobs, it
@@ -43,12 +45,20 @@ pub enum Eligibility {
 }
 
 /// What the queue last saw of one consumer.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Seen {
     /// Its last lease, renewal or write (Unix ms).
     at: u64,
     /// Its blocking `lease` calls in progress.
     waiting: usize,
+    /// False once it reported draining or retired: it holds no routed job any more.
+    accepting: bool,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self { at: 0, waiting: 0, accepting: true }
+    }
 }
 
 /// When each consumer was last seen, and which are waiting in `lease` now, per
@@ -91,6 +101,9 @@ impl Routing {
     pub fn waiting(&mut self, deployment: &str, consumer: &str, entered: bool, now_ms: u64) {
         let seen = self.entry(deployment, consumer);
         if entered {
+            // Asking for work is taking work (a replica that restarted under the same
+            // name after it retired).
+            seen.accepting = true;
             seen.waiting += 1;
         } else {
             seen.waiting = seen.waiting.saturating_sub(1);
@@ -98,9 +111,18 @@ impl Routing {
         seen.at = seen.at.max(now_ms);
     }
 
+    /// `consumer` reported whether it takes new work (false: draining or gone). A
+    /// consumer that does not is not alive for routing: jobs routed to it are free.
+    pub fn accepting(&mut self, deployment: &str, consumer: &str, accepting: bool) {
+        self.entry(deployment, consumer).accepting = accepting;
+    }
+
     /// Until when `consumer` counts as alive (Unix ms), if it was ever seen.
     fn alive_until(&self, deployment: &str, consumer: &str) -> Option<u64> {
         let seen = self.consumers.get(deployment)?.get(consumer)?;
+        if !seen.accepting {
+            return Some(0);
+        }
         if seen.waiting > 0 {
             return Some(u64::MAX);
         }
@@ -195,6 +217,19 @@ mod tests {
             r.eligible("d", Some(&route("a", 9_000)), "b", 5_100),
             Eligibility::Now
         );
+    }
+
+    #[test]
+    fn a_replica_that_stops_accepting_holds_no_routed_job() {
+        let mut r = Routing::new(Duration::from_millis(500));
+        r.waiting("d", "a", true, 1_000);
+        let to_a = route("a", 9_000);
+        assert_eq!(r.eligible("d", Some(&to_a), "b", 1_100), Eligibility::From(9_000));
+        r.accepting("d", "a", false);
+        assert_eq!(r.eligible("d", Some(&to_a), "b", 1_100), Eligibility::Now, "draining");
+        assert_eq!(r.eligible("d", Some(&to_a), "a", 1_100), Eligibility::Now, "its own jobs it may still take");
+        r.accepting("d", "a", true);
+        assert_eq!(r.eligible("d", Some(&to_a), "b", 1_100), Eligibility::From(9_000));
     }
 
     #[test]

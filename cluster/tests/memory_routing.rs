@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swell_cluster::{
-    unix_millis, AdmissionLimits, InMemoryQueue, InMemoryQueueConfig, Job, JobRoute, Priority,
-    Queue,
+    unix_millis, AdmissionLimits, InMemoryQueue, InMemoryQueueConfig, Job, JobRoute, PrefixBlocks, Priority,
+    Queue, ReplicaReport,
 };
 
 const LIMITS: AdmissionLimits = AdmissionLimits {
@@ -213,4 +213,52 @@ async fn a_replica_waiting_in_lease_keeps_its_jobs_and_another_wakes_when_the_bo
         waited < Duration::from_secs(4),
         "b's lease woke at the bound, not at its deadline ({waited:?})"
     );
+}
+
+fn report(replica: &str, accepting: bool) -> ReplicaReport {
+    ReplicaReport {
+        replica: replica.into(),
+        at_ms: unix_millis(),
+        accepting,
+        free_slots: 4,
+        running: 0,
+        pending_prefill_tokens: 0,
+        prefix: Some(PrefixBlocks { version: 1, block_tokens: 16, blocks: vec![11, 12] }),
+    }
+}
+
+#[tokio::test]
+async fn replica_reports_are_kept_replaced_and_forgotten_and_a_draining_replica_frees_its_jobs() {
+    let q = queue(Duration::from_secs(30));
+    assert!(q.replica_reports("d").await.unwrap().is_empty());
+    q.report_replica("d", &report("a", true)).await.unwrap();
+    q.report_replica("d", &report("b", true)).await.unwrap();
+    let mut stale = report("c", true);
+    stale.at_ms -= ReplicaReport::STALE_AFTER;
+    q.report_replica("d", &stale).await.unwrap();
+    let mut seen: Vec<String> = q.replica_reports("d").await.unwrap().into_iter().map(|r| r.replica).collect();
+    seen.sort();
+    assert_eq!(seen, ["a", "b"], "a stale report is not served");
+    assert!(q.replica_reports("other").await.unwrap().is_empty());
+
+    // a waits in lease (alive); a job promised to it is passed over by b.
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { ids(&q, "a", 1, Duration::from_millis(50)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let _ = waiting.await.unwrap();
+    q.enqueue(job("for-a", Priority::Normal, Some(("a", Duration::from_secs(30)))), LIMITS).await.unwrap();
+    assert!(ids(&q, "b", 1, NOW).await.is_empty(), "a is alive and its promise holds");
+    // a starts draining: its report says so, and b may take the job at once.
+    q.report_replica("d", &report("a", false)).await.unwrap();
+    assert_eq!(ids(&q, "b", 1, NOW).await, ["for-a"]);
+    let a = q.replica_reports("d").await.unwrap().into_iter().find(|r| r.replica == "a").unwrap();
+    assert!(!a.accepting);
+    // b retires: its report goes, and jobs routed to it are free.
+    q.forget_replica("d", "b").await.unwrap();
+    q.enqueue(job("for-b", Priority::Normal, Some(("b", Duration::from_secs(30)))), LIMITS).await.unwrap();
+    assert_eq!(ids(&q, "c", 1, NOW).await, ["for-b"]);
+    let left: Vec<String> = q.replica_reports("d").await.unwrap().into_iter().map(|r| r.replica).collect();
+    assert_eq!(left, ["a"]);
 }

@@ -75,6 +75,36 @@ pub struct DeploymentConfig {
     /// others).
     #[serde(default = "default_low_priority_queue_share")]
     pub low_priority_queue_share: f64,
+    /// How jobs are matched to replicas (`[deployments.NAME.routing]`).
+    #[serde(default, skip_serializing_if = "RoutingSettings::is_default")]
+    pub routing: RoutingSettings,
+}
+
+/// `[deployments.NAME.routing]`: which replica runs each job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// `cache-aware` (default): the replica expected to give the first token soonest,
+    /// counting the prompt prefix it holds against the prefill queued on it;
+    /// `session`: the replica that served the request's `user` before; `any`: no
+    /// preference.
+    pub policy: swell_router::RoutingPolicy,
+    /// How long a routed job waits for its replica before any replica may take it
+    /// (default 2 s; 10 ms to 60 s).
+    #[serde(with = "humantime_serde")]
+    pub promise_bound: Duration,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        Self { policy: swell_router::RoutingPolicy::CacheAware, promise_bound: swell_router::DEFAULT_PROMISE_BOUND }
+    }
+}
+
+impl RoutingSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_low_priority_queue_share() -> f64 {
@@ -146,6 +176,7 @@ impl DeploymentConfig {
             max_queue_depth: None,
             placement: PlacementConfig::default(),
             low_priority_queue_share: default_low_priority_queue_share(),
+            routing: RoutingSettings::default(),
         }
     }
 
@@ -215,6 +246,14 @@ impl DeploymentConfig {
         }
         if self.max_tokens_default == 0 {
             errors.push(format!("{} must be at least 1", key("max_tokens_default")));
+        }
+        let bound = self.routing.promise_bound;
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&bound) {
+            errors.push(format!(
+                "{} must be between 10ms and 60s (got {})",
+                key("routing.promise_bound"),
+                humantime::format_duration(bound)
+            ));
         }
         if !(self.low_priority_queue_share > 0.0 && self.low_priority_queue_share <= 1.0) {
             errors.push(format!(

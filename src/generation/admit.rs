@@ -8,7 +8,10 @@ use actix::Addr;
 use futures_util::stream::{BoxStream, StreamExt};
 use swell_actors::quota::RateLimitSnapshot;
 use swell_actors::request::{attach, submit, Admitted, Rejected, RequestActor, RequestDeps, RequestEvent, RequestSpec};
+use swell_actors::routing::RouteRequest;
 use swell_cluster::Priority;
+use swell_router::RoutingPolicy;
+use swell_workers::llm::block_pool::prefix_block_hashes;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -102,7 +105,10 @@ async fn generation(
         queue: state.queue.clone(),
         supervisor: deployment.supervisor.clone(),
         quota: tenant.has_limits().then(|| tenant.quota.clone()),
+        router: Some(deployment.router.clone()),
     };
+    let routing = deployment.router.config().policy != RoutingPolicy::AnyReplica;
+    let session = validated.user.as_deref().map(|user| session_key(&tenant.id, user));
     let requests = validated.generation_requests();
     let several = requests.len() > 1;
     let (priority, reserved_slot) = if attached {
@@ -115,7 +121,14 @@ async fn generation(
         Priority::High | Priority::Normal => deployment.max_queue_depth,
     };
     let submissions = requests.into_iter().enumerate().map(|(index, request)| {
+        let route = RouteRequest {
+            // Only full blocks are named; a prompt shorter than one shares nothing.
+            block_hashes: if routing { prefix_block_hashes(&request.prompt_tokens) } else { Vec::new() },
+            prompt_tokens: request.prompt_tokens.len() as u64,
+            session,
+        };
         let spec = RequestSpec {
+            route,
             job_id: if several { format!("{request_id}-{index}") } else { request_id.to_string() },
             deployment: deployment.name.clone(),
             tenant: tenant.id.clone(),
@@ -175,6 +188,11 @@ async fn generation(
         logprobs: validated.logprobs,
     };
     Ok(Generation { meta, validated, events, handles, rate_limits })
+}
+
+/// A session's routing key: its tenant and `user`, hashed (tenants never share one).
+fn session_key(tenant: &str, user: &str) -> u64 {
+    swell_router::hashing::combine(swell_router::hashing::hash_str(tenant), swell_router::hashing::hash_str(user))
 }
 
 /// The priority a new request of `tenant` waits at (see [`crate::tenants`]): `high` while

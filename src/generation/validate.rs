@@ -77,6 +77,9 @@ pub struct ValidatedRequest {
     pub include_usage: bool,
     /// Logprobs were asked for (chat `logprobs: true`, completions `logprobs: k`).
     pub logprobs: bool,
+    /// The request's `user` field: its session for routing (a conversation's turns go
+    /// back to the replica that holds its history).
+    pub user: Option<String>,
 }
 
 impl ValidatedRequest {
@@ -185,6 +188,7 @@ pub fn validate_chat(
         stream: common.stream,
         include_usage: common.include_usage,
         logprobs,
+        user: request.user.clone(),
     })
 }
 
@@ -271,6 +275,7 @@ pub fn validate_completion(
         stream: common.stream,
         include_usage: common.include_usage,
         logprobs,
+        user: request.user.clone(),
     })
 }
 

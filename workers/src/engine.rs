@@ -55,6 +55,22 @@ pub struct EngineLoad {
     pub kv_tokens_capacity: u64,
     /// How many more sequences are worth adding now (0 when batch or KV cache is full).
     pub free_slots: usize,
+    /// Prompt tokens its sequences have yet to prefill: the work a new sequence would
+    /// queue behind (cache-aware routing weighs it against a cached prefix).
+    pub pending_prefill_tokens: u64,
+}
+
+/// The prompt-prefix KV blocks an engine holds, for cache-aware routing
+/// (see [`Engine::cached_prefix`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPrefix {
+    /// Changes whenever the set of held blocks changes.
+    pub version: u64,
+    /// Tokens per block.
+    pub block_tokens: u32,
+    /// The held blocks' routing names (`llm::block_pool::routing_name`), at most the
+    /// number asked for, the most likely to stay first.
+    pub blocks: Vec<u64>,
 }
 
 /// One replica's model. Not `Sync`: it lives on its replica's engine thread, and every
@@ -79,6 +95,19 @@ pub trait Engine: Send + 'static {
     /// command for this engine, so that a blocked `step` returns and the command is
     /// applied at once. `None` (the default): `step` never blocks waiting.
     fn waker(&self) -> Option<EngineWaker> {
+        None
+    }
+
+    /// The version of the engine's prefix cache (changes whenever the set of held
+    /// blocks changes); `None` (the default) for an engine that keeps no prefix cache or
+    /// cannot tell what it holds. Cheap: called after every step.
+    fn prefix_cache_version(&self) -> Option<u64> {
+        None
+    }
+
+    /// What the prefix cache holds, at most `max_blocks` of its blocks; `None` as for
+    /// [`Engine::prefix_cache_version`].
+    fn cached_prefix(&self, _max_blocks: usize) -> Option<CachedPrefix> {
         None
     }
 }

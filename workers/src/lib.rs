@@ -37,7 +37,7 @@ pub(crate) mod stop;
 pub mod tokenizer;
 
 pub use engine::{
-    ColdStartReport, Engine, EngineDescription, EngineFactory, EngineLoad, EngineWaker, PerformanceProfile,
+    CachedPrefix, ColdStartReport, Engine, EngineDescription, EngineFactory, EngineLoad, EngineWaker, PerformanceProfile,
     ReplicaContext, Sequence, SequenceOutput, StepReport, StepTimes,
 };
 pub use error::EngineError;

@@ -64,6 +64,37 @@ pub(super) fn apply_command(engine: &mut dyn Engine, gauges: &ReplicaGauges, com
     }
 }
 
+/// How often, at most, the engine thread reads the prefix cache for the replica's
+/// report while the engine is busy (an engine going idle is read at once).
+const PREFIX_READ_EVERY: Duration = Duration::from_millis(100);
+
+/// What the engine thread last read of the engine's prefix cache.
+struct PrefixReader {
+    version: Option<u64>,
+    read_at: std::time::Instant,
+}
+
+impl PrefixReader {
+    fn new() -> Self {
+        Self { version: None, read_at: std::time::Instant::now() }
+    }
+
+    /// Store the engine's prefix cache in `shared` if it changed since the last read,
+    /// and (unless `now`) the last read is old enough.
+    fn read(&mut self, engine: &dyn Engine, shared: &Shared, now: bool) {
+        let Some(version) = engine.prefix_cache_version() else { return };
+        if self.version == Some(version) || (!now && self.read_at.elapsed() < PREFIX_READ_EVERY) {
+            return;
+        }
+        if let Some(cached) = engine.cached_prefix(ReplicaReport::MAX_BLOCKS) {
+            let blocks = PrefixBlocks { version: cached.version, block_tokens: cached.block_tokens, blocks: cached.blocks };
+            *shared.prefix.lock() = Some(Arc::new(blocks));
+        }
+        self.version = Some(version);
+        self.read_at = std::time::Instant::now();
+    }
+}
+
 /// The engine thread: build the engine (cold start), then step it while it has work.
 pub(super) fn run_engine_thread(
     factory: Arc<dyn EngineFactory>,
@@ -96,9 +127,11 @@ pub(super) fn run_engine_thread(
     let gauges = shared.gauges.clone();
     let served = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
         let mut out = Vec::new();
+        let mut prefix = PrefixReader::new();
         loop {
             let load = engine.load();
             let idle = load.running + load.waiting == 0;
+            prefix.read(&*engine, &shared, idle);
             if idle && load.free_slots > 0 {
                 // Whatever emptied the engine (a cancel applied without a step after it),
                 // the lease loop may take work now.

@@ -25,7 +25,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
-use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, Queue, QueueError};
+use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, PrefixBlocks, Queue, QueueError, ReplicaReport};
 use swell_workers::{
     ColdStartReport, Engine, EngineFactory, EngineLoad, EngineWaker, ReplicaContext, Sequence, SequenceOutput,
 };
@@ -34,9 +34,11 @@ use tokio::time::Instant;
 
 mod engine_thread;
 mod queue_loops;
+mod reporting;
 
 use engine_thread::*;
 use queue_loops::*;
+use reporting::*;
 use crate::backoff::Backoff;
 use crate::metrics as m;
 
@@ -137,6 +139,8 @@ pub struct ReplicaGauges {
     pub active_leases: AtomicU64,
     /// Jobs leased but not yet taken by the engine thread.
     in_transit: AtomicU64,
+    /// Prompt tokens the engine has yet to prefill.
+    pub pending_prefill_tokens: AtomicU64,
 }
 
 impl ReplicaGauges {
@@ -145,6 +149,7 @@ impl ReplicaGauges {
         self.waiting.store(load.waiting as u64, Ordering::Relaxed);
         self.free_slots.store(load.free_slots as u64, Ordering::Relaxed);
         self.kv_tokens_used.store(load.kv_tokens_used, Ordering::Relaxed);
+        self.pending_prefill_tokens.store(load.pending_prefill_tokens, Ordering::Relaxed);
     }
 
     /// Sequences on this replica: running, waiting in the engine, or on their way.
@@ -166,6 +171,11 @@ struct Shared {
     last_seq: Mutex<HashMap<JobId, u64>>,
     /// Signalled when the engine may have room again.
     room: Notify,
+    /// The engine's prefix cache as last read by the engine thread (`None`: the engine
+    /// keeps none, or it was not read yet).
+    prefix: Mutex<Option<Arc<PrefixBlocks>>>,
+    /// Signalled when the replica's report should go out at once (it started draining).
+    report_now: Notify,
 }
 
 enum EngineCommand {
@@ -227,6 +237,8 @@ impl WorkerActor {
             leases: Mutex::new(HashMap::new()),
             last_seq: Mutex::new(HashMap::new()),
             room: Notify::new(),
+            prefix: Mutex::new(None),
+            report_now: Notify::new(),
         });
         Self {
             ordinal,
@@ -255,6 +267,9 @@ impl WorkerActor {
         if !self.exited {
             self.exited = true;
             self.supervisor.do_send(ReplicaLifecycle::Exited { ordinal: self.ordinal, cause });
+            // Its report goes at once, so no gateway routes to it any more.
+            self.shared.draining.store(true, Ordering::Relaxed);
+            tokio::spawn(forget_report(self.queue.clone(), self.shared.clone()));
         }
         if let Some(commands) = self.commands.take() {
             let _ = commands.send(EngineCommand::Shutdown);
@@ -365,6 +380,7 @@ impl StreamHandler<EngineEvent> for WorkerActor {
                     renew_loop(self.queue.clone(), self.shared.clone(), commands, self.config.lease_ttl)
                         .into_actor(self),
                 );
+                ctx.spawn(report_loop(self.queue.clone(), self.shared.clone()).into_actor(self));
             }
             EngineEvent::Failed { during_load, message } => {
                 tracing::error!(replica = %self.shared.replica_id, %message, "engine failed");
@@ -418,6 +434,7 @@ impl Handler<Drain> for WorkerActor {
         self.state = ReplicaState::Draining;
         self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.room.notify_waiters();
+        self.shared.report_now.notify_one();
         if was_starting {
             // Abandon the cold start: the engine thread exits when its channel closes.
             self.exit(ExitCause::Drained, ctx);

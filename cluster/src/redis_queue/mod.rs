@@ -26,6 +26,8 @@
 //!   (`XCLAIM`).
 //! - `P:{dep:D}:wake`: a tiny stream (capped at 16 entries; it carries no work) that
 //!   enqueue, release and reclaim append to; a blocked `lease` waits on it.
+//! - `P:{dep:D}:replicas`: hash of the replicas' [`ReplicaReport`]s (bincode), by
+//!   consumer id, for cache-aware routing; expires 30 s after the last report.
 //! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
 //!   capped near [`RedisQueueConfig::dead_letter_max_len`].
 //!
@@ -131,6 +133,7 @@ use self::scripts::Scripts;
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
+use crate::replica_report::ReplicaReport;
 use crate::unix_millis;
 
 /// The consumer group every replica of a deployment reads the work stream with.
@@ -200,6 +203,11 @@ impl RedisQueue {
                 .map(|name| format!("{base}:{name}")),
             lease_prefix: format!("{base}:job:"),
         }
+    }
+
+    /// `P:{dep:D}:replicas`: the replicas' [`ReplicaReport`]s, by replica.
+    fn replicas_key(&self, deployment: &str) -> String {
+        format!("{}:{{dep:{deployment}}}:replicas", self.config.key_prefix)
     }
 
     fn job_keys(&self, job_id: &str) -> JobKeys {
@@ -616,6 +624,45 @@ impl Queue for RedisQueue {
             "fenced" => Ok(AppendOutcome::Fenced),
             _ => Err(QueueError::UnknownJob(lease.job_id.clone())),
         }
+    }
+
+    async fn report_replica(&self, deployment: &str, report: &ReplicaReport) -> Result<(), QueueError> {
+        let key = self.replicas_key(deployment);
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("HSET").arg(&key).arg(&report.replica).arg(report.encode()).ignore();
+        // A deployment nobody reports for any more leaves no key behind.
+        pipeline.cmd("PEXPIRE").arg(&key).arg(10 * ReplicaReport::STALE_AFTER).ignore();
+        let mut connection = self.shared.clone();
+        bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await
+    }
+
+    async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError> {
+        self.query::<u64>(redis::cmd("HDEL").arg(self.replicas_key(deployment)).arg(replica)).await.map(|_| ())
+    }
+
+    async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError> {
+        let key = self.replicas_key(deployment);
+        let stored: Vec<(String, Vec<u8>)> = self.query(redis::cmd("HGETALL").arg(&key)).await?;
+        let now = crate::unix_millis();
+        let mut fresh = Vec::with_capacity(stored.len());
+        let mut gone = Vec::new();
+        for (replica, bytes) in stored {
+            match ReplicaReport::decode(&bytes) {
+                Ok(report) if report.is_fresh(now) => fresh.push(report),
+                // Long silent (its replica died without forgetting itself), or written by
+                // a version that encodes differently: dropped.
+                Ok(report) if now.saturating_sub(report.at_ms) > 10 * ReplicaReport::STALE_AFTER => gone.push(replica),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(deployment, replica, %error, "dropping a replica report");
+                    gone.push(replica);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.query::<u64>(redis::cmd("HDEL").arg(&key).arg(&gone)).await?;
+        }
+        Ok(fresh)
     }
 
     async fn read_output(

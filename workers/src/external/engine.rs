@@ -384,6 +384,9 @@ impl Engine for ExternalEngine {
             kv_tokens_used: counted.max(reported).min(capacity),
             kv_tokens_capacity: capacity,
             free_slots: self.limits.slots.saturating_sub(running),
+            // Sequences with no token yet are (about) still prefilling; the server does
+            // not say how much of their prompt it found cached.
+            pending_prefill_tokens: self.sequences.values().filter(|s| s.generated == 0).map(|s| s.prompt_len as u64).sum(),
         }
     }
 

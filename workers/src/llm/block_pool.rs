@@ -53,6 +53,21 @@ pub fn extend_hashes(hashes: &mut Vec<BlockHash>, tokens: impl Fn(usize) -> u32,
     }
 }
 
+/// The routing name of a block: the low 64 bits of its [`BlockHash`]. Gateways compute
+/// it from a prompt's tokens ([`prefix_block_hashes`]) and replicas report the names of
+/// the blocks they hold, so a router can count a prompt's leading blocks a replica holds.
+pub fn routing_name(hash: BlockHash) -> u64 {
+    hash as u64
+}
+
+/// The routing names ([`routing_name`]) of every full block of `tokens`, first first:
+/// what a gateway knows of a prompt's prefix before any replica sees it.
+pub fn prefix_block_hashes(tokens: &[u32]) -> Vec<u64> {
+    let mut hashes = Vec::with_capacity(tokens.len() / BLOCK_TOKENS);
+    extend_hashes(&mut hashes, |i| tokens[i], tokens.len());
+    hashes.into_iter().map(routing_name).collect()
+}
+
 /// Counters since the pool was made, for the metrics, tests and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -79,6 +94,9 @@ pub struct BlockPool {
     clock: u64,
     caching: bool,
     stats: PoolStats,
+    /// Bumped whenever the set of registered hashes changes (a block registered,
+    /// evicted, or the pool cleared): a reporter republishes only when it moved.
+    version: u64,
 }
 
 impl BlockPool {
@@ -94,6 +112,7 @@ impl BlockPool {
             clock: 0,
             caching,
             stats: PoolStats::default(),
+            version: 0,
         }
     }
 
@@ -172,6 +191,7 @@ impl BlockPool {
                 let h = self.hash_of[b as usize].take().expect("evictable blocks are registered");
                 self.by_hash.remove(&h);
                 self.stats.evictions += 1;
+                self.version += 1;
                 b
             };
             self.refs[b as usize] = 1;
@@ -189,6 +209,21 @@ impl BlockPool {
         }
         self.hash_of[block as usize] = Some(hash);
         self.by_hash.insert(hash, block);
+        self.version += 1;
+    }
+
+    /// Changes whenever the set of cached hashes changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The routing names ([`routing_name`]) of up to `max` cached blocks, those in use
+    /// first, then the evictable ones, most recently released first (the last to be
+    /// evicted): a bounded report keeps the blocks most likely to still be here.
+    pub fn cached_names(&self, max: usize) -> Vec<u64> {
+        let in_use = self.hash_of.iter().zip(&self.refs).filter(|(_, &refs)| refs > 0).filter_map(|(h, _)| *h);
+        let evictable = self.evictable.values().rev().filter_map(|&b| self.hash_of[b as usize]);
+        in_use.chain(evictable).take(max).map(routing_name).collect()
     }
 
     /// Drop one reference to every block of `table` (emptied).
@@ -215,9 +250,10 @@ impl BlockPool {
     /// Forget every block and reference (after a failed step, whose cache contents are
     /// not to be trusted).
     pub fn clear(&mut self) {
-        let stats = self.stats;
+        let (stats, version) = (self.stats, self.version);
         *self = Self::new(self.total(), self.caching);
         self.stats = stats;
+        self.version = version + 1;
     }
 
     /// Every reference count is zero and every block is free or evictable: what a pool
@@ -368,5 +404,41 @@ mod tests {
         }
         assert!(pool.is_idle());
         assert!(pool.stats().evictions > 0, "the run was big enough to evict");
+    }
+
+    #[test]
+    fn the_routing_report_names_held_blocks_in_use_first_and_tracks_changes() {
+        let mut pool = BlockPool::new(4, true);
+        let tokens: Vec<u32> = (0..64).collect();
+        let hashes = hashes_of(&tokens);
+        let names = prefix_block_hashes(&tokens);
+        assert_eq!(names, hashes.iter().map(|&h| routing_name(h)).collect::<Vec<_>>());
+        assert_eq!(prefix_block_hashes(&tokens[..15]), Vec::<u64>::new());
+        let v0 = pool.version();
+        let mut a = Vec::new();
+        assert!(pool.grow(&mut a, 32));
+        assert_eq!(pool.version(), v0, "new blocks hold nothing yet");
+        pool.register(a[0], hashes[0]);
+        pool.register(a[1], hashes[1]);
+        let v1 = pool.version();
+        assert!(v1 > v0);
+        pool.register(a[1], hashes[1]);
+        assert_eq!(pool.version(), v1, "nothing new");
+        pool.release(&mut a);
+        let mut b = Vec::new();
+        assert!(pool.grow(&mut b, 16));
+        pool.register(b[0], hashes[2]);
+        // In use (hashes[2]) first, then evictable most recently released first: a
+        // released its tail (1) before its head (0).
+        assert_eq!(pool.cached_names(10), vec![names[2], names[0], names[1]]);
+        assert_eq!(pool.cached_names(2), vec![names[2], names[0]], "the bound drops the next to be evicted");
+        // Filling the pool evicts: the version moves.
+        let v2 = pool.version();
+        let mut c = Vec::new();
+        assert!(pool.grow(&mut c, 48));
+        assert!(pool.version() > v2);
+        assert_eq!(pool.cached_names(10), vec![names[2]]);
+        pool.clear();
+        assert!(pool.cached_names(10).is_empty());
     }
 }

@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use swell_protocol::{FinishReason, JobId, OutputEvent, TokenLogprob, TopLogprob, Usage};
 
-use crate::engine::{Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
+use crate::engine::{CachedPrefix, Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
 use crate::llm::block_pool::{extend_hashes, BlockHash, BlockPool, PoolStats};
 use crate::llm::kv_cache::{BlockAllocator, BLOCK_TOKENS};
@@ -620,6 +620,27 @@ impl Engine for LlmEngine {
             kv_tokens_used: (self.pool.used() * BLOCK_TOKENS) as u64,
             kv_tokens_capacity: (self.pool.total() * BLOCK_TOKENS) as u64,
             free_slots: if kv_full { 0 } else { self.limits.max_batch_size.saturating_sub(queued) },
+            pending_prefill_tokens: self
+                .running
+                .iter()
+                .chain(&self.waiting)
+                .map(|s| s.context_len().saturating_sub(s.computed))
+                // A decoding sequence has one token left to compute: not prefill.
+                .filter(|&left| left > 1)
+                .map(|left| left as u64)
+                .sum(),
         }
+    }
+
+    fn prefix_cache_version(&self) -> Option<u64> {
+        self.pool.caching().then(|| self.pool.version())
+    }
+
+    fn cached_prefix(&self, max_blocks: usize) -> Option<CachedPrefix> {
+        self.pool.caching().then(|| CachedPrefix {
+            version: self.pool.version(),
+            block_tokens: BLOCK_TOKENS as u32,
+            blocks: self.pool.cached_names(max_blocks),
+        })
     }
 }

@@ -315,6 +315,7 @@ impl Engine for SimEngine {
             kv_tokens_used: self.kv_used,
             kv_tokens_capacity: self.kv_capacity,
             free_slots,
+            pending_prefill_tokens: self.waiting.iter().map(|s| s.context_len() as u64).sum(),
         }
     }
 }

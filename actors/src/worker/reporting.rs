@@ -1,0 +1,64 @@
+//! The replica's [`ReplicaReport`] for cache-aware routing: its prefix cache as the
+//! engine thread last read it, its load, and whether it takes new work. Published
+//! through the queue when something changed (at most every [`REPORT_EVERY`]), at least
+//! once a [`ReplicaReport::HEARTBEAT`], at once when the replica starts draining, and
+//! removed when it exits.
+
+use super::*;
+
+/// How often the report is checked for changes.
+pub(super) const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// What a report says apart from its time: two equal ones need not both go out.
+fn content(report: &ReplicaReport) -> (bool, u64, u64, u64, Option<u64>) {
+    (
+        report.accepting,
+        report.free_slots,
+        report.running,
+        report.pending_prefill_tokens,
+        report.prefix.as_ref().map(|prefix| prefix.version),
+    )
+}
+
+pub(super) fn current_report(shared: &Shared) -> ReplicaReport {
+    let gauges = &shared.gauges;
+    let prefix = shared.prefix.lock().clone();
+    ReplicaReport {
+        replica: shared.replica_id.clone(),
+        at_ms: swell_cluster::unix_millis(),
+        accepting: !shared.draining.load(Ordering::Relaxed),
+        free_slots: gauges.free_slots.load(Ordering::Relaxed).saturating_sub(gauges.in_transit.load(Ordering::Relaxed)),
+        running: gauges.running.load(Ordering::Relaxed),
+        pending_prefill_tokens: gauges.pending_prefill_tokens.load(Ordering::Relaxed),
+        prefix: prefix.map(|blocks| PrefixBlocks::clone(&blocks)),
+    }
+}
+
+/// Publish the replica's report while it lives (the actor cancels this loop on exit).
+pub(super) async fn report_loop(queue: Arc<dyn Queue>, shared: Arc<Shared>) {
+    let mut last: Option<(u64, (bool, u64, u64, u64, Option<u64>))> = None;
+    loop {
+        let report = current_report(&shared);
+        let now = report.at_ms;
+        let due = match &last {
+            None => true,
+            Some((at, said)) => *said != content(&report) || now.saturating_sub(*at) >= ReplicaReport::HEARTBEAT,
+        };
+        if due {
+            match queue.report_replica(&shared.deployment, &report).await {
+                Ok(()) => last = Some((now, content(&report))),
+                // The queue is unreachable: the report goes stale and gateways stop
+                // routing here, which is right while this replica cannot lease either.
+                Err(error) => tracing::debug!(%error, replica = %shared.replica_id, "could not publish the replica report"),
+            }
+        }
+        let _ = tokio::time::timeout(REPORT_EVERY, shared.report_now.notified()).await;
+    }
+}
+
+/// Remove the replica's report (it exited).
+pub(super) async fn forget_report(queue: Arc<dyn Queue>, shared: Arc<Shared>) {
+    if let Err(error) = queue.forget_replica(&shared.deployment, &shared.replica_id).await {
+        tracing::debug!(%error, replica = %shared.replica_id, "could not remove the replica report; it goes stale");
+    }
+}
