@@ -18,8 +18,10 @@
 //!
 //! Pure logic over plain values: the embedded queue keeps a [`Routing`] in its state and
 //! asks [`Routing::eligible`] per job; [`Eligibility::From`] says when a passed-over job
-//! becomes takeable, so a blocked `lease` wakes then. The Redis queue carries a job's
-//! route in the job but does not act on it yet: there every replica may take any job.
+//! becomes takeable, so a blocked `lease` wakes then. The Redis queue applies the same
+//! rules in its take script, parking passed-over jobs per replica (see
+//! [`crate::redis_queue`]'s key layout); the conformance suite
+//! (`cluster/tests/routing_queue.rs`) runs the same scenarios on both.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
 use swell_cluster::{
-    unix_millis, AdmissionLimits, AppendOutcome, InMemoryQueue, InMemoryQueueConfig, Job,
+    unix_millis, AdmissionLimits, AppendOutcome, Job,
     OutputEvent, Priority, Queue, QueueError, RedisQueue, RedisQueueConfig,
 };
+use common::backend::{redis_config, Backend, Settings};
 use common::{finished, job, tokens};
 use tokio::time::Instant;
 
@@ -22,62 +23,6 @@ const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
 const LONG_TTL: Duration = Duration::from_secs(30);
 const SHORT_TTL: Duration = Duration::from_millis(300);
 const NO_BLOCK: Duration = Duration::ZERO;
-
-/// A queue under test, and the server behind it (if any), kept alive with it.
-struct Harness {
-    queue: Arc<dyn Queue>,
-    _server: Option<RedisServer>,
-}
-
-#[derive(Clone, Copy)]
-enum Backend {
-    InMemory,
-    Redis,
-}
-
-struct Settings {
-    max_deliveries: u32,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self { max_deliveries: 3 }
-    }
-}
-
-impl Backend {
-    async fn start(self, settings: Settings) -> Harness {
-        match self {
-            Backend::InMemory => Harness {
-                queue: Arc::new(InMemoryQueue::new(InMemoryQueueConfig {
-                    max_deliveries: settings.max_deliveries,
-                    output_retention: Duration::from_secs(60),
-                    ..InMemoryQueueConfig::default()
-                })),
-                _server: None,
-            },
-            Backend::Redis => {
-                let server = RedisServer::start(RedisServerOptions::default());
-                let queue = RedisQueue::connect(redis_config(&server, settings.max_deliveries))
-                    .await
-                    .expect("connect to the test redis-server");
-                Harness { queue: Arc::new(queue), _server: Some(server) }
-            }
-        }
-    }
-}
-
-fn redis_config(server: &RedisServer, max_deliveries: u32) -> RedisQueueConfig {
-    RedisQueueConfig {
-        url: server.url(),
-        key_prefix: "test".into(),
-        max_deliveries,
-        connect_timeout: Duration::from_millis(200),
-        response_timeout: Duration::from_millis(500),
-        ..Default::default()
-    }
-}
-
 
 /// A job of `priority`, enqueued at `enqueued_at_ms`.
 fn job_at(id: &str, priority: Priority, enqueued_at_ms: u64) -> Job {
@@ -288,7 +233,7 @@ mod scenarios {
     }
 
     pub async fn a_job_whose_consumers_keep_dying_is_dead_lettered_after_max_deliveries(backend: Backend) {
-        let h = backend.start(Settings { max_deliveries: 2 }).await;
+        let h = backend.start(Settings { max_deliveries: 2, ..Default::default() }).await;
         let q = &h.queue;
         q.enqueue(job("a"), LIMITS).await.unwrap();
         let mut reclaimed = Vec::new();
@@ -501,7 +446,7 @@ mod scenarios {
 
     pub async fn jobs_of_every_priority_are_cancelled_expired_and_dead_lettered_alike(backend: Backend) {
         use Priority::{High, Low, Normal};
-        let h = backend.start(Settings { max_deliveries: 1 }).await;
+        let h = backend.start(Settings { max_deliveries: 1, ..Default::default() }).await;
         let q = &h.queue;
         let mut late = job_at("late", High, 1);
         late.deadline_ms = Some(unix_millis() - 1);

@@ -34,6 +34,14 @@ pub struct RedisQueueConfig {
     pub max_idle_blocking_connections: usize,
     /// The dead-letter stream of a deployment is capped near this many entries.
     pub dead_letter_max_len: u64,
+    /// A replica that has not leased or renewed for this long no longer holds the jobs
+    /// routed to it (see `routing` in [`super`]).
+    #[serde(with = "humantime_serde")]
+    pub route_liveness: Duration,
+}
+
+fn default_route_liveness() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl Default for RedisQueueConfig {
@@ -48,6 +56,7 @@ impl Default for RedisQueueConfig {
             response_timeout: Duration::from_secs(2),
             max_idle_blocking_connections: 16,
             dead_letter_max_len: 10_000,
+            route_liveness: default_route_liveness(),
         }
     }
 }

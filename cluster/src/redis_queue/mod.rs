@@ -26,6 +26,18 @@
 //!   (`XCLAIM`).
 //! - `P:{dep:D}:wake`: a tiny stream (capped at 16 entries; it carries no work) that
 //!   enqueue, release and reclaim append to; a blocked `lease` waits on it.
+//! - Routed jobs ([`crate::routing`]): `P:{dep:D}:seen`, hash of consumer → when it was
+//!   last seen (server ms, or the end of the wait it is in; `0` once it said it stops
+//!   taking work). A new entry promised to another consumer that is alive is *parked*
+//!   by the take that reads it: pushed to `P:{dep:D}:parked:<consumer>:<level>` and
+//!   added to the zset `P:{dep:D}:parked:<level>` by promise end (its entry stays
+//!   pending in the group, like a requeued one, with `parked` = consumer in its lease
+//!   hash). Its consumer takes it before new entries of that priority; any take first
+//!   moves parked jobs whose promise ended, or whose consumer went quiet for
+//!   [`RedisQueueConfig::route_liveness`] or stopped taking work, to the free list
+//!   `P:{dep:D}:free:<level>` (`free` for `normal`), which every consumer takes before
+//!   new entries of that priority. Parked and freed jobs count as waiting. A blocked
+//!   `lease` wakes when the next promise ends.
 //! - `P:{dep:D}:replicas`: hash of the replicas' [`ReplicaReport`]s (bincode), by
 //!   consumer id, for cache-aware routing; expires 30 s after the last report.
 //! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
@@ -152,7 +164,7 @@ pub struct RedisQueue {
 
 /// The keys of one deployment, in the order the deployment scripts take them.
 struct DeploymentKeys {
-    keys: [String; 7],
+    keys: [String; 12],
     lease_prefix: String,
 }
 
@@ -199,8 +211,11 @@ impl RedisQueue {
     fn deployment_keys(&self, deployment: &str) -> DeploymentKeys {
         let base = format!("{}:{{dep:{deployment}}}", self.config.key_prefix);
         DeploymentKeys {
-            keys: ["jobs", "requeued", "leases", "wake", "dead", "jobs:high", "jobs:low"]
-                .map(|name| format!("{base}:{name}")),
+            keys: [
+                "jobs", "requeued", "leases", "wake", "dead", "jobs:high", "jobs:low", "seen", "parked", "free:high",
+                "free", "free:low",
+            ]
+            .map(|name| format!("{base}:{name}")),
             lease_prefix: format!("{base}:job:"),
         }
     }
@@ -208,6 +223,11 @@ impl RedisQueue {
     /// `P:{dep:D}:replicas`: the replicas' [`ReplicaReport`]s, by replica.
     fn replicas_key(&self, deployment: &str) -> String {
         format!("{}:{{dep:{deployment}}}:replicas", self.config.key_prefix)
+    }
+
+    /// `P:{dep:D}:seen`: when each consumer was last seen (the take script's `KEYS[8]`).
+    fn seen_key(&self, deployment: &str) -> String {
+        format!("{}:{{dep:{deployment}}}:seen", self.config.key_prefix)
     }
 
     fn job_keys(&self, job_id: &str) -> JobKeys {
@@ -323,11 +343,18 @@ impl RedisQueue {
         consumer: &str,
         max_jobs: usize,
         ttl: Duration,
-    ) -> Result<(Vec<Lease>, String), QueueError> {
+        block: Duration,
+    ) -> Result<(Vec<Lease>, String, Option<Duration>), QueueError> {
         let mut call = self.deployment_call(&self.scripts.deployment_take, deployment);
         call.arg(consumer).arg(max_jobs).arg(ttl.as_millis().max(1) as u64).arg(unix_millis());
+        call.arg(self.config.route_liveness.as_millis().max(1) as u64).arg(block.as_millis() as u64);
         let reply = self.invoke::<Value>(&call).await?;
-        let [taken, dropped, wake_id] = fixed::<3>(reply)?;
+        let [taken, dropped, wake_id, next_end] = fixed::<4>(reply)?;
+        // A job parked for another replica becomes takeable when its promise ends.
+        let next_end = match next_end {
+            Value::Nil => None,
+            value => Some(Duration::from_millis(number(&value)?)),
+        };
         for item in array(dropped)? {
             let [job_id, epoch] = fixed::<2>(item)?;
             self.fail_job(
@@ -351,7 +378,7 @@ impl RedisQueue {
                 Err(error) => tracing::warn!(%error, job_id, "redis queue: starting a lease failed"),
             }
         }
-        Ok((leases, string(&wake_id)?))
+        Ok((leases, string(&wake_id)?, next_end))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -437,6 +464,11 @@ impl Queue for RedisQueue {
             .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .arg(limits.max_queue_depth)
             .arg(job.priority.as_str());
+        match &job.route {
+            // The promise's length; its end is set by the server's clock.
+            Some(route) => call.arg(&route.replica).arg(route.until_ms.saturating_sub(unix_millis())),
+            None => call.arg("").arg(0),
+        };
         let answer = match self.invoke::<Value>(&call).await {
             Ok(answer) => array(answer)?,
             Err(error) => {
@@ -493,7 +525,8 @@ impl Queue for RedisQueue {
         }
         let deadline = Instant::now() + block;
         loop {
-            let (leases, wake_id) = self.try_lease(deployment, consumer, max_jobs, ttl).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let (leases, wake_id, next_end) = self.try_lease(deployment, consumer, max_jobs, ttl, remaining).await?;
             if !leases.is_empty() {
                 return Ok(leases);
             }
@@ -501,7 +534,11 @@ impl Queue for RedisQueue {
             if remaining.is_zero() {
                 return Ok(Vec::new());
             }
-            self.wait_for_work(deployment, &wake_id, remaining).await?;
+            let wait = match next_end {
+                Some(end) => remaining.min(end + Duration::from_millis(1)),
+                None => remaining,
+            };
+            self.wait_for_work(deployment, &wake_id, wait).await?;
         }
     }
 
@@ -630,6 +667,10 @@ impl Queue for RedisQueue {
         let key = self.replicas_key(deployment);
         let mut pipeline = redis::pipe();
         pipeline.cmd("HSET").arg(&key).arg(&report.replica).arg(report.encode()).ignore();
+        if !report.accepting {
+            // Draining: the jobs promised to it are free at once (`deployment_take`).
+            pipeline.cmd("HSET").arg(self.seen_key(deployment)).arg(&report.replica).arg(0).ignore();
+        }
         // A deployment nobody reports for any more leaves no key behind.
         pipeline.cmd("PEXPIRE").arg(&key).arg(10 * ReplicaReport::STALE_AFTER).ignore();
         let mut connection = self.shared.clone();
@@ -637,7 +678,11 @@ impl Queue for RedisQueue {
     }
 
     async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError> {
-        self.query::<u64>(redis::cmd("HDEL").arg(self.replicas_key(deployment)).arg(replica)).await.map(|_| ())
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("HDEL").arg(self.replicas_key(deployment)).arg(replica).ignore();
+        pipeline.cmd("HSET").arg(self.seen_key(deployment)).arg(replica).arg(0).ignore();
+        let mut connection = self.shared.clone();
+        bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await
     }
 
     async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError> {

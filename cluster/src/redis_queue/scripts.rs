@@ -13,7 +13,9 @@ use redis::Script;
 
 /// Deployment scripts: `KEYS[1]` the `normal` work stream, `KEYS[2]` requeued list,
 /// `KEYS[3]` lease index (zset by expiry), `KEYS[4]` wake-up stream, `KEYS[5]`
-/// dead-letter stream, `KEYS[6]` the `high` work stream, `KEYS[7]` the `low` work stream;
+/// dead-letter stream, `KEYS[6]` the `high` work stream, `KEYS[7]` the `low` work stream,
+/// `KEYS[8]` when each consumer was last seen, `KEYS[9]` the base name of the parked
+/// jobs' keys, `KEYS[10..12]` the freed jobs of `high`, `normal`, `low`;
 /// `ARGV[1]` the prefix of the per-job lease hashes (same hash tag), `ARGV[2]` the
 /// consumer group (the same name on each work stream).
 ///
@@ -35,17 +37,23 @@ macro_rules! job_prelude {
 
 /// Enqueue. `ARGV[3]` job id, `[4]` payload, `[5]` enqueued at (ms), `[6]` deadline (ms
 /// or empty), `[7]` max waiting, `[8]` priority (`high` | `normal` | `low`), which picks
-/// the work stream. Answers `{'ok', position}` (in service order: requeued jobs, then
+/// the work stream, `[9]` the consumer it is promised to (empty: none) and `[10]` for how
+/// many ms (its end is set by the server's clock). Answers `{'ok', position}` (in service order: requeued jobs, then
 /// the waiting jobs of this priority or higher), `{'full', waiting}` or `{'duplicate'}`.
 const DEPLOYMENT_ENQUEUE: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_enqueue.lua"));
 
 /// Lease up to `ARGV[4]` jobs for consumer `ARGV[3]` with a TTL of `ARGV[5]` ms: handed
-/// back jobs first (newest hand-back first), then new entries of the `high` stream, then
-/// `normal`, then `low`, each in order. Jobs past their
-/// deadline (`ARGV[6]`, the client's Unix ms) are acked and reported as dropped.
-/// Answers `{taken, dropped, wake_id}` where taken items are `{job, payload, epoch,
-/// deliveries}`, dropped items `{job, epoch}`, and `wake_id` is the last id of the
-/// wake-up stream (to block on, with no lost wake-up).
+/// back jobs first (newest hand-back first), then per priority (`high`, `normal`, `low`):
+/// the jobs parked for this consumer, the freed ones, then new entries, in order; a new
+/// entry promised to another consumer that is alive (seen within `ARGV[7]` ms) is parked
+/// for it instead. Promises past their end, or to consumers gone quiet or no longer
+/// taking work, are freed first. The consumer counts as seen until `ARGV[8]` ms from
+/// now (how long it will wait for work). Jobs past their deadline (`ARGV[6]`, the
+/// client's Unix ms) are acked and reported as dropped. Answers `{taken, dropped,
+/// wake_id, next_end}` where taken items are `{job, payload, epoch, deliveries}`,
+/// dropped items `{job, epoch}`, `wake_id` is the last id of the wake-up stream (to
+/// block on, with no lost wake-up) and `next_end` the ms until the next promise ends
+/// (nil: none).
 const DEPLOYMENT_TAKE: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_take.lua"));
 
 /// Renew leases by `ARGV[3]` ms; `ARGV[4..]` are `job, consumer, epoch` triples.

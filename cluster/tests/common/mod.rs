@@ -2,6 +2,8 @@
 //! replica writes.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use swell_cluster::{unix_millis, FinishReason, GenerationRequest, Job, OutputEvent, Priority, SamplingParams, Usage};
 
 /// A normal-priority, unrouted job of deployment `d`, enqueued now.

@@ -13,6 +13,16 @@ if head then
   local stream = stream_of(head)
   if entry and redis.call('EXISTS', stream) == 1 then consider(redis.call('XRANGE', stream, entry, entry)) end
 end
+local function consider_job(job)
+  if not job then return end
+  local entry = redis.call('HGET', meta_key(job), 'entry')
+  local stream = stream_of(job)
+  if entry and redis.call('EXISTS', stream) == 1 then consider(redis.call('XRANGE', stream, entry, entry)) end
+end
+for _, level in ipairs(levels) do
+  consider_job(redis.call('LINDEX', free_of_level[level], 0))
+  consider_job(redis.call('ZRANGE', parked_set(level), 0, 0)[1])
+end
 for _, stream in ipairs(streams) do
   if undelivered_in(stream) > 0 then
     consider(redis.call('XRANGE', stream, '(' .. last_delivered(stream), '+', 'COUNT', 1))

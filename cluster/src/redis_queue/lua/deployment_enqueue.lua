@@ -8,8 +8,17 @@ end
 local w = waiting()
 if w >= tonumber(ARGV[7]) then return {'full', w} end
 local position = redis.call('LLEN', KEYS[2]) + 1
-for rank = 1, rank_of_level[level] do position = position + undelivered_in(streams[rank]) end
-local entry = redis.call('XADD', stream, '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6])
+for rank = 1, rank_of_level[level] do
+  position = position + undelivered_in(streams[rank]) + set_aside(levels[rank])
+end
+local entry
+if ARGV[9] ~= '' then
+  -- Promised to consumer ARGV[9] for ARGV[10] ms, by the server's clock.
+  local ends = now_ms() + tonumber(ARGV[10])
+  entry = redis.call('XADD', stream, '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6], 'rr', ARGV[9], 'ru', ends)
+else
+  entry = redis.call('XADD', stream, '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6])
+end
 redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting', 'level', level)
 wake()
 return {'ok', position}

@@ -29,7 +29,24 @@ local function undelivered()
   for _, stream in ipairs(streams) do n = n + undelivered_in(stream) end
   return n
 end
-local function waiting() return undelivered() + redis.call('LLEN', KEYS[2]) end
+-- Routed jobs (see `routing` in the module docs): KEYS[8] when each consumer was last
+-- seen (server ms; '0': it stopped taking work), KEYS[10..12] the freed jobs per
+-- priority. Parked jobs are in `KEYS[9]:<level>` (zset by promise end) and in their
+-- consumer's list `KEYS[9]:<consumer>:<level>` (keys of the same hash tag).
+local SEEN, PARKED = KEYS[8], KEYS[9]
+local levels = {'high', 'normal', 'low'}
+local free_of_level = {high = KEYS[10], normal = KEYS[11], low = KEYS[12]}
+local function parked_list(replica, level) return PARKED .. ':' .. replica .. ':' .. level end
+local function parked_set(level) return PARKED .. ':' .. level end
+-- Jobs of `level` passed over or freed: all older than its undelivered entries.
+local function set_aside(level)
+  return redis.call('ZCARD', parked_set(level)) + redis.call('LLEN', free_of_level[level])
+end
+local function waiting()
+  local n = undelivered() + redis.call('LLEN', KEYS[2])
+  for _, level in ipairs(levels) do n = n + set_aside(level) end
+  return n
+end
 -- Acknowledge and delete a job's entry (in `stream`, by default the job's own) and
 -- every index of it.
 local function forget(job, entry, stream)
@@ -40,6 +57,13 @@ local function forget(job, entry, stream)
   end
   redis.call('ZREM', KEYS[3], job)
   redis.call('LREM', KEYS[2], 0, job)
+  local m = redis.call('HMGET', meta_key(job), 'parked', 'level')
+  local level = m[2] or 'normal'
+  if m[1] then redis.call('LREM', parked_list(m[1], level), 0, job) end
+  if free_of_level[level] then
+    redis.call('LREM', free_of_level[level], 0, job)
+    redis.call('ZREM', parked_set(level), job)
+  end
   redis.call('DEL', meta_key(job))
 end
 local function last_delivered(stream)
