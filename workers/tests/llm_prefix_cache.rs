@@ -109,11 +109,21 @@ fn the_next_turn_of_a_conversation_finds_its_history() {
     let generated = got["t1"].ids.clone();
     // The client resends the answer as text; the template closes it with <|im_end|>.
     let turn2 = conversation(&f, &[q1, &answer, "Which of those needs ordering?"]);
-    let (hit, counted) = run_counted(&mut cached, vec![seq("t2", turn2.clone(), with_logprobs(16))]);
     // What was computed in turn 1: the prompt and every generated token but the last.
     let mut history = turn1.clone();
     history.extend(&generated[..generated.len() - 1]);
     let reusable = common_prefix(&history, &turn2) / 16 * 16;
+    // What the replica reports for routing: the turn's blocks, named as a gateway names
+    // them, and, once turn 2 waits, only its uncached tokens as pending prefill.
+    let report = Engine::cached_prefix(&cached, 10_000).expect("the llm engine reports its cache");
+    let names = swell_workers::llm::block_pool::prefix_block_hashes(&turn2);
+    assert!(names[..reusable / 16].iter().all(|name| report.blocks.contains(name)), "the history's blocks are reported");
+    assert_eq!(Engine::prefix_cache_version(&cached), Some(report.version));
+    cached.add(seq("t2", turn2.clone(), with_logprobs(16)));
+    assert_eq!(cached.load().pending_prefill_tokens as usize, turn2.len() - reusable);
+    cached.cancel("t2");
+    assert_eq!(cached.load().pending_prefill_tokens, 0);
+    let (hit, counted) = run_counted(&mut cached, vec![seq("t2", turn2.clone(), with_logprobs(16))]);
     assert!(reusable >= turn1.len() / 16 * 16, "at least the first turn's prompt: {reusable}");
     assert_eq!(counted.hit_tokens as usize, reusable);
     eprintln!(

@@ -51,6 +51,9 @@ struct Promised {
     replica: String,
     uncached_tokens: u64,
     until_ms: u64,
+    /// When its replica started it (Unix ms): it still counts on the replica until a
+    /// report made after that shows the replica's own count.
+    started_ms: Option<u64>,
 }
 
 /// One deployment's routing view.
@@ -82,6 +85,11 @@ impl RouteBook {
     /// Replace the replica view with `reports` (the fresh ones): replicas not in it are
     /// gone.
     pub fn apply_reports(&mut self, reports: Vec<ReplicaReport>) {
+        let reported_at: HashMap<&str, u64> = reports.iter().map(|r| (r.replica.as_str(), r.at_ms)).collect();
+        self.promised.retain(|_, promised| match promised.started_ms {
+            None => true,
+            Some(started) => reported_at.get(promised.replica.as_str()).is_some_and(|&at| at < started),
+        });
         let mut next = HashMap::with_capacity(reports.len());
         for mut report in reports {
             let mut entry = self.replicas.remove(&report.replica).unwrap_or_else(|| ReplicaEntry {
@@ -143,24 +151,53 @@ impl RouteBook {
             block_tokens: self.block_tokens,
             session: request.session,
         };
-        let choice = self.router.route(&job, &views, 0.0)?;
+        let choice = self.router.route(&job, &views, 0.0);
+        tracing::debug!(
+            job_id,
+            blocks = request.block_hashes.len(),
+            chosen = ?choice.map(|c| (c.replica, c.matched_blocks)),
+            // (replica, matched blocks, queued prefill, running, can take work)
+            replicas = ?views
+                .iter()
+                .map(|v| (v.id, v.summary.matched_blocks(&request.block_hashes), v.queued_prefill_tokens, v.running_sequences, v.can_take_work))
+                .collect::<Vec<_>>(),
+            "routing a job"
+        );
+        let choice = choice?;
         let replica = choice.replica.to_string();
         let until_ms = now_ms.saturating_add(u64::try_from(self.promise_bound.as_millis()).unwrap_or(u64::MAX));
         self.promised.insert(
             job_id.to_string(),
-            Promised { replica: replica.clone(), uncached_tokens: choice.uncached_tokens, until_ms },
+            Promised { replica: replica.clone(), uncached_tokens: choice.uncached_tokens, until_ms, started_ms: None },
         );
         Some(JobRoute { replica, until_ms })
     }
 
     /// Job `job_id` started on `replica`: its promise is settled, its blocks are now on
     /// that replica, and its session was served there.
-    pub fn started(&mut self, job_id: &str, replica: &str, request: &RouteRequest) -> StartOutcome {
+    pub fn started(&mut self, job_id: &str, replica: &str, request: &RouteRequest, now_ms: u64) -> StartOutcome {
         let outcome = match self.promised.remove(job_id) {
             None => StartOutcome::Unrouted,
             Some(promised) if promised.replica == replica => StartOutcome::Kept,
             Some(_) => StartOutcome::Moved,
         };
+        // Its prefill is on `replica` now, and shows in that replica's reports from the
+        // next one on: until then it counts here.
+        if outcome != StartOutcome::Unrouted || self.replicas.contains_key(replica) {
+            let uncached_tokens = match self.replicas.get(replica) {
+                Some(entry) => JobView {
+                    block_hashes: &request.block_hashes,
+                    prompt_tokens: request.prompt_tokens,
+                    block_tokens: self.block_tokens,
+                    session: None,
+                }
+                .uncached_tokens(entry.summary.matched_blocks(&request.block_hashes)),
+                None => request.prompt_tokens,
+            };
+            let until_ms = now_ms.saturating_add(u64::try_from(self.promise_bound.as_millis()).unwrap_or(u64::MAX));
+            let counted = Promised { replica: replica.to_string(), uncached_tokens, until_ms, started_ms: Some(now_ms) };
+            self.promised.insert(job_id.to_string(), counted);
+        }
         self.router.served(request.session, replica);
         if let Some(entry) = self.replicas.get_mut(replica) {
             for &hash in &request.block_hashes {
@@ -178,7 +215,7 @@ impl RouteBook {
         outcome
     }
 
-    /// Job `job_id` ended without starting (cancelled, rejected, expired).
+    /// Job `job_id` ended (or will never start): it counts nowhere any more.
     pub fn ended(&mut self, job_id: &str) {
         self.promised.remove(job_id);
     }
@@ -224,10 +261,19 @@ mod tests {
         assert_eq!((a.replica.as_str(), b.replica.as_str()), ("r0", "r1"));
         assert_eq!(book.promised(), 3);
         // Started where promised, and elsewhere; an ended one is forgotten.
-        assert_eq!(book.started("j1", "r1", &request(0..50, None)), StartOutcome::Kept);
-        assert_eq!(book.started("j2", "r1", &request(100..120, None)), StartOutcome::Moved);
+        assert_eq!(book.started("j1", "r1", &request(0..50, None), 1_100), StartOutcome::Kept);
+        assert_eq!(book.started("j2", "r1", &request(100..120, None), 1_100), StartOutcome::Moved);
         book.ended("j3");
-        assert_eq!(book.started("j9", "r0", &request(0..1, None)), StartOutcome::Unrouted);
+        assert_eq!(book.started("j9", "r0", &request(0..1, None), 1_100), StartOutcome::Unrouted);
+        // Started jobs count on their replica until it reports after their start.
+        assert_eq!(book.promised(), 3);
+        let at = |mut r: ReplicaReport, at_ms| {
+            r.at_ms = at_ms;
+            r
+        };
+        book.apply_reports(vec![at(report("r0", Some(vec![]), 1), 1_050), at(report("r1", Some((0..40).collect()), 1), 1_050)]);
+        assert_eq!(book.promised(), 3, "reports from before the starts");
+        book.apply_reports(vec![at(report("r0", Some(vec![]), 1), 1_200), at(report("r1", Some((0..40).collect()), 1), 1_200)]);
         assert_eq!(book.promised(), 0);
         // j2's blocks are on r1 now: a job sharing them goes there.
         assert_eq!(book.route("j4", &request(100..110, None), 1_500).unwrap().replica, "r1");
@@ -264,7 +310,8 @@ mod tests {
         let first = book.route("j1", &request(0..30, None), 0).unwrap();
         assert_eq!(first.replica, "ext-0");
         // It started on ext-1 (its promise lapsed): the next turn follows it there.
-        book.started("j1", "ext-1", &request(0..30, None));
+        book.started("j1", "ext-1", &request(0..30, None), 0);
+        book.ended("j1");
         // Reports keep coming (load only): the record stays.
         book.apply_reports(vec![report("ext-0", None, 0), report("ext-1", None, 0)]);
         assert_eq!(book.route("j2", &request(0..35, None), 0).unwrap().replica, "ext-1");
@@ -280,7 +327,7 @@ mod tests {
         book.apply_reports(vec![report("r0", None, 0), report("r1", None, 0), report("r2", None, 0)]);
         let first = book.route("j1", &request(0..4, Some(77)), 0).unwrap().replica;
         let other = if first == "r0" { "r1" } else { "r0" };
-        book.started("j1", other, &request(0..4, Some(77)));
+        book.started("j1", other, &request(0..4, Some(77)), 0);
         assert_eq!(book.route("j2", &request(0..8, Some(77)), 0).unwrap().replica, other);
         assert_eq!(book.route("j3", &request(0..8, None), 0), None, "no session, no preference");
         let mut any = RouteBook::new(RoutingPolicy::AnyReplica, 16, Duration::from_secs(2));

@@ -124,7 +124,7 @@ impl DeploymentRouter {
 
     /// The job started on `replica`.
     pub fn started(&self, job_id: &str, replica: &str, request: &RouteRequest) {
-        let outcome = self.book.lock().started(job_id, replica, request);
+        let outcome = self.book.lock().started(job_id, replica, request, swell_cluster::unix_millis());
         if outcome != StartOutcome::Unrouted {
             m::routed_job_started(&self.deployment, outcome == StartOutcome::Kept);
         }

@@ -202,6 +202,19 @@ impl LlmEngine {
         s.computed = 0;
     }
 
+    /// Prompt tokens still to prefill: the running sequences' uncomputed context (a
+    /// decoding one's single next token is not prefill), and the waiting ones' context
+    /// less the prefix they will find cached.
+    fn pending_prefill_tokens(&self) -> u64 {
+        let running = self.running.iter().map(|s| s.context_len().saturating_sub(s.computed)).filter(|&left| left > 1);
+        let waiting = self.waiting.iter().map(|s| {
+            let usable = (s.context_len().saturating_sub(1) / BLOCK_TOKENS).min(s.hashes.len());
+            let cached = if s.prompt_logprobs.is_none() { self.pool.lookup(&s.hashes[..usable]).0 } else { 0 };
+            s.context_len().saturating_sub(s.computed.max(cached * BLOCK_TOKENS))
+        });
+        running.chain(waiting).map(|left| left as u64).sum()
+    }
+
     /// Register the full blocks a sequence has computed since the last call.
     fn register_computed(&mut self, i: usize) {
         let s = &mut self.running[i];
@@ -554,7 +567,7 @@ impl Engine for LlmEngine {
             sampler.observe(t);
             resumed_text.push_str(&detok.step(&self.tokenizer, t));
         }
-        let s = LlmSequence {
+        let mut s = LlmSequence {
             id: seq.id.clone(),
             arrival: self.next_arrival,
             max_generated: params.max_tokens as usize,
@@ -585,6 +598,10 @@ impl Engine for LlmEngine {
             Self::finish(&mut out, &s, FinishReason::Length);
             self.ready.extend(out);
             return;
+        }
+        if self.pool.caching() {
+            // Named now, so `load` can tell how much of it the cache will spare.
+            s.update_hashes();
         }
         self.waiting.push_back(s);
     }
@@ -620,15 +637,7 @@ impl Engine for LlmEngine {
             kv_tokens_used: (self.pool.used() * BLOCK_TOKENS) as u64,
             kv_tokens_capacity: (self.pool.total() * BLOCK_TOKENS) as u64,
             free_slots: if kv_full { 0 } else { self.limits.max_batch_size.saturating_sub(queued) },
-            pending_prefill_tokens: self
-                .running
-                .iter()
-                .chain(&self.waiting)
-                .map(|s| s.context_len().saturating_sub(s.computed))
-                // A decoding sequence has one token left to compute: not prefill.
-                .filter(|&left| left > 1)
-                .map(|left| left as u64)
-                .sum(),
+            pending_prefill_tokens: self.pending_prefill_tokens(),
         }
     }
 
