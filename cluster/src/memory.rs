@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
-use crate::replica_report::ReplicaReport;
+use crate::replica_report::{PrefixBlocks, ReplicaReport};
 use crate::routing::{Eligibility, Routing};
 use crate::unix_millis;
 
@@ -147,8 +147,8 @@ struct State {
     outputs: HashMap<JobId, OutputStream>,
     next_sweep: Option<Instant>,
     routing: Routing,
-    /// Each deployment's replica reports, by replica.
-    reports: HashMap<String, HashMap<String, ReplicaReport>>,
+    /// Each deployment's replica reports and published blocks, by replica.
+    reports: HashMap<String, HashMap<String, (ReplicaReport, Option<Arc<PrefixBlocks>>)>>,
 }
 
 impl State {
@@ -552,7 +552,12 @@ impl Queue for InMemoryQueue {
         Ok(AppendOutcome::Accepted(last))
     }
 
-    async fn report_replica(&self, deployment: &str, report: &ReplicaReport) -> Result<(), QueueError> {
+    async fn report_replica(
+        &self,
+        deployment: &str,
+        report: &ReplicaReport,
+        prefix: Option<&PrefixBlocks>,
+    ) -> Result<(), QueueError> {
         let mut state = self.state.lock();
         state.routing.accepting(deployment, &report.replica, report.accepting);
         if !report.accepting {
@@ -560,11 +565,10 @@ impl Queue for InMemoryQueue {
             state.deployment(deployment).notify.notify_waiters();
         }
         let reports = state.reports.entry(deployment.to_string()).or_default();
-        match reports.get_mut(&report.replica) {
-            Some(held) => held.clone_from(report),
-            None => {
-                reports.insert(report.replica.clone(), report.clone());
-            }
+        let held = reports.entry(report.replica.clone()).or_insert_with(|| (report.clone(), None));
+        held.0.clone_from(report);
+        if let Some(prefix) = prefix {
+            held.1 = Some(Arc::new(prefix.clone()));
         }
         Ok(())
     }
@@ -587,8 +591,14 @@ impl Queue for InMemoryQueue {
         let mut state = self.state.lock();
         let Some(reports) = state.reports.get_mut(deployment) else { return Ok(Vec::new()) };
         // A replica that died without forgetting itself: its report goes for good.
-        reports.retain(|_, report| report.is_fresh(now));
-        Ok(reports.values().cloned().collect())
+        reports.retain(|_, (report, _)| report.is_fresh(now));
+        Ok(reports.values().map(|(report, _)| report.clone()).collect())
+    }
+
+    async fn replica_prefix(&self, deployment: &str, replica: &str) -> Result<Option<PrefixBlocks>, QueueError> {
+        let state = self.state.lock();
+        let held = state.reports.get(deployment).and_then(|reports| reports.get(replica));
+        Ok(held.and_then(|(_, prefix)| prefix.as_deref().cloned()))
     }
 
     async fn read_output(

@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
-use crate::replica_report::ReplicaReport;
+use crate::replica_report::{PrefixBlocks, ReplicaReport};
 use swell_protocol::{OutputEvent, SequencedEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,15 +112,24 @@ pub trait Queue: Send + Sync + 'static {
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError>;
 
-    /// Publish a replica's [`ReplicaReport`] (replacing its previous one), for the
+    /// Publish a replica's [`ReplicaReport`] (replacing its previous one), with its
+    /// [`PrefixBlocks`] when they changed (`report.prefix_version` names them), for the
     /// gateways' cache-aware routing.
-    async fn report_replica(&self, deployment: &str, report: &ReplicaReport) -> Result<(), QueueError>;
+    async fn report_replica(
+        &self,
+        deployment: &str,
+        report: &ReplicaReport,
+        prefix: Option<&PrefixBlocks>,
+    ) -> Result<(), QueueError>;
 
-    /// Remove a replica's report (it retired).
+    /// Remove a replica's report and blocks (it retired).
     async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError>;
 
     /// The fresh reports of a deployment's replicas ([`ReplicaReport::is_fresh`]).
     async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError>;
+
+    /// The blocks a replica last published, if any.
+    async fn replica_prefix(&self, deployment: &str, replica: &str) -> Result<Option<PrefixBlocks>, QueueError>;
 
     /// Events after sequence number `after_seq`, waiting up to `block` for one.
     /// An empty answer means nothing arrived in time.

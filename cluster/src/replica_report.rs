@@ -30,9 +30,10 @@ pub struct ReplicaReport {
     pub running: u64,
     /// Prompt tokens its engine has yet to prefill.
     pub pending_prefill_tokens: u64,
-    /// The prefix cache, when its engine reports one; `None`: unknown (an external
-    /// engine), and the gateway keeps its own record of what it sent there.
-    pub prefix: Option<PrefixBlocks>,
+    /// The version of the [`PrefixBlocks`] it last published; `None`: its engine does not
+    /// report a prefix cache (an external engine), and the gateway keeps its own record
+    /// of what it sent there.
+    pub prefix_version: Option<u64>,
 }
 
 /// The blocks a replica's prefix cache holds.
@@ -52,7 +53,7 @@ impl ReplicaReport {
     pub const HEARTBEAT: u64 = 1_000;
     /// A report older than this (ms) is ignored: its replica is gone or stuck.
     pub const STALE_AFTER: u64 = 3_000;
-    /// Most blocks a report lists (512 KiB of names).
+    /// Most blocks a replica lists (512 KiB of names).
     pub const MAX_BLOCKS: usize = 65_536;
 
     /// Whether a reader at `now_ms` should still believe it.
@@ -62,14 +63,38 @@ impl ReplicaReport {
 
     /// The report as stored on Redis.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("a report always encodes")
+        encode(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map(|(report, _)| report)
-            .map_err(|error| format!("unreadable replica report: {error}"))
+        decode(bytes, "replica report")
     }
+}
+
+impl PrefixBlocks {
+    /// A replica publishes its blocks at most this often (ms): under load they change
+    /// with every block a sequence fills, and the gateway adds the blocks of the jobs it
+    /// starts on its own meanwhile.
+    pub const EVERY: u64 = 1_000;
+
+    /// The blocks as stored on Redis.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        decode(bytes, "prefix report")
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("a report always encodes")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, String> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|error| format!("unreadable {what}: {error}"))
 }
 
 #[cfg(test)]
@@ -85,14 +110,18 @@ mod tests {
             free_slots: 4,
             running: 2,
             pending_prefill_tokens: 900,
-            prefix: Some(PrefixBlocks { version: 7, block_tokens: 16, blocks: (0..4_096u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect() }),
+            prefix_version: Some(7),
         };
         let bytes = report.encode();
-        assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
+        assert!(bytes.len() < 40, "{} bytes", bytes.len());
         assert_eq!(ReplicaReport::decode(&bytes).unwrap(), report);
-        let external = ReplicaReport { prefix: None, ..report.clone() };
+        let external = ReplicaReport { prefix_version: None, ..report.clone() };
         assert_eq!(ReplicaReport::decode(&external.encode()).unwrap(), external);
         assert!(ReplicaReport::decode(b"\xff\xff").is_err());
+        let blocks = PrefixBlocks { version: 7, block_tokens: 16, blocks: (0..4_096u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect() };
+        let bytes = blocks.encode();
+        assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
+        assert_eq!(PrefixBlocks::decode(&bytes).unwrap(), blocks);
         assert!(report.is_fresh(12_999));
         assert!(!report.is_fresh(13_000));
     }

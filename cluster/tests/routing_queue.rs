@@ -224,23 +224,34 @@ mod scenarios {
             free_slots: 4,
             running: 0,
             pending_prefill_tokens: 0,
-            prefix: Some(PrefixBlocks { version: 1, block_tokens: 16, blocks: vec![11, 12] }),
+            prefix_version: Some(1),
         }
+    }
+
+    fn blocks(version: u64) -> PrefixBlocks {
+        PrefixBlocks { version, block_tokens: 16, blocks: vec![11, 12, version] }
     }
 
     pub async fn replica_reports_are_kept_replaced_and_forgotten_and_a_draining_replica_frees_its_jobs(backend: Backend) {
         let h = start(backend, Duration::from_secs(30)).await;
         let q = &h.queue;
         assert!(q.replica_reports("d").await.unwrap().is_empty());
-        q.report_replica("d", &report("a", true)).await.unwrap();
-        q.report_replica("d", &report("b", true)).await.unwrap();
+        q.report_replica("d", &report("a", true), Some(&blocks(1))).await.unwrap();
+        q.report_replica("d", &report("b", true), None).await.unwrap();
         let mut stale = report("c", true);
         stale.at_ms -= ReplicaReport::STALE_AFTER;
-        q.report_replica("d", &stale).await.unwrap();
+        q.report_replica("d", &stale, None).await.unwrap();
         let mut seen: Vec<String> = q.replica_reports("d").await.unwrap().into_iter().map(|r| r.replica).collect();
         seen.sort();
         assert_eq!(seen, ["a", "b"], "a stale report is not served");
         assert!(q.replica_reports("other").await.unwrap().is_empty());
+        // Blocks are kept until replaced; a report without blocks leaves them as they are.
+        assert_eq!(q.replica_prefix("d", "a").await.unwrap(), Some(blocks(1)));
+        assert_eq!(q.replica_prefix("d", "b").await.unwrap(), None);
+        q.report_replica("d", &report("a", true), None).await.unwrap();
+        assert_eq!(q.replica_prefix("d", "a").await.unwrap(), Some(blocks(1)));
+        q.report_replica("d", &report("a", true), Some(&blocks(2))).await.unwrap();
+        assert_eq!(q.replica_prefix("d", "a").await.unwrap(), Some(blocks(2)));
 
         // a waits in lease (alive); a job promised to it is passed over by b.
         let waiting = {
@@ -252,12 +263,15 @@ mod scenarios {
         q.enqueue(job("for-a", Priority::Normal, Some(("a", Duration::from_secs(30)))), LIMITS).await.unwrap();
         assert!(ids(q, "b", 1, NOW).await.is_empty(), "a is alive and its promise holds");
         // a starts draining: its report says so, and b may take the job at once.
-        q.report_replica("d", &report("a", false)).await.unwrap();
+        q.report_replica("d", &report("a", false), None).await.unwrap();
         assert_eq!(ids(q, "b", 1, NOW).await, ["for-a"]);
         let a = q.replica_reports("d").await.unwrap().into_iter().find(|r| r.replica == "a").unwrap();
         assert!(!a.accepting);
         // b retires: its report goes, and jobs routed to it are free.
         q.forget_replica("d", "b").await.unwrap();
+        q.forget_replica("d", "a").await.unwrap();
+        assert_eq!(q.replica_prefix("d", "a").await.unwrap(), None, "a retired: its blocks went too");
+        q.report_replica("d", &report("a", true), None).await.unwrap();
         q.enqueue(job("for-b", Priority::Normal, Some(("b", Duration::from_secs(30)))), LIMITS).await.unwrap();
         assert_eq!(ids(q, "c", 1, NOW).await, ["for-b"]);
         let left: Vec<String> = q.replica_reports("d").await.unwrap().into_iter().map(|r| r.replica).collect();

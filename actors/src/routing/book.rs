@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use swell_cluster::{JobId, JobRoute, ReplicaReport};
+use swell_cluster::{JobId, JobRoute, PrefixBlocks, ReplicaReport};
 use swell_router::{JobView, PrefixSummary, ReplicaView, Router, RoutingPolicy};
 
 /// What routing needs of a job: its prompt's block names (`llm::block_pool`'s routing
@@ -82,22 +82,35 @@ impl RouteBook {
         self.router.policy()
     }
 
-    /// Replace the replica view with `reports` (the fresh ones): replicas not in it are
-    /// gone.
-    pub fn apply_reports(&mut self, reports: Vec<ReplicaReport>) {
+    /// The replicas of `reports` whose blocks this view lacks: their report names a
+    /// version of them it has not built its summary from.
+    pub fn wanted_prefixes<'a>(&self, reports: &'a [ReplicaReport]) -> Vec<&'a str> {
+        reports
+            .iter()
+            .filter(|report| {
+                report.prefix_version.is_some()
+                    && self.replicas.get(&report.replica).is_none_or(|entry| entry.version != report.prefix_version)
+            })
+            .map(|report| report.replica.as_str())
+            .collect()
+    }
+
+    /// Replace the replica view with `reports` (the fresh ones: replicas not in it are
+    /// gone), with the blocks fetched for those [`RouteBook::wanted_prefixes`] named.
+    pub fn apply_reports(&mut self, reports: Vec<ReplicaReport>, mut prefixes: HashMap<String, PrefixBlocks>) {
         let reported_at: HashMap<&str, u64> = reports.iter().map(|r| (r.replica.as_str(), r.at_ms)).collect();
         self.promised.retain(|_, promised| match promised.started_ms {
             None => true,
             Some(started) => reported_at.get(promised.replica.as_str()).is_some_and(|&at| at < started),
         });
         let mut next = HashMap::with_capacity(reports.len());
-        for mut report in reports {
+        for report in reports {
             let mut entry = self.replicas.remove(&report.replica).unwrap_or_else(|| ReplicaEntry {
                 report: report.clone(),
                 summary: PrefixSummary::default(),
                 version: None,
             });
-            if let Some(prefix) = report.prefix.take() {
+            if let Some(prefix) = prefixes.remove(&report.replica) {
                 if entry.version != Some(prefix.version) {
                     entry.summary = PrefixSummary::from_hashes(prefix.blocks, PrefixSummary::DEFAULT_MAX_BLOCKS);
                     entry.version = Some(prefix.version);
@@ -229,17 +242,36 @@ impl RouteBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swell_cluster::PrefixBlocks;
 
-    fn report(replica: &str, blocks: Option<Vec<u64>>, version: u64) -> ReplicaReport {
-        ReplicaReport {
+    /// A report, and the blocks it names (`None`: an engine that reports none).
+    fn report(replica: &str, blocks: Option<Vec<u64>>, version: u64) -> (ReplicaReport, Option<PrefixBlocks>) {
+        let report = ReplicaReport {
             replica: replica.into(),
             at_ms: 0,
             accepting: true,
             free_slots: 4,
             running: 0,
             pending_prefill_tokens: 0,
-            prefix: blocks.map(|blocks| PrefixBlocks { version, block_tokens: 16, blocks }),
+            prefix_version: blocks.is_some().then_some(version),
+        };
+        (report, blocks.map(|blocks| PrefixBlocks { version, block_tokens: 16, blocks }))
+    }
+
+    trait Apply {
+        /// Apply the reports as a router does: fetching the blocks the book wants.
+        fn apply(&mut self, reports: Vec<(ReplicaReport, Option<PrefixBlocks>)>);
+    }
+
+    impl Apply for RouteBook {
+        fn apply(&mut self, reports: Vec<(ReplicaReport, Option<PrefixBlocks>)>) {
+            let only: Vec<ReplicaReport> = reports.iter().map(|(r, _)| r.clone()).collect();
+            let wanted: Vec<String> = self.wanted_prefixes(&only).into_iter().map(String::from).collect();
+            let prefixes = reports
+                .into_iter()
+                .filter(|(r, _)| wanted.contains(&r.replica))
+                .filter_map(|(r, p)| Some((r.replica, p?)))
+                .collect();
+            self.apply_reports(only, prefixes);
         }
     }
 
@@ -251,7 +283,7 @@ mod tests {
     #[test]
     fn a_job_goes_where_its_prefix_is_and_a_burst_spreads_by_promised_work() {
         let mut book = RouteBook::new(RoutingPolicy::CacheAware, 16, Duration::from_secs(2));
-        book.apply_reports(vec![report("r0", Some(vec![]), 1), report("r1", Some((0..40).collect()), 1)]);
+        book.apply(vec![report("r0", Some(vec![]), 1), report("r1", Some((0..40).collect()), 1)]);
         let route = book.route("j1", &request(0..50, None), 1_000).unwrap();
         assert_eq!(route, JobRoute { replica: "r1".into(), until_ms: 3_000 });
         // A burst of unrelated 20-block prompts: the first goes to r0 (nothing queued),
@@ -267,13 +299,13 @@ mod tests {
         assert_eq!(book.started("j9", "r0", &request(0..1, None), 1_100), StartOutcome::Unrouted);
         // Started jobs count on their replica until it reports after their start.
         assert_eq!(book.promised(), 3);
-        let at = |mut r: ReplicaReport, at_ms| {
-            r.at_ms = at_ms;
+        let at = |mut r: (ReplicaReport, Option<PrefixBlocks>), at_ms| {
+            r.0.at_ms = at_ms;
             r
         };
-        book.apply_reports(vec![at(report("r0", Some(vec![]), 1), 1_050), at(report("r1", Some((0..40).collect()), 1), 1_050)]);
+        book.apply(vec![at(report("r0", Some(vec![]), 1), 1_050), at(report("r1", Some((0..40).collect()), 1), 1_050)]);
         assert_eq!(book.promised(), 3, "reports from before the starts");
-        book.apply_reports(vec![at(report("r0", Some(vec![]), 1), 1_200), at(report("r1", Some((0..40).collect()), 1), 1_200)]);
+        book.apply(vec![at(report("r0", Some(vec![]), 1), 1_200), at(report("r1", Some((0..40).collect()), 1), 1_200)]);
         assert_eq!(book.promised(), 0);
         // j2's blocks are on r1 now: a job sharing them goes there.
         assert_eq!(book.route("j4", &request(100..110, None), 1_500).unwrap().replica, "r1");
@@ -287,18 +319,18 @@ mod tests {
     fn full_draining_and_vanished_replicas_are_not_promised_work() {
         let mut book = RouteBook::new(RoutingPolicy::CacheAware, 16, Duration::from_secs(2));
         let mut full = report("r1", Some((0..40).collect()), 1);
-        full.free_slots = 0;
-        book.apply_reports(vec![report("r0", Some(vec![]), 1), full]);
+        full.0.free_slots = 0;
+        book.apply(vec![report("r0", Some(vec![]), 1), full]);
         assert_eq!(book.route("j1", &request(0..40, None), 0).unwrap().replica, "r0", "r1 is full");
         let mut draining = report("r1", Some((0..40).collect()), 2);
-        draining.accepting = false;
-        book.apply_reports(vec![report("r0", Some(vec![]), 1), draining]);
+        draining.0.accepting = false;
+        book.apply(vec![report("r0", Some(vec![]), 1), draining]);
         assert_eq!(book.route("j2", &request(0..40, None), 0).unwrap().replica, "r0", "r1 drains");
         // r0 has room for 4; two promised already: two more, then no replica can take it.
         assert!(book.route("j3", &request(0..1, None), 0).is_some());
         assert!(book.route("j4", &request(0..1, None), 0).is_some());
         assert_eq!(book.route("j5", &request(0..1, None), 0), None);
-        book.apply_reports(vec![]);
+        book.apply(vec![]);
         assert_eq!(book.replicas(), 0);
         assert_eq!(book.route("j6", &request(0..1, None), 0), None);
     }
@@ -306,17 +338,17 @@ mod tests {
     #[test]
     fn an_engine_without_a_report_is_seen_through_the_jobs_it_started() {
         let mut book = RouteBook::new(RoutingPolicy::CacheAware, 16, Duration::from_secs(2));
-        book.apply_reports(vec![report("ext-0", None, 0), report("ext-1", None, 0)]);
+        book.apply(vec![report("ext-0", None, 0), report("ext-1", None, 0)]);
         let first = book.route("j1", &request(0..30, None), 0).unwrap();
         assert_eq!(first.replica, "ext-0");
         // It started on ext-1 (its promise lapsed): the next turn follows it there.
         book.started("j1", "ext-1", &request(0..30, None), 0);
         book.ended("j1");
         // Reports keep coming (load only): the record stays.
-        book.apply_reports(vec![report("ext-0", None, 0), report("ext-1", None, 0)]);
+        book.apply(vec![report("ext-0", None, 0), report("ext-1", None, 0)]);
         assert_eq!(book.route("j2", &request(0..35, None), 0).unwrap().replica, "ext-1");
         // A reporting engine's own report replaces the gateway's guess when its version moves.
-        book.apply_reports(vec![report("ext-0", None, 0), report("ext-1", Some(vec![]), 5)]);
+        book.apply(vec![report("ext-0", None, 0), report("ext-1", Some(vec![]), 5)]);
         book.ended("j2");
         assert_eq!(book.route("j3", &request(0..35, None), 0).unwrap().replica, "ext-0");
     }
@@ -324,14 +356,14 @@ mod tests {
     #[test]
     fn session_policy_follows_the_replica_that_served_and_any_routes_nothing() {
         let mut book = RouteBook::new(RoutingPolicy::SessionAffine, 16, Duration::from_secs(2));
-        book.apply_reports(vec![report("r0", None, 0), report("r1", None, 0), report("r2", None, 0)]);
+        book.apply(vec![report("r0", None, 0), report("r1", None, 0), report("r2", None, 0)]);
         let first = book.route("j1", &request(0..4, Some(77)), 0).unwrap().replica;
         let other = if first == "r0" { "r1" } else { "r0" };
         book.started("j1", other, &request(0..4, Some(77)), 0);
         assert_eq!(book.route("j2", &request(0..8, Some(77)), 0).unwrap().replica, other);
         assert_eq!(book.route("j3", &request(0..8, None), 0), None, "no session, no preference");
         let mut any = RouteBook::new(RoutingPolicy::AnyReplica, 16, Duration::from_secs(2));
-        any.apply_reports(vec![report("r0", Some((0..8).collect()), 1)]);
+        any.apply(vec![report("r0", Some((0..8).collect()), 1)]);
         assert_eq!(any.route("j1", &request(0..8, None), 0), None);
     }
 }

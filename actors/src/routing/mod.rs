@@ -7,8 +7,8 @@
 //!
 //! The replicas' state comes from their reports (`swell_cluster::ReplicaReport`), read
 //! through the queue at most every [`RoutingConfig::refresh_every`], on the request path
-//! of the request that finds the view old (one `HGETALL` on Redis; others use the view
-//! as it is meanwhile). Routing never fails a request: with no view, or the reports
+//! of the request that finds the view old (one `HGETALL` on Redis, and one `HGET` per
+//! replica whose blocks changed; others use the view as it is meanwhile). Routing never fails a request: with no view, or the reports
 //! unreadable, a job goes unrouted (any replica).
 //!
 //! # Layout
@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use swell_cluster::{JobRoute, Queue};
+use std::collections::HashMap;
+
+use swell_cluster::{JobRoute, PrefixBlocks, Queue, QueueError, ReplicaReport};
 use swell_router::{RoutingPolicy, DEFAULT_PROMISE_BOUND};
 use tokio::time::Instant;
 
@@ -103,12 +105,25 @@ impl DeploymentRouter {
         if fresh(*self.refreshed_at.lock()) {
             return;
         }
-        match tokio::time::timeout(Duration::from_millis(500), self.queue.replica_reports(&self.deployment)).await {
-            Ok(Ok(reports)) => self.book.lock().apply_reports(reports),
+        match tokio::time::timeout(Duration::from_millis(500), self.read_view()).await {
+            Ok(Ok((reports, prefixes))) => self.book.lock().apply_reports(reports, prefixes),
             Ok(Err(error)) => tracing::debug!(%error, deployment = %self.deployment, "replica reports unreadable; routing on the last view"),
             Err(_) => tracing::debug!(deployment = %self.deployment, "replica reports took too long; routing on the last view"),
         }
         *self.refreshed_at.lock() = Some(Instant::now());
+    }
+
+    /// The replicas' reports, and the blocks of those whose version the view lacks.
+    async fn read_view(&self) -> Result<(Vec<ReplicaReport>, HashMap<String, PrefixBlocks>), QueueError> {
+        let reports = self.queue.replica_reports(&self.deployment).await?;
+        let wanted: Vec<String> = self.book.lock().wanted_prefixes(&reports).into_iter().map(String::from).collect();
+        let mut prefixes = HashMap::with_capacity(wanted.len());
+        for replica in wanted {
+            if let Some(prefix) = self.queue.replica_prefix(&self.deployment, &replica).await? {
+                prefixes.insert(replica, prefix);
+            }
+        }
+        Ok((reports, prefixes))
     }
 
     /// The route for a new job (`None`: any replica).

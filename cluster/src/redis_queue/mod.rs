@@ -38,8 +38,9 @@
 //!   `P:{dep:D}:free:<level>` (`free` for `normal`), which every consumer takes before
 //!   new entries of that priority. Parked and freed jobs count as waiting. A blocked
 //!   `lease` wakes when the next promise ends.
-//! - `P:{dep:D}:replicas`: hash of the replicas' [`ReplicaReport`]s (bincode), by
-//!   consumer id, for cache-aware routing; expires 30 s after the last report.
+//! - `P:{dep:D}:replicas` and `P:{dep:D}:prefixes`: hashes of the replicas'
+//!   [`ReplicaReport`]s and [`PrefixBlocks`] (bincode), by consumer id, for cache-aware
+//!   routing; they expire 30 s after the last report.
 //! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
 //!   capped near [`RedisQueueConfig::dead_letter_max_len`].
 //!
@@ -145,7 +146,7 @@ use self::scripts::Scripts;
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
-use crate::replica_report::ReplicaReport;
+use crate::replica_report::{PrefixBlocks, ReplicaReport};
 use crate::unix_millis;
 
 /// The consumer group every replica of a deployment reads the work stream with.
@@ -223,6 +224,11 @@ impl RedisQueue {
     /// `P:{dep:D}:replicas`: the replicas' [`ReplicaReport`]s, by replica.
     fn replicas_key(&self, deployment: &str) -> String {
         format!("{}:{{dep:{deployment}}}:replicas", self.config.key_prefix)
+    }
+
+    /// `P:{dep:D}:prefixes`: the replicas' [`PrefixBlocks`], by replica.
+    fn prefixes_key(&self, deployment: &str) -> String {
+        format!("{}:{{dep:{deployment}}}:prefixes", self.config.key_prefix)
     }
 
     /// `P:{dep:D}:seen`: when each consumer was last seen (the take script's `KEYS[8]`).
@@ -663,16 +669,27 @@ impl Queue for RedisQueue {
         }
     }
 
-    async fn report_replica(&self, deployment: &str, report: &ReplicaReport) -> Result<(), QueueError> {
+    async fn report_replica(
+        &self,
+        deployment: &str,
+        report: &ReplicaReport,
+        prefix: Option<&PrefixBlocks>,
+    ) -> Result<(), QueueError> {
         let key = self.replicas_key(deployment);
+        let prefixes = self.prefixes_key(deployment);
         let mut pipeline = redis::pipe();
         pipeline.cmd("HSET").arg(&key).arg(&report.replica).arg(report.encode()).ignore();
+        if let Some(prefix) = prefix {
+            pipeline.cmd("HSET").arg(&prefixes).arg(&report.replica).arg(prefix.encode()).ignore();
+        }
         if !report.accepting {
             // Draining: the jobs promised to it are free at once (`deployment_take`).
             pipeline.cmd("HSET").arg(self.seen_key(deployment)).arg(&report.replica).arg(0).ignore();
         }
         // A deployment nobody reports for any more leaves no key behind.
-        pipeline.cmd("PEXPIRE").arg(&key).arg(10 * ReplicaReport::STALE_AFTER).ignore();
+        for key in [&key, &prefixes] {
+            pipeline.cmd("PEXPIRE").arg(key).arg(10 * ReplicaReport::STALE_AFTER).ignore();
+        }
         let mut connection = self.shared.clone();
         bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await
     }
@@ -680,6 +697,7 @@ impl Queue for RedisQueue {
     async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError> {
         let mut pipeline = redis::pipe();
         pipeline.cmd("HDEL").arg(self.replicas_key(deployment)).arg(replica).ignore();
+        pipeline.cmd("HDEL").arg(self.prefixes_key(deployment)).arg(replica).ignore();
         pipeline.cmd("HSET").arg(self.seen_key(deployment)).arg(replica).arg(0).ignore();
         let mut connection = self.shared.clone();
         bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await
@@ -705,9 +723,25 @@ impl Queue for RedisQueue {
             }
         }
         if !gone.is_empty() {
-            self.query::<u64>(redis::cmd("HDEL").arg(&key).arg(&gone)).await?;
+            let mut pipeline = redis::pipe();
+            pipeline.cmd("HDEL").arg(&key).arg(&gone).ignore();
+            pipeline.cmd("HDEL").arg(self.prefixes_key(deployment)).arg(&gone).ignore();
+            let mut connection = self.shared.clone();
+            bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await?;
         }
         Ok(fresh)
+    }
+
+    async fn replica_prefix(&self, deployment: &str, replica: &str) -> Result<Option<PrefixBlocks>, QueueError> {
+        let stored: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(self.prefixes_key(deployment)).arg(replica)).await?;
+        match stored.map(|bytes| PrefixBlocks::decode(&bytes)) {
+            None => Ok(None),
+            Some(Ok(prefix)) => Ok(Some(prefix)),
+            Some(Err(error)) => {
+                tracing::warn!(deployment, replica, %error, "ignoring a replica's blocks");
+                Ok(None)
+            }
+        }
     }
 
     async fn read_output(
