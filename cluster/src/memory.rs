@@ -141,6 +141,9 @@ impl OutputStream {
     }
 }
 
+/// A replica's last report, and the blocks it last published.
+type Reported = (ReplicaReport, Option<Arc<PrefixBlocks>>);
+
 struct State {
     deployments: HashMap<String, DeploymentQueue>,
     jobs: HashMap<JobId, JobState>,
@@ -148,7 +151,7 @@ struct State {
     next_sweep: Option<Instant>,
     routing: Routing,
     /// Each deployment's replica reports and published blocks, by replica.
-    reports: HashMap<String, HashMap<String, (ReplicaReport, Option<Arc<PrefixBlocks>>)>>,
+    reports: HashMap<String, HashMap<String, Reported>>,
 }
 
 impl State {

@@ -11,7 +11,9 @@ use super::*;
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(200);
 
 /// What a report says apart from its time: two equal ones need not both go out.
-fn content(report: &ReplicaReport) -> (bool, u64, u64, u64, Option<u64>) {
+type Content = (bool, u64, u64, u64, Option<u64>);
+
+fn content(report: &ReplicaReport) -> Content {
     (report.accepting, report.free_slots, report.running, report.pending_prefill_tokens, report.prefix_version)
 }
 
@@ -33,7 +35,8 @@ pub(super) fn current_report(shared: &Shared, prefix_version: Option<u64>) -> Re
 /// the small report when it changed, the blocks when they changed and
 /// [`PrefixBlocks::EVERY`] has passed since they last went.
 pub(super) async fn report_loop(queue: Arc<dyn Queue>, shared: Arc<Shared>) {
-    let mut last: Option<(u64, (bool, u64, u64, u64, Option<u64>))> = None;
+    // The last report published: when, and what it said.
+    let mut last: Option<(u64, Content)> = None;
     // The blocks last published: their version and when.
     let mut published: Option<(u64, u64)> = None;
     loop {
