@@ -476,28 +476,7 @@ mod scenarios {
     }
 }
 
-macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
-        mod in_memory {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    super::scenarios::$scenario(super::Backend::InMemory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    super::scenarios::$scenario(super::Backend::Redis).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+crate::conformance!(
     enqueue_reports_positions_and_refuses_past_the_depth_limit,
     lease_takes_oldest_first_and_ack_finishes,
     a_blocked_lease_wakes_when_work_arrives,

@@ -304,28 +304,7 @@ mod scenarios {
     }
 }
 
-macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
-        mod in_memory {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    super::scenarios::$scenario(super::Backend::InMemory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    super::scenarios::$scenario(super::Backend::Redis).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+crate::conformance!(
     a_routed_job_goes_to_its_replica_and_others_take_the_rest_in_order,
     a_promise_ends_with_its_bound_or_its_replica_and_hand_backs_are_free,
     a_replica_waiting_in_lease_keeps_its_jobs_and_another_wakes_when_the_bound_passes,

@@ -90,8 +90,10 @@ def start_llama(binary: Path, threads: int, log: Path, slots: int = STREAMS, ctx
     return proc, url, cmd
 
 
-def start_swell(kernel: str, threads: int, log: Path, kv_tokens: int = STREAMS * CONTEXT, extra_llm: str = ""):
-    """`swell serve` with one always-on `llm` replica; `extra_llm`: more `llm` keys."""
+def start_swell(kernel: str, threads: int, log: Path, kv_tokens: int = STREAMS * CONTEXT, extra_llm: str = "",
+                replicas: int = 1, extra: str = ""):
+    """`swell serve` with `replicas` always-on `llm` replicas; `extra_llm`: more `llm`
+    keys; `extra`: more of the deployment's tables."""
     port = free_port()
     config = f"""
 [server]
@@ -105,8 +107,9 @@ cpu_kernel = "{kernel}"
 kv_cache_tokens = {kv_tokens}
 {extra_llm}
 [deployments.default.autoscaling]
-min_replicas = 1
-max_replicas = 1
+min_replicas = {replicas}
+max_replicas = {replicas}
+{extra}
 """
     path = Path(tempfile.mkdtemp()) / "compare.toml"
     path.write_text(config)
@@ -114,8 +117,8 @@ max_replicas = 1
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "RUST_LOG": "warn"})
     url = f"http://127.0.0.1:{port}"
-    wait_ready(proc, url, "/admin/v1/deployments/default", lambda b: json.loads(b)["replicas"]["ready"] == 1,
-               log, "swell")
+    wait_ready(proc, url, "/admin/v1/deployments/default",
+               lambda b: json.loads(b)["replicas"]["ready"] == replicas, log, "swell")
     with urllib.request.urlopen(url + "/admin/v1/deployments/default", timeout=5) as r:
         status = json.load(r)
     return proc, url, cmd + [f"(config: {config.strip()!r})"], status

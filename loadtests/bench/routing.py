@@ -18,11 +18,9 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -30,36 +28,15 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import MODEL, REPO, SWELL, cpu_info, free_port, wait_ready  # noqa: E402
+from compare import MODEL, REPO, SWELL, cpu_info, start_swell  # noqa: E402
 from conversations import conversation  # noqa: E402
 from engine import stop  # noqa: E402
 
 
-def start_swell(policy: str, replicas: int, kv_tokens: int, log: Path):
-    port = free_port()
-    config = f"""
-[server]
-listen = "127.0.0.1:{port}"
-[deployments.default]
-engine = "llm"
-[deployments.default.llm]
-model_path = "{MODEL}"
-threads = 1
-kv_cache_tokens = {kv_tokens}
-[deployments.default.autoscaling]
-min_replicas = {replicas}
-max_replicas = {replicas}
-[deployments.default.routing]
-policy = "{policy}"
-"""
-    path = Path(tempfile.mkdtemp()) / "routing.toml"
-    path.write_text(config)
-    cmd = [str(SWELL), "serve", "--config", str(path)]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(proc, url, "/admin/v1/deployments/default", lambda b: json.loads(b)["replicas"]["ready"] == replicas,
-               log, "swell")
-    return proc, url, cmd + [f"(config: {config.strip()!r})"]
+def start(policy: str, replicas: int, kv_tokens: int, log: Path):
+    proc, url, cmd, _ = start_swell("auto", 1, log, kv_tokens, replicas=replicas,
+                                    extra=f'[deployments.default.routing]\npolicy = "{policy}"')
+    return proc, url, cmd
 
 
 def metric_sum(text: str, name: str, label: str = "") -> float:
@@ -133,7 +110,7 @@ def main():
         order = policies if round_ % 2 == 0 else policies[::-1]
         for policy in order:
             log = logdir / f"routing-{policy}.log"
-            proc, url, cmd = start_swell(policy, a.replicas, kv_tokens, log)
+            proc, url, cmd = start(policy, a.replicas, kv_tokens, log)
             commands[policy] = cmd
             try:
                 r = asyncio.run(run_policy(url, a.conversations, a.turns, a.answer_tokens))

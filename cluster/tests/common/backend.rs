@@ -67,3 +67,28 @@ pub fn redis_config(server: &RedisServer, max_deliveries: u32) -> RedisQueueConf
 }
 
 
+
+/// `conformance!(a, b, ...)`: a test per scenario and backend, `in_memory::a` and
+/// `redis::a` calling `scenarios::a(Backend::InMemory | Backend::Redis)` (the test file
+/// has a `scenarios` module and `Backend` in scope).
+#[macro_export]
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::scenarios::$scenario(super::Backend::InMemory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::scenarios::$scenario(super::Backend::Redis).await;
+                }
+            )*
+        }
+    };
+}
