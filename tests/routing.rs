@@ -131,9 +131,9 @@ async fn cache_aware_routing_keeps_conversations_with_their_history_through_a_sc
     put(&server, MODEL, llm_deployment(4, "cache-aware", "30s")).await;
     wait_ready(&server, MODEL, 4).await;
 
-    // Phase 1: 4 conversations × 4 turns on 4 replicas.
+    // Phase 1: 4 conversations × 3 turns on 4 replicas.
     let label = format!("replica=\"{MODEL}-");
-    let runs = (0..4).map(|n| converse(&server, MODEL, n, 4, 12));
+    let runs = (0..4).map(|n| converse(&server, MODEL, n, 3, 12));
     let conversations = futures_util::future::join_all(runs).await;
     let hits = counter_sum(&server, "swell_engine_prefix_cache_hit_tokens_total", &label).await;
     let later_prompts: u64 = conversations.iter().flat_map(|c| &c[1..]).map(|t| t.prompt_tokens).sum();
@@ -147,14 +147,14 @@ async fn cache_aware_routing_keeps_conversations_with_their_history_through_a_sc
         assert!(conversation.iter().all(|t| &t.replica == first), "a conversation moved: {conversation:?}");
     }
     let routed = counter_sum(&server, "swell_routing_decisions_total", "outcome=\"routed\"").await;
-    assert!(routed >= 16.0, "{routed} jobs routed");
+    assert!(routed >= 12.0, "{routed} jobs routed");
 
-    // Phase 2: two replicas drain (4 → 2) while 4 new conversations run 3 turns each.
+    // Phase 2: two replicas drain (4 → 2) while 4 new conversations run 2 turns each.
     put(&server, MODEL, llm_deployment(2, "cache-aware", "30s")).await;
-    let runs = (4..8).map(|n| converse(&server, MODEL, n, 3, 8));
+    let runs = (4..8).map(|n| converse(&server, MODEL, n, 2, 8));
     let conversations = futures_util::future::join_all(runs).await;
     let turns: Vec<&Turn> = conversations.iter().flatten().collect();
-    assert_eq!(turns.len(), 12, "every turn completed");
+    assert_eq!(turns.len(), 8, "every turn completed");
     let longest = turns.iter().map(|t| t.waited).max().unwrap();
     assert!(longest < Duration::from_secs(20), "a turn waited {longest:?} for its replica (promise bound 30 s)");
     wait_ready(&server, MODEL, 2).await;
