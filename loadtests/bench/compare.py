@@ -124,6 +124,17 @@ max_replicas = {replicas}
     return proc, url, cmd + [f"(config: {config.strip()!r})"], status
 
 
+def save_result(result: dict, name: str, out: str | None = None) -> Path:
+    """Write a benchmark's `result` (stamped with the time and the commit) as JSON to `out`,
+    by default `loadtests/results/<name>-<time>.json`, and say where."""
+    now = dt.datetime.now()
+    path = Path(out) if out else REPO / "loadtests" / "results" / f"{name}-{now.strftime('%Y%m%d-%H%M%S')}.json"
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    path.write_text(json.dumps({"time": now.isoformat(timespec="seconds"), **result, "git": git}, indent=1))
+    print(f"wrote {path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path}")
+    return path
+
+
 def measure(client: Client, prompts, long_prompts, gen: int) -> dict:
     asyncio.run(streams(client, [next(prompts)], 8))  # warm-up
     ttft = [r["ttft"] for r in asyncio.run(streams(client, [next(prompts) for _ in range(9)], 8))]

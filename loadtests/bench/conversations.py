@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import LLAMA, MODEL, REPO, SWELL, cpu_info, start_llama, start_swell  # noqa: E402
+from compare import LLAMA, MODEL, REPO, SWELL, cpu_info, save_result, start_llama, start_swell  # noqa: E402
 from engine import sse_events, stop  # noqa: E402
 
 SYSTEM = ("You are the support assistant of Swell, a self-hosted platform that serves language models on "
@@ -165,17 +162,10 @@ def main():
     print(f"| wall time (s) | | {med['swell']['wall_s']:.1f} | {med['llama']['wall_s']:.1f} |")
     print(f"\nSwell / llama-server: TTFT turns 2-{a.turns} {ratio['ttft_p50_ms_turns_2_on']:.2f}, "
           f"wall {ratio['wall_s']:.2f} (medians of {a.rounds} interleaved rounds)")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(a.out) if a.out else REPO / "loadtests" / "results" / f"conversations-{a.klass}-{stamp}.json"
-    result = {"time": dt.datetime.now().isoformat(timespec="seconds"), "class": a.klass, "threads": a.threads,
-              "rounds": a.rounds, "conversations": a.conversations, "turns": a.turns,
-              "answer_tokens": a.answer_tokens, "swell_prefix_cache": not a.swell_no_cache, "cpu": cpu,
-              "commands": commands, "median": med, "ratio_swell_over_llama": ratio, "runs": runs,
-              "git": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip()}
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out}")
-
+    save_result({"class": a.klass, "threads": a.threads, "rounds": a.rounds, "conversations": a.conversations,
+                 "turns": a.turns, "answer_tokens": a.answer_tokens, "swell_prefix_cache": not a.swell_no_cache,
+                 "cpu": cpu, "commands": commands, "median": med, "ratio_swell_over_llama": ratio, "runs": runs},
+                f"conversations-{a.klass}", a.out)
 
 if __name__ == "__main__":
     main()

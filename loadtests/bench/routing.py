@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import MODEL, REPO, SWELL, cpu_info, start_swell  # noqa: E402
+from compare import MODEL, REPO, SWELL, cpu_info, save_result, start_swell  # noqa: E402
 from conversations import conversation  # noqa: E402
 from engine import stop  # noqa: E402
 
@@ -129,16 +126,9 @@ def main():
     for p in policies:
         m = med[p]
         print(f"| {p} | {m['ttft_p50_ms']:.0f} | {m['ttft_p90_ms']:.0f} | {100 * m['prefill_saved']:.1f}% | {m['wall_s']:.1f} |")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(a.out) if a.out else REPO / "loadtests" / "results" / f"routing-{stamp}.json"
-    result = {"time": dt.datetime.now().isoformat(timespec="seconds"), "replicas": a.replicas,
-              "conversations": a.conversations, "turns": a.turns, "answer_tokens": a.answer_tokens,
-              "rounds": a.rounds, "cpu": cpu, "commands": commands, "median": med, "runs": runs,
-              "git": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip()}
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out}")
-
+    save_result({"replicas": a.replicas, "conversations": a.conversations, "turns": a.turns,
+                 "answer_tokens": a.answer_tokens, "rounds": a.rounds, "cpu": cpu, "commands": commands,
+                 "median": med, "runs": runs}, "routing", a.out)
 
 if __name__ == "__main__":
     main()
