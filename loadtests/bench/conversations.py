@@ -81,6 +81,18 @@ async def conversation(session, url: str, k: int, turns: int, answer_tokens: int
         messages.append({"role": "assistant", "content": r["text"]})
 
 
+async def conversations(session, url: str, n: int, turns: int, answer_tokens: int, results: list) -> float:
+    """Run `n` conversations at once, appending each turn to `results`; answers the wall
+    time (s). The first error ends the run."""
+    t0 = time.perf_counter()
+    outcomes = await asyncio.gather(*(conversation(session, url, k, turns, answer_tokens, results) for k in range(n)),
+                                    return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
 async def run_side(url: str, n: int, turns: int, answer_tokens: int) -> dict:
     results: list = []
     timeout = aiohttp.ClientTimeout(total=3600)
@@ -89,13 +101,7 @@ async def run_side(url: str, n: int, turns: int, answer_tokens: int) -> dict:
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as session:
         # Warm-up: one short request, not counted.
         await chat(session, url, [{"role": "user", "content": "Hello"}], 4)
-        t0 = time.perf_counter()
-        outcomes = await asyncio.gather(*(conversation(session, url, k, turns, answer_tokens, results)
-                                          for k in range(n)), return_exceptions=True)
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if errors:
-            raise errors[0]
-        wall = time.perf_counter() - t0
+        wall = await conversations(session, url, n, turns, answer_tokens, results)
     per_turn = {t: statistics.median(r["ttft"] for r in results if r["turn"] == t) * 1000 for t in range(1, turns + 1)}
     later = [r["ttft"] * 1000 for r in results if r["turn"] >= 2]
     prompt = {t: statistics.median(r["prompt_tokens"] or 0 for r in results if r["turn"] == t) for t in range(1, turns + 1)}

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import MODEL, REPO, SWELL, cpu_info, save_result, start_swell  # noqa: E402
-from conversations import conversation  # noqa: E402
+from conversations import conversations  # noqa: E402
 from engine import stop  # noqa: E402
 
 
@@ -63,13 +62,7 @@ async def run_policy(url: str, n: int, turns: int, answer_tokens: int) -> dict:
     timeout = aiohttp.ClientTimeout(total=3600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         before = scrape(url)
-        t0 = time.perf_counter()
-        outcomes = await asyncio.gather(*(conversation(session, url, k, turns, answer_tokens, results)
-                                          for k in range(n)), return_exceptions=True)
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if errors:
-            raise errors[0]
-        wall = time.perf_counter() - t0
+        wall = await conversations(session, url, n, turns, answer_tokens, results)
         after = scrape(url)
     delta = {k: after[k] - before[k] for k in after}
     later = [r["ttft"] * 1000 for r in results if r["turn"] >= 2]

@@ -75,6 +75,9 @@ struct LlmSequence {
     max_generated: usize,
     /// Context tokens (prompt, then generated) whose keys and values are cached.
     computed: usize,
+    /// While waiting: blocks of its context the cache held when it was queued (what
+    /// `load` counts as spared from prefill; looked up once, not at every step).
+    cached_when_queued: usize,
     blocks: Vec<u32>,
     /// Chained hashes of the context's full blocks (as far as computed so far).
     hashes: Vec<BlockHash>,
@@ -204,14 +207,13 @@ impl LlmEngine {
 
     /// Prompt tokens still to prefill: the running sequences' uncomputed context (a
     /// decoding one's single next token is not prefill), and the waiting ones' context
-    /// less the prefix they will find cached.
+    /// less the prefix the cache held when they were queued.
     fn pending_prefill_tokens(&self) -> u64 {
         let running = self.running.iter().map(|s| s.context_len().saturating_sub(s.computed)).filter(|&left| left > 1);
-        let waiting = self.waiting.iter().map(|s| {
-            let usable = (s.context_len().saturating_sub(1) / BLOCK_TOKENS).min(s.hashes.len());
-            let cached = if s.prompt_logprobs.is_none() { self.pool.lookup(&s.hashes[..usable]).0 } else { 0 };
-            s.context_len().saturating_sub(s.computed.max(cached * BLOCK_TOKENS))
-        });
+        let waiting = self
+            .waiting
+            .iter()
+            .map(|s| s.context_len().saturating_sub(s.computed.max(s.cached_when_queued * BLOCK_TOKENS)));
         running.chain(waiting).map(|left| left as u64).sum()
     }
 
@@ -278,6 +280,7 @@ impl LlmEngine {
             let (hit, evictable) = self.cached_prefix(&mut s);
             let reserve = if self.running.is_empty() { 0 } else { self.watermark };
             if BlockAllocator::blocks_for(need) - hit + evictable + reserve > self.pool.available() {
+                s.cached_when_queued = hit;
                 self.waiting.push_front(s);
                 break;
             }
@@ -297,6 +300,7 @@ impl LlmEngine {
     fn preempt_newest(&mut self) -> bool {
         let Some(mut s) = self.running.pop() else { return false };
         self.release(&mut s);
+        s.cached_when_queued = self.cached_prefix(&mut s).0;
         let at = self.waiting.partition_point(|w| w.arrival < s.arrival);
         self.waiting.insert(at, s);
         true
@@ -524,6 +528,7 @@ fn placeholder() -> LlmSequence {
         generated: Vec::new(),
         max_generated: 0,
         computed: 0,
+        cached_when_queued: 0,
         blocks: Vec::new(),
         hashes: Vec::new(),
         registered: 0,
@@ -572,6 +577,7 @@ impl Engine for LlmEngine {
             arrival: self.next_arrival,
             max_generated: params.max_tokens as usize,
             computed: 0,
+            cached_when_queued: 0,
             blocks: Vec::new(),
             hashes: Vec::new(),
             registered: 0,
@@ -599,10 +605,7 @@ impl Engine for LlmEngine {
             self.ready.extend(out);
             return;
         }
-        if self.pool.caching() {
-            // Named now, so `load` can tell how much of it the cache will spare.
-            s.update_hashes();
-        }
+        s.cached_when_queued = self.cached_prefix(&mut s).0;
         self.waiting.push_back(s);
     }
 
