@@ -12,7 +12,7 @@
 //! | qkv | weight rows | Q, K, V |
 //! | rope | tokens | rotary embedding of Q and K |
 //! | store | one | K and V into the paged cache |
-//! | attention | tokens x KV heads | causal attention over the sequence's cache |
+//! | attention | tiles of up to 8 tokens x KV heads | causal attention over the sequence's cache |
 //! | quantize | tokens | the attention output |
 //! | attn_out | weight rows | output projection |
 //! | norm | tokens | residual add, RMS norm, quantize |
@@ -28,7 +28,7 @@
 //! barrier, which orders the phases.
 
 use crate::error::EngineError;
-use crate::llm::attention::attend;
+use crate::llm::attention::{attend, TILE_TOKENS};
 use crate::llm::kv_cache::{KvCache, BLOCK_TOKENS};
 use crate::llm::model::{LlamaModel, LlamaWeights, Logits, SeqChunk};
 use crate::llm::ops::rms_norm;
@@ -58,6 +58,8 @@ pub struct Workspace {
     quant_head: QActivations,
     /// Per stacked token: (chunk index, position).
     rows: Vec<(usize, usize)>,
+    /// Attention tiles: (first row, tokens), consecutive rows of one chunk.
+    tiles: Vec<(usize, usize)>,
     logit_rows: Vec<usize>,
     /// Per thread: a row of scratch values and attention scores.
     scratch: Vec<(Vec<f32>, Vec<f32>)>,
@@ -130,6 +132,7 @@ impl LlamaModel {
         let ws = &mut self.ws;
 
         ws.rows.clear();
+        ws.tiles.clear();
         ws.logit_rows.clear();
         for (ci, chunk) in chunks.iter().enumerate() {
             let end = chunk.start + chunk.tokens.len();
@@ -152,6 +155,10 @@ impl LlamaModel {
                     ws.logit_rows.push(ws.rows.len());
                 }
                 ws.rows.push((ci, chunk.start + i));
+            }
+            let first = ws.rows.len() - chunk.tokens.len();
+            for at in (first..ws.rows.len()).step_by(TILE_TOKENS) {
+                ws.tiles.push((at, TILE_TOKENS.min(ws.rows.len() - at)));
             }
         }
         let t = ws.rows.len();
@@ -186,6 +193,7 @@ impl LlamaModel {
             weights: w,
             chunks,
             rows: &ws.rows,
+            tiles: &ws.tiles,
             logit_rows: &ws.logit_rows,
             team: &ws.team,
             cache: &mut self.cache,
@@ -224,6 +232,7 @@ struct Step<'s, 'a> {
     weights: &'s LlamaWeights,
     chunks: &'s [SeqChunk<'a>],
     rows: &'s [(usize, usize)],
+    tiles: &'s [(usize, usize)],
     logit_rows: &'s [usize],
     team: &'s TeamState,
     cache: *mut KvCache,
@@ -261,7 +270,7 @@ impl Step<'_, '_> {
         let mut team = Team::new(self.team, index);
         // SAFETY: one scratch entry per thread index.
         let (tmp, scores) = unsafe { &mut self.scratch.slice(index, 1)[0] };
-        resize(tmp, hidden.max(ffn));
+        resize(tmp, hidden.max(ffn).max(TILE_TOKENS * group * hd));
         let (qh, qf, qhead) = (self.qh, self.qf, self.qhead);
         let per_token = |team: &mut Team, f: &mut dyn FnMut(usize)| {
             let chunk = team.chunk_for(t, 2, 1, 1);
@@ -304,17 +313,24 @@ impl Step<'_, '_> {
                     cache.store(li, self.chunks[ci].blocks, pos, k, v);
                 }
             });
-            let units = t * c.kv_heads;
-            let chunk = team.chunk_for(units, 2, 1, 1);
-            team.run(units, chunk, |range| {
+            let tiles = self.tiles;
+            let units = tiles.len() * c.kv_heads;
+            // One unit at a time: units are large and unequal (a chunk's last tile is short).
+            team.run(units, 1, |range| {
                 // SAFETY: the cache is only read in this phase.
                 let cache: &KvCache = unsafe { &*self.cache };
+                let width = group * hd;
                 for u in range {
-                    let (r, kvh) = (u / c.kv_heads, u % c.kv_heads);
-                    let (ci, pos) = rows[r];
-                    let q = unsafe { self.qkv.read(r * qkv_width, hidden) };
-                    let out = unsafe { self.attn.slice(r * hidden + kvh * group * hd, group * hd) };
-                    attend(c, li, cache, self.chunks[ci].blocks, pos, q, kvh, out, scores, simd);
+                    // KV-head-major: a thread's run of units is one head's keys and values
+                    // over consecutive tiles, read again while they are still cached.
+                    let (kvh, (r0, n)) = (u / tiles.len(), tiles[u % tiles.len()]);
+                    let (ci, pos) = rows[r0];
+                    let q = unsafe { self.qkv.read(r0 * qkv_width, (n - 1) * qkv_width + hidden) };
+                    let out = &mut tmp[..n * width];
+                    attend(c, li, cache, self.chunks[ci].blocks, pos, n, q, qkv_width, kvh, out, scores, simd);
+                    for (i, o) in out.chunks_exact(width).enumerate() {
+                        unsafe { self.attn.slice((r0 + i) * hidden + kvh * width, width) }.copy_from_slice(o);
+                    }
                 }
             });
             per_token(&mut team, &mut |r| unsafe { qh.quantize_row(r, self.attn.read(r * hidden, hidden), simd) });
