@@ -53,3 +53,41 @@ async fn each_kind_of_bad_input_gets_its_specific_error() {
     assert!(error["error"]["message"].is_string());
     server.stop(true).await;
 }
+
+/// Fields Swell does not honour are refused by name, unknown ones get OpenAI's own
+/// answer, and fields without effect (or with values that ask for nothing) pass.
+#[actix_rt::test]
+async fn fields_swell_does_not_honour_are_refused_by_name() {
+    let server = common::start(common::DEFAULT_DEPLOYMENT).await;
+    let chat = |extra: Value| {
+        let mut body = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body.to_string().into_bytes()
+    };
+    let refused: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("/v1/chat/completions", chat(json!({"logit_bias": {"42": -100}})), "unsupported_parameter", "logit_bias"),
+        ("/v1/chat/completions", chat(json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})), "unsupported_parameter", "tools"),
+        ("/v1/chat/completions", chat(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}})), "unsupported_parameter", "response_format"),
+        ("/v1/chat/completions", chat(json!({"min_p": 0.1})), "unsupported_parameter", "min_p"),
+        ("/v1/chat/completions", chat(json!({"messages": [{"role": "user", "content": "hi", "name": "alice"}]})), "unsupported_parameter", "messages[0].name"),
+        ("/v1/chat/completions", chat(json!({"temprature": 0.2})), "unrecognized_argument", "temprature"),
+        ("/v1/completions", json!({"model": "default", "prompt": "hi", "logit_bias": {"1": 1}}).to_string().into_bytes(), "unsupported_parameter", "logit_bias"),
+        ("/v1/completions", json!({"model": "default", "prompt": "hi", "messages": []}).to_string().into_bytes(), "unrecognized_argument", "messages"),
+    ];
+    for (path, body, code, param) in refused {
+        let (status, error) = raw_post(&server, path, body).await;
+        assert_eq!(status, 400, "{param}: {error}");
+        assert_eq!(error["error"]["code"], code, "{param}: {error}");
+        assert_eq!(error["error"]["param"], param, "{param}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains(param), "{param}: {error}");
+    }
+    let (status, error) = raw_post(&server, "/v1/chat/completions", chat(json!({"foo": 1}))).await;
+    assert_eq!((status, error["error"]["message"].as_str()), (400, Some("Unrecognized request argument supplied: foo")));
+    let harmless = chat(json!({"tools": [], "tool_choice": "none", "store": true, "metadata": {"k": "v"}, "response_format": {"type": "text"}, "logit_bias": null}));
+    let (status, body) = raw_post(&server, "/v1/chat/completions", harmless).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    server.stop(true).await;
+}

@@ -166,6 +166,7 @@ fn generation_status(error: &GenerationError) -> StatusCode {
         | GenerationError::InvalidType { .. }
         | GenerationError::MissingParameter(_)
         | GenerationError::UnknownParameter { .. }
+        | GenerationError::UnrecognizedArgument(_)
         | GenerationError::InvalidValue { .. }
         | GenerationError::UnsupportedParameter { .. }
         | GenerationError::ContextLengthExceeded { .. }

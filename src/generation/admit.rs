@@ -108,7 +108,7 @@ async fn generation(
         router: Some(deployment.router.clone()),
     };
     let routing = deployment.router.config().policy != RoutingPolicy::AnyReplica;
-    let session = validated.user.as_deref().map(|user| session_key(&tenant.id, user));
+    let session = validated.session.as_deref().map(|key| session_key(&tenant.id, key));
     let requests = validated.generation_requests();
     let several = requests.len() > 1;
     let (priority, reserved_slot) = if attached {

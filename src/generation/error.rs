@@ -24,6 +24,9 @@ pub enum GenerationError {
     /// A parameter is out of range or malformed.
     #[error("{message}")]
     InvalidValue { message: String, param: String },
+    /// A field no OpenAI endpoint or known extension has (OpenAI's own answer to one).
+    #[error("Unrecognized request argument supplied: {0}")]
+    UnrecognizedArgument(String),
     /// A parameter OpenAI accepts but Swell does not support (yet).
     #[error("{message}")]
     UnsupportedParameter { message: String, param: String },
@@ -83,6 +86,7 @@ impl GenerationError {
             GenerationError::InvalidType { .. } => "invalid_type",
             GenerationError::MissingParameter(_) => "missing_required_parameter",
             GenerationError::UnknownParameter { .. } => "unknown_parameter",
+            GenerationError::UnrecognizedArgument(_) => "unrecognized_argument",
             GenerationError::InvalidValue { .. } => "invalid_value",
             GenerationError::UnsupportedParameter { .. } => "unsupported_parameter",
             GenerationError::ContextLengthExceeded { .. } => "context_length_exceeded",
@@ -110,6 +114,7 @@ impl GenerationError {
         match self {
             GenerationError::InvalidType { param, .. } => param.as_deref(),
             GenerationError::MissingParameter(param)
+            | GenerationError::UnrecognizedArgument(param)
             | GenerationError::UnknownParameter { param, .. }
             | GenerationError::InvalidValue { param, .. }
             | GenerationError::UnsupportedParameter { param, .. }

@@ -14,6 +14,7 @@
 //! - [`error`]: `GenerationError`, with a stable code per failure.
 //! - [`json`]: JSON bodies into typed structs, errors naming the parameter.
 //! - [`openai_types`]: the OpenAI request and response bodies.
+//! - [`fields`]: which fields outside the typed ones are accepted, refused or unknown.
 //! - [`validate`]: bodies into validated, tokenized generation requests.
 //! - [`resolve`]: the deployment of a request, and validation against it.
 //! - [`admit`]: admission (quota, queue) and the merged event stream.
@@ -22,6 +23,7 @@
 pub mod admit;
 pub mod collect;
 pub mod error;
+pub mod fields;
 pub mod json;
 pub mod openai_types;
 pub mod resolve;

@@ -1,7 +1,9 @@
 //! OpenAI's request and response bodies for `/v1/chat/completions`, `/v1/completions`
 //! and `/v1/models`, and the conversion of Swell's logprobs into OpenAI's two formats.
 //!
-//! Request bodies ignore unknown fields, as OpenAI does. Parameters that take several
+//! Request bodies keep the fields Swell honours typed and every other field in `other`,
+//! which [`crate::generation::fields`] accepts, refuses by name or calls unrecognized:
+//! nothing is silently ignored. Parameters that take several
 //! shapes (`prompt`, `stop`, a message's `content`) are kept as JSON values here and
 //! parsed by [`crate::generation::validate`], which names the offending parameter in its errors.
 
@@ -28,8 +30,9 @@ pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
     pub content: Option<Value>,
-    #[serde(default)]
-    pub name: Option<String>,
+    /// Every other field (`name`, `tool_calls`, ...), judged by [`crate::generation::fields`].
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -53,8 +56,13 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+    /// OpenAI's key for requests that share a prefix; the routing session key, before `user`.
+    pub prompt_cache_key: Option<String>,
     /// Extension: keep generating past end-of-sequence (load tests).
     pub ignore_eos: Option<bool>,
+    /// Every other field, judged by [`crate::generation::fields`].
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// `POST /v1/completions`.
@@ -84,6 +92,9 @@ pub struct CompletionRequest {
     /// Extension: parse special-token strings (`<|im_start|>`) in a text prompt into
     /// their ids. Off by default: a text prompt is plain text (docs/prompt-text.md).
     pub parse_special_tokens: Option<bool>,
+    /// Every other field, judged by [`crate::generation::fields`].
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 // ------------------------------------------------------------------------------------------

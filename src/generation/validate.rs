@@ -8,6 +8,7 @@ use swell_workers::{ChatMessage, Tokenizer};
 
 pub use crate::deployments::ModelLimits;
 use crate::generation::error::GenerationError;
+use crate::generation::fields::{check_message_fields, check_request_fields};
 use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest, StreamOptions};
 
 /// At most this many prompts in one completions request (each becomes its own job).
@@ -77,9 +78,9 @@ pub struct ValidatedRequest {
     pub include_usage: bool,
     /// Logprobs were asked for (chat `logprobs: true`, completions `logprobs: k`).
     pub logprobs: bool,
-    /// The request's `user` field: its session for routing (a conversation's turns go
-    /// back to the replica that holds its history).
-    pub user: Option<String>,
+    /// The request's session for routing, so a conversation's turns go back to the
+    /// replica that holds its history: chat's `prompt_cache_key`, else `user`.
+    pub session: Option<String>,
 }
 
 impl ValidatedRequest {
@@ -132,6 +133,7 @@ pub fn validate_chat(
     limits: &ModelLimits,
     tokenizer: &dyn Tokenizer,
 ) -> Result<ValidatedRequest, GenerationError> {
+    check_request_fields(GenerationKind::Chat, &request.other)?;
     // `max_completion_tokens` supersedes the deprecated `max_tokens`.
     let max_tokens = match (request.max_completion_tokens, request.max_tokens) {
         (Some(value), _) => Some((value, "max_completion_tokens")),
@@ -188,7 +190,7 @@ pub fn validate_chat(
         stream: common.stream,
         include_usage: common.include_usage,
         logprobs,
-        user: request.user.clone(),
+        session: request.prompt_cache_key.clone().or_else(|| request.user.clone()),
     })
 }
 
@@ -198,6 +200,7 @@ pub fn validate_completion(
     limits: &ModelLimits,
     tokenizer: &dyn Tokenizer,
 ) -> Result<ValidatedRequest, GenerationError> {
+    check_request_fields(GenerationKind::Completion, &request.other)?;
     if request.suffix.as_deref().is_some_and(|suffix| !suffix.is_empty()) {
         return Err(GenerationError::unsupported("suffix", "suffix (insertion) is not supported"));
     }
@@ -275,7 +278,7 @@ pub fn validate_completion(
         stream: common.stream,
         include_usage: common.include_usage,
         logprobs,
-        user: request.user.clone(),
+        session: request.user.clone(),
     })
 }
 
@@ -424,6 +427,7 @@ fn chat_messages(messages: &[crate::generation::openai_types::ChatMessageIn]) ->
                     ));
                 }
             };
+            check_message_fields(index, &message.other)?;
             let content = message_content(index, role, message.content.as_ref())?;
             Ok(ChatMessage { role: role.to_string(), content })
         })
