@@ -1,5 +1,6 @@
 //! One WebSocket connection streams two concurrent requests and cancels a third; an
-//! unknown message type gets an error frame and the connection stays usable.
+//! unknown message type and a request with a field Swell does not honour get error
+//! frames, and the connection stays usable.
 
 mod common;
 
@@ -23,13 +24,17 @@ async fn two_concurrent_streams_and_a_cancel_on_one_connection() {
     ws.send(send(json!({"id": "b", "type": "chat.completion", "request": chat(12)}))).await.unwrap();
     ws.send(send(json!({"id": "c", "type": "chat.completion", "request": chat(100_000.min(8000))}))).await.unwrap();
     ws.send(send(json!({"id": "x", "type": "bogus"}))).await.unwrap();
+    // A field Swell does not honour is refused by name here too.
+    let mut biased = chat(4);
+    biased["logit_bias"] = json!({"42": -100});
+    ws.send(send(json!({"id": "d", "type": "chat.completion", "request": biased}))).await.unwrap();
 
     let mut chunks: HashMap<String, usize> = HashMap::new();
     let mut ends: HashMap<String, Value> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut cancelled_sent = false;
     let mut bogus_error = None;
-    while ends.len() < 3 {
+    while ends.len() < 4 {
         let frame = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
             .await
             .expect("a frame within 60s")
@@ -69,6 +74,9 @@ async fn two_concurrent_streams_and_a_cancel_on_one_connection() {
     let first_b = order.iter().position(|id| id == "b").unwrap();
     let last_a = order.iter().rposition(|id| id == "a").unwrap();
     assert!(first_b < last_a, "a and b streamed concurrently: {order:?}");
+    let d = &ends["d"];
+    assert_eq!((d["type"].as_str(), d["error"]["code"].as_str()), (Some("error"), Some("unsupported_parameter")), "{d}");
+    assert_eq!(d["error"]["param"], "logit_bias", "{d}");
     let bogus = bogus_error.expect("the unknown message type got an answer");
     assert_eq!(bogus["type"], "error");
     assert_eq!(bogus["error"]["code"], "unknown_message_type", "{bogus}");
