@@ -344,9 +344,9 @@ unsafe fn attend64_avx512<const G: usize>(
                 let d = d4 * 4 + p;
                 // One line per dimension: the next block's 64 key lines over this one.
                 prefetch(next.add(d * BLOCK_TOKENS));
-                let row = _mm512_loadu_ps(kp.add(d * BLOCK_TOKENS));
+                let keys = _mm512_loadu_ps(kp.add(d * BLOCK_TOKENS));
                 for g in 0..G {
-                    part[g][p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[g][d]), row, part[g][p]);
+                    part[g][p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[g][d]), keys, part[g][p]);
                 }
             }
         }
