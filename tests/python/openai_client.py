@@ -3,7 +3,7 @@
 Usage: openai_client.py BASE_URL MODEL [API_KEY]
 
 Lists models, then runs chat and text completions, each streaming and not, and checks
-what comes back. Exits non-zero (with the reason) on the first thing that is wrong.
+what comes back, and that a parameter Swell does not honour is refused by name. Exits non-zero (with the reason) on the first thing that is wrong.
 """
 import sys
 
@@ -79,6 +79,22 @@ def main():
         check(False, "unknown model was accepted")
     except openai.NotFoundError as error:
         check(error.body is not None and "model" in str(error.body).lower(), f"error body {error.body}")
+
+    # A parameter Swell does not honour is refused by name, not ignored.
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, logit_bias={"42": -100}
+        )
+        check(False, "logit_bias was accepted")
+    except openai.BadRequestError as error:
+        check(error.code == "unsupported_parameter" and error.param == "logit_bias", f"logit_bias error {error.body}")
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, extra_body={"min_q": 1}
+        )
+        check(False, "an unknown argument was accepted")
+    except openai.BadRequestError as error:
+        check("Unrecognized request argument supplied: min_q" in str(error), f"unknown argument error {error.body}")
 
     print("openai client: all checks passed")
 
