@@ -115,17 +115,15 @@ fn main() {
     println!("| turn | prompt tokens | cached | new | TTFT cached (ms) | TTFT uncached (ms) | TTFT of a fresh prompt of the new tokens (ms) | cached / fresh (median of rounds) |");
     println!("|---|---|---|---|---|---|---|---|");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // Paired: each round's cached turn over the fresh prompt measured right after it.
+    let ratios: Vec<f64> = (0..QUESTIONS.len()).map(|k| median(runs.iter().map(|r| ms(r[k].cached_ttft) / ms(r[k].fresh_ttft)).collect())).collect();
     for k in 0..QUESTIONS.len() {
         let (prompt, cached) = (runs[0][k].prompt, runs[0][k].cached);
         let c = median(runs.iter().map(|r| ms(r[k].cached_ttft)).collect());
         let u = median(runs.iter().map(|r| ms(r[k].uncached_ttft)).collect());
         let f = median(runs.iter().map(|r| ms(r[k].fresh_ttft)).collect());
-        // Paired: each round's cached turn over the fresh prompt measured right after it.
-        let ratio = median(runs.iter().map(|r| ms(r[k].cached_ttft) / ms(r[k].fresh_ttft)).collect());
-        println!("| {} | {prompt} | {cached} | {} | {c:.1} | {u:.1} | {f:.1} | {ratio:.2} |", k + 1, prompt - cached);
+        println!("| {} | {prompt} | {cached} | {} | {c:.1} | {u:.1} | {f:.1} | {:.2} |", k + 1, prompt - cached, ratios[k]);
     }
-    let worst = (1..QUESTIONS.len())
-        .map(|k| median(runs.iter().map(|r| ms(r[k].cached_ttft) / ms(r[k].fresh_ttft)).collect()))
-        .fold(0f64, f64::max);
+    let worst = ratios[1..].iter().copied().fold(0f64, f64::max);
     println!("\nTurns 2-8: highest cached / fresh {worst:.2}");
 }

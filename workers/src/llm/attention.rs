@@ -212,7 +212,20 @@ fn attend64<'q, const G: usize, const LEVEL: u8>(
     scores: &mut [f32],
     out: &mut [f32],
 ) -> bool {
+    if tile.n == 1 {
+        // A decoding token: no tile-sized array to clear on every call.
+        let mut qs = [[[0f32; 64]; G]; 1];
+        scaled_queries(&q_at, tile, scale, &mut qs);
+        return attend64_scaled::<G, LEVEL>(&qs, tile, cache, layer, table, kvh, scores, out);
+    }
     let mut qs = [[[0f32; 64]; G]; TILE_TOKENS];
+    scaled_queries(&q_at, tile, scale, &mut qs);
+    attend64_scaled::<G, LEVEL>(&qs[..tile.n], tile, cache, layer, table, kvh, scores, out)
+}
+
+/// The tile's query values times `scale`, token by token, into `qs`.
+#[inline(always)]
+fn scaled_queries<'q, const G: usize>(q_at: &impl Fn(usize) -> &'q [f32], tile: Tile, scale: f32, qs: &mut [[[f32; 64]; G]]) {
     for (i, qi) in qs.iter_mut().enumerate().take(tile.n) {
         let q = q_at(i);
         for (g, qg) in qi.iter_mut().enumerate() {
@@ -221,7 +234,21 @@ fn attend64<'q, const G: usize, const LEVEL: u8>(
             }
         }
     }
-    let qs = &qs[..tile.n];
+}
+
+/// [`attend64`] once the tile's `qs` are scaled.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend64_scaled<const G: usize, const LEVEL: u8>(
+    qs: &[[[f32; 64]; G]],
+    tile: Tile,
+    cache: &KvCache,
+    layer: usize,
+    table: &[u32],
+    kvh: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     if LEVEL == 2 {
         // SAFETY: LEVEL is 2 only in `attend_group_avx512`, whose CPU check covers these.
