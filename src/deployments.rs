@@ -16,6 +16,7 @@ use swell_actors::routing::{DeploymentRouter, RoutingConfig};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, LoadReport};
 use swell_actors::worker::WorkerConfig;
 use swell_cluster::Queue;
+use crate::generation::structured::ConstraintSupport;
 use swell_workers::{EngineDescription, Tokenizer};
 
 use crate::config::{DeploymentConfig, QueueConfig};
@@ -73,6 +74,8 @@ pub struct ModelLimits {
     pub max_tokens_limit: u32,
     /// Whether the engine gives logprobs of the prompt (`echo` with `logprobs`).
     pub prompt_logprobs: bool,
+    /// The output constraints (structured outputs) the engine enforces.
+    pub constraints: ConstraintSupport,
 }
 
 /// A running deployment as the API sees it. Immutable: an update of its settings
@@ -134,6 +137,7 @@ fn model_limits(config: &DeploymentConfig, description: &EngineDescription) -> M
         max_tokens_default: config.max_tokens_default,
         max_tokens_limit: config.max_tokens_limit.unwrap_or(context_length).min(context_length),
         prompt_logprobs: !description.unsupported_params.iter().any(|p| p == "prompt_logprobs"),
+        constraints: ConstraintSupport::from_unsupported(&description.unsupported_params),
     }
 }
 

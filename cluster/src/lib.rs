@@ -50,7 +50,7 @@ pub mod routing;
 pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, Priority, QueueDepth};
 pub use memory::{InMemoryQueue, InMemoryQueueConfig};
 pub use swell_protocol::{
-    FinishReason, GenerationRequest, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,
+    Constraint, FinishReason, GenerationRequest, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,
     TopLogprob, Usage,
 };
 pub use queue::{AppendOutcome, Queue, QueueError};

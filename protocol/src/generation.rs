@@ -28,6 +28,37 @@ pub struct SamplingParams {
     pub prompt_logprobs: bool,
     /// Keep generating past the end-of-sequence token (load tests use this).
     pub ignore_eos: bool,
+    /// What the output must fit (structured outputs): decoding is constrained to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<Constraint>,
+}
+
+/// A constraint on the generated text, enforced token by token while decoding (the
+/// engine masks every token that cannot continue a valid output), so the output always
+/// fits unless `max_tokens` cuts it short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Constraint {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// JSON valid against this JSON Schema, as JSON text (`json_schema`, tool arguments).
+    JsonSchema(String),
+    /// Text matching this regular expression, whole (Rust `regex` syntax).
+    Regex(String),
+    /// Exactly one of these strings.
+    Choice(Vec<String>),
+}
+
+impl Constraint {
+    /// The name of the constraint's kind, for errors and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Constraint::JsonObject => "json_object",
+            Constraint::JsonSchema(_) => "json_schema",
+            Constraint::Regex(_) => "regex",
+            Constraint::Choice(_) => "choice",
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -44,6 +75,7 @@ impl Default for SamplingParams {
             logprobs: None,
             prompt_logprobs: false,
             ignore_eos: false,
+            constraint: None,
         }
     }
 }

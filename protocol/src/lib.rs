@@ -17,6 +17,6 @@ pub mod generation;
 
 pub use engine::{EngineDescription, PerformanceProfile, StepTimes};
 pub use generation::{
-    FinishReason, GenerationRequest, JobId, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,
+    Constraint, FinishReason, GenerationRequest, JobId, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,
     TopLogprob, Usage,
 };

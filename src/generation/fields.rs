@@ -4,13 +4,15 @@
 //! The typed request structs of [`openai_types`](crate::generation::openai_types) hold
 //! the fields Swell honours; every other top-level field lands in their `other` map and
 //! is judged here, for HTTP, WebSocket and Redis-ingress requests alike:
+//! - the structured-output fields (`response_format`, and the `guided_json`,
+//!   `guided_regex`, `guided_choice` and `json_schema` extensions) are honoured by
+//!   [`structured`](crate::generation::structured), which reads them from `other`;
 //! - a field OpenAI defines whose value changes nothing (`metadata`, `store`, `tools: []`,
-//!   `response_format: {"type": "text"}`, any field set to `null`) is accepted;
-//! - a field OpenAI defines that Swell does not honour (`logit_bias`, `tools`,
-//!   `response_format` with a schema, `audio`, ...) is refused by name
-//!   (`unsupported_parameter`);
+//!   any field set to `null`) is accepted;
+//! - a field OpenAI defines that Swell does not honour (`logit_bias`, `audio`, ...) is
+//!   refused by name (`unsupported_parameter`);
 //! - an extension other engines' clients send that Swell does not honour (`min_p`,
-//!   `repetition_penalty`, `guided_json`, ...) is refused by name as well;
+//!   `repetition_penalty`, `guided_grammar`, ...) is refused by name as well;
 //! - anything else is what OpenAI answers too: 400, `Unrecognized request argument
 //!   supplied` (`unrecognized_argument`).
 //!
@@ -21,6 +23,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::generation::error::GenerationError;
+use crate::generation::structured::STRUCTURED_FIELDS;
 use crate::generation::validate::GenerationKind;
 
 /// Chat fields OpenAI defines that change nothing Swell does; accepted whatever their
@@ -46,7 +49,6 @@ const CHAT_REFUSED: &[(&str, &str)] = &[
     ("modalities", "only the text modality is supported"),
     ("prediction", "predicted outputs are not supported"),
     ("reasoning_effort", "the models Swell serves have no reasoning effort setting"),
-    ("response_format", "structured outputs (json_object, json_schema) are not supported yet"),
     ("service_tier", "Swell has one service tier: use \"auto\" or \"default\""),
     ("tool_choice", "tool calls are not supported yet"),
     ("tools", "tool calls are not supported yet"),
@@ -72,15 +74,11 @@ const FOREIGN_EXTENSIONS: &[&str] = &[
     "documents",
     "dynatemp_range",
     "grammar",
-    "guided_choice",
     "guided_decoding_backend",
     "guided_grammar",
-    "guided_json",
-    "guided_regex",
     "guided_whitespace_pattern",
     "id_slot",
     "include_stop_str_in_output",
-    "json_schema",
     "length_penalty",
     "min_p",
     "min_tokens",
@@ -121,7 +119,6 @@ fn harmless(name: &str, value: &Value) -> bool {
         ("tool_choice" | "function_call", Value::String(choice)) => choice == "none",
         ("logit_bias", Value::Object(map)) => map.is_empty(),
         ("modalities", Value::Array(list)) => list.iter().all(|m| m == "text"),
-        ("response_format", Value::Object(format)) => format.get("type").and_then(Value::as_str) == Some("text") && format.len() == 1,
         ("service_tier", Value::String(tier)) => tier == "auto" || tier == "default",
         ("name", Value::String(name)) => name.is_empty(),
         _ => false,
@@ -133,7 +130,7 @@ fn harmless(name: &str, value: &Value) -> bool {
 fn check(accepted: &[&str], refused: &[(&str, &str)], prefix: &str, other: &BTreeMap<String, Value>) -> Result<(), GenerationError> {
     for (name, value) in other {
         let param = format!("{prefix}{name}");
-        if accepted.contains(&name.as_str()) {
+        if accepted.contains(&name.as_str()) || (prefix.is_empty() && STRUCTURED_FIELDS.contains(&name.as_str())) {
             continue;
         }
         if let Some((_, why)) = refused.iter().find(|(known, _)| known == name) {
@@ -205,7 +202,6 @@ mod tests {
             "modalities": ["text", "audio"],
             "prediction": {"type": "content", "content": "x"},
             "reasoning_effort": "low",
-            "response_format": {"type": "json_object"},
             "service_tier": "flex",
             "tool_choice": "required",
             "tools": [{"type": "function", "function": {"name": "f"}}],
@@ -255,7 +251,7 @@ mod tests {
 
     #[test]
     fn extensions_of_other_engines_are_refused_by_name() {
-        for name in ["min_p", "repetition_penalty", "guided_json", "cache_prompt", "chat_template_kwargs"] {
+        for name in ["min_p", "repetition_penalty", "guided_grammar", "cache_prompt", "chat_template_kwargs"] {
             let error = refusal(GenerationKind::Chat, json!({ name: 0.5 }));
             assert_eq!((error.code(), error.param()), ("unsupported_parameter", Some(name)));
             assert!(error.to_string().contains("extension"), "{error}");

@@ -15,6 +15,8 @@
 //! - [`json`]: JSON bodies into typed structs, errors naming the parameter.
 //! - [`openai_types`]: the OpenAI request and response bodies.
 //! - [`fields`]: which fields outside the typed ones are accepted, refused or unknown.
+//! - [`structured`]: `response_format` and the guided-decoding extensions into the
+//!   constraint the engine enforces.
 //! - [`validate`]: bodies into validated, tokenized generation requests.
 //! - [`resolve`]: the deployment of a request, and validation against it.
 //! - [`admit`]: admission (quota, queue) and the merged event stream.
@@ -28,6 +30,7 @@ pub mod json;
 pub mod openai_types;
 pub mod resolve;
 pub mod stream_encoder;
+pub mod structured;
 pub mod validate;
 
 pub use error::GenerationError;

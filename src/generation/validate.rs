@@ -9,6 +9,7 @@ use swell_workers::{ChatMessage, Tokenizer};
 pub use crate::deployments::ModelLimits;
 use crate::generation::error::GenerationError;
 use crate::generation::fields::{check_message_fields, check_request_fields};
+use crate::generation::structured::constraint_of;
 use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest, StreamOptions};
 
 /// At most this many prompts in one completions request (each becomes its own job).
@@ -177,6 +178,8 @@ pub fn validate_chat(
         (false, None) => {}
     }
 
+    params.constraint = constraint_of(&request.other, limits)?;
+
     // Only the template's markup becomes special tokens; message text is plain text.
     let messages = chat_messages(&request.messages)?;
     let tokens = tokenizer
@@ -248,6 +251,7 @@ pub fn validate_completion(
         }
         None => false,
     };
+    params.constraint = constraint_of(&request.other, limits)?;
     let echo = request.echo.unwrap_or(false);
     params.prompt_logprobs = echo && logprobs;
     if params.prompt_logprobs && !limits.prompt_logprobs {
@@ -345,6 +349,8 @@ fn check_common(common: CommonParams<'_>, limits: &ModelLimits) -> Result<Common
         logprobs: None,
         prompt_logprobs: false,
         ignore_eos: common.ignore_eos.unwrap_or(false),
+        // Set by the caller (structured outputs).
+        constraint: None,
     };
     Ok(CommonChecked { params, n, max_tokens, stream, include_usage })
 }
@@ -643,7 +649,13 @@ mod tests {
     }
 
     const LIMITS: ModelLimits =
-        ModelLimits { context_length: 64, max_tokens_default: 16, max_tokens_limit: 48, prompt_logprobs: true };
+        ModelLimits {
+            context_length: 64,
+            max_tokens_default: 16,
+            max_tokens_limit: 48,
+            prompt_logprobs: true,
+            constraints: crate::generation::structured::ConstraintSupport::ALL,
+        };
 
     fn chat(body: Value) -> Result<ValidatedRequest, GenerationError> {
         let request: ChatCompletionRequest = serde_json::from_value(body).unwrap();

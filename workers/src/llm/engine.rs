@@ -23,6 +23,13 @@
 //!
 //! Cancelled sequences leave at once: their blocks are free before the next step.
 //!
+//! # Structured outputs
+//! A sequence with a [`Constraint`](swell_protocol::Constraint) carries a matcher
+//! ([`constraint`](crate::llm::constraint)). Its mask for the token it draws next is
+//! computed on another thread while the forward pass runs (the matcher only moves when
+//! a token is drawn), then applied to its logits before sampling; the drawn token
+//! advances the matcher, and a complete output ends the sequence with `Stop`.
+//!
 //! # Prefix caching
 //! Every full block a sequence has computed is registered in the [`BlockPool`] under the
 //! chained hash of its tokens; at admission a sequence takes the longest run of its
@@ -41,6 +48,7 @@ use swell_protocol::{FinishReason, JobId, OutputEvent, TokenLogprob, TopLogprob,
 use crate::engine::{CachedPrefix, Engine, EngineLoad, Sequence, SequenceOutput, StepReport};
 use crate::error::EngineError;
 use crate::llm::block_pool::{extend_hashes, BlockHash, BlockPool, PoolStats};
+use crate::llm::constraint::{self, ConstraintCompiler, SequenceConstraint, TokenMask};
 use crate::llm::kv_cache::{BlockAllocator, BLOCK_TOKENS};
 use crate::llm::metrics;
 use crate::llm::model::{Logits, ModelRunner, SeqChunk};
@@ -90,6 +98,8 @@ struct LlmSequence {
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
     detok: DecodeStream,
     stop: StopWatcher,
+    /// The matcher of a constrained output (taken out while its mask is computed).
+    constraint: Option<SequenceConstraint>,
 }
 
 impl LlmSequence {
@@ -138,6 +148,10 @@ pub struct LlmEngine {
     next_arrival: u64,
     scratch: SamplerScratch,
     logprob_row: Vec<f32>,
+    /// A masked copy of a constrained sequence's logits.
+    masked_row: Vec<f32>,
+    /// Built on the first constrained sequence.
+    compiler: Option<ConstraintCompiler>,
     replica: String,
 }
 
@@ -180,12 +194,23 @@ impl LlmEngine {
             next_arrival: 0,
             scratch: SamplerScratch::default(),
             logprob_row: Vec::new(),
+            masked_row: Vec::new(),
+            compiler: None,
             replica,
         }
     }
 
     pub fn limits(&self) -> &SchedulerLimits {
         &self.limits
+    }
+
+    /// The matcher of a constrained sequence (the compiler is built on first use).
+    fn compile(&mut self, wanted: &swell_protocol::Constraint, resumed: &[u32]) -> Result<SequenceConstraint, String> {
+        if self.compiler.is_none() {
+            let vocab = self.model.config().vocab;
+            self.compiler = Some(ConstraintCompiler::new(self.tokenizer.clone(), vocab)?);
+        }
+        self.compiler.as_ref().expect("built above").compile(wanted, resumed)
     }
 
     /// The prefix cache's counters, and how many blocks it holds now.
@@ -389,6 +414,15 @@ impl LlmEngine {
         }
         plan.sort_unstable_by_key(|&(i, _)| i);
 
+        // The matchers of the constrained sequences that draw a token this step.
+        let constrained: Vec<(usize, SequenceConstraint)> = plan
+            .iter()
+            .filter_map(|&(i, n)| {
+                let s = &mut self.running[i];
+                let draws = s.computed + n == s.context_len() && s.can_sample(limit);
+                if draws { s.constraint.take().map(|c| (i, c)) } else { None }
+            })
+            .collect();
         let token_lists: Vec<Vec<u32>> = plan
             .iter()
             .map(|&(i, n)| {
@@ -422,9 +456,19 @@ impl LlmEngine {
             })
             .collect();
         let forward_started = Instant::now();
-        let logits = self.model.forward(&chunks)?.to_vec();
+        let (logits, masked) = std::thread::scope(|scope| {
+            let masking = (!constrained.is_empty()).then(|| scope.spawn(move || constraint::masks(constrained)));
+            let logits = self.model.forward(&chunks).map(<[f32]>::to_vec);
+            (logits, masking.map(|thread| thread.join().expect("the mask thread does not panic")))
+        });
+        let logits = logits?;
         let forward_time = forward_started.elapsed();
         drop(chunks);
+        let mut masks: Vec<Option<Result<TokenMask, String>>> = (0..self.running.len()).map(|_| None).collect();
+        for (i, matcher, mask) in masked.unwrap_or_default() {
+            self.running[i].constraint = Some(matcher);
+            masks[i] = Some(mask);
+        }
         let vocab = self.model.config().vocab;
 
         // Outputs, sequence by sequence.
@@ -464,16 +508,35 @@ impl LlmEngine {
                     self.emit_release(out, &s, release);
                     Self::finish(out, &s, FinishReason::Length);
                     done.push(i);
+                } else if let Some(Err(error)) = masks[i].as_ref() {
+                    out.push(failed(&s.id, "constraint_failed", format!("constrained decoding failed: {error}")));
+                    done.push(i);
                 } else if let Some(row) = last_row {
+                    let row = match masks[i].take() {
+                        Some(Ok(mask)) => {
+                            self.masked_row.clear();
+                            self.masked_row.extend_from_slice(row);
+                            mask.apply(&mut self.masked_row);
+                            &self.masked_row[..]
+                        }
+                        _ => row,
+                    };
                     let position = s.generated.len() as u64;
                     let token = s.sampler.sample(row, position, &mut self.scratch);
-                    let logprob = s.logprobs.map(|top| {
-                        log_softmax(row, &mut self.logprob_row);
-                        self.token_logprob(token, &self.logprob_row, top)
-                    });
+                    let logprob = match s.logprobs {
+                        Some(top) => {
+                            log_softmax(row, &mut self.logprob_row);
+                            Some(self.token_logprob(token, &self.logprob_row, top))
+                        }
+                        None => None,
+                    };
                     s.generated.push(token);
                     s.sampler.observe(token);
-                    if !s.ignore_eos && self.tokenizer.is_eos(token) {
+                    let advanced = s.constraint.as_mut().map_or(Ok(()), |c| c.advance(token));
+                    if let Err(error) = advanced {
+                        out.push(failed(&s.id, "constraint_failed", format!("constrained decoding failed: {error}")));
+                        done.push(i);
+                    } else if !s.ignore_eos && self.tokenizer.is_eos(token) {
                         let mut release = s.stop.flush();
                         release.token_ids.push(token);
                         release.logprobs.extend(logprob);
@@ -485,15 +548,16 @@ impl LlmEngine {
                         let release = s.stop.push(token, &piece, logprob);
                         let stopped = release.stopped;
                         self.emit_release(out, &s, release);
+                        let complete = s.constraint.as_ref().is_some_and(SequenceConstraint::is_done);
                         if stopped {
                             Self::finish(out, &s, FinishReason::Stop);
                             done.push(i);
-                        } else if !s.can_sample(limit) {
+                        } else if complete || !s.can_sample(limit) {
                             let mut release = s.stop.flush();
                             let tail = s.detok.flush();
                             release.text.push_str(&tail);
                             self.emit_release(out, &s, release);
-                            Self::finish(out, &s, FinishReason::Length);
+                            Self::finish(out, &s, if complete { FinishReason::Stop } else { FinishReason::Length });
                             done.push(i);
                         }
                     }
@@ -538,6 +602,7 @@ fn placeholder() -> LlmSequence {
         prompt_logprobs: None,
         detok: DecodeStream::new(true),
         stop: StopWatcher::new(&[]),
+        constraint: None,
     }
 }
 
@@ -564,6 +629,16 @@ impl Engine for LlmEngine {
             return;
         }
         let params = &seq.params;
+        let constraint = match &params.constraint {
+            None => None,
+            Some(wanted) => match self.compile(wanted, &seq.resume_tokens) {
+                Ok(compiled) => Some(compiled),
+                Err(error) => {
+                    self.ready.push(failed(&seq.id, "invalid_constraint", error));
+                    return;
+                }
+            },
+        };
         let mut sampler = Sampler::new(params, params.seed.unwrap_or_else(fresh_seed));
         let mut detok = DecodeStream::new(true);
         let stop = StopWatcher::new(&params.stop);
@@ -587,13 +662,15 @@ impl Engine for LlmEngine {
             prompt_logprobs: params.prompt_logprobs.then(|| vec![None; seq.prompt_tokens.len()]),
             detok,
             stop,
+            constraint,
             prompt: seq.prompt_tokens,
             generated: seq.resume_tokens,
         };
         self.next_arrival += 1;
         // Decided without compute: a resumed attempt that already ended.
         let ended_by_eos = s.generated.last().is_some_and(|&t| !s.ignore_eos && self.tokenizer.is_eos(t));
-        if ended_by_eos || s.stop.find_stop(&resumed_text).is_some() {
+        let complete = s.constraint.as_ref().is_some_and(SequenceConstraint::is_done);
+        if ended_by_eos || complete || s.stop.find_stop(&resumed_text).is_some() {
             let mut out = Vec::new();
             Self::finish(&mut out, &s, FinishReason::Stop);
             self.ready.extend(out);

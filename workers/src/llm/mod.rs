@@ -25,6 +25,7 @@
 pub mod attention;
 pub mod block_pool;
 pub mod chat_template;
+pub mod constraint;
 pub mod cuda;
 pub mod engine;
 pub mod factory;

@@ -188,7 +188,8 @@ impl EngineFactory for SimEngineFactory {
             kv_capacity_tokens: p.kv_capacity_tokens,
             expected_cold_start: p.cold_start,
             performance: Some(p.performance()),
-            unsupported_params: Vec::new(),
+            // Simulated tokens follow no grammar.
+            unsupported_params: vec!["response_format".to_string()],
         }
     }
 
@@ -333,7 +334,7 @@ mod tests {
                     gpu: "H100-80GB-SXM".into(),
                     source: "sim profile llama-3.1-70b-4xh100".into(),
                 }),
-                unsupported_params: Vec::new(),
+                unsupported_params: vec!["response_format".to_string()],
             }
         );
         let description = serde_json::to_value(f.describe()).unwrap();
