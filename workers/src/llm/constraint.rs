@@ -26,17 +26,31 @@ use swell_protocol::Constraint;
 use crate::llm::tokenizer::{GgufTokenizer, TokenKind};
 use crate::tokenizer::Tokenizer;
 
+/// The layout of generated JSON: one space after `,` and `:`, no other whitespace (a
+/// schema's own `x-guidance` options take precedence).
+fn compact(mut schema: serde_json::Value) -> serde_json::Value {
+    if schema == serde_json::Value::Bool(true) {
+        schema = serde_json::json!({});
+    }
+    if let Some(object) = schema.as_object_mut() {
+        object.entry("x-guidance").or_insert_with(|| {
+            serde_json::json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " })
+        });
+    }
+    schema
+}
+
 /// The llguidance grammar of a constraint.
 pub fn grammar(constraint: &Constraint) -> Result<TopLevelGrammar, String> {
     Ok(match constraint {
-        Constraint::JsonObject => TopLevelGrammar::from_json_schema(serde_json::json!({ "type": "object" })),
+        Constraint::JsonObject => TopLevelGrammar::from_json_schema(compact(serde_json::json!({ "type": "object" }))),
         Constraint::JsonSchema(text) => {
             let schema: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| format!("the JSON schema is not JSON: {e}"))?;
             if !schema.is_object() && !schema.is_boolean() {
                 return Err("the JSON schema must be an object".to_string());
             }
-            TopLevelGrammar::from_json_schema(schema)
+            TopLevelGrammar::from_json_schema(compact(schema))
         }
         Constraint::Regex(regex) => TopLevelGrammar::from_regex(regex),
         Constraint::Choice(choices) => {
