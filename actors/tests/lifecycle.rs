@@ -145,6 +145,8 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
         priority: swell_cluster::Priority::Normal,
         received_at: tokio::time::Instant::now(),
         route: Default::default(),
+        stream_meta: None,
+        resume_grace: None,
     }
 }
 
