@@ -5,7 +5,8 @@
 //! `model_not_found`) → validate → admit (429/503 on rejection) → answer, streamed (SSE)
 //! or collected. When the client disconnects (noticed by [`ClientGone`] in every state:
 //! queued, starting, running; streamed or collected), the event receivers are dropped,
-//! which cancels the requests and frees their quota slots.
+//! which cancels the requests and frees their quota slots (a resumable stream's after
+//! `queue.resume_grace`, unless it is resumed: [`crate::api::streams`]).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
