@@ -2,7 +2,8 @@
 //! a client killed mid-stream reconnects and gets exactly the tokens it missed (compared
 //! with an uninterrupted run of the same seeded request); another tenant's key, an
 //! unknown id and an expired stream get 404; a stream nobody resumes is cancelled once
-//! `queue.resume_grace` passed, and its tenant's slot is freed. (The metrics are the
+//! `queue.resume_grace` passed, and its tenant's slot is freed; a WebSocket `cancel` still
+//! cancels at once. (The metrics are the
 //! process's, shared by the tests: each test has its own tenants.)
 
 mod common;
@@ -339,5 +340,24 @@ async fn a_websocket_resume_continues_a_stream_on_a_new_socket() {
         }
     }
     assert_eq!(format!("{had}{rest}"), expected);
+    server.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn a_websocket_cancel_cancels_at_once_not_after_the_grace() {
+    // A grace far longer than the wait below: only an immediate cancel frees the slot.
+    let server = common::start(&SLOW.replace("resume_grace = \"2s\"", "resume_grace = \"60s\"")).await;
+    let key = tenant_with_key(&server, "epsilon").await;
+    let mut socket = open_socket(&server, &key).await;
+    let body = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000, "ignore_eos": true});
+    socket.send(Message::Text(json!({"id": "c", "type": "chat.completion", "request": body}).to_string().into())).await.unwrap();
+    while next_frame(&mut socket).await["type"] != "chunk" {}
+    socket.send(Message::Text(json!({"id": "c", "type": "cancel"}).to_string().into())).await.unwrap();
+    common::wait_for("the slot freed by the cancel", Duration::from_secs(10), || async {
+        (in_flight(&server, "epsilon").await == 0).then_some(())
+    })
+    .await;
+    let (_, metrics) = common::get_text(&server, "/metrics").await;
+    assert_eq!(requests_with_status(&metrics, "epsilon", "cancelled"), 1, "{metrics}");
     server.stop(true).await;
 }
