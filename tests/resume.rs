@@ -3,8 +3,8 @@
 //! with an uninterrupted run of the same seeded request); another tenant's key, an
 //! unknown id and an expired stream get 404; a stream nobody resumes is cancelled once
 //! `queue.resume_grace` passed, and its tenant's slot is freed; a WebSocket `cancel` still
-//! cancels at once. (The metrics are the
-//! process's, shared by the tests: each test has its own tenants.)
+//! cancels at once. (The metrics are the process's, shared by the tests: each test has
+//! its own tenants.)
 
 mod common;
 
