@@ -207,6 +207,18 @@ async fn a_client_killed_mid_stream_resumes_with_exactly_the_missing_tokens() {
     let (status, body) = resume(&server, &key, "not-a-stream", Some(0)).await;
     assert_not_found(status, &body);
 
+    // A Last-Event-ID that is no token count is refused before anything is resumed.
+    let mut response = common::client()
+        .get(format!("{}/v1/streams/{chunk_id}", common::base(&server)))
+        .insert_header(("authorization", format!("Bearer {key}")))
+        .insert_header(("last-event-id", "seven"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let error: Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap();
+    assert_eq!((error["error"]["code"].as_str(), error["error"]["param"].as_str()), (Some("invalid_value"), Some("Last-Event-ID")), "{error}");
+
     // Its own tenant resumes it (by chunk id) and gets the rest: no gap, no repeat.
     let (status, rest) = resume(&server, &key, &chunk_id, Some(last_id)).await;
     assert_eq!(status, 200, "{rest}");

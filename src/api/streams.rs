@@ -14,6 +14,7 @@ use crate::api::client_gone::ClientGone;
 use crate::api::error::ApiError;
 use crate::api::sse;
 use crate::generation::resume::{parse_last_event_id, resume_stream};
+use crate::generation::GenerationError;
 use crate::state::AppState;
 
 pub const LAST_EVENT_ID: &str = "last-event-id";
@@ -27,9 +28,10 @@ pub async fn resume(
     let tenant = authenticate(&state, &request)?;
     let last_event_id = match request.headers().get(LAST_EVENT_ID) {
         None => None,
-        Some(value) => Some(value.to_str().map_err(|_| {
-            crate::generation::GenerationError::invalid_value("Last-Event-ID", "`Last-Event-ID` is not readable text")
-        })?),
+        Some(value) => {
+            let unreadable = |_| GenerationError::invalid_value("Last-Event-ID", "`Last-Event-ID` is not readable text");
+            Some(value.to_str().map_err(unreadable)?)
+        }
     };
     let after = parse_last_event_id(last_event_id)?;
     let resumed = resume_stream(&state, &tenant, &path, after).await?;
