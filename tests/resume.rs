@@ -34,7 +34,7 @@ decode_step_per_sequence = "1ms"
 min_replicas = 1
 "#;
 
-const TOKENS: u64 = 60;
+const TOKENS: u64 = 100;
 
 async fn tenant_with_key(server: &ServerHandle, tenant: &str) -> String {
     let limits = json!({"limits": {"max_concurrent_requests": 4}});
