@@ -5,9 +5,10 @@
 //! An event id is the number of tokens generated up to and including its chunk
 //! ([`StreamEncoder`](crate::generation::stream_encoder::StreamEncoder) numbers them). A
 //! resumed stream reads the job's output stream from its start through the queue (so a
-//! resume works at any gateway while the output is kept) and [`ResumeFilter`] drops the
-//! token events the client already had. Only single-choice streams without `echo` are
-//! resumable; the job keeps what their responses need as [`StreamMeta`].
+//! resume works at any gateway while the output is kept) and [`ResumeFilter`] picks out
+//! the token events the client already had, which the stream's encoder skips. Only
+//! single-choice streams without `echo` are resumable; the job keeps what their
+//! responses need as [`StreamMeta`].
 //!
 //! The request of a client that leaves runs on for `queue.resume_grace` and is cancelled
 //! only if nobody resumed it by then (`swell_actors::request::resume`).
@@ -96,7 +97,10 @@ pub fn parse_last_event_id(value: Option<&str>) -> Result<u64, GenerationError> 
     }
 }
 
-/// Drops the token events a resuming client already had (the first `after` tokens).
+/// Picks out the token events a resuming client already had (the first `after`
+/// tokens); the encoder of a resumed stream
+/// ([`StreamEncoder::resumed`](crate::generation::stream_encoder::StreamEncoder::resumed))
+/// runs every event through it.
 #[derive(Debug)]
 pub struct ResumeFilter {
     after: u64,
@@ -108,21 +112,21 @@ impl ResumeFilter {
         Self { after, seen: 0 }
     }
 
-    /// The event to pass on (`None`: the client had it), or an error when `after` is not
-    /// an event id of the stream.
-    pub fn on_event(&mut self, event: RequestEvent) -> Result<Option<RequestEvent>, GenerationError> {
+    /// Whether to pass `event` on (`false`: the client had it), or an error when `after`
+    /// is not an event id of the stream.
+    pub fn passes(&mut self, event: &RequestEvent) -> Result<bool, GenerationError> {
         let skipping = self.seen < self.after;
         match event {
-            RequestEvent::Tokens { ref token_ids, .. } if skipping => {
+            RequestEvent::Tokens { token_ids, .. } if skipping => {
                 self.seen += token_ids.len() as u64;
                 if self.seen > self.after {
                     return Err(self.not_an_event_id());
                 }
-                Ok(None)
+                Ok(false)
             }
-            RequestEvent::PromptLogprobs(_) if self.after > 0 => Ok(None),
+            RequestEvent::PromptLogprobs(_) if self.after > 0 => Ok(false),
             RequestEvent::Finished { .. } if skipping => Err(self.not_an_event_id()),
-            event => Ok(Some(event)),
+            _ => Ok(true),
         }
     }
 
@@ -134,12 +138,14 @@ impl ResumeFilter {
     }
 }
 
-/// A resumed stream: its events after the client's last one, tagged as choice 0.
+/// A resumed stream: its events, tagged as choice 0, and the encoder that sends only
+/// those after the client's last one.
 pub struct ResumedStream {
     pub meta: ResponseMeta,
-    /// The events still to send (dropping them lets the request's resume grace start).
+    /// The stream's events from its start (dropping them lets this reader's resume grace
+    /// start).
     pub events: TaggedEvents,
-    /// The encoder that continues the stream's numbering after `after`.
+    /// Skips what the client had and continues the numbering after `after`.
     pub encoder: StreamEncoder,
     /// The relay's actor (a WebSocket `cancel` sends it `CancelRequest`).
     pub handle: Addr<RequestActor>,
@@ -195,23 +201,10 @@ pub async fn resume_stream(
         .await
         .map_err(|_| GenerationError::DeploymentUnavailable { deployment: deployment.name.clone(), reason: "the stream could not be resumed".into() })?;
     let handle = admitted.handle.clone();
-    let mut filter = ResumeFilter::new(after);
-    let mut failed = false;
     let events = ReceiverStream::new(admitted.events)
-        .filter_map(move |event| {
+        .map(move |event| {
             let _relay = &handle;
-            let passed = if failed {
-                None
-            } else {
-                match filter.on_event(event) {
-                    Ok(event) => event,
-                    Err(error) => {
-                        failed = true;
-                        Some(RequestEvent::Failed { code: error.code().to_string(), message: error.to_string() })
-                    }
-                }
-            };
-            std::future::ready(passed.map(|event| (0, event)))
+            (0, event)
         })
         .boxed();
     let encoder = StreamEncoder::resumed(meta.clone(), after);

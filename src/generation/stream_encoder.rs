@@ -15,6 +15,7 @@ use swell_actors::request::RequestEvent;
 use swell_cluster::{FinishReason, TokenLogprob, Usage};
 
 use crate::generation::error::GenerationError;
+use crate::generation::resume::ResumeFilter;
 use crate::generation::openai_types::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionLogprobs,
     ResponseChunk, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION_CHUNK,
@@ -92,6 +93,8 @@ pub struct StreamEncoder {
     ended: bool,
     /// Whether chunks carry event ids (a single choice without echo: resumable).
     event_ids: bool,
+    /// A resumed stream: what the client already had, skipped.
+    resume: Option<ResumeFilter>,
 }
 
 impl StreamEncoder {
@@ -105,14 +108,17 @@ impl StreamEncoder {
             })
             .collect::<Vec<_>>();
         let event_ids = prompts.len() == 1 && prompts[0].echo.is_none();
-        Self { meta, choices, last_waiting: None, ended: false, event_ids }
+        Self { meta, choices, last_waiting: None, ended: false, event_ids, resume: None }
     }
 
     /// The encoder of a resumed single-choice stream whose client had the chunks up to
-    /// event id `after`: the assistant role (chat) is not told again unless `after` is 0.
+    /// event id `after`, fed the stream's events from its start: it skips the tokens the
+    /// client had (counting their text for completions' `text_offset`), and does not tell
+    /// the assistant role (chat) again unless `after` is 0.
     pub fn resumed(meta: ResponseMeta, after: u64) -> Self {
         let choice = ChoiceState { counts_prompt: true, role_sent: after > 0, tokens: after, ..ChoiceState::default() };
-        Self { meta, choices: vec![choice], last_waiting: None, ended: false, event_ids: true }
+        let resume = Some(ResumeFilter::new(after));
+        Self { meta, choices: vec![choice], last_waiting: None, ended: false, event_ids: true, resume }
     }
 
     /// Whether the stream's chunks carry event ids (it can be resumed).
@@ -133,6 +139,21 @@ impl StreamEncoder {
     pub fn on_event(&mut self, index: usize, event: RequestEvent) -> Vec<StreamItem> {
         if self.ended || index >= self.choices.len() {
             return Vec::new();
+        }
+        if let Some(resume) = &mut self.resume {
+            match resume.passes(&event) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let RequestEvent::Tokens { text, .. } = &event {
+                        self.choices[index].offset += text.chars().count() as u32;
+                    }
+                    return Vec::new();
+                }
+                Err(error) => {
+                    self.ended = true;
+                    return vec![StreamItem::Failed(error)];
+                }
+            }
         }
         let mut items = Vec::new();
         match event {
@@ -543,16 +564,39 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_resumed_stream_continues_the_numbering_without_the_role_again() {
+    fn a_resumed_stream_skips_what_the_client_had_and_continues_the_numbering() {
         let mut encoder = StreamEncoder::resumed(meta(GenerationKind::Chat, false, false), 5);
         let started = encoder.on_event(0, RequestEvent::Started { replica: "r".into() });
-        assert_eq!(started, [StreamItem::Running { replica: "r".into() }]);
+        assert_eq!(started, [StreamItem::Running { replica: "r".into() }], "no role chunk again");
+        let had = RequestEvent::Tokens { text: "abcde".into(), token_ids: vec![1, 2, 3, 4, 5], logprobs: None };
+        assert!(encoder.on_event(0, had).is_empty(), "the client had these");
         let token = encoder.on_event(0, tokens("x"));
         assert_eq!(token.len(), 1);
         assert_eq!(event_id(&token[0]), Some(6));
+        assert_eq!(chunk(&token[0])["choices"][0]["delta"]["content"], "x");
         let from_start = StreamEncoder::resumed(meta(GenerationKind::Chat, false, false), 0)
             .on_event(0, RequestEvent::Started { replica: "r".into() });
         assert_eq!(chunk(&from_start[1])["choices"][0]["delta"]["role"], "assistant");
+    }
+
+    #[test]
+    fn a_resumed_completion_counts_the_skipped_text_in_its_offsets() {
+        let mut encoder = StreamEncoder::resumed(meta(GenerationKind::Completion, false, true), 2);
+        let lp = |token: &str| TokenLogprob { token: token.into(), token_id: 1, logprob: -0.5, top: vec![] };
+        let had = RequestEvent::Tokens { text: "ab".into(), token_ids: vec![1, 2], logprobs: Some(vec![lp("a"), lp("b")]) };
+        assert!(encoder.on_event(0, had).is_empty());
+        let next = RequestEvent::Tokens { text: "c".into(), token_ids: vec![3], logprobs: Some(vec![lp("c")]) };
+        let items = encoder.on_event(0, next);
+        assert_eq!(chunk(&items[0])["choices"][0]["logprobs"]["text_offset"], json!([2]));
+    }
+
+    #[test]
+    fn a_resume_after_a_point_inside_an_event_fails_the_stream() {
+        let mut encoder = StreamEncoder::resumed(meta(GenerationKind::Chat, false, false), 1);
+        let two = RequestEvent::Tokens { text: "ab".into(), token_ids: vec![1, 2], logprobs: None };
+        let items = encoder.on_event(0, two);
+        assert!(matches!(&items[..], [StreamItem::Failed(error)] if error.param() == Some("Last-Event-ID")), "{items:?}");
+        assert!(encoder.ended());
     }
 
     #[test]
