@@ -11,6 +11,8 @@
 //!   across the nodes, and a gateway killed mid-request leaks no slot (its lease expires).
 //! - a worker stopped with SIGTERM hands its unfinished stream back when its shutdown
 //!   timeout ends: another worker resumes it at once, not after the lease expires;
+//! - a client that leaves a stream at one gateway resumes it at another
+//!   (`GET /v1/streams/{id}`, `Last-Event-ID`) with exactly the tokens it missed;
 //! - two worker nodes: the leader's autoscaler places replicas on both under load;
 //!   killing one re-places its replicas on the other, which finishes its jobs; idle, the
 //!   cluster goes back to zero.
@@ -261,6 +263,9 @@ struct StreamResult {
     usage: Option<Value>,
     done: bool,
     error: Option<Value>,
+    /// The last SSE `id:` (tokens so far) and the chunks' `id` (`cmpl-…`).
+    last_event_id: Option<u64>,
+    response_id: Option<String>,
 }
 
 /// An open SSE response, read event by event.
@@ -278,6 +283,18 @@ impl SseStream {
             request = request.insert_header(("authorization", format!("Bearer {key}")));
         }
         let mut response = request.send_json(body).await.map_err(|e| (0, e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let bytes = response.body().await.map(|b| b.to_vec()).unwrap_or_default();
+            return Err((status, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        Ok(SseStream { body: Box::pin(response), buffer: String::new(), result: StreamResult::default() })
+    }
+
+    /// Resumes stream `stream_id` after event `last_event_id` (`GET /v1/streams/{id}`).
+    async fn resume(base: &str, stream_id: &str, last_event_id: u64) -> Result<SseStream, (u16, String)> {
+        let request = client().get(format!("{base}/v1/streams/{stream_id}")).insert_header(("last-event-id", last_event_id.to_string()));
+        let mut response = request.send().await.map_err(|e| (0, e.to_string()))?;
         let status = response.status().as_u16();
         if status != 200 {
             let bytes = response.body().await.map(|b| b.to_vec()).unwrap_or_default();
@@ -317,6 +334,9 @@ impl SseStream {
         while let Some(end) = self.buffer.find("\n\n") {
             let frame: String = self.buffer.drain(..end + 2).collect();
             for line in frame.lines() {
+                if let Some(id) = line.strip_prefix("id:") {
+                    self.result.last_event_id = Some(id.trim().parse().expect("a numeric event id"));
+                }
                 let Some(data) = line.strip_prefix("data:") else { continue };
                 let data = data.trim();
                 if data == "[DONE]" {
@@ -327,6 +347,9 @@ impl SseStream {
                 if value.get("error").is_some() {
                     self.result.error = Some(value);
                     continue;
+                }
+                if let Some(id) = value["id"].as_str() {
+                    self.result.response_id = Some(id.to_string());
                 }
                 if let Some(text) = value["choices"][0]["text"].as_str() {
                     self.result.text.push_str(text);
@@ -392,6 +415,39 @@ async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_an
         "the surviving worker generated the rest"
     );
     eprintln!("worker killed after {received_at_kill} chunks; test took {:?}", started.elapsed());
+}
+
+#[actix_rt::test]
+async fn a_stream_left_at_one_gateway_is_resumed_at_another_with_exactly_the_missing_tokens() {
+    let dir = TempDir::new("resume-elsewhere");
+    let redis = RedisServer::start(RedisServerOptions::default());
+    let config = dir.write_config(&config("20ms", 8, 1, ""));
+    let first = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw1");
+    let second = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw2");
+    let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
+    wait_ready(&first, false).await;
+    wait_ready(&second, false).await;
+    wait_ready(&worker, true).await;
+    let (max_tokens, seed) = (120, 5);
+    let expected = reference(&first, max_tokens, seed).await;
+
+    let mut left = SseStream::open(&first.url, None, &completion(max_tokens, seed)).await.expect("admitted");
+    assert!(left.read_until(10, Duration::from_secs(20)).await, "the stream ended early: {:?}", left.result);
+    let had = std::mem::take(&mut left.result);
+    drop(left);
+    let last_event_id = had.last_event_id.expect("numbered events");
+    assert!(last_event_id >= 10 && last_event_id < max_tokens as u64, "{had:?}");
+    let stream_id = had.response_id.clone().expect("a response id");
+
+    let rest = SseStream::resume(&second.url, &stream_id, last_event_id).await.expect("resumed at the other gateway");
+    let rest = rest.finish(Duration::from_secs(30)).await;
+    assert!(rest.done && rest.error.is_none(), "{rest:?}");
+    assert_eq!(format!("{}{}", had.text, rest.text), expected, "no gap, no repeat");
+    assert_eq!(rest.last_event_id, Some(max_tokens as u64));
+    assert_eq!(rest.usage.expect("usage")["completion_tokens"], max_tokens);
+    // An unknown stream is 404 at any gateway.
+    let (status, body) = SseStream::resume(&second.url, "cmpl-0123456789abcdef", 0).await.err().expect("refused");
+    assert_eq!(status, 404, "{body}");
 }
 
 #[actix_rt::test]
@@ -508,7 +564,9 @@ redis_timeout = "1s"
 "#,
         key.hash
     );
-    let config = dir.write_config(&config("20ms", 16, 1, &tenant));
+    // Clients that go away here are gone for good: no grace for a resume.
+    let config = config("20ms", 16, 1, &tenant).replace("[queue]\n", "[queue]\nresume_grace = \"0s\"\n");
+    let config = dir.write_config(&config);
     let mut gateways =
         vec![Node::start(&dir.0, &config, &redis.url(), "gateway", "gw1"), Node::start(&dir.0, &config, &redis.url(), "gateway", "gw2"), Node::start(&dir.0, &config, &redis.url(), "gateway", "gw3")];
     let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");

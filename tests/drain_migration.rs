@@ -18,7 +18,7 @@
 //!    (the decoding L had left, 3.8 s with `sim`, would have kept a drain that waits on
 //!    streams alive past that), that it exited as drained (no restart counted) and that L
 //!    is back in the queue (depth 1: R1 is still full with F) and receives nothing there.
-//! 5. F's client goes away (its job is cancelled), R1 leases L and resumes it after the
+//! 5. F's client goes away (its job is cancelled: `resume_grace` is 0), R1 leases L and resumes it after the
 //!    tokens already delivered. L's client sees, in order, exactly the pieces of text an
 //!    undisturbed run of the same request produced on R1 alone (no gap, no repeat),
 //!    `completion_tokens` = `max_tokens`, exactly one chunk with a `finish_reason` (`length`), and
@@ -290,7 +290,7 @@ async fn wait_log<F: Fn(&[Seen]) -> bool>(what: &str, log: &Log, within: Duratio
 
 async fn a_long_stream_moves_off_a_draining_replica(engine: EngineKind, transport: Transport) {
     let long_tokens = engine.long_tokens();
-    let server = common::start("[queue]\ndrain_grace = \"1s\"\n").await;
+    let server = common::start("[queue]\ndrain_grace = \"1s\"\nresume_grace = \"0s\"\n").await;
     set_replicas(&server, engine, 1, 201).await;
     let r1 = common::wait_for("the first replica", Duration::from_secs(20), || async {
         let status = common::status(&server, DEPLOYMENT).await;

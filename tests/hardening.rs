@@ -233,6 +233,9 @@ async fn limits_set_by_the_admin_apply_to_open_websockets_at_once() {
     server.stop(true).await;
 }
 
+/// A stream whose client left waits 1 s for a resume before it is cancelled.
+const SHORT_RESUME_GRACE: &str = "[queue]\nresume_grace = \"1s\"\n";
+
 /// A deployment whose replica takes an hour to start: requests wait in the queue.
 const NEVER_READY: &str = r#"
 [deployments.slow]
@@ -269,11 +272,11 @@ fn requests_with_status(metrics: &str, deployment: &str, tenant: &str, status: &
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
-/// Queued or starting, streaming or not: a client that leaves frees its slot at once and
-/// its request counts as cancelled.
+/// Queued or starting, streaming or not: a client that leaves frees its slot (a stream
+/// once its resume grace passed) and its request counts as cancelled.
 #[actix_rt::test]
 async fn a_client_that_leaves_a_queued_request_frees_its_slot() {
-    let server = common::start(NEVER_READY).await;
+    let server = common::start(&format!("{SHORT_RESUME_GRACE}{NEVER_READY}")).await;
     let (key, _) = tenant_with_key(&server, "acme", json!({"max_concurrent_requests": 2})).await;
     for stream in [false, true, false, true] {
         let body = json!({"model": "slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream});
@@ -295,11 +298,11 @@ async fn a_client_that_leaves_a_queued_request_frees_its_slot() {
     server.stop(true).await;
 }
 
-/// A running request whose client leaves stops generating, frees its slot and counts as
-/// cancelled, not ok.
+/// A running request whose client leaves stops generating (a stream once its resume grace
+/// passed), frees its slot and counts as cancelled, not ok.
 #[actix_rt::test]
 async fn a_client_that_leaves_a_running_request_cancels_it() {
-    let server = common::start(common::DEFAULT_DEPLOYMENT).await;
+    let server = common::start(&format!("{SHORT_RESUME_GRACE}{}", common::DEFAULT_DEPLOYMENT)).await;
     let (key, _) = tenant_with_key(&server, "acme", json!({"max_concurrent_requests": 2})).await;
     for stream in [false, true] {
         let body = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}],

@@ -4,7 +4,9 @@
 //! (refunding unused output tokens) and records the request's metrics.
 //!
 //! The client holds the receiving end of the event channel. Dropping it cancels the
-//! request wherever it is (queued, or running on a replica), and frees its quota slot.
+//! request wherever it is (queued, or running on a replica), and frees its quota slot;
+//! with a resume grace ([`RequestSpec::resume_grace`]) the request keeps running that
+//! long first, and is cancelled only if no client resumed its stream ([`resume`]).
 //! Every admitted request's stream ends with exactly one `Finished` or `Failed`.
 
 use std::sync::Arc;
@@ -40,6 +42,11 @@ pub struct RequestSpec {
     pub received_at: Instant,
     /// What routing needs of it (block names of its prompt, its session).
     pub route: RouteRequest,
+    /// Stored with the job for a client that resumes its stream (`Job::stream_meta`).
+    pub stream_meta: Option<String>,
+    /// When the client goes away: `None` cancels the job at once; `Some(grace)` lets it
+    /// run on, and cancels it only if no client resumed its stream within `grace`.
+    pub resume_grace: Option<Duration>,
 }
 
 /// The services a request talks to.
@@ -100,7 +107,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 
 /// Admit a request and start relaying it. Resolves once admission is decided.
 pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
-    start(spec, deps, false).await
+    start(spec, deps, Mode::Submit).await
 }
 
 /// Relay a job that is already in the queue, admitted by another gateway that died
@@ -109,10 +116,30 @@ pub async fn submit(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Re
 /// start, so the events are the whole request's. `position` in the answer is 0.
 /// Dropping the events cancels the job, as for a submitted request.
 pub async fn attach(spec: RequestSpec, deps: RequestDeps) -> Result<Admitted, Rejected> {
-    start(spec, RequestDeps { quota: None, ..deps }, true).await
+    start(spec, RequestDeps { quota: None, ..deps }, Mode::Attach).await
 }
 
-async fn start(spec: RequestSpec, deps: RequestDeps, attach: bool) -> Result<Admitted, Rejected> {
+/// Relay a job's output stream to a client that resumed it (`GET /v1/streams/{id}`, a
+/// WebSocket `resume`): like [`attach`] (no quota, nothing enqueued, events from the
+/// start), as reader number `reader` (what `Queue::attach_reader` answered), which
+/// decides, when this client goes away in turn, whether it may cancel the job.
+/// Records no request metrics: the request is the original relay's.
+pub async fn resume(spec: RequestSpec, deps: RequestDeps, reader: u64) -> Result<Admitted, Rejected> {
+    start(spec, RequestDeps { quota: None, ..deps }, Mode::Resume { reader }).await
+}
+
+/// How a request actor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Admit and enqueue a new request ([`submit`]).
+    Submit,
+    /// Relay a job another gateway admitted ([`attach`]).
+    Attach,
+    /// Relay a job's stream to a client that resumed it ([`resume`]).
+    Resume { reader: u64 },
+}
+
+async fn start(spec: RequestSpec, deps: RequestDeps, mode: Mode) -> Result<Admitted, Rejected> {
     let (events_tx, events) = mpsc::channel(256);
     let (admission_tx, admission) = oneshot::channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -123,7 +150,7 @@ async fn start(spec: RequestSpec, deps: RequestDeps, attach: bool) -> Result<Adm
         admission: Some(admission_tx),
         cancel_tx,
         cancel_rx,
-        attach,
+        mode,
     };
     let handle = actor.start();
     match admission.await {
@@ -142,8 +169,7 @@ pub struct RequestActor {
     admission: Option<oneshot::Sender<AdmissionResult>>,
     cancel_tx: watch::Sender<bool>,
     cancel_rx: watch::Receiver<bool>,
-    /// Relay an already enqueued job ([`attach`]) instead of admitting a new one.
-    attach: bool,
+    mode: Mode,
 }
 
 impl Actor for RequestActor {
@@ -156,13 +182,17 @@ impl Actor for RequestActor {
             ctx.stop();
             return;
         };
-        if self.attach {
-            let run = run_attached(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
-            ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
-            return;
+        let (deps, cancel) = (self.deps.clone(), self.cancel_rx.clone());
+        match self.mode {
+            Mode::Submit => {
+                let run = run_request(spec, deps, events, admission, cancel);
+                ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
+            }
+            Mode::Attach | Mode::Resume { .. } => {
+                let run = run_attached(spec, deps, events, admission, cancel, self.mode);
+                ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
+            }
         }
-        let run = run_request(spec, self.deps.clone(), events, admission, self.cancel_rx.clone());
-        ctx.spawn(run.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
 
@@ -251,6 +281,7 @@ async fn run_request_in_span(
         deadline_ms: spec.deadline.map(|d| now_ms + d.as_millis() as u64),
         priority: spec.priority,
         route,
+        stream_meta: spec.stream_meta.clone(),
     };
     let limits = AdmissionLimits { max_queue_depth: spec.max_queue_depth };
     let position = match deps.queue.enqueue(job, limits).await {
@@ -286,7 +317,7 @@ async fn run_request_in_span(
         return;
     }
 
-    let outcome = relay(&spec, &deps, &events, cancel, Some(position)).await;
+    let outcome = relay(&spec, &deps, &events, cancel, Some(position), 0).await;
     if let Some(router) = &deps.router {
         // A promise the job never used (it ended waiting) stops counting now.
         router.ended(&spec.job_id);
@@ -297,36 +328,45 @@ async fn run_request_in_span(
     m::tokens(&spec.deployment, &spec.tenant, prompt_tokens, outcome.generated);
 }
 
-/// [`attach`]: relay a job another gateway admitted (in its span, attached to the
-/// future as in [`run_request`]).
+/// [`attach`] and [`resume`]: relay a job another relay admitted (in its span,
+/// attached to the future as in [`run_request`]).
 async fn run_attached(
     spec: RequestSpec,
     deps: RequestDeps,
     events: mpsc::Sender<RequestEvent>,
     admission: oneshot::Sender<AdmissionResult>,
     cancel: watch::Receiver<bool>,
+    mode: Mode,
 ) {
     use tracing::Instrument as _;
-    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant, attached = true);
+    let reader = match mode {
+        Mode::Resume { reader } => reader,
+        Mode::Submit | Mode::Attach => 0,
+    };
+    let span = tracing::info_span!("request", id = %spec.job_id, deployment = %spec.deployment, tenant = %spec.tenant, attached = true, reader);
     async move {
         if admission.send(Ok((0, RateLimitSnapshot::default()))).is_err() {
             return;
         }
         let position = deps.queue.position(&spec.deployment, &spec.job_id).await.ok().flatten();
-        let outcome = relay(&spec, &deps, &events, cancel, position).await;
-        m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
+        let outcome = relay(&spec, &deps, &events, cancel, position, reader).await;
+        if mode == Mode::Attach {
+            m::request_finished(&spec.deployment, &spec.tenant, outcome.status);
+        }
     }
     .instrument(span)
     .await
 }
 
-/// Relay the job's output stream to the client until it ends.
+/// Relay the job's output stream to the client until it ends. `reader`: which reader
+/// of the stream this is (0 the first, then what `Queue::attach_reader` answered).
 async fn relay(
     spec: &RequestSpec,
     deps: &RequestDeps,
     events: &mpsc::Sender<RequestEvent>,
     mut cancel: watch::Receiver<bool>,
     position: Option<u64>,
+    reader: u64,
 ) -> Outcome {
     let job_id = spec.job_id.as_str();
     let mut after_seq = 0;
@@ -337,7 +377,8 @@ async fn relay(
     let mut position = position;
     let mut read_failures = 0u32;
     let mut failing_since: Option<Instant> = None;
-    let cancelled = |generated| Outcome { status: "cancelled", generated };
+    // A resumed stream's reader (`reader > 0`) replays what the first reader measured.
+    let measures = reader == 0;
 
     loop {
         if !started {
@@ -348,22 +389,21 @@ async fn relay(
                 ready_in: readiness.and_then(|r| r.ready_in),
             };
             if events.send(waiting).await.is_err() {
-                let _ = deps.queue.cancel(job_id).await;
-                return cancelled(generated);
+                return client_left(spec, deps, &mut cancel, after_seq, generated, reader).await;
             }
         }
         let block = if started { Duration::from_secs(10) } else { Duration::from_secs(1) };
         let read = tokio::select! {
-            read = deps.queue.read_output(job_id, after_seq, block) => read,
-            _ = events.closed() => {
-                let _ = deps.queue.cancel(job_id).await;
-                return cancelled(generated);
-            }
+            read = deps.queue.read_output(job_id, after_seq, block) => Some(read),
+            _ = events.closed() => None,
             _ = cancel.wait_for(|c| *c) => {
                 let _ = deps.queue.cancel(job_id).await;
                 let _ = events.send(RequestEvent::Failed { code: "cancelled".into(), message: "the request was cancelled".into() }).await;
-                return cancelled(generated);
+                return Outcome { status: "cancelled", generated };
             }
+        };
+        let Some(read) = read else {
+            return client_left(spec, deps, &mut cancel, after_seq, generated, reader).await;
         };
         let batch = match read {
             Ok(batch) => {
@@ -419,20 +459,21 @@ async fn relay(
             after_seq = sequenced.seq;
             let event = match sequenced.event {
                 OutputEvent::Started { replica } => {
-                    if !started {
-                        started = true;
+                    if !started && measures {
                         if let Some(router) = &deps.router {
                             router.started(job_id, &replica, &spec.route);
                         }
                         m::queue_wait(&spec.deployment, enqueued_at.elapsed());
                         deps.supervisor.do_send(WorkStarted { waited: enqueued_at.elapsed() });
                     }
+                    started = true;
                     RequestEvent::Started { replica }
                 }
                 OutputEvent::PromptLogprobs { logprobs } => RequestEvent::PromptLogprobs(logprobs),
                 OutputEvent::Tokens { text, token_ids, logprobs } => {
                     let now = Instant::now();
                     match last_token_at {
+                        _ if !measures => {}
                         None => m::time_to_first_token(&spec.deployment, now.duration_since(spec.received_at)),
                         Some(last) => m::inter_token_latency(&spec.deployment, now.duration_since(last)),
                     }
@@ -452,8 +493,85 @@ async fn relay(
                 }
             };
             if events.send(event).await.is_err() {
+                return client_left(spec, deps, &mut cancel, after_seq, generated, reader).await;
+            }
+        }
+    }
+}
+
+/// The client went away at `after_seq`. Without a resume grace the job is cancelled at
+/// once. With one, the job runs on while this relay follows its output with nobody to
+/// tell (so a quota slot stays held as long as the job runs, and its tokens are
+/// counted); when the grace ends, the job is cancelled unless another reader took the
+/// stream over meanwhile (`Queue::attach_reader`), which then decides in its turn. A
+/// `CancelRequest` (a WebSocket `cancel`) cancels it at once.
+async fn client_left(
+    spec: &RequestSpec,
+    deps: &RequestDeps,
+    cancel: &mut watch::Receiver<bool>,
+    mut after_seq: u64,
+    mut generated: u64,
+    reader: u64,
+) -> Outcome {
+    let job_id = spec.job_id.as_str();
+    let Some(grace) = spec.resume_grace.filter(|_| !*cancel.borrow()) else {
+        let _ = deps.queue.cancel(job_id).await;
+        return Outcome { status: "cancelled", generated };
+    };
+    tracing::info!(grace_ms = grace.as_millis() as u64, "the client left; the request waits for a resume");
+    let decide_at = Instant::now() + grace;
+    let mut decided = false;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if !decided && now >= decide_at {
+            decided = true;
+            match deps.queue.output_owner(job_id).await {
+                Ok(Some(owner)) if owner.readers != reader => {
+                    tracing::info!(readers = owner.readers, "the stream was resumed; the request runs on");
+                }
+                Ok(None) => return Outcome { status: "stream_lost", generated },
+                Ok(Some(_)) | Err(_) => {
+                    tracing::info!("nobody resumed the stream; cancelling the request");
+                    let _ = deps.queue.cancel(job_id).await;
+                }
+            }
+        }
+        let block = if decided { Duration::from_secs(10) } else { decide_at.saturating_duration_since(now).max(Duration::from_millis(1)) };
+        let read = tokio::select! {
+            read = deps.queue.read_output(job_id, after_seq, block) => read,
+            _ = cancel.wait_for(|c| *c), if !decided => {
+                decided = true;
                 let _ = deps.queue.cancel(job_id).await;
-                return cancelled(generated);
+                continue;
+            }
+        };
+        match read {
+            Ok(batch) => {
+                failing_since = None;
+                for sequenced in batch {
+                    after_seq = sequenced.seq;
+                    match sequenced.event {
+                        OutputEvent::Tokens { token_ids, .. } => generated += token_ids.len() as u64,
+                        OutputEvent::Finished { usage, .. } => {
+                            return Outcome { status: "ok", generated: usage.completion_tokens as u64 };
+                        }
+                        OutputEvent::Failed { code, .. } => {
+                            let status = if code == "cancelled" { "cancelled" } else { "failed" };
+                            return Outcome { status, generated };
+                        }
+                        OutputEvent::Started { .. } | OutputEvent::PromptLogprobs { .. } => {}
+                    }
+                }
+            }
+            Err(QueueError::UnknownJob(_)) => return Outcome { status: "stream_lost", generated },
+            Err(error) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= OUTAGE_TOLERANCE {
+                    tracing::error!(%error, "the output stream of a request whose client left is unreadable");
+                    return Outcome { status: "stream_lost", generated };
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }

@@ -1,13 +1,14 @@
 //! The actors wired together with the in-memory queue and a small scripted engine (a
 //! fake, local to this test): a deployment scales from zero for a request, serves it,
-//! drains back to zero when idle, and a cancelled request frees its replica slot.
+//! drains back to zero when idle, and a cancelled request frees its replica slot; a
+//! request whose client left runs on for its resume grace while another reader resumes it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use swell_autoscaler::AutoscalingPolicy;
-use swell_actors::request::{submit, RequestDeps, RequestEvent, RequestSpec};
+use swell_actors::request::{resume, submit, RequestDeps, RequestEvent, RequestSpec};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, ObserveDeployment};
 use swell_cluster::{FinishReason, GenerationRequest, InMemoryQueue, OutputEvent, Queue, SamplingParams, Usage};
 use swell_workers::{
@@ -145,6 +146,8 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
         priority: swell_cluster::Priority::Normal,
         received_at: tokio::time::Instant::now(),
         route: Default::default(),
+        stream_meta: None,
+        resume_grace: None,
     }
 }
 
@@ -236,4 +239,69 @@ async fn dropping_the_receiver_cancels_the_request_and_frees_the_replica() {
         assert!(tokio::time::Instant::now() < deadline, "the cancelled sequence still holds its slot");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Reads events until the first tokens (panics if the stream ends first).
+async fn first_tokens(events: &mut tokio::sync::mpsc::Receiver<RequestEvent>) {
+    loop {
+        match events.recv().await {
+            Some(RequestEvent::Tokens { .. }) => return,
+            Some(RequestEvent::Failed { code, .. }) => panic!("{code}"),
+            Some(_) => {}
+            None => panic!("stream ended early"),
+        }
+    }
+}
+
+/// The request's terminal output event, once its output stream has one.
+async fn terminal(queue: &Arc<dyn Queue>, job_id: &str, within: Duration) -> OutputEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut after = 0;
+    loop {
+        for sequenced in queue.read_output(job_id, after, Duration::from_millis(50)).await.unwrap() {
+            after = sequenced.seq;
+            if sequenced.event.is_terminal() {
+                return sequenced.event;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no terminal event within {within:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn with_a_resume_grace_a_left_stream_runs_on_while_resumed_and_is_cancelled_when_its_last_reader_leaves() {
+    let (queue, supervisor) = start(Duration::from_millis(20));
+    let deps = RequestDeps { queue: queue.clone(), supervisor: supervisor.clone(), quota: None, router: None };
+    let grace = Duration::from_millis(400);
+    let spec = RequestSpec { resume_grace: Some(grace), ..spec("left", 10_000) };
+    let mut admitted = submit(spec.clone(), deps.clone()).await.unwrap();
+    first_tokens(&mut admitted.events).await;
+    drop(admitted);
+    // Another reader takes the stream over within the grace: the request runs on past it.
+    tokio::time::sleep(grace / 4).await;
+    let reader = queue.attach_reader("left").await.unwrap().expect("the stream is kept");
+    let mut resumed = resume(spec.clone(), deps.clone(), reader).await.unwrap();
+    first_tokens(&mut resumed.events).await;
+    tokio::time::sleep(grace * 2).await;
+    let events = queue.read_output("left", 0, Duration::ZERO).await.unwrap();
+    assert!(!events.iter().any(|e| e.event.is_terminal()), "still running after the first reader's grace");
+    // The resumed reader leaves too; nobody takes over: cancelled after its grace.
+    let left_at = tokio::time::Instant::now();
+    drop(resumed);
+    let end = terminal(&queue, "left", Duration::from_secs(5)).await;
+    assert!(matches!(&end, OutputEvent::Failed { code, .. } if code == "cancelled"), "{end:?}");
+    assert!(left_at.elapsed() >= grace, "not before the grace: {:?}", left_at.elapsed());
+}
+
+#[actix_rt::test]
+async fn without_a_resume_grace_a_left_stream_is_cancelled_at_once() {
+    let (queue, supervisor) = start(Duration::from_millis(20));
+    let deps = RequestDeps { queue: queue.clone(), supervisor, quota: None, router: None };
+    let mut admitted = submit(spec("direct", 10_000), deps).await.unwrap();
+    first_tokens(&mut admitted.events).await;
+    let left_at = tokio::time::Instant::now();
+    drop(admitted);
+    let end = terminal(&queue, "direct", Duration::from_secs(5)).await;
+    assert!(matches!(&end, OutputEvent::Failed { code, .. } if code == "cancelled"), "{end:?}");
+    assert!(left_at.elapsed() < Duration::from_secs(1), "{:?}", left_at.elapsed());
 }

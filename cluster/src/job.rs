@@ -29,6 +29,22 @@ pub struct Job {
     /// ([`crate::routing`]); `None`: any replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<JobRoute>,
+    /// What the gateway needs to encode the job's output again for a client that
+    /// resumes its stream (opaque to the queue; kept as long as the output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_meta: Option<String>,
+}
+
+/// Whose a job's output stream is, for a client that resumes it
+/// ([`crate::Queue::output_owner`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputOwner {
+    pub tenant: String,
+    pub deployment: String,
+    /// The job's [`Job::stream_meta`].
+    pub stream_meta: Option<String>,
+    /// How many readers attached after the first ([`crate::Queue::attach_reader`]).
+    pub readers: u64,
 }
 
 /// A job's service class (its tenant's `priority` setting). Leasing serves every waiting

@@ -47,7 +47,7 @@ pub mod redis_queue;
 pub mod replica_report;
 pub mod routing;
 
-pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, Priority, QueueDepth};
+pub use job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, OutputOwner, Priority, QueueDepth};
 pub use memory::{InMemoryQueue, InMemoryQueueConfig};
 pub use swell_protocol::{
     Constraint, FinishReason, GenerationRequest, OutputEvent, SamplingParams, SequencedEvent, TokenLogprob,

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, QueueDepth};
+use crate::job::{AdmissionLimits, Enqueued, Job, JobId, Lease, LeaseRef, OutputOwner, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
 use crate::replica_report::{PrefixBlocks, ReplicaReport};
@@ -59,6 +59,8 @@ struct JobState {
     epoch: u32,
     deliveries: u32,
     cancelled: bool,
+    /// Readers that took the output over (resumed streams).
+    readers: u64,
 }
 
 #[derive(Default)]
@@ -341,7 +343,7 @@ impl Queue for InMemoryQueue {
         state.outputs.insert(id.clone(), OutputStream::new());
         state.jobs.insert(
             id.clone(),
-            JobState { job, status: JobStatus::Waiting, epoch: 1, deliveries: 0, cancelled: false },
+            JobState { job, status: JobStatus::Waiting, epoch: 1, deliveries: 0, cancelled: false, readers: 0 },
         );
         let queue = state.deployment(&deployment);
         queue.levels[priority.rank()].push_back(id);
@@ -637,5 +639,31 @@ impl Queue for InMemoryQueue {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError> {
+        let mut state = self.state.lock();
+        state.sweep(self.config.output_retention);
+        if !state.outputs.contains_key(job_id) {
+            return Ok(None);
+        }
+        Ok(state.jobs.get(job_id).map(|job| OutputOwner {
+            tenant: job.job.tenant.clone(),
+            deployment: job.job.deployment.clone(),
+            stream_meta: job.job.stream_meta.clone(),
+            readers: job.readers,
+        }))
+    }
+
+    async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError> {
+        let mut state = self.state.lock();
+        state.sweep(self.config.output_retention);
+        if !state.outputs.contains_key(job_id) {
+            return Ok(None);
+        }
+        Ok(state.jobs.get_mut(job_id).map(|job| {
+            job.readers += 1;
+            job.readers
+        }))
     }
 }

@@ -18,6 +18,10 @@
 //! - Each job has an output stream of [`SequencedEvent`]s; `read_output` returns what
 //!   follows a sequence number, so a reader that reconnects neither misses nor repeats
 //!   an event. A cancelled job's writer learns it from `append_output`'s answer.
+//! - A client may resume a job's stream while its output is kept: `output_owner` says
+//!   whose it is (the tenant, checked by the gateway), `attach_reader` counts the
+//!   readers that took it over, so the reader a client left knows whether someone
+//!   resumed it before it cancels the job.
 //! - Replicas publish a [`ReplicaReport`] (cached prefix blocks, load) through the queue
 //!   they lease from; gateways read them to route jobs ([`crate::routing`]).
 
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
+use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, OutputOwner, QueueDepth};
 use crate::replica_report::{PrefixBlocks, ReplicaReport};
 use swell_protocol::{OutputEvent, SequencedEvent};
 
@@ -139,4 +143,12 @@ pub trait Queue: Send + Sync + 'static {
         after_seq: u64,
         block: Duration,
     ) -> Result<Vec<SequencedEvent>, QueueError>;
+
+    /// Whose the job's output stream is, while it is kept (`None`: unknown job, or its
+    /// output expired).
+    async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError>;
+
+    /// A new reader takes the job's output stream over (a client resumed it). Answers
+    /// the new [`OutputOwner::readers`] count (`None`: unknown job or expired output).
+    async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError>;
 }

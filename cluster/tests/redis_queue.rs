@@ -13,7 +13,7 @@ use std::time::Duration;
 use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
 use swell_cluster::{
     unix_millis, AdmissionLimits, AppendOutcome, Job,
-    OutputEvent, Priority, Queue, QueueError, RedisQueue, RedisQueueConfig,
+    OutputEvent, OutputOwner, Priority, Queue, QueueError, RedisQueue, RedisQueueConfig,
 };
 use common::backend::{redis_config, Backend, Settings};
 use common::{finished, job, tokens};
@@ -313,6 +313,31 @@ mod scenarios {
         assert!(failed_with(&events[0].event, "cancelled"));
     }
 
+    pub async fn a_streams_owner_and_its_readers_are_kept_with_its_output(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        let meta = Some(r#"{"kind":"chat"}"#.to_string());
+        q.enqueue(Job { tenant: "acme".into(), stream_meta: meta.clone(), ..job("a") }, LIMITS).await.unwrap();
+        q.enqueue(job("plain"), LIMITS).await.unwrap();
+        let owner = q.output_owner("a").await.unwrap().expect("a waiting job has an owner");
+        assert_eq!(owner, OutputOwner { tenant: "acme".into(), deployment: "d".into(), stream_meta: meta.clone(), readers: 0 });
+        assert_eq!(q.output_owner("plain").await.unwrap().unwrap().stream_meta, None);
+        assert_eq!(q.attach_reader("a").await.unwrap(), Some(1));
+        assert_eq!(q.attach_reader("a").await.unwrap(), Some(2));
+        assert_eq!(q.output_owner("a").await.unwrap().unwrap().readers, 2);
+        assert_eq!(q.output_owner("plain").await.unwrap().unwrap().readers, 0, "per job");
+        // Finished and acknowledged: the owner stays as long as the output.
+        let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        assert_eq!(lease.job.stream_meta, meta);
+        q.append_output(&lease.lease, vec![tokens(&[1]), finished()]).await.unwrap();
+        assert!(q.ack(&lease.lease).await.unwrap());
+        assert_eq!(q.output_owner("a").await.unwrap().unwrap().tenant, "acme");
+        assert_eq!(q.attach_reader("a").await.unwrap(), Some(3));
+        assert_eq!(q.output_owner("unknown").await.unwrap(), None);
+        assert_eq!(q.attach_reader("unknown").await.unwrap(), None, "no state is created for an unknown job");
+        assert_eq!(q.output_owner("unknown").await.unwrap(), None);
+    }
+
     pub async fn a_job_past_its_deadline_is_failed_instead_of_leased(backend: Backend) {
         let h = backend.start(Settings::default()).await;
         let q = &h.queue;
@@ -488,6 +513,7 @@ crate::conformance!(
     cancelling_a_waiting_job_removes_it_and_ends_its_stream,
     cancelling_a_leased_job_stops_its_writer_at_the_next_append,
     a_job_past_its_deadline_is_failed_instead_of_leased,
+    a_streams_owner_and_its_readers_are_kept_with_its_output,
     renew_answers_per_lease_across_deployments,
     concurrent_consumers_each_get_a_job_once,
     lease_serves_higher_priorities_first_and_oldest_first_within_one,

@@ -173,7 +173,7 @@ fn generation_status(error: &GenerationError) -> StatusCode {
         | GenerationError::MaxTokensExceedsLimit { .. }
         | GenerationError::InvalidPrompt(_) => StatusCode::BAD_REQUEST,
         GenerationError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        GenerationError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+        GenerationError::ModelNotFound(_) | GenerationError::StreamNotFound(_) => StatusCode::NOT_FOUND,
         GenerationError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
         GenerationError::QueueFull { .. }
         | GenerationError::DeploymentUnavailable { .. }

@@ -7,7 +7,7 @@
 //! # Layout
 //! - [`routes`], [`middleware`]: the route table, request ids and spans, 404/405.
 //! - [`auth`], [`json_body`], [`client_gone`], [`ratelimit_headers`]: what handlers share.
-//! - [`openai`], [`ws`], [`admin`], [`health`]: the handlers.
+//! - [`openai`], [`streams`], [`ws`], [`admin`], [`health`]: the handlers.
 //! - [`sse`], [`ws_protocol`]: SSE frames, WebSocket messages.
 //! - [`error`]: `ApiError` and its mapping to HTTP.
 
@@ -22,6 +22,7 @@ pub mod openai;
 pub mod ratelimit_headers;
 pub mod routes;
 pub mod sse;
+pub mod streams;
 pub mod ws;
 pub mod ws_protocol;
 

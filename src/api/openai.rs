@@ -5,7 +5,8 @@
 //! `model_not_found`) → validate → admit (429/503 on rejection) → answer, streamed (SSE)
 //! or collected. When the client disconnects (noticed by [`ClientGone`] in every state:
 //! queued, starting, running; streamed or collected), the event receivers are dropped,
-//! which cancels the requests and frees their quota slots.
+//! which cancels the requests and frees their quota slots (a resumable stream's after
+//! `queue.resume_grace`, unless it is resumed: [`crate::api::streams`]).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -20,7 +21,7 @@ use crate::api::middleware::request_id;
 use crate::api::ratelimit_headers::insert_rate_limit_headers;
 use crate::api::sse;
 use crate::deployments::DeploymentHandle;
-use crate::generation::admit::{start_generation, Generation};
+use crate::generation::admit::{start_generation, Delivery, Generation};
 use crate::generation::collect::{Collected, ResponseCollector};
 use crate::generation::json::parse_json;
 use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest, ModelList, ModelObject};
@@ -89,7 +90,8 @@ async fn generate<R: ModelRequest>(
     let (deployment, validated) = resolve(&state, body, bytes.len()).await?;
     let id = request_id(&request);
     let stream = validated.stream;
-    let generation = start_generation(&state, &tenant, &deployment, validated, &id, received_at).await?;
+    let delivery = if stream { Delivery::Resumable } else { Delivery::Direct };
+    let generation = start_generation(&state, &tenant, &deployment, validated, &id, received_at, delivery).await?;
     let client_gone = ClientGone::of(&request);
     if stream {
         Ok(streaming_response(generation, state.config.server.keep_alive_interval, client_gone))

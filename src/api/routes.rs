@@ -6,7 +6,7 @@ use actix_web::web;
 use crate::api::error::ApiError;
 use crate::generation::GenerationError;
 use crate::api::middleware::resource;
-use crate::api::{admin, health, openai, ws};
+use crate::api::{admin, health, openai, streams, ws};
 
 /// Registers every route (`App::configure`).
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -21,6 +21,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(resource("/v1/models/{id}").route(web::get().to(openai::get_model)))
         .service(resource("/v1/chat/completions").route(web::post().to(openai::chat_completions)))
         .service(resource("/v1/completions").route(web::post().to(openai::completions)))
+        .service(resource("/v1/streams/{id}").route(web::get().to(streams::resume)))
         .service(resource("/v1/ws").route(web::get().to(ws::websocket)))
         .service(resource("/admin/v1/deployments").route(web::get().to(admin::list_deployments)))
         .service(

@@ -3,12 +3,14 @@
 //! - waiting: comment lines (`: queued position=3`, `: starting replica ready_in=12s`),
 //!   which OpenAI clients ignore;
 //! - `: keep-alive` when nothing was sent for the keep-alive interval;
-//! - `data: {chunk}` per chunk, then `data: [DONE]`;
+//! - `data: {chunk}` per chunk, with `id: N` before it on a resumable stream (`N`: tokens
+//!   generated up to it, what `Last-Event-ID` resumes after), then `data: [DONE]`;
 //! - a failure mid-stream: `data: {"error": {...}}` and the stream ends (no `[DONE]`).
 //!
 //! The body stream owns the request's event receivers and watches the client
 //! ([`ClientGone`]): when the client goes away, the body ends at once (queued or
-//! running), the receivers are dropped and the requests are cancelled.
+//! running) and the receivers are dropped: the requests are cancelled (a resumable one
+//! once `queue.resume_grace` passed without a resume, `GET /v1/streams/{id}`).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -46,10 +48,10 @@ pub fn frame(item: &StreamItem) -> Option<String> {
             Some(lines)
         }
         StreamItem::Running { .. } => None,
-        StreamItem::Chunk(chunk) => Some(format!(
-            "data: {}\n\n",
-            serde_json::to_string(chunk).expect("chunks serialize")
-        )),
+        StreamItem::Chunk(chunk, event_id) => {
+            let id = event_id.map(|id| format!("id: {id}\n")).unwrap_or_default();
+            Some(format!("{id}data: {}\n\n", serde_json::to_string(chunk).expect("chunks serialize")))
+        }
         StreamItem::Done { .. } => Some(String::from_utf8_lossy(DONE).into_owned()),
         StreamItem::Failed(error) => Some(format!(
             "data: {}\n\n",
@@ -157,7 +159,7 @@ mod tests {
             usage: None,
         });
         assert_eq!(
-            frame(&StreamItem::Chunk(chunk)).unwrap(),
+            frame(&StreamItem::Chunk(chunk.clone(), None)).unwrap(),
             "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[]}\n\n"
         );
         let done = StreamItem::Done {
@@ -165,6 +167,8 @@ mod tests {
             finish_reason: Some("stop"),
         };
         assert_eq!(frame(&done).unwrap(), "data: [DONE]\n\n");
+        let numbered = frame(&StreamItem::Chunk(chunk, Some(7))).unwrap();
+        assert!(numbered.starts_with("id: 7\ndata: {\"id\":\"cmpl-1\""), "{numbered}");
     }
 
     #[test]
@@ -206,8 +210,8 @@ mod tests {
             true,
         )
         .await;
-        assert!(text.starts_with(": queued position=2\n\ndata: "), "{text}");
-        assert!(text.contains("\"content\":\"Hi\""), "{text}");
+        assert!(text.starts_with(": queued position=2\n\nid: 0\ndata: "), "{text}");
+        assert!(text.contains("id: 1\ndata: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}"), "{text}");
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         assert_eq!(text.matches("[DONE]").count(), 1);
     }

@@ -2,9 +2,12 @@
 //!
 //! One task reads the client's messages; each generation request runs in its own task
 //! that relays its events into the session. The connection keeps a map id → task: a
-//! `cancel` aborts the task (dropping its event receivers, which cancels the request);
-//! when the client closes or goes away, every task in flight is aborted the same way.
-//! At most [`MAX_IN_FLIGHT`] requests per connection.
+//! `cancel` cancels the request (`CancelRequest`) and aborts the task; when the client
+//! closes or goes away, every task in flight is aborted (dropping its event receivers:
+//! a request then runs on for `queue.resume_grace`, for a `resume` on another socket,
+//! and is cancelled if none comes). A `resume` relays the rest of a stream of the same
+//! tenant after the client's last `event_id` ([`crate::generation::resume`]). At most
+//! [`MAX_IN_FLIGHT`] requests per connection.
 //!
 //! The connection keeps the hash of the key it authenticated with, never the tenant:
 //! every request looks the tenant up again, so a revoked key is refused and the
@@ -16,15 +19,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
 use futures_util::StreamExt;
+use swell_actors::request::{CancelRequest, RequestActor};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::auth::authorization;
 use crate::api::error::ApiError;
-use crate::generation::admit::{new_request_id, start_generation, Generation};
+use crate::generation::admit::{new_request_id, start_generation, Delivery, Generation, TaggedEvents};
+use crate::generation::resume::resume_stream;
 use crate::generation::json::from_value;
 use crate::generation::resolve::resolve;
 use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest};
@@ -73,7 +79,11 @@ pub async fn websocket(
 struct InFlight {
     serial: u64,
     task: JoinHandle<()>,
+    /// The request actors, once admitted (a `cancel` cancels them).
+    handles: RequestHandles,
 }
+
+type RequestHandles = Rc<RefCell<Vec<Addr<RequestActor>>>>;
 
 type InFlightMap = Rc<RefCell<HashMap<String, InFlight>>>;
 
@@ -176,7 +186,9 @@ impl Connection {
                 let entry = self.in_flight.borrow_mut().remove(&id);
                 let error = match entry {
                     Some(entry) => {
-                        // Dropping the task drops its receivers: the request is cancelled.
+                        for handle in entry.handles.borrow().iter() {
+                            handle.do_send(CancelRequest);
+                        }
                         entry.task.abort();
                         metrics::websocket_request("cancelled");
                         GenerationError::Failed { code: "cancelled".into(), message: "the request was cancelled".into() }.into()
@@ -188,7 +200,14 @@ impl Connection {
             Ok(ClientMessage::Generate { id, kind, request }) => match self.admit(&id) {
                 Err(error) => self.send(ServerFrame::error(Some(id), &error)).await,
                 Ok(tenant) => {
-                    self.spawn_request(id, kind, request, text.len(), tenant);
+                    self.spawn_request(id, Start::Generate { kind, request, size: text.len() }, tenant);
+                    true
+                }
+            },
+            Ok(ClientMessage::Resume { id, request_id, after }) => match self.admit(&id) {
+                Err(error) => self.send(ServerFrame::error(Some(id), &error)).await,
+                Ok(tenant) => {
+                    self.spawn_request(id, Start::Resume { request_id, after }, tenant);
                     true
                 }
             },
@@ -213,26 +232,27 @@ impl Connection {
         Ok(tenant)
     }
 
-    fn spawn_request(
-        &mut self,
-        id: String,
-        kind: GenerationKind,
-        request: serde_json::Value,
-        size: usize,
-        tenant: TenantHandle,
-    ) {
+    fn spawn_request(&mut self, id: String, start: Start, tenant: TenantHandle) {
         self.next_serial += 1;
         let serial = self.next_serial;
+        let handles = RequestHandles::default();
         let relay = RequestRelay {
             state: self.state.clone(),
             session: self.session.clone(),
             id: id.clone(),
             in_flight: self.in_flight.clone(),
             serial,
+            handles: handles.clone(),
         };
-        let task = actix_rt::spawn(relay.run(kind, request, size, tenant));
-        self.in_flight.borrow_mut().insert(id, InFlight { serial, task });
+        let task = actix_rt::spawn(relay.run(start, tenant));
+        self.in_flight.borrow_mut().insert(id, InFlight { serial, task, handles });
     }
+}
+
+/// What a relay starts: a new generation, or the rest of a stream.
+enum Start {
+    Generate { kind: GenerationKind, request: serde_json::Value, size: usize },
+    Resume { request_id: String, after: u64 },
 }
 
 /// Runs one request of a connection and relays its stream as frames.
@@ -242,11 +262,24 @@ struct RequestRelay {
     id: String,
     in_flight: InFlightMap,
     serial: u64,
+    handles: RequestHandles,
 }
 
 impl RequestRelay {
-    async fn run(mut self, kind: GenerationKind, request: serde_json::Value, size: usize, tenant: TenantHandle) {
-        let outcome = self.relay(kind, request, size, tenant).await;
+    async fn run(mut self, start: Start, tenant: TenantHandle) {
+        let outcome = match start {
+            Start::Generate { kind, request, size } => self.relay(kind, request, size, tenant).await,
+            Start::Resume { request_id, after } => match resume_stream(&self.state, &tenant, &request_id, after).await {
+                Ok(resumed) => {
+                    self.handles.borrow_mut().push(resumed.handle);
+                    self.forward(resumed.events, resumed.encoder).await
+                }
+                Err(error) => {
+                    self.send(ServerFrame::error(Some(self.id.clone()), &error.into())).await;
+                    "rejected"
+                }
+            },
+        };
         metrics::websocket_request(outcome);
         let mut in_flight = self.in_flight.borrow_mut();
         if in_flight.get(&self.id).is_some_and(|entry| entry.serial == self.serial) {
@@ -273,9 +306,13 @@ impl RequestRelay {
                 return "rejected";
             }
         };
-        let mut events = generation.events;
-        let mut encoder = StreamEncoder::new(generation.meta, &generation.validated.prompts);
-        let _handles = generation.handles;
+        let encoder = StreamEncoder::new(generation.meta, &generation.validated.prompts);
+        *self.handles.borrow_mut() = generation.handles;
+        self.forward(generation.events, encoder).await
+    }
+
+    /// Relays events as frames until the stream ends or the socket closes.
+    async fn forward(&mut self, mut events: TaggedEvents, mut encoder: StreamEncoder) -> &'static str {
         loop {
             let items = match events.next().await {
                 Some((index, event)) => encoder.on_event(index, event),
@@ -311,6 +348,6 @@ impl RequestRelay {
             GenerationKind::Chat => resolve(&self.state, from_value::<ChatCompletionRequest>(request)?, size).await?,
             GenerationKind::Completion => resolve(&self.state, from_value::<CompletionRequest>(request)?, size).await?,
         };
-        Ok(start_generation(&self.state, tenant, &deployment, validated, &new_request_id(), received_at).await?)
+        Ok(start_generation(&self.state, tenant, &deployment, validated, &new_request_id(), received_at, Delivery::Resumable).await?)
     }
 }

@@ -4,6 +4,9 @@
 //! Client → server (JSON text frames):
 //! - `{"id": "a", "type": "chat.completion" | "completion", "request": {OpenAI body}}`
 //! - `{"id": "a", "type": "cancel"}`
+//! - `{"id": "a", "type": "resume", "request_id": "chatcmpl-...", "after": 17}`: the rest
+//!   of a stream (of this tenant, possibly started on another socket) after the chunk
+//!   whose `event_id` was `after`
 //! - `{"type": "auth", "api_key": "sk-swell-..."}` (when the upgrade had no
 //!   `Authorization` header)
 //!
@@ -11,7 +14,8 @@
 //! - `{"id", "type": "status", "status": "queued", "position": 3}`
 //! - `{"id", "type": "status", "status": "starting", "position": 1, "ready_in_seconds": 12.0}`
 //! - `{"id", "type": "status", "status": "running", "replica": "..."}`
-//! - `{"id", "type": "chunk", "chunk": {OpenAI chunk}}`
+//! - `{"id", "type": "chunk", "chunk": {OpenAI chunk}, "event_id": 17}` (`event_id`:
+//!   tokens generated so far, on resumable streams)
 //! - `{"id", "type": "done", "usage": {...}, "finish_reason": "stop"}`
 //! - `{"id", "type": "error", "error": {"message", "type", "code", "param"}}` (no `id` when
 //!   the message it answers had none, e.g. invalid JSON)
@@ -35,6 +39,8 @@ pub const MAX_ID_LENGTH: usize = 256;
 pub enum ClientMessage {
     Generate { id: String, kind: GenerationKind, request: Value },
     Cancel { id: String },
+    /// Resume stream `request_id` after event id `after`, as request `id`.
+    Resume { id: String, request_id: String, after: u64 },
     Auth { api_key: String },
 }
 
@@ -86,6 +92,20 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
             Ok(ClientMessage::Generate { id, kind, request })
         }
         "cancel" => Ok(ClientMessage::Cancel { id: require_id()? }),
+        "resume" => {
+            let id = require_id()?;
+            let request_id = match object.remove("request_id") {
+                Some(Value::String(request_id)) if request_id.len() <= MAX_ID_LENGTH => request_id,
+                _ => return Err(reject(ApiError::InvalidMessage("a `resume` message needs a string `request_id`".into()))),
+            };
+            let after = match object.remove("after") {
+                None | Some(Value::Null) => 0,
+                Some(value) => value.as_u64().ok_or_else(|| {
+                    reject(ApiError::InvalidMessage("`after` must be a non-negative integer (an `event_id`)".into()))
+                })?,
+            };
+            Ok(ClientMessage::Resume { id, request_id, after })
+        }
         "auth" => match object.remove("api_key") {
             Some(Value::String(api_key)) => Ok(ClientMessage::Auth { api_key }),
             _ => Err(reject(ApiError::InvalidMessage("an `auth` message needs a string `api_key`".into()))),
@@ -124,6 +144,9 @@ pub enum ServerFrame {
     Chunk {
         id: String,
         chunk: ResponseChunk,
+        /// Tokens generated up to this chunk: what a `resume` continues after.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event_id: Option<u64>,
     },
     Done {
         id: String,
@@ -161,7 +184,7 @@ impl ServerFrame {
             }
             StreamItem::Waiting { position: None, starting: false, .. } => None,
             StreamItem::Running { replica } => Some(ServerFrame::Status { id, status: WsStatus::Running { replica } }),
-            StreamItem::Chunk(chunk) => Some(ServerFrame::Chunk { id, chunk }),
+            StreamItem::Chunk(chunk, event_id) => Some(ServerFrame::Chunk { id, chunk, event_id }),
             StreamItem::Done { usage, finish_reason } => Some(ServerFrame::Done { id, usage, finish_reason }),
             StreamItem::Failed(error) => Some(ServerFrame::error(Some(id), &error.into())),
         }
@@ -182,6 +205,40 @@ mod tests {
 
     fn rejected(text: &str) -> Rejection {
         parse_client_message(text).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn a_resume_names_the_stream_and_the_last_event() {
+        assert_eq!(
+            parse_client_message(r#"{"id": "r", "type": "resume", "request_id": "chatcmpl-x", "after": 7}"#).unwrap(),
+            ClientMessage::Resume { id: "r".into(), request_id: "chatcmpl-x".into(), after: 7 }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"id": "r", "type": "resume", "request_id": "req-x"}"#).unwrap(),
+            ClientMessage::Resume { id: "r".into(), request_id: "req-x".into(), after: 0 }
+        );
+        for bad in [
+            r#"{"id": "r", "type": "resume"}"#,
+            r#"{"id": "r", "type": "resume", "request_id": "req-x", "after": -1}"#,
+            r#"{"type": "resume", "request_id": "req-x"}"#,
+        ] {
+            assert!(parse_client_message(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_frame_carries_its_event_id() {
+        let chunk = ResponseChunk::Text(crate::generation::openai_types::TextCompletion {
+            id: "cmpl-1".into(),
+            object: crate::generation::openai_types::TEXT_COMPLETION,
+            created: 1,
+            model: "m".into(),
+            choices: vec![],
+            usage: None,
+        });
+        let frame = ServerFrame::from_item("a", StreamItem::Chunk(chunk, Some(5))).unwrap();
+        let value: Value = serde_json::from_str(&frame.to_text()).unwrap();
+        assert_eq!(value["event_id"], 5, "{value}");
     }
 
     #[test]
@@ -254,7 +311,7 @@ mod tests {
             choices: vec![],
             usage: None,
         };
-        let chunk = ServerFrame::from_item("a", StreamItem::Chunk(ResponseChunk::Text(text))).unwrap();
+        let chunk = ServerFrame::from_item("a", StreamItem::Chunk(ResponseChunk::Text(text), None)).unwrap();
         assert_eq!(
             serde_json::to_value(&chunk).unwrap(),
             json!({"id": "a", "type": "chunk", "chunk": {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m", "choices": []}})

@@ -28,6 +28,11 @@ pub struct QueueConfig {
     /// Redis the same role is `cluster.output_ttl`.
     #[serde(with = "humantime_serde")]
     pub output_retention: Duration,
+    /// How long a streamed request (SSE, WebSocket) runs on after its client went away,
+    /// waiting for the client to resume the stream (`GET /v1/streams/{id}`); cancelled
+    /// if nobody did by then. `"0s"`: cancelled at once.
+    #[serde(with = "humantime_serde")]
+    pub resume_grace: Duration,
 }
 
 impl Default for QueueConfig {
@@ -37,6 +42,7 @@ impl Default for QueueConfig {
             lease_ttl: Duration::from_secs(30),
             drain_grace: Duration::from_secs(5 * 60),
             output_retention: Duration::from_secs(60),
+            resume_grace: Duration::from_secs(10),
         }
     }
 }
@@ -52,6 +58,7 @@ impl QueueConfig {
             ("queue.lease_ttl", self.lease_ttl),
             ("queue.drain_grace", self.drain_grace),
             ("queue.output_retention", self.output_retention),
+            ("queue.resume_grace", self.resume_grace),
         ] {
             errors.extend(super::server::at_most(key, value, MAX_SERVER_DURATION));
         }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::generation::error::GenerationError;
+use crate::generation::resume::{resume_grace, StreamMeta};
 use crate::generation::stream_encoder::ResponseMeta;
 use crate::generation::validate::ValidatedRequest;
 use crate::deployments::{unix_seconds, DeploymentHandle};
@@ -55,6 +56,16 @@ fn rejection_error(deployment: &str, rejected: Rejected) -> GenerationError {
     }
 }
 
+/// How a client reads a generation's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A stream the client may resume (SSE, WebSocket): a single-choice request
+    /// outlives its client by `queue.resume_grace` ([`crate::generation::resume`]).
+    Resumable,
+    /// The client's leaving cancels the request at once (a collected answer, the ingress).
+    Direct,
+}
+
 /// Admits every prompt of `validated` as its own job. All or nothing: if one is
 /// rejected, the ones already admitted are cancelled (their receivers dropped).
 pub async fn start_generation(
@@ -64,8 +75,9 @@ pub async fn start_generation(
     validated: ValidatedRequest,
     request_id: &str,
     received_at: Instant,
+    delivery: Delivery,
 ) -> Result<Generation, GenerationError> {
-    generation(state, tenant, deployment, validated, request_id, received_at, false).await
+    generation(state, tenant, deployment, validated, request_id, received_at, Some(delivery)).await
 }
 
 /// The jobs of a request another gateway admitted as `request_id` (same validated
@@ -78,7 +90,7 @@ pub async fn attach_generation(
     validated: ValidatedRequest,
     request_id: &str,
 ) -> Result<Generation, GenerationError> {
-    generation(state, tenant, deployment, validated, request_id, Instant::now(), true).await
+    generation(state, tenant, deployment, validated, request_id, Instant::now(), None).await
 }
 
 async fn generation(
@@ -88,8 +100,10 @@ async fn generation(
     validated: ValidatedRequest,
     request_id: &str,
     received_at: Instant,
-    attached: bool,
+    // `None`: attach to jobs admitted by another gateway.
+    delivery: Option<Delivery>,
 ) -> Result<Generation, GenerationError> {
+    let attached = delivery.is_none();
     if state.is_shutting_down() {
         return Err(GenerationError::ShuttingDown);
     }
@@ -111,6 +125,13 @@ async fn generation(
     let session = validated.session.as_deref().map(|key| session_key(&tenant.id, key));
     let requests = validated.generation_requests();
     let several = requests.len() > 1;
+    let created = unix_seconds();
+    let stream_meta = StreamMeta::of(&validated, created);
+    let resume_grace = match delivery {
+        Some(Delivery::Resumable) if stream_meta.is_some() => resume_grace(state),
+        Some(Delivery::Resumable | Delivery::Direct) | None => None,
+    };
+    let stream_meta = stream_meta.map(|meta| meta.to_json());
     let (priority, reserved_slot) = if attached {
         (tenant.capacity.priority, None)
     } else {
@@ -137,6 +158,8 @@ async fn generation(
             max_queue_depth,
             priority,
             received_at,
+            stream_meta: stream_meta.clone(),
+            resume_grace,
         };
         let deps = deps.clone();
         async move {
@@ -181,7 +204,7 @@ async fn generation(
         .boxed();
     let meta = ResponseMeta {
         id: ResponseMeta::response_id(validated.kind, request_id),
-        created: unix_seconds(),
+        created,
         model: deployment.name.clone(),
         kind: validated.kind,
         include_usage: validated.include_usage,

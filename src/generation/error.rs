@@ -42,6 +42,10 @@ pub enum GenerationError {
     InvalidPrompt(String),
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
+    /// No stream of this id to resume: unknown, expired or another tenant's (one answer
+    /// for all three, so a tenant learns nothing of another's requests).
+    #[error("no stream `{0}` to resume (unknown, expired, or not resumable)")]
+    StreamNotFound(String),
 
     // -- admission ------------------------------------------------------------------------
     /// A tenant quota refused the request.
@@ -94,6 +98,7 @@ impl GenerationError {
             GenerationError::BodyTooLarge { .. } => "request_body_too_large",
             GenerationError::InvalidPrompt(_) => "invalid_prompt",
             GenerationError::ModelNotFound(_) => "model_not_found",
+            GenerationError::StreamNotFound(_) => "stream_not_found",
             GenerationError::Quota(rejection) => match (rejection.limit, rejection.retry_after) {
                 (_, None) => "request_too_large",
                 (LimitKind::ConcurrentRequests, Some(_)) => "concurrency_limit_exceeded",

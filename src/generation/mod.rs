@@ -21,6 +21,7 @@
 //! - [`resolve`]: the deployment of a request, and validation against it.
 //! - [`admit`]: admission (quota, queue) and the merged event stream.
 //! - [`stream_encoder`], [`collect`]: events into chunks, or into one response.
+//! - [`resume`]: a stream resumed after the last event its client received.
 
 pub mod admit;
 pub mod collect;
@@ -29,6 +30,7 @@ pub mod fields;
 pub mod json;
 pub mod openai_types;
 pub mod resolve;
+pub mod resume;
 pub mod stream_encoder;
 pub mod structured;
 pub mod validate;

@@ -3,6 +3,10 @@
 //! usage, or a failure. The SSE framing ([`crate::api::sse`]) and the WebSocket framing
 //! ([`crate::api::ws_protocol`]) each render these items their own way.
 //!
+//! A single-choice stream numbers its chunks: each carries its *event id*, the number of
+//! tokens generated up to and including it, which a client that reconnects gives back
+//! to resume after it (`crate::generation::resume`).
+//!
 //! A plain struct with synchronous tests: events in, items out.
 
 use std::time::Duration;
@@ -11,6 +15,7 @@ use swell_actors::request::RequestEvent;
 use swell_cluster::{FinishReason, TokenLogprob, Usage};
 
 use crate::generation::error::GenerationError;
+use crate::generation::resume::ResumeFilter;
 use crate::generation::openai_types::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionLogprobs,
     ResponseChunk, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION_CHUNK,
@@ -49,8 +54,9 @@ pub enum StreamItem {
     Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration> },
     /// A replica took one of the request's jobs.
     Running { replica: String },
-    /// An OpenAI chunk (`chat.completion.chunk` or `text_completion`).
-    Chunk(ResponseChunk),
+    /// An OpenAI chunk (`chat.completion.chunk` or `text_completion`), with its event id
+    /// (tokens generated so far, this chunk's included) when the stream is resumable.
+    Chunk(ResponseChunk, Option<u64>),
     /// Every choice finished; `usage` is summed over them.
     Done { usage: UsageBody, finish_reason: Option<&'static str> },
     /// The request failed; nothing follows.
@@ -72,6 +78,8 @@ struct ChoiceState {
     echo: Option<EchoPrompt>,
     /// Character offset of the next token in the choice's text.
     offset: u32,
+    /// Tokens generated so far (the event id of its chunks).
+    tokens: u64,
     finished: Option<(FinishReason, Usage)>,
 }
 
@@ -83,6 +91,10 @@ pub struct StreamEncoder {
     /// Position, starting, whether the start-up estimate is known: what was last told.
     last_waiting: Option<(Option<u64>, bool, bool)>,
     ended: bool,
+    /// Whether chunks carry event ids (a single choice without echo: resumable).
+    event_ids: bool,
+    /// A resumed stream: what the client already had, skipped.
+    resume: Option<ResumeFilter>,
 }
 
 impl StreamEncoder {
@@ -94,8 +106,24 @@ impl StreamEncoder {
                 counts_prompt: prompt.choice == 0,
                 ..ChoiceState::default()
             })
-            .collect();
-        Self { meta, choices, last_waiting: None, ended: false }
+            .collect::<Vec<_>>();
+        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none();
+        Self { meta, choices, last_waiting: None, ended: false, event_ids, resume: None }
+    }
+
+    /// The encoder of a resumed single-choice stream whose client had the chunks up to
+    /// event id `after`, fed the stream's events from its start: it skips the tokens the
+    /// client had (counting their text for completions' `text_offset`), and does not tell
+    /// the assistant role (chat) again unless `after` is 0.
+    pub fn resumed(meta: ResponseMeta, after: u64) -> Self {
+        let choice = ChoiceState { counts_prompt: true, role_sent: after > 0, tokens: after, ..ChoiceState::default() };
+        let resume = Some(ResumeFilter::new(after));
+        Self { meta, choices: vec![choice], last_waiting: None, ended: false, event_ids: true, resume }
+    }
+
+    /// Whether the stream's chunks carry event ids (it can be resumed).
+    pub fn resumable(&self) -> bool {
+        self.event_ids
     }
 
     pub fn meta(&self) -> &ResponseMeta {
@@ -111,6 +139,21 @@ impl StreamEncoder {
     pub fn on_event(&mut self, index: usize, event: RequestEvent) -> Vec<StreamItem> {
         if self.ended || index >= self.choices.len() {
             return Vec::new();
+        }
+        if let Some(resume) = &mut self.resume {
+            match resume.passes(&event) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let RequestEvent::Tokens { text, .. } = &event {
+                        self.choices[index].offset += text.chars().count() as u32;
+                    }
+                    return Vec::new();
+                }
+                Err(error) => {
+                    self.ended = true;
+                    return vec![StreamItem::Failed(error)];
+                }
+            }
         }
         let mut items = Vec::new();
         match event {
@@ -132,8 +175,9 @@ impl StreamEncoder {
                     items.push(chunk);
                 }
             }
-            RequestEvent::Tokens { text, token_ids: _, logprobs } => {
+            RequestEvent::Tokens { text, token_ids, logprobs } => {
                 self.open_choice(index, &mut items);
+                self.choices[index].tokens += token_ids.len() as u64;
                 if text.is_empty() && logprobs.as_ref().is_none_or(Vec::is_empty) {
                     return items;
                 }
@@ -272,6 +316,10 @@ impl StreamEncoder {
         self.meta.include_usage.then_some(None)
     }
 
+    fn event_id(&self, index: usize) -> Option<u64> {
+        self.event_ids.then(|| self.choices[index].tokens)
+    }
+
     fn chat_chunk(
         &self,
         index: usize,
@@ -287,7 +335,7 @@ impl StreamEncoder {
             choices: vec![ChatChunkChoice { index: index as u32, delta, logprobs, finish_reason }],
             usage: self.usage_field(),
         };
-        StreamItem::Chunk(ResponseChunk::Chat(chunk))
+        StreamItem::Chunk(ResponseChunk::Chat(chunk), self.event_id(index))
     }
 
     fn text_chunk(
@@ -305,7 +353,7 @@ impl StreamEncoder {
             choices: vec![TextChoice { index: index as u32, text, logprobs, finish_reason }],
             usage: self.usage_field(),
         };
-        StreamItem::Chunk(ResponseChunk::Text(chunk))
+        StreamItem::Chunk(ResponseChunk::Text(chunk), self.event_id(index))
     }
 
     /// The last chunk with `stream_options.include_usage`: no choices, the usage.
@@ -328,7 +376,7 @@ impl StreamEncoder {
                 usage: Some(Some(usage)),
             }),
         };
-        StreamItem::Chunk(chunk)
+        StreamItem::Chunk(chunk, self.event_id(0))
     }
 }
 
@@ -360,7 +408,7 @@ pub(crate) mod tests {
 
     fn chunk(item: &StreamItem) -> Value {
         match item {
-            StreamItem::Chunk(chunk) => serde_json::to_value(chunk).unwrap(),
+            StreamItem::Chunk(chunk, _) => serde_json::to_value(chunk).unwrap(),
             other => panic!("expected a chunk, got {other:?}"),
         }
     }
@@ -479,6 +527,76 @@ pub(crate) mod tests {
         let items = encoder.on_event(0, tokens(" hi"));
         assert_eq!(chunk(&items[0])["choices"][0]["text"], "say");
         assert_eq!(chunk(&items[1])["choices"][0]["text"], " hi");
+    }
+
+    fn event_id(item: &StreamItem) -> Option<u64> {
+        match item {
+            StreamItem::Chunk(_, id) => *id,
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_single_choice_numbers_its_chunks_by_tokens() {
+        let mut encoder = StreamEncoder::new(meta(GenerationKind::Chat, true, false), &[prompt(None)]);
+        assert!(encoder.resumable());
+        let started = encoder.on_event(0, RequestEvent::Started { replica: "r".into() });
+        assert_eq!(event_id(&started[1]), Some(0), "the role chunk comes before any token");
+        let two = RequestEvent::Tokens { text: "ab".into(), token_ids: vec![1, 2], logprobs: None };
+        assert_eq!(event_id(&encoder.on_event(0, two)[0]), Some(2));
+        // A token whose character is incomplete sends nothing but still counts.
+        let partial = RequestEvent::Tokens { text: String::new(), token_ids: vec![3], logprobs: None };
+        assert!(encoder.on_event(0, partial).is_empty());
+        assert_eq!(event_id(&encoder.on_event(0, tokens("c"))[0]), Some(4));
+        let end = encoder.on_event(0, finished(4));
+        assert_eq!(event_id(&end[0]), Some(4), "the finish chunk");
+        assert_eq!(event_id(&end[1]), Some(4), "the usage chunk");
+    }
+
+    #[test]
+    fn several_choices_or_an_echo_carry_no_event_ids() {
+        let mut several = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None), prompt(None)]);
+        assert!(!several.resumable());
+        assert_eq!(event_id(&several.on_event(1, tokens("a"))[1]), None);
+        let echo = EchoPrompt { text: "say".into(), token_texts: vec![] };
+        let echoed = StreamEncoder::new(meta(GenerationKind::Completion, false, false), &[prompt(Some(echo))]);
+        assert!(!echoed.resumable());
+    }
+
+    #[test]
+    fn a_resumed_stream_skips_what_the_client_had_and_continues_the_numbering() {
+        let mut encoder = StreamEncoder::resumed(meta(GenerationKind::Chat, false, false), 5);
+        let started = encoder.on_event(0, RequestEvent::Started { replica: "r".into() });
+        assert_eq!(started, [StreamItem::Running { replica: "r".into() }], "no role chunk again");
+        let had = RequestEvent::Tokens { text: "abcde".into(), token_ids: vec![1, 2, 3, 4, 5], logprobs: None };
+        assert!(encoder.on_event(0, had).is_empty(), "the client had these");
+        let token = encoder.on_event(0, tokens("x"));
+        assert_eq!(token.len(), 1);
+        assert_eq!(event_id(&token[0]), Some(6));
+        assert_eq!(chunk(&token[0])["choices"][0]["delta"]["content"], "x");
+        let from_start = StreamEncoder::resumed(meta(GenerationKind::Chat, false, false), 0)
+            .on_event(0, RequestEvent::Started { replica: "r".into() });
+        assert_eq!(chunk(&from_start[1])["choices"][0]["delta"]["role"], "assistant");
+    }
+
+    #[test]
+    fn a_resumed_completion_counts_the_skipped_text_in_its_offsets() {
+        let mut encoder = StreamEncoder::resumed(meta(GenerationKind::Completion, false, true), 2);
+        let lp = |token: &str| TokenLogprob { token: token.into(), token_id: 1, logprob: -0.5, top: vec![] };
+        let had = RequestEvent::Tokens { text: "ab".into(), token_ids: vec![1, 2], logprobs: Some(vec![lp("a"), lp("b")]) };
+        assert!(encoder.on_event(0, had).is_empty());
+        let next = RequestEvent::Tokens { text: "c".into(), token_ids: vec![3], logprobs: Some(vec![lp("c")]) };
+        let items = encoder.on_event(0, next);
+        assert_eq!(chunk(&items[0])["choices"][0]["logprobs"]["text_offset"], json!([2]));
+    }
+
+    #[test]
+    fn a_resume_after_a_point_inside_an_event_fails_the_stream() {
+        let mut encoder = StreamEncoder::resumed(meta(GenerationKind::Chat, false, false), 1);
+        let two = RequestEvent::Tokens { text: "ab".into(), token_ids: vec![1, 2], logprobs: None };
+        let items = encoder.on_event(0, two);
+        assert!(matches!(&items[..], [StreamItem::Failed(error)] if error.param() == Some("Last-Event-ID")), "{items:?}");
+        assert!(encoder.ended());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::{IngressConfig, IngressStats};
 use crate::generation::collect::{Collected, ResponseCollector};
 use crate::api::error::ApiError;
 use crate::generation::GenerationError;
-use crate::generation::admit::{attach_generation, new_request_id, start_generation, Generation};
+use crate::generation::admit::{attach_generation, new_request_id, start_generation, Delivery, Generation};
 use crate::generation::json::{from_value, strip_position};
 use crate::generation::resolve::resolve;
 use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest};
@@ -319,7 +319,7 @@ impl EntryContext {
                 Err(error) => Err(error.into()),
             };
         }
-        match start_generation(state, &tenant, &deployment, validated, &request_id, received_at).await {
+        match start_generation(state, &tenant, &deployment, validated, &request_id, received_at, Delivery::Direct).await {
             Ok(generation) => Ok(Admission::New(generation)),
             Err(error) => {
                 // Not admitted: the id may be tried again (after a 429, say).

@@ -82,7 +82,7 @@ pub fn error_data(error: &IngressError) -> Value {
 /// The reply of a stream item (`None`: nothing to tell).
 pub fn item_reply(item: StreamItem) -> Option<(ReplyKind, Value)> {
     match item {
-        StreamItem::Chunk(chunk) => {
+        StreamItem::Chunk(chunk, _) => {
             Some((ReplyKind::Chunk, serde_json::to_value(&chunk).expect("chunks serialize")))
         }
         StreamItem::Done { usage, finish_reason } => {

@@ -48,7 +48,9 @@
 //! the job id, find it):
 //! - `P:{job:J}:state`: hash `epoch`, `status` (`waiting` | `leased` | `done`),
 //!   `consumer`, `cancelled`, `deployment`, `last_seq`, `finished`. The authority on
-//!   what may be written to the output stream (the fence).
+//!   what may be written to the output stream (the fence). Also, for a client that
+//!   resumes the stream: `tenant`, `meta` (the gateway's stream metadata) and
+//!   `readers` (readers that took the output over).
 //! - `P:{job:J}:out`: the output stream; entry id `0-<seq>`, fields `e` (epoch) and `v`
 //!   (the [`OutputEvent`] as JSON). `read_output` is `XRANGE`/`XREAD BLOCK` from
 //!   `0-<after_seq>`: no miss, no repeat.
@@ -143,7 +145,7 @@ use tokio::time::Instant;
 
 pub use self::config::RedisQueueConfig;
 use self::scripts::Scripts;
-use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, QueueDepth};
+use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, OutputOwner, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
 use crate::replica_report::{PrefixBlocks, ReplicaReport};
@@ -459,7 +461,11 @@ impl Queue for RedisQueue {
     async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
         let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
         let mut create = self.job_call(&self.scripts.job_create, &job.id);
-        create.arg(&job.deployment).arg(self.config.job_max_age.as_millis().max(1) as u64);
+        create
+            .arg(&job.deployment)
+            .arg(self.config.job_max_age.as_millis().max(1) as u64)
+            .arg(&job.tenant)
+            .arg(job.stream_meta.as_deref().unwrap_or_default());
         if self.invoke::<i64>(&create).await? == 0 {
             return Err(QueueError::DuplicateJob(job.id));
         }
@@ -783,6 +789,29 @@ impl Queue for RedisQueue {
                 parse_entries(entries)
             }
         }
+    }
+
+    async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError> {
+        let mut command = redis::cmd("HMGET");
+        command.arg(self.job_keys(job_id).state).arg("tenant").arg("deployment").arg("meta").arg("readers");
+        let fields: Vec<Option<String>> = self.query(&command).await?;
+        let [Some(tenant), Some(deployment), meta, readers] = <[Option<String>; 4]>::try_from(fields)
+            .map_err(|_| malformed("job state"))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(OutputOwner {
+            tenant,
+            deployment,
+            stream_meta: meta.filter(|meta| !meta.is_empty()),
+            readers: readers.and_then(|r| r.parse().ok()).unwrap_or(0),
+        }))
+    }
+
+    async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError> {
+        let call = self.job_call(&self.scripts.job_attach_reader, job_id);
+        let readers: i64 = self.invoke(&call).await?;
+        Ok(u64::try_from(readers).ok())
     }
 }
 

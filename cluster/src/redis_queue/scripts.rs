@@ -93,8 +93,9 @@ const DEPLOYMENT_DEPTH: &str = concat!(deployment_prelude!(), include_str!("lua/
 /// waiting.
 const DEPLOYMENT_POSITION: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_position.lua"));
 
-/// Create a job's state (`ARGV[1]` deployment, `ARGV[2]` max age ms). Answers 0 if a job
-/// with this id exists.
+/// Create a job's state (`ARGV[1]` deployment, `ARGV[2]` max age ms, `ARGV[3]` tenant,
+/// `ARGV[4]` the gateway's stream metadata, or empty). Answers 0 if a job with this id
+/// exists.
 const JOB_CREATE: &str = include_str!("lua/job_create.lua");
 
 /// A consumer starts a delivery (`ARGV[1]` epoch, `ARGV[2]` consumer, `ARGV[3]` the
@@ -123,6 +124,10 @@ const JOB_DONE: &str = concat!(job_prelude!(), include_str!("lua/job_done.lua"))
 /// for its writer) or `{'none'}` (unknown or already ended).
 const JOB_CANCEL: &str = concat!(job_prelude!(), include_str!("lua/job_cancel.lua"));
 
+/// A reader takes the job's output over (a resumed stream): answers the new `readers`
+/// count, or -1 when the job's state is gone (expired) or has no owner.
+const JOB_ATTACH_READER: &str = include_str!("lua/job_attach_reader.lua");
+
 /// The scripts, hashed once.
 pub(super) struct Scripts {
     pub deployment_enqueue: Script,
@@ -142,6 +147,7 @@ pub(super) struct Scripts {
     pub job_fail: Script,
     pub job_done: Script,
     pub job_cancel: Script,
+    pub job_attach_reader: Script,
 }
 
 impl Scripts {
@@ -164,6 +170,7 @@ impl Scripts {
             job_fail: Script::new(JOB_FAIL),
             job_done: Script::new(JOB_DONE),
             job_cancel: Script::new(JOB_CANCEL),
+            job_attach_reader: Script::new(JOB_ATTACH_READER),
         }
     }
 }

@@ -17,6 +17,7 @@ pub fn job(id: &str) -> Job {
         deadline_ms: None,
         priority: Priority::Normal,
         route: None,
+        stream_meta: None,
     }
 }
 
