@@ -79,6 +79,22 @@ impl Handler<WorkStarted> for DeploymentSupervisor {
     }
 }
 
+/// A job held a replica's slot for `held` (its `Started` to its end): the measured
+/// service time of wait estimates.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkFinished {
+    pub held: Duration,
+}
+
+impl Handler<WorkFinished> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkFinished, _: &mut Context<Self>) {
+        self.wait.job_finished(msg.held);
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "DeploymentStatus")]
 pub struct ObserveDeployment;

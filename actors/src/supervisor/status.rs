@@ -8,6 +8,7 @@ use serde::Serialize;
 use swell_autoscaler::{AutoscalingPolicy, Decision, DecisionRecord, LoadAverages, ScaleDirection};
 use swell_workers::{ColdStartReport, EngineDescription};
 
+use crate::wait_estimate::{WaitEstimate, WaitInputs};
 use crate::worker::ReplicaState;
 
 /// One recorded change of the replica count.
@@ -96,11 +97,37 @@ pub struct ReplicaFailure {
     pub message: String,
 }
 
-/// Whether a request waiting for capacity has a replica coming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a request waiting for capacity has a replica coming, and what its wait is
+/// estimated from.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Readiness {
     pub ready: u32,
     pub starting: u32,
-    /// Expected time until the oldest starting replica is ready.
+    /// Expected time until the soonest starting replica is ready (measured cold start
+    /// minus its age).
     pub ready_in: Option<Duration>,
+    /// The deployment's state for [`WaitEstimate`](crate::wait_estimate::WaitEstimate).
+    pub wait: WaitInputs,
+    /// On a gateway that runs no replicas: `wait` has no replicas yet, they are to be
+    /// read from the replicas' reports ([`Readiness::with_reported_slots`]).
+    pub reported: bool,
+}
+
+impl Readiness {
+    /// Expected wait of the request at `position` (1-based).
+    pub fn eta(&self, position: u64) -> Option<Duration> {
+        WaitEstimate::wait(&self.wait, position)
+    }
+
+    /// A gateway's view: the slots the replicas report (free, running) across the
+    /// cluster. With none reported, `wait` keeps the replica it takes as starting now
+    /// (the leader starts one for work queued at zero) with the expected cold start.
+    pub fn with_reported_slots(mut self, free: u64, busy: u64) -> Self {
+        if free + busy > 0 {
+            self.wait.free_slots = free;
+            self.wait.busy_slots = busy;
+            self.wait.starting_ready_in.clear();
+        }
+        self
+    }
 }
