@@ -30,7 +30,8 @@
 //! - [`wait_estimate`]: a queued request's expected wait (the `eta` of its waiting
 //!   comments, the `retry-after` of `queue_full`), from position, slots, service time and
 //!   cold starts; [`wait_measurements`]: the supervisor's measured service time and cold
-//!   starts.
+//!   starts; [`renewal`]: the renewal function of the measured service-time distribution
+//!   (when slots that start jobs together open again).
 //! - [`backoff`]: the exponential back-off of every retry loop.
 //! - [`metrics`]: every metric the actors record, declared once.
 //! - [`metric_series`]: which `deployment` and `replica` label values still name
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod quota;
 pub mod quota_failure;
 pub mod redis_quota;
+pub mod renewal;
 pub mod request;
 pub mod routing;
 pub mod supervisor;

@@ -1,18 +1,22 @@
 //! [`WaitEstimate`]: how long a queued request will wait for a replica to take it, from
-//! its place in the queue, the replicas' batch slots, the measured service time of a job
-//! and the time left until each starting replica is ready. Plain arithmetic, no clock:
+//! its place in the queue, the replicas' batch slots, the measured distribution of the
+//! service time of a job and the time left until each starting replica is ready. Plain
+//! arithmetic, no clock:
 //! the supervisor fills in its state ([`WaitInputs`]) and the request actor asks for the
 //! estimate of its position about once a second (the `eta` of the waiting comments).
 //!
 //! # The model
 //!
-//! Every batch slot is a server that frees at known times:
+//! Every batch slot is a server that opens (takes the next queued job) each time its job
+//! ends; the expected openings by a time `t` are counted per kind of slot:
 //!
-//! - a **free slot** of a ready replica opens now, then every service time `T`;
-//! - a **busy slot** opens when its job ends: the busy slots' remaining times are taken
-//!   as spread evenly over `(0, T]` (the `k`-th of `B` opens at `k·T/B`), then every `T`;
-//! - a **starting replica** opens all its slots at once when it is ready (`ready_in`),
-//!   then every `T` (its first batch starts together and ends together).
+//! - a **free slot** of a ready replica opens now, and then as jobs started together
+//!   end: `1 + M(t)`, with `M` the renewal function of the measured service-time
+//!   distribution ([`RenewalCurve`]: short jobs end early, not all at the mean);
+//! - a **starting replica** opens all its slots when it is ready (`ready_in`), then the
+//!   same: `slots × (1 + M(t − ready_in))`;
+//! - a **busy slot** is somewhere in its job: in the long run a slot ends one job per mean
+//!   service time `T`, so the busy ones open `busy × t / T` times by `t`.
 //!
 //! The request at position `p` (1-based, in the queue's service order) starts at the
 //! `p`-th opening: the smallest `t` with `openings(t) ≥ p`, found by bisection.
@@ -21,7 +25,10 @@
 //!
 //! The naive estimate the docs compare against is `p × T` ([`naive_wait`]).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::renewal::RenewalCurve;
 
 /// What the estimate is computed from: the deployment's state now.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,8 +42,9 @@ pub struct WaitInputs {
     /// For each starting replica, the time until it is ready (measured cold start minus
     /// its age; zero when it is late).
     pub starting_ready_in: Vec<Duration>,
-    /// Measured time a job holds a slot (leased to finished); `None` until one finished.
-    pub service_time: Option<Duration>,
+    /// Measured times a job holds a slot (leased to finished), as a distribution; `None`
+    /// until one finished.
+    pub service: Option<Arc<RenewalCurve>>,
 }
 
 /// The estimate's arithmetic over [`WaitInputs`].
@@ -52,7 +60,7 @@ impl WaitEstimate {
             return Some(Duration::ZERO);
         }
         let slots = u64::from(inputs.slots_per_replica.max(1));
-        let Some(service) = inputs.service_time.filter(|t| !t.is_zero()) else {
+        let Some(service) = inputs.service.as_deref() else {
             // Only the first openings are known: free slots now, then each start's slots.
             let mut starts = inputs.starting_ready_in.clone();
             starts.sort();
@@ -68,20 +76,15 @@ impl WaitEstimate {
         if inputs.free_slots + inputs.busy_slots == 0 && inputs.starting_ready_in.is_empty() {
             return None;
         }
-        let t = service.as_secs_f64();
+        let t = service.mean();
         let openings = |at: f64| -> f64 {
-            let waves = |first: f64| if at < first { 0.0 } else { ((at - first) / t).floor() + 1.0 };
-            let free = inputs.free_slots as f64 * waves(0.0);
-            let busy = inputs.busy_slots as f64;
-            let busy_openings = if busy > 0.0 {
-                // The k-th busy slot first opens at k·T/B: by `at`, floor(at·B/T) openings.
-                (at * busy / t).floor()
-            } else {
-                0.0
-            };
+            // Slots that start jobs together at `first`: they open then, and as those end.
+            let fresh = |first: f64| if at < first { 0.0 } else { 1.0 + service.renewals(at - first) };
+            let free = inputs.free_slots as f64 * fresh(0.0);
+            let busy = inputs.busy_slots as f64 * at / t;
             let starting: f64 =
-                inputs.starting_ready_in.iter().map(|r| slots as f64 * waves(r.as_secs_f64())).sum();
-            free + busy_openings + starting
+                inputs.starting_ready_in.iter().map(|r| slots as f64 * fresh(r.as_secs_f64())).sum();
+            free + busy + starting
         };
         let target = position as f64;
         // An upper bound: every slot there will be is open from the last start on, and
@@ -119,9 +122,14 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// Every job takes `seconds`.
+    fn fixed(seconds: f64) -> Option<Arc<RenewalCurve>> {
+        RenewalCurve::from_samples(&[seconds; 4]).map(Arc::new)
+    }
+
     fn close(actual: Option<Duration>, expected: f64) {
         let actual = actual.expect("an estimate").as_secs_f64();
-        assert!((actual - expected).abs() < 0.01, "{actual} != {expected}");
+        assert!((actual - expected).abs() < 0.15, "{actual} != {expected}");
     }
 
     #[test]
@@ -136,14 +144,31 @@ mod tests {
         let inputs = WaitInputs {
             slots_per_replica: 8,
             starting_ready_in: vec![secs(10.0)],
-            service_time: Some(secs(4.0)),
+            service: fixed(4.0),
             ..Default::default()
         };
         close(WaitEstimate::wait(&inputs, 1), 10.0);
         close(WaitEstimate::wait(&inputs, 8), 10.0);
-        // The ninth waits for the first batch to end: cold start + one service time.
+        // The ninth waits for the first batch to end: cold start + one service time (give
+        // or take the grid's step, 1.2% of the longest service time).
         close(WaitEstimate::wait(&inputs, 9), 14.0);
         close(WaitEstimate::wait(&inputs, 17), 18.0);
+    }
+
+    #[test]
+    fn short_jobs_of_a_fresh_batch_free_their_slots_early() {
+        // Half the jobs take 1 s, half 7 s (mean 4 s): of a batch of 8 started at the
+        // cold start, 4 end a second later.
+        let inputs = WaitInputs {
+            slots_per_replica: 8,
+            starting_ready_in: vec![secs(10.0)],
+            service: RenewalCurve::from_samples(&[1.0, 7.0]).map(Arc::new),
+            ..Default::default()
+        };
+        let ninth = WaitEstimate::wait(&inputs, 9).unwrap().as_secs_f64();
+        assert!((11.0..11.1).contains(&ninth), "{ninth}");
+        let twelfth = WaitEstimate::wait(&inputs, 12).unwrap().as_secs_f64();
+        assert!((11.0..11.1).contains(&twelfth), "{twelfth}");
     }
 
     #[test]
@@ -162,7 +187,7 @@ mod tests {
     #[test]
     fn busy_slots_open_evenly_over_one_service_time() {
         let inputs =
-            WaitInputs { slots_per_replica: 4, busy_slots: 4, service_time: Some(secs(8.0)), ..Default::default() };
+            WaitInputs { slots_per_replica: 4, busy_slots: 4, service: fixed(8.0), ..Default::default() };
         close(WaitEstimate::wait(&inputs, 1), 2.0);
         close(WaitEstimate::wait(&inputs, 4), 8.0);
         close(WaitEstimate::wait(&inputs, 5), 10.0);
@@ -174,7 +199,7 @@ mod tests {
     #[test]
     fn a_starting_replica_shortens_the_wait_of_those_behind() {
         let busy =
-            WaitInputs { slots_per_replica: 4, busy_slots: 4, service_time: Some(secs(8.0)), ..Default::default() };
+            WaitInputs { slots_per_replica: 4, busy_slots: 4, service: fixed(8.0), ..Default::default() };
         let with_start = WaitInputs { starting_ready_in: vec![secs(1.0)], ..busy.clone() };
         close(WaitEstimate::wait(&busy, 8), 16.0);
         // Four slots open at 1 s, and the busy ones at 2, 4, 6, 8 s: the 8th at 8 s.
@@ -184,7 +209,7 @@ mod tests {
 
     #[test]
     fn nothing_running_and_nothing_coming_has_no_estimate() {
-        let inputs = WaitInputs { slots_per_replica: 4, service_time: Some(secs(1.0)), ..Default::default() };
+        let inputs = WaitInputs { slots_per_replica: 4, service: fixed(1.0), ..Default::default() };
         assert_eq!(WaitEstimate::wait(&inputs, 1), None);
     }
 

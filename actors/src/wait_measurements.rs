@@ -1,16 +1,28 @@
 //! [`WaitMeasurements`]: what a deployment's supervisor measures for wait estimates
-//! ([`crate::wait_estimate`]): how long a job holds a batch slot (leased to finished) and
-//! how long a replica takes to start, each an exponentially weighted moving average.
+//! ([`crate::wait_estimate`]): how long a job holds a batch slot (leased to finished),
+//! the last [`SERVICE_WINDOW`] of them as a distribution ([`RenewalCurve`], rebuilt at
+//! most once a second), and how long a replica takes to start (an exponentially
+//! weighted moving average).
 //!
 //! Cold starts are kept apart by kind: a start **from zero** (no other replica of the
 //! deployment live: the weights are read or mapped) and a **warm** start beside live
 //! replicas (the `llm` engine shares their weights, so it takes milliseconds). Before a
 //! kind was measured the engine's own `expected_cold_start` stands in.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Weight of a new service time (about the last 20 jobs count).
-const SERVICE_WEIGHT: f64 = 0.1;
+use tokio::time::Instant;
+
+use crate::renewal::RenewalCurve;
+
+/// Service times kept: the distribution of the last this many jobs.
+pub const SERVICE_WINDOW: usize = 200;
+/// The distribution is rebuilt at most this often (and after each of the first jobs).
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
+/// Until this many jobs are measured, every one rebuilds the distribution.
+const EARLY_JOBS: usize = 20;
 /// Weight of a new cold start (starts are rare; the last few count).
 const COLD_START_WEIGHT: f64 = 0.5;
 
@@ -34,10 +46,12 @@ impl Ewma {
     }
 }
 
-/// A deployment's measured service time and cold starts.
+/// A deployment's measured service times and cold starts.
 #[derive(Debug, Clone, Default)]
 pub struct WaitMeasurements {
-    service_time: Ewma,
+    service_times: VecDeque<f64>,
+    service_curve: Option<Arc<RenewalCurve>>,
+    curve_built_at: Option<Instant>,
     cold_start_from_zero: Ewma,
     cold_start_warm: Ewma,
     /// The engine's own figure, used until a start of the kind was measured.
@@ -49,9 +63,19 @@ impl WaitMeasurements {
         Self { expected_cold_start, ..Self::default() }
     }
 
-    /// A job held a slot for `held` (from the replica's `Started` to its end).
-    pub fn job_finished(&mut self, held: Duration) {
-        self.service_time.record(held, SERVICE_WEIGHT);
+    /// A job held a slot for `held` (from the replica's `Started` to its end), measured
+    /// at `now`.
+    pub fn job_finished(&mut self, held: Duration, now: Instant) {
+        if self.service_times.len() == SERVICE_WINDOW {
+            self.service_times.pop_front();
+        }
+        self.service_times.push_back(held.as_secs_f64());
+        let due = self.curve_built_at.is_none_or(|at| now.saturating_duration_since(at) >= REBUILD_EVERY);
+        if due || self.service_times.len() <= EARLY_JOBS {
+            let samples: Vec<f64> = self.service_times.iter().copied().collect();
+            self.service_curve = RenewalCurve::from_samples(&samples).map(Arc::new);
+            self.curve_built_at = Some(now);
+        }
     }
 
     /// A replica became ready `took` after it was spawned; `from_zero`: no other replica
@@ -61,9 +85,9 @@ impl WaitMeasurements {
         kind.record(took, COLD_START_WEIGHT);
     }
 
-    /// The measured service time (`None` until a job finished).
-    pub fn service_time(&self) -> Option<Duration> {
-        self.service_time.get()
+    /// The distribution of measured service times (`None` until a job finished).
+    pub fn service_curve(&self) -> Option<Arc<RenewalCurve>> {
+        self.service_curve.clone()
     }
 
     /// The expected cold start of a replica of this kind.
@@ -78,13 +102,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_average_follows_the_samples() {
+    fn the_service_distribution_follows_a_window_of_jobs() {
+        let t0 = Instant::now();
         let mut measured = WaitMeasurements::new(Duration::from_secs(30));
-        assert_eq!(measured.service_time(), None);
-        measured.job_finished(Duration::from_secs(2));
-        assert_eq!(measured.service_time(), Some(Duration::from_secs(2)));
-        measured.job_finished(Duration::from_secs(12));
-        assert_eq!(measured.service_time(), Some(Duration::from_secs(3)));
+        assert_eq!(measured.service_curve(), None);
+        measured.job_finished(Duration::from_secs(2), t0);
+        assert_eq!(measured.service_curve().unwrap().mean(), 2.0);
+        measured.job_finished(Duration::from_secs(4), t0);
+        assert_eq!(measured.service_curve().unwrap().mean(), 3.0, "each early job counts at once");
+        for _ in 0..SERVICE_WINDOW {
+            measured.job_finished(Duration::from_secs(10), t0);
+        }
+        assert!(measured.service_curve().unwrap().mean() < 10.0, "rebuilt at most once a second");
+        measured.job_finished(Duration::from_secs(10), t0 + REBUILD_EVERY);
+        assert_eq!(measured.service_curve().unwrap().mean(), 10.0, "only the last {SERVICE_WINDOW} count");
     }
 
     #[test]

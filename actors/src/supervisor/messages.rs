@@ -91,7 +91,7 @@ impl Handler<WorkFinished> for DeploymentSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: WorkFinished, _: &mut Context<Self>) {
-        self.wait.job_finished(msg.held);
+        self.wait.job_finished(msg.held, Instant::now());
     }
 }
 

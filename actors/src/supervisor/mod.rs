@@ -233,7 +233,7 @@ impl DeploymentSupervisor {
             let wait = WaitInputs {
                 slots_per_replica,
                 starting_ready_in: vec![self.wait.cold_start(true)],
-                service_time: self.wait.service_time(),
+                service: self.wait.service_curve(),
                 ..WaitInputs::default()
             };
             return Readiness { ready: 1, starting: 0, ready_in: None, wait, reported: true };
@@ -261,7 +261,7 @@ impl DeploymentSupervisor {
             free_slots,
             busy_slots,
             starting_ready_in,
-            service_time: self.wait.service_time(),
+            service: self.wait.service_curve(),
         };
         Readiness { ready: counts.ready, starting: counts.starting, ready_in, wait, reported: false }
     }
