@@ -4,7 +4,9 @@
 //! - with the replica busy and two requests queued, the second is told a longer wait
 //!   than the first, and both about their place times the measured service time;
 //! - a request refused because the queue is full gets a `retry-after` computed from the
-//!   measured service time (the running job's end, ~3 s), not a constant.
+//!   measured service time (the running job's end, ~3 s), not a constant;
+//! - a request refused by the tenant's concurrency limit gets a `retry-after` computed
+//!   from how long its requests are measured to hold their slot.
 
 mod common;
 
@@ -36,10 +38,17 @@ fn body() -> serde_json::Value {
 }
 
 fn spawn_chat(server: &ServerHandle) -> tokio::task::JoinHandle<(u16, String)> {
-    let addr = server.addr;
+    spawn_chat_as(server, None)
+}
+
+fn spawn_chat_as(server: &ServerHandle, key: Option<&str>) -> tokio::task::JoinHandle<(u16, String)> {
+    let (addr, key) = (server.addr, key.map(str::to_string));
     actix_rt::spawn(async move {
-        let mut response = common::client()
-            .post(format!("http://{addr}/v1/chat/completions"))
+        let mut request = common::client().post(format!("http://{addr}/v1/chat/completions"));
+        if let Some(key) = key {
+            request = request.insert_header(("authorization", format!("Bearer {key}")));
+        }
+        let mut response = request
             .send_json(&body())
             .await
             .expect("request");
@@ -104,5 +113,30 @@ async fn waiting_comments_carry_an_eta_and_a_full_queue_a_computed_retry_after()
     // One service time (~3 s, the running job's end), then one more.
     assert!((1.5..=3.5).contains(&first_eta), "first in line: {first_eta}");
     assert!((4.0..=7.0).contains(&second_eta), "second in line: {second_eta}");
+    server.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn a_concurrency_refusal_retries_when_the_tenants_request_is_expected_to_end() {
+    let server = common::start(ONE_SLOT).await;
+    let (code, answer) =
+        common::admin(&server, "PUT", "/tenants/acme", Some(json!({"limits": {"max_concurrent_requests": 1}}))).await;
+    assert!(code == 200 || code == 201, "{answer}");
+    let (code, answer) = common::admin(&server, "POST", "/tenants/acme/keys", None).await;
+    assert_eq!(code, 201, "{answer}");
+    let key = answer["api_key"].as_str().unwrap().to_string();
+
+    // One request measures how long the tenant holds its slot (~1 s cold start + ~3 s).
+    let (status, text) = spawn_chat_as(&server, Some(&key)).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    // The next holds the only slot; a third is told to retry when that one should end.
+    let running = spawn_chat_as(&server, Some(&key));
+    wait_for_queue(&server, 0, 1).await;
+    let (status, headers, text) = common::post(&server, "/v1/chat/completions", Some(&key), &body()).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("concurrency_limit_exceeded"), "{text}");
+    let retry_after: u64 = headers.get("retry-after").expect("retry-after").to_str().unwrap().parse().unwrap();
+    assert!((2..=5).contains(&retry_after), "retry-after {retry_after}: {text}");
+    assert_eq!(running.await.unwrap().0, 200);
     server.stop(true).await;
 }

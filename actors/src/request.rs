@@ -304,7 +304,7 @@ async fn run_request_in_span(
             return;
         }
     };
-    deps.supervisor.do_send(WorkArrived { prompt_tokens });
+    deps.supervisor.do_send(WorkArrived { prompt_tokens, max_tokens: max_output });
     if admission.send(Ok((position, rate_limits))).is_err() {
         // The caller went away before admission was answered.
         let _ = deps.queue.cancel(&spec.job_id).await;

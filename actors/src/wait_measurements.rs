@@ -4,6 +4,12 @@
 //! most once a second), and how long a replica takes to start (an exponentially
 //! weighted moving average).
 //!
+//! Until a job finished, the service time is the engine's own performance profile
+//! (`EngineDescription::performance`, as the autoscaler's capacity model uses it) for
+//! the mean prompt and `max_tokens` of the requests that arrived, at a full batch: an
+//! upper bound where requests stop before `max_tokens`. Engines without a profile have
+//! no such prior.
+//!
 //! Cold starts are kept apart by kind: a start **from zero** (no other replica of the
 //! deployment live: the weights are read or mapped) and a **warm** start beside live
 //! replicas (the `llm` engine shares their weights, so it takes milliseconds). Before a
@@ -15,6 +21,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use swell_workers::PerformanceProfile;
+
 use crate::renewal::RenewalCurve;
 
 /// Service times kept: the distribution of the last this many jobs.
@@ -23,6 +31,8 @@ pub const SERVICE_WINDOW: usize = 200;
 const REBUILD_EVERY: Duration = Duration::from_secs(1);
 /// Until this many jobs are measured, every one rebuilds the distribution.
 const EARLY_JOBS: usize = 20;
+/// Weight of a new arrival's lengths in their averages.
+const ARRIVAL_WEIGHT: f64 = 0.1;
 /// Weight of a new cold start (starts are rare; the last few count).
 const COLD_START_WEIGHT: f64 = 0.5;
 
@@ -56,11 +66,38 @@ pub struct WaitMeasurements {
     cold_start_warm: Ewma,
     /// The engine's own figure, used until a start of the kind was measured.
     expected_cold_start: Duration,
+    /// Mean prompt tokens and `max_tokens` of arriving requests (for the prior).
+    prompt_tokens: Option<f64>,
+    max_tokens: Option<f64>,
 }
 
 impl WaitMeasurements {
     pub fn new(expected_cold_start: Duration) -> Self {
         Self { expected_cold_start, ..Self::default() }
+    }
+
+    /// A request arrived with this prompt and `max_tokens`.
+    pub fn arrived(&mut self, prompt_tokens: u64, max_tokens: u64) {
+        let average = |mean: &mut Option<f64>, sample: u64| {
+            let sample = sample as f64;
+            *mean = Some(mean.map_or(sample, |mean| mean + ARRIVAL_WEIGHT * (sample - mean)));
+        };
+        average(&mut self.prompt_tokens, prompt_tokens);
+        average(&mut self.max_tokens, max_tokens);
+    }
+
+    /// The service time the engine's profile gives the mean arriving request in a full
+    /// batch of `slots` (`None`: no profile, or no arrival yet): its prefill, then
+    /// `max_tokens` decode steps of a batch of `slots` sequences holding the mean context.
+    pub fn prior_service_time(&self, performance: Option<&PerformanceProfile>, slots: u32) -> Option<Duration> {
+        let step = performance?.step;
+        let (prompt, output) = (self.prompt_tokens?, self.max_tokens?);
+        let prefill = if step.prefill_tokens_per_second > 0.0 { prompt / step.prefill_tokens_per_second } else { 0.0 };
+        let sequences = f64::from(slots.max(1));
+        let decode_step = step.decode_step_base.as_secs_f64()
+            + (sequences - 1.0) * step.decode_step_per_sequence.as_secs_f64()
+            + sequences * (prompt + output / 2.0) * step.decode_step_per_kv_token.as_secs_f64();
+        Some(Duration::from_secs_f64(prefill + output * decode_step))
     }
 
     /// A job held a slot for `held` (from the replica's `Started` to its end), measured
@@ -116,6 +153,30 @@ mod tests {
         assert!(measured.service_curve().unwrap().mean() < 10.0, "rebuilt at most once a second");
         measured.job_finished(Duration::from_secs(10), t0 + REBUILD_EVERY);
         assert_eq!(measured.service_curve().unwrap().mean(), 10.0, "only the last {SERVICE_WINDOW} count");
+    }
+
+    #[test]
+    fn the_prior_is_the_engine_profile_for_the_mean_request() {
+        use swell_workers::StepTimes;
+        let mut measured = WaitMeasurements::new(Duration::from_secs(30));
+        let profile = PerformanceProfile {
+            step: StepTimes {
+                prefill_tokens_per_second: 1000.0,
+                decode_step_base: Duration::from_millis(10),
+                decode_step_per_sequence: Duration::from_millis(1),
+                decode_step_per_kv_token: Duration::ZERO,
+            },
+            max_prefill_tokens_per_step: 512,
+            model_params_billions: 1.0,
+            gpu: "x".into(),
+            source: "test".into(),
+        };
+        assert_eq!(measured.prior_service_time(Some(&profile), 4), None, "no arrival yet");
+        measured.arrived(500, 100);
+        // 0.5 s of prefill, then 100 steps of 10 + 3 ms.
+        let prior = measured.prior_service_time(Some(&profile), 4).unwrap().as_secs_f64();
+        assert!((prior - 1.8).abs() < 1e-9, "{prior}");
+        assert_eq!(measured.prior_service_time(None, 4), None);
     }
 
     #[test]

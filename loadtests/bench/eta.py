@@ -11,8 +11,9 @@ predicted − actual wait and of |predicted − actual|.
   knows when it answers);
 - percentiles: nearest rank (as swell_simulator::stats).
 
-Rows: all requests that got a waiting comment and were served, and those of them that
-waited at least 1 s (the ones an estimate is for).
+Rows: all requests that got a waiting comment and were served; those of them that
+waited at least 1 s (the ones an estimate is for); of these, those told a replica was
+starting (waiting for a cold start) and the others (waiting behind full batches).
 """
 import csv
 import math
@@ -44,14 +45,23 @@ def main(paths):
         actual = (float(r["first_chunk_ms"]) - float(r["wait_comment_ms"])) / 1000
         position = int(r["wait_position"] or 1)
         eta = float(r["wait_eta_s"]) if r["wait_eta_s"] else None
-        samples.append((actual, eta, position * mean_service))
+        samples.append((actual, eta, position * mean_service, int(r["starting_events"]) > 0))
     without_eta = sum(1 for s in samples if s[1] is None)
     print(f"{len(samples)} requests served after a waiting comment ({without_eta} without an eta, counted as eta=0)")
     print(f"mean service time {mean_service:.2f} s; actual wait p50 {percentile([s[0] for s in samples], 50):.2f} s, "
           f"p90 {percentile([s[0] for s in samples], 90):.2f} s, max {max(s[0] for s in samples):.2f} s")
     header = f"{'requests':<28} {'estimate':<8} {'n':>5} {'err p50':>9} {'err p90':>9} {'|err| p50':>10} {'|err| p90':>10}"
     print(header)
-    for label, subset in [("all", samples), ("waited >= 1 s", [s for s in samples if s[0] >= 1.0])]:
+    waited = [s for s in samples if s[0] >= 1.0]
+    groups = [
+        ("all", samples),
+        ("waited >= 1 s", waited),
+        ("  for a cold start", [s for s in waited if s[3]]),
+        ("  behind full batches", [s for s in waited if not s[3]]),
+    ]
+    for label, subset in groups:
+        if not subset:
+            continue
         for name, index in [("swell", 1), ("naive", 2)]:
             errors = [(s[index] if s[index] is not None else 0.0) - s[0] for s in subset]
             print(f"{label:<28} {name:<8} {len(errors):>5} {percentile(errors, 50):>+9.2f} {percentile(errors, 90):>+9.2f} "

@@ -9,6 +9,7 @@ use super::*;
 #[rtype(result = "()")]
 pub struct WorkArrived {
     pub prompt_tokens: u64,
+    pub max_tokens: u64,
 }
 
 impl Handler<WorkArrived> for DeploymentSupervisor {
@@ -19,6 +20,7 @@ impl Handler<WorkArrived> for DeploymentSupervisor {
         self.prompt_tokens += msg.prompt_tokens;
         self.arrivals_total += 1;
         self.prompt_tokens_total += msg.prompt_tokens;
+        self.wait.arrived(msg.prompt_tokens, msg.max_tokens);
         let counts = self.counts();
         if self.spec.runs_replicas && !self.spec.placement_driven {
             if counts.ready + counts.starting == 0 {

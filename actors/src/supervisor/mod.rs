@@ -45,6 +45,7 @@ pub use messages::*;
 pub use status::*;
 
 use crate::backoff::Backoff;
+use crate::renewal::RenewalCurve;
 use crate::wait_estimate::WaitInputs;
 use crate::wait_measurements::WaitMeasurements;
 use crate::metric_series;
@@ -233,7 +234,7 @@ impl DeploymentSupervisor {
             let wait = WaitInputs {
                 slots_per_replica,
                 starting_ready_in: vec![self.wait.cold_start(true)],
-                service: self.wait.service_curve(),
+                service: self.service_curve(),
                 ..WaitInputs::default()
             };
             return Readiness { ready: 1, starting: 0, ready_in: None, wait, reported: true };
@@ -261,9 +262,19 @@ impl DeploymentSupervisor {
             free_slots,
             busy_slots,
             starting_ready_in,
-            service: self.wait.service_curve(),
+            service: self.service_curve(),
         };
         Readiness { ready: counts.ready, starting: counts.starting, ready_in, wait, reported: false }
+    }
+
+    /// The measured service-time distribution, or until a job finished, the engine
+    /// profile's service time for the mean arriving request.
+    fn service_curve(&self) -> Option<Arc<RenewalCurve>> {
+        self.wait.service_curve().or_else(|| {
+            let slots = self.description.max_batch_size;
+            let prior = self.wait.prior_service_time(self.description.performance.as_ref(), slots)?;
+            RenewalCurve::from_samples(&[prior.as_secs_f64()]).map(Arc::new)
+        })
     }
 
     fn publish_replica_gauges(&self) {
