@@ -109,12 +109,6 @@ async fn readiness(deps: &RequestDeps) -> Option<Readiness> {
             let (free, busy) = router.reported_slots().await;
             Some(readiness.with_reported_slots(free, busy))
         }
-        (None, true) => {
-            // No view of the replicas: nothing to estimate from.
-            let mut readiness = readiness;
-            readiness.wait.starting_ready_in.clear();
-            Some(readiness)
-        }
         _ => Some(readiness),
     }
 }

@@ -237,7 +237,7 @@ impl DeploymentSupervisor {
                 service: self.service_curve(),
                 ..WaitInputs::default()
             };
-            return Readiness { ready: 1, starting: 0, ready_in: None, wait, reported: true };
+            return Readiness { ready: 1, starting: 0, ready_in: None, wait, reported: true, assumed_start: true };
         }
         let counts = self.counts();
         let mut starting_ready_in: Vec<Duration> = self
@@ -246,7 +246,9 @@ impl DeploymentSupervisor {
             .filter(|r| r.state == ReplicaState::Starting)
             .map(|r| self.wait.cold_start(r.from_zero).saturating_sub(r.created_at.elapsed()))
             .collect();
-        if counts.ready + counts.starting == 0 && self.autoscaler.policy().max_replicas > 0 && !self.deleting {
+        let assumed_start =
+            counts.ready + counts.starting == 0 && self.autoscaler.policy().max_replicas > 0 && !self.deleting;
+        if assumed_start {
             // Work queued at zero starts a replica at once (its tick may not have run yet).
             starting_ready_in.push(self.wait.cold_start(true));
         }
@@ -264,7 +266,10 @@ impl DeploymentSupervisor {
             starting_ready_in,
             service: self.service_curve(),
         };
-        Readiness { ready: counts.ready, starting: counts.starting, ready_in, wait, reported: false }
+        // A queue shared with other nodes is served by their replicas too: count the
+        // slots every replica reports.
+        let reported = self.spec.shared_queue;
+        Readiness { ready: counts.ready, starting: counts.starting, ready_in, wait, reported, assumed_start }
     }
 
     /// The measured service-time distribution, or until a job finished, the engine

@@ -108,9 +108,13 @@ pub struct Readiness {
     pub ready_in: Option<Duration>,
     /// The deployment's state for [`WaitEstimate`](crate::wait_estimate::WaitEstimate).
     pub wait: WaitInputs,
-    /// On a gateway that runs no replicas: `wait` has no replicas yet, they are to be
-    /// read from the replicas' reports ([`Readiness::with_reported_slots`]).
+    /// With a queue shared by several nodes (Redis): the ready slots are to be read
+    /// from every replica's report ([`Readiness::with_reported_slots`]); on a gateway that
+    /// runs no replicas `wait` has none of its own.
     pub reported: bool,
+    /// The last of `wait.starting_ready_in` is not a replica but one assumed to start now
+    /// (nothing is ready or starting here, and work queued at zero starts one).
+    pub assumed_start: bool,
 }
 
 impl Readiness {
@@ -119,15 +123,42 @@ impl Readiness {
         WaitEstimate::wait(&self.wait, position)
     }
 
-    /// A gateway's view: the slots the replicas report (free, running) across the
-    /// cluster. With none reported, `wait` keeps the replica it takes as starting now
-    /// (the leader starts one for work queued at zero) with the expected cold start.
+    /// The cluster's view: the slots every replica reports (free, running). With none
+    /// reported, `wait` keeps its own (and the replica assumed to start at zero).
     pub fn with_reported_slots(mut self, free: u64, busy: u64) -> Self {
         if free + busy > 0 {
             self.wait.free_slots = free;
             self.wait.busy_slots = busy;
-            self.wait.starting_ready_in.clear();
+            if self.assumed_start {
+                self.wait.starting_ready_in.pop();
+                self.assumed_start = false;
+            }
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readiness(assumed_start: bool) -> Readiness {
+        let wait = WaitInputs {
+            slots_per_replica: 4,
+            starting_ready_in: vec![Duration::from_secs(3), Duration::from_secs(10)],
+            ..WaitInputs::default()
+        };
+        Readiness { ready: 0, starting: 1, ready_in: Some(Duration::from_secs(3)), wait, reported: true, assumed_start }
+    }
+
+    #[test]
+    fn reported_slots_replace_the_local_ones_and_the_assumed_start() {
+        let seen = readiness(true).with_reported_slots(2, 6);
+        assert_eq!((seen.wait.free_slots, seen.wait.busy_slots), (2, 6));
+        assert_eq!(seen.wait.starting_ready_in, [Duration::from_secs(3)], "the assumed start is dropped");
+        let local = readiness(false).with_reported_slots(2, 6);
+        assert_eq!(local.wait.starting_ready_in.len(), 2, "replicas starting here still come");
+        let none = readiness(true).with_reported_slots(0, 0);
+        assert_eq!(none.wait.starting_ready_in.len(), 2, "nothing reported: a start is still assumed");
     }
 }
