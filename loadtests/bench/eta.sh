@@ -23,7 +23,7 @@ else cargo build -p swell --bin swell -p swell-loadtest --bin swell-loadtest; fi
 bin=target/$profile
 out=loadtest-results/eta
 mkdir -p "$out"
-rm -f "$out"/segment-*.csv
+rm -f "$out"/segment-* "$out"/summary.txt
 url=http://127.0.0.1:18084
 RUST_LOG=warn "$bin/swell" serve --config loadtests/bench/configs/eta.toml &
 server=$!
@@ -33,13 +33,15 @@ replicas() {
   curl -sf "$url/admin/v1/deployments/chat" | python3 -c \
     'import json,sys; r=json.load(sys.stdin)["replicas"]; print(r["ready"]+r["starting"]+r["draining"])'
 }
+alive() { kill -0 "$server" 2>/dev/null || { echo "swell serve is gone" >&2; exit 1; }; }
 for segment in $(seq 0 $((segments - 1))); do
-  for _ in $(seq 600); do [ "$(replicas)" = 0 ] && break; sleep 0.5; done
+  for _ in $(seq 600); do alive; [ "$(replicas)" = 0 ] && break; sleep 0.5; done
   echo "segment $segment: from $(replicas) replicas, trace offset $((segment * 600)) s" >&2
   "$bin/swell-loadtest" --url "$url" --model chat \
     --trace loadtests/traces/azure-2023/AzureLLMInferenceTrace_conv.csv \
     --trace-offset "$((segment * 600))s" --duration "${seconds}s" --time-scale "$time_scale" \
     --max-prompt-tokens 1024 --max-output-tokens 256 --quiet \
     --per-request-csv "$out/segment-$segment.csv" >"$out/segment-$segment.txt"
+  alive
 done
 python3 loadtests/bench/eta.py "$out"/segment-*.csv | tee "$out/summary.txt"
