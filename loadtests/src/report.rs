@@ -518,6 +518,10 @@ mod tests {
             queue_events: (id % 2) as u32,
             starting_events: 0,
             comments: 2,
+            wait_comment_us: None,
+            wait_position: None,
+            wait_eta_s: None,
+            first_chunk_us: None,
         }
     }
 
