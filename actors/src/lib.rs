@@ -24,19 +24,30 @@
 //! - [`quota`]: `TenantQuota` (arithmetic) and `QuotaActor`, local or Redis-backed.
 //! - [`redis_quota`]: quotas shared by many nodes: the Lua scripts, key layout, leases,
 //!   the local fast path.
+//! - [`hold_times`]: when a tenant's next concurrency slot frees (measured hold times),
+//!   the `retry-after` of a concurrency 429.
 //! - [`quota_failure`]: failure policies and the circuit breaker for when Redis is away.
+//! - [`wait_estimate`]: a queued request's expected wait (the `eta` of its waiting
+//!   comments, the `retry-after` of `queue_full`), from position, slots, service time and
+//!   cold starts; [`wait_measurements`]: the supervisor's measured service time and cold
+//!   starts; [`renewal`]: the renewal function of the measured service-time distribution
+//!   (when slots that start jobs together open again).
 //! - [`backoff`]: the exponential back-off of every retry loop.
 //! - [`metrics`]: every metric the actors record, declared once.
 //! - [`metric_series`]: which `deployment` and `replica` label values still name
 //!   something live (the scrape leaves the others out).
 
 pub mod backoff;
+pub mod hold_times;
 pub mod metric_series;
 pub mod metrics;
 pub mod quota;
 pub mod quota_failure;
 pub mod redis_quota;
+pub mod renewal;
 pub mod request;
 pub mod routing;
 pub mod supervisor;
+pub mod wait_estimate;
+pub mod wait_measurements;
 pub mod worker;

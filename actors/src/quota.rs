@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::metrics as m;
+use crate::hold_times::HoldTimes;
 use crate::redis_quota::{
     Admission, QuotaStoreError, QuotaStoreStatus, RedisQuotaConfig, RedisQuotaStore, RedisTenantQuota,
 };
@@ -192,8 +193,12 @@ pub struct TenantQuota {
     requests: Option<Bucket>,
     prompt_tokens: Option<Bucket>,
     output_tokens: Option<Bucket>,
+    /// Grants held: the output tokens each reserved.
     in_flight: HashMap<u64, u64>,
     next_grant: u64,
+    /// When the held grants were taken, and how long grants are held: when the next
+    /// concurrency slot frees.
+    holds: HoldTimes,
 }
 
 impl TenantQuota {
@@ -205,6 +210,7 @@ impl TenantQuota {
             output_tokens: None,
             in_flight: HashMap::new(),
             next_grant: 1,
+            holds: HoldTimes::default(),
         };
         quota.set_limits(limits, now);
         quota
@@ -281,8 +287,7 @@ impl TenantQuota {
                 return Err(QuotaRejection {
                     limit: LimitKind::ConcurrentRequests,
                     requested: 1,
-                    // A slot frees when a request ends; one second is an honest hint.
-                    retry_after: Some(Duration::from_secs(1)),
+                    retry_after: Some(self.holds.next_slot_frees_in(now)),
                     snapshot,
                 });
             }
@@ -299,6 +304,7 @@ impl TenantQuota {
         let grant_id = self.next_grant;
         self.next_grant += 1;
         self.in_flight.insert(grant_id, max_output_tokens);
+        self.holds.taken(grant_id, now);
         let snapshot = self.snapshot(now);
         Ok((QuotaGrant { grant_id, reserved_output_tokens: max_output_tokens }, snapshot))
     }
@@ -307,6 +313,7 @@ impl TenantQuota {
     /// reserved but did not generate. Settling twice is harmless.
     pub fn settle(&mut self, grant_id: u64, generated_tokens: u64, now: Instant) {
         let Some(reserved) = self.in_flight.remove(&grant_id) else { return };
+        self.holds.ended(grant_id, now);
         if let Some(bucket) = &mut self.output_tokens {
             bucket.refill(now);
             let refund = reserved.saturating_sub(generated_tokens) as f64;
@@ -609,6 +616,29 @@ mod tests {
         assert_eq!(quota.acquire(1, 1, t0).unwrap_err().limit, LimitKind::ConcurrentRequests);
         quota.settle(grant.grant_id, 1, t0);
         assert!(quota.acquire(1, 1, t0).is_ok());
+    }
+
+    #[test]
+    fn a_concurrency_rejection_retries_when_the_oldest_grant_is_expected_to_end() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut quota = TenantQuota::new(TenantLimits { max_concurrent_requests: Some(2), ..Default::default() }, t0);
+        let (first, _) = quota.acquire(1, 1, t0).unwrap();
+        quota.acquire(1, 1, t0).unwrap();
+        let rejection = quota.acquire(1, 1, t0).unwrap_err();
+        assert_eq!(rejection.retry_after, Some(secs(1)), "nothing measured yet: the floor");
+        // Requests are measured to hold their slot 20 s: the one taken at 0 s ends at
+        // about 20 s, and one taken at 15 s at about 35 s.
+        quota.settle(first.grant_id, 1, t0 + secs(20));
+        quota.acquire(1, 1, t0 + secs(20)).unwrap();
+        let rejection = quota.acquire(1, 1, t0 + secs(20)).unwrap_err();
+        assert_eq!(rejection.retry_after, Some(secs(1)), "the grant taken at 0 s is due: the floor");
+        let mut quota = TenantQuota::new(TenantLimits { max_concurrent_requests: Some(1), ..Default::default() }, t0);
+        let (grant, _) = quota.acquire(1, 1, t0).unwrap();
+        quota.settle(grant.grant_id, 1, t0 + secs(20));
+        quota.acquire(1, 1, t0 + secs(30)).unwrap();
+        let rejection = quota.acquire(1, 1, t0 + secs(35)).unwrap_err();
+        assert_eq!(rejection.retry_after, Some(secs(15)), "taken 5 s ago, held 20 s");
     }
 
     #[test]

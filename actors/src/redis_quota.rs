@@ -76,6 +76,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::metrics as m;
+use crate::hold_times::HoldTimes;
 use crate::quota::{
     LimitKind, LimitState, QuotaGrant, QuotaRejection, RateLimitSnapshot, TenantLimits, TenantQuota,
 };
@@ -572,6 +573,9 @@ pub struct RedisTenantQuota {
     last_snapshot: RateLimitSnapshot,
     held: HashMap<u64, HeldGrant>,
     next_grant: u64,
+    /// When this node's grants were taken and how long they are held: the `retry-after`
+    /// of a concurrency rejection.
+    holds: HoldTimes,
 }
 
 impl RedisTenantQuota {
@@ -586,6 +590,7 @@ impl RedisTenantQuota {
             last_snapshot: RateLimitSnapshot::default(),
             held: HashMap::new(),
             next_grant: 1,
+            holds: HoldTimes::default(),
         };
         quota.set_limits(limits, now);
         quota
@@ -623,17 +628,18 @@ impl RedisTenantQuota {
         self.limits = limits;
     }
 
-    fn hold(&mut self, held: HeldGrant) -> u64 {
+    fn hold(&mut self, held: HeldGrant, now: Instant) -> u64 {
         let grant_id = self.next_grant;
         self.next_grant += 1;
         self.held.insert(grant_id, held);
+        self.holds.taken(grant_id, now);
         grant_id
     }
 
     /// Decide locally if possible, or say what to ask Redis.
     pub fn admit(&mut self, prompt_tokens: u64, max_output_tokens: u64, now: Instant) -> Admission {
         if self.limits == TenantLimits::default() {
-            let grant_id = self.hold(HeldGrant::Unlimited);
+            let grant_id = self.hold(HeldGrant::Unlimited, now);
             let grant = QuotaGrant { grant_id, reserved_output_tokens: max_output_tokens };
             return Admission::Decided(Ok((grant, RateLimitSnapshot::default())));
         }
@@ -694,6 +700,7 @@ impl RedisTenantQuota {
         match answer.rejected_by {
             None => {
                 self.held.insert(pending.grant_id, HeldGrant::Redis { id: pending.redis_grant, reserved: pending.max_output_tokens });
+                self.holds.taken(pending.grant_id, now);
                 let grant = QuotaGrant { grant_id: pending.grant_id, reserved_output_tokens: pending.max_output_tokens };
                 Ok((grant, answer.snapshot))
             }
@@ -703,7 +710,16 @@ impl RedisTenantQuota {
                     LimitKind::OutputTokens => pending.max_output_tokens,
                     LimitKind::Requests | LimitKind::ConcurrentRequests => 1,
                 };
-                Err(QuotaRejection { limit, requested, retry_after: answer.retry_after, snapshot: answer.snapshot })
+                // Redis knows when the oldest slot lease expires (leases are renewed
+                // while their requests run), not when a request ends: once this node
+                // has measured how long requests hold their slot, that says it.
+                let retry_after = match limit {
+                    LimitKind::ConcurrentRequests if self.holds.hold_time().is_some() => {
+                        Some(self.holds.next_slot_frees_in(now))
+                    }
+                    _ => answer.retry_after,
+                };
+                Err(QuotaRejection { limit, requested, retry_after, snapshot: answer.snapshot })
             }
         }
     }
@@ -738,13 +754,13 @@ impl RedisTenantQuota {
                 return Err(QuotaRejection {
                     limit: LimitKind::ConcurrentRequests,
                     requested: 1,
-                    retry_after: Some(Duration::from_secs(1)),
+                    retry_after: Some(self.holds.next_slot_frees_in(now)),
                     snapshot,
                 });
             }
         }
         let (local, mut snapshot) = self.local_share.acquire(prompt_tokens, max_output_tokens, now)?;
-        let grant_id = self.hold(HeldGrant::Local { local_grant_id: local.grant_id });
+        let grant_id = self.hold(HeldGrant::Local { local_grant_id: local.grant_id }, now);
         snapshot.concurrent_requests = concurrent_share.map(|limit| LimitState {
             limit,
             remaining: limit.saturating_sub(self.in_flight()),
@@ -760,7 +776,9 @@ impl RedisTenantQuota {
         generated_tokens: u64,
         now: Instant,
     ) -> Option<impl Future<Output = Result<bool, QuotaStoreError>> + 'static> {
-        match self.held.remove(&grant_id)? {
+        let held = self.held.remove(&grant_id)?;
+        self.holds.ended(grant_id, now);
+        match held {
             HeldGrant::Unlimited => None,
             HeldGrant::Local { local_grant_id } => {
                 self.local_share.settle(local_grant_id, generated_tokens, now);

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::metrics as m;
 use crate::routing::{DeploymentRouter, RouteRequest};
 use crate::quota::{Acquire, QuotaActor, QuotaGrant, QuotaRejection, RateLimitSnapshot, Settle};
-use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, WorkArrived, WorkStarted};
+use crate::supervisor::{DeploymentSupervisor, ObserveReadiness, Readiness, WorkArrived, WorkFinished, WorkStarted};
 
 /// A validated request, ready to be admitted.
 #[derive(Debug, Clone)]
@@ -63,8 +63,9 @@ pub struct RequestDeps {
 /// What the client receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestEvent {
-    /// Still waiting for a replica (sent about once a second while it waits).
-    Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration> },
+    /// Still waiting for a replica (sent about once a second while it waits). `eta`: the
+    /// expected time until a replica takes it ([`crate::wait_estimate`]).
+    Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration>, eta: Option<Duration> },
     /// A replica took the request.
     Started { replica: String },
     PromptLogprobs(Vec<Option<TokenLogprob>>),
@@ -101,6 +102,23 @@ pub enum Rejected {
 /// How long a request keeps waiting for its output stream while the queue cannot be
 /// reached (a Redis restart) before it ends with `stream_lost`.
 pub const OUTAGE_TOLERANCE: Duration = Duration::from_secs(30);
+
+/// `retry-after` of a full queue whose wait cannot be estimated (no replica running or
+/// coming, nothing measured yet).
+const QUEUE_FULL_RETRY_UNKNOWN: Duration = Duration::from_secs(1);
+
+/// The deployment's readiness and wait inputs; on a gateway that runs no replicas, with
+/// the slots its replicas report.
+async fn readiness(deps: &RequestDeps) -> Option<Readiness> {
+    let readiness = deps.supervisor.send(ObserveReadiness).await.ok()?;
+    match (&deps.router, readiness.reported) {
+        (Some(router), true) => {
+            let (free, busy) = router.reported_slots().await;
+            Some(readiness.with_reported_slots(free, busy))
+        }
+        _ => Some(readiness),
+    }
+}
 
 /// How long past its deadline a queued request waits for the queue's own verdict.
 const DEADLINE_GRACE: Duration = Duration::from_secs(5);
@@ -294,7 +312,12 @@ async fn run_request_in_span(
             let rejected = match error {
                 QueueError::Full { depth, .. } => {
                     m::request_finished(&spec.deployment, &spec.tenant, "queue_full");
-                    Rejected::QueueFull { depth, retry_after: Duration::from_secs(1) }
+                    // A place frees when the jobs beyond the limit and one more have left
+                    // the queue: the wait of that position.
+                    let readiness = readiness(&deps).await;
+                    let places = depth.saturating_sub(spec.max_queue_depth) + 1;
+                    let retry_after = readiness.and_then(|r| r.eta(places)).unwrap_or(QUEUE_FULL_RETRY_UNKNOWN);
+                    Rejected::QueueFull { depth, retry_after }
                 }
                 QueueError::Unavailable(reason) => {
                     m::request_finished(&spec.deployment, &spec.tenant, "queue_unavailable");
@@ -306,7 +329,7 @@ async fn run_request_in_span(
             return;
         }
     };
-    deps.supervisor.do_send(WorkArrived { prompt_tokens });
+    deps.supervisor.do_send(WorkArrived { prompt_tokens, max_tokens: max_output });
     if admission.send(Ok((position, rate_limits))).is_err() {
         // The caller went away before admission was answered.
         let _ = deps.queue.cancel(&spec.job_id).await;
@@ -371,6 +394,7 @@ async fn relay(
     let job_id = spec.job_id.as_str();
     let mut after_seq = 0;
     let mut started = false;
+    let mut started_at: Option<Instant> = None;
     let mut generated = 0u64;
     let mut last_token_at: Option<Instant> = None;
     let enqueued_at = Instant::now();
@@ -382,11 +406,12 @@ async fn relay(
 
     loop {
         if !started {
-            let readiness = deps.supervisor.send(ObserveReadiness).await.ok();
+            let readiness = readiness(deps).await;
             let waiting = RequestEvent::Waiting {
                 position,
-                starting: readiness.is_some_and(|r| r.ready == 0),
-                ready_in: readiness.and_then(|r| r.ready_in),
+                starting: readiness.as_ref().is_some_and(|r| r.ready == 0),
+                ready_in: readiness.as_ref().and_then(|r| r.ready_in),
+                eta: readiness.as_ref().zip(position).and_then(|(r, position)| r.eta(position)),
             };
             if events.send(waiting).await.is_err() {
                 return client_left(spec, deps, &mut cancel, after_seq, generated, reader).await;
@@ -460,6 +485,7 @@ async fn relay(
             let event = match sequenced.event {
                 OutputEvent::Started { replica } => {
                     if !started && measures {
+                        started_at = Some(Instant::now());
                         if let Some(router) = &deps.router {
                             router.started(job_id, &replica, &spec.route);
                         }
@@ -483,6 +509,9 @@ async fn relay(
                 }
                 OutputEvent::Finished { reason, usage } => {
                     generated = usage.completion_tokens as u64;
+                    if let Some(at) = started_at {
+                        deps.supervisor.do_send(WorkFinished { held: at.elapsed() });
+                    }
                     let _ = events.send(RequestEvent::Finished { reason, usage }).await;
                     return Outcome { status: "ok", generated };
                 }

@@ -183,6 +183,10 @@ mod tests {
                 queue_events: 0,
                 starting_events: 0,
                 comments: 0,
+                wait_comment_us: None,
+                wait_position: None,
+                wait_eta_s: None,
+                first_chunk_us: None,
             })
             .collect();
         report

@@ -63,6 +63,14 @@ pub struct RequestRecord {
     pub starting_events: u32,
     /// All SSE comments / WebSocket status messages, the above included.
     pub comments: u32,
+    /// The first waiting comment (SSE `: queued ...` / `: starting ...`): when it came
+    /// (since sending), the position and the `eta=` it told.
+    pub wait_comment_us: Option<u64>,
+    pub wait_position: Option<u64>,
+    pub wait_eta_s: Option<f64>,
+    /// Time to the first chunk of any kind (a chat stream's role chunk comes when a
+    /// replica takes the request): the end of the wait.
+    pub first_chunk_us: Option<u64>,
 }
 
 impl RequestRecord {
@@ -199,7 +207,28 @@ impl Recorder {
                 queue_events: 0,
                 starting_events: 0,
                 comments: 0,
+                wait_comment_us: None,
+                wait_position: None,
+                wait_eta_s: None,
+                first_chunk_us: None,
             },
+        }
+    }
+
+    /// A waiting comment (`queued position=3 eta=4.2s`, `starting replica ... eta=3.0s`)
+    /// received at `at`: the first one's time, position and estimate are kept.
+    pub fn on_wait_comment(&mut self, text: &str, at: Instant) {
+        let text = text.trim_start();
+        if self.record.wait_comment_us.is_some() || !(text.starts_with("queued") || text.starts_with("starting")) {
+            return;
+        }
+        self.record.wait_comment_us = Some(micros(at.saturating_duration_since(self.start)));
+        for field in text.split_whitespace() {
+            if let Some(position) = field.strip_prefix("position=") {
+                self.record.wait_position = position.parse().ok();
+            } else if let Some(eta) = field.strip_prefix("eta=") {
+                self.record.wait_eta_s = eta.trim_end_matches('s').parse().ok();
+            }
         }
     }
 
@@ -221,6 +250,9 @@ impl Recorder {
 
     /// An OpenAI chunk received at `at`: counts content, takes usage, fails on `error`.
     pub fn on_chunk(&mut self, chunk: &Value, at: Instant) -> Result<(), Failure> {
+        if self.record.first_chunk_us.is_none() {
+            self.record.first_chunk_us = Some(micros(at.saturating_duration_since(self.start)));
+        }
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             return Err(Failure::from_error_object("stream_error", error));
         }
@@ -320,6 +352,23 @@ mod tests {
         assert!(!chunk_has_content(
             &json!({"choices": [], "usage": {"completion_tokens": 3}})
         ));
+    }
+
+    #[test]
+    fn the_first_waiting_comment_gives_the_wait_estimate() {
+        let run_start = Instant::now();
+        let mut r = Recorder::new(&spec(), run_start);
+        let t0 = Instant::now();
+        r.on_wait_comment(" keep-alive", t0);
+        r.on_wait_comment(" queued position=3 eta=4.2s", t0 + Duration::from_millis(5));
+        r.on_wait_comment(" queued position=2 eta=1.0s", t0 + Duration::from_millis(900));
+        r.on_chunk(&json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}), t0 + Duration::from_secs(4))
+            .unwrap();
+        let rec = r.finish(Ok(()));
+        assert_eq!((rec.wait_position, rec.wait_eta_s), (Some(3), Some(4.2)));
+        let waited = rec.first_chunk_us.unwrap() - rec.wait_comment_us.unwrap();
+        assert!((3_990_000..4_000_000).contains(&waited), "{waited}");
+        assert_eq!(rec.ttft_us, None, "a role chunk is not content");
     }
 
     #[test]

@@ -398,13 +398,19 @@ struct CsvRow<'a> {
     queue_events: u32,
     starting_events: u32,
     comments: u32,
+    wait_comment_ms: Option<f64>,
+    wait_position: Option<u64>,
+    wait_eta_s: Option<f64>,
+    first_chunk_ms: Option<f64>,
     error_message: Option<&'a str>,
 }
 
 /// Writes one CSV row per record (columns: `id, start_s, status, ttft_ms, e2e_ms,
 /// itl_mean_ms, itl_max_ms, prompt_tokens, max_tokens, usage_prompt_tokens,
 /// usage_completion_tokens, output_tokens, content_chunks, queue_events, starting_events,
-/// comments, error_message`).
+/// comments, wait_comment_ms, wait_position, wait_eta_s, first_chunk_ms, error_message`;
+/// the `wait_*` columns are those of the first SSE waiting comment, `first_chunk_ms` the
+/// time to the first chunk of any kind).
 pub fn write_records_csv(
     records: &[RequestRecord],
     writer: impl std::io::Write,
@@ -429,6 +435,10 @@ pub fn write_records_csv(
             queue_events: r.queue_events,
             starting_events: r.starting_events,
             comments: r.comments,
+            wait_comment_ms: r.wait_comment_us.map(ms),
+            wait_position: r.wait_position,
+            wait_eta_s: r.wait_eta_s,
+            first_chunk_ms: r.first_chunk_us.map(ms),
             error_message: r.error_message.as_deref(),
         })?;
     }
@@ -508,6 +518,10 @@ mod tests {
             queue_events: (id % 2) as u32,
             starting_events: 0,
             comments: 2,
+            wait_comment_us: None,
+            wait_position: None,
+            wait_eta_s: None,
+            first_chunk_us: None,
         }
     }
 

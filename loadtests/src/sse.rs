@@ -122,7 +122,10 @@ pub(crate) fn apply_event(
     at: Instant,
 ) -> Result<bool, Failure> {
     match event {
-        SseEvent::Comment(text) => recorder.on_comment(&text),
+        SseEvent::Comment(text) => {
+            recorder.on_comment(&text);
+            recorder.on_wait_comment(&text, at);
+        }
         SseEvent::Done => {
             recorder.on_done(at);
             return Ok(true);

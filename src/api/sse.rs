@@ -1,7 +1,8 @@
 //! Server-sent events: the framing of [`StreamItem`]s and the response body stream.
 //!
-//! - waiting: comment lines (`: queued position=3`, `: starting replica ready_in=12s`),
-//!   which OpenAI clients ignore;
+//! - waiting: comment lines (`: queued position=3 eta=4.2s`, `: starting replica
+//!   ready_in=12s`; `eta` on the first line, when there is an estimate), which OpenAI
+//!   clients ignore;
 //! - `: keep-alive` when nothing was sent for the keep-alive interval;
 //! - `data: {chunk}` per chunk, with `id: N` before it on a resumable stream (`N`: tokens
 //!   generated up to it, what `Last-Event-ID` resumes after), then `data: [DONE]`;
@@ -29,15 +30,19 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 /// The SSE text of one item (`None`: nothing to send).
 pub fn frame(item: &StreamItem) -> Option<String> {
     match item {
-        StreamItem::Waiting { position, starting, ready_in } => {
+        StreamItem::Waiting { position, starting, ready_in, eta } => {
             let mut lines = String::new();
+            let eta = eta.map(|eta| format!(" eta={:.1}s", eta.as_secs_f64())).unwrap_or_default();
             if let Some(position) = position {
-                lines.push_str(&format!(": queued position={position}\n"));
+                lines.push_str(&format!(": queued position={position}{eta}\n"));
             }
             if *starting {
                 lines.push_str(": starting replica");
                 if let Some(ready_in) = ready_in {
                     lines.push_str(&format!(" ready_in={}s", ready_in.as_secs_f64().ceil() as u64));
+                }
+                if position.is_none() {
+                    lines.push_str(&eta);
                 }
                 lines.push('\n');
             }
@@ -134,17 +139,22 @@ mod tests {
 
     #[test]
     fn waiting_becomes_comment_lines() {
-        let queued = StreamItem::Waiting { position: Some(3), starting: false, ready_in: None };
+        let queued = StreamItem::Waiting { position: Some(3), starting: false, ready_in: None, eta: None };
         assert_eq!(frame(&queued).unwrap(), ": queued position=3\n\n");
+        let estimated = StreamItem::Waiting { position: Some(3), starting: false, ready_in: None, eta: Some(Duration::from_millis(4_240)) };
+        assert_eq!(frame(&estimated).unwrap(), ": queued position=3 eta=4.2s\n\n");
         let starting = StreamItem::Waiting {
             position: Some(1),
             starting: true,
             ready_in: Some(Duration::from_millis(11_200)),
+            eta: Some(Duration::from_millis(11_200)),
         };
-        assert_eq!(frame(&starting).unwrap(), ": queued position=1\n: starting replica ready_in=12s\n\n");
-        let unknown = StreamItem::Waiting { position: None, starting: true, ready_in: None };
+        assert_eq!(frame(&starting).unwrap(), ": queued position=1 eta=11.2s\n: starting replica ready_in=12s\n\n");
+        let unknown = StreamItem::Waiting { position: None, starting: true, ready_in: None, eta: None };
         assert_eq!(frame(&unknown).unwrap(), ": starting replica\n\n");
-        assert_eq!(frame(&StreamItem::Waiting { position: None, starting: false, ready_in: None }), None);
+        let unplaced = StreamItem::Waiting { position: None, starting: true, ready_in: None, eta: Some(Duration::from_secs(3)) };
+        assert_eq!(frame(&unplaced).unwrap(), ": starting replica eta=3.0s\n\n");
+        assert_eq!(frame(&StreamItem::Waiting { position: None, starting: false, ready_in: None, eta: None }), None);
         assert_eq!(frame(&StreamItem::Running { replica: "r".into() }), None);
     }
 
@@ -202,7 +212,7 @@ mod tests {
     async fn a_complete_stream_ends_with_done() {
         let text = collect_body(
             vec![
-                (0, RequestEvent::Waiting { position: Some(2), starting: false, ready_in: None }),
+                (0, RequestEvent::Waiting { position: Some(2), starting: false, ready_in: None, eta: None }),
                 (0, RequestEvent::Started { replica: "r".into() }),
                 (0, tokens("Hi")),
                 (0, finished(1)),

@@ -11,8 +11,10 @@
 //!   `Authorization` header)
 //!
 //! Server → client:
-//! - `{"id", "type": "status", "status": "queued", "position": 3}`
-//! - `{"id", "type": "status", "status": "starting", "position": 1, "ready_in_seconds": 12.0}`
+//! - `{"id", "type": "status", "status": "queued", "position": 3, "eta_s": 4.2}`
+//! - `{"id", "type": "status", "status": "starting", "position": 1, "ready_in_seconds": 12.0, "eta_s": 12.0}`
+//!   (`eta_s`: the expected wait until a replica takes the request, when there is an
+//!   estimate)
 //! - `{"id", "type": "status", "status": "running", "replica": "..."}`
 //! - `{"id", "type": "chunk", "chunk": {OpenAI chunk}, "event_id": 17}` (`event_id`:
 //!   tokens generated so far, on resumable streams)
@@ -120,12 +122,16 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
 pub enum WsStatus {
     Queued {
         position: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eta_s: Option<f64>,
     },
     Starting {
         #[serde(skip_serializing_if = "Option::is_none")]
         position: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         ready_in_seconds: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eta_s: Option<f64>,
     },
     Running {
         replica: String,
@@ -171,16 +177,14 @@ impl ServerFrame {
     /// The frame of a stream item of request `id` (`None`: nothing to send).
     pub fn from_item(id: &str, item: StreamItem) -> Option<Self> {
         let id = id.to_string();
+        let tenths = |d: std::time::Duration| (d.as_secs_f64() * 10.0).ceil() / 10.0;
         match item {
-            StreamItem::Waiting { position, starting: true, ready_in } => Some(ServerFrame::Status {
+            StreamItem::Waiting { position, starting: true, ready_in, eta } => Some(ServerFrame::Status {
                 id,
-                status: WsStatus::Starting {
-                    position,
-                    ready_in_seconds: ready_in.map(|d| (d.as_secs_f64() * 10.0).ceil() / 10.0),
-                },
+                status: WsStatus::Starting { position, ready_in_seconds: ready_in.map(tenths), eta_s: eta.map(tenths) },
             }),
-            StreamItem::Waiting { position: Some(position), starting: false, .. } => {
-                Some(ServerFrame::Status { id, status: WsStatus::Queued { position } })
+            StreamItem::Waiting { position: Some(position), starting: false, eta, .. } => {
+                Some(ServerFrame::Status { id, status: WsStatus::Queued { position, eta_s: eta.map(tenths) } })
             }
             StreamItem::Waiting { position: None, starting: false, .. } => None,
             StreamItem::Running { replica } => Some(ServerFrame::Status { id, status: WsStatus::Running { replica } }),
@@ -290,16 +294,31 @@ mod tests {
 
     #[test]
     fn frames_have_the_documented_shape() {
-        let queued = ServerFrame::from_item("a", StreamItem::Waiting { position: Some(3), starting: false, ready_in: None }).unwrap();
+        let queued =
+            ServerFrame::from_item("a", StreamItem::Waiting { position: Some(3), starting: false, ready_in: None, eta: None }).unwrap();
         assert_eq!(serde_json::to_value(&queued).unwrap(), json!({"id": "a", "type": "status", "status": "queued", "position": 3}));
+        let estimated = ServerFrame::from_item(
+            "a",
+            StreamItem::Waiting { position: Some(3), starting: false, ready_in: None, eta: Some(Duration::from_millis(4_210)) },
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&estimated).unwrap(),
+            json!({"id": "a", "type": "status", "status": "queued", "position": 3, "eta_s": 4.3})
+        );
         let starting = ServerFrame::from_item(
             "a",
-            StreamItem::Waiting { position: Some(1), starting: true, ready_in: Some(Duration::from_millis(11_930)) },
+            StreamItem::Waiting {
+                position: Some(1),
+                starting: true,
+                ready_in: Some(Duration::from_millis(11_930)),
+                eta: Some(Duration::from_millis(11_930)),
+            },
         )
         .unwrap();
         assert_eq!(
             serde_json::to_value(&starting).unwrap(),
-            json!({"id": "a", "type": "status", "status": "starting", "position": 1, "ready_in_seconds": 12.0})
+            json!({"id": "a", "type": "status", "status": "starting", "position": 1, "ready_in_seconds": 12.0, "eta_s": 12.0})
         );
         let running = ServerFrame::from_item("a", StreamItem::Running { replica: "r1".into() }).unwrap();
         assert_eq!(serde_json::to_value(&running).unwrap(), json!({"id": "a", "type": "status", "status": "running", "replica": "r1"}));
@@ -331,6 +350,6 @@ mod tests {
         assert!(value.get("id").is_none());
         assert_eq!(value["error"]["code"], "invalid_json");
         assert_eq!(value["error"]["type"], "invalid_request_error");
-        assert!(ServerFrame::from_item("a", StreamItem::Waiting { position: None, starting: false, ready_in: None }).is_none());
+        assert!(ServerFrame::from_item("a", StreamItem::Waiting { position: None, starting: false, ready_in: None, eta: None }).is_none());
     }
 }

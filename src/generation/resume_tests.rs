@@ -51,7 +51,7 @@ fn an_id_inside_an_event_or_past_the_end_is_refused() {
 #[test]
 fn failures_and_waiting_pass_while_skipping() {
     let mut filter = ResumeFilter::new(3);
-    let waiting = RequestEvent::Waiting { position: Some(1), starting: false, ready_in: None };
+    let waiting = RequestEvent::Waiting { position: Some(1), starting: false, ready_in: None, eta: None };
     assert!(filter.passes(&waiting).unwrap());
     let failed = RequestEvent::Failed { code: "cancelled".into(), message: "gone".into() };
     assert!(filter.passes(&failed).unwrap());

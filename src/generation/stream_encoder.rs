@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use swell_actors::request::RequestEvent;
+use tokio::time::Instant;
 use swell_cluster::{FinishReason, TokenLogprob, Usage};
 
 use crate::generation::error::GenerationError;
@@ -22,6 +23,21 @@ use crate::generation::openai_types::{
     TEXT_COMPLETION,
 };
 use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
+
+/// Whether a new wait estimate is news: it appeared or went away, or it differs from the
+/// last one told, counted down by the time since (`told`: that estimate and its age), by
+/// more than a second and a quarter of the told estimate.
+pub fn eta_revised(told: Option<(Duration, Duration)>, eta: Option<Duration>) -> bool {
+    match (told, eta) {
+        (None, None) => false,
+        (Some(_), None) | (None, Some(_)) => true,
+        (Some((told, age)), Some(eta)) => {
+            let expected = told.saturating_sub(age).as_secs_f64();
+            let tolerance = (told.as_secs_f64() / 4.0).max(1.0);
+            (eta.as_secs_f64() - expected).abs() > tolerance
+        }
+    }
+}
 
 /// What every chunk of a response repeats.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,8 +66,9 @@ impl ResponseMeta {
 /// One thing to tell a streaming client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// Waiting for a replica: queued at `position`, and/or a replica is starting.
-    Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration> },
+    /// Waiting for a replica: queued at `position`, and/or a replica is starting; `eta`:
+    /// the expected time until a replica takes it.
+    Waiting { position: Option<u64>, starting: bool, ready_in: Option<Duration>, eta: Option<Duration> },
     /// A replica took one of the request's jobs.
     Running { replica: String },
     /// An OpenAI chunk (`chat.completion.chunk` or `text_completion`), with its event id
@@ -90,6 +107,8 @@ pub struct StreamEncoder {
     choices: Vec<ChoiceState>,
     /// Position, starting, whether the start-up estimate is known: what was last told.
     last_waiting: Option<(Option<u64>, bool, bool)>,
+    /// The last wait estimate told, and when.
+    last_eta: Option<(Duration, Instant)>,
     ended: bool,
     /// Whether chunks carry event ids (a single choice without echo: resumable).
     event_ids: bool,
@@ -108,7 +127,7 @@ impl StreamEncoder {
             })
             .collect::<Vec<_>>();
         let event_ids = prompts.len() == 1 && prompts[0].echo.is_none();
-        Self { meta, choices, last_waiting: None, ended: false, event_ids, resume: None }
+        Self { meta, choices, last_waiting: None, last_eta: None, ended: false, event_ids, resume: None }
     }
 
     /// The encoder of a resumed single-choice stream whose client had the chunks up to
@@ -118,7 +137,7 @@ impl StreamEncoder {
     pub fn resumed(meta: ResponseMeta, after: u64) -> Self {
         let choice = ChoiceState { counts_prompt: true, role_sent: after > 0, tokens: after, ..ChoiceState::default() };
         let resume = Some(ResumeFilter::new(after));
-        Self { meta, choices: vec![choice], last_waiting: None, ended: false, event_ids: true, resume }
+        Self { meta, choices: vec![choice], last_waiting: None, last_eta: None, ended: false, event_ids: true, resume }
     }
 
     /// Whether the stream's chunks carry event ids (it can be resumed).
@@ -157,12 +176,16 @@ impl StreamEncoder {
         }
         let mut items = Vec::new();
         match event {
-            RequestEvent::Waiting { position, starting, ready_in } => {
-                // Waiting is re-sent about once a second; tell only what changed.
+            RequestEvent::Waiting { position, starting, ready_in, eta } => {
+                // Waiting is re-sent about once a second; tell only what changed (an
+                // estimate that merely counts down is not news).
                 let state = (position, starting, ready_in.is_some());
-                if self.last_waiting != Some(state) {
+                let now = Instant::now();
+                let told_eta = self.last_eta.map(|(told, at)| (told, now.saturating_duration_since(at)));
+                if self.last_waiting != Some(state) || eta_revised(told_eta, eta) {
                     self.last_waiting = Some(state);
-                    items.push(StreamItem::Waiting { position, starting, ready_in });
+                    self.last_eta = eta.map(|eta| (eta, now));
+                    items.push(StreamItem::Waiting { position, starting, ready_in, eta });
                 }
             }
             RequestEvent::Started { replica } => {
@@ -414,16 +437,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_estimate_is_news_when_it_departs_from_its_countdown() {
+        let secs = Duration::from_secs;
+        assert!(!eta_revised(None, None));
+        assert!(eta_revised(None, Some(secs(3))));
+        assert!(eta_revised(Some((secs(3), secs(0))), None));
+        assert!(!eta_revised(Some((secs(10), secs(4))), Some(secs(6))), "counted down");
+        assert!(!eta_revised(Some((secs(10), secs(4))), Some(secs(8))), "within a quarter");
+        assert!(eta_revised(Some((secs(10), secs(4))), Some(secs(9))));
+        assert!(eta_revised(Some((secs(10), secs(4))), Some(secs(3))));
+        assert!(!eta_revised(Some((secs(2), secs(1))), Some(secs(2))), "within a second");
+    }
+
+    #[test]
     fn chat_streams_role_then_content_then_finish() {
         let mut encoder = StreamEncoder::new(meta(GenerationKind::Chat, false, false), &[prompt(None)]);
-        let waiting = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None });
-        assert_eq!(waiting, [StreamItem::Waiting { position: Some(3), starting: true, ready_in: None }]);
-        let again = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None });
+        let waiting = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None, eta: None });
+        assert_eq!(waiting, [StreamItem::Waiting { position: Some(3), starting: true, ready_in: None, eta: None }]);
+        let again = encoder.on_event(0, RequestEvent::Waiting { position: Some(3), starting: true, ready_in: None, eta: None });
         assert!(again.is_empty(), "unchanged waiting state is not repeated");
-        let estimate = RequestEvent::Waiting { position: Some(3), starting: true, ready_in: Some(Duration::from_secs(2)) };
+        let estimate = RequestEvent::Waiting {
+            position: Some(3),
+            starting: true,
+            ready_in: Some(Duration::from_secs(2)),
+            eta: Some(Duration::from_secs(2)),
+        };
         assert_eq!(encoder.on_event(0, estimate.clone()).len(), 1, "a new estimate is told");
-        let later = RequestEvent::Waiting { position: Some(3), starting: true, ready_in: Some(Duration::from_secs(1)) };
+        let later = RequestEvent::Waiting {
+            position: Some(3),
+            starting: true,
+            ready_in: Some(Duration::from_secs(1)),
+            eta: Some(Duration::from_millis(1_500)),
+        };
         assert!(encoder.on_event(0, later).is_empty(), "a countdown alone is not repeated");
+        let revised = RequestEvent::Waiting {
+            position: Some(3),
+            starting: true,
+            ready_in: Some(Duration::from_secs(1)),
+            eta: Some(Duration::from_secs(9)),
+        };
+        assert_eq!(encoder.on_event(0, revised).len(), 1, "a revised estimate is told");
 
         let started = encoder.on_event(0, RequestEvent::Started { replica: "r1".into() });
         assert_eq!(started[0], StreamItem::Running { replica: "r1".into() });

@@ -295,13 +295,15 @@ mod tests {
 
     #[test]
     fn stream_items_become_replies() {
-        let (kind, data) = item_reply(StreamItem::Waiting { position: Some(2), starting: false, ready_in: None }).unwrap();
-        assert_eq!((kind, data), (ReplyKind::Status, json!({"status": "queued", "position": 2})));
+        let (kind, data) =
+            item_reply(StreamItem::Waiting { position: Some(2), starting: false, ready_in: None, eta: Some(Duration::from_secs(3)) })
+                .unwrap();
+        assert_eq!((kind, data), (ReplyKind::Status, json!({"status": "queued", "position": 2, "eta_s": 3.0})));
         let usage = UsageBody { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 };
         let (kind, data) = item_reply(StreamItem::Done { usage, finish_reason: Some("length") }).unwrap();
         assert_eq!(kind, ReplyKind::Done);
         assert_eq!(data["finish_reason"], "length");
         assert_eq!(data["usage"]["total_tokens"], 3);
-        assert!(item_reply(StreamItem::Waiting { position: None, starting: false, ready_in: None }).is_none());
+        assert!(item_reply(StreamItem::Waiting { position: None, starting: false, ready_in: None, eta: None }).is_none());
     }
 }

@@ -127,6 +127,15 @@ impl RouteBook {
         self.replicas.len()
     }
 
+    /// Slots free and busy on the replicas that take work, as they last reported (for
+    /// wait estimates on a gateway that runs no replicas).
+    pub fn reported_slots(&self) -> (u64, u64) {
+        self.replicas
+            .values()
+            .filter(|entry| entry.report.accepting)
+            .fold((0, 0), |(free, busy), entry| (free + entry.report.free_slots, busy + entry.report.running))
+    }
+
     /// The replica to promise job `job_id` to, and the promise (until `now_ms` + the
     /// bound); `None`: any replica may take it.
     pub fn route(&mut self, job_id: &str, request: &RouteRequest, now_ms: u64) -> Option<JobRoute> {

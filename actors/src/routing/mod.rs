@@ -137,6 +137,13 @@ impl DeploymentRouter {
         route
     }
 
+    /// Slots free and busy on the replicas that take work, from their reports (read
+    /// now if the view is old): what a gateway's wait estimates count.
+    pub async fn reported_slots(&self) -> (u64, u64) {
+        self.refresh_if_old().await;
+        self.book.lock().reported_slots()
+    }
+
     /// The job started on `replica`.
     pub fn started(&self, job_id: &str, replica: &str, request: &RouteRequest) {
         let outcome = self.book.lock().started(job_id, replica, request, swell_cluster::unix_millis());

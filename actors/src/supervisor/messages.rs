@@ -9,6 +9,7 @@ use super::*;
 #[rtype(result = "()")]
 pub struct WorkArrived {
     pub prompt_tokens: u64,
+    pub max_tokens: u64,
 }
 
 impl Handler<WorkArrived> for DeploymentSupervisor {
@@ -19,6 +20,7 @@ impl Handler<WorkArrived> for DeploymentSupervisor {
         self.prompt_tokens += msg.prompt_tokens;
         self.arrivals_total += 1;
         self.prompt_tokens_total += msg.prompt_tokens;
+        self.wait.arrived(msg.prompt_tokens, msg.max_tokens);
         let counts = self.counts();
         if self.spec.runs_replicas && !self.spec.placement_driven {
             if counts.ready + counts.starting == 0 {
@@ -76,6 +78,22 @@ impl Handler<WorkStarted> for DeploymentSupervisor {
         self.started_wait = self.started_wait.saturating_add(msg.waited);
         self.started_total += 1;
         self.started_wait_total = self.started_wait_total.saturating_add(msg.waited);
+    }
+}
+
+/// A job held a replica's slot for `held` (its `Started` to its end): the measured
+/// service time of wait estimates.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkFinished {
+    pub held: Duration,
+}
+
+impl Handler<WorkFinished> for DeploymentSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkFinished, _: &mut Context<Self>) {
+        self.wait.job_finished(msg.held, Instant::now());
     }
 }
 

@@ -45,6 +45,9 @@ pub use messages::*;
 pub use status::*;
 
 use crate::backoff::Backoff;
+use crate::renewal::RenewalCurve;
+use crate::wait_estimate::WaitInputs;
+use crate::wait_measurements::WaitMeasurements;
 use crate::metric_series;
 use crate::metrics as m;
 use crate::worker::{
@@ -113,6 +116,8 @@ struct ReplicaEntry {
     cold_start: Option<(Duration, ColdStartReport)>,
     last_steps: u64,
     last_progress_at: Instant,
+    /// No replica was ready when it was spawned: its cold start is one from zero.
+    from_zero: bool,
 }
 
 const MAX_EVENTS: usize = 100;
@@ -159,6 +164,8 @@ pub struct DeploymentSupervisor {
     assigned: Option<u32>,
     /// When a gateway last sampled the queue early because work arrived at an idle queue.
     last_early_sample: Option<Instant>,
+    /// Measured service time and cold starts, for wait estimates.
+    wait: WaitMeasurements,
 }
 
 impl DeploymentSupervisor {
@@ -168,6 +175,7 @@ impl DeploymentSupervisor {
             autoscaler: Autoscaler::new(with_reserved_floor(&spec.autoscaling, spec.reserved_floor))
                 .with_expected_cold_start(description.expected_cold_start)
                 .with_capacity(swell_autoscaler::ReplicaCapacity::from_description(&description)),
+            wait: WaitMeasurements::new(description.expected_cold_start),
             description,
             spec,
             queue,
@@ -217,18 +225,61 @@ impl DeploymentSupervisor {
     }
 
     fn readiness(&self) -> Readiness {
+        let slots_per_replica = self.description.max_batch_size.max(1);
         if !self.spec.runs_replicas {
-            // A gateway does not know the worker nodes' replicas: don't claim one is starting.
-            return Readiness { ready: 1, starting: 0, ready_in: None };
+            // A gateway does not know the worker nodes' replicas: don't claim one is
+            // starting. Its estimate is filled from the replicas' reports by the caller
+            // (`Readiness::with_reported_slots`); until then a replica is taken as
+            // starting now (the leader starts one for work queued at zero).
+            let wait = WaitInputs {
+                slots_per_replica,
+                starting_ready_in: vec![self.wait.cold_start(true)],
+                service: self.service_curve(),
+                ..WaitInputs::default()
+            };
+            return Readiness { ready: 1, starting: 0, ready_in: None, wait, reported: true, assumed_start: true };
         }
         let counts = self.counts();
-        let ready_in = self
+        let mut starting_ready_in: Vec<Duration> = self
             .replicas
             .values()
             .filter(|r| r.state == ReplicaState::Starting)
-            .map(|r| self.description.expected_cold_start.saturating_sub(r.created_at.elapsed()))
-            .min();
-        Readiness { ready: counts.ready, starting: counts.starting, ready_in }
+            .map(|r| self.wait.cold_start(r.from_zero).saturating_sub(r.created_at.elapsed()))
+            .collect();
+        let assumed_start =
+            counts.ready + counts.starting == 0 && self.autoscaler.policy().max_replicas > 0 && !self.deleting;
+        if assumed_start {
+            // Work queued at zero starts a replica at once (its tick may not have run yet).
+            starting_ready_in.push(self.wait.cold_start(true));
+        }
+        let (free_slots, busy_slots) = self
+            .replicas
+            .values()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .map(|r| r.gauges.load().min(u64::from(slots_per_replica)))
+            .fold((0, 0), |(free, busy), load| (free + u64::from(slots_per_replica) - load, busy + load));
+        let ready_in = starting_ready_in.iter().min().copied();
+        let wait = WaitInputs {
+            slots_per_replica,
+            free_slots,
+            busy_slots,
+            starting_ready_in,
+            service: self.service_curve(),
+        };
+        // A queue shared with other nodes is served by their replicas too: count the
+        // slots every replica reports.
+        let reported = self.spec.shared_queue;
+        Readiness { ready: counts.ready, starting: counts.starting, ready_in, wait, reported, assumed_start }
+    }
+
+    /// The measured service-time distribution, or until a job finished, the engine
+    /// profile's service time for the mean arriving request.
+    fn service_curve(&self) -> Option<Arc<RenewalCurve>> {
+        self.wait.service_curve().or_else(|| {
+            let slots = self.description.max_batch_size;
+            let prior = self.wait.prior_service_time(self.description.performance.as_ref(), slots)?;
+            RenewalCurve::from_samples(&[prior.as_secs_f64()]).map(Arc::new)
+        })
     }
 
     fn publish_replica_gauges(&self) {
@@ -464,6 +515,7 @@ impl DeploymentSupervisor {
         metric_series::live("replica", &id);
         tracing::info!(replica = %id, "starting replica");
         let now = Instant::now();
+        let from_zero = self.counts().ready == 0;
         self.replicas.insert(
             ordinal,
             ReplicaEntry {
@@ -475,6 +527,7 @@ impl DeploymentSupervisor {
                 cold_start: None,
                 last_steps: 0,
                 last_progress_at: now,
+                from_zero,
             },
         );
     }
@@ -601,6 +654,7 @@ impl Handler<ReplicaLifecycle> for DeploymentSupervisor {
                 self.backoff.reset();
                 self.restart_not_before = None;
                 if let Some(replica) = self.replicas.get_mut(&ordinal) {
+                    self.wait.replica_ready(elapsed, replica.from_zero);
                     replica.cold_start = Some((elapsed, cold_start));
                     if replica.state == ReplicaState::Starting {
                         replica.state = ReplicaState::Ready;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use swell_autoscaler::{AutoscalingPolicy, Decision, DecisionRecord, LoadAverages, ScaleDirection};
 use swell_workers::{ColdStartReport, EngineDescription};
 
+use crate::wait_estimate::{WaitEstimate, WaitInputs};
 use crate::worker::ReplicaState;
 
 /// One recorded change of the replica count.
@@ -96,11 +97,68 @@ pub struct ReplicaFailure {
     pub message: String,
 }
 
-/// Whether a request waiting for capacity has a replica coming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a request waiting for capacity has a replica coming, and what its wait is
+/// estimated from.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Readiness {
     pub ready: u32,
     pub starting: u32,
-    /// Expected time until the oldest starting replica is ready.
+    /// Expected time until the soonest starting replica is ready (measured cold start
+    /// minus its age).
     pub ready_in: Option<Duration>,
+    /// The deployment's state for [`WaitEstimate`](crate::wait_estimate::WaitEstimate).
+    pub wait: WaitInputs,
+    /// With a queue shared by several nodes (Redis): the ready slots are to be read
+    /// from every replica's report ([`Readiness::with_reported_slots`]); on a gateway that
+    /// runs no replicas `wait` has none of its own.
+    pub reported: bool,
+    /// The last of `wait.starting_ready_in` is not a replica but one assumed to start now
+    /// (nothing is ready or starting here, and work queued at zero starts one).
+    pub assumed_start: bool,
+}
+
+impl Readiness {
+    /// Expected wait of the request at `position` (1-based).
+    pub fn eta(&self, position: u64) -> Option<Duration> {
+        WaitEstimate::wait(&self.wait, position)
+    }
+
+    /// The cluster's view: the slots every replica reports (free, running). With none
+    /// reported, `wait` keeps its own (and the replica assumed to start at zero).
+    pub fn with_reported_slots(mut self, free: u64, busy: u64) -> Self {
+        if free + busy > 0 {
+            self.wait.free_slots = free;
+            self.wait.busy_slots = busy;
+            if self.assumed_start {
+                self.wait.starting_ready_in.pop();
+                self.assumed_start = false;
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readiness(assumed_start: bool) -> Readiness {
+        let wait = WaitInputs {
+            slots_per_replica: 4,
+            starting_ready_in: vec![Duration::from_secs(3), Duration::from_secs(10)],
+            ..WaitInputs::default()
+        };
+        Readiness { ready: 0, starting: 1, ready_in: Some(Duration::from_secs(3)), wait, reported: true, assumed_start }
+    }
+
+    #[test]
+    fn reported_slots_replace_the_local_ones_and_the_assumed_start() {
+        let seen = readiness(true).with_reported_slots(2, 6);
+        assert_eq!((seen.wait.free_slots, seen.wait.busy_slots), (2, 6));
+        assert_eq!(seen.wait.starting_ready_in, [Duration::from_secs(3)], "the assumed start is dropped");
+        let local = readiness(false).with_reported_slots(2, 6);
+        assert_eq!(local.wait.starting_ready_in.len(), 2, "replicas starting here still come");
+        let none = readiness(true).with_reported_slots(0, 0);
+        assert_eq!(none.wait.starting_ready_in.len(), 2, "nothing reported: a start is still assumed");
+    }
 }
