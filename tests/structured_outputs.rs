@@ -23,7 +23,10 @@ async fn the_official_client_gets_objects_that_fit_its_model() {
     .await;
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/structured_outputs.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/structured_outputs.py"
+            ))
             .args([base.as_str(), "default", "100"])
             .output()
             .expect("python runs (scripts/test-tools installs it)")
@@ -32,8 +35,15 @@ async fn the_official_client_gets_objects_that_fit_its_model() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
-    assert!(output.status.success(), "structured outputs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("parse: 100/100 valid Person objects"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "structured outputs failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("parse: 100/100 valid Person objects"),
+        "{stdout}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
 
@@ -44,14 +54,23 @@ async fn an_engine_without_constrained_decoding_refuses_by_name() {
     )
     .await;
     for (path, body) in [
-        ("/v1/chat/completions", json!({"model": "default", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}})),
-        ("/v1/completions", json!({"model": "default", "prompt": "hi", "guided_json": {"type": "object"}})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "default", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "default", "prompt": "hi", "guided_json": {"type": "object"}}),
+        ),
     ] {
         let (code, _, text) = common::post(&server, path, None, &body).await;
         assert_eq!(code, 400, "{path}: {text}");
         let error: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(error["error"]["code"], "unsupported_parameter", "{text}");
         let param = error["error"]["param"].as_str().unwrap();
-        assert!(param == "response_format" || param == "guided_json", "{text}");
+        assert!(
+            param == "response_format" || param == "guided_json",
+            "{text}"
+        );
     }
 }

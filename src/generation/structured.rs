@@ -16,7 +16,13 @@ use crate::generation::error::GenerationError;
 use crate::generation::validate::ModelLimits;
 
 /// The top-level fields read here (the field checks let them through).
-pub const STRUCTURED_FIELDS: &[&str] = &["response_format", "guided_json", "guided_regex", "guided_choice", "json_schema"];
+pub const STRUCTURED_FIELDS: &[&str] = &[
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "json_schema",
+];
 
 /// What a deployment's engine can enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +36,16 @@ pub struct ConstraintSupport {
 }
 
 impl ConstraintSupport {
-    pub const ALL: ConstraintSupport = ConstraintSupport { json: true, regex: true, choice: true };
-    pub const NONE: ConstraintSupport = ConstraintSupport { json: false, regex: false, choice: false };
+    pub const ALL: ConstraintSupport = ConstraintSupport {
+        json: true,
+        regex: true,
+        choice: true,
+    };
+    pub const NONE: ConstraintSupport = ConstraintSupport {
+        json: false,
+        regex: false,
+        choice: false,
+    };
 
     /// From an engine's list of unsupported parameters.
     pub fn from_unsupported(unsupported: &[String]) -> ConstraintSupport {
@@ -39,7 +53,11 @@ impl ConstraintSupport {
         if has("response_format") {
             return ConstraintSupport::NONE;
         }
-        ConstraintSupport { json: true, regex: !has("guided_regex"), choice: !has("guided_choice") }
+        ConstraintSupport {
+            json: true,
+            regex: !has("guided_regex"),
+            choice: !has("guided_choice"),
+        }
     }
 
     fn allows(&self, constraint: &Constraint) -> bool {
@@ -52,11 +70,18 @@ impl ConstraintSupport {
 }
 
 /// The constraint a request asks for, if any (`other` holds its untyped fields).
-pub fn constraint_of(other: &BTreeMap<String, Value>, limits: &ModelLimits) -> Result<Option<Constraint>, GenerationError> {
+pub fn constraint_of(
+    other: &BTreeMap<String, Value>,
+    limits: &ModelLimits,
+) -> Result<Option<Constraint>, GenerationError> {
     let mut found: Option<(&str, Constraint)> = None;
     for &field in STRUCTURED_FIELDS {
-        let Some(value) = other.get(field).filter(|v| !v.is_null()) else { continue };
-        let Some(constraint) = parse(field, value)? else { continue };
+        let Some(value) = other.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let Some(constraint) = parse(field, value)? else {
+            continue;
+        };
         if let Some((first, _)) = &found {
             return Err(GenerationError::invalid_value(
                 field,
@@ -65,24 +90,33 @@ pub fn constraint_of(other: &BTreeMap<String, Value>, limits: &ModelLimits) -> R
         }
         found = Some((field, constraint));
     }
-    let Some((field, constraint)) = found else { return Ok(None) };
+    let Some((field, constraint)) = found else {
+        return Ok(None);
+    };
     if !limits.constraints.allows(&constraint) {
         return Err(GenerationError::unsupported(
             field,
-            format!("`{field}` ({}) is not supported by this deployment's engine", constraint.kind()),
+            format!(
+                "`{field}` ({}) is not supported by this deployment's engine",
+                constraint.kind()
+            ),
         ));
     }
-    swell_workers::llm::constraint::check(&constraint)
-        .map_err(|error| GenerationError::invalid_value(field, format!("`{field}` cannot be enforced: {error}")))?;
+    swell_workers::llm::constraint::check(&constraint).map_err(|error| {
+        GenerationError::invalid_value(field, format!("`{field}` cannot be enforced: {error}"))
+    })?;
     Ok(Some(constraint))
 }
 
 fn parse(field: &str, value: &Value) -> Result<Option<Constraint>, GenerationError> {
-    let invalid = |message: &str| GenerationError::invalid_value(field, format!("`{field}` {message}"));
+    let invalid =
+        |message: &str| GenerationError::invalid_value(field, format!("`{field}` {message}"));
     match field {
         "response_format" => response_format(value),
         "guided_json" => match value {
-            Value::Object(_) | Value::Bool(_) => Ok(Some(Constraint::JsonSchema(value.to_string()))),
+            Value::Object(_) | Value::Bool(_) => {
+                Ok(Some(Constraint::JsonSchema(value.to_string())))
+            }
             Value::String(text) => Ok(Some(Constraint::JsonSchema(text.clone()))),
             _ => Err(invalid("must be a JSON schema (an object, or its text)")),
         },
@@ -97,7 +131,11 @@ fn parse(field: &str, value: &Value) -> Result<Option<Constraint>, GenerationErr
         "guided_choice" => match value {
             Value::Array(items) if !items.is_empty() => items
                 .iter()
-                .map(|item| item.as_str().map(str::to_string).ok_or_else(|| invalid("must be a list of strings")))
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| invalid("must be a list of strings"))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(|choices| Some(Constraint::Choice(choices))),
             _ => Err(invalid("must be a non-empty list of strings")),
@@ -110,7 +148,10 @@ fn parse(field: &str, value: &Value) -> Result<Option<Constraint>, GenerationErr
 fn response_format(value: &Value) -> Result<Option<Constraint>, GenerationError> {
     let invalid = |param: &str, message: String| GenerationError::invalid_value(param, message);
     let Some(format) = value.as_object() else {
-        return Err(invalid("response_format", "`response_format` must be an object with a `type`".into()));
+        return Err(invalid(
+            "response_format",
+            "`response_format` must be an object with a `type`".into(),
+        ));
     };
     let allowed_keys: &[&str] = match format.get("type").and_then(Value::as_str) {
         Some("text" | "json_object") => &["type"],
@@ -124,7 +165,9 @@ fn response_format(value: &Value) -> Result<Option<Constraint>, GenerationError>
         None => return Err(invalid("response_format.type", "`response_format.type` is required".into())),
     };
     if let Some(key) = format.keys().find(|k| !allowed_keys.contains(&k.as_str())) {
-        return Err(GenerationError::UnrecognizedArgument(format!("response_format.{key}")));
+        return Err(GenerationError::UnrecognizedArgument(format!(
+            "response_format.{key}"
+        )));
     }
     match format["type"].as_str() {
         Some("text") => Ok(None),
@@ -136,19 +179,39 @@ fn response_format(value: &Value) -> Result<Option<Constraint>, GenerationError>
                     "`response_format.json_schema` (an object with `name` and `schema`) is required".into(),
                 ));
             };
-            if let Some(key) = spec.keys().find(|k| !["name", "description", "schema", "strict"].contains(&k.as_str())) {
-                return Err(GenerationError::UnrecognizedArgument(format!("response_format.json_schema.{key}")));
+            if let Some(key) = spec
+                .keys()
+                .find(|k| !["name", "description", "schema", "strict"].contains(&k.as_str()))
+            {
+                return Err(GenerationError::UnrecognizedArgument(format!(
+                    "response_format.json_schema.{key}"
+                )));
             }
             if !spec.get("name").is_some_and(Value::is_string) {
-                return Err(invalid("response_format.json_schema.name", "`response_format.json_schema.name` (a string) is required".into()));
+                return Err(invalid(
+                    "response_format.json_schema.name",
+                    "`response_format.json_schema.name` (a string) is required".into(),
+                ));
             }
-            if spec.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
-                return Err(invalid("response_format.json_schema.strict", "`response_format.json_schema.strict` must be a boolean".into()));
+            if spec
+                .get("strict")
+                .is_some_and(|s| !s.is_boolean() && !s.is_null())
+            {
+                return Err(invalid(
+                    "response_format.json_schema.strict",
+                    "`response_format.json_schema.strict` must be a boolean".into(),
+                ));
             }
             // Without a schema, any JSON value (OpenAI's default schema is empty).
-            let schema = spec.get("schema").cloned().unwrap_or_else(|| serde_json::json!({}));
+            let schema = spec
+                .get("schema")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({}));
             if !schema.is_object() {
-                return Err(invalid("response_format.json_schema.schema", "`response_format.json_schema.schema` must be an object".into()));
+                return Err(invalid(
+                    "response_format.json_schema.schema",
+                    "`response_format.json_schema.schema` must be an object".into(),
+                ));
             }
             Ok(Some(Constraint::JsonSchema(schema.to_string())))
         }
@@ -162,11 +225,20 @@ mod tests {
     use super::*;
 
     fn limits(constraints: ConstraintSupport) -> ModelLimits {
-        ModelLimits { context_length: 64, max_tokens_default: 16, max_tokens_limit: 48, prompt_logprobs: true, constraints }
+        ModelLimits {
+            context_length: 64,
+            max_tokens_default: 16,
+            max_tokens_limit: 48,
+            prompt_logprobs: true,
+            constraints,
+        }
     }
 
     fn of(value: Value) -> Result<Option<Constraint>, GenerationError> {
-        constraint_of(&serde_json::from_value(value).unwrap(), &limits(ConstraintSupport::ALL))
+        constraint_of(
+            &serde_json::from_value(value).unwrap(),
+            &limits(ConstraintSupport::ALL),
+        )
     }
 
     fn param_of(value: Value) -> (String, Option<String>) {
@@ -177,39 +249,85 @@ mod tests {
     #[test]
     fn each_form_becomes_its_constraint() {
         assert_eq!(of(json!({})).unwrap(), None);
-        assert_eq!(of(json!({"response_format": {"type": "text"}})).unwrap(), None);
-        assert_eq!(of(json!({"response_format": {"type": "json_object"}})).unwrap(), Some(Constraint::JsonObject));
-        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]});
+        assert_eq!(
+            of(json!({"response_format": {"type": "text"}})).unwrap(),
+            None
+        );
+        assert_eq!(
+            of(json!({"response_format": {"type": "json_object"}})).unwrap(),
+            Some(Constraint::JsonObject)
+        );
+        let schema =
+            json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]});
         let format = json!({"type": "json_schema", "json_schema": {"name": "t", "strict": true, "schema": schema}});
-        assert_eq!(of(json!({ "response_format": format })).unwrap(), Some(Constraint::JsonSchema(schema.to_string())));
-        assert_eq!(of(json!({ "guided_json": schema })).unwrap(), Some(Constraint::JsonSchema(schema.to_string())));
-        assert_eq!(of(json!({ "json_schema": schema })).unwrap(), Some(Constraint::JsonSchema(schema.to_string())));
-        assert_eq!(of(json!({"guided_regex": "[0-9]+"})).unwrap(), Some(Constraint::Regex("[0-9]+".into())));
+        assert_eq!(
+            of(json!({ "response_format": format })).unwrap(),
+            Some(Constraint::JsonSchema(schema.to_string()))
+        );
+        assert_eq!(
+            of(json!({ "guided_json": schema })).unwrap(),
+            Some(Constraint::JsonSchema(schema.to_string()))
+        );
+        assert_eq!(
+            of(json!({ "json_schema": schema })).unwrap(),
+            Some(Constraint::JsonSchema(schema.to_string()))
+        );
+        assert_eq!(
+            of(json!({"guided_regex": "[0-9]+"})).unwrap(),
+            Some(Constraint::Regex("[0-9]+".into()))
+        );
         assert_eq!(
             of(json!({"guided_choice": ["yes", "no"]})).unwrap(),
             Some(Constraint::Choice(vec!["yes".into(), "no".into()]))
         );
         // A text format beside a guided field is no conflict.
-        assert!(of(json!({"response_format": {"type": "text"}, "guided_regex": "a"})).unwrap().is_some());
+        assert!(
+            of(json!({"response_format": {"type": "text"}, "guided_regex": "a"}))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn bad_forms_are_named() {
         let invalid = |param: &str| ("invalid_value".to_string(), Some(param.to_string()));
-        assert_eq!(param_of(json!({"response_format": "json"})), invalid("response_format"));
-        assert_eq!(param_of(json!({"response_format": {"type": "xml"}})), invalid("response_format.type"));
-        assert_eq!(param_of(json!({"response_format": {"type": "json_schema"}})), invalid("response_format.json_schema"));
         assert_eq!(
-            param_of(json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}})),
+            param_of(json!({"response_format": "json"})),
+            invalid("response_format")
+        );
+        assert_eq!(
+            param_of(json!({"response_format": {"type": "xml"}})),
+            invalid("response_format.type")
+        );
+        assert_eq!(
+            param_of(json!({"response_format": {"type": "json_schema"}})),
+            invalid("response_format.json_schema")
+        );
+        assert_eq!(
+            param_of(
+                json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}})
+            ),
             invalid("response_format.json_schema.name")
         );
         assert_eq!(
             param_of(json!({"response_format": {"type": "json_object", "schema": {}}})),
-            ("unrecognized_argument".to_string(), Some("response_format.schema".to_string()))
+            (
+                "unrecognized_argument".to_string(),
+                Some("response_format.schema".to_string())
+            )
         );
-        assert_eq!(param_of(json!({"guided_choice": []})), invalid("guided_choice"));
-        assert_eq!(param_of(json!({"guided_regex": "(open"})), invalid("guided_regex"));
-        assert_eq!(param_of(json!({"guided_json": {"type": "no-such-type"}})), invalid("guided_json"));
+        assert_eq!(
+            param_of(json!({"guided_choice": []})),
+            invalid("guided_choice")
+        );
+        assert_eq!(
+            param_of(json!({"guided_regex": "(open"})),
+            invalid("guided_regex")
+        );
+        assert_eq!(
+            param_of(json!({"guided_json": {"type": "no-such-type"}})),
+            invalid("guided_json")
+        );
         assert_eq!(
             param_of(json!({"response_format": {"type": "json_object"}, "guided_regex": "a"})),
             invalid("guided_regex")
@@ -219,13 +337,38 @@ mod tests {
     #[test]
     fn an_engine_without_support_refuses_by_name() {
         let none = limits(ConstraintSupport::NONE);
-        let error = constraint_of(&serde_json::from_value(json!({"guided_json": {}})).unwrap(), &none).unwrap_err();
-        assert_eq!((error.code(), error.param()), ("unsupported_parameter", Some("guided_json")));
+        let error = constraint_of(
+            &serde_json::from_value(json!({"guided_json": {}})).unwrap(),
+            &none,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (error.code(), error.param()),
+            ("unsupported_parameter", Some("guided_json"))
+        );
         // Asking for plain text needs no support.
-        assert_eq!(constraint_of(&serde_json::from_value(json!({"response_format": {"type": "text"}})).unwrap(), &none).unwrap(), None);
-        let no_regex = limits(ConstraintSupport::from_unsupported(&["guided_regex".to_string()]));
-        let error = constraint_of(&serde_json::from_value(json!({"guided_regex": "a+"})).unwrap(), &no_regex).unwrap_err();
+        assert_eq!(
+            constraint_of(
+                &serde_json::from_value(json!({"response_format": {"type": "text"}})).unwrap(),
+                &none
+            )
+            .unwrap(),
+            None
+        );
+        let no_regex = limits(ConstraintSupport::from_unsupported(&[
+            "guided_regex".to_string()
+        ]));
+        let error = constraint_of(
+            &serde_json::from_value(json!({"guided_regex": "a+"})).unwrap(),
+            &no_regex,
+        )
+        .unwrap_err();
         assert_eq!(error.param(), Some("guided_regex"));
-        assert!(constraint_of(&serde_json::from_value(json!({"guided_choice": ["a"]})).unwrap(), &no_regex).unwrap().is_some());
+        assert!(constraint_of(
+            &serde_json::from_value(json!({"guided_choice": ["a"]})).unwrap(),
+            &no_regex
+        )
+        .unwrap()
+        .is_some());
     }
 }

@@ -13,7 +13,13 @@ use swell_protocol::{Constraint, FinishReason, SamplingParams};
 use swell_workers::Sequence;
 
 fn sampled(max_tokens: u32, seed: u64, constraint: Option<Constraint>) -> SamplingParams {
-    SamplingParams { max_tokens, temperature: 0.8, seed: Some(seed), constraint, ..SamplingParams::default() }
+    SamplingParams {
+        max_tokens,
+        temperature: 0.8,
+        seed: Some(seed),
+        constraint,
+        ..SamplingParams::default()
+    }
 }
 
 fn person_schema() -> Value {
@@ -48,7 +54,12 @@ fn fits_person(value: &Value) -> Result<(), String> {
     if !["admin", "user", "guest"].contains(&object["role"].as_str().ok_or("role")?) {
         return Err("role".into());
     }
-    if !object["tags"].as_array().ok_or("tags")?.iter().all(Value::is_string) {
+    if !object["tags"]
+        .as_array()
+        .ok_or("tags")?
+        .iter()
+        .all(Value::is_string)
+    {
         return Err("tags".into());
     }
     let address = object["address"].as_object().ok_or("address")?;
@@ -63,18 +74,41 @@ fn fits_person(value: &Value) -> Result<(), String> {
 #[test]
 fn sampled_outputs_fit_their_constraint() {
     let (f, mut e) = engine(config());
-    let prompt = chat_ids(&f, "Describe a user of a web shop as JSON: name, age, role, tags and address.");
+    let prompt = chat_ids(
+        &f,
+        "Describe a user of a web shop as JSON: name, age, role, tags and address.",
+    );
     let schema = Constraint::JsonSchema(person_schema().to_string());
     let seqs: Vec<Sequence> = (0..8)
-        .map(|k| seq(&format!("schema-{k}"), prompt.clone(), sampled(300, 100 + k, Some(schema.clone()))))
-        .chain((0..4).map(|k| seq(&format!("object-{k}"), prompt.clone(), sampled(300, 200 + k, Some(Constraint::JsonObject)))))
+        .map(|k| {
+            seq(
+                &format!("schema-{k}"),
+                prompt.clone(),
+                sampled(300, 100 + k, Some(schema.clone())),
+            )
+        })
+        .chain((0..4).map(|k| {
+            seq(
+                &format!("object-{k}"),
+                prompt.clone(),
+                sampled(300, 200 + k, Some(Constraint::JsonObject)),
+            )
+        }))
         .chain((0..4).map(|k| {
             let regex = Constraint::Regex("[0-9]{3}-[0-9]{4}".into());
-            seq(&format!("regex-{k}"), chat_ids(&f, "Give me a phone number."), sampled(20, 300 + k, Some(regex)))
+            seq(
+                &format!("regex-{k}"),
+                chat_ids(&f, "Give me a phone number."),
+                sampled(20, 300 + k, Some(regex)),
+            )
         }))
         .chain((0..4).map(|k| {
             let choice = Constraint::Choice(vec!["yes".into(), "no".into(), "maybe later".into()]);
-            seq(&format!("choice-{k}"), chat_ids(&f, "Is the sky green?"), sampled(20, 400 + k, Some(choice)))
+            seq(
+                &format!("choice-{k}"),
+                chat_ids(&f, "Is the sky green?"),
+                sampled(20, 400 + k, Some(choice)),
+            )
         }))
         .collect();
     let got = run(&mut e, seqs);
@@ -84,24 +118,46 @@ fn sampled_outputs_fit_their_constraint() {
         let (reason, _) = c.finish.expect("finished");
         if reason == FinishReason::Length {
             // Cut short by max_tokens: left as it is (never the short kinds).
-            assert!(id.starts_with("schema") || id.starts_with("object"), "{id} ran out of tokens: {:?}", c.text);
+            assert!(
+                id.starts_with("schema") || id.starts_with("object"),
+                "{id} ran out of tokens: {:?}",
+                c.text
+            );
             continue;
         }
         stopped += 1;
         if id.starts_with("schema") {
-            let value: Value = serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{id}: {e}: {}", c.text));
+            let value: Value =
+                serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{id}: {e}: {}", c.text));
             fits_person(&value).unwrap_or_else(|e| panic!("{id}: {e}: {}", c.text));
         } else if id.starts_with("object") {
-            let value: Value = serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{id}: {e}: {}", c.text));
+            let value: Value =
+                serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{id}: {e}: {}", c.text));
             assert!(value.is_object(), "{id}: {}", c.text);
         } else if id.starts_with("regex") {
-            let digits: Vec<usize> = c.text.split('-').map(|part| part.chars().filter(char::is_ascii_digit).count()).collect();
-            assert_eq!((digits, c.text.len()), (vec![3, 4], 8), "{id}: {:?}", c.text);
+            let digits: Vec<usize> = c
+                .text
+                .split('-')
+                .map(|part| part.chars().filter(char::is_ascii_digit).count())
+                .collect();
+            assert_eq!(
+                (digits, c.text.len()),
+                (vec![3, 4], 8),
+                "{id}: {:?}",
+                c.text
+            );
         } else {
-            assert!(["yes", "no", "maybe later"].contains(&c.text.as_str()), "{id}: {:?}", c.text);
+            assert!(
+                ["yes", "no", "maybe later"].contains(&c.text.as_str()),
+                "{id}: {:?}",
+                c.text
+            );
         }
     }
-    assert!(stopped >= 16, "most outputs complete within max_tokens ({stopped} of 20)");
+    assert!(
+        stopped >= 16,
+        "most outputs complete within max_tokens ({stopped} of 20)"
+    );
 }
 
 #[test]
@@ -111,8 +167,17 @@ fn a_constrained_neighbour_changes_nothing_and_a_resumed_one_continues() {
     let free = seq("free", prompt.clone(), sampled(40, 7, None));
     let alone = run(&mut e, vec![free.clone()]).remove("free").unwrap();
     let schema = Some(Constraint::JsonSchema(person_schema().to_string()));
-    let together = run(&mut e, vec![free, seq("json", prompt.clone(), sampled(120, 9, schema.clone()))]);
-    assert_eq!(together["free"].ids, alone.ids, "the constrained sequence's mask stays its own");
+    let together = run(
+        &mut e,
+        vec![
+            free,
+            seq("json", prompt.clone(), sampled(120, 9, schema.clone())),
+        ],
+    );
+    assert_eq!(
+        together["free"].ids, alone.ids,
+        "the constrained sequence's mask stays its own"
+    );
     let whole = &together["json"];
     assert_eq!(whole.failed, None);
 
@@ -135,10 +200,22 @@ fn a_bad_constraint_fails_the_sequence_cleanly() {
     let got = run(
         &mut e,
         vec![
-            seq("bad", prompt.clone(), sampled(10, 1, Some(Constraint::Regex("(unclosed".into())))),
+            seq(
+                "bad",
+                prompt.clone(),
+                sampled(10, 1, Some(Constraint::Regex("(unclosed".into()))),
+            ),
             seq("good", prompt, sampled(10, 1, None)),
         ],
     );
-    assert!(got["bad"].failed.as_deref().unwrap().starts_with("invalid_constraint"), "{:?}", got["bad"].failed);
+    assert!(
+        got["bad"]
+            .failed
+            .as_deref()
+            .unwrap()
+            .starts_with("invalid_constraint"),
+        "{:?}",
+        got["bad"].failed
+    );
     assert!(got["good"].finish.is_some());
 }

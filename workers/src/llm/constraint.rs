@@ -19,7 +19,9 @@
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::toktrie::{
+    ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv,
+};
 use llguidance::{Matcher, ParserFactory};
 use swell_protocol::Constraint;
 
@@ -43,10 +45,12 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
 /// The llguidance grammar of a constraint.
 pub fn grammar(constraint: &Constraint) -> Result<TopLevelGrammar, String> {
     Ok(match constraint {
-        Constraint::JsonObject => TopLevelGrammar::from_json_schema(compact(serde_json::json!({ "type": "object" }))),
+        Constraint::JsonObject => {
+            TopLevelGrammar::from_json_schema(compact(serde_json::json!({ "type": "object" })))
+        }
         Constraint::JsonSchema(text) => {
-            let schema: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| format!("the JSON schema is not JSON: {e}"))?;
+            let schema: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| format!("the JSON schema is not JSON: {e}"))?;
             if !schema.is_object() && !schema.is_boolean() {
                 return Err("the JSON schema must be an object".to_string());
             }
@@ -57,7 +61,8 @@ pub fn grammar(constraint: &Constraint) -> Result<TopLevelGrammar, String> {
             if choices.is_empty() {
                 return Err("the list of choices is empty".to_string());
             }
-            let alternatives: Vec<String> = choices.iter().map(|c| regex_syntax::escape(c)).collect();
+            let alternatives: Vec<String> =
+                choices.iter().map(|c| regex_syntax::escape(c)).collect();
             TopLevelGrammar::from_regex(&format!("({})", alternatives.join("|")))
         }
     })
@@ -100,7 +105,9 @@ impl TokenizerEnv for VocabEnv {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        self.tokenizer.encode(&String::from_utf8_lossy(s), false).unwrap_or_default()
+        self.tokenizer
+            .encode(&String::from_utf8_lossy(s), false)
+            .unwrap_or_default()
     }
 }
 
@@ -115,10 +122,15 @@ impl ConstraintCompiler {
     /// `vocab` is the width of the model's logits (it may exceed the tokenizer's).
     pub fn new(tokenizer: Arc<GgufTokenizer>, vocab: usize) -> Result<ConstraintCompiler, String> {
         let eos_ids = tokenizer.eos_token_ids();
-        let eos = tokenizer.eos_token_id().or_else(|| eos_ids.first().copied()).ok_or("the model has no end-of-sequence token")?;
+        let eos = tokenizer
+            .eos_token_id()
+            .or_else(|| eos_ids.first().copied())
+            .ok_or("the model has no end-of-sequence token")?;
         let words: Vec<Vec<u8>> = (0..vocab as u32)
             .map(|id| match tokenizer.token_kind(id) {
-                Some(TokenKind::Normal | TokenKind::Byte | TokenKind::UserDefined) => tokenizer.token_bytes(id).to_vec(),
+                Some(TokenKind::Normal | TokenKind::Byte | TokenKind::UserDefined) => {
+                    tokenizer.token_bytes(id).to_vec()
+                }
                 // Special, unused or beyond the tokenizer: marked, so no grammar matches it.
                 _ => {
                     let mut marked = vec![TokTrie::SPECIAL_TOKEN_MARKER];
@@ -135,18 +147,31 @@ impl ConstraintCompiler {
             tok_unk: None,
             tok_end_of_turn: None,
         };
-        let env: TokEnv = Arc::new(VocabEnv { trie: TokTrie::from(&info, &words), tokenizer });
-        Ok(ConstraintCompiler { factory: quiet_factory(&env)?, eos_ids })
+        let env: TokEnv = Arc::new(VocabEnv {
+            trie: TokTrie::from(&info, &words),
+            tokenizer,
+        });
+        Ok(ConstraintCompiler {
+            factory: quiet_factory(&env)?,
+            eos_ids,
+        })
     }
 
     /// The matcher of one sequence, advanced over `generated` (the tokens an earlier
     /// attempt delivered, when the sequence resumes).
-    pub fn compile(&self, constraint: &Constraint, generated: &[u32]) -> Result<SequenceConstraint, String> {
+    pub fn compile(
+        &self,
+        constraint: &Constraint,
+        generated: &[u32],
+    ) -> Result<SequenceConstraint, String> {
         let matcher = Matcher::new(self.factory.create_parser(grammar(constraint)?));
         if let Some(error) = matcher.get_error() {
             return Err(error);
         }
-        let mut constraint = SequenceConstraint { matcher, eos_ids: self.eos_ids.clone() };
+        let mut constraint = SequenceConstraint {
+            matcher,
+            eos_ids: self.eos_ids.clone(),
+        };
         for &token in generated {
             if constraint.is_done() {
                 break;
@@ -165,7 +190,9 @@ pub struct SequenceConstraint {
 
 impl std::fmt::Debug for SequenceConstraint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SequenceConstraint").field("done", &self.is_done()).finish()
+        f.debug_struct("SequenceConstraint")
+            .field("done", &self.is_done())
+            .finish()
     }
 }
 
@@ -198,8 +225,15 @@ impl SequenceConstraint {
     /// The tokens that may come next: what continues a valid output, and the
     /// end-of-sequence tokens where the output may end.
     pub fn mask(&mut self) -> Result<TokenMask, String> {
-        let mut mask = self.matcher.compute_mask_or_eos().map_err(|e| e.to_string())?;
-        if self.eos_ids.iter().any(|&eos| (eos as usize) < mask.len() && mask.is_allowed(eos)) {
+        let mut mask = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| e.to_string())?;
+        if self
+            .eos_ids
+            .iter()
+            .any(|&eos| (eos as usize) < mask.len() && mask.is_allowed(eos))
+        {
             for &eos in &self.eos_ids {
                 if (eos as usize) < mask.len() {
                     mask.allow_token(eos);
@@ -228,7 +262,9 @@ impl SequenceConstraint {
 
 /// The masks of a step's constrained sequences (keyed by the caller's index), computed
 /// in turn; the engine runs this beside its forward pass.
-pub fn masks(mut constrained: Vec<(usize, SequenceConstraint)>) -> Vec<(usize, SequenceConstraint, Result<TokenMask, String>)> {
+pub fn masks(
+    mut constrained: Vec<(usize, SequenceConstraint)>,
+) -> Vec<(usize, SequenceConstraint, Result<TokenMask, String>)> {
     constrained
         .drain(..)
         .map(|(i, mut matcher)| {
@@ -249,13 +285,33 @@ mod tests {
     #[test]
     fn good_constraints_compile_and_bad_ones_are_named() {
         assert_eq!(check(&Constraint::JsonObject), Ok(()));
-        assert_eq!(check(&schema(serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}}))), Ok(()));
-        assert_eq!(check(&Constraint::Regex("[a-z]+@[a-z]+\\.com".into())), Ok(()));
-        assert_eq!(check(&Constraint::Choice(vec!["yes".into(), "no (really?)".into()])), Ok(()));
-        assert!(check(&Constraint::JsonSchema("{not json".into())).unwrap_err().contains("not JSON"));
-        assert!(check(&schema(serde_json::json!([1, 2]))).unwrap_err().contains("must be an object"));
+        assert_eq!(
+            check(&schema(
+                serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}})
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            check(&Constraint::Regex("[a-z]+@[a-z]+\\.com".into())),
+            Ok(())
+        );
+        assert_eq!(
+            check(&Constraint::Choice(vec![
+                "yes".into(),
+                "no (really?)".into()
+            ])),
+            Ok(())
+        );
+        assert!(check(&Constraint::JsonSchema("{not json".into()))
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(check(&schema(serde_json::json!([1, 2])))
+            .unwrap_err()
+            .contains("must be an object"));
         assert!(check(&schema(serde_json::json!({"type": "no-such-type"}))).is_err());
         assert!(check(&Constraint::Regex("(unclosed".into())).is_err());
-        assert!(check(&Constraint::Choice(Vec::new())).unwrap_err().contains("empty"));
+        assert!(check(&Constraint::Choice(Vec::new()))
+            .unwrap_err()
+            .contains("empty"));
     }
 }

@@ -25,10 +25,12 @@
 //!
 //! # Structured outputs
 //! A sequence with a [`Constraint`](swell_protocol::Constraint) carries a matcher
-//! ([`constraint`](crate::llm::constraint)). Its mask for the token it draws next is
-//! computed on another thread while the forward pass runs (the matcher only moves when
-//! a token is drawn), then applied to its logits before sampling; the drawn token
-//! advances the matcher, and a complete output ends the sequence with `Stop`.
+//! ([`constraint`](crate::llm::constraint)). The masks of the step's constrained
+//! sequences are computed together before the forward pass (the matcher only moves when
+//! a token is drawn), then applied to their logits before sampling; the drawn token
+//! advances the matcher, and a complete output ends the sequence with `Stop`. They are
+//! not computed on a thread beside the forward pass: on the CPU the forward pass uses
+//! every core, and such a thread only contended with it (docs/structured-outputs.md).
 //!
 //! # Prefix caching
 //! Every full block a sequence has computed is registered in the [`BlockPool`] under the
@@ -414,7 +416,7 @@ impl LlmEngine {
         }
         plan.sort_unstable_by_key(|&(i, _)| i);
 
-        // The matchers of the constrained sequences that draw a token this step.
+        // The masks of the constrained sequences that draw a token this step.
         let constrained: Vec<(usize, SequenceConstraint)> = plan
             .iter()
             .filter_map(|&(i, n)| {
@@ -456,11 +458,8 @@ impl LlmEngine {
             })
             .collect();
         let forward_started = Instant::now();
-        let (logits, masked) = std::thread::scope(|scope| {
-            let masking = (!constrained.is_empty()).then(|| scope.spawn(move || constraint::masks(constrained)));
-            let logits = self.model.forward(&chunks).map(<[f32]>::to_vec);
-            (logits, masking.map(|thread| thread.join().expect("the mask thread does not panic")))
-        });
+        let masked = (!constrained.is_empty()).then(|| constraint::masks(constrained));
+        let logits = self.model.forward(&chunks).map(<[f32]>::to_vec);
         let logits = logits?;
         let forward_time = forward_started.elapsed();
         drop(chunks);
