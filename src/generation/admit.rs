@@ -209,6 +209,7 @@ async fn generation(
         kind: validated.kind,
         include_usage: validated.include_usage,
         logprobs: validated.logprobs,
+        tools: validated.tools,
     };
     Ok(Generation { meta, validated, events, handles, rate_limits })
 }

@@ -6,10 +6,11 @@ use swell_cluster::{FinishReason, Usage};
 
 use crate::generation::error::GenerationError;
 use crate::generation::openai_types::{
-    ChatChoice, ChatCompletion, ChatLogprobs, ChatMessageOut, ChatTokenLogprob,
+    ChatChoice, ChatCompletion, ChatLogprobs, ChatTokenLogprob,
     CompletedResponse, CompletionLogprobs, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION, TEXT_COMPLETION,
 };
 use crate::generation::stream_encoder::ResponseMeta;
+use crate::generation::tools::chat_message;
 use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
 
 #[derive(Debug, Default)]
@@ -139,11 +140,16 @@ impl ResponseCollector {
                 choices: choices
                     .into_iter()
                     .enumerate()
-                    .map(|(index, choice)| ChatChoice {
-                        index: index as u32,
-                        finish_reason: finish(&choice),
-                        logprobs: self.meta.logprobs.then_some(ChatLogprobs { content: choice.chat_logprobs }),
-                        message: ChatMessageOut { role: "assistant", content: choice.text },
+                    .map(|(index, choice)| {
+                        let finish_reason = finish(&choice);
+                        let (message, finish_reason) =
+                            chat_message(&self.meta.id, index, choice.text, finish_reason, self.meta.tools);
+                        ChatChoice {
+                            index: index as u32,
+                            finish_reason,
+                            logprobs: self.meta.logprobs.then_some(ChatLogprobs { content: choice.chat_logprobs }),
+                            message,
+                        }
                     })
                     .collect(),
                 usage,

@@ -7,8 +7,10 @@
 //! - the structured-output fields (`response_format`, and the `guided_json`,
 //!   `guided_regex`, `guided_choice` and `json_schema` extensions) are honoured by
 //!   [`structured`](crate::generation::structured), which reads them from `other`;
-//! - a field OpenAI defines whose value changes nothing (`metadata`, `store`, `tools: []`,
-//!   any field set to `null`) is accepted;
+//! - the tool fields (`tools`, `tool_choice`, `parallel_tool_calls`; a message's
+//!   `tool_calls` and `tool_call_id`) are honoured by [`tools`](crate::generation::tools);
+//! - a field OpenAI defines whose value changes nothing (`metadata`, `store`, any field
+//!   set to `null`) is accepted;
 //! - a field OpenAI defines that Swell does not honour (`logit_bias`, `audio`, ...) is
 //!   refused by name (`unsupported_parameter`);
 //! - an extension other engines' clients send that Swell does not honour (`min_p`,
@@ -16,7 +18,7 @@
 //! - anything else is what OpenAI answers too: 400, `Unrecognized request argument
 //!   supplied` (`unrecognized_argument`).
 //!
-//! Message fields follow the same rules (`messages[i].name`, `tool_calls`, ...).
+//! Message fields follow the same rules (`messages[i].name`, `refusal`, ...).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +26,7 @@ use serde_json::Value;
 
 use crate::generation::error::GenerationError;
 use crate::generation::structured::STRUCTURED_FIELDS;
+use crate::generation::tools::{MESSAGE_FIELDS, TOOL_FIELDS};
 use crate::generation::validate::GenerationKind;
 
 /// Chat fields OpenAI defines that change nothing Swell does; accepted whatever their
@@ -35,8 +38,6 @@ const WITHOUT_EFFECT: &[&str] = &[
     "store",
     // An end-user id for OpenAI's abuse checks.
     "safety_identifier",
-    // `tools` are refused, so there is nothing to call in parallel.
-    "parallel_tool_calls",
 ];
 
 /// Chat fields OpenAI defines that Swell does not honour, each with why; accepted only
@@ -50,8 +51,6 @@ const CHAT_REFUSED: &[(&str, &str)] = &[
     ("prediction", "predicted outputs are not supported"),
     ("reasoning_effort", "the models Swell serves have no reasoning effort setting"),
     ("service_tier", "Swell has one service tier: use \"auto\" or \"default\""),
-    ("tool_choice", "tool calls are not supported yet"),
-    ("tools", "tool calls are not supported yet"),
     ("verbosity", "verbosity is not supported"),
     ("web_search_options", "web search is not supported"),
 ];
@@ -107,16 +106,14 @@ const MESSAGE_REFUSED: &[(&str, &str)] = &[
     ("function_call", "function calling is not supported yet"),
     ("name", "participant names are not supported: the chat template has no place for them"),
     ("refusal", "an assistant refusal message is not supported: send its text as content"),
-    ("tool_call_id", "tool messages are not supported yet"),
-    ("tool_calls", "tool calls are not supported yet"),
 ];
 
 /// Whether `value` of a refused field asks only for what Swell does anyway.
 fn harmless(name: &str, value: &Value) -> bool {
     match (name, value) {
         (_, Value::Null) => true,
-        ("tools" | "functions", Value::Array(list)) => list.is_empty(),
-        ("tool_choice" | "function_call", Value::String(choice)) => choice == "none",
+        ("functions", Value::Array(list)) => list.is_empty(),
+        ("function_call", Value::String(choice)) => choice == "none",
         ("logit_bias", Value::Object(map)) => map.is_empty(),
         ("modalities", Value::Array(list)) => list.iter().all(|m| m == "text"),
         ("service_tier", Value::String(tier)) => tier == "auto" || tier == "default",
@@ -127,10 +124,17 @@ fn harmless(name: &str, value: &Value) -> bool {
 
 /// Judges `other` (the fields at `prefix`) against the `accepted` and `refused` lists;
 /// other engines' extensions are known at the top level only.
-fn check(accepted: &[&str], refused: &[(&str, &str)], prefix: &str, other: &BTreeMap<String, Value>) -> Result<(), GenerationError> {
+fn check(
+    accepted: &[&str],
+    read_elsewhere: &[&[&str]],
+    refused: &[(&str, &str)],
+    prefix: &str,
+    other: &BTreeMap<String, Value>,
+) -> Result<(), GenerationError> {
+    let read_elsewhere: Vec<&str> = read_elsewhere.iter().flat_map(|names| names.iter().copied()).collect();
     for (name, value) in other {
         let param = format!("{prefix}{name}");
-        if accepted.contains(&name.as_str()) || (prefix.is_empty() && STRUCTURED_FIELDS.contains(&name.as_str())) {
+        if accepted.contains(&name.as_str()) || read_elsewhere.contains(&name.as_str()) {
             continue;
         }
         if let Some((_, why)) = refused.iter().find(|(known, _)| known == name) {
@@ -156,14 +160,14 @@ fn check(accepted: &[&str], refused: &[(&str, &str)], prefix: &str, other: &BTre
 /// Judges a request's top-level fields outside its typed ones.
 pub fn check_request_fields(kind: GenerationKind, other: &BTreeMap<String, Value>) -> Result<(), GenerationError> {
     match kind {
-        GenerationKind::Chat => check(WITHOUT_EFFECT, CHAT_REFUSED, "", other),
-        GenerationKind::Completion => check(&[], COMPLETION_REFUSED, "", other),
+        GenerationKind::Chat => check(WITHOUT_EFFECT, &[STRUCTURED_FIELDS, TOOL_FIELDS], CHAT_REFUSED, "", other),
+        GenerationKind::Completion => check(&[], &[STRUCTURED_FIELDS], COMPLETION_REFUSED, "", other),
     }
 }
 
 /// Judges message `index`'s fields outside `role` and `content`.
 pub fn check_message_fields(index: usize, other: &BTreeMap<String, Value>) -> Result<(), GenerationError> {
-    check(&[], MESSAGE_REFUSED, &format!("messages[{index}]."), other)
+    check(&[], &[MESSAGE_FIELDS], MESSAGE_REFUSED, &format!("messages[{index}]."), other)
 }
 
 /// Every field name this module knows, for the docs test: (name, where, verdict).
@@ -203,8 +207,6 @@ mod tests {
             "prediction": {"type": "content", "content": "x"},
             "reasoning_effort": "low",
             "service_tier": "flex",
-            "tool_choice": "required",
-            "tools": [{"type": "function", "function": {"name": "f"}}],
             "verbosity": "low",
             "web_search_options": {},
         });
@@ -225,15 +227,12 @@ mod tests {
     #[test]
     fn harmless_values_pass() {
         let harmless = json!({
-            "tools": [],
-            "tool_choice": "none",
             "functions": [],
             "function_call": "none",
             "logit_bias": {},
             "modalities": ["text"],
             "response_format": {"type": "text"},
             "service_tier": "auto",
-            "parallel_tool_calls": true,
             "audio": null,
             "prediction": null,
             "reasoning_effort": null,
@@ -246,7 +245,7 @@ mod tests {
         check_request_fields(GenerationKind::Completion, &fields(json!({"logit_bias": {}, "min_p": null}))).unwrap();
         let error = refusal(GenerationKind::Completion, json!({"store": true}));
         assert_eq!(error.code(), "unrecognized_argument", "store is a chat field");
-        check_message_fields(0, &fields(json!({"name": "", "tool_calls": null}))).unwrap();
+        check_message_fields(0, &fields(json!({"name": "", "audio": null}))).unwrap();
     }
 
     #[test]
@@ -273,8 +272,8 @@ mod tests {
     fn message_fields_are_judged_with_their_index() {
         let error = check_message_fields(2, &fields(json!({"name": "alice"}))).unwrap_err();
         assert_eq!((error.code(), error.param()), ("unsupported_parameter", Some("messages[2].name")));
-        let error = check_message_fields(0, &fields(json!({"tool_calls": [{"id": "c"}]}))).unwrap_err();
-        assert_eq!(error.param(), Some("messages[0].tool_calls"));
+        let error = check_message_fields(0, &fields(json!({"refusal": "no"}))).unwrap_err();
+        assert_eq!(error.param(), Some("messages[0].refusal"));
         let error = check_message_fields(1, &fields(json!({"metadata": {}}))).unwrap_err();
         assert_eq!((error.code(), error.param()), ("unrecognized_argument", Some("messages[1].metadata")));
     }

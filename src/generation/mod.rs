@@ -17,6 +17,8 @@
 //! - [`fields`]: which fields outside the typed ones are accepted, refused or unknown.
 //! - [`structured`]: `response_format` and the guided-decoding extensions into the
 //!   constraint the engine enforces.
+//! - [`tools`]: `tools` and `tool_choice`: instructions, the output's schema, and the
+//!   output read back into tool calls.
 //! - [`validate`]: bodies into validated, tokenized generation requests.
 //! - [`resolve`]: the deployment of a request, and validation against it.
 //! - [`admit`]: admission (quota, queue) and the merged event stream.
@@ -33,6 +35,7 @@ pub mod resolve;
 pub mod resume;
 pub mod stream_encoder;
 pub mod structured;
+pub mod tools;
 pub mod validate;
 
 pub use error::GenerationError;

@@ -41,9 +41,9 @@ pub struct StreamMeta {
 
 impl StreamMeta {
     /// The metadata of `validated`'s stream, or `None` when it cannot be resumed (several
-    /// choices or prompts, or an echoed prompt).
+    /// choices or prompts, an echoed prompt, or tools: their output is held to the end).
     pub fn of(validated: &ValidatedRequest, created: u64) -> Option<Self> {
-        if validated.prompts.len() != 1 || validated.prompts[0].echo.is_some() {
+        if validated.prompts.len() != 1 || validated.prompts[0].echo.is_some() || validated.tools {
             return None;
         }
         let kind = match validated.kind {
@@ -75,6 +75,8 @@ impl StreamMeta {
             kind,
             include_usage: self.include_usage,
             logprobs: self.logprobs,
+            // A stream with tools carries no event ids: it is never resumed.
+            tools: false,
         })
     }
 }

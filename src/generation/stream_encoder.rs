@@ -19,9 +19,10 @@ use crate::generation::error::GenerationError;
 use crate::generation::resume::ResumeFilter;
 use crate::generation::openai_types::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionLogprobs,
-    ResponseChunk, TextChoice, TextCompletion, UsageBody, CHAT_COMPLETION_CHUNK,
+    ResponseChunk, TextChoice, TextCompletion, ToolCallOut, UsageBody, CHAT_COMPLETION_CHUNK,
     TEXT_COMPLETION,
 };
+use crate::generation::tools::chat_message;
 use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
 
 /// Whether a new wait estimate is news: it appeared or went away, or it differs from the
@@ -50,6 +51,9 @@ pub struct ResponseMeta {
     pub kind: GenerationKind,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// The request has tools: its output is read back into tool calls or content at
+    /// its end ([`tools`](crate::generation::tools)), so its text is held until then.
+    pub tools: bool,
 }
 
 impl ResponseMeta {
@@ -97,6 +101,8 @@ struct ChoiceState {
     offset: u32,
     /// Tokens generated so far (the event id of its chunks).
     tokens: u64,
+    /// The output held back (a request with tools).
+    held: String,
     finished: Option<(FinishReason, Usage)>,
 }
 
@@ -126,7 +132,7 @@ impl StreamEncoder {
                 ..ChoiceState::default()
             })
             .collect::<Vec<_>>();
-        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none();
+        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none() && !meta.tools;
         Self { meta, choices, last_waiting: None, last_eta: None, ended: false, event_ids, resume: None }
     }
 
@@ -201,6 +207,10 @@ impl StreamEncoder {
             RequestEvent::Tokens { text, token_ids, logprobs } => {
                 self.open_choice(index, &mut items);
                 self.choices[index].tokens += token_ids.len() as u64;
+                if self.meta.tools {
+                    self.choices[index].held.push_str(&text);
+                    return items;
+                }
                 if text.is_empty() && logprobs.as_ref().is_none_or(Vec::is_empty) {
                     return items;
                 }
@@ -210,7 +220,18 @@ impl StreamEncoder {
             RequestEvent::Finished { reason, usage } => {
                 self.open_choice(index, &mut items);
                 self.choices[index].finished = Some((reason, usage));
-                items.push(self.finish_chunk(index, reason));
+                if self.meta.tools {
+                    let held = std::mem::take(&mut self.choices[index].held);
+                    let (message, finish) = chat_message(&self.meta.id, index, held, Some(reason.as_str()), true);
+                    let tool_calls = message.tool_calls.map(|calls| {
+                        calls.into_iter().enumerate().map(|(i, call)| ToolCallOut { index: Some(i as u32), ..call }).collect()
+                    });
+                    let delta = ChatDelta { role: None, content: message.content, tool_calls };
+                    items.push(self.chat_chunk(index, delta, None, None));
+                    items.push(self.chat_chunk(index, ChatDelta::default(), None, finish));
+                } else {
+                    items.push(self.finish_chunk(index, reason));
+                }
                 if self.choices.iter().all(|choice| choice.finished.is_some()) {
                     let usage = self.total_usage();
                     if self.meta.include_usage {
@@ -261,7 +282,7 @@ impl StreamEncoder {
             GenerationKind::Chat => {
                 if !self.choices[index].role_sent {
                     self.choices[index].role_sent = true;
-                    let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+                    let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None };
                     items.push(self.chat_chunk(index, delta, None, None));
                 }
             }
@@ -306,7 +327,7 @@ impl StreamEncoder {
                 let logprobs = logprobs
                     .filter(|_| self.meta.logprobs)
                     .map(ChatLogprobs::from_tokens);
-                let delta = ChatDelta { role: None, content: Some(text) };
+                let delta = ChatDelta { role: None, content: Some(text), tool_calls: None };
                 self.chat_chunk(index, delta, logprobs, None)
             }
             GenerationKind::Completion => {
@@ -411,7 +432,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn meta(kind: GenerationKind, include_usage: bool, logprobs: bool) -> ResponseMeta {
-        ResponseMeta { id: "chatcmpl-1".into(), created: 7, model: "m".into(), kind, include_usage, logprobs }
+        ResponseMeta { id: "chatcmpl-1".into(), created: 7, model: "m".into(), kind, include_usage, logprobs, tools: false }
     }
 
     pub(crate) fn prompt(echo: Option<EchoPrompt>) -> PreparedPrompt {

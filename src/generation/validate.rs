@@ -10,6 +10,7 @@ pub use crate::deployments::ModelLimits;
 use crate::generation::error::GenerationError;
 use crate::generation::fields::{check_message_fields, check_request_fields};
 use crate::generation::structured::constraint_of;
+use crate::generation::tools::{assistant_calls_text, tool_plan, tool_result_text};
 use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest, StreamOptions};
 
 /// At most this many prompts in one completions request (each becomes its own job).
@@ -82,6 +83,8 @@ pub struct ValidatedRequest {
     /// The request's session for routing, so a conversation's turns go back to the
     /// replica that holds its history: chat's `prompt_cache_key`, else `user`.
     pub session: Option<String>,
+    /// The request has tools: its output is read back into tool calls.
+    pub tools: bool,
 }
 
 impl ValidatedRequest {
@@ -179,9 +182,24 @@ pub fn validate_chat(
     }
 
     params.constraint = constraint_of(&request.other, limits)?;
+    let tools = tool_plan(&request.other, limits)?;
+    if let Some(plan) = &tools {
+        if params.constraint.is_some() {
+            return Err(GenerationError::invalid_value("tools", "`tools` and a structured output both constrain the output: send one"));
+        }
+        params.constraint = Some(plan.constraint.clone());
+    }
 
     // Only the template's markup becomes special tokens; message text is plain text.
-    let messages = chat_messages(&request.messages)?;
+    let mut messages = chat_messages(&request.messages)?;
+    if let Some(plan) = &tools {
+        match messages.first_mut() {
+            Some(system) if system.role == "system" => {
+                system.content = format!("{}\n\n{}", system.content, plan.instructions);
+            }
+            _ => messages.insert(0, ChatMessage { role: "system".into(), content: plan.instructions.clone() }),
+        }
+    }
     let tokens = tokenizer
         .encode_chat(&messages, true)
         .map_err(|error| GenerationError::InvalidPrompt(error.to_string()))?;
@@ -194,6 +212,7 @@ pub fn validate_chat(
         include_usage: common.include_usage,
         logprobs,
         session: request.prompt_cache_key.clone().or_else(|| request.user.clone()),
+        tools: tools.is_some(),
     })
 }
 
@@ -283,6 +302,7 @@ pub fn validate_completion(
         include_usage: common.include_usage,
         logprobs,
         session: request.user.clone(),
+        tools: false,
     })
 }
 
@@ -424,18 +444,41 @@ fn chat_messages(messages: &[crate::generation::openai_types::ChatMessageIn]) ->
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(GenerationError::invalid_value(
                         format!("messages[{index}].role"),
                         format!(
-                            "unsupported role `{other}`: use system, developer, user or assistant"
+                            "unsupported role `{other}`: use system, developer, user, assistant or tool"
                         ),
                     ));
                 }
             };
             check_message_fields(index, &message.other)?;
+            let field = |name: &str| message.other.get(name).filter(|v| !v.is_null());
+            let misplaced = match role {
+                "assistant" => field("tool_call_id").map(|_| "tool_call_id"),
+                "tool" => field("tool_calls").map(|_| "tool_calls"),
+                _ => field("tool_calls").map(|_| "tool_calls").or(field("tool_call_id").map(|_| "tool_call_id")),
+            };
+            if let Some(name) = misplaced {
+                return Err(GenerationError::invalid_value(
+                    format!("messages[{index}].{name}"),
+                    format!("`{name}` does not belong in a `{role}` message"),
+                ));
+            }
             let content = message_content(index, role, message.content.as_ref())?;
-            Ok(ChatMessage { role: role.to_string(), content })
+            match (role, field("tool_calls")) {
+                // Earlier tool calls and their results, as the model wrote and reads them.
+                ("assistant", Some(calls)) => {
+                    Ok(ChatMessage { role: "assistant".into(), content: assistant_calls_text(index, calls)? })
+                }
+                ("tool", _) => {
+                    let id = field("tool_call_id").and_then(Value::as_str);
+                    Ok(ChatMessage { role: "user".into(), content: tool_result_text(id, &content) })
+                }
+                _ => Ok(ChatMessage { role: role.to_string(), content }),
+            }
         })
         .collect()
 }
@@ -834,7 +877,7 @@ mod tests {
     fn bad_messages_are_named() {
         assert_rejects(chat(serde_json::json!({"model": "m", "messages": []})), "invalid_value", "messages");
         assert_rejects(
-            chat(serde_json::json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})),
+            chat(serde_json::json!({"model": "m", "messages": [{"role": "function", "content": "x"}]})),
             "invalid_value",
             "messages[0].role",
         );
@@ -854,6 +897,26 @@ mod tests {
             "unsupported_parameter",
             "messages[0].content[1].type",
         );
+    }
+
+    #[test]
+    fn tool_turns_are_written_as_the_model_wrote_and_reads_them() {
+        let messages: Vec<crate::generation::openai_types::ChatMessageIn> = serde_json::from_value(serde_json::json!([
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18C"}
+        ]))
+        .unwrap();
+        let out = chat_messages(&messages).unwrap();
+        assert_eq!(out[1].content, r#"{"tool_calls":[{"name":"w","arguments":{"city":"Paris"}}]}"#);
+        assert_eq!((out[2].role.as_str(), out[2].content.as_str()), ("user", r#"{"tool_response":{"tool_call_id":"c1","content":"18C"}}"#));
+        for (message, param) in [
+            (serde_json::json!({"role": "user", "content": "x", "tool_calls": []}), "messages[0].tool_calls"),
+            (serde_json::json!({"role": "assistant", "content": "x", "tool_call_id": "c"}), "messages[0].tool_call_id"),
+        ] {
+            assert_rejects(chat(serde_json::json!({"model": "m", "messages": [message]})), "invalid_value", param);
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@
    valid object with finish_reason "stop";
 2. `response_format={"type": "json_object"}`: the content always parses as an object;
 3. `guided_choice` and `guided_regex` (extra_body): the output is one of the choices, or
-   matches the regex.
+   matches the regex;
+4. tool calls: with `tool_choice="required"` the arguments validate against the
+   function's schema, streamed and not; a named function is called; a `tool` result
+   goes back for the next turn.
 
 Usage: structured_outputs.py BASE_URL MODEL [RUNS]
 
@@ -45,6 +48,24 @@ class Person(BaseModel):
     tags: list[Annotated[str, Field(max_length=20)]] = Field(max_length=4)
     address: Address
     nickname: Optional[str] = Field(default=None, max_length=20)
+
+
+class Unit(str, Enum):
+    celsius = "celsius"
+    fahrenheit = "fahrenheit"
+
+
+class Weather(BaseModel):
+    city: str = Field(max_length=40)
+    unit: Unit
+
+
+def check_call(name, arguments, what):
+    args = json.loads(arguments)
+    if name == "get_weather":
+        Weather.model_validate(args)
+    else:
+        check(name == "send_email" and set(args) == {"to"} and isinstance(args["to"], str), f"{what}: {name} {arguments}")
 
 
 PROMPT = (
@@ -128,6 +149,53 @@ def main():
         ).choices[0].text
         check(re.fullmatch(r" \+1-[0-9]{3}-[0-9]{4}", text) is not None, f"guided_regex: {text!r}")
     print("guided_choice, guided_regex: 5/5 each")
+
+    # 4. Tool calls: with tool_choice "required" the call's arguments fit the function's
+    # schema, streamed (deltas accumulated as OpenAI's clients do) and not.
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                          "parameters": Weather.model_json_schema()}},
+        {"type": "function", "function": {"name": "send_email", "description": "Send an email",
+                                          "parameters": {"type": "object", "properties": {"to": {"type": "string", "maxLength": 40}},
+                                                         "required": ["to"], "additionalProperties": False}}},
+    ]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for seed in range(10):
+        reply = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
+                                               temperature=0.8, max_tokens=200, seed=seed)
+        choice = reply.choices[0]
+        check(choice.finish_reason == "tool_calls", f"required seed {seed}: {choice.finish_reason}: {choice.message}")
+        check(choice.message.content is None and choice.message.tool_calls, f"required seed {seed}: {choice.message}")
+        for call in choice.message.tool_calls:
+            check_call(call.function.name, call.function.arguments, f"required seed {seed}")
+        stream = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
+                                                temperature=0.8, max_tokens=200, seed=seed, stream=True)
+        calls, finish = {}, None
+        for chunk in stream:
+            delta = chunk.choices[0].delta
+            for part in delta.tool_calls or []:
+                call = calls.setdefault(part.index, {"id": part.id, "name": "", "arguments": ""})
+                call["name"] += part.function.name or ""
+                call["arguments"] += part.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        check(finish == "tool_calls" and calls, f"streamed seed {seed}: {finish} {calls}")
+        streamed = [(c["name"], json.loads(c["arguments"])) for c in calls.values()]
+        plain = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+        check(streamed == plain, f"seed {seed}: streamed calls {streamed} differ from {plain}")
+    # A named function is the one called.
+    named = client.chat.completions.create(model=model, messages=ask, tools=tools, temperature=0.8, max_tokens=200, seed=1,
+                                           tool_choice={"type": "function", "function": {"name": "send_email"}})
+    names = {c.function.name for c in named.choices[0].message.tool_calls or []}
+    check(names == {"send_email"}, f"named: {named.choices[0].message}")
+    # The call's result goes back as a `tool` message; with "auto" the model may answer.
+    call = named.choices[0].message.tool_calls[0]
+    follow = client.chat.completions.create(
+        model=model, tools=tools, temperature=0.8, max_tokens=200, seed=2,
+        messages=ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                        {"role": "tool", "tool_call_id": call.id, "content": "Sent."}])
+    message = follow.choices[0].message
+    check((message.content is not None) != bool(message.tool_calls), f"auto: content or calls: {message}")
+    print("tools: 10/10 required calls fit their schema, streamed and not; named and auto turns well formed")
 
     # A schema llguidance cannot enforce is a 400 naming the field, before any work.
     try:
