@@ -1,14 +1,18 @@
 """The request features an engine may or may not support, through the official `openai`
-package: `n`, `stop`, `logprobs`, `seed`, and a clear 400 (naming the parameter) for one
-the engine cannot honour.
+package: `n`, `stop`, `logprobs`, `seed`, structured outputs (`parse` with a Pydantic
+model, `guided_choice`) and a `tool_choice="required"` call through the engine's own
+constrained decoding, and a clear 400 (naming the parameter) for what the engine cannot
+honour.
 
 Usage: openai_engine_features.py BASE_URL MODEL
 
 Exits non-zero (with the reason) on the first thing that is wrong.
 """
+import json
 import sys
 
 import openai
+from pydantic import BaseModel, Field
 
 from openai_client import check
 
@@ -57,6 +61,34 @@ def main():
         check(False, "echo with logprobs was accepted")
     except openai.BadRequestError as error:
         check(error.body is not None and error.body.get("param") == "echo", f"error body {error.body}")
+
+    # Structured outputs and tool calls: Swell hands the schema to the engine's own
+    # constrained decoding (llama-server: json_schema, or a GBNF grammar for a choice).
+    class City(BaseModel):
+        name: str = Field(max_length=30)
+        country: str = Field(max_length=30)
+        population: int = Field(ge=0)
+
+    for seed in range(3):
+        city = client.chat.completions.parse(model=model, messages=[{"role": "user", "content": "Describe Paris."}],
+                                             response_format=City, temperature=0.8, max_tokens=200, seed=seed)
+        check(city.choices[0].finish_reason == "stop", f"parse seed {seed}: {city.choices[0]}")
+        check(isinstance(city.choices[0].message.parsed, City), f"parse seed {seed}: {city.choices[0].message}")
+    picked = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Yes or no?"}], max_tokens=5,
+                                            temperature=1.0, seed=4, extra_body={"guided_choice": ["yes", "no"]})
+    check(picked.choices[0].message.content in ("yes", "no"), f"guided_choice: {picked.choices[0].message.content!r}")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"], "additionalProperties": False}}}]
+    called = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather in Rome?"}], tools=tools,
+                                            tool_choice="required", temperature=0.8, max_tokens=100, seed=5)
+    check(called.choices[0].finish_reason == "tool_calls", f"tools: {called.choices[0]}")
+    args = json.loads(called.choices[0].message.tool_calls[0].function.arguments)
+    check(set(args) == {"city"} and isinstance(args["city"], str), f"tool arguments {args}")
+    try:
+        client.chat.completions.create(model=model, messages=messages, max_tokens=2, extra_body={"guided_regex": "[0-9]+"})
+        check(False, "guided_regex was accepted by a llama-server deployment")
+    except openai.BadRequestError as error:
+        check(error.body is not None and error.body.get("param") == "guided_regex", f"error body {error.body}")
 
     print("engine features: all checks passed")
 

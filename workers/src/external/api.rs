@@ -9,7 +9,7 @@
 //! turned off, so a request means what the OpenAI API says.
 
 use serde_json::{json, Value};
-use swell_protocol::{SamplingParams, TokenLogprob, TopLogprob};
+use swell_protocol::{Constraint, SamplingParams, TokenLogprob, TopLogprob};
 
 use super::presets::Api;
 
@@ -52,8 +52,81 @@ pub struct Chunk {
     pub finish: Option<EngineFinish>,
 }
 
+/// The output constraints `api` has no way to enforce, as the request fields that ask for
+/// them (the edge refuses those by name).
+pub fn unsupported_constraints(api: Api) -> &'static [&'static str] {
+    match api {
+        // llama-server takes a JSON schema or a GBNF grammar, no regular expression.
+        Api::LlamaCpp => &["guided_regex"],
+        Api::VllmCompletions | Api::SglangGenerate | Api::TgiGenerateStream => &[],
+    }
+}
+
+/// A JSON schema constraint as a JSON value (`json_object`: any object).
+fn schema_of(constraint: &Constraint) -> Option<Value> {
+    match constraint {
+        Constraint::JsonObject => Some(json!({"type": "object"})),
+        Constraint::JsonSchema(text) => serde_json::from_str(text).ok(),
+        Constraint::Regex(_) | Constraint::Choice(_) => None,
+    }
+}
+
+/// A choice as a regular expression (engines that take no list of choices).
+fn choice_regex(choices: &[String]) -> String {
+    let alternatives: Vec<String> = choices.iter().map(|c| regex_syntax::escape(c)).collect();
+    format!("({})", alternatives.join("|"))
+}
+
+/// A choice as a GBNF grammar (llama-server's `grammar`).
+fn choice_gbnf(choices: &[String]) -> String {
+    let literals: Vec<String> = choices.iter().map(|c| serde_json::to_string(c).expect("strings serialize")).collect();
+    format!("root ::= {}", literals.join(" | "))
+}
+
+/// Adds the engine's own form of `constraint` to a request body.
+fn constrain(api: Api, constraint: &Constraint, body: &mut Value) {
+    match api {
+        Api::LlamaCpp => match constraint {
+            Constraint::Choice(choices) => body["grammar"] = json!(choice_gbnf(choices)),
+            // Refused at the edge (`unsupported_constraints`).
+            Constraint::Regex(_) => {}
+            _ => body["json_schema"] = schema_of(constraint).unwrap_or(Value::Null),
+        },
+        Api::VllmCompletions => {
+            body["structured_outputs"] = match constraint {
+                Constraint::Regex(regex) => json!({"regex": regex}),
+                Constraint::Choice(choices) => json!({"choice": choices}),
+                _ => json!({"json": schema_of(constraint)}),
+            }
+        }
+        Api::SglangGenerate => {
+            let sampling = &mut body["sampling_params"];
+            match constraint {
+                Constraint::Regex(regex) => sampling["regex"] = json!(regex),
+                Constraint::Choice(choices) => sampling["regex"] = json!(choice_regex(choices)),
+                _ => sampling["json_schema"] = json!(schema_of(constraint).unwrap_or(Value::Null).to_string()),
+            }
+        }
+        Api::TgiGenerateStream => {
+            body["parameters"]["grammar"] = match constraint {
+                Constraint::Regex(regex) => json!({"type": "regex", "value": regex}),
+                Constraint::Choice(choices) => json!({"type": "regex", "value": choice_regex(choices)}),
+                _ => json!({"type": "json", "value": schema_of(constraint)}),
+            }
+        }
+    }
+}
+
 /// The request body for `api`.
 pub fn request(api: Api, g: &Generate<'_>) -> StreamRequest {
+    let mut request = unconstrained(api, g);
+    if let Some(constraint) = &g.params.constraint {
+        constrain(api, constraint, &mut request.body);
+    }
+    request
+}
+
+fn unconstrained(api: Api, g: &Generate<'_>) -> StreamRequest {
     let p = g.params;
     let greedy = p.temperature <= 0.0;
     let top_n = p.logprobs.map(u32::from);

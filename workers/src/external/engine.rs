@@ -260,6 +260,14 @@ impl ExternalEngine {
                 format!("the prompt has {context_len} tokens; this replica's context holds {}", self.limits.context_length),
             ));
         }
+        if seq.params.constraint.is_some() && !seq.resume_tokens.is_empty() {
+            // The engine would start the grammar over after the delivered tokens.
+            return Err(failed(
+                &seq.id,
+                "constraint_not_resumable",
+                "a constrained output cannot continue on another replica of an external engine: the engine's grammar would start over".to_string(),
+            ));
+        }
         let params = seq.params.clone();
         let mut text = TextStream::default();
         let stop = StopWatcher::new(&params.stop);

@@ -227,7 +227,10 @@ impl EngineFactory for ExternalEngineFactory {
             kv_capacity_tokens: u64::from(self.context_length) * u64::from(self.config.slots),
             expected_cold_start: if measured > 0 { Duration::from_millis(measured) } else { estimate },
             performance: None,
-            unsupported_params: vec!["prompt_logprobs".to_string(), "response_format".to_string()],
+            unsupported_params: std::iter::once("prompt_logprobs")
+                .chain(api::unsupported_constraints(self.config.preset.spec().api).iter().copied())
+                .map(str::to_string)
+                .collect(),
         }
     }
 

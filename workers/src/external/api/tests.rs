@@ -116,3 +116,40 @@ fn tgi_takes_text_and_streams_one_token_per_event() {
     let last = r#"{"index":2,"token":{"id":2,"text":"</s>","logprob":-0.1,"special":true},"generated_text":" a","details":{"finish_reason":"eos_token","generated_tokens":2,"seed":null}}"#;
     assert_eq!(parser.parse(last).unwrap().unwrap().finish, Some(EngineFinish::Eos));
 }
+
+#[test]
+fn each_engine_gets_the_constraint_in_its_own_form() {
+    let schema = r#"{"type": "object", "properties": {"a": {"type": "integer"}}}"#;
+    let with = |constraint: Constraint| SamplingParams { constraint: Some(constraint), ..params() };
+    let json_schema = with(Constraint::JsonSchema(schema.into()));
+    let choice = with(Constraint::Choice(vec!["yes".into(), "no \"really\"".into()]));
+    let regex = with(Constraint::Regex("[0-9]+".into()));
+    let parsed: Value = serde_json::from_str(schema).unwrap();
+
+    let llama = request(Api::LlamaCpp, &generate(&json_schema, &[1]));
+    assert_eq!(llama.body["json_schema"], parsed);
+    let llama = request(Api::LlamaCpp, &generate(&with(Constraint::JsonObject), &[1]));
+    assert_eq!(llama.body["json_schema"], json!({"type": "object"}));
+    let llama = request(Api::LlamaCpp, &generate(&choice, &[1]));
+    assert_eq!(llama.body["grammar"], r#"root ::= "yes" | "no \"really\"""#);
+    assert_eq!(unsupported_constraints(Api::LlamaCpp), ["guided_regex"]);
+
+    let vllm = request(Api::VllmCompletions, &generate(&json_schema, &[1]));
+    assert_eq!(vllm.body["structured_outputs"], json!({"json": parsed}));
+    let vllm = request(Api::VllmCompletions, &generate(&choice, &[1]));
+    assert_eq!(vllm.body["structured_outputs"], json!({"choice": ["yes", "no \"really\""]}));
+
+    let sglang = request(Api::SglangGenerate, &generate(&json_schema, &[1]));
+    assert_eq!(serde_json::from_str::<Value>(sglang.body["sampling_params"]["json_schema"].as_str().unwrap()).unwrap(), parsed);
+    let sglang = request(Api::SglangGenerate, &generate(&regex, &[1]));
+    assert_eq!(sglang.body["sampling_params"]["regex"], "[0-9]+");
+
+    let tgi = request(Api::TgiGenerateStream, &generate(&choice, &[1]));
+    assert_eq!(tgi.body["parameters"]["grammar"], json!({"type": "regex", "value": "(yes|no \"really\")"}));
+    let tgi = request(Api::TgiGenerateStream, &generate(&json_schema, &[1]));
+    assert_eq!(tgi.body["parameters"]["grammar"], json!({"type": "json", "value": parsed}));
+
+    // Without a constraint, none of the fields.
+    let plain = request(Api::LlamaCpp, &generate(&params(), &[1]));
+    assert!(plain.body.get("json_schema").is_none() && plain.body.get("grammar").is_none());
+}
