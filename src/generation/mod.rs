@@ -14,6 +14,7 @@
 //! - [`error`]: `GenerationError`, with a stable code per failure.
 //! - [`json`]: JSON bodies into typed structs, errors naming the parameter.
 //! - [`openai_types`]: the OpenAI request and response bodies.
+//! - [`messages`]: chat messages into the turns the chat template renders.
 //! - [`fields`]: which fields outside the typed ones are accepted, refused or unknown.
 //! - [`structured`]: `response_format` and the guided-decoding extensions into the
 //!   constraint the engine enforces.
@@ -30,6 +31,7 @@ pub mod collect;
 pub mod error;
 pub mod fields;
 pub mod json;
+pub mod messages;
 pub mod openai_types;
 pub mod resolve;
 pub mod resume;
