@@ -127,12 +127,9 @@ pub struct ChatMessageOut {
     pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
-/// A tool call in a response (`message.tool_calls`, and in a chunk's delta with its
-/// `index`).
+/// A tool call in a response (`message.tool_calls`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCallOut {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<u32>,
     pub id: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -172,7 +169,26 @@ pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallOut>>,
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of a streamed tool call: the first carries its id, type and name, the next
+/// ones more of its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

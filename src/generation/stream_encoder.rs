@@ -19,10 +19,11 @@ use crate::generation::error::GenerationError;
 use crate::generation::resume::ResumeFilter;
 use crate::generation::openai_types::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, CompletionLogprobs,
-    ResponseChunk, TextChoice, TextCompletion, ToolCallOut, UsageBody, CHAT_COMPLETION_CHUNK,
-    TEXT_COMPLETION,
+    FunctionCallDelta, ResponseChunk, TextChoice, TextCompletion, ToolCallDelta, UsageBody,
+    CHAT_COMPLETION_CHUNK, TEXT_COMPLETION,
 };
-use crate::generation::tools::chat_message;
+use crate::generation::tool_stream::{ToolDelta, ToolStreamReader};
+use crate::generation::tools::{call_id, chat_message};
 use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
 
 /// Whether a new wait estimate is news: it appeared or went away, or it differs from the
@@ -38,6 +39,22 @@ pub fn eta_revised(told: Option<(Duration, Duration)>, eta: Option<Duration>) ->
             (eta.as_secs_f64() - expected).abs() > tolerance
         }
     }
+}
+
+/// The chunk delta of what a tools request's output adds as it streams.
+fn tool_delta(response_id: &str, choice: usize, delta: ToolDelta) -> ChatDelta {
+    let call = |index: usize, id: Option<String>, name: Option<String>, arguments: String| ToolCallDelta {
+        index: index as u32,
+        kind: id.as_ref().map(|_| "function"),
+        id,
+        function: FunctionCallDelta { name, arguments },
+    };
+    let tool_calls = match delta {
+        ToolDelta::Content(text) => return ChatDelta { content: Some(text), ..ChatDelta::default() },
+        ToolDelta::CallStart { index, name } => call(index, Some(call_id(response_id, choice, index)), Some(name), String::new()),
+        ToolDelta::Arguments { index, text } => call(index, None, None, text),
+    };
+    ChatDelta { tool_calls: Some(vec![tool_calls]), ..ChatDelta::default() }
 }
 
 /// What every chunk of a response repeats.
@@ -101,8 +118,8 @@ struct ChoiceState {
     offset: u32,
     /// Tokens generated so far (the event id of its chunks).
     tokens: u64,
-    /// The output held back (a request with tools).
-    held: String,
+    /// A request with tools: its output, read as it streams.
+    tools: ToolStreamReader,
     finished: Option<(FinishReason, Usage)>,
 }
 
@@ -208,7 +225,10 @@ impl StreamEncoder {
                 self.open_choice(index, &mut items);
                 self.choices[index].tokens += token_ids.len() as u64;
                 if self.meta.tools {
-                    self.choices[index].held.push_str(&text);
+                    for delta in self.choices[index].tools.push(&text) {
+                        let delta = tool_delta(&self.meta.id, index, delta);
+                        items.push(self.chat_chunk(index, delta, None, None));
+                    }
                     return items;
                 }
                 if text.is_empty() && logprobs.as_ref().is_none_or(Vec::is_empty) {
@@ -221,13 +241,31 @@ impl StreamEncoder {
                 self.open_choice(index, &mut items);
                 self.choices[index].finished = Some((reason, usage));
                 if self.meta.tools {
-                    let held = std::mem::take(&mut self.choices[index].held);
-                    let (message, finish) = chat_message(&self.meta.id, index, held, Some(reason.as_str()), true);
-                    let tool_calls = message.tool_calls.map(|calls| {
-                        calls.into_iter().enumerate().map(|(i, call)| ToolCallOut { index: Some(i as u32), ..call }).collect()
-                    });
-                    let delta = ChatDelta { role: None, content: message.content, tool_calls };
-                    items.push(self.chat_chunk(index, delta, None, None));
+                    let reader = std::mem::take(&mut self.choices[index].tools);
+                    let finish = if reader.yielded() {
+                        // Streamed as it came: only the end is left to tell.
+                        let called = reader.calls() > 0 && reason == FinishReason::Stop;
+                        Some(if called { "tool_calls" } else { reason.as_str() })
+                    } else {
+                        // Not read as it streamed: the whole output, read now.
+                        let text = reader.text().to_string();
+                        let (message, finish) = chat_message(&self.meta.id, index, text, Some(reason.as_str()), true);
+                        let tool_calls = message.tool_calls.map(|calls| {
+                            calls
+                                .into_iter()
+                                .enumerate()
+                                .map(|(i, call)| ToolCallDelta {
+                                    index: i as u32,
+                                    id: Some(call.id),
+                                    kind: Some(call.kind),
+                                    function: FunctionCallDelta { name: Some(call.function.name), arguments: call.function.arguments },
+                                })
+                                .collect()
+                        });
+                        let delta = ChatDelta { role: None, content: message.content, tool_calls };
+                        items.push(self.chat_chunk(index, delta, None, None));
+                        finish
+                    };
                     items.push(self.chat_chunk(index, ChatDelta::default(), None, finish));
                 } else {
                     items.push(self.finish_chunk(index, reason));

@@ -278,7 +278,7 @@ pub fn chat_message(response_id: &str, choice: usize, text: String, finish: Opti
     }
     match parse_output(&text) {
         ToolOutput::Calls(calls) => {
-            let calls = tool_calls_out(response_id, choice, calls, false);
+            let calls = tool_calls_out(response_id, choice, calls);
             let finish = if finish == Some("stop") { Some("tool_calls") } else { finish };
             (ChatMessageOut { role: "assistant", content: None, tool_calls: Some(calls) }, finish)
         }
@@ -286,13 +286,12 @@ pub fn chat_message(response_id: &str, choice: usize, text: String, finish: Opti
     }
 }
 
-/// OpenAI's form of parsed calls (`indexed`: with their index, as in a chunk's delta).
-pub fn tool_calls_out(response_id: &str, choice: usize, calls: Vec<ParsedCall>, indexed: bool) -> Vec<ToolCallOut> {
+/// OpenAI's form of parsed calls.
+pub fn tool_calls_out(response_id: &str, choice: usize, calls: Vec<ParsedCall>) -> Vec<ToolCallOut> {
     calls
         .into_iter()
         .enumerate()
         .map(|(i, call)| ToolCallOut {
-            index: indexed.then_some(i as u32),
             id: call_id(response_id, choice, i),
             kind: "function",
             function: FunctionCallOut { name: call.name, arguments: call.arguments },
