@@ -26,11 +26,12 @@
 //! # Structured outputs
 //! A sequence with a [`Constraint`](swell_protocol::Constraint) carries a matcher
 //! ([`constraint`](crate::llm::constraint)). The masks of the step's constrained
-//! sequences are computed together before the forward pass (the matcher only moves when
-//! a token is drawn), then applied to their logits before sampling; the drawn token
-//! advances the matcher, and a complete output ends the sequence with `Stop`. They are
-//! not computed on a thread beside the forward pass: on the CPU the forward pass uses
-//! every core, and such a thread only contended with it (docs/structured-outputs.md).
+//! sequences are computed together (the matcher only moves when a token is drawn),
+//! then applied to their logits before sampling; the drawn token
+//! advances the matcher, and a complete output ends the sequence with `Stop`. When the
+//! forward pass runs on a GPU the masks are computed on a thread beside it; on the CPU
+//! the forward pass uses every core, and such a thread only contended with it
+//! (docs/structured-outputs.md).
 //!
 //! # Prefix caching
 //! Every full block a sequence has computed is registered in the [`BlockPool`] under the
@@ -458,8 +459,19 @@ impl LlmEngine {
             })
             .collect();
         let forward_started = Instant::now();
-        let masked = (!constrained.is_empty()).then(|| constraint::masks(constrained));
-        let logits = self.model.forward(&chunks).map(<[f32]>::to_vec);
+        let (logits, masked) = if constrained.is_empty() {
+            (self.model.forward(&chunks).map(<[f32]>::to_vec), None)
+        } else if self.model.frees_the_cpu() {
+            // The GPU runs the forward pass: the masks are computed meanwhile.
+            std::thread::scope(|scope| {
+                let masking = scope.spawn(move || constraint::masks(constrained));
+                let logits = self.model.forward(&chunks).map(<[f32]>::to_vec);
+                (logits, Some(masking.join().expect("the mask thread does not panic")))
+            })
+        } else {
+            let masked = constraint::masks(constrained);
+            (self.model.forward(&chunks).map(<[f32]>::to_vec), Some(masked))
+        };
         let logits = logits?;
         let forward_time = forward_started.elapsed();
         drop(chunks);

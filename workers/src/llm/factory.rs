@@ -306,6 +306,9 @@ impl ModelRunner for LeasedRunner {
     fn device(&self) -> String {
         self.runner.device()
     }
+    fn frees_the_cpu(&self) -> bool {
+        self.runner.frees_the_cpu()
+    }
 }
 
 impl std::fmt::Debug for LlmEngineFactory {

@@ -178,6 +178,11 @@ pub trait ModelRunner: Send {
     fn kv_blocks(&self) -> usize;
     /// Where it runs, for logs and status (`cpu (avx512-vnni, 2 threads)`, `cuda:0 (NVIDIA H100)`).
     fn device(&self) -> String;
+    /// Whether the CPU is free while `forward` runs (a GPU computes it): work of the next
+    /// step's sampling (structured-output masks) is then done beside it.
+    fn frees_the_cpu(&self) -> bool {
+        false
+    }
 }
 
 /// The CPU runner: the model plus the thread pool its kernels run on.

@@ -678,6 +678,10 @@ impl ModelRunner for CudaRunner {
     fn device(&self) -> String {
         format!("cuda:{} ({})", self.ordinal, self.device_name)
     }
+
+    fn frees_the_cpu(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
