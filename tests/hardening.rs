@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde_json::{json, Value};
 use swell::server::ServerHandle;
-use tokio::io::AsyncWriteExt;
 
 type Frame = Result<awc::ws::Frame, awc::error::WsProtocolError>;
 
@@ -247,14 +246,7 @@ cold_start = "1h"
 
 /// A raw HTTP request whose client leaves after `stay` without reading the answer.
 async fn send_and_leave(server: &ServerHandle, key: &str, body: &Value, stay: Duration) {
-    let body = body.to_string();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let stream = common::send_raw_chat(server, key, body).await;
     tokio::time::sleep(stay).await;
     drop(stream);
 }

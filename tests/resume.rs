@@ -14,7 +14,7 @@ use awc::ws::{Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use swell::server::ServerHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A `sim` deployment slow enough (about 25 ms a token) to leave mid-stream.
 const SLOW: &str = r#"
@@ -93,14 +93,7 @@ fn content(events: &[Event]) -> String {
 /// with id >= `leave_after`, then drops the connection. Answers the request id and the
 /// complete events it received.
 async fn stream_and_leave(server: &ServerHandle, key: &str, body: &Value, leave_after: u64) -> (String, Vec<Event>) {
-    let body = body.to_string();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = common::send_raw_chat(server, key, body).await;
     let mut raw = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {

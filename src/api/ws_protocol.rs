@@ -230,17 +230,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_chunk_frame_carries_its_event_id() {
-        let chunk = ResponseChunk::Text(crate::generation::openai_types::TextCompletion {
+    fn empty_text() -> crate::generation::openai_types::TextCompletion {
+        crate::generation::openai_types::TextCompletion {
             id: "cmpl-1".into(),
             object: crate::generation::openai_types::TEXT_COMPLETION,
             created: 1,
             model: "m".into(),
             choices: vec![],
             usage: None,
-        });
-        let frame = ServerFrame::from_item("a", StreamItem::Chunk(chunk, Some(5))).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_chunk_frame_carries_its_event_id() {
+        let frame = ServerFrame::from_item("a", StreamItem::Chunk(ResponseChunk::Text(empty_text()), Some(5))).unwrap();
         let value: Value = serde_json::from_str(&frame.to_text()).unwrap();
         assert_eq!(value["event_id"], 5, "{value}");
     }
@@ -322,15 +325,7 @@ mod tests {
         );
         let running = ServerFrame::from_item("a", StreamItem::Running { replica: "r1".into() }).unwrap();
         assert_eq!(serde_json::to_value(&running).unwrap(), json!({"id": "a", "type": "status", "status": "running", "replica": "r1"}));
-        let text = crate::generation::openai_types::TextCompletion {
-            id: "cmpl-1".into(),
-            object: crate::generation::openai_types::TEXT_COMPLETION,
-            created: 1,
-            model: "m".into(),
-            choices: vec![],
-            usage: None,
-        };
-        let chunk = ServerFrame::from_item("a", StreamItem::Chunk(ResponseChunk::Text(text), None)).unwrap();
+        let chunk = ServerFrame::from_item("a", StreamItem::Chunk(ResponseChunk::Text(empty_text()), None)).unwrap();
         assert_eq!(
             serde_json::to_value(&chunk).unwrap(),
             json!({"id": "a", "type": "chunk", "chunk": {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m", "choices": []}})

@@ -81,6 +81,21 @@ pub async fn admin(server: &ServerHandle, method: &str, path: &str, body: Option
 }
 
 /// POST a JSON body; answer the status, the headers we care about, and the raw body.
+/// A chat completion sent over a raw TCP connection (so a test can leave mid-answer);
+/// returns the connection.
+pub async fn send_raw_chat(server: &ServerHandle, key: &str, body: &Value) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let body = body.to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 pub async fn post(server: &ServerHandle, path: &str, key: Option<&str>, body: &Value) -> (u16, awc::http::header::HeaderMap, String) {
     let mut request = client().post(format!("{}{path}", base(server)));
     if let Some(key) = key {
