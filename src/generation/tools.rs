@@ -206,12 +206,35 @@ pub fn assistant_calls_text(index: usize, calls: &Value) -> Result<String, Gener
         };
         written.push(json!({"name": name, "arguments": arguments}));
     }
-    Ok(json!({"tool_calls": written}).to_string())
+    Ok(generated_layout(&json!({"tool_calls": written})))
 }
 
 /// A `tool` message's content, as the user turn the model reads it in.
 pub fn tool_result_text(tool_call_id: Option<&str>, content: &str) -> String {
-    json!({"tool_response": {"tool_call_id": tool_call_id, "content": content}}).to_string()
+    generated_layout(&json!({"tool_response": {"tool_call_id": tool_call_id, "content": content}}))
+}
+
+/// JSON in the layout the grammar generates (`", "` and `": "`, no other whitespace),
+/// so earlier tool calls come back as the text (and tokens) the model produced.
+fn generated_layout(value: &Value) -> String {
+    use std::io::{Result, Write};
+
+    struct Layout;
+    impl serde_json::ser::Formatter for Layout {
+        fn begin_array_value<W: ?Sized + Write>(&mut self, out: &mut W, first: bool) -> Result<()> {
+            if first { Ok(()) } else { out.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + Write>(&mut self, out: &mut W, first: bool) -> Result<()> {
+            if first { Ok(()) } else { out.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + Write>(&mut self, out: &mut W) -> Result<()> {
+            out.write_all(b": ")
+        }
+    }
+    let mut text = Vec::new();
+    serde::Serialize::serialize(value, &mut serde_json::Serializer::with_formatter(&mut text, Layout))
+        .expect("a JSON value serializes");
+    String::from_utf8(text).expect("JSON is UTF-8")
 }
 
 /// One call read from the output.
@@ -392,10 +415,11 @@ mod tests {
 
     #[test]
     fn earlier_turns_are_written_as_the_model_wrote_them() {
-        let calls = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]);
-        assert_eq!(assistant_calls_text(1, &calls).unwrap(), r#"{"tool_calls":[{"name":"f","arguments":{"x":1}}]}"#);
+        let calls = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1, \"a\": [1,2]}"}}]);
+        // The layout the grammar generates, keys in their order.
+        assert_eq!(assistant_calls_text(1, &calls).unwrap(), r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1, "a": [1, 2]}}]}"#);
         let bad = json!([{"function": {"name": "f", "arguments": "{oops"}}]);
         assert_eq!(assistant_calls_text(3, &bad).unwrap_err().param(), Some("messages[3].tool_calls"));
-        assert_eq!(tool_result_text(Some("c1"), "18C"), r#"{"tool_response":{"tool_call_id":"c1","content":"18C"}}"#);
+        assert_eq!(tool_result_text(Some("c1"), "18C"), r#"{"tool_response": {"tool_call_id": "c1", "content": "18C"}}"#);
     }
 }

@@ -818,8 +818,8 @@ mod tests {
         ]))
         .unwrap();
         let out = chat_messages(&messages).unwrap();
-        assert_eq!(out[1].content, r#"{"tool_calls":[{"name":"w","arguments":{"city":"Paris"}}]}"#);
-        assert_eq!((out[2].role.as_str(), out[2].content.as_str()), ("user", r#"{"tool_response":{"tool_call_id":"c1","content":"18C"}}"#));
+        assert_eq!(out[1].content, r#"{"tool_calls": [{"name": "w", "arguments": {"city": "Paris"}}]}"#);
+        assert_eq!((out[2].role.as_str(), out[2].content.as_str()), ("user", r#"{"tool_response": {"tool_call_id": "c1", "content": "18C"}}"#));
         for (message, param) in [
             (serde_json::json!({"role": "user", "content": "x", "tool_calls": []}), "messages[0].tool_calls"),
             (serde_json::json!({"role": "assistant", "content": "x", "tool_call_id": "c"}), "messages[0].tool_call_id"),
