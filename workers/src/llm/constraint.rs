@@ -261,17 +261,19 @@ impl SequenceConstraint {
 }
 
 /// The masks of a step's constrained sequences (keyed by the caller's index), computed
-/// in turn; the engine runs this beside its forward pass.
-pub fn masks(
-    mut constrained: Vec<(usize, SequenceConstraint)>,
-) -> Vec<(usize, SequenceConstraint, Result<TokenMask, String>)> {
-    constrained
-        .drain(..)
-        .map(|(i, mut matcher)| {
-            let mask = matcher.mask();
-            (i, matcher, mask)
-        })
-        .collect()
+/// in parallel on rayon's pool when there are several (the forward pass's threads are
+/// idle while they are computed, or the GPU runs it).
+pub fn masks(constrained: Vec<(usize, SequenceConstraint)>) -> Vec<(usize, SequenceConstraint, Result<TokenMask, String>)> {
+    use rayon::prelude::*;
+    let one = |(i, mut matcher): (usize, SequenceConstraint)| {
+        let mask = matcher.mask();
+        (i, matcher, mask)
+    };
+    if constrained.len() > 1 {
+        constrained.into_par_iter().map(one).collect()
+    } else {
+        constrained.into_iter().map(one).collect()
+    }
 }
 
 #[cfg(test)]
