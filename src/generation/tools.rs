@@ -21,6 +21,7 @@ use swell_cluster::Constraint;
 
 use crate::generation::error::GenerationError;
 use crate::generation::openai_types::{ChatMessageOut, FunctionCallOut, ToolCallOut};
+use crate::generation::tool_stream::{ToolDelta, ToolStreamReader};
 use crate::generation::validate::ModelLimits;
 
 /// The top-level fields read here (the field checks let them through).
@@ -277,19 +278,17 @@ pub fn parse_output(text: &str) -> ToolOutput {
 }
 
 /// The text of a reply cut short by `max_tokens` (`{"response": "The weath`): what it
-/// holds so far, unescaped.
+/// holds so far, unescaped, as the stream reader reads it.
 fn partial_response(text: &str) -> Option<String> {
-    let mut rest = text.strip_prefix("{\"response\": \"")?;
-    // An escape sequence may be cut in the middle: drop its start.
-    for _ in 0..6 {
-        if let Ok(reply) = serde_json::from_str::<String>(&format!("\"{rest}\"")) {
-            return Some(reply);
+    let mut reader = ToolStreamReader::default();
+    let mut reply = None::<String>;
+    for delta in reader.push(text) {
+        match delta {
+            ToolDelta::Content(more) => reply.get_or_insert_with(String::new).push_str(&more),
+            ToolDelta::CallStart { .. } | ToolDelta::Arguments { .. } => return None,
         }
-        let mut chars = rest.chars();
-        chars.next_back()?;
-        rest = chars.as_str();
     }
-    None
+    reply
 }
 
 /// The message and finish reason of a chat choice whose output is `text` (finished

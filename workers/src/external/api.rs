@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use swell_protocol::{Constraint, SamplingParams, TokenLogprob, TopLogprob};
 
 use super::presets::Api;
+use crate::llm::constraint::choice_regex;
 
 /// The request for one sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,12 +70,6 @@ fn schema_of(constraint: &Constraint) -> Option<Value> {
         Constraint::JsonSchema(text) => serde_json::from_str(text).ok(),
         Constraint::Regex(_) | Constraint::Choice(_) => None,
     }
-}
-
-/// A choice as a regular expression (engines that take no list of choices).
-fn choice_regex(choices: &[String]) -> String {
-    let alternatives: Vec<String> = choices.iter().map(|c| regex_syntax::escape(c)).collect();
-    format!("({})", alternatives.join("|"))
 }
 
 /// A choice as a GBNF grammar (llama-server's `grammar`).

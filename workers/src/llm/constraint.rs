@@ -61,11 +61,15 @@ pub fn grammar(constraint: &Constraint) -> Result<TopLevelGrammar, String> {
             if choices.is_empty() {
                 return Err("the list of choices is empty".to_string());
             }
-            let alternatives: Vec<String> =
-                choices.iter().map(|c| regex_syntax::escape(c)).collect();
-            TopLevelGrammar::from_regex(&format!("({})", alternatives.join("|")))
+            TopLevelGrammar::from_regex(&choice_regex(choices))
         }
     })
+}
+
+/// A choice among fixed strings as a regular expression.
+pub fn choice_regex(choices: &[String]) -> String {
+    let alternatives: Vec<String> = choices.iter().map(|c| regex_syntax::escape(c)).collect();
+    format!("({})", alternatives.join("|"))
 }
 
 /// Compiles `constraint` against a one-byte-per-token vocabulary: the schema or regex
