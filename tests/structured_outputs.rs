@@ -4,7 +4,9 @@
 //! gives a valid object with `finish_reason` `stop` on 100 of 100 seeded runs at
 //! temperature 0.8; `json_object` output always parses; `guided_choice` and
 //! `guided_regex` outputs fit; a bad regex is a 400 naming its field. A deployment whose
-//! engine has no constrained decoding (`sim`) refuses `response_format` by name.
+//! engine has no constrained decoding (`sim`) refuses `response_format` by name. With a
+//! chat template that has its own tool format (Hermes, `examples/chat-templates/`), tool
+//! calls are rendered by the template and read back from that format.
 
 mod common;
 
@@ -45,6 +47,38 @@ async fn the_official_client_gets_objects_that_fit_its_model() {
         "{stdout}"
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[actix_rt::test]
+async fn a_template_with_its_own_tool_format_gets_calls_in_that_format() {
+    let python = std::env::var("SWELL_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/chat-templates/hermes-tools.jinja");
+    let deployment = common::real_model_deployment(64, 16384)
+        .replace("threads = 2\n", &format!("threads = 2\nchat_template = \"{template}\"\n"));
+    assert!(deployment.contains("chat_template"), "{deployment}");
+    let server = common::start(&deployment).await;
+    let base = common::base(&server);
+    common::wait_for("a ready replica", Duration::from_secs(120), || async {
+        (common::replicas(&common::status(&server, "default").await).0 == 1).then_some(())
+    })
+    .await;
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/structured_outputs.py"))
+            .args([base.as_str(), "default", "0", "native-tools"])
+            .output()
+            .expect("python runs (scripts/test-tools installs it)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "native tool calls failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("tools (native format): 10/10 required calls fit"), "{stdout}");
 }
 
 #[actix_rt::test]

@@ -47,6 +47,9 @@ pub enum Constraint {
     Regex(String),
     /// Exactly one of these strings.
     Choice(Vec<String>),
+    /// Text of this context-free grammar, in llguidance's Lark syntax (`guided_grammar`;
+    /// the native tool-call formats of chat templates, JSON embedded with `%json {...}`).
+    Grammar(String),
 }
 
 impl Constraint {
@@ -57,6 +60,7 @@ impl Constraint {
             Constraint::JsonSchema(_) => "json_schema",
             Constraint::Regex(_) => "regex",
             Constraint::Choice(_) => "choice",
+            Constraint::Grammar(_) => "grammar",
         }
     }
 }

@@ -14,7 +14,7 @@
 //! - a field OpenAI defines that Swell does not honour (`logit_bias`, `audio`, ...) is
 //!   refused by name (`unsupported_parameter`);
 //! - an extension other engines' clients send that Swell does not honour (`min_p`,
-//!   `repetition_penalty`, `guided_grammar`, ...) is refused by name as well;
+//!   `repetition_penalty`, `grammar`, ...) is refused by name as well;
 //! - anything else is what OpenAI answers too: 400, `Unrecognized request argument
 //!   supplied` (`unrecognized_argument`).
 //!
@@ -74,7 +74,6 @@ const FOREIGN_EXTENSIONS: &[&str] = &[
     "dynatemp_range",
     "grammar",
     "guided_decoding_backend",
-    "guided_grammar",
     "guided_whitespace_pattern",
     "id_slot",
     "include_stop_str_in_output",
@@ -250,7 +249,7 @@ mod tests {
 
     #[test]
     fn extensions_of_other_engines_are_refused_by_name() {
-        for name in ["min_p", "repetition_penalty", "guided_grammar", "cache_prompt", "chat_template_kwargs"] {
+        for name in ["min_p", "repetition_penalty", "grammar", "cache_prompt", "chat_template_kwargs"] {
             let error = refusal(GenerationKind::Chat, json!({ name: 0.5 }));
             assert_eq!((error.code(), error.param()), ("unsupported_parameter", Some(name)));
             assert!(error.to_string().contains("extension"), "{error}");

@@ -19,7 +19,8 @@
 //! - [`structured`]: `response_format` and the guided-decoding extensions into the
 //!   constraint the engine enforces.
 //! - [`tools`]: `tools` and `tool_choice`: instructions, the output's schema, and the
-//!   output read back into tool calls; [`tool_stream`] reads it as it streams.
+//!   output read back into tool calls; [`tool_stream`] reads it as it streams;
+//!   [`tool_format`]: the tool-call format of the model's own template (Hermes, Llama 3).
 //! - [`validate`]: bodies into validated, tokenized generation requests.
 //! - [`resolve`]: the deployment of a request, and validation against it.
 //! - [`admit`]: admission (quota, queue) and the merged event stream.
@@ -37,6 +38,7 @@ pub mod resolve;
 pub mod resume;
 pub mod stream_encoder;
 pub mod structured;
+pub mod tool_format;
 pub mod tool_stream;
 pub mod tools;
 pub mod validate;

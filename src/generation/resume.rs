@@ -43,7 +43,7 @@ impl StreamMeta {
     /// The metadata of `validated`'s stream, or `None` when it cannot be resumed (several
     /// choices or prompts, an echoed prompt, or tools: their output is held to the end).
     pub fn of(validated: &ValidatedRequest, created: u64) -> Option<Self> {
-        if validated.prompts.len() != 1 || validated.prompts[0].echo.is_some() || validated.tools {
+        if validated.prompts.len() != 1 || validated.prompts[0].echo.is_some() || validated.tools.is_some() {
             return None;
         }
         let kind = match validated.kind {
@@ -76,7 +76,7 @@ impl StreamMeta {
             include_usage: self.include_usage,
             logprobs: self.logprobs,
             // A stream with tools carries no event ids: it is never resumed.
-            tools: false,
+            tools: None,
         })
     }
 }

@@ -86,7 +86,7 @@ fn validated(prompts: Vec<crate::generation::validate::PreparedPrompt>) -> Valid
         include_usage: true,
         logprobs: false,
         session: None,
-        tools: false,
+        tools: None,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::generation::openai_types::{
     FunctionCallDelta, ResponseChunk, TextChoice, TextCompletion, ToolCallDelta, UsageBody,
     CHAT_COMPLETION_CHUNK, TEXT_COMPLETION,
 };
+use crate::generation::tool_format::{NativeReader, ToolFormat};
 use crate::generation::tool_stream::{ToolDelta, ToolStreamReader};
 use crate::generation::tools::{call_id, chat_message};
 use crate::generation::validate::{EchoPrompt, GenerationKind, PreparedPrompt};
@@ -70,7 +71,7 @@ pub struct ResponseMeta {
     pub logprobs: bool,
     /// The request has tools: its output is read back into tool calls or content at
     /// its end ([`tools`](crate::generation::tools)), so its text is held until then.
-    pub tools: bool,
+    pub tools: Option<ToolFormat>,
 }
 
 impl ResponseMeta {
@@ -107,6 +108,29 @@ impl StreamItem {
     }
 }
 
+/// Reads a tools request's output as it streams, in its format.
+#[derive(Debug)]
+enum ToolReader {
+    Generic(ToolStreamReader),
+    Native(NativeReader),
+}
+
+impl ToolReader {
+    fn new(format: ToolFormat) -> Self {
+        match format {
+            ToolFormat::Generic => ToolReader::Generic(ToolStreamReader::default()),
+            native => ToolReader::Native(NativeReader::new(native)),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> Vec<ToolDelta> {
+        match self {
+            ToolReader::Generic(reader) => reader.push(text),
+            ToolReader::Native(reader) => reader.push(text),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct ChoiceState {
     /// Whether this choice's usage counts its prompt (the first of `n` choices does).
@@ -119,7 +143,7 @@ struct ChoiceState {
     /// Tokens generated so far (the event id of its chunks).
     tokens: u64,
     /// A request with tools: its output, read as it streams.
-    tools: ToolStreamReader,
+    tools: Option<ToolReader>,
     finished: Option<(FinishReason, Usage)>,
 }
 
@@ -146,10 +170,11 @@ impl StreamEncoder {
             .map(|prompt| ChoiceState {
                 echo: prompt.echo.clone(),
                 counts_prompt: prompt.choice == 0,
+                tools: meta.tools.map(ToolReader::new),
                 ..ChoiceState::default()
             })
             .collect::<Vec<_>>();
-        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none() && !meta.tools;
+        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none() && meta.tools.is_none();
         Self { meta, choices, last_waiting: None, last_eta: None, ended: false, event_ids, resume: None }
     }
 
@@ -224,8 +249,8 @@ impl StreamEncoder {
             RequestEvent::Tokens { text, token_ids, logprobs } => {
                 self.open_choice(index, &mut items);
                 self.choices[index].tokens += token_ids.len() as u64;
-                if self.meta.tools {
-                    for delta in self.choices[index].tools.push(&text) {
+                if let Some(reader) = &mut self.choices[index].tools {
+                    for delta in reader.push(&text) {
                         let delta = tool_delta(&self.meta.id, index, delta);
                         items.push(self.chat_chunk(index, delta, None, None));
                     }
@@ -240,31 +265,42 @@ impl StreamEncoder {
             RequestEvent::Finished { reason, usage } => {
                 self.open_choice(index, &mut items);
                 self.choices[index].finished = Some((reason, usage));
-                if self.meta.tools {
-                    let reader = std::mem::take(&mut self.choices[index].tools);
-                    let finish = if reader.yielded() {
-                        // Streamed as it came: only the end is left to tell.
-                        let called = reader.calls() > 0 && reason == FinishReason::Stop;
-                        Some(if called { "tool_calls" } else { reason.as_str() })
-                    } else {
-                        // Not read as it streamed: the whole output, read now.
-                        let text = reader.text().to_string();
-                        let (message, finish) = chat_message(&self.meta.id, index, text, Some(reason.as_str()), true);
-                        let tool_calls = message.tool_calls.map(|calls| {
-                            calls
-                                .into_iter()
-                                .enumerate()
-                                .map(|(i, call)| ToolCallDelta {
-                                    index: i as u32,
-                                    id: Some(call.id),
-                                    kind: Some(call.kind),
-                                    function: FunctionCallDelta { name: Some(call.function.name), arguments: call.function.arguments },
-                                })
-                                .collect()
-                        });
-                        let delta = ChatDelta { role: None, content: message.content, tool_calls };
-                        items.push(self.chat_chunk(index, delta, None, None));
-                        finish
+                if let Some(reader) = self.choices[index].tools.take() {
+                    let finish = match reader {
+                        ToolReader::Native(mut reader) => {
+                            for delta in reader.finish() {
+                                let delta = tool_delta(&self.meta.id, index, delta);
+                                items.push(self.chat_chunk(index, delta, None, None));
+                            }
+                            let called = reader.calls() > 0 && reason == FinishReason::Stop;
+                            Some(if called { "tool_calls" } else { reason.as_str() })
+                        }
+                        ToolReader::Generic(reader) if reader.yielded() => {
+                            // Streamed as it came: only the end is left to tell.
+                            let called = reader.calls() > 0 && reason == FinishReason::Stop;
+                            Some(if called { "tool_calls" } else { reason.as_str() })
+                        }
+                        ToolReader::Generic(reader) => {
+                            // Not read as it streamed: the whole output, read now.
+                            let text = reader.text().to_string();
+                            let (message, finish) =
+                                chat_message(&self.meta.id, index, text, Some(reason.as_str()), Some(ToolFormat::Generic));
+                            let tool_calls = message.tool_calls.map(|calls| {
+                                calls
+                                    .into_iter()
+                                    .enumerate()
+                                    .map(|(i, call)| ToolCallDelta {
+                                        index: i as u32,
+                                        id: Some(call.id),
+                                        kind: Some(call.kind),
+                                        function: FunctionCallDelta { name: Some(call.function.name), arguments: call.function.arguments },
+                                    })
+                                    .collect()
+                            });
+                            let delta = ChatDelta { role: None, content: message.content, tool_calls };
+                            items.push(self.chat_chunk(index, delta, None, None));
+                            finish
+                        }
                     };
                     items.push(self.chat_chunk(index, ChatDelta::default(), None, finish));
                 } else {
@@ -470,7 +506,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn meta(kind: GenerationKind, include_usage: bool, logprobs: bool) -> ResponseMeta {
-        ResponseMeta { id: "chatcmpl-1".into(), created: 7, model: "m".into(), kind, include_usage, logprobs, tools: false }
+        ResponseMeta { id: "chatcmpl-1".into(), created: 7, model: "m".into(), kind, include_usage, logprobs, tools: None }
     }
 
     pub(crate) fn prompt(echo: Option<EchoPrompt>) -> PreparedPrompt {

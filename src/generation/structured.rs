@@ -1,6 +1,6 @@
 //! Structured outputs at the edge: a request's `response_format` (chat and completions)
 //! or one of the extensions other engines' clients send (`guided_json`, `guided_regex`,
-//! `guided_choice`, llama.cpp's `json_schema`) becomes the [`Constraint`] its jobs carry
+//! `guided_choice`, `guided_grammar`, llama.cpp's `json_schema`) becomes the [`Constraint`] its jobs carry
 //! and the engine enforces while decoding.
 //!
 //! The constraint is compiled here once (llguidance, against a one-byte vocabulary), so
@@ -21,6 +21,7 @@ pub const STRUCTURED_FIELDS: &[&str] = &[
     "guided_json",
     "guided_regex",
     "guided_choice",
+    "guided_grammar",
     "json_schema",
 ];
 
@@ -33,6 +34,8 @@ pub struct ConstraintSupport {
     pub regex: bool,
     /// A choice among fixed strings.
     pub choice: bool,
+    /// Context-free grammars (llguidance's Lark).
+    pub grammar: bool,
 }
 
 impl ConstraintSupport {
@@ -40,11 +43,13 @@ impl ConstraintSupport {
         json: true,
         regex: true,
         choice: true,
+        grammar: true,
     };
     pub const NONE: ConstraintSupport = ConstraintSupport {
         json: false,
         regex: false,
         choice: false,
+        grammar: false,
     };
 
     /// From an engine's list of unsupported parameters.
@@ -57,6 +62,7 @@ impl ConstraintSupport {
             json: true,
             regex: !has("guided_regex"),
             choice: !has("guided_choice"),
+            grammar: !has("guided_grammar"),
         }
     }
 
@@ -65,6 +71,7 @@ impl ConstraintSupport {
             Constraint::JsonObject | Constraint::JsonSchema(_) => self.json,
             Constraint::Regex(_) => self.regex,
             Constraint::Choice(_) => self.choice,
+            Constraint::Grammar(_) => self.grammar,
         }
     }
 }
@@ -127,6 +134,10 @@ fn parse(field: &str, value: &Value) -> Result<Option<Constraint>, GenerationErr
         "guided_regex" => match value {
             Value::String(regex) => Ok(Some(Constraint::Regex(regex.clone()))),
             _ => Err(invalid("must be a string (a regular expression)")),
+        },
+        "guided_grammar" => match value {
+            Value::String(lark) => Ok(Some(Constraint::Grammar(lark.clone()))),
+            _ => Err(invalid("must be a string (a grammar in llguidance's Lark syntax)")),
         },
         "guided_choice" => match value {
             Value::Array(items) if !items.is_empty() => items
@@ -280,6 +291,9 @@ mod tests {
             of(json!({"guided_choice": ["yes", "no"]})).unwrap(),
             Some(Constraint::Choice(vec!["yes".into(), "no".into()]))
         );
+        let lark = "start: \"a\" %json {\"type\": \"integer\"}";
+        assert_eq!(of(json!({ "guided_grammar": lark })).unwrap(), Some(Constraint::Grammar(lark.into())));
+        assert_eq!(of(json!({"guided_grammar": "start: ("})).unwrap_err().param(), Some("guided_grammar"));
         // A text format beside a guided field is no conflict.
         assert!(
             of(json!({"response_format": {"type": "text"}, "guided_regex": "a"}))

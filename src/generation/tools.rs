@@ -21,6 +21,7 @@ use swell_cluster::Constraint;
 
 use crate::generation::error::GenerationError;
 use crate::generation::openai_types::{ChatMessageOut, FunctionCallOut, ToolCallOut};
+use crate::generation::tool_format::{NativeReader, ToolFormat};
 use crate::generation::tool_stream::{ToolDelta, ToolStreamReader};
 use crate::generation::validate::ModelLimits;
 
@@ -32,10 +33,15 @@ pub const MESSAGE_FIELDS: &[&str] = &["tool_calls", "tool_call_id"];
 /// What a request's tools add to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolPlan {
-    /// Appended to the system message (or the system message, when there is none).
+    /// The format of the calls: the chat template's own, or the generic one.
+    pub format: ToolFormat,
+    /// The generic format: appended to the system message (or the system message, when
+    /// there is none). Empty for a native format, whose template renders the tools.
     pub instructions: String,
-    /// The format the output must take.
-    pub constraint: Constraint,
+    /// The format the output must take (`None`: a native format's `auto`, left free).
+    pub constraint: Option<Constraint>,
+    /// The request's tools, for a template that renders them.
+    pub tools: Value,
 }
 
 struct Function {
@@ -44,8 +50,9 @@ struct Function {
     parameters: Value,
 }
 
-/// The plan of a request's `tools` (`None`: no tools, or `tool_choice: "none"`).
-pub fn tool_plan(other: &BTreeMap<String, Value>, limits: &ModelLimits) -> Result<Option<ToolPlan>, GenerationError> {
+/// The plan of a request's `tools` (`None`: no tools, or `tool_choice: "none"`), for a
+/// model whose template has the tool-call format `format`.
+pub fn tool_plan(other: &BTreeMap<String, Value>, limits: &ModelLimits, format: ToolFormat) -> Result<Option<ToolPlan>, GenerationError> {
     let functions = match other.get("tools") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(tools)) => tools.iter().enumerate().map(|(i, tool)| function(i, tool)).collect::<Result<Vec<_>, _>>()?,
@@ -96,13 +103,39 @@ pub fn tool_plan(other: &BTreeMap<String, Value>, limits: &ModelLimits) -> Resul
         }
         return Ok(None);
     }
+    let tools = other.get("tools").cloned().unwrap_or(Value::Null);
+    if format.is_native() {
+        if may_answer {
+            // The model answers as it was trained; its output is read, not constrained.
+            return Ok(Some(ToolPlan { format, instructions: String::new(), constraint: None, tools }));
+        }
+        let supported = match format {
+            ToolFormat::Hermes => limits.constraints.grammar,
+            _ => limits.constraints.json,
+        };
+        if !supported {
+            return Err(GenerationError::unsupported(
+                "tool_choice",
+                "this deployment's engine cannot constrain the output to the model's tool-call format: use `tool_choice: \"auto\"`",
+            ));
+        }
+        let (calls, defs) = call_schemas(&called, format.arguments_key())?;
+        let parallel = parallel && format.parallel_calls();
+        let constraint = format.call_constraint(calls, defs, parallel);
+        checked(&constraint)?;
+        return Ok(Some(ToolPlan { format, instructions: String::new(), constraint: Some(constraint), tools }));
+    }
     if !limits.constraints.json {
         return Err(GenerationError::unsupported("tools", "`tools` is not supported by this deployment's engine (no constrained decoding)"));
     }
     let constraint = Constraint::JsonSchema(output_schema(&called, may_answer, parallel)?.to_string());
-    swell_workers::llm::constraint::check(&constraint)
-        .map_err(|error| GenerationError::invalid_value("tools", format!("the tools' schemas cannot be enforced: {error}")))?;
-    Ok(Some(ToolPlan { instructions: instructions(&functions, may_answer, parallel), constraint }))
+    checked(&constraint)?;
+    Ok(Some(ToolPlan { format, instructions: instructions(&functions, may_answer, parallel), constraint: Some(constraint), tools }))
+}
+
+fn checked(constraint: &Constraint) -> Result<(), GenerationError> {
+    swell_workers::llm::constraint::check(constraint)
+        .map_err(|error| GenerationError::invalid_value("tools", format!("the tools' schemas cannot be enforced: {error}")))
 }
 
 fn function(index: usize, tool: &Value) -> Result<Function, GenerationError> {
@@ -130,9 +163,10 @@ fn function(index: usize, tool: &Value) -> Result<Function, GenerationError> {
     Ok(Function { name: name.to_string(), description, parameters })
 }
 
-/// The JSON schema of the output. Each function's `$defs` move to the root, where its
-/// `#/$defs/...` references point once it is nested.
-fn output_schema(called: &[&Function], may_answer: bool, parallel: bool) -> Result<Value, GenerationError> {
+/// The JSON schema of each call, `{"name": N, "<arguments_key>": A}`, and the functions'
+/// `$defs`: they move to the root, where their `#/$defs/...` references point once the
+/// parameters are nested.
+fn call_schemas(called: &[&Function], arguments_key: &str) -> Result<(Vec<Value>, Option<Value>), GenerationError> {
     let mut defs = Map::new();
     let mut calls = Vec::new();
     for f in called {
@@ -147,11 +181,17 @@ fn output_schema(called: &[&Function], may_answer: bool, parallel: bool) -> Resu
         }
         calls.push(json!({
             "type": "object",
-            "properties": {"name": {"const": f.name}, "arguments": parameters},
-            "required": ["name", "arguments"],
+            "properties": {"name": {"const": f.name}, arguments_key: parameters},
+            "required": ["name", arguments_key],
             "additionalProperties": false
         }));
     }
+    Ok((calls, (!defs.is_empty()).then_some(Value::Object(defs))))
+}
+
+/// The JSON schema of the generic format's output.
+fn output_schema(called: &[&Function], may_answer: bool, parallel: bool) -> Result<Value, GenerationError> {
+    let (calls, defs) = call_schemas(called, "arguments")?;
     let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
     if !parallel {
         list["maxItems"] = json!(1);
@@ -163,8 +203,8 @@ fn output_schema(called: &[&Function], may_answer: bool, parallel: bool) -> Resu
     } else {
         call
     };
-    if !defs.is_empty() {
-        schema["$defs"] = Value::Object(defs);
+    if let Some(defs) = defs {
+        schema["$defs"] = defs;
     }
     Ok(schema)
 }
@@ -191,12 +231,13 @@ fn instructions(functions: &[Function], may_answer: bool, parallel: bool) -> Str
     text
 }
 
-/// An assistant message's `tool_calls`, as the model writes them (its content).
-pub fn assistant_calls_text(index: usize, calls: &Value) -> Result<String, GenerationError> {
+/// An assistant message's `tool_calls`, each as `{"id", "type", "function": {"name",
+/// "arguments"}}` with its arguments as a JSON value (as chat templates read them).
+pub fn assistant_calls(index: usize, calls: &Value) -> Result<Vec<Value>, GenerationError> {
     let param = format!("messages[{index}].tool_calls");
     let invalid = |message: &str| GenerationError::invalid_value(param.clone(), format!("`{param}` {message}"));
     let Some(calls) = calls.as_array() else { return Err(invalid("must be a list")) };
-    let mut written = Vec::with_capacity(calls.len());
+    let mut read = Vec::with_capacity(calls.len());
     for call in calls {
         let f = call.get("function").ok_or_else(|| invalid("holds a call without `function`"))?;
         let name = f.get("name").and_then(Value::as_str).ok_or_else(|| invalid("holds a call without a function name"))?;
@@ -205,8 +246,22 @@ pub fn assistant_calls_text(index: usize, calls: &Value) -> Result<String, Gener
             Some(Value::Object(_)) => f["arguments"].clone(),
             _ => return Err(invalid("holds a call without `arguments`")),
         };
-        written.push(json!({"name": name, "arguments": arguments}));
+        let mut out = json!({"type": "function", "function": {"name": name, "arguments": arguments}});
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            out["id"] = json!(id);
+        }
+        read.push(out);
     }
+    Ok(read)
+}
+
+/// An assistant message's `tool_calls` in the generic format, as the model writes them
+/// (its content).
+pub fn assistant_calls_text(index: usize, calls: &Value) -> Result<String, GenerationError> {
+    let written: Vec<Value> = assistant_calls(index, calls)?
+        .into_iter()
+        .map(|call| json!({"name": call["function"]["name"], "arguments": call["function"]["arguments"]}))
+        .collect();
     Ok(generated_layout(&json!({"tool_calls": written})))
 }
 
@@ -215,27 +270,11 @@ pub fn tool_result_text(tool_call_id: Option<&str>, content: &str) -> String {
     generated_layout(&json!({"tool_response": {"tool_call_id": tool_call_id, "content": content}}))
 }
 
-/// JSON in the layout the grammar generates (`", "` and `": "`, no other whitespace),
-/// so earlier tool calls come back as the text (and tokens) the model produced.
+/// JSON in the layout the grammar generates (`", "` and `": "`, no other whitespace,
+/// Python's default), so earlier tool calls come back as the text (and tokens) the model
+/// produced.
 fn generated_layout(value: &Value) -> String {
-    use std::io::{Result, Write};
-
-    struct Layout;
-    impl serde_json::ser::Formatter for Layout {
-        fn begin_array_value<W: ?Sized + Write>(&mut self, out: &mut W, first: bool) -> Result<()> {
-            if first { Ok(()) } else { out.write_all(b", ") }
-        }
-        fn begin_object_key<W: ?Sized + Write>(&mut self, out: &mut W, first: bool) -> Result<()> {
-            if first { Ok(()) } else { out.write_all(b", ") }
-        }
-        fn begin_object_value<W: ?Sized + Write>(&mut self, out: &mut W) -> Result<()> {
-            out.write_all(b": ")
-        }
-    }
-    let mut text = Vec::new();
-    serde::Serialize::serialize(value, &mut serde_json::Serializer::with_formatter(&mut text, Layout))
-        .expect("a JSON value serializes");
-    String::from_utf8(text).expect("JSON is UTF-8")
+    swell_workers::llm::chat_template::python_json(value)
 }
 
 /// One call read from the output.
@@ -292,19 +331,48 @@ fn partial_response(text: &str) -> Option<String> {
 }
 
 /// The message and finish reason of a chat choice whose output is `text` (finished
-/// with `finish`): with `tools`, calls become `tool_calls` (`finish_reason:
-/// "tool_calls"`) and a `{"response": ...}` becomes content.
-pub fn chat_message(response_id: &str, choice: usize, text: String, finish: Option<&'static str>, tools: bool) -> (ChatMessageOut, Option<&'static str>) {
-    if !tools {
-        return (ChatMessageOut { role: "assistant", content: Some(text), tool_calls: None }, finish);
-    }
-    match parse_output(&text) {
-        ToolOutput::Calls(calls) => {
+/// with `finish`): with tools (their format), calls become `tool_calls`
+/// (`finish_reason: "tool_calls"`) and a reply becomes content.
+pub fn chat_message(
+    response_id: &str,
+    choice: usize,
+    text: String,
+    finish: Option<&'static str>,
+    tools: Option<ToolFormat>,
+) -> (ChatMessageOut, Option<&'static str>) {
+    let called = |finish: Option<&'static str>| if finish == Some("stop") { Some("tool_calls") } else { finish };
+    match tools {
+        None => (ChatMessageOut { role: "assistant", content: Some(text), tool_calls: None }, finish),
+        Some(ToolFormat::Generic) => match parse_output(&text) {
+            ToolOutput::Calls(calls) => {
+                let calls = tool_calls_out(response_id, choice, calls);
+                (ChatMessageOut { role: "assistant", content: None, tool_calls: Some(calls) }, called(finish))
+            }
+            ToolOutput::Text(text) => (ChatMessageOut { role: "assistant", content: Some(text), tool_calls: None }, finish),
+        },
+        Some(format) => {
+            let mut reader = NativeReader::new(format);
+            let mut deltas = reader.push(&text);
+            deltas.extend(reader.finish());
+            let (mut content, mut calls) = (String::new(), Vec::<ParsedCall>::new());
+            for delta in deltas {
+                match delta {
+                    ToolDelta::Content(more) => content.push_str(&more),
+                    ToolDelta::CallStart { name, .. } => calls.push(ParsedCall { name, arguments: String::new() }),
+                    ToolDelta::Arguments { text, .. } => {
+                        if let Some(call) = calls.last_mut() {
+                            call.arguments.push_str(&text);
+                        }
+                    }
+                }
+            }
+            let content = (!content.is_empty() || calls.is_empty()).then_some(content);
+            if calls.is_empty() {
+                return (ChatMessageOut { role: "assistant", content, tool_calls: None }, finish);
+            }
             let calls = tool_calls_out(response_id, choice, calls);
-            let finish = if finish == Some("stop") { Some("tool_calls") } else { finish };
-            (ChatMessageOut { role: "assistant", content: None, tool_calls: Some(calls) }, finish)
+            (ChatMessageOut { role: "assistant", content, tool_calls: Some(calls) }, called(finish))
         }
-        ToolOutput::Text(text) => (ChatMessageOut { role: "assistant", content: Some(text), tool_calls: None }, finish),
     }
 }
 
@@ -337,7 +405,7 @@ mod tests {
     }
 
     fn plan(value: Value) -> Result<Option<ToolPlan>, GenerationError> {
-        tool_plan(&serde_json::from_value(value).unwrap(), &limits())
+        tool_plan(&serde_json::from_value(value).unwrap(), &limits(), ToolFormat::Generic)
     }
 
     fn weather() -> Value {
@@ -347,7 +415,7 @@ mod tests {
 
     fn schema_of(plan: &ToolPlan) -> Value {
         match &plan.constraint {
-            Constraint::JsonSchema(text) => serde_json::from_str(text).unwrap(),
+            Some(Constraint::JsonSchema(text)) => serde_json::from_str(text).unwrap(),
             other => panic!("{other:?}"),
         }
     }
@@ -394,8 +462,42 @@ mod tests {
         );
         assert_eq!(param(json!({"tool_choice": "required"})).as_deref(), Some("tool_choice"));
         let none = ModelLimits { constraints: ConstraintSupport::NONE, ..limits() };
-        let error = tool_plan(&serde_json::from_value(json!({"tools": [weather()]})).unwrap(), &none).unwrap_err();
+        let error = tool_plan(&serde_json::from_value(json!({"tools": [weather()]})).unwrap(), &none, ToolFormat::Generic).unwrap_err();
         assert_eq!((error.code(), error.param()), ("unsupported_parameter", Some("tools")));
+    }
+
+    #[test]
+    fn native_formats_leave_auto_free_and_constrain_required_calls() {
+        let request = |value: Value| serde_json::from_value::<BTreeMap<String, Value>>(value).unwrap();
+        let auto = tool_plan(&request(json!({"tools": [weather()]})), &limits(), ToolFormat::Hermes).unwrap().unwrap();
+        assert_eq!((auto.constraint, auto.instructions.as_str(), auto.tools[0]["function"]["name"].as_str()), (None, "", Some("get_weather")));
+        let required = tool_plan(&request(json!({"tools": [weather()], "tool_choice": "required"})), &limits(), ToolFormat::Hermes)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&required.constraint, Some(Constraint::Grammar(lark)) if lark.contains("<tool_call>")), "{required:?}");
+        let llama = tool_plan(&request(json!({"tools": [weather()], "tool_choice": "required"})), &limits(), ToolFormat::Llama3)
+            .unwrap()
+            .unwrap();
+        let Some(Constraint::JsonSchema(schema)) = &llama.constraint else { panic!("{llama:?}") };
+        let schema: Value = serde_json::from_str(schema).unwrap();
+        assert_eq!(schema["anyOf"][0]["required"], json!(["name", "parameters"]));
+        // An engine without grammars cannot require a Hermes call, and says so.
+        let no_grammar = ModelLimits { constraints: ConstraintSupport { grammar: false, ..ConstraintSupport::ALL }, ..limits() };
+        let error = tool_plan(&request(json!({"tools": [weather()], "tool_choice": "required"})), &no_grammar, ToolFormat::Hermes)
+            .unwrap_err();
+        assert_eq!((error.code(), error.param()), ("unsupported_parameter", Some("tool_choice")));
+    }
+
+    #[test]
+    fn native_outputs_read_back_into_calls_and_content() {
+        let text = "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>".to_string();
+        let (message, finish) = chat_message("chatcmpl-1-x", 0, text, Some("stop"), Some(ToolFormat::Hermes));
+        assert_eq!(finish, Some("tool_calls"));
+        assert_eq!(message.content.as_deref(), Some("Checking."));
+        let calls = message.tool_calls.unwrap();
+        assert_eq!((calls[0].function.name.as_str(), calls[0].function.arguments.as_str()), ("get_weather", r#"{"city":"Paris"}"#));
+        let (message, finish) = chat_message("chatcmpl-1-x", 0, "Sunny.".into(), Some("stop"), Some(ToolFormat::Llama3));
+        assert_eq!((message.content.as_deref(), message.tool_calls.is_none(), finish), (Some("Sunny."), true, Some("stop")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::EngineError;
 use crate::llm::chat_template::ChatTemplate;
-use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::tokenizer::{ChatMessage, ChatTools, Tokenizer};
 
 pub struct HfTokenizer {
     /// Parses special tokens (for text a chat template wrote).
@@ -116,6 +116,14 @@ impl Tokenizer for HfTokenizer {
 
     fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
         self.template.render(messages, add_generation_prompt)
+    }
+
+    fn chat_template_source(&self) -> Option<&str> {
+        (!self.template.is_fallback()).then(|| self.template.source())
+    }
+
+    fn apply_chat_template_with_tools(&self, messages: &[ChatMessage], tools: &ChatTools, add_generation_prompt: bool) -> Result<String, EngineError> {
+        self.template.render_with_tools(&tools.messages(messages), &tools.tools, add_generation_prompt)
     }
 
     fn vocab_size(&self) -> u32 {

@@ -41,4 +41,4 @@ pub use engine::{
     ReplicaContext, Sequence, SequenceOutput, StepReport, StepTimes,
 };
 pub use error::EngineError;
-pub use tokenizer::{ChatMessage, TextPiece, Tokenizer};
+pub use tokenizer::{ChatMessage, ChatTools, TextPiece, Tokenizer};

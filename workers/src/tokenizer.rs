@@ -15,6 +15,36 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// A conversation's tools, for a chat template that renders them itself
+/// ([`Tokenizer::encode_chat_with_tools`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatTools {
+    /// OpenAI's list of tools (`[{"type": "function", "function": {...}}]`).
+    pub tools: serde_json::Value,
+    /// Per message, in order: its tool fields (`tool_calls` with arguments as JSON
+    /// objects, `tool_call_id`), added to it as the template sees it.
+    pub fields: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ChatTools {
+    /// `messages` as the template sees them: `role`, `content` and their tool fields.
+    pub fn messages(&self, messages: &[ChatMessage]) -> Vec<serde_json::Value> {
+        messages
+            .iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let mut object = serde_json::Map::new();
+                object.insert("role".into(), message.role.clone().into());
+                object.insert("content".into(), message.content.clone().into());
+                if let Some(fields) = self.fields.get(index) {
+                    object.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                serde_json::Value::Object(object)
+            })
+            .collect()
+    }
+}
+
 /// A stretch of text to encode, and whether special tokens in it are parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextPiece<'t> {
@@ -79,6 +109,35 @@ pub trait Tokenizer: Send + Sync + 'static {
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, EngineError> {
         crate::chat_encoding::encode_chat(self, messages, add_generation_prompt)
+    }
+
+    /// The chat template's source, when the model has one of its own (what it can
+    /// render, such as a native tool-call format, is read from it).
+    fn chat_template_source(&self) -> Option<&str> {
+        None
+    }
+
+    /// Renders the chat template with tools ([`ChatTools`]); a tokenizer whose template
+    /// cannot refuses.
+    fn apply_chat_template_with_tools(
+        &self,
+        _messages: &[ChatMessage],
+        _tools: &ChatTools,
+        _add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        Err(EngineError::InvalidPrompt("this model's chat template does not render tools".into()))
+    }
+
+    /// [`encode_chat`](Self::encode_chat) with tools rendered by the template. The
+    /// tools and earlier calls are markup the template writes from JSON: any that holds
+    /// the text of a special token is refused.
+    fn encode_chat_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &ChatTools,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        crate::chat_encoding::encode_chat_with_tools(self, messages, tools, add_generation_prompt)
     }
 
     /// Ids of the vocabulary.

@@ -58,8 +58,9 @@ pub struct Chunk {
 pub fn unsupported_constraints(api: Api) -> &'static [&'static str] {
     match api {
         // llama-server takes a JSON schema or a GBNF grammar, no regular expression.
-        Api::LlamaCpp => &["guided_regex"],
-        Api::VllmCompletions | Api::SglangGenerate | Api::TgiGenerateStream => &[],
+        Api::LlamaCpp => &["guided_regex", "guided_grammar"],
+        // Grammars are llguidance's Lark, which none of them is sure to read.
+        Api::VllmCompletions | Api::SglangGenerate | Api::TgiGenerateStream => &["guided_grammar"],
     }
 }
 
@@ -68,7 +69,7 @@ fn schema_of(constraint: &Constraint) -> Option<Value> {
     match constraint {
         Constraint::JsonObject => Some(json!({"type": "object"})),
         Constraint::JsonSchema(text) => serde_json::from_str(text).ok(),
-        Constraint::Regex(_) | Constraint::Choice(_) => None,
+        Constraint::Regex(_) | Constraint::Choice(_) | Constraint::Grammar(_) => None,
     }
 }
 

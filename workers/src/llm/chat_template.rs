@@ -14,7 +14,13 @@
 //! - `raise_exception(message)` fails the render; the message reaches the client as an
 //!   [`EngineError::InvalidPrompt`];
 //! - `bos_token` and `eos_token` are the texts of the GGUF's bos and eos tokens (an empty
-//!   string when the model has none, as llama.cpp does).
+//!   string when the model has none, as llama.cpp does);
+//! - `tojson` writes JSON as Hugging Face's does (Python's `json.dumps`: `", "` and `": "`
+//!   separators, or `indent`, keys in their order, no HTML escaping), where minijinja's
+//!   own escapes `<`, `>`, `&` and `'`;
+//! - with [`ChatTemplate::render_with_tools`], `tools` (OpenAI's list of tools) and
+//!   messages with their tool fields (`tool_calls`, `tool_call_id`), as
+//!   `transformers`' `apply_chat_template(messages, tools=...)` passes them.
 //!
 //! The template is compiled once, when the tokenizer is built; a template that does not
 //! compile fails the model load. A GGUF without a template gets [`CHATML_TEMPLATE`]
@@ -22,7 +28,7 @@
 //! [`ChatTemplate::is_fallback`] says so.
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::Serde;
+use minijinja::value::{Kwargs, Serde};
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind as JinjaErrorKind, Value};
 
 use crate::error::EngineError;
@@ -69,6 +75,7 @@ impl ChatTemplate {
         environment
             .set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         environment.add_function("raise_exception", raise_exception);
+        environment.add_filter("tojson", python_tojson);
         environment
             .add_template_owned(TEMPLATE_NAME, source.clone())
             .map_err(|e| EngineError::Load(format!("chat template does not compile: {e}")))?;
@@ -80,6 +87,12 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
+    }
+
+    /// Another template for the same model (its `bos_token` and `eos_token`): a
+    /// deployment's own template in place of the one its model file carries.
+    pub fn replaced(&self, source: String) -> Result<ChatTemplate, EngineError> {
+        ChatTemplate::new(Some(source), &self.bos_token, &self.eos_token)
     }
 
     /// The template's source text.
@@ -108,6 +121,25 @@ impl ChatTemplate {
         self.template().render(context).map_err(render_error)
     }
 
+    /// Renders a conversation with tools: `messages` are OpenAI-style message objects
+    /// (`role`, `content`, and `tool_calls` / `tool_call_id` where they have them) and
+    /// `tools` OpenAI's list of tools.
+    pub fn render_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: &serde_json::Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let context = context! {
+            messages => Value::from(Serde(messages)),
+            tools => Value::from(Serde(tools)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+        };
+        self.template().render(context).map_err(render_error)
+    }
+
     fn template(&self) -> minijinja::Template<'_, '_> {
         self.environment
             .get_template(TEMPLATE_NAME)
@@ -121,6 +153,53 @@ fn raise_exception(message: String) -> Result<Value, JinjaError> {
         JinjaError::new(JinjaErrorKind::InvalidOperation, message.clone())
             .with_source(RaisedException(message)),
     )
+}
+
+/// Hugging Face's `tojson` (`json.dumps(value, ensure_ascii=False, indent=indent)`):
+/// `", "` and `": "` between items, or `indent` spaces a level with `","` and `": "`.
+fn python_tojson(value: Value, kwargs: Kwargs) -> Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    // Python's other options are accepted with the values templates pass.
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = match indent {
+        Some(width) => {
+            let spaces = vec![b' '; width];
+            let mut out = Vec::new();
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            serde::Serialize::serialize(&json, &mut serde_json::Serializer::with_formatter(&mut out, formatter))
+                .expect("a JSON value serializes");
+            String::from_utf8(out).expect("JSON is UTF-8")
+        }
+        None => python_json(&json),
+    };
+    Ok(Value::from_safe_string(text))
+}
+
+/// JSON as Python's `json.dumps` writes it by default: `", "` and `": "` separators, no
+/// other whitespace, non-ASCII text as it is.
+pub fn python_json(value: &serde_json::Value) -> String {
+    use std::io::{Result, Write};
+
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + Write>(&mut self, out: &mut W, first: bool) -> Result<()> {
+            if first { Ok(()) } else { out.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + Write>(&mut self, out: &mut W, first: bool) -> Result<()> {
+            if first { Ok(()) } else { out.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + Write>(&mut self, out: &mut W) -> Result<()> {
+            out.write_all(b": ")
+        }
+    }
+    let mut text = Vec::new();
+    serde::Serialize::serialize(value, &mut serde_json::Serializer::with_formatter(&mut text, Spaced))
+        .expect("a JSON value serializes");
+    String::from_utf8(text).expect("JSON is UTF-8")
 }
 
 /// Attached to the error of `raise_exception`, so a template rejecting a conversation is
@@ -212,6 +291,35 @@ mod tests {
             error.to_string().contains("System role not supported"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn tojson_writes_json_as_python_does() {
+        let source = "{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}".to_string();
+        let template = ChatTemplate::new(Some(source), "", "").unwrap();
+        let tools = serde_json::json!([{"name": "f", "b": ["x's <b>", 1], "a": {}}]);
+        let text = template.render_with_tools(&[], &tools, false).unwrap();
+        assert_eq!(
+            text,
+            "[{\"name\": \"f\", \"b\": [\"x's <b>\", 1], \"a\": {}}]|\
+             {\n  \"name\": \"f\",\n  \"b\": [\n    \"x's <b>\",\n    1\n  ],\n  \"a\": {}\n}"
+        );
+    }
+
+    #[test]
+    fn messages_with_tool_fields_reach_the_template() {
+        let source = "{% for m in messages %}{{ m.role }}:{% if 'tool_calls' in m %}\
+                      {% for c in m.tool_calls %}{{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}\
+                      {% else %}{{ m.content }}{% endif %};{% endfor %}{{ tools | length }}"
+            .to_string();
+        let template = ChatTemplate::new(Some(source), "", "").unwrap();
+        let messages = [
+            serde_json::json!({"role": "user", "content": "hi"}),
+            serde_json::json!({"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}),
+        ];
+        let text = template.render_with_tools(&messages, &serde_json::json!([{}, {}]), false).unwrap();
+        assert_eq!(text, "user:hi;assistant:f{\"x\": 1};2");
     }
 
     #[test]

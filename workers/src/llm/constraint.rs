@@ -30,7 +30,7 @@ use crate::tokenizer::Tokenizer;
 
 /// The layout of generated JSON: one space after `,` and `:`, no other whitespace (a
 /// schema's own `x-guidance` options take precedence).
-fn compact(mut schema: serde_json::Value) -> serde_json::Value {
+pub fn compact(mut schema: serde_json::Value) -> serde_json::Value {
     if schema == serde_json::Value::Bool(true) {
         schema = serde_json::json!({});
     }
@@ -63,6 +63,7 @@ pub fn grammar(constraint: &Constraint) -> Result<TopLevelGrammar, String> {
             }
             TopLevelGrammar::from_regex(&choice_regex(choices))
         }
+        Constraint::Grammar(lark) => TopLevelGrammar::from_lark(lark.clone()),
     })
 }
 

@@ -150,6 +150,10 @@ pub struct LlmConfig {
     /// same prefix ([`crate::llm::block_pool`]).
     #[serde(default = "default_prefix_cache")]
     pub prefix_cache: bool,
+    /// A Jinja chat template file used in place of the GGUF's own (as llama-server's
+    /// `--chat-template-file` and vLLM's `--chat-template`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<PathBuf>,
 }
 
 fn default_prefix_cache() -> bool {
@@ -185,6 +189,7 @@ impl LlmConfig {
             weight_cache: default_weight_cache(),
             weight_cache_dir: None,
             prefix_cache: default_prefix_cache(),
+            chat_template: None,
         }
     }
 
@@ -324,7 +329,12 @@ impl LlmEngineFactory {
         config.validate()?;
         let file = GgufFile::open(&config.model_path)?;
         let model_config = LlamaConfig::from_gguf(&file)?;
-        let tokenizer = GgufTokenizer::from_gguf(&file.content)?;
+        let mut tokenizer = GgufTokenizer::from_gguf(&file.content)?;
+        if let Some(path) = &config.chat_template {
+            let source = std::fs::read_to_string(path)
+                .map_err(|e| EngineError::Config(format!("llm.chat_template: {}: {e}", path.display())))?;
+            tokenizer.set_chat_template(source)?;
+        }
         let threads = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -132,7 +132,8 @@ fn each_engine_gets_the_constraint_in_its_own_form() {
     assert_eq!(llama.body["json_schema"], json!({"type": "object"}));
     let llama = request(Api::LlamaCpp, &generate(&choice, &[1]));
     assert_eq!(llama.body["grammar"], r#"root ::= "yes" | "no \"really\"""#);
-    assert_eq!(unsupported_constraints(Api::LlamaCpp), ["guided_regex"]);
+    assert_eq!(unsupported_constraints(Api::LlamaCpp), ["guided_regex", "guided_grammar"]);
+    assert_eq!(unsupported_constraints(Api::VllmCompletions), ["guided_grammar"]);
 
     let vllm = request(Api::VllmCompletions, &generate(&json_schema, &[1]));
     assert_eq!(vllm.body["structured_outputs"], json!({"json": parsed}));

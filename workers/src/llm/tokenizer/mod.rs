@@ -97,7 +97,7 @@ use std::fmt;
 
 use crate::error::EngineError;
 use crate::llm::chat_template::ChatTemplate;
-use crate::tokenizer::{ChatMessage, TextPiece, Tokenizer};
+use crate::tokenizer::{ChatMessage, ChatTools, TextPiece, Tokenizer};
 
 use encode::FastEncoder;
 use vocab::TokenPieces;
@@ -178,6 +178,13 @@ impl GgufTokenizer {
     /// The model's chat template.
     pub fn chat_template(&self) -> &ChatTemplate {
         &self.chat_template
+    }
+
+    /// Uses `source` as the chat template in place of the GGUF's (a deployment's
+    /// `chat_template` file); a template that does not compile is refused.
+    pub fn set_chat_template(&mut self, source: String) -> Result<(), EngineError> {
+        self.chat_template = self.chat_template.replaced(source)?;
+        Ok(())
     }
 
     /// The type of token `id` (`None` outside the vocabulary).
@@ -270,6 +277,19 @@ impl Tokenizer for GgufTokenizer {
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
         self.chat_template.render(messages, add_generation_prompt)
+    }
+
+    fn chat_template_source(&self) -> Option<&str> {
+        (!self.chat_template.is_fallback()).then(|| self.chat_template.source())
+    }
+
+    fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &ChatTools,
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        self.chat_template.render_with_tools(&tools.messages(messages), &tools.tools, add_generation_prompt)
     }
 
     fn vocab_size(&self) -> u32 {
