@@ -6,7 +6,8 @@
 //! ([`StreamEncoder`](crate::generation::stream_encoder::StreamEncoder) numbers them). A
 //! resumed stream reads the job's output stream from its start through the queue (so a
 //! resume works at any gateway while the output is kept) and [`ResumeFilter`] picks out
-//! the token events the client already had, which the stream's encoder skips. Only
+//! the token events the client already had, which the stream's encoder skips (a tools
+//! stream's reader still reads them, so what follows is told as it was). Only
 //! single-choice streams without `echo` are resumable; the job keeps what their
 //! responses need as [`StreamMeta`].
 //!
@@ -24,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::generation::admit::TaggedEvents;
 use crate::generation::error::GenerationError;
 use crate::generation::stream_encoder::{ResponseMeta, StreamEncoder};
+use crate::generation::tool_format::ToolFormat;
 use crate::generation::validate::{GenerationKind, ValidatedRequest};
 use crate::state::AppState;
 use crate::tenants::TenantHandle;
@@ -37,20 +39,29 @@ pub struct StreamMeta {
     pub created: u64,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// The format of the request's tool calls, when it has tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolFormat>,
 }
 
 impl StreamMeta {
     /// The metadata of `validated`'s stream, or `None` when it cannot be resumed (several
-    /// choices or prompts, an echoed prompt, or tools: their output is held to the end).
+    /// choices or prompts, or an echoed prompt).
     pub fn of(validated: &ValidatedRequest, created: u64) -> Option<Self> {
-        if validated.prompts.len() != 1 || validated.prompts[0].echo.is_some() || validated.tools.is_some() {
+        if validated.prompts.len() != 1 || validated.prompts[0].echo.is_some() {
             return None;
         }
         let kind = match validated.kind {
             GenerationKind::Chat => "chat",
             GenerationKind::Completion => "completion",
         };
-        Some(Self { kind: kind.into(), created, include_usage: validated.include_usage, logprobs: validated.logprobs })
+        Some(Self {
+            kind: kind.into(),
+            created,
+            include_usage: validated.include_usage,
+            logprobs: validated.logprobs,
+            tools: validated.tools,
+        })
     }
 
     pub fn to_json(&self) -> String {
@@ -75,8 +86,7 @@ impl StreamMeta {
             kind,
             include_usage: self.include_usage,
             logprobs: self.logprobs,
-            // A stream with tools carries no event ids: it is never resumed.
-            tools: None,
+            tools: self.tools,
         })
     }
 }

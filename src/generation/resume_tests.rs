@@ -102,3 +102,55 @@ fn only_a_single_choice_without_echo_is_resumable() {
     let echo = EchoPrompt { text: "a".into(), token_texts: vec![] };
     assert!(StreamMeta::of(&validated(vec![prompt(Some(echo))]), 1).is_none());
 }
+
+/// The chunks (as JSON, without their ids) and ids an encoder gives for `events`.
+fn encoded(encoder: &mut StreamEncoder, events: &[RequestEvent]) -> Vec<(serde_json::Value, Option<u64>)> {
+    events
+        .iter()
+        .flat_map(|event| encoder.on_event(0, event.clone()))
+        .filter_map(|item| match item {
+            crate::generation::stream_encoder::StreamItem::Chunk(chunk, id) => Some((serde_json::to_value(chunk).unwrap(), id)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_tools_stream_resumes_with_exactly_the_rest_at_every_event_id() {
+    use crate::generation::stream_encoder::tests::meta;
+    use crate::generation::tool_format::ToolFormat;
+    let pieces: [(&str, &str); 2] = [
+        // The generic format: calls stream token by token.
+        ("generic", r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "f", "arguments": {}}]}"#),
+        // Hermes: text, then calls told once whole (events in between tell nothing).
+        ("hermes", "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"),
+    ];
+    for (name, output) in pieces {
+        let format = if name == "hermes" { ToolFormat::Hermes } else { ToolFormat::Generic };
+        let response = ResponseMeta { tools: Some(format), ..meta(GenerationKind::Chat, false, false) };
+        let mut events = vec![RequestEvent::Started { replica: "r".into() }];
+        // Five characters a token.
+        let chars: Vec<char> = output.chars().collect();
+        for (i, piece) in chars.chunks(5).enumerate() {
+            events.push(RequestEvent::Tokens { text: piece.iter().collect(), token_ids: vec![i as u32], logprobs: None });
+        }
+        let count = events.len() as u32 - 1;
+        events.push(RequestEvent::Finished {
+            reason: FinishReason::Stop,
+            usage: Usage { prompt_tokens: 2, completion_tokens: count },
+        });
+        let whole = encoded(&mut StreamEncoder::new(response.clone(), &[prompt(None)]), &events);
+        assert!(whole.iter().all(|(_, id)| id.is_some()), "{name}: every chunk has an event id");
+        assert!(whole.iter().any(|(chunk, _)| chunk["choices"][0]["delta"]["tool_calls"].is_array()), "{name}: {whole:?}");
+        // Each chunk but the finish has its own id (the finish repeats the last one: a
+        // client resuming there gets the finish).
+        let ids: Vec<u64> = whole.iter().map(|(_, id)| id.unwrap()).collect();
+        assert!(ids[..ids.len() - 1].windows(2).all(|w| w[0] < w[1]), "{name}: {ids:?}");
+        for (at, &after) in ids[..ids.len() - 1].iter().enumerate() {
+            let resumed = encoded(&mut StreamEncoder::resumed(response.clone(), after), &events);
+            // Event id 0 (the role's chunk) is the start: the whole stream again.
+            let rest = if after == 0 { whole.clone() } else { whole[at + 1..].to_vec() };
+            assert_eq!(resumed, rest, "{name}: resumed after {after}");
+        }
+    }
+}

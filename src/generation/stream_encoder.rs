@@ -43,19 +43,36 @@ pub fn eta_revised(told: Option<(Duration, Duration)>, eta: Option<Duration>) ->
 }
 
 /// The chunk delta of what a tools request's output adds as it streams.
-fn tool_delta(response_id: &str, choice: usize, delta: ToolDelta) -> ChatDelta {
-    let call = |index: usize, id: Option<String>, name: Option<String>, arguments: String| ToolCallDelta {
-        index: index as u32,
-        kind: id.as_ref().map(|_| "function"),
-        id,
-        function: FunctionCallDelta { name, arguments },
-    };
-    let tool_calls = match delta {
-        ToolDelta::Content(text) => return ChatDelta { content: Some(text), ..ChatDelta::default() },
-        ToolDelta::CallStart { index, name } => call(index, Some(call_id(response_id, choice, index)), Some(name), String::new()),
-        ToolDelta::Arguments { index, text } => call(index, None, None, text),
-    };
-    ChatDelta { tool_calls: Some(vec![tool_calls]), ..ChatDelta::default() }
+/// One event's deltas as one chunk's delta (`None`: nothing to tell): its content, and a
+/// call's start and arguments merged, so every chunk of the event carries one event id
+/// and a resumed stream neither repeats nor drops part of an event.
+fn tool_delta(response_id: &str, choice: usize, deltas: Vec<ToolDelta>) -> Option<ChatDelta> {
+    let mut out = ChatDelta::default();
+    let mut calls: Vec<ToolCallDelta> = Vec::new();
+    for delta in deltas {
+        match delta {
+            ToolDelta::Content(text) => out.content.get_or_insert_with(String::new).push_str(&text),
+            ToolDelta::CallStart { index, name } => calls.push(ToolCallDelta {
+                index: index as u32,
+                id: Some(call_id(response_id, choice, index)),
+                kind: Some("function"),
+                function: FunctionCallDelta { name: Some(name), arguments: String::new() },
+            }),
+            ToolDelta::Arguments { index, text } => match calls.last_mut() {
+                Some(call) if call.index == index as u32 => call.function.arguments.push_str(&text),
+                _ => calls.push(ToolCallDelta {
+                    index: index as u32,
+                    id: None,
+                    kind: None,
+                    function: FunctionCallDelta { name: None, arguments: text },
+                }),
+            },
+        }
+    }
+    if !calls.is_empty() {
+        out.tool_calls = Some(calls);
+    }
+    (out.content.is_some() || out.tool_calls.is_some()).then_some(out)
 }
 
 /// What every chunk of a response repeats.
@@ -69,8 +86,8 @@ pub struct ResponseMeta {
     pub kind: GenerationKind,
     pub include_usage: bool,
     pub logprobs: bool,
-    /// The request has tools: its output is read back into tool calls or content at
-    /// its end ([`tools`](crate::generation::tools)), so its text is held until then.
+    /// The request has tools (their format): its output is read back into tool calls or
+    /// content as it streams ([`tools`](crate::generation::tools)).
     pub tools: Option<ToolFormat>,
 }
 
@@ -174,7 +191,7 @@ impl StreamEncoder {
                 ..ChoiceState::default()
             })
             .collect::<Vec<_>>();
-        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none() && meta.tools.is_none();
+        let event_ids = prompts.len() == 1 && prompts[0].echo.is_none();
         Self { meta, choices, last_waiting: None, last_eta: None, ended: false, event_ids, resume: None }
     }
 
@@ -183,7 +200,8 @@ impl StreamEncoder {
     /// client had (counting their text for completions' `text_offset`), and does not tell
     /// the assistant role (chat) again unless `after` is 0.
     pub fn resumed(meta: ResponseMeta, after: u64) -> Self {
-        let choice = ChoiceState { counts_prompt: true, role_sent: after > 0, tokens: after, ..ChoiceState::default() };
+        let tools = meta.tools.map(ToolReader::new);
+        let choice = ChoiceState { counts_prompt: true, role_sent: after > 0, tokens: after, tools, ..ChoiceState::default() };
         let resume = Some(ResumeFilter::new(after));
         Self { meta, choices: vec![choice], last_waiting: None, last_eta: None, ended: false, event_ids: true, resume }
     }
@@ -213,6 +231,11 @@ impl StreamEncoder {
                 Ok(false) => {
                     if let RequestEvent::Tokens { text, .. } = &event {
                         self.choices[index].offset += text.chars().count() as u32;
+                        // The client had what these tokens told; the reader reads them
+                        // again so what follows is told as it was.
+                        if let Some(reader) = &mut self.choices[index].tools {
+                            reader.push(text);
+                        }
                     }
                     return Vec::new();
                 }
@@ -250,8 +273,7 @@ impl StreamEncoder {
                 self.open_choice(index, &mut items);
                 self.choices[index].tokens += token_ids.len() as u64;
                 if let Some(reader) = &mut self.choices[index].tools {
-                    for delta in reader.push(&text) {
-                        let delta = tool_delta(&self.meta.id, index, delta);
+                    if let Some(delta) = tool_delta(&self.meta.id, index, reader.push(&text)) {
                         items.push(self.chat_chunk(index, delta, None, None));
                     }
                     return items;
@@ -268,8 +290,7 @@ impl StreamEncoder {
                 if let Some(reader) = self.choices[index].tools.take() {
                     let finish = match reader {
                         ToolReader::Native(mut reader) => {
-                            for delta in reader.finish() {
-                                let delta = tool_delta(&self.meta.id, index, delta);
+                            if let Some(delta) = tool_delta(&self.meta.id, index, reader.finish()) {
                                 items.push(self.chat_chunk(index, delta, None, None));
                             }
                             let called = reader.calls() > 0 && reason == FinishReason::Stop;

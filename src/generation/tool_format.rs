@@ -24,7 +24,8 @@ use swell_cluster::Constraint;
 use crate::generation::tool_stream::ToolDelta;
 
 /// See the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ToolFormat {
     Generic,
     Hermes,
