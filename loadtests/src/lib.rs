@@ -106,6 +106,8 @@
 //! - [`scaling`]: throughput with N replicas against N × one, simulated and live
 //!   (`swell-scaling`).
 //! - [`fidelity`]: the live side of the simulator's fidelity check (`tests/fidelity.rs`).
+//! - [`chaos`]: a randomized fault campaign against a local cluster, with a history
+//!   checker (`swell-chaos`).
 //!
 //! The workload files (Azure trace, ShareGPT lengths), the percentile definition and the
 //! plot helpers come from the simulator crate (`swell_simulator::{trace, stats, plot}`),
@@ -114,6 +116,7 @@
 
 pub mod admin;
 pub mod arrivals;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod fidelity;

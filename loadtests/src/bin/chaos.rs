@@ -1,0 +1,114 @@
+//! `swell-chaos`: a randomized fault campaign against a cluster started on this machine
+//! (see `swell_loadtest::chaos`).
+//!
+//! ```text
+//! swell-chaos --seed 7 --duration 60s
+//! ```
+//!
+//! Exits 0 when every check holds; otherwise prints the seed, the anomalies with the
+//! histories that show them, and exits 1. The nodes' logs stay in `--dir` when it fails.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use swell_loadtest::chaos::{self, Campaign};
+use swell_loadtest::config::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "swell-chaos", about = "A randomized fault campaign against a local Swell cluster, with a history checker")]
+struct Args {
+    /// The seed of the fault schedule and of the clients.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long faults are injected and clients send requests (`60s`, `5m`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value_t = 2)]
+    gateways: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// The `swell` binary (default: the one beside this binary).
+    #[arg(long)]
+    swell: Option<PathBuf>,
+    /// Where the nodes' config and logs go (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `sim` engine's decode step, in milliseconds.
+    #[arg(long, default_value_t = 25)]
+    step_ms: u64,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let swell = args.swell.clone().unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("the path of this binary");
+        exe.with_file_name("swell")
+    });
+    if !swell.exists() {
+        eprintln!("swell-chaos: no swell binary at {} (build it: cargo build -p swell, or pass --swell)", swell.display());
+        return ExitCode::from(2);
+    }
+    let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("swell-chaos-{}-{}", args.seed, std::process::id())));
+    let campaign = Campaign {
+        seed: args.seed,
+        duration: args.duration,
+        gateways: args.gateways.max(1),
+        workers: args.workers.max(1),
+        clients: args.clients.max(1),
+        swell,
+        dir: dir.clone(),
+        step_ms: args.step_ms,
+    };
+    let report = match actix_rt::System::new().block_on(async { chaos::run(&campaign).await }) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("swell-chaos: seed {}: the campaign could not run: {error:#}\n(logs in {})", args.seed, dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &args.json {
+        if let Err(error) = std::fs::write(path, serde_json::to_string_pretty(&report).expect("the report serializes")) {
+            eprintln!("swell-chaos: writing {}: {error}", path.display());
+        }
+    }
+    let faults: Vec<String> = report.faults.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    println!(
+        "seed {}: {} requests ({} completed, {} resumed, errors {:?}, {} not accepted, {} lost); faults: {}",
+        report.seed,
+        report.requests,
+        report.outcomes.completed,
+        report.outcomes.resumed,
+        report.outcomes.errors,
+        report.outcomes.not_accepted,
+        report.outcomes.lost,
+        faults.join(", ")
+    );
+    let mut refusals: Vec<_> = report.outcomes.refusals.iter().collect();
+    refusals.sort_by(|a, b| b.1.cmp(a.1));
+    println!("seed {}: not accepted: {refusals:?}", report.seed);
+    if report.passed() {
+        println!("seed {}: every check holds", report.seed);
+        let _ = std::fs::remove_dir_all(&dir);
+        return ExitCode::SUCCESS;
+    }
+    println!("seed {}: FAILED (replay: swell-chaos --seed {} --duration {:?}; logs in {})", report.seed, report.seed, args.duration, dir.display());
+    if let Some(why) = &report.not_quiet {
+        println!("  not quiet: {why}");
+    }
+    for anomaly in report.anomalies.iter().take(5) {
+        println!("  {}: {}", anomaly.kind, anomaly.detail);
+        println!("    history: {}", serde_json::to_string(&anomaly.history).expect("a history serializes"));
+    }
+    if report.anomalies.len() > 5 {
+        println!("  ... {} anomalies in all", report.anomalies.len());
+    }
+    ExitCode::FAILURE
+}

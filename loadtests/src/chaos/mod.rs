@@ -1,0 +1,233 @@
+//! `swell-chaos`: a randomized fault campaign against a real cluster on this machine, and a
+//! checker of what its clients recorded.
+//!
+//! A campaign ([`run`]) starts a cluster ([`cluster`]: Redis with AOF, gateways and
+//! worker nodes, each node behind a [`proxy::FaultProxy`] to Redis), records the
+//! undisturbed output of every prompt and seed the clients will send, then runs seeded
+//! clients ([`client`]) against the gateways while injecting the faults of a seeded
+//! [`schedule`]: `kill -9` and restart of any process, `SIGSTOP`/`SIGCONT` pauses longer
+//! than the lease and the node TTL, Redis killed and restarted with its AOF, and network
+//! delay, black holes and resets between a node and Redis. When the clients are done, the
+//! cluster is healed and [`history::check`] looks for silence, gaps, repeats and wrong
+//! output; then the cluster must go quiet: every worker back to zero replicas. A failing
+//! campaign reports its seed and the histories that show the failure.
+//!
+//! Layout: `schedule.rs` (the faults of a seed), `proxy.rs` (the network faults),
+//! `cluster.rs` (the processes), `client.rs` (the clients), `history.rs` (histories and
+//! the checker), this file (the campaign).
+
+pub mod client;
+pub mod cluster;
+pub mod history;
+pub mod proxy;
+pub mod schedule;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::chaos::client::{ClientOptions, PROMPTS};
+use crate::chaos::cluster::Cluster;
+use crate::chaos::history::{Anomaly, History, Outcomes};
+use crate::chaos::proxy::Fault as NetFault;
+use crate::chaos::schedule::{Fault, FaultKind, Shape, Target};
+
+/// A campaign's settings.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub seed: u64,
+    /// How long faults are injected and clients send new requests.
+    pub duration: Duration,
+    pub gateways: usize,
+    pub workers: usize,
+    pub clients: usize,
+    /// The `swell` binary the nodes run.
+    pub swell: PathBuf,
+    /// Where nodes keep their config and logs (kept when the campaign fails).
+    pub dir: PathBuf,
+    /// Decode step of the `sim` engine, in ms.
+    pub step_ms: u64,
+}
+
+/// What a campaign did and found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub requests: usize,
+    pub outcomes: Outcomes,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u64>,
+    pub anomalies: Vec<Anomaly>,
+    /// The cluster did not go quiet (replicas left, requests in flight).
+    pub not_quiet: Option<String>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.anomalies.is_empty() && self.not_quiet.is_none()
+    }
+}
+
+/// Runs a campaign (see the module docs).
+pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
+    let mut cluster = Cluster::start(&campaign.swell, &campaign.dir, campaign.gateways, campaign.workers, campaign.step_ms)
+        .await
+        .context("starting the cluster")?;
+    let gateways: Vec<String> = cluster.gateways.iter().map(|g| g.url()).collect();
+    let options = ClientOptions {
+        seeds: 6,
+        max_tokens: 24,
+        idle: Duration::from_secs(3),
+        resume_for: Duration::from_secs(30),
+    };
+    let reference = reference(&gateways[0], &options).await.context("the undisturbed run")?;
+
+    let faults = schedule::schedule(
+        campaign.seed,
+        Shape { gateways: campaign.gateways, workers: campaign.workers, duration: campaign.duration, lease: Duration::from_secs(2) },
+    );
+    let histories = Rc::new(RefCell::new(Vec::new()));
+    let start = Instant::now();
+    let until = start + campaign.duration;
+    let clients: Vec<_> = (0..campaign.clients)
+        .map(|index| {
+            actix_rt::spawn(client::run(index, campaign.seed, gateways.clone(), options.clone(), until, histories.clone()))
+        })
+        .collect();
+    let injected = inject(&mut cluster, &faults, start).await?;
+    cluster.heal().await.context("healing the cluster")?;
+    for client in clients {
+        client.await.context("a client panicked")?;
+    }
+    let histories: Vec<History> = histories.borrow().clone();
+    let anomalies = history::check(&histories, &reference);
+    let not_quiet = quiet(&cluster, Duration::from_secs(30)).await.err().map(|e| e.to_string());
+    Ok(Report {
+        seed: campaign.seed,
+        requests: histories.len(),
+        outcomes: history::outcomes(&histories),
+        faults: injected,
+        anomalies,
+        not_quiet,
+    })
+}
+
+/// The output of every `(prompt, seed)` on the undisturbed cluster.
+async fn reference(gateway: &str, options: &ClientOptions) -> anyhow::Result<HashMap<(usize, u64), String>> {
+    let http = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+    let mut reference = HashMap::new();
+    for prompt in 0..PROMPTS.len() {
+        for seed in 0..options.seeds {
+            let body = client::body(prompt, seed, options.max_tokens, false);
+            let mut response = http
+                .post(format!("{gateway}/v1/chat/completions"))
+                .send_json(&body)
+                .await
+                .map_err(|e| anyhow::anyhow!("the undisturbed request failed: {e}"))?;
+            let value: Value = response.json().limit(1 << 20).await.context("the undisturbed answer")?;
+            let Some(text) = value["choices"][0]["message"]["content"].as_str() else {
+                bail!("the undisturbed request did not complete: {value}");
+            };
+            reference.insert((prompt, seed), text.to_string());
+        }
+    }
+    Ok(reference)
+}
+
+/// Injects `faults` at their offsets from `start`, each undone after its length; returns
+/// the count of each kind injected.
+async fn inject(cluster: &mut Cluster, faults: &[Fault], start: Instant) -> anyhow::Result<BTreeMap<String, u64>> {
+    // (when, what): starts and ends of faults, in time order.
+    let mut steps: Vec<(Duration, bool, &Fault)> = Vec::new();
+    for fault in faults {
+        steps.push((fault.at, true, fault));
+        if fault.length > Duration::ZERO {
+            steps.push((fault.at + fault.length, false, fault));
+        }
+    }
+    steps.sort_by_key(|(at, begins, _)| (*at, *begins));
+    let mut counts = BTreeMap::new();
+    for (at, begins, fault) in steps {
+        let now = start.elapsed();
+        if at > now {
+            actix_rt::time::sleep(at - now).await;
+        }
+        let key = format!("{} {}", fault.kind.name(), if fault.target == Target::Redis { "redis" } else { "node" });
+        if begins {
+            *counts.entry(key).or_insert(0) += 1;
+            eprintln!("{:>7.1}s  {} {}{}", at.as_secs_f64(), fault.kind.name(), fault.target, length_note(fault));
+        }
+        apply(cluster, fault, begins).await.with_context(|| format!("fault {fault:?}"))?;
+    }
+    Ok(counts)
+}
+
+fn length_note(fault: &Fault) -> String {
+    match fault.length {
+        Duration::ZERO => String::new(),
+        length => format!(" for {:.1}s", length.as_secs_f64()),
+    }
+}
+
+async fn apply(cluster: &mut Cluster, fault: &Fault, begins: bool) -> anyhow::Result<()> {
+    let (gateway, index) = match fault.target {
+        Target::Redis => {
+            if begins {
+                cluster.kill_redis();
+            } else {
+                cluster.restart_redis().await?;
+            }
+            return Ok(());
+        }
+        Target::Gateway(i) => (true, i),
+        Target::Worker(i) => (false, i),
+    };
+    match (&fault.kind, begins) {
+        (FaultKind::Kill, true) => cluster.node_mut(gateway, index).kill(),
+        (FaultKind::Kill, false) => cluster.restart(gateway, index).await?,
+        (FaultKind::Pause, run) => cluster.node_mut(gateway, index).signal_run(!run),
+        (FaultKind::Delay(delay), true) => cluster.node_mut(gateway, index).proxy.set(NetFault::Delay(*delay)),
+        (FaultKind::BlackHole, true) => cluster.node_mut(gateway, index).proxy.set(NetFault::BlackHole),
+        (FaultKind::Delay(_) | FaultKind::BlackHole, false) => cluster.node_mut(gateway, index).proxy.set(NetFault::None),
+        (FaultKind::Reset, _) => cluster.node_mut(gateway, index).proxy.reset(),
+    }
+    Ok(())
+}
+
+/// Waits until the cluster is idle: no worker holds a replica of `chat` (the floor is
+/// zero) within `within`.
+async fn quiet(cluster: &Cluster, within: Duration) -> anyhow::Result<()> {
+    let http = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut left = Vec::new();
+        for node in &cluster.workers {
+            let status = http.get(format!("{}/admin/v1/deployments/chat", node.url())).send().await;
+            let replicas = match status {
+                Ok(mut response) => response.json::<Value>().await.ok().map(|s| {
+                    let count = |state: &str| s["replicas"][state].as_u64().unwrap_or(0);
+                    count("ready") + count("starting") + count("draining")
+                }),
+                Err(_) => None,
+            };
+            match replicas {
+                Some(0) => {}
+                Some(n) => left.push(format!("{}: {n} replicas", node.name)),
+                None => left.push(format!("{}: no status", node.name)),
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not back to zero replicas {within:?} after the campaign: {}", left.join(", "));
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
