@@ -107,7 +107,14 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
     }
     let histories: Vec<History> = histories.borrow().clone();
     let anomalies = history::check(&histories, &reference);
-    let not_quiet = quiet(&cluster, Duration::from_secs(30)).await.err().map(|e| e.to_string());
+    let mut not_quiet = quiet(&cluster, Duration::from_secs(30)).await.err().map(|e| e.to_string());
+    if not_quiet.is_none() {
+        let url = cluster.redis.as_ref().map(|r| r.url()).context("no redis")?;
+        let leaks = actix_rt::task::spawn_blocking(move || leaks(&url, Duration::from_secs(60))).await??;
+        if !leaks.is_empty() {
+            not_quiet = Some(format!("left in Redis once idle: {}", leaks.join("; ")));
+        }
+    }
     Ok(Report {
         seed: campaign.seed,
         requests: histories.len(),
@@ -198,6 +205,75 @@ async fn apply(cluster: &mut Cluster, fault: &Fault, begins: bool) -> anyhow::Re
         (FaultKind::Reset, _) => cluster.node_mut(gateway, index).proxy.reset(),
     }
     Ok(())
+}
+
+/// What an idle cluster must not hold in Redis: a lease of the `chat` deployment, or a
+/// key of a request without an expiry or kept longer than `output_ttl` (but for the
+/// state of a job that never reached the queue, see [`never_queued`]).
+fn leaks(url: &str, output_ttl: Duration) -> anyhow::Result<Vec<String>> {
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?;
+    let mut found = Vec::new();
+    let leases = "swell:{dep:chat}:leases";
+    let kind: String = redis::cmd("TYPE").arg(leases).query(&mut conn)?;
+    let held: u64 = match kind.as_str() {
+        "zset" => redis::cmd("ZCARD").arg(leases).query(&mut conn)?,
+        "hash" => redis::cmd("HLEN").arg(leases).query(&mut conn)?,
+        "set" => redis::cmd("SCARD").arg(leases).query(&mut conn)?,
+        _ => 0,
+    };
+    if held > 0 {
+        found.push(format!("{held} leases in {leases}"));
+    }
+    let mut cursor = 0u64;
+    let (mut without_expiry, mut too_long) = (Vec::new(), Vec::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("swell:{job:*").arg("COUNT").arg(1000).query(&mut conn)?;
+        for key in keys {
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn)?;
+            if ttl == -1 {
+                without_expiry.push(key);
+            } else if ttl > output_ttl.as_millis() as i64 + 5_000 && !never_queued(&mut conn, &key) {
+                too_long.push(format!("{key} ({ttl} ms): {}", describe(&mut conn, &key)));
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if !without_expiry.is_empty() {
+        found.push(format!("{} request keys without an expiry (e.g. {})", without_expiry.len(), without_expiry[0]));
+    }
+    if !too_long.is_empty() {
+        found.push(format!("{} request keys kept past the output TTL (e.g. {})", too_long.len(), too_long[0]));
+    }
+    Ok(found)
+}
+
+/// The state of a job whose enqueue failed while Redis was unreachable, so its discard
+/// failed too: it never reached the queue and expires with `job_max_age`
+/// (docs/distributed.md), which is not an output kept past its TTL.
+fn never_queued(conn: &mut redis::Connection, key: &str) -> bool {
+    if !key.ends_with(":state") {
+        return false;
+    }
+    let fields: Vec<Option<String>> =
+        redis::cmd("HMGET").arg(key).arg("status").arg("epoch").arg("last_seq").query(conn).unwrap_or_default();
+    fields == [Some("waiting".to_string()), Some("1".to_string()), Some("0".to_string())]
+}
+
+/// A key's type and contents (hashes and strings), for a report.
+fn describe(conn: &mut redis::Connection, key: &str) -> String {
+    let kind: String = redis::cmd("TYPE").arg(key).query(conn).unwrap_or_default();
+    let contents = match kind.as_str() {
+        "hash" => redis::cmd("HGETALL").arg(key).query::<Vec<String>>(conn).map(|v| v.join(" ")).unwrap_or_default(),
+        "string" => redis::cmd("GET").arg(key).query::<String>(conn).unwrap_or_default(),
+        "stream" => format!("{} entries", redis::cmd("XLEN").arg(key).query::<u64>(conn).unwrap_or(0)),
+        _ => String::new(),
+    };
+    let contents: String = contents.chars().take(300).collect();
+    format!("{kind} {contents}")
 }
 
 /// Waits until the cluster is idle: no worker holds a replica of `chat` (the floor is
