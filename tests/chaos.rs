@@ -20,7 +20,10 @@ async fn campaign(seed: u64) {
         clients: 6,
         swell: env!("CARGO_BIN_EXE_swell").into(),
         dir: dir.clone(),
-        step_ms: 25,
+        step_ms: 50,
+        max_tokens: 48,
+        kinds: swell_loadtest::chaos::schedule::KINDS.map(String::from).to_vec(),
+        node_env: Vec::new(),
     };
     let report = run(&campaign).await.expect("the campaign runs");
     let summary = serde_json::to_string_pretty(&report).unwrap();
@@ -39,4 +42,33 @@ async fn a_short_campaign_on_seed_1_finds_nothing() {
 #[actix_rt::test]
 async fn a_short_campaign_on_seed_2_finds_nothing() {
     campaign(2).await;
+}
+
+/// The planted bugs of the `chaos-mutant` build (cluster/src/mutant.rs), each caught by a
+/// short campaign: `swell-chaos` exits 1 and prints the seed to replay.
+#[test]
+fn each_planted_bug_fails_a_short_campaign_that_names_its_seed() {
+    let dir = std::env::var("SWELL_CHAOS_MUTANT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-mutant"));
+    let chaos = dir.join("swell-chaos");
+    assert!(
+        chaos.exists() && dir.join("swell").exists(),
+        "no mutant build in {}: run scripts/build-chaos-mutant (scripts/test does)",
+        dir.display()
+    );
+    // (mutant, seed, faults): an early ack loses every stream's end; a stale writer
+    // (a worker paused past its lease) is not fenced, so its tokens land in a stream
+    // another worker continued.
+    for (mutant, seed, faults) in [("early-ack", "1", "kill,pause,delay,black-hole,reset,redis"), ("skip-epoch-check", "2", "pause")] {
+        let output = std::process::Command::new(&chaos)
+            .args(["--seed", seed, "--duration", "30s", "--faults", faults])
+            .env("SWELL_CHAOS_MUTANT", mutant)
+            .output()
+            .expect("swell-chaos runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        println!("{mutant}:\n{stdout}");
+        assert_eq!(output.status.code(), Some(1), "{mutant} was not caught:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains(&format!("seed {seed}: FAILED (replay: swell-chaos --seed {seed} ")), "{stdout}");
+    }
 }

@@ -40,6 +40,8 @@ pub mod job;
 pub mod leader;
 pub mod membership;
 pub mod memory;
+#[cfg(feature = "chaos-mutant")]
+pub mod mutant;
 pub mod placement;
 pub mod queue;
 mod redis_conn;

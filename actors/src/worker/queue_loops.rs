@@ -93,6 +93,10 @@ pub(super) async fn publish_loop(
         for (job_id, events) in per_job {
             let Some(lease) = shared.leases.lock().get(&job_id).cloned() else { continue };
             let terminal = events.iter().any(OutputEvent::is_terminal);
+            #[cfg(feature = "chaos-mutant")]
+            if terminal && swell_cluster::mutant::active("early-ack") {
+                ack_with_retry(&*queue, &shared, &lease).await;
+            }
             let outcome = append_with_retry(&*queue, &shared, &lease, events).await;
             let finished = match outcome {
                 Some(AppendOutcome::Accepted(_)) if terminal => {

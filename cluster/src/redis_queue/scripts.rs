@@ -150,6 +150,14 @@ pub(super) struct Scripts {
     pub job_attach_reader: Script,
 }
 
+/// `job_append`, or its `skip-epoch-check` mutant ([`crate::mutant`]).
+fn job_append() -> String {
+    #[cfg(feature = "chaos-mutant")]
+    return crate::mutant::script("skip-epoch-check", JOB_APPEND, "then return {'fenced'} end", "then end");
+    #[cfg(not(feature = "chaos-mutant"))]
+    JOB_APPEND.to_string()
+}
+
 impl Scripts {
     pub fn new() -> Self {
         Self {
@@ -165,7 +173,7 @@ impl Scripts {
             deployment_position: Script::new(DEPLOYMENT_POSITION),
             job_create: Script::new(JOB_CREATE),
             job_start: Script::new(JOB_START),
-            job_append: Script::new(JOB_APPEND),
+            job_append: Script::new(&job_append()),
             job_requeue: Script::new(JOB_REQUEUE),
             job_fail: Script::new(JOB_FAIL),
             job_done: Script::new(JOB_DONE),

@@ -39,8 +39,15 @@ struct Args {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The `sim` engine's decode step, in milliseconds.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 50)]
     step_ms: u64,
+    /// Output tokens of each request (with the step: how long a stream lasts).
+    #[arg(long, default_value_t = 48)]
+    max_tokens: u32,
+    /// The kinds of fault to inject, comma-separated (default: all of kill, pause, delay,
+    /// black-hole, reset, redis).
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<String>>,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -66,7 +73,15 @@ fn main() -> ExitCode {
         swell,
         dir: dir.clone(),
         step_ms: args.step_ms,
+        max_tokens: args.max_tokens,
+        kinds: args.faults.clone().unwrap_or_else(|| chaos::schedule::KINDS.map(String::from).to_vec()),
+        // The nodes inherit this process's environment (SWELL_CHAOS_MUTANT included).
+        node_env: Vec::new(),
     };
+    if let Some(unknown) = campaign.kinds.iter().find(|k| !chaos::schedule::KINDS.contains(&k.as_str())) {
+        eprintln!("swell-chaos: unknown fault kind `{unknown}` (kinds: {})", chaos::schedule::KINDS.join(", "));
+        return ExitCode::from(2);
+    }
     let report = match actix_rt::System::new().block_on(async { chaos::run(&campaign).await }) {
         Ok(report) => report,
         Err(error) => {
@@ -99,7 +114,14 @@ fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&dir);
         return ExitCode::SUCCESS;
     }
-    println!("seed {}: FAILED (replay: swell-chaos --seed {} --duration {:?}; logs in {})", report.seed, report.seed, args.duration, dir.display());
+    let faults_arg = args.faults.as_ref().map(|k| format!(" --faults {}", k.join(","))).unwrap_or_default();
+    println!(
+        "seed {}: FAILED (replay: swell-chaos --seed {} --duration {}s{faults_arg}; logs in {})",
+        report.seed,
+        report.seed,
+        args.duration.as_secs(),
+        dir.display()
+    );
     if let Some(why) = &report.not_quiet {
         println!("  not quiet: {why}");
     }

@@ -36,7 +36,7 @@ node_ttl = "1500ms"
 leader_lease_ttl = "1500ms"
 [deployments.chat]
 engine = "sim"
-max_tokens_default = 24
+max_tokens_default = 16
 [deployments.chat.sim]
 profile = "smollm2-135m-cpu"
 cold_start = "100ms"
@@ -80,7 +80,7 @@ impl Node {
         &self.log
     }
 
-    fn spawn(&mut self, swell: &Path, config: &Path) -> anyhow::Result<()> {
+    fn spawn(&mut self, swell: &Path, config: &Path, env: &[(String, String)]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(swell)
             .args(["serve", "--config"])
@@ -91,6 +91,7 @@ impl Node {
             .env_remove("SWELL_REDIS_URL")
             .env_remove("SWELL_ADMIN_TOKEN")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -132,6 +133,7 @@ pub struct Cluster {
     dir: PathBuf,
     config: PathBuf,
     swell: PathBuf,
+    env: Vec<(String, String)>,
     pub redis: Option<RedisServer>,
     redis_down: bool,
     pub gateways: Vec<Node>,
@@ -141,7 +143,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts Redis, then `gateways` gateways and `workers` workers, and waits until
     /// each serves.
-    pub async fn start(swell: &Path, dir: &Path, gateways: usize, workers: usize, step_ms: u64) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        swell: &Path,
+        dir: &Path,
+        gateways: usize,
+        workers: usize,
+        step_ms: u64,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("swell.toml");
         std::fs::write(&config, self::config(step_ms))?;
@@ -153,6 +162,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             config,
             swell: swell.to_path_buf(),
+            env: env.to_vec(),
             redis: None,
             redis_down: false,
             gateways: Vec::new(),
@@ -172,12 +182,13 @@ impl Cluster {
                     paused: false,
                     proxy: FaultProxy::start(redis_port).await?,
                 };
-                node.spawn(&cluster.swell, &cluster.config)?;
+                node.spawn(&cluster.swell, &cluster.config, &cluster.env)?;
                 if role == "gateway" { cluster.gateways.push(node) } else { cluster.workers.push(node) }
             }
         }
-        for node in cluster.gateways.iter().chain(&cluster.workers) {
-            wait_serving(node).await?;
+        let (swell, config, env) = (cluster.swell.clone(), cluster.config.clone(), cluster.env.clone());
+        for node in cluster.gateways.iter_mut().chain(cluster.workers.iter_mut()) {
+            wait_serving(node, &swell, &config, &env).await?;
         }
         Ok(cluster)
     }
@@ -188,11 +199,11 @@ impl Cluster {
 
     /// Starts a killed node again (same port, same proxy) and waits until it serves.
     pub async fn restart(&mut self, gateway: bool, index: usize) -> anyhow::Result<()> {
-        let (swell, config) = (self.swell.clone(), self.config.clone());
+        let (swell, config, env) = (self.swell.clone(), self.config.clone(), self.env.clone());
         let node = self.node_mut(gateway, index);
         node.kill();
-        node.spawn(&swell, &config)?;
-        wait_serving(node).await
+        node.spawn(&swell, &config, &env)?;
+        wait_serving(node, &swell, &config, &env).await
     }
 
     /// `kill -9` Redis.
@@ -242,13 +253,19 @@ impl Cluster {
     }
 }
 
-/// Waits until `node` logs that it serves (30 s at most).
-async fn wait_serving(node: &Node) -> anyhow::Result<()> {
+/// Waits until `node` serves (30 s at most). A node that cannot reach Redis when it
+/// starts exits (it fails fast): it is started again, as a service manager would.
+async fn wait_serving(node: &mut Node, swell: &Path, config: &Path, env: &[(String, String)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The port was closed while the node was down: it accepts once the node serves.
         if std::net::TcpStream::connect(("127.0.0.1", node.port)).is_ok() {
             return Ok(());
+        }
+        if node.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some()) {
+            node.child = None;
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            node.spawn(swell, config, env)?;
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(&node.log).unwrap_or_default();

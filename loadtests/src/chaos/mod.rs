@@ -53,6 +53,12 @@ pub struct Campaign {
     pub dir: PathBuf,
     /// Decode step of the `sim` engine, in ms.
     pub step_ms: u64,
+    /// Output tokens of each request.
+    pub max_tokens: u32,
+    /// The kinds of fault injected (names of [`schedule::KINDS`]).
+    pub kinds: Vec<String>,
+    /// Environment of the nodes' processes (a test switches a planted bug on with it).
+    pub node_env: Vec<(String, String)>,
 }
 
 /// What a campaign did and found.
@@ -69,6 +75,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// A campaign that stopped before its faults: a request failed on the undisturbed
+    /// cluster.
+    fn undisturbed_failure(seed: u64, why: String) -> Report {
+        Report {
+            seed,
+            requests: 0,
+            outcomes: Outcomes::default(),
+            faults: BTreeMap::new(),
+            anomalies: Vec::new(),
+            not_quiet: Some(format!("a request failed before any fault (the undisturbed run): {why}")),
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.anomalies.is_empty() && self.not_quiet.is_none()
     }
@@ -76,21 +95,31 @@ impl Report {
 
 /// Runs a campaign (see the module docs).
 pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
-    let mut cluster = Cluster::start(&campaign.swell, &campaign.dir, campaign.gateways, campaign.workers, campaign.step_ms)
+    let mut cluster = Cluster::start(&campaign.swell, &campaign.dir, campaign.gateways, campaign.workers, campaign.step_ms, &campaign.node_env)
         .await
         .context("starting the cluster")?;
     let gateways: Vec<String> = cluster.gateways.iter().map(|g| g.url()).collect();
     let options = ClientOptions {
         seeds: 6,
-        max_tokens: 24,
+        max_tokens: campaign.max_tokens,
         idle: Duration::from_secs(3),
         resume_for: Duration::from_secs(30),
     };
-    let reference = reference(&gateways[0], &options).await.context("the undisturbed run")?;
+    let reference = match reference(&gateways[0], &options).await {
+        Ok(reference) => reference,
+        // Without faults a request must complete: that it did not is the finding.
+        Err(error) => return Ok(Report::undisturbed_failure(campaign.seed, format!("{error:#}"))),
+    };
 
     let faults = schedule::schedule(
         campaign.seed,
-        Shape { gateways: campaign.gateways, workers: campaign.workers, duration: campaign.duration, lease: Duration::from_secs(2) },
+        &Shape {
+            gateways: campaign.gateways,
+            workers: campaign.workers,
+            duration: campaign.duration,
+            lease: Duration::from_secs(2),
+            kinds: campaign.kinds.clone(),
+        },
     );
     let histories = Rc::new(RefCell::new(Vec::new()));
     let start = Instant::now();
