@@ -81,16 +81,16 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     // enqueue: job_create (EXISTS, HSET, PEXPIRE) + deployment_enqueue (EXISTS job,
     // EXISTS stream, HMGET counts, LLEN requeued, XADD, HSET, HINCRBY count, XADD wake).
     assert_eq!(enqueue, 4 + 9, "enqueue");
-    // take (TIME, HSET + HGETALL seen, EXISTS parked, LPOP requeued, HMGET counts, LPOP
-    // free, EXISTS, XREADGROUP, 4 per job, HINCRBY count, XREVRANGE) + job_start (HMGET,
-    // HSET, GET).
-    assert_eq!(take, 1 + 15 + 4, "lease");
+    // take (TIME, HSET + HGETALL seen, EXISTS parked and freed, LPOP requeued, HMGET
+    // counts, XREADGROUP, 4 per job, HINCRBY count) + job_start (HMGET, HSET, GET).
+    assert_eq!(take, 1 + 12 + 4, "lease");
     // HMGET, an XADD per event, APPEND, HSET; PTTL and a PEXPIRE for each of the two
     // output keys it created.
     assert_eq!(first_append, 1 + 1 + 2 + 1 + 1 + 3, "first append");
     assert_eq!(first_read, 1, "a read that finds output is one XREAD");
-    // HMGET, 3 XADD, APPEND, HSET, a PEXPIRE for each of the 3 keys (the job ends).
-    assert_eq!(last_append, 1 + 1 + 3 + 1 + 1 + 3, "terminal append");
+    // HMGET, 3 XADD, HSET, a PEXPIRE for the state and the output, DEL of the delivered
+    // tokens (the job ends: nothing resumes it).
+    assert_eq!(last_append, 1 + 1 + 3 + 1 + 2 + 1, "terminal append");
     assert_eq!(last_read, 1);
     // deployment_ack: HMGET, XACK, XDEL, ZREM, DEL; the terminal append marked the job
     // done, so no job_done.

@@ -61,7 +61,9 @@
 //!   (the [`OutputEvent`] as JSON). `read_output` is `XRANGE`/`XREAD BLOCK` from
 //!   `0-<after_seq>`: no miss, no repeat. A blocking read is one `XREAD BLOCK` (answered
 //!   at once when entries follow); only an empty answer checks that the job exists.
-//! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`).
+//! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`),
+//!   for the next attempt to resume after; deleted by the terminal event (a finished job
+//!   is never resumed).
 //!
 //! The per-job lease hashes are found by the scripts from `ARGV[1]` (the prefix
 //! `P:{dep:D}:job:`) rather than declared in `KEYS`, since `lease` and
@@ -69,8 +71,8 @@
 //! hash tag, so they live in the same slot as the declared keys (Redis Cluster serves
 //! such scripts; it refuses only keys of another slot).
 //!
-//! All three job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event
-//! (or the ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue:
+//! The job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event (or the
+//! ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue:
 //! the state gets its expiry when it is created, the output stream and the token string
 //! the state's remaining one when they are created (not at every write).
 //!
@@ -567,6 +569,10 @@ impl Queue for RedisQueue {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Ok(Vec::new());
+            }
+            if wake_id.is_empty() {
+                // It took jobs that had ended meanwhile (no wake-up id then): look again.
+                continue;
             }
             let wait = match next_end {
                 Some(end) => remaining.min(end + Duration::from_millis(1)),

@@ -54,8 +54,8 @@ const DEPLOYMENT_ENQUEUE: &str = concat!(deployment_prelude!(), include_str!("lu
 /// client's Unix ms) are acked and reported as dropped. Answers `{taken, dropped,
 /// wake_id, next_end}` where taken items are `{job, payload, epoch, deliveries}`,
 /// dropped items `{job, epoch}`, `wake_id` is the last id of the wake-up stream (to
-/// block on, with no lost wake-up) and `next_end` the ms until the next promise ends
-/// (nil: none).
+/// block on, with no lost wake-up; empty when something was taken) and `next_end` the ms
+/// until the next promise ends (nil: none).
 const DEPLOYMENT_TAKE: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_take.lua"));
 
 /// Renew leases by `ARGV[3]` ms; `ARGV[4..]` are `job, consumer, epoch` triples.

@@ -62,9 +62,11 @@ local function free(job)
   redis.call('ZREM', parked_set(level), job)
   redis.call('RPUSH', free_of_level[level], job)
 end
--- A parked job is in its consumer's list and in its priority's set, so without any set
--- there is no promise to look at.
-local parked = redis.call('EXISTS', parked_set('high'), parked_set('normal'), parked_set('low')) > 0
+-- A parked job is in its consumer's list and in its priority's set: without any set or
+-- free list, there is no promise to look at, no freed job to take, and every waiting job
+-- counted is an undelivered entry of its priority's stream.
+local parked = redis.call('EXISTS', parked_set('high'), parked_set('normal'), parked_set('low'), KEYS[10],
+  KEYS[11], KEYS[12]) > 0
 if parked then
   -- Promises past their end.
   for _, level in ipairs(levels) do
@@ -92,12 +94,17 @@ for rank, stream in ipairs(streams) do
   -- older than any new entry), then new entries, parking those promised to another
   -- live consumer. A priority with nothing waiting is skipped.
   if #taken < n and count[level] > 0 then
-    if parked then take_listed(parked_list(consumer, level), level) end
-    take_listed(free_of_level[level], level)
-    if #taken < n and redis.call('EXISTS', stream) == 1 then
+    if parked then
+      take_listed(parked_list(consumer, level), level)
+      take_listed(free_of_level[level], level)
+    end
+    if #taken < n and (not parked or redis.call('EXISTS', stream) == 1) then
       while #taken < n do
-        local reply = redis.call('XREADGROUP', 'GROUP', ARGV[2], consumer, 'COUNT', n - #taken, 'STREAMS', stream, '>')
-        if not reply or #reply[1][2] == 0 then break end
+        local want = n - #taken
+        -- (An error, such as a stream gone with its group, reads as nothing: `depth`
+        -- sets the counts right.)
+        local reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], consumer, 'COUNT', want, 'STREAMS', stream, '>')
+        if type(reply) ~= 'table' or reply.err or not reply[1] or #reply[1][2] == 0 then break end
         for _, e in ipairs(reply[1][2]) do
           local f = fields_of(e[2])
           local replica, ends = f['rr'], tonumber(f['ru'] or '0') or 0
@@ -111,14 +118,20 @@ for rank, stream in ipairs(streams) do
             take(f['id'], e[1], e[2], stream)
           end
         end
+        -- Fewer than asked for: the stream has nothing more.
+        if #reply[1][2] < want then break end
       end
     end
   end
 end
 for _, level in ipairs(levels) do uncount(level, gone[level]) end
-local wake_id = '0-0'
-local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
-if last[1] then wake_id = last[1][1] end
+-- Only a consumer that took nothing waits for the wake-up stream.
+local wake_id = ''
+if #taken == 0 then
+  wake_id = '0-0'
+  local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+  if last[1] then wake_id = last[1][1] end
+end
 -- When the next promise ends (ms from now; nil: none parked), so a waiting consumer
 -- looks again then.
 local next_end = false

@@ -8,10 +8,15 @@ if s[1] ~= 'leased' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return {'fenced'}
 local was_finished = s[7] == '1'
 local seq, finished, new_out, new_tokens = store(ARGV[1], tonumber(s[6]) or 0, was_finished, ARGV, 5)
 if finished then
-  -- The terminal event ends the job here (the ack finds it done): its keys are kept
-  -- for the output ttl from now.
+  -- The terminal event ends the job here (the ack finds it done): its state and output
+  -- are kept for the output ttl from now; its delivered tokens (kept to resume it, and
+  -- only written with earlier events) go.
   redis.call('HSET', KEYS[1], 'last_seq', seq, 'finished', 1, 'status', 'done')
-  if not was_finished then expire_all(ARGV[4]) end
+  if not was_finished then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+    if tonumber(s[6] or '0') > 0 then redis.call('DEL', KEYS[3]) end
+  end
   return {'ok', seq}
 end
 redis.call('HSET', KEYS[1], 'last_seq', seq)

@@ -3,9 +3,10 @@ local function expire_all(ttl_ms)
 end
 -- Store the events of `json, terminal (0/1), tokens` triples `args[first..]` under
 -- `epoch` after sequence number `seq`; nothing once a terminal event is stored
--- (`finished`), like the in-memory queue. The tokens go in one `APPEND`. Answers the
--- last sequence number, whether the job is finished, and whether the output stream
--- and the token string were created here.
+-- (`finished`), like the in-memory queue. The tokens go in one `APPEND`, unless the job
+-- finishes here (nothing resumes a finished job). Answers the last sequence number,
+-- whether the job is finished, and whether the output stream and the token string were
+-- created here.
 local function store(epoch, seq, finished, args, first)
   local from, tokens = seq, ''
   for i = first, #args, 3 do
@@ -15,7 +16,7 @@ local function store(epoch, seq, finished, args, first)
     tokens = tokens .. args[i + 2]
     finished = args[i + 1] == '1'
   end
-  local new_tokens = tokens ~= '' and redis.call('APPEND', KEYS[3], tokens) == #tokens
+  local new_tokens = tokens ~= '' and not finished and redis.call('APPEND', KEYS[3], tokens) == #tokens
   return seq, finished, from == 0 and seq > 0, new_tokens
 end
 -- End the job with a terminal event written by the queue (ignored after one is
