@@ -14,7 +14,9 @@ local function alive(replica)
   local at = seen_at[replica] or 0
   return at > 0 and now - at < liveness
 end
-local function take(job, entry, flat, stream)
+-- `new`: a new entry (`XREADGROUP`), whose epoch is still the enqueue's 1 (release and
+-- reclaim, which raise it, requeue the job instead).
+local function take(job, entry, flat, stream, new)
   local f = fields_of(flat)
   local meta = meta_key(job)
   if f['dl'] and f['dl'] ~= '' and client_now > tonumber(f['dl']) then
@@ -24,7 +26,7 @@ local function take(job, entry, flat, stream)
     return
   end
   local deliveries = redis.call('HINCRBY', meta, 'deliveries', 1)
-  local epoch = redis.call('HGET', meta, 'epoch') or '1'
+  local epoch = new and '1' or redis.call('HGET', meta, 'epoch') or '1'
   redis.call('HSET', meta, 'entry', entry, 'state', 'leased', 'consumer', consumer, 'expires', now + ttl, 'epoch', epoch)
   redis.call('ZADD', KEYS[3], now + ttl, job)
   taken[#taken + 1] = {job, f['job'], epoch, deliveries}
@@ -115,7 +117,7 @@ for rank, stream in ipairs(streams) do
             parked = true
           else
             gone[level] = gone[level] + 1
-            take(f['id'], e[1], e[2], stream)
+            take(f['id'], e[1], e[2], stream, true)
           end
         end
         -- Fewer than asked for: the stream has nothing more.

@@ -9,4 +9,7 @@ if s[3] == '1' then
   return {'done'}
 end
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'status', 'leased', 'consumer', ARGV[2])
-return {'ok', redis.call('GET', KEYS[3]) or '', s[4]}
+-- Tokens were delivered only if events were stored.
+local tokens = ''
+if tonumber(s[4] or '0') > 0 then tokens = redis.call('GET', KEYS[3]) or '' end
+return {'ok', tokens, s[4]}
