@@ -60,7 +60,9 @@
 //! - `P:{job:J}:out`: the output stream; entry id `0-<seq>`, fields `e` (epoch) and `v`
 //!   (the [`OutputEvent`] as JSON). `read_output` is `XRANGE`/`XREAD BLOCK` from
 //!   `0-<after_seq>`: no miss, no repeat. A blocking read is one `XREAD BLOCK` (answered
-//!   at once when entries follow); only an empty answer checks that the job exists.
+//!   at once when entries follow); only an empty answer checks that the job exists, so a
+//!   blocking read of an unknown (or expired) job answers `UnknownJob` when its block
+//!   ends, not at once.
 //! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`),
 //!   for the next attempt to resume after; deleted by the terminal event (a finished job
 //!   is never resumed).
