@@ -60,7 +60,8 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     let take = commands(&mut raw).await.values().sum::<u64>();
     reset(&mut raw).await;
     let started = OutputEvent::Started { replica: "w1".into() };
-    assert_eq!(queue.append_output(&lease.lease, vec![started, tokens(&[1])]).await.unwrap(), AppendOutcome::Accepted(2));
+    let first = queue.append_output(&lease.lease, vec![started, tokens(&[1])]).await.unwrap();
+    assert_eq!(first, AppendOutcome::Accepted(2));
     let first_append = commands(&mut raw).await.values().sum::<u64>();
     reset(&mut raw).await;
     let read = queue.read_output("a", 0, Duration::from_secs(1)).await.unwrap();

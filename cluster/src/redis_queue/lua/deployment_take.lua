@@ -27,7 +27,8 @@ local function take(job, entry, flat, stream, new)
   end
   local deliveries = redis.call('HINCRBY', meta, 'deliveries', 1)
   local epoch = new and '1' or redis.call('HGET', meta, 'epoch') or '1'
-  redis.call('HSET', meta, 'entry', entry, 'state', 'leased', 'consumer', consumer, 'expires', now + ttl, 'epoch', epoch)
+  redis.call('HSET', meta, 'entry', entry, 'state', 'leased', 'consumer', consumer, 'expires', now + ttl,
+    'epoch', epoch)
   redis.call('ZADD', KEYS[3], now + ttl, job)
   taken[#taken + 1] = {job, f['job'], epoch, deliveries}
 end
