@@ -81,7 +81,12 @@ pub(super) async fn publish_loop(
     mut outputs: mpsc::UnboundedReceiver<Vec<SequenceOutput>>,
     worker: Addr<WorkerActor>,
 ) {
-    while let Some(batch) = outputs.recv().await {
+    while let Some(mut batch) = outputs.recv().await {
+        // Whatever else is ready goes in the same appends (a lease's `Started` with its
+        // first tokens, several engine steps queued behind a slow append).
+        while let Ok(more) = outputs.try_recv() {
+            batch.extend(more);
+        }
         // Group by job, keeping each job's order, so each job costs one append.
         let mut per_job: Vec<(JobId, Vec<OutputEvent>)> = Vec::new();
         for output in batch {

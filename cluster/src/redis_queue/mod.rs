@@ -41,20 +41,31 @@
 //! - `P:{dep:D}:replicas` and `P:{dep:D}:prefixes`: hashes of the replicas'
 //!   [`ReplicaReport`]s and [`PrefixBlocks`] (bincode), by consumer id, for cache-aware
 //!   routing; they expire 30 s after the last report.
+//! - `P:{dep:D}:count`: hash `high`, `normal`, `low`: the waiting jobs of each priority
+//!   outside the requeued list (undelivered, parked and freed), kept by every script
+//!   that moves a job, so admission, the enqueue position and `lease` read three numbers
+//!   instead of walking the streams (`v` = 1: kept; without it the scripts count once by
+//!   walking). `depth` walks the streams and sets them to what it found.
 //! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
 //!   capped near [`RedisQueueConfig::dead_letter_max_len`].
 //!
 //! Job `J`, all in the slot of `{job:J}` (so `cancel` and `read_output`, which know only
 //! the job id, find it):
-//! - `P:{job:J}:state`: hash `epoch`, `status` (`waiting` | `leased` | `done`),
+//! - `P:{job:J}:state`: hash `epoch`, `status` (`waiting` | `leased` | `done`; `done` once
+//!   its terminal event is stored),
 //!   `consumer`, `cancelled`, `deployment`, `last_seq`, `finished`. The authority on
 //!   what may be written to the output stream (the fence). Also, for a client that
 //!   resumes the stream: `tenant`, `meta` (the gateway's stream metadata) and
 //!   `readers` (readers that took the output over).
 //! - `P:{job:J}:out`: the output stream; entry id `0-<seq>`, fields `e` (epoch) and `v`
 //!   (the [`OutputEvent`] as JSON). `read_output` is `XRANGE`/`XREAD BLOCK` from
-//!   `0-<after_seq>`: no miss, no repeat.
-//! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`).
+//!   `0-<after_seq>`: no miss, no repeat. A blocking read is one `XREAD BLOCK` (answered
+//!   at once when entries follow); only an empty answer checks that the job exists, so a
+//!   blocking read of an unknown (or expired) job answers `UnknownJob` when its block
+//!   ends, not at once.
+//! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`),
+//!   for the next attempt to resume after; deleted by the terminal event (a finished job
+//!   is never resumed).
 //!
 //! The per-job lease hashes are found by the scripts from `ARGV[1]` (the prefix
 //! `P:{dep:D}:job:`) rather than declared in `KEYS`, since `lease` and
@@ -62,33 +73,38 @@
 //! hash tag, so they live in the same slot as the declared keys (Redis Cluster serves
 //! such scripts; it refuses only keys of another slot).
 //!
-//! All three job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event
-//! (or the ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue.
+//! The job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event (or the
+//! ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue:
+//! the state gets its expiry when it is created, the output stream and the token string
+//! the state's remaining one when they are created (not at every write).
 //!
 //! # Scripts and how they are sequenced
 //! See [`scripts`] for each script. A call that needs both slots runs the deployment
 //! script first, then the job script(s), each of which is idempotent and checks epochs,
 //! so a client dying between the two leaves nothing that the next step does not repair:
 //! - `enqueue`: `job_create` (refuses a duplicate id), then `deployment_enqueue` (refuses
-//!   past `max_queue_depth`, counting waiting = undelivered + requeued; on refusal the
+//!   past `max_queue_depth`, counting waiting = the kept counts + requeued; on refusal the
 //!   job state is deleted again).
 //! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >` on the `high`,
 //!   `normal` and `low` streams in turn; counts the delivery, sets the lease with the
 //!   server's clock, drops jobs past their deadline),
-//!   then `job_start` per job (raises the job's epoch to the lease's, answers the tokens
-//!   already delivered). A job found ended there (cancelled while it was being taken) is
-//!   forgotten on the deployment side. A client that dies between the two leaves a
-//!   lease nobody renews: it expires and is reclaimed.
+//!   then `job_start` per job (raises the job's epoch to the lease's, records its
+//!   consumer, answers the tokens already delivered). A job found ended there
+//!   (cancelled while it was being taken) is forgotten on the deployment side. A client
+//!   that dies between the two leaves a lease nobody renews: it expires and is reclaimed.
 //! - `reclaim_expired`: `deployment_reclaim` takes only leases whose *expiry* passed (an
 //!   idle entry whose lease is renewed is never taken), bumps the epoch and requeues it,
 //!   or dead-letters + acks it at `max_deliveries`; then `job_requeue` (raises the fence
 //!   to the new epoch) or `job_fail` (`delivery_limit`).
 //! - `release`: `deployment_release` (bumps the epoch, uncounts the delivery, pushes to
 //!   the head), then `job_requeue`.
-//! - `ack`: `deployment_ack` (fenced; `XACK` + `XDEL`), then `job_done` (starts expiry).
+//! - `ack`: `deployment_ack` (fenced; `XACK` + `XDEL`), then `job_done` (marks it done and
+//!   starts expiry), skipped when this queue stored the lease's terminal event, which
+//!   did both already.
 //! - `renew`: `deployment_renew` per deployment (fenced on consumer and epoch).
-//! - `append_output`: `job_append` alone: fenced on the job's epoch and consumer,
-//!   answers `Cancelled` for a cancelled job (then `deployment_forget`).
+//! - `append_output`: `job_append` alone: fenced on the job's epoch and consumer; one
+//!   `XADD` per event, one `APPEND` for the tokens, one `HSET`; answers `Cancelled` for
+//!   a cancelled job (then `deployment_forget`).
 //! - `cancel`: `job_cancel`; a waiting job gets its terminal `cancelled` event there and
 //!   is then removed by `deployment_remove_waiting`; a leased one is only flagged.
 //!
@@ -134,7 +150,7 @@ pub mod scripts;
 #[doc(hidden)]
 pub mod testing;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -163,11 +179,20 @@ pub struct RedisQueue {
     blocking: Mutex<Vec<MultiplexedConnection>>,
     scripts: Scripts,
     cancelled_event: String,
+    /// Leases whose terminal event this queue stored (`job_append` then marked the job
+    /// done), so their ack skips `job_done`. Only a saving: a lease missing here is
+    /// marked done by `job_done`, a no-op for a job already done.
+    terminal_stored: Mutex<HashSet<(String, u32)>>,
 }
+
+/// At most this many leases are remembered in `terminal_stored` (one per job between
+/// its terminal append and its ack; a lease lost before its ack stays until the next
+/// clear).
+const MAX_TERMINAL_STORED: usize = 4096;
 
 /// The keys of one deployment, in the order the deployment scripts take them.
 struct DeploymentKeys {
-    keys: [String; 12],
+    keys: [String; 13],
     lease_prefix: String,
 }
 
@@ -198,6 +223,7 @@ impl RedisQueue {
             blocking: Mutex::new(Vec::new()),
             scripts: Scripts::new(),
             cancelled_event,
+            terminal_stored: Mutex::new(HashSet::new()),
         })
     }
 
@@ -216,7 +242,7 @@ impl RedisQueue {
         DeploymentKeys {
             keys: [
                 "jobs", "requeued", "leases", "wake", "dead", "jobs:high", "jobs:low", "seen", "parked", "free:high",
-                "free", "free:low",
+                "free", "free:low", "count",
             ]
             .map(|name| format!("{base}:{name}")),
             lease_prefix: format!("{base}:job:"),
@@ -546,6 +572,10 @@ impl Queue for RedisQueue {
             if remaining.is_zero() {
                 return Ok(Vec::new());
             }
+            if wake_id.is_empty() {
+                // It took jobs that had ended meanwhile (no wake-up id then): look again.
+                continue;
+            }
             let wait = match next_end {
                 Some(end) => remaining.min(end + Duration::from_millis(1)),
                 None => remaining,
@@ -578,8 +608,13 @@ impl Queue for RedisQueue {
     async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
         let mut call = self.deployment_call(&self.scripts.deployment_ack, &lease.deployment);
         call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+        let stored = self.terminal_stored.lock().remove(&(lease.job_id.clone(), lease.epoch));
         if self.invoke::<i64>(&call).await? == 0 {
             return Ok(false);
+        }
+        if stored {
+            // `job_append` marked it done with its terminal event.
+            return Ok(true);
         }
         let mut done = self.job_call(&self.scripts.job_done, &lease.job_id);
         done.arg(self.output_ttl_ms());
@@ -653,6 +688,7 @@ impl Queue for RedisQueue {
     ) -> Result<AppendOutcome, QueueError> {
         let mut call = self.job_call(&self.scripts.job_append, &lease.job_id);
         call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
+        let terminal = events.iter().any(OutputEvent::is_terminal);
         for event in &events {
             let tokens = match event {
                 OutputEvent::Tokens { token_ids, .. } => {
@@ -665,7 +701,16 @@ impl Queue for RedisQueue {
         }
         let answer = array(self.invoke::<Value>(&call).await?)?;
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
-            "ok" => Ok(AppendOutcome::Accepted(number(answer.get(1).unwrap_or(&Value::Nil))?)),
+            "ok" => {
+                if terminal {
+                    let mut stored = self.terminal_stored.lock();
+                    if stored.len() >= MAX_TERMINAL_STORED {
+                        stored.clear();
+                    }
+                    stored.insert((lease.job_id.clone(), lease.epoch));
+                }
+                Ok(AppendOutcome::Accepted(number(answer.get(1).unwrap_or(&Value::Nil))?))
+            }
             "cancelled" => {
                 self.forget_on_deployment(&lease.deployment, &lease.job_id).await?;
                 Ok(AppendOutcome::Cancelled)
@@ -758,37 +803,35 @@ impl Queue for RedisQueue {
     ) -> Result<Vec<SequencedEvent>, QueueError> {
         let keys = self.job_keys(job_id);
         let from = format!("0-{after_seq}");
-        let mut pipeline = redis::pipe();
-        pipeline.cmd("XRANGE").arg(&keys.out).arg(format!("({from}")).arg("+");
-        pipeline.cmd("EXISTS").arg(&keys.state).arg(&keys.out);
-        let mut connection = self.shared.clone();
-        let (entries, exists): (Value, u64) =
-            bounded(self.call_timeout(), pipeline.query_async(&mut connection)).await?;
-        let events = parse_entries(entries)?;
-        if !events.is_empty() {
-            return Ok(events);
-        }
-        if exists == 0 {
+        // One command when there is output (the usual case): `XREAD BLOCK` answers at
+        // once if entries follow `from`. Only an empty answer asks whether the job exists
+        // (an unknown or expired job reads as empty forever).
+        let events = if block.is_zero() {
+            let mut command = redis::cmd("XRANGE");
+            command.arg(&keys.out).arg(format!("({from}")).arg("+");
+            parse_entries(self.query::<Value>(&command).await?)?
+        } else {
+            let mut command = redis::cmd("XREAD");
+            command.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            command.arg("STREAMS").arg(&keys.out).arg(&from);
+            match self.query_blocking(&command, block).await? {
+                Value::Nil => Vec::new(),
+                reply => {
+                    // [[key, entries]]
+                    let mut streams = array(reply)?;
+                    if streams.is_empty() {
+                        Vec::new()
+                    } else {
+                        let [_, entries] = fixed::<2>(streams.swap_remove(0))?;
+                        parse_entries(entries)?
+                    }
+                }
+            }
+        };
+        if events.is_empty() && self.query::<u64>(redis::cmd("EXISTS").arg(&keys.state).arg(&keys.out)).await? == 0 {
             return Err(QueueError::UnknownJob(job_id.to_string()));
         }
-        if block.is_zero() {
-            return Ok(Vec::new());
-        }
-        let mut command = redis::cmd("XREAD");
-        command.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-        command.arg("STREAMS").arg(&keys.out).arg(&from);
-        match self.query_blocking(&command, block).await? {
-            Value::Nil => Ok(Vec::new()),
-            reply => {
-                // [[key, entries]]
-                let mut streams = array(reply)?;
-                if streams.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let [_, entries] = fixed::<2>(streams.swap_remove(0))?;
-                parse_entries(entries)
-            }
-        }
+        Ok(events)
     }
 
     async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError> {

@@ -15,7 +15,8 @@ use redis::Script;
 /// `KEYS[3]` lease index (zset by expiry), `KEYS[4]` wake-up stream, `KEYS[5]`
 /// dead-letter stream, `KEYS[6]` the `high` work stream, `KEYS[7]` the `low` work stream,
 /// `KEYS[8]` when each consumer was last seen, `KEYS[9]` the base name of the parked
-/// jobs' keys, `KEYS[10..12]` the freed jobs of `high`, `normal`, `low`;
+/// jobs' keys, `KEYS[10..12]` the freed jobs of `high`, `normal`, `low`, `KEYS[13]` the
+/// waiting count of each priority outside the requeued list;
 /// `ARGV[1]` the prefix of the per-job lease hashes (same hash tag), `ARGV[2]` the
 /// consumer group (the same name on each work stream).
 ///
@@ -28,7 +29,8 @@ macro_rules! deployment_prelude {
 }
 
 /// Job scripts: `KEYS[1]` job state hash, `KEYS[2]` output stream, `KEYS[3]` delivered
-/// token ids (a string of `id,` items).
+/// token ids (a string of `id,` items). Each reads the state with one `HMGET` (a missing
+/// `status` is a missing job) rather than `EXISTS` then fields.
 macro_rules! job_prelude {
     () => {
         include_str!("lua/job_prelude.lua")
@@ -52,8 +54,8 @@ const DEPLOYMENT_ENQUEUE: &str = concat!(deployment_prelude!(), include_str!("lu
 /// client's Unix ms) are acked and reported as dropped. Answers `{taken, dropped,
 /// wake_id, next_end}` where taken items are `{job, payload, epoch, deliveries}`,
 /// dropped items `{job, epoch}`, `wake_id` is the last id of the wake-up stream (to
-/// block on, with no lost wake-up) and `next_end` the ms until the next promise ends
-/// (nil: none).
+/// block on, with no lost wake-up; empty when something was taken) and `next_end` the ms
+/// until the next promise ends (nil: none).
 const DEPLOYMENT_TAKE: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_take.lua"));
 
 /// Renew leases by `ARGV[3]` ms; `ARGV[4..]` are `job, consumer, epoch` triples.
@@ -104,8 +106,9 @@ const JOB_CREATE: &str = include_str!("lua/job_create.lua");
 const JOB_START: &str = concat!(job_prelude!(), include_str!("lua/job_start.lua"));
 
 /// Append events under a lease: `ARGV[1]` epoch, `[2]` consumer, `[3]` the cancelled
-/// event, `[4]` output ttl ms, then `json, terminal (0/1), tokens` triples. Answers
-/// `{'ok', last_seq}`, `{'cancelled', deployment}`, `{'fenced'}` or `{'unknown'}`.
+/// event, `[4]` output ttl ms, then `json, terminal (0/1), tokens` triples. A terminal
+/// event marks the job `done` and starts its keys' expiry. Answers `{'ok', last_seq}`,
+/// `{'cancelled', deployment}`, `{'fenced'}` or `{'unknown'}`.
 const JOB_APPEND: &str = concat!(job_prelude!(), include_str!("lua/job_append.lua"));
 
 /// The deployment side requeued the job with epoch `ARGV[1]`: fence the older epoch.
@@ -116,7 +119,8 @@ const JOB_REQUEUE: &str = include_str!("lua/job_requeue.lua");
 /// `[3]` output ttl ms). Answers 0 if it had already ended.
 const JOB_FAIL: &str = concat!(job_prelude!(), include_str!("lua/job_fail.lua"));
 
-/// The job was acknowledged: mark it done and start its output's expiry (`ARGV[1]` ms).
+/// The job was acknowledged: mark it done and start its output's expiry (`ARGV[1]` ms),
+/// unless its terminal event did already.
 const JOB_DONE: &str = concat!(job_prelude!(), include_str!("lua/job_done.lua"));
 
 /// Cancel (`ARGV[1]` the cancelled event, `ARGV[2]` output ttl ms). Answers

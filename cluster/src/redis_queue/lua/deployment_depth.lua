@@ -1,4 +1,15 @@
-local w = waiting()
+local exact, w = {}, redis.call('LLEN', KEYS[2])
+for _, level in ipairs(levels) do
+  exact[level] = exact_count(level)
+  w = w + exact[level]
+end
+-- Set the counts the other scripts keep to what they must be, should anything have
+-- moved them wrongly (a deployment never enqueued to gets no key).
+local kept = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v')
+if (kept[4] or w > 0) and (tonumber(kept[1]) ~= exact.high or tonumber(kept[2]) ~= exact.normal
+    or tonumber(kept[3]) ~= exact.low) then
+  redis.call('HSET', COUNT, 'high', exact.high, 'normal', exact.normal, 'low', exact.low, 'v', 1)
+end
 local oldest, shown = nil, ''
 local function consider(e)
   if e[1] then

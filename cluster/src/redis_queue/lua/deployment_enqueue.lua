@@ -5,12 +5,12 @@ if redis.call('EXISTS', meta_key(job)) == 1 then return {'duplicate'} end
 if redis.call('EXISTS', stream) == 0 then
   redis.call('XGROUP', 'CREATE', stream, ARGV[2], '0', 'MKSTREAM')
 end
-local w = waiting()
+local c = counts()
+local requeued = redis.call('LLEN', KEYS[2])
+local w = requeued + c.high + c.normal + c.low
 if w >= tonumber(ARGV[7]) then return {'full', w} end
-local position = redis.call('LLEN', KEYS[2]) + 1
-for rank = 1, rank_of_level[level] do
-  position = position + undelivered_in(streams[rank]) + set_aside(levels[rank])
-end
+local position = requeued + 1
+for rank = 1, rank_of_level[level] do position = position + c[levels[rank]] end
 local entry
 if ARGV[9] ~= '' then
   -- Promised to consumer ARGV[9] for ARGV[10] ms, by the server's clock.
@@ -20,5 +20,6 @@ else
   entry = redis.call('XADD', stream, '*', 'id', job, 'job', ARGV[4], 't', ARGV[5], 'dl', ARGV[6])
 end
 redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting', 'level', level)
+redis.call('HINCRBY', COUNT, level, 1)
 wake()
 return {'ok', position}

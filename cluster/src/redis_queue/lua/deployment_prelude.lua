@@ -24,11 +24,6 @@ local function undelivered_in(stream)
   local pending = redis.call('XPENDING', stream, ARGV[2])
   return redis.call('XLEN', stream) - tonumber(pending[1])
 end
-local function undelivered()
-  local n = 0
-  for _, stream in ipairs(streams) do n = n + undelivered_in(stream) end
-  return n
-end
 -- Routed jobs (see `routing` in the module docs): KEYS[8] when each consumer was last
 -- seen (server ms; '0': it stopped taking work), KEYS[10..12] the freed jobs per
 -- priority. Parked jobs are in `KEYS[9]:<level>` (zset by promise end) and in their
@@ -42,28 +37,57 @@ local function parked_set(level) return PARKED .. ':' .. level end
 local function set_aside(level)
   return redis.call('ZCARD', parked_set(level)) + redis.call('LLEN', free_of_level[level])
 end
-local function waiting()
-  local n = undelivered() + redis.call('LLEN', KEYS[2])
-  for _, level in ipairs(levels) do n = n + set_aside(level) end
-  return n
+-- `KEYS[13]`: the waiting jobs of each priority outside the requeued list (undelivered,
+-- parked and freed ones), kept by every script that moves a job, so admission, enqueue
+-- positions and `take` read three numbers instead of walking the streams. `v` marks
+-- them as kept; a deployment without it (older versions) is counted once by walking.
+local COUNT = KEYS[13]
+local function exact_count(level)
+  return undelivered_in(stream_of_level[level]) + set_aside(level)
+end
+local function counts()
+  local c = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v')
+  if not c[4] then
+    local exact = {}
+    for _, level in ipairs(levels) do exact[level] = exact_count(level) end
+    redis.call('HSET', COUNT, 'high', exact.high, 'normal', exact.normal, 'low', exact.low, 'v', 1)
+    return exact
+  end
+  return {high = math.max(0, tonumber(c[1]) or 0), normal = math.max(0, tonumber(c[2]) or 0),
+    low = math.max(0, tonumber(c[3]) or 0)}
+end
+local function uncount(level, n)
+  if n > 0 then redis.call('HINCRBY', COUNT, level, -n) end
 end
 -- Acknowledge and delete a job's entry (in `stream`, by default the job's own) and
--- every index of it.
-local function forget(job, entry, stream)
-  stream = stream or stream_of(job)
-  if entry and redis.call('EXISTS', stream) == 1 then
+-- every index of it. `counted`: whether it counts in its priority's waiting count
+-- (`COUNT`); nil: find out (waiting, and not in the requeued list).
+local function forget(job, entry, stream, counted)
+  local m = redis.call('HMGET', meta_key(job), 'parked', 'level', 'state')
+  local level = (m[2] and stream_of_level[m[2]]) and m[2] or 'normal'
+  stream = stream or stream_of_level[level]
+  if entry then
     redis.call('XACK', stream, ARGV[2], entry)
     redis.call('XDEL', stream, entry)
   end
   redis.call('ZREM', KEYS[3], job)
-  redis.call('LREM', KEYS[2], 0, job)
-  local m = redis.call('HMGET', meta_key(job), 'parked', 'level')
-  local level = m[2] or 'normal'
+  local requeued = redis.call('LREM', KEYS[2], 0, job)
   if m[1] then redis.call('LREM', parked_list(m[1], level), 0, job) end
-  if free_of_level[level] then
-    redis.call('LREM', free_of_level[level], 0, job)
-    redis.call('ZREM', parked_set(level), job)
+  redis.call('LREM', free_of_level[level], 0, job)
+  redis.call('ZREM', parked_set(level), job)
+  if counted == nil then counted = m[3] == 'waiting' and requeued == 0 end
+  if counted then uncount(level, 1) end
+  redis.call('DEL', meta_key(job))
+end
+-- Forget a job this consumer holds (`m`: its lease hash's state, consumer, epoch, entry
+-- and level): a leased job is in no list, so only its entry, lease and hash go.
+local function forget_leased(job, m)
+  local stream = stream_of_level[m[5] or 'normal'] or KEYS[1]
+  if m[4] then
+    redis.call('XACK', stream, ARGV[2], m[4])
+    redis.call('XDEL', stream, m[4])
   end
+  redis.call('ZREM', KEYS[3], job)
   redis.call('DEL', meta_key(job))
 end
 local function last_delivered(stream)

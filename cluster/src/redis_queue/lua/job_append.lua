@@ -1,10 +1,31 @@
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-local s = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'consumer', 'cancelled', 'deployment')
+local s = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'consumer', 'cancelled', 'deployment', 'last_seq', 'finished')
+if not s[1] then return {'unknown'} end
 if s[4] == '1' then
   if s[1] ~= 'done' then finish(s[2], ARGV[3], ARGV[4]) end
   return {'cancelled', s[5]}
 end
 if s[1] ~= 'leased' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return {'fenced'} end
-for i = 5, #ARGV, 3 do push(ARGV[1], ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2]) end
-if redis.call('HGET', KEYS[1], 'finished') == '1' then expire_all(ARGV[4]) else align_ttl() end
-return {'ok', redis.call('HGET', KEYS[1], 'last_seq')}
+local was_finished = s[7] == '1'
+local seq, finished, new_out, new_tokens = store(ARGV[1], tonumber(s[6]) or 0, was_finished, ARGV, 5)
+if finished then
+  -- The terminal event ends the job here (the ack finds it done): its state and output
+  -- are kept for the output ttl from now; its delivered tokens (kept to resume it, and
+  -- only written with earlier events) go.
+  redis.call('HSET', KEYS[1], 'last_seq', seq, 'finished', 1, 'status', 'done')
+  if not was_finished then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+    if tonumber(s[6] or '0') > 0 then redis.call('DEL', KEYS[3]) end
+  end
+  return {'ok', seq}
+end
+redis.call('HSET', KEYS[1], 'last_seq', seq)
+-- The output keys expire with the state, set once, when each is created.
+if new_out or new_tokens then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    if new_out then redis.call('PEXPIRE', KEYS[2], ttl) end
+    if new_tokens then redis.call('PEXPIRE', KEYS[3], ttl) end
+  end
+end
+return {'ok', seq}

@@ -1,5 +1,5 @@
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
-local s = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancelled')
+local s = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancelled', 'last_seq')
+if not s[1] then return {'gone'} end
 if s[1] == 'done' then return {'done'} end
 local epoch = tonumber(ARGV[1])
 if epoch < tonumber(s[2]) then return {'stale'} end
@@ -9,4 +9,7 @@ if s[3] == '1' then
   return {'done'}
 end
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'status', 'leased', 'consumer', ARGV[2])
-return {'ok', redis.call('GET', KEYS[3]) or '', redis.call('HGET', KEYS[1], 'last_seq')}
+-- Tokens were delivered only if events were stored.
+local tokens = ''
+if tonumber(s[4] or '0') > 0 then tokens = redis.call('GET', KEYS[3]) or '' end
+return {'ok', tokens, s[4]}

@@ -1,0 +1,155 @@
+//! What one request costs Redis, counted from `INFO commandstats` (commands run inside
+//! scripts included), and the waiting counts the deployment scripts keep instead of
+//! walking the streams. Command counts are deterministic, so the budgets are exact:
+//! a change that adds a command to a request's path fails here.
+//!
+//! Needs `redis-server` installed (each test starts its own on a free port).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+use swell_cluster::{AdmissionLimits, AppendOutcome, OutputEvent, Queue, QueueError, RedisQueue};
+use common::backend::redis_config;
+use common::{finished, job, tokens};
+
+const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
+const TTL: Duration = Duration::from_secs(30);
+
+/// Commands Redis executed since the last `CONFIG RESETSTAT`, by name.
+async fn commands(raw: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|field| field.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_string(), calls))
+        })
+        .filter(|(name, _)| !name.starts_with("config") && name != "info")
+        .collect()
+}
+
+async fn reset(raw: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(raw).await.unwrap();
+}
+
+/// One request's whole path, as the gateway and a replica run it: enqueue (create +
+/// admission), lease (take + start), one append with `Started` and the first tokens, one
+/// with more tokens and the terminal event, the ack, and the gateway's two reads.
+#[tokio::test]
+async fn redis_a_request_costs_a_bounded_number_of_commands() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    // The first request of a deployment creates its stream, group and counts.
+    queue.enqueue(job("warm"), LIMITS).await.unwrap();
+    let warm = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+    queue.append_output(&warm.lease, vec![tokens(&[1]), finished()]).await.unwrap();
+    assert!(queue.ack(&warm.lease).await.unwrap());
+    // And the gateway's first blocking read opens its pooled connection.
+    assert_eq!(queue.read_output("warm", 0, Duration::from_secs(1)).await.unwrap().len(), 2);
+
+    reset(&mut raw).await;
+    queue.enqueue(job("a"), LIMITS).await.unwrap();
+    let enqueue = commands(&mut raw).await.values().sum::<u64>();
+    reset(&mut raw).await;
+    let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
+    let take = commands(&mut raw).await.values().sum::<u64>();
+    reset(&mut raw).await;
+    let started = OutputEvent::Started { replica: "w1".into() };
+    let first = queue.append_output(&lease.lease, vec![started, tokens(&[1])]).await.unwrap();
+    assert_eq!(first, AppendOutcome::Accepted(2));
+    let first_append = commands(&mut raw).await.values().sum::<u64>();
+    reset(&mut raw).await;
+    let read = queue.read_output("a", 0, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(read.len(), 2);
+    let first_read = commands(&mut raw).await.values().sum::<u64>();
+    reset(&mut raw).await;
+    let more = vec![tokens(&[2]), tokens(&[3]), finished()];
+    assert_eq!(queue.append_output(&lease.lease, more).await.unwrap(), AppendOutcome::Accepted(5));
+    let last_append = commands(&mut raw).await.values().sum::<u64>();
+    reset(&mut raw).await;
+    assert_eq!(queue.read_output("a", 2, Duration::from_secs(1)).await.unwrap().len(), 3);
+    let last_read = commands(&mut raw).await.values().sum::<u64>();
+    reset(&mut raw).await;
+    assert!(queue.ack(&lease.lease).await.unwrap());
+    let ack = commands(&mut raw).await;
+
+    // Each step: its script call (or plain command) plus what runs inside it.
+    // enqueue: job_create (EXISTS, HSET, PEXPIRE) + deployment_enqueue (EXISTS job,
+    // EXISTS stream, HMGET counts, LLEN requeued, XADD, HSET, HINCRBY count, XADD wake).
+    assert_eq!(enqueue, 4 + 9, "enqueue");
+    // take (TIME, HSET + HGETALL seen, EXISTS parked and freed, LPOP requeued, HMGET
+    // counts, XREADGROUP, 3 per new job, HINCRBY count) + job_start (HMGET, HSET; no GET
+    // of delivered tokens when nothing was stored).
+    assert_eq!(take, 1 + 11 + 3, "lease");
+    // HMGET, an XADD per event, APPEND, HSET; PTTL and a PEXPIRE for each of the two
+    // output keys it created.
+    assert_eq!(first_append, 1 + 1 + 2 + 1 + 1 + 3, "first append");
+    assert_eq!(first_read, 1, "a read that finds output is one XREAD");
+    // HMGET, 3 XADD, HSET, a PEXPIRE for the state and the output, DEL of the delivered
+    // tokens (the job ends: nothing resumes it).
+    assert_eq!(last_append, 1 + 1 + 3 + 1 + 2 + 1, "terminal append");
+    assert_eq!(last_read, 1);
+    // deployment_ack: HMGET, XACK, XDEL, ZREM, DEL; the terminal append marked the job
+    // done, so no job_done.
+    assert_eq!(ack.values().sum::<u64>(), 1 + 5, "ack: {ack:?}");
+    assert_eq!(ack.get("pexpire"), None, "expiry is set once, by the terminal append");
+}
+
+/// The waiting counts follow every move (enqueue, take, release, reclaim, cancel), so
+/// admission and positions agree with `depth`, which walks the streams; counts moved
+/// wrongly are set right by the next `depth`.
+#[tokio::test]
+async fn redis_waiting_counts_follow_every_move_and_depth_repairs_them() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let counts = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move {
+            let kept: Vec<Option<u64>> = redis::cmd("HMGET")
+                .arg("test:{dep:d}:count")
+                .arg("high")
+                .arg("normal")
+                .arg("low")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            kept.into_iter().map(Option::unwrap_or_default).collect::<Vec<_>>()
+        }
+    };
+    for id in ["a", "b", "c", "d"] {
+        queue.enqueue(job(id), LIMITS).await.unwrap();
+    }
+    assert_eq!(counts(&mut raw).await, [0, 4, 0]);
+    let short = Duration::from_millis(200);
+    let leases = queue.lease("d", "w1", 2, short, Duration::ZERO).await.unwrap();
+    assert_eq!(counts(&mut raw).await, [0, 2, 0]);
+    queue.cancel("c").await.unwrap();
+    assert_eq!(counts(&mut raw).await, [0, 1, 0]);
+    // Handed back and reclaimed jobs wait in the requeued list, not in the counts.
+    assert!(queue.release(&leases[0].lease).await.unwrap());
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    assert_eq!(queue.reclaim_expired("d").await.unwrap(), 1);
+    assert_eq!(counts(&mut raw).await, [0, 1, 0]);
+    let depth = queue.depth("d").await.unwrap();
+    assert_eq!((depth.waiting, depth.leased), (3, 0));
+    assert_eq!(queue.enqueue(job("e"), LIMITS).await.unwrap().position, 4);
+
+    // Moved wrongly (as by a bug): admission believes it, `depth` sets it right.
+    let _: () = redis::cmd("HSET").arg("test:{dep:d}:count").arg("normal").arg(99).query_async(&mut raw).await.unwrap();
+    let full = queue.enqueue(job("f"), LIMITS).await.unwrap_err();
+    assert!(matches!(full, QueueError::Full { depth: 101, .. }), "{full:?}");
+    assert_eq!(queue.depth("d").await.unwrap().waiting, 4);
+    assert_eq!(counts(&mut raw).await, [0, 2, 0]);
+    assert_eq!(queue.enqueue(job("f"), LIMITS).await.unwrap().position, 5);
+    // Everything taken: nothing left to count.
+    let all = queue.lease("d", "w2", 10, TTL, Duration::ZERO).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(counts(&mut raw).await, [0, 0, 0]);
+}
