@@ -197,13 +197,26 @@ impl Cluster {
         if gateway { &mut self.gateways[index] } else { &mut self.workers[index] }
     }
 
-    /// Starts a killed node again (same port, same proxy) and waits until it serves.
-    pub async fn restart(&mut self, gateway: bool, index: usize) -> anyhow::Result<()> {
+    /// Starts a killed node again (same port, same proxy), without waiting for it:
+    /// [`supervise`](Self::supervise) starts it again if it exits.
+    pub fn restart(&mut self, gateway: bool, index: usize) -> anyhow::Result<()> {
         let (swell, config, env) = (self.swell.clone(), self.config.clone(), self.env.clone());
         let node = self.node_mut(gateway, index);
         node.kill();
-        node.spawn(&swell, &config, &env)?;
-        wait_serving(node, &swell, &config, &env).await
+        node.spawn(&swell, &config, &env)
+    }
+
+    /// What a service manager does: a node that exited on its own (it could not reach
+    /// Redis when it started) is started again. A node killed by a fault stays down.
+    pub fn supervise(&mut self) -> anyhow::Result<()> {
+        let (swell, config, env) = (self.swell.clone(), self.config.clone(), self.env.clone());
+        for node in self.gateways.iter_mut().chain(self.workers.iter_mut()) {
+            if node.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some()) {
+                node.child = None;
+                node.spawn(&swell, &config, &env)?;
+            }
+        }
+        Ok(())
     }
 
     /// `kill -9` Redis.
@@ -241,9 +254,13 @@ impl Cluster {
                     node.signal_run(true);
                 }
                 if !node.is_up() {
-                    self.restart(gateway, i).await?;
+                    self.restart(gateway, i)?;
                 }
             }
+        }
+        let (swell, config, env) = (self.swell.clone(), self.config.clone(), self.env.clone());
+        for node in self.gateways.iter_mut().chain(self.workers.iter_mut()) {
+            wait_serving(node, &swell, &config, &env).await?;
         }
         Ok(())
     }

@@ -156,7 +156,8 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
 
 /// The output of every `(prompt, seed)` on the undisturbed cluster.
 async fn reference(gateway: &str, options: &ClientOptions) -> anyhow::Result<HashMap<(usize, u64), String>> {
-    let http = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+    // A request of the undisturbed cluster takes a few seconds.
+    let http = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
     let mut reference = HashMap::new();
     for prompt in 0..PROMPTS.len() {
         for seed in 0..options.seeds {
@@ -190,9 +191,10 @@ async fn inject(cluster: &mut Cluster, faults: &[Fault], start: Instant) -> anyh
     steps.sort_by_key(|(at, begins, _)| (*at, *begins));
     let mut counts = BTreeMap::new();
     for (at, begins, fault) in steps {
-        let now = start.elapsed();
-        if at > now {
-            actix_rt::time::sleep(at - now).await;
+        // Until the step is due, nodes that exited on their own are started again.
+        while start.elapsed() < at {
+            cluster.supervise()?;
+            actix_rt::time::sleep((at - start.elapsed()).min(Duration::from_millis(200))).await;
         }
         let key = format!("{} {}", fault.kind.name(), if fault.target == Target::Redis { "redis" } else { "node" });
         if begins {
@@ -226,7 +228,7 @@ async fn apply(cluster: &mut Cluster, fault: &Fault, begins: bool) -> anyhow::Re
     };
     match (&fault.kind, begins) {
         (FaultKind::Kill, true) => cluster.node_mut(gateway, index).kill(),
-        (FaultKind::Kill, false) => cluster.restart(gateway, index).await?,
+        (FaultKind::Kill, false) => cluster.restart(gateway, index)?,
         (FaultKind::Pause, run) => cluster.node_mut(gateway, index).signal_run(!run),
         (FaultKind::Delay(delay), true) => cluster.node_mut(gateway, index).proxy.set(NetFault::Delay(*delay)),
         (FaultKind::BlackHole, true) => cluster.node_mut(gateway, index).proxy.set(NetFault::BlackHole),
