@@ -14,34 +14,36 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-#[actix_rt::test]
-async fn the_official_client_gets_objects_that_fit_its_model() {
+/// Serves `deployment` (its replica ready), runs tests/python/structured_outputs.py
+/// against it with `args` after the URL and model, and returns its output; fails when
+/// the script does.
+async fn run_script(deployment: &str, args: &[&str]) -> String {
     let python = std::env::var("SWELL_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
-    let server = common::start(&common::real_model_deployment(64, 16384)).await;
+    let server = common::start(deployment).await;
     let base = common::base(&server);
     common::wait_for("a ready replica", Duration::from_secs(120), || async {
         (common::replicas(&common::status(&server, "default").await).0 == 1).then_some(())
     })
     .await;
+    let args: Vec<String> = [base.as_str(), "default"].iter().chain(args).map(|a| a.to_string()).collect();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/structured_outputs.py"
-            ))
-            .args([base.as_str(), "default", "100"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/structured_outputs.py"))
+            .args(&args)
             .output()
             .expect("python runs (scripts/test-tools installs it)")
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "structured outputs failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "structured outputs failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[actix_rt::test]
+async fn the_official_client_gets_objects_that_fit_its_model() {
+    let stdout = run_script(&common::real_model_deployment(64, 16384), &["100"]).await;
     assert!(
         stdout.contains("parse: 100/100 valid Person objects"),
         "{stdout}"
@@ -51,33 +53,11 @@ async fn the_official_client_gets_objects_that_fit_its_model() {
 
 #[actix_rt::test]
 async fn a_template_with_its_own_tool_format_gets_calls_in_that_format() {
-    let python = std::env::var("SWELL_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
     let template = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/chat-templates/hermes-tools.jinja");
     let deployment = common::real_model_deployment(64, 16384)
         .replace("threads = 2\n", &format!("threads = 2\nchat_template = \"{template}\"\n"));
     assert!(deployment.contains("chat_template"), "{deployment}");
-    let server = common::start(&deployment).await;
-    let base = common::base(&server);
-    common::wait_for("a ready replica", Duration::from_secs(120), || async {
-        (common::replicas(&common::status(&server, "default").await).0 == 1).then_some(())
-    })
-    .await;
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/structured_outputs.py"))
-            .args([base.as_str(), "default", "0", "native-tools"])
-            .output()
-            .expect("python runs (scripts/test-tools installs it)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "native tool calls failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_script(&deployment, &["0", "native-tools"]).await;
     assert!(stdout.contains("tools (native format): 10/10 required calls fit"), "{stdout}");
 }
 
