@@ -82,7 +82,17 @@ fn main() -> ExitCode {
         eprintln!("swell-chaos: unknown fault kind `{unknown}` (kinds: {})", chaos::schedule::KINDS.join(", "));
         return ExitCode::from(2);
     }
-    let report = match actix_rt::System::new().block_on(async { chaos::run(&campaign).await }) {
+    // Interrupted (Ctrl-C, SIGTERM), the campaign is dropped: its cluster with it, every
+    // process it started killed.
+    let interruptible = async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            report = chaos::run(&campaign) => report,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
+        }
+    };
+    let report = match actix_rt::System::new().block_on(interruptible) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("swell-chaos: seed {}: the campaign could not run: {error:#}\n(logs in {})", args.seed, dir.display());
