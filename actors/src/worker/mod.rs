@@ -377,7 +377,7 @@ impl StreamHandler<EngineEvent> for WorkerActor {
                         .into_actor(self),
                 );
                 ctx.spawn(
-                    renew_loop(self.queue.clone(), self.shared.clone(), commands, self.config.lease_ttl)
+                    renew_loop(self.queue.clone(), self.shared.clone(), commands, self.config.lease_ttl, ctx.address())
                         .into_actor(self),
                 );
                 ctx.spawn(report_loop(self.queue.clone(), self.shared.clone()).into_actor(self));

@@ -227,6 +227,7 @@ pub(super) async fn renew_loop(
     shared: Arc<Shared>,
     commands: Commands,
     ttl: Duration,
+    worker: Addr<WorkerActor>,
 ) {
     let mut interval = tokio::time::interval(ttl / 3);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,6 +245,11 @@ pub(super) async fn renew_loop(
                         tracing::warn!(job = %lease.job_id, "lease lost; dropping the sequence");
                         shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
                         let _ = commands.send(EngineCommand::Cancel(lease.job_id.clone()));
+                        // The sequence left the replica: room for another, and a draining
+                        // replica that held only lost leases is done (it waited for its
+                        // drain grace before).
+                        shared.room.notify_one();
+                        worker.do_send(SequenceEnded);
                     }
                 }
             }
