@@ -132,6 +132,9 @@ fn main() -> ExitCode {
         args.duration.as_secs(),
         dir.display()
     );
+    if let Some(why) = &report.undisturbed {
+        println!("  a request failed before any fault (the undisturbed run): {why}");
+    }
     if let Some(why) = &report.not_quiet {
         println!("  not quiet: {why}");
     }

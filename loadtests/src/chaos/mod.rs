@@ -72,6 +72,8 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// The cluster did not go quiet (replicas left, requests in flight).
     pub not_quiet: Option<String>,
+    /// A request failed on the undisturbed cluster, before any fault.
+    pub undisturbed: Option<String>,
 }
 
 impl Report {
@@ -84,12 +86,13 @@ impl Report {
             outcomes: Outcomes::default(),
             faults: BTreeMap::new(),
             anomalies: Vec::new(),
-            not_quiet: Some(format!("a request failed before any fault (the undisturbed run): {why}")),
+            not_quiet: None,
+            undisturbed: Some(why),
         }
     }
 
     pub fn passed(&self) -> bool {
-        self.anomalies.is_empty() && self.not_quiet.is_none()
+        self.anomalies.is_empty() && self.not_quiet.is_none() && self.undisturbed.is_none()
     }
 }
 
@@ -151,6 +154,7 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
         faults: injected,
         anomalies,
         not_quiet,
+        undisturbed: None,
     })
 }
 
