@@ -16,7 +16,6 @@
 //! grace period; what is still running then is released back to the queue (its output
 //! so far is kept, and the next replica resumes after it), never dropped.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,17 +24,19 @@ use std::time::Duration;
 use actix::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
-use swell_cluster::{AppendOutcome, JobId, LeaseRef, OutputEvent, PrefixBlocks, Queue, QueueError, ReplicaReport};
+use swell_cluster::{AppendOutcome, LeaseRef, OutputEvent, PrefixBlocks, Queue, QueueError, ReplicaReport};
 use swell_workers::{
     ColdStartReport, Engine, EngineFactory, EngineLoad, EngineWaker, ReplicaContext, Sequence, SequenceOutput,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+mod attempts;
 mod engine_thread;
 mod queue_loops;
 mod reporting;
 
+use attempts::Attempts;
 use engine_thread::*;
 use queue_loops::*;
 use reporting::*;
@@ -163,12 +164,8 @@ struct Shared {
     deployment: String,
     gauges: Arc<ReplicaGauges>,
     draining: AtomicBool,
-    leases: Mutex<HashMap<JobId, LeaseRef>>,
-    /// The sequence number of the last event stored for each held job (from the lease's
-    /// `resume_after_seq`, then each accepted append): how a retried append learns that
-    /// its first try was stored after all (the reply was lost, e.g. Redis died right
-    /// after writing), so it is not stored twice.
-    last_seq: Mutex<HashMap<JobId, u64>>,
+    /// The jobs held, an attempt (lease) each, with their last stored event.
+    attempts: Mutex<Attempts>,
     /// Signalled when the engine may have room again.
     room: Notify,
     /// The engine's prefix cache as last read by the engine thread (`None`: the engine
@@ -180,7 +177,8 @@ struct Shared {
 
 enum EngineCommand {
     Add(Sequence),
-    Cancel(JobId),
+    /// Remove the sequence of this engine id ([`Attempts::engine_id`]).
+    Cancel(String),
     Shutdown,
 }
 
@@ -234,8 +232,7 @@ impl WorkerActor {
             deployment: deployment.to_string(),
             gauges: Arc::new(ReplicaGauges::default()),
             draining: AtomicBool::new(false),
-            leases: Mutex::new(HashMap::new()),
-            last_seq: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(Attempts::default()),
             room: Notify::new(),
             prefix: Mutex::new(None),
             report_now: Notify::new(),
@@ -281,12 +278,11 @@ impl WorkerActor {
     /// exit. The exit waits for the releases: an actor that stops first would drop them,
     /// and the jobs would wait for their leases to expire.
     fn release_all_then_exit(&mut self, cause: ExitCause, ctx: &mut Context<Self>) {
-        let leases: Vec<LeaseRef> = self.shared.leases.lock().drain().map(|(_, l)| l).collect();
-        self.shared.last_seq.lock().clear();
+        let leases: Vec<LeaseRef> = self.shared.attempts.lock().take_all();
         self.shared.gauges.active_leases.store(0, Ordering::Relaxed);
         if let Some(commands) = &self.commands {
             for lease in &leases {
-                let _ = commands.send(EngineCommand::Cancel(lease.job_id.clone()));
+                let _ = commands.send(EngineCommand::Cancel(Attempts::engine_id(lease)));
             }
         }
         let queue = self.queue.clone();
@@ -304,7 +300,7 @@ impl WorkerActor {
     }
 
     fn finish_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.state == ReplicaState::Draining && self.shared.leases.lock().is_empty() {
+        if self.state == ReplicaState::Draining && self.shared.attempts.lock().is_empty() {
             self.exit(ExitCause::Drained, ctx);
         }
     }
@@ -452,7 +448,7 @@ impl WorkerActor {
         if self.exited {
             return;
         }
-        let left = self.shared.leases.lock().len();
+        let left = self.shared.attempts.lock().len();
         tracing::info!(replica = %self.shared.replica_id, left, "handing the rest back to the queue");
         self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.room.notify_waiters();

@@ -49,19 +49,29 @@ pub(super) async fn lease_loop(
                 let _ = queue.release(&lease.lease).await;
                 continue;
             }
-            let job_id = lease.job.id.clone();
-            shared.leases.lock().insert(job_id.clone(), lease.lease.clone());
-            shared.last_seq.lock().insert(job_id.clone(), lease.resume_after_seq);
-            gauges.active_leases.fetch_add(1, Ordering::Relaxed);
+            let engine_id = Attempts::engine_id(&lease.lease);
+            let superseded = shared.attempts.lock().hold(lease.lease.clone(), lease.resume_after_seq);
+            match superseded {
+                // This replica held the job's previous attempt and has not learned yet
+                // that its lease was lost: that attempt ends here (its outputs still on
+                // their way are dropped), and its slot goes to this one.
+                Some(old) => {
+                    tracing::warn!(job = %old.job_id, epoch = old.epoch, "leased again: the earlier attempt's lease was lost");
+                    let _ = commands.send(EngineCommand::Cancel(Attempts::engine_id(&old)));
+                }
+                None => {
+                    gauges.active_leases.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             gauges.in_transit.fetch_add(1, Ordering::Relaxed);
             // `Started` goes through the publisher so it precedes the job's tokens.
             let started = SequenceOutput {
-                id: job_id.clone(),
+                id: engine_id.clone(),
                 event: OutputEvent::Started { replica: shared.replica_id.clone() },
             };
             let _ = outputs.send(vec![started]);
             let sequence = Sequence {
-                id: job_id,
+                id: engine_id,
                 prompt_tokens: lease.job.request.prompt_tokens,
                 resume_tokens: lease.resume_tokens,
                 params: lease.job.request.params,
@@ -87,16 +97,17 @@ pub(super) async fn publish_loop(
         while let Ok(more) = outputs.try_recv() {
             batch.extend(more);
         }
-        // Group by job, keeping each job's order, so each job costs one append.
-        let mut per_job: Vec<(JobId, Vec<OutputEvent>)> = Vec::new();
+        // Group by attempt, keeping each one's order, so each job costs one append.
+        let mut per_job: Vec<(String, Vec<OutputEvent>)> = Vec::new();
         for output in batch {
             match per_job.iter_mut().find(|(id, _)| *id == output.id) {
                 Some((_, events)) => events.push(output.event),
                 None => per_job.push((output.id, vec![output.event])),
             }
         }
-        for (job_id, events) in per_job {
-            let Some(lease) = shared.leases.lock().get(&job_id).cloned() else { continue };
+        for (engine_id, events) in per_job {
+            // An attempt that ended or was superseded publishes nothing more.
+            let Some(lease) = shared.attempts.lock().current(&engine_id) else { continue };
             let terminal = events.iter().any(OutputEvent::is_terminal);
             #[cfg(feature = "chaos-mutant")]
             if terminal && swell_cluster::mutant::active("early-ack") {
@@ -110,14 +121,11 @@ pub(super) async fn publish_loop(
                 }
                 Some(AppendOutcome::Accepted(_)) => false,
                 Some(AppendOutcome::Cancelled) | Some(AppendOutcome::Fenced) | None => {
-                    let _ = commands.send(EngineCommand::Cancel(job_id.clone()));
+                    let _ = commands.send(EngineCommand::Cancel(engine_id.clone()));
                     true
                 }
             };
-            if finished {
-                shared.last_seq.lock().remove(&job_id);
-            }
-            if finished && shared.leases.lock().remove(&job_id).is_some() {
+            if finished && shared.attempts.lock().forget(&lease) {
                 shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
                 shared.room.notify_one();
                 worker.do_send(SequenceEnded);
@@ -132,7 +140,7 @@ pub(super) fn queue_backoff() -> Backoff {
 }
 
 pub(super) fn holds(shared: &Shared, lease: &LeaseRef) -> bool {
-    shared.leases.lock().get(&lease.job_id).is_some_and(|held| held.epoch == lease.epoch)
+    shared.attempts.lock().holds(lease)
 }
 
 /// Append, retrying a backend failure (Redis unreachable) for as long as the replica
@@ -151,7 +159,7 @@ pub(super) async fn append_with_retry(
     events: Vec<OutputEvent>,
 ) -> Option<AppendOutcome> {
     let mut backoff = queue_backoff();
-    let known_last = shared.last_seq.lock().get(&lease.job_id).copied();
+    let known_last = shared.attempts.lock().last_seq(lease);
     let mut tried = false;
     loop {
         if tried {
@@ -162,7 +170,7 @@ pub(super) async fn append_with_retry(
                             stored.iter().take(events.len()).take_while(|e| e.epoch == lease.epoch).collect();
                         if let Some(last) = ours.last().filter(|_| ours.len() == events.len()) {
                             tracing::info!(job = %lease.job_id, seq = last.seq, "a retried append had been stored; not repeating it");
-                            shared.last_seq.lock().insert(lease.job_id.clone(), last.seq);
+                            shared.attempts.lock().stored(lease, last.seq);
                             return Some(AppendOutcome::Accepted(last.seq));
                         }
                     }
@@ -181,7 +189,7 @@ pub(super) async fn append_with_retry(
         match queue.append_output(lease, events.clone()).await {
             Ok(outcome) => {
                 if let AppendOutcome::Accepted(seq) = outcome {
-                    shared.last_seq.lock().insert(lease.job_id.clone(), seq);
+                    shared.attempts.lock().stored(lease, seq);
                 }
                 return Some(outcome);
             }
@@ -233,18 +241,18 @@ pub(super) async fn renew_loop(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let leases: Vec<LeaseRef> = shared.leases.lock().values().cloned().collect();
+        let leases: Vec<LeaseRef> = shared.attempts.lock().leases();
         if leases.is_empty() {
             continue;
         }
         match queue.renew(&leases, ttl).await {
             Ok(held) => {
                 for (lease, held) in leases.iter().zip(held) {
-                    if !held && shared.leases.lock().remove(&lease.job_id).is_some() {
-                        shared.last_seq.lock().remove(&lease.job_id);
+                    // (Only that epoch: the job may be held again, in a later attempt.)
+                    if !held && shared.attempts.lock().forget(lease) {
                         tracing::warn!(job = %lease.job_id, "lease lost; dropping the sequence");
                         shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
-                        let _ = commands.send(EngineCommand::Cancel(lease.job_id.clone()));
+                        let _ = commands.send(EngineCommand::Cancel(Attempts::engine_id(lease)));
                         // The sequence left the replica: room for another, and a draining
                         // replica that held only lost leases is done (it waited for its
                         // drain grace before).

@@ -1,0 +1,252 @@
+//! A replica whose lease was lost while its traffic to the queue was held up, and that
+//! leases the same job again before it learns so (the job was reclaimed and came back
+//! to it): the first attempt's late outputs must not be stored under the second lease,
+//! and the first lease's late news (renewal refused) must not end the second attempt.
+//! Found by `swell-chaos` (seeds 101 and 106: a moved stream held a token twice).
+//!
+//! The real worker, supervisor and in-memory queue; the queue is wrapped to hold one
+//! renewal call back (a fake, local to this test), and the engine is a scripted one that
+//! resumes after the tokens already delivered, so the only right output is `t0 t1 …`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use swell_actors::request::{submit, RequestDeps, RequestEvent, RequestSpec};
+use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor};
+use swell_autoscaler::AutoscalingPolicy;
+use swell_cluster::{
+    AdmissionLimits, AppendOutcome, Enqueued, FinishReason, GenerationRequest, InMemoryQueue, InMemoryQueueConfig, Job, Lease, LeaseRef,
+    OutputEvent, OutputOwner, PrefixBlocks, Queue, QueueDepth, QueueError, ReplicaReport, SamplingParams,
+    SequencedEvent, Usage,
+};
+use swell_workers::{
+    ChatMessage, ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad, ReplicaContext,
+    Sequence, SequenceOutput, StepReport, Tokenizer,
+};
+
+/// Emits token `i` (text `t{i} `) at position `i`, continuing after a sequence's resume
+/// tokens, one per `step`.
+struct ResumingEngine {
+    running: Vec<(Sequence, u32)>,
+    step: Duration,
+}
+
+impl Engine for ResumingEngine {
+    fn add(&mut self, seq: Sequence) {
+        self.running.retain(|(s, _)| s.id != seq.id);
+        let at = seq.resume_tokens.len() as u32;
+        self.running.push((seq, at));
+    }
+    fn cancel(&mut self, id: &str) {
+        self.running.retain(|(s, _)| s.id != id);
+    }
+    fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError> {
+        if self.running.is_empty() {
+            return Ok(StepReport::default());
+        }
+        std::thread::sleep(self.step);
+        for (seq, at) in &mut self.running {
+            out.push(SequenceOutput {
+                id: seq.id.clone(),
+                event: OutputEvent::Tokens { text: format!("t{at} "), token_ids: vec![*at], logprobs: None },
+            });
+            *at += 1;
+            if *at >= seq.params.max_tokens {
+                let usage = Usage { prompt_tokens: seq.prompt_tokens.len() as u32, completion_tokens: *at };
+                out.push(SequenceOutput { id: seq.id.clone(), event: OutputEvent::Finished { reason: FinishReason::Length, usage } });
+            }
+        }
+        self.running.retain(|(s, at)| *at < s.params.max_tokens);
+        Ok(StepReport { batch_size: 1, decode_tokens: 1, ..Default::default() })
+    }
+    fn load(&self) -> EngineLoad {
+        EngineLoad { running: self.running.len(), free_slots: 4usize.saturating_sub(self.running.len()), ..Default::default() }
+    }
+}
+
+struct NumberTokenizer;
+
+impl Tokenizer for NumberTokenizer {
+    fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, EngineError> {
+        Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        ids.iter().map(|i| format!("t{i} ")).collect()
+    }
+    fn token_text(&self, id: u32) -> String {
+        format!("t{id} ")
+    }
+    fn apply_chat_template(&self, messages: &[ChatMessage], _: bool) -> Result<String, EngineError> {
+        Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
+    }
+    fn vocab_size(&self) -> u32 {
+        1000
+    }
+}
+
+struct ResumingFactory;
+
+impl EngineFactory for ResumingFactory {
+    fn describe(&self) -> EngineDescription {
+        EngineDescription {
+            engine: "resuming".into(),
+            model: "resuming".into(),
+            context_length: 1024,
+            gpus_per_replica: 0,
+            max_batch_size: 4,
+            kv_capacity_tokens: 4096,
+            expected_cold_start: Duration::from_millis(10),
+            performance: None,
+            unsupported_params: Vec::new(),
+        }
+    }
+    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
+        Arc::new(NumberTokenizer)
+    }
+    fn create(&self, _: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
+        let engine = ResumingEngine { running: Vec::new(), step: Duration::from_millis(15) };
+        Ok((Box::new(engine), ColdStartReport { stages: vec![("load".into(), Duration::from_millis(10))] }))
+    }
+}
+
+/// The in-memory queue, with one renewal call held back for `hold` once `armed`: the
+/// replica's traffic is held up long enough for its leases to expire and be reclaimed.
+struct HeldRenewal {
+    inner: InMemoryQueue,
+    armed: AtomicBool,
+    hold: Duration,
+    /// Leases granted, by epoch seen.
+    max_epoch: AtomicU32,
+}
+
+#[async_trait]
+impl Queue for HeldRenewal {
+    async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
+        self.inner.enqueue(job, limits).await
+    }
+    async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
+        self.inner.position(deployment, job_id).await
+    }
+    async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {
+        self.inner.depth(deployment).await
+    }
+    async fn lease(&self, d: &str, c: &str, max: usize, ttl: Duration, block: Duration) -> Result<Vec<Lease>, QueueError> {
+        let leases = self.inner.lease(d, c, max, ttl, block).await?;
+        for lease in &leases {
+            self.max_epoch.fetch_max(lease.lease.epoch, Ordering::Relaxed);
+        }
+        Ok(leases)
+    }
+    async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError> {
+        if self.armed.swap(false, Ordering::Relaxed) {
+            // The call reaches the queue only after the hold, as a delayed packet does.
+            tokio::time::sleep(self.hold).await;
+        }
+        self.inner.renew(leases, ttl).await
+    }
+    async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        self.inner.ack(lease).await
+    }
+    async fn release(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        self.inner.release(lease).await
+    }
+    async fn reclaim_expired(&self, deployment: &str) -> Result<u64, QueueError> {
+        self.inner.reclaim_expired(deployment).await
+    }
+    async fn cancel(&self, job_id: &str) -> Result<(), QueueError> {
+        self.inner.cancel(job_id).await
+    }
+    async fn append_output(&self, lease: &LeaseRef, events: Vec<OutputEvent>) -> Result<AppendOutcome, QueueError> {
+        self.inner.append_output(lease, events).await
+    }
+    async fn report_replica(&self, d: &str, report: &ReplicaReport, prefix: Option<&PrefixBlocks>) -> Result<(), QueueError> {
+        self.inner.report_replica(d, report, prefix).await
+    }
+    async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError> {
+        self.inner.forget_replica(deployment, replica).await
+    }
+    async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError> {
+        self.inner.replica_reports(deployment).await
+    }
+    async fn replica_prefix(&self, deployment: &str, replica: &str) -> Result<Option<PrefixBlocks>, QueueError> {
+        self.inner.replica_prefix(deployment, replica).await
+    }
+    async fn read_output(&self, job_id: &str, after: u64, block: Duration) -> Result<Vec<SequencedEvent>, QueueError> {
+        self.inner.read_output(job_id, after, block).await
+    }
+    async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError> {
+        self.inner.output_owner(job_id).await
+    }
+    async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError> {
+        self.inner.attach_reader(job_id).await
+    }
+}
+
+fn spec(id: &str, max_tokens: u32) -> RequestSpec {
+    RequestSpec {
+        job_id: id.into(),
+        deployment: "d".into(),
+        tenant: "t".into(),
+        request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams { max_tokens, ..Default::default() } },
+        deadline: None,
+        max_queue_depth: 100,
+        priority: swell_cluster::Priority::Normal,
+        received_at: tokio::time::Instant::now(),
+        route: Default::default(),
+        stream_meta: None,
+        resume_grace: None,
+    }
+}
+
+#[actix_rt::test]
+async fn a_job_leased_again_by_the_replica_that_lost_it_streams_each_token_once() {
+    let queue = Arc::new(HeldRenewal {
+        // A held renewal may cost the job more than one delivery (each attempt's lease
+        // expires while the renewal loop waits): no delivery limit in the way.
+        inner: InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 100, ..Default::default() }),
+        armed: AtomicBool::new(false),
+        hold: Duration::from_millis(600),
+        max_epoch: AtomicU32::new(0),
+    });
+    let mut policy = AutoscalingPolicy::default();
+    policy.min_replicas = 1;
+    policy.max_replicas = 1;
+    let mut deployment = DeploymentSpec::new("d", Arc::new(ResumingFactory), policy);
+    deployment.tick = Duration::from_millis(50);
+    deployment.worker.lease_ttl = Duration::from_millis(300);
+    deployment.worker.lease_block = Duration::from_millis(100);
+    let supervisor = DeploymentSupervisor::new(deployment, queue.clone() as Arc<dyn Queue>).start();
+    let deps = RequestDeps { queue: queue.clone(), supervisor, quota: None, router: None };
+
+    let max_tokens = 150;
+    let mut admitted = submit(spec("job", max_tokens), deps).await.unwrap();
+    let mut text = String::new();
+    let mut armed = false;
+    let finished = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = admitted.events.recv().await {
+            match event {
+                RequestEvent::Tokens { text: t, .. } => {
+                    text.push_str(&t);
+                    if !armed && text.len() > 20 {
+                        // Hold the replica's next renewal back past its lease's expiry.
+                        queue.armed.store(true, Ordering::Relaxed);
+                        armed = true;
+                    }
+                }
+                RequestEvent::Finished { .. } => return true,
+                RequestEvent::Failed { code, message } => panic!("{code}: {message}"),
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(finished, Ok(true), "the request ends within 20 s");
+    // The lease was lost and the job came back to the only replica, at least once.
+    assert!(queue.max_epoch.load(Ordering::Relaxed) >= 2, "the job was leased again");
+    let expected: String = (0..max_tokens).map(|i| format!("t{i} ")).collect();
+    assert_eq!(text, expected, "every token once, in order");
+}
