@@ -2,7 +2,9 @@
 //! leases the same job again before it learns so (the job was reclaimed and came back
 //! to it): the first attempt's late outputs must not be stored under the second lease,
 //! and the first lease's late news (renewal refused) must not end the second attempt.
-//! Found by `swell-chaos` (seeds 101 and 106: a moved stream held a token twice).
+//! And a draining replica whose last lease was lost exits then, not at its drain grace.
+//! Both found by `swell-chaos` (seeds 101 and 106: a moved stream held a token twice; a
+//! worker still held draining replicas 30 s after the campaign).
 //!
 //! The real worker, supervisor and in-memory queue; the queue is wrapped to hold one
 //! renewal call back (a fake, local to this test), and the engine is a scripted one that
@@ -16,6 +18,7 @@ use actix::prelude::*;
 use async_trait::async_trait;
 use swell_actors::request::{submit, RequestDeps, RequestEvent, RequestSpec};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor};
+use swell_actors::worker::{Drain, ExitCause, ReplicaLifecycle, WorkerActor, WorkerConfig};
 use swell_autoscaler::AutoscalingPolicy;
 use swell_cluster::{
     AdmissionLimits, AppendOutcome, Enqueued, FinishReason, GenerationRequest, InMemoryQueue, InMemoryQueueConfig, Job, Lease, LeaseRef,
@@ -114,10 +117,12 @@ impl EngineFactory for ResumingFactory {
 
 /// The in-memory queue, with one renewal call held back for `hold` once `armed`: the
 /// replica's traffic is held up long enough for its leases to expire and be reclaimed.
+/// Appends made before `appends_held_until` wait until then.
 struct HeldRenewal {
     inner: InMemoryQueue,
     armed: AtomicBool,
     hold: Duration,
+    appends_held_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Leases granted, by epoch seen.
     max_epoch: AtomicU32,
 }
@@ -160,6 +165,10 @@ impl Queue for HeldRenewal {
         self.inner.cancel(job_id).await
     }
     async fn append_output(&self, lease: &LeaseRef, events: Vec<OutputEvent>) -> Result<AppendOutcome, QueueError> {
+        let held_until = *self.appends_held_until.lock().unwrap();
+        if let Some(until) = held_until {
+            tokio::time::sleep_until(until).await;
+        }
         self.inner.append_output(lease, events).await
     }
     async fn report_replica(&self, d: &str, report: &ReplicaReport, prefix: Option<&PrefixBlocks>) -> Result<(), QueueError> {
@@ -209,6 +218,7 @@ async fn a_job_leased_again_by_the_replica_that_lost_it_streams_each_token_once(
         inner: InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 100, ..Default::default() }),
         armed: AtomicBool::new(false),
         hold: Duration::from_millis(600),
+        appends_held_until: Default::default(),
         max_epoch: AtomicU32::new(0),
     });
     let mut policy = AutoscalingPolicy::default();
@@ -249,4 +259,80 @@ async fn a_job_leased_again_by_the_replica_that_lost_it_streams_each_token_once(
     assert!(queue.max_epoch.load(Ordering::Relaxed) >= 2, "the job was leased again");
     let expected: String = (0..max_tokens).map(|i| format!("t{i} ")).collect();
     assert_eq!(text, expected, "every token once, in order");
+}
+
+/// Collects a replica's lifecycle messages (what its supervisor would get).
+struct Recorder(tokio::sync::mpsc::UnboundedSender<ReplicaLifecycle>);
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<ReplicaLifecycle> for Recorder {
+    type Result = ();
+    fn handle(&mut self, message: ReplicaLifecycle, _: &mut Context<Self>) {
+        let _ = self.0.send(message);
+    }
+}
+
+#[actix_rt::test]
+async fn a_draining_replica_whose_last_lease_was_lost_exits_then_not_at_its_drain_grace() {
+    let queue = Arc::new(HeldRenewal {
+        inner: InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 100, ..Default::default() }),
+        armed: AtomicBool::new(false),
+        hold: Duration::from_millis(800),
+        appends_held_until: Default::default(),
+        max_epoch: AtomicU32::new(0),
+    });
+    let (tx, mut lifecycle) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = Recorder(tx).start();
+    let grace = Duration::from_secs(60);
+    let config = WorkerConfig {
+        lease_ttl: Duration::from_millis(300),
+        lease_block: Duration::from_millis(100),
+        drain_grace: grace,
+        node_id: None,
+    };
+    let worker = WorkerActor::new("d", 0, queue.clone(), Arc::new(ResumingFactory), recorder.recipient(), config).start();
+    let ready = tokio::time::timeout(Duration::from_secs(5), lifecycle.recv()).await.expect("ready in time");
+    assert!(matches!(ready, Some(ReplicaLifecycle::Ready { .. })), "{ready:?}");
+
+    let job = Job {
+        id: "long".into(),
+        deployment: "d".into(),
+        tenant: "t".into(),
+        request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams { max_tokens: 100_000, ..Default::default() } },
+        enqueued_at_ms: 0,
+        deadline_ms: None,
+        priority: Default::default(),
+        route: None,
+        stream_meta: None,
+    };
+    queue.enqueue(job, AdmissionLimits { max_queue_depth: 10 }).await.unwrap();
+    let mut after = 0;
+    'first_tokens: loop {
+        for event in queue.read_output("long", after, Duration::from_millis(100)).await.unwrap() {
+            after = event.seq;
+            if matches!(event.event, OutputEvent::Tokens { .. }) {
+                break 'first_tokens;
+            }
+        }
+    }
+
+    // Its traffic held up, the replica is told to drain; its lease expires and the job
+    // is reclaimed (as the supervisor's tick does), so the replica holds nothing. The
+    // refused renewal is the first it hears of it (its writes are held up longer).
+    *queue.appends_held_until.lock().unwrap() = Some(tokio::time::Instant::now() + Duration::from_millis(2_000));
+    queue.armed.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let drained_at = tokio::time::Instant::now();
+    worker.do_send(Drain);
+    while queue.inner.reclaim_expired("d").await.unwrap() == 0 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let exited = tokio::time::timeout(Duration::from_secs(10), lifecycle.recv()).await.expect("exits well before its 60 s grace");
+    assert!(matches!(exited, Some(ReplicaLifecycle::Exited { cause: ExitCause::Drained, .. })), "{exited:?}");
+    assert!(drained_at.elapsed() < grace / 4, "{:?}", drained_at.elapsed());
+    // The job waits for another replica, which resumes it after what was delivered.
+    assert_eq!(queue.depth("d").await.unwrap().waiting, 1);
 }
