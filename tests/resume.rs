@@ -348,6 +348,42 @@ async fn a_websocket_resume_continues_a_stream_on_a_new_socket() {
     server.stop(true).await;
 }
 
+/// The first frame of an admitted request names its stream, so a socket lost before any
+/// chunk can still resume it (from the start).
+#[actix_rt::test]
+async fn a_websocket_request_is_resumable_from_its_accepted_frame_before_any_chunk() {
+    let server = common::start(SLOW).await;
+    let key = tenant_with_key(&server, "zeta").await;
+    let (status, _, whole) = common::post(&server, "/v1/chat/completions", Some(&key), &request(TOKENS)).await;
+    assert_eq!(status, 200);
+    let expected = content(&events(&whole));
+
+    let mut first = open_socket(&server, &key).await;
+    let body = json!({"model": "default", "messages": [{"role": "user", "content": "tell me a story"}],
+                      "max_tokens": TOKENS, "ignore_eos": true, "seed": 7});
+    first.send(Message::Text(json!({"id": "a", "type": "chat.completion", "request": body}).to_string().into())).await.unwrap();
+    let accepted = next_frame(&mut first).await;
+    assert_eq!((accepted["type"].as_str(), accepted["status"].as_str()), (Some("status"), Some("accepted")), "{accepted}");
+    let stream_id = accepted["request_id"].as_str().expect("request_id").to_string();
+    assert!(stream_id.starts_with("req-"), "{accepted}");
+    drop(first);
+
+    let mut second = open_socket(&server, &key).await;
+    second.send(Message::Text(json!({"id": "b", "type": "resume", "request_id": stream_id}).to_string().into())).await.unwrap();
+    let mut text = String::new();
+    loop {
+        let frame = next_frame(&mut second).await;
+        match frame["type"].as_str() {
+            Some("chunk") => text.push_str(&chunk_content(&frame)),
+            Some("done") => break,
+            Some("status") => {}
+            other => panic!("unexpected {other:?}: {frame}"),
+        }
+    }
+    assert_eq!(text, expected);
+    server.stop(true).await;
+}
+
 #[actix_rt::test]
 async fn a_websocket_cancel_cancels_at_once_not_after_the_grace() {
     // A grace far longer than the wait below: only an immediate cancel frees the slot.

@@ -37,7 +37,7 @@ use crate::generation::openai_types::{ChatCompletionRequest, CompletionRequest};
 use crate::generation::stream_encoder::{StreamEncoder, StreamItem};
 use crate::generation::validate::GenerationKind;
 use crate::generation::GenerationError;
-use crate::api::ws_protocol::{parse_client_message, ClientMessage, ServerFrame};
+use crate::api::ws_protocol::{parse_client_message, ClientMessage, ServerFrame, WsStatus};
 use crate::metrics;
 use crate::state::AppState;
 use crate::tenants::{bearer_token, hash_api_key, TenantHandle, ANONYMOUS_TENANT};
@@ -299,13 +299,19 @@ impl RequestRelay {
         tenant: TenantHandle,
     ) -> &'static str {
         let received_at = Instant::now();
-        let generation = match self.start(kind, request, size, &tenant, received_at).await {
+        let request_id = new_request_id();
+        let generation = match self.start(kind, request, size, &tenant, received_at, &request_id).await {
             Ok(generation) => generation,
             Err(error) => {
                 self.send(ServerFrame::error(Some(self.id.clone()), &error)).await;
                 return "rejected";
             }
         };
+        // Admitted: the client learns the stream's id at once (as an HTTP client does from
+        // `x-request-id`), so it can resume even before the first chunk.
+        if !self.send(ServerFrame::Status { id: self.id.clone(), status: WsStatus::Accepted { request_id } }).await {
+            return "disconnected";
+        }
         let encoder = StreamEncoder::new(generation.meta, &generation.validated.prompts);
         *self.handles.borrow_mut() = generation.handles;
         self.forward(generation.events, encoder).await
@@ -343,11 +349,12 @@ impl RequestRelay {
         size: usize,
         tenant: &TenantHandle,
         received_at: Instant,
+        request_id: &str,
     ) -> Result<Generation, ApiError> {
         let (deployment, validated) = match kind {
             GenerationKind::Chat => resolve(&self.state, from_value::<ChatCompletionRequest>(request)?, size).await?,
             GenerationKind::Completion => resolve(&self.state, from_value::<CompletionRequest>(request)?, size).await?,
         };
-        Ok(start_generation(&self.state, tenant, &deployment, validated, &new_request_id(), received_at, Delivery::Resumable).await?)
+        Ok(start_generation(&self.state, tenant, &deployment, validated, request_id, received_at, Delivery::Resumable).await?)
     }
 }

@@ -11,6 +11,8 @@
 //!   `Authorization` header)
 //!
 //! Server → client:
+//! - `{"id", "type": "status", "status": "accepted", "request_id": "req-..."}`: admitted
+//!   (the first frame of every admitted request; `request_id` is what a `resume` names)
 //! - `{"id", "type": "status", "status": "queued", "position": 3, "eta_s": 4.2}`
 //! - `{"id", "type": "status", "status": "starting", "position": 1, "ready_in_seconds": 12.0, "eta_s": 12.0}`
 //!   (`eta_s`: the expected wait until a replica takes the request, when there is an
@@ -120,6 +122,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Rejection> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum WsStatus {
+    /// Admitted: from now on the request ends with `done` or `error`, and `request_id`
+    /// resumes its stream if this socket closes first.
+    Accepted {
+        request_id: String,
+    },
     Queued {
         position: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -325,6 +332,11 @@ mod tests {
         );
         let running = ServerFrame::from_item("a", StreamItem::Running { replica: "r1".into() }).unwrap();
         assert_eq!(serde_json::to_value(&running).unwrap(), json!({"id": "a", "type": "status", "status": "running", "replica": "r1"}));
+        let accepted = ServerFrame::Status { id: "a".into(), status: WsStatus::Accepted { request_id: "req-1".into() } };
+        assert_eq!(
+            serde_json::to_value(&accepted).unwrap(),
+            json!({"id": "a", "type": "status", "status": "accepted", "request_id": "req-1"})
+        );
         let chunk = ServerFrame::from_item("a", StreamItem::Chunk(ResponseChunk::Text(empty_text()), None)).unwrap();
         assert_eq!(
             serde_json::to_value(&chunk).unwrap(),
