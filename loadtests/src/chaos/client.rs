@@ -1,7 +1,8 @@
-//! A campaign's client: seeded streaming chat requests to the gateways, each recorded as
-//! a [`History`]. A client that loses its stream (the connection breaks, or nothing comes
-//! for `idle`) resumes it at a gateway (`GET /v1/streams/{id}` with `Last-Event-ID`),
-//! trying them in turn for up to `resume_for`, as a careful client would.
+//! A campaign's client: seeded streaming chat requests to the gateways, over SSE or the
+//! WebSocket API (`ws_client.rs`) in turn at random, each recorded as a [`History`]. A
+//! client that loses its stream (the connection breaks, or nothing comes for `idle`)
+//! resumes it at a gateway (`GET /v1/streams/{id}` with `Last-Event-ID`, or a WebSocket
+//! `resume`), trying them in turn for up to `resume_for`, as a careful client would.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -62,7 +63,11 @@ pub async fn run(
         let prompt = rng.random_range(0..PROMPTS.len());
         let request_seed = rng.random_range(0..options.seeds);
         let first = rng.random_range(0..gateways.len());
-        let history = one_request(&http, index, number, prompt, request_seed, &gateways, first, &options).await;
+        let history = if rng.random_bool(0.5) {
+            crate::chaos::ws_client::one_request(index, number, prompt, request_seed, &gateways, first, &options).await
+        } else {
+            one_request(&http, index, number, prompt, request_seed, &gateways, first, &options).await
+        };
         histories.borrow_mut().push(history);
         actix_rt::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
     }
@@ -79,7 +84,7 @@ async fn one_request(
     first: usize,
     options: &ClientOptions,
 ) -> History {
-    let mut history = History { client, number, prompt, seed, stream: None, segments: Vec::new(), end: End::NotAccepted { why: String::new() } };
+    let mut history = History { client, number, transport: "sse".into(), prompt, seed, stream: None, segments: Vec::new(), end: End::NotAccepted { why: String::new() } };
     let gateway = &gateways[first];
     let sent = http
         .post(format!("{gateway}/v1/chat/completions"))

@@ -48,6 +48,8 @@ pub struct History {
     pub client: usize,
     /// The client's request number.
     pub number: u64,
+    /// `sse` or `ws`.
+    pub transport: String,
     pub prompt: usize,
     pub seed: u64,
     /// The stream's id (`req-...`), once the cluster accepted it.
@@ -121,6 +123,8 @@ pub struct Outcomes {
     pub resumed: u64,
     /// Why requests were not accepted: a status and error code, or a connection error.
     pub refusals: HashMap<String, u64>,
+    /// Requests by transport (`sse`, `ws`).
+    pub transports: HashMap<String, u64>,
 }
 
 pub fn outcomes(histories: &[History]) -> Outcomes {
@@ -136,6 +140,7 @@ pub fn outcomes(histories: &[History]) -> Outcomes {
             End::Lost { .. } => outcomes.lost += 1,
         }
         outcomes.resumed += u64::from(history.segments.len() > 1);
+        *outcomes.transports.entry(history.transport.clone()).or_default() += 1;
     }
     outcomes
 }
@@ -166,7 +171,7 @@ mod tests {
     }
 
     fn history(segments: Vec<Segment>, end: End) -> History {
-        History { client: 0, number: 1, prompt: 0, seed: 7, stream: Some("req-1".into()), segments, end }
+        History { client: 0, number: 1, transport: "sse".into(), prompt: 0, seed: 7, stream: Some("req-1".into()), segments, end }
     }
 
     fn reference() -> HashMap<(usize, u64), String> {

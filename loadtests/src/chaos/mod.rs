@@ -13,14 +13,16 @@
 //! campaign reports its seed and the histories that show the failure.
 //!
 //! Layout: `schedule.rs` (the faults of a seed), `proxy.rs` (the network faults),
-//! `cluster.rs` (the processes), `client.rs` (the clients), `history.rs` (histories and
-//! the checker), this file (the campaign).
+//! `cluster.rs` (the processes), `client.rs` (the clients, SSE), `ws_client.rs` (their
+//! WebSocket requests), `history.rs` (histories and the checker), this file (the
+//! campaign).
 
 pub mod client;
 pub mod cluster;
 pub mod history;
 pub mod proxy;
 pub mod schedule;
+pub mod ws_client;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
