@@ -29,7 +29,7 @@ struct Fixture {
     redis: redis::aio::MultiplexedConnection,
     url: String,
     // Last: dropped (killed) after everything that talks to it.
-    _redis_server: RedisServer,
+    redis_server: RedisServer,
 }
 
 impl Fixture {
@@ -50,7 +50,11 @@ impl Fixture {
     }
 
     async fn start_without_ingress() -> Self {
-        let redis_server = RedisServer::start(RedisServerOptions::default());
+        Self::start_without_ingress_on(RedisServerOptions::default()).await
+    }
+
+    async fn start_without_ingress_on(options: RedisServerOptions) -> Self {
+        let redis_server = RedisServer::start(options);
         let url = redis_server.url();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{}\"\nautoscaler_tick = \"100ms\"\nshutdown_timeout = \"2s\"\n{}",
@@ -64,7 +68,7 @@ impl Fixture {
         let server = start_with_queue(config, Arc::new(queue)).await.expect("server starts");
         let producer = Producer::connect(&url, "swell").await.expect("the producer connects");
         let redis = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        Self { server, ingress: None, producer, redis, url, _redis_server: redis_server }
+        Self { server, ingress: None, producer, redis, url, redis_server }
     }
 
     /// A tenant with `limits` and a key for it.
@@ -581,5 +585,38 @@ async fn a_configured_reply_prefix_replaces_the_default() {
     .await;
     assert_eq!((seen.admitted, seen.reply_to_refused), (1, 1), "the default prefix is no longer acme's: {seen:?}");
     assert!(fixture.replies(&default).await.is_empty());
+    fixture.stop().await;
+}
+
+/// Redis restarted (from its AOF) while a streaming request's replies are being written:
+/// the gateway waits the outage out and goes on; the request is neither cancelled nor
+/// told twice (one reply per `seq`, one terminal reply, every token).
+#[actix_rt::test]
+async fn a_redis_restart_mid_stream_neither_cancels_nor_repeats_ingress_replies() {
+    let options = RedisServerOptions { append_only: true, append_fsync: "always", ..RedisServerOptions::default() };
+    let mut fixture = Fixture::start_without_ingress_on(options).await;
+    fixture.start_ingress(IngressConfig { block: Duration::from_millis(200), ..IngressConfig::default() }).await;
+    let key = fixture.tenant("outage", TenantLimits::default());
+    let reply_to = &reply_to("outage", "outage");
+    let mut body = hello(1000);
+    body["stream"] = json!(true);
+    fixture.producer.submit(&chat_request("through", &key, reply_to, body), Encoding::Json).await.unwrap();
+    common::wait_for("the first chunk replies", WAIT, || async {
+        let chunks = fixture.replies(reply_to).await.iter().filter(|r| r.kind == ReplyKind::Chunk).count();
+        (chunks >= 10).then_some(())
+    })
+    .await;
+    fixture.redis_server.restart();
+
+    let producer = Producer::connect(&fixture.url, "swell").await.expect("the producer reconnects");
+    let replies = producer.wait_for(reply_to, "through", WAIT).await.unwrap();
+    let seqs: Vec<u64> = replies.iter().map(|reply| reply.seq).collect();
+    assert_eq!(seqs, (0..replies.len() as u64).collect::<Vec<_>>(), "one reply per seq");
+    let done = replies.last().unwrap();
+    assert_eq!(done.kind, ReplyKind::Done, "not cancelled: {done:?}");
+    assert_eq!(done.data["usage"]["completion_tokens"], 1000);
+    assert_eq!(replies.iter().filter(|reply| reply.kind.is_terminal()).count(), 1);
+    let chunks = replies.iter().filter(|reply| reply.kind == ReplyKind::Chunk).count();
+    assert!(chunks >= 1000, "every token told: {chunks} chunks");
     fixture.stop().await;
 }

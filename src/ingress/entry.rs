@@ -395,8 +395,9 @@ enum Relayed {
     Completed,
     /// It ended with an error reply (failed, cancelled, deadline exceeded).
     Failed,
-    /// A reply could not be written (Redis unreachable): the request is cancelled and
-    /// the entry left pending, so a gateway takes it over (and answers it) later.
+    /// A reply could not be written (Redis unreachable for longer than the outage
+    /// tolerance): the request is cancelled and the entry left pending, so a gateway
+    /// takes it over (and answers it) later.
     Unwritable,
     /// `reply_to` is not a stream (any more): the request is cancelled and the entry
     /// dropped, since no gateway could ever answer it.

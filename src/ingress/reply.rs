@@ -16,6 +16,8 @@ use crate::api::error::ApiError;
 use crate::api::ratelimit_headers::retry_after_seconds;
 use crate::generation::stream_encoder::StreamItem;
 use crate::api::ws_protocol::ServerFrame;
+use swell_actors::backoff::Backoff;
+use swell_actors::request::OUTAGE_TOLERANCE;
 
 use super::reply_to::ReplyToRefusal;
 
@@ -181,12 +183,67 @@ impl ReplyWriter {
         for (name, value) in reply.to_fields() {
             append.arg(name).arg(value);
         }
-        let outcome: String = append.invoke_async(&mut self.redis).await?;
-        if let Some(found) = outcome.strip_prefix("wrongtype:") {
-            return Err(ReplyToRefusal::NotAStream { reply_to: self.reply_to.clone(), kind: found.to_string() }.into());
+        // Redis unreachable (restarting, a network blip) is waited out for up to
+        // `OUTAGE_TOLERANCE`, as a request's output stream is; a write whose answer was
+        // lost may have been stored, so before trying again the stream is read back, and
+        // a reply found there is not written twice.
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut failing_since = None;
+        loop {
+            let error = match append.invoke_async::<String>(&mut self.redis).await {
+                Ok(outcome) => {
+                    if let Some(found) = outcome.strip_prefix("wrongtype:") {
+                        return Err(ReplyToRefusal::NotAStream { reply_to: self.reply_to.clone(), kind: found.to_string() }.into());
+                    }
+                    break;
+                }
+                Err(error) => error,
+            };
+            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= OUTAGE_TOLERANCE {
+                return Err(error.into());
+            }
+            if backoff.failures() == 0 {
+                tracing::warn!(%error, reply_to = %self.reply_to, "an ingress reply could not be written; retrying");
+            }
+            tokio::time::sleep(backoff.failed()).await;
+            match self.last_seq_written().await {
+                Ok(Some(last)) if last >= reply.seq => break,
+                Ok(_) => {}
+                Err(ReplyError::Refused(refusal)) => return Err(refusal.into()),
+                Err(ReplyError::Redis(_)) => {}
+            }
         }
         self.next_seq += 1;
         Ok(())
+    }
+
+    /// The highest `seq` written for this id, reading `reply_to` from its end until one
+    /// of its replies shows (`None`: none written, or no id).
+    async fn last_seq_written(&mut self) -> Result<Option<u64>, ReplyError> {
+        let Some(id) = self.id.clone() else { return Ok(None) };
+        let mut end = "+".to_string();
+        loop {
+            let page: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&self.reply_to)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(RESUME_PAGE)
+                .query_async(&mut self.redis)
+                .await
+                .map_err(|error| self.refused_if_wrong_type(error))?;
+            for entry in &page.ids {
+                let Ok(reply) = Reply::from_fields(&swell_cluster::ingress_wire::entry_fields(entry)) else { continue };
+                if reply.id.as_deref() == Some(id.as_str()) {
+                    return Ok(Some(reply.seq));
+                }
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == RESUME_PAGE => end = format!("({}", last.id),
+                _ => return Ok(None),
+            }
+        }
     }
 
     pub async fn error(&mut self, error: &IngressError) -> Result<(), ReplyError> {

@@ -51,6 +51,9 @@ struct Args {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write every request's history, one JSON object a line.
+    #[arg(long)]
+    histories: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +104,12 @@ fn main() -> ExitCode {
     };
     if let Some(path) = &args.json {
         if let Err(error) = std::fs::write(path, serde_json::to_string_pretty(&report).expect("the report serializes")) {
+            eprintln!("swell-chaos: writing {}: {error}", path.display());
+        }
+    }
+    if let Some(path) = &args.histories {
+        let lines: String = report.histories.iter().map(|h| serde_json::to_string(h).expect("a history serializes") + "\n").collect();
+        if let Err(error) = std::fs::write(path, lines) {
             eprintln!("swell-chaos: writing {}: {error}", path.display());
         }
     }

@@ -1,5 +1,6 @@
-//! A campaign's client: seeded streaming chat requests to the gateways, over SSE or the
-//! WebSocket API (`ws_client.rs`) in turn at random, each recorded as a [`History`]. A
+//! A campaign's client: seeded streaming chat requests to the gateways, over SSE, the
+//! WebSocket API (`ws_client.rs`) or the Redis ingress (`ingress_client.rs`), each
+//! request's transport drawn at random, each recorded as a [`History`]. A
 //! client that loses its stream (the connection breaks, or nothing comes for `idle`)
 //! resumes it at a gateway (`GET /v1/streams/{id}` with `Last-Event-ID`, or a WebSocket
 //! `resume`), trying them in turn for up to `resume_for`, as a careful client would.
@@ -15,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::chaos::history::{End, History, Segment};
+use crate::chaos::ingress_client::IngressClient;
 
 /// The prompts clients send (each with a seed from `0..seeds`).
 pub const PROMPTS: [&str; 4] = [
@@ -46,28 +48,34 @@ pub fn body(prompt: usize, seed: u64, max_tokens: u32, stream: bool) -> Value {
     })
 }
 
-/// Runs client `index` until `until`, appending each request's history to `histories`.
+/// Runs client `index` until `until`, appending each request's history to `histories`
+/// (`redis`: the Redis URL its ingress requests go to).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     index: usize,
     seed: u64,
     gateways: Vec<String>,
+    redis: String,
     options: ClientOptions,
     until: Instant,
     histories: Rc<RefCell<Vec<History>>>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
     let http = Client::builder().timeout(Duration::from_secs(3600)).disable_redirects().finish();
+    let mut ingress = IngressClient::new(redis, index);
     let mut number = 0;
     while Instant::now() < until {
         number += 1;
         let prompt = rng.random_range(0..PROMPTS.len());
         let request_seed = rng.random_range(0..options.seeds);
         let first = rng.random_range(0..gateways.len());
-        let history = if rng.random_bool(0.5) {
-            crate::chaos::ws_client::one_request(index, number, prompt, request_seed, &gateways, first, &options).await
-        } else {
-            one_request(&http, index, number, prompt, request_seed, &gateways, first, &options).await
+        let sent = Instant::now();
+        let mut history = match rng.random_range(0..3) {
+            0 => one_request(&http, index, number, prompt, request_seed, &gateways, first, &options).await,
+            1 => crate::chaos::ws_client::one_request(index, number, prompt, request_seed, &gateways, first, &options).await,
+            _ => ingress.one_request(number, prompt, request_seed, &options).await,
         };
+        history.took_ms = sent.elapsed().as_millis() as u64;
         histories.borrow_mut().push(history);
         actix_rt::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
     }
@@ -84,7 +92,7 @@ async fn one_request(
     first: usize,
     options: &ClientOptions,
 ) -> History {
-    let mut history = History { client, number, transport: "sse".into(), prompt, seed, stream: None, segments: Vec::new(), end: End::NotAccepted { why: String::new() } };
+    let mut history = History { client, number, transport: "sse".into(), took_ms: 0, prompt, seed, stream: None, segments: Vec::new(), end: End::NotAccepted { why: String::new() } };
     let gateway = &gateways[first];
     let sent = http
         .post(format!("{gateway}/v1/chat/completions"))

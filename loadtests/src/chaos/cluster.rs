@@ -16,7 +16,8 @@ use crate::chaos::proxy::FaultProxy;
 
 /// The deployment every node serves: `chat`, the `sim` engine at `step` a token, scaling
 /// from zero to three replicas and back, with leases, heartbeats and node TTLs short
-/// enough for faults to matter within seconds.
+/// enough for faults to matter within seconds. An ingress entry of a gateway that died
+/// is taken over after 10 s (longer than a pause, so a live relay keeps its entries).
 pub fn config(step_ms: u64) -> String {
     format!(
         r#"
@@ -27,6 +28,9 @@ shutdown_timeout = "2s"
 lease_ttl = "2s"
 resume_grace = "10s"
 output_retention = "60s"
+[ingress]
+claim_idle = "10s"
+claim_interval = "1s"
 [cluster]
 health_interval = "200ms"
 connect_timeout = "300ms"

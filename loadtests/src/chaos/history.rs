@@ -48,8 +48,10 @@ pub struct History {
     pub client: usize,
     /// The client's request number.
     pub number: u64,
-    /// `sse` or `ws`.
+    /// `sse`, `ws` or `ingress`.
     pub transport: String,
+    /// From sending it to its end, by the client's clock.
+    pub took_ms: u64,
     pub prompt: usize,
     pub seed: u64,
     /// The stream's id (`req-...`), once the cluster accepted it.
@@ -132,7 +134,7 @@ pub fn outcomes(histories: &[History]) -> Outcomes {
     for history in histories {
         match &history.end {
             End::Completed { .. } => outcomes.completed += 1,
-            End::Error { code } => *outcomes.errors.entry(code.clone()).or_default() += 1,
+            End::Error { code } => *outcomes.errors.entry(format!("{code} ({})", history.transport)).or_default() += 1,
             End::NotAccepted { why } => {
                 outcomes.not_accepted += 1;
                 *outcomes.refusals.entry(refusal_kind(why)).or_default() += 1;
@@ -171,7 +173,7 @@ mod tests {
     }
 
     fn history(segments: Vec<Segment>, end: End) -> History {
-        History { client: 0, number: 1, transport: "sse".into(), prompt: 0, seed: 7, stream: Some("req-1".into()), segments, end }
+        History { client: 0, number: 1, transport: "sse".into(), took_ms: 0, prompt: 0, seed: 7, stream: Some("req-1".into()), segments, end }
     }
 
     fn reference() -> HashMap<(usize, u64), String> {

@@ -13,13 +13,14 @@
 //! campaign reports its seed and the histories that show the failure.
 //!
 //! Layout: `schedule.rs` (the faults of a seed), `proxy.rs` (the network faults),
-//! `cluster.rs` (the processes), `client.rs` (the clients, SSE), `ws_client.rs` (their
-//! WebSocket requests), `history.rs` (histories and the checker), this file (the
-//! campaign).
+//! `cluster.rs` (the processes), `client.rs` (the clients, SSE), `ws_client.rs` and
+//! `ingress_client.rs` (their WebSocket and Redis-ingress requests), `history.rs`
+//! (histories and the checker), this file (the campaign).
 
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod ingress_client;
 pub mod proxy;
 pub mod schedule;
 pub mod ws_client;
@@ -36,7 +37,7 @@ use serde_json::Value;
 
 use crate::chaos::client::{ClientOptions, PROMPTS};
 use crate::chaos::cluster::Cluster;
-use crate::chaos::history::{Anomaly, History, Outcomes};
+use crate::chaos::history::{Anomaly, End, History, Outcomes};
 use crate::chaos::proxy::Fault as NetFault;
 use crate::chaos::schedule::{Fault, FaultKind, Shape, Target};
 
@@ -76,6 +77,9 @@ pub struct Report {
     pub not_quiet: Option<String>,
     /// A request failed on the undisturbed cluster, before any fault.
     pub undisturbed: Option<String>,
+    /// Every request's history (`swell-chaos --histories`).
+    #[serde(skip)]
+    pub histories: Vec<History>,
 }
 
 impl Report {
@@ -89,6 +93,7 @@ impl Report {
             faults: BTreeMap::new(),
             anomalies: Vec::new(),
             not_quiet: None,
+            histories: Vec::new(),
             undisturbed: Some(why),
         }
     }
@@ -104,6 +109,7 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
         .await
         .context("starting the cluster")?;
     let gateways: Vec<String> = cluster.gateways.iter().map(|g| g.url()).collect();
+    let redis_url = cluster.redis.as_ref().map(|r| r.url()).context("no redis")?;
     let options = ClientOptions {
         seeds: 6,
         max_tokens: campaign.max_tokens,
@@ -131,7 +137,8 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
     let until = start + campaign.duration;
     let clients: Vec<_> = (0..campaign.clients)
         .map(|index| {
-            actix_rt::spawn(client::run(index, campaign.seed, gateways.clone(), options.clone(), until, histories.clone()))
+            let (gateways, redis) = (gateways.clone(), redis_url.clone());
+            actix_rt::spawn(client::run(index, campaign.seed, gateways, redis, options.clone(), until, histories.clone()))
         })
         .collect();
     let injected = inject(&mut cluster, &faults, start).await?;
@@ -140,10 +147,27 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
         client.await.context("a client panicked")?;
     }
     let histories: Vec<History> = histories.borrow().clone();
-    let anomalies = history::check(&histories, &reference);
+    let mut anomalies = history::check(&histories, &reference);
+    // Every ingress request's replies, read whole once the faults are over.
+    let (url, clients) = (redis_url.clone(), campaign.clients);
+    for (id, what) in actix_rt::task::spawn_blocking(move || ingress_client::check_replies(&url, clients)).await?? {
+        let history = histories.iter().find(|h| h.transport == "ingress" && h.stream.as_deref() == Some(id.as_str()));
+        let history = history.cloned().unwrap_or_else(|| History {
+            client: 0,
+            number: 0,
+            transport: "ingress".into(),
+            took_ms: 0,
+            prompt: 0,
+            seed: 0,
+            stream: Some(id.clone()),
+            segments: Vec::new(),
+            end: End::NotAccepted { why: "its XADD was not known to succeed".into() },
+        });
+        anomalies.push(Anomaly { kind: "ingress replies", detail: format!("{id}: {what}"), history });
+    }
     let mut not_quiet = quiet(&cluster, Duration::from_secs(30)).await.err().map(|e| e.to_string());
     if not_quiet.is_none() {
-        let url = cluster.redis.as_ref().map(|r| r.url()).context("no redis")?;
+        let url = redis_url.clone();
         let leaks = actix_rt::task::spawn_blocking(move || leaks(&url, Duration::from_secs(60))).await??;
         if !leaks.is_empty() {
             not_quiet = Some(format!("left in Redis once idle: {}", leaks.join("; ")));
@@ -157,6 +181,7 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
         anomalies,
         not_quiet,
         undisturbed: None,
+        histories,
     })
 }
 
@@ -260,6 +285,12 @@ fn leaks(url: &str, output_ttl: Duration) -> anyhow::Result<Vec<String>> {
     };
     if held > 0 {
         found.push(format!("{held} leases in {leases}"));
+    }
+    // Every ingress entry is deleted after its terminal reply.
+    let ingress = swell_cluster::ingress_wire::ingress_stream_key("swell");
+    let entries: u64 = redis::cmd("XLEN").arg(&ingress).query(&mut conn)?;
+    if entries > 0 {
+        found.push(format!("{entries} entries left in {ingress}"));
     }
     let mut cursor = 0u64;
     let (mut without_expiry, mut too_long) = (Vec::new(), Vec::new());

@@ -42,6 +42,7 @@ pub async fn one_request(
         prompt,
         seed,
         transport: "ws".into(),
+        took_ms: 0,
         stream: None,
         segments: Vec::new(),
         end: End::NotAccepted { why: String::new() },
