@@ -293,6 +293,21 @@ async fn next_frame(socket: &mut (impl futures_util::Stream<Item = Result<Frame,
     }
 }
 
+/// The text of the seeded story over HTTP, and a socket that just sent it as request `a`.
+async fn story_on_a_socket(
+    server: &ServerHandle,
+    key: &str,
+) -> (String, impl futures_util::Sink<Message, Error = awc::error::WsProtocolError> + futures_util::Stream<Item = Result<Frame, awc::error::WsProtocolError>> + Unpin) {
+    let (status, _, whole) = common::post(server, "/v1/chat/completions", Some(key), &request(TOKENS)).await;
+    assert_eq!(status, 200);
+    let expected = content(&events(&whole));
+    let mut socket = open_socket(server, key).await;
+    let body = json!({"model": "default", "messages": [{"role": "user", "content": "tell me a story"}],
+                      "max_tokens": TOKENS, "ignore_eos": true, "seed": 7});
+    socket.send(Message::Text(json!({"id": "a", "type": "chat.completion", "request": body}).to_string().into())).await.unwrap();
+    (expected, socket)
+}
+
 fn chunk_content(frame: &Value) -> String {
     frame["chunk"]["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string()
 }
@@ -302,14 +317,7 @@ async fn a_websocket_resume_continues_a_stream_on_a_new_socket() {
     let server = common::start(SLOW).await;
     let key = tenant_with_key(&server, "gamma").await;
     let other_key = tenant_with_key(&server, "delta").await;
-    let (status, _, whole) = common::post(&server, "/v1/chat/completions", Some(&key), &request(TOKENS)).await;
-    assert_eq!(status, 200);
-    let expected = content(&events(&whole));
-
-    let mut first = open_socket(&server, &key).await;
-    let body = json!({"model": "default", "messages": [{"role": "user", "content": "tell me a story"}],
-                      "max_tokens": TOKENS, "ignore_eos": true, "seed": 7});
-    first.send(Message::Text(json!({"id": "a", "type": "chat.completion", "request": body}).to_string().into())).await.unwrap();
+    let (expected, mut first) = story_on_a_socket(&server, &key).await;
     let mut had = String::new();
     let (mut last_id, mut stream_id) = (0, String::new());
     while last_id < 5 {
@@ -354,14 +362,7 @@ async fn a_websocket_resume_continues_a_stream_on_a_new_socket() {
 async fn a_websocket_request_is_resumable_from_its_accepted_frame_before_any_chunk() {
     let server = common::start(SLOW).await;
     let key = tenant_with_key(&server, "zeta").await;
-    let (status, _, whole) = common::post(&server, "/v1/chat/completions", Some(&key), &request(TOKENS)).await;
-    assert_eq!(status, 200);
-    let expected = content(&events(&whole));
-
-    let mut first = open_socket(&server, &key).await;
-    let body = json!({"model": "default", "messages": [{"role": "user", "content": "tell me a story"}],
-                      "max_tokens": TOKENS, "ignore_eos": true, "seed": 7});
-    first.send(Message::Text(json!({"id": "a", "type": "chat.completion", "request": body}).to_string().into())).await.unwrap();
+    let (expected, mut first) = story_on_a_socket(&server, &key).await;
     let accepted = next_frame(&mut first).await;
     assert_eq!((accepted["type"].as_str(), accepted["status"].as_str()), (Some("status"), Some("accepted")), "{accepted}");
     let stream_id = accepted["request_id"].as_str().expect("request_id").to_string();

@@ -26,9 +26,13 @@ use swell_cluster::{
     SequencedEvent, Usage,
 };
 use swell_workers::{
-    ChatMessage, ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad, ReplicaContext,
+    ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad, ReplicaContext,
     Sequence, SequenceOutput, StepReport, Tokenizer,
 };
+
+#[path = "support/word_tokenizer.rs"]
+mod word_tokenizer;
+use word_tokenizer::WordTokenizer;
 
 /// Emits token `i` (text `t{i} `) at position `i`, continuing after a sequence's resume
 /// tokens, one per `step`.
@@ -70,26 +74,6 @@ impl Engine for ResumingEngine {
     }
 }
 
-struct NumberTokenizer;
-
-impl Tokenizer for NumberTokenizer {
-    fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, EngineError> {
-        Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
-    }
-    fn decode(&self, ids: &[u32]) -> String {
-        ids.iter().map(|i| format!("t{i} ")).collect()
-    }
-    fn token_text(&self, id: u32) -> String {
-        format!("t{id} ")
-    }
-    fn apply_chat_template(&self, messages: &[ChatMessage], _: bool) -> Result<String, EngineError> {
-        Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
-    }
-    fn vocab_size(&self) -> u32 {
-        1000
-    }
-}
-
 struct ResumingFactory;
 
 impl EngineFactory for ResumingFactory {
@@ -107,7 +91,7 @@ impl EngineFactory for ResumingFactory {
         }
     }
     fn tokenizer(&self) -> Arc<dyn Tokenizer> {
-        Arc::new(NumberTokenizer)
+        Arc::new(WordTokenizer)
     }
     fn create(&self, _: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
         let engine = ResumingEngine { running: Vec::new(), step: Duration::from_millis(15) };
@@ -125,6 +109,20 @@ struct HeldRenewal {
     appends_held_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Leases granted, by epoch seen.
     max_epoch: AtomicU32,
+}
+
+impl HeldRenewal {
+    fn new(hold: Duration) -> Arc<Self> {
+        Arc::new(HeldRenewal {
+            // A held renewal may cost the job more than one delivery (each attempt's
+            // lease expires while the renewal loop waits): no delivery limit in the way.
+            inner: InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 100, ..Default::default() }),
+            armed: AtomicBool::new(false),
+            hold,
+            appends_held_until: Default::default(),
+            max_epoch: AtomicU32::new(0),
+        })
+    }
 }
 
 #[async_trait]
@@ -212,15 +210,7 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
 
 #[actix_rt::test]
 async fn a_job_leased_again_by_the_replica_that_lost_it_streams_each_token_once() {
-    let queue = Arc::new(HeldRenewal {
-        // A held renewal may cost the job more than one delivery (each attempt's lease
-        // expires while the renewal loop waits): no delivery limit in the way.
-        inner: InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 100, ..Default::default() }),
-        armed: AtomicBool::new(false),
-        hold: Duration::from_millis(600),
-        appends_held_until: Default::default(),
-        max_epoch: AtomicU32::new(0),
-    });
+    let queue = HeldRenewal::new(Duration::from_millis(600));
     let mut policy = AutoscalingPolicy::default();
     policy.min_replicas = 1;
     policy.max_replicas = 1;
@@ -277,13 +267,7 @@ impl Handler<ReplicaLifecycle> for Recorder {
 
 #[actix_rt::test]
 async fn a_draining_replica_whose_last_lease_was_lost_exits_then_not_at_its_drain_grace() {
-    let queue = Arc::new(HeldRenewal {
-        inner: InMemoryQueue::new(InMemoryQueueConfig { max_deliveries: 100, ..Default::default() }),
-        armed: AtomicBool::new(false),
-        hold: Duration::from_millis(800),
-        appends_held_until: Default::default(),
-        max_epoch: AtomicU32::new(0),
-    });
+    let queue = HeldRenewal::new(Duration::from_millis(800));
     let (tx, mut lifecycle) = tokio::sync::mpsc::unbounded_channel();
     let recorder = Recorder(tx).start();
     let grace = Duration::from_secs(60);

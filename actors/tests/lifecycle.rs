@@ -12,9 +12,13 @@ use swell_actors::request::{resume, submit, RequestDeps, RequestEvent, RequestSp
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, ObserveDeployment};
 use swell_cluster::{FinishReason, GenerationRequest, InMemoryQueue, OutputEvent, Queue, SamplingParams, Usage};
 use swell_workers::{
-    ChatMessage, ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad,
+    ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad,
     ReplicaContext, Sequence, SequenceOutput, StepReport, Tokenizer,
 };
+
+#[path = "support/word_tokenizer.rs"]
+mod word_tokenizer;
+use word_tokenizer::WordTokenizer;
 
 /// Emits token `i` as the text "t{i} " every `step` until `max_tokens`.
 struct ScriptedEngine {
@@ -58,26 +62,6 @@ impl Engine for ScriptedEngine {
     }
     fn load(&self) -> EngineLoad {
         EngineLoad { running: self.running.len(), free_slots: 8usize.saturating_sub(self.running.len()), ..Default::default() }
-    }
-}
-
-struct WordTokenizer;
-
-impl Tokenizer for WordTokenizer {
-    fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, EngineError> {
-        Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
-    }
-    fn decode(&self, ids: &[u32]) -> String {
-        format!("{ids:?}")
-    }
-    fn token_text(&self, id: u32) -> String {
-        id.to_string()
-    }
-    fn apply_chat_template(&self, messages: &[ChatMessage], _: bool) -> Result<String, EngineError> {
-        Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"))
-    }
-    fn vocab_size(&self) -> u32 {
-        100
     }
 }
 

@@ -116,6 +116,12 @@ pub struct ReplyWriter {
 /// Entries read per `XRANGE` while looking for the replies already written.
 const RESUME_PAGE: usize = 1000;
 
+/// Which way [`ReplyWriter::page`] reads.
+enum Direction {
+    Forward,
+    Backward,
+}
+
 impl ReplyWriter {
     pub fn new(redis: ConnectionManager, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
         Self { redis, reply_to, id, next_seq: 0, ttl, max_len, skip_chunks: 0 }
@@ -128,30 +134,17 @@ impl ReplyWriter {
     /// whether a terminal reply was already written (then nothing is to be written).
     pub async fn resume(&mut self) -> Result<bool, ReplyError> {
         let Some(id) = self.id.clone() else { return Ok(false) };
-        let mut start = "-".to_string();
         let (mut chunks, mut next_seq, mut terminal) = (0u64, 0u64, false);
-        loop {
-            let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&self.reply_to)
-                .arg(&start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(RESUME_PAGE)
-                .query_async(&mut self.redis)
-                .await
-                .map_err(|error| self.refused_if_wrong_type(error))?;
-            for entry in &page.ids {
-                let Ok(reply) = Reply::from_fields(&swell_cluster::ingress_wire::entry_fields(entry)) else { continue };
-                if reply.id.as_deref() != Some(id.as_str()) {
-                    continue;
-                }
+        let mut from = "-".to_string();
+        while let Some((replies, next)) = self.page(Direction::Forward, &from).await? {
+            for reply in replies.into_iter().filter(|reply| reply.id.as_deref() == Some(id.as_str())) {
                 next_seq = next_seq.max(reply.seq + 1);
                 chunks += u64::from(reply.kind == ReplyKind::Chunk);
                 terminal |= reply.kind.is_terminal();
             }
-            match page.ids.last() {
-                Some(last) if page.ids.len() == RESUME_PAGE => start = format!("({}", last.id),
-                _ => break,
+            match next {
+                Some(next) => from = next,
+                None => break,
             }
         }
         self.next_seq = next_seq;
@@ -222,28 +215,43 @@ impl ReplyWriter {
     /// of its replies shows (`None`: none written, or no id).
     async fn last_seq_written(&mut self) -> Result<Option<u64>, ReplyError> {
         let Some(id) = self.id.clone() else { return Ok(None) };
-        let mut end = "+".to_string();
-        loop {
-            let page: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&self.reply_to)
-                .arg(&end)
-                .arg("-")
-                .arg("COUNT")
-                .arg(RESUME_PAGE)
-                .query_async(&mut self.redis)
-                .await
-                .map_err(|error| self.refused_if_wrong_type(error))?;
-            for entry in &page.ids {
-                let Ok(reply) = Reply::from_fields(&swell_cluster::ingress_wire::entry_fields(entry)) else { continue };
-                if reply.id.as_deref() == Some(id.as_str()) {
-                    return Ok(Some(reply.seq));
-                }
+        let mut from = "+".to_string();
+        while let Some((replies, next)) = self.page(Direction::Backward, &from).await? {
+            if let Some(reply) = replies.into_iter().find(|reply| reply.id.as_deref() == Some(id.as_str())) {
+                return Ok(Some(reply.seq));
             }
-            match page.ids.last() {
-                Some(last) if page.ids.len() == RESUME_PAGE => end = format!("({}", last.id),
-                _ => return Ok(None),
+            match next {
+                Some(next) => from = next,
+                None => break,
             }
         }
+        Ok(None)
+    }
+
+    /// One page of `reply_to`'s replies from `from` (`-` or `+` to start at an end), in
+    /// `direction`, and where the next page starts (`None`: this was the last). `None`
+    /// for an empty stream.
+    async fn page(&mut self, direction: Direction, from: &str) -> Result<Option<(Vec<Reply>, Option<String>)>, ReplyError> {
+        let (command, to) = match direction {
+            Direction::Forward => ("XRANGE", "+"),
+            Direction::Backward => ("XREVRANGE", "-"),
+        };
+        let page: redis::streams::StreamRangeReply = redis::cmd(command)
+            .arg(&self.reply_to)
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(RESUME_PAGE)
+            .query_async(&mut self.redis)
+            .await
+            .map_err(|error| self.refused_if_wrong_type(error))?;
+        if page.ids.is_empty() {
+            return Ok(None);
+        }
+        let next = (page.ids.len() == RESUME_PAGE).then(|| format!("({}", page.ids.last().expect("a full page").id));
+        let replies =
+            page.ids.iter().filter_map(|entry| Reply::from_fields(&swell_cluster::ingress_wire::entry_fields(entry)).ok()).collect();
+        Ok(Some((replies, next)))
     }
 
     pub async fn error(&mut self, error: &IngressError) -> Result<(), ReplyError> {

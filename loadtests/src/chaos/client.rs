@@ -92,7 +92,7 @@ async fn one_request(
     first: usize,
     options: &ClientOptions,
 ) -> History {
-    let mut history = History { client, number, transport: "sse".into(), took_ms: 0, prompt, seed, stream: None, segments: Vec::new(), end: End::NotAccepted { why: String::new() } };
+    let mut history = History::new(client, number, "sse", prompt, seed);
     let gateway = &gateways[first];
     let sent = http
         .post(format!("{gateway}/v1/chat/completions"))

@@ -61,6 +61,21 @@ pub struct History {
 }
 
 impl History {
+    /// A request not (yet) accepted, with nothing received.
+    pub fn new(client: usize, number: u64, transport: &str, prompt: usize, seed: u64) -> Self {
+        Self {
+            client,
+            number,
+            transport: transport.into(),
+            took_ms: 0,
+            prompt,
+            seed,
+            stream: None,
+            segments: Vec::new(),
+            end: End::NotAccepted { why: String::new() },
+        }
+    }
+
     /// The content the client put together from its segments.
     pub fn text(&self) -> String {
         self.segments.iter().flat_map(|s| s.chunks.iter().map(|(_, text)| text.as_str())).collect()

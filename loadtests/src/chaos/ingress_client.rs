@@ -54,17 +54,7 @@ impl IngressClient {
     /// Runs request `(prompt, seed)` as request `number` of this client.
     pub async fn one_request(&mut self, number: u64, prompt: usize, seed: u64, options: &ClientOptions) -> History {
         let id = format!("c{}-{number}", self.index);
-        let mut history = History {
-            client: self.index,
-            number,
-            prompt,
-            seed,
-            transport: "ingress".into(),
-            took_ms: 0,
-            stream: None,
-            segments: Vec::new(),
-            end: End::NotAccepted { why: String::new() },
-        };
+        let mut history = History::new(self.index, number, "ingress", prompt, seed);
         let request = IngressRequest {
             id: id.clone(),
             api_key: None,

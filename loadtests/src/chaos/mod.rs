@@ -152,16 +152,11 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
     let (url, clients) = (redis_url.clone(), campaign.clients);
     for (id, what) in actix_rt::task::spawn_blocking(move || ingress_client::check_replies(&url, clients)).await?? {
         let history = histories.iter().find(|h| h.transport == "ingress" && h.stream.as_deref() == Some(id.as_str()));
-        let history = history.cloned().unwrap_or_else(|| History {
-            client: 0,
-            number: 0,
-            transport: "ingress".into(),
-            took_ms: 0,
-            prompt: 0,
-            seed: 0,
-            stream: Some(id.clone()),
-            segments: Vec::new(),
-            end: End::NotAccepted { why: "its XADD was not known to succeed".into() },
+        let history = history.cloned().unwrap_or_else(|| {
+            let mut unknown = History::new(0, 0, "ingress", 0, 0);
+            unknown.stream = Some(id.clone());
+            unknown.end = End::NotAccepted { why: "its XADD was not known to succeed".into() };
+            unknown
         });
         anomalies.push(Anomaly { kind: "ingress replies", detail: format!("{id}: {what}"), history });
     }

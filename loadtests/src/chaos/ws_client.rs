@@ -36,17 +36,7 @@ pub async fn one_request(
     first: usize,
     options: &ClientOptions,
 ) -> History {
-    let mut history = History {
-        client,
-        number,
-        prompt,
-        seed,
-        transport: "ws".into(),
-        took_ms: 0,
-        stream: None,
-        segments: Vec::new(),
-        end: End::NotAccepted { why: String::new() },
-    };
+    let mut history = History::new(client, number, "ws", prompt, seed);
     let gateway = &gateways[first];
     let mut socket = match connect(gateway).await {
         Ok(socket) => socket,
