@@ -87,6 +87,44 @@ impl Fixture {
         command.query_async::<String>(&mut self.redis).await.unwrap();
     }
 
+    /// Submits `request` and has a gateway read it and die before deciding it: the entry
+    /// stays pending with that gateway.
+    async fn leave_pending(&mut self, request: &IngressRequest) {
+        let stream = self.producer.stream().to_string();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("gateways")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        self.producer.submit(request, Encoding::Json).await.unwrap();
+        let read: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("gateways")
+            .arg("dead-gateway")
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        assert_ne!(read, redis::Value::Nil);
+    }
+
+    /// A consumer that takes pending entries over at once.
+    async fn start_ingress_taking_over(&mut self) {
+        self.start_ingress(IngressConfig {
+            block: Duration::from_millis(100),
+            claim_idle: Duration::from_millis(300),
+            claim_interval: Duration::from_millis(100),
+            ..IngressConfig::default()
+        })
+        .await;
+    }
+
     /// Every reply of `reply_to` so far.
     async fn replies(&self, reply_to: &str) -> Vec<Reply> {
         self.producer.read_replies(reply_to, "0", None).await.unwrap().into_iter().map(|(_, reply)| reply).collect()
@@ -358,36 +396,8 @@ async fn an_entry_left_pending_by_a_gateway_that_died_is_taken_over() {
     let key = fixture.tenant("late", TenantLimits::default());
     let reply_to = &reply_to("late", "late");
     let stream = fixture.producer.stream().to_string();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("gateways")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut fixture.redis)
-        .await
-        .unwrap();
-    fixture.producer.submit(&chat_request("orphan", &key, reply_to, hello(3)), Encoding::Json).await.unwrap();
-    // A gateway reads the entry and dies before deciding it: it stays pending.
-    let read: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("gateways")
-        .arg("dead-gateway")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut fixture.redis)
-        .await
-        .unwrap();
-    assert_ne!(read, redis::Value::Nil);
-    fixture
-        .start_ingress(IngressConfig {
-            block: Duration::from_millis(100),
-            claim_idle: Duration::from_millis(300),
-            claim_interval: Duration::from_millis(100),
-            ..IngressConfig::default()
-        })
-        .await;
+    fixture.leave_pending(&chat_request("orphan", &key, reply_to, hello(3))).await;
+    fixture.start_ingress_taking_over().await;
     let replies = fixture.producer.wait_for(reply_to, "orphan", WAIT).await.unwrap();
     assert_eq!(replies.last().unwrap().kind, ReplyKind::Completion, "{replies:?}");
     // Acknowledged and deleted once its terminal reply is written.
@@ -618,5 +628,36 @@ async fn a_redis_restart_mid_stream_neither_cancels_nor_repeats_ingress_replies(
     assert_eq!(replies.iter().filter(|reply| reply.kind.is_terminal()).count(), 1);
     let chunks = replies.iter().filter(|reply| reply.kind == ReplyKind::Chunk).count();
     assert!(chunks >= 1000, "every token told: {chunks} chunks");
+    fixture.stop().await;
+}
+
+/// A gateway admitted a request, wrote some of its replies and died; the gateway that
+/// takes the entry over refuses it (here its deployment was removed meanwhile): its
+/// error reply continues the numbering (`seq` 3 after 0, 1, 2), one terminal reply, no
+/// `seq` told twice.
+#[actix_rt::test]
+async fn a_taken_over_request_refused_on_takeover_continues_its_reply_numbering() {
+    let mut fixture = Fixture::start_without_ingress().await;
+    let key = fixture.tenant("gone", TenantLimits::default());
+    let reply_to = &reply_to("gone", "gone");
+    let request = IngressRequest { deployment: "retired".into(), ..chat_request("half", &key, reply_to, hello(3)) };
+    fixture.leave_pending(&request).await;
+    // What the dead gateway did: admitted it (its marker names a job) and wrote 3 replies.
+    let marker = swell_cluster::ingress_wire::seen_key("swell", "gone", "half");
+    let _: () = redis::cmd("SET").arg(&marker).arg("req-0000000000000000000000000000dead").query_async(&mut fixture.redis).await.unwrap();
+    for seq in 0..3 {
+        let reply = Reply { id: Some("half".into()), seq, kind: ReplyKind::Status, data: json!({"status": "running", "replica": "r"}) };
+        let mut command = redis::cmd("XADD");
+        command.arg(reply_to).arg("*");
+        for (name, value) in reply.to_fields() {
+            command.arg(name).arg(value);
+        }
+        let _: String = command.query_async(&mut fixture.redis).await.unwrap();
+    }
+    fixture.start_ingress_taking_over().await;
+    let replies = fixture.producer.wait_for(reply_to, "half", WAIT).await.unwrap();
+    let seqs: Vec<u64> = replies.iter().map(|reply| reply.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3], "{replies:?}");
+    assert_eq!((replies[3].kind, replies[3].data["error"]["code"].as_str()), (ReplyKind::Error, Some("model_not_found")), "{replies:?}");
     fixture.stop().await;
 }

@@ -117,23 +117,8 @@ impl EntryContext {
                     }
                     Admission::Resumed(generation) => {
                         // Skip what the stopped gateway already wrote.
-                        match replies.resume().await {
-                            Ok(true) => {
-                                tracing::info!(entry = %entry_id, id = %request.id, "ingress: taken-over request was already answered");
-                                self.ack(&entry_id).await;
-                                return;
-                            }
-                            Ok(false) => {}
-                            Err(ReplyError::Refused(refusal)) => {
-                                self.refuse_reply_to(&entry_id, &refusal);
-                                IngressStats::count(&self.stats.failed);
-                                self.ack(&entry_id).await;
-                                return;
-                            }
-                            Err(ReplyError::Redis(error)) => {
-                                tracing::warn!(entry = %entry_id, %error, "ingress: reading the replies written so far failed; left for later");
-                                return;
-                            }
+                        if !self.resume_replies(&entry_id, &request.id, &mut replies).await {
+                            return;
                         }
                         IngressStats::count(&self.stats.resumed);
                         tracing::info!(entry = %entry_id, id = %request.id, skipped = replies.skipping(), "ingress: resuming the replies of a taken-over request");
@@ -169,6 +154,11 @@ impl EntryContext {
             }
             Err(NotAdmitted::Refused(error)) => {
                 tracing::debug!(entry = %entry_id, id = %request.id, code = error.code(), "ingress request refused");
+                // A taken-over entry may have replies already: its answer continues their
+                // numbering, and is not written at all after a terminal one.
+                if taken_over && !self.resume_replies(&entry_id, &request.id, &mut replies).await {
+                    return;
+                }
                 self.answer(&entry_id, &mut replies, &error).await;
                 self.ack(&entry_id).await;
             }
@@ -183,6 +173,31 @@ impl EntryContext {
             }
             Err(NotAdmitted::Later(reason)) => {
                 tracing::info!(entry = %entry_id, id = %request.id, %reason, "ingress entry left for later");
+            }
+        }
+    }
+
+    /// Before relaying or answering a taken-over entry: reads the replies the stopped
+    /// gateway wrote ([`ReplyWriter::resume`]). `false` when nothing more is to be done
+    /// here: it was answered already (acknowledged now), its `reply_to` is refused
+    /// (dropped), or the replies could not be read (left pending for later).
+    async fn resume_replies(&self, entry_id: &str, id: &str, replies: &mut ReplyWriter) -> bool {
+        match replies.resume().await {
+            Ok(false) => true,
+            Ok(true) => {
+                tracing::info!(entry = %entry_id, %id, "ingress: taken-over request was already answered");
+                self.ack(entry_id).await;
+                false
+            }
+            Err(ReplyError::Refused(refusal)) => {
+                self.refuse_reply_to(entry_id, &refusal);
+                IngressStats::count(&self.stats.failed);
+                self.ack(entry_id).await;
+                false
+            }
+            Err(ReplyError::Redis(error)) => {
+                tracing::warn!(entry = %entry_id, %error, "ingress: reading the replies written so far failed; left for later");
+                false
             }
         }
     }
@@ -316,6 +331,9 @@ impl EntryContext {
             return match attach_generation(state, &tenant, &deployment, validated, &original).await {
                 Ok(generation) => Ok(Admission::Resumed(generation)),
                 Err(GenerationError::ShuttingDown) => Err(NotAdmitted::Later("the server is shutting down".into())),
+                // The request runs on; its relay is taken over again once the queue
+                // answers (answering `queue_unavailable` would end a live request).
+                Err(GenerationError::QueueUnavailable(reason)) => Err(NotAdmitted::Later(format!("the queue: {reason}"))),
                 Err(error) => Err(error.into()),
             };
         }

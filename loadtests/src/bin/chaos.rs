@@ -125,6 +125,14 @@ fn main() -> ExitCode {
         report.outcomes.lost,
         faults.join(", ")
     );
+    println!(
+        "seed {}: quota of `capped` (limit {}): {} slots proven, at most {} at once, {} refused for concurrency",
+        report.seed,
+        chaos::tenants::CAPPED_LIMIT,
+        report.quota.proven,
+        report.quota.max_overlap,
+        report.quota.refused
+    );
     let mut refusals: Vec<_> = report.outcomes.refusals.iter().collect();
     refusals.sort_by(|a, b| b.1.cmp(a.1));
     println!("seed {}: not accepted: {refusals:?}", report.seed);

@@ -15,7 +15,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::chaos::history::{End, History, Segment};
+use crate::chaos::history::{clock_ms, End, History, Segment};
+use crate::chaos::tenants::{key_of, tenant_of};
 use crate::chaos::ingress_client::IngressClient;
 
 /// The prompts clients send (each with a seed from `0..seeds`).
@@ -76,8 +77,11 @@ pub async fn run(
             _ => ingress.one_request(number, prompt, request_seed, &options).await,
         };
         history.took_ms = sent.elapsed().as_millis() as u64;
+        // Refused by the tenant's quota: wait a little, as a careful client does.
+        let over_quota = matches!(&history.end, End::NotAccepted { why } if why.contains("limit_exceeded"));
         histories.borrow_mut().push(history);
-        actix_rt::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        let pause = if over_quota { 500 } else { 0 } + rng.random_range(0..150);
+        actix_rt::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
@@ -94,8 +98,10 @@ async fn one_request(
 ) -> History {
     let mut history = History::new(client, number, "sse", prompt, seed);
     let gateway = &gateways[first];
+    let key = key_of(tenant_of(client));
     let sent = http
         .post(format!("{gateway}/v1/chat/completions"))
+        .bearer_auth(&key)
         .timeout(Duration::from_secs(5))
         .send_json(&body(prompt, seed, options.max_tokens, true))
         .await;
@@ -116,6 +122,7 @@ async fn one_request(
         return history;
     };
     history.stream = Some(stream.clone());
+    history.accepted_ms = Some(clock_ms());
     let (segment, end) = read_stream(&mut response, gateway, None, options.idle).await;
     history.segments.push(segment);
     if let Some(end) = end {
@@ -130,7 +137,7 @@ async fn one_request(
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
         let last = history.segments.iter().rev().find_map(|s| s.chunks.iter().rev().find_map(|(id, _)| *id));
-        let mut request = http.get(format!("{gateway}/v1/streams/{stream}")).timeout(Duration::from_secs(5));
+        let mut request = http.get(format!("{gateway}/v1/streams/{stream}")).bearer_auth(&key).timeout(Duration::from_secs(5));
         if let Some(last) = last {
             request = request.insert_header(("Last-Event-ID", last.to_string()));
         }

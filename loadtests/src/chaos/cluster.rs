@@ -157,7 +157,7 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("swell.toml");
-        std::fs::write(&config, self::config(step_ms))?;
+        std::fs::write(&config, self::config(step_ms) + &crate::chaos::tenants::config(gateways))?;
         let redis = actix_rt::task::spawn_blocking(|| {
             RedisServer::start(RedisServerOptions { append_only: true, append_fsync: "always" })
         })

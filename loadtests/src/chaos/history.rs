@@ -13,8 +13,16 @@
 //!   the same prompt and seed (a lost or repeated token shows here too).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use serde::Serialize;
+
+/// Milliseconds on the clients' one clock (since its first reading in this process).
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// One connection's part of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,6 +58,11 @@ pub struct History {
     pub number: u64,
     /// `sse`, `ws` or `ingress`.
     pub transport: String,
+    /// The tenant whose key it carried.
+    pub tenant: String,
+    /// When it was sent, and when the client learned it was accepted ([`clock_ms`]).
+    pub sent_ms: u64,
+    pub accepted_ms: Option<u64>,
     /// From sending it to its end, by the client's clock.
     pub took_ms: u64,
     pub prompt: usize,
@@ -61,12 +74,15 @@ pub struct History {
 }
 
 impl History {
-    /// A request not (yet) accepted, with nothing received.
+    /// A request about to be sent by `client` (with its tenant's key), not accepted yet.
     pub fn new(client: usize, number: u64, transport: &str, prompt: usize, seed: u64) -> Self {
         Self {
             client,
             number,
             transport: transport.into(),
+            tenant: crate::chaos::tenants::tenant_of(client).into(),
+            sent_ms: clock_ms(),
+            accepted_ms: None,
             took_ms: 0,
             prompt,
             seed,
@@ -168,7 +184,10 @@ fn refusal_kind(why: &str) -> String {
     let rest = why.split_once(": ").map_or(why, |(_, rest)| rest);
     let status = rest.split_whitespace().next().unwrap_or("").to_string();
     if status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()) {
-        let code = rest.split("\"code\":\"").nth(1).and_then(|c| c.split('"').next()).unwrap_or("");
+        let quoted = rest.split("\"code\":\"").nth(1).and_then(|c| c.split('"').next());
+        // Else a bare code after the status (`429 concurrency_limit_exceeded`).
+        let bare = rest.split_whitespace().nth(1).filter(|w| w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        let code = quoted.or(bare).unwrap_or("");
         return format!("{status} {code}").trim().to_string();
     }
     rest.split([':', '(']).next().unwrap_or(rest).trim().to_string()
@@ -188,7 +207,7 @@ mod tests {
     }
 
     fn history(segments: Vec<Segment>, end: End) -> History {
-        History { client: 0, number: 1, transport: "sse".into(), took_ms: 0, prompt: 0, seed: 7, stream: Some("req-1".into()), segments, end }
+        History { stream: Some("req-1".into()), segments, end, ..History::new(0, 1, "sse", 0, 7) }
     }
 
     fn reference() -> HashMap<(usize, u64), String> {
@@ -216,6 +235,7 @@ mod tests {
     fn refusals_are_counted_by_status_and_code() {
         assert_eq!(refusal_kind(r#"http://gw: 503 Service Unavailable {"error":{"code":"queue_unavailable"}}"#), "503 queue_unavailable");
         assert_eq!(refusal_kind("http://127.0.0.1:1: Failed to connect to host: Connection refused"), "Failed to connect to host");
+        assert_eq!(refusal_kind("ingress: 429 concurrency_limit_exceeded"), "429 concurrency_limit_exceeded");
     }
 
     #[test]

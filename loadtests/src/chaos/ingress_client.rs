@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use swell_cluster::ingress_wire::{default_reply_prefix, Encoding, IngressRequest, Producer, Reply, ReplyKind, RequestKind};
 
 use crate::chaos::client::{body, ClientOptions};
-use crate::chaos::history::{End, History, Segment};
+use crate::chaos::history::{clock_ms, End, History, Segment};
+use crate::chaos::tenants::{key_of, tenant_of};
 
 /// Swell's key prefix in the campaign's cluster.
 const KEY_PREFIX: &str = "swell";
 
-/// The reply stream of client `index` (the open mode's tenant `anonymous`).
+/// The reply stream of client `index`, under its tenant's default reply prefix.
 pub fn reply_to(index: usize) -> String {
-    format!("{}{{chaos-{index}}}", default_reply_prefix(KEY_PREFIX, "anonymous"))
+    format!("{}{{chaos-{index}}}", default_reply_prefix(KEY_PREFIX, tenant_of(index)))
 }
 
 /// One client's side of the ingress: its producer (connected on first use) and how far
@@ -57,7 +58,7 @@ impl IngressClient {
         let mut history = History::new(self.index, number, "ingress", prompt, seed);
         let request = IngressRequest {
             id: id.clone(),
-            api_key: None,
+            api_key: Some(key_of(tenant_of(self.index))),
             deployment: "chat".into(),
             kind: RequestKind::Chat,
             request: body(prompt, seed, options.max_tokens, true).to_string(),
@@ -112,10 +113,14 @@ impl IngressClient {
                 if reply.id.as_deref() != Some(id.as_str()) {
                     continue;
                 }
+                if !admitted && matches!(reply.kind, ReplyKind::Status | ReplyKind::Chunk) {
+                    // Status and chunk replies come only after admission.
+                    admitted = true;
+                    history.accepted_ms = Some(clock_ms());
+                }
                 match reply.kind {
-                    ReplyKind::Status => admitted = true,
+                    ReplyKind::Status => {}
                     ReplyKind::Chunk => {
-                        admitted = true;
                         let choice = &reply.data["choices"][0];
                         if let Some(reason) = choice["finish_reason"].as_str() {
                             finish = Some(reason.to_string());
@@ -216,7 +221,8 @@ mod tests {
     }
 
     #[test]
-    fn each_client_replies_under_the_open_tenants_prefix() {
-        assert_eq!(reply_to(3), "swell-replies:9:anonymous:{chaos-3}");
+    fn each_client_replies_under_its_tenants_prefix() {
+        assert_eq!(reply_to(3), "swell-replies:6:capped:{chaos-3}");
+        assert_eq!(reply_to(4), "swell-replies:4:bulk:{chaos-4}");
     }
 }

@@ -23,6 +23,7 @@ pub mod history;
 pub mod ingress_client;
 pub mod proxy;
 pub mod schedule;
+pub mod tenants;
 pub mod ws_client;
 
 use std::cell::RefCell;
@@ -72,6 +73,8 @@ pub struct Report {
     pub outcomes: Outcomes,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// What the quota check saw of the `capped` tenant.
+    pub quota: tenants::QuotaSeen,
     pub anomalies: Vec<Anomaly>,
     /// The cluster did not go quiet (replicas left, requests in flight).
     pub not_quiet: Option<String>,
@@ -91,6 +94,7 @@ impl Report {
             requests: 0,
             outcomes: Outcomes::default(),
             faults: BTreeMap::new(),
+            quota: Default::default(),
             anomalies: Vec::new(),
             not_quiet: None,
             histories: Vec::new(),
@@ -148,6 +152,8 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
     }
     let histories: Vec<History> = histories.borrow().clone();
     let mut anomalies = history::check(&histories, &reference);
+    let (quota, exceeded) = tenants::check_quota(&histories, campaign.step_ms, campaign.max_tokens);
+    anomalies.extend(exceeded);
     // Every ingress request's replies, read whole once the faults are over.
     let (url, clients) = (redis_url.clone(), campaign.clients);
     for (id, what) in actix_rt::task::spawn_blocking(move || ingress_client::check_replies(&url, clients)).await?? {
@@ -173,6 +179,7 @@ pub async fn run(campaign: &Campaign) -> anyhow::Result<Report> {
         requests: histories.len(),
         outcomes: history::outcomes(&histories),
         faults: injected,
+        quota,
         anomalies,
         not_quiet,
         undisturbed: None,
@@ -190,6 +197,7 @@ async fn reference(gateway: &str, options: &ClientOptions) -> anyhow::Result<Has
             let body = client::body(prompt, seed, options.max_tokens, false);
             let mut response = http
                 .post(format!("{gateway}/v1/chat/completions"))
+                .bearer_auth(tenants::key_of("bulk"))
                 .send_json(&body)
                 .await
                 .map_err(|e| anyhow::anyhow!("the undisturbed request failed: {e}"))?;
@@ -220,7 +228,7 @@ async fn inject(cluster: &mut Cluster, faults: &[Fault], start: Instant) -> anyh
         // Until the step is due, nodes that exited on their own are started again.
         while start.elapsed() < at {
             cluster.supervise()?;
-            actix_rt::time::sleep((at - start.elapsed()).min(Duration::from_millis(200))).await;
+            actix_rt::time::sleep(at.saturating_sub(start.elapsed()).min(Duration::from_millis(200))).await;
         }
         let key = format!("{} {}", fault.kind.name(), if fault.target == Target::Redis { "redis" } else { "node" });
         if begins {

@@ -11,7 +11,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 
 use crate::chaos::client::{body, ClientOptions};
-use crate::chaos::history::{End, History, Segment};
+use crate::chaos::history::{clock_ms, End, History, Segment};
+use crate::chaos::tenants::key_of;
 
 /// What one socket's part of the request came to.
 enum SocketEnd {
@@ -38,7 +39,8 @@ pub async fn one_request(
 ) -> History {
     let mut history = History::new(client, number, "ws", prompt, seed);
     let gateway = &gateways[first];
-    let mut socket = match connect(gateway).await {
+    let key = key_of(&history.tenant);
+    let mut socket = match connect(gateway, &key).await {
         Ok(socket) => socket,
         Err(why) => {
             history.end = End::NotAccepted { why };
@@ -53,7 +55,12 @@ pub async fn one_request(
         return history;
     }
     let mut segment = Segment { gateway: gateway.clone(), resumed_after: None, chunks: Vec::new(), ended: String::new() };
-    let end = read(&mut socket, &mut segment, &mut history.stream, options.idle).await;
+    let mut accepted = None;
+    let end = read(&mut socket, &mut segment, &mut accepted, options.idle).await;
+    if let Some((stream, at)) = accepted {
+        history.stream = Some(stream);
+        history.accepted_ms = Some(at);
+    }
     history.segments.push(segment);
     match end {
         SocketEnd::Ended(end) => {
@@ -84,7 +91,7 @@ pub async fn one_request(
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
         let last = history.segments.iter().rev().find_map(|s| s.chunks.iter().rev().find_map(|(id, _)| *id));
-        let mut socket = match connect(gateway).await {
+        let mut socket = match connect(gateway, &key).await {
             Ok(socket) => socket,
             Err(why) => {
                 tries.push(why);
@@ -133,19 +140,19 @@ pub async fn one_request(
     history
 }
 
-async fn connect(gateway: &str) -> Result<Socket, String> {
+async fn connect(gateway: &str, key: &str) -> Result<Socket, String> {
     let url = format!("{}/v1/ws", gateway.replacen("http://", "ws://", 1));
     let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
-    match actix_rt::time::timeout(Duration::from_secs(5), client.ws(url).connect()).await {
+    match actix_rt::time::timeout(Duration::from_secs(5), client.ws(url).bearer_auth(key).connect()).await {
         Ok(Ok((_, socket))) => Ok(socket),
         Ok(Err(error)) => Err(format!("{gateway}: {error}")),
         Err(_) => Err(format!("{gateway}: no upgrade within 5 s")),
     }
 }
 
-/// Reads one socket's frames of request `r` into `segment`; `stream` is set from the
-/// `accepted` frame.
-async fn read(socket: &mut Socket, segment: &mut Segment, stream: &mut Option<String>, idle: Duration) -> SocketEnd {
+/// Reads one socket's frames of request `r` into `segment`; `accepted` is set from the
+/// `accepted` frame: the stream's id and when it came ([`clock_ms`]).
+async fn read(socket: &mut Socket, segment: &mut Segment, accepted: &mut Option<(String, u64)>, idle: Duration) -> SocketEnd {
     let mut finish: Option<String> = None;
     let mut chunks_or_status = false;
     loop {
@@ -177,7 +184,7 @@ async fn read(socket: &mut Socket, segment: &mut Segment, stream: &mut Option<St
             Some("status") => {
                 chunks_or_status = true;
                 if message["status"] == "accepted" {
-                    *stream = message["request_id"].as_str().map(str::to_string);
+                    *accepted = message["request_id"].as_str().map(|id| (id.to_string(), clock_ms()));
                 }
             }
             Some("chunk") => {
