@@ -59,8 +59,13 @@ fn each_planted_bug_fails_a_short_campaign_that_names_its_seed() {
     );
     // (mutant, seed, faults): an early ack loses every stream's end; a stale writer
     // (a worker paused past its lease) is not fenced, so its tokens land in a stream
-    // another worker continued.
-    let runs: Vec<_> = [("early-ack", "1", "kill,pause,delay,black-hole,reset,redis"), ("skip-epoch-check", "2", "pause")]
+    // another worker continued; a quota twice too wide lets the capped tenant's four
+    // clients run at once.
+    let runs: Vec<_> = [
+        ("early-ack", "1", "kill,pause,delay,black-hole,reset,redis"),
+        ("skip-epoch-check", "2", "pause"),
+        ("double-concurrency", "3", "reset"),
+    ]
         .into_iter()
         .map(|(mutant, seed, faults)| {
             let chaos = chaos.clone();
@@ -80,5 +85,8 @@ fn each_planted_bug_fails_a_short_campaign_that_names_its_seed() {
         println!("{mutant}:\n{stdout}");
         assert_eq!(output.status.code(), Some(1), "{mutant} was not caught:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
         assert!(stdout.contains(&format!("seed {seed}: FAILED (replay: swell-chaos --seed {seed} ")), "{stdout}");
+        if mutant == "double-concurrency" {
+            assert!(stdout.contains("quota exceeded"), "caught by the quota check:\n{stdout}");
+        }
     }
 }

@@ -386,12 +386,15 @@ impl RedisQuotaStore {
         let keys = ["requests", "prompt_tokens", "output_tokens", "leases", "reserved"]
             .map(|name| self.key(tenant, name))
             .to_vec();
+        let concurrency = limits.max_concurrent_requests.unwrap_or(0);
+        #[cfg(feature = "chaos-mutant")]
+        let concurrency = if swell_cluster::mutant::active("double-concurrency") { concurrency * 2 } else { concurrency };
         let args = vec![
             (RATE_WINDOW.as_micros() as u64).to_string(),
             limits.requests_per_minute.unwrap_or(0).to_string(),
             limits.prompt_tokens_per_minute.unwrap_or(0).to_string(),
             limits.output_tokens_per_minute.unwrap_or(0).to_string(),
-            limits.max_concurrent_requests.unwrap_or(0).to_string(),
+            concurrency.to_string(),
             prompt_tokens.to_string(),
             max_output_tokens.to_string(),
             grant.to_string(),

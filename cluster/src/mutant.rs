@@ -5,7 +5,9 @@
 //!   consumer, so a writer whose lease was reclaimed (a paused node come back) is not
 //!   fenced;
 //! - `early-ack`: a replica acknowledges a job before appending its last events, so its
-//!   end is never stored.
+//!   end is never stored;
+//! - `double-concurrency`: the quota admits twice a tenant's `max_concurrent_requests`
+//!   (`swell_actors::redis_quota`).
 //!
 //! A build without the feature has none of this; a test asserts that a short campaign
 //! fails on each mutant (`tests/chaos.rs`).

@@ -289,6 +289,24 @@ fn leaks(url: &str, output_ttl: Duration) -> anyhow::Result<Vec<String>> {
     if held > 0 {
         found.push(format!("{held} leases in {leases}"));
     }
+    // No quota slot still held: a live node renews its grants, so one still live after
+    // the lease (8 s) is held by a node for a request that ended. (A dead node's grants
+    // just expire; the next admission reaps them.)
+    let slots = format!("swell:quota:{{t:{}}}:leases", "capped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn)?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let live: u64 = redis::cmd("ZCOUNT").arg(&slots).arg(format!("({now_ms}")).arg("+inf").query(&mut conn)?;
+        if live == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            found.push(format!("{live} quota slots of `capped` still held in {slots}"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Every ingress entry is deleted after its terminal reply.
     let ingress = swell_cluster::ingress_wire::ingress_stream_key("swell");
     let entries: u64 = redis::cmd("XLEN").arg(&ingress).query(&mut conn)?;
