@@ -566,6 +566,30 @@ async fn redis_a_crash_with_aof_loses_nothing_and_calls_fail_fast_while_it_is_do
     assert_eq!(other.depth("d").await.unwrap().leased, 1);
 }
 
+/// Redis only: an enqueue that got no answer may have queued the job (and a replica may
+/// have started it): its job is cancelled rather than deleted, so a replica that holds it
+/// stops at its next write and every key of it expires with the output TTL, never with
+/// `job_max_age`. Here the enqueue fails for sure (its stream is a string).
+#[tokio::test]
+async fn redis_an_enqueue_without_an_answer_cancels_its_job_so_nothing_is_kept_long() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let output_ttl = Duration::from_secs(5);
+    let queue = RedisQueue::connect(RedisQueueConfig { output_ttl, ..redis_config(&server, 3) }).await.unwrap();
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET").arg("test:{dep:d}:jobs").arg("not a stream").query_async(&mut raw).await.unwrap();
+
+    assert!(queue.enqueue(job("lost"), LIMITS).await.is_err());
+    let events = queue.read_output("lost", 0, NO_BLOCK).await.unwrap();
+    assert!(events.last().is_some_and(|e| failed_with(&e.event, "cancelled")), "{events:?}");
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{job:lost}*").query_async(&mut raw).await.unwrap();
+    assert!(!keys.is_empty());
+    for key in keys {
+        let ttl: i64 = ::redis::cmd("PTTL").arg(&key).query_async(&mut raw).await.unwrap();
+        assert!(ttl > 0 && ttl <= output_ttl.as_millis() as i64, "{key} expires in {ttl} ms");
+    }
+}
+
 /// Redis only: a reader blocked on one job's output does not stall other calls.
 #[tokio::test]
 async fn redis_a_long_blocking_read_does_not_stall_other_calls() {

@@ -193,6 +193,8 @@ pub(super) async fn append_with_retry(
                 }
                 return Some(outcome);
             }
+            // The job is gone (its keys were removed): nothing to write to.
+            Err(QueueError::UnknownJob(_)) => return None,
             Err(error) => {
                 if !holds(shared, lease) {
                     return None;

@@ -510,7 +510,7 @@ impl Queue for RedisQueue {
         let answer = match self.invoke::<Value>(&call).await {
             Ok(answer) => array(answer)?,
             Err(error) => {
-                self.discard_job(&job.id).await;
+                self.abandon_enqueue(&job.id).await;
                 return Err(error);
             }
         };
@@ -859,6 +859,28 @@ impl Queue for RedisQueue {
 }
 
 impl RedisQueue {
+    /// Undo an enqueue whose outcome is unknown (no answer came: it may have been queued,
+    /// and even leased and started, already): the job is cancelled, so it leaves the
+    /// queue unstarted, or its replica stops at its next write, and every key of it
+    /// expires with the output TTL. (Deleting its state instead left a job that ran on
+    /// to write output and delivered tokens kept for `job_max_age`.) Tried a few times;
+    /// if Redis stays unreachable, the keys expire with `job_max_age`.
+    async fn abandon_enqueue(&self, job_id: &str) {
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=3 {
+            match self.cancel(job_id).await {
+                Ok(()) => return,
+                Err(error) if attempt == 3 => {
+                    tracing::warn!(%error, job_id, "redis queue: cancelling a job whose enqueue got no answer failed; its keys expire with job_max_age");
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+    }
+
     /// Undo a `job_create` whose enqueue did not happen (best effort: the keys expire
     /// with `job_max_age` anyway).
     async fn discard_job(&self, job_id: &str) {
