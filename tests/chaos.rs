@@ -6,11 +6,21 @@
 //! completed output equals the undisturbed run, and the cluster goes back to zero
 //! replicas. A longer campaign is `swell-chaos --seed N --duration 30m` (docs/chaos.md).
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use swell_loadtest::chaos::{run, Campaign};
 
+/// One campaign's cluster at a time (the planted-bug test runs its three together): on
+/// 2 cores, more at once would starve them.
+static CAMPAIGNS: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    CAMPAIGNS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 async fn campaign(seed: u64) {
+    let _alone = one_at_a_time();
     let dir = std::env::temp_dir().join(format!("swell-chaos-test-{seed}-{}", std::process::id()));
     let campaign = Campaign {
         seed,
@@ -48,6 +58,7 @@ async fn a_short_campaign_on_seed_2_finds_nothing() {
 /// short campaign: `swell-chaos` exits 1 and prints the seed to replay.
 #[test]
 fn each_planted_bug_fails_a_short_campaign_that_names_its_seed() {
+    let _alone = one_at_a_time();
     let dir = std::env::var("SWELL_CHAOS_MUTANT_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-mutant"));
