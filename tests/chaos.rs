@@ -19,6 +19,8 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     CAMPAIGNS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+// The guard is held across the campaign on purpose: each test runs on its own thread.
+#[allow(clippy::await_holding_lock)]
 async fn campaign(seed: u64) {
     let _alone = one_at_a_time();
     let dir = std::env::temp_dir().join(format!("swell-chaos-test-{seed}-{}", std::process::id()));

@@ -603,7 +603,7 @@ async fn a_configured_reply_prefix_replaces_the_default() {
 /// told twice (one reply per `seq`, one terminal reply, every token).
 #[actix_rt::test]
 async fn a_redis_restart_mid_stream_neither_cancels_nor_repeats_ingress_replies() {
-    let options = RedisServerOptions { append_only: true, append_fsync: "always", ..RedisServerOptions::default() };
+    let options = RedisServerOptions { append_only: true, append_fsync: "always" };
     let mut fixture = Fixture::start_without_ingress_on(options).await;
     fixture.start_ingress(IngressConfig { block: Duration::from_millis(200), ..IngressConfig::default() }).await;
     let key = fixture.tenant("outage", TenantLimits::default());

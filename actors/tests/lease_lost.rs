@@ -21,82 +21,18 @@ use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor};
 use swell_actors::worker::{Drain, ExitCause, ReplicaLifecycle, WorkerActor, WorkerConfig};
 use swell_autoscaler::AutoscalingPolicy;
 use swell_cluster::{
-    AdmissionLimits, AppendOutcome, Enqueued, FinishReason, GenerationRequest, InMemoryQueue, InMemoryQueueConfig, Job, Lease, LeaseRef,
+    AdmissionLimits, AppendOutcome, Enqueued, GenerationRequest, InMemoryQueue, InMemoryQueueConfig, Job, Lease, LeaseRef,
     OutputEvent, OutputOwner, PrefixBlocks, Queue, QueueDepth, QueueError, ReplicaReport, SamplingParams,
-    SequencedEvent, Usage,
-};
-use swell_workers::{
-    ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad, ReplicaContext,
-    Sequence, SequenceOutput, StepReport, Tokenizer,
+    SequencedEvent,
 };
 
-#[path = "support/word_tokenizer.rs"]
-mod word_tokenizer;
-use word_tokenizer::WordTokenizer;
+#[path = "support/scripted.rs"]
+mod scripted;
+use scripted::ScriptedFactory;
 
-/// Emits token `i` (text `t{i} `) at position `i`, continuing after a sequence's resume
-/// tokens, one per `step`.
-struct ResumingEngine {
-    running: Vec<(Sequence, u32)>,
-    step: Duration,
-}
-
-impl Engine for ResumingEngine {
-    fn add(&mut self, seq: Sequence) {
-        self.running.retain(|(s, _)| s.id != seq.id);
-        let at = seq.resume_tokens.len() as u32;
-        self.running.push((seq, at));
-    }
-    fn cancel(&mut self, id: &str) {
-        self.running.retain(|(s, _)| s.id != id);
-    }
-    fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError> {
-        if self.running.is_empty() {
-            return Ok(StepReport::default());
-        }
-        std::thread::sleep(self.step);
-        for (seq, at) in &mut self.running {
-            out.push(SequenceOutput {
-                id: seq.id.clone(),
-                event: OutputEvent::Tokens { text: format!("t{at} "), token_ids: vec![*at], logprobs: None },
-            });
-            *at += 1;
-            if *at >= seq.params.max_tokens {
-                let usage = Usage { prompt_tokens: seq.prompt_tokens.len() as u32, completion_tokens: *at };
-                out.push(SequenceOutput { id: seq.id.clone(), event: OutputEvent::Finished { reason: FinishReason::Length, usage } });
-            }
-        }
-        self.running.retain(|(s, at)| *at < s.params.max_tokens);
-        Ok(StepReport { batch_size: 1, decode_tokens: 1, ..Default::default() })
-    }
-    fn load(&self) -> EngineLoad {
-        EngineLoad { running: self.running.len(), free_slots: 4usize.saturating_sub(self.running.len()), ..Default::default() }
-    }
-}
-
-struct ResumingFactory;
-
-impl EngineFactory for ResumingFactory {
-    fn describe(&self) -> EngineDescription {
-        EngineDescription {
-            engine: "resuming".into(),
-            model: "resuming".into(),
-            context_length: 1024,
-            gpus_per_replica: 0,
-            max_batch_size: 4,
-            kv_capacity_tokens: 4096,
-            expected_cold_start: Duration::from_millis(10),
-            performance: None,
-            unsupported_params: Vec::new(),
-        }
-    }
-    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
-        Arc::new(WordTokenizer)
-    }
-    fn create(&self, _: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
-        let engine = ResumingEngine { running: Vec::new(), step: Duration::from_millis(15) };
-        Ok((Box::new(engine), ColdStartReport { stages: vec![("load".into(), Duration::from_millis(10))] }))
-    }
+/// The scripted engine, 15 ms a token: `t0 t1 ...`, resumed after the tokens delivered.
+fn factory() -> Arc<ScriptedFactory> {
+    Arc::new(ScriptedFactory { cold_start: Duration::from_millis(10), step: Duration::from_millis(15) })
 }
 
 /// The in-memory queue, with one renewal call held back for `hold` once `armed`: the
@@ -211,10 +147,8 @@ fn spec(id: &str, max_tokens: u32) -> RequestSpec {
 #[actix_rt::test]
 async fn a_job_leased_again_by_the_replica_that_lost_it_streams_each_token_once() {
     let queue = HeldRenewal::new(Duration::from_millis(600));
-    let mut policy = AutoscalingPolicy::default();
-    policy.min_replicas = 1;
-    policy.max_replicas = 1;
-    let mut deployment = DeploymentSpec::new("d", Arc::new(ResumingFactory), policy);
+    let policy = AutoscalingPolicy { min_replicas: 1, max_replicas: 1, ..AutoscalingPolicy::default() };
+    let mut deployment = DeploymentSpec::new("d", factory(), policy);
     deployment.tick = Duration::from_millis(50);
     deployment.worker.lease_ttl = Duration::from_millis(300);
     deployment.worker.lease_block = Duration::from_millis(100);
@@ -277,7 +211,7 @@ async fn a_draining_replica_whose_last_lease_was_lost_exits_then_not_at_its_drai
         drain_grace: grace,
         node_id: None,
     };
-    let worker = WorkerActor::new("d", 0, queue.clone(), Arc::new(ResumingFactory), recorder.recipient(), config).start();
+    let worker = WorkerActor::new("d", 0, queue.clone(), factory(), recorder.recipient(), config).start();
     let ready = tokio::time::timeout(Duration::from_secs(5), lifecycle.recv()).await.expect("ready in time");
     assert!(matches!(ready, Some(ReplicaLifecycle::Ready { .. })), "{ready:?}");
 

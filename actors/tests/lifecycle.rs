@@ -11,90 +11,10 @@ use swell_autoscaler::AutoscalingPolicy;
 use swell_actors::request::{resume, submit, RequestDeps, RequestEvent, RequestSpec};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, ObserveDeployment};
 use swell_cluster::{FinishReason, GenerationRequest, InMemoryQueue, OutputEvent, Queue, SamplingParams, Usage};
-use swell_workers::{
-    ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad,
-    ReplicaContext, Sequence, SequenceOutput, StepReport, Tokenizer,
-};
 
-#[path = "support/word_tokenizer.rs"]
-mod word_tokenizer;
-use word_tokenizer::WordTokenizer;
-
-/// Emits token `i` as the text "t{i} " every `step` until `max_tokens`.
-struct ScriptedEngine {
-    running: Vec<(Sequence, u32)>,
-    step: Duration,
-}
-
-impl Engine for ScriptedEngine {
-    fn add(&mut self, seq: Sequence) {
-        self.running.push((seq, 0));
-    }
-    fn cancel(&mut self, id: &str) {
-        self.running.retain(|(s, _)| s.id != id);
-    }
-    fn step(&mut self, out: &mut Vec<SequenceOutput>) -> Result<StepReport, EngineError> {
-        if self.running.is_empty() {
-            return Ok(StepReport::default());
-        }
-        std::thread::sleep(self.step);
-        let batch_size = self.running.len();
-        for (seq, produced) in &mut self.running {
-            if *produced < seq.params.max_tokens {
-                out.push(SequenceOutput {
-                    id: seq.id.clone(),
-                    event: OutputEvent::Tokens { text: format!("t{produced} "), token_ids: vec![*produced], logprobs: None },
-                });
-                *produced += 1;
-            }
-            if *produced >= seq.params.max_tokens {
-                out.push(SequenceOutput {
-                    id: seq.id.clone(),
-                    event: OutputEvent::Finished {
-                        reason: FinishReason::Length,
-                        usage: Usage { prompt_tokens: seq.prompt_tokens.len() as u32, completion_tokens: *produced },
-                    },
-                });
-            }
-        }
-        self.running.retain(|(s, p)| *p < s.params.max_tokens);
-        Ok(StepReport { batch_size, decode_tokens: batch_size, ..Default::default() })
-    }
-    fn load(&self) -> EngineLoad {
-        EngineLoad { running: self.running.len(), free_slots: 8usize.saturating_sub(self.running.len()), ..Default::default() }
-    }
-}
-
-struct ScriptedFactory {
-    cold_start: Duration,
-    step: Duration,
-}
-
-impl EngineFactory for ScriptedFactory {
-    fn describe(&self) -> EngineDescription {
-        EngineDescription {
-            engine: "scripted".into(),
-            model: "scripted".into(),
-            context_length: 1024,
-            gpus_per_replica: 0,
-            max_batch_size: 8,
-            kv_capacity_tokens: 8192,
-            expected_cold_start: self.cold_start,
-            performance: None,
-            unsupported_params: Vec::new(),
-        }
-    }
-    fn tokenizer(&self) -> Arc<dyn Tokenizer> {
-        Arc::new(WordTokenizer)
-    }
-    fn create(&self, _: &ReplicaContext) -> Result<(Box<dyn Engine>, ColdStartReport), EngineError> {
-        std::thread::sleep(self.cold_start);
-        Ok((
-            Box::new(ScriptedEngine { running: Vec::new(), step: self.step }),
-            ColdStartReport { stages: vec![("load".into(), self.cold_start)] },
-        ))
-    }
-}
+#[path = "support/scripted.rs"]
+mod scripted;
+use scripted::ScriptedFactory;
 
 fn policy() -> AutoscalingPolicy {
     let mut policy = AutoscalingPolicy::default();

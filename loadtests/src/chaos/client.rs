@@ -70,11 +70,12 @@ pub async fn run(
         let prompt = rng.random_range(0..PROMPTS.len());
         let request_seed = rng.random_range(0..options.seeds);
         let first = rng.random_range(0..gateways.len());
+        let ask = Ask { client: index, number, prompt, seed: request_seed, first };
         let sent = Instant::now();
         let mut history = match rng.random_range(0..3) {
-            0 => one_request(&http, index, number, prompt, request_seed, &gateways, first, &options).await,
-            1 => crate::chaos::ws_client::one_request(index, number, prompt, request_seed, &gateways, first, &options).await,
-            _ => ingress.one_request(number, prompt, request_seed, &options).await,
+            0 => one_request(&http, ask, &gateways, &options).await,
+            1 => crate::chaos::ws_client::one_request(ask, &gateways, &options).await,
+            _ => ingress.one_request(ask, &options).await,
         };
         history.took_ms = sent.elapsed().as_millis() as u64;
         // Refused by the tenant's quota: wait a little, as a careful client does.
@@ -85,25 +86,34 @@ pub async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn one_request(
-    http: &Client,
-    client: usize,
-    number: u64,
-    prompt: usize,
-    seed: u64,
-    gateways: &[String],
-    first: usize,
-    options: &ClientOptions,
-) -> History {
-    let mut history = History::new(client, number, "sse", prompt, seed);
+/// One request of a client: its number, prompt and seed, and the gateway it goes to
+/// first (`gateways[first]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    pub client: usize,
+    pub number: u64,
+    pub prompt: usize,
+    pub seed: u64,
+    pub first: usize,
+}
+
+impl Ask {
+    /// Its history, before it is sent over `transport`.
+    pub fn history(self, transport: &str) -> History {
+        History::new(self.client, self.number, transport, self.prompt, self.seed)
+    }
+}
+
+async fn one_request(http: &Client, ask: Ask, gateways: &[String], options: &ClientOptions) -> History {
+    let (first, client) = (ask.first, ask.client);
+    let mut history = ask.history("sse");
     let gateway = &gateways[first];
     let key = key_of(tenant_of(client));
     let sent = http
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(&key)
         .timeout(Duration::from_secs(5))
-        .send_json(&body(prompt, seed, options.max_tokens, true))
+        .send_json(&body(ask.prompt, ask.seed, options.max_tokens, true))
         .await;
     let mut response = match sent {
         Ok(response) => response,

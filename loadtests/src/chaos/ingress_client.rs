@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use swell_cluster::ingress_wire::{default_reply_prefix, Encoding, IngressRequest, Producer, Reply, ReplyKind, RequestKind};
 
-use crate::chaos::client::{body, ClientOptions};
+use crate::chaos::client::{body, Ask, ClientOptions};
 use crate::chaos::history::{clock_ms, End, History, Segment};
 use crate::chaos::tenants::{key_of, tenant_of};
 
@@ -52,16 +52,16 @@ impl IngressClient {
         Ok(self.producer.as_ref().expect("connected"))
     }
 
-    /// Runs request `(prompt, seed)` as request `number` of this client.
-    pub async fn one_request(&mut self, number: u64, prompt: usize, seed: u64, options: &ClientOptions) -> History {
-        let id = format!("c{}-{number}", self.index);
-        let mut history = History::new(self.index, number, "ingress", prompt, seed);
+    /// Runs `ask` (a request of this client) through the ingress.
+    pub async fn one_request(&mut self, ask: Ask, options: &ClientOptions) -> History {
+        let id = format!("c{}-{}", self.index, ask.number);
+        let mut history = ask.history("ingress");
         let request = IngressRequest {
             id: id.clone(),
             api_key: Some(key_of(tenant_of(self.index))),
             deployment: "chat".into(),
             kind: RequestKind::Chat,
-            request: body(prompt, seed, options.max_tokens, true).to_string(),
+            request: body(ask.prompt, ask.seed, options.max_tokens, true).to_string(),
             reply_to: reply_to(self.index),
             deadline_ms: None,
         };

@@ -10,7 +10,7 @@ use awc::ws::{Frame, Message};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 
-use crate::chaos::client::{body, ClientOptions};
+use crate::chaos::client::{body, Ask, ClientOptions};
 use crate::chaos::history::{clock_ms, End, History, Segment};
 use crate::chaos::tenants::key_of;
 
@@ -26,18 +26,10 @@ enum SocketEnd {
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
-/// Runs request `(prompt, seed)` over WebSocket, starting at `gateways[first]`.
-#[allow(clippy::too_many_arguments)]
-pub async fn one_request(
-    client: usize,
-    number: u64,
-    prompt: usize,
-    seed: u64,
-    gateways: &[String],
-    first: usize,
-    options: &ClientOptions,
-) -> History {
-    let mut history = History::new(client, number, "ws", prompt, seed);
+/// Runs `ask` over WebSocket.
+pub async fn one_request(ask: Ask, gateways: &[String], options: &ClientOptions) -> History {
+    let first = ask.first;
+    let mut history = ask.history("ws");
     let gateway = &gateways[first];
     let key = key_of(&history.tenant);
     let mut socket = match connect(gateway, &key).await {
@@ -47,7 +39,7 @@ pub async fn one_request(
             return history;
         }
     };
-    let mut request = body(prompt, seed, options.max_tokens, true);
+    let mut request = body(ask.prompt, ask.seed, options.max_tokens, true);
     request.as_object_mut().expect("an object").remove("stream");
     let message = json!({"id": "r", "type": "chat.completion", "request": request});
     if let Err(error) = socket.send(Message::Text(message.to_string().into())).await {
