@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use swell_actors::request::{submit, RequestDeps, RequestEvent, RequestSpec};
+use swell_actors::request::{submit, RequestDeps, RequestEvent};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor};
 use swell_actors::worker::{Drain, ExitCause, ReplicaLifecycle, WorkerActor, WorkerConfig};
 use swell_autoscaler::AutoscalingPolicy;
@@ -28,7 +28,7 @@ use swell_cluster::{
 
 #[path = "support/scripted.rs"]
 mod scripted;
-use scripted::ScriptedFactory;
+use scripted::{spec, ScriptedFactory};
 
 /// The scripted engine, 15 ms a token: `t0 t1 ...`, resumed after the tokens delivered.
 fn factory() -> Arc<ScriptedFactory> {
@@ -125,22 +125,6 @@ impl Queue for HeldRenewal {
     }
     async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError> {
         self.inner.attach_reader(job_id).await
-    }
-}
-
-fn spec(id: &str, max_tokens: u32) -> RequestSpec {
-    RequestSpec {
-        job_id: id.into(),
-        deployment: "d".into(),
-        tenant: "t".into(),
-        request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams { max_tokens, ..Default::default() } },
-        deadline: None,
-        max_queue_depth: 100,
-        priority: swell_cluster::Priority::Normal,
-        received_at: tokio::time::Instant::now(),
-        route: Default::default(),
-        stream_meta: None,
-        resume_grace: None,
     }
 }
 

@@ -10,11 +10,11 @@ use actix::prelude::*;
 use swell_autoscaler::AutoscalingPolicy;
 use swell_actors::request::{resume, submit, RequestDeps, RequestEvent, RequestSpec};
 use swell_actors::supervisor::{DeploymentSpec, DeploymentSupervisor, ObserveDeployment};
-use swell_cluster::{FinishReason, GenerationRequest, InMemoryQueue, OutputEvent, Queue, SamplingParams, Usage};
+use swell_cluster::{FinishReason, InMemoryQueue, OutputEvent, Queue, Usage};
 
 #[path = "support/scripted.rs"]
 mod scripted;
-use scripted::ScriptedFactory;
+use scripted::{spec, ScriptedFactory};
 
 fn policy() -> AutoscalingPolicy {
     let mut policy = AutoscalingPolicy::default();
@@ -34,25 +34,6 @@ fn start(step: Duration) -> (Arc<dyn Queue>, Addr<DeploymentSupervisor>) {
     spec.tick = Duration::from_millis(100);
     let supervisor = DeploymentSupervisor::new(spec, queue.clone()).start();
     (queue, supervisor)
-}
-
-fn spec(id: &str, max_tokens: u32) -> RequestSpec {
-    RequestSpec {
-        job_id: id.into(),
-        deployment: "d".into(),
-        tenant: "t".into(),
-        request: GenerationRequest {
-            prompt_tokens: vec![1, 2, 3],
-            params: SamplingParams { max_tokens, ..Default::default() },
-        },
-        deadline: None,
-        max_queue_depth: 100,
-        priority: swell_cluster::Priority::Normal,
-        received_at: tokio::time::Instant::now(),
-        route: Default::default(),
-        stream_meta: None,
-        resume_grace: None,
-    }
 }
 
 async fn wait_for_replicas(supervisor: &Addr<DeploymentSupervisor>, ready: u32, within: Duration) -> bool {

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use swell_cluster::{FinishReason, OutputEvent, Usage};
+use swell_actors::request::RequestSpec;
+use swell_cluster::{FinishReason, GenerationRequest, OutputEvent, SamplingParams, Usage};
 use swell_workers::{
     ChatMessage, ColdStartReport, Engine, EngineDescription, EngineError, EngineFactory, EngineLoad, ReplicaContext,
     Sequence, SequenceOutput, StepReport, Tokenizer,
@@ -101,5 +102,22 @@ impl Tokenizer for WordTokenizer {
     }
     fn vocab_size(&self) -> u32 {
         100
+    }
+}
+
+/// A request `id` of deployment `d` for `max_tokens` tokens.
+pub fn spec(id: &str, max_tokens: u32) -> RequestSpec {
+    RequestSpec {
+        job_id: id.into(),
+        deployment: "d".into(),
+        tenant: "t".into(),
+        request: GenerationRequest { prompt_tokens: vec![1, 2, 3], params: SamplingParams { max_tokens, ..Default::default() } },
+        deadline: None,
+        max_queue_depth: 100,
+        priority: swell_cluster::Priority::Normal,
+        received_at: tokio::time::Instant::now(),
+        route: Default::default(),
+        stream_meta: None,
+        resume_grace: None,
     }
 }
