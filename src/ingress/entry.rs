@@ -103,7 +103,7 @@ impl EntryContext {
                 return;
             }
         };
-        let mut replies = self.replies(request.reply_to.clone(), Some(request.id.clone()));
+        let mut replies = self.replies(&entry_id, request.reply_to.clone(), Some(request.id.clone()));
         let deadline = request.deadline_ms.map(|unix_ms| {
             let left = unix_ms.saturating_sub(swell_cluster::unix_millis());
             received_at + Duration::from_millis(left)
@@ -202,8 +202,8 @@ impl EntryContext {
         }
     }
 
-    fn replies(&self, reply_to: String, id: Option<String>) -> ReplyWriter {
-        ReplyWriter::new(self.redis.clone(), reply_to, id, self.config.reply_ttl, self.config.reply_max_len)
+    fn replies(&self, entry_id: &str, reply_to: String, id: Option<String>) -> ReplyWriter {
+        ReplyWriter::new(self.redis.clone(), reply_to, id, self.config.reply_ttl, self.config.reply_max_len).of_entry(entry_id)
     }
 
     /// Answers a refused entry with `error` (counted as rejected), unless its `reply_to`
@@ -224,7 +224,7 @@ impl EntryContext {
     async fn answer_unattributed(&self, entry_id: &str, reply_to: String, id: Option<String>, error: &IngressError) {
         let configured = self.state.tenants.reply_prefixes();
         match self.namespace.check_unattributed(&reply_to, configured.iter().map(String::as_str)) {
-            Ok(()) => self.answer(entry_id, &mut self.replies(reply_to, id), error).await,
+            Ok(()) => self.answer(entry_id, &mut self.replies(entry_id, reply_to, id), error).await,
             Err(refusal) => self.refuse_reply_to(entry_id, &refusal),
         }
     }

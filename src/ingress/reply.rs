@@ -111,20 +111,26 @@ pub struct ReplyWriter {
     max_len: u64,
     /// While resuming: chunk replies already written by the gateway that stopped.
     skip_chunks: u64,
+    /// The ingress entry being answered: replies are stored once per id, entry and seq
+    /// (a gateway taking an entry over continues its numbering; an id sent again in a
+    /// new entry, after a refusal, is numbered afresh).
+    entry: String,
 }
 
 /// Entries read per `XRANGE` while looking for the replies already written.
 const RESUME_PAGE: usize = 1000;
 
-/// Which way [`ReplyWriter::page`] reads.
-enum Direction {
-    Forward,
-    Backward,
-}
+
 
 impl ReplyWriter {
     pub fn new(redis: ConnectionManager, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
-        Self { redis, reply_to, id, next_seq: 0, ttl, max_len, skip_chunks: 0 }
+        Self { redis, reply_to, id, next_seq: 0, ttl, max_len, skip_chunks: 0, entry: String::new() }
+    }
+
+    /// The replies of ingress entry `entry_id` (see [`ReplyWriter::entry`]).
+    pub fn of_entry(mut self, entry_id: &str) -> Self {
+        self.entry = entry_id.to_string();
+        self
     }
 
     /// Before relaying a request taken over from a gateway that stopped: reads the
@@ -136,7 +142,7 @@ impl ReplyWriter {
         let Some(id) = self.id.clone() else { return Ok(false) };
         let (mut chunks, mut next_seq, mut terminal) = (0u64, 0u64, false);
         let mut from = "-".to_string();
-        while let Some((replies, next)) = self.page(Direction::Forward, &from).await? {
+        while let Some((replies, next)) = self.page(&from).await? {
             for reply in replies.into_iter().filter(|reply| reply.id.as_deref() == Some(id.as_str())) {
                 next_seq = next_seq.max(reply.seq + 1);
                 chunks += u64::from(reply.kind == ReplyKind::Chunk);
@@ -172,14 +178,16 @@ impl ReplyWriter {
         }
         let reply = Reply { id: self.id.clone(), seq: self.next_seq, kind, data };
         let mut append = APPEND_REPLY.key(&self.reply_to);
+        append.key(seq_key(&self.reply_to));
         append.arg(self.ttl.as_millis() as u64).arg(self.max_len).arg(CREATED_BY_SWELL_GROUP);
+        append.arg(format!("{}@{}", self.id.as_deref().unwrap_or_default(), self.entry)).arg(reply.seq);
         for (name, value) in reply.to_fields() {
             append.arg(name).arg(value);
         }
         // Redis unreachable (restarting, a network blip) is waited out for up to
-        // `OUTAGE_TOLERANCE`, as a request's output stream is; a write whose answer was
-        // lost may have been stored, so before trying again the stream is read back, and
-        // a reply found there is not written twice.
+        // `OUTAGE_TOLERANCE`, as a request's output stream is. The script writes a
+        // reply once per id and seq, so a write whose answer was lost, or that arrives
+        // after its retry, is never stored twice.
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut failing_since = None;
         loop {
@@ -200,46 +208,18 @@ impl ReplyWriter {
                 tracing::warn!(%error, reply_to = %self.reply_to, "an ingress reply could not be written; retrying");
             }
             tokio::time::sleep(backoff.failed()).await;
-            match self.last_seq_written().await {
-                Ok(Some(last)) if last >= reply.seq => break,
-                Ok(_) => {}
-                Err(ReplyError::Refused(refusal)) => return Err(refusal.into()),
-                Err(ReplyError::Redis(_)) => {}
-            }
         }
         self.next_seq += 1;
         Ok(())
     }
 
-    /// The highest `seq` written for this id, reading `reply_to` from its end until one
-    /// of its replies shows (`None`: none written, or no id).
-    async fn last_seq_written(&mut self) -> Result<Option<u64>, ReplyError> {
-        let Some(id) = self.id.clone() else { return Ok(None) };
-        let mut from = "+".to_string();
-        while let Some((replies, next)) = self.page(Direction::Backward, &from).await? {
-            if let Some(reply) = replies.into_iter().find(|reply| reply.id.as_deref() == Some(id.as_str())) {
-                return Ok(Some(reply.seq));
-            }
-            match next {
-                Some(next) => from = next,
-                None => break,
-            }
-        }
-        Ok(None)
-    }
-
-    /// One page of `reply_to`'s replies from `from` (`-` or `+` to start at an end), in
-    /// `direction`, and where the next page starts (`None`: this was the last). `None`
-    /// for an empty stream.
-    async fn page(&mut self, direction: Direction, from: &str) -> Result<Option<(Vec<Reply>, Option<String>)>, ReplyError> {
-        let (command, to) = match direction {
-            Direction::Forward => ("XRANGE", "+"),
-            Direction::Backward => ("XREVRANGE", "-"),
-        };
-        let page: redis::streams::StreamRangeReply = redis::cmd(command)
+    /// One page of `reply_to`'s replies from `from` (`-`: the start), and where the next
+    /// page starts (`None`: this was the last). `None` for an empty stream.
+    async fn page(&mut self, from: &str) -> Result<Option<(Vec<Reply>, Option<String>)>, ReplyError> {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(&self.reply_to)
             .arg(from)
-            .arg(to)
+            .arg("+")
             .arg("COUNT")
             .arg(RESUME_PAGE)
             .query_async(&mut self.redis)
@@ -265,6 +245,13 @@ impl ReplyWriter {
         }
         ReplyToRefusal::NotAStream { reply_to: self.reply_to.clone(), kind: "key of another type".into() }.into()
     }
+}
+
+/// The key of `reply_to`'s last written `seq` per request id and entry: `reply_to` with
+/// `:swell-seq` after it, under the same tenant prefix, and in the same hash slot of a
+/// Redis Cluster when `reply_to` has a hash tag.
+pub fn seq_key(reply_to: &str) -> String {
+    format!("{reply_to}:swell-seq")
 }
 
 /// Whether replies can be written at `reply_to` (no key yet, or a stream). Checked before
@@ -326,14 +313,15 @@ mod tests {
         let data = || json!({"ok": true});
 
         // No key: created, marked, with the TTL; the next reply keeps it alive.
-        writer("new").send(ReplyKind::Status, data()).await.unwrap();
+        let mut new = writer("new");
+        new.send(ReplyKind::Status, data()).await.unwrap();
         assert!(pttl("new").await > 3_000_000);
         let groups: Vec<Vec<redis::Value>> =
             redis::cmd("XINFO").arg("GROUPS").arg("new").query_async(&mut plain).await.unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0][1], redis::Value::BulkString(CREATED_BY_SWELL_GROUP.as_bytes().to_vec()));
         let _: () = redis::cmd("PERSIST").arg("new").query_async(&mut plain).await.unwrap();
-        writer("new").send(ReplyKind::Done, data()).await.unwrap();
+        new.send(ReplyKind::Done, data()).await.unwrap();
         assert!(pttl("new").await > 3_000_000, "the TTL of a stream swell created is refreshed");
 
         // A stream made by someone else: the reply is appended, its TTL left alone.
@@ -356,6 +344,29 @@ mod tests {
         assert_eq!(text, "keep me");
         check_writable(&mut plain.clone(), "new").await.unwrap();
         check_writable(&mut plain.clone(), "absent").await.unwrap();
+    }
+
+    /// A write that arrives again (its answer was lost and it was retried, or the first
+    /// try was held up in the network and lands after the retry) is stored once.
+    #[actix_rt::test]
+    async fn a_reply_is_stored_once_per_id_and_seq() {
+        use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+        let server = RedisServer::start(RedisServerOptions::default());
+        let redis = ConnectionManager::new(redis::Client::open(server.url()).unwrap()).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let writer = || ReplyWriter::new(redis.clone(), "r{t}".into(), Some("job".into()), ttl, 100);
+        let (mut first, mut again) = (writer(), writer());
+        first.send(ReplyKind::Chunk, json!({"n": 0})).await.unwrap();
+        again.send(ReplyKind::Chunk, json!({"n": 0})).await.unwrap();
+        first.send(ReplyKind::Done, json!({})).await.unwrap();
+        let other = ReplyWriter::new(redis.clone(), "r{t}".into(), Some("other".into()), ttl, 100);
+        let mut other = other;
+        other.send(ReplyKind::Chunk, json!({"n": 0})).await.unwrap();
+        let mut plain = redis.clone();
+        let length: u64 = redis::cmd("XLEN").arg("r{t}").query_async(&mut plain).await.unwrap();
+        assert_eq!(length, 3, "job's 0 once, job's 1, other's 0");
+        let seq_ttl: i64 = redis::cmd("PTTL").arg(seq_key("r{t}")).query_async(&mut plain).await.unwrap();
+        assert!(seq_ttl > 0 && seq_ttl <= 60_000, "{seq_ttl}");
     }
 
     #[test]
