@@ -5,14 +5,13 @@
 -- made itself keeps the lifetime it chose.
 --
 -- KEYS[1]     the reply_to stream
--- KEYS[2]     its hash of the last `seq` written per request (`<id>@<ingress entry>`;
---             Swell's, in the same hash slot: `seq_key` in reply.rs); it gets the TTL
+-- KEYS[2]     the last `seq` written for this request (Swell's key, in the same hash
+--             slot: `seq_key` in reply.rs); it expires with the TTL after its last write
 -- ARGV[1]     the TTL of a stream Swell created (and of KEYS[2]), in milliseconds
 -- ARGV[2]     its length cap (MAXLEN ~)
 -- ARGV[3]     the name of the consumer group that marks a stream Swell created
--- ARGV[4]     the reply's request: `<id>@<ingress entry>`
--- ARGV[5]     the reply's seq
--- ARGV[6..]   the reply's fields and values
+-- ARGV[4]     the reply's seq
+-- ARGV[5..]   the reply's fields and values
 -- Returns 'created' (a new stream: marked, with the TTL), 'refreshed' (a stream Swell
 -- created: its TTL refreshed), 'kept' (a stream Swell did not create: its TTL untouched),
 -- 'duplicate' (this request's reply `seq` was written already: a retried write whose first
@@ -23,17 +22,12 @@ local kind = redis.call('TYPE', key)['ok']
 if kind ~= 'none' and kind ~= 'stream' then
   return 'wrongtype:' .. kind
 end
-local seqs = redis.call('TYPE', KEYS[2])['ok']
-if seqs ~= 'none' and seqs ~= 'hash' then
-  return 'wrongtype:' .. seqs
-end
-local last = redis.call('HGET', KEYS[2], ARGV[4])
-if last and tonumber(last) >= tonumber(ARGV[5]) then
+local last = redis.call('GET', KEYS[2])
+if last and tonumber(last) >= tonumber(ARGV[4]) then
   return 'duplicate'
 end
-redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 6))
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 5))
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[1])
 if kind == 'none' then
   redis.call('XGROUP', 'CREATE', key, ARGV[3], '$')
   redis.call('PEXPIRE', key, ARGV[1])

@@ -120,8 +120,6 @@ pub struct ReplyWriter {
 /// Entries read per `XRANGE` while looking for the replies already written.
 const RESUME_PAGE: usize = 1000;
 
-
-
 impl ReplyWriter {
     pub fn new(redis: ConnectionManager, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
         Self { redis, reply_to, id, next_seq: 0, ttl, max_len, skip_chunks: 0, entry: String::new() }
@@ -178,9 +176,9 @@ impl ReplyWriter {
         }
         let reply = Reply { id: self.id.clone(), seq: self.next_seq, kind, data };
         let mut append = APPEND_REPLY.key(&self.reply_to);
-        append.key(seq_key(&self.reply_to));
+        append.key(seq_key(&self.reply_to, self.id.as_deref().unwrap_or_default(), &self.entry));
         append.arg(self.ttl.as_millis() as u64).arg(self.max_len).arg(CREATED_BY_SWELL_GROUP);
-        append.arg(format!("{}@{}", self.id.as_deref().unwrap_or_default(), self.entry)).arg(reply.seq);
+        append.arg(reply.seq);
         for (name, value) in reply.to_fields() {
             append.arg(name).arg(value);
         }
@@ -247,11 +245,12 @@ impl ReplyWriter {
     }
 }
 
-/// The key of `reply_to`'s last written `seq` per request id and entry: `reply_to` with
-/// `:swell-seq` after it, under the same tenant prefix, and in the same hash slot of a
-/// Redis Cluster when `reply_to` has a hash tag.
-pub fn seq_key(reply_to: &str) -> String {
-    format!("{reply_to}:swell-seq")
+/// The key holding the last `seq` written to `reply_to` for request `id` of ingress entry
+/// `entry`: under `reply_to`'s name (the tenant's prefix, and the same hash slot of a
+/// Redis Cluster when `reply_to` has a hash tag), one per request, so each expires on
+/// its own `reply_ttl` after its last reply.
+pub fn seq_key(reply_to: &str, id: &str, entry: &str) -> String {
+    format!("{reply_to}:swell-seq:{id}@{entry}")
 }
 
 /// Whether replies can be written at `reply_to` (no key yet, or a stream). Checked before
@@ -365,7 +364,7 @@ mod tests {
         let mut plain = redis.clone();
         let length: u64 = redis::cmd("XLEN").arg("r{t}").query_async(&mut plain).await.unwrap();
         assert_eq!(length, 3, "job's 0 once, job's 1, other's 0");
-        let seq_ttl: i64 = redis::cmd("PTTL").arg(seq_key("r{t}")).query_async(&mut plain).await.unwrap();
+        let seq_ttl: i64 = redis::cmd("PTTL").arg(seq_key("r{t}", "job", "")).query_async(&mut plain).await.unwrap();
         assert!(seq_ttl > 0 && seq_ttl <= 60_000, "{seq_ttl}");
     }
 

@@ -98,14 +98,14 @@ pub(super) async fn publish_loop(
             batch.extend(more);
         }
         // Group by attempt, keeping each one's order, so each job costs one append.
-        let mut per_job: Vec<(String, Vec<OutputEvent>)> = Vec::new();
+        let mut per_attempt: Vec<(String, Vec<OutputEvent>)> = Vec::new();
         for output in batch {
-            match per_job.iter_mut().find(|(id, _)| *id == output.id) {
+            match per_attempt.iter_mut().find(|(id, _)| *id == output.id) {
                 Some((_, events)) => events.push(output.event),
-                None => per_job.push((output.id, vec![output.event])),
+                None => per_attempt.push((output.id, vec![output.event])),
             }
         }
-        for (engine_id, events) in per_job {
+        for (engine_id, events) in per_attempt {
             // An attempt that ended or was superseded publishes nothing more.
             let Some(lease) = shared.attempts.lock().current(&engine_id) else { continue };
             let terminal = events.iter().any(OutputEvent::is_terminal);

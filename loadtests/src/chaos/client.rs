@@ -146,7 +146,7 @@ async fn one_request(http: &Client, ask: Ask, gateways: &[String], options: &Cli
     while Instant::now() < deadline {
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
-        let last = history.segments.iter().rev().find_map(|s| s.chunks.iter().rev().find_map(|(id, _)| *id));
+        let last = history.last_event_id();
         let mut request = http.get(format!("{gateway}/v1/streams/{stream}")).bearer_auth(&key).timeout(Duration::from_secs(5));
         if let Some(last) = last {
             request = request.insert_header(("Last-Event-ID", last.to_string()));

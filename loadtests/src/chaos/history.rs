@@ -92,6 +92,11 @@ impl History {
         }
     }
 
+    /// The last event id the client received: what a resume continues after.
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.segments.iter().rev().find_map(|s| s.chunks.iter().rev().find_map(|(id, _)| *id))
+    }
+
     /// The content the client put together from its segments.
     pub fn text(&self) -> String {
         self.segments.iter().flat_map(|s| s.chunks.iter().map(|(_, text)| text.as_str())).collect()

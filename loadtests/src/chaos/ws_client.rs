@@ -82,7 +82,7 @@ pub async fn one_request(ask: Ask, gateways: &[String], options: &ClientOptions)
     while Instant::now() < deadline {
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
-        let last = history.segments.iter().rev().find_map(|s| s.chunks.iter().rev().find_map(|(id, _)| *id));
+        let last = history.last_event_id();
         let mut socket = match connect(gateway, &key).await {
             Ok(socket) => socket,
             Err(why) => {
