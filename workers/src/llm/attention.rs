@@ -252,11 +252,7 @@ fn attend64_scaled<const G: usize, const LEVEL: u8>(
     #[cfg(target_arch = "x86_64")]
     if LEVEL == 2 {
         // SAFETY: LEVEL is 2 only in `attend_group_avx512`, whose CPU check covers these.
-        for (i, q) in qs.iter().enumerate() {
-            let scores = &mut scores[tile.scores_at(i, 0, G)..];
-            let out = &mut out[i * G * 64..(i + 1) * G * 64];
-            unsafe { attend64_avx512::<G>(q, cache, layer, table, kvh, tile.len(i), tile.max_len(), scores, out) };
-        }
+        unsafe { attend64_avx512::<G>(qs, tile, cache, layer, table, kvh, scores, out) };
         return true;
     }
     #[cfg(target_arch = "x86_64")]
@@ -337,79 +333,158 @@ fn prefetch(p: *const f32) {
     unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
 }
 
-/// [`attend64`] with AVX-512 intrinsics for one token of a tile (`row`: the stride of
-/// its heads' scores): a block's 16 scores per head are 64 FMAs of
-/// 16-wide vectors (keys dimension-major) in 4 independent chains per head, and the
-/// value pass keeps each head's 64 output values in 4 registers.
+/// [`attend64`] with AVX-512 intrinsics: block by block, each token of the tile in turn
+/// while the block's keys are in L1; a block's 16 scores per head are 64 FMAs of 16-wide
+/// vectors (keys dimension-major) in 4 independent chains per head. The value pass is
+/// [`value_block_avx512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend64_avx512<const G: usize>(
-    qs: &[[f32; 64]; G],
+    qs: &[[[f32; 64]; G]],
+    tile: Tile,
     cache: &KvCache,
     layer: usize,
     table: &[u32],
     kvh: usize,
-    len: usize,
-    row: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(row >= len && scores.len() >= (G - 1) * row + len && out.len() >= G * 64);
-    let blocks = len.div_ceil(BLOCK_TOKENS);
+    let row = tile.max_len();
+    assert!(qs.len() == tile.n && scores.len() >= tile.n * G * row && out.len() >= tile.n * G * 64);
+    let blocks = row.div_ceil(BLOCK_TOKENS);
     assert!(table.len() >= blocks);
     for (b, &block) in table.iter().enumerate().take(blocks) {
         let (kb, _) = cache.block(layer, block, kvh);
         assert!(kb.len() >= 64 * BLOCK_TOKENS);
         let kp = kb.as_ptr();
         let next = next_block(cache, layer, table, b, blocks, kvh).map_or(kp, |(k, _)| k.as_ptr());
-        let mut part = [[_mm512_setzero_ps(); 4]; G];
-        for d4 in 0..16 {
-            for p in 0..4 {
-                let d = d4 * 4 + p;
-                // One line per dimension: the next block's 64 key lines over this one.
-                prefetch(next.add(d * BLOCK_TOKENS));
-                let keys = _mm512_loadu_ps(kp.add(d * BLOCK_TOKENS));
-                for g in 0..G {
-                    part[g][p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[g][d]), keys, part[g][p]);
+        for (i, qs) in qs.iter().enumerate() {
+            let len = tile.len(i);
+            if b * BLOCK_TOKENS >= len {
+                continue;
+            }
+            let mut part = [[_mm512_setzero_ps(); 4]; G];
+            for d4 in 0..16 {
+                for p in 0..4 {
+                    let d = d4 * 4 + p;
+                    if i == 0 {
+                        // One line per dimension: the next block's 64 key lines over this one.
+                        prefetch(next.add(d * BLOCK_TOKENS));
+                    }
+                    let keys = _mm512_loadu_ps(kp.add(d * BLOCK_TOKENS));
+                    for g in 0..G {
+                        part[g][p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[g][d]), keys, part[g][p]);
+                    }
                 }
             }
-        }
-        let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-        let k: __mmask16 = if slots == 16 { 0xFFFF } else { (1u16 << slots) - 1 };
-        for (g, part) in part.iter().enumerate() {
-            let sum = _mm512_add_ps(_mm512_add_ps(part[0], part[1]), _mm512_add_ps(part[2], part[3]));
-            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(g * row + b * BLOCK_TOKENS), k, sum);
+            let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+            let k: __mmask16 = if slots == 16 { 0xFFFF } else { (1u16 << slots) - 1 };
+            for (g, part) in part.iter().enumerate() {
+                let sum = _mm512_add_ps(_mm512_add_ps(part[0], part[1]), _mm512_add_ps(part[2], part[3]));
+                _mm512_mask_storeu_ps(scores.as_mut_ptr().add(tile.scores_at(i, g, G) + b * BLOCK_TOKENS), k, sum);
+            }
         }
     }
-    for g in 0..G {
-        simd::x86::softmax_avx512(&mut scores[g * row..g * row + len]);
+    for i in 0..tile.n {
+        for g in 0..G {
+            let at = tile.scores_at(i, g, G);
+            simd::x86::softmax_avx512(&mut scores[at..at + tile.len(i)]);
+        }
     }
-    let mut acc = [[_mm512_setzero_ps(); 4]; G];
+    // Values, block by block while the block is in L1: two tokens' heads at a time (one
+    // token when 4 heads would overflow the 32 registers), all 64 output dimensions per
+    // pass, the sums kept in `out` between blocks.
+    out[..tile.n * G * 64].fill(0.0);
     for (b, &block) in table.iter().enumerate().take(blocks) {
         let (_, vb) = cache.block(layer, block, kvh);
         assert!(vb.len() >= 64 * BLOCK_TOKENS);
-        let slots = (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
         let next = next_block(cache, layer, table, b, blocks, kvh).map_or(vb.as_ptr(), |(_, v)| v.as_ptr());
-        for s in 0..slots {
-            let vp = vb.as_ptr().add(s * 64);
+        for s in 0..BLOCK_TOKENS {
             for line in 0..4 {
                 prefetch(next.add(s * 64 + line * 16));
             }
-            let v = [_mm512_loadu_ps(vp), _mm512_loadu_ps(vp.add(16)), _mm512_loadu_ps(vp.add(32)), _mm512_loadu_ps(vp.add(48))];
+        }
+        let mut i = 0;
+        while i < tile.n {
+            if G <= 3 && i + 1 < tile.n {
+                value_block_avx512::<G, 2>(tile, i, b, vb, scores, out);
+                i += 2;
+            } else {
+                value_block_avx512::<G, 1>(tile, i, b, vb, scores, out);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The value pass of [`attend64_avx512`] over block `b` (values `vb`) for the `T` tokens
+/// `first..first + T` of a tile: adds `p[token][g][s] * v[s][d]` for the block's slots
+/// `s` that each token sees to `out[(token * G + g) * 64 + d]`, slot by slot in order, so
+/// a token's bits do not depend on which token it is paired with. `T * G * 4`
+/// accumulators stay in registers over the block's slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[inline]
+unsafe fn value_block_avx512<const G: usize, const T: usize>(tile: Tile, first: usize, b: usize, vb: &[f32], scores: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let start = b * BLOCK_TOKENS;
+    // Slots of this block each token sees: the first token's, and one more per later token.
+    let seen = |t: usize| tile.len(first + t).saturating_sub(start).min(BLOCK_TOKENS);
+    let (shared, all) = (seen(0), seen(T - 1));
+    if all == 0 {
+        return;
+    }
+    assert!(first + T <= tile.n && out.len() >= (first + T) * G * 64 && vb.len() >= BLOCK_TOKENS * 64);
+    assert!(scores.len() >= tile.scores_at(first + T - 1, G - 1, G) + start + all);
+    macro_rules! weight {
+        ($t:expr, $g:expr, $s:expr) => {
+            _mm512_set1_ps(*scores.get_unchecked(tile.scores_at(first + $t, $g, G) + start + $s))
+        };
+    }
+    let o = out.as_mut_ptr().add(first * G * 64);
+    let mut acc = [[[_mm512_setzero_ps(); 4]; G]; T];
+    for t in 0..T {
+        for g in 0..G {
+            for c in 0..4 {
+                acc[t][g][c] = _mm512_loadu_ps(o.add((t * G + g) * 64 + c * 16));
+            }
+        }
+    }
+    let values = |s: usize| {
+        let vp = vb.as_ptr().add(s * 64);
+        [_mm512_loadu_ps(vp), _mm512_loadu_ps(vp.add(16)), _mm512_loadu_ps(vp.add(32)), _mm512_loadu_ps(vp.add(48))]
+    };
+    for s in 0..shared {
+        let v = values(s);
+        for t in 0..T {
             for g in 0..G {
-                let p = _mm512_set1_ps(*scores.get_unchecked(g * row + b * BLOCK_TOKENS + s));
+                let w = weight!(t, g, s);
                 for c in 0..4 {
-                    acc[g][c] = _mm512_fmadd_ps(p, v[c], acc[g][c]);
+                    acc[t][g][c] = _mm512_fmadd_ps(w, v[c], acc[t][g][c]);
                 }
             }
         }
     }
-    for (g, a) in acc.iter().enumerate() {
-        for (c, v) in a.iter().enumerate() {
-            _mm512_storeu_ps(out.as_mut_ptr().add(g * 64 + c * 16), *v);
+    // Later tokens' extra slots, in order.
+    for t in 1..T {
+        for s in shared..seen(t) {
+            let v = values(s);
+            for g in 0..G {
+                let w = weight!(t, g, s);
+                for c in 0..4 {
+                    acc[t][g][c] = _mm512_fmadd_ps(w, v[c], acc[t][g][c]);
+                }
+            }
+        }
+    }
+    for t in 0..T {
+        for g in 0..G {
+            for c in 0..4 {
+                _mm512_storeu_ps(o.add((t * G + g) * 64 + c * 16), acc[t][g][c]);
+            }
         }
     }
 }
