@@ -9,6 +9,10 @@
 //! them. Prints the best of 20 passes over all layers and the multiply-adds per second
 //! (query-key and probability-value products together; the softmax's time is included).
 //!
+//! The last row is the same over the 8-bit cache (`kv_cache_type = "q8"`,
+//! [`attend_q8`](swell_workers::llm::attention_q8::attend_q8)) with the kernel class of
+//! that instruction set (`avx512`: the detected AVX-512 class).
+//!
 //! Env: `SWELL_BENCH_HISTORY`, `SWELL_BENCH_NEW`, `SWELL_BENCH_KERNEL` (an f32 class:
 //! `portable`, `avx2`, `avx512`; default: the best this CPU runs).
 
@@ -16,7 +20,8 @@ use std::time::Instant;
 
 use swell_workers::llm::attention::{attend, TILE_TOKENS};
 use swell_workers::llm::gguf::LlamaConfig;
-use swell_workers::llm::kv_cache::{KvCache, BLOCK_TOKENS};
+use swell_workers::llm::attention_q8::attend_q8;
+use swell_workers::llm::kv_cache::{KvCache, KvCacheType, BLOCK_TOKENS};
 use swell_workers::llm::quant::{F32Simd, Kernel};
 
 fn env(name: &str, default: usize) -> usize {
@@ -56,6 +61,7 @@ fn main() {
     // Every other block, so a sequence's blocks are not one contiguous run.
     let blocks = total.div_ceil(BLOCK_TOKENS);
     let mut cache = KvCache::new(c.layers, 2 * blocks, c.kv_heads, c.head_dim).expect("cache");
+    let mut q8 = KvCache::with_type(c.layers, 2 * blocks, c.kv_heads, c.head_dim, KvCacheType::Q8).expect("cache");
     let table: Vec<u32> = (0..blocks as u32).map(|b| 2 * b + 1).collect();
     let kv_dim = c.kv_heads * c.head_dim;
     for layer in 0..c.layers {
@@ -63,6 +69,7 @@ fn main() {
             let k: Vec<f32> = (0..kv_dim).map(|i| ((layer * 31 + pos * 7 + i) as f32 * 0.37).sin()).collect();
             let v: Vec<f32> = (0..kv_dim).map(|i| ((layer * 17 + pos * 3 + i) as f32 * 0.21).cos()).collect();
             cache.store(layer, &table, pos, &k, &v);
+            q8.store(layer, &table, pos, &k, &v);
         }
     }
     let stride = c.hidden + 2 * kv_dim;
@@ -90,4 +97,23 @@ fn main() {
         }
         println!("| {tile} | {:.2} | {:.1} |", best * 1e3, macs / best / 1e9);
     }
+    let kernel = match simd {
+        F32Simd::Avx512 => Kernel::detect(),
+        F32Simd::Avx2 => Kernel::Avx2,
+        F32Simd::Portable => Kernel::Scalar,
+    };
+    let mut best = f64::MAX;
+    for _ in 0..20 {
+        let started = Instant::now();
+        for layer in 0..c.layers {
+            for kvh in 0..c.kv_heads {
+                for first in (0..new).step_by(TILE_TOKENS) {
+                    let n = TILE_TOKENS.min(new - first);
+                    attend_q8(&c, layer, &q8, &table, history + first, n, &q[first * stride..], stride, kvh, &mut out, &mut scores, kernel);
+                }
+            }
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    println!("| {TILE_TOKENS}, 8-bit cache ({}) | {:.2} | {:.1} |", kernel.name(), best * 1e3, macs / best / 1e9);
 }

@@ -10,11 +10,13 @@
 //! engines.
 //!
 //! Env: `SWELL_MODEL_PATH`, `SWELL_BENCH_THREADS` (default: every core),
-//! `SWELL_BENCH_KERNEL`, `SWELL_BENCH_ROUNDS`.
+//! `SWELL_BENCH_KERNEL`, `SWELL_BENCH_ROUNDS`, `SWELL_BENCH_KV` (`f32`, the default, or
+//! `q8`: the KV cache type of every engine).
 
 use std::time::{Duration, Instant};
 
 use swell_protocol::{OutputEvent, SamplingParams};
+use swell_workers::llm::kv_cache::KvCacheType;
 use swell_workers::llm::{find_default_model, LlmConfig, LlmEngine, LlmEngineFactory};
 use swell_workers::{ChatMessage, Engine, ReplicaContext, Sequence, Tokenizer};
 
@@ -43,6 +45,11 @@ fn factory(prefix_cache: bool) -> LlmEngineFactory {
     config.kv_cache_tokens = 65_536;
     config.cpu_kernel = std::env::var("SWELL_BENCH_KERNEL").ok();
     config.prefix_cache = prefix_cache;
+    config.kv_cache_type = match std::env::var("SWELL_BENCH_KV").as_deref() {
+        Ok("q8") => KvCacheType::Q8,
+        Ok("f32") | Err(_) => KvCacheType::F32,
+        Ok(other) => panic!("SWELL_BENCH_KV: `{other}` is not f32 or q8"),
+    };
     LlmEngineFactory::new(config).expect("factory")
 }
 
@@ -110,7 +117,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let rounds: usize = std::env::var("SWELL_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let (with, without) = (factory(true), factory(false));
-    println!("\n## One conversation, 8 turns, history resent ({} threads, kernel {}, {rounds} rounds)\n", with.threads(), with.kernel().name());
+    let kv = std::env::var("SWELL_BENCH_KV").unwrap_or_else(|_| "f32".into());
+    println!("\n## One conversation, 8 turns, history resent ({} threads, kernel {}, {kv} KV cache, {rounds} rounds)\n", with.threads(), with.kernel().name());
     let runs: Vec<Vec<Turn>> = (0..rounds).map(|_| conversation(&with, &without)).collect();
     println!("| turn | prompt tokens | cached | new | TTFT cached (ms) | TTFT uncached (ms) | TTFT of a fresh prompt of the new tokens (ms) | cached / fresh (median of rounds) |");
     println!("|---|---|---|---|---|---|---|---|");

@@ -11,6 +11,8 @@
 //! weight_cache = true         # map repacked weights from a cache file (weight_cache.rs)
 //! weight_cache_dir = "/var/cache/swell/weights"   # when the model's folder is read-only
 //! prefix_cache = true         # keep computed KV blocks by prefix (block_pool.rs)
+//! kv_cache_type = "f32"       # f32 | q8 (8-bit keys and values: 30% of the memory,
+//!                             # integer attention; CPUs with AVX-512 VNNI only)
 //!
 //! # Optional: this hardware's step-time figures (e.g. from `cargo bench -p swell-workers
 //! # --bench llm`), for the autoscaler's capacity model. Default on the CPU: the
@@ -47,7 +49,8 @@ use crate::engine::{ColdStartReport, Engine, EngineDescription, EngineFactory, P
 use crate::error::EngineError;
 use crate::llm::engine::{LlmEngine, SchedulerLimits};
 use crate::llm::gguf::{GgufFile, LlamaConfig};
-use crate::llm::kv_cache::{BlockAllocator, KvCache, BLOCK_TOKENS};
+use crate::llm::attention_q8;
+use crate::llm::kv_cache::{BlockAllocator, KvCache, KvCacheType, BLOCK_TOKENS};
 use crate::gpu_pool::{GpuLease, GpuPool};
 use crate::llm::cuda::{discover, CudaRunner, GpuInfo};
 use crate::llm::model::{CpuRunner, LlamaModel, LlamaWeights, Logits, ModelRunner, SeqChunk};
@@ -150,6 +153,11 @@ pub struct LlmConfig {
     /// same prefix ([`crate::llm::block_pool`]).
     #[serde(default = "default_prefix_cache")]
     pub prefix_cache: bool,
+    /// How the KV cache stores keys and values: `f32` (exact) or `q8` (8 bits with
+    /// scales per token, [`crate::llm::kv_cache_q8`]). CPU replicas with the AVX-512 VNNI
+    /// kernels only (refused elsewhere: the portable loops are 20 times slower than f32).
+    #[serde(default)]
+    pub kv_cache_type: KvCacheType,
     /// A Jinja chat template file used in place of the GGUF's own (as llama-server's
     /// `--chat-template-file` and vLLM's `--chat-template`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +197,7 @@ impl LlmConfig {
             weight_cache: default_weight_cache(),
             weight_cache_dir: None,
             prefix_cache: default_prefix_cache(),
+            kv_cache_type: KvCacheType::F32,
             chat_template: None,
         }
     }
@@ -355,6 +364,12 @@ impl LlmEngineFactory {
         if config.device == DeviceChoice::Cuda && gpus.is_empty() {
             return Err(EngineError::Config("llm.device: `cuda` asked for, but no CUDA device was found".to_string()));
         }
+        if !gpus.is_empty() && config.kv_cache_type != KvCacheType::F32 {
+            return Err(EngineError::Config(format!(
+                "llm.kv_cache_type: `{}` runs on the CPU only; the CUDA runner keeps an f32 cache (set device = \"cpu\" to use it)",
+                config.kv_cache_type.name()
+            )));
+        }
         if !gpus.is_empty() && config.gpus_per_replica != 1 {
             return Err(EngineError::Config(format!(
                 "llm.gpus_per_replica: {} asked for; one replica runs on exactly 1 GPU (no tensor parallelism yet)",
@@ -376,6 +391,15 @@ impl LlmEngineFactory {
             .min(model_config.context_length)
             .min(kv_blocks * BLOCK_TOKENS);
         let kernel = Kernel::from_name(config.cpu_kernel.as_deref().unwrap_or("auto")).map_err(EngineError::Config)?;
+        let group = model_config.heads / model_config.kv_heads.max(1);
+        if config.kv_cache_type == KvCacheType::Q8 && !attention_q8::runs_fast(kernel, model_config.head_dim, group) {
+            return Err(EngineError::Config(format!(
+                "llm.kv_cache_type: `q8` runs on the AVX-512 VNNI kernels (`avx512`, `avx512-vnni`) for heads of 64 values \
+                 in groups of 1 to 4; here the CPU kernel is `{}` and the model's heads are {} values in groups of {group} (use `f32`)",
+                kernel.name(),
+                model_config.head_dim
+            )));
+        }
         let weight_cache = config.weight_cache.then(|| {
             let fallback = weight_cache::fallback_dir(config.weight_cache_dir.as_deref());
             Arc::new(WeightCache::new(&config.model_path, fallback))
@@ -498,7 +522,7 @@ impl LlmEngineFactory {
     /// Bytes of one replica's KV cache.
     pub fn kv_cache_bytes(&self) -> usize {
         let c = &self.model_config;
-        self.kv_blocks * BLOCK_TOKENS * KvCache::bytes_per_token(c.layers, c.kv_heads, c.head_dim)
+        self.kv_blocks * BLOCK_TOKENS * KvCache::bytes_per_token_of(self.config.kv_cache_type, c.layers, c.kv_heads, c.head_dim)
     }
 
     /// The step-time figures of one replica: the configured `performance` block; else,
@@ -559,7 +583,7 @@ impl LlmEngineFactory {
         report.stages.push((origin.stage().to_string(), started.elapsed()));
 
         let started = Instant::now();
-        let mut model = LlamaModel::new(weights, self.kv_blocks)?;
+        let mut model = LlamaModel::with_cache_type(weights, self.kv_blocks, self.config.kv_cache_type)?;
         report.stages.push(("allocate_kv_cache".to_string(), started.elapsed()));
 
         // Warm-up: one single-token step touches every weight (faulting in mapped pages)

@@ -29,7 +29,8 @@
 
 use crate::error::EngineError;
 use crate::llm::attention::{attend, TILE_TOKENS};
-use crate::llm::kv_cache::{KvCache, BLOCK_TOKENS};
+use crate::llm::attention_q8::attend_q8;
+use crate::llm::kv_cache::{KvCache, KvCacheType, BLOCK_TOKENS};
 use crate::llm::model::{LlamaModel, LlamaWeights, Logits, SeqChunk};
 use crate::llm::ops::rms_norm;
 use crate::llm::quant::{QActivations, QMatrix, QRows, TILE_ROWS};
@@ -327,7 +328,11 @@ impl Step<'_, '_> {
                     let (ci, pos) = rows[r0];
                     let q = unsafe { self.qkv.read(r0 * qkv_width, (n - 1) * qkv_width + hidden) };
                     let out = &mut tmp[..n * width];
-                    attend(c, li, cache, self.chunks[ci].blocks, pos, n, q, qkv_width, kvh, out, scores, simd);
+                    let blocks = self.chunks[ci].blocks;
+                    match cache.kind() {
+                        KvCacheType::F32 => attend(c, li, cache, blocks, pos, n, q, qkv_width, kvh, out, scores, simd),
+                        KvCacheType::Q8 => attend_q8(c, li, cache, blocks, pos, n, q, qkv_width, kvh, out, scores, kernel),
+                    }
                     for (i, o) in out.chunks_exact(width).enumerate() {
                         unsafe { self.attn.slice((r0 + i) * hidden + kvh * width, width) }.copy_from_slice(o);
                     }

@@ -10,7 +10,31 @@
 //! Storage layout, per layer: `[block][kv_head][slot][head_dim]` f32 for keys and the
 //! same for values, so one head's keys of one block are contiguous (what attention reads).
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::EngineError;
+use crate::llm::kv_cache_q8::{self, Q8Block, Q8Store};
+
+/// How keys and values are stored (`llm.kv_cache_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheType {
+    /// f32, exact.
+    #[default]
+    F32,
+    /// 8 bits per value with a scale per token and head ([`kv_cache_q8`]): a quarter of
+    /// the memory and integer attention; outputs differ slightly from `f32`.
+    Q8,
+}
+
+impl KvCacheType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F32 => "f32",
+            KvCacheType::Q8 => "q8",
+        }
+    }
+}
 
 /// Token slots per block.
 pub const BLOCK_TOKENS: usize = 16;
@@ -99,6 +123,8 @@ pub struct KvCache {
     pub head_dim: usize,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// The 8-bit storage, when the cache is [`KvCacheType::Q8`] (`k` and `v` are empty).
+    q8: Option<Q8Store>,
 }
 
 impl KvCache {
@@ -107,13 +133,19 @@ impl KvCache {
     /// written stays resident for the replica's life. A cache the system cannot give is
     /// an error (a failed allocation would abort the process).
     pub fn new(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize) -> Result<Self, EngineError> {
+        Self::with_type(layers, blocks, kv_heads, head_dim, KvCacheType::F32)
+    }
+
+    /// [`KvCache::new`] with values stored as `kind` says. An 8-bit cache needs a head
+    /// size divisible by 32 (an error otherwise).
+    pub fn with_type(layers: usize, blocks: usize, kv_heads: usize, head_dim: usize, kind: KvCacheType) -> Result<Self, EngineError> {
         let len = layers
             .checked_mul(blocks)
             .and_then(|n| n.checked_mul(kv_heads))
             .and_then(|n| n.checked_mul(BLOCK_TOKENS))
             .and_then(|n| n.checked_mul(head_dim));
         let cannot = || {
-            let bytes = Self::bytes_per_token(layers, kv_heads, head_dim) as f64 * (blocks * BLOCK_TOKENS) as f64;
+            let bytes = Self::bytes_per_token_of(kind, layers, kv_heads, head_dim) as f64 * (blocks * BLOCK_TOKENS) as f64;
             EngineError::Load(format!(
                 "the KV cache of {} tokens ({:.1} GiB) cannot be allocated; lower llm.kv_cache_tokens",
                 blocks * BLOCK_TOKENS,
@@ -121,18 +153,53 @@ impl KvCache {
             ))
         };
         let len = len.ok_or_else(cannot)?;
+        if kind == KvCacheType::Q8 {
+            if !head_dim.is_multiple_of(kv_cache_q8::GROUP) {
+                return Err(EngineError::Load(format!(
+                    "llm.kv_cache_type = \"q8\" needs a head size divisible by {}; this model's is {head_dim}",
+                    kv_cache_q8::GROUP
+                )));
+            }
+            let q8 = Q8Store::new(len / (BLOCK_TOKENS * head_dim), head_dim).ok_or_else(cannot)?;
+            return Ok(Self { layers, blocks, kv_heads, head_dim, k: Vec::new(), v: Vec::new(), q8: Some(q8) });
+        }
         let k = zeroed(len).ok_or_else(cannot)?;
         let v = zeroed(len).ok_or_else(cannot)?;
-        Ok(Self { layers, blocks, kv_heads, head_dim, k, v })
+        Ok(Self { layers, blocks, kv_heads, head_dim, k, v, q8: None })
     }
 
-    /// Bytes per token slot over all layers (keys and values).
+    /// Bytes per token slot over all layers (keys and values) of an f32 cache.
     pub fn bytes_per_token(layers: usize, kv_heads: usize, head_dim: usize) -> usize {
-        2 * layers * kv_heads * head_dim * std::mem::size_of::<f32>()
+        Self::bytes_per_token_of(KvCacheType::F32, layers, kv_heads, head_dim)
+    }
+
+    /// Bytes per token slot over all layers (keys and values, and the 8-bit cache's scales).
+    pub fn bytes_per_token_of(kind: KvCacheType, layers: usize, kv_heads: usize, head_dim: usize) -> usize {
+        match kind {
+            KvCacheType::F32 => 2 * layers * kv_heads * head_dim * std::mem::size_of::<f32>(),
+            KvCacheType::Q8 => layers * kv_heads * kv_cache_q8::bytes_per_slot(head_dim),
+        }
     }
 
     pub fn size_bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        match &self.q8 {
+            Some(q8) => q8.size_bytes(),
+            None => (self.k.len() + self.v.len()) * std::mem::size_of::<f32>(),
+        }
+    }
+
+    pub fn kind(&self) -> KvCacheType {
+        if self.q8.is_some() {
+            KvCacheType::Q8
+        } else {
+            KvCacheType::F32
+        }
+    }
+
+    /// Index of a (layer, block, head) in the 8-bit storage.
+    #[inline]
+    fn unit(&self, layer: usize, block: u32, head: usize) -> usize {
+        (layer * self.blocks + block as usize) * self.kv_heads + head
     }
 
     #[inline]
@@ -146,6 +213,14 @@ impl KvCache {
         let block = table[pos / BLOCK_TOKENS];
         let slot = pos % BLOCK_TOKENS;
         let hd = self.head_dim;
+        if self.q8.is_some() {
+            for head in 0..self.kv_heads {
+                let unit = self.unit(layer, block, head);
+                let q8 = self.q8.as_mut().expect("checked above");
+                q8.store(unit, slot, &k[head * hd..(head + 1) * hd], &v[head * hd..(head + 1) * hd]);
+            }
+            return;
+        }
         for head in 0..self.kv_heads {
             let at = self.offset(layer, block, head, slot);
             self.v[at..at + hd].copy_from_slice(&v[head * hd..(head + 1) * hd]);
@@ -161,11 +236,19 @@ impl KvCache {
     /// **transposed** (`k[d * BLOCK_TOKENS + slot]`, so one vector holds dimension `d`
     /// of all 16 slots and a block's 16 scores come out of `head_dim` multiply-adds),
     /// values slot-major (`v[slot * head_dim + d]`).
+    /// Panics on an 8-bit cache (read it with [`KvCache::block_q8`]).
     #[inline]
     pub fn block(&self, layer: usize, block: u32, head: usize) -> (&[f32], &[f32]) {
+        assert!(self.q8.is_none(), "an 8-bit cache read as f32");
         let at = self.offset(layer, block, head, 0);
         let len = BLOCK_TOKENS * self.head_dim;
         (&self.k[at..at + len], &self.v[at..at + len])
+    }
+
+    /// One head's slots of one block of an 8-bit cache; panics on an f32 cache.
+    #[inline]
+    pub fn block_q8(&self, layer: usize, block: u32, head: usize) -> Q8Block<'_> {
+        self.q8.as_ref().expect("an f32 cache read as 8-bit").block(self.unit(layer, block, head))
     }
 }
 

@@ -6,14 +6,15 @@
 //! - [`quant`]: 4/8-bit weight matrices and the int8 SIMD matrix kernels.
 //! - [`ops`]: RMS norm, rotary embeddings, SwiGLU, softmax.
 //! - [`simd`]: vector `exp`, softmax and SwiGLU of the AVX2 and AVX-512 classes.
-//! - [`kv_cache`]: paged KV blocks and their allocator.
+//! - [`kv_cache`]: paged KV blocks and their allocator; [`kv_cache_q8`]: its 8-bit storage.
 //! - [`block_pool`]: the blocks of a replica with prefix caching (chained block hashes,
 //!   shared references, least-recently-released eviction).
 //! - [`model`]: weights, the batch of a step, and the [`model::ModelRunner`] trait the
 //!   scheduler drives.
 //! - [`forward`]: the CPU forward pass over mixed prefill/decode batches, phase by phase
 //!   on a [`team::Team`] of threads (one pool wake-up per step).
-//! - [`attention`]: causal attention of one token and KV head over the paged cache.
+//! - [`attention`]: causal attention of a tile of tokens and one KV head over the paged
+//!   cache; [`attention_q8`]: the same over the 8-bit cache, in integer dot products.
 //! - [`cuda`]: GPU discovery and the CUDA runner.
 //! - [`sampler`]: penalties, temperature, top-k/top-p, seeded draws, logprobs.
 //! - [`engine`]: [`LlmEngine`], the continuous-batching scheduler (the `Engine` trait).
@@ -23,6 +24,7 @@
 //! - [`metrics`]: the engine's own metrics.
 
 pub mod attention;
+pub mod attention_q8;
 pub mod block_pool;
 pub mod chat_template;
 pub mod constraint;
@@ -32,6 +34,7 @@ pub mod factory;
 pub mod forward;
 pub mod gguf;
 pub mod kv_cache;
+pub mod kv_cache_q8;
 pub mod metrics;
 pub mod model;
 pub mod ops;

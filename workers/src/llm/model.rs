@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::error::EngineError;
 use crate::llm::forward::Workspace;
 use crate::llm::gguf::{GgufFile, LlamaConfig};
-use crate::llm::kv_cache::KvCache;
+use crate::llm::kv_cache::{KvCache, KvCacheType};
 use crate::llm::ops::Rope;
 use crate::llm::quant::{Kernel, QMatrix};
 
@@ -226,8 +226,13 @@ pub struct LlamaModel {
 
 impl LlamaModel {
     pub fn new(weights: Arc<LlamaWeights>, kv_blocks: usize) -> Result<Self, EngineError> {
+        Self::with_cache_type(weights, kv_blocks, KvCacheType::F32)
+    }
+
+    /// [`LlamaModel::new`] with keys and values stored as `kind` says.
+    pub fn with_cache_type(weights: Arc<LlamaWeights>, kv_blocks: usize, kind: KvCacheType) -> Result<Self, EngineError> {
         let c = &weights.config;
-        let cache = KvCache::new(c.layers, kv_blocks, c.kv_heads, c.head_dim)?;
+        let cache = KvCache::with_type(c.layers, kv_blocks, c.kv_heads, c.head_dim, kind)?;
         Ok(Self { weights, cache, ws: Workspace::default() })
     }
 }

@@ -103,6 +103,12 @@ impl Kernel {
         }
     }
 
+    /// Whether the class runs attention over the 8-bit KV cache in SIMD
+    /// ([`crate::llm::attention_q8`]); the others have only its portable reference loops.
+    pub fn has_q8_attention(self) -> bool {
+        matches!(self, Kernel::Vnni512 | Kernel::Vnni)
+    }
+
     /// The instruction set of the class's f32 loops.
     pub fn f32_simd(self) -> F32Simd {
         match self {
