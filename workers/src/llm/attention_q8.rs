@@ -66,6 +66,8 @@ pub fn attend_q8(
     let mut query_scales = vec![0f32; group * groups];
     let mut signed = [0i8; GROUP];
     let mut weights = Vec::new();
+    // The tile's block views, once for all its tokens.
+    let views: Vec<Q8Block> = table[..(first_pos + n).div_ceil(BLOCK_TOKENS)].iter().map(|&b| cache.block_q8(layer, b, kvh)).collect();
     for i in 0..n {
         let len = first_pos + 1 + i;
         let qi = &q[i * q_stride + kvh * group * hd..i * q_stride + (kvh + 1) * group * hd];
@@ -90,7 +92,7 @@ pub fn attend_q8(
         if weights.len() < blocks * group {
             weights.resize(blocks * group, ([0; BLOCK_TOKENS], 0.0));
         }
-        let token = Token { cache, layer, table, kvh, len, queries: &queries, query_scales: &query_scales };
+        let token = Token { views: &views, len, queries: &queries, query_scales: &query_scales };
         #[cfg(target_arch = "x86_64")]
         if kernel.has_q8_attention() && hd == 64 {
             // SAFETY: the AVX-512 VNNI classes run only where their CPU check passed
@@ -137,10 +139,8 @@ unsafe fn quantize_query_avx512(x: &[f32; GROUP], out: &mut [u8; GROUP]) -> f32 
 
 /// One token's inputs.
 struct Token<'a> {
-    cache: &'a KvCache,
-    layer: usize,
-    table: &'a [u32],
-    kvh: usize,
+    /// The tile's blocks of this layer and KV head (at least this token's).
+    views: &'a [Q8Block<'a>],
     /// Positions it attends over.
     len: usize,
     /// `group * hd` bytes: each head's quantized query plus 128.
@@ -154,8 +154,9 @@ impl Token<'_> {
         self.len.div_ceil(BLOCK_TOKENS)
     }
 
+    #[inline(always)]
     fn block(&self, b: usize) -> Q8Block<'_> {
-        self.cache.block_q8(self.layer, self.table[b], self.kvh)
+        self.views[b]
     }
 
     /// Filled slots of block `b`.
