@@ -7,10 +7,10 @@
 //! (`vpdpbusd` on AVX-512 VNNI: 64 multiply-adds per instruction), scaled back by the
 //! two scales and summed over the groups. The softmax's exponentials are f32, left
 //! unnormalized until the end (the output is divided by their sum once). For the values,
-//! each block's 16 exponentials times their values' scales are quantized to 8 bits
-//! against the block's largest (so a block that holds an attention sink does not
+//! each [`SPAN`] of 32 positions' exponentials times their values' scales are quantized
+//! to 8 bits against the span's largest (so a span that holds an attention sink does not
 //! flatten the rest of the history), multiplied with the 8-bit values as integers, and
-//! added to the f32 output with the block's scale.
+//! added to the f32 output with the span's scale.
 //!
 //! Quantization, integer sums and the per-key scaling are the same in every kernel class,
 //! so classes differ only in the softmax's `exp` and the output's fused multiply-add.
@@ -65,7 +65,7 @@ pub fn attend_q8(
     let mut queries = vec![0u8; group * hd];
     let mut query_scales = vec![0f32; group * groups];
     let mut signed = [0i8; GROUP];
-    let mut weights = Vec::new();
+    let mut weights: Vec<([u8; SPAN], f32)> = Vec::new();
     // The tile's block views, once for all its tokens.
     let views: Vec<Q8Block> = table[..(first_pos + n).div_ceil(BLOCK_TOKENS)].iter().map(|&b| cache.block_q8(layer, b, kvh)).collect();
     for i in 0..n {
@@ -88,9 +88,9 @@ pub fn attend_q8(
             }
         }
         let o = &mut out[i * group * hd..(i + 1) * group * hd];
-        let blocks = len.div_ceil(BLOCK_TOKENS);
-        if weights.len() < blocks * group {
-            weights.resize(blocks * group, ([0; BLOCK_TOKENS], 0.0));
+        let spans = len.div_ceil(SPAN);
+        if weights.len() < spans * group {
+            weights.resize(spans * group, ([0; SPAN], 0.0));
         }
         let token = Token { views: &views, len, queries: &queries, query_scales: &query_scales };
         #[cfg(target_arch = "x86_64")]
@@ -177,11 +177,15 @@ fn weight_scale(most: f32) -> Option<(f32, f32)> {
     (most > 0.0 && (8..=250).contains(&exponent)).then(|| (f32::from_bits((261 - exponent) << 23), f32::from_bits((exponent - 7) << 23)))
 }
 
-/// A block's exponentials (its `slots` first) times their values' scales, quantized to `[0, 255]` against a power of two ([`weight_scale`]); returns the scale
+/// Positions whose attention weights share one scale: two blocks.
+pub const SPAN: usize = 2 * BLOCK_TOKENS;
+
+/// A span's exponentials times their values' scales (both 0 past the filled slots),
+/// quantized to `[0, 255]` against a power of two ([`weight_scale`]); returns the scale
 /// (0 when all are 0).
-fn quantize_weights(e: &[f32], value_scales: &[f32; BLOCK_TOKENS], slots: usize, u: &mut [u8; BLOCK_TOKENS]) -> f32 {
-    let mut w = [0f32; BLOCK_TOKENS];
-    for s in 0..slots {
+fn quantize_weights(e: &[f32; SPAN], value_scales: &[f32; SPAN], u: &mut [u8; SPAN]) -> f32 {
+    let mut w = [0f32; SPAN];
+    for s in 0..SPAN {
         w[s] = e[s] * value_scales[s];
     }
     let most = w.iter().fold(0f32, |m, &v| m.max(v));
@@ -242,24 +246,36 @@ fn token_portable(t: &Token, group: usize, hd: usize, scores: &mut [f32], out: &
     let mut sums = vec![0f32; group];
     out[..group * hd].fill(0.0);
     let mut acc = vec![0i32; hd];
-    let mut u = [0u8; BLOCK_TOKENS];
-    for b in 0..t.blocks() {
-        let blk = t.block(b);
-        let slots = t.slots(b);
+    let mut u = [0u8; SPAN];
+    let per_span = SPAN / BLOCK_TOKENS;
+    for first in (0..t.blocks()).step_by(per_span) {
+        let span = first..t.blocks().min(first + per_span);
+        let mut value_scales = [0f32; SPAN];
+        for b in span.clone() {
+            let at = (b - first) * BLOCK_TOKENS;
+            value_scales[at..at + t.slots(b)].copy_from_slice(&t.block(b).value_scales[..t.slots(b)]);
+        }
         for g in 0..group {
-            let mut e = [0f32; BLOCK_TOKENS];
-            for s in 0..slots {
-                e[s] = (scores[g * len + b * BLOCK_TOKENS + s] - max[g]).exp();
-                sums[g] += e[s];
+            let mut e = [0f32; SPAN];
+            for b in span.clone() {
+                for s in 0..t.slots(b) {
+                    let x = (scores[g * len + b * BLOCK_TOKENS + s] - max[g]).exp();
+                    e[(b - first) * BLOCK_TOKENS + s] = x;
+                    sums[g] += x;
+                }
             }
-            let scale = quantize_weights(&e, blk.value_scales, slots, &mut u);
+            let scale = quantize_weights(&e, &value_scales, &mut u);
             acc.fill(0);
-            for sg in 0..BLOCK_TOKENS / 4 {
-                let row = &blk.values[sg * hd * 4..(sg + 1) * hd * 4];
-                let us = &u[sg * 4..sg * 4 + 4];
-                for (d, acc) in acc.iter_mut().enumerate() {
-                    for k in 0..4 {
-                        *acc += i32::from(us[k]) * i32::from(row[d * 4 + k]);
+            for b in span.clone() {
+                let values = t.block(b).values;
+                for sg in 0..BLOCK_TOKENS / 4 {
+                    let row = &values[sg * hd * 4..(sg + 1) * hd * 4];
+                    let at = (b - first) * BLOCK_TOKENS + sg * 4;
+                    let us = &u[at..at + 4];
+                    for (d, acc) in acc.iter_mut().enumerate() {
+                        for k in 0..4 {
+                            *acc += i32::from(us[k]) * i32::from(row[d * 4 + k]);
+                        }
                     }
                 }
             }
@@ -283,7 +299,7 @@ fn token_portable(t: &Token, group: usize, hd: usize, scores: &mut [f32], out: &
 /// the output kept in 4 registers per head. Returns true (it handled the case).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-unsafe fn token_vnni512<const G: usize>(t: &Token, scores: &mut [f32], weights: &mut [([u8; BLOCK_TOKENS], f32)], out: &mut [f32]) -> bool {
+unsafe fn token_vnni512<const G: usize>(t: &Token, scores: &mut [f32], weights: &mut [([u8; SPAN], f32)], out: &mut [f32]) -> bool {
     use std::arch::x86_64::*;
     let len = t.len;
     assert!(t.queries.len() >= G * 64 && t.query_scales.len() >= G * 2 && scores.len() >= G * len && out.len() >= G * 64);
@@ -319,42 +335,52 @@ unsafe fn token_vnni512<const G: usize>(t: &Token, scores: &mut [f32], weights: 
             _mm512_mask_storeu_ps(at, k, e);
         }
     }
-    // Exponentials times value scales to bytes, block by block; then the integer
-    // products.
-    assert!(weights.len() >= blocks * G);
+    // Exponentials times value scales to bytes, span by span (two blocks); then the
+    // integer products, one float step per span.
+    let spans = blocks.div_ceil(2);
+    assert!(weights.len() >= spans * G);
     let top = _mm512_set1_ps(255.0);
-    for b in 0..blocks {
-        let blk = t.block(b);
-        let k = mask(t.slots(b));
-        let value_scales = _mm512_maskz_loadu_ps(k, blk.value_scales.as_ptr());
+    for sp in 0..spans {
+        let (b0, b1) = (2 * sp, 2 * sp + 1);
+        let k0 = mask(t.slots(b0));
+        let k1 = if b1 < blocks { mask(t.slots(b1)) } else { 0 };
+        let vs0 = _mm512_maskz_loadu_ps(k0, t.block(b0).value_scales.as_ptr());
+        let vs1 = if b1 < blocks { _mm512_maskz_loadu_ps(k1, t.block(b1).value_scales.as_ptr()) } else { _mm512_setzero_ps() };
         for g in 0..G {
-            let w = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scores.as_ptr().add(g * len + b * BLOCK_TOKENS)), value_scales);
-            let (u, scale) = &mut weights[b * G + g];
-            if let Some((inv, step)) = weight_scale(_mm512_reduce_max_ps(w)) {
+            let w0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(k0, scores.as_ptr().add(g * len + b0 * BLOCK_TOKENS)), vs0);
+            let w1 = if b1 < blocks { _mm512_mul_ps(_mm512_maskz_loadu_ps(k1, scores.as_ptr().add(g * len + b1 * BLOCK_TOKENS)), vs1) } else { _mm512_setzero_ps() };
+            let (u, scale) = &mut weights[sp * G + g];
+            if let Some((inv, step)) = weight_scale(_mm512_reduce_max_ps(_mm512_max_ps(w0, w1))) {
                 // The same steps as `quantize_weights` (cvtps rounds ties to even).
-                let q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(w, _mm512_set1_ps(inv)), top));
-                _mm_storeu_si128(u.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q));
+                let inv = _mm512_set1_ps(inv);
+                for (h, w) in [w0, w1].into_iter().enumerate() {
+                    let q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(w, inv), top));
+                    _mm_storeu_si128(u.as_mut_ptr().add(h * 16) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+                }
                 *scale = step;
             } else {
-                *u = [0; BLOCK_TOKENS];
+                *u = [0; SPAN];
                 *scale = 0.0;
             }
         }
     }
     let mut o = [[_mm512_setzero_ps(); 4]; G];
-    for b in 0..blocks {
-        let blk = t.block(b);
-        assert!(blk.values.len() >= 64 * BLOCK_TOKENS);
-        let vp = blk.values.as_ptr();
-        let w = &weights[b * G..(b + 1) * G];
-        // acc[g][quarter]: 4 * G independent chains.
+    for sp in 0..spans {
+        let w = &weights[sp * G..(sp + 1) * G];
+        // acc[g][quarter]: 4 * G independent chains, over the span's blocks.
         let mut acc = [[_mm512_setzero_si512(); 4]; G];
-        for sg in 0..4 {
-            let rows = [0, 1, 2, 3].map(|c| _mm512_loadu_si512(vp.add(sg * 256 + c * 64) as *const _));
-            for g in 0..G {
-                let pw = _mm512_set1_epi32(std::ptr::read_unaligned(w[g].0.as_ptr().add(sg * 4) as *const i32));
-                for c in 0..4 {
-                    acc[g][c] = _mm512_dpbusd_epi32(acc[g][c], pw, rows[c]);
+        for b in 2 * sp..blocks.min(2 * sp + 2) {
+            let blk = t.block(b);
+            assert!(blk.values.len() >= 64 * BLOCK_TOKENS);
+            let vp = blk.values.as_ptr();
+            let at = (b - 2 * sp) * BLOCK_TOKENS;
+            for sg in 0..4 {
+                let rows = [0, 1, 2, 3].map(|c| _mm512_loadu_si512(vp.add(sg * 256 + c * 64) as *const _));
+                for g in 0..G {
+                    let pw = _mm512_set1_epi32(std::ptr::read_unaligned(w[g].0.as_ptr().add(at + sg * 4) as *const i32));
+                    for c in 0..4 {
+                        acc[g][c] = _mm512_dpbusd_epi32(acc[g][c], pw, rows[c]);
+                    }
                 }
             }
         }
@@ -575,19 +601,20 @@ mod tests {
     }
 
     #[test]
-    fn weights_are_quantized_against_a_power_of_two_above_the_block_maximum() {
-        let mut e = [0f32; BLOCK_TOKENS];
-        e[..4].copy_from_slice(&[0.5, 0.25, 0.0, 0.125]);
-        let scales = [2.0f32; BLOCK_TOKENS];
-        let mut u = [7u8; BLOCK_TOKENS];
+    fn weights_are_quantized_against_a_power_of_two_above_the_span_maximum() {
+        let mut e = [0f32; SPAN];
+        e[..4].copy_from_slice(&[0.5, 0.25, 0.0, 0.0]);
+        let mut scales = [0f32; SPAN];
+        scales[..3].fill(2.0);
+        let mut u = [7u8; SPAN];
         // Weights 1, 0.5, 0: the largest, 1, becomes 128 steps of 1/128.
-        let scale = quantize_weights(&e, &scales, 3, &mut u);
+        let scale = quantize_weights(&e, &scales, &mut u);
         assert_eq!(scale, 1.0 / 128.0);
-        // Slot 3 is past the filled slots: it counts as 0.
         assert_eq!(&u[..5], &[128, 64, 0, 0, 0]);
+        assert!(u.iter().skip(2).all(|&x| x == 0));
         // Just under the next power of two: 255.9 steps round to the top byte.
         e[0] = 0.99975;
-        assert_eq!(quantize_weights(&e, &scales, 1, &mut u), 1.0 / 128.0);
+        assert_eq!(quantize_weights(&e, &scales, &mut u), 1.0 / 128.0);
         assert_eq!(u[0], 255);
         for most in [1e-30f32, 0.003, 0.7, 1.0, 5.5] {
             let (inv, scale) = weight_scale(most).unwrap();
@@ -595,6 +622,6 @@ mod tests {
             assert!((128.0..256.0).contains(&(most * inv)), "{most}");
         }
         assert_eq!(weight_scale(0.0), None);
-        assert_eq!(quantize_weights(&[0.0; BLOCK_TOKENS], &scales, 16, &mut u), 0.0);
+        assert_eq!(quantize_weights(&[0.0; SPAN], &scales, &mut u), 0.0);
     }
 }

@@ -553,6 +553,9 @@ impl LlmEngineFactory {
         }
         let calibration = crate::sim::builtin(CALIBRATION_PROFILE)?;
         let threads = self.threads().max(1) as f64;
+        // The f32 cache's bytes, whatever the cache type: the 8-bit cache's attention is
+        // about twice as fast per token on this model, not as much as its bytes shrink,
+        // so its f32 figure is the safe side.
         let kv_bytes = KvCache::bytes_per_token(c.layers, c.kv_heads, c.head_dim) as f64;
         let by_threads = CALIBRATION_THREADS / threads;
         let weights = self.file_size as f64 / CALIBRATION_FILE_BYTES * by_threads;
