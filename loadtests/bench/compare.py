@@ -78,12 +78,12 @@ def wait_ready(proc, url: str, path: str, ready, log: Path, what: str):
     raise RuntimeError(f"{what} did not become ready; see {log}")
 
 
-def start_llama(binary: Path, threads: int, log: Path, slots: int = STREAMS, ctx: int = CONTEXT):
-    """llama-server with `slots` parallel slots of `ctx` tokens each."""
+def start_llama(binary: Path, threads: int, log: Path, slots: int = STREAMS, ctx: int = CONTEXT, extra: tuple = ()):
+    """llama-server with `slots` parallel slots of `ctx` tokens each; `extra`: more flags."""
     port = free_port()
     cmd = [str(binary), "-m", str(MODEL), "--threads", str(threads), "--threads-batch", str(threads),
            "--parallel", str(slots), "--ctx-size", str(slots * ctx), "--no-repack", "-cb",
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, "/health", lambda _: True, log, "llama-server")

@@ -5,6 +5,8 @@ Run through loadtests/bench/conversations.sh. Each side serves the same GGUF wit
 threads: llama-server with `--parallel N` (each slot keeps its cache between requests,
 and a request goes to the slot whose cached prompt is most like it), Swell with one `llm`
 replica (prefix caching on; `--swell-no-cache` runs it with `prefix_cache = false`).
+`--kv q8` runs both with 8-bit keys and values (Swell `kv_cache_type = "q8"`,
+llama-server `-ctk q8_0 -ctv q8_0 -fa on`); by default each keeps its own (f32, f16).
 
 N conversations run at once, T turns each. Every turn sends the whole history through
 /v1/chat/completions (streaming, temperature 0): the system turn, every earlier question
@@ -118,6 +120,9 @@ def main():
     ap.add_argument("--turns", type=int, default=8)
     ap.add_argument("--answer-tokens", type=int, default=64)
     ap.add_argument("--swell-no-cache", action="store_true", help="Swell with prefix_cache = false")
+    ap.add_argument("--kv", choices=["f32", "q8"], default="f32",
+                    help="q8: Swell with kv_cache_type = \"q8\", llama-server with 8-bit K and V (-ctk q8_0 -ctv q8_0 "
+                         "-fa on); f32: both engines' defaults (Swell f32, llama-server f16)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     for path, how in ((SWELL, "cargo build --release --bin swell"), (LLAMA[a.klass], "scripts/reference/build-llama-cpp "
@@ -131,7 +136,7 @@ def main():
     cpu = cpu_info()
     print(f"# {cpu['model']}, {cpu['cores']} cores; SIMD: {' '.join(cpu['simd_flags'])}")
     print(f"# {a.conversations} conversations x {a.turns} turns, answers <= {a.answer_tokens} tokens; class {a.klass}; "
-          f"{a.threads} threads; Swell prefix cache {'off' if a.swell_no_cache else 'on'}; {a.rounds} rounds", flush=True)
+          f"{a.threads} threads; Swell prefix cache {'off' if a.swell_no_cache else 'on'}; KV {a.kv}; {a.rounds} rounds", flush=True)
     runs = {"swell": [], "llama": []}
     commands = {}
     for round_ in range(a.rounds):
@@ -139,10 +144,12 @@ def main():
         for side in order:
             log = logdir / f"conversations-{side}.log"
             if side == "llama":
-                proc, url, cmd = start_llama(LLAMA[a.klass], a.threads, log, slots=a.conversations, ctx=ctx)
+                extra = ("-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on") if a.kv == "q8" else ()
+                proc, url, cmd = start_llama(LLAMA[a.klass], a.threads, log, slots=a.conversations, ctx=ctx, extra=extra)
             else:
                 proc, url, cmd, _ = start_swell(kernel, a.threads, log, kv_tokens=a.conversations * ctx,
-                                                extra_llm=f"prefix_cache = {str(not a.swell_no_cache).lower()}")
+                                                extra_llm=f"prefix_cache = {str(not a.swell_no_cache).lower()}\n"
+                                                          f"kv_cache_type = \"{a.kv}\"")
             commands[side] = cmd
             try:
                 r = asyncio.run(run_side(url, a.conversations, a.turns, a.answer_tokens))
@@ -169,7 +176,7 @@ def main():
     print(f"\nSwell / llama-server: TTFT turns 2-{a.turns} {ratio['ttft_p50_ms_turns_2_on']:.2f}, "
           f"wall {ratio['wall_s']:.2f} (medians of {a.rounds} interleaved rounds)")
     save_result({"class": a.klass, "threads": a.threads, "rounds": a.rounds, "conversations": a.conversations,
-                 "turns": a.turns, "answer_tokens": a.answer_tokens, "swell_prefix_cache": not a.swell_no_cache,
+                 "turns": a.turns, "answer_tokens": a.answer_tokens, "swell_prefix_cache": not a.swell_no_cache, "kv": a.kv,
                  "cpu": cpu, "commands": commands, "median": med, "ratio_swell_over_llama": ratio, "runs": runs},
                 f"conversations-{a.klass}", a.out)
 

@@ -3,7 +3,7 @@
 # on this machine, interleaved; TTFT per turn and wall time, JSON to loadtests/results/.
 # See loadtests/bench/conversations.py for the method. Run on a quiet machine.
 #
-#   loadtests/bench/conversations.sh [--conversations 4] [--turns 8] [--rounds 3] [--class native|avx2]
+#   loadtests/bench/conversations.sh [--conversations 4] [--turns 8] [--rounds 3] [--class native|avx2] [--kv f32|q8]
 #
 # Needs the release binary (cargo build --release --bin swell); installs the rest.
 set -euo pipefail
