@@ -23,6 +23,9 @@
 //! head size: the reference the tests hold the SIMD kernel to, 20 times slower than f32
 //! attention, so the factory refuses `q8` on classes without the SIMD kernel).
 
+// SIMD loops index several parallel register arrays by the same counter.
+#![allow(clippy::needless_range_loop)]
+
 use crate::llm::gguf::LlamaConfig;
 use crate::llm::kv_cache::{KvCache, BLOCK_TOKENS};
 use crate::llm::kv_cache_q8::{quantize, round_even, Q8Block, GROUP};

@@ -213,11 +213,10 @@ impl KvCache {
         let block = table[pos / BLOCK_TOKENS];
         let slot = pos % BLOCK_TOKENS;
         let hd = self.head_dim;
-        if self.q8.is_some() {
+        let first_unit = self.unit(layer, block, 0);
+        if let Some(q8) = &mut self.q8 {
             for head in 0..self.kv_heads {
-                let unit = self.unit(layer, block, head);
-                let q8 = self.q8.as_mut().expect("checked above");
-                q8.store(unit, slot, &k[head * hd..(head + 1) * hd], &v[head * hd..(head + 1) * hd]);
+                q8.store(first_unit + head, slot, &k[head * hd..(head + 1) * hd], &v[head * hd..(head + 1) * hd]);
             }
             return;
         }

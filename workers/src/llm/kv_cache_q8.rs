@@ -255,8 +255,8 @@ mod tests {
         }
         let mut q = [0i8; 64];
         assert_eq!(b.value_scales[5], quantize(&v, &mut q));
-        for d in 0..hd {
-            assert_eq!(b.value(5, d, hd), q[d], "value dimension {d}");
+        for (d, &q) in q.iter().enumerate() {
+            assert_eq!(b.value(5, d, hd), q, "value dimension {d}");
         }
         // Key row d/4 holds 4 dimensions of all 16 slots; value row slot/4 holds 4 slots.
         assert_eq!(b.keys[BLOCK_TOKENS * 4 + 5 * 4 + 1], q_of(&k[..GROUP], 5));
