@@ -18,7 +18,7 @@
 
 use std::time::Instant;
 
-use swell_workers::llm::attention::{attend, TILE_TOKENS};
+use swell_workers::llm::attention::{attend, TileQuery, TILE_TOKENS};
 use swell_workers::llm::gguf::LlamaConfig;
 use swell_workers::llm::attention_q8::attend_q8;
 use swell_workers::llm::kv_cache::{KvCache, KvCacheType, BLOCK_TOKENS};
@@ -89,7 +89,8 @@ fn main() {
                 for kvh in 0..c.kv_heads {
                     for first in (0..new).step_by(tile) {
                         let n = tile.min(new - first);
-                        attend(&c, layer, &cache, &table, history + first, n, &q[first * stride..], stride, kvh, &mut out, &mut scores, simd);
+                        let tq = TileQuery { table: &table, first_pos: history + first, n, q: &q[first * stride..], q_stride: stride, kvh };
+                        attend(&c, layer, &cache, &tq, &mut out, &mut scores, simd);
                     }
                 }
             }
@@ -109,7 +110,8 @@ fn main() {
             for kvh in 0..c.kv_heads {
                 for first in (0..new).step_by(TILE_TOKENS) {
                     let n = TILE_TOKENS.min(new - first);
-                    attend_q8(&c, layer, &q8, &table, history + first, n, &q[first * stride..], stride, kvh, &mut out, &mut scores, kernel);
+                    let tq = TileQuery { table: &table, first_pos: history + first, n, q: &q[first * stride..], q_stride: stride, kvh };
+                    attend_q8(&c, layer, &q8, &tq, &mut out, &mut scores, kernel);
                 }
             }
         }

@@ -32,26 +32,25 @@ use crate::llm::simd;
 /// (they stay in L2), and a key block is reused 8 times from L1.
 pub const TILE_TOKENS: usize = 8;
 
-/// Attention of the `n` tokens at positions `first_pos..first_pos + n` of one sequence
-/// (block table `table`) for the query heads of KV head `kvh`. Token `i`'s query values
-/// are `q[i * q_stride..]` (the token's `hidden` query values, all heads); its output is
-/// `out[i * width..(i + 1) * width]`, `width = heads / kv_heads * head_dim` (that group's
-/// heads). `scores` is scratch space, grown as needed. `n` is 1 to [`TILE_TOKENS`].
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    c: &LlamaConfig,
-    layer: usize,
-    cache: &KvCache,
-    table: &[u32],
-    first_pos: usize,
-    n: usize,
-    q: &[f32],
-    q_stride: usize,
-    kvh: usize,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-    simd: F32Simd,
-) {
+/// What one attention call computes: the `n` tokens at positions `first_pos..first_pos + n`
+/// of one sequence (block table `table`), for the query heads of KV head `kvh`. Token
+/// `i`'s query values are `q[i * q_stride..]` (the token's `hidden` query values, all
+/// heads). `n` is 1 to [`TILE_TOKENS`].
+#[derive(Debug, Clone, Copy)]
+pub struct TileQuery<'a> {
+    pub table: &'a [u32],
+    pub first_pos: usize,
+    pub n: usize,
+    pub q: &'a [f32],
+    pub q_stride: usize,
+    pub kvh: usize,
+}
+
+/// Attention of `tq`'s tokens over an f32 cache. Token `i`'s output is
+/// `out[i * width..(i + 1) * width]`, `width = heads / kv_heads * head_dim` (that
+/// group's heads). `scores` is scratch space, grown as needed.
+pub fn attend(c: &LlamaConfig, layer: usize, cache: &KvCache, tq: &TileQuery, out: &mut [f32], scores: &mut Vec<f32>, simd: F32Simd) {
+    let &TileQuery { table, first_pos, n, q, q_stride, kvh } = tq;
     assert!((1..=TILE_TOKENS).contains(&n), "a tile of {n} tokens");
     let group = c.heads / c.kv_heads;
     let tile = Tile { first_len: first_pos + 1, n };
@@ -333,6 +332,52 @@ fn prefetch(p: *const f32) {
     unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
 }
 
+/// The value pass of a SIMD class, block by block while the block is in L1, with the
+/// next block prefetched: two tokens' heads at a time through `$block::<G, 2>` (one
+/// through `$block::<G, 1>` when 4 heads would overflow the registers), the sums kept in
+/// `out` between blocks.
+macro_rules! value_pass {
+    ($block:ident, $g:ident, $tile:ident, $cache:ident, $layer:ident, $table:ident, $kvh:ident, $blocks:ident, $scores:ident, $out:ident) => {
+        $out[..$tile.n * $g * 64].fill(0.0);
+        for (b, &block) in $table.iter().enumerate().take($blocks) {
+            let (_, vb) = $cache.block($layer, block, $kvh);
+            assert!(vb.len() >= 64 * BLOCK_TOKENS);
+            let next = next_block($cache, $layer, $table, b, $blocks, $kvh).map_or(vb.as_ptr(), |(_, v)| v.as_ptr());
+            for s in 0..BLOCK_TOKENS {
+                for line in 0..4 {
+                    prefetch(next.add(s * 64 + line * 16));
+                }
+            }
+            let mut i = 0;
+            while i < $tile.n {
+                if $g <= 3 && i + 1 < $tile.n {
+                    $block::<$g, 2>($tile, i, b, vb, $scores, $out);
+                    i += 2;
+                } else {
+                    $block::<$g, 1>($tile, i, b, vb, $scores, $out);
+                    i += 1;
+                }
+            }
+        }
+    };
+}
+
+/// The slots of block `b` that the `T` tokens `first..` of a tile see in a value pass:
+/// the block's first position, the slots all of them see (the first token's), and each
+/// token's count; `None` when none sees any. Checks the buffers' sizes.
+#[inline(always)]
+fn value_slots<const G: usize, const T: usize>(tile: Tile, first: usize, b: usize, vb: &[f32], scores: &[f32], out: &[f32]) -> Option<(usize, usize, [usize; T])> {
+    let start = b * BLOCK_TOKENS;
+    // The first token's slots, and one more per later token.
+    let seen: [usize; T] = std::array::from_fn(|t| tile.len(first + t).saturating_sub(start).min(BLOCK_TOKENS));
+    if seen[T - 1] == 0 {
+        return None;
+    }
+    assert!(first + T <= tile.n && out.len() >= (first + T) * G * 64 && vb.len() >= BLOCK_TOKENS * 64);
+    assert!(scores.len() >= tile.scores_at(first + T - 1, G - 1, G) + start + seen[T - 1]);
+    Some((start, seen[0], seen))
+}
+
 /// [`attend64`] with AVX-512 intrinsics: block by block, each token of the tile in turn
 /// while the block's keys are in L1; a block's 16 scores per head are 64 FMAs of 16-wide
 /// vectors (keys dimension-major) in 4 independent chains per head. The value pass is
@@ -397,27 +442,7 @@ unsafe fn attend64_avx512<const G: usize>(
     // Values, block by block while the block is in L1: two tokens' heads at a time (one
     // token when 4 heads would overflow the 32 registers), all 64 output dimensions per
     // pass, the sums kept in `out` between blocks.
-    out[..tile.n * G * 64].fill(0.0);
-    for (b, &block) in table.iter().enumerate().take(blocks) {
-        let (_, vb) = cache.block(layer, block, kvh);
-        assert!(vb.len() >= 64 * BLOCK_TOKENS);
-        let next = next_block(cache, layer, table, b, blocks, kvh).map_or(vb.as_ptr(), |(_, v)| v.as_ptr());
-        for s in 0..BLOCK_TOKENS {
-            for line in 0..4 {
-                prefetch(next.add(s * 64 + line * 16));
-            }
-        }
-        let mut i = 0;
-        while i < tile.n {
-            if G <= 3 && i + 1 < tile.n {
-                value_block_avx512::<G, 2>(tile, i, b, vb, scores, out);
-                i += 2;
-            } else {
-                value_block_avx512::<G, 1>(tile, i, b, vb, scores, out);
-                i += 1;
-            }
-        }
-    }
+    value_pass!(value_block_avx512, G, tile, cache, layer, table, kvh, blocks, scores, out);
 }
 
 /// The value pass of [`attend64_avx512`] over block `b` (values `vb`) for the `T` tokens
@@ -430,15 +455,7 @@ unsafe fn attend64_avx512<const G: usize>(
 #[inline]
 unsafe fn value_block_avx512<const G: usize, const T: usize>(tile: Tile, first: usize, b: usize, vb: &[f32], scores: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let start = b * BLOCK_TOKENS;
-    // Slots of this block each token sees: the first token's, and one more per later token.
-    let seen = |t: usize| tile.len(first + t).saturating_sub(start).min(BLOCK_TOKENS);
-    let (shared, all) = (seen(0), seen(T - 1));
-    if all == 0 {
-        return;
-    }
-    assert!(first + T <= tile.n && out.len() >= (first + T) * G * 64 && vb.len() >= BLOCK_TOKENS * 64);
-    assert!(scores.len() >= tile.scores_at(first + T - 1, G - 1, G) + start + all);
+    let Some((start, shared, seen)) = value_slots::<G, T>(tile, first, b, vb, scores, out) else { return };
     macro_rules! weight {
         ($t:expr, $g:expr, $s:expr) => {
             _mm512_set1_ps(*scores.get_unchecked(tile.scores_at(first + $t, $g, G) + start + $s))
@@ -470,7 +487,7 @@ unsafe fn value_block_avx512<const G: usize, const T: usize>(tile: Tile, first: 
     }
     // Later tokens' extra slots, in order.
     for t in 1..T {
-        for s in shared..seen(t) {
+        for s in shared..seen[t] {
             let v = values(s);
             for g in 0..G {
                 let w = weight!(t, g, s);
@@ -564,27 +581,7 @@ unsafe fn attend64_avx2<const G: usize>(
     // Values, block by block while the block is in L1: two tokens' heads at a time (one
     // token when 4 heads would overflow the 16 registers), 16 output dimensions per
     // pass, the sums kept in `out` between blocks.
-    out[..tile.n * G * 64].fill(0.0);
-    for (b, &block) in table.iter().enumerate().take(blocks) {
-        let (_, vb) = cache.block(layer, block, kvh);
-        assert!(vb.len() >= 64 * BLOCK_TOKENS);
-        let next = next_block(cache, layer, table, b, blocks, kvh).map_or(vb.as_ptr(), |(_, v)| v.as_ptr());
-        for s in 0..BLOCK_TOKENS {
-            for line in 0..4 {
-                prefetch(next.add(s * 64 + line * 16));
-            }
-        }
-        let mut i = 0;
-        while i < tile.n {
-            if G <= 3 && i + 1 < tile.n {
-                value_block_avx2::<G, 2>(tile, i, b, vb, scores, out);
-                i += 2;
-            } else {
-                value_block_avx2::<G, 1>(tile, i, b, vb, scores, out);
-                i += 1;
-            }
-        }
-    }
+    value_pass!(value_block_avx2, G, tile, cache, layer, table, kvh, blocks, scores, out);
 }
 
 /// The value pass of [`attend64_avx2`] over block `b` (values `vb`) for the `T` tokens
@@ -597,15 +594,7 @@ unsafe fn attend64_avx2<const G: usize>(
 #[inline]
 unsafe fn value_block_avx2<const G: usize, const T: usize>(tile: Tile, first: usize, b: usize, vb: &[f32], scores: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let start = b * BLOCK_TOKENS;
-    // Slots of this block each token sees: the first token's, and one more per later token.
-    let seen = |t: usize| tile.len(first + t).saturating_sub(start).min(BLOCK_TOKENS);
-    let (shared, all) = (seen(0), seen(T - 1));
-    if all == 0 {
-        return;
-    }
-    assert!(first + T <= tile.n && out.len() >= (first + T) * G * 64 && vb.len() >= BLOCK_TOKENS * 64);
-    assert!(scores.len() >= tile.scores_at(first + T - 1, G - 1, G) + start + all);
+    let Some((start, shared, seen)) = value_slots::<G, T>(tile, first, b, vb, scores, out) else { return };
     macro_rules! weight {
         ($t:expr, $g:expr, $s:expr) => {
             _mm256_set1_ps(*scores.get_unchecked(tile.scores_at(first + $t, $g, G) + start + $s))
@@ -632,7 +621,7 @@ unsafe fn value_block_avx2<const G: usize, const T: usize>(tile: Tile, first: us
         }
         // Later tokens' extra slots, in order.
         for t in 1..T {
-            for s in shared..seen(t) {
+            for s in shared..seen[t] {
                 let vp = vb.as_ptr().add(s * 64 + quarter * 16);
                 let v = [_mm256_loadu_ps(vp), _mm256_loadu_ps(vp.add(8))];
                 for g in 0..G {
@@ -702,7 +691,8 @@ mod tests {
         let q = queries(group);
         let stride = c.heads * 64;
         let mut out = vec![f32::NAN; n * group * 64];
-        attend(&c, 0, cache, table, first_pos, n, &q[first_pos % 2 * stride..], stride, 1, &mut out, &mut Vec::new(), simd);
+        let tq = TileQuery { table, first_pos, n, q: &q[first_pos % 2 * stride..], q_stride: stride, kvh: 1 };
+        attend(&c, 0, cache, &tq, &mut out, &mut Vec::new(), simd);
         out
     }
 
@@ -750,7 +740,8 @@ mod tests {
                         let q = queries(group);
                         let stride = c.heads * 64;
                         let mut alone = vec![f32::NAN; group * 64];
-                        attend(&c, 0, &cache, &table, pos, 1, &q[(first_pos % 2 + i) * stride..], stride, 1, &mut alone, &mut Vec::new(), simd);
+                        let tq = TileQuery { table: &table, first_pos: pos, n: 1, q: &q[(first_pos % 2 + i) * stride..], q_stride: stride, kvh: 1 };
+                        attend(&c, 0, &cache, &tq, &mut alone, &mut Vec::new(), simd);
                         let w = group * 64;
                         let same = tile[i * w..(i + 1) * w].iter().zip(&alone).all(|(x, y)| x.to_bits() == y.to_bits());
                         assert!(same, "{simd:?} group={group}: token {i} of the tile from {first_pos} differs from it alone");

@@ -26,6 +26,7 @@
 // SIMD loops index several parallel register arrays by the same counter.
 #![allow(clippy::needless_range_loop)]
 
+use crate::llm::attention::TileQuery;
 use crate::llm::gguf::LlamaConfig;
 use crate::llm::kv_cache::{KvCache, BLOCK_TOKENS};
 use crate::llm::kv_cache_q8::{quantize, round_even, Q8Block, GROUP};
@@ -38,25 +39,10 @@ pub fn runs_fast(kernel: Kernel, head_dim: usize, group: usize) -> bool {
     kernel.has_q8_attention() && head_dim == 64 && (1..=4).contains(&group)
 }
 
-/// Attention of the `n` tokens at positions `first_pos..first_pos + n` of one sequence
-/// (block table `table`) for the query heads of KV head `kvh`, over an 8-bit cache. The
-/// arguments are [`crate::llm::attention::attend`]'s, with the kernel class in place of
-/// the f32 class.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_q8(
-    c: &LlamaConfig,
-    layer: usize,
-    cache: &KvCache,
-    table: &[u32],
-    first_pos: usize,
-    n: usize,
-    q: &[f32],
-    q_stride: usize,
-    kvh: usize,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-    kernel: Kernel,
-) {
+/// Attention of `tq`'s tokens over an 8-bit cache: the arguments of
+/// [`crate::llm::attention::attend`], with the kernel class in place of the f32 class.
+pub fn attend_q8(c: &LlamaConfig, layer: usize, cache: &KvCache, tq: &TileQuery, out: &mut [f32], scores: &mut Vec<f32>, kernel: Kernel) {
+    let &TileQuery { table, first_pos, n, q, q_stride, kvh } = tq;
     let (group, hd) = (c.heads / c.kv_heads, c.head_dim);
     let scale = 1.0 / (hd as f32).sqrt();
     assert!(n >= 1 && q.len() >= (n - 1) * q_stride + c.heads * hd && out.len() >= n * group * hd);
@@ -526,7 +512,8 @@ mod tests {
     fn run_q8(cache: &KvCache, table: &[u32], group: usize, hd: usize, first_pos: usize, n: usize, q: &[f32], kernel: Kernel) -> Vec<f32> {
         let c = config(group, hd);
         let mut out = vec![f32::NAN; n * group * hd];
-        attend_q8(&c, 0, cache, table, first_pos, n, q, c.heads * hd, 1, &mut out, &mut Vec::new(), kernel);
+        let tq = TileQuery { table, first_pos, n, q, q_stride: c.heads * hd, kvh: 1 };
+        attend_q8(&c, 0, cache, &tq, &mut out, &mut Vec::new(), kernel);
         out
     }
 
@@ -543,7 +530,8 @@ mod tests {
                     let q = queries(group, hd, n);
                     let mut exact = vec![0f32; n * group * hd];
                     let simd = crate::llm::quant::F32Simd::Portable;
-                    attend(&c, 0, &f32_cache, &table, first_pos, n, &q, c.heads * hd, 1, &mut exact, &mut Vec::new(), simd);
+                    let tq = TileQuery { table: &table, first_pos, n, q: &q, q_stride: c.heads * hd, kvh: 1 };
+                    attend(&c, 0, &f32_cache, &tq, &mut exact, &mut Vec::new(), simd);
                     for kernel in classes() {
                         let got = run_q8(&q8_cache, &table, group, hd, first_pos, n, &q, kernel);
                         for (h, (e, g)) in exact.chunks(hd).zip(got.chunks(hd)).enumerate() {

@@ -28,7 +28,7 @@
 //! barrier, which orders the phases.
 
 use crate::error::EngineError;
-use crate::llm::attention::{attend, TILE_TOKENS};
+use crate::llm::attention::{attend, TileQuery, TILE_TOKENS};
 use crate::llm::attention_q8::attend_q8;
 use crate::llm::kv_cache::{KvCache, KvCacheType, BLOCK_TOKENS};
 use crate::llm::model::{LlamaModel, LlamaWeights, Logits, SeqChunk};
@@ -328,10 +328,10 @@ impl Step<'_, '_> {
                     let (ci, pos) = rows[r0];
                     let q = unsafe { self.qkv.read(r0 * qkv_width, (n - 1) * qkv_width + hidden) };
                     let out = &mut tmp[..n * width];
-                    let blocks = self.chunks[ci].blocks;
+                    let tq = TileQuery { table: self.chunks[ci].blocks, first_pos: pos, n, q, q_stride: qkv_width, kvh };
                     match cache.kind() {
-                        KvCacheType::F32 => attend(c, li, cache, blocks, pos, n, q, qkv_width, kvh, out, scores, simd),
-                        KvCacheType::Q8 => attend_q8(c, li, cache, blocks, pos, n, q, qkv_width, kvh, out, scores, kernel),
+                        KvCacheType::F32 => attend(c, li, cache, &tq, out, scores, simd),
+                        KvCacheType::Q8 => attend_q8(c, li, cache, &tq, out, scores, kernel),
                     }
                     for (i, o) in out.chunks_exact(width).enumerate() {
                         unsafe { self.attn.slice((r0 + i) * hidden + kvh * width, width) }.copy_from_slice(o);

@@ -97,19 +97,31 @@ impl BlockAllocator {
     }
 }
 
+/// Types whose all-zero bytes are a valid value (what [`zeroed`] hands out).
+///
+/// # Safety
+/// Only for types where every byte being zero is a valid value.
+pub(crate) unsafe trait Zeroable: Copy {}
+// SAFETY: zero bytes are 0 for integers and +0.0 for floats; arrays of such are zeros.
+unsafe impl Zeroable for f32 {}
+unsafe impl Zeroable for i8 {}
+unsafe impl Zeroable for i32 {}
+unsafe impl<T: Zeroable, const N: usize> Zeroable for [T; N] {}
+
 /// `len` zeros, or `None` when the allocator cannot give them (instead of aborting, as
 /// `vec![0.0; len]` does). Allocated zeroed, as `vec!` does, so the pages are committed
 /// only when written.
-fn zeroed(len: usize) -> Option<Vec<f32>> {
+pub(crate) fn zeroed<T: Zeroable>(len: usize) -> Option<Vec<T>> {
     if len == 0 {
         return Some(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
+    let layout = std::alloc::Layout::array::<T>(len).ok()?;
     // SAFETY: `layout` has a non-zero size. A non-null pointer from `alloc_zeroed` with
-    // this layout holds `len` initialized (zero) `f32`s, owned by the global allocator,
-    // which is what `Vec::from_raw_parts` requires for a length and capacity of `len`.
+    // this layout holds `len` initialized values (`T: Zeroable`: zero bytes are a valid
+    // value), owned by the global allocator, which is what `Vec::from_raw_parts`
+    // requires for a length and capacity of `len`.
     unsafe {
-        let pointer = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        let pointer = std::alloc::alloc_zeroed(layout).cast::<T>();
         (!pointer.is_null()).then(|| Vec::from_raw_parts(pointer, len, len))
     }
 }

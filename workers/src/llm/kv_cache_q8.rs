@@ -19,7 +19,7 @@
 //! even, per group of 32 values for keys (as llama.cpp's `q8_0`) and per head for
 //! values, in plain Rust whatever the kernel class, so every class reads the same bytes.
 
-use crate::llm::kv_cache::BLOCK_TOKENS;
+use crate::llm::kv_cache::{zeroed, BLOCK_TOKENS};
 
 /// Key values per quantization group (one scale each).
 pub const GROUP: usize = 32;
@@ -127,11 +127,11 @@ impl Q8Store {
         let groups = units.checked_mul(head_dim / GROUP)?;
         Some(Self {
             head_dim,
-            keys: try_zeroed(bytes)?,
-            key_scales: try_zeroed(groups)?,
-            key_biases: try_zeroed(groups)?,
-            values: try_zeroed(bytes)?,
-            value_scales: try_zeroed(units)?,
+            keys: zeroed(bytes)?,
+            key_scales: zeroed(groups)?,
+            key_biases: zeroed(groups)?,
+            values: zeroed(bytes)?,
+            value_scales: zeroed(units)?,
         })
     }
 
@@ -185,22 +185,6 @@ impl Q8Block<'_> {
     /// Dimension `d` of the value in `slot`, as stored (`hd`: the head size).
     pub fn value(&self, slot: usize, d: usize, hd: usize) -> i8 {
         self.values[(slot / 4) * hd * 4 + d * 4 + slot % 4]
-    }
-}
-
-/// `len` zero values of a plain-old-data type, or `None` when the allocator cannot give
-/// them (instead of aborting); allocated zeroed, so pages are committed when written.
-fn try_zeroed<T: Copy + Default>(len: usize) -> Option<Vec<T>> {
-    if len == 0 {
-        return Some(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<T>(len).ok()?;
-    // SAFETY: `layout` has a non-zero size; `T` is i8, i32, f32 or an array of them, for
-    // which all-zero bytes are a valid value, so the zeroed allocation holds `len`
-    // initialized values owned by the global allocator, as `Vec::from_raw_parts` needs.
-    unsafe {
-        let pointer = std::alloc::alloc_zeroed(layout).cast::<T>();
-        (!pointer.is_null()).then(|| Vec::from_raw_parts(pointer, len, len))
     }
 }
 
