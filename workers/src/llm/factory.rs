@@ -208,6 +208,15 @@ impl LlmConfig {
         if let Some(name) = &self.cpu_kernel {
             Kernel::from_name(name).map_err(|why| EngineError::Config(format!("llm.cpu_kernel: {why}")))?;
         }
+        if self.kv_cache_type == KvCacheType::Q8 {
+            let kernel = Kernel::from_name(self.cpu_kernel.as_deref().unwrap_or("auto")).map_err(EngineError::Config)?;
+            if !kernel.has_q8_attention() {
+                return bad(
+                    "kv_cache_type",
+                    &format!("`q8` runs on the AVX-512 VNNI kernels (`avx512`, `avx512-vnni`); here the CPU kernel is `{}` (use `f32`)", kernel.name()),
+                );
+            }
+        }
         let range = |key: &str, value: u64, min: u64, max: u64| {
             if value < min {
                 Err(EngineError::Config(format!("llm.{key}: must be at least {min}")))
