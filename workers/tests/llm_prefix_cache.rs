@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use common::*;
 use swell_protocol::{OutputEvent, SamplingParams};
 use swell_workers::llm::block_pool::PoolStats;
+use swell_workers::llm::kv_cache::KvCacheType;
+use swell_workers::llm::quant::Kernel;
 use swell_workers::llm::{LlmConfig, LlmEngine, LlmEngineFactory};
 use swell_workers::{ChatMessage, Engine, EngineFactory};
 
@@ -143,8 +145,30 @@ fn the_next_turn_of_a_conversation_finds_its_history() {
 /// given back.
 #[test]
 fn preemption_cancellation_and_eviction_keep_counts_and_outputs() {
-    let (f, mut roomy) = engine(uncached());
+    preemption_cancellation_and_eviction(KvCacheType::F32);
+}
+
+/// The same over the 8-bit cache, where this CPU runs it (elsewhere it is refused).
+#[test]
+fn preemption_cancellation_and_eviction_keep_counts_and_outputs_with_the_8_bit_cache() {
+    if !Kernel::detect().has_q8_attention() {
+        let mut c = config();
+        c.kv_cache_type = KvCacheType::Q8;
+        assert!(LlmEngineFactory::new(c).is_err(), "refused without AVX-512 VNNI");
+        return;
+    }
+    preemption_cancellation_and_eviction(KvCacheType::Q8);
+}
+
+/// Six sampled sequences and two cancelled ones, three rounds on a cache of 20 blocks
+/// (preempting, evicting, hitting): the same tokens as on a roomy cache without prefix
+/// caching, and every reference given back.
+fn preemption_cancellation_and_eviction(kind: KvCacheType) {
+    let mut roomy_config = uncached();
+    roomy_config.kv_cache_type = kind;
+    let (f, mut roomy) = engine(roomy_config);
     let mut small_config = config();
+    small_config.kv_cache_type = kind;
     small_config.kv_cache_tokens = 20 * 16;
     let (_, mut small) = engine(small_config);
     let questions = [
