@@ -98,12 +98,12 @@ impl Queue for HeldRenewal {
     async fn cancel(&self, job_id: &str) -> Result<(), QueueError> {
         self.inner.cancel(job_id).await
     }
-    async fn append_output(&self, lease: &LeaseRef, events: Vec<OutputEvent>) -> Result<AppendOutcome, QueueError> {
+    async fn append_output(&self, lease: &LeaseRef, after: u64, events: Vec<OutputEvent>) -> Result<AppendOutcome, QueueError> {
         let held_until = *self.appends_held_until.lock().unwrap();
         if let Some(until) = held_until {
             tokio::time::sleep_until(until).await;
         }
-        self.inner.append_output(lease, events).await
+        self.inner.append_output(lease, after, events).await
     }
     async fn report_replica(&self, d: &str, report: &ReplicaReport, prefix: Option<&PrefixBlocks>) -> Result<(), QueueError> {
         self.inner.report_replica(d, report, prefix).await

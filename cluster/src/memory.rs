@@ -532,6 +532,7 @@ impl Queue for InMemoryQueue {
     async fn append_output(
         &self,
         lease: &LeaseRef,
+        after: u64,
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError> {
         let mut state = self.state.lock();
@@ -543,6 +544,21 @@ impl Queue for InMemoryQueue {
                 state.fail_job(&lease.job_id, "cancelled", "the request was cancelled".into());
             }
             return Ok(AppendOutcome::Cancelled);
+        }
+        // The output ends elsewhere than the writer knows: this same append stored
+        // already (its events, up to a terminal one, are the last, under this epoch),
+        // or someone else wrote.
+        if let Some(output) = state.outputs.get(&lease.job_id).filter(|o| o.last_seq() != after) {
+            let stored = events.iter().position(OutputEvent::is_terminal).map_or(events.len(), |i| i + 1) as u64;
+            let ours = output.events.last().is_some_and(|e| e.epoch == lease.epoch);
+            return Ok(if ours && output.last_seq() == after + stored {
+                AppendOutcome::Accepted(output.last_seq())
+            } else {
+                AppendOutcome::Fenced
+            });
+        }
+        if after != 0 && !state.outputs.contains_key(&lease.job_id) {
+            return Ok(AppendOutcome::Fenced);
         }
         if !Self::holds(&state, lease) {
             return Ok(AppendOutcome::Fenced);

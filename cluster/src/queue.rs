@@ -109,10 +109,16 @@ pub trait Queue: Send + Sync + 'static {
     /// flagged so its writer stops at its next append. Idempotent.
     async fn cancel(&self, job_id: &str) -> Result<(), QueueError>;
 
-    /// Append events to a job's output stream under a lease (fenced by epoch).
+    /// Append events to a job's output stream under a lease (fenced by epoch). `after` is
+    /// the last sequence number the writer knows stored (its lease's `resume_after_seq`,
+    /// then each accepted append's answer): when the output already ends `events` later
+    /// under this lease, an earlier try of this same append was stored (its reply was
+    /// lost, or it ran late) and it is not stored again (answer: `Accepted` of that
+    /// end); output ending anywhere else answers `Fenced`.
     async fn append_output(
         &self,
         lease: &LeaseRef,
+        after: u64,
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError>;
 

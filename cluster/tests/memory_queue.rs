@@ -82,7 +82,7 @@ async fn output_is_read_in_order_and_resumable_from_a_sequence_number() {
     queue.enqueue(job("a"), LIMITS).await.unwrap();
     let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
     let outcome = queue
-        .append_output(&lease.lease, vec![tokens(&[7]), tokens(&[8]), finished()])
+        .append_output(&lease.lease, 0, vec![tokens(&[7]), tokens(&[8]), finished()])
         .await
         .unwrap();
     assert_eq!(outcome, AppendOutcome::Accepted(3));
@@ -103,7 +103,7 @@ async fn an_expired_lease_is_redelivered_with_a_new_epoch_and_the_old_writer_is_
     let queue = InMemoryQueue::default();
     queue.enqueue(job("a"), LIMITS).await.unwrap();
     let first = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
-    queue.append_output(&first.lease, vec![tokens(&[5, 6])]).await.unwrap();
+    queue.append_output(&first.lease, 0, vec![tokens(&[5, 6])]).await.unwrap();
 
     // Not expired yet: nothing is reclaimed, and renewing keeps it.
     tokio::time::advance(Duration::from_secs(5)).await;
@@ -123,14 +123,14 @@ async fn an_expired_lease_is_redelivered_with_a_new_epoch_and_the_old_writer_is_
 
     // The old owner wakes up: every write is rejected.
     assert_eq!(
-        queue.append_output(&first.lease, vec![tokens(&[9])]).await.unwrap(),
+        queue.append_output(&first.lease, 1, vec![tokens(&[9])]).await.unwrap(),
         AppendOutcome::Fenced
     );
     assert!(!queue.ack(&first.lease).await.unwrap());
     assert_eq!(queue.renew(std::slice::from_ref(&first.lease), TTL).await.unwrap(), [false]);
 
     // The new owner continues the same stream.
-    queue.append_output(&second.lease, vec![tokens(&[7]), finished()]).await.unwrap();
+    queue.append_output(&second.lease, second.resume_after_seq, vec![tokens(&[7]), finished()]).await.unwrap();
     assert!(queue.ack(&second.lease).await.unwrap());
     let events = queue.read_output("a", 0, Duration::ZERO).await.unwrap();
     assert_eq!(events.iter().map(|e| (e.seq, e.epoch)).collect::<Vec<_>>(), [(1, 1), (2, 2), (3, 2)]);
@@ -162,7 +162,7 @@ async fn release_hands_a_job_back_to_the_head_without_counting_a_delivery() {
     assert_eq!(again.job.id, "a");
     assert_eq!(again.deliveries, 1);
     assert_eq!(
-        queue.append_output(&first.lease, vec![tokens(&[1])]).await.unwrap(),
+        queue.append_output(&first.lease, 0, vec![tokens(&[1])]).await.unwrap(),
         AppendOutcome::Fenced
     );
 }
@@ -186,7 +186,7 @@ async fn cancelling_a_leased_job_stops_its_writer_at_the_next_append() {
     let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
     queue.cancel("a").await.unwrap();
     assert_eq!(
-        queue.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap(),
+        queue.append_output(&lease.lease, 0, vec![tokens(&[1])]).await.unwrap(),
         AppendOutcome::Cancelled
     );
     assert_eq!(queue.depth("d").await.unwrap().leased, 0);
@@ -217,7 +217,7 @@ async fn queue_with_output_past_retention() -> InMemoryQueue {
     });
     queue.enqueue(job("a"), LIMITS).await.unwrap();
     let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
-    queue.append_output(&lease.lease, vec![finished()]).await.unwrap();
+    queue.append_output(&lease.lease, 0, vec![finished()]).await.unwrap();
     queue.ack(&lease.lease).await.unwrap();
     tokio::time::advance(Duration::from_secs(6)).await;
     queue

@@ -47,7 +47,7 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     // The first request of a deployment creates its stream, group and counts.
     queue.enqueue(job("warm"), LIMITS).await.unwrap();
     let warm = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
-    queue.append_output(&warm.lease, vec![tokens(&[1]), finished()]).await.unwrap();
+    queue.append_output(&warm.lease, 0, vec![tokens(&[1]), finished()]).await.unwrap();
     assert!(queue.ack(&warm.lease).await.unwrap());
     // And the gateway's first blocking read opens its pooled connection.
     assert_eq!(queue.read_output("warm", 0, Duration::from_secs(1)).await.unwrap().len(), 2);
@@ -60,7 +60,7 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     let take = commands(&mut raw).await.values().sum::<u64>();
     reset(&mut raw).await;
     let started = OutputEvent::Started { replica: "w1".into() };
-    let first = queue.append_output(&lease.lease, vec![started, tokens(&[1])]).await.unwrap();
+    let first = queue.append_output(&lease.lease, lease.resume_after_seq, vec![started, tokens(&[1])]).await.unwrap();
     assert_eq!(first, AppendOutcome::Accepted(2));
     let first_append = commands(&mut raw).await.values().sum::<u64>();
     reset(&mut raw).await;
@@ -69,7 +69,7 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     let first_read = commands(&mut raw).await.values().sum::<u64>();
     reset(&mut raw).await;
     let more = vec![tokens(&[2]), tokens(&[3]), finished()];
-    assert_eq!(queue.append_output(&lease.lease, more).await.unwrap(), AppendOutcome::Accepted(5));
+    assert_eq!(queue.append_output(&lease.lease, 2, more).await.unwrap(), AppendOutcome::Accepted(5));
     let last_append = commands(&mut raw).await.values().sum::<u64>();
     reset(&mut raw).await;
     assert_eq!(queue.read_output("a", 2, Duration::from_secs(1)).await.unwrap().len(), 3);

@@ -107,7 +107,7 @@ mod scenarios {
         assert!(q.ack(&leases[0].lease).await.unwrap());
         assert!(!q.ack(&leases[0].lease).await.unwrap(), "a second ack finds nothing");
         assert_eq!(
-            q.append_output(&leases[0].lease, vec![tokens(&[1])]).await.unwrap(),
+            q.append_output(&leases[0].lease, 0, vec![tokens(&[1])]).await.unwrap(),
             AppendOutcome::Fenced,
             "no write after the ack"
         );
@@ -147,7 +147,7 @@ mod scenarios {
         q.enqueue(job("a"), LIMITS).await.unwrap();
         assert!(q.read_output("a", 0, NO_BLOCK).await.unwrap().is_empty());
         let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
-        let outcome = q.append_output(&lease.lease, vec![tokens(&[7]), tokens(&[8])]).await.unwrap();
+        let outcome = q.append_output(&lease.lease, 0, vec![tokens(&[7]), tokens(&[8])]).await.unwrap();
         assert_eq!(outcome, AppendOutcome::Accepted(2));
 
         // A blocked reader resumes after seq 2 and wakes for the next event.
@@ -156,7 +156,7 @@ mod scenarios {
             tokio::spawn(async move { q.read_output("a", 2, Duration::from_secs(5)).await.unwrap() })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let outcome = q.append_output(&lease.lease, vec![finished(), tokens(&[9])]).await.unwrap();
+        let outcome = q.append_output(&lease.lease, 2, vec![finished(), tokens(&[9])]).await.unwrap();
         assert_eq!(outcome, AppendOutcome::Accepted(3), "nothing is stored after the terminal event");
         let woken = reader.await.unwrap();
         assert_eq!(woken.len(), 1);
@@ -174,6 +174,31 @@ mod scenarios {
         assert!(matches!(q.read_output("nope", 0, NO_BLOCK).await, Err(QueueError::UnknownJob(_))));
     }
 
+    /// An append tried again after its first try was stored (its reply lost, or the first
+    /// try reaching the queue late) is not stored twice, terminal or not; one naming an
+    /// end the output does not have is fenced.
+    pub async fn an_append_tried_again_after_it_was_stored_is_not_stored_twice(backend: Backend) {
+        let h = backend.start(Settings::default()).await;
+        let q = &h.queue;
+        q.enqueue(job("a"), LIMITS).await.unwrap();
+        let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+        let first = vec![tokens(&[7]), tokens(&[8])];
+        assert_eq!(q.append_output(&lease.lease, 0, first.clone()).await.unwrap(), AppendOutcome::Accepted(2));
+        assert_eq!(q.append_output(&lease.lease, 0, first).await.unwrap(), AppendOutcome::Accepted(2), "the retry");
+        assert_eq!(q.append_output(&lease.lease, 5, vec![tokens(&[9])]).await.unwrap(), AppendOutcome::Fenced);
+        let last = vec![tokens(&[9]), finished()];
+        assert_eq!(q.append_output(&lease.lease, 2, last.clone()).await.unwrap(), AppendOutcome::Accepted(4));
+        assert_eq!(q.append_output(&lease.lease, 2, last).await.unwrap(), AppendOutcome::Accepted(4), "a terminal retry");
+        let all = q.read_output("a", 0, NO_BLOCK).await.unwrap();
+        assert_eq!(all.iter().map(|e| (e.seq, e.event.clone())).collect::<Vec<_>>(), [
+            (1, tokens(&[7])),
+            (2, tokens(&[8])),
+            (3, tokens(&[9])),
+            (4, finished())
+        ]);
+        assert!(q.ack(&lease.lease).await.unwrap());
+    }
+
     pub async fn renewing_keeps_a_long_job_from_being_reclaimed(backend: Backend) {
         let h = backend.start(Settings::default()).await;
         let q = &h.queue;
@@ -186,7 +211,7 @@ mod scenarios {
             assert_eq!(q.renew(std::slice::from_ref(&lease.lease), SHORT_TTL).await.unwrap(), [true]);
             assert_eq!(q.reclaim_expired("d").await.unwrap(), 0);
         }
-        assert_eq!(q.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Accepted(1));
+        assert_eq!(q.append_output(&lease.lease, 0, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Accepted(1));
         assert!(q.lease("d", "w2", 1, SHORT_TTL, NO_BLOCK).await.unwrap().is_empty());
         assert!(q.ack(&lease.lease).await.unwrap());
     }
@@ -198,7 +223,7 @@ mod scenarios {
         let q = &h.queue;
         q.enqueue(job("a"), LIMITS).await.unwrap();
         let first = q.lease("d", "w1", 1, SHORT_TTL, NO_BLOCK).await.unwrap().remove(0);
-        q.append_output(&first.lease, vec![OutputEvent::Started { replica: "w1".into() }, tokens(&[5, 6])])
+        q.append_output(&first.lease, 0, vec![OutputEvent::Started { replica: "w1".into() }, tokens(&[5, 6])])
             .await
             .unwrap();
         assert_eq!(q.reclaim_expired("d").await.unwrap(), 0, "not expired yet");
@@ -215,13 +240,13 @@ mod scenarios {
         assert_eq!(second.resume_after_seq, 2);
 
         // The old owner wakes up: every write is rejected.
-        assert_eq!(q.append_output(&first.lease, vec![tokens(&[9])]).await.unwrap(), AppendOutcome::Fenced);
+        assert_eq!(q.append_output(&first.lease, 2, vec![tokens(&[9])]).await.unwrap(), AppendOutcome::Fenced);
         assert!(!q.ack(&first.lease).await.unwrap());
         assert!(!q.release(&first.lease).await.unwrap());
         assert_eq!(q.renew(std::slice::from_ref(&first.lease), LONG_TTL).await.unwrap(), [false]);
 
         // The new owner continues the same stream.
-        q.append_output(&second.lease, vec![tokens(&[7]), finished()]).await.unwrap();
+        q.append_output(&second.lease, second.resume_after_seq, vec![tokens(&[7]), finished()]).await.unwrap();
         assert!(q.ack(&second.lease).await.unwrap());
         let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
         assert_eq!(
@@ -259,7 +284,7 @@ mod scenarios {
         q.enqueue(job("a"), LIMITS).await.unwrap();
         q.enqueue(job("b"), LIMITS).await.unwrap();
         let first = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
-        q.append_output(&first.lease, vec![tokens(&[4])]).await.unwrap();
+        q.append_output(&first.lease, 0, vec![tokens(&[4])]).await.unwrap();
         assert!(q.release(&first.lease).await.unwrap());
         assert_eq!(q.position("d", "a").await.unwrap(), Some(1));
         assert_eq!(q.position("d", "b").await.unwrap(), Some(2));
@@ -269,8 +294,8 @@ mod scenarios {
         assert_eq!(again.job.id, "a");
         assert_eq!((again.deliveries, again.lease.epoch), (1, 2));
         assert_eq!((again.resume_tokens.as_slice(), again.resume_after_seq), (&[4][..], 1));
-        assert_eq!(q.append_output(&first.lease, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Fenced);
-        assert_eq!(q.append_output(&again.lease, vec![tokens(&[5])]).await.unwrap(), AppendOutcome::Accepted(2));
+        assert_eq!(q.append_output(&first.lease, 1, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Fenced);
+        assert_eq!(q.append_output(&again.lease, again.resume_after_seq, vec![tokens(&[5])]).await.unwrap(), AppendOutcome::Accepted(2));
     }
 
     pub async fn cancelling_a_waiting_job_removes_it_and_ends_its_stream(backend: Backend) {
@@ -305,8 +330,8 @@ mod scenarios {
         let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
         q.cancel("a").await.unwrap();
         q.cancel("a").await.unwrap();
-        assert_eq!(q.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Cancelled);
-        assert_eq!(q.append_output(&lease.lease, vec![tokens(&[2])]).await.unwrap(), AppendOutcome::Cancelled);
+        assert_eq!(q.append_output(&lease.lease, 0, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Cancelled);
+        assert_eq!(q.append_output(&lease.lease, 0, vec![tokens(&[2])]).await.unwrap(), AppendOutcome::Cancelled);
         assert_eq!(q.depth("d").await.unwrap().leased, 0);
         let events = q.read_output("a", 0, NO_BLOCK).await.unwrap();
         assert_eq!(events.len(), 1, "the cancelled write was not stored");
@@ -329,7 +354,7 @@ mod scenarios {
         // Finished and acknowledged: the owner stays as long as the output.
         let lease = q.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
         assert_eq!(lease.job.stream_meta, meta);
-        q.append_output(&lease.lease, vec![tokens(&[1]), finished()]).await.unwrap();
+        q.append_output(&lease.lease, 0, vec![tokens(&[1]), finished()]).await.unwrap();
         assert!(q.ack(&lease.lease).await.unwrap());
         assert_eq!(q.output_owner("a").await.unwrap().unwrap().tenant, "acme");
         assert_eq!(q.attach_reader("a").await.unwrap(), Some(3));
@@ -370,7 +395,7 @@ mod scenarios {
         let held = q.renew(&[a.clone(), wrong_consumer, x.clone()], LONG_TTL).await.unwrap();
         assert_eq!(held, [true, false, true]);
         assert_eq!(
-            q.append_output(&{ let mut l = x.clone(); l.consumer = "w2".into(); l }, vec![tokens(&[1])])
+            q.append_output(&{ let mut l = x.clone(); l.consumer = "w2".into(); l }, 0, vec![tokens(&[1])])
                 .await
                 .unwrap(),
             AppendOutcome::Fenced
@@ -506,6 +531,7 @@ crate::conformance!(
     lease_takes_oldest_first_and_ack_finishes,
     a_blocked_lease_wakes_when_work_arrives,
     output_is_read_in_order_and_resumable_from_a_sequence_number,
+    an_append_tried_again_after_it_was_stored_is_not_stored_twice,
     renewing_keeps_a_long_job_from_being_reclaimed,
     an_expired_lease_is_redelivered_with_a_new_epoch_and_the_old_writer_is_fenced,
     a_job_whose_consumers_keep_dying_is_dead_lettered_after_max_deliveries,
@@ -531,7 +557,7 @@ async fn redis_a_crash_with_aof_loses_nothing_and_calls_fail_fast_while_it_is_do
     queue.enqueue(job("queued"), LIMITS).await.unwrap();
     let lease = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
     assert_eq!(lease.job.id, "leased");
-    queue.append_output(&lease.lease, vec![tokens(&[1, 2])]).await.unwrap();
+    queue.append_output(&lease.lease, 0, vec![tokens(&[1, 2])]).await.unwrap();
 
     server.kill();
     for _ in 0..3 {
@@ -553,7 +579,7 @@ async fn redis_a_crash_with_aof_loses_nothing_and_calls_fail_fast_while_it_is_do
     assert_eq!(queue.position("d", "queued").await.unwrap(), Some(1));
     // The lease survived with its epoch: the writer carries on.
     assert_eq!(
-        queue.append_output(&lease.lease, vec![tokens(&[3]), finished()]).await.unwrap(),
+        queue.append_output(&lease.lease, 1, vec![tokens(&[3]), finished()]).await.unwrap(),
         AppendOutcome::Accepted(3)
     );
     assert!(queue.ack(&lease.lease).await.unwrap());
@@ -614,7 +640,7 @@ async fn redis_a_long_blocking_read_does_not_stall_other_calls() {
         queue.depth("d").await.unwrap();
     }
     let lease = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
-    queue.append_output(&lease.lease, vec![tokens(&[1])]).await.unwrap();
+    queue.append_output(&lease.lease, 0, vec![tokens(&[1])]).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(1), "other calls took {:?}", started.elapsed());
     for reader in blocked {
         assert_eq!(reader.await.unwrap().len(), 1);
@@ -653,7 +679,7 @@ async fn redis_keys_are_hash_tagged_and_finished_entries_leave_the_stream() {
         queue.enqueue(job(id), LIMITS).await.unwrap();
     }
     let leases = queue.lease("d", "w1", 2, SHORT_TTL, NO_BLOCK).await.unwrap();
-    queue.append_output(&leases[0].lease, vec![tokens(&[1]), finished()]).await.unwrap();
+    queue.append_output(&leases[0].lease, 0, vec![tokens(&[1]), finished()]).await.unwrap();
     assert!(queue.ack(&leases[0].lease).await.unwrap());
     queue.cancel("cancelled").await.unwrap();
     tokio::time::sleep(SHORT_TTL + Duration::from_millis(100)).await;

@@ -19,9 +19,9 @@ use swell_cluster::{JobId, LeaseRef};
 struct Held {
     lease: LeaseRef,
     /// The sequence number of the last event stored for the job (from the lease's
-    /// `resume_after_seq`, then each accepted append): how a retried append learns that
-    /// its first try was stored after all (the reply was lost, e.g. Redis died right
-    /// after writing), so it is not stored twice.
+    /// `resume_after_seq`, then each accepted append): every append names it, so the
+    /// queue stores a retried append's events only if its first try was not stored (the
+    /// reply lost, e.g. Redis died right after writing, or the first try ran late).
     last_seq: u64,
 }
 

@@ -149,9 +149,9 @@ pub(super) fn holds(shared: &Shared, lease: &LeaseRef) -> bool {
 /// says so (renewal refused, `Fenced`) or the replica releases it. `None`: never went.
 ///
 /// A failed append may have been stored all the same (an append is atomic, but its
-/// reply can be lost). Before trying again, the stream is read after the last event
-/// known to be stored: if the events that follow are this lease's (its epoch; it is the
-/// only writer of that epoch), the first try went through and is not repeated.
+/// reply can be lost, or the first try can reach Redis after the second). Every try
+/// names the last event known to be stored, and the queue stores the events only after
+/// it: a try that finds them already there answers without storing them again.
 pub(super) async fn append_with_retry(
     queue: &dyn Queue,
     shared: &Shared,
@@ -159,34 +159,9 @@ pub(super) async fn append_with_retry(
     events: Vec<OutputEvent>,
 ) -> Option<AppendOutcome> {
     let mut backoff = queue_backoff();
-    let known_last = shared.attempts.lock().last_seq(lease);
-    let mut tried = false;
+    let after = shared.attempts.lock().last_seq(lease)?;
     loop {
-        if tried {
-            if let Some(known_last) = known_last {
-                match queue.read_output(&lease.job_id, known_last, Duration::ZERO).await {
-                    Ok(stored) => {
-                        let ours: Vec<_> =
-                            stored.iter().take(events.len()).take_while(|e| e.epoch == lease.epoch).collect();
-                        if let Some(last) = ours.last().filter(|_| ours.len() == events.len()) {
-                            tracing::info!(job = %lease.job_id, seq = last.seq, "a retried append had been stored; not repeating it");
-                            shared.attempts.lock().stored(lease, last.seq);
-                            return Some(AppendOutcome::Accepted(last.seq));
-                        }
-                    }
-                    Err(QueueError::UnknownJob(_)) => return None,
-                    Err(_) => {
-                        if !holds(shared, lease) {
-                            return None;
-                        }
-                        tokio::time::sleep(backoff.failed()).await;
-                        continue;
-                    }
-                }
-            }
-        }
-        tried = true;
-        match queue.append_output(lease, events.clone()).await {
+        match queue.append_output(lease, after, events.clone()).await {
             Ok(outcome) => {
                 if let AppendOutcome::Accepted(seq) = outcome {
                     shared.attempts.lock().stored(lease, seq);

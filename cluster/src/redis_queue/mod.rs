@@ -684,10 +684,11 @@ impl Queue for RedisQueue {
     async fn append_output(
         &self,
         lease: &LeaseRef,
+        after: u64,
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError> {
         let mut call = self.job_call(&self.scripts.job_append, &lease.job_id);
-        call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
+        call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms()).arg(after);
         let terminal = events.iter().any(OutputEvent::is_terminal);
         for event in &events {
             let tokens = match event {

@@ -4,9 +4,22 @@ if s[4] == '1' then
   if s[1] ~= 'done' then finish(s[2], ARGV[3], ARGV[4]) end
   return {'cancelled', s[5]}
 end
+-- ARGV[5]: the last sequence number this writer knows stored. Output that ends
+-- elsewhere under its lease means an earlier try of this very append was stored after
+-- all (its reply lost, or it ran late): it is not stored twice.
+local last = tonumber(s[6]) or 0
+if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= tonumber(ARGV[5]) then
+  local n = 0
+  for i = 6, #ARGV, 3 do
+    n = n + 1
+    if ARGV[i + 1] == '1' then break end
+  end
+  if last == tonumber(ARGV[5]) + n then return {'ok', last} end
+  return {'fenced'}
+end
 if s[1] ~= 'leased' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return {'fenced'} end
 local was_finished = s[7] == '1'
-local seq, finished, new_out, new_tokens = store(ARGV[1], tonumber(s[6]) or 0, was_finished, ARGV, 5)
+local seq, finished, new_out, new_tokens = store(ARGV[1], last, was_finished, ARGV, 6)
 if finished then
   -- The terminal event ends the job here (the ack finds it done): its state and output
   -- are kept for the output ttl from now; its delivered tokens (kept to resume it, and
