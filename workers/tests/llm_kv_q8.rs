@@ -102,6 +102,7 @@ fn eight_bit_outputs_are_batch_invariant() {
         return;
     }
     let (f, mut cached) = engine(q8());
+    assert!(cached.device().ends_with("q8 KV cache)"), "logs and status name the cache: {}", cached.device());
     let mut plain_config = q8();
     plain_config.prefix_cache = false;
     let (_, mut plain) = engine(plain_config);

@@ -176,7 +176,8 @@ pub trait ModelRunner: Send {
     fn config(&self) -> &LlamaConfig;
     /// KV cache blocks this runner holds (of [`BLOCK_TOKENS`] tokens).
     fn kv_blocks(&self) -> usize;
-    /// Where it runs, for logs and status (`cpu (avx512-vnni, 2 threads)`, `cuda:0 (NVIDIA H100)`).
+    /// Where it runs, for logs and status (`cpu (avx512-vnni, 2 threads)`, `cpu
+    /// (avx512-vnni-512, 2 threads, q8 KV cache)`, `cuda:0 (NVIDIA H100)`).
     fn device(&self) -> String;
     /// Whether the CPU is free while `forward` runs (a GPU computes it): work of the next
     /// step's sampling (structured-output masks) is then done beside it.
@@ -211,7 +212,11 @@ impl ModelRunner for CpuRunner {
     }
 
     fn device(&self) -> String {
-        format!("cpu ({}, {} threads)", self.model.weights.kernel.name(), self.pool.current_num_threads())
+        let kv = match self.model.cache.kind() {
+            KvCacheType::F32 => String::new(),
+            other => format!(", {} KV cache", other.name()),
+        };
+        format!("cpu ({}, {} threads{kv})", self.model.weights.kernel.name(), self.pool.current_num_threads())
     }
 }
 
