@@ -40,6 +40,9 @@ fn simd() -> F32Simd {
     }
 }
 
+/// One attention call: layer, tile, output, scores.
+type AttendFn<'a> = dyn FnMut(usize, &TileQuery, &mut [f32], &mut Vec<f32>) + 'a;
+
 fn main() {
     let c = LlamaConfig {
         architecture: "llama".into(),
@@ -81,7 +84,8 @@ fn main() {
     println!("|---|---:|---:|");
     let mut out = vec![0f32; TILE_TOKENS * c.heads / c.kv_heads * c.head_dim];
     let mut scores = Vec::new();
-    for tile in [1, TILE_TOKENS] {
+    // The best of 20 passes over every layer and KV head, in tiles of `tile` tokens.
+    let mut best_of_20 = |tile: usize, attend: &mut AttendFn| {
         let mut best = f64::MAX;
         for _ in 0..20 {
             let started = Instant::now();
@@ -90,12 +94,16 @@ fn main() {
                     for first in (0..new).step_by(tile) {
                         let n = tile.min(new - first);
                         let tq = TileQuery { table: &table, first_pos: history + first, n, q: &q[first * stride..], q_stride: stride, kvh };
-                        attend(&c, layer, &cache, &tq, &mut out, &mut scores, simd);
+                        attend(layer, &tq, &mut out, &mut scores);
                     }
                 }
             }
             best = best.min(started.elapsed().as_secs_f64());
         }
+        best
+    };
+    for tile in [1, TILE_TOKENS] {
+        let best = best_of_20(tile, &mut |layer, tq, out, scores| attend(&c, layer, &cache, tq, out, scores, simd));
         println!("| {tile} | {:.2} | {:.1} |", best * 1e3, macs / best / 1e9);
     }
     let kernel = match simd {
@@ -103,19 +111,6 @@ fn main() {
         F32Simd::Avx2 => Kernel::Avx2,
         F32Simd::Portable => Kernel::Scalar,
     };
-    let mut best = f64::MAX;
-    for _ in 0..20 {
-        let started = Instant::now();
-        for layer in 0..c.layers {
-            for kvh in 0..c.kv_heads {
-                for first in (0..new).step_by(TILE_TOKENS) {
-                    let n = TILE_TOKENS.min(new - first);
-                    let tq = TileQuery { table: &table, first_pos: history + first, n, q: &q[first * stride..], q_stride: stride, kvh };
-                    attend_q8(&c, layer, &q8, &tq, &mut out, &mut scores, kernel);
-                }
-            }
-        }
-        best = best.min(started.elapsed().as_secs_f64());
-    }
+    let best = best_of_20(TILE_TOKENS, &mut |layer, tq, out, scores| attend_q8(&c, layer, &q8, tq, out, scores, kernel));
     println!("| {TILE_TOKENS}, 8-bit cache ({}) | {:.2} | {:.1} |", kernel.name(), best * 1e3, macs / best / 1e9);
 }
