@@ -60,16 +60,8 @@ pub fn attend_q8(c: &LlamaConfig, layer: usize, cache: &KvCache, tq: &TileQuery,
     for i in 0..n {
         let len = first_pos + 1 + i;
         let qi = &q[i * q_stride + kvh * group * hd..i * q_stride + (kvh + 1) * group * hd];
-        let vnni = cfg!(target_arch = "x86_64") && kernel.has_q8_attention();
         for (at, chunk) in qi.chunks_exact(GROUP).enumerate() {
             let bytes = &mut queries[at * GROUP..(at + 1) * GROUP];
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: the AVX-512 VNNI classes have AVX-512F.
-                query_scales[at] = unsafe { quantize_query_avx512(chunk.try_into().expect("a group"), bytes.try_into().expect("a group")) } * scale;
-                continue;
-            }
-            let _ = vnni;
             query_scales[at] = quantize(chunk, &mut signed) * scale;
             for (u, &s) in bytes.iter_mut().zip(&signed) {
                 // Unsigned, as `vpdpbusd` multiplies; the keys' biases take the 128 out.
@@ -102,28 +94,6 @@ pub fn attend_q8(c: &LlamaConfig, layer: usize, cache: &KvCache, tq: &TileQuery,
         let _ = kernel;
         token_portable(&token, group, hd, scores, o);
     }
-}
-
-/// [`quantize`] of one group of query values plus 128, with AVX-512: the same
-/// operations, so the same bytes and scale.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-unsafe fn quantize_query_avx512(x: &[f32; GROUP], out: &mut [u8; GROUP]) -> f32 {
-    use std::arch::x86_64::*;
-    let v = [_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16))];
-    let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
-    if max == 0.0 || !max.is_finite() {
-        out.fill(128);
-        return if max == 0.0 { 0.0 } else { f32::NAN };
-    }
-    let inv = _mm512_set1_ps(127.0 / max);
-    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
-    for (h, v) in v.iter().enumerate() {
-        let q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(*v, inv), lo), hi));
-        let u = _mm512_add_epi32(q, _mm512_set1_epi32(128));
-        _mm_storeu_si128(out.as_mut_ptr().add(h * 16) as *mut __m128i, _mm512_cvtepi32_epi8(u));
-    }
-    max / 127.0
 }
 
 /// One token's inputs.
@@ -570,23 +540,6 @@ mod tests {
                         assert!(same, "{kernel:?} group={group}: token {i} of the tile from {first_pos} differs from it alone");
                     }
                 }
-            }
-        }
-    }
-
-    /// The AVX-512 query quantization gives the portable one's bytes and scale.
-    #[test]
-    fn simd_query_bytes_match_the_portable_ones() {
-        #[cfg(target_arch = "x86_64")]
-        if Kernel::Vnni.supported() {
-            for seed in 0..50u32 {
-                let x: [f32; GROUP] = std::array::from_fn(|i| ((i as u32 * 7919 + seed * 104_729) % 2003) as f32 / 97.0 - 10.0);
-                let (mut signed, mut simd) = ([0i8; GROUP], [0u8; GROUP]);
-                let scale = quantize(&x, &mut signed);
-                // SAFETY: checked above.
-                assert_eq!(unsafe { quantize_query_avx512(&x, &mut simd) }, scale);
-                let portable: Vec<u8> = signed.iter().map(|&s| (i16::from(s) + 128) as u8).collect();
-                assert_eq!(simd.to_vec(), portable, "seed {seed}");
             }
         }
     }

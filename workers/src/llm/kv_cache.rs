@@ -22,8 +22,8 @@ pub enum KvCacheType {
     /// f32, exact.
     #[default]
     F32,
-    /// 8 bits per value with a scale per token and head ([`kv_cache_q8`]): a quarter of
-    /// the memory and integer attention; outputs differ slightly from `f32`.
+    /// 8 bits per value with scales per token ([`kv_cache_q8`]): under a third of the
+    /// memory and integer attention; outputs differ slightly from `f32`.
     Q8,
 }
 
@@ -133,10 +133,14 @@ pub struct KvCache {
     pub blocks: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    /// The 8-bit storage, when the cache is [`KvCacheType::Q8`] (`k` and `v` are empty).
-    q8: Option<Q8Store>,
+    storage: Storage,
+}
+
+/// What a [`KvCache`] holds, by [`KvCacheType`].
+#[derive(Debug)]
+enum Storage {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    Q8(Q8Store),
 }
 
 impl KvCache {
@@ -173,11 +177,11 @@ impl KvCache {
                 )));
             }
             let q8 = Q8Store::new(len / (BLOCK_TOKENS * head_dim), head_dim).ok_or_else(cannot)?;
-            return Ok(Self { layers, blocks, kv_heads, head_dim, k: Vec::new(), v: Vec::new(), q8: Some(q8) });
+            return Ok(Self { layers, blocks, kv_heads, head_dim, storage: Storage::Q8(q8) });
         }
         let k = zeroed(len).ok_or_else(cannot)?;
         let v = zeroed(len).ok_or_else(cannot)?;
-        Ok(Self { layers, blocks, kv_heads, head_dim, k, v, q8: None })
+        Ok(Self { layers, blocks, kv_heads, head_dim, storage: Storage::F32 { k, v } })
     }
 
     /// Bytes per token slot over all layers (keys and values) of an f32 cache.
@@ -194,29 +198,24 @@ impl KvCache {
     }
 
     pub fn size_bytes(&self) -> usize {
-        match &self.q8 {
-            Some(q8) => q8.size_bytes(),
-            None => (self.k.len() + self.v.len()) * std::mem::size_of::<f32>(),
+        match &self.storage {
+            Storage::Q8(q8) => q8.size_bytes(),
+            Storage::F32 { k, v } => (k.len() + v.len()) * std::mem::size_of::<f32>(),
         }
     }
 
     pub fn kind(&self) -> KvCacheType {
-        if self.q8.is_some() {
-            KvCacheType::Q8
-        } else {
-            KvCacheType::F32
+        match self.storage {
+            Storage::F32 { .. } => KvCacheType::F32,
+            Storage::Q8(_) => KvCacheType::Q8,
         }
     }
 
-    /// Index of a (layer, block, head) in the 8-bit storage.
+    /// Index of a (layer, block, head): its slots start at `unit * BLOCK_TOKENS *
+    /// head_dim` values (f32) or bytes (8-bit).
     #[inline]
     fn unit(&self, layer: usize, block: u32, head: usize) -> usize {
         (layer * self.blocks + block as usize) * self.kv_heads + head
-    }
-
-    #[inline]
-    fn offset(&self, layer: usize, block: u32, head: usize, slot: usize) -> usize {
-        (((layer * self.blocks + block as usize) * self.kv_heads + head) * BLOCK_TOKENS + slot) * self.head_dim
     }
 
     /// Store one token's keys and values (`kv_heads * head_dim` each) at `pos`.
@@ -226,19 +225,18 @@ impl KvCache {
         let slot = pos % BLOCK_TOKENS;
         let hd = self.head_dim;
         let first_unit = self.unit(layer, block, 0);
-        if let Some(q8) = &mut self.q8 {
-            for head in 0..self.kv_heads {
-                q8.store(first_unit + head, slot, &k[head * hd..(head + 1) * hd], &v[head * hd..(head + 1) * hd]);
-            }
-            return;
-        }
         for head in 0..self.kv_heads {
-            let at = self.offset(layer, block, head, slot);
-            self.v[at..at + hd].copy_from_slice(&v[head * hd..(head + 1) * hd]);
-            // Keys transposed: dimension-major, the block's 16 slots side by side.
-            let base = self.offset(layer, block, head, 0);
-            for (d, &kd) in k[head * hd..(head + 1) * hd].iter().enumerate() {
-                self.k[base + d * BLOCK_TOKENS + slot] = kd;
+            let (kh, vh) = (&k[head * hd..(head + 1) * hd], &v[head * hd..(head + 1) * hd]);
+            match &mut self.storage {
+                Storage::Q8(q8) => q8.store(first_unit + head, slot, kh, vh),
+                Storage::F32 { k: keys, v: values } => {
+                    let base = (first_unit + head) * BLOCK_TOKENS * hd;
+                    values[base + slot * hd..base + (slot + 1) * hd].copy_from_slice(vh);
+                    // Keys transposed: dimension-major, the block's 16 slots side by side.
+                    for (d, &kd) in kh.iter().enumerate() {
+                        keys[base + d * BLOCK_TOKENS + slot] = kd;
+                    }
+                }
             }
         }
     }
@@ -250,16 +248,17 @@ impl KvCache {
     /// Panics on an 8-bit cache (read it with [`KvCache::block_q8`]).
     #[inline]
     pub fn block(&self, layer: usize, block: u32, head: usize) -> (&[f32], &[f32]) {
-        assert!(self.q8.is_none(), "an 8-bit cache read as f32");
-        let at = self.offset(layer, block, head, 0);
+        let Storage::F32 { k, v } = &self.storage else { panic!("an 8-bit cache read as f32") };
         let len = BLOCK_TOKENS * self.head_dim;
-        (&self.k[at..at + len], &self.v[at..at + len])
+        let at = self.unit(layer, block, head) * len;
+        (&k[at..at + len], &v[at..at + len])
     }
 
     /// One head's slots of one block of an 8-bit cache; panics on an f32 cache.
     #[inline]
     pub fn block_q8(&self, layer: usize, block: u32, head: usize) -> Q8Block<'_> {
-        self.q8.as_ref().expect("an f32 cache read as 8-bit").block(self.unit(layer, block, head))
+        let Storage::Q8(q8) = &self.storage else { panic!("an f32 cache read as 8-bit") };
+        q8.block(self.unit(layer, block, head))
     }
 }
 
