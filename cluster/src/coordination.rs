@@ -57,11 +57,13 @@
 //!
 //! Calls are bounded by `connect_timeout + response_timeout`; while Redis is unreachable
 //! they fail fast with [`CoordinationError::Unavailable`], and the
-//! [`ConnectionManager`] reconnects by itself.
+//! shared connection reconnects by itself (on a Redis Cluster, `redis-cluster://` seed
+//! nodes, every coordination key is in the slot of `{cluster}`, so it is one shard's
+//! work and follows that shard through a failover).
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::SharedConnection;
 use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
 use serde::Deserialize;
 
@@ -198,7 +200,7 @@ impl Keys {
 #[derive(Clone)]
 pub struct CoordinationClient {
     config: CoordinationConfig,
-    connection: ConnectionManager,
+    connection: SharedConnection,
     keys: Keys,
 }
 

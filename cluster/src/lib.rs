@@ -21,6 +21,8 @@
 //!   consumer may take.
 //! - [`redis_queue`]: the Redis Streams implementation (key layout, scripts, durability),
 //!   and `redis_queue::testing`, a `redis-server` fixture for tests.
+//! - [`redis_conn`]: how everything reaches Redis, one server or a Redis Cluster
+//!   (`redis-cluster://` seed nodes), behind the same connection types.
 //! - [`ingress_wire`]: the wire format of the Redis ingress stream (programs that are
 //!   not Swell pushing requests into Redis) and a Rust producer for it.
 //!
@@ -44,7 +46,7 @@ pub mod memory;
 pub mod mutant;
 pub mod placement;
 pub mod queue;
-mod redis_conn;
+pub mod redis_conn;
 pub mod redis_queue;
 pub mod replica_report;
 pub mod routing;

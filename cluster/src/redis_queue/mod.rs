@@ -122,8 +122,10 @@
 //! repeats a token. It may see a second `Started` event.
 //!
 //! # Connections
-//! Non-blocking calls share one multiplexed [`ConnectionManager`] connection, which
-//! reconnects by itself. Blocking reads (`lease` and `read_output` with a `block`) use
+//! Redis is one server (`redis://`) or a Redis Cluster (`redis-cluster://` seed nodes;
+//! see [`crate::redis_conn`]). Non-blocking calls share one multiplexed connection,
+//! which reconnects by itself (on a cluster it routes each script to its slot's master
+//! and follows failovers). Blocking reads (`lease` and `read_output` with a `block`) use
 //! dedicated connections from a small pool, never the shared one. Every call is bounded
 //! by `connect_timeout + response_timeout` (a blocking one by its block on top): while
 //! Redis is unreachable calls fail fast with [`QueueError::Unavailable`] and work resumes
@@ -155,8 +157,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError, ScriptInvocation, Value};
+use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
 use tokio::time::Instant;
 
 pub use self::config::RedisQueueConfig;
@@ -165,6 +166,7 @@ use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, OutputOwner, Q
 use swell_protocol::{OutputEvent, SequencedEvent};
 use crate::queue::{AppendOutcome, Queue, QueueError};
 use crate::replica_report::{PrefixBlocks, ReplicaReport};
+use crate::redis_conn::{BlockingConnection, RedisClient, SharedConnection};
 use crate::unix_millis;
 
 /// The consumer group every replica of a deployment reads the work stream with.
@@ -173,10 +175,10 @@ const GROUP: &str = "workers";
 /// The queue on Redis. Cheap to share: wrap it in an `Arc`.
 pub struct RedisQueue {
     config: RedisQueueConfig,
-    client: Client,
-    shared: ConnectionManager,
+    client: RedisClient,
+    shared: SharedConnection,
     /// Idle dedicated connections for blocking commands.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<BlockingConnection>>,
     scripts: Scripts,
     cancelled_event: String,
     /// Leases whose terminal event this queue stored (`job_append` then marked the job
@@ -328,20 +330,13 @@ impl RedisQueue {
                 Err(_) => return Err(timed_out()),
             }
         }
-        let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(None);
-        let mut connection = bounded(
-            self.config.connect_timeout * 2,
-            self.client.get_multiplexed_async_connection_with_config(&connection_config),
-        )
-        .await?;
+        let mut connection = bounded(self.config.connect_timeout * 4, self.client.blocking(self.config.connect_timeout)).await?;
         let value = bounded(limit, command.query_async::<Value>(&mut connection)).await?;
         self.return_blocking(connection);
         Ok(value)
     }
 
-    fn return_blocking(&self, connection: MultiplexedConnection) {
+    fn return_blocking(&self, connection: BlockingConnection) {
         let mut idle = self.blocking.lock();
         if idle.len() < self.config.max_idle_blocking_connections {
             idle.push(connection);

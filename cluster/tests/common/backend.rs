@@ -4,19 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+use swell_cluster::redis_queue::testing::{RedisCluster, RedisServer, RedisServerOptions};
 use swell_cluster::{InMemoryQueue, InMemoryQueueConfig, Queue, RedisQueue, RedisQueueConfig};
 
 /// A queue under test, and the server behind it (if any), kept alive with it.
 pub struct Harness {
     pub queue: Arc<dyn Queue>,
     _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 #[derive(Clone, Copy)]
 pub enum Backend {
     InMemory,
     Redis,
+    /// A Redis Cluster of 3 masters: the deployment's keys and each job's keys hash to
+    /// slots spread over the shards.
+    RedisCluster,
 }
 
 pub struct Settings {
@@ -42,6 +46,7 @@ impl Backend {
                     ..InMemoryQueueConfig::default()
                 })),
                 _server: None,
+                _cluster: None,
             },
             Backend::Redis => {
                 let server = RedisServer::start(RedisServerOptions::default());
@@ -49,15 +54,29 @@ impl Backend {
                 let queue = RedisQueue::connect(config)
                     .await
                     .expect("connect to the test redis-server");
-                Harness { queue: Arc::new(queue), _server: Some(server) }
+                Harness { queue: Arc::new(queue), _server: Some(server), _cluster: None }
+            }
+            Backend::RedisCluster => {
+                let cluster = RedisCluster::start(3, 0);
+                let config = RedisQueueConfig {
+                    url: cluster.url(),
+                    route_liveness: settings.route_liveness,
+                    ..redis_config_at(String::new(), settings.max_deliveries)
+                };
+                let queue = RedisQueue::connect(config).await.expect("connect to the test redis cluster");
+                Harness { queue: Arc::new(queue), _server: None, _cluster: Some(cluster) }
             }
         }
     }
 }
 
 pub fn redis_config(server: &RedisServer, max_deliveries: u32) -> RedisQueueConfig {
+    redis_config_at(server.url(), max_deliveries)
+}
+
+pub fn redis_config_at(url: String, max_deliveries: u32) -> RedisQueueConfig {
     RedisQueueConfig {
-        url: server.url(),
+        url,
         key_prefix: "test".into(),
         max_deliveries,
         connect_timeout: Duration::from_millis(200),
@@ -68,8 +87,8 @@ pub fn redis_config(server: &RedisServer, max_deliveries: u32) -> RedisQueueConf
 
 
 
-/// `conformance!(a, b, ...)`: a test per scenario and backend, `in_memory::a` and
-/// `redis::a` calling `scenarios::a(Backend::InMemory | Backend::Redis)` (the test file
+/// `conformance!(a, b, ...)`: a test per scenario and backend, `in_memory::a`,
+/// `redis::a` and `redis_cluster::a` calling `scenarios::a(Backend::…)` (the test file
 /// has a `scenarios` module and `Backend` in scope).
 #[macro_export]
 macro_rules! conformance {
@@ -87,6 +106,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $scenario() {
                     super::scenarios::$scenario(super::Backend::Redis).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::scenarios::$scenario(super::Backend::RedisCluster).await;
                 }
             )*
         }

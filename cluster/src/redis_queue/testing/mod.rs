@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Needs `redis-server` on the `PATH` (Debian: `apt-get install redis-server`); without
-//! it, `start` panics saying so.
+//! it, `start` panics saying so. [`RedisCluster`] is a Redis Cluster of a test's own.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod cluster;
+pub use cluster::RedisCluster;
 
 #[derive(Debug, Clone)]
 pub struct RedisServerOptions {
