@@ -37,7 +37,8 @@ enum Command {
         #[arg(long)]
         insecure: bool,
         /// Run as one node of a cluster sharing this Redis (queue and quotas), e.g.
-        /// `redis://10.0.0.5:6379` (overrides `cluster.redis_url`).
+        /// `redis://10.0.0.5:6379`, or a Redis Cluster's seed nodes
+        /// `redis-cluster://10.0.0.5:7000,10.0.0.6:7000` (overrides `cluster.redis_url`).
         #[arg(long = "redis", env = "SWELL_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
         /// What this node does: `gateway` (API, no replicas), `worker` (replicas, no

@@ -1,13 +1,16 @@
 //! Distributed mode, process by process: real `swell serve --redis ... --role ...` nodes
 //! (the binary, as separate processes) on a `redis-server` of the test's own, which the
-//! test can `kill -9` and restart, as it can any node.
+//! test can `kill -9` and restart, as it can any node. The scenarios marked (*) run
+//! twice: on one Redis (`…_one_redis`) and on a Redis Cluster of 3 masters
+//! (`…_redis_cluster`, `redis-cluster://` seed nodes); the nodes' helpers are in
+//! `tests/common/nodes.rs`, a master failing over mid-stream in `tests/redis_failover.rs`.
 //!
-//! - a worker node killed mid-generation: the stream completes from the other worker,
+//! - (*) a worker node killed mid-generation: the stream completes from the other worker,
 //!   token for token what an undisturbed run gives (no repeat, no gap), usage right;
 //! - Redis killed and restarted (AOF, `appendfsync always`) while requests stream and
 //!   wait: every one of them ends, completed (with the reference text) or with an
 //!   explicit error event, within a bounded time;
-//! - three gateways, one tenant limit of 3 concurrent requests: at most 3 admitted
+//! - (*) three gateways, one tenant limit of 3 concurrent requests: at most 3 admitted
 //!   across the nodes, and a gateway killed mid-request leaks no slot (its lease expires).
 //! - a worker stopped with SIGTERM hands its unfinished stream back when its shutdown
 //!   timeout ends: another worker resumes it at once, not after the lease expires;
@@ -17,371 +20,30 @@
 //!   killing one re-places its replicas on the other, which finishes its jobs; idle, the
 //!   cluster goes back to zero.
 //!
+//! - (*) ingress: a job pushed into Redis is served; a gateway killed mid-relay is
+//!   taken over by another, which resumes the replies with no gap or repeat.
+//!
 //! Every node runs the `sim` engine with a per-step delay, so a generation lasts long
 //! enough to be interrupted, and its output depends only on the seed.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use std::pin::Pin;
-
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+
+mod common;
+use common::nodes::*;
+use common::{client, wait_for};
 
 /// The ingress tests' reply stream: under the reply prefix of the open mode's tenant
 /// `anonymous` (docs/ingress.md).
 const REPLY_TO: &str = "swell-replies:9:anonymous:{producer}";
 
-/// A `swell serve` process; `kill -9`ed when dropped.
-struct Node {
-    name: String,
-    child: Option<Child>,
-    url: String,
-    log: PathBuf,
-}
 
-impl Node {
-    /// Starts `swell serve --config CONFIG --redis URL --role ROLE --node-id NAME` on a
-    /// free port and waits until it says where it serves.
-    fn start(dir: &Path, config: &Path, redis_url: &str, role: &str, name: &str) -> Node {
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_swell"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--redis", redis_url, "--role", role, "--node-id", name])
-            .env_remove("SWELL_REDIS_URL")
-            .env_remove("SWELL_ADMIN_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("create the node's log"))
-            .spawn()
-            .expect("start swell");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // The tracing log goes to stdout: keep it in the log file, watch for the address.
-        let mut log_file =
-            std::fs::OpenOptions::new().append(true).open(&log).expect("open the node's log");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(log_file, "{line}");
-                if let Some(url) = line.strip_prefix("swell is serving on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("node {name} did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-            }
-        };
-        Node { name: name.to_string(), child: Some(child), url, log }
-    }
-
-    /// `kill -9`: no drain, no release, no settle.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("---- log of node {} ----\n{}", self.name, self.log_text());
-        }
-    }
-}
-
-/// A temp directory of the test's own, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("swell-cluster-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the test directory");
-        TempDir(dir)
-    }
-
-    fn write_config(&self, text: &str) -> PathBuf {
-        let path = self.0.join("swell.toml");
-        std::fs::write(&path, text).expect("write the config");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A config: deployment `chat` (sim engine, `step` per decode step, `replicas` replicas
-/// in the cluster (placed one per worker node), `batch` sequences per replica), short
-/// leases, quick ticks, a node declared dead 1.5 s after its last heartbeat.
-fn config(step: &str, batch: u32, replicas: u32, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-autoscaler_tick = "100ms"
-shutdown_timeout = "2s"
-[queue]
-lease_ttl = "2s"
-[cluster]
-health_interval = "200ms"
-connect_timeout = "300ms"
-response_timeout = "1s"
-heartbeat_interval = "200ms"
-node_ttl = "1500ms"
-leader_lease_ttl = "1500ms"
-[deployments.chat]
-engine = "sim"
-max_tokens_default = 32
-[deployments.chat.sim]
-profile = "smollm2-135m-cpu"
-cold_start = "100ms"
-decode_step_base = "{step}"
-decode_step_per_sequence = "0ms"
-max_batch_size = {batch}
-[deployments.chat.autoscaling]
-min_replicas = {replicas}
-max_replicas = {replicas}
-{extra}
-"#
-    )
-}
-
-fn client() -> awc::Client {
-    awc::Client::builder().timeout(Duration::from_secs(60)).finish()
-}
-
-async fn get_json(url: &str) -> Option<(u16, Value)> {
-    let mut response = client().get(url).send().await.ok()?;
-    let status = response.status().as_u16();
-    let body = response.body().limit(16 << 20).await.ok()?;
-    Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
-}
-
-/// Poll `check` every 50 ms until it answers `Some`, or panic after `within`.
-async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The `chat` deployment's status on a node.
-async fn status(node: &Node) -> Option<Value> {
-    match get_json(&format!("{}/admin/v1/deployments/chat", node.url)).await {
-        Some((200, body)) => Some(body),
-        _ => None,
-    }
-}
-
-/// Waits until the node answers `/readyz` and, for a worker, has a ready replica.
-async fn wait_ready(node: &Node, worker: bool) {
-    wait_for(&format!("node {} to be ready", node.name), Duration::from_secs(20), || async {
-        let (code, _) = get_json(&format!("{}/readyz", node.url)).await?;
-        if code != 200 {
-            return None;
-        }
-        if worker {
-            let status = status(node).await?;
-            (status["replicas"]["ready"].as_u64() == Some(1)).then_some(())
-        } else {
-            Some(())
-        }
-    })
-    .await
-}
-
-/// A gateway `gw` and two workers `w1`, `w2` on `config`, once all answer `/readyz` (and,
-/// with `replicas`, each worker has its ready replica).
-async fn gateway_and_two_workers(dir: &TempDir, config: &Path, redis: &RedisServer, replicas: bool) -> (Node, Vec<Node>) {
-    let gateway = Node::start(&dir.0, config, &redis.url(), "gateway", "gw");
-    let workers = vec![
-        Node::start(&dir.0, config, &redis.url(), "worker", "w1"),
-        Node::start(&dir.0, config, &redis.url(), "worker", "w2"),
-    ];
-    wait_ready(&gateway, false).await;
-    for worker in &workers {
-        wait_ready(worker, replicas).await;
-    }
-    (gateway, workers)
-}
-
-/// Sequences the node's replicas are working on.
-async fn active_sequences(node: &Node) -> u64 {
-    let Some(status) = status(node).await else { return 0 };
-    status["replica_details"]
-        .as_array()
-        .map(|replicas| replicas.iter().filter_map(|r| r["active_sequences"].as_u64()).sum())
-        .unwrap_or(0)
-}
-
-async fn generated_tokens(node: &Node) -> u64 {
-    let Some(status) = status(node).await else { return 0 };
-    status["replica_details"]
-        .as_array()
-        .map(|replicas| replicas.iter().filter_map(|r| r["generated_tokens"].as_u64()).sum())
-        .unwrap_or(0)
-}
-
-/// A streamed completion's request body: `max_tokens` tokens, seeded, with usage.
-fn completion(max_tokens: u32, seed: u64) -> Value {
-    json!({"model": "chat", "prompt": "Tell me a long story", "max_tokens": max_tokens, "ignore_eos": true,
-           "seed": seed, "stream": true, "stream_options": {"include_usage": true}})
-}
-
-/// How a streamed request ended.
-#[derive(Debug, Default)]
-struct StreamResult {
-    text: String,
-    chunks: usize,
-    usage: Option<Value>,
-    done: bool,
-    error: Option<Value>,
-    /// The last SSE `id:` (tokens so far) and the chunks' `id` (`cmpl-…`).
-    last_event_id: Option<u64>,
-    response_id: Option<String>,
-}
-
-/// An open SSE response, read event by event.
-struct SseStream {
-    body: Pin<Box<dyn Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>>>,
-    buffer: String,
-    result: StreamResult,
-}
-
-impl SseStream {
-    /// POSTs `body`; `Err(status, body)` when not admitted.
-    async fn open(base: &str, key: Option<&str>, body: &Value) -> Result<SseStream, (u16, String)> {
-        let mut request = client().post(format!("{base}/v1/completions"));
-        if let Some(key) = key {
-            request = request.insert_header(("authorization", format!("Bearer {key}")));
-        }
-        let mut response = request.send_json(body).await.map_err(|e| (0, e.to_string()))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let bytes = response.body().await.map(|b| b.to_vec()).unwrap_or_default();
-            return Err((status, String::from_utf8_lossy(&bytes).into_owned()));
-        }
-        Ok(SseStream { body: Box::pin(response), buffer: String::new(), result: StreamResult::default() })
-    }
-
-    /// Resumes stream `stream_id` after event `last_event_id` (`GET /v1/streams/{id}`).
-    async fn resume(base: &str, stream_id: &str, last_event_id: u64) -> Result<SseStream, (u16, String)> {
-        let request = client().get(format!("{base}/v1/streams/{stream_id}")).insert_header(("last-event-id", last_event_id.to_string()));
-        let mut response = request.send().await.map_err(|e| (0, e.to_string()))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let bytes = response.body().await.map(|b| b.to_vec()).unwrap_or_default();
-            return Err((status, String::from_utf8_lossy(&bytes).into_owned()));
-        }
-        Ok(SseStream { body: Box::pin(response), buffer: String::new(), result: StreamResult::default() })
-    }
-
-    /// Reads until the stream has at least `chunks` chunks or ended; `false` if it ended.
-    async fn read_until(&mut self, chunks: usize, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while self.result.chunks < chunks {
-            if self.ended() {
-                return false;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let next = actix_rt::time::timeout(left, self.body.next()).await;
-            match next {
-                Err(_) => panic!("stream stalled: {:?}", self.result),
-                Ok(None) => return false,
-                Ok(Some(Err(error))) => {
-                    self.result.error = Some(json!({"transport": error.to_string()}));
-                    return false;
-                }
-                Ok(Some(Ok(bytes))) => self.feed(&String::from_utf8_lossy(&bytes)),
-            }
-        }
-        true
-    }
-
-    fn ended(&self) -> bool {
-        self.result.done || self.result.error.is_some()
-    }
-
-    fn feed(&mut self, text: &str) {
-        self.buffer.push_str(text);
-        while let Some(end) = self.buffer.find("\n\n") {
-            let frame: String = self.buffer.drain(..end + 2).collect();
-            for line in frame.lines() {
-                if let Some(id) = line.strip_prefix("id:") {
-                    self.result.last_event_id = Some(id.trim().parse().expect("a numeric event id"));
-                }
-                let Some(data) = line.strip_prefix("data:") else { continue };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    self.result.done = true;
-                    continue;
-                }
-                let value: Value = serde_json::from_str(data).expect("a json event");
-                if value.get("error").is_some() {
-                    self.result.error = Some(value);
-                    continue;
-                }
-                if let Some(id) = value["id"].as_str() {
-                    self.result.response_id = Some(id.to_string());
-                }
-                if let Some(text) = value["choices"][0]["text"].as_str() {
-                    self.result.text.push_str(text);
-                    self.result.chunks += 1;
-                }
-                if !value["usage"].is_null() {
-                    self.result.usage = Some(value["usage"].clone());
-                }
-            }
-        }
-    }
-
-    /// Reads to the end (panics past `within`: a stream that hangs fails the test).
-    async fn finish(mut self, within: Duration) -> StreamResult {
-        self.read_until(usize::MAX, within).await;
-        self.result
-    }
-}
-
-/// One undisturbed run: the reference output of `completion(max_tokens, seed)`.
-async fn reference(gateway: &Node, max_tokens: u32, seed: u64) -> String {
-    let stream = SseStream::open(&gateway.url, None, &completion(max_tokens, seed)).await.expect("admitted");
-    let result = stream.finish(Duration::from_secs(30)).await;
-    assert!(result.done && result.error.is_none(), "{result:?}");
-    result.text
-}
-
-#[actix_rt::test]
-async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat() {
+async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(redis: TestRedis) {
     let started = Instant::now();
-    let dir = TempDir::new("worker-killed");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let dir = TempDir::new(&format!("worker-killed-{}", redis.kind()));
     let config = dir.write_config(&config("10ms", 8, 2, ""));
     let (gateway, mut workers) = gateway_and_two_workers(&dir, &config, &redis, true).await;
     let (max_tokens, seed) = (200, 42);
@@ -418,9 +80,19 @@ async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_an
 }
 
 #[actix_rt::test]
+async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat_one_redis() {
+    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::server()).await;
+}
+
+#[actix_rt::test]
+async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat_redis_cluster() {
+    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::cluster()).await;
+}
+
+#[actix_rt::test]
 async fn a_stream_left_at_one_gateway_is_resumed_at_another_with_exactly_the_missing_tokens() {
     let dir = TempDir::new("resume-elsewhere");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let redis = TestRedis::server();
     let config = dir.write_config(&config("20ms", 8, 1, ""));
     let first = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw1");
     let second = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw2");
@@ -520,34 +192,10 @@ async fn redis_killed_and_restarted_with_aof_loses_no_accepted_request() {
     eprintln!("test took {:?}", started.elapsed());
 }
 
-/// Opens `per_node` streams on every gateway at once; answers the admitted streams and
-/// the number refused with 429.
-async fn hammer(gateways: &[&Node], key: &str, per_node: usize, max_tokens: u32) -> (Vec<SseStream>, usize) {
-    let body = completion(max_tokens, 1);
-    let opens = gateways
-        .iter()
-        .flat_map(|node| (0..per_node).map(move |_| node.url.clone()))
-        .map(|url| {
-            let body = body.clone();
-            async move { SseStream::open(&url, Some(key), &body).await }
-        });
-    let mut admitted = Vec::new();
-    let mut refused = 0;
-    for outcome in futures_util::future::join_all(opens).await {
-        match outcome {
-            Ok(stream) => admitted.push(stream),
-            Err((429, _)) => refused += 1,
-            Err((status, body)) => panic!("unexpected answer {status}: {body}"),
-        }
-    }
-    (admitted, refused)
-}
 
-#[actix_rt::test]
-async fn three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot() {
+async fn three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot(redis: TestRedis) {
     let started = Instant::now();
-    let dir = TempDir::new("shared-quota");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let dir = TempDir::new(&format!("shared-quota-{}", redis.kind()));
     let key = swell::tenants::generate_api_key();
     let tenant = format!(
         r#"
@@ -619,10 +267,20 @@ redis_timeout = "1s"
 }
 
 #[actix_rt::test]
+async fn three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot_one_redis() {
+    three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot(TestRedis::server()).await;
+}
+
+#[actix_rt::test]
+async fn three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot_redis_cluster() {
+    three_gateways_share_one_concurrency_limit_and_a_killed_gateway_leaks_no_slot(TestRedis::cluster()).await;
+}
+
+#[actix_rt::test]
 async fn a_worker_shut_down_gracefully_hands_its_unfinished_stream_back_at_once() {
     let started = Instant::now();
     let dir = TempDir::new("worker-shutdown");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let redis = TestRedis::server();
     // Leases far longer than the shutdown timeout: the stream can only move on in time
     // if the stopping worker hands it back.
     let text = config("10ms", 8, 2, "")
@@ -687,7 +345,7 @@ async fn ready_replicas(node: &Node) -> u64 {
 async fn load_places_replicas_on_both_workers_and_a_killed_worker_is_replaced_by_the_other() {
     let started = Instant::now();
     let dir = TempDir::new("placement");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let redis = TestRedis::server();
     // From zero, up to 4 replicas of 2 sequences each, 2 concurrent requests per replica
     // wanted, no up-window, quick scale-down and scale to zero.
     let extra = r#"scale_up_window = "0s"
@@ -784,7 +442,7 @@ period = "1s"
 async fn an_ingress_job_pushed_into_redis_is_served_by_the_cluster() {
     use swell_cluster::ingress_wire::{Encoding, IngressRequest, Producer, ReplyKind, RequestKind};
     let dir = TempDir::new("ingress");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let redis = TestRedis::server();
     let config = dir.write_config(&config("1ms", 8, 1, ""));
     let gateway = Node::start(&dir.0, &config, &redis.url(), "gateway", "gw");
     let worker = Node::start(&dir.0, &config, &redis.url(), "worker", "w1");
@@ -818,12 +476,10 @@ async fn an_ingress_job_pushed_into_redis_is_served_by_the_cluster() {
 /// another gateway takes the entry over and resumes the replies after the ones already
 /// written, so the producer reads one coherent reply stream (seq 0, 1, 2, ... with no
 /// gap or repeat, the text of an undisturbed run, one terminal `done`).
-#[actix_rt::test]
-async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway() {
+async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway(redis: TestRedis) {
     use swell_cluster::ingress_wire::{Encoding, IngressRequest, Producer, ReplyKind, RequestKind};
     let started = Instant::now();
-    let dir = TempDir::new("ingress-takeover");
-    let redis = RedisServer::start(RedisServerOptions::default());
+    let dir = TempDir::new(&format!("ingress-takeover-{}", redis.kind()));
     // One consumer name per gateway (to tell which one relays); entries idle for 1 s
     // are taken over.
     let base = config("20ms", 8, 1, "");
@@ -857,7 +513,8 @@ async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_
     producer.submit(&job, Encoding::Json).await.expect("submitted");
     // Wait for some chunks, then find the relaying gateway: the entry stays pending with
     // its consumer until the terminal reply.
-    let mut connection = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut connection =
+        swell_cluster::redis_conn::connect_shared(&redis.url(), Duration::from_secs(1), Duration::from_secs(2)).await.unwrap().1;
     wait_for("20 chunk replies", Duration::from_secs(20), || {
         let producer = &producer;
         async move {
@@ -901,4 +558,14 @@ async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_
     assert_eq!(text, expected, "the producer's text differs from an undisturbed run");
     assert_eq!(terminal[0].data["usage"]["completion_tokens"], max_tokens);
     eprintln!("test took {:?}", started.elapsed());
+}
+
+#[actix_rt::test]
+async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway_one_redis() {
+    an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway(TestRedis::server()).await;
+}
+
+#[actix_rt::test]
+async fn an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway_redis_cluster() {
+    an_ingress_request_whose_gateway_dies_mid_relay_is_answered_by_another_gateway(TestRedis::cluster()).await;
 }

@@ -70,10 +70,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+use swell_cluster::redis_conn::{RedisClient, RedisEndpoint, SharedConnection};
 
 use crate::metrics as m;
 use crate::hold_times::HoldTimes;
@@ -257,7 +258,7 @@ pub struct RedisQuotaStore {
 }
 
 struct StoreInner {
-    connection: ConnectionManager,
+    connection: SharedConnection,
     config: RedisQuotaConfig,
     node_id: String,
     breaker: Mutex<CircuitBreaker>,
@@ -274,17 +275,16 @@ impl std::fmt::Debug for RedisQuotaStore {
 }
 
 impl RedisQuotaStore {
-    /// A store at `url` (`redis://host:port/db`). Connects lazily, so a node starts while
+    /// A store at `url` (`redis://host:port/db`, or a Redis Cluster's
+    /// `redis-cluster://host:port,…`: each tenant's keys share one slot). Connects lazily, so a node starts while
     /// Redis is down (its failure policy applies until Redis answers). Must be called
     /// inside a tokio runtime (an actix `System` is one).
     pub fn open(url: &str, config: RedisQuotaConfig) -> Result<Self, QuotaStoreError> {
-        let client = redis::Client::open(url).map_err(|e| QuotaStoreError::InvalidUrl(e.to_string()))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.redis_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(config.breaker_cooldown);
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let endpoint = RedisEndpoint::parse(url).map_err(QuotaStoreError::InvalidUrl)?;
+        let client = RedisClient::new(&endpoint, config.redis_timeout, config.redis_timeout)
+            .map_err(|e| QuotaStoreError::InvalidUrl(e.to_string()))?;
+        let connection = client
+            .shared_lazy(config.redis_timeout, config.redis_timeout)
             .map_err(|e| QuotaStoreError::Redis(e.to_string()))?;
         let breaker = CircuitBreaker::new(
             config.breaker_failures,

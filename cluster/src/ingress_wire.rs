@@ -31,9 +31,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{RedisError, Value};
+
+use crate::redis_conn::{BlockingConnection, RedisClient, RedisEndpoint, SharedConnection};
 use serde::{Deserialize, Serialize};
 
 /// The wire version this module speaks (the `v` field).
@@ -436,6 +437,8 @@ pub enum ProducerError {
     BadReply(WireError),
     #[error("timed out waiting for replies")]
     TimedOut,
+    #[error("redis address: {0}")]
+    Address(String),
 }
 
 /// Pushes requests into the ingress stream and reads replies, for Rust programs.
@@ -462,16 +465,19 @@ pub enum ProducerError {
 /// # }
 /// ```
 pub struct Producer {
-    client: Client,
-    shared: ConnectionManager,
+    client: RedisClient,
+    shared: SharedConnection,
     stream: String,
 }
 
 impl Producer {
-    /// Connects to the Redis of an installation whose keys start with `key_prefix`.
+    /// Connects to the Redis of an installation whose keys start with `key_prefix`
+    /// (`redis://…`, or `redis-cluster://host:port,…` for a Redis Cluster).
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, ProducerError> {
-        let client = Client::open(url)?;
-        let shared = ConnectionManager::new(client.clone()).await?;
+        let endpoint = RedisEndpoint::parse(url).map_err(ProducerError::Address)?;
+        let timeout = Duration::from_secs(5);
+        let client = RedisClient::new(&endpoint, timeout, timeout)?;
+        let shared = client.shared(timeout, timeout).await?;
         Ok(Self { client, shared, stream: ingress_stream_key(key_prefix) })
     }
 
@@ -542,9 +548,8 @@ impl Producer {
         }
     }
 
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection, RedisError> {
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+    async fn blocking_connection(&self) -> Result<BlockingConnection, RedisError> {
+        self.client.blocking(Duration::from_secs(5)).await
     }
 }
 

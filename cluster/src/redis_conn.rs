@@ -19,7 +19,10 @@
 //! Callers keep every command and script within one hash slot; on one server nothing
 //! here changes what a command does.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::OnceCell;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -120,7 +123,30 @@ impl RedisClient {
                     .set_max_delay(Duration::from_millis(500));
                 Ok(SharedConnection::Standalone(ConnectionManager::new_with_config(client.clone(), config).await?))
             }
-            Self::Cluster { shared, .. } => Ok(SharedConnection::Cluster(shared.get_async_connection().await?)),
+            Self::Cluster { shared, .. } => {
+                let lazy = LazyCluster { client: shared.clone(), connection: Arc::new(OnceCell::new()) };
+                lazy.get().await?;
+                Ok(SharedConnection::Cluster(lazy))
+            }
+        }
+    }
+
+    /// The shared connection, connecting at its first command (and, while Redis is not
+    /// there, again at each later one), so a node starts while Redis is down.
+    pub fn shared_lazy(&self, connect_timeout: Duration, response_timeout: Duration) -> RedisResult<SharedConnection> {
+        match self {
+            Self::Standalone(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(500));
+                Ok(SharedConnection::Standalone(ConnectionManager::new_lazy_with_config(client.clone(), config)?))
+            }
+            Self::Cluster { shared, .. } => {
+                Ok(SharedConnection::Cluster(LazyCluster { client: shared.clone(), connection: Arc::new(OnceCell::new()) }))
+            }
         }
     }
 
@@ -160,7 +186,21 @@ pub async fn connect_shared(
 #[derive(Clone)]
 pub enum SharedConnection {
     Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(LazyCluster),
+}
+
+/// A cluster connection opened at first use (its clones share it). Once open, it
+/// reconnects to each node by itself and follows the slot map.
+#[derive(Clone)]
+pub struct LazyCluster {
+    client: ClusterClient,
+    connection: Arc<OnceCell<ClusterConnection>>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        self.connection.get_or_try_init(|| self.client.get_async_connection()).await.cloned()
+    }
 }
 
 impl SharedConnection {
@@ -170,10 +210,10 @@ impl SharedConnection {
     pub async fn query_at<T: redis::FromRedisValue>(&mut self, key: &str, command: &Cmd) -> RedisResult<T> {
         match self {
             Self::Standalone(connection) => command.query_async(connection).await,
-            Self::Cluster(connection) => {
+            Self::Cluster(lazy) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let value = connection.route_command(command.clone(), routing).await?;
+                let value = lazy.get().await?.route_command(command.clone(), routing).await?;
                 T::from_redis_value(value).map_err(Into::into)
             }
         }
@@ -184,21 +224,23 @@ impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Standalone(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(lazy) => Box::pin(async move { lazy.get().await?.req_packed_command(cmd).await }),
         }
     }
 
     fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Standalone(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(lazy) => {
+                Box::pin(async move { lazy.get().await?.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Standalone(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
+            Self::Cluster(_) => 0,
         }
     }
 }

@@ -13,7 +13,9 @@ use crate::tenants::is_valid_name;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[user:password@]host:port[/db]`. Unset: embedded queue and quotas.
+    /// `redis://[user:password@]host:port[/db]`, or a Redis Cluster's seed nodes
+    /// `redis-cluster://[user:password@]host:port,host:port,...`. Unset: embedded queue
+    /// and quotas.
     pub redis_url: Option<String>,
     pub role: NodeRole,
     /// This node's name in the cluster (replica ids, logs). Default `<hostname>-<pid>`.
@@ -145,15 +147,20 @@ impl ClusterConfig {
     /// Checks the section; each error names its key.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        let known_scheme = |url: &str| ["redis://", "rediss://", "redis+unix://"].iter().any(|s| url.starts_with(s));
+        let known_scheme = |url: &str| ["redis://", "rediss://", "redis+unix://", swell_cluster::redis_conn::CLUSTER_SCHEME].iter().any(|s| url.starts_with(s));
         match &self.redis_url {
             None if self.role != NodeRole::All => errors.push(format!(
                 "cluster.role: `{}` needs a shared redis (cluster.redis_url, SWELL_REDIS_URL or --redis); without one the only role is `all`",
                 self.role.as_str()
             )),
             Some(url) if !known_scheme(url) => errors.push(format!(
-                "cluster.redis_url: expected `redis://host:port[/db]` (or rediss://), got {url:?}"
+                "cluster.redis_url: expected `redis://host:port[/db]` (or rediss://), or `redis-cluster://host:port,host:port,...` for a Redis Cluster, got {url:?}"
             )),
+            Some(url) => {
+                if let Err(error) = swell_cluster::redis_conn::RedisEndpoint::parse(url) {
+                    errors.push(format!("cluster.redis_url: {error}"));
+                }
+            }
             _ => {}
         }
         if let Some(id) = &self.node_id {

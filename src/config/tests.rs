@@ -240,6 +240,14 @@ fn the_cluster_section_parses_and_is_validated() {
     assert!(error.contains("cluster.node_id"), "{error}");
     let error = invalid("[cluster]\nredis_url = \"redis://h:1\"\nmax_deliveries = 0\n");
     assert!(error.contains("cluster.max_deliveries"), "{error}");
+
+    // A Redis Cluster by its seed nodes; no seed, or a database number, is refused.
+    let config = Config::from_toml_str("[cluster]\nredis_url = \"redis-cluster://10.0.0.5:7000,10.0.0.6:7000\"\n").unwrap();
+    assert_eq!(config.cluster.redis_queue_config().unwrap().url, "redis-cluster://10.0.0.5:7000,10.0.0.6:7000");
+    let error = invalid("[cluster]\nredis_url = \"redis-cluster://\"\n");
+    assert!(error.contains("cluster.redis_url: redis-cluster://: name at least one seed node"), "{error}");
+    let error = invalid("[cluster]\nredis_url = \"redis-cluster://a:7000/1\"\n");
+    assert!(error.contains("database 0"), "{error}");
 }
 
 #[test]

@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::RedisError;
+use swell_cluster::redis_conn::{BlockingConnection, RedisClient};
 use swell_actors::backoff::Backoff;
 use swell_cluster::ingress_wire::entry_fields;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -32,8 +33,8 @@ pub(crate) async fn create_group<C: ConnectionLike>(connection: &mut C, stream: 
 
 pub(crate) struct ConsumerLoop {
     pub context: Arc<EntryContext>,
-    pub blocking: MultiplexedConnection,
-    pub client: Client,
+    pub blocking: BlockingConnection,
+    pub client: RedisClient,
     pub permits: Arc<Semaphore>,
     pub stop: watch::Receiver<bool>,
 }
@@ -146,10 +147,7 @@ impl ConsumerLoop {
 
     /// After an error: a fresh blocking connection, and the group again if it is gone.
     async fn recover(&mut self, error: &RedisError) {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(None);
-        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+        match self.client.blocking(Duration::from_secs(5)).await {
             Ok(connection) => self.blocking = connection,
             Err(error) => tracing::debug!(%error, "ingress: reconnecting failed"),
         }

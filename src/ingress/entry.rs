@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
+use swell_cluster::redis_conn::SharedConnection;
 use serde_json::Value;
 use swell_cluster::ingress_wire::{seen_key, Fields, IngressRequest, ReplyKind, RequestKind};
 use tokio::time::Instant;
@@ -35,7 +35,7 @@ use crate::state::AppState;
 pub(crate) struct EntryContext {
     pub state: Arc<AppState>,
     /// For everything but the blocking reads.
-    pub redis: ConnectionManager,
+    pub redis: SharedConnection,
     pub stream: String,
     pub consumer: String,
     pub config: IngressConfig,

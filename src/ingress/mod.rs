@@ -48,8 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_rt::Arbiter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client};
+use swell_cluster::redis_conn::{RedisClient, RedisEndpoint};
 use serde::{Deserialize, Serialize};
 use swell_cluster::ingress_wire::ingress_stream_key;
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -169,6 +168,8 @@ pub enum IngressStartError {
     Redis(#[from] redis::RedisError),
     #[error("ingress: redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("ingress: redis address: {0}")]
+    Address(String),
 }
 
 /// What the consumer has done so far (a plain snapshot, see [`IngressHandle::observe`]).
@@ -277,17 +278,13 @@ pub async fn start_ingress(
 ) -> Result<IngressHandle, IngressStartError> {
     config.validate().map_err(IngressStartError::Config)?;
     let connect_timeout = Duration::from_secs(5);
-    let client = Client::open(redis_url)?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    let shared = tokio::time::timeout(connect_timeout * 2, ConnectionManager::new_with_config(client.clone(), manager_config))
+    let endpoint = RedisEndpoint::parse(redis_url).map_err(IngressStartError::Address)?;
+    let response_timeout = Duration::from_secs(5);
+    let client = RedisClient::new(&endpoint, connect_timeout, response_timeout)?;
+    let shared = tokio::time::timeout(connect_timeout * 2, client.shared(connect_timeout, response_timeout))
         .await
         .map_err(|_| IngressStartError::Timeout(connect_timeout * 2))??;
-    let blocking_config =
-        AsyncConnectionConfig::new().set_connection_timeout(Some(connect_timeout)).set_response_timeout(None);
-    let blocking = client.get_multiplexed_async_connection_with_config(&blocking_config).await?;
+    let blocking = client.blocking(connect_timeout).await?;
     let stream = config.stream_key();
     consumer::create_group(&mut shared.clone(), &stream, &config.group).await?;
 

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix_web::ResponseError;
-use redis::aio::ConnectionManager;
+use swell_cluster::redis_conn::SharedConnection;
 use serde_json::{json, Value};
 use swell_cluster::ingress_wire::{Reply, ReplyKind, WireError};
 
@@ -103,7 +103,7 @@ pub fn item_reply(item: StreamItem) -> Option<(ReplyKind, Value)> {
 
 /// Appends one request's replies, numbering them.
 pub struct ReplyWriter {
-    redis: ConnectionManager,
+    redis: SharedConnection,
     reply_to: String,
     id: Option<String>,
     next_seq: u64,
@@ -121,7 +121,7 @@ pub struct ReplyWriter {
 const RESUME_PAGE: usize = 1000;
 
 impl ReplyWriter {
-    pub fn new(redis: ConnectionManager, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
+    pub fn new(redis: SharedConnection, reply_to: String, id: Option<String>, ttl: Duration, max_len: u64) -> Self {
         Self { redis, reply_to, id, next_seq: 0, ttl, max_len, skip_chunks: 0, entry: String::new() }
     }
 
@@ -250,13 +250,19 @@ impl ReplyWriter {
 /// Redis Cluster when `reply_to` has a hash tag), one per request, so each expires on
 /// its own `reply_ttl` after its last reply.
 pub fn seq_key(reply_to: &str, id: &str, entry: &str) -> String {
-    format!("{reply_to}:swell-seq:{id}@{entry}")
+    if reply_to.contains('{') {
+        // Its hash tag (if any) is the first `{…}` of both names.
+        format!("{reply_to}:swell-seq:{id}@{entry}")
+    } else {
+        // No tag: `reply_to`'s slot is that of its whole name, which this tag repeats.
+        format!("{reply_to}:swell-seq:{{{reply_to}}}:{id}@{entry}")
+    }
 }
 
 /// Whether replies can be written at `reply_to` (no key yet, or a stream). Checked before
 /// a request is admitted, so that nothing is generated for replies that cannot be
 /// delivered; the script checks again at every write.
-pub async fn check_writable(redis: &mut ConnectionManager, reply_to: &str) -> Result<(), ReplyError> {
+pub async fn check_writable(redis: &mut SharedConnection, reply_to: &str) -> Result<(), ReplyError> {
     let kind: String = redis::cmd("TYPE").arg(reply_to).query_async(redis).await?;
     match kind.as_str() {
         "none" | "stream" => Ok(()),
@@ -272,6 +278,20 @@ mod tests {
 
     use super::*;
     use crate::generation::openai_types::UsageBody;
+
+    async fn shared(url: &str) -> SharedConnection {
+        swell_cluster::redis_conn::connect_shared(url, Duration::from_secs(1), Duration::from_secs(2)).await.unwrap().1
+    }
+
+    #[test]
+    fn a_reply_to_and_its_seq_keys_share_a_hash_slot() {
+        use redis::cluster_routing::Slot;
+        for reply_to in ["replies", "swell-replies:4:acme:p7", "r{t}", "a:{producer-7}:x"] {
+            let key = seq_key(reply_to, "job-1", "1-0");
+            assert!(key.starts_with(reply_to), "{key}");
+            assert_eq!(Slot::for_key(reply_to), Slot::for_key(&key), "{reply_to} vs {key}");
+        }
+    }
 
     #[test]
     fn errors_carry_the_http_body_and_status() {
@@ -300,8 +320,7 @@ mod tests {
     async fn replies_go_only_to_streams_and_get_a_ttl_only_where_swell_created_the_stream() {
         use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
         let server = RedisServer::start(RedisServerOptions::default());
-        let client = redis::Client::open(server.url()).unwrap();
-        let redis = ConnectionManager::new(client).await.unwrap();
+        let redis = shared(&server.url()).await;
         let mut plain = redis.clone();
         let ttl = Duration::from_secs(3600);
         let writer = |key: &str| ReplyWriter::new(redis.clone(), key.to_string(), Some("job".into()), ttl, 100);
@@ -351,7 +370,7 @@ mod tests {
     async fn a_reply_is_stored_once_per_id_and_seq() {
         use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
         let server = RedisServer::start(RedisServerOptions::default());
-        let redis = ConnectionManager::new(redis::Client::open(server.url()).unwrap()).await.unwrap();
+        let redis = shared(&server.url()).await;
         let ttl = Duration::from_secs(60);
         let writer = || ReplyWriter::new(redis.clone(), "r{t}".into(), Some("job".into()), ttl, 100);
         let (mut first, mut again) = (writer(), writer());

@@ -9,6 +9,7 @@ use swell::config::Config;
 use swell::server::ServerHandle;
 
 pub mod llama_server;
+pub mod nodes;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
