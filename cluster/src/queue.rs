@@ -62,7 +62,9 @@ impl QueueError {
 pub enum AppendOutcome {
     /// Stored; the value is the sequence number of the last stored event.
     Accepted(u64),
-    /// The job was cancelled (its client went away): stop working on it.
+    /// The job was cancelled (its client went away), or ended by the queue (Redis lost
+    /// output it had acknowledged, in a failover: the job ended with `output_lost`):
+    /// stop working on it.
     Cancelled,
     /// The lease was superseded by a newer attempt: stop working on it, write nothing.
     Fenced,

@@ -52,6 +52,13 @@ pub struct ClusterConfig {
     /// leader after the leader dies.
     #[serde(with = "humantime_serde")]
     pub leader_lease_ttl: Duration,
+    /// Redis replicas that must have an admission and a job's terminal event before the
+    /// call goes on (`WAIT`), so a failover of their master cannot lose them. 0: no wait
+    /// (a Redis without replicas). docs/distributed.md says what a failover can lose.
+    pub wait_replicas: u32,
+    /// The longest such a wait lasts (then logged, and the call goes on).
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
     /// CPU replica slots this node offers (default: its CPU cores). A replica takes its
     /// deployment's `placement.cpu_slots`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,6 +82,8 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_millis(500),
             node_ttl: Duration::from_secs(5),
             leader_lease_ttl: Duration::from_secs(5),
+            wait_replicas: queue.wait_replicas,
+            wait_timeout: queue.wait_timeout,
             cpu_slots: None,
         }
     }
@@ -140,6 +149,8 @@ impl ClusterConfig {
             job_max_age: self.job_max_age,
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
+            wait_replicas: self.wait_replicas,
+            wait_timeout: self.wait_timeout,
             ..RedisQueueConfig::default()
         }
     }

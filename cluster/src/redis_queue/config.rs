@@ -38,6 +38,16 @@ pub struct RedisQueueConfig {
     /// routed to it (see `routing` in [`super`]).
     #[serde(with = "humantime_serde")]
     pub route_liveness: Duration,
+    /// After an admission (the job's state and its queue entry) and after a job's
+    /// terminal event, wait until this many replicas of the master that took the write
+    /// have it (`WAIT`), so a failover cannot lose them. 0 (the default): no wait, for
+    /// a Redis without replicas. See docs/distributed.md for what a failover can lose.
+    pub wait_replicas: u32,
+    /// The longest such a wait lasts; a replica that does not answer in time is logged
+    /// and the call goes on (set `min-replicas-to-write` on Redis to refuse writes
+    /// instead while replicas are missing).
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
 }
 
 fn default_route_liveness() -> Duration {
@@ -57,6 +67,8 @@ impl Default for RedisQueueConfig {
             max_idle_blocking_connections: 16,
             dead_letter_max_len: 10_000,
             route_liveness: default_route_liveness(),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -75,6 +87,7 @@ impl RedisQueueConfig {
             ("job_max_age", self.job_max_age),
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
+            ("wait_timeout", self.wait_timeout),
         ] {
             if value.as_millis() == 0 {
                 return Err(format!("{key}: must be at least 1ms"));

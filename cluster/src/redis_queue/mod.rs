@@ -181,6 +181,10 @@ pub struct RedisQueue {
     blocking: Mutex<Vec<BlockingConnection>>,
     scripts: Scripts,
     cancelled_event: String,
+    /// The terminal event of a job whose stored output a failover lost.
+    output_lost_event: String,
+    /// When a short `WAIT` was last logged.
+    wait_warned: Mutex<Option<Instant>>,
     /// Leases whose terminal event this queue stored (`job_append` then marked the job
     /// done), so their ack skips `job_done`. Only a saving: a lease missing here is
     /// marked done by `job_done`, a no-op for a job already done.
@@ -218,6 +222,11 @@ impl RedisQueue {
             message: "the request was cancelled".into(),
         })
         .expect("an event serializes");
+        let output_lost_event = serde_json::to_string(&OutputEvent::Failed {
+            code: "output_lost".into(),
+            message: "Redis lost part of this request's output in a failover; it cannot be continued".into(),
+        })
+        .expect("an event serializes");
         Ok(Self {
             config,
             client,
@@ -225,6 +234,8 @@ impl RedisQueue {
             blocking: Mutex::new(Vec::new()),
             scripts: Scripts::new(),
             cancelled_event,
+            output_lost_event,
+            wait_warned: Mutex::new(None),
             terminal_stored: Mutex::new(HashSet::new()),
         })
     }
@@ -349,7 +360,35 @@ impl RedisQueue {
             .expect("an event serializes");
         let mut call = self.job_call(&self.scripts.job_fail, job_id);
         call.arg(epoch).arg(event).arg(self.output_ttl_ms());
-        self.invoke::<i64>(&call).await.map(|_| ())
+        self.invoke::<i64>(&call).await?;
+        self.wait_replicated(&self.job_keys(job_id).state).await;
+        Ok(())
+    }
+
+    /// With `wait_replicas`, wait (`WAIT`, on the master of `key`'s slot) until that
+    /// many replicas have every write this connection sent there. A short answer or an
+    /// error is logged (at most every 10 s) and the caller goes on: the write itself
+    /// was made.
+    async fn wait_replicated(&self, key: &str) {
+        let wanted = self.config.wait_replicas;
+        if wanted == 0 {
+            return;
+        }
+        let mut command = redis::cmd("WAIT");
+        command.arg(wanted).arg(self.config.wait_timeout.as_millis().max(1) as u64);
+        let mut connection = self.shared.clone();
+        let limit = self.call_timeout() + self.config.wait_timeout;
+        let problem = match tokio::time::timeout(limit, connection.query_at::<u32>(key, &command)).await {
+            Ok(Ok(acknowledged)) if acknowledged >= wanted => return,
+            Ok(Ok(acknowledged)) => format!("{acknowledged} of {wanted} replicas acknowledged in time"),
+            Ok(Err(error)) => format!("WAIT failed: {error}"),
+            Err(_) => "WAIT got no answer in time".to_string(),
+        };
+        let mut last = self.wait_warned.lock();
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(key, problem, "redis queue: a write is not on the replicas yet; a failover now could lose it");
+        }
     }
 
     async fn forget_on_deployment(&self, deployment: &str, job_id: &str) -> Result<(), QueueError> {
@@ -510,7 +549,12 @@ impl Queue for RedisQueue {
             }
         };
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
-            "ok" => Ok(Enqueued { position: number(answer.get(1).unwrap_or(&Value::Nil))? }),
+            "ok" => {
+                let deployment_key = self.deployment_keys(&job.deployment).keys[0].clone();
+                let job_key = self.job_keys(&job.id).state;
+                tokio::join!(self.wait_replicated(&job_key), self.wait_replicated(&deployment_key));
+                Ok(Enqueued { position: number(answer.get(1).unwrap_or(&Value::Nil))? })
+            }
             "full" => {
                 self.discard_job(&job.id).await;
                 let depth = number(answer.get(1).unwrap_or(&Value::Nil))?;
@@ -684,6 +728,7 @@ impl Queue for RedisQueue {
     ) -> Result<AppendOutcome, QueueError> {
         let mut call = self.job_call(&self.scripts.job_append, &lease.job_id);
         call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms()).arg(after);
+        call.arg(&self.output_lost_event);
         let terminal = events.iter().any(OutputEvent::is_terminal);
         for event in &events {
             let tokens = match event {
@@ -699,6 +744,7 @@ impl Queue for RedisQueue {
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
             "ok" => {
                 if terminal {
+                    self.wait_replicated(&self.job_keys(&lease.job_id).state).await;
                     let mut stored = self.terminal_stored.lock();
                     if stored.len() >= MAX_TERMINAL_STORED {
                         stored.clear();
@@ -708,6 +754,15 @@ impl Queue for RedisQueue {
                 Ok(AppendOutcome::Accepted(number(answer.get(1).unwrap_or(&Value::Nil))?))
             }
             "cancelled" => {
+                self.forget_on_deployment(&lease.deployment, &lease.job_id).await?;
+                Ok(AppendOutcome::Cancelled)
+            }
+            "lost" => {
+                tracing::warn!(
+                    job_id = %lease.job_id,
+                    after,
+                    "redis queue: output this replica had stored is gone (a Redis failover lost it); the job ended with output_lost"
+                );
                 self.forget_on_deployment(&lease.deployment, &lease.job_id).await?;
                 Ok(AppendOutcome::Cancelled)
             }

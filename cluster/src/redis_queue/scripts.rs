@@ -106,9 +106,12 @@ const JOB_CREATE: &str = include_str!("lua/job_create.lua");
 const JOB_START: &str = concat!(job_prelude!(), include_str!("lua/job_start.lua"));
 
 /// Append events under a lease: `ARGV[1]` epoch, `[2]` consumer, `[3]` the cancelled
-/// event, `[4]` output ttl ms, then `json, terminal (0/1), tokens` triples. A terminal
-/// event marks the job `done` and starts its keys' expiry. Answers `{'ok', last_seq}`,
-/// `{'cancelled', deployment}`, `{'fenced'}` or `{'unknown'}`.
+/// event, `[4]` output ttl ms, `[5]` the last sequence number the writer knows stored,
+/// `[6]` the `output_lost` event, then `json, terminal (0/1), tokens` triples. A
+/// terminal event marks the job `done` and starts its keys' expiry. Answers `{'ok',
+/// last_seq}`, `{'cancelled', deployment}`, `{'fenced'}`, `{'unknown'}`, or `{'lost',
+/// deployment}` when output the writer had stored is gone (a failover lost it; the job
+/// was ended with `[6]`).
 const JOB_APPEND: &str = concat!(job_prelude!(), include_str!("lua/job_append.lua"));
 
 /// The deployment side requeued the job with epoch `ARGV[1]`: fence the older epoch.

@@ -7,19 +7,31 @@ end
 -- ARGV[5]: the last sequence number this writer knows stored. Output that ends
 -- elsewhere under its lease means an earlier try of this very append was stored after
 -- all (its reply lost, or it ran late): it is not stored twice.
-local last = tonumber(s[6]) or 0
-if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= tonumber(ARGV[5]) then
+local last, after = tonumber(s[6]) or 0, tonumber(ARGV[5])
+if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= after then
   local n = 0
-  for i = 6, #ARGV, 3 do
+  for i = 7, #ARGV, 3 do
     n = n + 1
     if ARGV[i + 1] == '1' then break end
   end
-  if last == tonumber(ARGV[5]) + n then return {'ok', last} end
+  if last == after + n then return {'ok', last} end
+  if last < after and s[7] ~= '1' then
+    -- Output this writer had stored is gone: the master that acknowledged it failed
+    -- over before its replica had it (replication is asynchronous). A reader may have
+    -- read it, so nothing can be written in its place: the job ends with ARGV[6] past
+    -- every number a reader can have seen (this append's, should an earlier try of it
+    -- have reached the old master).
+    local seq = after + n + 1
+    redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[1], 'v', ARGV[6])
+    redis.call('HSET', KEYS[1], 'last_seq', seq, 'finished', 1, 'status', 'done')
+    expire_all(ARGV[4])
+    return {'lost', s[5]}
+  end
   return {'fenced'}
 end
 if s[1] ~= 'leased' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return {'fenced'} end
 local was_finished = s[7] == '1'
-local seq, finished, new_out, new_tokens = store(ARGV[1], last, was_finished, ARGV, 6)
+local seq, finished, new_out, new_tokens = store(ARGV[1], last, was_finished, ARGV, 7)
 if finished then
   -- The terminal event ends the job here (the ack finds it done): its state and output
   -- are kept for the output ttl from now; its delivered tokens (kept to resume it, and

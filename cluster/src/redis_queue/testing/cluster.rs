@@ -119,6 +119,15 @@ impl RedisCluster {
         panic!("no live master serves slot {slot}");
     }
 
+    /// The master node `index` replicates (`None`: it is a master, or down).
+    pub fn replica_of(&self, index: usize) -> Option<usize> {
+        if self.nodes[index].child.is_none() || self.info_field(index, "replication", "role").as_deref() != Some("slave") {
+            return None;
+        }
+        let port: u16 = self.info_field(index, "replication", "master_port")?.trim().parse().ok()?;
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
     /// `kill -9` a node.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.take() {
