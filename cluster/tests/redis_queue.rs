@@ -176,7 +176,7 @@ mod scenarios {
 
     /// An append tried again after its first try was stored (its reply lost, or the first
     /// try reaching the queue late) is not stored twice, terminal or not; one naming an
-    /// end the output does not have is fenced.
+    /// earlier end that is not its own retry is fenced.
     pub async fn an_append_tried_again_after_it_was_stored_is_not_stored_twice(backend: Backend) {
         let h = backend.start(Settings::default()).await;
         let q = &h.queue;
@@ -185,7 +185,9 @@ mod scenarios {
         let first = vec![tokens(&[7]), tokens(&[8])];
         assert_eq!(q.append_output(&lease.lease, 0, first.clone()).await.unwrap(), AppendOutcome::Accepted(2));
         assert_eq!(q.append_output(&lease.lease, 0, first).await.unwrap(), AppendOutcome::Accepted(2), "the retry");
-        assert_eq!(q.append_output(&lease.lease, 5, vec![tokens(&[9])]).await.unwrap(), AppendOutcome::Fenced);
+        // (Naming an end past the output is a write Redis lost: redis_failover.rs.)
+        let stale = vec![tokens(&[9]), tokens(&[10])];
+        assert_eq!(q.append_output(&lease.lease, 1, stale).await.unwrap(), AppendOutcome::Fenced);
         let last = vec![tokens(&[9]), finished()];
         assert_eq!(q.append_output(&lease.lease, 2, last.clone()).await.unwrap(), AppendOutcome::Accepted(4));
         assert_eq!(q.append_output(&lease.lease, 2, last).await.unwrap(), AppendOutcome::Accepted(4), "a terminal retry");
