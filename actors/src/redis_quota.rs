@@ -356,7 +356,7 @@ impl RedisQuotaStore {
         }
         let mut connection = inner.connection.clone();
         let timeout = inner.config.redis_timeout;
-        let result = match tokio::time::timeout(timeout, invocation.invoke_async::<T>(&mut connection)).await {
+        let result = match tokio::time::timeout(timeout, connection.invoke::<T>(&invocation)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(QuotaStoreError::Redis(error.to_string())),
             Err(_) => Err(QuotaStoreError::Timeout(timeout)),

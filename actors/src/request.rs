@@ -401,6 +401,8 @@ async fn relay(
     let mut position = position;
     let mut read_failures = 0u32;
     let mut failing_since: Option<Instant> = None;
+    // Empty reads in a row after which the queue had no record of the job.
+    let mut unknown_to_queue = 0u32;
     // A resumed stream's reader (`reader > 0`) replays what the first reader measured.
     let measures = reader == 0;
 
@@ -477,7 +479,25 @@ async fn relay(
                     .await;
                 return Outcome { status: "deadline_exceeded", generated };
             }
-            position = deps.queue.position(&spec.deployment, job_id).await.ok().flatten();
+            match deps.queue.position(&spec.deployment, job_id).await {
+                Ok(now) => {
+                    position = now;
+                    unknown_to_queue = 0;
+                }
+                // No record on the deployment's side and no output: lost (a Redis
+                // failover or a restart without its data), unless it finished just
+                // now, which the next read (its output kept for `output_ttl`) shows.
+                Err(QueueError::UnknownJob(_)) => {
+                    unknown_to_queue += 1;
+                    if unknown_to_queue >= 2 {
+                        tracing::error!("the queue holds no record of the request and no output for it");
+                        let message = "the queue lost this request (a Redis failover or a restart without its data); send it again";
+                        let _ = events.send(RequestEvent::Failed { code: "job_lost".into(), message: message.into() }).await;
+                        return Outcome { status: "job_lost", generated };
+                    }
+                }
+                Err(_) => {}
+            }
             continue;
         }
         for sequenced in batch {

@@ -235,7 +235,7 @@ impl CoordinationClient {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, CoordinationError> {
         let mut connection = self.connection.clone();
-        bounded(self.call_timeout(), invocation.invoke_async(&mut connection)).await
+        bounded(self.call_timeout(), connection.invoke(invocation)).await
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, CoordinationError> {

@@ -356,6 +356,9 @@ impl Queue for InMemoryQueue {
 
     async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
         let state = self.state.lock();
+        if !state.jobs.contains_key(job_id) {
+            return Err(QueueError::UnknownJob(job_id.to_string()));
+        }
         Ok(state
             .deployments
             .get(deployment)

@@ -77,7 +77,9 @@ pub trait Queue: Send + Sync + 'static {
 
     /// 1-based position of a waiting job in its deployment's service order (handed-back
     /// jobs, then the waiting jobs of higher priorities, then those ahead of it in its
-    /// own); `None` once leased (or finished).
+    /// own); `None` once leased (or finished). `Err(UnknownJob)` when the deployment's
+    /// queue holds no record of the job: never enqueued, finished and forgotten (its
+    /// output says so), or lost (a Redis failover or restart without its data).
     async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError>;
 
     async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError>;

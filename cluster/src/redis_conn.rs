@@ -220,6 +220,25 @@ impl SharedConnection {
     }
 }
 
+impl SharedConnection {
+    /// Run a script (`EVALSHA`, loading it where it is missing). On a cluster, a node
+    /// can answer `NOSCRIPT` again right after the load (seen on a freshly formed
+    /// cluster): a script that answered `NOSCRIPT` did not run, so it is tried again, up
+    /// to three times.
+    pub async fn invoke<T: redis::FromRedisValue>(&mut self, invocation: &redis::ScriptInvocation<'_>) -> RedisResult<T> {
+        let mut tries = 0;
+        loop {
+            match invocation.invoke_async(self).await {
+                Err(error) if tries < 2 && error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -189,7 +189,7 @@ impl ReplyWriter {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut failing_since = None;
         loop {
-            let error = match append.invoke_async::<String>(&mut self.redis).await {
+            let error = match self.redis.invoke::<String>(&append).await {
                 Ok(outcome) => {
                     if let Some(found) = outcome.strip_prefix("wrongtype:") {
                         return Err(ReplyToRefusal::NotAStream { reply_to: self.reply_to.clone(), kind: found.to_string() }.into());

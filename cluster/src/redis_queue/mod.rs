@@ -315,7 +315,7 @@ impl RedisQueue {
     /// Run a script on the shared connection, within the call timeout.
     async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, QueueError> {
         let mut connection = self.shared.clone();
-        bounded(self.call_timeout(), invocation.invoke_async(&mut connection)).await
+        bounded(self.call_timeout(), connection.invoke(invocation)).await
     }
 
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, QueueError> {
@@ -570,8 +570,10 @@ impl Queue for RedisQueue {
     async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
         let mut call = self.deployment_call(&self.scripts.deployment_position, deployment);
         call.arg(job_id);
-        let position = self.invoke::<u64>(&call).await?;
-        Ok((position > 0).then_some(position))
+        match self.invoke::<i64>(&call).await? {
+            -1 => Err(QueueError::UnknownJob(job_id.to_string())),
+            position => Ok((position > 0).then_some(position as u64)),
+        }
     }
 
     async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {

@@ -92,7 +92,7 @@ const DEPLOYMENT_DEPTH: &str = concat!(deployment_prelude!(), include_str!("lua/
 
 /// 1-based position of job `ARGV[3]` in service order (requeued jobs, the undelivered
 /// entries of higher priorities, then those up to it in its own stream), 0 if it is not
-/// waiting.
+/// waiting, -1 if the deployment has no record of it (no lease hash).
 const DEPLOYMENT_POSITION: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_position.lua"));
 
 /// Create a job's state (`ARGV[1]` deployment, `ARGV[2]` max age ms, `ARGV[3]` tenant,

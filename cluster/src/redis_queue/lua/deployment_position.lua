@@ -1,5 +1,6 @@
 local job = ARGV[3]
 local m = redis.call('HMGET', meta_key(job), 'state', 'entry')
+if not m[1] then return -1 end
 if m[1] ~= 'waiting' then return 0 end
 local index = redis.call('LPOS', KEYS[2], job)
 if index then return index + 1 end

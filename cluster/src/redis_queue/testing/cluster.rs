@@ -160,27 +160,51 @@ impl RedisCluster {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect()
     }
 
+    /// Start node `index`. Free ports are only free until someone binds them: a node
+    /// that cannot bind its port or bus port, or a port that answers for another
+    /// process, gets a fresh port (before the cluster is formed, so nothing knows it).
     fn spawn(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
-            .arg("--dir")
-            .arg(&node.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        node.child = Some(match command.spawn() {
-            Ok(child) => child,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                panic!("redis-server is not installed (the Redis tests start their own): apt-get install redis-server")
+        for attempt in 0..10 {
+            if attempt > 0 {
+                self.nodes[index].port = free_cluster_port();
             }
-            Err(error) => panic!("starting redis-server failed: {error}"),
-        });
-        let port = node.port;
-        self.wait_until(&format!("node on port {port} answers PING"), |c| c.try_cli(index, &["PING"]).as_deref() == Some("PONG"));
+            let node = &mut self.nodes[index];
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"])
+                .arg("--dir")
+                .arg(&node.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = match command.spawn() {
+                Ok(child) => child,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    panic!("redis-server is not installed (the Redis tests start their own): apt-get install redis-server")
+                }
+                Err(error) => panic!("starting redis-server failed: {error}"),
+            };
+            let pid = child.id().to_string();
+            node.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some(info) = self.try_cli(index, &["INFO", "server"]) {
+                    if info.lines().any(|line| line.trim() == format!("process_id:{pid}")) {
+                        return;
+                    }
+                    break; // another process has the port
+                }
+                let exited = self.nodes[index].child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some());
+                if exited {
+                    break; // it could not bind its port or its bus port
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.kill(index);
+        }
+        panic!("redis cluster: node {index} did not start on any of 10 ports");
     }
 
     /// `redis-cli -p <port> args...`, its output trimmed (`None`: it could not run or
