@@ -466,10 +466,10 @@ async fn relay(
                 continue;
             }
         };
-        if batch.is_empty() && !started {
+        if batch.is_empty() {
             // The queue enforces the deadline when it hands the job out; this is the
             // backstop for a job the queue lost (Redis restarted without its data).
-            if spec.deadline.is_some_and(|deadline| enqueued_at.elapsed() > deadline + DEADLINE_GRACE) {
+            if !started && spec.deadline.is_some_and(|deadline| enqueued_at.elapsed() > deadline + DEADLINE_GRACE) {
                 let _ = deps.queue.cancel(job_id).await;
                 let _ = events
                     .send(RequestEvent::Failed {
@@ -484,9 +484,10 @@ async fn relay(
                     position = now;
                     unknown_to_queue = 0;
                 }
-                // No record on the deployment's side and no output: lost (a Redis
-                // failover or a restart without its data), unless it finished just
-                // now, which the next read (its output kept for `output_ttl`) shows.
+                // No record on the deployment's side and no (further) output: lost (a
+                // Redis failover or a restart without its data; a started job whose
+                // terminal event was lost after its ack), unless it finished just now,
+                // which the next read (its output kept for `output_ttl`) shows.
                 Err(QueueError::UnknownJob(_)) => {
                     unknown_to_queue += 1;
                     if unknown_to_queue >= 2 {
