@@ -80,12 +80,13 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
 
     // Each step: its script call (or plain command) plus what runs inside it.
     // enqueue: job_create (EXISTS, HSET, PEXPIRE) + deployment_enqueue (EXISTS job,
-    // EXISTS stream, HMGET counts, LLEN requeued, XADD, HSET, HINCRBY count, XADD wake).
-    assert_eq!(enqueue, 4 + 9, "enqueue");
-    // take (TIME, HSET + HGETALL seen, EXISTS parked and freed, LPOP requeued, HMGET
-    // counts, XREADGROUP, 3 per new job, HINCRBY count) + job_start (HMGET, HSET; no GET
-    // of delivered tokens when nothing was stored).
-    assert_eq!(take, 1 + 11 + 3, "lease");
+    // EXISTS stream, HMGET counts, LLEN requeued, XADD, HSET, HINCRBY count; no XADD to
+    // the wake-up stream: no consumer is waiting on it).
+    assert_eq!(enqueue, 4 + 8, "enqueue");
+    // take (TIME, HSET seen (read only when needed), EXISTS parked and freed, LPOP
+    // requeued, HMGET counts, XREADGROUP, HSET + ZADD per new job, HINCRBY count) +
+    // job_start (HMGET, HSET; no GET of delivered tokens when nothing was stored).
+    assert_eq!(take, 1 + 9 + 3, "lease");
     // HMGET, an XADD per event, APPEND, HSET; PTTL and a PEXPIRE for each of the two
     // output keys it created.
     assert_eq!(first_append, 1 + 1 + 2 + 1 + 1 + 3, "first append");
@@ -98,6 +99,18 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     // done, so no job_done.
     assert_eq!(ack.values().sum::<u64>(), 1 + 5, "ack: {ack:?}");
     assert_eq!(ack.get("pexpire"), None, "expiry is set once, by the terminal append");
+
+    // A consumer that found nothing and waits: the next enqueue wakes it (an XADD to
+    // the wake-up stream and an HDEL of `asleep`), the one after does not.
+    assert!(queue.lease("d", "w1", 1, TTL, Duration::from_millis(50)).await.unwrap().is_empty());
+    reset(&mut raw).await;
+    queue.enqueue(job("b"), LIMITS).await.unwrap();
+    let waking = commands(&mut raw).await;
+    assert_eq!(waking.values().sum::<u64>(), 4 + 8 + 2, "{waking:?}");
+    assert_eq!(waking.get("xadd"), Some(&2), "the job's entry and the wake-up");
+    reset(&mut raw).await;
+    queue.enqueue(job("c"), LIMITS).await.unwrap();
+    assert_eq!(commands(&mut raw).await.values().sum::<u64>(), 4 + 8);
 }
 
 /// The waiting counts follow every move (enqueue, take, release, reclaim, cancel), so

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Distributed-mode benchmark: requests/s and added latency through the Redis path, with
-# the `sim` engine at zero service time (loadtests/bench/configs/gateway-bench.toml), against
+# the `sim` engine at zero service time (loadtests/bench/configs/gateway-bench.toml),
+# through one Redis and through a Redis Cluster of 3 masters, against
 #   - the same server on the embedded in-process queue (what Redis adds), and
 #   - the bound `redis-benchmark` sets on this machine (what Redis allows):
-#     Redis operations per Swell request are counted from `INFO commandstats`.
+#     Redis operations per Swell request are counted from `INFO commandstats` (summed
+#     over the cluster's masters).
 #
 #   loadtests/bench/redis.sh [CONCURRENCY] [REQUESTS] [OUTPUT_TOKENS]
 #
-# Starts its own redis-server on a free port (no persistence: `--save "" --appendonly
+# Starts its own redis-server and 3-master cluster on free ports (no persistence: `--save "" --appendonly
 # no`; with `appendonly yes` + `appendfsync always` every write waits for an fsync),
 # builds release binaries, runs a warm-up and a measured closed loop (OUTPUT_TOKENS per
 # request, default 1, SSE) for each queue, and writes loadtest-results/redis-bench-*.json
@@ -28,17 +30,47 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize no \
   >"$work/redis.log" 2>&1 &
 redis=$!
+# The cluster: 3 masters on ports whose bus port (+10000) is free too.
+cluster_ports=$(python3 -c '
+import socket
+ports = []
+while len(ports) < 3:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p > 55000: continue
+    b = socket.socket()
+    try: b.bind(("127.0.0.1", p + 10000))
+    except OSError: continue
+    finally: b.close()
+    s.close(); ports.append(p)
+print(" ".join(map(str, ports)))')
+cluster_pids=()
+for p in $cluster_ports; do
+  mkdir -p "$work/$p"
+  redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/$p" --daemonize no \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-require-full-coverage no >"$work/$p/redis.log" 2>&1 &
+  cluster_pids+=($!)
+done
 server=
 cleanup() {
   [[ -n $server ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  kill "$redis" 2>/dev/null; wait "$redis" 2>/dev/null
+  kill "$redis" "${cluster_pids[@]}" 2>/dev/null; wait "$redis" "${cluster_pids[@]}" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+for p in $port $cluster_ports; do
+  for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+done
+redis-cli --cluster create $(for p in $cluster_ports; do printf '127.0.0.1:%s ' "$p"; done) --cluster-yes >/dev/null
+for p in $cluster_ports; do
+  for _ in $(seq 100); do redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' && break; sleep 0.1; done
+done
+cluster_url="redis-cluster://$(for p in $cluster_ports; do printf '127.0.0.1:%s,' "$p"; done | sed 's/,$//')"
 cli() { redis-cli -p "$port" "$@"; }
-# Seconds of CPU the server used so far: user, sys.
-redis_cpu() { cli info cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ { u = $2 } /^used_cpu_sys:/ { s = $2 } END { printf "%.6f %.6f", u, s }'; }
+# Seconds of CPU the servers on ports $1... used so far: user, sys (summed).
+redis_cpu() {
+  for p in "$@"; do redis-cli -p "$p" info cpu; done | tr -d '\r' |
+    awk -F: '/^used_cpu_user:/ { u += $2 } /^used_cpu_sys:/ { s += $2 } END { printf "%.6f %.6f", u, s }'
+}
 
 echo "== redis-benchmark on this machine (port $port, $concurrency clients, no pipelining)"
 redis-benchmark -p "$port" -c "$concurrency" -n 200000 -q -t ping_mbulk,set,get,lpush,xadd 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -5
@@ -46,43 +78,46 @@ redis-benchmark -p "$port" -c "$concurrency" -n 200000 -q \
   eval "redis.call('incr', KEYS[1]); return redis.call('get', KEYS[1])" 1 bench:counter 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -1
 cli flushall >/dev/null
 
-run() { # name, extra serve args...
-  local name=$1
-  shift
+run() { # name, the Redis ports it uses, extra serve args...
+  local name=$1 ports=$2
+  shift 2
   RUST_LOG=warn target/release/swell serve --config loadtests/bench/configs/gateway-bench.toml "$@" &
   server=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
   target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --concurrency "$concurrency" \
     --requests 2000 --prompt-tokens 16 --output-tokens "$output_tokens" --quiet >/dev/null
-  cli config resetstat >/dev/null
-  cpu_before=$(redis_cpu)
+  for p in $ports; do redis-cli -p "$p" config resetstat >/dev/null; done
+  cpu_before=$(redis_cpu $ports)
   echo "== $name: $requests requests, $concurrency concurrent"
   target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --concurrency "$concurrency" \
     --requests "$requests" --prompt-tokens 16 --output-tokens "$output_tokens" --quiet \
     --json "loadtest-results/redis-bench-$name.json"
-  cpu_used=$(python3 -c "import sys; a, b = sys.argv[1].split(), sys.argv[2].split(); print(float(b[0]) - float(a[0]), float(b[1]) - float(a[1]))" "$cpu_before" "$(redis_cpu)")
+  cpu_used=$(python3 -c "import sys; a, b = sys.argv[1].split(), sys.argv[2].split(); print(float(b[0]) - float(a[0]), float(b[1]) - float(a[1]))" "$cpu_before" "$(redis_cpu $ports)")
   kill "$server"
   wait "$server" 2>/dev/null || true
   server=
+  [[ -z $ports ]] && return
+  # Operations per request: every command Redis executed during the measured run
+  # (commands run inside Lua scripts included, summed over the nodes), divided by the
+  # requests. Supervisor/heartbeat ticks are in the total too (a few per second).
+  for p in $ports; do redis-cli -p "$p" info commandstats; done | tr -d '\r' | grep '^cmdstat_' \
+    >"loadtest-results/redis-bench-commandstats-$name.txt"
+  stats "$name" $cpu_used
 }
 
-run embedded
-run redis --redis "redis://127.0.0.1:$port"
-
-# Operations per request: every command Redis executed during the measured run (commands
-# run inside Lua scripts included), divided by the requests. Supervisor/heartbeat ticks
-# are in the total too (a few per second; negligible at this rate).
-cli info commandstats | tr -d '\r' | grep '^cmdstat_' >loadtest-results/redis-bench-commandstats.txt
-python3 - "$requests" $cpu_used <<'EOF'
+stats() { # name, cpu user, cpu sys
+python3 - "$requests" "$2" "$3" "loadtest-results/redis-bench-commandstats-$1.txt" "$1" <<'EOF'
 import re, sys
 requests = int(sys.argv[1])
 cpu_user, cpu_sys = float(sys.argv[2]), float(sys.argv[3])
-rows = []
-for line in open("loadtest-results/redis-bench-commandstats.txt"):
+summed = {}
+for line in open(sys.argv[4]):
     m = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", line)
     if m:
-        rows.append((m.group(1), int(m.group(2)), int(m.group(3))))
-rows.sort(key=lambda r: -r[1])
+        calls, usec = summed.get(m.group(1), (0, 0))
+        summed[m.group(1)] = (calls + int(m.group(2)), usec + int(m.group(3)))
+rows = sorted(((name, calls, us) for name, (calls, us) in summed.items()), key=lambda r: -r[1])
+print(f"== {sys.argv[5]}")
 total = sum(r[1] for r in rows)
 scripts = sum(r[1] for r in rows if r[0] in ("evalsha", "eval", "fcall", "evalsha_ro", "eval_ro"))
 usec = sum(r[2] for r in rows)
@@ -94,3 +129,8 @@ print(f"   Redis CPU per request: {(cpu_user + cpu_sys) * 1e6 / requests:.0f} us
 for name, calls, us in rows[:15]:
     print(f"   {name:24s} {calls / requests:6.2f} per request  {us / max(calls, 1):6.1f} us/call")
 EOF
+}
+
+run embedded ""
+run redis "$port" --redis "redis://127.0.0.1:$port"
+run cluster "$cluster_ports" --redis "$cluster_url"

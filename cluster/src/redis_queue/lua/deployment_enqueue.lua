@@ -21,5 +21,9 @@ else
 end
 redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting', 'level', level)
 redis.call('HINCRBY', COUNT, level, 1)
-wake()
+-- Only a consumer that found nothing waits on the wake-up stream.
+if c.asleep then
+  wake()
+  redis.call('HDEL', COUNT, 'asleep')
+end
 return {'ok', position}

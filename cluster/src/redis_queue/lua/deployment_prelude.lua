@@ -45,16 +45,18 @@ local COUNT = KEYS[13]
 local function exact_count(level)
   return undelivered_in(stream_of_level[level]) + set_aside(level)
 end
+-- `asleep`: whether a consumer that found nothing may be waiting on the wake-up stream.
 local function counts()
-  local c = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v')
+  local c = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v', 'asleep')
   if not c[4] then
     local exact = {}
     for _, level in ipairs(levels) do exact[level] = exact_count(level) end
     redis.call('HSET', COUNT, 'high', exact.high, 'normal', exact.normal, 'low', exact.low, 'v', 1)
+    exact.asleep = c[5] == '1'
     return exact
   end
   return {high = math.max(0, tonumber(c[1]) or 0), normal = math.max(0, tonumber(c[2]) or 0),
-    low = math.max(0, tonumber(c[3]) or 0)}
+    low = math.max(0, tonumber(c[3]) or 0), asleep = c[5] == '1'}
 end
 local function uncount(level, n)
   if n > 0 then redis.call('HINCRBY', COUNT, level, -n) end

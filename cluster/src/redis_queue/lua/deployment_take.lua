@@ -7,10 +7,17 @@ local gone = {high = 0, normal = 0, low = 0}
 -- Asking for work is taking work: this consumer is alive (again), and stays alive while
 -- it waits for work (`block` ms), as if seen at the end of its wait.
 redis.call('HSET', SEEN, consumer, now + block)
-local seen = redis.call('HGETALL', SEEN)
-local seen_at = {}
-for i = 1, #seen, 2 do seen_at[seen[i]] = tonumber(seen[i + 1]) or 0 end
+-- When the others were seen: read only when needed (parked or routed jobs, or a take
+-- that found nothing and tidies up).
+local seen, seen_at
+local function load_seen()
+  if not seen then
+    seen, seen_at = redis.call('HGETALL', SEEN), {}
+    for i = 1, #seen, 2 do seen_at[seen[i]] = tonumber(seen[i + 1]) or 0 end
+  end
+end
 local function alive(replica)
+  load_seen()
   local at = seen_at[replica] or 0
   return at > 0 and now - at < liveness
 end
@@ -25,10 +32,11 @@ local function take(job, entry, flat, stream, new)
     dropped[#dropped + 1] = {job, epoch}
     return
   end
-  local deliveries = redis.call('HINCRBY', meta, 'deliveries', 1)
+  -- A new entry's first delivery (enqueue set 0); a requeued one's next.
+  local deliveries = new and 1 or redis.call('HINCRBY', meta, 'deliveries', 1)
   local epoch = new and '1' or redis.call('HGET', meta, 'epoch') or '1'
   redis.call('HSET', meta, 'entry', entry, 'state', 'leased', 'consumer', consumer, 'expires', now + ttl,
-    'epoch', epoch)
+    'epoch', epoch, 'deliveries', deliveries)
   redis.call('ZADD', KEYS[3], now + ttl, job)
   taken[#taken + 1] = {job, f['job'], epoch, deliveries}
 end
@@ -65,6 +73,22 @@ local function free(job)
   redis.call('ZREM', parked_set(level), job)
   redis.call('RPUSH', free_of_level[level], job)
 end
+-- Promises to consumers gone quiet or no longer taking work are freed (with
+-- `free_promises`); consumers long gone and holding nothing are forgotten.
+local function tidy(free_promises)
+  load_seen()
+  for i = 1, #seen, 2 do
+    local replica, at = seen[i], seen_at[seen[i]]
+    if replica ~= consumer and not alive(replica) then
+      if free_promises then
+        for _, level in ipairs(levels) do
+          for _, job in ipairs(redis.call('LRANGE', parked_list(replica, level), 0, -1)) do free(job) end
+        end
+      end
+      if at > 0 and now - at > 10 * liveness then redis.call('HDEL', SEEN, replica) end
+    end
+  end
+end
 -- A parked job is in its consumer's list and in its priority's set: without any set or
 -- free list, there is no promise to look at, no freed job to take, and every waiting job
 -- counted is an undelivered entry of its priority's stream.
@@ -76,19 +100,7 @@ if parked then
     for _, job in ipairs(redis.call('ZRANGEBYSCORE', parked_set(level), '-inf', now)) do free(job) end
   end
 end
--- Promises to consumers gone quiet or no longer taking work; consumers long gone and
--- holding nothing are forgotten.
-for i = 1, #seen, 2 do
-  local replica, at = seen[i], seen_at[seen[i]]
-  if replica ~= consumer and not alive(replica) then
-    if parked then
-      for _, level in ipairs(levels) do
-        for _, job in ipairs(redis.call('LRANGE', parked_list(replica, level), 0, -1)) do free(job) end
-      end
-    end
-    if at > 0 and now - at > 10 * liveness then redis.call('HDEL', SEEN, replica) end
-  end
-end
+if parked then tidy(true) end
 take_listed(KEYS[2])
 local count = counts()
 for rank, stream in ipairs(streams) do
@@ -128,12 +140,16 @@ for rank, stream in ipairs(streams) do
   end
 end
 for _, level in ipairs(levels) do uncount(level, gone[level]) end
--- Only a consumer that took nothing waits for the wake-up stream.
+-- Only a consumer that took nothing waits for the wake-up stream; it says so
+-- (`asleep`), so that the next enqueue appends to that stream (an enqueue while every
+-- consumer is busy does not). It also tidies the consumers seen.
 local wake_id = ''
 if #taken == 0 then
   wake_id = '0-0'
   local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
   if last[1] then wake_id = last[1][1] end
+  if block > 0 then redis.call('HSET', COUNT, 'asleep', 1) end
+  if not parked then tidy(false) end
 end
 -- When the next promise ends (ms from now; nil: none parked), so a waiting consumer
 -- looks again then.
