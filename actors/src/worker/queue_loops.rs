@@ -105,32 +105,49 @@ pub(super) async fn publish_loop(
                 None => per_attempt.push((output.id, vec![output.event])),
             }
         }
-        for (engine_id, events) in per_attempt {
-            // An attempt that ended or was superseded publishes nothing more.
-            let Some(lease) = shared.attempts.lock().current(&engine_id) else { continue };
-            let terminal = events.iter().any(OutputEvent::is_terminal);
-            #[cfg(feature = "chaos-mutant")]
-            if terminal && swell_cluster::mutant::active("early-ack") {
-                ack_with_retry(&*queue, &shared, &lease).await;
-            }
-            let outcome = append_with_retry(&*queue, &shared, &lease, events).await;
-            let finished = match outcome {
-                Some(AppendOutcome::Accepted(_)) if terminal => {
-                    ack_with_retry(&*queue, &shared, &lease).await;
-                    true
-                }
-                Some(AppendOutcome::Accepted(_)) => false,
-                Some(AppendOutcome::Cancelled) | Some(AppendOutcome::Fenced) | None => {
-                    let _ = commands.send(EngineCommand::Cancel(engine_id.clone()));
-                    true
-                }
-            };
-            if finished && shared.attempts.lock().forget(&lease) {
-                shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
-                shared.room.notify_one();
-                worker.do_send(SequenceEnded);
-            }
+        // Attempts are independent: their appends (and acks) go out together, one round
+        // trip for the batch; each attempt's own events stay in order (one append per
+        // attempt per batch, and the next batch waits for this one).
+        let publishes = per_attempt
+            .into_iter()
+            .map(|(engine_id, events)| publish_attempt(&*queue, &shared, &commands, &worker, engine_id, events));
+        futures_util::future::join_all(publishes).await;
+    }
+}
+
+/// Append one attempt's events; acknowledge its job when they end it; stop its
+/// sequence when the queue refuses them.
+async fn publish_attempt(
+    queue: &dyn Queue,
+    shared: &Shared,
+    commands: &Commands,
+    worker: &Addr<WorkerActor>,
+    engine_id: String,
+    events: Vec<OutputEvent>,
+) {
+    // An attempt that ended or was superseded publishes nothing more.
+    let Some(lease) = shared.attempts.lock().current(&engine_id) else { return };
+    let terminal = events.iter().any(OutputEvent::is_terminal);
+    #[cfg(feature = "chaos-mutant")]
+    if terminal && swell_cluster::mutant::active("early-ack") {
+        ack_with_retry(queue, shared, &lease).await;
+    }
+    let outcome = append_with_retry(queue, shared, &lease, events).await;
+    let finished = match outcome {
+        Some(AppendOutcome::Accepted(_)) if terminal => {
+            ack_with_retry(queue, shared, &lease).await;
+            true
         }
+        Some(AppendOutcome::Accepted(_)) => false,
+        Some(AppendOutcome::Cancelled) | Some(AppendOutcome::Fenced) | None => {
+            let _ = commands.send(EngineCommand::Cancel(engine_id.clone()));
+            true
+        }
+    };
+    if finished && shared.attempts.lock().forget(&lease) {
+        shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
+        shared.room.notify_one();
+        worker.do_send(SequenceEnded);
     }
 }
 

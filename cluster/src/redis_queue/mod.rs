@@ -25,7 +25,8 @@
 //!   entries stay in the group's pending list (unacknowledged) until leased again
 //!   (`XCLAIM`).
 //! - `P:{dep:D}:wake`: a tiny stream (capped at 16 entries; it carries no work) that
-//!   enqueue, release and reclaim append to; a blocked `lease` waits on it.
+//!   release and reclaim append to, and enqueue too when a consumer that found nothing
+//!   may be waiting (`asleep` in the counts hash); a blocked `lease` waits on it.
 //! - Routed jobs ([`crate::routing`]): `P:{dep:D}:seen`, hash of consumer → when it was
 //!   last seen (server ms, or the end of the wait it is in; `0` once it said it stops
 //!   taking work). A new entry promised to another consumer that is alive is *parked*
@@ -45,7 +46,9 @@
 //!   outside the requeued list (undelivered, parked and freed), kept by every script
 //!   that moves a job, so admission, the enqueue position and `lease` read three numbers
 //!   instead of walking the streams (`v` = 1: kept; without it the scripts count once by
-//!   walking). `depth` walks the streams and sets them to what it found.
+//!   walking). `depth` walks the streams and sets them to what it found. Also `asleep`
+//!   = 1 while a consumer that took nothing may be waiting on the wake-up stream (set by
+//!   that take, cleared by the enqueue that wakes it).
 //! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
 //!   capped near [`RedisQueueConfig::dead_letter_max_len`].
 //!
@@ -148,6 +151,7 @@
 //! terminal event; its reader times out and the keys expire with `job_max_age`.
 
 mod config;
+mod replies;
 pub mod scripts;
 #[doc(hidden)]
 pub mod testing;
@@ -157,10 +161,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::{FromRedisValue, RedisError, ScriptInvocation, Value};
+use redis::{FromRedisValue, ScriptInvocation, Value};
 use tokio::time::Instant;
 
 pub use self::config::RedisQueueConfig;
+use self::replies::{array, bounded, fixed, malformed, number, parse_entries, string, unavailable, timed_out};
 use self::scripts::Scripts;
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, OutputOwner, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
@@ -433,18 +438,32 @@ impl RedisQueue {
             )
             .await?;
         }
-        let mut leases = Vec::new();
+        // Each job is started on its own side (its own slot), all at once: one round
+        // trip for the batch, not one after another.
+        let mut taken_jobs = Vec::new();
         for item in array(taken)? {
             let [job_id, payload, epoch, deliveries] = fixed::<4>(item)?;
-            let (job_id, epoch) = (string(&job_id)?, number(&epoch)? as u32);
-            match self.start(deployment, consumer, &job_id, &string(&payload)?, epoch, number(&deliveries)? as u32, ttl).await {
+            taken_jobs.push((string(&job_id)?, string(&payload)?, number(&epoch)? as u32, number(&deliveries)? as u32));
+        }
+        let starts = taken_jobs.iter().map(|(job_id, payload, epoch, deliveries)| {
+            self.start(deployment, consumer, job_id, payload, *epoch, *deliveries, ttl)
+        });
+        let mut leases = Vec::new();
+        let mut first_error = None;
+        for ((job_id, ..), started) in taken_jobs.iter().zip(futures_util::future::join_all(starts).await) {
+            match started {
                 Ok(Some(lease)) => leases.push(lease),
                 Ok(None) => {}
-                // The leases already started are handed out; the rest expire unrenewed
-                // and are reclaimed.
-                Err(error) if leases.is_empty() => return Err(error),
-                Err(error) => tracing::warn!(%error, job_id, "redis queue: starting a lease failed"),
+                // The leases started are handed out; the rest expire unrenewed and are
+                // reclaimed.
+                Err(error) => {
+                    tracing::warn!(%error, job_id, "redis queue: starting a lease failed");
+                    first_error.get_or_insert(error);
+                }
             }
+        }
+        if let (true, Some(error)) = (leases.is_empty(), first_error) {
+            return Err(error);
         }
         Ok((leases, string(&wake_id)?, next_end))
     }
@@ -942,89 +961,5 @@ impl RedisQueue {
         if let Err(error) = self.query::<i64>(&command).await {
             tracing::warn!(%error, job_id, "redis queue: discarding a refused job failed");
         }
-    }
-}
-
-/// Output stream entries (`[[id, [field, value, ...]], ...]`) as events.
-fn parse_entries(entries: Value) -> Result<Vec<SequencedEvent>, QueueError> {
-    array(entries)?
-        .into_iter()
-        .map(|entry| {
-            let [id, fields] = fixed::<2>(entry)?;
-            let id = string(&id)?;
-            let seq = id
-                .strip_prefix("0-")
-                .and_then(|seq| seq.parse().ok())
-                .ok_or_else(|| malformed("output entry id"))?;
-            let (mut epoch, mut event) = (None, None);
-            let fields = array(fields)?;
-            for pair in fields.chunks(2) {
-                match (string(&pair[0])?.as_str(), pair.get(1)) {
-                    ("e", Some(value)) => epoch = Some(number(value)? as u32),
-                    ("v", Some(value)) => {
-                        event = Some(
-                            serde_json::from_str::<OutputEvent>(&string(value)?)
-                                .map_err(|_| malformed("output event"))?,
-                        )
-                    }
-                    _ => {}
-                }
-            }
-            match (epoch, event) {
-                (Some(epoch), Some(event)) => Ok(SequencedEvent { seq, epoch, event }),
-                _ => Err(malformed("output entry")),
-            }
-        })
-        .collect()
-}
-
-async fn bounded<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, RedisError>>,
-) -> Result<T, QueueError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result.map_err(unavailable),
-        Err(_) => Err(timed_out()),
-    }
-}
-
-fn unavailable(error: RedisError) -> QueueError {
-    QueueError::Unavailable(format!("redis: {error}"))
-}
-
-fn timed_out() -> QueueError {
-    QueueError::Unavailable("redis: no answer in time".into())
-}
-
-fn malformed(what: &str) -> QueueError {
-    QueueError::Unavailable(format!("redis: malformed reply ({what})"))
-}
-
-fn array(value: Value) -> Result<Vec<Value>, QueueError> {
-    match value {
-        Value::Array(items) | Value::Set(items) => Ok(items),
-        Value::Nil => Ok(Vec::new()),
-        _ => Err(malformed("expected an array")),
-    }
-}
-
-fn fixed<const N: usize>(value: Value) -> Result<[Value; N], QueueError> {
-    array(value)?.try_into().map_err(|_| malformed("wrong number of items"))
-}
-
-fn string(value: &Value) -> Result<String, QueueError> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|_| malformed("utf-8")),
-        Value::SimpleString(text) => Ok(text.clone()),
-        Value::Int(number) => Ok(number.to_string()),
-        Value::Nil => Ok(String::new()),
-        _ => Err(malformed("expected a string")),
-    }
-}
-
-fn number(value: &Value) -> Result<u64, QueueError> {
-    match value {
-        Value::Int(number) => u64::try_from(*number).map_err(|_| malformed("negative number")),
-        _ => string(value)?.parse().map_err(|_| malformed("expected a number")),
     }
 }
