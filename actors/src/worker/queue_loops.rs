@@ -110,16 +110,17 @@ pub(super) async fn publish_loop(
         // attempt per batch, and the next batch waits for this one).
         let publishes = per_attempt
             .into_iter()
-            .map(|(engine_id, events)| publish_attempt(&*queue, &shared, &commands, &worker, engine_id, events));
+            .map(|(engine_id, events)| publish_attempt(&queue, &shared, &commands, &worker, engine_id, events));
         futures_util::future::join_all(publishes).await;
     }
 }
 
-/// Append one attempt's events; acknowledge its job when they end it; stop its
-/// sequence when the queue refuses them.
+/// Append one attempt's events; acknowledge its job when they end it (on a task of its
+/// own: the client has its answer, and the next batch need not wait for the ack); stop
+/// its sequence when the queue refuses them.
 async fn publish_attempt(
-    queue: &dyn Queue,
-    shared: &Shared,
+    queue: &Arc<dyn Queue>,
+    shared: &Arc<Shared>,
     commands: &Commands,
     worker: &Addr<WorkerActor>,
     engine_id: String,
@@ -130,21 +131,27 @@ async fn publish_attempt(
     let terminal = events.iter().any(OutputEvent::is_terminal);
     #[cfg(feature = "chaos-mutant")]
     if terminal && swell_cluster::mutant::active("early-ack") {
-        ack_with_retry(queue, shared, &lease).await;
+        ack_with_retry(&**queue, shared, &lease).await;
     }
-    let outcome = append_with_retry(queue, shared, &lease, events).await;
-    let finished = match outcome {
+    match append_with_retry(&**queue, shared, &lease, events).await {
         Some(AppendOutcome::Accepted(_)) if terminal => {
-            ack_with_retry(queue, shared, &lease).await;
-            true
+            let (queue, shared, worker) = (queue.clone(), shared.clone(), worker.clone());
+            tokio::spawn(async move {
+                ack_with_retry(&*queue, &shared, &lease).await;
+                end_attempt(&shared, &worker, &lease);
+            });
         }
-        Some(AppendOutcome::Accepted(_)) => false,
+        Some(AppendOutcome::Accepted(_)) => {}
         Some(AppendOutcome::Cancelled) | Some(AppendOutcome::Fenced) | None => {
             let _ = commands.send(EngineCommand::Cancel(engine_id.clone()));
-            true
+            end_attempt(shared, worker, &lease);
         }
-    };
-    if finished && shared.attempts.lock().forget(&lease) {
+    }
+}
+
+/// An attempt is over here: its slot is free for another job.
+fn end_attempt(shared: &Shared, worker: &Addr<WorkerActor>, lease: &LeaseRef) {
+    if shared.attempts.lock().forget(lease) {
         shared.gauges.active_leases.fetch_sub(1, Ordering::Relaxed);
         shared.room.notify_one();
         worker.do_send(SequenceEnded);
