@@ -13,7 +13,7 @@
 # no`; with `appendonly yes` + `appendfsync always` every write waits for an fsync),
 # builds release binaries, runs a warm-up and a measured closed loop (OUTPUT_TOKENS per
 # request, default 1, SSE) for each queue, and writes loadtest-results/redis-bench-*.json
-# and loadtest-results/redis-bench-commandstats.txt. Redis CPU per request is given twice:
+# and loadtest-results/redis-bench-commandstats-{redis,cluster}.txt. Redis CPU per request is given twice:
 # from `INFO cpu` (user + sys of the server process over the measured run: everything,
 # networking included) and as the sum of `usec` over `INFO commandstats` (which counts
 # the commands a script runs both on their own and inside the script's time).

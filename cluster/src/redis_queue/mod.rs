@@ -91,7 +91,7 @@
 //! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >` on the `high`,
 //!   `normal` and `low` streams in turn; counts the delivery, sets the lease with the
 //!   server's clock, drops jobs past their deadline),
-//!   then `job_start` per job (raises the job's epoch to the lease's, records its
+//!   then `job_start` for every taken job at once (raises the job's epoch to the lease's, records its
 //!   consumer, answers the tokens already delivered). A job found ended there
 //!   (cancelled while it was being taken) is forgotten on the deployment side. A client
 //!   that dies between the two leaves a lease nobody renews: it expires and is reclaimed.
