@@ -161,4 +161,10 @@ pub trait Queue: Send + Sync + 'static {
     /// A new reader takes the job's output stream over (a client resumed it). Answers
     /// the new [`OutputOwner::readers`] count (`None`: unknown job or expired output).
     async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError>;
+
+    /// Whether each call is a network round trip (Redis), so that callers gather what
+    /// they can into fewer calls even at the cost of a moment's wait. In memory: no.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }

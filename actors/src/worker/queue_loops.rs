@@ -83,6 +83,10 @@ pub(super) async fn lease_loop(
     }
 }
 
+/// How long a batch of nothing but `Started` events waits for the first output of
+/// those sequences, to go in the same appends.
+const STARTED_COALESCE: Duration = Duration::from_millis(2);
+
 /// Publish outputs in order; acknowledge finished jobs; drop refused ones.
 pub(super) async fn publish_loop(
     queue: Arc<dyn Queue>,
@@ -96,6 +100,17 @@ pub(super) async fn publish_loop(
         // first tokens, several engine steps queued behind a slow append).
         while let Ok(more) = outputs.try_recv() {
             batch.extend(more);
+        }
+        // Only leases just started, on a remote queue: their first output usually
+        // follows within a moment and then goes in the same append (one append and one
+        // read fewer for a short request). Never when other output is waiting to go.
+        if queue.is_remote() && batch.iter().all(|output| matches!(output.event, OutputEvent::Started { .. })) {
+            if let Ok(Some(more)) = tokio::time::timeout(STARTED_COALESCE, outputs.recv()).await {
+                batch.extend(more);
+                while let Ok(more) = outputs.try_recv() {
+                    batch.extend(more);
+                }
+            }
         }
         // Group by attempt, keeping each one's order, so each job costs one append.
         let mut per_attempt: Vec<(String, Vec<OutputEvent>)> = Vec::new();

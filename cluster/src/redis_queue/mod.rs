@@ -537,6 +537,10 @@ impl RedisQueue {
 
 #[async_trait]
 impl Queue for RedisQueue {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
         let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
         let mut create = self.job_call(&self.scripts.job_create, &job.id);
