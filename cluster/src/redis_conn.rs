@@ -115,18 +115,15 @@ impl RedisClient {
     pub async fn shared(&self, connect_timeout: Duration, response_timeout: Duration) -> RedisResult<SharedConnection> {
         match self {
             Self::Standalone(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(500));
+                let config = manager_config(connect_timeout, response_timeout);
                 Ok(SharedConnection::Standalone(ConnectionManager::new_with_config(client.clone(), config).await?))
             }
-            Self::Cluster { shared, .. } => {
-                let lazy = LazyCluster { client: shared.clone(), connection: Arc::new(OnceCell::new()) };
-                lazy.get().await?;
-                Ok(SharedConnection::Cluster(lazy))
+            Self::Cluster { .. } => {
+                let connection = self.shared_lazy(connect_timeout, response_timeout)?;
+                if let SharedConnection::Cluster(lazy) = &connection {
+                    lazy.get().await?;
+                }
+                Ok(connection)
             }
         }
     }
@@ -136,12 +133,7 @@ impl RedisClient {
     pub fn shared_lazy(&self, connect_timeout: Duration, response_timeout: Duration) -> RedisResult<SharedConnection> {
         match self {
             Self::Standalone(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(500));
+                let config = manager_config(connect_timeout, response_timeout);
                 Ok(SharedConnection::Standalone(ConnectionManager::new_lazy_with_config(client.clone(), config)?))
             }
             Self::Cluster { shared, .. } => {
@@ -162,6 +154,17 @@ impl RedisClient {
             Self::Cluster { blocking, .. } => Ok(BlockingConnection::Cluster(blocking.get_async_connection().await?)),
         }
     }
+}
+
+/// The reconnecting connection's settings: bounded connects and responses, one retry,
+/// reconnects backing off from 10 ms to 500 ms.
+fn manager_config(connect_timeout: Duration, response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(500))
 }
 
 /// Open `url` and connect the shared connection, within twice `connect_timeout`. The
