@@ -366,7 +366,9 @@ impl RedisQueue {
         let mut call = self.job_call(&self.scripts.job_fail, job_id);
         call.arg(epoch).arg(event).arg(self.output_ttl_ms());
         self.invoke::<i64>(&call).await?;
-        self.wait_replicated(&self.job_keys(job_id).state).await;
+        if self.config.wait_replicas > 0 {
+            self.wait_replicated(&self.job_keys(job_id).state).await;
+        }
         Ok(())
     }
 
@@ -374,11 +376,9 @@ impl RedisQueue {
     /// many replicas have every write this connection sent there. A short answer or an
     /// error is logged (at most every 10 s) and the caller goes on: the write itself
     /// was made.
+    /// (Callers check `wait_replicas` first, so the key is not built for nothing.)
     async fn wait_replicated(&self, key: &str) {
         let wanted = self.config.wait_replicas;
-        if wanted == 0 {
-            return;
-        }
         let mut command = redis::cmd("WAIT");
         command.arg(wanted).arg(self.config.wait_timeout.as_millis().max(1) as u64);
         let mut connection = self.shared.clone();
@@ -573,9 +573,11 @@ impl Queue for RedisQueue {
         };
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
             "ok" => {
-                let deployment_key = self.deployment_keys(&job.deployment).keys[0].clone();
-                let job_key = self.job_keys(&job.id).state;
-                tokio::join!(self.wait_replicated(&job_key), self.wait_replicated(&deployment_key));
+                if self.config.wait_replicas > 0 {
+                    let deployment_key = self.deployment_keys(&job.deployment).keys[0].clone();
+                    let job_key = self.job_keys(&job.id).state;
+                    tokio::join!(self.wait_replicated(&job_key), self.wait_replicated(&deployment_key));
+                }
                 Ok(Enqueued { position: number(answer.get(1).unwrap_or(&Value::Nil))? })
             }
             "full" => {
@@ -769,7 +771,9 @@ impl Queue for RedisQueue {
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
             "ok" => {
                 if terminal {
-                    self.wait_replicated(&self.job_keys(&lease.job_id).state).await;
+                    if self.config.wait_replicas > 0 {
+                        self.wait_replicated(&self.job_keys(&lease.job_id).state).await;
+                    }
                     let mut stored = self.terminal_stored.lock();
                     if stored.len() >= MAX_TERMINAL_STORED {
                         stored.clear();
