@@ -7,7 +7,7 @@
 //!
 //! # The script
 //! An admission is **one Lua script call** (`redis_quota/acquire.lua`), atomic on the
-//! server: it reaps expired leases, checks every limit (all or nothing, in the same order
+//! server: it reaps expired leases (at the concurrency limit), checks every limit (all or nothing, in the same order
 //! as the local quota: requests, prompt tokens, output tokens, concurrency), takes from
 //! every bucket and records the grant's lease, then answers granted or the limit hit,
 //! `retry_after`, and the snapshot the `x-ratelimit-*` headers are made of (limit,
@@ -29,17 +29,25 @@
 //! # Key layout
 //! All keys of a tenant share the hash tag `{t:<tenant>}`, so a script touches one slot
 //! of a Redis Cluster (`<prefix>` is `quota.key_prefix`, `swell:quota` by default):
-//! - `<prefix>:{t:<tenant>}:requests`, `:prompt_tokens`, `:output_tokens`: a bucket's
-//!   `TAT` in microseconds of the Redis clock (a string), expiring when full.
+//! - `<prefix>:{t:<tenant>}:buckets`: HASH of the buckets' `TAT`s in microseconds of the
+//!   Redis clock (`r` requests, `p` prompt tokens, `o` output tokens), expiring when
+//!   every bucket is full: one read and one write per admission whatever the limits.
 //! - `<prefix>:{t:<tenant>}:leases`: ZSET of live grants, member the grant id
-//!   (`<node id>:<n>`), score the lease's expiry in milliseconds.
-//! - `<prefix>:{t:<tenant>}:reserved`: HASH grant id → the output tokens it reserved.
+//!   (`<node id>:<n>`), score the lease's expiry in milliseconds; only under a
+//!   concurrency limit (without one a grant holds no slot, and its node settles it once,
+//!   passing the output tokens it reserved).
+//!
+//! What a request costs Redis: an admission is `TIME`, `HMGET` and `HSET` + `PEXPIRE` of
+//! the buckets, and under a concurrency limit `ZCARD`, `ZADD` and `PEXPIRE` (the expired
+//! leases are looked for only at the limit); a settle is a script call only under an
+//! output-token or a concurrency limit (`TIME`, `ZSCORE` + `ZREM`, `HGET` + `HSET` of the
+//! output bucket for a refund).
 //!
 //! # Leases
 //! A grant holds a concurrency slot and an output-token reservation as a **lease** that
 //! lasts `quota.lease_ttl`. The node renews the leases of its in-flight grants every
 //! `quota.lease_renew_interval`; a node that dies stops renewing, and the next admission
-//! after the TTL reaps its leases, so its slots come back and nothing leaks (its
+//! that finds the limit reached after the TTL reaps its leases, so its slots come back and nothing leaks (its
 //! reservations count as spent, as the tokens may have been generated). Settling frees
 //! the slot and refunds `reserved − generated` output tokens (reserve, then refund).
 //!
@@ -383,9 +391,7 @@ impl RedisQuotaStore {
         max_output_tokens: u64,
         grant: &str,
     ) -> Result<AcquireAnswer, QuotaStoreError> {
-        let keys = ["requests", "prompt_tokens", "output_tokens", "leases", "reserved"]
-            .map(|name| self.key(tenant, name))
-            .to_vec();
+        let keys = ["buckets", "leases"].map(|name| self.key(tenant, name)).to_vec();
         let concurrency = limits.max_concurrent_requests.unwrap_or(0);
         #[cfg(feature = "chaos-mutant")]
         let concurrency = if swell_cluster::mutant::active("double-concurrency") { concurrency * 2 } else { concurrency };
@@ -404,20 +410,26 @@ impl RedisQuotaStore {
         AcquireAnswer::decode(&reply)
     }
 
-    /// The settle script: end `grant`; returns whether its lease was still live.
+    /// The settle script: end `grant`, which reserved `reserved` output tokens and
+    /// holds a lease if `leased` (under a concurrency limit); returns whether its lease
+    /// was still live (always true without one).
     pub async fn settle(
         &self,
         tenant: &str,
         output_tokens_per_minute: Option<u64>,
         grant: &str,
         generated_tokens: u64,
+        reserved: u64,
+        leased: bool,
     ) -> Result<bool, QuotaStoreError> {
-        let keys = ["output_tokens", "leases", "reserved"].map(|name| self.key(tenant, name)).to_vec();
+        let keys = ["buckets", "leases"].map(|name| self.key(tenant, name)).to_vec();
         let args = vec![
             (RATE_WINDOW.as_micros() as u64).to_string(),
             output_tokens_per_minute.unwrap_or(0).to_string(),
             grant.to_string(),
             generated_tokens.to_string(),
+            reserved.to_string(),
+            u8::from(leased).to_string(),
         ];
         let live: i64 = self.call(&self.inner.settle, keys, args).await?;
         Ok(live == 1)
@@ -425,7 +437,7 @@ impl RedisQuotaStore {
 
     /// The renew script: extend the leases of `grants`; returns those already lost.
     pub async fn renew(&self, tenant: &str, grants: Vec<String>) -> Result<Vec<String>, QuotaStoreError> {
-        let keys = ["leases", "reserved"].map(|name| self.key(tenant, name)).to_vec();
+        let keys = vec![self.key(tenant, "leases")];
         let mut args = Vec::with_capacity(grants.len() + 1);
         args.push((self.inner.config.lease_ttl.as_millis() as u64).to_string());
         args.extend(grants);
@@ -788,10 +800,15 @@ impl RedisTenantQuota {
                 None
             }
             HeldGrant::Redis { id, reserved } => {
+                let output_limit = self.limits.output_tokens_per_minute;
+                let leased = self.limits.max_concurrent_requests.is_some_and(|limit| limit > 0);
+                if output_limit.is_none_or(|limit| limit == 0) && !leased {
+                    // Nothing to free and nothing to refund.
+                    return None;
+                }
                 self.fast_path.refund(2, reserved.saturating_sub(generated_tokens));
                 let (store, tenant) = (self.store.clone(), self.tenant.clone());
-                let output_limit = self.limits.output_tokens_per_minute;
-                Some(async move { store.settle(&tenant, output_limit, &id, generated_tokens).await })
+                Some(async move { store.settle(&tenant, output_limit, &id, generated_tokens, reserved, leased).await })
             }
         }
     }
@@ -804,6 +821,10 @@ impl RedisTenantQuota {
     /// The renewal of every lease this node holds for the tenant, in one call (`None`
     /// when it holds none).
     pub fn renew(&self) -> Option<impl Future<Output = Result<Vec<String>, QuotaStoreError>> + 'static> {
+        if self.limits.max_concurrent_requests.is_none_or(|limit| limit == 0) {
+            // Grants hold leases only under a concurrency limit.
+            return None;
+        }
         let grants: Vec<String> = self
             .held
             .values()

@@ -379,3 +379,83 @@ async fn each_failure_policy_applies_while_redis_is_down_and_the_breaker_recover
     let status = open.quota.send(ObserveQuota).await.unwrap();
     assert_eq!(status.backend, "redis");
 }
+
+/// Commands Redis executed since the last `CONFIG RESETSTAT` (commands run inside
+/// scripts included), by name.
+async fn commands(raw: &mut redis::aio::MultiplexedConnection) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|field| field.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_string(), calls))
+        })
+        .filter(|(name, _)| !name.starts_with("config") && name != "info")
+        .collect()
+}
+
+/// An admission and its settle, counted from `INFO commandstats`: with rate limits only,
+/// an admission is one script call (`TIME`, `HMGET` and `HSET` + `PEXPIRE` of the
+/// buckets) and there is nothing to settle; under every limit, the admission adds the
+/// concurrency lease (`ZCARD`, `ZADD`, `PEXPIRE`) and the settle frees it and refunds
+/// (`TIME`, `ZSCORE`, `ZREM`, `HGET` + `HSET` of the output bucket).
+#[actix_rt::test]
+async fn an_admission_and_its_settle_cost_a_bounded_number_of_commands() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    // No renewal during the test.
+    let config = RedisQuotaConfig { lease_ttl: Duration::from_secs(60), lease_renew_interval: Duration::from_secs(30), ..test_config() };
+    let total = |counted: &std::collections::BTreeMap<String, u64>| counted.values().sum::<u64>();
+    let reset = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move { redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut raw).await.unwrap() }
+    };
+    // Waits until `n` script calls ran (a settle is sent without waiting for it).
+    let settled = |raw: &mut redis::aio::MultiplexedConnection, n: u64| {
+        let mut raw = raw.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let counted = commands(&mut raw).await;
+                if counted.get("evalsha").copied().unwrap_or(0) >= n || started.elapsed() > Duration::from_secs(2) {
+                    return counted;
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    let rates = TenantLimits { requests_per_minute: Some(1000), prompt_tokens_per_minute: Some(100_000), ..Default::default() };
+    let node = Node::start(&redis, &rates, config.clone());
+    // The first call loads the script.
+    let (warm, _) = node.acquire(10, 10).await.unwrap();
+    node.settle(&warm, 1);
+    reset(&mut raw).await;
+    let (grant, _) = node.acquire(10, 10).await.unwrap();
+    let admission = commands(&mut raw).await;
+    assert_eq!(total(&admission), 1 + 4, "{admission:?}");
+    node.settle(&grant, 1);
+    // A settle would be a second script call; none comes.
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(total(&commands(&mut raw).await), 1 + 4, "nothing to settle without a concurrency or output limit");
+
+    let every = TenantLimits {
+        requests_per_minute: Some(1000),
+        prompt_tokens_per_minute: Some(100_000),
+        output_tokens_per_minute: Some(100_000),
+        max_concurrent_requests: Some(100),
+    };
+    let node = Node::start(&redis, &every, config);
+    let (warm, _) = node.acquire(10, 10).await.unwrap();
+    node.settle(&warm, 1);
+    settled(&mut raw, 4).await;
+    reset(&mut raw).await;
+    let (grant, _) = node.acquire(10, 10).await.unwrap();
+    let admission = commands(&mut raw).await;
+    assert_eq!(total(&admission), 1 + 7, "{admission:?}");
+    reset(&mut raw).await;
+    node.settle(&grant, 1);
+    let settle = settled(&mut raw, 1).await;
+    assert_eq!(total(&settle), 1 + 5, "{settle:?}");
+}

@@ -80,20 +80,21 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
 
     // Each step: its script call (or plain command) plus what runs inside it.
     // enqueue: job_create (EXISTS, HSET, PEXPIRE) + deployment_enqueue (EXISTS job,
-    // EXISTS stream, HMGET counts, LLEN requeued, XADD, HSET, HINCRBY count; no XADD to
-    // the wake-up stream: no consumer is waiting on it).
-    assert_eq!(enqueue, 4 + 8, "enqueue");
-    // take (TIME, HSET seen (read only when needed), EXISTS parked and freed, LPOP
-    // requeued, HMGET counts, XREADGROUP, HSET + ZADD per new job, HINCRBY count) +
-    // job_start (HMGET, HSET; no GET of delivered tokens when nothing was stored).
-    assert_eq!(take, 1 + 9 + 3, "lease");
-    // HMGET, an XADD per event, APPEND, HSET; PTTL and a PEXPIRE for each of the two
-    // output keys it created.
-    assert_eq!(first_append, 1 + 1 + 2 + 1 + 1 + 3, "first append");
+    // HMGET counts (with the requeued count, and whether the stream's group exists),
+    // XADD, HSET, HINCRBY count; no XADD to the wake-up stream: no consumer is waiting
+    // on it).
+    assert_eq!(enqueue, 4 + 6, "enqueue");
+    // take (TIME, HMGET counts (which say nothing is requeued or parked, so no LPOP and
+    // no EXISTS of the parked sets), XREADGROUP, HSET + ZADD per new job, HINCRBY
+    // count; no HSET of `seen`, marked by the take just before); no job_start: a first
+    // delivery starts with its first append.
+    assert_eq!(take, 1 + 6, "lease");
+    // HMGET, one XADD for both events, HSET (with the consumer: the delivery starts
+    // here); PTTL and a PEXPIRE for the output stream it created.
+    assert_eq!(first_append, 1 + 1 + 1 + 1 + 2, "first append");
     assert_eq!(first_read, 1, "a read that finds output is one XREAD");
-    // HMGET, 3 XADD, HSET, a PEXPIRE for the state and the output, DEL of the delivered
-    // tokens (the job ends: nothing resumes it).
-    assert_eq!(last_append, 1 + 1 + 3 + 1 + 2 + 1, "terminal append");
+    // HMGET, one XADD for the 3 events, HSET, a PEXPIRE for the state and the output.
+    assert_eq!(last_append, 1 + 1 + 1 + 1 + 2, "terminal append");
     assert_eq!(last_read, 1);
     // deployment_ack: HMGET, XACK, XDEL, ZREM, DEL; the terminal append marked the job
     // done, so no job_done.
@@ -106,11 +107,11 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     reset(&mut raw).await;
     queue.enqueue(job("b"), LIMITS).await.unwrap();
     let waking = commands(&mut raw).await;
-    assert_eq!(waking.values().sum::<u64>(), 4 + 8 + 2, "{waking:?}");
+    assert_eq!(waking.values().sum::<u64>(), 4 + 6 + 2, "{waking:?}");
     assert_eq!(waking.get("xadd"), Some(&2), "the job's entry and the wake-up");
     reset(&mut raw).await;
     queue.enqueue(job("c"), LIMITS).await.unwrap();
-    assert_eq!(commands(&mut raw).await.values().sum::<u64>(), 4 + 8);
+    assert_eq!(commands(&mut raw).await.values().sum::<u64>(), 4 + 6);
 }
 
 /// The waiting counts follow every move (enqueue, take, release, reclaim, cancel), so

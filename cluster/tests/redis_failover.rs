@@ -54,7 +54,8 @@ async fn output_a_failover_lost_ends_the_job_with_output_lost_past_what_readers_
     assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
 
     let mut redis = raw(&server.url()).await;
-    let _: () = redis::cmd("XDEL").arg("test:{job:a}:out").arg("0-3").arg("0-4").query_async(&mut redis).await.unwrap();
+    // (The second append stored 3 and 4 in one entry, `0-4`.)
+    let _: () = redis::cmd("XDEL").arg("test:{job:a}:out").arg("0-4").query_async(&mut redis).await.unwrap();
     let _: () = redis::cmd("HSET").arg("test:{job:a}:state").arg("last_seq").arg(2).query_async(&mut redis).await.unwrap();
 
     // The writer carries on after 4: nothing it sends is stored in place of 3 and 4.

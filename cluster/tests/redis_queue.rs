@@ -396,8 +396,10 @@ mod scenarios {
         wrong_consumer.consumer = "w2".into();
         let held = q.renew(&[a.clone(), wrong_consumer, x.clone()], LONG_TTL).await.unwrap();
         assert_eq!(held, [true, false, true]);
+        // (On Redis, a first delivery starts with its holder's first append.)
+        assert_eq!(q.append_output(&x, 0, vec![tokens(&[1])]).await.unwrap(), AppendOutcome::Accepted(1));
         assert_eq!(
-            q.append_output(&{ let mut l = x.clone(); l.consumer = "w2".into(); l }, 0, vec![tokens(&[1])])
+            q.append_output(&{ let mut l = x.clone(); l.consumer = "w2".into(); l }, 1, vec![tokens(&[2])])
                 .await
                 .unwrap(),
             AppendOutcome::Fenced

@@ -9,6 +9,10 @@
 #
 #   loadtests/bench/redis.sh [CONCURRENCY] [REQUESTS] [OUTPUT_TOKENS]
 #
+# Requests come from one tenant with an API key and limits far above what is reached, so
+# each request also pays for its quota: admitted and settled (in distributed mode,
+# through Redis).
+#
 # Starts its own redis-server and 3-master cluster on free ports (no persistence: `--save "" --appendonly
 # no`; with `appendonly yes` + `appendfsync always` every write waits for an fsync),
 # builds release binaries, runs a warm-up and a measured closed loop (OUTPUT_TOKENS per
@@ -57,6 +61,14 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# The tenant (its key is `sk-swell-bench`).
+config="$work/bench.toml"
+cat loadtests/bench/configs/gateway-bench.toml - >"$config" <<'TOML'
+
+[tenants.bench]
+api_key_hashes = ["sha256:4c08923e61b3007ed8888ee41f650be82e473caca248bf35a21aea61d9e5c067"]
+limits = { requests_per_minute = 100000000, prompt_tokens_per_minute = 1000000000, output_tokens_per_minute = 1000000000, max_concurrent_requests = 100000 }
+TOML
 for p in $port $cluster_ports; do
   for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
@@ -81,15 +93,15 @@ cli flushall >/dev/null
 run() { # name, the Redis ports it uses, extra serve args...
   local name=$1 ports=$2
   shift 2
-  RUST_LOG=warn target/release/swell serve --config loadtests/bench/configs/gateway-bench.toml "$@" &
+  RUST_LOG=warn target/release/swell serve --config "$config" "$@" &
   server=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
-  target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --concurrency "$concurrency" \
+  target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --api-key sk-swell-bench --concurrency "$concurrency" \
     --requests 2000 --prompt-tokens 16 --output-tokens "$output_tokens" --quiet >/dev/null
   for p in $ports; do redis-cli -p "$p" config resetstat >/dev/null; done
   cpu_before=$(redis_cpu $ports)
   echo "== $name: $requests requests, $concurrency concurrent"
-  target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --concurrency "$concurrency" \
+  target/release/swell-loadtest --url http://127.0.0.1:18080 --model zero --api-key sk-swell-bench --concurrency "$concurrency" \
     --requests "$requests" --prompt-tokens 16 --output-tokens "$output_tokens" --quiet \
     --json "loadtest-results/redis-bench-$name.json"
   cpu_used=$(python3 -c "import sys; a, b = sys.argv[1].split(), sys.argv[2].split(); print(float(b[0]) - float(a[0]), float(b[1]) - float(a[1]))" "$cpu_before" "$(redis_cpu $ports)")

@@ -1,10 +1,11 @@
 -- Admit one request of one tenant, atomically, on the Redis server's clock.
 -- See actors/src/redis_quota.rs for the key layout and the reply.
 --
--- KEYS[1..3]  GCRA state (the theoretical arrival time, TAT, in microseconds) of the
---             requests, prompt-token and output-token buckets
--- KEYS[4]     ZSET of live grants (member: grant id, score: lease expiry in ms)
--- KEYS[5]     HASH grant id -> output tokens it reserved
+-- KEYS[1]     HASH of the GCRA states (the theoretical arrival time, TAT, in
+--             microseconds) of the requests, prompt-token and output-token buckets
+--             (fields `r`, `p`, `o`), expiring when every bucket is full
+-- KEYS[2]     ZSET of live grants (member: grant id, score: lease expiry in ms), kept
+--             only under a concurrency limit
 -- ARGV[1]     window in microseconds (a limit of N per window: burst N, sustain N/window)
 -- ARGV[2..4]  requests, prompt-token and output-token limits per window (0: none)
 -- ARGV[5]     max concurrent requests (0: none)
@@ -25,20 +26,30 @@ local grant = ARGV[8]
 local lease_ttl_ms = tonumber(ARGV[9])
 
 -- Leases that were not renewed in time are gone: their holder died or lost Redis.
-local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now_ms, 'LIMIT', 0, 1000)
-if #expired > 0 then
-  redis.call('ZREM', KEYS[4], unpack(expired))
-  redis.call('HDEL', KEYS[5], unpack(expired))
+-- Looked for only when they could make the difference: at the limit.
+local in_flight = 0
+if max_concurrent > 0 then
+  in_flight = redis.call('ZCARD', KEYS[2])
+  if in_flight >= max_concurrent then
+    local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, 1000)
+    if #expired > 0 then
+      redis.call('ZREM', KEYS[2], unpack(expired))
+      in_flight = in_flight - #expired
+    end
+  end
 end
-local in_flight = redis.call('ZCARD', KEYS[4])
 
 -- A bucket's state is its TAT: the time it will be full again (never before now).
+local fields = { 'r', 'p', 'o' }
 local tats = {}
-for i = 1, 3 do
-  if limits[i] > 0 then
-    local tat = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
-    if tat < now then tat = now end
-    tats[i] = tat
+if limits[1] > 0 or limits[2] > 0 or limits[3] > 0 then
+  local stored = redis.call('HMGET', KEYS[1], 'r', 'p', 'o')
+  for i = 1, 3 do
+    if limits[i] > 0 then
+      local tat = tonumber(stored[i] or 0) or 0
+      if tat < now then tat = now end
+      tats[i] = tat
+    end
   end
 end
 
@@ -89,7 +100,7 @@ end
 if max_concurrent > 0 and in_flight >= max_concurrent then
   -- A slot frees when a request ends; at the latest when the oldest lease expires.
   local retry_after = 1000000
-  local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if oldest[2] then
     local until_expiry = (tonumber(oldest[2]) - now_ms) * 1000
     if until_expiry < retry_after then retry_after = until_expiry end
@@ -98,17 +109,23 @@ if max_concurrent > 0 and in_flight >= max_concurrent then
   return answer(0, 4, retry_after)
 end
 
+local taken, full_at = {}, now
 for i = 1, 3 do
   if limits[i] > 0 then
     local tat = tats[i] + amounts[i] * (window / limits[i])
     tats[i] = tat
-    local ttl_ms = math.ceil((tat - now) / 1000) + 1
-    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl_ms)
+    taken[#taken + 1] = fields[i]
+    taken[#taken + 1] = string.format('%.0f', tat)
+    if tat > full_at then full_at = tat end
   end
 end
-redis.call('ZADD', KEYS[4], now_ms + lease_ttl_ms, grant)
-redis.call('HSET', KEYS[5], grant, amounts[3])
-redis.call('PEXPIRE', KEYS[4], lease_ttl_ms * 2)
-redis.call('PEXPIRE', KEYS[5], lease_ttl_ms * 2)
+if #taken > 0 then
+  redis.call('HSET', KEYS[1], unpack(taken))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((full_at - now) / 1000) + 1)
+end
+if max_concurrent > 0 then
+  redis.call('ZADD', KEYS[2], now_ms + lease_ttl_ms, grant)
+  redis.call('PEXPIRE', KEYS[2], lease_ttl_ms * 2)
+end
 in_flight = in_flight + 1
 return answer(1, 0, 0)

@@ -2,7 +2,6 @@
 -- that already expired is not brought back (its slot may have been given away).
 --
 -- KEYS[1]     ZSET of live grants (score: lease expiry in ms)
--- KEYS[2]     HASH grant id -> reserved output tokens
 -- ARGV[1]     lease TTL in milliseconds
 -- ARGV[2..]   grant ids
 -- Returns the grant ids whose lease was lost.
@@ -22,6 +21,5 @@ for i = 2, #ARGV do
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ttl_ms * 2)
-  redis.call('PEXPIRE', KEYS[2], ttl_ms * 2)
 end
 return lost

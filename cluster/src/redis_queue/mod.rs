@@ -60,15 +60,15 @@
 //!   what may be written to the output stream (the fence). Also, for a client that
 //!   resumes the stream: `tenant`, `meta` (the gateway's stream metadata) and
 //!   `readers` (readers that took the output over).
-//! - `P:{job:J}:out`: the output stream; entry id `0-<seq>`, fields `e` (epoch) and `v`
-//!   (the [`OutputEvent`] as JSON). `read_output` is `XRANGE`/`XREAD BLOCK` from
-//!   `0-<after_seq>`: no miss, no repeat. A blocking read is one `XREAD BLOCK` (answered
+//! - `P:{job:J}:out`: the output stream, one entry per append: id `0-<seq>` (the
+//!   sequence number of its last event), fields `e` (epoch) and `v` (the
+//!   [`OutputEvent`] as JSON, or the JSON array of an append's several events, numbered
+//!   back from the last). `read_output` is `XRANGE`/`XREAD BLOCK` from `0-<after_seq>`
+//!   (dropping the events of the first entry up to `after_seq`): no miss, no repeat. A blocking read is one `XREAD BLOCK` (answered
 //!   at once when entries follow); only an empty answer checks that the job exists, so a
 //!   blocking read of an unknown (or expired) job answers `UnknownJob` when its block
-//!   ends, not at once.
-//! - `P:{job:J}:tokens`: the token ids delivered so far, over all attempts (`1,2,3,`),
-//!   for the next attempt to resume after; deleted by the terminal event (a finished job
-//!   is never resumed).
+//!   ends, not at once. Its token events are the tokens delivered over every attempt,
+//!   which the next attempt resumes after.
 //!
 //! The per-job lease hashes are found by the scripts from `ARGV[1]` (the prefix
 //! `P:{dep:D}:job:`) rather than declared in `KEYS`, since `lease` and
@@ -91,10 +91,13 @@
 //! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >` on the `high`,
 //!   `normal` and `low` streams in turn; counts the delivery, sets the lease with the
 //!   server's clock, drops jobs past their deadline),
-//!   then `job_start` for every taken job at once (raises the job's epoch to the lease's, records its
-//!   consumer, answers the tokens already delivered). A job found ended there
-//!   (cancelled while it was being taken) is forgotten on the deployment side. A client
-//!   that dies between the two leaves a lease nobody renews: it expires and is reclaimed.
+//!   then, for every taken job that was delivered or handed back before (epoch above 1),
+//!   `job_start`, all at once (raises the job's epoch to the lease's, records its
+//!   consumer, answers the output so far, whose tokens were delivered). A job found ended
+//!   there (cancelled while it was being taken) is forgotten on the deployment side. A
+//!   client that dies between the two leaves a lease nobody renews: it expires and is
+//!   reclaimed. A first delivery (epoch 1, which only the take of a new entry hands out)
+//!   needs no `job_start`: its first append records its consumer.
 //! - `reclaim_expired`: `deployment_reclaim` takes only leases whose *expiry* passed (an
 //!   idle entry whose lease is renewed is never taken), bumps the epoch and requeues it,
 //!   or dead-letters + acks it at `max_deliveries`; then `job_requeue` (raises the fence
@@ -106,14 +109,14 @@
 //!   did both already.
 //! - `renew`: `deployment_renew` per deployment (fenced on consumer and epoch).
 //! - `append_output`: `job_append` alone: fenced on the job's epoch and consumer; one
-//!   `XADD` per event, one `APPEND` for the tokens, one `HSET`; answers `Cancelled` for
-//!   a cancelled job (then `deployment_forget`).
+//!   `XADD` for all its events, one `HSET`; answers `Cancelled` for a cancelled job
+//!   (then `deployment_forget`).
 //! - `cancel`: `job_cancel`; a waiting job gets its terminal `cancelled` event there and
 //!   is then removed by `deployment_remove_waiting`; a leased one is only flagged.
 //!
 //! Between `deployment_reclaim` and `job_requeue`, a writer whose lease just expired
 //! can still append under its old epoch. That is harmless: `job_start` of the next
-//! attempt reads the tokens atomically with raising the epoch, so whatever the old
+//! attempt reads the output atomically with raising the epoch, so whatever the old
 //! writer stored is part of the new attempt's `resume_tokens`, and anything it tries
 //! after that is `Fenced`.
 //!
@@ -194,6 +197,8 @@ pub struct RedisQueue {
     /// done), so their ack skips `job_done`. Only a saving: a lease missing here is
     /// marked done by `job_done`, a no-op for a job already done.
     terminal_stored: Mutex<HashSet<(String, u32)>>,
+    /// When each (deployment, consumer) was last marked alive by a take of this queue.
+    seen_marked: Mutex<HashMap<(String, String), Instant>>,
 }
 
 /// At most this many leases are remembered in `terminal_stored` (one per job between
@@ -211,7 +216,6 @@ struct DeploymentKeys {
 struct JobKeys {
     state: String,
     out: String,
-    tokens: String,
 }
 
 impl RedisQueue {
@@ -242,6 +246,7 @@ impl RedisQueue {
             output_lost_event,
             wait_warned: Mutex::new(None),
             terminal_stored: Mutex::new(HashSet::new()),
+            seen_marked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -287,7 +292,6 @@ impl RedisQueue {
         JobKeys {
             state: format!("{base}:state"),
             out: format!("{base}:out"),
-            tokens: format!("{base}:tokens"),
         }
     }
 
@@ -313,7 +317,7 @@ impl RedisQueue {
     fn job_call<'a>(&self, script: &'a redis::Script, job_id: &str) -> ScriptInvocation<'a> {
         let keys = self.job_keys(job_id);
         let mut invocation = script.prepare_invoke();
-        invocation.key(keys.state).key(keys.out).key(keys.tokens);
+        invocation.key(keys.state).key(keys.out);
         invocation
     }
 
@@ -421,6 +425,7 @@ impl RedisQueue {
         let mut call = self.deployment_call(&self.scripts.deployment_take, deployment);
         call.arg(consumer).arg(max_jobs).arg(ttl.as_millis().max(1) as u64).arg(unix_millis());
         call.arg(self.config.route_liveness.as_millis().max(1) as u64).arg(block.as_millis() as u64);
+        call.arg(u8::from(self.mark_seen_due(deployment, consumer)));
         let reply = self.invoke::<Value>(&call).await?;
         let [taken, dropped, wake_id, next_end] = fixed::<4>(reply)?;
         // A job parked for another replica becomes takeable when its promise ends.
@@ -489,30 +494,41 @@ impl RedisQueue {
                 return Ok(None);
             }
         };
+        let lease = |resume_tokens, resume_after_seq| Lease {
+            job,
+            lease: LeaseRef {
+                job_id: job_id.to_string(),
+                deployment: deployment.to_string(),
+                consumer: consumer.to_string(),
+                epoch,
+            },
+            deliveries,
+            ttl,
+            resume_tokens,
+            resume_after_seq,
+        };
+        if epoch == 1 {
+            // A first delivery (a redelivery or a hand-back raises the epoch): nothing
+            // was written for it, and its first append starts it on the job's side.
+            return Ok(Some(lease(Vec::new(), 0)));
+        }
         let mut call = self.job_call(&self.scripts.job_start, job_id);
         call.arg(epoch).arg(consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
         let reply = array(self.invoke::<Value>(&call).await?)?;
         match string(reply.first().unwrap_or(&Value::Nil))?.as_str() {
             "ok" => {
-                let resume_tokens = string(reply.get(1).unwrap_or(&Value::Nil))?
-                    .split(',')
-                    .filter(|item| !item.is_empty())
-                    .map(|item| item.parse::<u32>().map_err(|_| malformed("token id")))
-                    .collect::<Result<Vec<_>, _>>()?;
+                // What was delivered so far: the token events of the output, over every
+                // attempt.
+                let output = parse_entries(reply.get(1).cloned().unwrap_or(Value::Nil))?;
+                let resume_tokens = output
+                    .into_iter()
+                    .flat_map(|sequenced| match sequenced.event {
+                        OutputEvent::Tokens { token_ids, .. } => token_ids,
+                        _ => Vec::new(),
+                    })
+                    .collect();
                 let resume_after_seq = number(reply.get(2).unwrap_or(&Value::Nil))?;
-                Ok(Some(Lease {
-                    job,
-                    lease: LeaseRef {
-                        job_id: job_id.to_string(),
-                        deployment: deployment.to_string(),
-                        consumer: consumer.to_string(),
-                        epoch,
-                    },
-                    deliveries,
-                    ttl,
-                    resume_tokens,
-                    resume_after_seq,
-                }))
+                Ok(Some(lease(resume_tokens, resume_after_seq)))
             }
             "done" | "gone" => {
                 self.forget_on_deployment(deployment, job_id).await?;
@@ -523,6 +539,23 @@ impl RedisQueue {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether this take is to mark the consumer alive: a quarter of the liveness
+    /// window after the last mark (which renewals refresh too), so a consumer taking
+    /// work stays alive in its peers' eyes without a write at every take.
+    fn mark_seen_due(&self, deployment: &str, consumer: &str) -> bool {
+        let now = Instant::now();
+        let mut marked = self.seen_marked.lock();
+        let key = (deployment.to_string(), consumer.to_string());
+        if marked.get(&key).is_some_and(|at| now.duration_since(*at) < self.config.route_liveness / 4) {
+            return false;
+        }
+        if marked.len() >= 4096 {
+            marked.clear();
+        }
+        marked.insert(key, now);
+        true
     }
 
     /// Wait (on a dedicated connection) until the wake-up stream moves past `wake_id`.
@@ -758,14 +791,8 @@ impl Queue for RedisQueue {
         call.arg(&self.output_lost_event);
         let terminal = events.iter().any(OutputEvent::is_terminal);
         for event in &events {
-            let tokens = match event {
-                OutputEvent::Tokens { token_ids, .. } => {
-                    token_ids.iter().map(|id| format!("{id},")).collect::<String>()
-                }
-                _ => String::new(),
-            };
             let json = serde_json::to_string(event).map_err(|error| malformed(&error.to_string()))?;
-            call.arg(json).arg(u8::from(event.is_terminal())).arg(tokens);
+            call.arg(json).arg(u8::from(event.is_terminal()));
         }
         let answer = array(self.invoke::<Value>(&call).await?)?;
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
@@ -886,7 +913,7 @@ impl Queue for RedisQueue {
         // One command when there is output (the usual case): `XREAD BLOCK` answers at
         // once if entries follow `from`. Only an empty answer asks whether the job exists
         // (an unknown or expired job reads as empty forever).
-        let events = if block.is_zero() {
+        let mut events = if block.is_zero() {
             let mut command = redis::cmd("XRANGE");
             command.arg(&keys.out).arg(format!("({from}")).arg("+");
             parse_entries(self.query::<Value>(&command).await?)?
@@ -908,6 +935,8 @@ impl Queue for RedisQueue {
                 }
             }
         };
+        // An entry of several events that starts at or before `after_seq` ends after it.
+        events.retain(|sequenced| sequenced.seq > after_seq);
         if events.is_empty() && self.query::<u64>(redis::cmd("EXISTS").arg(&keys.state).arg(&keys.out)).await? == 0 {
             return Err(QueueError::UnknownJob(job_id.to_string()));
         }

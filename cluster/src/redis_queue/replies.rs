@@ -8,37 +8,40 @@ use swell_protocol::{OutputEvent, SequencedEvent};
 
 use crate::queue::QueueError;
 
-/// Output stream entries (`[[id, [field, value, ...]], ...]`) as events.
+/// Output stream entries (`[[id, [field, value, ...]], ...]`) as events. An entry holds
+/// one event (`v` its JSON) or several (`v` their JSON array): its id is `0-<the last
+/// one's sequence number>`, the ones before are numbered back from it.
 pub(super) fn parse_entries(entries: Value) -> Result<Vec<SequencedEvent>, QueueError> {
-    array(entries)?
-        .into_iter()
-        .map(|entry| {
-            let [id, fields] = fixed::<2>(entry)?;
-            let id = string(&id)?;
-            let seq = id
-                .strip_prefix("0-")
-                .and_then(|seq| seq.parse().ok())
-                .ok_or_else(|| malformed("output entry id"))?;
-            let (mut epoch, mut event) = (None, None);
-            let fields = array(fields)?;
-            for pair in fields.chunks(2) {
-                match (string(&pair[0])?.as_str(), pair.get(1)) {
-                    ("e", Some(value)) => epoch = Some(number(value)? as u32),
-                    ("v", Some(value)) => {
-                        event = Some(
-                            serde_json::from_str::<OutputEvent>(&string(value)?)
-                                .map_err(|_| malformed("output event"))?,
-                        )
-                    }
-                    _ => {}
-                }
+    let mut events = Vec::new();
+    for entry in array(entries)? {
+        let [id, fields] = fixed::<2>(entry)?;
+        let id = string(&id)?;
+        let last: u64 = id
+            .strip_prefix("0-")
+            .and_then(|seq| seq.parse().ok())
+            .ok_or_else(|| malformed("output entry id"))?;
+        let (mut epoch, mut stored) = (None, None);
+        let fields = array(fields)?;
+        for pair in fields.chunks(2) {
+            match (string(&pair[0])?.as_str(), pair.get(1)) {
+                ("e", Some(value)) => epoch = Some(number(value)? as u32),
+                ("v", Some(value)) => stored = Some(string(value)?),
+                _ => {}
             }
-            match (epoch, event) {
-                (Some(epoch), Some(event)) => Ok(SequencedEvent { seq, epoch, event }),
-                _ => Err(malformed("output entry")),
-            }
-        })
-        .collect()
+        }
+        let (Some(epoch), Some(stored)) = (epoch, stored) else {
+            return Err(malformed("output entry"));
+        };
+        let batch: Vec<OutputEvent> = if stored.starts_with('[') {
+            serde_json::from_str(&stored).map_err(|_| malformed("output events"))?
+        } else {
+            vec![serde_json::from_str(&stored).map_err(|_| malformed("output event"))?]
+        };
+        let first = (last + 1).checked_sub(batch.len() as u64).filter(|first| *first >= 1);
+        let first = first.ok_or_else(|| malformed("output entry id"))?;
+        events.extend(batch.into_iter().zip(first..).map(|(event, seq)| SequencedEvent { seq, epoch, event }));
+    }
+    Ok(events)
 }
 
 pub(super) async fn bounded<T>(

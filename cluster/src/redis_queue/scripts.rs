@@ -28,9 +28,9 @@ macro_rules! deployment_prelude {
     };
 }
 
-/// Job scripts: `KEYS[1]` job state hash, `KEYS[2]` output stream, `KEYS[3]` delivered
-/// token ids (a string of `id,` items). Each reads the state with one `HMGET` (a missing
-/// `status` is a missing job) rather than `EXISTS` then fields.
+/// Job scripts: `KEYS[1]` job state hash, `KEYS[2]` output stream. Each reads the
+/// state with one `HMGET` (a missing `status` is a missing job) rather than `EXISTS`
+/// then fields.
 macro_rules! job_prelude {
     () => {
         include_str!("lua/job_prelude.lua")
@@ -49,8 +49,9 @@ const DEPLOYMENT_ENQUEUE: &str = concat!(deployment_prelude!(), include_str!("lu
 /// the jobs parked for this consumer, the freed ones, then new entries, in order; a new
 /// entry promised to another consumer that is alive (seen within `ARGV[7]` ms) is parked
 /// for it instead. Promises past their end, or to consumers gone quiet or no longer
-/// taking work, are freed first. The consumer counts as seen until `ARGV[8]` ms from
-/// now (how long it will wait for work). Jobs past their deadline (`ARGV[6]`, the
+/// taking work, are freed first. With `ARGV[9]` = 1, or when it takes nothing, the
+/// consumer counts as seen until `ARGV[8]` ms from now (how long it will wait for
+/// work). Jobs past their deadline (`ARGV[6]`, the
 /// client's Unix ms) are acked and reported as dropped. Answers `{taken, dropped,
 /// wake_id, next_end}` where taken items are `{job, payload, epoch, deliveries}`,
 /// dropped items `{job, epoch}`, `wake_id` is the last id of the wake-up stream (to
@@ -101,13 +102,15 @@ const DEPLOYMENT_POSITION: &str = concat!(deployment_prelude!(), include_str!("l
 const JOB_CREATE: &str = include_str!("lua/job_create.lua");
 
 /// A consumer starts a delivery (`ARGV[1]` epoch, `ARGV[2]` consumer, `ARGV[3]` the
-/// cancelled event, `ARGV[4]` output ttl ms). Answers `{'ok', tokens, last_seq}`, or
+/// cancelled event, `ARGV[4]` output ttl ms). Answers `{'ok', output entries (only if
+/// there is output), last_seq}`, or
 /// `{'done'}` (the job ended meanwhile: cancelled), `{'gone'}` (no state) or `{'stale'}`.
 const JOB_START: &str = concat!(job_prelude!(), include_str!("lua/job_start.lua"));
 
 /// Append events under a lease: `ARGV[1]` epoch, `[2]` consumer, `[3]` the cancelled
 /// event, `[4]` output ttl ms, `[5]` the last sequence number the writer knows stored,
-/// `[6]` the `output_lost` event, then `json, terminal (0/1), tokens` triples. A
+/// `[6]` the `output_lost` event, then `json, terminal (0/1)` pairs, stored in one
+/// entry. A first delivery's first append records its consumer. A
 /// terminal event marks the job `done` and starts its keys' expiry. Answers `{'ok',
 /// last_seq}`, `{'cancelled', deployment}`, `{'fenced'}`, `{'unknown'}`, or `{'lost',
 /// deployment}` when output the writer had stored is gone (a failover lost it; the job

@@ -1,14 +1,16 @@
-local exact, w = {}, redis.call('LLEN', KEYS[2])
+local requeued = redis.call('LLEN', KEYS[2])
+local exact, w = {}, requeued
 for _, level in ipairs(levels) do
   exact[level] = exact_count(level)
   w = w + exact[level]
 end
 -- Set the counts the other scripts keep to what they must be, should anything have
 -- moved them wrongly (a deployment never enqueued to gets no key).
-local kept = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v')
+local kept = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v', 'r')
 if (kept[4] or w > 0) and (tonumber(kept[1]) ~= exact.high or tonumber(kept[2]) ~= exact.normal
-    or tonumber(kept[3]) ~= exact.low) then
-  redis.call('HSET', COUNT, 'high', exact.high, 'normal', exact.normal, 'low', exact.low, 'v', 1)
+    or tonumber(kept[3]) ~= exact.low or tonumber(kept[5]) ~= requeued) then
+  -- (`p` too: whether jobs are parked is looked at again.)
+  redis.call('HSET', COUNT, 'high', exact.high, 'normal', exact.normal, 'low', exact.low, 'v', 1, 'r', requeued, 'p', 1)
 end
 local oldest, shown = nil, ''
 local function consider(e)

@@ -2,11 +2,13 @@ local job, level = ARGV[3], ARGV[8]
 local stream = stream_of_level[level]
 if not stream then return redis.error_reply('unknown priority ' .. tostring(level)) end
 if redis.call('EXISTS', meta_key(job)) == 1 then return {'duplicate'} end
-if redis.call('EXISTS', stream) == 0 then
-  redis.call('XGROUP', 'CREATE', stream, ARGV[2], '0', 'MKSTREAM')
-end
 local c = counts()
-local requeued = redis.call('LLEN', KEYS[2])
+if not c.group[level] then
+  -- (A group made meanwhile by an older version: BUSYGROUP, which is fine.)
+  redis.pcall('XGROUP', 'CREATE', stream, ARGV[2], '0', 'MKSTREAM')
+  redis.call('HSET', COUNT, 'g:' .. level, 1)
+end
+local requeued = c.requeued
 local w = requeued + c.high + c.normal + c.low
 if w >= tonumber(ARGV[7]) then return {'full', w} end
 local position = requeued + 1

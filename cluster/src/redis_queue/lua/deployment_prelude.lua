@@ -21,7 +21,9 @@ end
 local function stream_of(job) return stream_of_level[level_of(job)] end
 local function undelivered_in(stream)
   if redis.call('EXISTS', stream) == 0 then return 0 end
-  local pending = redis.call('XPENDING', stream, ARGV[2])
+  -- (No consumer group yet: nothing was delivered.)
+  local pending = redis.pcall('XPENDING', stream, ARGV[2])
+  if type(pending) ~= 'table' or pending.err then pending = {0} end
   return redis.call('XLEN', stream) - tonumber(pending[1])
 end
 -- Routed jobs (see `routing` in the module docs): KEYS[8] when each consumer was last
@@ -45,21 +47,40 @@ local COUNT = KEYS[13]
 local function exact_count(level)
   return undelivered_in(stream_of_level[level]) + set_aside(level)
 end
--- `asleep`: whether a consumer that found nothing may be waiting on the wake-up stream.
+-- Also `r`: the length of the requeued list; `asleep`: whether a consumer that found
+-- nothing may be waiting on the wake-up stream; `p`: whether jobs may be parked or
+-- freed (set when one is parked, cleared by a take that finds none); `g:<level>`:
+-- the consumer group of that priority's stream exists (created by its first enqueue).
 local function counts()
-  local c = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v', 'asleep')
+  local c = redis.call('HMGET', COUNT, 'high', 'normal', 'low', 'v', 'asleep', 'r', 'p', 'g:high', 'g:normal', 'g:low')
+  local kept
   if not c[4] then
-    local exact = {}
-    for _, level in ipairs(levels) do exact[level] = exact_count(level) end
-    redis.call('HSET', COUNT, 'high', exact.high, 'normal', exact.normal, 'low', exact.low, 'v', 1)
-    exact.asleep = c[5] == '1'
-    return exact
+    kept = {}
+    for _, level in ipairs(levels) do kept[level] = exact_count(level) end
+    kept.requeued = redis.call('LLEN', KEYS[2])
+    redis.call('HSET', COUNT, 'high', kept.high, 'normal', kept.normal, 'low', kept.low, 'v', 1, 'r', kept.requeued, 'p', 1)
+    kept.parked = true
+  else
+    kept = {high = math.max(0, tonumber(c[1]) or 0), normal = math.max(0, tonumber(c[2]) or 0),
+      low = math.max(0, tonumber(c[3]) or 0), parked = c[7] == '1'}
+    if c[6] then
+      kept.requeued = math.max(0, tonumber(c[6]) or 0)
+    else
+      kept.requeued = redis.call('LLEN', KEYS[2])
+      redis.call('HSET', COUNT, 'r', kept.requeued)
+    end
   end
-  return {high = math.max(0, tonumber(c[1]) or 0), normal = math.max(0, tonumber(c[2]) or 0),
-    low = math.max(0, tonumber(c[3]) or 0), asleep = c[5] == '1'}
+  kept.asleep = c[5] == '1'
+  kept.group = {high = c[8] == '1', normal = c[9] == '1', low = c[10] == '1'}
+  return kept
 end
 local function uncount(level, n)
   if n > 0 then redis.call('HINCRBY', COUNT, level, -n) end
+end
+-- Hand job back to the head of the requeued list.
+local function requeue(job)
+  redis.call('LPUSH', KEYS[2], job)
+  redis.call('HINCRBY', COUNT, 'r', 1)
 end
 -- Acknowledge and delete a job's entry (in `stream`, by default the job's own) and
 -- every index of it. `counted`: whether it counts in its priority's waiting count
@@ -74,6 +95,7 @@ local function forget(job, entry, stream, counted)
   end
   redis.call('ZREM', KEYS[3], job)
   local requeued = redis.call('LREM', KEYS[2], 0, job)
+  if requeued > 0 then redis.call('HINCRBY', COUNT, 'r', -requeued) end
   if m[1] then redis.call('LREM', parked_list(m[1], level), 0, job) end
   redis.call('LREM', free_of_level[level], 0, job)
   redis.call('ZREM', parked_set(level), job)

@@ -19,7 +19,7 @@ for _, job in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms())) do
       redis.call('HSET', meta, 'state', 'waiting')
       redis.call('HDEL', meta, 'consumer', 'expires')
       redis.call('ZREM', KEYS[3], job)
-      redis.call('LPUSH', KEYS[2], job)
+      requeue(job)
       requeued[#requeued + 1] = {job, epoch}
     end
   end

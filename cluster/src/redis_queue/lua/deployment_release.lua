@@ -7,6 +7,6 @@ if redis.call('HINCRBY', meta, 'deliveries', -1) < 0 then redis.call('HSET', met
 redis.call('HSET', meta, 'state', 'waiting')
 redis.call('HDEL', meta, 'consumer', 'expires')
 redis.call('ZREM', KEYS[3], job)
-redis.call('LPUSH', KEYS[2], job)
+requeue(job)
 wake()
 return epoch

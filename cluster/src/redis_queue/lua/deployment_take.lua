@@ -1,12 +1,14 @@
 local consumer, n, ttl, client_now = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local liveness, block = tonumber(ARGV[7]), tonumber(ARGV[8])
+local liveness, block, mark_seen = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
 local now = now_ms()
 local taken, dropped = {}, {}
 -- Taken or dropped per priority, out of its waiting count (`COUNT`).
 local gone = {high = 0, normal = 0, low = 0}
--- Asking for work is taking work: this consumer is alive (again), and stays alive while
--- it waits for work (`block` ms), as if seen at the end of its wait.
-redis.call('HSET', SEEN, consumer, now + block)
+-- Asking for work is taking work: this consumer is alive (again). The caller asks for
+-- the mark (`mark_seen`) often enough for it to stay alive while it takes work without
+-- waiting; a take that finds nothing marks it alive until the end of its wait (`block`
+-- ms), as if seen then.
+if mark_seen then redis.call('HSET', SEEN, consumer, now + block) end
 -- When the others were seen: read only when needed (parked or routed jobs, or a take
 -- that found nothing and tidies up).
 local seen, seen_at
@@ -42,10 +44,12 @@ local function take(job, entry, flat, stream, new)
 end
 -- Take the jobs of a list of pending entries (requeued, or parked or freed ones of
 -- `level`, which count in its waiting count), head first.
+local popped = 0
 local function take_listed(list, level)
   while #taken < n do
     local job = redis.call('LPOP', list)
     if not job then break end
+    if not level then popped = popped + 1 end
     local meta = meta_key(job)
     if level then
       redis.call('ZREM', parked_set(level), job)
@@ -89,11 +93,17 @@ local function tidy(free_promises)
     end
   end
 end
+local count = counts()
 -- A parked job is in its consumer's list and in its priority's set: without any set or
 -- free list, there is no promise to look at, no freed job to take, and every waiting job
--- counted is an undelivered entry of its priority's stream.
-local parked = redis.call('EXISTS', parked_set('high'), parked_set('normal'), parked_set('low'), KEYS[10],
-  KEYS[11], KEYS[12]) > 0
+-- counted is an undelivered entry of its priority's stream. Looked at only while the
+-- counts say some may be there.
+local parked = false
+if count.parked then
+  parked = redis.call('EXISTS', parked_set('high'), parked_set('normal'), parked_set('low'), KEYS[10],
+    KEYS[11], KEYS[12]) > 0
+  if not parked then redis.call('HDEL', COUNT, 'p') end
+end
 if parked then
   -- Promises past their end.
   for _, level in ipairs(levels) do
@@ -101,8 +111,10 @@ if parked then
   end
 end
 if parked then tidy(true) end
-take_listed(KEYS[2])
-local count = counts()
+if count.requeued > 0 then
+  take_listed(KEYS[2])
+  if popped > 0 then redis.call('HINCRBY', COUNT, 'r', -popped) end
+end
 for rank, stream in ipairs(streams) do
   local level = levels[rank]
   -- Within a priority: the jobs promised to this consumer, then the freed ones (both
@@ -127,6 +139,7 @@ for rank, stream in ipairs(streams) do
             redis.call('RPUSH', parked_list(replica, level), f['id'])
             redis.call('ZADD', parked_set(level), ends, f['id'])
             redis.call('HSET', meta_key(f['id']), 'parked', replica)
+            if not parked then redis.call('HSET', COUNT, 'p', 1) end
             parked = true
           else
             gone[level] = gone[level] + 1
@@ -148,7 +161,10 @@ if #taken == 0 then
   wake_id = '0-0'
   local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
   if last[1] then wake_id = last[1][1] end
-  if block > 0 then redis.call('HSET', COUNT, 'asleep', 1) end
+  if block > 0 then
+    redis.call('HSET', COUNT, 'asleep', 1)
+    if not mark_seen then redis.call('HSET', SEEN, consumer, now + block) end
+  end
   if not parked then tidy(false) end
 end
 -- When the next promise ends (ms from now; nil: none parked), so a waiting consumer

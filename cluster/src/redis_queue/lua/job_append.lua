@@ -4,13 +4,18 @@ if s[4] == '1' then
   if s[1] ~= 'done' then finish(s[2], ARGV[3], ARGV[4]) end
   return {'cancelled', s[5]}
 end
+-- A first delivery (epoch 1, never leased before) starts here, with its first append:
+-- `lease` does not call `job_start` for it. Epoch 1 is delivered once (a redelivery
+-- raises it), so its writer is the one consumer that took the new entry.
+local first = s[1] == 'waiting' and s[2] == '1' and not s[3] and ARGV[1] == '1'
+if first then s[1], s[3] = 'leased', ARGV[2] end
 -- ARGV[5]: the last sequence number this writer knows stored. Output that ends
 -- elsewhere under its lease means an earlier try of this very append was stored after
 -- all (its reply lost, or it ran late): it is not stored twice.
 local last, after = tonumber(s[6]) or 0, tonumber(ARGV[5])
 if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= after then
   local n = 0
-  for i = 7, #ARGV, 3 do
+  for i = 7, #ARGV, 2 do
     n = n + 1
     if ARGV[i + 1] == '1' then break end
   end
@@ -31,26 +36,22 @@ if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= after then
 end
 if s[1] ~= 'leased' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return {'fenced'} end
 local was_finished = s[7] == '1'
-local seq, finished, new_out, new_tokens = store(ARGV[1], last, was_finished, ARGV, 7)
+local seq, finished, new_out = store(ARGV[1], last, was_finished, ARGV, 7)
 if finished then
   -- The terminal event ends the job here (the ack finds it done): its state and output
-  -- are kept for the output ttl from now; its delivered tokens (kept to resume it, and
-  -- only written with earlier events) go.
+  -- are kept for the output ttl from now.
   redis.call('HSET', KEYS[1], 'last_seq', seq, 'finished', 1, 'status', 'done')
-  if not was_finished then
-    redis.call('PEXPIRE', KEYS[1], ARGV[4])
-    redis.call('PEXPIRE', KEYS[2], ARGV[4])
-    if tonumber(s[6] or '0') > 0 then redis.call('DEL', KEYS[3]) end
-  end
+  if not was_finished then expire_all(ARGV[4]) end
   return {'ok', seq}
 end
-redis.call('HSET', KEYS[1], 'last_seq', seq)
--- The output keys expire with the state, set once, when each is created.
-if new_out or new_tokens then
+if first then
+  redis.call('HSET', KEYS[1], 'last_seq', seq, 'status', 'leased', 'consumer', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'last_seq', seq)
+end
+-- The output stream expires with the state, set once, when it is created.
+if new_out then
   local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then
-    if new_out then redis.call('PEXPIRE', KEYS[2], ttl) end
-    if new_tokens then redis.call('PEXPIRE', KEYS[3], ttl) end
-  end
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
 return {'ok', seq}

@@ -1,23 +1,26 @@
 local function expire_all(ttl_ms)
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
+  for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
 end
--- Store the events of `json, terminal (0/1), tokens` triples `args[first..]` under
--- `epoch` after sequence number `seq`; nothing once a terminal event is stored
--- (`finished`), like the in-memory queue. The tokens go in one `APPEND`, unless the job
--- finishes here (nothing resumes a finished job). Answers the last sequence number,
--- whether the job is finished, and whether the output stream and the token string were
--- created here.
+-- Store the events of `json, terminal (0/1)` pairs `args[first..]` under `epoch` after
+-- sequence number `seq`, in one entry whatever their number: its id is `0-<the last
+-- one's number>`, its `v` the event or, for several, their JSON array (the numbers
+-- before the last are implied). Nothing once a terminal event is stored (`finished`),
+-- like the in-memory queue. Answers the last sequence number, whether the job is
+-- finished, and whether the output stream was created here.
 local function store(epoch, seq, finished, args, first)
-  local from, tokens = seq, ''
-  for i = first, #args, 3 do
+  local from, events = seq, {}
+  for i = first, #args, 2 do
     if finished then break end
     seq = seq + 1
-    redis.call('XADD', KEYS[2], '0-' .. seq, 'e', epoch, 'v', args[i])
-    tokens = tokens .. args[i + 2]
+    events[#events + 1] = args[i]
     finished = args[i + 1] == '1'
   end
-  local new_tokens = tokens ~= '' and not finished and redis.call('APPEND', KEYS[3], tokens) == #tokens
-  return seq, finished, from == 0 and seq > 0, new_tokens
+  if #events == 1 then
+    redis.call('XADD', KEYS[2], '0-' .. seq, 'e', epoch, 'v', events[1])
+  elseif #events > 1 then
+    redis.call('XADD', KEYS[2], '0-' .. seq, 'e', epoch, 'v', '[' .. table.concat(events, ',') .. ']')
+  end
+  return seq, finished, from == 0 and seq > 0
 end
 -- End the job with a terminal event written by the queue (ignored after one is
 -- stored); its keys expire `ttl_ms` from now.

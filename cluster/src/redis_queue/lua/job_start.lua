@@ -9,7 +9,8 @@ if s[3] == '1' then
   return {'done'}
 end
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'status', 'leased', 'consumer', ARGV[2])
--- Tokens were delivered only if events were stored.
-local tokens = ''
-if tonumber(s[4] or '0') > 0 then tokens = redis.call('GET', KEYS[3]) or '' end
-return {'ok', tokens, s[4]}
+-- The output so far (its token events are what was delivered), read only if there is
+-- any.
+local out = {}
+if tonumber(s[4] or '0') > 0 then out = redis.call('XRANGE', KEYS[2], '-', '+') end
+return {'ok', out, s[4]}
