@@ -41,10 +41,11 @@ use common::{client, wait_for};
 const REPLY_TO: &str = "swell-replies:9:anonymous:{producer}";
 
 
-async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(redis: TestRedis) {
+async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(redis: TestRedis, partitions: u32) {
     let started = Instant::now();
-    let dir = TempDir::new(&format!("worker-killed-{}", redis.kind()));
-    let config = dir.write_config(&config("10ms", 8, 2, ""));
+    let dir = TempDir::new(&format!("worker-killed-{}-{partitions}", redis.kind()));
+    let text = config("10ms", 8, 2, "").replace("[cluster]\n", &format!("[cluster]\nqueue_partitions = {partitions}\n"));
+    let config = dir.write_config(&text);
     let (gateway, mut workers) = gateway_and_two_workers(&dir, &config, &redis, true).await;
     let (max_tokens, seed) = (200, 42);
     let expected = reference(&gateway, max_tokens, seed).await;
@@ -81,12 +82,19 @@ async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_an
 
 #[actix_rt::test]
 async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat_one_redis() {
-    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::server()).await;
+    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::server(), 1).await;
 }
 
 #[actix_rt::test]
 async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat_redis_cluster() {
-    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::cluster()).await;
+    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::cluster(), 1).await;
+}
+
+/// The deployment's queue in 8 partitions (the job's is one of them; the workers look
+/// in all).
+#[actix_rt::test]
+async fn a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat_partitioned_queue() {
+    a_worker_killed_mid_generation_is_replaced_and_the_stream_has_no_gap_and_no_repeat(TestRedis::cluster(), 8).await;
 }
 
 #[actix_rt::test]

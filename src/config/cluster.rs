@@ -59,6 +59,10 @@ pub struct ClusterConfig {
     /// The longest such a wait lasts (then logged, and the call goes on).
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// Partitions (hash slots) of every deployment's queue, so one busy deployment
+    /// spreads over a Redis Cluster's masters (1: one). Every node must use the same
+    /// number; docs/distributed.md says what partitions change.
+    pub queue_partitions: u32,
     /// CPU replica slots this node offers (default: its CPU cores). A replica takes its
     /// deployment's `placement.cpu_slots`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,7 @@ impl Default for ClusterConfig {
             leader_lease_ttl: Duration::from_secs(5),
             wait_replicas: queue.wait_replicas,
             wait_timeout: queue.wait_timeout,
+            queue_partitions: queue.queue_partitions,
             cpu_slots: None,
         }
     }
@@ -151,6 +156,7 @@ impl ClusterConfig {
             response_timeout: self.response_timeout,
             wait_replicas: self.wait_replicas,
             wait_timeout: self.wait_timeout,
+            queue_partitions: self.queue_partitions,
             ..RedisQueueConfig::default()
         }
     }

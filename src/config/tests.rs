@@ -240,6 +240,12 @@ fn the_cluster_section_parses_and_is_validated() {
     assert!(error.contains("cluster.node_id"), "{error}");
     let error = invalid("[cluster]\nredis_url = \"redis://h:1\"\nmax_deliveries = 0\n");
     assert!(error.contains("cluster.max_deliveries"), "{error}");
+    // A deployment's queue in partitions (1 by default).
+    assert_eq!(queue.queue_partitions, 1);
+    let config = Config::from_toml_str("[cluster]\nredis_url = \"redis://h:1\"\nqueue_partitions = 8\n").unwrap();
+    assert_eq!(config.cluster.redis_queue_config().unwrap().queue_partitions, 8);
+    let error = invalid("[cluster]\nredis_url = \"redis://h:1\"\nqueue_partitions = 0\n");
+    assert!(error.contains("cluster.queue_partitions: must be 1 to 256, got 0"), "{error}");
 
     // A Redis Cluster by its seed nodes; no seed, or a database number, is refused.
     let config = Config::from_toml_str("[cluster]\nredis_url = \"redis-cluster://10.0.0.5:7000,10.0.0.6:7000\"\n").unwrap();

@@ -48,6 +48,11 @@ pub struct RedisQueueConfig {
     /// instead while replicas are missing).
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// How many partitions (hash slots) every deployment's queue is split into (1, the
+    /// default: one). On a Redis Cluster, more let one busy deployment use several
+    /// masters; order, admission and positions then hold per partition (see
+    /// `partitions` in [`super`]). Every node must use the same number.
+    pub queue_partitions: u32,
 }
 
 fn default_route_liveness() -> Duration {
@@ -69,6 +74,7 @@ impl Default for RedisQueueConfig {
             route_liveness: default_route_liveness(),
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(100),
+            queue_partitions: 1,
         }
     }
 }
@@ -78,6 +84,9 @@ impl RedisQueueConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.key_prefix.contains(['{', '}']) {
             return Err(format!("key_prefix: must not contain braces, got {:?}", self.key_prefix));
+        }
+        if !(1..=256).contains(&self.queue_partitions) {
+            return Err(format!("queue_partitions: must be 1 to 256, got {}", self.queue_partitions));
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries: must be at least 1".into());

@@ -7,7 +7,10 @@
 //! # Key layout
 //! `P` is [`RedisQueueConfig::key_prefix`] (default `swell`); `{...}` is the hash tag.
 //!
-//! Deployment `D`, all in the slot of `{dep:D}`:
+//! Deployment `D`, all in the slot of `{dep:D}` (with [`RedisQueueConfig::queue_partitions`]
+//! above 1, each partition `k > 0` has the same keys under `{dep:D#k}`, and a job's are
+//! in the partition its id hashes to; the replicas' reports and the wake-up stream the
+//! consumers wait on are partition 0's; see `redis_queue/partitions.rs`):
 //! - `P:{dep:D}:jobs:high`, `P:{dep:D}:jobs` (`normal`) and `P:{dep:D}:jobs:low`: the
 //!   work streams, one per [`Priority`](crate::Priority), one entry per job (`id`, `job`
 //!   = the [`Job`] as JSON, `t` = enqueue time, `dl` = deadline), each with the consumer
@@ -154,6 +157,8 @@
 //! terminal event; its reader times out and the keys expire with `job_max_age`.
 
 mod config;
+mod lease;
+mod partitions;
 mod replies;
 pub mod scripts;
 #[doc(hidden)]
@@ -169,6 +174,7 @@ use tokio::time::Instant;
 
 pub use self::config::RedisQueueConfig;
 use self::replies::{array, bounded, fixed, malformed, number, parse_entries, string, unavailable, timed_out};
+use self::partitions::Partitions;
 use self::scripts::Scripts;
 use crate::job::{AdmissionLimits, Enqueued, Job, Lease, LeaseRef, OutputOwner, QueueDepth};
 use swell_protocol::{OutputEvent, SequencedEvent};
@@ -197,8 +203,12 @@ pub struct RedisQueue {
     /// done), so their ack skips `job_done`. Only a saving: a lease missing here is
     /// marked done by `job_done`, a no-op for a job already done.
     terminal_stored: Mutex<HashSet<(String, u32)>>,
-    /// When each (deployment, consumer) was last marked alive by a take of this queue.
-    seen_marked: Mutex<HashMap<(String, String), Instant>>,
+    /// When each (deployment, partition, consumer) was last marked alive by a take of
+    /// this queue.
+    seen_marked: Mutex<HashMap<(String, u32, String), Instant>>,
+    partitions: Partitions,
+    /// Where the next look at the partitions starts (rotates).
+    take_turn: std::sync::atomic::AtomicU64,
 }
 
 /// At most this many leases are remembered in `terminal_stored` (one per job between
@@ -237,7 +247,7 @@ impl RedisQueue {
         })
         .expect("an event serializes");
         Ok(Self {
-            config,
+            config: config.clone(),
             client,
             shared,
             blocking: Mutex::new(Vec::new()),
@@ -247,11 +257,18 @@ impl RedisQueue {
             wait_warned: Mutex::new(None),
             terminal_stored: Mutex::new(HashSet::new()),
             seen_marked: Mutex::new(HashMap::new()),
+            partitions: Partitions::new(config.queue_partitions),
+            take_turn: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     pub fn config(&self) -> &RedisQueueConfig {
         &self.config
+    }
+
+    /// The partition of the deployment's queue a job is in ([`RedisQueueConfig::queue_partitions`]).
+    pub fn partition_of(&self, job_id: &str) -> u32 {
+        self.partitions.of(job_id)
     }
 
     /// `PING` on the shared connection, within the call timeout: whether Redis answers
@@ -260,8 +277,9 @@ impl RedisQueue {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
-    fn deployment_keys(&self, deployment: &str) -> DeploymentKeys {
-        let base = format!("{}:{{dep:{deployment}}}", self.config.key_prefix);
+    /// The keys of partition `partition` of `deployment` (see [`partitions`]).
+    fn deployment_keys(&self, deployment: &str, partition: u32) -> DeploymentKeys {
+        let base = format!("{}:{{{}}}", self.config.key_prefix, Partitions::tag(deployment, partition));
         DeploymentKeys {
             keys: [
                 "jobs", "requeued", "leases", "wake", "dead", "jobs:high", "jobs:low", "seen", "parked", "free:high",
@@ -282,9 +300,10 @@ impl RedisQueue {
         format!("{}:{{dep:{deployment}}}:prefixes", self.config.key_prefix)
     }
 
-    /// `P:{dep:D}:seen`: when each consumer was last seen (the take script's `KEYS[8]`).
-    fn seen_key(&self, deployment: &str) -> String {
-        format!("{}:{{dep:{deployment}}}:seen", self.config.key_prefix)
+    /// `P:{dep:D}:seen` of each partition: when each consumer was last seen (the take
+    /// script's `KEYS[8]`).
+    fn seen_keys(&self, deployment: &str) -> Vec<String> {
+        (0..self.partitions.count()).map(|partition| self.deployment_keys(deployment, partition).keys[7].clone()).collect()
     }
 
     fn job_keys(&self, job_id: &str) -> JobKeys {
@@ -304,14 +323,19 @@ impl RedisQueue {
         self.config.output_ttl.as_millis().max(1) as u64
     }
 
-    fn deployment_call<'a>(&self, script: &'a redis::Script, deployment: &str) -> ScriptInvocation<'a> {
-        let keys = self.deployment_keys(deployment);
+    fn deployment_call<'a>(&self, script: &'a redis::Script, deployment: &str, partition: u32) -> ScriptInvocation<'a> {
+        let keys = self.deployment_keys(deployment, partition);
         let mut invocation = script.prepare_invoke();
         for key in &keys.keys {
             invocation.key(key);
         }
         invocation.arg(&keys.lease_prefix).arg(GROUP);
         invocation
+    }
+
+    /// A deployment script on the partition of `job_id`.
+    fn job_partition_call<'a>(&self, script: &'a redis::Script, deployment: &str, job_id: &str) -> ScriptInvocation<'a> {
+        self.deployment_call(script, deployment, self.partitions.of(job_id))
     }
 
     fn job_call<'a>(&self, script: &'a redis::Script, job_id: &str) -> ScriptInvocation<'a> {
@@ -401,350 +425,24 @@ impl RedisQueue {
     }
 
     async fn forget_on_deployment(&self, deployment: &str, job_id: &str) -> Result<(), QueueError> {
-        let mut call = self.deployment_call(&self.scripts.deployment_forget, deployment);
+        let mut call = self.job_partition_call(&self.scripts.deployment_forget, deployment, job_id);
         call.arg(job_id);
         self.invoke::<i64>(&call).await.map(|_| ())
     }
 
-    async fn requeue_on_job(&self, job_id: &str, epoch: u32) -> Result<(), QueueError> {
-        let mut call = self.job_call(&self.scripts.job_requeue, job_id);
-        call.arg(epoch);
-        self.invoke::<i64>(&call).await.map(|_| ())
-    }
-
-    /// One pass of leasing: take on the deployment side, start on each job's side.
-    /// Answers the leases and the wake-up stream's id to block on.
-    async fn try_lease(
-        &self,
-        deployment: &str,
-        consumer: &str,
-        max_jobs: usize,
-        ttl: Duration,
-        block: Duration,
-    ) -> Result<(Vec<Lease>, String, Option<Duration>), QueueError> {
-        let mut call = self.deployment_call(&self.scripts.deployment_take, deployment);
-        call.arg(consumer).arg(max_jobs).arg(ttl.as_millis().max(1) as u64).arg(unix_millis());
-        call.arg(self.config.route_liveness.as_millis().max(1) as u64).arg(block.as_millis() as u64);
-        call.arg(u8::from(self.mark_seen_due(deployment, consumer)));
-        let reply = self.invoke::<Value>(&call).await?;
-        let [taken, dropped, wake_id, next_end] = fixed::<4>(reply)?;
-        // A job parked for another replica becomes takeable when its promise ends.
-        let next_end = match next_end {
-            Value::Nil => None,
-            value => Some(Duration::from_millis(number(&value)?)),
-        };
-        for item in array(dropped)? {
-            let [job_id, epoch] = fixed::<2>(item)?;
-            self.fail_job(
-                &string(&job_id)?,
-                number(&epoch)? as u32,
-                "deadline_exceeded",
-                "the request's deadline passed while it was queued".into(),
-            )
-            .await?;
-        }
-        // Each job is started on its own side (its own slot), all at once: one round
-        // trip for the batch, not one after another.
-        let mut taken_jobs = Vec::new();
-        for item in array(taken)? {
-            let [job_id, payload, epoch, deliveries] = fixed::<4>(item)?;
-            taken_jobs.push((string(&job_id)?, string(&payload)?, number(&epoch)? as u32, number(&deliveries)? as u32));
-        }
-        let starts = taken_jobs.iter().map(|(job_id, payload, epoch, deliveries)| {
-            self.start(deployment, consumer, job_id, payload, *epoch, *deliveries, ttl)
-        });
-        let mut leases = Vec::new();
-        let mut first_error = None;
-        for ((job_id, ..), started) in taken_jobs.iter().zip(futures_util::future::join_all(starts).await) {
-            match started {
-                Ok(Some(lease)) => leases.push(lease),
-                Ok(None) => {}
-                // The leases started are handed out; the rest expire unrenewed and are
-                // reclaimed.
-                Err(error) => {
-                    tracing::warn!(%error, job_id, "redis queue: starting a lease failed");
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        if let (true, Some(error)) = (leases.is_empty(), first_error) {
-            return Err(error);
-        }
-        Ok((leases, string(&wake_id)?, next_end))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
-        &self,
-        deployment: &str,
-        consumer: &str,
-        job_id: &str,
-        payload: &str,
-        epoch: u32,
-        deliveries: u32,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, QueueError> {
-        let job: Job = match serde_json::from_str(payload) {
-            Ok(job) => job,
-            Err(error) => {
-                tracing::error!(%error, job_id, "redis queue: unreadable job payload; failing the job");
-                self.forget_on_deployment(deployment, job_id).await?;
-                self.fail_job(job_id, epoch, "invalid_job", format!("the queued job could not be read: {error}"))
-                    .await?;
-                return Ok(None);
-            }
-        };
-        let lease = |resume_tokens, resume_after_seq| Lease {
-            job,
-            lease: LeaseRef {
-                job_id: job_id.to_string(),
-                deployment: deployment.to_string(),
-                consumer: consumer.to_string(),
-                epoch,
-            },
-            deliveries,
-            ttl,
-            resume_tokens,
-            resume_after_seq,
-        };
-        if epoch == 1 {
-            // A first delivery (a redelivery or a hand-back raises the epoch): nothing
-            // was written for it, and its first append starts it on the job's side.
-            return Ok(Some(lease(Vec::new(), 0)));
-        }
-        let mut call = self.job_call(&self.scripts.job_start, job_id);
-        call.arg(epoch).arg(consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
-        let reply = array(self.invoke::<Value>(&call).await?)?;
-        match string(reply.first().unwrap_or(&Value::Nil))?.as_str() {
-            "ok" => {
-                // What was delivered so far: the token events of the output, over every
-                // attempt.
-                let output = parse_entries(reply.get(1).cloned().unwrap_or(Value::Nil))?;
-                let resume_tokens = output
-                    .into_iter()
-                    .flat_map(|sequenced| match sequenced.event {
-                        OutputEvent::Tokens { token_ids, .. } => token_ids,
-                        _ => Vec::new(),
-                    })
-                    .collect();
-                let resume_after_seq = number(reply.get(2).unwrap_or(&Value::Nil))?;
-                Ok(Some(lease(resume_tokens, resume_after_seq)))
-            }
-            "done" | "gone" => {
-                self.forget_on_deployment(deployment, job_id).await?;
-                Ok(None)
-            }
-            other => {
-                tracing::warn!(job_id, epoch, answer = other, "redis queue: a stale delivery was skipped");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Whether this take is to mark the consumer alive: a quarter of the liveness
-    /// window after the last mark (which renewals refresh too), so a consumer taking
-    /// work stays alive in its peers' eyes without a write at every take.
-    fn mark_seen_due(&self, deployment: &str, consumer: &str) -> bool {
-        let now = Instant::now();
-        let mut marked = self.seen_marked.lock();
-        let key = (deployment.to_string(), consumer.to_string());
-        if marked.get(&key).is_some_and(|at| now.duration_since(*at) < self.config.route_liveness / 4) {
-            return false;
-        }
-        if marked.len() >= 4096 {
-            marked.clear();
-        }
-        marked.insert(key, now);
-        true
-    }
-
-    /// Wait (on a dedicated connection) until the wake-up stream moves past `wake_id`.
-    async fn wait_for_work(&self, deployment: &str, wake_id: &str, block: Duration) -> Result<(), QueueError> {
-        let keys = self.deployment_keys(deployment);
-        let mut command = redis::cmd("XREAD");
-        command.arg("BLOCK").arg(block.as_millis().max(1) as u64).arg("COUNT").arg(1);
-        command.arg("STREAMS").arg(&keys.keys[3]).arg(wake_id);
-        self.query_blocking(&command, block).await.map(|_| ())
-    }
-}
-
-#[async_trait]
-impl Queue for RedisQueue {
-    fn is_remote(&self) -> bool {
-        true
-    }
-
-    async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
-        let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
-        let mut create = self.job_call(&self.scripts.job_create, &job.id);
-        create
-            .arg(&job.deployment)
-            .arg(self.config.job_max_age.as_millis().max(1) as u64)
-            .arg(&job.tenant)
-            .arg(job.stream_meta.as_deref().unwrap_or_default());
-        if self.invoke::<i64>(&create).await? == 0 {
-            return Err(QueueError::DuplicateJob(job.id));
-        }
-        let mut call = self.deployment_call(&self.scripts.deployment_enqueue, &job.deployment);
-        call.arg(&job.id)
-            .arg(payload)
-            .arg(job.enqueued_at_ms)
-            .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
-            .arg(limits.max_queue_depth)
-            .arg(job.priority.as_str());
-        match &job.route {
-            // The promise's length; its end is set by the server's clock.
-            Some(route) => call.arg(&route.replica).arg(route.until_ms.saturating_sub(unix_millis())),
-            None => call.arg("").arg(0),
-        };
-        let answer = match self.invoke::<Value>(&call).await {
-            Ok(answer) => array(answer)?,
-            Err(error) => {
-                self.abandon_enqueue(&job.id).await;
-                return Err(error);
-            }
-        };
-        match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
-            "ok" => {
-                if self.config.wait_replicas > 0 {
-                    let deployment_key = self.deployment_keys(&job.deployment).keys[0].clone();
-                    let job_key = self.job_keys(&job.id).state;
-                    tokio::join!(self.wait_replicated(&job_key), self.wait_replicated(&deployment_key));
-                }
-                Ok(Enqueued { position: number(answer.get(1).unwrap_or(&Value::Nil))? })
-            }
-            "full" => {
-                self.discard_job(&job.id).await;
-                let depth = number(answer.get(1).unwrap_or(&Value::Nil))?;
-                Err(QueueError::Full { deployment: job.deployment, depth })
-            }
-            _ => {
-                self.discard_job(&job.id).await;
-                Err(QueueError::DuplicateJob(job.id))
-            }
-        }
-    }
-
-    async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
-        let mut call = self.deployment_call(&self.scripts.deployment_position, deployment);
-        call.arg(job_id);
-        match self.invoke::<i64>(&call).await? {
-            -1 => Err(QueueError::UnknownJob(job_id.to_string())),
-            position => Ok((position > 0).then_some(position as u64)),
-        }
-    }
-
-    async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {
-        let call = self.deployment_call(&self.scripts.deployment_depth, deployment);
-        let [waiting, leased, oldest] = fixed::<3>(self.invoke::<Value>(&call).await?)?;
-        let oldest = string(&oldest)?;
-        Ok(QueueDepth {
-            waiting: number(&waiting)?,
-            leased: number(&leased)?,
-            oldest_waiting_enqueued_at_ms: if oldest.is_empty() {
-                None
-            } else {
-                Some(oldest.parse().map_err(|_| malformed("enqueue time"))?)
-            },
-        })
-    }
-
-    async fn lease(
-        &self,
-        deployment: &str,
-        consumer: &str,
-        max_jobs: usize,
-        ttl: Duration,
-        block: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
-        if max_jobs == 0 {
-            return Ok(Vec::new());
-        }
-        let deadline = Instant::now() + block;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let (leases, wake_id, next_end) = self.try_lease(deployment, consumer, max_jobs, ttl, remaining).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Ok(Vec::new());
-            }
-            if wake_id.is_empty() {
-                // It took jobs that had ended meanwhile (no wake-up id then): look again.
-                continue;
-            }
-            let wait = match next_end {
-                Some(end) => remaining.min(end + Duration::from_millis(1)),
-                None => remaining,
-            };
-            self.wait_for_work(deployment, &wake_id, wait).await?;
-        }
-    }
-
-    async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError> {
-        let mut held = vec![false; leases.len()];
-        let mut by_deployment: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, lease) in leases.iter().enumerate() {
-            by_deployment.entry(lease.deployment.as_str()).or_default().push(index);
-        }
-        for (deployment, indices) in by_deployment {
-            let mut call = self.deployment_call(&self.scripts.deployment_renew, deployment);
-            call.arg(ttl.as_millis().max(1) as u64);
-            for &index in &indices {
-                let lease = &leases[index];
-                call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
-            }
-            let answers: Vec<i64> = self.invoke(&call).await?;
-            for (&index, answer) in indices.iter().zip(answers) {
-                held[index] = answer == 1;
-            }
-        }
-        Ok(held)
-    }
-
-    async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
-        let mut call = self.deployment_call(&self.scripts.deployment_ack, &lease.deployment);
-        call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
-        let stored = self.terminal_stored.lock().remove(&(lease.job_id.clone(), lease.epoch));
-        if self.invoke::<i64>(&call).await? == 0 {
-            return Ok(false);
-        }
-        if stored {
-            // `job_append` marked it done with its terminal event.
-            return Ok(true);
-        }
-        let mut done = self.job_call(&self.scripts.job_done, &lease.job_id);
-        done.arg(self.output_ttl_ms());
-        if let Err(error) = self.invoke::<i64>(&done).await {
-            // Acknowledged; the job's keys still expire with `job_max_age`.
-            tracing::warn!(%error, job_id = lease.job_id, "redis queue: marking an acked job done failed");
-        }
-        Ok(true)
-    }
-
-    async fn release(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
-        let mut call = self.deployment_call(&self.scripts.deployment_release, &lease.deployment);
-        call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
-        let epoch = self.invoke::<i64>(&call).await?;
-        if epoch == 0 {
-            return Ok(false);
-        }
-        if let Err(error) = self.requeue_on_job(&lease.job_id, epoch as u32).await {
-            // Handed back; the next delivery raises the fence when it starts.
-            tracing::warn!(%error, job_id = lease.job_id, "redis queue: fencing a released job failed");
-        }
-        Ok(true)
-    }
-
-    async fn reclaim_expired(&self, deployment: &str) -> Result<u64, QueueError> {
-        let mut call = self.deployment_call(&self.scripts.deployment_reclaim, deployment);
+    /// Redeliver or dead-letter the expired leases of one partition.
+    async fn reclaim_in(&self, deployment: &str, partition: u32) -> Result<u64, QueueError> {
+        let mut call = self.deployment_call(&self.scripts.deployment_reclaim, deployment, partition);
         call.arg(self.config.max_deliveries).arg(self.config.dead_letter_max_len);
         let [requeued, dead] = fixed::<2>(self.invoke::<Value>(&call).await?)?;
         let requeued = array(requeued)?;
         let redelivered = requeued.len() as u64;
         let mut last_error = None;
+        if partition > 0 && redelivered > 0 {
+            if let Err(error) = self.wake_deployment(deployment).await {
+                last_error = Some(error);
+            }
+        }
         for item in requeued {
             let [job_id, epoch] = fixed::<2>(item)?;
             if let Err(error) = self.requeue_on_job(&string(&job_id)?, number(&epoch)? as u32).await {
@@ -767,13 +465,222 @@ impl Queue for RedisQueue {
         }
     }
 
+    /// Mark `replica` as taking no more work in these `seen` hashes.
+    async fn mark_stopped(&self, seen: &[String], replica: &str) -> Result<(), QueueError> {
+        for key in seen {
+            self.query::<i64>(redis::cmd("HSET").arg(key).arg(replica).arg(0)).await?;
+        }
+        Ok(())
+    }
+
+    /// Wake the consumers waiting for work on `deployment` (partition 0's wake-up
+    /// stream; a partition's own scripts wake it for partition 0 only).
+    async fn wake_deployment(&self, deployment: &str) -> Result<(), QueueError> {
+        let mut command = redis::cmd("XADD");
+        command.arg(&self.deployment_keys(deployment, 0).keys[3]).arg("MAXLEN").arg(16).arg("*").arg("w").arg(1);
+        self.query::<String>(&command).await.map(|_| ())
+    }
+
+    async fn requeue_on_job(&self, job_id: &str, epoch: u32) -> Result<(), QueueError> {
+        let mut call = self.job_call(&self.scripts.job_requeue, job_id);
+        call.arg(epoch);
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
+        let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
+        let mut create = self.job_call(&self.scripts.job_create, &job.id);
+        create
+            .arg(&job.deployment)
+            .arg(self.config.job_max_age.as_millis().max(1) as u64)
+            .arg(&job.tenant)
+            .arg(job.stream_meta.as_deref().unwrap_or_default());
+        if self.invoke::<i64>(&create).await? == 0 {
+            return Err(QueueError::DuplicateJob(job.id));
+        }
+        let partition = self.partitions.of(&job.id);
+        let mut call = self.deployment_call(&self.scripts.deployment_enqueue, &job.deployment, partition);
+        call.arg(&job.id)
+            .arg(payload)
+            .arg(job.enqueued_at_ms)
+            .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(self.partitions.admits(limits.max_queue_depth))
+            .arg(job.priority.as_str());
+        match &job.route {
+            // The promise's length; its end is set by the server's clock.
+            Some(route) => call.arg(&route.replica).arg(route.until_ms.saturating_sub(unix_millis())),
+            None => call.arg("").arg(0),
+        };
+        let answer = match self.invoke::<Value>(&call).await {
+            Ok(answer) => array(answer)?,
+            Err(error) => {
+                self.abandon_enqueue(&job.id).await;
+                return Err(error);
+            }
+        };
+        match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
+            "ok" => {
+                if partition > 0 && number(answer.get(2).unwrap_or(&Value::Nil))? == 1 {
+                    // A consumer waits: on partition 0's wake-up stream.
+                    self.wake_deployment(&job.deployment).await?;
+                }
+                if self.config.wait_replicas > 0 {
+                    let deployment_key = self.deployment_keys(&job.deployment, partition).keys[0].clone();
+                    let job_key = self.job_keys(&job.id).state;
+                    tokio::join!(self.wait_replicated(&job_key), self.wait_replicated(&deployment_key));
+                }
+                let position = number(answer.get(1).unwrap_or(&Value::Nil))?;
+                Ok(Enqueued { position: self.partitions.scale(position) })
+            }
+            "full" => {
+                self.discard_job(&job.id).await;
+                let depth = number(answer.get(1).unwrap_or(&Value::Nil))?;
+                Err(QueueError::Full { deployment: job.deployment, depth: depth * u64::from(self.partitions.count()) })
+            }
+            _ => {
+                self.discard_job(&job.id).await;
+                Err(QueueError::DuplicateJob(job.id))
+            }
+        }
+    }
+
+    async fn position(&self, deployment: &str, job_id: &str) -> Result<Option<u64>, QueueError> {
+        let mut call = self.job_partition_call(&self.scripts.deployment_position, deployment, job_id);
+        call.arg(job_id);
+        match self.invoke::<i64>(&call).await? {
+            -1 => Err(QueueError::UnknownJob(job_id.to_string())),
+            position => Ok((position > 0).then_some(self.partitions.scale(position as u64))),
+        }
+    }
+
+    async fn depth(&self, deployment: &str) -> Result<QueueDepth, QueueError> {
+        // Every partition at once; their sum.
+        let partitions = (0..self.partitions.count()).map(|partition| async move {
+            let call = self.deployment_call(&self.scripts.deployment_depth, deployment, partition);
+            let [waiting, leased, oldest] = fixed::<3>(self.invoke::<Value>(&call).await?)?;
+            let oldest = string(&oldest)?;
+            Ok::<_, QueueError>(QueueDepth {
+                waiting: number(&waiting)?,
+                leased: number(&leased)?,
+                oldest_waiting_enqueued_at_ms: if oldest.is_empty() {
+                    None
+                } else {
+                    Some(oldest.parse().map_err(|_| malformed("enqueue time"))?)
+                },
+            })
+        });
+        let mut depth = QueueDepth { waiting: 0, leased: 0, oldest_waiting_enqueued_at_ms: None };
+        for part in futures_util::future::join_all(partitions).await {
+            let part = part?;
+            depth.waiting += part.waiting;
+            depth.leased += part.leased;
+            depth.oldest_waiting_enqueued_at_ms = match (depth.oldest_waiting_enqueued_at_ms, part.oldest_waiting_enqueued_at_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(depth)
+    }
+
+    async fn lease(
+        &self,
+        deployment: &str,
+        consumer: &str,
+        max_jobs: usize,
+        ttl: Duration,
+        block: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        self.lease_jobs(deployment, consumer, max_jobs, ttl, block).await
+    }
+
+    async fn renew(&self, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<bool>, QueueError> {
+        let mut held = vec![false; leases.len()];
+        let mut by_partition: HashMap<(&str, u32), Vec<usize>> = HashMap::new();
+        for (index, lease) in leases.iter().enumerate() {
+            by_partition.entry((lease.deployment.as_str(), self.partitions.of(&lease.job_id))).or_default().push(index);
+        }
+        for ((deployment, partition), indices) in by_partition {
+            let mut call = self.deployment_call(&self.scripts.deployment_renew, deployment, partition);
+            call.arg(ttl.as_millis().max(1) as u64);
+            for &index in &indices {
+                let lease = &leases[index];
+                call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+            }
+            let answers: Vec<i64> = self.invoke(&call).await?;
+            for (&index, answer) in indices.iter().zip(answers) {
+                held[index] = answer == 1;
+            }
+        }
+        Ok(held)
+    }
+
+    async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        let mut call = self.job_partition_call(&self.scripts.deployment_ack, &lease.deployment, &lease.job_id);
+        call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+        let stored = self.terminal_stored.lock().remove(&(lease.job_id.clone(), lease.epoch));
+        if self.invoke::<i64>(&call).await? == 0 {
+            return Ok(false);
+        }
+        if stored {
+            // `job_append` marked it done with its terminal event.
+            return Ok(true);
+        }
+        let mut done = self.job_call(&self.scripts.job_done, &lease.job_id);
+        done.arg(self.output_ttl_ms());
+        if let Err(error) = self.invoke::<i64>(&done).await {
+            // Acknowledged; the job's keys still expire with `job_max_age`.
+            tracing::warn!(%error, job_id = lease.job_id, "redis queue: marking an acked job done failed");
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        let mut call = self.job_partition_call(&self.scripts.deployment_release, &lease.deployment, &lease.job_id);
+        call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
+        let epoch = self.invoke::<i64>(&call).await?;
+        if epoch == 0 {
+            return Ok(false);
+        }
+        if self.partitions.of(&lease.job_id) > 0 {
+            self.wake_deployment(&lease.deployment).await?;
+        }
+        if let Err(error) = self.requeue_on_job(&lease.job_id, epoch as u32).await {
+            // Handed back; the next delivery raises the fence when it starts.
+            tracing::warn!(%error, job_id = lease.job_id, "redis queue: fencing a released job failed");
+        }
+        Ok(true)
+    }
+
+    async fn reclaim_expired(&self, deployment: &str) -> Result<u64, QueueError> {
+        let mut redelivered = 0;
+        let mut last_error = None;
+        for partition in 0..self.partitions.count() {
+            match self.reclaim_in(deployment, partition).await {
+                Ok(n) => redelivered += n,
+                Err(error) => last_error = Some(error),
+            }
+        }
+        match last_error {
+            Some(error) => Err(error),
+            None => Ok(redelivered),
+        }
+    }
+
     async fn cancel(&self, job_id: &str) -> Result<(), QueueError> {
         let mut call = self.job_call(&self.scripts.job_cancel, job_id);
         call.arg(&self.cancelled_event).arg(self.output_ttl_ms());
         let answer = array(self.invoke::<Value>(&call).await?)?;
         if string(answer.first().unwrap_or(&Value::Nil))? == "waiting" {
             let deployment = string(answer.get(1).unwrap_or(&Value::Nil))?;
-            let mut remove = self.deployment_call(&self.scripts.deployment_remove_waiting, &deployment);
+            let mut remove = self.job_partition_call(&self.scripts.deployment_remove_waiting, &deployment, job_id);
             remove.arg(job_id);
             self.invoke::<i64>(&remove).await?;
         }
@@ -840,25 +747,33 @@ impl Queue for RedisQueue {
         if let Some(prefix) = prefix {
             pipeline.cmd("HSET").arg(&prefixes).arg(&report.replica).arg(prefix.encode()).ignore();
         }
+        let seen = self.seen_keys(deployment);
         if !report.accepting {
             // Draining: the jobs promised to it are free at once (`deployment_take`).
-            pipeline.cmd("HSET").arg(self.seen_key(deployment)).arg(&report.replica).arg(0).ignore();
+            pipeline.cmd("HSET").arg(&seen[0]).arg(&report.replica).arg(0).ignore();
         }
         // A deployment nobody reports for any more leaves no key behind.
         for key in [&key, &prefixes] {
             pipeline.cmd("PEXPIRE").arg(key).arg(10 * ReplicaReport::STALE_AFTER).ignore();
         }
         let mut connection = self.shared.clone();
-        bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await
+        bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await?;
+        if !report.accepting {
+            // The other partitions' (other slots: a command each).
+            self.mark_stopped(&seen[1..], &report.replica).await?;
+        }
+        Ok(())
     }
 
     async fn forget_replica(&self, deployment: &str, replica: &str) -> Result<(), QueueError> {
+        let seen = self.seen_keys(deployment);
         let mut pipeline = redis::pipe();
         pipeline.cmd("HDEL").arg(self.replicas_key(deployment)).arg(replica).ignore();
         pipeline.cmd("HDEL").arg(self.prefixes_key(deployment)).arg(replica).ignore();
-        pipeline.cmd("HSET").arg(self.seen_key(deployment)).arg(replica).arg(0).ignore();
+        pipeline.cmd("HSET").arg(&seen[0]).arg(replica).arg(0).ignore();
         let mut connection = self.shared.clone();
-        bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await
+        bounded(self.call_timeout(), pipeline.query_async::<()>(&mut connection)).await?;
+        self.mark_stopped(&seen[1..], replica).await
     }
 
     async fn replica_reports(&self, deployment: &str) -> Result<Vec<ReplicaReport>, QueueError> {

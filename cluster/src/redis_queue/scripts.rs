@@ -40,7 +40,7 @@ macro_rules! job_prelude {
 /// Enqueue. `ARGV[3]` job id, `[4]` payload, `[5]` enqueued at (ms), `[6]` deadline (ms
 /// or empty), `[7]` max waiting, `[8]` priority (`high` | `normal` | `low`), which picks
 /// the work stream, `[9]` the consumer it is promised to (empty: none) and `[10]` for how
-/// many ms (its end is set by the server's clock). Answers `{'ok', position}` (in service order: requeued jobs, then
+/// many ms (its end is set by the server's clock). Answers `{'ok', position, woke}` (`woke`: 1 if it woke a waiting consumer; position in service order: requeued jobs, then
 /// the waiting jobs of this priority or higher), `{'full', waiting}` or `{'duplicate'}`.
 const DEPLOYMENT_ENQUEUE: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_enqueue.lua"));
 

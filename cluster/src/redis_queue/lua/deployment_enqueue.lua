@@ -24,8 +24,12 @@ end
 redis.call('HSET', meta_key(job), 'entry', entry, 'epoch', 1, 'deliveries', 0, 'state', 'waiting', 'level', level)
 redis.call('HINCRBY', COUNT, level, 1)
 -- Only a consumer that found nothing waits on the wake-up stream.
+-- (Answered, so that the gateway also wakes partition 0's stream, which the consumers of
+-- a partitioned queue wait on.)
+local woke = 0
 if c.asleep then
   wake()
   redis.call('HDEL', COUNT, 'asleep')
+  woke = 1
 end
-return {'ok', position}
+return {'ok', position, woke}
