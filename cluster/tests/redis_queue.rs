@@ -776,3 +776,21 @@ async fn redis_priorities_have_their_own_streams_and_finished_entries_leave_them
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{dep:d}:job:*").query_async(&mut raw).await.unwrap();
     assert!(keys.is_empty(), "lease hashes left: {keys:?}");
 }
+
+/// Redis only: a work stream deleted by hand (its consumer group with it) and made again
+/// by the next enqueue gets its group back at the next take, so its jobs are served.
+#[tokio::test]
+async fn redis_a_work_stream_deleted_by_hand_is_served_again() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    queue.enqueue(job("a"), LIMITS).await.unwrap();
+    let lease = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+    assert!(queue.ack(&lease.lease).await.unwrap());
+    let _: () = ::redis::cmd("DEL").arg("test:{dep:d}:jobs").query_async(&mut raw).await.unwrap();
+
+    queue.enqueue(job("b"), LIMITS).await.unwrap();
+    let leases = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap();
+    assert_eq!(leases.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["b"]);
+}

@@ -129,8 +129,13 @@ for rank, stream in ipairs(streams) do
       while #taken < n do
         local want = n - #taken
         -- (An error, such as a stream gone with its group, reads as nothing: `depth`
-        -- sets the counts right.)
+        -- sets the counts right. A stream without its group, as one deleted by hand
+        -- and made again by an enqueue, gets it back, from its first entry.)
         local reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], consumer, 'COUNT', want, 'STREAMS', stream, '>')
+        if type(reply) == 'table' and reply.err and string.find(reply.err, 'NOGROUP', 1, true) then
+          redis.pcall('XGROUP', 'CREATE', stream, ARGV[2], '0', 'MKSTREAM')
+          reply = redis.pcall('XREADGROUP', 'GROUP', ARGV[2], consumer, 'COUNT', want, 'STREAMS', stream, '>')
+        end
         if type(reply) ~= 'table' or reply.err or not reply[1] or #reply[1][2] == 0 then break end
         for _, e in ipairs(reply[1][2]) do
           local f = fields_of(e[2])
