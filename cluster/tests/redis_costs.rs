@@ -79,11 +79,11 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     let ack = commands(&mut raw).await;
 
     // Each step: its script call (or plain command) plus what runs inside it.
-    // enqueue: job_create (EXISTS, HSET, PEXPIRE) + deployment_enqueue (EXISTS job,
+    // enqueue: the job's state (HSETNX and PEXPIRE NX, no script) + deployment_enqueue (EXISTS job,
     // HMGET counts (with the requeued count, and whether the stream's group exists),
     // XADD, HSET, HINCRBY count; no XADD to the wake-up stream: no consumer is waiting
     // on it).
-    assert_eq!(enqueue, 4 + 6, "enqueue");
+    assert_eq!(enqueue, 2 + 6, "enqueue");
     // take (TIME, HMGET counts (which say nothing is requeued or parked, so no LPOP and
     // no EXISTS of the parked sets), XREADGROUP, HSET + ZADD per new job, HINCRBY
     // count; no HSET of `seen`, marked by the take just before); no job_start: a first
@@ -107,11 +107,11 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     reset(&mut raw).await;
     queue.enqueue(job("b"), LIMITS).await.unwrap();
     let waking = commands(&mut raw).await;
-    assert_eq!(waking.values().sum::<u64>(), 4 + 6 + 2, "{waking:?}");
+    assert_eq!(waking.values().sum::<u64>(), 2 + 6 + 2, "{waking:?}");
     assert_eq!(waking.get("xadd"), Some(&2), "the job's entry and the wake-up");
     reset(&mut raw).await;
     queue.enqueue(job("c"), LIMITS).await.unwrap();
-    assert_eq!(commands(&mut raw).await.values().sum::<u64>(), 4 + 6);
+    assert_eq!(commands(&mut raw).await.values().sum::<u64>(), 2 + 6);
 }
 
 /// The waiting counts follow every move (enqueue, take, release, reclaim, cancel), so

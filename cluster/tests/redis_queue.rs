@@ -794,3 +794,34 @@ async fn redis_a_work_stream_deleted_by_hand_is_served_again() {
     let leases = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap();
     assert_eq!(leases.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["b"]);
 }
+
+/// Redis only: the state of a job an older version enqueued (fields `status`,
+/// `deployment`, `tenant`, `meta` instead of `i`) is still read: its owner for a
+/// resumed stream, and cancelling it while it waits.
+#[tokio::test]
+async fn redis_a_job_state_written_by_an_older_version_is_still_read() {
+    let server = RedisServer::start(RedisServerOptions::default());
+    let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let state = "test:{job:old}:state";
+    let fields = [
+        ("epoch", "1"), ("status", "waiting"), ("cancelled", "0"), ("deployment", "d"), ("last_seq", "0"),
+        ("finished", "0"), ("tenant", "acme"), ("meta", "{}"), ("readers", "0"),
+    ];
+    let _: () = ::redis::cmd("HSET").arg(state).arg(&fields[..]).query_async(&mut raw).await.unwrap();
+    let owner = queue.output_owner("old").await.unwrap().expect("known");
+    assert_eq!((owner.tenant.as_str(), owner.deployment.as_str(), owner.stream_meta.as_deref()), ("acme", "d", Some("{}")));
+    assert_eq!(queue.attach_reader("old").await.unwrap(), Some(1));
+    queue.cancel("old").await.unwrap();
+    let events = queue.read_output("old", 0, NO_BLOCK).await.unwrap();
+    assert!(events.last().is_some_and(|e| failed_with(&e.event, "cancelled")), "{events:?}");
+    // And a new job's owner, from `i`.
+    let mut new = job("new");
+    new.tenant = "acme".into();
+    new.stream_meta = Some("{\"a\":1}".into());
+    queue.enqueue(new, LIMITS).await.unwrap();
+    let owner = queue.output_owner("new").await.unwrap().expect("known");
+    assert_eq!((owner.tenant.as_str(), owner.deployment.as_str(), owner.stream_meta.as_deref()), ("acme", "d", Some("{\"a\":1}")));
+    assert_eq!(queue.output_owner("nobody").await.unwrap(), None);
+}

@@ -57,12 +57,15 @@
 //!
 //! Job `J`, all in the slot of `{job:J}` (so `cancel` and `read_output`, which know only
 //! the job id, find it):
-//! - `P:{job:J}:state`: hash `epoch`, `status` (`waiting` | `leased` | `done`; `done` once
-//!   its terminal event is stored),
-//!   `consumer`, `cancelled`, `deployment`, `last_seq`, `finished`. The authority on
-//!   what may be written to the output stream (the fence). Also, for a client that
-//!   resumes the stream: `tenant`, `meta` (the gateway's stream metadata) and
-//!   `readers` (readers that took the output over).
+//! - `P:{job:J}:state`: hash `i` (what never changes: the deployment, the tenant and the
+//!   gateway's stream metadata, a line each; written by the enqueue, which an existing
+//!   `i` refuses as a duplicate), then what its deliveries write: `epoch` (absent: 1),
+//!   `status` (absent: `waiting`; `leased` | `done`, `done` once its terminal event is
+//!   stored), `consumer`, `cancelled`, `last_seq`, `finished`. The authority on what
+//!   may be written to the output stream (the fence). Also `readers` (readers that took
+//!   the output over, for a client that resumes the stream). (A state an older version
+//!   wrote has `status`, `deployment`, `tenant` and `meta` fields instead of `i`; both
+//!   are read.)
 //! - `P:{job:J}:out`: the output stream, one entry per append: id `0-<seq>` (the
 //!   sequence number of its last event), fields `e` (epoch) and `v` (the
 //!   [`OutputEvent`] as JSON, or the JSON array of an append's several events, numbered
@@ -88,7 +91,8 @@
 //! See [`scripts`] for each script. A call that needs both slots runs the deployment
 //! script first, then the job script(s), each of which is idempotent and checks epochs,
 //! so a client dying between the two leaves nothing that the next step does not repair:
-//! - `enqueue`: `job_create` (refuses a duplicate id), then `deployment_enqueue` (refuses
+//! - `enqueue`: `HSETNX` of the state's `i` with a `PEXPIRE … NX` (no script: refuses a
+//!   duplicate id, and leaves a duplicate's expiry alone), then `deployment_enqueue` (refuses
 //!   past `max_queue_depth`, counting waiting = the kept counts + requeued; on refusal the
 //!   job state is deleted again).
 //! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >` on the `high`,
@@ -497,13 +501,18 @@ impl Queue for RedisQueue {
 
     async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
         let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
-        let mut create = self.job_call(&self.scripts.job_create, &job.id);
-        create
-            .arg(&job.deployment)
-            .arg(self.config.job_max_age.as_millis().max(1) as u64)
-            .arg(&job.tenant)
-            .arg(job.stream_meta.as_deref().unwrap_or_default());
-        if self.invoke::<i64>(&create).await? == 0 {
+        // The job's state: created with what never changes (`i`), or refused as a
+        // duplicate, by one `HSETNX`; it expires with `job_max_age` unless it already
+        // has an expiry (a duplicate's is left alone). No script: two commands, one
+        // round trip.
+        let state = self.job_keys(&job.id).state;
+        let info = format!("{}\n{}\n{}", job.deployment, job.tenant, job.stream_meta.as_deref().unwrap_or_default());
+        let mut create = redis::pipe();
+        create.cmd("HSETNX").arg(&state).arg("i").arg(info);
+        create.cmd("PEXPIRE").arg(&state).arg(self.config.job_max_age.as_millis().max(1) as u64).arg("NX").ignore();
+        let mut connection = self.shared.clone();
+        let (created,): (i64,) = bounded(self.call_timeout(), create.query_async(&mut connection)).await?;
+        if created == 0 {
             return Err(QueueError::DuplicateJob(job.id));
         }
         let partition = self.partitions.of(&job.id);
@@ -860,12 +869,23 @@ impl Queue for RedisQueue {
 
     async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError> {
         let mut command = redis::cmd("HMGET");
-        command.arg(self.job_keys(job_id).state).arg("tenant").arg("deployment").arg("meta").arg("readers");
+        command.arg(self.job_keys(job_id).state).arg("i").arg("readers").arg("tenant").arg("deployment").arg("meta");
         let fields: Vec<Option<String>> = self.query(&command).await?;
-        let [Some(tenant), Some(deployment), meta, readers] = <[Option<String>; 4]>::try_from(fields)
-            .map_err(|_| malformed("job state"))?
-        else {
-            return Ok(None);
+        let [info, readers, tenant, deployment, meta] =
+            <[Option<String>; 5]>::try_from(fields).map_err(|_| malformed("job state"))?;
+        // `i`: deployment, tenant and stream metadata, a line each (a state an older
+        // version wrote has them as fields).
+        let (tenant, deployment, meta) = match info {
+            Some(info) => {
+                let mut lines = info.splitn(3, '\n');
+                let deployment = lines.next().unwrap_or_default().to_string();
+                let tenant = lines.next().ok_or_else(|| malformed("job state"))?.to_string();
+                (tenant, deployment, lines.next().map(str::to_string))
+            }
+            None => match (tenant, deployment) {
+                (Some(tenant), Some(deployment)) => (tenant, deployment, meta),
+                _ => return Ok(None),
+            },
         };
         Ok(Some(OutputOwner {
             tenant,
@@ -905,7 +925,7 @@ impl RedisQueue {
         }
     }
 
-    /// Undo a `job_create` whose enqueue did not happen (best effort: the keys expire
+    /// Undo a job state created for an enqueue that did not happen (best effort: the keys expire
     /// with `job_max_age` anyway).
     async fn discard_job(&self, job_id: &str) {
         let mut command = redis::cmd("DEL");

@@ -29,8 +29,8 @@ macro_rules! deployment_prelude {
 }
 
 /// Job scripts: `KEYS[1]` job state hash, `KEYS[2]` output stream. Each reads the
-/// state with one `HMGET` (a missing `status` is a missing job) rather than `EXISTS`
-/// then fields.
+/// state with one `HMGET` (`load`; a missing `i` is a missing job) rather than `EXISTS`
+/// then fields. The state is created without a script (see `enqueue` in [`super`]).
 macro_rules! job_prelude {
     () => {
         include_str!("lua/job_prelude.lua")
@@ -96,11 +96,6 @@ const DEPLOYMENT_DEPTH: &str = concat!(deployment_prelude!(), include_str!("lua/
 /// waiting, -1 if the deployment has no record of it (no lease hash).
 const DEPLOYMENT_POSITION: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_position.lua"));
 
-/// Create a job's state (`ARGV[1]` deployment, `ARGV[2]` max age ms, `ARGV[3]` tenant,
-/// `ARGV[4]` the gateway's stream metadata, or empty). Answers 0 if a job with this id
-/// exists.
-const JOB_CREATE: &str = include_str!("lua/job_create.lua");
-
 /// A consumer starts a delivery (`ARGV[1]` epoch, `ARGV[2]` consumer, `ARGV[3]` the
 /// cancelled event, `ARGV[4]` output ttl ms). Answers `{'ok', output entries (only if
 /// there is output), last_seq}`, or
@@ -119,7 +114,7 @@ const JOB_APPEND: &str = concat!(job_prelude!(), include_str!("lua/job_append.lu
 
 /// The deployment side requeued the job with epoch `ARGV[1]`: fence the older epoch.
 /// A no-op if a delivery with that epoch already started.
-const JOB_REQUEUE: &str = include_str!("lua/job_requeue.lua");
+const JOB_REQUEUE: &str = concat!(job_prelude!(), include_str!("lua/job_requeue.lua"));
 
 /// End a job with a terminal event written by the queue (`ARGV[1]` epoch, `[2]` event,
 /// `[3]` output ttl ms). Answers 0 if it had already ended.
@@ -150,7 +145,6 @@ pub(super) struct Scripts {
     pub deployment_forget: Script,
     pub deployment_depth: Script,
     pub deployment_position: Script,
-    pub job_create: Script,
     pub job_start: Script,
     pub job_append: Script,
     pub job_requeue: Script,
@@ -181,7 +175,6 @@ impl Scripts {
             deployment_forget: Script::new(DEPLOYMENT_FORGET),
             deployment_depth: Script::new(DEPLOYMENT_DEPTH),
             deployment_position: Script::new(DEPLOYMENT_POSITION),
-            job_create: Script::new(JOB_CREATE),
             job_start: Script::new(JOB_START),
             job_append: Script::new(&job_append()),
             job_requeue: Script::new(JOB_REQUEUE),

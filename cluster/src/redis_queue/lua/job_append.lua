@@ -1,26 +1,26 @@
-local s = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'consumer', 'cancelled', 'deployment', 'last_seq', 'finished')
-if not s[1] then return {'unknown'} end
-if s[4] == '1' then
-  if s[1] ~= 'done' then finish(s[2], ARGV[3], ARGV[4]) end
-  return {'cancelled', s[5]}
+local s = load()
+if not s then return {'unknown'} end
+if s.cancelled then
+  if s.status ~= 'done' then finish(s.epoch, ARGV[3], ARGV[4]) end
+  return {'cancelled', s.deployment}
 end
 -- A first delivery (epoch 1, never leased before) starts here, with its first append:
 -- `lease` does not call `job_start` for it. Epoch 1 is delivered once (a redelivery
 -- raises it), so its writer is the one consumer that took the new entry.
-local first = s[1] == 'waiting' and s[2] == '1' and not s[3] and ARGV[1] == '1'
-if first then s[1], s[3] = 'leased', ARGV[2] end
+local first = s.status == 'waiting' and s.epoch == '1' and not s.consumer and ARGV[1] == '1'
+if first then s.status, s.consumer = 'leased', ARGV[2] end
 -- ARGV[5]: the last sequence number this writer knows stored. Output that ends
 -- elsewhere under its lease means an earlier try of this very append was stored after
 -- all (its reply lost, or it ran late): it is not stored twice.
-local last, after = tonumber(s[6]) or 0, tonumber(ARGV[5])
-if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= after then
+local last, after = s.last_seq, tonumber(ARGV[5])
+if s.epoch == ARGV[1] and s.consumer == ARGV[2] and last ~= after then
   local n = 0
   for i = 7, #ARGV, 2 do
     n = n + 1
     if ARGV[i + 1] == '1' then break end
   end
   if last == after + n then return {'ok', last} end
-  if last < after and s[7] ~= '1' then
+  if last < after and not s.finished then
     -- Output this writer had stored is gone: the master that acknowledged it failed
     -- over before its replica had it (replication is asynchronous). A reader may have
     -- read it, so nothing can be written in its place: the job ends with ARGV[6] past
@@ -30,12 +30,12 @@ if s[2] == ARGV[1] and s[3] == ARGV[2] and last ~= after then
     redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[1], 'v', ARGV[6])
     redis.call('HSET', KEYS[1], 'last_seq', seq, 'finished', 1, 'status', 'done')
     expire_all(ARGV[4])
-    return {'lost', s[5]}
+    return {'lost', s.deployment}
   end
   return {'fenced'}
 end
-if s[1] ~= 'leased' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return {'fenced'} end
-local was_finished = s[7] == '1'
+if s.status ~= 'leased' or s.epoch ~= ARGV[1] or s.consumer ~= ARGV[2] then return {'fenced'} end
+local was_finished = s.finished
 local seq, finished, new_out = store(ARGV[1], last, was_finished, ARGV, 7)
 if finished then
   -- The terminal event ends the job here (the ack finds it done): its state and output

@@ -1,8 +1,8 @@
-local s = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'deployment')
-if not s[1] or s[1] == 'done' then return {'none'} end
+local s = load()
+if not s or s.status == 'done' then return {'none'} end
 redis.call('HSET', KEYS[1], 'cancelled', 1)
-if s[1] == 'waiting' then
-  finish(s[2], ARGV[1], ARGV[2])
-  return {'waiting', s[3]}
+if s.status == 'waiting' then
+  finish(s.epoch, ARGV[1], ARGV[2])
+  return {'waiting', s.deployment}
 end
 return {'leased'}

@@ -1,5 +1,5 @@
-local s = redis.call('HMGET', KEYS[1], 'status', 'epoch')
-if not s[1] or s[1] == 'done' then return 0 end
-if tonumber(ARGV[1]) <= tonumber(s[2]) then return 0 end
+local s = load()
+if not s or s.status == 'done' then return 0 end
+if tonumber(ARGV[1]) <= tonumber(s.epoch) then return 0 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'status', 'waiting')
 return 1
