@@ -18,6 +18,7 @@ use swell_actors::quota::{
 use swell_actors::quota_failure::{BreakerState, FailurePolicy, QuotaFailurePolicy};
 use swell_actors::redis_quota::{RedisQuotaConfig, RedisQuotaStore};
 use support::RedisServer;
+use swell_cluster::redis_queue::testing::{command_calls, reset_command_calls};
 use tokio::time::{sleep, Instant};
 
 const TENANT: &str = "acme";
@@ -380,20 +381,6 @@ async fn each_failure_policy_applies_while_redis_is_down_and_the_breaker_recover
     assert_eq!(status.backend, "redis");
 }
 
-/// Commands Redis executed since the last `CONFIG RESETSTAT` (commands run inside
-/// scripts included), by name.
-async fn commands(raw: &mut redis::aio::MultiplexedConnection) -> std::collections::BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|field| field.strip_prefix("calls="))?.parse().ok()?;
-            Some((name.to_string(), calls))
-        })
-        .filter(|(name, _)| !name.starts_with("config") && name != "info")
-        .collect()
-}
-
 /// An admission and its settle, counted from `INFO commandstats`: with rate limits only,
 /// an admission is one script call (`TIME`, `HMGET` and `HSET` + `PEXPIRE` of the
 /// buckets) and there is nothing to settle; under every limit, the admission adds the
@@ -409,7 +396,7 @@ async fn an_admission_and_its_settle_cost_a_bounded_number_of_commands() {
     let total = |counted: &std::collections::BTreeMap<String, u64>| counted.values().sum::<u64>();
     let reset = |raw: &mut redis::aio::MultiplexedConnection| {
         let mut raw = raw.clone();
-        async move { redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut raw).await.unwrap() }
+        async move { reset_command_calls(&mut raw).await }
     };
     // Waits until `n` script calls ran (a settle is sent without waiting for it).
     let settled = |raw: &mut redis::aio::MultiplexedConnection, n: u64| {
@@ -417,7 +404,7 @@ async fn an_admission_and_its_settle_cost_a_bounded_number_of_commands() {
         async move {
             let started = Instant::now();
             loop {
-                let counted = commands(&mut raw).await;
+                let counted = command_calls(&mut raw).await;
                 if counted.get("evalsha").copied().unwrap_or(0) >= n || started.elapsed() > Duration::from_secs(2) {
                     return counted;
                 }
@@ -433,12 +420,12 @@ async fn an_admission_and_its_settle_cost_a_bounded_number_of_commands() {
     node.settle(&warm, 1);
     reset(&mut raw).await;
     let (grant, _) = node.acquire(10, 10).await.unwrap();
-    let admission = commands(&mut raw).await;
+    let admission = command_calls(&mut raw).await;
     assert_eq!(total(&admission), 1 + 4, "{admission:?}");
     node.settle(&grant, 1);
     // A settle would be a second script call; none comes.
     sleep(Duration::from_millis(200)).await;
-    assert_eq!(total(&commands(&mut raw).await), 1 + 4, "nothing to settle without a concurrency or output limit");
+    assert_eq!(total(&command_calls(&mut raw).await), 1 + 4, "nothing to settle without a concurrency or output limit");
 
     let every = TenantLimits {
         requests_per_minute: Some(1000),
@@ -452,7 +439,7 @@ async fn an_admission_and_its_settle_cost_a_bounded_number_of_commands() {
     settled(&mut raw, 4).await;
     reset(&mut raw).await;
     let (grant, _) = node.acquire(10, 10).await.unwrap();
-    let admission = commands(&mut raw).await;
+    let admission = command_calls(&mut raw).await;
     assert_eq!(total(&admission), 1 + 7, "{admission:?}");
     reset(&mut raw).await;
     node.settle(&grant, 1);

@@ -7,33 +7,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use swell_cluster::redis_queue::testing::{RedisServer, RedisServerOptions};
+use swell_cluster::redis_queue::testing::{command_calls, reset_command_calls, RedisServer, RedisServerOptions};
 use swell_cluster::{AdmissionLimits, AppendOutcome, OutputEvent, Queue, QueueError, RedisQueue};
 use common::backend::redis_config;
 use common::{finished, job, tokens};
 
 const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
 const TTL: Duration = Duration::from_secs(30);
-
-/// Commands Redis executed since the last `CONFIG RESETSTAT`, by name.
-async fn commands(raw: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|field| field.strip_prefix("calls="))?.parse().ok()?;
-            Some((name.to_string(), calls))
-        })
-        .filter(|(name, _)| !name.starts_with("config") && name != "info")
-        .collect()
-}
-
-async fn reset(raw: &mut redis::aio::MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(raw).await.unwrap();
-}
 
 /// One request's whole path, as the gateway and a replica run it: enqueue (create +
 /// admission), lease (take + start), one append with `Started` and the first tokens, one
@@ -52,31 +34,31 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     // And the gateway's first blocking read opens its pooled connection.
     assert_eq!(queue.read_output("warm", 0, Duration::from_secs(1)).await.unwrap().len(), 2);
 
-    reset(&mut raw).await;
+    reset_command_calls(&mut raw).await;
     queue.enqueue(job("a"), LIMITS).await.unwrap();
-    let enqueue = commands(&mut raw).await.values().sum::<u64>();
-    reset(&mut raw).await;
+    let enqueue = command_calls(&mut raw).await.values().sum::<u64>();
+    reset_command_calls(&mut raw).await;
     let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
-    let take = commands(&mut raw).await.values().sum::<u64>();
-    reset(&mut raw).await;
+    let take = command_calls(&mut raw).await.values().sum::<u64>();
+    reset_command_calls(&mut raw).await;
     let started = OutputEvent::Started { replica: "w1".into() };
     let first = queue.append_output(&lease.lease, lease.resume_after_seq, vec![started, tokens(&[1])]).await.unwrap();
     assert_eq!(first, AppendOutcome::Accepted(2));
-    let first_append = commands(&mut raw).await.values().sum::<u64>();
-    reset(&mut raw).await;
+    let first_append = command_calls(&mut raw).await.values().sum::<u64>();
+    reset_command_calls(&mut raw).await;
     let read = queue.read_output("a", 0, Duration::from_secs(1)).await.unwrap();
     assert_eq!(read.len(), 2);
-    let first_read = commands(&mut raw).await.values().sum::<u64>();
-    reset(&mut raw).await;
+    let first_read = command_calls(&mut raw).await.values().sum::<u64>();
+    reset_command_calls(&mut raw).await;
     let more = vec![tokens(&[2]), tokens(&[3]), finished()];
     assert_eq!(queue.append_output(&lease.lease, 2, more).await.unwrap(), AppendOutcome::Accepted(5));
-    let last_append = commands(&mut raw).await.values().sum::<u64>();
-    reset(&mut raw).await;
+    let last_append = command_calls(&mut raw).await.values().sum::<u64>();
+    reset_command_calls(&mut raw).await;
     assert_eq!(queue.read_output("a", 2, Duration::from_secs(1)).await.unwrap().len(), 3);
-    let last_read = commands(&mut raw).await.values().sum::<u64>();
-    reset(&mut raw).await;
+    let last_read = command_calls(&mut raw).await.values().sum::<u64>();
+    reset_command_calls(&mut raw).await;
     assert!(queue.ack(&lease.lease).await.unwrap());
-    let ack = commands(&mut raw).await;
+    let ack = command_calls(&mut raw).await;
 
     // Each step: its script call (or plain command) plus what runs inside it.
     // enqueue: the job's state (HSETNX and PEXPIRE NX, no script) + deployment_enqueue (EXISTS job,
@@ -104,14 +86,14 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     // A consumer that found nothing and waits: the next enqueue wakes it (an XADD to
     // the wake-up stream and an HDEL of `asleep`), the one after does not.
     assert!(queue.lease("d", "w1", 1, TTL, Duration::from_millis(50)).await.unwrap().is_empty());
-    reset(&mut raw).await;
+    reset_command_calls(&mut raw).await;
     queue.enqueue(job("b"), LIMITS).await.unwrap();
-    let waking = commands(&mut raw).await;
+    let waking = command_calls(&mut raw).await;
     assert_eq!(waking.values().sum::<u64>(), 2 + 6 + 2, "{waking:?}");
     assert_eq!(waking.get("xadd"), Some(&2), "the job's entry and the wake-up");
-    reset(&mut raw).await;
+    reset_command_calls(&mut raw).await;
     queue.enqueue(job("c"), LIMITS).await.unwrap();
-    assert_eq!(commands(&mut raw).await.values().sum::<u64>(), 2 + 6);
+    assert_eq!(command_calls(&mut raw).await.values().sum::<u64>(), 2 + 6);
 }
 
 /// The waiting counts follow every move (enqueue, take, release, reclaim, cancel), so

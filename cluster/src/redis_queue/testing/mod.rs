@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Needs `redis-server` on the `PATH` (Debian: `apt-get install redis-server`); without
-//! it, `start` panics saying so. [`RedisCluster`] is a Redis Cluster of a test's own.
+//! it, `start` panics saying so. [`RedisCluster`] is a Redis Cluster of a test's own;
+//! [`command_calls`] counts what a Redis executed.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,7 +21,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod commandstats;
 pub use cluster::RedisCluster;
+pub use commandstats::{command_calls, reset_command_calls};
 
 #[derive(Debug, Clone)]
 pub struct RedisServerOptions {
