@@ -108,6 +108,14 @@ async fn a_waiting_consumer_wakes_for_a_job_in_any_partition() {
         assert_eq!(leases[0].job.id, id, "partition {}", queue.partition_of(&id));
         assert!(queue.ack(&leases[0].lease).await.unwrap());
     }
+    // Only partition 0's wake-up stream is ever written (the one consumers wait on).
+    for partition in 1..PARTITIONS {
+        let key = format!("test:{{dep:d#{partition}}}:wake");
+        let url = cluster.node_url(cluster.master_of(&key));
+        let mut connection = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let exists: u32 = redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap();
+        assert_eq!(exists, 0, "{key}");
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function meta_key(job) return ARGV[1] .. job end
-local function wake() redis.call('XADD', KEYS[4], 'MAXLEN', '16', '*', 'w', '1') end
+-- Consumers wait on partition 0's wake-up stream only: a partition k > 0 (tag
+-- `{dep:NAME#k}`) leaves waking to its caller, which appends to partition 0's.
+local WAKES_HERE = not string.find(KEYS[4], '#%d+}:wake$')
+local function wake()
+  if WAKES_HERE then redis.call('XADD', KEYS[4], 'MAXLEN', '16', '*', 'w', '1') end
+end
 local function fields_of(flat)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end

@@ -164,8 +164,10 @@ for _, level in ipairs(levels) do uncount(level, gone[level]) end
 local wake_id = ''
 if #taken == 0 then
   wake_id = '0-0'
-  local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
-  if last[1] then wake_id = last[1][1] end
+  if WAKES_HERE then
+    local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+    if last[1] then wake_id = last[1][1] end
+  end
   if block > 0 then
     redis.call('HSET', COUNT, 'asleep', 1)
     if not mark_seen then redis.call('HSET', SEEN, consumer, now + block) end
