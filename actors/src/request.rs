@@ -331,12 +331,14 @@ async fn run_request_in_span(
     };
     deps.supervisor.do_send(WorkArrived { prompt_tokens, max_tokens: max_output });
     if admission.send(Ok((position, rate_limits))).is_err() {
-        // The caller went away before admission was answered.
+        // The caller went away before admission was answered: the job is cancelled,
+        // and the request counts as such like any other that ends.
         let _ = deps.queue.cancel(&spec.job_id).await;
         if let Some(router) = &deps.router {
             router.ended(&spec.job_id);
         }
         settle(0);
+        m::request_finished(&spec.deployment, &spec.tenant, "cancelled");
         return;
     }
 
