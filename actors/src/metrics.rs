@@ -69,7 +69,7 @@ pub fn describe() {
     describe_counter!(REPLICA_RESTARTS_TOTAL, "Replicas that failed and were replaced, by cause");
     describe_counter!(QUOTA_REJECTIONS_TOTAL, "Requests refused by a tenant quota, by limit");
     describe_counter!(QUOTA_REDIS_ERRORS_TOTAL, "Quota store calls that failed, by reason (timeout, redis_error, circuit_open, bad_reply)");
-    describe_counter!(QUOTA_LOCAL_DECISIONS_TOTAL, "Admissions of a Redis-backed quota decided on the node, by reason (fast_path, redis_unavailable)");
+    describe_counter!(QUOTA_LOCAL_DECISIONS_TOTAL, "Admissions of a Redis-backed quota decided on the node, by reason (reserve: from the node's reserve of the quota, fast_path, redis_unavailable)");
     describe_counter!(QUOTA_LEASES_LOST_TOTAL, "In-flight grants whose Redis lease expired before it was renewed");
     describe_counter!(PROMPT_TOKENS_TOTAL, "Prompt tokens of admitted requests");
     describe_counter!(GENERATED_TOKENS_TOTAL, "Tokens generated");

@@ -394,12 +394,31 @@ impl QuotaActor {
     }
 }
 
+impl QuotaActor {
+    /// Gives back an expired reserve of the tenant's quota (see `redis_quota/reserve.rs`).
+    fn give_back(&mut self, ctx: &mut Context<Self>) {
+        let TenantState::Redis(quota) = &mut self.state else { return };
+        let Some(call) = quota.give_back(Instant::now()) else { return };
+        let tenant = self.tenant.clone();
+        ctx.spawn(
+            async move {
+                if let Err(error) = call.await {
+                    tracing::debug!(%tenant, %error, "giving back a quota reserve failed; its slots will expire");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
 impl Actor for QuotaActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let TenantState::Redis(quota) = &self.state {
-            ctx.run_interval(quota.store().config().lease_renew_interval, |actor, ctx| actor.renew_leases(ctx));
+            let config = quota.store().config();
+            ctx.run_interval(config.lease_renew_interval, |actor, ctx| actor.renew_leases(ctx));
+            ctx.run_interval(config.reserve_ttl, |actor, ctx| actor.give_back(ctx));
         }
     }
 }

@@ -41,7 +41,7 @@
 //! the buckets, and under a concurrency limit `ZCARD`, `ZADD` and `PEXPIRE` (the expired
 //! leases are looked for only at the limit); a settle is a script call only under an
 //! output-token or a concurrency limit (`TIME`, `ZSCORE` + `ZREM`, `HGET` + `HSET` of the
-//! output bucket for a refund).
+//! output bucket for a refund). A busy tenant pays far less: see [Reserves](#reserves).
 //!
 //! # Leases
 //! A grant holds a concurrency slot and an output-token reservation as a **lease** that
@@ -50,6 +50,20 @@
 //! that finds the limit reached after the TTL reaps its leases, so its slots come back and nothing leaks (its
 //! reservations count as spent, as the tokens may have been generated). Settling frees
 //! the slot and refunds `reserved − generated` output tokens (reserve, then refund).
+//!
+//! # Reserves
+//! A tenant far from its limits that keeps a node busy would cost a call per admission
+//! and per settle. With each call the node asks also for a *reserve* for its next
+//! requests (as many as it admitted in the last `quota.reserve_ttl`, at most
+//! `quota.reserve_max_requests`, and at most a 64th, divided by `node_count`, of what
+//! remains of any limit), granted all or nothing and never at the cost of the request;
+//! the reserve's concurrency slots are leases like any grant's (`<grant id>.<k>`). Until
+//! `reserve_ttl` ends the node admits from it without a call, and a request that ends
+//! returns its slot and unused output tokens to it; what is left goes back with the
+//! next call, or with a call of its own when the reserve expires. A new, quiet or
+//! nearly-limited tenant is decided one request at a time, as above, so limits hold
+//! exactly where they bind; a node holds at most a reserve of a busy tenant's quota
+//! unused, for at most `reserve_ttl`. See `redis_quota/reserve.rs`.
 //!
 //! # Local fast path
 //! The node remembers each bucket's last reported state (time until full, when it was
@@ -91,6 +105,10 @@ use crate::quota::{
 };
 use crate::quota_failure::{BreakerState, CircuitBreaker, DegradedLimits, QuotaFailurePolicy};
 
+mod reserve;
+
+pub use self::reserve::{Asked, GiveBack, Reserve, ReserveConfig};
+
 /// The window of every rate limit (they are per minute).
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -122,6 +140,12 @@ pub struct RedisQuotaConfig {
     pub breaker_cooldown: Duration,
     /// Prefix of every quota key.
     pub key_prefix: String,
+    /// The most requests a node reserves quota for in one call (1: none; see
+    /// `redis_quota/reserve.rs`).
+    pub reserve_max_requests: u64,
+    /// How long a node uses a reserve before it gives back what is left.
+    #[serde(with = "humantime_serde")]
+    pub reserve_ttl: Duration,
 }
 
 impl Default for RedisQuotaConfig {
@@ -135,6 +159,8 @@ impl Default for RedisQuotaConfig {
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(5),
             key_prefix: "swell:quota".into(),
+            reserve_max_requests: 32,
+            reserve_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -162,6 +188,12 @@ impl RedisQuotaConfig {
         }
         if self.breaker_cooldown.is_zero() {
             errors.push(format!("{prefix}.breaker_cooldown must be more than 0s"));
+        }
+        if !(1..=1000).contains(&self.reserve_max_requests) {
+            errors.push(format!("{prefix}.reserve_max_requests must be from 1 to 1000"));
+        }
+        if self.reserve_ttl < Duration::from_millis(10) || self.reserve_ttl >= self.lease_ttl {
+            errors.push(format!("{prefix}.reserve_ttl must be at least 10ms and less than {prefix}.lease_ttl"));
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
             errors.push(format!("{prefix}.key_prefix must be non-empty and contain no `{{` or `}}`"));
@@ -206,15 +238,17 @@ pub struct AcquireAnswer {
     pub retry_after: Option<Duration>,
     /// Before the grant for a rejection, after it for a grant.
     pub snapshot: RateLimitSnapshot,
+    /// Whether the reserve asked for came with the grant.
+    pub reserved: bool,
 }
 
 impl AcquireAnswer {
     /// Decodes the script's flat reply: granted, limit kind, retry_after (µs, -1: never),
     /// then (limit, remaining, µs until full) for requests, prompt tokens, output tokens
-    /// and concurrency (limit 0: none).
+    /// and concurrency (limit 0: none), then whether the reserve was granted.
     fn decode(reply: &[i64]) -> Result<Self, QuotaStoreError> {
-        if reply.len() != 15 {
-            return Err(QuotaStoreError::BadReply(format!("expected 15 integers, got {}", reply.len())));
+        if reply.len() != 16 {
+            return Err(QuotaStoreError::BadReply(format!("expected 16 integers, got {}", reply.len())));
         }
         let state = |at: usize| {
             let limit = reply[at];
@@ -244,7 +278,7 @@ impl AcquireAnswer {
             micros if micros < 0 => None,
             micros => Some(Duration::from_micros(micros as u64)),
         };
-        Ok(Self { rejected_by, retry_after, snapshot })
+        Ok(Self { rejected_by, retry_after, snapshot, reserved: reply[15] == 1 })
     }
 }
 
@@ -382,30 +416,33 @@ impl RedisQuotaStore {
         result
     }
 
-    /// The acquire script: admit one request of `tenant` under `limits`.
-    pub async fn acquire(
-        &self,
-        tenant: &str,
-        limits: &TenantLimits,
-        prompt_tokens: u64,
-        max_output_tokens: u64,
-        grant: &str,
-    ) -> Result<AcquireAnswer, QuotaStoreError> {
+    /// The acquire script: admit one request of `tenant` under `limits` (with the
+    /// reserve `call` asks for), and take back what `call` gives back.
+    pub async fn acquire(&self, tenant: &str, limits: &TenantLimits, call: &AcquireCall) -> Result<AcquireAnswer, QuotaStoreError> {
         let keys = ["buckets", "leases"].map(|name| self.key(tenant, name)).to_vec();
         let concurrency = limits.max_concurrent_requests.unwrap_or(0);
         #[cfg(feature = "chaos-mutant")]
         let concurrency = if swell_cluster::mutant::active("double-concurrency") { concurrency * 2 } else { concurrency };
-        let args = vec![
+        let mut args = vec![
             (RATE_WINDOW.as_micros() as u64).to_string(),
             limits.requests_per_minute.unwrap_or(0).to_string(),
             limits.prompt_tokens_per_minute.unwrap_or(0).to_string(),
             limits.output_tokens_per_minute.unwrap_or(0).to_string(),
             concurrency.to_string(),
-            prompt_tokens.to_string(),
-            max_output_tokens.to_string(),
-            grant.to_string(),
+            u8::from(call.request).to_string(),
+            call.prompt_tokens.to_string(),
+            call.max_output_tokens.to_string(),
+            call.grant.clone(),
             (self.inner.config.lease_ttl.as_millis() as u64).to_string(),
         ];
+        let (asked, back) = (&call.asked, &call.back);
+        for amount in [asked.requests, asked.prompt_tokens, asked.output_tokens] {
+            args.push(amount.to_string());
+        }
+        for amount in [back.requests, back.prompt_tokens, back.output_tokens] {
+            args.push(amount.to_string());
+        }
+        args.extend(back.slots.iter().cloned());
         let reply: Vec<i64> = self.call(&self.inner.acquire, keys, args).await?;
         AcquireAnswer::decode(&reply)
     }
@@ -443,6 +480,21 @@ impl RedisQuotaStore {
         args.extend(grants);
         self.call(&self.inner.renew, keys, args).await
     }
+}
+
+/// One call of the acquire script.
+#[derive(Debug, Clone, Default)]
+pub struct AcquireCall {
+    /// Whether it admits a request (`false`: it only gives back).
+    pub request: bool,
+    pub prompt_tokens: u64,
+    pub max_output_tokens: u64,
+    /// The grant's id (`<node id>:<n>`); the reserve's slots are `<grant>.<k>`.
+    pub grant: String,
+    /// The reserve asked for besides the request.
+    pub asked: Asked,
+    /// What the node's last reserve did not use.
+    pub back: GiveBack,
 }
 
 /// Each rate bucket's last reported state, projected forward to reject locally what
@@ -549,10 +601,8 @@ pub enum Admission {
 #[derive(Debug, Clone)]
 pub struct PendingAcquire {
     grant_id: u64,
-    redis_grant: String,
     limits: TenantLimits,
-    prompt_tokens: u64,
-    max_output_tokens: u64,
+    call: AcquireCall,
     sent_at: Instant,
     /// `None` when a settle was in flight (see `FastPath::refunds`).
     refunds_before: Option<u64>,
@@ -566,11 +616,7 @@ impl PendingAcquire {
         tenant: &str,
     ) -> impl Future<Output = Result<AcquireAnswer, QuotaStoreError>> + 'static {
         let (store, tenant, pending) = (store.clone(), tenant.to_string(), self.clone());
-        async move {
-            store
-                .acquire(&tenant, &pending.limits, pending.prompt_tokens, pending.max_output_tokens, &pending.redis_grant)
-                .await
-        }
+        async move { store.acquire(&tenant, &pending.limits, &pending.call).await }
     }
 }
 
@@ -591,10 +637,18 @@ pub struct RedisTenantQuota {
     /// When this node's grants were taken and how long they are held: the `retry-after`
     /// of a concurrency rejection.
     holds: HoldTimes,
+    /// What this node holds of the tenant's quota for its next requests.
+    reserve: Reserve,
 }
 
 impl RedisTenantQuota {
     pub fn new(tenant: impl Into<String>, limits: TenantLimits, store: RedisQuotaStore, now: Instant) -> Self {
+        let config = store.config();
+        let reserve = ReserveConfig {
+            max_requests: config.reserve_max_requests,
+            ttl: config.reserve_ttl,
+            node_count: config.node_count,
+        };
         let mut quota = Self {
             tenant: tenant.into(),
             store,
@@ -606,6 +660,7 @@ impl RedisTenantQuota {
             held: HashMap::new(),
             next_grant: 1,
             holds: HoldTimes::default(),
+            reserve: Reserve::new(reserve, now),
         };
         quota.set_limits(limits, now);
         quota
@@ -641,6 +696,12 @@ impl RedisTenantQuota {
         self.fast_path.clear();
         self.last_snapshot = RateLimitSnapshot::default();
         self.limits = limits;
+        // The next call gives it back (or the next `give_back`).
+        self.reserve.release();
+    }
+
+    fn leased(limits: &TenantLimits) -> bool {
+        limits.max_concurrent_requests.is_some_and(|limit| limit > 0)
     }
 
     fn hold(&mut self, held: HeldGrant, now: Instant) -> u64 {
@@ -657,6 +718,14 @@ impl RedisTenantQuota {
             let grant_id = self.hold(HeldGrant::Unlimited, now);
             let grant = QuotaGrant { grant_id, reserved_output_tokens: max_output_tokens };
             return Admission::Decided(Ok((grant, RateLimitSnapshot::default())));
+        }
+        if let Some(slot) = self.reserve.take(prompt_tokens, max_output_tokens, now) {
+            m::quota_local_decision(&self.tenant, "reserve");
+            let grant_id = self.next_grant;
+            let id = slot.unwrap_or_else(|| format!("{}:{grant_id}", self.store.node_id()));
+            let grant_id = self.hold(HeldGrant::Redis { id, reserved: max_output_tokens }, now);
+            let grant = QuotaGrant { grant_id, reserved_output_tokens: max_output_tokens };
+            return Admission::Decided(Ok((grant, self.snapshot(now))));
         }
         let rates = [
             (LimitKind::Requests, self.limits.requests_per_minute, 1),
@@ -680,12 +749,18 @@ impl RedisTenantQuota {
         }
         let grant_id = self.next_grant;
         self.next_grant += 1;
+        let (asked, back) = self.reserve.plan(prompt_tokens, max_output_tokens, &self.snapshot(now), now);
         Admission::AskRedis(PendingAcquire {
             grant_id,
-            redis_grant: format!("{}:{grant_id}", self.store.node_id()),
             limits: self.limits.clone(),
-            prompt_tokens,
-            max_output_tokens,
+            call: AcquireCall {
+                request: true,
+                prompt_tokens,
+                max_output_tokens,
+                grant: format!("{}:{grant_id}", self.store.node_id()),
+                asked,
+                back,
+            },
             sent_at: now,
             refunds_before: (self.fast_path.settles_in_flight == 0).then_some(self.fast_path.refunds),
         })
@@ -699,13 +774,16 @@ impl RedisTenantQuota {
         answer: Result<AcquireAnswer, QuotaStoreError>,
         now: Instant,
     ) -> Result<(QuotaGrant, RateLimitSnapshot), QuotaRejection> {
+        let leased = Self::leased(&pending.limits);
+        let reserved = answer.as_ref().is_ok_and(|answer| answer.rejected_by.is_none() && answer.reserved);
+        self.reserve.filled(pending.call.asked, reserved, &pending.call.grant, leased, now);
         let answer = match answer {
             Ok(answer) => answer,
             Err(error) => {
                 if !matches!(error, QuotaStoreError::CircuitOpen) {
                     tracing::debug!(tenant = %self.tenant, %error, "quota store call failed; deciding locally");
                 }
-                return self.decide_locally(pending.prompt_tokens, pending.max_output_tokens, now);
+                return self.decide_locally(pending.call.prompt_tokens, pending.call.max_output_tokens, now);
             }
         };
         if pending.limits == self.limits && self.fast_path.can_remember(pending.refunds_before) {
@@ -714,15 +792,17 @@ impl RedisTenantQuota {
         }
         match answer.rejected_by {
             None => {
-                self.held.insert(pending.grant_id, HeldGrant::Redis { id: pending.redis_grant, reserved: pending.max_output_tokens });
+                let reserved = pending.call.max_output_tokens;
+                self.held.insert(pending.grant_id, HeldGrant::Redis { id: pending.call.grant, reserved });
                 self.holds.taken(pending.grant_id, now);
-                let grant = QuotaGrant { grant_id: pending.grant_id, reserved_output_tokens: pending.max_output_tokens };
+                self.reserve.admitted(now);
+                let grant = QuotaGrant { grant_id: pending.grant_id, reserved_output_tokens: reserved };
                 Ok((grant, answer.snapshot))
             }
             Some(limit) => {
                 let requested = match limit {
-                    LimitKind::PromptTokens => pending.prompt_tokens,
-                    LimitKind::OutputTokens => pending.max_output_tokens,
+                    LimitKind::PromptTokens => pending.call.prompt_tokens,
+                    LimitKind::OutputTokens => pending.call.max_output_tokens,
                     LimitKind::Requests | LimitKind::ConcurrentRequests => 1,
                 };
                 // Redis knows when the oldest slot lease expires (leases are renewed
@@ -801,9 +881,14 @@ impl RedisTenantQuota {
             }
             HeldGrant::Redis { id, reserved } => {
                 let output_limit = self.limits.output_tokens_per_minute;
-                let leased = self.limits.max_concurrent_requests.is_some_and(|limit| limit > 0);
+                let leased = Self::leased(&self.limits);
                 if output_limit.is_none_or(|limit| limit == 0) && !leased {
                     // Nothing to free and nothing to refund.
+                    return None;
+                }
+                let unused = reserved.saturating_sub(generated_tokens);
+                if self.reserve.returned(leased.then_some(id.as_str()), unused, now) {
+                    // Kept by the live reserve, for the next request.
                     return None;
                 }
                 self.fast_path.refund(2, reserved.saturating_sub(generated_tokens));
@@ -811,6 +896,16 @@ impl RedisTenantQuota {
                 Some(async move { store.settle(&tenant, output_limit, &id, generated_tokens, reserved, leased).await })
             }
         }
+    }
+
+    /// The call that gives back an expired reserve, or one the limits' change released
+    /// (`None`: nothing to give back). A give-back that fails is not retried: its slots
+    /// expire with their leases, and the rates' unused part is lost for the window.
+    pub fn give_back(&mut self, now: Instant) -> Option<impl Future<Output = Result<AcquireAnswer, QuotaStoreError>> + 'static> {
+        let back = self.reserve.expire(now)?;
+        let call = AcquireCall { request: false, back, ..AcquireCall::default() };
+        let (store, tenant, limits) = (self.store.clone(), self.tenant.clone(), self.limits.clone());
+        Some(async move { store.acquire(&tenant, &limits, &call).await })
     }
 
     /// A settle call [`settle`](Self::settle) asked for has ended (either way).
@@ -832,6 +927,7 @@ impl RedisTenantQuota {
                 HeldGrant::Redis { id, .. } => Some(id.clone()),
                 _ => None,
             })
+            .chain(self.reserve.free_slots().cloned())
             .collect();
         if grants.is_empty() {
             return None;
@@ -847,7 +943,7 @@ mod tests {
 
     #[test]
     fn script_replies_decode() {
-        let reply = [0, 1, 30_000_000, 2, 0, 60_000_000, 0, 0, 0, 100, 40, 36_000_000, 3, 1, 0];
+        let reply = [0, 1, 30_000_000, 2, 0, 60_000_000, 0, 0, 0, 100, 40, 36_000_000, 3, 1, 0, 0];
         let answer = AcquireAnswer::decode(&reply).unwrap();
         assert_eq!(answer.rejected_by, Some(LimitKind::Requests));
         assert_eq!(answer.retry_after, Some(Duration::from_secs(30)));
@@ -858,7 +954,7 @@ mod tests {
         assert_eq!(answer.snapshot.prompt_tokens, None);
         assert_eq!(answer.snapshot.output_tokens.unwrap().remaining, 40);
         assert_eq!(answer.snapshot.concurrent_requests.unwrap().remaining, 1);
-        let never = [0, 2, -1, 0, 0, 0, 10, 10, 0, 0, 0, 0, 0, 0, 0];
+        let never = [0, 2, -1, 0, 0, 0, 10, 10, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(AcquireAnswer::decode(&never).unwrap().retry_after, None);
         assert!(AcquireAnswer::decode(&[1, 0]).is_err());
     }

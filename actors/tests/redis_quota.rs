@@ -1,8 +1,8 @@
 //! Quotas shared by several nodes through a real `redis-server` (each test starts its
 //! own on a free port, and may kill and restart it): the limits hold across nodes, a
 //! dead node's slots come back, unused reservations are refunded, rates burst then
-//! sustain, and each failure policy and the circuit breaker do what they say while
-//! Redis is down.
+//! sustain, each failure policy and the circuit breaker do what they say while Redis
+//! is down, and a busy node admits from its reserve and gives back what it left.
 
 mod support;
 
@@ -31,6 +31,7 @@ fn test_config() -> RedisQuotaConfig {
         lease_renew_interval: Duration::from_millis(150),
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(500),
+        reserve_ttl: Duration::from_millis(200),
         ..RedisQuotaConfig::default()
     }
 }
@@ -445,4 +446,52 @@ async fn an_admission_and_its_settle_cost_a_bounded_number_of_commands() {
     node.settle(&grant, 1);
     let settle = settled(&mut raw, 1).await;
     assert_eq!(total(&settle), 1 + 5, "{settle:?}");
+}
+
+/// A busy tenant far from its limits: the node reserves quota for its next requests in
+/// the call of one, admits and settles them without Redis, and gives back what it did
+/// not use when the reserve expires, so the buckets and slots end where one call per
+/// request would have left them.
+#[actix_rt::test]
+async fn a_busy_node_admits_from_its_reserve_and_gives_back_what_is_left() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    // 6,000 requests per minute: each takes 10 ms of the bucket, and a reserve of 32
+    // requests is far below a 64th of the 6,000 left.
+    let limits = TenantLimits {
+        requests_per_minute: Some(6_000),
+        prompt_tokens_per_minute: Some(100_000_000),
+        output_tokens_per_minute: Some(100_000_000),
+        max_concurrent_requests: Some(10_000),
+    };
+    let node = Node::start(&redis, &limits, test_config());
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut raw).await.unwrap();
+    let started_us = seconds * 1_000_000 + micros;
+    reset_command_calls(&mut raw).await;
+    for _ in 0..200 {
+        let (grant, snapshot) = node.acquire(10, 20).await.unwrap();
+        assert_eq!(snapshot.requests.unwrap().limit, 6_000);
+        node.settle(&grant, 5);
+    }
+    let calls = command_calls(&mut raw).await.get("evalsha").copied().unwrap_or(0);
+    // One call per request would be 200 admissions and 200 settles.
+    assert!(calls <= 40, "{calls} script calls for 200 requests");
+
+    // After the reserve's ttl, what it held is given back: no slot is held, and the
+    // requests bucket is 200 requests (2 s) past the start, not more.
+    let buckets = "swell:quota:{t:acme}:buckets";
+    let given_back = Instant::now();
+    loop {
+        let held: u64 = redis::cmd("ZCARD").arg("swell:quota:{t:acme}:leases").query_async(&mut raw).await.unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(given_back.elapsed() < Duration::from_secs(2), "{held} slots still held");
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    let tat: Option<String> = redis::cmd("HGET").arg(buckets).arg("r").query_async(&mut raw).await.unwrap();
+    let owed_ms = (tat.unwrap().parse::<i64>().unwrap() - started_us) / 1000;
+    assert!((2_000..=2_100).contains(&owed_ms), "the requests bucket is {owed_ms} ms past the start");
 }

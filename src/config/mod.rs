@@ -53,6 +53,8 @@
 //! lease_renew_interval = "10s"
 //! breaker_failures = 3
 //! breaker_cooldown = "5s"
+//! reserve_max_requests = 32      # a busy node's admissions per call (1: one each)
+//! reserve_ttl = "1s"
 //! [quota.failure_policy]         # fail_open, fail_closed or local_share
 //! default = "local_share"
 //! concurrent_requests = "fail_closed"

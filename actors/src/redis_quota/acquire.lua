@@ -1,5 +1,6 @@
--- Admit one request of one tenant, atomically, on the Redis server's clock.
--- See actors/src/redis_quota.rs for the key layout and the reply.
+-- Admit one request of one tenant, atomically, on the Redis server's clock; with it,
+-- take a reserve for more requests of the node, and take back what the node's last
+-- reserve did not use. See actors/src/redis_quota.rs for the key layout and the reply.
 --
 -- KEYS[1]     HASH of the GCRA states (the theoretical arrival time, TAT, in
 --             microseconds) of the requests, prompt-token and output-token buckets
@@ -9,10 +10,16 @@
 -- ARGV[1]     window in microseconds (a limit of N per window: burst N, sustain N/window)
 -- ARGV[2..4]  requests, prompt-token and output-token limits per window (0: none)
 -- ARGV[5]     max concurrent requests (0: none)
--- ARGV[6]     prompt tokens of the request
--- ARGV[7]     output tokens it reserves (max_tokens)
--- ARGV[8]     grant id ("<node>:<n>")
--- ARGV[9]     lease TTL in milliseconds
+-- ARGV[6]     requests asked: 1, or 0 to only give back
+-- ARGV[7]     prompt tokens of the request
+-- ARGV[8]     output tokens it reserves (max_tokens)
+-- ARGV[9]     grant id ("<node>:<n>"); the reserve's slots are "<grant id>.<k>"
+-- ARGV[10]    lease TTL in milliseconds
+-- ARGV[11..13] the reserve asked for besides the request: requests, prompt tokens,
+--             output tokens (all or nothing; refused without refusing the request)
+-- ARGV[14..16] given back (unused by the node's last reserve): requests, prompt tokens,
+--             output tokens
+-- ARGV[17..]  given back: the reserve's unused concurrency slots (grant ids)
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local clock = redis.call('TIME')
@@ -21,9 +28,16 @@ local now_ms = math.floor(now / 1000)
 local window = tonumber(ARGV[1])
 local limits = { tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]) }
 local max_concurrent = tonumber(ARGV[5])
-local amounts = { 1, tonumber(ARGV[6]), tonumber(ARGV[7]) }
-local grant = ARGV[8]
-local lease_ttl_ms = tonumber(ARGV[9])
+local asked = tonumber(ARGV[6])
+local amounts = { asked, tonumber(ARGV[7]), tonumber(ARGV[8]) }
+local more = { tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]) }
+local returned = { tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]) }
+local grant = ARGV[9]
+local lease_ttl_ms = tonumber(ARGV[10])
+
+if #ARGV >= 17 then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, 17))
+end
 
 -- Leases that were not renewed in time are gone: their holder died or lost Redis.
 -- Looked for only when they could make the difference: at the limit.
@@ -40,16 +54,38 @@ if max_concurrent > 0 then
 end
 
 -- A bucket's state is its TAT: the time it will be full again (never before now).
+-- What a reserve gives back moves it back (not before now).
 local fields = { 'r', 'p', 'o' }
 local tats = {}
+local changed = false
 if limits[1] > 0 or limits[2] > 0 or limits[3] > 0 then
   local stored = redis.call('HMGET', KEYS[1], 'r', 'p', 'o')
   for i = 1, 3 do
     if limits[i] > 0 then
       local tat = tonumber(stored[i] or 0) or 0
+      if returned[i] > 0 and tat > now then
+        tat = tat - returned[i] * (window / limits[i])
+        changed = true
+      end
       if tat < now then tat = now end
       tats[i] = tat
     end
+  end
+end
+
+-- Writes the buckets (and their expiry, when every one is full again).
+local function store()
+  local taken, full_at = {}, now
+  for i = 1, 3 do
+    if limits[i] > 0 then
+      taken[#taken + 1] = fields[i]
+      taken[#taken + 1] = string.format('%.0f', tats[i])
+      if tats[i] > full_at then full_at = tats[i] end
+    end
+  end
+  if #taken > 0 then
+    redis.call('HSET', KEYS[1], unpack(taken))
+    redis.call('PEXPIRE', KEYS[1], math.ceil((full_at - now) / 1000) + 1)
   end
 end
 
@@ -79,53 +115,66 @@ local function snapshot()
   return reply
 end
 
-local function answer(granted, kind, retry_after)
+local function answer(granted, kind, retry_after, reserved)
+  if changed then store() end
   local reply = { granted, kind, retry_after }
   for _, value in ipairs(snapshot()) do reply[#reply + 1] = value end
+  reply[#reply + 1] = reserved
   return reply
 end
 
--- All or nothing: check every limit before taking from any.
-for i = 1, 3 do
-  if limits[i] > 0 then
-    if amounts[i] > limits[i] then
-      return answer(0, i, -1)
-    end
-    local wait = tats[i] + amounts[i] * (window / limits[i]) - window - now
-    if wait > 0 then
-      return answer(0, i, math.ceil(wait))
+if asked == 0 then return answer(1, 0, 0, 0) end
+
+-- Whether `extra` (0 or 1: the reserve too) fits every limit; else the limit that
+-- stops it and when a retry can succeed (-1: never).
+local function fits(extra)
+  for i = 1, 3 do
+    if limits[i] > 0 then
+      local amount = amounts[i] + extra * more[i]
+      if amount > limits[i] then return false, i, -1 end
+      local wait = tats[i] + amount * (window / limits[i]) - window - now
+      if wait > 0 then return false, i, math.ceil(wait) end
     end
   end
-end
-if max_concurrent > 0 and in_flight >= max_concurrent then
-  -- A slot frees when a request ends; at the latest when the oldest lease expires.
-  local retry_after = 1000000
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  if oldest[2] then
-    local until_expiry = (tonumber(oldest[2]) - now_ms) * 1000
-    if until_expiry < retry_after then retry_after = until_expiry end
-  end
-  if retry_after < 1000 then retry_after = 1000 end
-  return answer(0, 4, retry_after)
+  if max_concurrent > 0 and in_flight + 1 + extra * more[1] > max_concurrent then return false, 4, 0 end
+  return true
 end
 
-local taken, full_at = {}, now
-for i = 1, 3 do
-  if limits[i] > 0 then
-    local tat = tats[i] + amounts[i] * (window / limits[i])
-    tats[i] = tat
-    taken[#taken + 1] = fields[i]
-    taken[#taken + 1] = string.format('%.0f', tat)
-    if tat > full_at then full_at = tat end
+-- All or nothing: check every limit before taking from any; the reserve only if it
+-- fits as well.
+local extra = 0
+if more[1] > 0 and fits(1) then extra = 1 end
+if extra == 0 then
+  local ok, kind, retry_after = fits(0)
+  if not ok then
+    if kind == 4 then
+      -- A slot frees when a request ends; at the latest when the oldest lease expires.
+      retry_after = 1000000
+      local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+      if oldest[2] then
+        local until_expiry = (tonumber(oldest[2]) - now_ms) * 1000
+        if until_expiry < retry_after then retry_after = until_expiry end
+      end
+      if retry_after < 1000 then retry_after = 1000 end
+    end
+    return answer(0, kind, retry_after, 0)
   end
 end
-if #taken > 0 then
-  redis.call('HSET', KEYS[1], unpack(taken))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((full_at - now) / 1000) + 1)
+
+for i = 1, 3 do
+  if limits[i] > 0 then
+    tats[i] = tats[i] + (amounts[i] + extra * more[i]) * (window / limits[i])
+    changed = true
+  end
 end
 if max_concurrent > 0 then
-  redis.call('ZADD', KEYS[2], now_ms + lease_ttl_ms, grant)
+  local slots = { now_ms + lease_ttl_ms, grant }
+  for k = 1, extra * more[1] do
+    slots[#slots + 1] = now_ms + lease_ttl_ms
+    slots[#slots + 1] = grant .. '.' .. k
+  end
+  redis.call('ZADD', KEYS[2], unpack(slots))
   redis.call('PEXPIRE', KEYS[2], lease_ttl_ms * 2)
+  in_flight = in_flight + #slots / 2
 end
-in_flight = in_flight + 1
-return answer(1, 0, 0)
+return answer(1, 0, 0, extra)
