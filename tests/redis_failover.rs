@@ -19,10 +19,15 @@ use swell_cluster::redis_queue::testing::RedisCluster;
 const REQUESTS: u64 = 16;
 const MAX_TOKENS: u32 = 150;
 
-/// The job id of a streamed response (`cmpl-X` is job `req-X`), and its state's key.
+/// The deployment's queue is split this way, so that its requests' keys are on every
+/// master.
+const PARTITIONS: u32 = 8;
+
+/// The job id of a streamed response (`cmpl-X` is job `req-X`), and its state's key
+/// (in its queue partition's slot).
 fn job_state_key(response_id: &str) -> String {
     let suffix = response_id.strip_prefix("cmpl-").expect("a completion id");
-    format!("swell:{{job:req-{suffix}}}:state")
+    swell_cluster::redis_queue::testing::job_state_key("swell", "chat", PARTITIONS, &format!("req-{suffix}"))
 }
 
 #[actix_rt::test]
@@ -31,7 +36,8 @@ async fn a_master_failing_over_mid_stream_ends_every_request_and_disturbs_no_oth
     let dir = TempDir::new("redis-failover");
     let redis = TestRedis::Cluster(RedisCluster::start(3, 1));
     // Redis calls fail fast while a shard is down; the nodes retry them.
-    let text = config("20ms", 16, 2, "").replace("[cluster]\n", "[cluster]\nwait_replicas = 1\n");
+    let text = config("20ms", 16, 2, "")
+        .replace("[cluster]\n", &format!("[cluster]\nwait_replicas = 1\nqueue_partitions = {PARTITIONS}\n"));
     let config = dir.write_config(&text);
     let (gateway, _workers) = gateway_and_two_workers(&dir, &config, &redis, true).await;
     let TestRedis::Cluster(mut cluster) = redis else { unreachable!() };
@@ -50,8 +56,9 @@ async fn a_master_failing_over_mid_stream_ends_every_request_and_disturbs_no_oth
     for stream in &mut streams {
         assert!(stream.read_until(10, Duration::from_secs(20)).await, "ended early: {:?}", stream.result);
     }
-    // Which master holds each request's keys; the victim holds the most of them and
-    // neither the deployment's queue nor the coordination.
+    // Which master holds each request's keys (its queue partition's); the victim holds
+    // the most of them and neither the deployment's first partition (which the
+    // consumers wait on) nor the coordination.
     let shards: Vec<usize> = streams
         .iter()
         .map(|s| cluster.master_of(&job_state_key(s.result.response_id.as_deref().expect("an id"))))

@@ -457,6 +457,14 @@ async fn relay(
                 if read_failures == 1 {
                     tracing::warn!(%error, "reading the output stream failed; retrying");
                 }
+                if lost && !started && matches!(error, QueueError::UnknownJob(_)) {
+                    // Nothing of it was streamed: the queue lost the whole request (its
+                    // state and entry are in one slot), and sending it again is safe.
+                    tracing::error!(%error, "the queue holds no record of the request");
+                    let message = "the queue lost this request (a Redis failover or a restart without its data); send it again";
+                    let _ = events.send(RequestEvent::Failed { code: "job_lost".into(), message: message.into() }).await;
+                    return Outcome { status: "job_lost", generated };
+                }
                 if lost {
                     tracing::error!(%error, "the request's output stream is unreadable");
                     let _ = events

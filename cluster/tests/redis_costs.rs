@@ -17,9 +17,10 @@ use common::{finished, job, tokens};
 const LIMITS: AdmissionLimits = AdmissionLimits { max_queue_depth: 100 };
 const TTL: Duration = Duration::from_secs(30);
 
-/// One request's whole path, as the gateway and a replica run it: enqueue (create +
-/// admission), lease (take + start), one append with `Started` and the first tokens, one
-/// with more tokens and the terminal event, the ack, and the gateway's two reads.
+/// One request's whole path, as the gateway and a replica run it: enqueue (the job's
+/// state, admission and its pointer key), lease (take), one append with `Started` and
+/// the first tokens, one with more tokens and the terminal event (which acknowledges
+/// the job), the ack (nothing left to do), and the gateway's two reads.
 #[tokio::test]
 async fn redis_a_request_costs_a_bounded_number_of_commands() {
     let server = RedisServer::start(RedisServerOptions::default());
@@ -61,11 +62,11 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     let ack = command_calls(&mut raw).await;
 
     // Each step: its script call (or plain command) plus what runs inside it.
-    // enqueue: the job's state (HSETNX and PEXPIRE NX, no script) + deployment_enqueue (EXISTS job,
-    // HMGET counts (with the requeued count, and whether the stream's group exists),
-    // XADD, HSET, HINCRBY count; no XADD to the wake-up stream: no consumer is waiting
-    // on it).
-    assert_eq!(enqueue, 2 + 6, "enqueue");
+    // enqueue: one script (HSETNX + PEXPIRE of the job's state, then EXISTS of its lease
+    // hash, HMGET counts (with the requeued count, and whether the stream's group
+    // exists), XADD, HSET, HINCRBY count; no XADD to the wake-up stream: no consumer is
+    // waiting on it), and beside it the SET of the job's pointer key.
+    assert_eq!(enqueue, 1 + 7 + 1, "enqueue");
     // take (TIME, HMGET counts (which say nothing is requeued or parked, so no LPOP and
     // no EXISTS of the parked sets), XREADGROUP, HSET + ZADD per new job, HINCRBY
     // count; no HSET of `seen`, marked by the take just before); no job_start: a first
@@ -75,13 +76,12 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     // here); PTTL and a PEXPIRE for the output stream it created.
     assert_eq!(first_append, 1 + 1 + 1 + 1 + 2, "first append");
     assert_eq!(first_read, 1, "a read that finds output is one XREAD");
-    // HMGET, one XADD for the 3 events, HSET, a PEXPIRE for the state and the output.
-    assert_eq!(last_append, 1 + 1 + 1 + 1 + 2, "terminal append");
+    // HMGET, one XADD for the 3 events, HSET, a PEXPIRE for the state and the output;
+    // then the ack: HMGET of the lease hash, XACK, XDEL, ZREM, DEL.
+    assert_eq!(last_append, 1 + 1 + 1 + 1 + 2 + 5, "terminal append");
     assert_eq!(last_read, 1);
-    // deployment_ack: HMGET, XACK, XDEL, ZREM, DEL; the terminal append marked the job
-    // done, so no job_done.
-    assert_eq!(ack.values().sum::<u64>(), 1 + 5, "ack: {ack:?}");
-    assert_eq!(ack.get("pexpire"), None, "expiry is set once, by the terminal append");
+    // The terminal append acknowledged the job: nothing left.
+    assert_eq!(ack.values().sum::<u64>(), 0, "ack: {ack:?}");
 
     // A consumer that found nothing and waits: the next enqueue wakes it (an XADD to
     // the wake-up stream and an HDEL of `asleep`), the one after does not.
@@ -89,11 +89,11 @@ async fn redis_a_request_costs_a_bounded_number_of_commands() {
     reset_command_calls(&mut raw).await;
     queue.enqueue(job("b"), LIMITS).await.unwrap();
     let waking = command_calls(&mut raw).await;
-    assert_eq!(waking.values().sum::<u64>(), 2 + 6 + 2, "{waking:?}");
+    assert_eq!(waking.values().sum::<u64>(), 1 + 7 + 1 + 2, "{waking:?}");
     assert_eq!(waking.get("xadd"), Some(&2), "the job's entry and the wake-up");
     reset_command_calls(&mut raw).await;
     queue.enqueue(job("c"), LIMITS).await.unwrap();
-    assert_eq!(command_calls(&mut raw).await.values().sum::<u64>(), 2 + 6);
+    assert_eq!(command_calls(&mut raw).await.values().sum::<u64>(), 1 + 7 + 1);
 }
 
 /// The waiting counts follow every move (enqueue, take, release, reclaim, cancel), so

@@ -55,8 +55,8 @@ async fn output_a_failover_lost_ends_the_job_with_output_lost_past_what_readers_
 
     let mut redis = raw(&server.url()).await;
     // (The second append stored 3 and 4 in one entry, `0-4`.)
-    let _: () = redis::cmd("XDEL").arg("test:{job:a}:out").arg("0-4").query_async(&mut redis).await.unwrap();
-    let _: () = redis::cmd("HSET").arg("test:{job:a}:state").arg("last_seq").arg(2).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("XDEL").arg("test:{dep:d}:out:a").arg("0-4").query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("HSET").arg("test:{dep:d}:state:a").arg("last_seq").arg(2).query_async(&mut redis).await.unwrap();
 
     // The writer carries on after 4: nothing it sends is stored in place of 3 and 4.
     let next = queue.append_output(&lease.lease, 4, vec![tokens(&[4]), finished()]).await.unwrap();
@@ -73,7 +73,7 @@ async fn output_a_failover_lost_ends_the_job_with_output_lost_past_what_readers_
     let depth = queue.depth("d").await.unwrap();
     assert_eq!((depth.waiting, depth.leased), (0, 0));
     assert_eq!(queue.append_output(&lease.lease, 7, vec![tokens(&[5])]).await.unwrap(), AppendOutcome::Fenced);
-    let ttl: i64 = redis::cmd("PTTL").arg("test:{job:a}:out").query_async(&mut redis).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg("test:{dep:d}:out:a").query_async(&mut redis).await.unwrap();
     assert!(ttl > 0, "the output expires ({ttl})");
 }
 
@@ -85,9 +85,10 @@ async fn with_wait_replicas_admissions_and_terminal_events_wait_on_their_own_sha
     let config =
         RedisQueueConfig { wait_replicas: 1, wait_timeout: Duration::from_millis(200), ..redis_config_at(cluster.url(), 3) };
     let queue = RedisQueue::connect(config).await.unwrap();
-    // A job whose state is on another shard than the deployment's queue.
+    // A job whose pointer key is on another shard than the deployment's queue (where
+    // its state and output are).
     let deployment_shard = cluster.master_of("test:{dep:d}:jobs");
-    let shard_of = |id: &str| cluster.master_of(&format!("test:{{job:{id}}}:state"));
+    let shard_of = |id: &str| cluster.master_of(&format!("test:{{job:{id}}}:at"));
     let id = (0..100).map(|i| format!("job-{i}")).find(|id| shard_of(id) != deployment_shard).unwrap();
     let job_shard = shard_of(&id);
     let again = (0..100).map(|i| format!("again-{i}")).find(|id| shard_of(id) == job_shard).unwrap();
@@ -98,12 +99,13 @@ async fn with_wait_replicas_admissions_and_terminal_events_wait_on_their_own_sha
     assert_eq!([after_enqueue[0] - before[0], after_enqueue[1] - before[1]], [1, 1], "one WAIT on each shard");
     let lease = queue.lease("d", "w1", 1, TTL, Duration::ZERO).await.unwrap().remove(0);
     queue.append_output(&lease.lease, 0, vec![tokens(&[1])]).await.unwrap();
-    assert_eq!(waits(&cluster.node_url(job_shard)).await, after_enqueue[0], "no WAIT for output that is not the end");
+    assert_eq!(waits(&cluster.node_url(deployment_shard)).await, after_enqueue[1], "no WAIT for output that is not the end");
     queue.append_output(&lease.lease, 1, vec![finished()]).await.unwrap();
-    assert_eq!(waits(&cluster.node_url(job_shard)).await, after_enqueue[0] + 1, "the terminal event waits");
+    assert_eq!(waits(&cluster.node_url(deployment_shard)).await, after_enqueue[1] + 1, "the terminal event waits");
+    assert_eq!(waits(&cluster.node_url(job_shard)).await, after_enqueue[0], "nothing waits on the pointer's shard");
     assert!(queue.ack(&lease.lease).await.unwrap());
 
-    // The job shard's replica dies: the WAIT times out, the calls succeed anyway.
+    // The pointer shard's replica dies: the WAIT times out, the calls succeed anyway.
     let replica = (0..cluster.node_count())
         .find(|&node| node != job_shard && cluster.replica_of(node) == Some(job_shard))
         .expect("the job shard's replica");

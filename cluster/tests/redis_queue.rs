@@ -612,8 +612,8 @@ async fn redis_an_enqueue_without_an_answer_cancels_its_job_so_nothing_is_kept_l
     assert!(queue.enqueue(job("lost"), LIMITS).await.is_err());
     let events = queue.read_output("lost", 0, NO_BLOCK).await.unwrap();
     assert!(events.last().is_some_and(|e| failed_with(&e.event, "cancelled")), "{events:?}");
-    let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{job:lost}*").query_async(&mut raw).await.unwrap();
-    assert!(!keys.is_empty());
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("test:{dep:d}:*:lost").query_async(&mut raw).await.unwrap();
+    assert_eq!(keys.len(), 2, "its state and output: {keys:?}");
     for key in keys {
         let ttl: i64 = ::redis::cmd("PTTL").arg(&key).query_async(&mut raw).await.unwrap();
         assert!(ttl > 0 && ttl <= output_ttl.as_millis() as i64, "{key} expires in {ttl} ms");
@@ -795,33 +795,40 @@ async fn redis_a_work_stream_deleted_by_hand_is_served_again() {
     assert_eq!(leases.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["b"]);
 }
 
-/// Redis only: the state of a job an older version enqueued (fields `status`,
-/// `deployment`, `tenant`, `meta` instead of `i`) is still read: its owner for a
-/// resumed stream, and cancelling it while it waits.
+/// Redis only: a queue that did not enqueue a job (another gateway's, where a client
+/// resumes its stream) finds it by its pointer key: its owner, a reader taking over,
+/// its output, and cancelling it. An id taken in one deployment is refused in another.
 #[tokio::test]
-async fn redis_a_job_state_written_by_an_older_version_is_still_read() {
+async fn redis_a_job_is_found_by_its_id_from_another_gateway() {
     let server = RedisServer::start(RedisServerOptions::default());
     let queue = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
-    let client = ::redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let state = "test:{job:old}:state";
-    let fields = [
-        ("epoch", "1"), ("status", "waiting"), ("cancelled", "0"), ("deployment", "d"), ("last_seq", "0"),
-        ("finished", "0"), ("tenant", "acme"), ("meta", "{}"), ("readers", "0"),
-    ];
-    let _: () = ::redis::cmd("HSET").arg(state).arg(&fields[..]).query_async(&mut raw).await.unwrap();
-    let owner = queue.output_owner("old").await.unwrap().expect("known");
-    assert_eq!((owner.tenant.as_str(), owner.deployment.as_str(), owner.stream_meta.as_deref()), ("acme", "d", Some("{}")));
-    assert_eq!(queue.attach_reader("old").await.unwrap(), Some(1));
-    queue.cancel("old").await.unwrap();
-    let events = queue.read_output("old", 0, NO_BLOCK).await.unwrap();
-    assert!(events.last().is_some_and(|e| failed_with(&e.event, "cancelled")), "{events:?}");
-    // And a new job's owner, from `i`.
-    let mut new = job("new");
-    new.tenant = "acme".into();
-    new.stream_meta = Some("{\"a\":1}".into());
-    queue.enqueue(new, LIMITS).await.unwrap();
-    let owner = queue.output_owner("new").await.unwrap().expect("known");
+    let mut first = job("a");
+    first.tenant = "acme".into();
+    first.stream_meta = Some("{\"a\":1}".into());
+    queue.enqueue(first, LIMITS).await.unwrap();
+    queue.enqueue(job("b"), LIMITS).await.unwrap();
+    let leased = queue.lease("d", "w1", 1, LONG_TTL, NO_BLOCK).await.unwrap().remove(0);
+    assert_eq!(leased.job.id, "a");
+    queue.append_output(&leased.lease, 0, vec![tokens(&[1, 2])]).await.unwrap();
+
+    let other = RedisQueue::connect(redis_config(&server, 3)).await.unwrap();
+    let owner = other.output_owner("a").await.unwrap().expect("known");
     assert_eq!((owner.tenant.as_str(), owner.deployment.as_str(), owner.stream_meta.as_deref()), ("acme", "d", Some("{\"a\":1}")));
-    assert_eq!(queue.output_owner("nobody").await.unwrap(), None);
+    assert_eq!(other.attach_reader("a").await.unwrap(), Some(1));
+    let events = other.read_output("a", 0, NO_BLOCK).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    other.cancel("b").await.unwrap();
+    let events = queue.read_output("b", 0, NO_BLOCK).await.unwrap();
+    assert!(events.last().is_some_and(|e| failed_with(&e.event, "cancelled")), "{events:?}");
+    assert_eq!(other.output_owner("nobody").await.unwrap(), None);
+    assert_eq!(other.attach_reader("nobody").await.unwrap(), None);
+    assert!(matches!(other.read_output("nobody", 0, NO_BLOCK).await, Err(QueueError::UnknownJob(_))));
+
+    // The id `a` is taken in `d`: refused in `e`, and `a` is still `d`'s.
+    let mut elsewhere = job("a");
+    elsewhere.deployment = "e".into();
+    assert!(matches!(other.enqueue(elsewhere, LIMITS).await, Err(QueueError::DuplicateJob(_))));
+    assert_eq!(other.depth("e").await.unwrap().waiting, 0);
+    assert_eq!(other.output_owner("a").await.unwrap().expect("known").deployment, "d");
+    assert_eq!(queue.depth("d").await.unwrap().leased, 1);
 }

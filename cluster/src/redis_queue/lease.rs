@@ -17,6 +17,7 @@ use redis::Value;
 use tokio::time::Instant;
 
 use super::replies::{array, fixed, number, parse_entries, string};
+use super::partitions::Partitions;
 use super::RedisQueue;
 use crate::job::{Job, Lease, LeaseRef};
 use crate::queue::QueueError;
@@ -144,6 +145,7 @@ impl RedisQueue {
         for item in array(dropped)? {
             let [job_id, epoch] = fixed::<2>(item)?;
             self.fail_job(
+                &Partitions::tag(deployment, partition),
                 &string(&job_id)?,
                 number(&epoch)? as u32,
                 "deadline_exceeded",
@@ -197,7 +199,8 @@ impl RedisQueue {
             Err(error) => {
                 tracing::error!(%error, job_id, "redis queue: unreadable job payload; failing the job");
                 self.forget_on_deployment(deployment, job_id).await?;
-                self.fail_job(job_id, epoch, "invalid_job", format!("the queued job could not be read: {error}"))
+                let tag = self.job_tag(deployment, job_id);
+                self.fail_job(&tag, job_id, epoch, "invalid_job", format!("the queued job could not be read: {error}"))
                     .await?;
                 return Ok(None);
             }
@@ -220,7 +223,7 @@ impl RedisQueue {
             // was written for it, and its first append starts it on the job's side.
             return Ok(Some(lease(Vec::new(), 0)));
         }
-        let mut call = self.job_call(&self.scripts.job_start, job_id);
+        let mut call = self.job_call(&self.scripts.job_start, &self.job_tag(deployment, job_id), job_id);
         call.arg(epoch).arg(consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms());
         let reply = array(self.invoke::<Value>(&call).await?)?;
         match string(reply.first().unwrap_or(&Value::Nil))?.as_str() {

@@ -203,10 +203,14 @@ pub struct RedisQueue {
     output_lost_event: String,
     /// When a short `WAIT` was last logged.
     wait_warned: Mutex<Option<Instant>>,
-    /// Leases whose terminal event this queue stored (`job_append` then marked the job
-    /// done), so their ack skips `job_done`. Only a saving: a lease missing here is
-    /// marked done by `job_done`, a no-op for a job already done.
-    terminal_stored: Mutex<HashSet<(String, u32)>>,
+    /// Leases whose terminal append acknowledged the job already, so their `ack` needs
+    /// no call. Only a saving: a lease missing here is acknowledged by `deployment_ack`
+    /// (which answers that it no longer holds it) and `job_done` (a no-op for a job
+    /// already done).
+    acked_by_append: Mutex<HashSet<(String, u32)>>,
+    /// Where the keys of jobs this queue enqueued or looked up are (their hash tag),
+    /// so that calls that know only a job's id need not read its pointer key.
+    located: Mutex<HashMap<String, String>>,
     /// When each (deployment, partition, consumer) was last marked alive by a take of
     /// this queue.
     seen_marked: Mutex<HashMap<(String, u32, String), Instant>>,
@@ -215,10 +219,14 @@ pub struct RedisQueue {
     take_turn: std::sync::atomic::AtomicU64,
 }
 
-/// At most this many leases are remembered in `terminal_stored` (one per job between
+/// At most this many leases are remembered in `acked_by_append` (one per job between
 /// its terminal append and its ack; a lease lost before its ack stays until the next
 /// clear).
-const MAX_TERMINAL_STORED: usize = 4096;
+const MAX_ACKED_BY_APPEND: usize = 4096;
+
+/// At most this many jobs' places are remembered in `located` (then it starts over;
+/// a job forgotten is found by its pointer key).
+const MAX_LOCATED: usize = 65_536;
 
 /// The keys of one deployment, in the order the deployment scripts take them.
 struct DeploymentKeys {
@@ -259,7 +267,8 @@ impl RedisQueue {
             cancelled_event,
             output_lost_event,
             wait_warned: Mutex::new(None),
-            terminal_stored: Mutex::new(HashSet::new()),
+            acked_by_append: Mutex::new(HashSet::new()),
+            located: Mutex::new(HashMap::new()),
             seen_marked: Mutex::new(HashMap::new()),
             partitions: Partitions::new(config.queue_partitions),
             take_turn: std::sync::atomic::AtomicU64::new(0),
@@ -310,12 +319,44 @@ impl RedisQueue {
         (0..self.partitions.count()).map(|partition| self.deployment_keys(deployment, partition).keys[7].clone()).collect()
     }
 
-    fn job_keys(&self, job_id: &str) -> JobKeys {
-        let base = format!("{}:{{job:{job_id}}}", self.config.key_prefix);
+    /// The hash tag of a job's keys: its queue partition's (`dep:D` or `dep:D#k`).
+    fn job_tag(&self, deployment: &str, job_id: &str) -> String {
+        Partitions::tag(deployment, self.partitions.of(job_id))
+    }
+
+    /// The keys of a job whose keys carry hash tag `tag` (see [`Self::job_tag`]).
+    fn job_keys(&self, tag: &str, job_id: &str) -> JobKeys {
+        let base = format!("{}:{{{tag}}}", self.config.key_prefix);
         JobKeys {
-            state: format!("{base}:state"),
-            out: format!("{base}:out"),
+            state: format!("{base}:state:{job_id}"),
+            out: format!("{base}:out:{job_id}"),
         }
+    }
+
+    /// `P:{job:J}:at`: the hash tag of job `J`'s keys, for calls that know only its id.
+    fn pointer_key(&self, job_id: &str) -> String {
+        format!("{}:{{job:{job_id}}}:at", self.config.key_prefix)
+    }
+
+    fn remember(&self, job_id: &str, tag: &str) {
+        let mut located = self.located.lock();
+        if located.len() >= MAX_LOCATED {
+            located.clear();
+        }
+        located.insert(job_id.to_string(), tag.to_string());
+    }
+
+    /// The hash tag of a job's keys, for a call that knows only its id: remembered, or
+    /// read from its pointer key. `None`: no such job (or it expired).
+    async fn locate(&self, job_id: &str) -> Result<Option<String>, QueueError> {
+        if let Some(tag) = self.located.lock().get(job_id) {
+            return Ok(Some(tag.clone()));
+        }
+        let tag: Option<String> = self.query(redis::cmd("GET").arg(self.pointer_key(job_id))).await?;
+        if let Some(tag) = &tag {
+            self.remember(job_id, tag);
+        }
+        Ok(tag)
     }
 
     /// The longest a non-blocking call may take, reconnection included.
@@ -342,8 +383,8 @@ impl RedisQueue {
         self.deployment_call(script, deployment, self.partitions.of(job_id))
     }
 
-    fn job_call<'a>(&self, script: &'a redis::Script, job_id: &str) -> ScriptInvocation<'a> {
-        let keys = self.job_keys(job_id);
+    fn job_call<'a>(&self, script: &'a redis::Script, tag: &str, job_id: &str) -> ScriptInvocation<'a> {
+        let keys = self.job_keys(tag, job_id);
         let mut invocation = script.prepare_invoke();
         invocation.key(keys.state).key(keys.out);
         invocation
@@ -392,14 +433,15 @@ impl RedisQueue {
     }
 
     /// End a job with a queue-side failure event (deadline, delivery limit).
-    async fn fail_job(&self, job_id: &str, epoch: u32, code: &str, message: String) -> Result<(), QueueError> {
+    /// (`tag`: the job's, see [`Self::job_tag`].)
+    async fn fail_job(&self, tag: &str, job_id: &str, epoch: u32, code: &str, message: String) -> Result<(), QueueError> {
         let event = serde_json::to_string(&OutputEvent::Failed { code: code.into(), message })
             .expect("an event serializes");
-        let mut call = self.job_call(&self.scripts.job_fail, job_id);
+        let mut call = self.job_call(&self.scripts.job_fail, tag, job_id);
         call.arg(epoch).arg(event).arg(self.output_ttl_ms());
         self.invoke::<i64>(&call).await?;
         if self.config.wait_replicas > 0 {
-            self.wait_replicated(&self.job_keys(job_id).state).await;
+            self.wait_replicated(&self.job_keys(tag, job_id).state).await;
         }
         Ok(())
     }
@@ -447,9 +489,10 @@ impl RedisQueue {
                 last_error = Some(error);
             }
         }
+        let tag = Partitions::tag(deployment, partition);
         for item in requeued {
             let [job_id, epoch] = fixed::<2>(item)?;
-            if let Err(error) = self.requeue_on_job(&string(&job_id)?, number(&epoch)? as u32).await {
+            if let Err(error) = self.requeue_on_job(&tag, &string(&job_id)?, number(&epoch)? as u32).await {
                 last_error = Some(error);
             }
         }
@@ -459,7 +502,7 @@ impl RedisQueue {
             let deliveries = number(&deliveries)?;
             tracing::warn!(job_id, deliveries, "redis queue: job dead-lettered");
             let message = format!("the job's replica failed {deliveries} times; giving up");
-            if let Err(error) = self.fail_job(&job_id, number(&epoch)? as u32, "delivery_limit", message).await {
+            if let Err(error) = self.fail_job(&tag, &job_id, number(&epoch)? as u32, "delivery_limit", message).await {
                 last_error = Some(error);
             }
         }
@@ -485,8 +528,8 @@ impl RedisQueue {
         self.query::<String>(&command).await.map(|_| ())
     }
 
-    async fn requeue_on_job(&self, job_id: &str, epoch: u32) -> Result<(), QueueError> {
-        let mut call = self.job_call(&self.scripts.job_requeue, job_id);
+    async fn requeue_on_job(&self, tag: &str, job_id: &str, epoch: u32) -> Result<(), QueueError> {
+        let mut call = self.job_call(&self.scripts.job_requeue, tag, job_id);
         call.arg(epoch);
         self.invoke::<i64>(&call).await.map(|_| ())
     }
@@ -501,22 +544,12 @@ impl Queue for RedisQueue {
 
     async fn enqueue(&self, job: Job, limits: AdmissionLimits) -> Result<Enqueued, QueueError> {
         let payload = serde_json::to_string(&job).map_err(|error| malformed(&error.to_string()))?;
-        // The job's state: created with what never changes (`i`), or refused as a
-        // duplicate, by one `HSETNX`; it expires with `job_max_age` unless it already
-        // has an expiry (a duplicate's is left alone). No script: two commands, one
-        // round trip.
-        let state = self.job_keys(&job.id).state;
-        let info = format!("{}\n{}\n{}", job.deployment, job.tenant, job.stream_meta.as_deref().unwrap_or_default());
-        let mut create = redis::pipe();
-        create.cmd("HSETNX").arg(&state).arg("i").arg(info);
-        create.cmd("PEXPIRE").arg(&state).arg(self.config.job_max_age.as_millis().max(1) as u64).arg("NX").ignore();
-        let mut connection = self.shared.clone();
-        let (created,): (i64,) = bounded(self.call_timeout(), create.query_async(&mut connection)).await?;
-        if created == 0 {
-            return Err(QueueError::DuplicateJob(job.id));
-        }
         let partition = self.partitions.of(&job.id);
-        let mut call = self.deployment_call(&self.scripts.deployment_enqueue, &job.deployment, partition);
+        let tag = Partitions::tag(&job.deployment, partition);
+        let info = format!("{}\n{}\n{}", job.deployment, job.tenant, job.stream_meta.as_deref().unwrap_or_default());
+        let max_age_ms = self.config.job_max_age.as_millis().max(1) as u64;
+        let mut call = self.deployment_call(&self.scripts.enqueue, &job.deployment, partition);
+        call.key(self.job_keys(&tag, &job.id).state);
         call.arg(&job.id)
             .arg(payload)
             .arg(job.enqueued_at_ms)
@@ -528,35 +561,73 @@ impl Queue for RedisQueue {
             Some(route) => call.arg(&route.replica).arg(route.until_ms.saturating_sub(unix_millis())),
             None => call.arg("").arg(0),
         };
-        let answer = match self.invoke::<Value>(&call).await {
+        call.arg(info).arg(max_age_ms);
+        // The pointer key, for calls that know only the job's id (a stream resumed on
+        // another gateway), is written beside the script (another slot, so not in it):
+        // one round trip for both. A pointer that exists names the job of that id; one
+        // naming another deployment makes this a duplicate.
+        // It lasts as long as the job's output can be read: until its deadline and the
+        // output TTL after it (at most `job_max_age`).
+        let pointer_ttl_ms = job.deadline_ms.map_or(max_age_ms, |deadline| {
+            (deadline.saturating_sub(unix_millis()) + self.output_ttl_ms()).clamp(1, max_age_ms)
+        });
+        let mut pointer = redis::cmd("SET");
+        pointer.arg(self.pointer_key(&job.id)).arg(&tag).arg("NX").arg("GET").arg("PX").arg(pointer_ttl_ms);
+        self.remember(&job.id, &tag);
+        let (answer, existing) = tokio::join!(self.invoke::<Value>(&call), self.query::<Option<String>>(&pointer));
+        let answer = match answer {
             Ok(answer) => array(answer)?,
             Err(error) => {
                 self.abandon_enqueue(&job.id).await;
                 return Err(error);
             }
         };
+        let elsewhere = matches!(&existing, Ok(Some(other)) if *other != tag);
         match string(answer.first().unwrap_or(&Value::Nil))?.as_str() {
+            "ok" if elsewhere => {
+                // The id is taken in another deployment: this job leaves its queue at once.
+                if let Ok(Some(other)) = &existing {
+                    self.remember(&job.id, other);
+                }
+                self.cancel_at(&tag, &job.id).await?;
+                Err(QueueError::DuplicateJob(job.id))
+            }
             "ok" => {
+                if let Err(error) = existing {
+                    // Queued; only a stream resumed on another gateway needs the pointer.
+                    tracing::warn!(%error, job_id = job.id, "redis queue: writing a job's pointer key failed");
+                }
                 if partition > 0 && number(answer.get(2).unwrap_or(&Value::Nil))? == 1 {
                     // A consumer waits: on partition 0's wake-up stream.
                     self.wake_deployment(&job.deployment).await?;
                 }
                 if self.config.wait_replicas > 0 {
                     let deployment_key = self.deployment_keys(&job.deployment, partition).keys[0].clone();
-                    let job_key = self.job_keys(&job.id).state;
-                    tokio::join!(self.wait_replicated(&job_key), self.wait_replicated(&deployment_key));
+                    let pointer_key = self.pointer_key(&job.id);
+                    tokio::join!(self.wait_replicated(&pointer_key), self.wait_replicated(&deployment_key));
                 }
                 let position = number(answer.get(1).unwrap_or(&Value::Nil))?;
                 Ok(Enqueued { position: self.partitions.scale(position) })
             }
-            "full" => {
-                self.discard_job(&job.id).await;
-                let depth = number(answer.get(1).unwrap_or(&Value::Nil))?;
-                Err(QueueError::Full { deployment: job.deployment, depth: depth * u64::from(self.partitions.count()) })
-            }
-            _ => {
-                self.discard_job(&job.id).await;
-                Err(QueueError::DuplicateJob(job.id))
+            refused => {
+                match &existing {
+                    Ok(Some(other)) => self.remember(&job.id, other),
+                    _ => {
+                        self.located.lock().remove(&job.id);
+                    }
+                }
+                if matches!(existing, Ok(None)) {
+                    // The pointer was written for this job, which is not queued.
+                    if let Err(error) = self.query::<i64>(redis::cmd("DEL").arg(self.pointer_key(&job.id))).await {
+                        tracing::warn!(%error, job_id = job.id, "redis queue: discarding a refused job's pointer failed");
+                    }
+                }
+                if refused == "full" {
+                    let depth = number(answer.get(1).unwrap_or(&Value::Nil))?;
+                    Err(QueueError::Full { deployment: job.deployment, depth: depth * u64::from(self.partitions.count()) })
+                } else {
+                    Err(QueueError::DuplicateJob(job.id))
+                }
             }
         }
     }
@@ -632,17 +703,16 @@ impl Queue for RedisQueue {
     }
 
     async fn ack(&self, lease: &LeaseRef) -> Result<bool, QueueError> {
+        if self.acked_by_append.lock().remove(&(lease.job_id.clone(), lease.epoch)) {
+            // Its terminal append acknowledged it.
+            return Ok(true);
+        }
         let mut call = self.job_partition_call(&self.scripts.deployment_ack, &lease.deployment, &lease.job_id);
         call.arg(&lease.job_id).arg(&lease.consumer).arg(lease.epoch);
-        let stored = self.terminal_stored.lock().remove(&(lease.job_id.clone(), lease.epoch));
         if self.invoke::<i64>(&call).await? == 0 {
             return Ok(false);
         }
-        if stored {
-            // `job_append` marked it done with its terminal event.
-            return Ok(true);
-        }
-        let mut done = self.job_call(&self.scripts.job_done, &lease.job_id);
+        let mut done = self.job_call(&self.scripts.job_done, &self.job_tag(&lease.deployment, &lease.job_id), &lease.job_id);
         done.arg(self.output_ttl_ms());
         if let Err(error) = self.invoke::<i64>(&done).await {
             // Acknowledged; the job's keys still expire with `job_max_age`.
@@ -661,7 +731,7 @@ impl Queue for RedisQueue {
         if self.partitions.of(&lease.job_id) > 0 {
             self.wake_deployment(&lease.deployment).await?;
         }
-        if let Err(error) = self.requeue_on_job(&lease.job_id, epoch as u32).await {
+        if let Err(error) = self.requeue_on_job(&self.job_tag(&lease.deployment, &lease.job_id), &lease.job_id, epoch as u32).await {
             // Handed back; the next delivery raises the fence when it starts.
             tracing::warn!(%error, job_id = lease.job_id, "redis queue: fencing a released job failed");
         }
@@ -684,16 +754,10 @@ impl Queue for RedisQueue {
     }
 
     async fn cancel(&self, job_id: &str) -> Result<(), QueueError> {
-        let mut call = self.job_call(&self.scripts.job_cancel, job_id);
-        call.arg(&self.cancelled_event).arg(self.output_ttl_ms());
-        let answer = array(self.invoke::<Value>(&call).await?)?;
-        if string(answer.first().unwrap_or(&Value::Nil))? == "waiting" {
-            let deployment = string(answer.get(1).unwrap_or(&Value::Nil))?;
-            let mut remove = self.job_partition_call(&self.scripts.deployment_remove_waiting, &deployment, job_id);
-            remove.arg(job_id);
-            self.invoke::<i64>(&remove).await?;
+        match self.locate(job_id).await? {
+            Some(tag) => self.cancel_at(&tag, job_id).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn append_output(
@@ -702,10 +766,14 @@ impl Queue for RedisQueue {
         after: u64,
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError> {
-        let mut call = self.job_call(&self.scripts.job_append, &lease.job_id);
+        let tag = self.job_tag(&lease.deployment, &lease.job_id);
+        let keys = self.job_keys(&tag, &lease.job_id);
+        let terminal = events.iter().any(OutputEvent::is_terminal);
+        let mut call = self.job_partition_call(&self.scripts.append, &lease.deployment, &lease.job_id);
+        call.key(&keys.state).key(&keys.out);
+        call.arg(&lease.job_id).arg(u8::from(terminal));
         call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms()).arg(after);
         call.arg(&self.output_lost_event);
-        let terminal = events.iter().any(OutputEvent::is_terminal);
         for event in &events {
             let json = serde_json::to_string(event).map_err(|error| malformed(&error.to_string()))?;
             call.arg(json).arg(u8::from(event.is_terminal()));
@@ -715,27 +783,26 @@ impl Queue for RedisQueue {
             "ok" => {
                 if terminal {
                     if self.config.wait_replicas > 0 {
-                        self.wait_replicated(&self.job_keys(&lease.job_id).state).await;
+                        self.wait_replicated(&keys.state).await;
                     }
-                    let mut stored = self.terminal_stored.lock();
-                    if stored.len() >= MAX_TERMINAL_STORED {
-                        stored.clear();
+                    if answer.get(2).is_some_and(|acked| number(acked).is_ok_and(|acked| acked == 1)) {
+                        let mut acked = self.acked_by_append.lock();
+                        if acked.len() >= MAX_ACKED_BY_APPEND {
+                            acked.clear();
+                        }
+                        acked.insert((lease.job_id.clone(), lease.epoch));
                     }
-                    stored.insert((lease.job_id.clone(), lease.epoch));
                 }
                 Ok(AppendOutcome::Accepted(number(answer.get(1).unwrap_or(&Value::Nil))?))
             }
-            "cancelled" => {
-                self.forget_on_deployment(&lease.deployment, &lease.job_id).await?;
-                Ok(AppendOutcome::Cancelled)
-            }
+            // (Forgotten on the deployment side by the same script.)
+            "cancelled" => Ok(AppendOutcome::Cancelled),
             "lost" => {
                 tracing::warn!(
                     job_id = %lease.job_id,
                     after,
                     "redis queue: output this replica had stored is gone (a Redis failover lost it); the job ended with output_lost"
                 );
-                self.forget_on_deployment(&lease.deployment, &lease.job_id).await?;
                 Ok(AppendOutcome::Cancelled)
             }
             "fenced" => Ok(AppendOutcome::Fenced),
@@ -832,7 +899,10 @@ impl Queue for RedisQueue {
         after_seq: u64,
         block: Duration,
     ) -> Result<Vec<SequencedEvent>, QueueError> {
-        let keys = self.job_keys(job_id);
+        let Some(tag) = self.locate(job_id).await? else {
+            return Err(QueueError::UnknownJob(job_id.to_string()));
+        };
+        let keys = self.job_keys(&tag, job_id);
         let from = format!("0-{after_seq}");
         // One command when there is output (the usual case): `XREAD BLOCK` answers at
         // once if entries follow `from`. Only an empty answer asks whether the job exists
@@ -868,25 +938,17 @@ impl Queue for RedisQueue {
     }
 
     async fn output_owner(&self, job_id: &str) -> Result<Option<OutputOwner>, QueueError> {
+        let Some(tag) = self.locate(job_id).await? else { return Ok(None) };
         let mut command = redis::cmd("HMGET");
-        command.arg(self.job_keys(job_id).state).arg("i").arg("readers").arg("tenant").arg("deployment").arg("meta");
+        command.arg(self.job_keys(&tag, job_id).state).arg("i").arg("readers");
         let fields: Vec<Option<String>> = self.query(&command).await?;
-        let [info, readers, tenant, deployment, meta] =
-            <[Option<String>; 5]>::try_from(fields).map_err(|_| malformed("job state"))?;
-        // `i`: deployment, tenant and stream metadata, a line each (a state an older
-        // version wrote has them as fields).
-        let (tenant, deployment, meta) = match info {
-            Some(info) => {
-                let mut lines = info.splitn(3, '\n');
-                let deployment = lines.next().unwrap_or_default().to_string();
-                let tenant = lines.next().ok_or_else(|| malformed("job state"))?.to_string();
-                (tenant, deployment, lines.next().map(str::to_string))
-            }
-            None => match (tenant, deployment) {
-                (Some(tenant), Some(deployment)) => (tenant, deployment, meta),
-                _ => return Ok(None),
-            },
-        };
+        let [info, readers] = <[Option<String>; 2]>::try_from(fields).map_err(|_| malformed("job state"))?;
+        let Some(info) = info else { return Ok(None) };
+        // `i`: deployment, tenant and stream metadata, a line each.
+        let mut lines = info.splitn(3, '\n');
+        let deployment = lines.next().unwrap_or_default().to_string();
+        let tenant = lines.next().ok_or_else(|| malformed("job state"))?.to_string();
+        let meta = lines.next().map(str::to_string);
         Ok(Some(OutputOwner {
             tenant,
             deployment,
@@ -896,7 +958,8 @@ impl Queue for RedisQueue {
     }
 
     async fn attach_reader(&self, job_id: &str) -> Result<Option<u64>, QueueError> {
-        let call = self.job_call(&self.scripts.job_attach_reader, job_id);
+        let Some(tag) = self.locate(job_id).await? else { return Ok(None) };
+        let call = self.job_call(&self.scripts.job_attach_reader, &tag, job_id);
         let readers: i64 = self.invoke(&call).await?;
         Ok(u64::try_from(readers).ok())
     }
@@ -925,13 +988,19 @@ impl RedisQueue {
         }
     }
 
-    /// Undo a job state created for an enqueue that did not happen (best effort: the keys expire
-    /// with `job_max_age` anyway).
-    async fn discard_job(&self, job_id: &str) {
-        let mut command = redis::cmd("DEL");
-        command.arg(self.job_keys(job_id).state);
-        if let Err(error) = self.query::<i64>(&command).await {
-            tracing::warn!(%error, job_id, "redis queue: discarding a refused job failed");
+    /// Cancel the job whose keys carry `tag`: `job_cancel`; a waiting job gets its
+    /// terminal `cancelled` event there and is then removed by
+    /// `deployment_remove_waiting`; a leased one is only flagged.
+    async fn cancel_at(&self, tag: &str, job_id: &str) -> Result<(), QueueError> {
+        let mut call = self.job_call(&self.scripts.job_cancel, tag, job_id);
+        call.arg(&self.cancelled_event).arg(self.output_ttl_ms());
+        let answer = array(self.invoke::<Value>(&call).await?)?;
+        if string(answer.first().unwrap_or(&Value::Nil))? == "waiting" {
+            let deployment = string(answer.get(1).unwrap_or(&Value::Nil))?;
+            let mut remove = self.job_partition_call(&self.scripts.deployment_remove_waiting, &deployment, job_id);
+            remove.arg(job_id);
+            self.invoke::<i64>(&remove).await?;
         }
+        Ok(())
     }
 }

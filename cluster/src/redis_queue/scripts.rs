@@ -1,10 +1,13 @@
 //! The Lua scripts behind [`RedisQueue`](super::RedisQueue), one per atomic step.
 //!
-//! Two families, which never mix: *deployment* scripts touch only keys tagged
-//! `{dep:<name>}` (the work stream, its consumer group and the lease index), *job* scripts
-//! touch only keys tagged `{job:<id>}` (the job's state and output stream). Each script
-//! is therefore atomic within one Redis Cluster slot. The module docs of
-//! [`redis_queue`](super) describe how the two families are sequenced.
+//! Two families: *deployment* scripts touch the keys of one partition of a deployment's
+//! queue (the work streams, the consumer group, the lease index), *job* scripts the
+//! keys of one job (its state and output stream). A job's keys carry its queue
+//! partition's hash tag (`{dep:<name>}` or `{dep:<name>#k}`), so the two families can be
+//! combined: enqueueing is one script (the job's state and its entry), and so is an
+//! append that ends the job (the terminal event and the ack). Every script is atomic
+//! within one Redis Cluster slot. The module docs of [`redis_queue`](super) describe
+//! how the steps are sequenced.
 //!
 //! Every script that needs "now" for a lease asks the server (`TIME`), so lease expiry
 //! does not depend on the clocks of the machines running Swell.
@@ -30,7 +33,7 @@ macro_rules! deployment_prelude {
 
 /// Job scripts: `KEYS[1]` job state hash, `KEYS[2]` output stream. Each reads the
 /// state with one `HMGET` (`load`; a missing `i` is a missing job) rather than `EXISTS`
-/// then fields. The state is created without a script (see `enqueue` in [`super`]).
+/// then fields. The state is created by [`ENQUEUE`].
 macro_rules! job_prelude {
     () => {
         include_str!("lua/job_prelude.lua")
@@ -42,7 +45,17 @@ macro_rules! job_prelude {
 /// the work stream, `[9]` the consumer it is promised to (empty: none) and `[10]` for how
 /// many ms (its end is set by the server's clock). Answers `{'ok', position, woke}` (`woke`: 1 if it woke a waiting consumer; position in service order: requeued jobs, then
 /// the waiting jobs of this priority or higher), `{'full', waiting}` or `{'duplicate'}`.
-const DEPLOYMENT_ENQUEUE: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_enqueue.lua"));
+/// With `KEYS[14]` the job's state, `ARGV[11]` what never changes of it (deployment,
+/// tenant, stream metadata: a line each) and `ARGV[12]` its expiry (`job_max_age`, ms):
+/// the state is created first (an existing one: `{'duplicate'}`), and deleted again if
+/// the deployment refuses the job.
+const ENQUEUE: &str = concat!(
+    deployment_prelude!(),
+    "local function enqueue()\n",
+    include_str!("lua/deployment_enqueue.lua"),
+    "\nend\n",
+    include_str!("lua/enqueue.lua")
+);
 
 /// Lease up to `ARGV[4]` jobs for consumer `ARGV[3]` with a TTL of `ARGV[5]` ms: handed
 /// back jobs first (newest hand-back first), then per priority (`high`, `normal`, `low`):
@@ -64,7 +77,8 @@ const DEPLOYMENT_TAKE: &str = concat!(deployment_prelude!(), include_str!("lua/d
 const DEPLOYMENT_RENEW: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_renew.lua"));
 
 /// Acknowledge job `ARGV[3]` under lease (`ARGV[4]` consumer, `ARGV[5]` epoch): XACK +
-/// XDEL of its entry. Answers 1, or 0 when fenced.
+/// XDEL of its entry. Answers 1, or 0 when fenced. (An append that stores the terminal
+/// event acknowledges already: see [`APPEND`].)
 const DEPLOYMENT_ACK: &str = concat!(deployment_prelude!(), include_str!("lua/deployment_ack.lua"));
 
 /// Hand job `ARGV[3]` back (lease `ARGV[4]` consumer, `ARGV[5]` epoch) to the head of the
@@ -110,7 +124,19 @@ const JOB_START: &str = concat!(job_prelude!(), include_str!("lua/job_start.lua"
 /// last_seq}`, `{'cancelled', deployment}`, `{'fenced'}`, `{'unknown'}`, or `{'lost',
 /// deployment}` when output the writer had stored is gone (a failover lost it; the job
 /// was ended with `[6]`).
-const JOB_APPEND: &str = concat!(job_prelude!(), include_str!("lua/job_append.lua"));
+///
+/// Run as [`APPEND`], with the deployment's keys: `KEYS[14]`, `KEYS[15]` the job's,
+/// `ARGV[3]` the job, `ARGV[4]` 1 when the events end the job, `ARGV[5..]` the above. A
+/// terminal event stored also acknowledges the job (a third answer element, 1), and a
+/// cancelled or lost job is forgotten on the deployment side.
+const APPEND: &str = concat!(
+    deployment_prelude!(),
+    "local function job_append(KEYS, ARGV)\n",
+    job_prelude!(),
+    include_str!("lua/job_append.lua"),
+    "\nend\n",
+    include_str!("lua/append.lua")
+);
 
 /// The deployment side requeued the job with epoch `ARGV[1]`: fence the older epoch.
 /// A no-op if a delivery with that epoch already started.
@@ -135,7 +161,7 @@ const JOB_ATTACH_READER: &str = include_str!("lua/job_attach_reader.lua");
 
 /// The scripts, hashed once.
 pub(super) struct Scripts {
-    pub deployment_enqueue: Script,
+    pub enqueue: Script,
     pub deployment_take: Script,
     pub deployment_renew: Script,
     pub deployment_ack: Script,
@@ -146,7 +172,7 @@ pub(super) struct Scripts {
     pub deployment_depth: Script,
     pub deployment_position: Script,
     pub job_start: Script,
-    pub job_append: Script,
+    pub append: Script,
     pub job_requeue: Script,
     pub job_fail: Script,
     pub job_done: Script,
@@ -154,18 +180,18 @@ pub(super) struct Scripts {
     pub job_attach_reader: Script,
 }
 
-/// `job_append`, or its `skip-epoch-check` mutant ([`crate::mutant`]).
-fn job_append() -> String {
+/// `append`, or its `skip-epoch-check` mutant ([`crate::mutant`]).
+fn append() -> String {
     #[cfg(feature = "chaos-mutant")]
-    return crate::mutant::script("skip-epoch-check", JOB_APPEND, "then return {'fenced'} end", "then end");
+    return crate::mutant::script("skip-epoch-check", APPEND, "then return {'fenced'} end", "then end");
     #[cfg(not(feature = "chaos-mutant"))]
-    JOB_APPEND.to_string()
+    APPEND.to_string()
 }
 
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            deployment_enqueue: Script::new(DEPLOYMENT_ENQUEUE),
+            enqueue: Script::new(ENQUEUE),
             deployment_take: Script::new(DEPLOYMENT_TAKE),
             deployment_renew: Script::new(DEPLOYMENT_RENEW),
             deployment_ack: Script::new(DEPLOYMENT_ACK),
@@ -176,7 +202,7 @@ impl Scripts {
             deployment_depth: Script::new(DEPLOYMENT_DEPTH),
             deployment_position: Script::new(DEPLOYMENT_POSITION),
             job_start: Script::new(JOB_START),
-            job_append: Script::new(&job_append()),
+            append: Script::new(&append()),
             job_requeue: Script::new(JOB_REQUEUE),
             job_fail: Script::new(JOB_FAIL),
             job_done: Script::new(JOB_DONE),

@@ -272,9 +272,9 @@ async fn apply(cluster: &mut Cluster, fault: &Fault, begins: bool) -> anyhow::Re
     Ok(())
 }
 
-/// What an idle cluster must not hold in Redis: a lease of the `chat` deployment, or a
-/// key of a request without an expiry or kept longer than `output_ttl` (but for the
-/// state of a job that never reached the queue, see [`never_queued`]).
+/// What an idle cluster must not hold in Redis: a lease of the `chat` deployment, a
+/// key of a request without an expiry, or a request's state or output kept longer than
+/// `output_ttl` (its pointer key lasts until its deadline and `output_ttl` after it).
 fn leaks(url: &str, output_ttl: Duration) -> anyhow::Result<Vec<String>> {
     let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?;
     let mut found = Vec::new();
@@ -313,22 +313,26 @@ fn leaks(url: &str, output_ttl: Duration) -> anyhow::Result<Vec<String>> {
     if entries > 0 {
         found.push(format!("{entries} entries left in {ingress}"));
     }
-    let mut cursor = 0u64;
     let (mut without_expiry, mut too_long) = (Vec::new(), Vec::new());
-    loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("swell:{job:*").arg("COUNT").arg(1000).query(&mut conn)?;
-        for key in keys {
-            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn)?;
-            if ttl == -1 {
-                without_expiry.push(key);
-            } else if ttl > output_ttl.as_millis() as i64 + 5_000 && !never_queued(&mut conn, &key) {
-                too_long.push(format!("{key} ({ttl} ms): {}", describe(&mut conn, &key)));
+    // A request's state and output (in its queue partition's slot) expire with the
+    // output TTL once it ended; its pointer key (`{job:ID}`) expires too.
+    for pattern in ["swell:{dep:*}:state:*", "swell:{dep:*}:out:*", "swell:{job:*"] {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query(&mut conn)?;
+            for key in keys {
+                let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn)?;
+                if ttl == -1 {
+                    without_expiry.push(key);
+                } else if !key.starts_with("swell:{job:") && ttl > output_ttl.as_millis() as i64 + 5_000 {
+                    too_long.push(format!("{key} ({ttl} ms): {}", describe(&mut conn, &key)));
+                }
             }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
     }
     if !without_expiry.is_empty() {
@@ -338,18 +342,6 @@ fn leaks(url: &str, output_ttl: Duration) -> anyhow::Result<Vec<String>> {
         found.push(format!("{} request keys kept past the output TTL (e.g. {})", too_long.len(), too_long[0]));
     }
     Ok(found)
-}
-
-/// The state of a job whose enqueue failed while Redis was unreachable, so its discard
-/// failed too: it never reached the queue and expires with `job_max_age`
-/// (docs/distributed.md), which is not an output kept past its TTL.
-fn never_queued(conn: &mut redis::Connection, key: &str) -> bool {
-    if !key.ends_with(":state") {
-        return false;
-    }
-    let fields: Vec<Option<String>> =
-        redis::cmd("HMGET").arg(key).arg("status").arg("epoch").arg("last_seq").query(conn).unwrap_or_default();
-    fields == [Some("waiting".to_string()), Some("1".to_string()), Some("0".to_string())]
 }
 
 /// A key's type and contents (hashes and strings), for a report.

@@ -1,2 +1,2 @@
-if redis.call('HEXISTS', KEYS[1], 'i') == 0 and redis.call('HEXISTS', KEYS[1], 'tenant') == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'i') == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'readers', 1)

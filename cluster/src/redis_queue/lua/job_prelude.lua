@@ -1,15 +1,12 @@
 -- The job's state (`KEYS[1]`): `i`, written when the job is created (its deployment,
 -- tenant and the gateway's stream metadata, a line each), and what its deliveries
 -- wrote (`status`, `epoch`, `consumer`, `cancelled`, `last_seq`, `finished`; absent:
--- waiting, epoch 1, never started). A state an older version wrote has `status` and
--- `deployment` instead of `i`. Nil for an unknown (or expired) job.
+-- waiting, epoch 1, never started). Nil for an unknown (or expired) job.
 local function load()
-  local s = redis.call('HMGET', KEYS[1], 'i', 'status', 'epoch', 'consumer', 'cancelled', 'last_seq', 'finished', 'deployment')
-  if not s[1] and not s[2] then return nil end
-  local deployment = s[8]
-  if s[1] then deployment = string.match(s[1], '^[^\n]*') end
+  local s = redis.call('HMGET', KEYS[1], 'i', 'status', 'epoch', 'consumer', 'cancelled', 'last_seq', 'finished')
+  if not s[1] then return nil end
   return {status = s[2] or 'waiting', epoch = s[3] or '1', consumer = s[4], cancelled = s[5] == '1',
-    last_seq = tonumber(s[6]) or 0, finished = s[7] == '1', deployment = deployment}
+    last_seq = tonumber(s[6]) or 0, finished = s[7] == '1', deployment = string.match(s[1], '^[^\n]*')}
 end
 local function expire_all(ttl_ms)
   for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end

@@ -25,6 +25,13 @@ mod commandstats;
 pub use cluster::RedisCluster;
 pub use commandstats::{command_calls, reset_command_calls};
 
+/// The key of a job's state under `prefix`, for a deployment queue split in
+/// `partitions` (its queue partition's slot).
+pub fn job_state_key(prefix: &str, deployment: &str, partitions: u32, job_id: &str) -> String {
+    let partition = super::partitions::Partitions::new(partitions).of(job_id);
+    format!("{prefix}:{{{}}}:state:{job_id}", super::partitions::Partitions::tag(deployment, partition))
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisServerOptions {
     /// `appendonly yes` (with `appendfsync always`: nothing acknowledged is lost).
