@@ -2,7 +2,9 @@
 //!
 //! Every deployment has one *work stream* consumed by one consumer group; every job has
 //! its own *output stream*. Each step is one Lua script, atomic on the server, and no
-//! script touches keys of two hash slots, so the layout works on Redis Cluster.
+//! script touches keys of two hash slots, so the layout works on Redis Cluster. A job's
+//! keys are in its queue partition's slot, so enqueueing a job and acknowledging it with
+//! its terminal event are one script each.
 //!
 //! # Key layout
 //! `P` is [`RedisQueueConfig::key_prefix`] (default `swell`); `{...}` is the hash tag.
@@ -55,18 +57,15 @@
 //! - `P:{dep:D}:dead`: the dead-letter stream (`id`, `job`, `deliveries`, `epoch`),
 //!   capped near [`RedisQueueConfig::dead_letter_max_len`].
 //!
-//! Job `J`, all in the slot of `{job:J}` (so `cancel` and `read_output`, which know only
-//! the job id, find it):
-//! - `P:{job:J}:state`: hash `i` (what never changes: the deployment, the tenant and the
+//! Job `J`, in the slot of its queue partition (`T` = `dep:D`, or `dep:D#k`):
+//! - `P:{T}:state:J`: hash `i` (what never changes: the deployment, the tenant and the
 //!   gateway's stream metadata, a line each; written by the enqueue, which an existing
 //!   `i` refuses as a duplicate), then what its deliveries write: `epoch` (absent: 1),
 //!   `status` (absent: `waiting`; `leased` | `done`, `done` once its terminal event is
 //!   stored), `consumer`, `cancelled`, `last_seq`, `finished`. The authority on what
 //!   may be written to the output stream (the fence). Also `readers` (readers that took
-//!   the output over, for a client that resumes the stream). (A state an older version
-//!   wrote has `status`, `deployment`, `tenant` and `meta` fields instead of `i`; both
-//!   are read.)
-//! - `P:{job:J}:out`: the output stream, one entry per append: id `0-<seq>` (the
+//!   the output over, for a client that resumes the stream).
+//! - `P:{T}:out:J`: the output stream, one entry per append: id `0-<seq>` (the
 //!   sequence number of its last event), fields `e` (epoch) and `v` (the
 //!   [`OutputEvent`] as JSON, or the JSON array of an append's several events, numbered
 //!   back from the last). `read_output` is `XRANGE`/`XREAD BLOCK` from `0-<after_seq>`
@@ -75,6 +74,13 @@
 //!   blocking read of an unknown (or expired) job answers `UnknownJob` when its block
 //!   ends, not at once. Its token events are the tokens delivered over every attempt,
 //!   which the next attempt resumes after.
+//! - `P:{job:J}:at` (the slot of `{job:J}`): the job's `T`, so that a call that knows
+//!   only the job's id (`read_output`, `cancel`, `output_owner`, `attach_reader`) finds
+//!   its keys; written beside the enqueue (`SET … NX GET`: an id of another deployment
+//!   is refused as a duplicate), kept until the job's deadline and `output_ttl` after it
+//!   (at most `job_max_age`). A queue remembers where the jobs it enqueued or looked up
+//!   are, so the gateway that enqueued a job never reads it; a stream resumed on another
+//!   gateway reads it once.
 //!
 //! The per-job lease hashes are found by the scripts from `ARGV[1]` (the prefix
 //! `P:{dep:D}:job:`) rather than declared in `KEYS`, since `lease` and
@@ -84,17 +90,19 @@
 //!
 //! The job keys expire [`RedisQueueConfig::output_ttl`] after the terminal event (or the
 //! ack), and at the latest [`RedisQueueConfig::job_max_age`] after the enqueue:
-//! the state gets its expiry when it is created, the output stream and the token string
-//! the state's remaining one when they are created (not at every write).
+//! the state gets its expiry when it is created, the output stream the state's
+//! remaining one when it is created (not at every write).
 //!
 //! # Scripts and how they are sequenced
-//! See [`scripts`] for each script. A call that needs both slots runs the deployment
-//! script first, then the job script(s), each of which is idempotent and checks epochs,
-//! so a client dying between the two leaves nothing that the next step does not repair:
-//! - `enqueue`: `HSETNX` of the state's `i` with a `PEXPIRE … NX` (no script: refuses a
-//!   duplicate id, and leaves a duplicate's expiry alone), then `deployment_enqueue` (refuses
-//!   past `max_queue_depth`, counting waiting = the kept counts + requeued; on refusal the
-//!   job state is deleted again).
+//! See [`scripts`] for each script. The deployment scripts and the job scripts are
+//! separate steps (combined into one script where a request's path needs both); a call
+//! that runs two runs the deployment script first, then the job script(s), each of
+//! which is idempotent and checks epochs, so a client dying between the two leaves
+//! nothing that the next step does not repair:
+//! - `enqueue`: one script: the state's `HSETNX` of `i` (refuses a duplicate id) and
+//!   its expiry, then `deployment_enqueue` (refuses past `max_queue_depth`, counting
+//!   waiting = the kept counts + requeued; a refused job's state is deleted again);
+//!   beside it, the pointer key.
 //! - `lease`: `deployment_take` (requeued first, then `XREADGROUP >` on the `high`,
 //!   `normal` and `low` streams in turn; counts the delivery, sets the lease with the
 //!   server's clock, drops jobs past their deadline),
@@ -111,13 +119,15 @@
 //!   to the new epoch) or `job_fail` (`delivery_limit`).
 //! - `release`: `deployment_release` (bumps the epoch, uncounts the delivery, pushes to
 //!   the head), then `job_requeue`.
-//! - `ack`: `deployment_ack` (fenced; `XACK` + `XDEL`), then `job_done` (marks it done and
-//!   starts expiry), skipped when this queue stored the lease's terminal event, which
-//!   did both already.
+//! - `ack`: nothing when the lease's terminal append acknowledged the job (the usual
+//!   case); else `deployment_ack` (fenced; `XACK` + `XDEL`), then `job_done` (marks it
+//!   done and starts expiry).
 //! - `renew`: `deployment_renew` per deployment (fenced on consumer and epoch).
-//! - `append_output`: `job_append` alone: fenced on the job's epoch and consumer; one
-//!   `XADD` for all its events, one `HSET`; answers `Cancelled` for a cancelled job
-//!   (then `deployment_forget`).
+//! - `append_output`: `append`, one script: `job_append`, fenced on the job's epoch and
+//!   consumer, one `XADD` for all its events, one `HSET`; when it stores the terminal
+//!   event, the ack (`deployment_ack`'s, fenced on the lease hash) in the same script;
+//!   a cancelled job (answered `Cancelled`) is forgotten on the deployment side there
+//!   too.
 //! - `cancel`: `job_cancel`; a waiting job gets its terminal `cancelled` event there and
 //!   is then removed by `deployment_remove_waiting`; a leased one is only flagged.
 //!
