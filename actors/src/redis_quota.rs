@@ -436,7 +436,7 @@ impl RedisQuotaStore {
             (self.inner.config.lease_ttl.as_millis() as u64).to_string(),
         ];
         let (asked, back) = (&call.asked, &call.back);
-        for amount in [asked.requests, asked.prompt_tokens, asked.output_tokens] {
+        for amount in [asked.requests, asked.prompt_tokens, asked.output_tokens, asked.slots] {
             args.push(amount.to_string());
         }
         for amount in [back.requests, back.prompt_tokens, back.output_tokens] {
@@ -749,7 +749,9 @@ impl RedisTenantQuota {
         }
         let grant_id = self.next_grant;
         self.next_grant += 1;
-        let (asked, back) = self.reserve.plan(prompt_tokens, max_output_tokens, &self.snapshot(now), now);
+        let leased = Self::leased(&self.limits);
+        let in_flight = self.in_flight();
+        let (asked, back) = self.reserve.plan(prompt_tokens, max_output_tokens, leased, in_flight, &self.snapshot(now), now);
         Admission::AskRedis(PendingAcquire {
             grant_id,
             limits: self.limits.clone(),
@@ -776,7 +778,8 @@ impl RedisTenantQuota {
     ) -> Result<(QuotaGrant, RateLimitSnapshot), QuotaRejection> {
         let leased = Self::leased(&pending.limits);
         let reserved = answer.as_ref().is_ok_and(|answer| answer.rejected_by.is_none() && answer.reserved);
-        self.reserve.filled(pending.call.asked, reserved, &pending.call.grant, leased, now);
+        let in_flight = self.in_flight();
+        self.reserve.filled(pending.call.asked, reserved, &pending.call.grant, leased, in_flight, now);
         let answer = match answer {
             Ok(answer) => answer,
             Err(error) => {

@@ -15,11 +15,12 @@
 -- ARGV[8]     output tokens it reserves (max_tokens)
 -- ARGV[9]     grant id ("<node>:<n>"); the reserve's slots are "<grant id>.<k>"
 -- ARGV[10]    lease TTL in milliseconds
--- ARGV[11..13] the reserve asked for besides the request: requests, prompt tokens,
---             output tokens (all or nothing; refused without refusing the request)
--- ARGV[14..16] given back (unused by the node's last reserve): requests, prompt tokens,
+-- ARGV[11..14] the reserve asked for besides the request: requests, prompt tokens,
+--             output tokens, new concurrency slots (all or nothing; refused without
+--             refusing the request)
+-- ARGV[15..17] given back (unused by the node's last reserve): requests, prompt tokens,
 --             output tokens
--- ARGV[17..]  given back: the reserve's unused concurrency slots (grant ids)
+-- ARGV[18..]  given back: the reserve's unused concurrency slots (grant ids)
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local clock = redis.call('TIME')
@@ -31,12 +32,13 @@ local max_concurrent = tonumber(ARGV[5])
 local asked = tonumber(ARGV[6])
 local amounts = { asked, tonumber(ARGV[7]), tonumber(ARGV[8]) }
 local more = { tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]) }
-local returned = { tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]) }
+local more_slots = tonumber(ARGV[14])
+local returned = { tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]) }
 local grant = ARGV[9]
 local lease_ttl_ms = tonumber(ARGV[10])
 
-if #ARGV >= 17 then
-  redis.call('ZREM', KEYS[2], unpack(ARGV, 17))
+if #ARGV >= 18 then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, 18))
 end
 
 -- Leases that were not renewed in time are gone: their holder died or lost Redis.
@@ -136,7 +138,7 @@ local function fits(extra)
       if wait > 0 then return false, i, math.ceil(wait) end
     end
   end
-  if max_concurrent > 0 and in_flight + 1 + extra * more[1] > max_concurrent then return false, 4, 0 end
+  if max_concurrent > 0 and in_flight + 1 + extra * more_slots > max_concurrent then return false, 4, 0 end
   return true
 end
 
@@ -169,7 +171,7 @@ for i = 1, 3 do
 end
 if max_concurrent > 0 then
   local slots = { now_ms + lease_ttl_ms, grant }
-  for k = 1, extra * more[1] do
+  for k = 1, extra * more_slots do
     slots[#slots + 1] = now_ms + lease_ttl_ms
     slots[#slots + 1] = grant .. '.' .. k
   end

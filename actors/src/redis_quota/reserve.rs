@@ -46,6 +46,8 @@ pub struct Asked {
     pub requests: u64,
     pub prompt_tokens: u64,
     pub output_tokens: u64,
+    /// New concurrency slots (the free slots of the reserve it replaces are kept).
+    pub slots: u64,
 }
 
 /// What a reserve gives back: unused amounts of each rate, and unused slots.
@@ -72,8 +74,8 @@ struct Held {
     /// returns may fill it up to).
     output_room: u64,
     free_slots: Vec<String>,
-    /// The slots it was given, and the one of the request it came with (what returns
-    /// may fill it up to).
+    /// The slots it was given, the one of the request it came with, and those of the
+    /// node's requests in flight when it came (what returns may fill it up to).
     slots_room: usize,
     leased: bool,
     expires_at: Instant,
@@ -115,6 +117,10 @@ pub struct Reserve {
     demand: Demand,
     /// Released and not given back yet.
     owed: GiveBack,
+    /// The free slots of the reserve a call on its way replaces, kept for the next one,
+    /// and how many it may keep (its size and the request's own).
+    carried: Vec<String>,
+    carried_room: usize,
 }
 
 impl Reserve {
@@ -125,6 +131,8 @@ impl Reserve {
             asking: false,
             demand: Demand { started: now, current: 0, previous: 0 },
             owed: GiveBack::default(),
+            carried: Vec::new(),
+            carried_room: 0,
         }
     }
 
@@ -157,28 +165,52 @@ impl Reserve {
         Some(slot)
     }
 
-    /// What a call for one request should ask to reserve and give back. The reserve held
-    /// now, if any, and what was released are given back (the call replaces them). Only
-    /// one call at a time asks for a reserve; `snapshot` (the tenant's last known state)
-    /// bounds it.
+    /// What a call for one request should ask to reserve and give back: the call
+    /// replaces the reserve held now, if any, whose rates are given back with what was
+    /// released, and whose free slots the new reserve keeps (up to its size; a slot
+    /// given back and taken again would cost two commands more). Only one call at a time
+    /// asks for a reserve; `snapshot` (the tenant's last known state) bounds it;
+    /// `leased`: the tenant has a concurrency limit; `in_flight`: the node's requests
+    /// of the tenant in flight (whose slots the new reserve may keep when they end).
     pub fn plan(
         &mut self,
         prompt_tokens: u64,
         output_tokens: u64,
+        leased: bool,
+        in_flight: u64,
         snapshot: &RateLimitSnapshot,
         now: Instant,
     ) -> (Asked, GiveBack) {
         if self.asking {
             return (Asked::default(), GiveBack::default());
         }
-        self.release();
-        let back = std::mem::take(&mut self.owed);
+        let mut slots = match self.held.take() {
+            Some(held) => {
+                self.owed.requests += held.requests;
+                self.owed.prompt_tokens += held.prompt_tokens;
+                self.owed.output_tokens += held.output_tokens;
+                held.free_slots
+            }
+            None => Vec::new(),
+        };
         let more = self.size(prompt_tokens, output_tokens, snapshot, now).saturating_sub(1);
+        let wanted = if leased { more as usize } else { 0 };
+        if slots.len() > wanted {
+            self.owed.slots.extend(slots.drain(wanted..));
+        }
+        let back = std::mem::take(&mut self.owed);
         if more == 0 {
             return (Asked::default(), back);
         }
         self.asking = true;
-        let asked = Asked { requests: more, prompt_tokens: more * prompt_tokens, output_tokens: more * output_tokens };
+        let asked = Asked {
+            requests: more,
+            prompt_tokens: more * prompt_tokens,
+            output_tokens: more * output_tokens,
+            slots: (wanted - slots.len()) as u64,
+        };
+        self.carried = slots;
+        self.carried_room = wanted + 1 + in_flight as usize;
         (asked, back)
     }
 
@@ -205,35 +237,50 @@ impl Reserve {
     }
 
     /// The call that [`plan`](Self::plan) asked `asked` for answered: `granted` whether
-    /// the reserve came with it (its slots are `<grant>.<k>`); `leased` whether the
-    /// tenant has a concurrency limit.
-    pub fn filled(&mut self, asked: Asked, granted: bool, grant: &str, leased: bool, now: Instant) {
+    /// the reserve came with it (its new slots are `<grant>.<k>`); `leased` whether the
+    /// tenant has a concurrency limit; `in_flight` the node's requests in flight.
+    pub fn filled(&mut self, asked: Asked, granted: bool, grant: &str, leased: bool, in_flight: u64, now: Instant) {
         if asked.requests == 0 {
             return;
         }
         self.asking = false;
+        let mut free_slots = std::mem::take(&mut self.carried);
         if !granted {
+            self.owed.slots.append(&mut free_slots);
             return;
         }
-        let free_slots: Vec<String> =
-            if leased { (1..=asked.requests).map(|k| format!("{grant}.{k}")).collect() } else { Vec::new() };
+        free_slots.extend((1..=asked.slots).map(|k| format!("{grant}.{k}")));
         self.held = Some(Held {
             requests: asked.requests,
             prompt_tokens: asked.prompt_tokens,
             output_tokens: asked.output_tokens,
             output_room: asked.output_tokens + asked.output_tokens / asked.requests,
-            slots_room: free_slots.len() + usize::from(leased),
+            slots_room: if leased { free_slots.len() + 1 + in_flight as usize } else { 0 },
             free_slots,
             leased,
             expires_at: now + self.config.ttl,
         });
     }
 
-    /// A request of this node ended: a live reserve with room (for what it was given and
-    /// the request it came with) keeps its slot (`None` without a concurrency limit) and
-    /// its unused output tokens. `false`: settle it with Redis.
+    /// A request of this node ended: a live reserve with room (for what it was given,
+    /// the request it came with and those in flight then) keeps its slot (`None` without a concurrency limit) and
+    /// its unused output tokens; while the call for the next reserve is on its way, that
+    /// one keeps the slot (up to its size) and the tokens go back with the next call.
+    /// `false`: settle it with Redis.
     pub fn returned(&mut self, slot: Option<&str>, unused_output_tokens: u64, now: Instant) -> bool {
-        let Some(held) = self.held.as_mut().filter(|held| now < held.expires_at) else { return false };
+        let Some(held) = self.held.as_mut().filter(|held| now < held.expires_at) else {
+            if !self.asking {
+                return false;
+            }
+            if let Some(slot) = slot {
+                if self.carried.len() >= self.carried_room {
+                    return false;
+                }
+                self.carried.push(slot.to_string());
+            }
+            self.owed.output_tokens += unused_output_tokens;
+            return true;
+        };
         if held.leased != slot.is_some() || (held.leased && held.free_slots.len() >= held.slots_room) {
             return false;
         }
@@ -244,9 +291,9 @@ impl Reserve {
         true
     }
 
-    /// The slots a reserve holds unused (renewed with the node's grants).
+    /// The slots this node holds unused (renewed with its grants).
     pub fn free_slots(&self) -> impl Iterator<Item = &String> {
-        self.held.iter().flat_map(|held| held.free_slots.iter())
+        self.held.iter().flat_map(|held| held.free_slots.iter()).chain(self.carried.iter())
     }
 
     /// What to give back now, on its own call: an expired reserve, and what was released
@@ -305,16 +352,16 @@ mod tests {
         let t0 = Instant::now();
         let mut reserve = Reserve::new(config(32), t0);
         // Nothing admitted lately: no reserve.
-        assert_eq!(reserve.plan(10, 20, &roomy(), t0), (Asked::default(), GiveBack::default()));
+        assert_eq!(reserve.plan(10, 20, true, 0, &roomy(), t0), (Asked::default(), GiveBack::default()));
         busy(&mut reserve, 5, t0);
-        let (asked, back) = reserve.plan(10, 20, &roomy(), t0);
-        assert_eq!(asked, Asked { requests: 4, prompt_tokens: 40, output_tokens: 80 });
+        let (asked, back) = reserve.plan(10, 20, true, 0, &roomy(), t0);
+        assert_eq!(asked, Asked { requests: 4, prompt_tokens: 40, output_tokens: 80, slots: 4 });
         assert!(back.is_empty());
         // Only one call at a time asks.
-        assert_eq!(reserve.plan(10, 20, &roomy(), t0).0, Asked::default());
-        reserve.filled(asked, false, "n:1", true, t0);
+        assert_eq!(reserve.plan(10, 20, true, 0, &roomy(), t0).0, Asked::default());
+        reserve.filled(asked, false, "n:1", true, 0, t0);
         busy(&mut reserve, 100, t0);
-        assert_eq!(reserve.plan(10, 20, &roomy(), t0).0.requests, 31, "at most 32 requests in all");
+        assert_eq!(reserve.plan(10, 20, true, 0, &roomy(), t0).0.requests, 31, "at most 32 requests in all");
     }
 
     #[test]
@@ -324,18 +371,18 @@ mod tests {
         busy(&mut reserve, 100, t0);
         // 640 prompt tokens left of the limit, requests of 10: one 64th is one request.
         let tight = RateLimitSnapshot { prompt_tokens: state(640), ..roomy() };
-        assert_eq!(reserve.plan(10, 20, &tight, t0).0, Asked::default());
+        assert_eq!(reserve.plan(10, 20, true, 0, &tight, t0).0, Asked::default());
         let mut reserve = Reserve::new(ReserveConfig { node_count: 2, ..config(32) }, t0);
         busy(&mut reserve, 100, t0);
         // 10 concurrency slots free: none to reserve.
         let slots = RateLimitSnapshot { concurrent_requests: state(10), ..roomy() };
-        assert_eq!(reserve.plan(1, 1, &slots, t0).0, Asked::default());
+        assert_eq!(reserve.plan(1, 1, true, 0, &slots, t0).0, Asked::default());
         // An unknown state (no answer yet): none either.
         let unknown = RateLimitSnapshot { requests: None, ..roomy() };
-        assert_eq!(reserve.plan(1, 1, &unknown, t0).0, Asked::default());
+        assert_eq!(reserve.plan(1, 1, true, 0, &unknown, t0).0, Asked::default());
         // 2 nodes, 12,800 requests left: 100 per reserve at most, then the maximum.
         let limited = RateLimitSnapshot { requests: state(12_800), ..roomy() };
-        assert_eq!(reserve.plan(1, 1, &limited, t0).0.requests, 31);
+        assert_eq!(reserve.plan(1, 1, true, 0, &limited, t0).0.requests, 31);
     }
 
     #[test]
@@ -343,9 +390,9 @@ mod tests {
         let t0 = Instant::now();
         let mut reserve = Reserve::new(config(32), t0);
         busy(&mut reserve, 3, t0);
-        let (asked, _) = reserve.plan(10, 20, &roomy(), t0);
-        assert_eq!(asked.requests, 2);
-        reserve.filled(asked, true, "n:7", true, t0);
+        let (asked, _) = reserve.plan(10, 20, true, 0, &roomy(), t0);
+        assert_eq!((asked.requests, asked.slots), (2, 2));
+        reserve.filled(asked, true, "n:7", true, 0, t0);
         let a = reserve.take(10, 20, t0).expect("covered");
         let b = reserve.take(5, 20, t0).expect("covered");
         assert_eq!([a.as_deref(), b.as_deref()], [Some("n:7.2"), Some("n:7.1")]);
@@ -372,13 +419,69 @@ mod tests {
         let t0 = Instant::now();
         let mut reserve = Reserve::new(config(8), t0);
         busy(&mut reserve, 8, t0);
-        let (asked, _) = reserve.plan(10, 20, &roomy(), t0);
-        reserve.filled(asked, true, "n:1", false, t0);
+        let (asked, _) = reserve.plan(10, 20, false, 0, &roomy(), t0);
+        assert_eq!(asked.slots, 0);
+        reserve.filled(asked, true, "n:1", false, 0, t0);
         assert_eq!(reserve.take(10, 20, t0), Some(None), "no slot without a concurrency limit");
         assert_eq!(reserve.take(500, 20, t0), None, "too many prompt tokens");
-        let (asked, back) = reserve.plan(500, 20, &roomy(), t0);
+        let (asked, back) = reserve.plan(500, 20, false, 0, &roomy(), t0);
         assert_eq!(back, GiveBack { requests: 6, prompt_tokens: 60, output_tokens: 120, slots: Vec::new() });
         assert_eq!(asked.requests, 7);
         assert_eq!(reserve.take(1, 1, t0), None, "the old reserve is gone");
+    }
+
+    #[test]
+    fn a_reserve_keeps_the_slots_of_the_requests_in_flight_when_it_came() {
+        let t0 = Instant::now();
+        let mut reserve = Reserve::new(config(32), t0);
+        busy(&mut reserve, 2, t0);
+        let (asked, _) = reserve.plan(1, 1, true, 3, &roomy(), t0);
+        assert_eq!(asked.slots, 1);
+        // 3 requests were in flight: with the slot given and the request's own, room for 5.
+        reserve.filled(asked, true, "n:1", true, 3, t0);
+        for slot in ["n:2", "n:3", "n:4", "n:1"] {
+            assert!(reserve.returned(Some(slot), 0, t0), "{slot}");
+        }
+        assert!(!reserve.returned(Some("n:5"), 0, t0));
+        assert_eq!(reserve.free_slots().count(), 5);
+    }
+
+    #[test]
+    fn a_new_reserve_keeps_the_free_slots_of_the_one_it_replaces() {
+        let t0 = Instant::now();
+        let mut reserve = Reserve::new(config(4), t0);
+        busy(&mut reserve, 4, t0);
+        let (asked, _) = reserve.plan(1, 1, true, 0, &roomy(), t0);
+        assert_eq!((asked.requests, asked.slots), (3, 3));
+        reserve.filled(asked, true, "n:1", true, 0, t0);
+        for _ in 0..3 {
+            assert!(reserve.take(1, 1, t0).is_some());
+        }
+        // Two of the three come back; the requests are spent, so the next call replaces
+        // the reserve: it asks for one new slot only, and gives none back.
+        assert!(reserve.returned(Some("n:1.3"), 0, t0));
+        assert!(reserve.returned(Some("n:1.2"), 0, t0));
+        assert_eq!(reserve.take(1, 1, t0), None);
+        let (asked, back) = reserve.plan(1, 1, true, 0, &roomy(), t0);
+        assert_eq!((asked.requests, asked.slots), (3, 1));
+        assert!(back.slots.is_empty(), "{back:?}");
+        reserve.filled(asked, true, "n:9", true, 0, t0);
+        let taken: Vec<_> = (0..3).map(|_| reserve.take(1, 1, t0).unwrap().unwrap()).collect();
+        assert_eq!(taken, ["n:9.1", "n:1.2", "n:1.3"]);
+        // While the next call is on its way, a returned slot is kept for its reserve (up
+        // to its size and the request's own), and the unused output tokens go back with
+        // the call after it. Refused: the kept slots are given back by the next call.
+        assert!(reserve.returned(Some("n:9.1"), 0, t0));
+        assert_eq!(reserve.take(1, 1, t0), None);
+        let (asked, _) = reserve.plan(1, 1, true, 0, &roomy(), t0);
+        assert_eq!(asked.slots, 2);
+        for slot in ["n:1.2", "n:1.3", "n:3"] {
+            assert!(reserve.returned(Some(slot), 5, t0), "{slot}");
+        }
+        assert!(!reserve.returned(Some("n:4"), 5, t0), "no room left");
+        reserve.filled(asked, false, "n:10", true, 0, t0);
+        let back = reserve.expire(t0).unwrap();
+        assert_eq!(back.slots, ["n:9.1", "n:1.2", "n:1.3", "n:3"]);
+        assert_eq!(back.output_tokens, 15);
     }
 }
