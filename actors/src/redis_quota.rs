@@ -59,8 +59,10 @@
 //! remains of any limit), granted all or nothing and never at the cost of the request;
 //! the reserve's concurrency slots are leases like any grant's (`<grant id>.<k>`). Until
 //! `reserve_ttl` ends the node admits from it without a call, and a request that ends
-//! returns its slot and unused output tokens to it; what is left goes back with the
-//! next call, or with a call of its own when the reserve expires. A new, quiet or
+//! returns its slot and unused output tokens to it (up to the reserve's size and the
+//! node's requests in flight when it came; a reserve that replaces another keeps its
+//! free slots); what is left goes back with the next call, or with a call of its own
+//! when the reserve expires. A new, quiet or
 //! nearly-limited tenant is decided one request at a time, as above, so limits hold
 //! exactly where they bind; a node holds at most a reserve of a busy tenant's quota
 //! unused, for at most `reserve_ttl`. See `redis_quota/reserve.rs`.
@@ -93,7 +95,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::Script;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::time::Instant;
 
 use swell_cluster::redis_conn::{RedisClient, RedisEndpoint, SharedConnection};
@@ -103,10 +105,14 @@ use crate::hold_times::HoldTimes;
 use crate::quota::{
     LimitKind, LimitState, QuotaGrant, QuotaRejection, RateLimitSnapshot, TenantLimits, TenantQuota,
 };
-use crate::quota_failure::{BreakerState, CircuitBreaker, DegradedLimits, QuotaFailurePolicy};
+use crate::quota_failure::{BreakerState, CircuitBreaker, DegradedLimits};
 
+mod config;
+mod fast_path;
 mod reserve;
 
+pub use self::config::RedisQuotaConfig;
+use self::fast_path::FastPath;
 pub use self::reserve::{Asked, GiveBack, Reserve, ReserveConfig};
 
 /// The window of every rate limit (they are per minute).
@@ -115,92 +121,6 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 const ACQUIRE_SCRIPT: &str = include_str!("redis_quota/acquire.lua");
 const SETTLE_SCRIPT: &str = include_str!("redis_quota/settle.lua");
 const RENEW_SCRIPT: &str = include_str!("redis_quota/renew.lua");
-
-/// `[quota]`: how quotas are shared through Redis (used only with a Redis backend).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisQuotaConfig {
-    /// What each limit kind does while Redis cannot answer.
-    pub failure_policy: QuotaFailurePolicy,
-    /// How many nodes share the limits: `local_share` enforces `limit / node_count`.
-    pub node_count: u64,
-    /// How long a quota call may take before Redis counts as unreachable.
-    #[serde(with = "humantime_serde")]
-    pub redis_timeout: Duration,
-    /// A grant's concurrency slot and reservation last this long unless renewed.
-    #[serde(with = "humantime_serde")]
-    pub lease_ttl: Duration,
-    /// How often a node renews the leases of its in-flight grants.
-    #[serde(with = "humantime_serde")]
-    pub lease_renew_interval: Duration,
-    /// Consecutive failures that open the circuit breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker stops calling Redis before it probes.
-    #[serde(with = "humantime_serde")]
-    pub breaker_cooldown: Duration,
-    /// Prefix of every quota key.
-    pub key_prefix: String,
-    /// The most requests a node reserves quota for in one call (1: none; see
-    /// `redis_quota/reserve.rs`).
-    pub reserve_max_requests: u64,
-    /// How long a node uses a reserve before it gives back what is left.
-    #[serde(with = "humantime_serde")]
-    pub reserve_ttl: Duration,
-}
-
-impl Default for RedisQuotaConfig {
-    fn default() -> Self {
-        Self {
-            failure_policy: QuotaFailurePolicy::default(),
-            node_count: 1,
-            redis_timeout: Duration::from_millis(75),
-            lease_ttl: Duration::from_secs(30),
-            lease_renew_interval: Duration::from_secs(10),
-            breaker_failures: 3,
-            breaker_cooldown: Duration::from_secs(5),
-            key_prefix: "swell:quota".into(),
-            reserve_max_requests: 32,
-            reserve_ttl: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RedisQuotaConfig {
-    /// Checks the config; each error names its key under `prefix` (e.g. `quota`).
-    pub fn validate(&self, prefix: &str) -> Vec<String> {
-        let mut errors = Vec::new();
-        if self.node_count == 0 {
-            errors.push(format!("{prefix}.node_count must be at least 1"));
-        }
-        if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(10) {
-            errors.push(format!("{prefix}.redis_timeout must be more than 0s and at most 10s"));
-        }
-        if self.lease_ttl < Duration::from_millis(100) {
-            errors.push(format!("{prefix}.lease_ttl must be at least 100ms"));
-        }
-        if self.lease_renew_interval.is_zero() || self.lease_renew_interval * 2 > self.lease_ttl {
-            errors.push(format!(
-                "{prefix}.lease_renew_interval must be more than 0s and at most half of {prefix}.lease_ttl"
-            ));
-        }
-        if self.breaker_failures == 0 {
-            errors.push(format!("{prefix}.breaker_failures must be at least 1"));
-        }
-        if self.breaker_cooldown.is_zero() {
-            errors.push(format!("{prefix}.breaker_cooldown must be more than 0s"));
-        }
-        if !(1..=1000).contains(&self.reserve_max_requests) {
-            errors.push(format!("{prefix}.reserve_max_requests must be from 1 to 1000"));
-        }
-        if self.reserve_ttl < Duration::from_millis(10) || self.reserve_ttl >= self.lease_ttl {
-            errors.push(format!("{prefix}.reserve_ttl must be at least 10ms and less than {prefix}.lease_ttl"));
-        }
-        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
-            errors.push(format!("{prefix}.key_prefix must be non-empty and contain no `{{` or `}}`"));
-        }
-        errors
-    }
-}
 
 /// Why a call to the quota store did not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -495,87 +415,6 @@ pub struct AcquireCall {
     pub asked: Asked,
     /// What the node's last reserve did not use.
     pub back: GiveBack,
-}
-
-/// Each rate bucket's last reported state, projected forward to reject locally what
-/// cannot fit yet.
-#[derive(Debug, Clone, Default)]
-struct FastPath {
-    /// Requests, prompt tokens, output tokens.
-    seen: [Option<SeenBucket>; 3],
-    /// This node's refunds, and its settles Redis has not answered yet: an answer to an
-    /// acquire sent while a settle was on its way may not include the refund (a settle
-    /// can reach Redis after a later acquire, e.g. when its script must be loaded first),
-    /// so such an answer is not remembered.
-    refunds: u64,
-    settles_in_flight: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct SeenBucket {
-    limit: u64,
-    /// Time until full, as reported.
-    owed: Duration,
-    /// When the call that reported it was sent (so the projection errs toward asking).
-    at: Instant,
-}
-
-impl FastPath {
-    fn observe(&mut self, snapshot: &RateLimitSnapshot, sent_at: Instant) {
-        let states = [snapshot.requests, snapshot.prompt_tokens, snapshot.output_tokens];
-        for (seen, state) in self.seen.iter_mut().zip(states) {
-            *seen = state.map(|state| SeenBucket { limit: state.limit, owed: state.reset, at: sent_at });
-        }
-    }
-
-    fn clear(&mut self) {
-        self.seen = Default::default();
-    }
-
-    /// This node refunded `amount` to bucket `index` (so it need not wait for it).
-    fn refund(&mut self, index: usize, amount: u64) {
-        self.refunds += 1;
-        self.settles_in_flight += 1;
-        if let Some(seen) = &mut self.seen[index] {
-            let back = RATE_WINDOW.mul_f64(amount as f64 / seen.limit as f64);
-            seen.owed = seen.owed.saturating_sub(back);
-        }
-    }
-
-    /// Whether an answer to a call sent with `refunds_before` (or `None` when a settle
-    /// was in flight then) can be remembered.
-    fn can_remember(&self, refunds_before: Option<u64>) -> bool {
-        refunds_before == Some(self.refunds)
-    }
-
-    /// The projected time until full of bucket `index`, if its limit is still `limit`.
-    fn owed(&self, index: usize, limit: u64, now: Instant) -> Option<Duration> {
-        let seen = self.seen[index].filter(|seen| seen.limit == limit)?;
-        Some(seen.owed.saturating_sub(now.saturating_duration_since(seen.at)))
-    }
-
-    /// How long `amount` must wait in bucket `index` (zero: ask Redis).
-    fn wait(&self, index: usize, limit: u64, amount: u64, now: Instant) -> Duration {
-        let Some(owed) = self.owed(index, limit, now) else { return Duration::ZERO };
-        let needed = owed + RATE_WINDOW.mul_f64(amount as f64 / limit as f64);
-        needed.saturating_sub(RATE_WINDOW)
-    }
-
-    /// `last` with the rate buckets projected to `now`.
-    fn project(&self, last: &RateLimitSnapshot, now: Instant) -> RateLimitSnapshot {
-        let project = |index: usize, state: Option<LimitState>| {
-            let state = state?;
-            let Some(owed) = self.owed(index, state.limit, now) else { return Some(state) };
-            let level = state.limit as f64 * (1.0 - owed.as_secs_f64() / RATE_WINDOW.as_secs_f64());
-            Some(LimitState { limit: state.limit, remaining: (level + 1e-6).floor().max(0.0) as u64, reset: owed })
-        };
-        RateLimitSnapshot {
-            requests: project(0, last.requests),
-            prompt_tokens: project(1, last.prompt_tokens),
-            output_tokens: project(2, last.output_tokens),
-            concurrent_requests: last.concurrent_requests,
-        }
-    }
 }
 
 /// A grant this node holds.
@@ -962,38 +801,4 @@ mod tests {
         assert!(AcquireAnswer::decode(&[1, 0]).is_err());
     }
 
-    #[test]
-    fn the_fast_path_projects_the_last_state() {
-        let t0 = Instant::now();
-        let mut fast_path = FastPath::default();
-        // 2 per minute, empty: full again in 60 s, one more in 30 s.
-        let snapshot = RateLimitSnapshot {
-            requests: Some(LimitState { limit: 2, remaining: 0, reset: Duration::from_secs(60) }),
-            ..Default::default()
-        };
-        fast_path.observe(&snapshot, t0);
-        assert_eq!(fast_path.wait(0, 2, 1, t0), Duration::from_secs(30));
-        assert_eq!(fast_path.wait(0, 2, 1, t0 + Duration::from_secs(10)), Duration::from_secs(20));
-        assert_eq!(fast_path.wait(0, 2, 1, t0 + Duration::from_secs(30)), Duration::ZERO);
-        assert_eq!(fast_path.wait(0, 3, 1, t0), Duration::ZERO, "another limit: ask Redis");
-        let projected = fast_path.project(&snapshot, t0 + Duration::from_secs(45));
-        assert_eq!(projected.requests.unwrap().remaining, 1);
-        assert_eq!(projected.requests.unwrap().reset, Duration::from_secs(15));
-    }
-
-    #[test]
-    fn config_is_validated_naming_the_key() {
-        assert!(RedisQuotaConfig::default().validate("quota").is_empty());
-        let config = RedisQuotaConfig {
-            node_count: 0,
-            lease_ttl: Duration::from_secs(10),
-            lease_renew_interval: Duration::from_secs(6),
-            key_prefix: "a{b".into(),
-            ..RedisQuotaConfig::default()
-        };
-        let errors = config.validate("quota").join("\n");
-        assert!(errors.contains("quota.node_count"), "{errors}");
-        assert!(errors.contains("quota.lease_renew_interval"), "{errors}");
-        assert!(errors.contains("quota.key_prefix"), "{errors}");
-    }
 }
