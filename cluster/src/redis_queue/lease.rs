@@ -153,8 +153,8 @@ impl RedisQueue {
             )
             .await?;
         }
-        // Each job is started on its own side (its own slot), all at once: one round
-        // trip for the batch, not one after another.
+        // Each redelivered job is started by a `job_start` of its own, all at once: one
+        // round trip for the batch, not one after another.
         let mut taken_jobs = Vec::new();
         for item in array(taken)? {
             let [job_id, payload, epoch, deliveries] = fixed::<4>(item)?;
