@@ -392,9 +392,7 @@ impl QuotaActor {
             .into_actor(self),
         );
     }
-}
 
-impl QuotaActor {
     /// Gives back an expired reserve of the tenant's quota (see `redis_quota/reserve.rs`).
     fn give_back(&mut self, ctx: &mut Context<Self>) {
         let TenantState::Redis(quota) = &mut self.state else { return };

@@ -41,6 +41,7 @@ impl RedisQueue {
         format!("{}:{{job:{job_id}}}:at", self.config.key_prefix)
     }
 
+    /// Remembers where a job's keys are (forgotten once a read returned its end).
     pub(super) fn remember(&self, job_id: &str, tag: &str) {
         let mut located = self.located.lock();
         if located.len() >= MAX_LOCATED {
@@ -160,10 +161,10 @@ impl RedisQueue {
         after: u64,
         events: Vec<OutputEvent>,
     ) -> Result<AppendOutcome, QueueError> {
-        let tag = self.job_tag(&lease.deployment, &lease.job_id);
-        let keys = self.job_keys(&tag, &lease.job_id);
+        let partition = self.partitions.of(&lease.job_id);
+        let keys = self.job_keys(&Partitions::tag(&lease.deployment, partition), &lease.job_id);
         let terminal = events.iter().any(OutputEvent::is_terminal);
-        let mut call = self.job_partition_call(&self.scripts.append, &lease.deployment, &lease.job_id);
+        let mut call = self.deployment_call(&self.scripts.append, &lease.deployment, partition);
         call.key(&keys.state).key(&keys.out);
         call.arg(&lease.job_id).arg(u8::from(terminal));
         call.arg(lease.epoch).arg(&lease.consumer).arg(&self.cancelled_event).arg(self.output_ttl_ms()).arg(after);

@@ -234,8 +234,9 @@ pub struct RedisQueue {
 /// clear).
 const MAX_ACKED_BY_APPEND: usize = 4096;
 
-/// At most this many jobs' places are remembered in `located` (then it starts over;
-/// a job forgotten is found by its pointer key).
+/// At most this many jobs' places are remembered in `located` (a job's is forgotten once
+/// a read returned its end; past this many it starts over, and a job forgotten is found
+/// by its pointer key).
 const MAX_LOCATED: usize = 65_536;
 
 /// The keys of one deployment, in the order the deployment scripts take them.
@@ -770,6 +771,11 @@ impl Queue for RedisQueue {
         events.retain(|sequenced| sequenced.seq > after_seq);
         if events.is_empty() && self.query::<u64>(redis::cmd("EXISTS").arg(&keys.state).arg(&keys.out)).await? == 0 {
             return Err(QueueError::UnknownJob(job_id.to_string()));
+        }
+        if events.last().is_some_and(|sequenced| sequenced.event.is_terminal()) {
+            // Its reader is done: the place need not be remembered (read again, it is
+            // found by its pointer key).
+            self.located.lock().remove(job_id);
         }
         Ok(events)
     }
