@@ -136,10 +136,6 @@ impl Reserve {
         }
     }
 
-    pub fn config(&self) -> &ReserveConfig {
-        &self.config
-    }
-
     /// Counts an admission of this node (decided by Redis or by the reserve).
     pub fn admitted(&mut self, now: Instant) {
         self.demand.roll(self.config.ttl, now);
